@@ -1,0 +1,1 @@
+//! Azure Batch data-plane REST models and client.

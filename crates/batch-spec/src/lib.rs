@@ -1,0 +1,1 @@
+//! Test support: validate JSON against the Azure Batch Swagger spec, and a strict local Batch server.

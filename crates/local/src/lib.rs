@@ -1,0 +1,1 @@
+//! Local backend: run shipyard jobs on this machine with Docker containers as nodes.

@@ -1,0 +1,1 @@
+//! Docker container runtime for shipyard: native and non-native Azure Batch pools.

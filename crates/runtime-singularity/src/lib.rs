@@ -1,0 +1,1 @@
+//! Singularity/Apptainer runtime for shipyard: host mpirun wrapping singularity exec.

@@ -1,0 +1,1 @@
+//! Domain model, the ContainerRuntime trait, the runtime registry and dynamic runtime plugins.

@@ -1,0 +1,1 @@
+//! An example shipyard runtime plugin.

@@ -1,0 +1,321 @@
+//! Support code for shipyard's end-to-end tests: finding (or demanding) a Docker engine, the
+//! MPI installations and the test image, and building the MPI smoke-test program.
+//!
+//! # Missing prerequisites
+//!
+//! A test that needs Docker or an MPI calls one of the `require_*` functions first. When the
+//! prerequisite is missing:
+//!
+//! - under `CI=true` the function **panics**, so the test fails (CI never skips silently);
+//! - otherwise it panics too, unless `SHIPYARD_TEST_ALLOW_SKIP=1` is set, in which case it prints
+//!   a loud `SKIPPED:` line to stderr and returns `None`/`false` so the test can return early.
+//!
+//! `bash scripts/setup.sh` installs everything these functions look for.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
+
+/// The image the test suite and the README example run: Debian bookworm with Open MPI, MPICH,
+/// the Intel MPI runtime under `/opt/intel/mpi`, sshd, and the smoke-test program built for each
+/// MPI under `/opt/shipyard/bin`. Built offline by `scripts/build-image.sh`.
+pub const TEST_IMAGE: &str = "shipyard/mpi:bookworm";
+
+/// Where the Intel MPI runtime (`impi-rt` from PyPI) is installed, on the host and in the image.
+pub const IMPI_ROOT_DEFAULT: &str = "/opt/intel/mpi";
+
+/// Path of the smoke-test program inside [`TEST_IMAGE`] for a flavour.
+pub fn image_hello_path(kind: MpiKind) -> &'static str {
+    match kind {
+        MpiKind::OpenMpi => "/opt/shipyard/bin/mpi-hello-openmpi",
+        MpiKind::Mpich => "/opt/shipyard/bin/mpi-hello-mpich",
+        MpiKind::IntelMpi => "/opt/shipyard/bin/mpi-hello-impi",
+    }
+}
+
+/// True when running under CI (`CI=true`).
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+fn allow_skip() -> bool {
+    !in_ci() && std::env::var("SHIPYARD_TEST_ALLOW_SKIP").is_ok_and(|v| v == "1")
+}
+
+/// Reports a missing prerequisite: panics (CI, or skipping not allowed) or prints a loud skip.
+fn missing(what: &str) {
+    let hint = "run `bash scripts/setup.sh` to install it";
+    if allow_skip() {
+        eprintln!("SKIPPED: {what} is missing ({hint})");
+    } else {
+        panic!("{what} is missing: {hint} (set SHIPYARD_TEST_ALLOW_SKIP=1 outside CI to skip)");
+    }
+}
+
+/// Demands a running Docker engine (`docker info` answers).
+pub fn require_docker() -> bool {
+    let ok = Command::new("docker")
+        .args(["info", "--format", "{{.ServerVersion}}"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        missing("a running Docker engine");
+    }
+    ok
+}
+
+/// Demands a running Docker engine with [`TEST_IMAGE`] present.
+pub fn require_test_image() -> bool {
+    if !require_docker() {
+        return false;
+    }
+    let ok = Command::new("docker")
+        .args(["image", "inspect", "--format", "{{.Id}}", TEST_IMAGE])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        missing(&format!("the Docker image {TEST_IMAGE}"));
+    }
+    ok
+}
+
+/// The MPI implementations the tests run for real.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MpiKind {
+    /// Open MPI 4.1 from Debian.
+    OpenMpi,
+    /// MPICH 4.0 from Debian.
+    Mpich,
+    /// Intel MPI runtime from PyPI's `impi-rt`.
+    IntelMpi,
+}
+
+impl MpiKind {
+    /// All three installable flavours.
+    pub const ALL: [MpiKind; 3] = [MpiKind::OpenMpi, MpiKind::Mpich, MpiKind::IntelMpi];
+
+    /// A short lowercase name (`openmpi`, `mpich`, `impi`).
+    pub fn short(self) -> &'static str {
+        match self {
+            MpiKind::OpenMpi => "openmpi",
+            MpiKind::Mpich => "mpich",
+            MpiKind::IntelMpi => "impi",
+        }
+    }
+}
+
+/// A host MPI installation: its launcher, compiler, and the environment the launcher needs.
+#[derive(Debug, Clone)]
+pub struct MpiInstall {
+    /// Which implementation.
+    pub kind: MpiKind,
+    /// Absolute path of the launcher (`mpirun.openmpi`, `mpiexec.mpich`, `mpiexec.hydra`).
+    pub launcher: PathBuf,
+    /// The install root for Intel MPI (`I_MPI_ROOT`), `None` otherwise.
+    pub root: Option<PathBuf>,
+    /// Environment the launcher needs on this host (Intel MPI: `I_MPI_ROOT`, `LD_LIBRARY_PATH`,
+    /// `FI_PROVIDER`).
+    pub env: Vec<(String, String)>,
+}
+
+fn impi_root() -> PathBuf {
+    std::env::var_os("SHIPYARD_IMPI_ROOT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(IMPI_ROOT_DEFAULT))
+}
+
+fn find_install(kind: MpiKind) -> Option<MpiInstall> {
+    let (launcher, root, env) = match kind {
+        MpiKind::OpenMpi => (PathBuf::from("/usr/bin/mpirun.openmpi"), None, vec![]),
+        MpiKind::Mpich => (PathBuf::from("/usr/bin/mpiexec.mpich"), None, vec![]),
+        MpiKind::IntelMpi => {
+            let root = impi_root();
+            let env = vec![
+                ("I_MPI_ROOT".to_string(), root.display().to_string()),
+                (
+                    "LD_LIBRARY_PATH".to_string(),
+                    root.join("lib").display().to_string(),
+                ),
+                ("FI_PROVIDER".to_string(), "tcp".to_string()),
+            ];
+            (root.join("bin/mpiexec.hydra"), Some(root), env)
+        }
+    };
+    launcher.is_file().then_some(MpiInstall {
+        kind,
+        launcher,
+        root,
+        env,
+    })
+}
+
+/// Demands a host MPI installation of `kind`.
+pub fn require_mpi(kind: MpiKind) -> Option<MpiInstall> {
+    let found = find_install(kind);
+    if found.is_none() {
+        missing(&format!("the {} MPI installation", kind.short()));
+    }
+    found
+}
+
+/// The repository root (the parent of this crate's directory).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// Where compiled test programs go: `target/shipyard-test-bin/`.
+fn bin_dir() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target"));
+    target.join("shipyard-test-bin")
+}
+
+static COMPILE_LOCK: Mutex<()> = Mutex::new(());
+
+/// Compiles `tests/assets/mpi_hello.c` for `install` on the host (once per process and
+/// flavour; the result is reused while it is newer than the source) and returns its path.
+///
+/// Intel MPI's runtime ships no headers, so its binary is compiled with MPICH's headers and
+/// linked against Intel's `libmpi.so.12` (the two share an ABI).
+pub fn hello_binary(install: &MpiInstall) -> anyhow::Result<PathBuf> {
+    let _guard = COMPILE_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let src = repo_root().join("tests/assets/mpi_hello.c");
+    let dir = bin_dir();
+    std::fs::create_dir_all(&dir)?;
+    let out = dir.join(format!("mpi-hello-{}", install.kind.short()));
+    let fresh = match (std::fs::metadata(&out), std::fs::metadata(&src)) {
+        (Ok(o), Ok(s)) => o.modified()? >= s.modified()?,
+        _ => false,
+    };
+    if fresh {
+        return Ok(out);
+    }
+    let tmp = dir.join(format!("mpi-hello-{}.tmp{}", install.kind.short(), std::process::id()));
+    let mut cmd = match install.kind {
+        MpiKind::OpenMpi => Command::new("mpicc.openmpi"),
+        MpiKind::Mpich => Command::new("mpicc.mpich"),
+        MpiKind::IntelMpi => {
+            let lib = install
+                .root
+                .as_ref()
+                .ok_or_else(|| anyhow::anyhow!("Intel MPI install without a root"))?
+                .join("lib");
+            let mut c = Command::new("cc");
+            c.arg("-I/usr/include/x86_64-linux-gnu/mpich")
+                .arg(format!("-L{}", lib.display()))
+                .arg(format!("-Wl,-rpath,{}", lib.display()));
+            c
+        }
+    };
+    cmd.arg("-O2").arg("-o").arg(&tmp).arg(&src);
+    if install.kind == MpiKind::IntelMpi {
+        cmd.arg("-l:libmpi.so.12");
+    }
+    let output = cmd.output()?;
+    if !output.status.success() {
+        anyhow::bail!(
+            "compiling {} for {} failed: {}",
+            src.display(),
+            install.kind.short(),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    std::fs::rename(&tmp, &out)?;
+    Ok(out)
+}
+
+/// Parsed output of the smoke-test program.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct HelloReport {
+    /// One entry per `hello` line: (rank, size, host).
+    pub ranks: Vec<(u32, u32, String)>,
+    /// The `allreduce sum=` value printed by rank 0, if any.
+    pub sum: Option<i64>,
+    /// The `expected=` value printed by rank 0, if any.
+    pub expected: Option<i64>,
+}
+
+impl HelloReport {
+    /// Parses the program's stdout (lines from other sources are ignored).
+    pub fn parse(stdout: &str) -> HelloReport {
+        let mut report = HelloReport::default();
+        for line in stdout.lines() {
+            // Tolerate prefixes such as "[1,0]<stdout>:" or node tags before the payload.
+            if let Some(pos) = line.find("hello rank=") {
+                let fields = kv(&line[pos + "hello ".len()..]);
+                let get = |k: &str| fields.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
+                if let (Some(r), Some(s)) = (get("rank"), get("size")) {
+                    if let (Ok(r), Ok(s)) = (r.parse(), s.parse()) {
+                        report.ranks.push((r, s, get("host").unwrap_or_default()));
+                    }
+                }
+            } else if let Some(pos) = line.find("allreduce sum=") {
+                let fields = kv(&line[pos + "allreduce ".len()..]);
+                for (k, v) in fields {
+                    match k.as_str() {
+                        "sum" => report.sum = v.parse().ok(),
+                        "expected" => report.expected = v.parse().ok(),
+                        _ => {}
+                    }
+                }
+            }
+        }
+        report
+    }
+
+    /// Asserts a complete, correct run of `n` ranks: ranks 0..n each once, all with size `n`, and
+    /// the allreduce sum equal to n(n-1)/2.
+    pub fn assert_complete(&self, n: u32) {
+        let mut seen: Vec<u32> = self.ranks.iter().map(|r| r.0).collect();
+        seen.sort_unstable();
+        assert_eq!(seen, (0..n).collect::<Vec<_>>(), "ranks seen: {:?}", self.ranks);
+        assert!(
+            self.ranks.iter().all(|r| r.1 == n),
+            "every rank must see size {n}: {:?}",
+            self.ranks
+        );
+        let want = i64::from(n) * (i64::from(n) - 1) / 2;
+        assert_eq!(self.sum, Some(want), "allreduce sum");
+        assert_eq!(self.expected, Some(want), "allreduce expected");
+    }
+
+    /// The distinct hosts the ranks ran on.
+    pub fn hosts(&self) -> Vec<String> {
+        let mut h: Vec<String> = self.ranks.iter().map(|r| r.2.clone()).collect();
+        h.sort();
+        h.dedup();
+        h
+    }
+}
+
+fn kv(s: &str) -> Vec<(String, String)> {
+    s.split_whitespace()
+        .filter_map(|w| w.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_hello_output_with_prefixes() {
+        let out = "[1,0]<stdout>:hello rank=0 size=2 host=a\nnoise\n[1,1]<stdout>:hello rank=1 size=2 host=b X=1\nallreduce sum=1 expected=1\n";
+        let r = HelloReport::parse(out);
+        assert_eq!(r.ranks.len(), 2);
+        r.assert_complete(2);
+        assert_eq!(r.hosts(), vec!["a".to_string(), "b".to_string()]);
+    }
+
+    #[test]
+    #[should_panic(expected = "ranks seen")]
+    fn singleton_launch_is_incomplete() {
+        let r = HelloReport::parse("hello rank=0 size=1 host=a\nhello rank=0 size=1 host=a\nallreduce sum=0 expected=0\n");
+        r.assert_complete(2);
+    }
+}
