@@ -1,1 +1,3 @@
 //! Azure Batch data-plane REST models and client.
+
+pub mod models;

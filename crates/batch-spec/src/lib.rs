@@ -1,1 +1,5 @@
-//! Test support: validate JSON against the Azure Batch Swagger spec, and a strict local Batch server.
+//! Test support for shipyard: validate JSON against the Azure Batch Swagger spec in
+//! `shared/azure-batch-spec/`, and a strict local Azure Batch server.
+
+pub mod schema;
+pub mod server;

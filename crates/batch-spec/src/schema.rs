@@ -1,0 +1,1 @@
+//! Validation of JSON values against the definitions of the Batch Swagger spec.

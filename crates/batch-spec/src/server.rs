@@ -1,0 +1,1 @@
+//! A strict local Azure Batch server for tests and benchmarks.
