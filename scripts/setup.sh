@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Installs and starts what shipyard needs to run MPI jobs locally and to run its test suite, on a
+# Debian/Ubuntu host as root. Idempotent: on a machine that has everything it only checks.
+#   - Debian packages: the Docker engine (docker.io), Open MPI and MPICH with their compilers,
+#     debootstrap, openssh, libfabric1, iproute2
+#   - the Intel MPI runtime (impi-rt from PyPI) under /opt/intel/mpi (not on PATH: a bare
+#     `mpirun` stays whatever it was)
+#   - a running dockerd (started in the background when `docker info` fails)
+#   - the image shipyard/mpi:bookworm, built offline by scripts/build-image.sh (cached by content)
+set -euo pipefail
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+impi=${SHIPYARD_IMPI_ROOT:-/opt/intel/mpi}
+impi_version=${SHIPYARD_IMPI_VERSION:-2021.19.0}
+packages=(docker.io openmpi-bin libopenmpi-dev mpich libmpich-dev debootstrap openssh-server
+  openssh-client libfabric1 iproute2 procps python3-pip)
+
+log() { printf '[setup] %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+[ "$(id -u)" = 0 ] || die "run as root (it installs packages and starts dockerd)"
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+# python3-pip is only needed when no pip is on PATH (pyenv or similar provide one).
+if command -v pip3 >/dev/null || command -v pip >/dev/null; then
+  missing=("${missing[@]/python3-pip}")
+fi
+missing=($(printf '%s\n' "${missing[@]}" | grep -v '^$' || true))
+if [ "${#missing[@]}" -gt 0 ]; then
+  log "installing Debian packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+else
+  log "Debian packages present"
+fi
+
+if [ ! -x "$impi/bin/mpiexec.hydra" ]; then
+  log "installing the Intel MPI runtime impi-rt==$impi_version into $impi"
+  pip=$(command -v pip3 || command -v pip)
+  "$pip" install -q --disable-pip-version-check --no-deps --prefix "$impi" "impi-rt==$impi_version"
+  [ -x "$impi/bin/mpiexec.hydra" ] || die "impi-rt installed but $impi/bin/mpiexec.hydra is missing"
+else
+  log "Intel MPI runtime present at $impi"
+fi
+
+if ! docker info >/dev/null 2>&1; then
+  # A dockerd killed with its session leaves pid files behind; dockerd refuses to start over a pid
+  # file whose process is alive, so drop the ones that name no dockerd/containerd.
+  for pidfile in /var/run/docker.pid /var/run/docker/containerd/containerd.pid; do
+    if [ -f "$pidfile" ]; then
+      pid=$(cat "$pidfile" 2>/dev/null || true)
+      if [ -z "$pid" ] || ! grep -qE 'dockerd|containerd' "/proc/$pid/comm" 2>/dev/null; then
+        rm -f "$pidfile"
+      fi
+    fi
+  done
+  log "starting dockerd (log: /var/log/shipyard-dockerd.log)"
+  setsid nohup dockerd >/var/log/shipyard-dockerd.log 2>&1 < /dev/null &
+  for _ in $(seq 1 120); do
+    docker info >/dev/null 2>&1 && break
+    sleep 0.5
+  done
+  docker info >/dev/null 2>&1 || { tail -n 20 /var/log/shipyard-dockerd.log >&2; die "dockerd did not come up within 60 s"; }
+fi
+log "Docker engine $(docker info --format '{{.ServerVersion}}') is running"
+
+bash "$repo/scripts/build-image.sh"
+log "ready"
