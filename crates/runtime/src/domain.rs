@@ -1,0 +1,814 @@
+//! The job/task domain: what a user asks to run, independent of where it runs.
+//!
+//! Names follow Batch Shipyard's jobs configuration (`multi_instance`, `num_instances`,
+//! `coordination_command`, `mpi.runtime`, `processes_per_node`, `auto_complete`, ...) so a
+//! Batch Shipyard user recognizes them. Every struct denies unknown fields, so a typo in a TOML
+//! config or a plugin's JSON is an error naming the field instead of being silently ignored.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::RuntimeError;
+
+/// A job: a set of tasks sharing a runtime, environment and container options.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobSpec {
+    /// The Batch job id (`[A-Za-z0-9_-]`, at most 64 characters).
+    pub id: String,
+    /// Name of the container runtime that plans this job (`docker`, `singularity`,
+    /// `apptainer`, or a loaded plugin's name).
+    #[serde(default = "default_runtime")]
+    pub runtime: String,
+    /// Terminate the job once all its tasks completed (Batch `onAllTasksComplete=terminatejob`);
+    /// termination runs the job release task, which removes non-native containers.
+    #[serde(default)]
+    pub auto_complete: bool,
+    /// Environment variables of every task (a task's own value wins).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub environment_variables: BTreeMap<String, String>,
+    /// Docker `--shm-size` for every task (a task's own value wins), e.g. `256m`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shm_size: Option<String>,
+    /// Expose the RDMA (InfiniBand) devices to every task's containers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub infiniband: Option<bool>,
+    /// GPUs for every task: `all`, a count, or `disable` (Docker `--gpus`, Singularity `--nv`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpus: Option<String>,
+    /// Remove exited task containers (`--rm`); defaults to true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remove_container_after_exit: Option<bool>,
+    /// Batch `constraints.maxTaskRetryCount` of every task (a task's own value wins).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_task_retries: Option<i32>,
+    /// Host command appended to the job preparation task (runs once per node before tasks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_preparation: Option<HostCommand>,
+    /// Host command appended to the job release task (runs per node when the job ends).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_release: Option<HostCommand>,
+    /// The tasks of the job.
+    #[serde(default)]
+    pub tasks: Vec<TaskSpec>,
+}
+
+fn default_runtime() -> String {
+    "docker".to_string()
+}
+
+/// A host command for the job preparation or release task.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostCommand {
+    /// The command, run with `/bin/bash -c` (Linux) or `cmd /c` (Windows).
+    pub command: String,
+}
+
+/// Where a task's container starts: Batch's task working directory or the image's default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WorkingDir {
+    /// `$AZ_BATCH_TASK_WORKING_DIR` (default).
+    #[default]
+    Batch,
+    /// The image's `WORKDIR`.
+    Container,
+}
+
+/// One task of a job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskSpec {
+    /// The Batch task id; `task-NNNNN` (its index) when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// Container image (Docker reference, or a Singularity/Apptainer image reference or path).
+    pub image: String,
+    /// The command (for MPI tasks: the program and its arguments that the launcher starts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
+    /// Environment variables of this task (win over the job's).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub environment_variables: BTreeMap<String, String>,
+    /// Docker `--shm-size`, e.g. `256m` (Docker's 64 MB default crashes Intel MPI shm).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shm_size: Option<String>,
+    /// Expose the RDMA (InfiniBand) devices and unlimited memlock.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub infiniband: Option<bool>,
+    /// GPUs: `all`, a count, or `disable`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpus: Option<String>,
+    /// Extra `docker run` options, passed through verbatim (one option or `--opt=value` each).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub additional_docker_run_options: Vec<String>,
+    /// Extra `singularity exec` options, passed through verbatim.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub additional_singularity_options: Vec<String>,
+    /// Remove the exited container (`--rm`); task value wins over the job's; default true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remove_container_after_exit: Option<bool>,
+    /// Batch `constraints.maxTaskRetryCount`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_task_retries: Option<i32>,
+    /// Batch `constraints.maxWallClockTime`, an ISO 8601 duration such as `PT1H`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_wall_time: Option<String>,
+    /// Where the container starts (`batch` or `container`).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub default_working_dir: WorkingDir,
+    /// Ids of tasks of the same job this task waits for.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub depends_on: Vec<String>,
+    /// An inclusive `[start, end]` range of integer task ids this task waits for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub depends_on_range: Option<[u32; 2]>,
+    /// Files downloaded into the task directory (the master node only for multi-instance tasks).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub resource_files: Vec<ResourceFileSpec>,
+    /// Run on several nodes (MPI).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub multi_instance: Option<MultiInstanceSpec>,
+}
+
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
+}
+
+/// A file Batch downloads before the task runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResourceFileSpec {
+    /// The URL to download (a blob URL with SAS, or any https URL). Batch Shipyard's
+    /// `blob_source` is accepted as an alias.
+    #[serde(alias = "blob_source")]
+    pub http_url: String,
+    /// Destination path relative to the task directory.
+    pub file_path: String,
+    /// Octal file mode on Linux, e.g. `0755`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file_mode: Option<String>,
+}
+
+/// Multi-instance (MPI) settings of a task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MultiInstanceSpec {
+    /// Number of nodes: an integer or `pool_current_dedicated` / `pool_specification_vm_count`
+    /// (resolved from the pool's node count when planning).
+    pub num_instances: NumInstances,
+    /// Command every node runs before the application starts (default: start sshd on port 23).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coordination_command: Option<String>,
+    /// Files downloaded on every node (Batch `commonResourceFiles`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub resource_files: Vec<ResourceFileSpec>,
+    /// Run on the master, in the same shell, right before the application command.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pre_execution_command: Option<String>,
+    /// Launch the task's command with an MPI launcher; without it `command` runs as-is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mpi: Option<MpiSpec>,
+}
+
+/// The number of instances of a multi-instance task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum NumInstances {
+    /// A fixed number of nodes.
+    Count(u32),
+    /// Taken from the pool when planning.
+    Pool(PoolCount),
+}
+
+/// Symbolic instance counts taken from the pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PoolCount {
+    /// The pool's current node count.
+    PoolCurrentDedicated,
+    /// The pool's node count (Batch Shipyard's `pool.yaml` vm_count).
+    #[serde(alias = "pool_specification_vm_count_dedicated")]
+    PoolSpecificationVmCount,
+}
+
+impl NumInstances {
+    /// The concrete count for a pool of `node_count` nodes.
+    pub fn resolve(self, node_count: u32) -> u32 {
+        match self {
+            NumInstances::Count(n) => n,
+            NumInstances::Pool(_) => node_count,
+        }
+    }
+}
+
+/// MPI launch settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MpiSpec {
+    /// The MPI flavour of the launcher.
+    pub runtime: MpiRuntime,
+    /// Extra launcher options placed first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub options: Vec<String>,
+    /// Ranks per node: an integer, or a shell command evaluated on the master (e.g. `nproc`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub processes_per_node: Option<ProcessesPerNode>,
+    /// The launcher executable (default: the flavour's usual name); kept as written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub executable_path: Option<String>,
+}
+
+/// MPI flavours (Batch Shipyard's `mpi.runtime` values plus `msmpi` for Windows pools).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MpiRuntime {
+    /// Open MPI (`mpirun`).
+    #[serde(rename = "openmpi")]
+    OpenMpi,
+    /// Intel MPI (`mpiexec.hydra`).
+    #[serde(rename = "intelmpi")]
+    IntelMpi,
+    /// Intel MPI with the OFA fabric (older Intel MPI on InfiniBand).
+    #[serde(rename = "intelmpi-ofa", alias = "intelmpi_ofa")]
+    IntelMpiOfa,
+    /// MPICH (`mpiexec` hydra).
+    #[serde(rename = "mpich")]
+    Mpich,
+    /// MVAPICH (hydra, MPICH-compatible flags).
+    #[serde(rename = "mvapich")]
+    Mvapich,
+    /// Microsoft MPI (Windows pools).
+    #[serde(rename = "msmpi")]
+    MsMpi,
+}
+
+impl MpiRuntime {
+    /// The configuration spelling (`openmpi`, `intelmpi`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MpiRuntime::OpenMpi => "openmpi",
+            MpiRuntime::IntelMpi => "intelmpi",
+            MpiRuntime::IntelMpiOfa => "intelmpi-ofa",
+            MpiRuntime::Mpich => "mpich",
+            MpiRuntime::Mvapich => "mvapich",
+            MpiRuntime::MsMpi => "msmpi",
+        }
+    }
+}
+
+impl fmt::Display for MpiRuntime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Ranks per node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ProcessesPerNode {
+    /// A fixed count.
+    Count(u32),
+    /// A shell command printing the count on the master (e.g. `nproc`).
+    Command(String),
+}
+
+/// The operating system family of a pool's nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OsFamily {
+    /// Linux nodes (`/bin/bash -c` command lines).
+    #[default]
+    Linux,
+    /// Windows nodes (`cmd /c` command lines).
+    Windows,
+}
+
+/// What a runtime needs to know about the pool a job runs on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolFacts {
+    /// The Batch pool id.
+    pub pool_id: String,
+    /// Batch runs containers itself (pool `containerConfiguration`): tasks get
+    /// `containerSettings`. Otherwise shipyard drives Docker on the nodes.
+    pub native_containers: bool,
+    /// The nodes' OS family.
+    #[serde(default)]
+    pub os: OsFamily,
+    /// An ssh `Host` pattern matching the nodes' addresses (e.g. `10.0.*`); the ssh client
+    /// settings (port 23, no host-key prompts) apply only to it.
+    pub subnet_pattern: String,
+    /// Number of nodes in the pool.
+    pub node_count: u32,
+    /// Batch task slots per node.
+    #[serde(default = "one")]
+    pub slots_per_node: u32,
+    /// Cores per node, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cores_per_node: Option<u32>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl PoolFacts {
+    /// Checks the facts themselves; errors name the field under `pool.`.
+    pub fn validate(&self) -> Result<(), RuntimeError> {
+        if self.pool_id.is_empty() {
+            return Err(invalid("pool.pool_id", "must not be empty"));
+        }
+        if self.node_count == 0 {
+            return Err(invalid("pool.node_count", "must be at least 1"));
+        }
+        if self.slots_per_node == 0 {
+            return Err(invalid("pool.slots_per_node", "must be at least 1"));
+        }
+        if self.subnet_pattern.trim().is_empty()
+            || self.subnet_pattern.contains(char::is_whitespace)
+        {
+            return Err(invalid(
+                "pool.subnet_pattern",
+                "must be one ssh Host pattern without spaces, e.g. 10.0.*",
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn invalid(field: impl Into<String>, reason: impl Into<String>) -> RuntimeError {
+    RuntimeError::Invalid {
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
+
+/// True when `id` is a valid Batch job/task id: 1..=64 of `[A-Za-z0-9_-]`.
+pub fn is_valid_batch_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+fn is_valid_env_name(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    matches!(bytes.next(), Some(b) if b.is_ascii_alphabetic() || b == b'_')
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+fn validate_env(path: &str, env: &BTreeMap<String, String>) -> Result<(), RuntimeError> {
+    for (k, v) in env {
+        if !is_valid_env_name(k) {
+            return Err(invalid(
+                format!("{path}.environment_variables.{k}"),
+                "not a valid variable name ([A-Za-z_][A-Za-z0-9_]*)",
+            ));
+        }
+        if v.contains('\n') || v.contains('\0') {
+            return Err(invalid(
+                format!("{path}.environment_variables.{k}"),
+                "values must not contain newlines or NUL",
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn validate_shm(path: &str, shm: &Option<String>) -> Result<(), RuntimeError> {
+    if let Some(s) = shm {
+        let digits = s.trim_end_matches(['b', 'k', 'm', 'g', 'B', 'K', 'M', 'G']);
+        if digits.is_empty()
+            || !digits.bytes().all(|b| b.is_ascii_digit())
+            || s.len() - digits.len() > 1
+        {
+            return Err(invalid(
+                format!("{path}.shm_size"),
+                format!("`{s}` is not a size such as 256m or 1g"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn validate_gpus(path: &str, gpus: &Option<String>) -> Result<(), RuntimeError> {
+    if let Some(g) = gpus {
+        let ok = g == "all" || g == "disable" || g.parse::<u32>().is_ok_and(|n| n > 0);
+        if !ok {
+            return Err(invalid(
+                format!("{path}.gpus"),
+                format!("`{g}` is not `all`, `disable` or a positive count"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+impl JobSpec {
+    /// The id of task `index`: its own id or `task-NNNNN`.
+    pub fn task_id(&self, index: usize) -> String {
+        self.tasks
+            .get(index)
+            .and_then(|t| t.id.clone())
+            .unwrap_or_else(|| format!("task-{index:05}"))
+    }
+
+    /// The effective `--shm-size` of a task (task wins over job).
+    pub fn shm_size<'a>(&'a self, task: &'a TaskSpec) -> Option<&'a str> {
+        task.shm_size.as_deref().or(self.shm_size.as_deref())
+    }
+
+    /// Whether a task uses InfiniBand (task wins over job; default false).
+    pub fn infiniband(&self, task: &TaskSpec) -> bool {
+        task.infiniband.or(self.infiniband).unwrap_or(false)
+    }
+
+    /// The effective GPU setting (`None` or `disable` means no GPUs).
+    pub fn gpus<'a>(&'a self, task: &'a TaskSpec) -> Option<&'a str> {
+        task.gpus
+            .as_deref()
+            .or(self.gpus.as_deref())
+            .filter(|g| *g != "disable")
+    }
+
+    /// Whether exited containers are removed (task wins over job; default true).
+    pub fn remove_container_after_exit(&self, task: &TaskSpec) -> bool {
+        task.remove_container_after_exit
+            .or(self.remove_container_after_exit)
+            .unwrap_or(true)
+    }
+
+    /// The task's environment: the job's variables overlaid with the task's.
+    pub fn environment(&self, task: &TaskSpec) -> BTreeMap<String, String> {
+        let mut env = self.environment_variables.clone();
+        env.extend(task.environment_variables.clone());
+        env
+    }
+
+    /// The effective retry count (task wins over job).
+    pub fn max_task_retries(&self, task: &TaskSpec) -> Option<i32> {
+        task.max_task_retries.or(self.max_task_retries)
+    }
+
+    /// True when any task depends on another.
+    pub fn uses_task_dependencies(&self) -> bool {
+        self.tasks
+            .iter()
+            .any(|t| !t.depends_on.is_empty() || t.depends_on_range.is_some())
+    }
+
+    /// Checks the job; the error names the field path, e.g.
+    /// `jobs[0].tasks[2].multi_instance.num_instances` when `path` is `jobs[0]`.
+    pub fn validate_at(&self, path: &str) -> Result<(), RuntimeError> {
+        if !is_valid_batch_id(&self.id) {
+            return Err(invalid(
+                format!("{path}.id"),
+                format!("`{}` is not 1-64 characters of [A-Za-z0-9_-]", self.id),
+            ));
+        }
+        if self.runtime.trim().is_empty() {
+            return Err(invalid(format!("{path}.runtime"), "must not be empty"));
+        }
+        validate_env(path, &self.environment_variables)?;
+        validate_shm(path, &self.shm_size)?;
+        validate_gpus(path, &self.gpus)?;
+        if self.max_task_retries.is_some_and(|n| n < -1) {
+            return Err(invalid(
+                format!("{path}.max_task_retries"),
+                "must be -1 (unlimited) or more",
+            ));
+        }
+        if self.tasks.is_empty() {
+            return Err(invalid(
+                format!("{path}.tasks"),
+                "a job needs at least one task",
+            ));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, task) in self.tasks.iter().enumerate() {
+            let tpath = format!("{path}.tasks[{i}]");
+            task.validate_at(&tpath)?;
+            let id = self.task_id(i);
+            if !seen.insert(id.clone()) {
+                return Err(invalid(
+                    format!("{tpath}.id"),
+                    format!("task id `{id}` is used twice in job `{}`", self.id),
+                ));
+            }
+        }
+        for (i, task) in self.tasks.iter().enumerate() {
+            for (d, dep) in task.depends_on.iter().enumerate() {
+                if !seen.contains(dep) {
+                    return Err(invalid(
+                        format!("{path}.tasks[{i}].depends_on[{d}]"),
+                        format!("no task `{dep}` in job `{}`", self.id),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// [`JobSpec::validate_at`] with the path `job`.
+    pub fn validate(&self) -> Result<(), RuntimeError> {
+        self.validate_at("job")
+    }
+}
+
+impl TaskSpec {
+    /// A task running `command` in `image`, with every other setting at its default.
+    pub fn new(image: impl Into<String>, command: impl Into<String>) -> TaskSpec {
+        TaskSpec {
+            id: None,
+            image: image.into(),
+            command: Some(command.into()),
+            environment_variables: BTreeMap::new(),
+            shm_size: None,
+            infiniband: None,
+            gpus: None,
+            additional_docker_run_options: Vec::new(),
+            additional_singularity_options: Vec::new(),
+            remove_container_after_exit: None,
+            max_task_retries: None,
+            max_wall_time: None,
+            default_working_dir: WorkingDir::Batch,
+            depends_on: Vec::new(),
+            depends_on_range: None,
+            resource_files: Vec::new(),
+            multi_instance: None,
+        }
+    }
+
+    /// Checks the task; errors name the field under `path`.
+    pub fn validate_at(&self, path: &str) -> Result<(), RuntimeError> {
+        if let Some(id) = &self.id {
+            if !is_valid_batch_id(id) {
+                return Err(invalid(
+                    format!("{path}.id"),
+                    format!("`{id}` is not 1-64 characters of [A-Za-z0-9_-]"),
+                ));
+            }
+        }
+        if self.image.trim().is_empty() || self.image.contains(char::is_whitespace) {
+            return Err(invalid(
+                format!("{path}.image"),
+                "must be a non-empty image reference without spaces",
+            ));
+        }
+        if self.command.as_deref().is_some_and(|c| c.trim().is_empty()) {
+            return Err(invalid(
+                format!("{path}.command"),
+                "must not be empty when given",
+            ));
+        }
+        validate_env(path, &self.environment_variables)?;
+        validate_shm(path, &self.shm_size)?;
+        validate_gpus(path, &self.gpus)?;
+        if self.max_task_retries.is_some_and(|n| n < -1) {
+            return Err(invalid(
+                format!("{path}.max_task_retries"),
+                "must be -1 (unlimited) or more",
+            ));
+        }
+        if let Some(t) = &self.max_wall_time {
+            if !t.starts_with('P') || t.len() < 3 {
+                return Err(invalid(
+                    format!("{path}.max_wall_time"),
+                    format!("`{t}` is not an ISO 8601 duration such as PT1H"),
+                ));
+            }
+        }
+        if let Some([start, end]) = self.depends_on_range {
+            if start > end {
+                return Err(invalid(
+                    format!("{path}.depends_on_range"),
+                    format!("start {start} is after end {end}"),
+                ));
+            }
+        }
+        for (i, rf) in self.resource_files.iter().enumerate() {
+            rf.validate_at(&format!("{path}.resource_files[{i}]"))?;
+        }
+        if let Some(mi) = &self.multi_instance {
+            let mpath = format!("{path}.multi_instance");
+            if let NumInstances::Count(n) = mi.num_instances {
+                if n == 0 {
+                    return Err(invalid(
+                        format!("{mpath}.num_instances"),
+                        "must be at least 1",
+                    ));
+                }
+            }
+            if self.command.is_none() {
+                return Err(invalid(
+                    format!("{path}.command"),
+                    "a multi-instance task needs a command",
+                ));
+            }
+            if mi
+                .coordination_command
+                .as_deref()
+                .is_some_and(|c| c.trim().is_empty())
+            {
+                return Err(invalid(
+                    format!("{mpath}.coordination_command"),
+                    "must not be empty when given",
+                ));
+            }
+            for (i, rf) in mi.resource_files.iter().enumerate() {
+                rf.validate_at(&format!("{mpath}.resource_files[{i}]"))?;
+            }
+            if let Some(mpi) = &mi.mpi {
+                match &mpi.processes_per_node {
+                    Some(ProcessesPerNode::Count(0)) => {
+                        return Err(invalid(
+                            format!("{mpath}.mpi.processes_per_node"),
+                            "must be at least 1",
+                        ))
+                    }
+                    Some(ProcessesPerNode::Command(c)) if c.trim().is_empty() => {
+                        return Err(invalid(
+                            format!("{mpath}.mpi.processes_per_node"),
+                            "must be a count or a non-empty command",
+                        ))
+                    }
+                    _ => {}
+                }
+                if mpi
+                    .executable_path
+                    .as_deref()
+                    .is_some_and(|p| p.trim().is_empty())
+                {
+                    return Err(invalid(
+                        format!("{mpath}.mpi.executable_path"),
+                        "must not be empty when given",
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl ResourceFileSpec {
+    fn validate_at(&self, path: &str) -> Result<(), RuntimeError> {
+        if !(self.http_url.starts_with("https://") || self.http_url.starts_with("http://")) {
+            return Err(invalid(
+                format!("{path}.http_url"),
+                format!("`{}` is not an http(s) URL", self.http_url),
+            ));
+        }
+        if self.file_path.is_empty()
+            || self.file_path.starts_with('/')
+            || self.file_path.contains("..")
+        {
+            return Err(invalid(
+                format!("{path}.file_path"),
+                "must be a relative path inside the task directory",
+            ));
+        }
+        if let Some(m) = &self.file_mode {
+            if m.is_empty() || m.len() > 4 || !m.bytes().all(|b| (b'0'..=b'7').contains(&b)) {
+                return Err(invalid(
+                    format!("{path}.file_mode"),
+                    format!("`{m}` is not an octal mode such as 0755"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(toml_text: &str) -> JobSpec {
+        toml::from_str(toml_text).unwrap()
+    }
+
+    const MI: &str = r#"
+        id = "j1"
+        auto_complete = true
+        shm_size = "256m"
+        [environment_variables]
+        A = "1"
+        [[tasks]]
+        image = "img:1"
+        command = "/app"
+        [[tasks]]
+        id = "mpi"
+        image = "img:1"
+        command = "/app -x"
+        environment_variables = { A = "2" }
+        depends_on = ["task-00000"]
+        [tasks.multi_instance]
+        num_instances = "pool_current_dedicated"
+        coordination_command = "/usr/sbin/sshd -p 23"
+        pre_execution_command = "source /opt/env.sh"
+        [tasks.multi_instance.mpi]
+        runtime = "intelmpi"
+        options = ["-genv", "I_MPI_DEBUG", "5"]
+        processes_per_node = "nproc"
+    "#;
+
+    #[test]
+    fn batch_shipyard_names_parse_and_validate() {
+        let j = job(MI);
+        j.validate().unwrap();
+        assert_eq!(j.runtime, "docker");
+        assert_eq!(j.task_id(0), "task-00000");
+        assert_eq!(j.task_id(1), "mpi");
+        let t = &j.tasks[1];
+        assert_eq!(j.environment(t)["A"], "2");
+        assert_eq!(j.shm_size(t), Some("256m"));
+        let mi = t.multi_instance.as_ref().unwrap();
+        assert_eq!(mi.num_instances.resolve(7), 7);
+        let mpi = mi.mpi.as_ref().unwrap();
+        assert_eq!(mpi.runtime, MpiRuntime::IntelMpi);
+        assert_eq!(
+            mpi.processes_per_node,
+            Some(ProcessesPerNode::Command("nproc".into()))
+        );
+        assert!(j.uses_task_dependencies());
+        // JSON round trip (the plugin wire format).
+        let back: JobSpec = serde_json::from_str(&serde_json::to_string(&j).unwrap()).unwrap();
+        assert_eq!(back, j);
+    }
+
+    #[test]
+    fn unknown_fields_are_rejected_with_their_name() {
+        let err = toml::from_str::<JobSpec>("id = \"j\"\nauto_completee = true\n").unwrap_err();
+        assert!(err.to_string().contains("auto_completee"), "{err}");
+        let err = toml::from_str::<JobSpec>(
+            "id = \"j\"\n[[tasks]]\nimage = \"i\"\n[tasks.multi_instance]\nnum_instance = 2\n",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("num_instance"), "{err}");
+    }
+
+    #[test]
+    fn validation_errors_name_the_field_path() {
+        let mut j = job(MI);
+        j.tasks[1].multi_instance.as_mut().unwrap().num_instances = NumInstances::Count(0);
+        let e = j.validate_at("jobs[0]").unwrap_err().to_string();
+        assert!(
+            e.contains("`jobs[0].tasks[1].multi_instance.num_instances`"),
+            "{e}"
+        );
+
+        let mut j = job(MI);
+        j.tasks[0].shm_size = Some("lots".into());
+        let e = j.validate().unwrap_err().to_string();
+        assert!(e.contains("`job.tasks[0].shm_size`"), "{e}");
+
+        let mut j = job(MI);
+        j.tasks[1].depends_on = vec!["ghost".into()];
+        let e = j.validate().unwrap_err().to_string();
+        assert!(e.contains("`job.tasks[1].depends_on[0]`"), "{e}");
+
+        let mut j = job(MI);
+        j.tasks[0].id = Some("mpi".into());
+        let e = j.validate().unwrap_err().to_string();
+        assert!(e.contains("used twice"), "{e}");
+
+        let mut j = job(MI);
+        j.id = "bad id".into();
+        assert!(j.validate().unwrap_err().to_string().contains("`job.id`"));
+
+        let mut j = job(MI);
+        j.tasks[1].command = None;
+        let e = j.validate().unwrap_err().to_string();
+        assert!(e.contains("`job.tasks[1].command`"), "{e}");
+
+        let mut j = job(MI);
+        j.environment_variables.insert("1BAD".into(), "x".into());
+        let e = j.validate().unwrap_err().to_string();
+        assert!(e.contains("job.environment_variables.1BAD"), "{e}");
+    }
+
+    #[test]
+    fn pool_facts_validate() {
+        let mut p = PoolFacts {
+            pool_id: "p".into(),
+            native_containers: false,
+            os: OsFamily::Linux,
+            subnet_pattern: "10.0.*".into(),
+            node_count: 3,
+            slots_per_node: 1,
+            cores_per_node: None,
+        };
+        p.validate().unwrap();
+        p.node_count = 0;
+        assert!(p
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("pool.node_count"));
+    }
+}

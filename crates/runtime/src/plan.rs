@@ -1,0 +1,152 @@
+//! A runtime's plan: the Batch task, job and pool values that run a job.
+//!
+//! The same plan serves Azure Batch (the values are posted as they are) and the local backend
+//! (which runs them like a native container pool).
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+
+use crate::batch::{
+    ContainerConfiguration, EnvironmentSetting, JobPreparationTask, JobReleaseTask,
+    OnAllTasksComplete, StartTask, TaskAddParameter,
+};
+use crate::error::RuntimeError;
+use crate::ssh::{JobSshKey, PRIVATE_KEY_ENV, PUBLIC_KEY_ENV};
+
+/// Everything needed to run one job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobPlan {
+    /// The runtime that made the plan.
+    pub runtime: String,
+    /// What the pool must provide.
+    pub pool: PoolNeeds,
+    /// What the job must carry.
+    pub job: JobNeeds,
+    /// The tasks, in the job's order.
+    pub tasks: Vec<TaskAddParameter>,
+}
+
+/// Pool-level needs of a plan.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolNeeds {
+    /// Batch container support with these images prefetched (native pools only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_configuration: Option<ContainerConfiguration>,
+    /// A start task the nodes must run (e.g. pulling images on non-native pools).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_task: Option<StartTask>,
+    /// Multi-instance tasks need inter-node communication.
+    #[serde(default)]
+    pub enable_inter_node_communication: bool,
+    /// A task-slot count the pool must use (e.g. 1 when host-network sshd containers would
+    /// collide on port 23); `None` = any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_slots_per_node: Option<i32>,
+    /// Images the nodes must hold (prefetched by the pool or pulled by the start task).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub images: Vec<String>,
+}
+
+/// Job-level needs of a plan.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobNeeds {
+    /// Job preparation task (runs on each node before its first task of the job).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_preparation_task: Option<JobPreparationTask>,
+    /// Job release task (runs on each node that ran the preparation task, when the job ends).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_release_task: Option<JobReleaseTask>,
+    /// `onAllTasksComplete` (`terminatejob` for `auto_complete`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_all_tasks_complete: Option<OnAllTasksComplete>,
+    /// Some task has `dependsOn`.
+    #[serde(default)]
+    pub uses_task_dependencies: bool,
+    /// The job preparation task expects the per-job SSH key in its environment
+    /// ([`JobPlan::install_ssh_key`]).
+    #[serde(default)]
+    pub needs_ssh_key: bool,
+}
+
+impl JobPlan {
+    /// Adds the per-job key to the job preparation task's environment (it writes the key files
+    /// on every node). Does nothing when the plan needs no key.
+    pub fn install_ssh_key(&mut self, key: &JobSshKey) -> Result<(), RuntimeError> {
+        if !self.job.needs_ssh_key {
+            return Ok(());
+        }
+        let prep = self.job.job_preparation_task.as_mut().ok_or_else(|| {
+            RuntimeError::Ssh("the plan needs an SSH key but has no job preparation task".into())
+        })?;
+        let env = prep.environment_settings.get_or_insert_with(Vec::new);
+        env.retain(|e| e.name != PRIVATE_KEY_ENV && e.name != PUBLIC_KEY_ENV);
+        env.push(EnvironmentSetting::new(
+            PRIVATE_KEY_ENV,
+            key.private_openssh(),
+        ));
+        env.push(EnvironmentSetting::new(
+            PUBLIC_KEY_ENV,
+            key.public_openssh(),
+        ));
+        Ok(())
+    }
+
+    /// The Batch `JobAddParameter` JSON of this plan on pool `pool_id`.
+    pub fn job_add_json(&self, job_id: &str, pool_id: &str) -> Result<Value, RuntimeError> {
+        let mut job = Map::new();
+        job.insert("id".into(), json!(job_id));
+        job.insert("poolInfo".into(), json!({ "poolId": pool_id }));
+        if let Some(prep) = &self.job.job_preparation_task {
+            job.insert("jobPreparationTask".into(), to_json(prep)?);
+        }
+        if let Some(rel) = &self.job.job_release_task {
+            job.insert("jobReleaseTask".into(), to_json(rel)?);
+        }
+        if let Some(o) = &self.job.on_all_tasks_complete {
+            job.insert("onAllTasksComplete".into(), to_json(o)?);
+        }
+        if self.job.uses_task_dependencies {
+            job.insert("usesTaskDependencies".into(), json!(true));
+        }
+        Ok(Value::Object(job))
+    }
+
+    /// Merges the pool needs into a `PoolAddParameter` JSON object: container configuration
+    /// (under `virtualMachineConfiguration`), start task, inter-node communication and task slots.
+    pub fn apply_to_pool_json(&self, pool: &mut Value) -> Result<(), RuntimeError> {
+        let obj = pool.as_object_mut().ok_or_else(|| RuntimeError::Invalid {
+            field: "pool".into(),
+            reason: "a PoolAddParameter must be a JSON object".into(),
+        })?;
+        if let Some(cc) = &self.pool.container_configuration {
+            let vm = obj
+                .get_mut("virtualMachineConfiguration")
+                .and_then(Value::as_object_mut)
+                .ok_or_else(|| RuntimeError::Invalid {
+                    field: "pool.virtualMachineConfiguration".into(),
+                    reason: "a native container pool needs a virtual machine configuration".into(),
+                })?;
+            vm.insert("containerConfiguration".into(), to_json(cc)?);
+        }
+        if let Some(st) = &self.pool.start_task {
+            obj.insert("startTask".into(), to_json(st)?);
+        }
+        if self.pool.enable_inter_node_communication {
+            obj.insert("enableInterNodeCommunication".into(), json!(true));
+        }
+        if let Some(n) = self.pool.task_slots_per_node {
+            obj.insert("taskSlotsPerNode".into(), json!(n));
+        }
+        Ok(())
+    }
+}
+
+fn to_json<T: Serialize>(v: &T) -> Result<Value, RuntimeError> {
+    serde_json::to_value(v).map_err(|e| RuntimeError::Invalid {
+        field: "plan".into(),
+        reason: format!("cannot serialize: {e}"),
+    })
+}
