@@ -1,3 +1,31 @@
 //! Azure Batch data-plane REST models and client.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), shipyard_batch_api::BatchError> {
+//! use shipyard_batch_api::{BatchClient, SharedKeyCredential};
+//! let cred = SharedKeyCredential::new("myaccount", "bXlrZXk=")?;
+//! let client = BatchClient::new("https://myaccount.westus.batch.azure.com", cred)?;
+//! # Ok(()) }
+//! ```
+//!
+//! - [`BatchClient`] signs every call (Shared Key via [`SharedKeyCredential`], or Entra ID
+//!   bearer tokens via a [`TokenSource`] such as [`ClientSecretCredential`]), sends the
+//!   api-version, `client-request-id`, `ocp-date`, and retries transient failures only where
+//!   repeating is safe (see [`RetryPolicy`]).
+//! - List operations return `futures::Stream`s that follow `odata.nextLink`.
+//! - [`BatchClient::add_task_collection`] submits any number of tasks in ≤ 100-task,
+//!   < 1 MB chunks, concurrently, and reports a per-task [`TaskAddOutcome`].
+//! - Errors are [`BatchError`]; they never contain the key or a token.
 
+pub mod auth;
+mod client;
+pub mod error;
 pub mod models;
+mod paging;
+
+pub use auth::{
+    AccessToken, ClientSecretCredential, Credential, Secret, SharedKeyCredential, TokenSource,
+};
+pub use client::{BatchClient, ClientOptions, RetryPolicy, API_VERSION, JSON_CONTENT_TYPE};
+pub use error::{BatchError, ErrorDetail, Result, ServiceError};
+pub use paging::{collect_all, ListOptions};

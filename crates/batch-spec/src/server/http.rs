@@ -1,0 +1,413 @@
+//! Connection handling and the request pipeline (faults, api-version, auth, validation).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full, Limited};
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use serde_json::{json, Value};
+
+use super::{auth, lock, ops, AuthKind, Fault, RequestRecord, Shared};
+
+/// Requests larger than this are refused before reading further.
+const MAX_READ: usize = 8 * 1024 * 1024;
+
+/// The error that makes hyper close the connection without a reply.
+#[derive(Debug)]
+pub(crate) struct DropConnection;
+
+impl std::fmt::Display for DropConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("connection dropped by fault injection")
+    }
+}
+
+impl std::error::Error for DropConnection {}
+
+/// A reply under construction.
+#[derive(Debug)]
+pub(crate) struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Bytes,
+    pub error_code: Option<String>,
+}
+
+impl Reply {
+    pub fn json(status: u16, value: &Value) -> Reply {
+        Reply {
+            status,
+            headers: vec![(
+                "content-type".into(),
+                "application/json;odata=minimalmetadata".into(),
+            )],
+            body: Bytes::from(serde_json::to_vec(value).unwrap_or_default()),
+            error_code: None,
+        }
+    }
+
+    pub fn empty(status: u16) -> Reply {
+        Reply {
+            status,
+            headers: Vec::new(),
+            body: Bytes::new(),
+            error_code: None,
+        }
+    }
+
+    pub fn header(mut self, name: &str, value: impl Into<String>) -> Reply {
+        self.headers.push((name.to_owned(), value.into()));
+        self
+    }
+
+    /// A Batch error body.
+    pub fn error(status: u16, code: &str, message: &str, values: &[(&str, String)]) -> Reply {
+        let mut body = json!({
+            "odata.metadata": "https://batch.local/$metadata#Microsoft.Azure.Batch.Protocol.Entities.Container.errors/@Element",
+            "code": code,
+            "message": {"lang": "en-US", "value": format!("{message}\nTime:{}", super::state::now_rfc3339())},
+        });
+        if !values.is_empty() {
+            body["values"] = Value::Array(
+                values
+                    .iter()
+                    .map(|(k, v)| json!({"key": k, "value": v}))
+                    .collect(),
+            );
+        }
+        let mut r = Reply::json(status, &body);
+        r.error_code = Some(code.to_owned());
+        r
+    }
+}
+
+pub(crate) async fn serve(
+    listener: tokio::net::TcpListener,
+    shared: Arc<Shared>,
+    mut shutdown: tokio::sync::oneshot::Receiver<()>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            _ = &mut shutdown => return,
+            a = listener.accept() => a,
+        };
+        let Ok((stream, _)) = accepted else {
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let shared = shared.clone();
+                async move { handle(shared, req).await }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .keep_alive(true)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+fn header_str<'a>(headers: &'a hyper::HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+async fn handle(
+    shared: Arc<Shared>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, DropConnection> {
+    let (parts, body) = req.into_parts();
+    let method = parts.method.as_str().to_owned();
+    let raw_path = parts.uri.path().to_owned();
+    let raw_query = parts.uri.query().unwrap_or("").to_owned();
+    let headers = parts.headers;
+    let body = match Limited::new(body, MAX_READ).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => {
+            let r = Reply::error(
+                413,
+                "RequestBodyTooLarge",
+                "The request body is too large.",
+                &[],
+            );
+            return Ok(finish(&shared, &headers, r));
+        }
+    };
+    let op = shared.spec.operation(&method, &raw_path);
+    let op_id = op.as_ref().map(|o| o.id.to_owned());
+    let mut record = RequestRecord {
+        method: method.clone(),
+        path: raw_path.clone(),
+        query: raw_query.clone(),
+        operation: op_id.clone(),
+        status: 0,
+        error_code: None,
+        auth: AuthKind::None,
+        client_request_id: header_str(&headers, "client-request-id").map(str::to_owned),
+        body_len: body.len(),
+        fault: None,
+    };
+
+    // Token endpoint (not part of the Batch spec).
+    if method == "POST" && raw_path.ends_with("/oauth2/v2.0/token") && op.is_none() {
+        let (status, v) = auth::token_endpoint(&shared, &body);
+        let r = Reply::json(status, &v);
+        return Ok(log_and_finish(&shared, &headers, record, r));
+    }
+
+    let fault = shared.take_fault(&method, op_id.as_deref());
+    record.fault = fault.clone();
+    let mut drop_after = false;
+    match &fault {
+        Some(Fault::TooManyRequests {
+            retry_after_secs,
+            as_http_date,
+        }) => {
+            let ra = if *as_http_date {
+                httpdate::fmt_http_date(
+                    std::time::SystemTime::now()
+                        + std::time::Duration::from_secs(*retry_after_secs),
+                )
+            } else {
+                retry_after_secs.to_string()
+            };
+            let r = Reply::error(429, "TooManyRequests", "Too many requests.", &[])
+                .header("retry-after", ra);
+            return Ok(log_and_finish(&shared, &headers, record, r));
+        }
+        Some(Fault::ServiceUnavailable) => {
+            let r = Reply::error(503, "ServerBusy", "The server is busy.", &[]);
+            return Ok(log_and_finish(&shared, &headers, record, r));
+        }
+        Some(Fault::InternalError) => {
+            let r = Reply::error(500, "InternalError", "Injected internal error.", &[]);
+            return Ok(log_and_finish(&shared, &headers, record, r));
+        }
+        Some(Fault::DropConnection) => {
+            log(&shared, record);
+            return Err(DropConnection);
+        }
+        Some(Fault::SlowReply(d)) => tokio::time::sleep(*d).await,
+        Some(Fault::DropReplyAfterCommit) => drop_after = true,
+        None => {}
+    }
+
+    let reply = pipeline(
+        &shared,
+        &method,
+        &raw_path,
+        &raw_query,
+        &headers,
+        &body,
+        op,
+        &mut record,
+    );
+    if drop_after {
+        record.status = 0;
+        log(&shared, record);
+        return Err(DropConnection);
+    }
+    Ok(log_and_finish(&shared, &headers, record, reply))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn pipeline(
+    shared: &Shared,
+    method: &str,
+    raw_path: &str,
+    raw_query: &str,
+    headers: &hyper::HeaderMap,
+    body: &Bytes,
+    op: Option<crate::schema::Operation<'_>>,
+    record: &mut RequestRecord,
+) -> Reply {
+    let query = ops::Query::parse(raw_query);
+    // api-version
+    let lenient =
+        match query.get("api-version") {
+            None => {
+                return Reply::error(
+                    400,
+                    "MissingRequiredQueryParameter",
+                    "A query parameter that's mandatory for this request is not specified.",
+                    &[("QueryParameterName", "api-version".into())],
+                )
+            }
+            Some(v) if v == shared.spec.api_version() => false,
+            Some(v) if shared.config.extra_api_versions.iter().any(|e| e == v) => true,
+            Some(v) => return Reply::error(
+                400,
+                "InvalidQueryParameterValue",
+                "Value for one of the query parameters specified in the request URI is invalid.",
+                &[
+                    ("QueryParameterName", "api-version".into()),
+                    ("QueryParameterValue", v.to_owned()),
+                    (
+                        "Reason",
+                        format!(
+                            "The only supported api-version is {}",
+                            shared.spec.api_version()
+                        ),
+                    ),
+                ],
+            ),
+        };
+    if let Err((status, code, msg)) = auth::check_date(headers) {
+        return Reply::error(status, code, &msg, &[("HeaderName", "ocp-date".into())]);
+    }
+    match auth::authenticate(shared, method, raw_path, raw_query, headers) {
+        Ok(kind) => record.auth = kind,
+        Err((status, code, msg)) => {
+            return Reply::error(
+                status,
+                code,
+                &msg,
+                &[("AuthenticationErrorDetail", msg.clone())],
+            )
+        }
+    }
+    let Some(op) = op else {
+        return Reply::error(
+            404,
+            "InvalidUri",
+            &format!("The requested URI does not represent any resource on the server: {method} {raw_path}"),
+            &[],
+        );
+    };
+    for q in &op.required_query {
+        if query.get(q).is_none() {
+            return Reply::error(
+                400,
+                "MissingRequiredQueryParameter",
+                "A query parameter that's mandatory for this request is not specified.",
+                &[("QueryParameterName", (*q).to_owned())],
+            );
+        }
+    }
+    for h in &op.required_headers {
+        if headers.get(h.to_ascii_lowercase().as_str()).is_none() {
+            return Reply::error(
+                400,
+                "MissingRequiredHeader",
+                "A header that's mandatory for this request is not specified.",
+                &[("HeaderName", (*h).to_owned())],
+            );
+        }
+    }
+    // Body.
+    let parsed: Option<Value> = match op.body_definition {
+        Some(def) if !body.is_empty() => {
+            let ct = header_str(headers, "content-type").unwrap_or("");
+            if !ct.to_ascii_lowercase().starts_with("application/json") {
+                return Reply::error(
+                    400,
+                    "InvalidHeaderValue",
+                    &format!("Content-Type `{ct}` is not application/json."),
+                    &[("HeaderName", "Content-Type".into())],
+                );
+            }
+            if op.id == "Task_AddCollection" && body.len() >= 1024 * 1024 {
+                return Reply::error(
+                    413,
+                    "RequestBodyTooLarge",
+                    "The request body is too large and exceeds the maximum permissible limit.",
+                    &[("MaxLimit", "1048576".into())],
+                );
+            }
+            let v: Value = match serde_json::from_slice(body) {
+                Ok(v) => v,
+                Err(e) => {
+                    return Reply::error(
+                        400,
+                        "InvalidRequestBody",
+                        "The specified Request Body is not syntactically valid.",
+                        &[("Reason", e.to_string())],
+                    )
+                }
+            };
+            let checked = if lenient {
+                shared.spec.validate_lenient(def, &v)
+            } else {
+                shared.spec.validate(def, &v)
+            };
+            if let Err(violations) = checked {
+                let values: Vec<(&str, String)> = violations
+                    .iter()
+                    .take(50)
+                    .map(|vi| ("Reason", vi.to_string()))
+                    .collect();
+                return Reply::error(
+                    400,
+                    "InvalidRequestBody",
+                    &format!("The value provided for {def} is invalid."),
+                    &values,
+                );
+            }
+            Some(v)
+        }
+        Some(def) if op.body_required => {
+            return Reply::error(
+                400,
+                "MissingRequiredBody",
+                &format!("The request requires a {def} body."),
+                &[],
+            )
+        }
+        _ => None,
+    };
+    let params: Vec<(String, String)> = op.path_params.clone();
+    ops::dispatch(
+        shared,
+        &ops::Req {
+            op: op.id,
+            params: &params,
+            query: &query,
+            headers,
+            body: parsed,
+        },
+    )
+}
+
+fn log(shared: &Shared, record: RequestRecord) {
+    if shared.config.log_requests {
+        lock(&shared.log).push(record);
+    }
+}
+
+fn log_and_finish(
+    shared: &Shared,
+    req_headers: &hyper::HeaderMap,
+    mut record: RequestRecord,
+    reply: Reply,
+) -> Response<Full<Bytes>> {
+    record.status = reply.status;
+    record.error_code = reply.error_code.clone();
+    if reply.status >= 400 {
+        tracing::debug!(method = %record.method, path = %record.path, status = reply.status, code = ?reply.error_code, "strict server rejected request");
+    }
+    log(shared, record);
+    finish(shared, req_headers, reply)
+}
+
+fn finish(_shared: &Shared, req_headers: &hyper::HeaderMap, reply: Reply) -> Response<Full<Bytes>> {
+    let mut b = Response::builder().status(reply.status);
+    b = b.header("request-id", uuid::Uuid::new_v4().to_string());
+    b = b.header("dataserviceversion", "3.0");
+    if header_str(req_headers, "return-client-request-id")
+        .is_some_and(|v| v.eq_ignore_ascii_case("true"))
+    {
+        if let Some(id) = header_str(req_headers, "client-request-id") {
+            b = b.header("client-request-id", id);
+        }
+    }
+    for (k, v) in &reply.headers {
+        b = b.header(k.as_str(), v.as_str());
+    }
+    b.body(Full::new(reply.body)).unwrap_or_else(|_| {
+        let mut r = Response::new(Full::new(Bytes::from_static(b"bad reply header")));
+        *r.status_mut() = hyper::StatusCode::INTERNAL_SERVER_ERROR;
+        r
+    })
+}

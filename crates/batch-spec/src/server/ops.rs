@@ -1,0 +1,887 @@
+//! The Batch operations served from in-memory state, with Batch semantics
+//! (201 + ETag/Location/DataServiceId on creates, 409 `…Exists`, 404 `…NotFound`, paging).
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+
+use serde_json::{json, Map, Value};
+
+use super::http::Reply;
+use super::state::{self, FileRec, Job, Pool, Task};
+use super::{lock, Shared, TaskFailure};
+use crate::schema::percent_decode;
+
+/// Decoded query parameters.
+#[derive(Debug)]
+pub(crate) struct Query(Vec<(String, String)>);
+
+impl Query {
+    pub fn parse(raw: &str) -> Query {
+        Query(
+            raw.split('&')
+                .filter(|p| !p.is_empty())
+                .map(|p| {
+                    let (n, v) = p.split_once('=').unwrap_or((p, ""));
+                    (
+                        percent_decode(&n.replace('+', " ")),
+                        percent_decode(&v.replace('+', " ")),
+                    )
+                })
+                .collect(),
+        )
+    }
+
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A validated request handed to an operation.
+pub(crate) struct Req<'a> {
+    pub op: &'a str,
+    pub params: &'a [(String, String)],
+    pub query: &'a Query,
+    pub headers: &'a hyper::HeaderMap,
+    pub body: Option<Value>,
+}
+
+impl Req<'_> {
+    fn param(&self, name: &str) -> &str {
+        self.params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .unwrap_or("")
+    }
+}
+
+fn not_found(kind: &str, id: &str) -> Reply {
+    Reply::error(
+        404,
+        &format!("{kind}NotFound"),
+        &format!("The specified {} does not exist.", kind.to_lowercase()),
+        &[("ResourceId", id.to_owned())],
+    )
+}
+
+fn exists(kind: &str) -> Reply {
+    Reply::error(
+        409,
+        &format!("{kind}Exists"),
+        &format!("The specified {} already exists.", kind.to_lowercase()),
+        &[],
+    )
+}
+
+fn created(url: &str, etag: &str) -> Reply {
+    Reply::empty(201)
+        .header("etag", etag)
+        .header(
+            "last-modified",
+            httpdate::fmt_http_date(std::time::SystemTime::now()),
+        )
+        .header("location", url)
+        .header("dataserviceid", url)
+}
+
+fn with_etag(mut r: Reply, body: &Value) -> Reply {
+    if let Some(e) = body.get("eTag").and_then(Value::as_str) {
+        r = r.header("etag", e);
+    }
+    r.header(
+        "last-modified",
+        httpdate::fmt_http_date(std::time::SystemTime::now()),
+    )
+}
+
+fn body_object(req: &Req<'_>) -> Map<String, Value> {
+    match &req.body {
+        Some(Value::Object(m)) => m.clone(),
+        _ => Map::new(),
+    }
+}
+
+fn enc(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes())
+        .collect::<String>()
+        .replace('+', "%20")
+}
+
+/// Dispatches a validated request to its operation.
+pub(crate) fn dispatch(shared: &Shared, req: &Req<'_>) -> Reply {
+    let base = shared.base_url.as_str();
+    let mut st = lock(&shared.state);
+    st.refresh(base);
+    let st = &mut *st;
+    match req.op {
+        // ---------------------------------------------------------------- pools
+        "Pool_Add" => {
+            let mut body = body_object(req);
+            let id = body
+                .get("id")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_owned();
+            let key = format!("pool/{id}");
+            st.count_attempt(&key);
+            if st.pools.contains_key(&id) {
+                return exists("Pool");
+            }
+            let url = format!("{base}/pools/{}", enc(&id));
+            let etag = shared.next_etag();
+            state::stamp(&mut body, url.clone(), &etag, "active");
+            body.entry("targetDedicatedNodes").or_insert(json!(0));
+            body.entry("targetLowPriorityNodes").or_insert(json!(0));
+            body.insert("currentDedicatedNodes".into(), json!(0));
+            body.insert("currentLowPriorityNodes".into(), json!(0));
+            body.insert("allocationState".into(), json!("resizing"));
+            body.insert(
+                "allocationStateTransitionTime".into(),
+                json!(state::now_rfc3339()),
+            );
+            st.pools.insert(
+                id,
+                Pool {
+                    body: Value::Object(body),
+                    steady_at: state::deadline(shared.config.pool_allocation_delay),
+                    nodes: BTreeMap::new(),
+                    node_files: Default::default(),
+                },
+            );
+            st.count_created(&key);
+            created(&url, &etag)
+        }
+        "Pool_Get" => match st.pools.get(req.param("poolId")) {
+            Some(p) => with_etag(Reply::json(200, &select(&p.body, req.query)), &p.body),
+            None => not_found("Pool", req.param("poolId")),
+        },
+        "Pool_Exists" => match st.pools.get(req.param("poolId")) {
+            Some(p) => with_etag(Reply::empty(200), &p.body),
+            None => Reply::empty(404),
+        },
+        "Pool_Delete" => match st.pools.remove(req.param("poolId")) {
+            Some(_) => Reply::empty(202),
+            None => not_found("Pool", req.param("poolId")),
+        },
+        "Pool_List" => {
+            let items = st.pools.iter().map(|(k, p)| (k.as_str(), &p.body));
+            page(shared, req, "/pools", items, after(req))
+        }
+        "Pool_Resize" => {
+            let id = req.param("poolId").to_owned();
+            let etag = shared.next_etag();
+            let Some(pool) = st.pools.get_mut(&id) else {
+                return not_found("Pool", &id);
+            };
+            if pool.body.get("allocationState").and_then(Value::as_str) != Some("steady") {
+                return Reply::error(
+                    409,
+                    "PoolNotSteady",
+                    "The specified pool is not in steady state.",
+                    &[],
+                );
+            }
+            let b = body_object(req);
+            if let Some(obj) = pool.body.as_object_mut() {
+                for k in ["targetDedicatedNodes", "targetLowPriorityNodes"] {
+                    if let Some(v) = b.get(k) {
+                        obj.insert(k.into(), v.clone());
+                    }
+                }
+                obj.insert("eTag".into(), json!(etag));
+                obj.insert("lastModified".into(), json!(state::now_rfc3339()));
+            }
+            state::set_state(&mut pool.body, "allocationState", "resizing");
+            pool.steady_at = state::deadline(shared.config.pool_allocation_delay);
+            Reply::empty(202).header("etag", etag)
+        }
+        // ---------------------------------------------------------------- nodes
+        "ComputeNode_List" => {
+            let Some(pool) = st.pools.get(req.param("poolId")) else {
+                return not_found("Pool", req.param("poolId"));
+            };
+            let path = format!("/pools/{}/nodes", enc(req.param("poolId")));
+            let items = pool.nodes.iter().map(|(k, v)| (k.as_str(), v));
+            page(shared, req, &path, items, after(req))
+        }
+        // ---------------------------------------------------------------- jobs
+        "Job_Add" => {
+            let mut body = body_object(req);
+            let id = body
+                .get("id")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_owned();
+            let key = format!("job/{id}");
+            st.count_attempt(&key);
+            if st.jobs.contains_key(&id) {
+                return exists("Job");
+            }
+            let url = format!("{base}/jobs/{}", enc(&id));
+            let etag = shared.next_etag();
+            state::stamp(&mut body, url.clone(), &etag, "active");
+            let pool_id = body
+                .get("poolInfo")
+                .and_then(|p| p.get("poolId"))
+                .cloned()
+                .unwrap_or(Value::Null);
+            body.insert(
+                "executionInfo".into(),
+                json!({"startTime": state::now_rfc3339(), "poolId": pool_id}),
+            );
+            body.entry("priority").or_insert(json!(0));
+            body.entry("usesTaskDependencies").or_insert(json!(false));
+            st.jobs.insert(
+                id,
+                Job {
+                    body: Value::Object(body),
+                    tasks: BTreeMap::new(),
+                    completes_at: None,
+                },
+            );
+            st.count_created(&key);
+            created(&url, &etag)
+        }
+        "Job_Get" => match st.jobs.get(req.param("jobId")) {
+            Some(j) => with_etag(Reply::json(200, &select(&j.body, req.query)), &j.body),
+            None => not_found("Job", req.param("jobId")),
+        },
+        "Job_List" => {
+            let items = st.jobs.iter().map(|(k, j)| (k.as_str(), &j.body));
+            page(shared, req, "/jobs", items, after(req))
+        }
+        "Job_Delete" => match st.jobs.remove(req.param("jobId")) {
+            Some(_) => Reply::empty(202),
+            None => not_found("Job", req.param("jobId")),
+        },
+        "Job_Terminate" => {
+            let id = req.param("jobId").to_owned();
+            let etag = shared.next_etag();
+            let Some(job) = st.jobs.get_mut(&id) else {
+                return not_found("Job", &id);
+            };
+            match job.body.get("state").and_then(Value::as_str) {
+                Some("completed") => {
+                    return Reply::error(
+                        409,
+                        "JobCompleted",
+                        "The specified job is already in a completed state.",
+                        &[],
+                    )
+                }
+                Some("terminating") => {
+                    return Reply::error(
+                        409,
+                        "JobBeingTerminated",
+                        "The specified job is already being terminated.",
+                        &[],
+                    )
+                }
+                _ => {}
+            }
+            let reason = req
+                .body
+                .as_ref()
+                .and_then(|b| b.get("terminateReason"))
+                .and_then(Value::as_str)
+                .unwrap_or("UserTerminate")
+                .to_owned();
+            state::set_state(&mut job.body, "state", "terminating");
+            if let Some(obj) = job.body.as_object_mut() {
+                obj.insert("eTag".into(), json!(etag));
+                if let Some(exec) = obj.get_mut("executionInfo").and_then(Value::as_object_mut) {
+                    exec.insert("terminateReason".into(), json!(reason));
+                }
+            }
+            job.completes_at = state::deadline(shared.config.job_terminate_delay);
+            Reply::empty(202).header("etag", etag)
+        }
+        "Job_Patch" => {
+            let id = req.param("jobId").to_owned();
+            let etag = shared.next_etag();
+            let Some(job) = st.jobs.get_mut(&id) else {
+                return not_found("Job", &id);
+            };
+            if let Some(obj) = job.body.as_object_mut() {
+                for (k, v) in body_object(req) {
+                    obj.insert(k, v);
+                }
+                obj.insert("eTag".into(), json!(etag));
+                obj.insert("lastModified".into(), json!(state::now_rfc3339()));
+            }
+            Reply::empty(200).header("etag", etag)
+        }
+        "Job_ListPreparationAndReleaseTaskStatus" => {
+            let id = req.param("jobId");
+            let Some(job) = st.jobs.get(id) else {
+                return not_found("Job", id);
+            };
+            if job.body.get("jobPreparationTask").is_none()
+                && job.body.get("jobReleaseTask").is_none()
+            {
+                return Reply::error(
+                    409,
+                    "JobPreparationTaskOrReleaseTaskNotSpecified",
+                    "The specified job does not have a job preparation or release task.",
+                    &[],
+                );
+            }
+            let pool_id = job
+                .body
+                .get("poolInfo")
+                .and_then(|p| p.get("poolId"))
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            let entries: Vec<(String, Value)> = st
+                .pools
+                .get(pool_id)
+                .map(|p| {
+                    p.nodes
+                        .keys()
+                        .map(|n| {
+                            let now = state::now_rfc3339();
+                            (
+                                n.clone(),
+                                json!({
+                                    "poolId": pool_id,
+                                    "nodeId": n,
+                                    "nodeUrl": format!("{base}/pools/{}/nodes/{}", enc(pool_id), enc(n)),
+                                    "jobPreparationTaskExecutionInfo": {
+                                        "startTime": now, "endTime": now, "state": "completed",
+                                        "exitCode": 0, "retryCount": 0, "result": "success"
+                                    }
+                                }),
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            let path = format!("/jobs/{}/jobpreparationandreleasetaskstatus", enc(id));
+            let items = entries.iter().map(|(k, v)| (k.as_str(), v));
+            page(shared, req, &path, items, after(req))
+        }
+        // ---------------------------------------------------------------- tasks
+        "Task_Add" => {
+            let job_id = req.param("jobId").to_owned();
+            let body = body_object(req);
+            let task_id = body
+                .get("id")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_owned();
+            let key = format!("task/{job_id}/{task_id}");
+            let Some(job) = st.jobs.get_mut(&job_id) else {
+                return not_found("Job", &job_id);
+            };
+            if let Some(r) = job_not_accepting(job) {
+                return r;
+            }
+            let outcome = add_task(shared, base, &job_id, job, body);
+            st.count_attempt(&key);
+            match outcome {
+                Ok((url, etag)) => {
+                    st.count_created(&key);
+                    created(&url, &etag)
+                }
+                Err((status, code, msg)) => Reply::error(status, code, msg, &[]),
+            }
+        }
+        "Task_AddCollection" => {
+            let job_id = req.param("jobId").to_owned();
+            let tasks: Vec<Value> = req
+                .body
+                .as_ref()
+                .and_then(|b| b.get("value"))
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            if tasks.len() > 100 {
+                return Reply::error(
+                    400,
+                    "InvalidRequestBody",
+                    "A task collection may hold at most 100 tasks.",
+                    &[("Reason", format!("{} tasks", tasks.len()))],
+                );
+            }
+            if !st.jobs.contains_key(&job_id) {
+                return not_found("Job", &job_id);
+            }
+            let mut results = Vec::with_capacity(tasks.len());
+            let mut failures = lock(&shared.task_failures);
+            for t in tasks {
+                let Value::Object(body) = t else { continue };
+                let task_id = body
+                    .get("id")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_owned();
+                let key = format!("task/{job_id}/{task_id}");
+                st.count_attempt(&key);
+                if let Some((failure, left)) = failures.get_mut(&task_id) {
+                    let failure = failure.clone();
+                    *left -= 1;
+                    if *left == 0 {
+                        failures.remove(&task_id);
+                    }
+                    let (status, code) = match &failure {
+                        TaskFailure::ServerError => ("servererror", "ServerBusy".to_owned()),
+                        TaskFailure::ClientError(c) => ("clienterror", c.clone()),
+                    };
+                    results.push(json!({
+                        "status": status, "taskId": task_id,
+                        "error": {"code": code, "message": {"lang": "en-US", "value": "Injected per-task failure."}}
+                    }));
+                    continue;
+                }
+                let Some(job) = st.jobs.get_mut(&job_id) else {
+                    continue;
+                };
+                if let Some(r) = job_not_accepting(job) {
+                    return r;
+                }
+                match add_task(shared, base, &job_id, job, body) {
+                    Ok((url, etag)) => {
+                        st.count_created(&key);
+                        results.push(json!({
+                            "status": "success", "taskId": task_id, "eTag": etag,
+                            "lastModified": state::now_rfc3339(), "location": url
+                        }));
+                    }
+                    Err((_, code, msg)) => results.push(json!({
+                        "status": "clienterror", "taskId": task_id,
+                        "error": {"code": code, "message": {"lang": "en-US", "value": msg}}
+                    })),
+                }
+            }
+            Reply::json(200, &json!({"value": results}))
+        }
+        "Task_Get" => match task_ref(st, req) {
+            Ok(t) => with_etag(Reply::json(200, &select(&t.body, req.query)), &t.body),
+            Err(r) => r,
+        },
+        "Task_List" => {
+            let job_id = req.param("jobId");
+            let Some(job) = st.jobs.get(job_id) else {
+                return not_found("Job", job_id);
+            };
+            let path = format!("/jobs/{}/tasks", enc(job_id));
+            let start = after(req);
+            let range = match &start {
+                Some(k) => job
+                    .tasks
+                    .range::<String, _>((Bound::Excluded(k.clone()), Bound::Unbounded)),
+                None => job.tasks.range::<String, _>(..),
+            };
+            let items = range.map(|(k, t)| (k.as_str(), &t.body));
+            page(shared, req, &path, items, None)
+        }
+        "Task_Terminate" => {
+            let etag = shared.next_etag();
+            match task_mut(st, req) {
+                Ok(t) => {
+                    if t.body.get("state").and_then(Value::as_str) != Some("completed") {
+                        state::set_task_state(&mut t.body, "completed", Some(-1), &etag);
+                        if let Some(exec) = t
+                            .body
+                            .get_mut("executionInfo")
+                            .and_then(Value::as_object_mut)
+                        {
+                            exec.insert(
+                                "failureInfo".into(),
+                                json!({"category": "usererror", "code": "TaskEnded", "message": "Task was terminated by the user"}),
+                            );
+                        }
+                    }
+                    Reply::empty(204).header("etag", etag)
+                }
+                Err(r) => r,
+            }
+        }
+        "Task_Delete" => {
+            let job_id = req.param("jobId");
+            let task_id = req.param("taskId");
+            let Some(job) = st.jobs.get_mut(job_id) else {
+                return not_found("Job", job_id);
+            };
+            match job.tasks.remove(task_id) {
+                Some(_) => Reply::empty(200),
+                None => not_found("Task", task_id),
+            }
+        }
+        "Task_ListSubtasks" => match task_ref(st, req) {
+            Ok(t) => Reply::json(200, &json!({"value": t.subtasks})),
+            Err(r) => r,
+        },
+        // ---------------------------------------------------------------- files
+        "File_ListFromTask" => {
+            let (job_id, task_id) = (req.param("jobId"), req.param("taskId"));
+            let t = match task_ref(st, req) {
+                Ok(t) => t,
+                Err(r) => return r,
+            };
+            let file_base = format!("{base}/jobs/{}/tasks/{}/files", enc(job_id), enc(task_id));
+            let entries = file_entries(&file_base, &t.files);
+            let path = format!("/jobs/{}/tasks/{}/files", enc(job_id), enc(task_id));
+            let items = entries.iter().map(|(k, v)| (k.as_str(), v));
+            page(shared, req, &path, items, after(req))
+        }
+        "File_ListFromComputeNode" => {
+            let (pool_id, node_id) = (req.param("poolId"), req.param("nodeId"));
+            let Some(pool) = st.pools.get(pool_id) else {
+                return not_found("Pool", pool_id);
+            };
+            if !pool.nodes.contains_key(node_id) {
+                return not_found("Node", node_id);
+            }
+            let empty = BTreeMap::new();
+            let files = pool.node_files.get(node_id).unwrap_or(&empty);
+            let file_base = format!("{base}/pools/{}/nodes/{}/files", enc(pool_id), enc(node_id));
+            let entries = file_entries(&file_base, files);
+            let path = format!("/pools/{}/nodes/{}/files", enc(pool_id), enc(node_id));
+            let items = entries.iter().map(|(k, v)| (k.as_str(), v));
+            page(shared, req, &path, items, after(req))
+        }
+        "File_GetFromTask" | "File_GetPropertiesFromTask" => {
+            let t = match task_ref(st, req) {
+                Ok(t) => t,
+                Err(r) => return r,
+            };
+            let file_path = req.param("filePath");
+            match t.files.get(file_path) {
+                Some(f) => file_reply(req, f, req.op.starts_with("File_GetProperties")),
+                None => Reply::error(
+                    404,
+                    "FileNotFound",
+                    "The specified file does not exist.",
+                    &[("FilePath", file_path.to_owned())],
+                ),
+            }
+        }
+        "File_GetFromComputeNode" | "File_GetPropertiesFromComputeNode" => {
+            let (pool_id, node_id) = (req.param("poolId"), req.param("nodeId"));
+            let Some(pool) = st.pools.get(pool_id) else {
+                return not_found("Pool", pool_id);
+            };
+            if !pool.nodes.contains_key(node_id) {
+                return not_found("Node", node_id);
+            }
+            let file_path = req.param("filePath");
+            match pool.node_files.get(node_id).and_then(|m| m.get(file_path)) {
+                Some(f) => file_reply(req, f, req.op.starts_with("File_GetProperties")),
+                None => Reply::error(
+                    404,
+                    "FileNotFound",
+                    "The specified file does not exist.",
+                    &[("FilePath", file_path.to_owned())],
+                ),
+            }
+        }
+        other => Reply::error(
+            501,
+            "NotImplemented",
+            &format!("The strict test server does not implement {other}."),
+            &[],
+        ),
+    }
+}
+
+fn job_not_accepting(job: &Job) -> Option<Reply> {
+    match job.body.get("state").and_then(Value::as_str) {
+        Some("completed") => Some(Reply::error(
+            409,
+            "JobCompleted",
+            "The specified job is already in a completed state.",
+            &[],
+        )),
+        Some("terminating") => Some(Reply::error(
+            409,
+            "JobBeingTerminated",
+            "The specified job is being terminated.",
+            &[],
+        )),
+        Some("deleting") => Some(Reply::error(
+            409,
+            "JobBeingDeleted",
+            "The specified job is being deleted.",
+            &[],
+        )),
+        _ => None,
+    }
+}
+
+type TaskError = (u16, &'static str, &'static str);
+
+/// Creates a task in a job; Err for duplicates or dependency misuse.
+fn add_task(
+    shared: &Shared,
+    base: &str,
+    job_id: &str,
+    job: &mut Job,
+    mut body: Map<String, Value>,
+) -> Result<(String, String), TaskError> {
+    let task_id = body
+        .get("id")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_owned();
+    if job.tasks.contains_key(&task_id) {
+        return Err((409, "TaskExists", "The specified task already exists."));
+    }
+    if body.contains_key("dependsOn")
+        && job
+            .body
+            .get("usesTaskDependencies")
+            .and_then(Value::as_bool)
+            != Some(true)
+    {
+        return Err((
+            409,
+            "TaskDependenciesNotSpecifiedOnJob",
+            "The task has dependencies but the job does not set usesTaskDependencies.",
+        ));
+    }
+    let url = format!("{base}/jobs/{}/tasks/{}", enc(job_id), enc(&task_id));
+    let etag = shared.next_etag();
+    state::stamp(&mut body, url.clone(), &etag, "active");
+    body.insert(
+        "executionInfo".into(),
+        json!({"retryCount": 0, "requeueCount": 0}),
+    );
+    job.tasks.insert(
+        task_id,
+        Task {
+            body: Value::Object(body),
+            files: BTreeMap::new(),
+            subtasks: Vec::new(),
+        },
+    );
+    Ok((url, etag))
+}
+
+fn task_ref<'s>(st: &'s state::State, req: &Req<'_>) -> Result<&'s Task, Reply> {
+    let job_id = req.param("jobId");
+    let task_id = req.param("taskId");
+    let job = st
+        .jobs
+        .get(job_id)
+        .ok_or_else(|| not_found("Job", job_id))?;
+    job.tasks
+        .get(task_id)
+        .ok_or_else(|| not_found("Task", task_id))
+}
+
+fn task_mut<'s>(st: &'s mut state::State, req: &Req<'_>) -> Result<&'s mut Task, Reply> {
+    let job_id = req.param("jobId");
+    let task_id = req.param("taskId");
+    let job = st
+        .jobs
+        .get_mut(job_id)
+        .ok_or_else(|| not_found("Job", job_id))?;
+    job.tasks
+        .get_mut(task_id)
+        .ok_or_else(|| not_found("Task", task_id))
+}
+
+fn file_entries(file_base: &str, files: &BTreeMap<String, FileRec>) -> Vec<(String, Value)> {
+    files
+        .iter()
+        .map(|(name, f)| {
+            (
+                name.clone(),
+                json!({
+                    "name": name,
+                    "url": format!("{file_base}/{}", enc(name)),
+                    "isDirectory": false,
+                    "properties": {
+                        "creationTime": f.created,
+                        "lastModified": f.created,
+                        "contentLength": f.data.len(),
+                        "contentType": "application/octet-stream",
+                        "fileMode": "0o100644",
+                    }
+                }),
+            )
+        })
+        .collect()
+}
+
+fn file_reply(req: &Req<'_>, f: &FileRec, head: bool) -> Reply {
+    let total = f.data.len();
+    let mut status = 200;
+    let mut data = f.data.clone();
+    if let Some(range) = req.headers.get("ocp-range").and_then(|v| v.to_str().ok()) {
+        let parsed = range.strip_prefix("bytes=").and_then(|r| {
+            let (a, b) = r.split_once('-')?;
+            let a: usize = a.trim().parse().ok()?;
+            let b: usize = if b.trim().is_empty() {
+                total.checked_sub(1)?
+            } else {
+                b.trim().parse().ok()?
+            };
+            (a <= b && a < total).then_some((a, b.min(total - 1)))
+        });
+        match parsed {
+            Some((a, b)) => {
+                data = f.data.slice(a..=b);
+                status = 206;
+            }
+            None => {
+                return Reply::error(
+                    416,
+                    "InvalidRange",
+                    "The range specified is invalid for the current size of the resource.",
+                    &[("Range", range.to_owned())],
+                )
+            }
+        }
+    }
+    let mut r = Reply::empty(status);
+    r = r
+        .header("content-type", "application/octet-stream")
+        .header("ocp-creation-time", f.modified_http.clone())
+        .header("ocp-batch-file-isdirectory", "false")
+        .header("ocp-batch-file-mode", "0o100644")
+        .header("last-modified", f.modified_http.clone());
+    if head {
+        r = r.header("content-length", total.to_string());
+    } else {
+        r.body = data;
+    }
+    r
+}
+
+/// The `$skiptoken` of a list call (the last key of the previous page).
+fn after(req: &Req<'_>) -> Option<String> {
+    req.query.get("$skiptoken").map(str::to_owned)
+}
+
+/// Applies `$select` (top-level properties) to an item.
+fn select(item: &Value, query: &Query) -> Value {
+    let Some(sel) = query.get("$select") else {
+        return item.clone();
+    };
+    let keep: Vec<&str> = sel.split(',').map(str::trim).collect();
+    match item {
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .filter(|(k, _)| keep.contains(&k.as_str()))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
+/// A `$filter` of `path eq 'value'` clauses joined with `and`.
+fn parse_filter(f: &str) -> Option<Vec<(Vec<String>, String)>> {
+    let mut out = Vec::new();
+    for clause in f.split(" and ") {
+        let (field, value) = clause.trim().split_once(" eq ")?;
+        let value = value.trim();
+        let value = value
+            .strip_prefix('\'')
+            .and_then(|v| v.strip_suffix('\''))
+            .unwrap_or(value);
+        out.push((
+            field.trim().split('/').map(str::to_owned).collect(),
+            value.to_owned(),
+        ));
+    }
+    Some(out)
+}
+
+fn matches(item: &Value, filter: &[(Vec<String>, String)]) -> bool {
+    filter.iter().all(|(path, want)| {
+        let mut v = item;
+        for p in path {
+            match v.get(p) {
+                Some(x) => v = x,
+                None => return false,
+            }
+        }
+        match v {
+            Value::String(s) => s.eq_ignore_ascii_case(want),
+            Value::Number(n) => n.to_string() == *want,
+            Value::Bool(b) => b.to_string() == *want,
+            _ => false,
+        }
+    })
+}
+
+/// One page of a list: items after the skip token, filtered, at most `maxresults`, with an
+/// `odata.nextLink` when more remain.
+fn page<'a, I>(shared: &Shared, req: &Req<'_>, path: &str, items: I, after: Option<String>) -> Reply
+where
+    I: Iterator<Item = (&'a str, &'a Value)>,
+{
+    let max = match req.query.get("maxresults") {
+        None => 1000,
+        Some(m) => match m.parse::<usize>() {
+            Ok(n) if (1..=1000).contains(&n) => n,
+            _ => return Reply::error(
+                400,
+                "InvalidQueryParameterValue",
+                "Value for one of the query parameters specified in the request URI is invalid.",
+                &[
+                    ("QueryParameterName", "maxresults".into()),
+                    ("QueryParameterValue", m.to_owned()),
+                ],
+            ),
+        },
+    };
+    let filter = match req.query.get("$filter") {
+        None => None,
+        Some(f) => match parse_filter(f) {
+            Some(p) => Some(p),
+            None => return Reply::error(
+                400,
+                "InvalidQueryParameterValue",
+                "The strict test server supports only `field eq 'value'` clauses joined by `and`.",
+                &[
+                    ("QueryParameterName", "$filter".into()),
+                    ("QueryParameterValue", f.to_owned()),
+                ],
+            ),
+        },
+    };
+    let mut value = Vec::new();
+    let mut last_key: Option<&str> = None;
+    let mut more = false;
+    for (k, item) in items {
+        if let Some(a) = &after {
+            if k <= a.as_str() {
+                continue;
+            }
+        }
+        if let Some(f) = &filter {
+            if !matches(item, f) {
+                continue;
+            }
+        }
+        if value.len() == max {
+            more = true;
+            break;
+        }
+        value.push(select(item, req.query));
+        last_key = Some(k);
+    }
+    let mut out = json!({"value": value});
+    if more {
+        if let Some(k) = last_key {
+            let mut q = url::form_urlencoded::Serializer::new(String::new());
+            q.append_pair("api-version", req.query.get("api-version").unwrap_or(""));
+            q.append_pair("maxresults", &max.to_string());
+            for name in ["$filter", "$select", "$expand"] {
+                if let Some(v) = req.query.get(name) {
+                    q.append_pair(name, v);
+                }
+            }
+            q.append_pair("$skiptoken", k);
+            out["odata.nextLink"] = json!(format!("{}{path}?{}", shared.base_url, q.finish()));
+        }
+    }
+    Reply::json(200, &out)
+}
