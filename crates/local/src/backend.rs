@@ -1,0 +1,665 @@
+//! [`LocalBackend`]: connecting, running a job (bag of tasks with slots, dependencies,
+//! retries and job actions), listing recorded jobs and tasks, sweeping leftovers.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use time::OffsetDateTime;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::docker::Engine;
+use crate::error::{LocalError, Result};
+use crate::events::{Event, EventSender, Events};
+use crate::keys::RunKeys;
+use crate::spec::{JobSpec, OnAllTasksComplete, OnTaskFailure};
+use crate::store::{JobRecord, JobState, Store, TaskRecord, TaskResult, TaskState};
+use crate::sweep::SweepReport;
+use crate::task::{run_attempt, RunCtx};
+
+/// Name of the store file inside the state directory.
+pub const STORE_FILE: &str = "shipyard.redb";
+
+/// Settings of the local backend. `Default` gives sensible values; setters consume and return.
+#[derive(Debug, Clone)]
+pub struct LocalOptions {
+    /// Where task output and the store live (`<state>/jobs/<job>/tasks/<task>/stdout.txt`).
+    /// Default: `$SHIPYARD_STATE_DIR`, else `$XDG_STATE_HOME/shipyard`, else
+    /// `~/.local/state/shipyard`.
+    pub state_dir: PathBuf,
+    /// Task slots: how many tasks run at once unless the job says otherwise. Default: the
+    /// number of CPUs.
+    pub max_parallel_tasks: usize,
+    /// How long every node's sshd may take to answer on port 23.
+    pub sshd_timeout: Duration,
+    /// How long the coordination command may take to return.
+    pub coordination_timeout: Duration,
+    /// Emit [`Event::Output`] for every line of output.
+    pub stream_output: bool,
+    /// Extra labels on every Docker object (tests add `shipyard.test=1`).
+    pub extra_labels: Vec<(String, String)>,
+    /// Parent of the private per-run key directories. Default: the system temp dir.
+    pub key_dir: PathBuf,
+    /// Mount the private key and client config on every node, not only the master (for
+    /// launchers that ssh from non-master nodes, e.g. Open MPI tree spawn beyond 64 nodes).
+    pub keys_on_all_nodes: bool,
+    /// Sweep leftovers of dead runs when connecting.
+    pub sweep_on_connect: bool,
+}
+
+fn default_state_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("SHIPYARD_STATE_DIR") {
+        return PathBuf::from(d);
+    }
+    if let Some(d) = std::env::var_os("XDG_STATE_HOME") {
+        return PathBuf::from(d).join("shipyard");
+    }
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir)
+        .join(".local/state/shipyard")
+}
+
+impl Default for LocalOptions {
+    fn default() -> Self {
+        LocalOptions {
+            state_dir: default_state_dir(),
+            max_parallel_tasks: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            sshd_timeout: Duration::from_secs(30),
+            coordination_timeout: Duration::from_secs(120),
+            stream_output: false,
+            extra_labels: Vec::new(),
+            key_dir: std::env::temp_dir(),
+            keys_on_all_nodes: false,
+            sweep_on_connect: true,
+        }
+    }
+}
+
+impl LocalOptions {
+    /// Sets [`LocalOptions::state_dir`].
+    pub fn state_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.state_dir = dir.into();
+        self
+    }
+    /// Sets [`LocalOptions::max_parallel_tasks`].
+    pub fn max_parallel_tasks(mut self, n: usize) -> Self {
+        self.max_parallel_tasks = n.max(1);
+        self
+    }
+    /// Sets [`LocalOptions::sshd_timeout`].
+    pub fn sshd_timeout(mut self, d: Duration) -> Self {
+        self.sshd_timeout = d;
+        self
+    }
+    /// Sets [`LocalOptions::stream_output`].
+    pub fn stream_output(mut self, on: bool) -> Self {
+        self.stream_output = on;
+        self
+    }
+    /// Adds a label to every Docker object.
+    pub fn label(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.extra_labels.push((key.into(), value.into()));
+        self
+    }
+    /// Sets [`LocalOptions::key_dir`].
+    pub fn key_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.key_dir = dir.into();
+        self
+    }
+    /// Sets [`LocalOptions::sweep_on_connect`].
+    pub fn sweep_on_connect(mut self, on: bool) -> Self {
+        self.sweep_on_connect = on;
+        self
+    }
+    /// The store of this state directory (usable without Docker).
+    pub fn store(&self) -> Store {
+        Store::new(self.state_dir.join(STORE_FILE))
+    }
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobOutcome {
+    /// Job id.
+    pub job_id: String,
+    /// The run's uuid (the `shipyard.run` label of everything it created).
+    pub run_id: String,
+    /// Final job state.
+    pub state: JobState,
+    /// Why the job was terminated, if it was (`AllTasksComplete`, `TaskFailed`, `Cancelled`).
+    pub terminate_reason: Option<String>,
+    /// Whether the run was cancelled.
+    pub cancelled: bool,
+    /// Every task, in the job's order.
+    pub tasks: Vec<TaskRecord>,
+}
+
+impl JobOutcome {
+    /// True when every task completed with exit code 0.
+    pub fn succeeded(&self) -> bool {
+        !self.cancelled
+            && self
+                .tasks
+                .iter()
+                .all(|t| t.result == Some(TaskResult::Success))
+    }
+
+    /// A process exit code for the run: 0 on success, 130 when cancelled, else the first
+    /// failed task's exit code (1 when it has none or it does not fit 1..=255).
+    pub fn exit_code(&self) -> i32 {
+        if self.succeeded() {
+            return 0;
+        }
+        if self.cancelled {
+            return 130;
+        }
+        self.tasks
+            .iter()
+            .find(|t| t.result != Some(TaskResult::Success))
+            .and_then(|t| t.exit_code)
+            .filter(|c| (1..=255).contains(c))
+            .map_or(1, |c| c as i32)
+    }
+
+    /// The task with `id`.
+    pub fn task(&self, id: &str) -> Option<&TaskRecord> {
+        self.tasks.iter().find(|t| t.id == id)
+    }
+}
+
+/// The local backend: a connected Docker engine plus a state directory.
+#[derive(Debug)]
+pub struct LocalBackend {
+    engine: Engine,
+    opts: LocalOptions,
+    store: Store,
+    cancel: CancellationToken,
+}
+
+impl LocalBackend {
+    /// Connects to Docker (`DOCKER_HOST` or the local socket) and, unless disabled, sweeps
+    /// leftovers of dead runs.
+    pub async fn connect(opts: LocalOptions) -> Result<Self> {
+        let engine = Engine::connect().await?;
+        let backend = LocalBackend {
+            store: opts.store(),
+            engine,
+            opts,
+            cancel: CancellationToken::new(),
+        };
+        if backend.opts.sweep_on_connect {
+            let r = backend.sweep().await?;
+            if !r.dead_runs.is_empty() {
+                tracing::info!(
+                    runs = r.dead_runs.len(),
+                    objects = r.objects_removed,
+                    "swept leftovers of dead runs"
+                );
+            }
+        }
+        Ok(backend)
+    }
+
+    /// The options in use.
+    pub fn options(&self) -> &LocalOptions {
+        &self.opts
+    }
+
+    /// A token that cancels every run of this backend (wire Ctrl-C / SIGTERM to it). A
+    /// cancelled run stops its tasks, removes everything and returns an outcome with
+    /// `cancelled: true`.
+    pub fn cancel_token(&self) -> CancellationToken {
+        self.cancel.clone()
+    }
+
+    /// The embedded store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Every recorded job.
+    pub fn list_jobs(&self) -> Result<Vec<JobRecord>> {
+        self.store.list_jobs()
+    }
+
+    /// The recorded tasks of `job`.
+    pub fn list_tasks(&self, job: &str) -> Result<Vec<TaskRecord>> {
+        self.store.list_tasks(job)
+    }
+
+    /// Removes containers, networks, volumes and key directories of runs whose process is gone.
+    pub async fn sweep(&self) -> Result<SweepReport> {
+        crate::sweep::sweep(&self.engine, &self.opts.key_dir).await
+    }
+
+    /// Runs `job` to completion (or cancellation) and returns how it ended. Task failures are
+    /// reported in the outcome; `Err` means the job could not start (invalid job, missing image,
+    /// Docker trouble). Dropping the future stops the tasks and removes their containers too.
+    pub async fn run_spec(&self, job: JobSpec, events: Option<EventSender>) -> Result<JobOutcome> {
+        job.validate()?;
+        let deps = resolve_dependencies(&job)?;
+        let events = Events(events);
+        let mut checked = HashSet::new();
+        for t in &job.tasks {
+            if checked.insert(t.image.clone()) && !self.engine.image_exists(&t.image).await? {
+                return Err(LocalError::ImageMissing {
+                    task: t.id.clone(),
+                    image: t.image.clone(),
+                });
+            }
+        }
+        let run_id = uuid::Uuid::new_v4().to_string();
+        let keys = if job.tasks.iter().any(|t| t.multi_instance.is_some()) {
+            std::fs::create_dir_all(&self.opts.key_dir)
+                .map_err(|e| LocalError::io(&self.opts.key_dir, e))?;
+            Some(Arc::new(RunKeys::generate(&self.opts.key_dir, &run_id)?))
+        } else {
+            None
+        };
+        let ctx = Arc::new(RunCtx {
+            engine: self.engine.clone(),
+            opts: self.opts.clone(),
+            job: job.id.clone(),
+            run_id: run_id.clone(),
+            keys,
+            events: events.clone(),
+        });
+        let created = OffsetDateTime::now_utc();
+        let mut job_rec = JobRecord {
+            id: job.id.clone(),
+            state: JobState::Active,
+            run_id: run_id.clone(),
+            creation_time: created,
+            end_time: None,
+            terminate_reason: None,
+            task_count: job.tasks.len(),
+        };
+        record(self.store.put_job(&job_rec));
+        let mut records: Vec<TaskRecord> = job
+            .tasks
+            .iter()
+            .map(|t| TaskRecord {
+                job_id: job.id.clone(),
+                id: t.id.clone(),
+                state: TaskState::Active,
+                result: None,
+                exit_code: None,
+                failure: None,
+                start_time: None,
+                end_time: None,
+                retry_count: 0,
+                nodes: Vec::new(),
+                task_dir: ctx.task_dir(&t.id),
+            })
+            .collect();
+        for r in &records {
+            record(self.store.put_task(r));
+        }
+        events.emit(Event::JobStarted {
+            job: job.id.clone(),
+            run_id: run_id.clone(),
+            tasks: job.tasks.len(),
+        });
+
+        let cancel = self.cancel.child_token();
+        let slots = job
+            .max_parallel_tasks
+            .unwrap_or(self.opts.max_parallel_tasks)
+            .max(1);
+        #[derive(Clone, Copy, PartialEq)]
+        enum S {
+            Pending,
+            Running,
+            Ok,
+            Failed,
+            Blocked,
+        }
+        let mut st = vec![S::Pending; job.tasks.len()];
+        let mut set: JoinSet<(usize, TaskRecord)> = JoinSet::new();
+        let mut terminated = false;
+        loop {
+            // Block tasks whose dependencies can never succeed.
+            let mut changed = true;
+            while changed {
+                changed = false;
+                for i in 0..st.len() {
+                    if st[i] == S::Pending
+                        && deps[i]
+                            .iter()
+                            .any(|&d| matches!(st[d], S::Failed | S::Blocked))
+                    {
+                        st[i] = S::Blocked;
+                        changed = true;
+                    }
+                }
+            }
+            if !terminated && !cancel.is_cancelled() {
+                let mut running = st.iter().filter(|s| **s == S::Running).count();
+                for i in 0..st.len() {
+                    if running >= slots {
+                        break;
+                    }
+                    if st[i] == S::Pending && deps[i].iter().all(|&d| st[d] == S::Ok) {
+                        st[i] = S::Running;
+                        running += 1;
+                        let ctx = ctx.clone();
+                        let store = self.store.clone();
+                        let task = job.tasks[i].clone();
+                        let rec = records[i].clone();
+                        let cancel = cancel.clone();
+                        set.spawn(async move {
+                            let rec = run_task(&ctx, &store, &task, rec, &cancel).await;
+                            (i, rec)
+                        });
+                    }
+                }
+            }
+            let Some(joined) = set.join_next().await else {
+                break;
+            };
+            let (i, rec) = match joined {
+                Ok(v) => v,
+                Err(e) => {
+                    tracing::error!(error = %e, "a task runner panicked");
+                    continue;
+                }
+            };
+            let ok = rec.result == Some(TaskResult::Success);
+            st[i] = if ok { S::Ok } else { S::Failed };
+            records[i] = rec;
+            if !ok
+                && !cancel.is_cancelled()
+                && job.on_task_failure == OnTaskFailure::PerformExitOptionsJobAction
+                && !terminated
+            {
+                tracing::info!(task = %records[i].id, "task failed; terminating the job (onTaskFailure)");
+                terminated = true;
+                job_rec.terminate_reason = Some("TaskFailed".into());
+                cancel.cancel();
+            }
+        }
+        let cancelled = self.cancel.is_cancelled();
+        // Tasks that never ran keep state `active`; say why.
+        for (i, s) in st.iter().enumerate() {
+            if *s == S::Blocked || *s == S::Pending {
+                let why = if *s == S::Blocked {
+                    "not run: a task it depends on failed"
+                } else if cancelled {
+                    "not run: the run was cancelled"
+                } else {
+                    "not run: the job was terminated"
+                };
+                records[i].failure = Some(why.to_string());
+                record(self.store.put_task(&records[i]));
+            }
+        }
+        let all_complete = records.iter().all(|r| r.state == TaskState::Completed);
+        if cancelled {
+            job_rec.state = JobState::Completed;
+            job_rec.terminate_reason = Some("Cancelled".into());
+        } else if terminated {
+            job_rec.state = JobState::Completed;
+        } else if all_complete && job.on_all_tasks_complete == OnAllTasksComplete::TerminateJob {
+            job_rec.state = JobState::Completed;
+            job_rec.terminate_reason = Some("AllTasksComplete".into());
+        }
+        job_rec.end_time = Some(OffsetDateTime::now_utc());
+        record(self.store.put_job(&job_rec));
+        drop(ctx); // deletes the key directory
+        events.emit(Event::JobFinished {
+            job: job.id.clone(),
+            state: job_rec.state,
+        });
+        Ok(JobOutcome {
+            job_id: job.id,
+            run_id,
+            state: job_rec.state,
+            terminate_reason: job_rec.terminate_reason,
+            cancelled,
+            tasks: records,
+        })
+    }
+
+    /// The state directory.
+    pub fn state_dir(&self) -> &Path {
+        &self.opts.state_dir
+    }
+}
+
+fn record(r: Result<()>) {
+    if let Err(e) = r {
+        tracing::warn!(error = %e, "could not record state");
+    }
+}
+
+/// Runs a task with its retries, recording each state change.
+async fn run_task(
+    ctx: &RunCtx,
+    store: &Store,
+    task: &crate::spec::TaskSpec,
+    mut rec: TaskRecord,
+    cancel: &CancellationToken,
+) -> TaskRecord {
+    let mut attempt: u32 = 0;
+    loop {
+        rec.state = TaskState::Preparing;
+        rec.start_time = Some(OffsetDateTime::now_utc());
+        rec.end_time = None;
+        rec.result = None;
+        rec.exit_code = None;
+        rec.failure = None;
+        rec.retry_count = attempt;
+        record(store.put_task(&rec));
+        ctx.events.emit(Event::TaskState {
+            task: task.id.clone(),
+            state: TaskState::Preparing,
+            attempt,
+            exit_code: None,
+            failure: None,
+        });
+        let a = run_attempt(ctx, task, attempt, cancel).await;
+        rec.end_time = Some(OffsetDateTime::now_utc());
+        rec.state = TaskState::Completed;
+        rec.exit_code = a.exit_code;
+        rec.nodes = a.nodes.clone();
+        rec.failure = a.failure.clone();
+        if a.succeeded() {
+            rec.result = Some(TaskResult::Success);
+        } else {
+            rec.result = Some(TaskResult::Failure);
+            if rec.failure.is_none() {
+                rec.failure = Some(format!(
+                    "the application exited with code {}",
+                    a.exit_code.unwrap_or(-1)
+                ));
+            }
+        }
+        let retry = !a.succeeded()
+            && !a.cancelled
+            && !cancel.is_cancelled()
+            && (task.max_task_retry_count < 0 || attempt < task.max_task_retry_count as u32);
+        if retry {
+            attempt += 1;
+            record(store.put_task(&rec));
+            ctx.events.emit(Event::TaskRetry {
+                task: task.id.clone(),
+                attempt,
+                reason: rec.failure.clone().unwrap_or_default(),
+            });
+            continue;
+        }
+        record(store.put_task(&rec));
+        ctx.events.emit(Event::TaskState {
+            task: task.id.clone(),
+            state: TaskState::Completed,
+            attempt,
+            exit_code: rec.exit_code,
+            failure: rec.failure.clone(),
+        });
+        return rec;
+    }
+}
+
+/// For each task, the indexes of the tasks it depends on; rejects unknown ids and cycles.
+pub(crate) fn resolve_dependencies(job: &JobSpec) -> Result<Vec<Vec<usize>>> {
+    let index: std::collections::HashMap<&str, usize> = job
+        .tasks
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.id.as_str(), i))
+        .collect();
+    let numeric: Vec<(i64, usize)> = job
+        .tasks
+        .iter()
+        .enumerate()
+        .filter_map(|(i, t)| t.id.parse::<i64>().ok().map(|n| (n, i)))
+        .collect();
+    let mut deps = vec![Vec::new(); job.tasks.len()];
+    for (i, t) in job.tasks.iter().enumerate() {
+        let Some(d) = &t.depends_on else { continue };
+        let mut set = std::collections::BTreeSet::new();
+        for id in &d.task_ids {
+            let j = *index
+                .get(id.as_str())
+                .ok_or_else(|| LocalError::InvalidJob {
+                    job: job.id.clone(),
+                    field: format!("tasks[{i}].dependsOn.taskIds"),
+                    reason: format!("no task `{id}` in the job"),
+                })?;
+            set.insert(j);
+        }
+        for r in &d.task_id_ranges {
+            for &(n, j) in &numeric {
+                if n >= r.start && n <= r.end {
+                    set.insert(j);
+                }
+            }
+        }
+        if set.contains(&i) {
+            return Err(LocalError::InvalidJob {
+                job: job.id.clone(),
+                field: format!("tasks[{i}].dependsOn"),
+                reason: format!("task `{}` depends on itself", t.id),
+            });
+        }
+        deps[i] = set.into_iter().collect();
+    }
+    // Kahn's algorithm: every task must become schedulable.
+    let mut indeg: Vec<usize> = deps.iter().map(Vec::len).collect();
+    let mut ready: Vec<usize> = (0..indeg.len()).filter(|&i| indeg[i] == 0).collect();
+    let mut done = 0;
+    while let Some(i) = ready.pop() {
+        done += 1;
+        for (k, d) in deps.iter().enumerate() {
+            if d.contains(&i) {
+                indeg[k] -= 1;
+                if indeg[k] == 0 {
+                    ready.push(k);
+                }
+            }
+        }
+    }
+    if done != deps.len() {
+        let stuck: Vec<&str> = (0..deps.len())
+            .filter(|&i| indeg[i] > 0)
+            .map(|i| job.tasks[i].id.as_str())
+            .collect();
+        return Err(LocalError::InvalidJob {
+            job: job.id.clone(),
+            field: "tasks[].dependsOn".into(),
+            reason: format!("dependency cycle among: {}", stuck.join(", ")),
+        });
+    }
+    Ok(deps)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::{TaskDependencies, TaskIdRange, TaskSpec};
+
+    fn job(tasks: Vec<TaskSpec>) -> JobSpec {
+        JobSpec {
+            id: "j".into(),
+            tasks,
+            uses_task_dependencies: true,
+            on_all_tasks_complete: OnAllTasksComplete::NoAction,
+            on_task_failure: OnTaskFailure::NoAction,
+            max_parallel_tasks: None,
+        }
+    }
+
+    fn dep(t: &mut TaskSpec, ids: &[&str], ranges: &[(i64, i64)]) {
+        t.depends_on = Some(TaskDependencies {
+            task_ids: ids.iter().map(|s| s.to_string()).collect(),
+            task_id_ranges: ranges
+                .iter()
+                .map(|&(start, end)| TaskIdRange { start, end })
+                .collect(),
+        });
+    }
+
+    #[test]
+    fn resolves_ids_and_ranges() {
+        let mut ts: Vec<TaskSpec> = (1..=5)
+            .map(|i| TaskSpec::new(i.to_string(), "img", "true"))
+            .collect();
+        let mut last = TaskSpec::new("merge", "img", "true");
+        dep(&mut last, &["5"], &[(1, 3)]);
+        ts.push(last);
+        let d = resolve_dependencies(&job(ts)).unwrap();
+        assert_eq!(d[5], vec![0, 1, 2, 4]);
+        assert!(d[0].is_empty());
+    }
+
+    #[test]
+    fn rejects_unknown_ids_and_cycles() {
+        let mut a = TaskSpec::new("a", "img", "true");
+        dep(&mut a, &["zz"], &[]);
+        let e = resolve_dependencies(&job(vec![a])).unwrap_err().to_string();
+        assert!(e.contains("zz") && e.contains("taskIds"), "{e}");
+        let mut a = TaskSpec::new("a", "img", "true");
+        let mut b = TaskSpec::new("b", "img", "true");
+        dep(&mut a, &["b"], &[]);
+        dep(&mut b, &["a"], &[]);
+        let e = resolve_dependencies(&job(vec![a, b]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cycle"), "{e}");
+    }
+
+    #[test]
+    fn outcome_exit_code() {
+        let rec = |id: &str, result, code| TaskRecord {
+            job_id: "j".into(),
+            id: id.into(),
+            state: TaskState::Completed,
+            result: Some(result),
+            exit_code: code,
+            failure: None,
+            start_time: None,
+            end_time: None,
+            retry_count: 0,
+            nodes: vec![],
+            task_dir: "/x".into(),
+        };
+        let mut o = JobOutcome {
+            job_id: "j".into(),
+            run_id: "r".into(),
+            state: JobState::Completed,
+            terminate_reason: None,
+            cancelled: false,
+            tasks: vec![rec("a", TaskResult::Success, Some(0))],
+        };
+        assert_eq!(o.exit_code(), 0);
+        o.tasks.push(rec("b", TaskResult::Failure, Some(3)));
+        assert_eq!(o.exit_code(), 3);
+        o.tasks[1].exit_code = None;
+        assert_eq!(o.exit_code(), 1);
+        o.cancelled = true;
+        assert_eq!(o.exit_code(), 130);
+    }
+}

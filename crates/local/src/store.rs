@@ -1,0 +1,282 @@
+//! The embedded store (redb): every job's and task's state, times and exit code, so a fresh
+//! process can list them after the run.
+//!
+//! The database file is opened for each operation and closed again, so several processes (a
+//! running job and a `jobs list`) can share it; a busy file is retried for a few seconds.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use redb::{Database, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::error::{LocalError, Result};
+
+const JOBS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("jobs");
+const TASKS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("tasks");
+
+/// A job's state (Batch's `JobState` subset that a local run reaches).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobState {
+    /// Running, or finished with `onAllTasksComplete: noaction`.
+    Active,
+    /// Tasks are being stopped.
+    Terminating,
+    /// Terminated (all tasks complete with `terminatejob`, a task failure, or cancellation).
+    Completed,
+}
+
+/// A task's state (Batch's `TaskState`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskState {
+    /// Waiting for a slot or for its dependencies.
+    Active,
+    /// Nodes are being started and coordinated.
+    Preparing,
+    /// The application command runs.
+    Running,
+    /// Finished (see [`TaskResult`]).
+    Completed,
+}
+
+/// How a completed task ended (Batch's `TaskExecutionResult`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskResult {
+    /// Exit code 0.
+    Success,
+    /// Non-zero exit, a lost node, a coordination failure, or cancellation.
+    Failure,
+}
+
+/// One job as recorded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobRecord {
+    /// Job id.
+    pub id: String,
+    /// State.
+    pub state: JobState,
+    /// The run (process invocation) that executed it.
+    pub run_id: String,
+    /// When the run started.
+    #[serde(with = "time::serde::rfc3339")]
+    pub creation_time: OffsetDateTime,
+    /// When the run ended.
+    #[serde(with = "time::serde::rfc3339::option", default)]
+    pub end_time: Option<OffsetDateTime>,
+    /// Why the job was terminated (`AllTasksComplete`, `TaskFailed`, `Cancelled`), if it was.
+    #[serde(default)]
+    pub terminate_reason: Option<String>,
+    /// Number of tasks.
+    pub task_count: usize,
+}
+
+/// One task as recorded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskRecord {
+    /// Job id.
+    pub job_id: String,
+    /// Task id.
+    pub id: String,
+    /// State.
+    pub state: TaskState,
+    /// How it ended, once completed.
+    #[serde(default)]
+    pub result: Option<TaskResult>,
+    /// The application's exit code (the master's for multi-instance tasks).
+    #[serde(default)]
+    pub exit_code: Option<i64>,
+    /// Why it failed, when it did not simply exit non-zero.
+    #[serde(default)]
+    pub failure: Option<String>,
+    /// Start of the last attempt.
+    #[serde(with = "time::serde::rfc3339::option", default)]
+    pub start_time: Option<OffsetDateTime>,
+    /// End of the last attempt.
+    #[serde(with = "time::serde::rfc3339::option", default)]
+    pub end_time: Option<OffsetDateTime>,
+    /// How many times it was retried.
+    pub retry_count: u32,
+    /// Nodes of the last attempt.
+    #[serde(default)]
+    pub nodes: Vec<String>,
+    /// Host directory holding `stdout.txt` / `stderr.txt`.
+    pub task_dir: PathBuf,
+}
+
+/// Handle on the store file.
+#[derive(Debug, Clone)]
+pub struct Store {
+    path: PathBuf,
+}
+
+static PROCESS_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn task_key(job: &str, task: &str) -> String {
+    format!("{job}\u{0}{task}")
+}
+
+impl Store {
+    /// The store at `path` (created on first write).
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Store { path: path.into() }
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn err(&self, reason: impl std::fmt::Display) -> LocalError {
+        LocalError::Store {
+            path: self.path.clone(),
+            reason: reason.to_string(),
+        }
+    }
+
+    fn with_db<T>(&self, f: impl FnOnce(&Database) -> Result<T>) -> Result<T> {
+        let _guard = PROCESS_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(parent) = self.path.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| LocalError::io(parent, e))?;
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match Database::create(&self.path) {
+                Ok(db) => return f(&db),
+                Err(redb::DatabaseError::DatabaseAlreadyOpen)
+                    if std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => return Err(self.err(e)),
+            }
+        }
+    }
+
+    fn put(&self, table: TableDefinition<'_, &str, &[u8]>, key: &str, value: &[u8]) -> Result<()> {
+        self.with_db(|db| {
+            let w = db.begin_write().map_err(|e| self.err(e))?;
+            {
+                let mut t = w.open_table(table).map_err(|e| self.err(e))?;
+                t.insert(key, value).map_err(|e| self.err(e))?;
+            }
+            w.commit().map_err(|e| self.err(e))
+        })
+    }
+
+    fn scan(
+        &self,
+        table: TableDefinition<'_, &str, &[u8]>,
+        prefix: Option<&str>,
+    ) -> Result<Vec<Vec<u8>>> {
+        if !self.path.exists() {
+            return Ok(Vec::new());
+        }
+        self.with_db(|db| {
+            let r = db.begin_read().map_err(|e| self.err(e))?;
+            let t = match r.open_table(table) {
+                Ok(t) => t,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+                Err(e) => return Err(self.err(e)),
+            };
+            let mut out = Vec::new();
+            for item in t.iter().map_err(|e| self.err(e))? {
+                let (k, v) = item.map_err(|e| self.err(e))?;
+                if prefix.is_none_or(|p| k.value().starts_with(p)) {
+                    out.push(v.value().to_vec());
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    /// Records (inserts or replaces) a job.
+    pub fn put_job(&self, job: &JobRecord) -> Result<()> {
+        let v = serde_json::to_vec(job).map_err(|e| self.err(e))?;
+        self.put(JOBS, &job.id, &v)
+    }
+
+    /// Records (inserts or replaces) a task.
+    pub fn put_task(&self, task: &TaskRecord) -> Result<()> {
+        let v = serde_json::to_vec(task).map_err(|e| self.err(e))?;
+        self.put(TASKS, &task_key(&task.job_id, &task.id), &v)
+    }
+
+    /// Every recorded job, ordered by id.
+    pub fn list_jobs(&self) -> Result<Vec<JobRecord>> {
+        self.scan(JOBS, None)?
+            .iter()
+            .map(|v| serde_json::from_slice(v).map_err(|e| self.err(e)))
+            .collect()
+    }
+
+    /// One job, if recorded.
+    pub fn get_job(&self, job: &str) -> Result<Option<JobRecord>> {
+        Ok(self.list_jobs()?.into_iter().find(|j| j.id == job))
+    }
+
+    /// The tasks of `job`, ordered by id.
+    pub fn list_tasks(&self, job: &str) -> Result<Vec<TaskRecord>> {
+        let prefix = format!("{job}\u{0}");
+        self.scan(TASKS, Some(&prefix))?
+            .iter()
+            .map(|v| serde_json::from_slice(v).map_err(|e| self.err(e)))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task(job: &str, id: &str) -> TaskRecord {
+        TaskRecord {
+            job_id: job.into(),
+            id: id.into(),
+            state: TaskState::Completed,
+            result: Some(TaskResult::Success),
+            exit_code: Some(0),
+            failure: None,
+            start_time: Some(OffsetDateTime::now_utc()),
+            end_time: Some(OffsetDateTime::now_utc()),
+            retry_count: 0,
+            nodes: vec!["node-0".into()],
+            task_dir: "/x".into(),
+        }
+    }
+
+    #[test]
+    fn round_trips_across_handles() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.redb");
+        let s = Store::new(&path);
+        assert!(s.list_jobs().unwrap().is_empty());
+        s.put_job(&JobRecord {
+            id: "j".into(),
+            state: JobState::Completed,
+            run_id: "r".into(),
+            creation_time: OffsetDateTime::now_utc(),
+            end_time: None,
+            terminate_reason: Some("AllTasksComplete".into()),
+            task_count: 2,
+        })
+        .unwrap();
+        s.put_task(&task("j", "a")).unwrap();
+        s.put_task(&task("j", "b")).unwrap();
+        s.put_task(&task("jj", "a")).unwrap();
+        let mut b = task("j", "b");
+        b.exit_code = Some(3);
+        s.put_task(&b).unwrap();
+        let fresh = Store::new(&path);
+        assert_eq!(fresh.list_jobs().unwrap().len(), 1);
+        let tasks = fresh.list_tasks("j").unwrap();
+        assert_eq!(tasks.len(), 2);
+        assert_eq!(tasks[1].exit_code, Some(3));
+        assert_eq!(fresh.list_tasks("jj").unwrap().len(), 1);
+    }
+}

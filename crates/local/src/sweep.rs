@@ -1,0 +1,127 @@
+//! Removing the leftovers of dead runs: every object carries `shipyard.run` and the owning
+//! process's pid and start time; a run whose process is gone is removed entirely.
+
+use std::collections::{BTreeMap, HashMap};
+
+use bollard::query_parameters::{
+    ListContainersOptionsBuilder, ListNetworksOptionsBuilder, ListVolumesOptionsBuilder,
+};
+
+use crate::docker::{labels, Engine};
+use crate::error::{LocalError, Result};
+
+/// What a sweep found and removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SweepReport {
+    /// Runs whose owner is gone and whose objects were removed.
+    pub dead_runs: Vec<String>,
+    /// Containers, networks and volumes removed.
+    pub objects_removed: usize,
+    /// Runs skipped because their process is still alive.
+    pub live_runs: usize,
+    /// Private key directories removed.
+    pub key_dirs_removed: usize,
+}
+
+/// The start time of a process (field 22 of `/proc/<pid>/stat`), if it exists.
+pub(crate) fn pid_start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = &stat[stat.rfind(')')? + 1..];
+    after.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Whether process `pid` exists.
+pub(crate) fn pid_alive(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Whether the owner recorded in `labels` is alive.
+fn owner_alive(l: &HashMap<String, String>) -> bool {
+    let Some(pid) = l.get(labels::PID).and_then(|p| p.parse::<u32>().ok()) else {
+        return false;
+    };
+    match (pid_start_time(pid), l.get(labels::PID_START)) {
+        (None, _) => false,
+        (Some(now), Some(rec)) => rec.parse::<u64>().is_ok_and(|r| r == now),
+        (Some(_), None) => true,
+    }
+}
+
+pub(crate) async fn sweep(engine: &Engine, key_base: &std::path::Path) -> Result<SweepReport> {
+    let d = &engine.docker;
+    let filters: HashMap<&str, Vec<String>> =
+        HashMap::from([("label", vec![format!("{}=local", labels::BACKEND)])]);
+    let mut runs: BTreeMap<String, HashMap<String, String>> = BTreeMap::new();
+    let containers = d
+        .list_containers(Some(
+            ListContainersOptionsBuilder::new()
+                .all(true)
+                .filters(&filters)
+                .build(),
+        ))
+        .await
+        .map_err(|e| LocalError::docker("listing containers", e))?;
+    for l in containers.into_iter().filter_map(|c| c.labels) {
+        if let Some(r) = l.get(labels::RUN).cloned() {
+            runs.entry(r).or_insert(l);
+        }
+    }
+    let nets = d
+        .list_networks(Some(
+            ListNetworksOptionsBuilder::new().filters(&filters).build(),
+        ))
+        .await
+        .map_err(|e| LocalError::docker("listing networks", e))?;
+    for l in nets.into_iter().filter_map(|n| n.labels) {
+        if let Some(r) = l.get(labels::RUN).cloned() {
+            runs.entry(r).or_insert(l);
+        }
+    }
+    let vols = d
+        .list_volumes(Some(
+            ListVolumesOptionsBuilder::new().filters(&filters).build(),
+        ))
+        .await
+        .map_err(|e| LocalError::docker("listing volumes", e))?;
+    for v in vols.volumes.unwrap_or_default() {
+        if let Some(r) = v.labels.get(labels::RUN).cloned() {
+            runs.entry(r).or_insert(v.labels);
+        }
+    }
+    let mut report = SweepReport::default();
+    for (run, l) in runs {
+        if owner_alive(&l) {
+            report.live_runs += 1;
+            continue;
+        }
+        tracing::info!(run = %run, job = ?l.get(labels::JOB), "removing leftovers of a dead run");
+        report.objects_removed += engine
+            .remove_labelled(&[format!("{}={run}", labels::RUN)])
+            .await;
+        report.dead_runs.push(run);
+    }
+    report.key_dirs_removed = crate::keys::sweep_key_dirs(key_base);
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_process_is_alive_and_recognised() {
+        let pid = std::process::id();
+        let start = pid_start_time(pid).expect("own start time");
+        let l = HashMap::from([
+            (labels::PID.to_string(), pid.to_string()),
+            (labels::PID_START.to_string(), start.to_string()),
+        ]);
+        assert!(owner_alive(&l));
+        let reused = HashMap::from([
+            (labels::PID.to_string(), pid.to_string()),
+            (labels::PID_START.to_string(), (start + 1).to_string()),
+        ]);
+        assert!(!owner_alive(&reused), "a recycled pid is not the owner");
+        assert!(!owner_alive(&HashMap::new()));
+    }
+}

@@ -1,0 +1,554 @@
+//! Running one attempt of one task: node containers, coordination, sshd readiness, the
+//! application on the master, failure detection, and cleanup that always happens.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::future::{select_all, BoxFuture, FutureExt};
+use tokio_util::sync::CancellationToken;
+
+use crate::cmdline::{parse_run_options, split_command_line};
+use crate::docker::{labels, nth, ContainerSpec, Engine, OutputStream};
+use crate::env::{batch_env, NodeAddr, TaskDirs};
+use crate::error::{LocalError, Result};
+use crate::events::{Event, Events};
+use crate::keys::{layout, RunKeys};
+use crate::spec::TaskSpec;
+use crate::LocalOptions;
+
+/// What one run of a job shares between its tasks.
+#[derive(Debug)]
+pub(crate) struct RunCtx {
+    pub(crate) engine: Engine,
+    pub(crate) opts: LocalOptions,
+    pub(crate) job: String,
+    pub(crate) run_id: String,
+    pub(crate) keys: Option<Arc<RunKeys>>,
+    pub(crate) events: Events,
+}
+
+impl RunCtx {
+    fn short_run(&self) -> &str {
+        &self.run_id[..8.min(self.run_id.len())]
+    }
+
+    /// Labels for objects of `task`.
+    pub(crate) fn labels(&self, task: &str) -> HashMap<String, String> {
+        let pid = std::process::id();
+        let mut l: HashMap<String, String> = self.opts.extra_labels.clone().into_iter().collect();
+        l.extend([
+            (labels::BACKEND.to_string(), "local".to_string()),
+            (labels::JOB.to_string(), self.job.clone()),
+            (labels::TASK.to_string(), task.to_string()),
+            (labels::RUN.to_string(), self.run_id.clone()),
+            (labels::PID.to_string(), pid.to_string()),
+        ]);
+        if let Some(start) = crate::sweep::pid_start_time(pid) {
+            l.insert(labels::PID_START.to_string(), start.to_string());
+        }
+        l
+    }
+
+    /// Host directory of a task (`<state>/jobs/<job>/tasks/<task>`).
+    pub(crate) fn task_dir(&self, task: &str) -> PathBuf {
+        self.opts
+            .state_dir
+            .join("jobs")
+            .join(&self.job)
+            .join("tasks")
+            .join(task)
+    }
+}
+
+/// How one attempt ended.
+#[derive(Debug, Clone)]
+pub(crate) struct Attempt {
+    pub(crate) exit_code: Option<i64>,
+    pub(crate) failure: Option<String>,
+    pub(crate) cancelled: bool,
+    pub(crate) nodes: Vec<String>,
+}
+
+impl Attempt {
+    pub(crate) fn succeeded(&self) -> bool {
+        !self.cancelled && self.failure.is_none() && self.exit_code == Some(0)
+    }
+}
+
+/// Docker objects of one attempt; removed by [`Resources::cleanup`], or on drop (a cancelled
+/// future) by a blocking label-based removal.
+struct Resources {
+    engine: Engine,
+    filter: Vec<String>,
+    containers: Vec<String>,
+    network: Option<String>,
+    volume: Option<String>,
+    armed: bool,
+}
+
+impl Resources {
+    async fn cleanup(mut self) {
+        self.armed = false;
+        let removed = self.engine.remove_containers(&self.containers).await;
+        tracing::debug!(removed, "node containers removed");
+        if let Some(n) = self.network.take() {
+            self.engine.remove_network(&n).await;
+        }
+        if let Some(v) = self.volume.take() {
+            self.engine.remove_volume(&v).await;
+        }
+        // Anything created but not yet recorded (a create that raced a cancel).
+        self.engine.remove_labelled(&self.filter).await;
+    }
+}
+
+impl Drop for Resources {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let filter = self.filter.clone();
+        // The future was dropped mid-flight: remove by label on a private runtime, and wait
+        // for it, so nothing outlives the caller's `run` future.
+        let handle = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async move {
+                if let Ok(engine) = Engine::connect().await {
+                    engine.remove_labelled(&filter).await;
+                }
+            });
+        });
+        let _ = handle.join();
+    }
+}
+
+/// Writes output chunks to a pair of files and, when asked, emits lines as events.
+struct Sink {
+    out: std::fs::File,
+    err: std::fs::File,
+    bufs: [Vec<u8>; 2],
+    events: Events,
+    stream_lines: bool,
+    task: String,
+    node: String,
+    coordination: bool,
+    tail: Vec<u8>,
+}
+
+impl Sink {
+    fn create(
+        dir: &Path,
+        events: &Events,
+        stream: bool,
+        task: &str,
+        node: &str,
+        coordination: bool,
+    ) -> Result<Self> {
+        std::fs::create_dir_all(dir).map_err(|e| LocalError::io(dir, e))?;
+        let open = |name: &str| {
+            let p = dir.join(name);
+            std::fs::File::create(&p).map_err(|e| LocalError::io(p, e))
+        };
+        Ok(Sink {
+            out: open("stdout.txt")?,
+            err: open("stderr.txt")?,
+            bufs: [Vec::new(), Vec::new()],
+            events: events.clone(),
+            stream_lines: stream && events.enabled(),
+            task: task.to_string(),
+            node: node.to_string(),
+            coordination,
+            tail: Vec::new(),
+        })
+    }
+
+    fn write(&mut self, stream: OutputStream, chunk: &[u8]) {
+        let (file, idx) = match stream {
+            OutputStream::Stdout => (&mut self.out, 0),
+            OutputStream::Stderr => (&mut self.err, 1),
+        };
+        if let Err(e) = file.write_all(chunk) {
+            tracing::warn!(task = %self.task, error = %e, "could not write task output");
+        }
+        if idx == 1 {
+            self.tail.extend_from_slice(chunk);
+            if self.tail.len() > 2048 {
+                let cut = self.tail.len() - 2048;
+                self.tail.drain(..cut);
+            }
+        }
+        if !self.stream_lines {
+            return;
+        }
+        self.bufs[idx].extend_from_slice(chunk);
+        while let Some(pos) = self.bufs[idx].iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = self.bufs[idx].drain(..=pos).collect();
+            let text = String::from_utf8_lossy(&line[..line.len() - 1]).into_owned();
+            self.emit(stream, text);
+        }
+    }
+
+    fn emit(&self, stream: OutputStream, line: String) {
+        self.events.emit(Event::Output {
+            task: self.task.clone(),
+            node: self.node.clone(),
+            coordination: self.coordination,
+            stream,
+            line,
+        });
+    }
+
+    fn finish(self) -> String {
+        for (idx, stream) in [(0, OutputStream::Stdout), (1, OutputStream::Stderr)] {
+            if self.stream_lines && !self.bufs[idx].is_empty() {
+                let text = String::from_utf8_lossy(&self.bufs[idx]).into_owned();
+                self.emit(stream, text);
+            }
+        }
+        String::from_utf8_lossy(&self.tail).trim().to_string()
+    }
+}
+
+fn node_id(i: usize) -> String {
+    format!("node-{i}")
+}
+
+/// Runs one attempt of `task`. Never leaves Docker objects behind, whatever happens (including
+/// the future being dropped).
+pub(crate) async fn run_attempt(
+    ctx: &RunCtx,
+    task: &TaskSpec,
+    attempt: u32,
+    cancel: &CancellationToken,
+) -> Attempt {
+    let n = task.instances() as usize;
+    let multi = task.multi_instance.is_some();
+    let nodes: Vec<String> = (0..n).map(node_id).collect();
+    let filter = vec![
+        format!("{}={}", labels::RUN, ctx.run_id),
+        format!("{}={}", labels::TASK, task.id),
+    ];
+    let mut res = Resources {
+        engine: ctx.engine.clone(),
+        filter,
+        containers: Vec::new(),
+        network: None,
+        volume: None,
+        armed: true,
+    };
+    let outcome = tokio::select! {
+        biased;
+        _ = cancel.cancelled() => Err(LocalError::Cancelled),
+        r = attempt_inner(ctx, task, attempt, multi, &mut res) => r,
+    };
+    res.cleanup().await;
+    match outcome {
+        Ok(code) => Attempt {
+            exit_code: Some(code),
+            failure: None,
+            cancelled: false,
+            nodes,
+        },
+        Err(LocalError::Cancelled) => Attempt {
+            exit_code: None,
+            failure: Some("cancelled".into()),
+            cancelled: true,
+            nodes,
+        },
+        Err(e) => Attempt {
+            exit_code: match &e {
+                LocalError::Coordination { code, .. } => Some(*code),
+                _ => None,
+            },
+            failure: Some(e.to_string()),
+            cancelled: false,
+            nodes,
+        },
+    }
+}
+
+async fn attempt_inner(
+    ctx: &RunCtx,
+    task: &TaskSpec,
+    attempt: u32,
+    multi: bool,
+    res: &mut Resources,
+) -> Result<i64> {
+    let n = task.instances() as usize;
+    let labels = ctx.labels(&task.id);
+    let prefix = format!("shipyard-{}-{}-{}", ctx.job, task.id, ctx.short_run());
+    let dirs = TaskDirs::new(&ctx.job, &task.id);
+    let app_argv = split_command_line(&task.command_line, "commandLine")?;
+    let coord_argv = match &task.multi_instance {
+        Some(m) if !m.coordination_command_line.trim().is_empty() => Some(split_command_line(
+            &m.coordination_command_line,
+            "multiInstanceSettings.coordinationCommandLine",
+        )?),
+        _ => None,
+    };
+    let run_opts = parse_run_options(&task.container_run_options)?;
+    let task_dir = ctx.task_dir(&task.id);
+    std::fs::create_dir_all(&task_dir).map_err(|e| LocalError::io(&task_dir, e))?;
+
+    // Network, addresses and the shared volume (multi-instance tasks).
+    let mut addrs: Vec<NodeAddr> = (0..n)
+        .map(|i| NodeAddr {
+            id: node_id(i),
+            ip: Ipv4Addr::UNSPECIFIED,
+        })
+        .collect();
+    let mut binds_common = run_opts.binds.clone();
+    if multi {
+        let net = format!("{prefix}-net");
+        res.network = Some(net.clone());
+        let base = ctx.engine.create_network(&net, &labels).await?;
+        for (i, a) in addrs.iter_mut().enumerate() {
+            a.ip = nth(base, 2 + i as u32);
+        }
+        let vol = format!("{prefix}-shared");
+        res.volume = Some(vol.clone());
+        ctx.engine.create_volume(&vol, &labels).await?;
+        binds_common.push(format!("{vol}:{}", dirs.shared_dir));
+    }
+    let extra_hosts: Vec<String> = if multi {
+        addrs.iter().map(|a| format!("{}:{}", a.id, a.ip)).collect()
+    } else {
+        Vec::new()
+    };
+
+    let specs: Vec<ContainerSpec> = (0..n)
+        .map(|i| {
+            let mut env: Vec<String> = batch_env(&ctx.job, &task.id, &addrs, i, multi)
+                .into_iter()
+                .chain(task.environment.iter().cloned())
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            env.extend(run_opts.env.iter().cloned());
+            let mut binds = binds_common.clone();
+            if multi {
+                if let Some(keys) = &ctx.keys {
+                    binds.extend(keys.binds(i == 0 || ctx.opts.keys_on_all_nodes));
+                }
+            }
+            let mut l = labels.clone();
+            l.insert(labels::NODE.to_string(), addrs[i].id.clone());
+            ContainerSpec {
+                name: format!("{prefix}-{i}"),
+                hostname: addrs[i].id.clone(),
+                image: task.image.clone(),
+                env,
+                working_dir: dirs.working_dir.clone(),
+                labels: l,
+                binds,
+                extra_hosts: extra_hosts.clone(),
+                network: if multi { res.network.clone() } else { None },
+                ip: multi.then_some(addrs[i].ip),
+                run: run_opts.clone(),
+            }
+        })
+        .collect();
+    res.containers = specs.iter().map(|s| s.name.clone()).collect();
+
+    // All nodes at once.
+    let t0 = Instant::now();
+    let started =
+        futures::future::join_all(specs.iter().map(|s| ctx.engine.create_and_start(s))).await;
+    for r in started {
+        r?;
+    }
+    for a in &addrs {
+        ctx.events.emit(Event::NodeStarted {
+            task: task.id.clone(),
+            node: a.id.clone(),
+            ip: multi.then_some(a.ip),
+        });
+    }
+    tracing::debug!(task = %task.id, nodes = n, ms = t0.elapsed().as_millis() as u64, "nodes started");
+
+    // From now on, a node that stops fails the task.
+    let watchers: Vec<BoxFuture<'_, usize>> = specs
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let engine = &ctx.engine;
+            let name = s.name.clone();
+            async move {
+                engine.wait_stopped(&name).await;
+                i
+            }
+            .boxed()
+        })
+        .collect();
+    let mut node_lost = select_all(watchers);
+    let lost = |i: usize| LocalError::NodeLost {
+        task: task.id.clone(),
+        node: addrs[i].id.clone(),
+        container: specs[i].name.clone(),
+    };
+
+    let work = async {
+        if let Some(argv) = &coord_argv {
+            coordinate(ctx, task, &specs, &addrs, argv, &task_dir).await?;
+            wait_sshd(ctx, task, &addrs).await?;
+            ctx.events.emit(Event::NodesReady {
+                task: task.id.clone(),
+                nodes: n,
+            });
+        }
+        ctx.events.emit(Event::TaskState {
+            task: task.id.clone(),
+            state: crate::store::TaskState::Running,
+            attempt,
+            exit_code: None,
+            failure: None,
+        });
+        let mut sink = Sink::create(
+            &task_dir,
+            &ctx.events,
+            ctx.opts.stream_output,
+            &task.id,
+            &addrs[0].id,
+            false,
+        )?;
+        let code = {
+            let mut f = |s: OutputStream, c: &[u8]| sink.write(s, c);
+            let exec = ctx.engine.exec(
+                &specs[0].name,
+                app_argv.clone(),
+                Some(dirs.working_dir.clone()),
+                &mut f,
+            );
+            match task.max_wall_clock_secs {
+                Some(secs) => tokio::time::timeout(Duration::from_secs(secs), exec)
+                    .await
+                    .map_err(|_| LocalError::InvalidJob {
+                        job: ctx.job.clone(),
+                        field: format!("tasks[{}].constraints.maxWallClockTime", task.id),
+                        reason: format!("exceeded ({secs}s)"),
+                    })??,
+                None => exec.await?,
+            }
+        };
+        sink.finish();
+        Ok::<i64, LocalError>(code)
+    };
+
+    let code = tokio::select! {
+        biased;
+        (i, _, _) = &mut node_lost => return Err(lost(i)),
+        r = work => r?,
+    };
+    // A killed master ends the exec with an error code before its watcher fires: check.
+    if code != 0 {
+        if let Ok((i, _, _)) =
+            tokio::time::timeout(Duration::from_millis(300), &mut node_lost).await
+        {
+            return Err(lost(i));
+        }
+    }
+    Ok(code)
+}
+
+/// Runs the coordination command on every node at once; its output goes to
+/// `<task dir>/nodes/<node>/std{out,err}.txt`.
+async fn coordinate(
+    ctx: &RunCtx,
+    task: &TaskSpec,
+    specs: &[ContainerSpec],
+    addrs: &[NodeAddr],
+    argv: &[String],
+    task_dir: &Path,
+) -> Result<()> {
+    let runs = specs.iter().zip(addrs).map(|(s, a)| async move {
+        let mut sink = Sink::create(
+            &task_dir.join("nodes").join(&a.id),
+            &ctx.events,
+            ctx.opts.stream_output,
+            &task.id,
+            &a.id,
+            true,
+        )?;
+        let code = {
+            let mut f = |st: OutputStream, c: &[u8]| sink.write(st, c);
+            tokio::time::timeout(
+                ctx.opts.coordination_timeout,
+                ctx.engine.exec(&s.name, argv.to_vec(), None, &mut f),
+            )
+            .await
+            .map_err(|_| LocalError::Coordination {
+                task: task.id.clone(),
+                node: a.id.clone(),
+                code: -1,
+                stderr: format!(
+                    "did not return within {}s (it must daemonize)",
+                    ctx.opts.coordination_timeout.as_secs()
+                ),
+            })??
+        };
+        let tail = sink.finish();
+        if code != 0 {
+            return Err(LocalError::Coordination {
+                task: task.id.clone(),
+                node: a.id.clone(),
+                code,
+                stderr: tail,
+            });
+        }
+        Ok(())
+    });
+    for r in futures::future::join_all(runs).await {
+        r?;
+    }
+    Ok(())
+}
+
+/// Waits until every node's sshd accepts connections on port 23 (bounded).
+async fn wait_sshd(ctx: &RunCtx, task: &TaskSpec, addrs: &[NodeAddr]) -> Result<()> {
+    let deadline = Instant::now() + ctx.opts.sshd_timeout;
+    let mut pending: Vec<&NodeAddr> = addrs.iter().collect();
+    loop {
+        let checks = pending.iter().map(|a| async move {
+            let addr = (a.ip, layout::SSHD_PORT);
+            let ok = matches!(
+                tokio::time::timeout(
+                    Duration::from_millis(500),
+                    tokio::net::TcpStream::connect(addr)
+                )
+                .await,
+                Ok(Ok(_))
+            );
+            (*a, ok)
+        });
+        let results = futures::future::join_all(checks).await;
+        pending = results
+            .into_iter()
+            .filter(|(_, ok)| !ok)
+            .map(|(a, _)| a)
+            .collect();
+        if pending.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(LocalError::SshdTimeout {
+                task: task.id.clone(),
+                nodes: pending
+                    .iter()
+                    .map(|a| format!("{} ({})", a.id, a.ip))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                port: layout::SSHD_PORT,
+                secs: ctx.opts.sshd_timeout.as_secs(),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
