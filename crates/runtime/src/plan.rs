@@ -4,11 +4,11 @@
 //! (which runs them like a native container pool).
 
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Map, Value};
 
 use crate::batch::{
-    ContainerConfiguration, EnvironmentSetting, JobPreparationTask, JobReleaseTask,
-    OnAllTasksComplete, StartTask, TaskAddParameter,
+    ContainerConfiguration, EnvironmentSetting, JobAddParameter, JobPreparationTask,
+    JobReleaseTask, OnAllTasksComplete, PoolAddParameter, PoolInformation, StartTask,
+    TaskAddParameter,
 };
 use crate::error::RuntimeError;
 use crate::ssh::{JobSshKey, PRIVATE_KEY_ENV, PUBLIC_KEY_ENV};
@@ -94,59 +94,44 @@ impl JobPlan {
         Ok(())
     }
 
-    /// The Batch `JobAddParameter` JSON of this plan on pool `pool_id`.
-    pub fn job_add_json(&self, job_id: &str, pool_id: &str) -> Result<Value, RuntimeError> {
-        let mut job = Map::new();
-        job.insert("id".into(), json!(job_id));
-        job.insert("poolInfo".into(), json!({ "poolId": pool_id }));
-        if let Some(prep) = &self.job.job_preparation_task {
-            job.insert("jobPreparationTask".into(), to_json(prep)?);
+    /// The Batch `JobAddParameter` of this plan: job `job_id` on pool `pool_id`.
+    pub fn job_add_parameter(&self, job_id: &str, pool_id: &str) -> JobAddParameter {
+        JobAddParameter {
+            id: job_id.to_string(),
+            pool_info: PoolInformation {
+                pool_id: Some(pool_id.to_string()),
+                ..Default::default()
+            },
+            job_preparation_task: self.job.job_preparation_task.clone(),
+            job_release_task: self.job.job_release_task.clone(),
+            on_all_tasks_complete: self.job.on_all_tasks_complete.clone(),
+            uses_task_dependencies: self.job.uses_task_dependencies.then_some(true),
+            ..Default::default()
         }
-        if let Some(rel) = &self.job.job_release_task {
-            job.insert("jobReleaseTask".into(), to_json(rel)?);
-        }
-        if let Some(o) = &self.job.on_all_tasks_complete {
-            job.insert("onAllTasksComplete".into(), to_json(o)?);
-        }
-        if self.job.uses_task_dependencies {
-            job.insert("usesTaskDependencies".into(), json!(true));
-        }
-        Ok(Value::Object(job))
     }
 
-    /// Merges the pool needs into a `PoolAddParameter` JSON object: container configuration
-    /// (under `virtualMachineConfiguration`), start task, inter-node communication and task slots.
-    pub fn apply_to_pool_json(&self, pool: &mut Value) -> Result<(), RuntimeError> {
-        let obj = pool.as_object_mut().ok_or_else(|| RuntimeError::Invalid {
-            field: "pool".into(),
-            reason: "a PoolAddParameter must be a JSON object".into(),
-        })?;
+    /// Merges the pool needs into a `PoolAddParameter`: container configuration (under
+    /// `virtualMachineConfiguration`, which a native pool must have), start task, inter-node
+    /// communication and task slots.
+    pub fn apply_to_pool(&self, pool: &mut PoolAddParameter) -> Result<(), RuntimeError> {
         if let Some(cc) = &self.pool.container_configuration {
-            let vm = obj
-                .get_mut("virtualMachineConfiguration")
-                .and_then(Value::as_object_mut)
-                .ok_or_else(|| RuntimeError::Invalid {
+            let vm = pool.virtual_machine_configuration.as_mut().ok_or_else(|| {
+                RuntimeError::Invalid {
                     field: "pool.virtualMachineConfiguration".into(),
                     reason: "a native container pool needs a virtual machine configuration".into(),
-                })?;
-            vm.insert("containerConfiguration".into(), to_json(cc)?);
+                }
+            })?;
+            vm.container_configuration = Some(cc.clone());
         }
         if let Some(st) = &self.pool.start_task {
-            obj.insert("startTask".into(), to_json(st)?);
+            pool.start_task = Some(st.clone());
         }
         if self.pool.enable_inter_node_communication {
-            obj.insert("enableInterNodeCommunication".into(), json!(true));
+            pool.enable_inter_node_communication = Some(true);
         }
         if let Some(n) = self.pool.task_slots_per_node {
-            obj.insert("taskSlotsPerNode".into(), json!(n));
+            pool.task_slots_per_node = Some(n);
         }
         Ok(())
     }
-}
-
-fn to_json<T: Serialize>(v: &T) -> Result<Value, RuntimeError> {
-    serde_json::to_value(v).map_err(|e| RuntimeError::Invalid {
-        field: "plan".into(),
-        reason: format!("cannot serialize: {e}"),
-    })
 }
