@@ -1,13 +1,5 @@
-//! The `shipyard` command-line tool.
+//! The `shipyard` command-line tool; see the `shipyard_cli` library for the implementation.
 
-use clap::Parser;
-
-/// Run containerized MPI jobs on Azure Batch and on this machine.
-#[derive(Debug, Parser)]
-#[command(name = "shipyard", version)]
-struct Cli {}
-
-fn main() -> anyhow::Result<()> {
-    let _cli = Cli::parse();
-    Ok(())
+fn main() -> std::process::ExitCode {
+    shipyard_cli::main_with_args()
 }

@@ -1,0 +1,286 @@
+//! Command-line arguments (clap derive). Kept free of heavy work so `shipyard --help` is fast.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+const ABOUT: &str = "Run containerized MPI jobs on Azure Batch and on this machine.";
+
+const LONG_ABOUT: &str = "\
+Run containerized MPI jobs (Docker or Singularity/Apptainer; Open MPI, Intel MPI, MPICH, MS-MPI)
+as Azure Batch multi-instance tasks, or on this machine with Docker containers as the nodes.
+
+The same TOML configuration drives both targets: `--target local` (the default) runs on this
+machine's Docker engine, `--target azure` talks to an Azure Batch account.";
+
+const AFTER_HELP: &str = "\
+Examples:
+  # Run a 3-node Open MPI hello world on this machine and exit with its exit code
+  shipyard run examples/local-openmpi.toml
+
+  # Check a configuration split Batch-Shipyard style
+  shipyard --configdir myconfig/ config check
+
+  # Print the REST bodies a submission to Azure Batch would send, send nothing
+  shipyard --target azure --dry-run -c examples/native-intelmpi.toml jobs add
+
+  # List the tasks of a job as JSON
+  shipyard --output json tasks list --job hello-openmpi
+
+Configuration files: -c FILE (repeatable), or --credentials/--pool/--jobs, or --configdir DIR
+(config.toml, credentials.toml, pool.toml, jobs.toml). Secrets come from the environment:
+SHIPYARD_BATCH_ACCOUNT_KEY, SHIPYARD_AAD_CLIENT_SECRET.";
+
+/// The `shipyard` command line.
+#[derive(Debug, Parser)]
+#[command(
+    name = "shipyard",
+    version,
+    about = ABOUT,
+    long_about = LONG_ABOUT,
+    after_help = AFTER_HELP,
+    propagate_version = true
+)]
+pub struct Cli {
+    /// Global options.
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every command accepts.
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// Configuration file (repeatable; sections are merged).
+    #[arg(
+        short = 'c',
+        long = "config",
+        global = true,
+        value_name = "FILE",
+        env = "SHIPYARD_CONFIG"
+    )]
+    pub config: Vec<PathBuf>,
+    /// Directory with config.toml / credentials.toml / pool.toml / jobs.toml.
+    #[arg(long, global = true, value_name = "DIR", env = "SHIPYARD_CONFIGDIR")]
+    pub configdir: Option<PathBuf>,
+    /// Credentials file (Batch Shipyard's credentials.yaml).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub credentials: Option<PathBuf>,
+    /// Pool file (Batch Shipyard's pool.yaml).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub pool: Option<PathBuf>,
+    /// Jobs file (Batch Shipyard's jobs.yaml).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub jobs: Option<PathBuf>,
+    /// Where to run: this machine's Docker engine, or Azure Batch.
+    #[arg(short = 't', long, global = true, value_enum, default_value_t = Target::Local, env = "SHIPYARD_TARGET")]
+    pub target: Target,
+    /// Print the REST request bodies that would be sent to Azure Batch; send nothing.
+    #[arg(long, global = true)]
+    pub dry_run: bool,
+    /// Output format.
+    #[arg(short = 'o', long, global = true, value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+    /// More logging (repeat for more); logs go to stderr.
+    #[arg(short = 'v', long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// No progress bars.
+    #[arg(short = 'q', long, global = true)]
+    pub quiet: bool,
+}
+
+/// Where commands act.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Target {
+    /// This machine: Docker containers are the nodes.
+    Local,
+    /// An Azure Batch account from `[credentials.batch]` / the environment.
+    Azure,
+}
+
+/// How results are printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// Aligned columns for people.
+    Table,
+    /// JSON for programs.
+    Json,
+}
+
+/// Top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Manage the pool (the nodes jobs run on).
+    #[command(subcommand)]
+    Pool(PoolCommand),
+    /// Manage jobs.
+    #[command(subcommand)]
+    Jobs(JobsCommand),
+    /// Inspect and stop tasks.
+    #[command(subcommand)]
+    Tasks(TasksCommand),
+    /// Download a task's stdout/stderr or other files from its directory.
+    #[command(
+        after_help = "Examples:\n  shipyard files --job hello --task task-00000\n  shipyard files --job hello --task task-00000 --file stderr.txt --out ./logs"
+    )]
+    Files(FilesArgs),
+    /// Submit the job(s), wait for them, and exit with the (first failed) task's exit code.
+    #[command(
+        after_help = "Examples:\n  shipyard run examples/local-openmpi.toml\n  shipyard run --tail examples/local-openmpi.toml\n  shipyard --target azure run -c config.toml --job hello"
+    )]
+    Run(RunArgs),
+    /// Configuration helpers.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Print a shell completion script.
+    #[command(
+        after_help = "Examples:\n  shipyard completions bash > /etc/bash_completion.d/shipyard\n  shipyard completions zsh > ~/.zfunc/_shipyard"
+    )]
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+/// `pool ...`.
+#[derive(Debug, Subcommand)]
+pub enum PoolCommand {
+    /// Create the pool of `[pool_specification]`.
+    Add,
+    /// List pools.
+    List,
+    /// Delete a pool (default: the configured one).
+    Del {
+        /// Pool id.
+        #[arg(long = "pool-id")]
+        pool_id: Option<String>,
+        /// Do not ask for confirmation.
+        #[arg(short, long)]
+        yes: bool,
+    },
+    /// Change the number of nodes.
+    Resize {
+        /// Dedicated nodes.
+        #[arg(long)]
+        dedicated: u32,
+        /// Low-priority nodes.
+        #[arg(long, default_value_t = 0)]
+        low_priority: u32,
+        /// Pool id (default: the configured one).
+        #[arg(long = "pool-id")]
+        pool_id: Option<String>,
+    },
+    /// List the nodes of the pool.
+    Nodes {
+        /// Pool id (default: the configured one).
+        #[arg(long = "pool-id")]
+        pool_id: Option<String>,
+    },
+}
+
+/// `jobs ...`.
+#[derive(Debug, Subcommand)]
+pub enum JobsCommand {
+    /// Submit the job(s) of the configuration (do not wait).
+    Add {
+        /// Only this job.
+        #[arg(long)]
+        job: Option<String>,
+    },
+    /// List jobs.
+    List,
+    /// Delete a job (and its tasks and leftovers).
+    Del {
+        /// Job id.
+        job: String,
+        /// Do not ask for confirmation.
+        #[arg(short, long)]
+        yes: bool,
+    },
+    /// Terminate a job: running tasks stop, the job release task runs.
+    Term {
+        /// Job id.
+        job: String,
+    },
+    /// List the tasks of a job.
+    Tasks {
+        /// Job id.
+        job: String,
+    },
+    /// Clean up the containers of multi-instance tasks of a job (non-native pools).
+    Cmi {
+        /// Job id.
+        job: String,
+    },
+}
+
+/// `tasks ...`.
+#[derive(Debug, Subcommand)]
+pub enum TasksCommand {
+    /// List the tasks of a job.
+    List {
+        /// Job id.
+        #[arg(long)]
+        job: String,
+    },
+    /// Show one task.
+    Get {
+        /// Job id.
+        #[arg(long)]
+        job: String,
+        /// Task id.
+        task: String,
+    },
+    /// Terminate a running task.
+    Term {
+        /// Job id.
+        #[arg(long)]
+        job: String,
+        /// Task id.
+        task: String,
+    },
+}
+
+/// `files`.
+#[derive(Debug, Args)]
+pub struct FilesArgs {
+    /// Job id.
+    #[arg(long)]
+    pub job: String,
+    /// Task id.
+    #[arg(long)]
+    pub task: String,
+    /// File in the task directory (default: stdout.txt and stderr.txt).
+    #[arg(long)]
+    pub file: Vec<String>,
+    /// Directory to write into (default: print to stdout).
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+}
+
+/// `run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Configuration files (same as -c).
+    #[arg(value_name = "CONFIG")]
+    pub configs: Vec<PathBuf>,
+    /// Only this job.
+    #[arg(long)]
+    pub job: Option<String>,
+    /// Stream every node's output live, prefixed with the node id.
+    #[arg(long)]
+    pub tail: bool,
+    /// Give up after this many seconds (the job is terminated).
+    #[arg(long, value_name = "SECS")]
+    pub timeout: Option<u64>,
+}
+
+/// `config ...`.
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Parse and validate the configuration; print a summary.
+    Check,
+}

@@ -1,0 +1,899 @@
+//! shipyard's TOML configuration: one file, or split files as Batch Shipyard users know them
+//! (`credentials.toml`, `pool.toml`, `jobs.toml`).
+//!
+//! Every file may hold any of the top-level sections; they are merged, and a section given twice
+//! is an error naming both files:
+//!
+//! ```toml
+//! [credentials.batch]                 # only for --target azure
+//! account_name = "mybatch"
+//! account_service_url = "https://mybatch.westeurope.batch.azure.com"
+//! # account_key comes from SHIPYARD_BATCH_ACCOUNT_KEY, never from a committed file
+//!
+//! [pool_specification]
+//! id = "mpipool"
+//! vm_size = "Standard_HB120rs_v3"
+//! vm_count = 3
+//! inter_node_communication_enabled = true
+//!
+//! [[job_specifications]]
+//! id = "hello"
+//! [[job_specifications.tasks]]
+//! image = "shipyard/mpi:bookworm"
+//! command = "/opt/shipyard/bin/mpi-hello-openmpi"
+//! ```
+//!
+//! Errors name the file, line and column and the field path, and unknown keys come with a
+//! "did you mean" hint. Secrets ([`Secret`]) never appear in `Debug` output.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use shipyard_runtime::{JobSpec, NumInstances, RuntimeError};
+
+/// Environment variable with the Batch account name (wins over the config).
+pub const ENV_ACCOUNT_NAME: &str = "SHIPYARD_BATCH_ACCOUNT_NAME";
+/// Environment variable with the Batch account URL (wins over the config).
+pub const ENV_ACCOUNT_URL: &str = "SHIPYARD_BATCH_ACCOUNT_URL";
+/// Environment variable with the Batch account's Shared Key (wins over the config).
+pub const ENV_ACCOUNT_KEY: &str = "SHIPYARD_BATCH_ACCOUNT_KEY";
+/// Environment variable with the Entra ID tenant.
+pub const ENV_AAD_TENANT: &str = "SHIPYARD_AAD_TENANT_ID";
+/// Environment variable with the Entra ID application (client) id.
+pub const ENV_AAD_CLIENT_ID: &str = "SHIPYARD_AAD_CLIENT_ID";
+/// Environment variable with the Entra ID client secret.
+pub const ENV_AAD_CLIENT_SECRET: &str = "SHIPYARD_AAD_CLIENT_SECRET";
+
+/// A secret value (account key, client secret). `Debug` and `Display` print a placeholder.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret.
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    /// The secret value; never print or log it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// `[credentials]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Credentials {
+    /// `[credentials.batch]`: the Azure Batch account.
+    #[serde(default)]
+    pub batch: Option<BatchCredentials>,
+}
+
+/// `[credentials.batch]`: an Azure Batch account reached with Shared Key or Entra ID.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchCredentials {
+    /// The Batch account name (env `SHIPYARD_BATCH_ACCOUNT_NAME`).
+    #[serde(default)]
+    pub account_name: Option<String>,
+    /// The account endpoint, e.g. `https://mybatch.westeurope.batch.azure.com`
+    /// (env `SHIPYARD_BATCH_ACCOUNT_URL`).
+    #[serde(default)]
+    pub account_service_url: Option<String>,
+    /// The Shared Key (env `SHIPYARD_BATCH_ACCOUNT_KEY`; prefer the environment).
+    #[serde(default)]
+    pub account_key: Option<Secret>,
+    /// `[credentials.batch.aad]`: Entra ID service principal instead of Shared Key.
+    #[serde(default)]
+    pub aad: Option<AadCredentials>,
+}
+
+/// `[credentials.batch.aad]`: a Microsoft Entra ID service principal.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AadCredentials {
+    /// Directory (tenant) id (env `SHIPYARD_AAD_TENANT_ID`).
+    #[serde(default)]
+    pub tenant_id: Option<String>,
+    /// Application (client) id (env `SHIPYARD_AAD_CLIENT_ID`).
+    #[serde(default)]
+    pub client_id: Option<String>,
+    /// Client secret (env `SHIPYARD_AAD_CLIENT_SECRET`; prefer the environment).
+    #[serde(default)]
+    pub client_secret: Option<Secret>,
+    /// Authority host, default `https://login.microsoftonline.com`.
+    #[serde(default)]
+    pub authority_url: Option<String>,
+}
+
+/// `[pool_specification]`: the nodes a job runs on (Batch Shipyard's `pool.yaml`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolSpecification {
+    /// The Batch pool id.
+    pub id: String,
+    /// Azure VM size, e.g. `Standard_HB120rs_v3` (Azure only).
+    #[serde(default = "default_vm_size")]
+    pub vm_size: String,
+    /// Number of nodes: an integer (dedicated) or `{ dedicated = 2, low_priority = 0 }`.
+    #[serde(default)]
+    pub vm_count: VmCount,
+    /// Required for multi-instance (MPI) tasks.
+    #[serde(default)]
+    pub inter_node_communication_enabled: bool,
+    /// Batch task slots per node (Batch Shipyard's `task_slots_per_node`).
+    #[serde(default = "one", alias = "max_tasks_per_node")]
+    pub task_slots_per_node: u32,
+    /// The node image.
+    #[serde(default)]
+    pub vm_configuration: VmConfiguration,
+    /// ssh `Host` pattern matching the nodes' addresses (default `10.*`).
+    #[serde(default)]
+    pub subnet_pattern: Option<String>,
+    /// Cores per node, when known (used for `processes_per_node` defaults).
+    #[serde(default)]
+    pub cores_per_node: Option<u32>,
+}
+
+fn default_vm_size() -> String {
+    "Standard_D2s_v5".to_string()
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// `vm_count`: a plain integer or dedicated / low-priority counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum VmCount {
+    /// Dedicated nodes only.
+    Dedicated(u32),
+    /// Both kinds.
+    Split {
+        /// Dedicated nodes.
+        #[serde(default)]
+        dedicated: u32,
+        /// Low-priority (spot) nodes.
+        #[serde(default)]
+        low_priority: u32,
+    },
+}
+
+impl Default for VmCount {
+    fn default() -> Self {
+        VmCount::Dedicated(1)
+    }
+}
+
+impl VmCount {
+    /// Dedicated nodes.
+    pub fn dedicated(self) -> u32 {
+        match self {
+            VmCount::Dedicated(n) => n,
+            VmCount::Split { dedicated, .. } => dedicated,
+        }
+    }
+
+    /// Low-priority nodes.
+    pub fn low_priority(self) -> u32 {
+        match self {
+            VmCount::Dedicated(_) => 0,
+            VmCount::Split { low_priority, .. } => low_priority,
+        }
+    }
+
+    /// All nodes.
+    pub fn total(self) -> u32 {
+        self.dedicated().saturating_add(self.low_priority())
+    }
+}
+
+/// `[pool_specification.vm_configuration]`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmConfiguration {
+    /// A marketplace image.
+    #[serde(default)]
+    pub platform_image: PlatformImage,
+}
+
+/// `[pool_specification.vm_configuration.platform_image]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlatformImage {
+    /// Image publisher, e.g. `microsoft-dsvm`.
+    pub publisher: String,
+    /// Image offer, e.g. `ubuntu-hpc`.
+    pub offer: String,
+    /// Image SKU, e.g. `2204`.
+    pub sku: String,
+    /// Image version (default `latest`).
+    #[serde(default = "latest")]
+    pub version: String,
+    /// Batch node agent SKU, e.g. `batch.node.ubuntu 22.04` or `batch.node.windows amd64`.
+    pub node_agent_sku_id: String,
+    /// Batch runs the containers (pool `containerConfiguration`); otherwise shipyard drives
+    /// Docker on the nodes ("non-native").
+    #[serde(default)]
+    pub native: bool,
+}
+
+fn latest() -> String {
+    "latest".to_string()
+}
+
+impl Default for PlatformImage {
+    fn default() -> Self {
+        PlatformImage {
+            publisher: "microsoft-dsvm".into(),
+            offer: "ubuntu-hpc".into(),
+            sku: "2204".into(),
+            version: latest(),
+            node_agent_sku_id: "batch.node.ubuntu 22.04".into(),
+            native: false,
+        }
+    }
+}
+
+impl PoolSpecification {
+    /// True for Windows node agents.
+    pub fn is_windows(&self) -> bool {
+        self.vm_configuration
+            .platform_image
+            .node_agent_sku_id
+            .to_ascii_lowercase()
+            .contains("windows")
+    }
+
+    /// The facts a runtime plans against.
+    pub fn facts(&self) -> shipyard_runtime::PoolFacts {
+        shipyard_runtime::PoolFacts {
+            pool_id: self.id.clone(),
+            native_containers: self.vm_configuration.platform_image.native,
+            os: if self.is_windows() {
+                shipyard_runtime::OsFamily::Windows
+            } else {
+                shipyard_runtime::OsFamily::Linux
+            },
+            subnet_pattern: self
+                .subnet_pattern
+                .clone()
+                .unwrap_or_else(|| "10.*".to_string()),
+            node_count: self.vm_count.total().max(1),
+            slots_per_node: self.task_slots_per_node.max(1),
+            cores_per_node: self.cores_per_node,
+        }
+    }
+}
+
+/// `[local]`: settings of the local backend.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalSettings {
+    /// Where job state and task output live (default `~/.local/state/shipyard`).
+    #[serde(default)]
+    pub state_dir: Option<PathBuf>,
+    /// Tasks run at once (default: the pool's nodes × task slots).
+    #[serde(default)]
+    pub max_parallel_tasks: Option<usize>,
+}
+
+/// One TOML file as written; all sections optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    #[serde(default)]
+    credentials: Option<Credentials>,
+    #[serde(default)]
+    pool_specification: Option<PoolSpecification>,
+    #[serde(default)]
+    job_specifications: Option<Vec<JobSpec>>,
+    #[serde(default)]
+    local: Option<LocalSettings>,
+}
+
+const TOP_LEVEL_KEYS: [&str; 4] = [
+    "credentials",
+    "pool_specification",
+    "job_specifications",
+    "local",
+];
+
+/// A position in a config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Location {
+    /// The file.
+    pub file: PathBuf,
+    /// 1-based line.
+    pub line: usize,
+    /// 1-based column (characters).
+    pub column: usize,
+    /// The source line, for the caret display.
+    pub source_line: String,
+    /// Width of the underlined span on that line (at least 1).
+    pub width: usize,
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}", self.file.display(), self.line, self.column)
+    }
+}
+
+/// Everything that can be wrong with a configuration.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A file could not be read.
+    #[error("cannot read config file {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// TOML syntax error or a value of the wrong shape, an unknown key, a bad enum value.
+    #[error("{location}: {}{message}{}", field_prefix(field), hint_suffix(hint))]
+    Parse {
+        /// Where.
+        location: Box<Location>,
+        /// Field path, e.g. `job_specifications[0].tasks[0].multi_instance`.
+        field: Option<String>,
+        /// What is wrong.
+        message: String,
+        /// "did you mean" suggestion.
+        hint: Option<String>,
+    },
+    /// A value that parses but is not acceptable.
+    #[error("{}: `{field}`: {reason}", location.as_ref().map(|l| l.to_string()).unwrap_or_else(|| file.display().to_string()))]
+    Invalid {
+        /// The file the section came from.
+        file: PathBuf,
+        /// Where, when the field could be found in the file.
+        location: Option<Box<Location>>,
+        /// Field path.
+        field: String,
+        /// Why.
+        reason: String,
+    },
+    /// The same section appears in two files.
+    #[error("section `{section}` is given twice: in {} and in {}", first.display(), second.display())]
+    Duplicate {
+        /// The section (`pool_specification`, `credentials`, `local`).
+        section: String,
+        /// First file.
+        first: PathBuf,
+        /// Second file.
+        second: PathBuf,
+    },
+    /// Something the command needs is not configured.
+    #[error("{what}; {hint}")]
+    Missing {
+        /// What is missing.
+        what: String,
+        /// How to provide it.
+        hint: String,
+    },
+}
+
+fn field_prefix(field: &Option<String>) -> String {
+    match field {
+        Some(f) if !f.is_empty() && f != "." => format!("`{f}`: "),
+        _ => String::new(),
+    }
+}
+
+fn hint_suffix(hint: &Option<String>) -> String {
+    match hint {
+        Some(h) => format!(" (did you mean `{h}`?)"),
+        None => String::new(),
+    }
+}
+
+impl ConfigError {
+    /// The location of the error, when it has one.
+    pub fn location(&self) -> Option<&Location> {
+        match self {
+            ConfigError::Parse { location, .. } => Some(location),
+            ConfigError::Invalid { location, .. } => location.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// A rustc-style snippet pointing at the error (empty when there is no location).
+    pub fn snippet(&self) -> String {
+        let Some(loc) = self.location() else {
+            return String::new();
+        };
+        let num = loc.line.to_string();
+        let pad = " ".repeat(num.len());
+        format!(
+            "{pad} |\n{num} | {}\n{pad} | {}{}",
+            loc.source_line,
+            " ".repeat(loc.column.saturating_sub(1)),
+            "^".repeat(loc.width.max(1))
+        )
+    }
+}
+
+/// A job of the configuration with where it came from.
+#[derive(Debug, Clone)]
+pub struct LoadedJob {
+    /// The job.
+    pub spec: JobSpec,
+    /// Index of its file in [`Config::files`].
+    pub file: usize,
+    /// Index in that file's `job_specifications`.
+    pub index: usize,
+}
+
+/// A source file that was read.
+#[derive(Debug, Clone)]
+pub struct SourceFile {
+    /// Its path as given.
+    pub path: PathBuf,
+    /// Its text.
+    pub text: String,
+}
+
+/// The merged configuration of one or more files.
+#[derive(Debug, Clone, Default)]
+pub struct Config {
+    /// The files, in load order.
+    pub files: Vec<SourceFile>,
+    /// `[credentials]` (after environment overrides).
+    pub credentials: Credentials,
+    /// `[pool_specification]` and its file index.
+    pub pool: Option<(PoolSpecification, usize)>,
+    /// All `[[job_specifications]]`.
+    pub jobs: Vec<LoadedJob>,
+    /// `[local]`.
+    pub local: LocalSettings,
+}
+
+/// File names looked up in a `--configdir`, in order.
+pub const CONFIGDIR_FILES: [&str; 4] =
+    ["config.toml", "credentials.toml", "pool.toml", "jobs.toml"];
+
+impl Config {
+    /// Reads and merges `paths`, applies environment overrides; does not validate jobs.
+    pub fn load(paths: &[PathBuf]) -> Result<Config, ConfigError> {
+        let mut config = Config::default();
+        let mut sources: [Option<usize>; 3] = [None, None, None];
+        for path in paths {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            let idx = config.files.len();
+            let parsed = parse_file(path, &text)?;
+            config.files.push(SourceFile {
+                path: path.clone(),
+                text,
+            });
+            let mut take = |slot: usize, section: &str, present: bool| -> Result<(), ConfigError> {
+                if !present {
+                    return Ok(());
+                }
+                if let Some(first) = sources[slot] {
+                    return Err(ConfigError::Duplicate {
+                        section: section.to_string(),
+                        first: config.files[first].path.clone(),
+                        second: path.clone(),
+                    });
+                }
+                sources[slot] = Some(idx);
+                Ok(())
+            };
+            take(0, "credentials", parsed.credentials.is_some())?;
+            take(1, "pool_specification", parsed.pool_specification.is_some())?;
+            take(2, "local", parsed.local.is_some())?;
+            if let Some(c) = parsed.credentials {
+                config.credentials = c;
+            }
+            if let Some(p) = parsed.pool_specification {
+                config.pool = Some((p, idx));
+            }
+            if let Some(l) = parsed.local {
+                config.local = l;
+            }
+            for (index, spec) in parsed
+                .job_specifications
+                .unwrap_or_default()
+                .into_iter()
+                .enumerate()
+            {
+                config.jobs.push(LoadedJob {
+                    spec,
+                    file: idx,
+                    index,
+                });
+            }
+        }
+        config.apply_env(|k| std::env::var(k).ok().filter(|v| !v.is_empty()));
+        Ok(config)
+    }
+
+    /// The config files of a Batch-Shipyard-style directory that exist.
+    pub fn files_in_dir(dir: &Path) -> Vec<PathBuf> {
+        CONFIGDIR_FILES
+            .iter()
+            .map(|f| dir.join(f))
+            .filter(|p| p.is_file())
+            .collect()
+    }
+
+    /// Overrides credentials from the environment (`SHIPYARD_BATCH_ACCOUNT_KEY`, ...).
+    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) {
+        let batch = self.credentials.batch.get_or_insert_with(Default::default);
+        if let Some(v) = get(ENV_ACCOUNT_NAME) {
+            batch.account_name = Some(v);
+        }
+        if let Some(v) = get(ENV_ACCOUNT_URL) {
+            batch.account_service_url = Some(v);
+        }
+        if let Some(v) = get(ENV_ACCOUNT_KEY) {
+            batch.account_key = Some(Secret(v));
+        }
+        let tenant = get(ENV_AAD_TENANT);
+        let client = get(ENV_AAD_CLIENT_ID);
+        let secret = get(ENV_AAD_CLIENT_SECRET);
+        if tenant.is_some() || client.is_some() || secret.is_some() {
+            let aad = batch.aad.get_or_insert_with(Default::default);
+            if let Some(v) = tenant {
+                aad.tenant_id = Some(v);
+            }
+            if let Some(v) = client {
+                aad.client_id = Some(v);
+            }
+            if let Some(v) = secret {
+                aad.client_secret = Some(Secret(v));
+            }
+        }
+    }
+
+    /// Checks every job (field paths `job_specifications[i]...` located in their file) and the
+    /// pool, and that multi-instance tasks have an inter-node pool.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some((pool, file)) = &self.pool {
+            let f = &self.files[*file];
+            let at = |field: &str, reason: String| self.invalid(*file, field, reason);
+            if !shipyard_runtime::domain::is_valid_batch_id(&pool.id) {
+                return Err(at(
+                    "pool_specification.id",
+                    format!("`{}` is not 1-64 characters of [A-Za-z0-9_-]", pool.id),
+                ));
+            }
+            if pool.vm_count.total() == 0 {
+                return Err(at(
+                    "pool_specification.vm_count",
+                    "the pool needs at least one node".into(),
+                ));
+            }
+            if pool.task_slots_per_node == 0 {
+                return Err(at(
+                    "pool_specification.task_slots_per_node",
+                    "must be at least 1".into(),
+                ));
+            }
+            pool.facts()
+                .validate()
+                .map_err(|e| self.runtime_error(*file, e, "pool_specification"))?;
+            let _ = f;
+        }
+        let mut ids = std::collections::BTreeMap::new();
+        for job in &self.jobs {
+            let prefix = format!("job_specifications[{}]", job.index);
+            job.spec
+                .validate_at(&prefix)
+                .map_err(|e| self.runtime_error(job.file, e, &prefix))?;
+            if let Some(prev) = ids.insert(job.spec.id.clone(), job) {
+                return Err(self.invalid(
+                    job.file,
+                    &format!("{prefix}.id"),
+                    format!(
+                        "job id `{}` is also used by job_specifications[{}] in {}",
+                        job.spec.id,
+                        prev.index,
+                        self.files[prev.file].path.display()
+                    ),
+                ));
+            }
+            for (t, task) in job.spec.tasks.iter().enumerate() {
+                let Some(mi) = &task.multi_instance else {
+                    continue;
+                };
+                let field = format!("{prefix}.tasks[{t}].multi_instance");
+                if let Some((pool, _)) = &self.pool {
+                    if !pool.inter_node_communication_enabled {
+                        return Err(self.invalid(
+                            job.file,
+                            &field,
+                            format!(
+                                "multi-instance tasks need `inter_node_communication_enabled = true` in pool `{}`",
+                                pool.id
+                            ),
+                        ));
+                    }
+                    if let NumInstances::Count(n) = mi.num_instances {
+                        if n > pool.vm_count.total() {
+                            return Err(self.invalid(
+                                job.file,
+                                &format!("{field}.num_instances"),
+                                format!(
+                                    "{n} instances but pool `{}` has {} node(s)",
+                                    pool.id,
+                                    pool.vm_count.total()
+                                ),
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn invalid(&self, file: usize, field: &str, reason: String) -> ConfigError {
+        let f = &self.files[file];
+        ConfigError::Invalid {
+            file: f.path.clone(),
+            location: locate_field(&f.path, &f.text, field).map(Box::new),
+            field: field.to_string(),
+            reason,
+        }
+    }
+
+    fn runtime_error(&self, file: usize, e: RuntimeError, fallback_field: &str) -> ConfigError {
+        match e {
+            RuntimeError::Invalid { field, reason } => self.invalid(file, &field, reason),
+            other => self.invalid(file, fallback_field, other.to_string()),
+        }
+    }
+
+    /// The pool, or an error saying how to configure one.
+    pub fn pool(&self) -> Result<&PoolSpecification, ConfigError> {
+        self.pool
+            .as_ref()
+            .map(|(p, _)| p)
+            .ok_or_else(|| ConfigError::Missing {
+                what: "no [pool_specification] in the configuration".into(),
+                hint: "add one (see examples/) or pass its file with --pool".into(),
+            })
+    }
+
+    /// The job with `id`, or the only job when `id` is `None`.
+    pub fn job(&self, id: Option<&str>) -> Result<&LoadedJob, ConfigError> {
+        match id {
+            Some(id) => self.jobs.iter().find(|j| j.spec.id == id).ok_or_else(|| {
+                let known: Vec<&str> = self.jobs.iter().map(|j| j.spec.id.as_str()).collect();
+                ConfigError::Missing {
+                    what: format!("no job `{id}` in the configuration"),
+                    hint: match suggest(id, known.iter().copied()) {
+                        Some(s) => format!("did you mean `{s}`? (jobs: {})", known.join(", ")),
+                        None => format!("jobs: {}", known.join(", ")),
+                    },
+                }
+            }),
+            None => match self.jobs.as_slice() {
+                [only] => Ok(only),
+                [] => Err(ConfigError::Missing {
+                    what: "no [[job_specifications]] in the configuration".into(),
+                    hint: "add one (see examples/) or pass its file with --jobs".into(),
+                }),
+                many => Err(ConfigError::Missing {
+                    what: format!("the configuration has {} jobs", many.len()),
+                    hint: format!(
+                        "choose one with --job ({})",
+                        many.iter()
+                            .map(|j| j.spec.id.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                }),
+            },
+        }
+    }
+}
+
+/// Parses one file, turning serde errors into [`ConfigError::Parse`] with location, field
+/// path and a "did you mean" hint for unknown keys and values.
+fn parse_file(path: &Path, text: &str) -> Result<ConfigFile, ConfigError> {
+    let de = toml::Deserializer::parse(text).map_err(|e| parse_error(path, text, None, &e))?;
+    let mut track = serde_path_to_error::Track::new();
+    let tracked = serde_path_to_error::Deserializer::new(de, &mut track);
+    match ConfigFile::deserialize(tracked) {
+        Ok(f) => Ok(f),
+        Err(e) => {
+            let field = track.path().to_string();
+            Err(parse_error(path, text, Some(field), &e))
+        }
+    }
+}
+
+fn parse_error(path: &Path, text: &str, field: Option<String>, e: &toml::de::Error) -> ConfigError {
+    let message = e.message().trim().to_string();
+    let span = e.span().unwrap_or(0..0);
+    let hint = did_you_mean(&message);
+    let mut field = field.filter(|f| !f.is_empty() && f != ".");
+    // For an unknown key the tracked path ends at the parent table; name the key itself.
+    if let Some(unknown) = backticked_after(&message, "unknown field `") {
+        field = Some(match field {
+            Some(f) if f == unknown || f.ends_with(&format!(".{unknown}")) => f,
+            Some(f) => format!("{f}.{unknown}"),
+            None => unknown.to_string(),
+        });
+    }
+    ConfigError::Parse {
+        location: Box::new(location(path, text, span)),
+        field,
+        message,
+        hint,
+    }
+}
+
+fn backticked_after<'a>(message: &'a str, prefix: &str) -> Option<&'a str> {
+    let rest = &message[message.find(prefix)? + prefix.len()..];
+    Some(&rest[..rest.find('`')?])
+}
+
+/// "did you mean" for serde's "unknown field `x`, expected one of `a`, `b`" and
+/// "unknown variant `x`, expected ..." messages.
+pub fn did_you_mean(message: &str) -> Option<String> {
+    let bad = backticked_after(message, "unknown field `")
+        .or_else(|| backticked_after(message, "unknown variant `"))?;
+    let expected = &message[message.find("expected")?..];
+    let candidates: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
+    let candidates: Vec<&str> = if candidates.is_empty() && message.contains("unknown field `") {
+        TOP_LEVEL_KEYS.to_vec()
+    } else {
+        candidates
+    };
+    suggest(bad, candidates.into_iter())
+}
+
+/// The closest candidate to `bad` (Jaro-Winkler ≥ 0.8 or edit distance ≤ 2).
+pub fn suggest<'a>(bad: &str, candidates: impl Iterator<Item = &'a str>) -> Option<String> {
+    candidates
+        .map(|c| (strsim::jaro_winkler(bad, c), strsim::levenshtein(bad, c), c))
+        .filter(|(jw, lev, _)| *jw >= 0.8 || *lev <= 2)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, _, c)| c.to_string())
+}
+
+/// Line/column of a byte span.
+pub fn location(path: &Path, text: &str, span: std::ops::Range<usize>) -> Location {
+    let start = span.start.min(text.len());
+    let start = (0..=start)
+        .rev()
+        .find(|&i| text.is_char_boundary(i))
+        .unwrap_or(0);
+    let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
+    let line_end = text[start..].find('\n').map_or(text.len(), |i| start + i);
+    let line = text[..start].matches('\n').count() + 1;
+    let column = text[line_start..start].chars().count() + 1;
+    let source_line = text[line_start..line_end]
+        .trim_end_matches('\r')
+        .to_string();
+    let end = span.end.clamp(start, line_end);
+    let width = text.get(start..end).map_or(1, |s| s.chars().count()).max(1);
+    Location {
+        file: path.to_path_buf(),
+        line,
+        column,
+        source_line,
+        width,
+    }
+}
+
+/// Finds a field path such as `job_specifications[0].tasks[1].image` in a TOML text: the
+/// span of the deepest key/value that exists.
+pub fn locate_field(path: &Path, text: &str, field: &str) -> Option<Location> {
+    let root = toml::de::DeTable::parse(text).ok()?;
+    let mut span = None;
+    let mut current = toml::de::DeValue::Table(root.into_inner());
+    for segment in split_path(field) {
+        let next = match (&current, segment) {
+            (toml::de::DeValue::Table(t), Segment::Key(k)) => t
+                .iter()
+                .find(|(key, _)| key.get_ref().as_ref() == k)
+                .map(|(key, v)| {
+                    span = Some(key.span());
+                    v.get_ref().clone()
+                }),
+            (toml::de::DeValue::Array(a), Segment::Index(i)) => a.get(i).map(|v| {
+                span = Some(v.span());
+                v.get_ref().clone()
+            }),
+            _ => None,
+        };
+        match next {
+            Some(v) => current = v,
+            None => break,
+        }
+    }
+    span.map(|s| location(path, text, s))
+}
+
+enum Segment<'a> {
+    Key(&'a str),
+    Index(usize),
+}
+
+fn split_path(field: &str) -> Vec<Segment<'_>> {
+    let mut out = Vec::new();
+    for part in field.split('.') {
+        let (key, mut rest) = match part.find('[') {
+            Some(i) => (&part[..i], &part[i..]),
+            None => (part, ""),
+        };
+        if !key.is_empty() {
+            out.push(Segment::Key(key));
+        }
+        while let Some(stripped) = rest.strip_prefix('[') {
+            let Some(end) = stripped.find(']') else { break };
+            if let Ok(i) = stripped[..end].parse() {
+                out.push(Segment::Index(i));
+            }
+            rest = &stripped[end + 1..];
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn did_you_mean_finds_close_keys() {
+        let m = "unknown field `nmu_instances`, expected one of `num_instances`, `coordination_command`";
+        assert_eq!(did_you_mean(m).as_deref(), Some("num_instances"));
+        let m = "unknown variant `opnmpi`, expected one of `openmpi`, `intelmpi`";
+        assert_eq!(did_you_mean(m).as_deref(), Some("openmpi"));
+        let m = "unknown field `zzzzzz`, expected `id`";
+        assert_eq!(did_you_mean(m), None);
+    }
+
+    #[test]
+    fn location_counts_lines_and_columns() {
+        let text = "a = 1\n  bb = 2\n";
+        let loc = location(Path::new("f.toml"), text, 8..10);
+        assert_eq!((loc.line, loc.column, loc.width), (2, 3, 2));
+        assert_eq!(loc.to_string(), "f.toml:2:3");
+    }
+
+    #[test]
+    fn secrets_are_redacted() {
+        let s = Secret::new("hunter2");
+        assert_eq!(format!("{s:?} {s}"), "<redacted> <redacted>");
+    }
+
+    #[test]
+    fn locate_field_walks_arrays_of_tables() {
+        let text = "[[job_specifications]]\nid = \"a\"\n[[job_specifications.tasks]]\nimage = \"x\"\n[[job_specifications.tasks]]\nimage = \"y y\"\n";
+        let loc = locate_field(
+            Path::new("j.toml"),
+            text,
+            "job_specifications[0].tasks[1].image",
+        )
+        .expect("found");
+        assert_eq!((loc.line, loc.column), (6, 1));
+    }
+}
