@@ -131,6 +131,19 @@ def doc_text(title, description, limit=600):
     if len(text) > limit:
         cut = text.rfind(". ", 0, limit)
         text = text[: cut + 1] if cut > 0 else text[:limit] + "…"
+    # Markdown-escape the prose; URLs become autolinks (`<https://…>`) and stay verbatim.
+    out = []
+    pos = 0
+    for m in re.finditer(r"https?://[^\s<>\"')\]]+", text):
+        out.append(escape_md(text[pos : m.start()]))
+        url = m.group(0).rstrip(".,;:")
+        out.append(f"<{url}>")
+        pos = m.start() + len(url)
+    out.append(escape_md(text[pos:]))
+    return "".join(out)
+
+
+def escape_md(text):
     text = text.replace("\\", "\\\\")
     for ch in "[]<>*_`":
         text = text.replace(ch, "\\" + ch)

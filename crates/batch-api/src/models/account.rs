@@ -220,7 +220,7 @@ pub struct PoolUsageMetrics {
     ///
     /// For information about available sizes of virtual machines in Pools, see Choose a VM size
     /// for Compute Nodes in an Azure Batch Pool
-    /// (https://docs.microsoft.com/azure/batch/batch-pool-vm-sizes).
+    /// (<https://docs.microsoft.com/azure/batch/batch-pool-vm-sizes>).
     pub vm_size: String,
 
     /// The total core hours used in the Pool during this aggregation interval.

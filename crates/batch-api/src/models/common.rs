@@ -115,7 +115,7 @@ pub struct AzureFileShareConfiguration {
 
     /// The Azure Files URL.
     ///
-    /// This is of the form 'https://{account}.file.core.windows.net/'.
+    /// This is of the form '<https://{account}.file.core.windows.net/>'.
     pub azure_file_url: String,
 
     /// The Azure Storage account key.
@@ -149,7 +149,7 @@ impl fmt::Debug for AzureFileShareConfiguration {
 ///
 /// Warning: This object is deprecated and will be removed after February, 2024. Please use the
 /// \[Azure KeyVault
-/// Extension\](https://learn.microsoft.com/azure/batch/batch-certificate-migration-guide)
+/// Extension\](<https://learn.microsoft.com/azure/batch/batch-certificate-migration-guide>)
 /// instead.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -80,7 +80,7 @@ pub struct ComputeNode {
     ///
     /// For information about available sizes of virtual machines in Pools, see Choose a VM size
     /// for Compute Nodes in an Azure Batch Pool
-    /// (https://docs.microsoft.com/azure/batch/batch-pool-vm-sizes).
+    /// (<https://docs.microsoft.com/azure/batch/batch-pool-vm-sizes>).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vm_size: Option<String>,
 
@@ -316,7 +316,7 @@ pub struct NodeAgentInformation {
     /// The version of the Batch Compute Node agent running on the Compute Node.
     ///
     /// This version number can be checked against the Compute Node agent release notes located
-    /// at https://github.com/Azure/Batch/blob/master/changelogs/nodeagent/CHANGELOG.md.
+    /// at <https://github.com/Azure/Batch/blob/master/changelogs/nodeagent/CHANGELOG.md>.
     pub version: String,
 
     /// The time when the Compute Node agent was updated on the Compute Node.

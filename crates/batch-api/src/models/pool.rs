@@ -67,7 +67,7 @@ pub struct AutomaticOSUpgradePolicy {
     /// Indicates whether OS upgrades should automatically be applied to scale set instances in
     /// a rolling fashion when a newer version of the OS image becomes available. \<br /\>\<br
     /// /\> If this is set to true for Windows based pools,
-    /// \[WindowsConfiguration.enableAutomaticUpdates\](https://learn.microsoft.com/en-us/rest/api/batchservice/pool/add?tabs=HTTP#windowsconfiguration)
+    /// \[WindowsConfiguration.enableAutomaticUpdates\](<https://learn.microsoft.com/en-us/rest/api/batchservice/pool/add?tabs=HTTP#windowsconfiguration>)
     /// cannot be set to true.
     #[serde(
         rename = "enableAutomaticOSUpgrade",
@@ -207,7 +207,7 @@ pub struct CloudPool {
     ///
     /// For information about available sizes of virtual machines in Pools, see Choose a VM size
     /// for Compute Nodes in an Azure Batch Pool
-    /// (https://docs.microsoft.com/azure/batch/batch-pool-vm-sizes).
+    /// (<https://docs.microsoft.com/azure/batch/batch-pool-vm-sizes>).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vm_size: Option<String>,
 
@@ -438,7 +438,7 @@ pub struct DataDisk {
     ///
     /// The default value for caching is readwrite. For information about the caching options
     /// see:
-    /// https://blogs.msdn.microsoft.com/windowsazurestorage/2012/06/27/exploring-windows-azure-drives-disks-and-images/.
+    /// <https://blogs.msdn.microsoft.com/windowsazurestorage/2012/06/27/exploring-windows-azure-drives-disks-and-images/>.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub caching: Option<CachingType>,
 
@@ -464,9 +464,9 @@ pub struct DiffDiskSettings {
     /// This property can be used by user in the request to choose the location e.g., cache disk
     /// space for Ephemeral OS disk provisioning. For more information on Ephemeral OS disk size
     /// requirements, please refer to Ephemeral OS disk size requirements for Windows VMs at
-    /// https://docs.microsoft.com/en-us/azure/virtual-machines/windows/ephemeral-os-disks#size-requirements
+    /// <https://docs.microsoft.com/en-us/azure/virtual-machines/windows/ephemeral-os-disks#size-requirements>
     /// and Linux VMs at
-    /// https://docs.microsoft.com/en-us/azure/virtual-machines/linux/ephemeral-os-disks#size-requirements.
+    /// <https://docs.microsoft.com/en-us/azure/virtual-machines/linux/ephemeral-os-disks#size-requirements>.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub placement: Option<DiffDiskPlacement>,
 }
@@ -695,7 +695,7 @@ pub struct NetworkConfiguration {
     ///
     /// Accelerated networking enables single root I/O virtualization (SR-IOV) to a VM, which
     /// may lead to improved networking performance. For more details, see:
-    /// https://learn.microsoft.com/azure/virtual-network/accelerated-networking-overview.
+    /// <https://learn.microsoft.com/azure/virtual-network/accelerated-networking-overview>.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub enable_accelerated_networking: Option<bool>,
 }
@@ -829,9 +829,9 @@ pub struct PoolAddParameter {
     /// size.
     ///
     /// For information about available VM sizes, see Sizes for Virtual Machines (Linux)
-    /// (https://azure.microsoft.com/documentation/articles/virtual-machines-linux-sizes/) or
+    /// (<https://azure.microsoft.com/documentation/articles/virtual-machines-linux-sizes/>) or
     /// Sizes for Virtual Machines (Windows)
-    /// (https://azure.microsoft.com/documentation/articles/virtual-machines-windows-sizes/).
+    /// (<https://azure.microsoft.com/documentation/articles/virtual-machines-windows-sizes/>).
     /// Batch supports all Azure VM sizes except STANDARD\_A0 and those with premium storage
     /// (STANDARD\_GS, STANDARD\_DS, and STANDARD\_DSV2 series).
     pub vm_size: String,
@@ -882,7 +882,7 @@ pub struct PoolAddParameter {
     /// is created. If the formula is not valid, the Batch service rejects the request with
     /// detailed error information. For more information about specifying this formula, see
     /// 'Automatically scale Compute Nodes in an Azure Batch Pool'
-    /// (https://azure.microsoft.com/documentation/articles/batch-automatic-scaling/).
+    /// (<https://azure.microsoft.com/documentation/articles/batch-automatic-scaling/>).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub auto_scale_formula: Option<String>,
 
@@ -1000,7 +1000,7 @@ pub struct PoolEnableAutoScaleParameter {
     /// not valid, the Batch service rejects the request with detailed error information. For
     /// more information about specifying this formula, see Automatically scale Compute Nodes in
     /// an Azure Batch Pool
-    /// (https://azure.microsoft.com/en-us/documentation/articles/batch-automatic-scaling).
+    /// (<https://azure.microsoft.com/en-us/documentation/articles/batch-automatic-scaling>).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub auto_scale_formula: Option<String>,
 
@@ -1039,7 +1039,7 @@ pub struct PoolEvaluateAutoScaleParameter {
     /// To apply the formula to the Pool, 'Enable automatic scaling on a Pool'. For more
     /// information about specifying this formula, see Automatically scale Compute Nodes in an
     /// Azure Batch Pool
-    /// (https://azure.microsoft.com/en-us/documentation/articles/batch-automatic-scaling).
+    /// (<https://azure.microsoft.com/en-us/documentation/articles/batch-automatic-scaling>).
     pub auto_scale_formula: String,
 }
 
@@ -1103,8 +1103,8 @@ pub struct PoolPatchParameter {
     ///
     /// For information about available sizes of virtual machines in Pools, see Choose a VM size
     /// for Compute Nodes in an Azure Batch Pool
-    /// (https://docs.microsoft.com/azure/batch/batch-pool-vm-sizes).\<br /\>\<br /\>This field
-    /// can be updated only when the pool is empty.
+    /// (<https://docs.microsoft.com/azure/batch/batch-pool-vm-sizes>).\<br /\>\<br /\>This
+    /// field can be updated only when the pool is empty.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vm_size: Option<String>,
 
@@ -1222,7 +1222,7 @@ pub struct PoolSpecification {
     ///
     /// For information about available sizes of virtual machines in Pools, see Choose a VM size
     /// for Compute Nodes in an Azure Batch Pool
-    /// (https://docs.microsoft.com/azure/batch/batch-pool-vm-sizes).
+    /// (<https://docs.microsoft.com/azure/batch/batch-pool-vm-sizes>).
     pub vm_size: String,
 
     /// The virtual machine configuration for the Pool.
@@ -1555,7 +1555,7 @@ pub struct SecurityProfile {
     /// Encryption for the virtual machine or virtual machine scale set. This will enable the
     /// encryption for all the disks including Resource/Temp disk at host itself. For more
     /// information on encryption at host requirements, please refer to
-    /// https://learn.microsoft.com/en-us/azure/virtual-machines/disk-encryption#supported-vm-sizes.
+    /// <https://learn.microsoft.com/en-us/azure/virtual-machines/disk-encryption#supported-vm-sizes>.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub encryption_at_host: Option<bool>,
 
@@ -1857,7 +1857,7 @@ batch_enum! {
     /// The type of caching to enable for the disk.
     ///
     /// The default value for caching is none. For information about the caching options see:
-    /// https://blogs.msdn.microsoft.com/windowsazurestorage/2012/06/27/exploring-windows-azure-drives-disks-and-images/.
+    /// <https://blogs.msdn.microsoft.com/windowsazurestorage/2012/06/27/exploring-windows-azure-drives-disks-and-images/>.
     pub enum CachingType {
         /// The caching mode for the disk is not enabled.
         None = "none",

@@ -479,7 +479,7 @@ pub struct OutputFileBlobContainerDestination {
     ///
     /// These headers will be specified when uploading files to Azure Storage. Official document
     /// on allowed headers when uploading blobs:
-    /// https://docs.microsoft.com/en-us/rest/api/storageservices/put-blob#request-headers-all-blob-types.
+    /// <https://docs.microsoft.com/en-us/rest/api/storageservices/put-blob#request-headers-all-blob-types>.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub upload_headers: Option<Vec<HttpHeader>>,
 }
