@@ -21,11 +21,17 @@ pub mod auth;
 mod client;
 pub mod error;
 pub mod models;
+mod ops;
 mod paging;
+mod task_collection;
+mod wait;
 
 pub use auth::{
     AccessToken, ClientSecretCredential, Credential, Secret, SharedKeyCredential, TokenSource,
 };
 pub use client::{BatchClient, ClientOptions, RetryPolicy, API_VERSION, JSON_CONTENT_TYPE};
 pub use error::{BatchError, ErrorDetail, Result, ServiceError};
+pub use ops::{ByteRange, Created, Downloaded};
 pub use paging::{collect_all, ListOptions};
+pub use task_collection::{TaskAddOutcome, TaskCollectionReport, MAX_TASKS_PER_REQUEST};
+pub use wait::WaitOptions;

@@ -252,17 +252,41 @@ impl Shared {
 }
 
 /// A running strict Batch server. Dropping it stops the accept loop.
+///
+/// It dereferences to [`ServerHandle`], which carries the state, fault-injection and
+/// request-log accessors; [`TestServer::handle`] gives a cloneable handle for other tasks.
 pub struct TestServer {
-    shared: Arc<Shared>,
+    handle: ServerHandle,
     addr: SocketAddr,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+/// Cloneable access to a running server's state, faults and request log.
+#[derive(Clone)]
+pub struct ServerHandle {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for ServerHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerHandle")
+            .field("url", &self.shared.base_url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::ops::Deref for TestServer {
+    type Target = ServerHandle;
+    fn deref(&self) -> &ServerHandle {
+        &self.handle
+    }
 }
 
 impl std::fmt::Debug for TestServer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TestServer")
             .field("addr", &self.addr)
-            .field("account", &self.shared.config.account)
+            .field("account", &self.handle.shared.config.account)
             .finish_non_exhaustive()
     }
 }
@@ -301,20 +325,42 @@ impl TestServer {
         let (tx, rx) = tokio::sync::oneshot::channel();
         tokio::spawn(http::serve(listener, shared.clone(), rx));
         Ok(TestServer {
-            shared,
+            handle: ServerHandle { shared },
             addr,
             shutdown: Some(tx),
         })
     }
 
-    /// Base URL, `http://127.0.0.1:<port>` — the Batch endpoint and the token authority.
-    pub fn url(&self) -> String {
-        self.shared.base_url.clone()
-    }
-
     /// The bound address.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// A cloneable handle (for driving state from another task).
+    pub fn handle(&self) -> ServerHandle {
+        self.handle.clone()
+    }
+
+    /// Stops accepting connections.
+    pub fn shutdown(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+impl ServerHandle {
+    /// Base URL, `http://127.0.0.1:<port>` — the Batch endpoint and the token authority.
+    pub fn url(&self) -> String {
+        self.shared.base_url.clone()
     }
 
     /// Account name.
@@ -498,20 +544,5 @@ impl TestServer {
             .get(pool_id)
             .map(|p| p.nodes.keys().cloned().collect())
             .unwrap_or_default()
-    }
-
-    /// Stops accepting connections.
-    pub fn shutdown(mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-    }
-}
-
-impl Drop for TestServer {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
     }
 }

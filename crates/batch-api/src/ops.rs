@@ -1,0 +1,475 @@
+//! Typed operations on pools, jobs, tasks, compute nodes and files.
+
+use std::path::Path;
+
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use futures::StreamExt as _;
+use reqwest::header::{HeaderName, HeaderValue};
+use reqwest::Method;
+use serde::Serialize;
+use tokio::io::AsyncWriteExt as _;
+
+use crate::client::{header_str, BatchClient, Call, RetryClass};
+use crate::error::{BatchError, Result};
+use crate::models::{
+    CloudJob, CloudPool, CloudTask, CloudTaskListSubtasksResult, ComputeNode, JobAddParameter,
+    JobPatchParameter, JobPreparationAndReleaseTaskExecutionInformation, JobTerminateParameter,
+    NodeFile, PoolAddParameter, PoolResizeParameter, SubtaskInformation, TaskAddParameter,
+};
+use crate::paging::ListOptions;
+
+/// Result of a create call (`add_pool`, `add_job`, `add_task`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Created {
+    /// A retry after a lost reply found the resource already there (409 `…Exists`), i.e. an
+    /// earlier attempt of this same call created it.
+    pub already_existed: bool,
+    /// `ETag` of the new resource (absent when `already_existed`).
+    pub etag: Option<String>,
+    /// `Location` / `DataServiceId` of the new resource.
+    pub location: Option<String>,
+    /// Server `request-id` of the final attempt.
+    pub request_id: Option<String>,
+    /// Attempts made.
+    pub attempts: u32,
+}
+
+/// Result of a file download.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Downloaded {
+    /// Bytes written to the destination file.
+    pub bytes: u64,
+    /// HTTP requests made (more than 1 when an interrupted transfer was resumed).
+    pub requests: u32,
+}
+
+/// A byte range for `ocp-range`: `start` to `end` inclusive (`None` = to the end of the file).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteRange {
+    /// First byte.
+    pub start: u64,
+    /// Last byte, inclusive.
+    pub end: Option<u64>,
+}
+
+impl ByteRange {
+    fn header(&self) -> String {
+        match self.end {
+            Some(e) => format!("bytes={}-{}", self.start, e),
+            None => format!("bytes={}-", self.start),
+        }
+    }
+}
+
+fn to_body<T: Serialize>(what: &str, value: &T) -> Result<Bytes> {
+    serde_json::to_vec(value)
+        .map(Bytes::from)
+        .map_err(|e| BatchError::Serialize {
+            what: what.to_owned(),
+            message: e.to_string(),
+        })
+}
+
+impl BatchClient {
+    fn call(&self, method: Method, url: url::Url, class: RetryClass) -> Call {
+        Call {
+            method,
+            url,
+            body: None,
+            headers: Vec::new(),
+            class,
+        }
+    }
+
+    async fn create(&self, segments: &[&str], what: &str, body: Bytes) -> Result<Created> {
+        let mut call = self.call(Method::POST, self.url(segments, &[]), RetryClass::Create);
+        call.body = Some(body);
+        tracing::debug!(what, "create");
+        let reply = self.execute(call).await?;
+        Ok(Created {
+            already_existed: reply.already_existed,
+            etag: header_str(&reply.headers, "etag"),
+            location: header_str(&reply.headers, "location")
+                .or_else(|| header_str(&reply.headers, "dataserviceid")),
+            request_id: header_str(&reply.headers, "request-id"),
+            attempts: reply.attempts,
+        })
+    }
+
+    async fn no_content(&self, call: Call) -> Result<()> {
+        let reply = self.execute(call).await?;
+        // Drain the body so the connection returns to the pool.
+        if let Some(r) = reply.response {
+            let _ = r.bytes().await;
+        }
+        Ok(())
+    }
+
+    async fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        segments: &[&str],
+        query: &[(&str, String)],
+    ) -> Result<T> {
+        let call = self.call(
+            Method::GET,
+            self.url(segments, query),
+            RetryClass::Idempotent,
+        );
+        self.json(call).await
+    }
+
+    fn list<T>(&self, segments: &[&str], options: &ListOptions) -> BoxStream<'static, Result<T>>
+    where
+        T: serde::de::DeserializeOwned + Send + 'static,
+    {
+        self.list_with(segments, options, &[])
+    }
+
+    fn list_with<T>(
+        &self,
+        segments: &[&str],
+        options: &ListOptions,
+        extra: &[(&str, String)],
+    ) -> BoxStream<'static, Result<T>>
+    where
+        T: serde::de::DeserializeOwned + Send + 'static,
+    {
+        let mut q = options.query();
+        q.extend(extra.iter().map(|(k, v)| (*k, v.clone())));
+        self.paged(self.url(segments, &q))
+    }
+
+    // ------------------------------------------------------------------ pools
+
+    /// `Pool_Add`. Retried with the same id after a lost reply; a retry answered
+    /// `PoolExists` returns `Created { already_existed: true, .. }`.
+    pub async fn add_pool(&self, pool: &PoolAddParameter) -> Result<Created> {
+        self.create(&["pools"], "pool", to_body("PoolAddParameter", pool)?)
+            .await
+    }
+
+    /// `Pool_Get`.
+    pub async fn get_pool(&self, pool_id: &str) -> Result<CloudPool> {
+        self.get_json(&["pools", pool_id], &[]).await
+    }
+
+    /// `Pool_List`: all pools, following `odata.nextLink`.
+    pub fn list_pools(&self, options: &ListOptions) -> BoxStream<'static, Result<CloudPool>> {
+        self.list(&["pools"], options)
+    }
+
+    /// `Pool_Delete` (202: deletion started).
+    pub async fn delete_pool(&self, pool_id: &str) -> Result<()> {
+        let call = self.call(
+            Method::DELETE,
+            self.url(&["pools", pool_id], &[]),
+            RetryClass::Idempotent,
+        );
+        self.no_content(call).await
+    }
+
+    /// `Pool_Exists` (HEAD): `false` on 404.
+    pub async fn pool_exists(&self, pool_id: &str) -> Result<bool> {
+        let call = self.call(
+            Method::HEAD,
+            self.url(&["pools", pool_id], &[]),
+            RetryClass::Idempotent,
+        );
+        match self.execute(call).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.is_not_found() => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `Pool_Resize`. A non-idempotent action: retried only on 429/503/connection refused.
+    pub async fn resize_pool(&self, pool_id: &str, resize: &PoolResizeParameter) -> Result<()> {
+        let mut call = self.call(
+            Method::POST,
+            self.url(&["pools", pool_id, "resize"], &[]),
+            RetryClass::Action,
+        );
+        call.body = Some(to_body("PoolResizeParameter", resize)?);
+        self.no_content(call).await
+    }
+
+    // ------------------------------------------------------------------ nodes
+
+    /// `ComputeNode_List`.
+    pub fn list_nodes(
+        &self,
+        pool_id: &str,
+        options: &ListOptions,
+    ) -> BoxStream<'static, Result<ComputeNode>> {
+        self.list(&["pools", pool_id, "nodes"], options)
+    }
+
+    // ------------------------------------------------------------------ jobs
+
+    /// `Job_Add`; a retry answered `JobExists` counts as success (`already_existed`).
+    pub async fn add_job(&self, job: &JobAddParameter) -> Result<Created> {
+        self.create(&["jobs"], "job", to_body("JobAddParameter", job)?)
+            .await
+    }
+
+    /// `Job_Get`.
+    pub async fn get_job(&self, job_id: &str) -> Result<CloudJob> {
+        self.get_json(&["jobs", job_id], &[]).await
+    }
+
+    /// `Job_List`.
+    pub fn list_jobs(&self, options: &ListOptions) -> BoxStream<'static, Result<CloudJob>> {
+        self.list(&["jobs"], options)
+    }
+
+    /// `Job_Delete` (202: deletion started).
+    pub async fn delete_job(&self, job_id: &str) -> Result<()> {
+        let call = self.call(
+            Method::DELETE,
+            self.url(&["jobs", job_id], &[]),
+            RetryClass::Idempotent,
+        );
+        self.no_content(call).await
+    }
+
+    /// `Job_Terminate`. A non-idempotent action: retried only on 429/503/connection refused.
+    pub async fn terminate_job(&self, job_id: &str, reason: Option<&str>) -> Result<()> {
+        let mut call = self.call(
+            Method::POST,
+            self.url(&["jobs", job_id, "terminate"], &[]),
+            RetryClass::Action,
+        );
+        if let Some(reason) = reason {
+            let p = JobTerminateParameter {
+                terminate_reason: Some(reason.to_owned()),
+                ..Default::default()
+            };
+            call.body = Some(to_body("JobTerminateParameter", &p)?);
+        }
+        self.no_content(call).await
+    }
+
+    /// `Job_Patch`: sets the given properties. Repeating a patch sets the same values, so it
+    /// is retried like a GET.
+    pub async fn patch_job(&self, job_id: &str, patch: &JobPatchParameter) -> Result<()> {
+        let mut call = self.call(
+            Method::PATCH,
+            self.url(&["jobs", job_id], &[]),
+            RetryClass::Idempotent,
+        );
+        call.body = Some(to_body("JobPatchParameter", patch)?);
+        self.no_content(call).await
+    }
+
+    /// `Job_ListPreparationAndReleaseTaskStatus`.
+    pub fn list_preparation_and_release_status(
+        &self,
+        job_id: &str,
+        options: &ListOptions,
+    ) -> BoxStream<'static, Result<JobPreparationAndReleaseTaskExecutionInformation>> {
+        self.list(
+            &["jobs", job_id, "jobpreparationandreleasetaskstatus"],
+            options,
+        )
+    }
+
+    // ------------------------------------------------------------------ tasks
+
+    /// `Task_Add`; a retry answered `TaskExists` counts as success (`already_existed`).
+    pub async fn add_task(&self, job_id: &str, task: &TaskAddParameter) -> Result<Created> {
+        self.create(
+            &["jobs", job_id, "tasks"],
+            "task",
+            to_body("TaskAddParameter", task)?,
+        )
+        .await
+    }
+
+    /// `Task_Get`.
+    pub async fn get_task(&self, job_id: &str, task_id: &str) -> Result<CloudTask> {
+        self.get_json(&["jobs", job_id, "tasks", task_id], &[])
+            .await
+    }
+
+    /// `Task_List`.
+    pub fn list_tasks(
+        &self,
+        job_id: &str,
+        options: &ListOptions,
+    ) -> BoxStream<'static, Result<CloudTask>> {
+        self.list(&["jobs", job_id, "tasks"], options)
+    }
+
+    /// `Task_Terminate`. A non-idempotent action: retried only on 429/503/connection refused.
+    pub async fn terminate_task(&self, job_id: &str, task_id: &str) -> Result<()> {
+        let call = self.call(
+            Method::POST,
+            self.url(&["jobs", job_id, "tasks", task_id, "terminate"], &[]),
+            RetryClass::Action,
+        );
+        self.no_content(call).await
+    }
+
+    /// `Task_Delete`.
+    pub async fn delete_task(&self, job_id: &str, task_id: &str) -> Result<()> {
+        let call = self.call(
+            Method::DELETE,
+            self.url(&["jobs", job_id, "tasks", task_id], &[]),
+            RetryClass::Idempotent,
+        );
+        self.no_content(call).await
+    }
+
+    /// `Task_ListSubtasks`: the subtasks of a multi-instance task.
+    pub async fn list_subtasks(
+        &self,
+        job_id: &str,
+        task_id: &str,
+    ) -> Result<Vec<SubtaskInformation>> {
+        let r: CloudTaskListSubtasksResult = self
+            .get_json(&["jobs", job_id, "tasks", task_id, "subtasksinfo"], &[])
+            .await?;
+        Ok(r.value.unwrap_or_default())
+    }
+
+    // ------------------------------------------------------------------ files
+
+    /// `File_ListFromTask`.
+    pub fn list_task_files(
+        &self,
+        job_id: &str,
+        task_id: &str,
+        recursive: bool,
+        options: &ListOptions,
+    ) -> BoxStream<'static, Result<NodeFile>> {
+        self.list_with(
+            &["jobs", job_id, "tasks", task_id, "files"],
+            options,
+            &[("recursive", recursive.to_string())],
+        )
+    }
+
+    /// `File_ListFromComputeNode`.
+    pub fn list_node_files(
+        &self,
+        pool_id: &str,
+        node_id: &str,
+        recursive: bool,
+        options: &ListOptions,
+    ) -> BoxStream<'static, Result<NodeFile>> {
+        self.list_with(
+            &["pools", pool_id, "nodes", node_id, "files"],
+            options,
+            &[("recursive", recursive.to_string())],
+        )
+    }
+
+    /// `File_GetFromTask`, streamed to `dest` (created or truncated). `range` sets `ocp-range`.
+    /// An interrupted transfer is resumed with `ocp-range` from the last byte written.
+    pub async fn download_task_file(
+        &self,
+        job_id: &str,
+        task_id: &str,
+        file_path: &str,
+        dest: &Path,
+        range: Option<ByteRange>,
+    ) -> Result<Downloaded> {
+        let segs = ["jobs", job_id, "tasks", task_id, "files", file_path];
+        self.download(&segs, dest, range).await
+    }
+
+    /// `File_GetFromComputeNode`, streamed to `dest`; see [`BatchClient::download_task_file`].
+    pub async fn download_node_file(
+        &self,
+        pool_id: &str,
+        node_id: &str,
+        file_path: &str,
+        dest: &Path,
+        range: Option<ByteRange>,
+    ) -> Result<Downloaded> {
+        let segs = ["pools", pool_id, "nodes", node_id, "files", file_path];
+        self.download(&segs, dest, range).await
+    }
+
+    async fn download(
+        &self,
+        segments: &[&str],
+        dest: &Path,
+        range: Option<ByteRange>,
+    ) -> Result<Downloaded> {
+        let io_err = |source| BatchError::Io {
+            path: dest.display().to_string(),
+            source,
+        };
+        let mut file = tokio::fs::File::create(dest).await.map_err(io_err)?;
+        let mut written: u64 = 0;
+        let mut requests: u32 = 0;
+        let max_resumes = self.inner.options.retry.max_attempts.max(1);
+        loop {
+            requests += 1;
+            let mut call = self.call(Method::GET, self.url(segments, &[]), RetryClass::Idempotent);
+            call.headers.push((
+                HeaderName::from_static("accept"),
+                HeaderValue::from_static("*/*"),
+            ));
+            let start = range.map_or(0, |r| r.start) + written;
+            let want = if written > 0 || range.is_some() {
+                Some(ByteRange {
+                    start,
+                    end: range.and_then(|r| r.end),
+                })
+            } else {
+                None
+            };
+            if let Some(r) = want {
+                let v = HeaderValue::from_str(&r.header()).map_err(|_| BatchError::Config {
+                    field: "range".into(),
+                    message: "cannot form ocp-range header".into(),
+                })?;
+                call.headers.push((HeaderName::from_static("ocp-range"), v));
+            }
+            let path = call.url.path().to_owned();
+            let reply = self.execute(call).await?;
+            let Some(resp) = reply.response else {
+                return Ok(Downloaded {
+                    bytes: written,
+                    requests,
+                });
+            };
+            let mut body = resp.bytes_stream();
+            let mut failed = None;
+            while let Some(chunk) = body.next().await {
+                match chunk {
+                    Ok(c) => {
+                        file.write_all(&c).await.map_err(io_err)?;
+                        written += c.len() as u64;
+                    }
+                    Err(e) => {
+                        failed = Some(e);
+                        break;
+                    }
+                }
+            }
+            match failed {
+                None => {
+                    file.flush().await.map_err(io_err)?;
+                    return Ok(Downloaded {
+                        bytes: written,
+                        requests,
+                    });
+                }
+                Some(e) if requests < max_resumes => {
+                    tracing::debug!(path = %path, written, error = %e, "download interrupted, resuming");
+                }
+                Some(e) => {
+                    return Err(BatchError::Transport {
+                        method: "GET".into(),
+                        path,
+                        message: format!("download interrupted after {written} bytes: {e}"),
+                    })
+                }
+            }
+        }
+    }
+}
