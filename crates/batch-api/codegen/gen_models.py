@@ -75,6 +75,8 @@ SECRETS = {
     ("*", "password"): "secret",
     ("*", "accountKey"): "secret",
     ("*", "protectedSettings"): "secret",
+    ("*", "sshPrivateKey"): "secret",
+    ("*", "sasKey"): "secret",
     ("CertificateAddParameter", "data"): "secret",
     ("ResourceFile", "httpUrl"): "url",
     ("ResourceFile", "storageContainerUrl"): "url",
@@ -89,8 +91,17 @@ RUST_KEYWORDS = {
 }
 
 
+# Spellings whose capitals do not start words: readIOGiB -> read_io_gib, eTag -> etag.
+SNAKE_TOKENS = [("GiB", "Gib"), ("IOps", "Iops"), ("VNet", "Vnet")]
+SNAKE_NAMES = {"eTag": "etag"}
+
+
 def to_snake(name):
+    if name in SNAKE_NAMES:
+        return SNAKE_NAMES[name]
     name = name.replace(".", "_")
+    for token, replacement in SNAKE_TOKENS:
+        name = name.replace(token, replacement)
     out = []
     for i, c in enumerate(name):
         if c.isupper():

@@ -98,7 +98,7 @@ impl fmt::Debug for AzureBlobFileSystemConfiguration {
             .field("account_name", &self.account_name)
             .field("container_name", &self.container_name)
             .field("account_key", &redact(self.account_key.as_ref()))
-            .field("sas_key", &self.sas_key)
+            .field("sas_key", &redact(self.sas_key.as_ref()))
             .field("blobfuse_options", &self.blobfuse_options)
             .field("relative_mount_path", &self.relative_mount_path)
             .field("identity_reference", &self.identity_reference)
@@ -248,7 +248,7 @@ pub struct EnvironmentSetting {
 }
 
 /// Properties used to create a user Account on a Linux Compute Node.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct LinuxUserConfiguration {
     /// The user ID of the user Account.
@@ -275,6 +275,15 @@ pub struct LinuxUserConfiguration {
     /// Compute Nodes (no modification of the user's .ssh directory is done).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ssh_private_key: Option<String>,
+}
+impl fmt::Debug for LinuxUserConfiguration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LinuxUserConfiguration")
+            .field("uid", &self.uid)
+            .field("gid", &self.gid)
+            .field("ssh_private_key", &redact(self.ssh_private_key.as_ref()))
+            .finish()
+    }
 }
 
 /// A name-value pair associated with a Batch service resource.
@@ -406,34 +415,44 @@ pub struct ResourceStatistics {
     pub avg_cpu_percentage: f64,
 
     /// The average memory usage in GiB across all Compute Nodes in the Pool.
-    pub avg_memory_gi_b: f64,
+    #[serde(rename = "avgMemoryGiB")]
+    pub avg_memory_gib: f64,
 
     /// The peak memory usage in GiB across all Compute Nodes in the Pool.
-    pub peak_memory_gi_b: f64,
+    #[serde(rename = "peakMemoryGiB")]
+    pub peak_memory_gib: f64,
 
     /// The average used disk space in GiB across all Compute Nodes in the Pool.
-    pub avg_disk_gi_b: f64,
+    #[serde(rename = "avgDiskGiB")]
+    pub avg_disk_gib: f64,
 
     /// The peak used disk space in GiB across all Compute Nodes in the Pool.
-    pub peak_disk_gi_b: f64,
+    #[serde(rename = "peakDiskGiB")]
+    pub peak_disk_gib: f64,
 
     /// The total number of disk read operations across all Compute Nodes in the Pool.
-    pub disk_read_i_ops: i64,
+    #[serde(rename = "diskReadIOps")]
+    pub disk_read_iops: i64,
 
     /// The total number of disk write operations across all Compute Nodes in the Pool.
-    pub disk_write_i_ops: i64,
+    #[serde(rename = "diskWriteIOps")]
+    pub disk_write_iops: i64,
 
     /// The total amount of data in GiB of disk reads across all Compute Nodes in the Pool.
-    pub disk_read_gi_b: f64,
+    #[serde(rename = "diskReadGiB")]
+    pub disk_read_gib: f64,
 
     /// The total amount of data in GiB of disk writes across all Compute Nodes in the Pool.
-    pub disk_write_gi_b: f64,
+    #[serde(rename = "diskWriteGiB")]
+    pub disk_write_gib: f64,
 
     /// The total amount of data in GiB of network reads across all Compute Nodes in the Pool.
-    pub network_read_gi_b: f64,
+    #[serde(rename = "networkReadGiB")]
+    pub network_read_gib: f64,
 
     /// The total amount of data in GiB of network writes across all Compute Nodes in the Pool.
-    pub network_write_gi_b: f64,
+    #[serde(rename = "networkWriteGiB")]
+    pub network_write_gib: f64,
 }
 
 /// A Task which is run when a Node joins a Pool in the Azure Batch service, or when the Compute

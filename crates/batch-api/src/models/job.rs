@@ -71,8 +71,8 @@ pub struct CloudJob {
     /// requests. In particular, you can be pass the ETag when updating a Job to specify that
     /// your changes should take effect only if nobody else has modified the Job in the
     /// meantime.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub e_tag: Option<String>,
+    #[serde(rename = "eTag", skip_serializing_if = "Option::is_none")]
+    pub etag: Option<String>,
 
     /// The last modified time of the Job.
     ///
@@ -580,8 +580,11 @@ pub struct JobNetworkConfiguration {
     ///
     /// If true, nodes will remain joined to the virtual network to DNC. If false, nodes will
     /// automatically withdraw when the job ends. Defaults to false.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub skip_withdraw_from_v_net: Option<bool>,
+    #[serde(
+        rename = "skipWithdrawFromVNet",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub skip_withdraw_from_vnet: Option<bool>,
 }
 
 /// The set of changes to be made to a Job.
@@ -1040,18 +1043,20 @@ pub struct JobStatistics {
     pub wall_clock_time: String,
 
     /// The total number of disk read operations made by all Tasks in the Job.
-    pub read_i_ops: i64,
+    #[serde(rename = "readIOps")]
+    pub read_iops: i64,
 
     /// The total number of disk write operations made by all Tasks in the Job.
-    pub write_i_ops: i64,
+    #[serde(rename = "writeIOps")]
+    pub write_iops: i64,
 
     /// The total amount of data in GiB read from disk by all Tasks in the Job.
     #[serde(rename = "readIOGiB")]
-    pub read_io_gi_b: f64,
+    pub read_io_gib: f64,
 
     /// The total amount of data in GiB written to disk by all Tasks in the Job.
     #[serde(rename = "writeIOGiB")]
-    pub write_io_gi_b: f64,
+    pub write_io_gib: f64,
 
     /// The total number of Tasks successfully completed in the Job during the given time range.
     ///

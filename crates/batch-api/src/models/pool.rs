@@ -171,8 +171,8 @@ pub struct CloudPool {
     /// requests. In particular, you can be pass the ETag when updating a Pool to specify that
     /// your changes should take effect only if nobody else has modified the Pool in the
     /// meantime.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub e_tag: Option<String>,
+    #[serde(rename = "eTag", skip_serializing_if = "Option::is_none")]
+    pub etag: Option<String>,
 
     /// The last modified time of the Pool.
     ///
@@ -677,8 +677,11 @@ pub struct NetworkConfiguration {
     pub subnet_id: Option<String>,
 
     /// The scope of dynamic vnet assignment.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub dynamic_v_net_assignment_scope: Option<DynamicVNetAssignmentScope>,
+    #[serde(
+        rename = "dynamicVNetAssignmentScope",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub dynamic_vnet_assignment_scope: Option<DynamicVNetAssignmentScope>,
 
     /// The configuration for endpoints on Compute Nodes in the Batch Pool.
     #[serde(skip_serializing_if = "Option::is_none")]

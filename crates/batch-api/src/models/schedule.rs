@@ -34,8 +34,8 @@ pub struct CloudJobSchedule {
     /// between requests. In particular, you can be pass the ETag with an Update Job Schedule
     /// request to specify that your changes should take effect only if nobody else has modified
     /// the schedule in the meantime.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub e_tag: Option<String>,
+    #[serde(rename = "eTag", skip_serializing_if = "Option::is_none")]
+    pub etag: Option<String>,
 
     /// The last modified time of the Job Schedule.
     ///
@@ -230,19 +230,21 @@ pub struct JobScheduleStatistics {
 
     /// The total number of disk read operations made by all Tasks in all Jobs created under the
     /// schedule.
-    pub read_i_ops: i64,
+    #[serde(rename = "readIOps")]
+    pub read_iops: i64,
 
     /// The total number of disk write operations made by all Tasks in all Jobs created under
     /// the schedule.
-    pub write_i_ops: i64,
+    #[serde(rename = "writeIOps")]
+    pub write_iops: i64,
 
     /// The total gibibytes read from disk by all Tasks in all Jobs created under the schedule.
     #[serde(rename = "readIOGiB")]
-    pub read_io_gi_b: f64,
+    pub read_io_gib: f64,
 
     /// The total gibibytes written to disk by all Tasks in all Jobs created under the schedule.
     #[serde(rename = "writeIOGiB")]
-    pub write_io_gi_b: f64,
+    pub write_io_gib: f64,
 
     /// The total number of Tasks successfully completed during the given time range in Jobs
     /// created under the schedule. A Task completes successfully if it returns exit code 0.

@@ -64,8 +64,8 @@ pub struct CloudTask {
     /// requests. In particular, you can be pass the ETag when updating a Task to specify that
     /// your changes should take effect only if nobody else has modified the Task in the
     /// meantime.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub e_tag: Option<String>,
+    #[serde(rename = "eTag", skip_serializing_if = "Option::is_none")]
+    pub etag: Option<String>,
 
     /// The last modified time of the Task.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -764,8 +764,8 @@ pub struct TaskAddResult {
     /// You can use this to detect whether the Task has changed between requests. In particular,
     /// you can be pass the ETag with an Update Task request to specify that your changes should
     /// take effect only if nobody else has modified the Job in the meantime.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub e_tag: Option<String>,
+    #[serde(rename = "eTag", skip_serializing_if = "Option::is_none")]
+    pub etag: Option<String>,
 
     /// The last modified time of the Task.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -1129,18 +1129,20 @@ pub struct TaskStatistics {
     pub wall_clock_time: String,
 
     /// The total number of disk read operations made by the Task.
-    pub read_i_ops: i64,
+    #[serde(rename = "readIOps")]
+    pub read_iops: i64,
 
     /// The total number of disk write operations made by the Task.
-    pub write_i_ops: i64,
+    #[serde(rename = "writeIOps")]
+    pub write_iops: i64,
 
     /// The total gibibytes read from disk by the Task.
     #[serde(rename = "readIOGiB")]
-    pub read_io_gi_b: f64,
+    pub read_io_gib: f64,
 
     /// The total gibibytes written to disk by the Task.
     #[serde(rename = "writeIOGiB")]
-    pub write_io_gi_b: f64,
+    pub write_io_gib: f64,
 
     /// The total wait time of the Task. The wait time for a Task is defined as the elapsed time
     /// between the creation of the Task and the start of Task execution. (If the Task is
