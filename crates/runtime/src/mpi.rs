@@ -1,0 +1,204 @@
+//! From a task's `multi_instance.mpi` settings to a [`shipyard_mpi_launch::LaunchRequest`]
+//! (shared by the built-in runtimes).
+
+use shipyard_mpi_launch::{Flavor, Hosts, LaunchRequest, Ppn};
+
+use crate::domain::{MpiRuntime, MpiSpec, ProcessesPerNode};
+use crate::error::RuntimeError;
+
+/// The launcher flavour of a configured MPI runtime.
+pub fn flavor(runtime: MpiRuntime) -> Flavor {
+    match runtime {
+        MpiRuntime::OpenMpi => Flavor::OpenMpi,
+        MpiRuntime::IntelMpi | MpiRuntime::IntelMpiOfa => Flavor::IntelMpi,
+        MpiRuntime::Mpich | MpiRuntime::Mvapich => Flavor::Mpich,
+        MpiRuntime::MsMpi => Flavor::MsMpi,
+    }
+}
+
+/// Splits a command into words when it is a plain word list (quotes allowed, no shell
+/// operators or expansions); `None` when it needs a shell (`$`, `|`, `;`, `&`, `<`, `>`, `` ` ``,
+/// `*`, `?`, `(`, `)`, `~`, `#`, newlines outside single quotes).
+pub fn split_plain(command: &str) -> Option<Vec<String>> {
+    let mut words = Vec::new();
+    let mut cur = String::new();
+    let mut in_word = false;
+    let mut chars = command.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            ' ' | '\t' => {
+                if in_word {
+                    words.push(std::mem::take(&mut cur));
+                    in_word = false;
+                }
+            }
+            '\'' => {
+                in_word = true;
+                loop {
+                    match chars.next() {
+                        Some('\'') => break,
+                        Some(ch) => cur.push(ch),
+                        None => return None,
+                    }
+                }
+            }
+            '"' => {
+                in_word = true;
+                loop {
+                    match chars.next() {
+                        Some('"') => break,
+                        Some('\\') => match chars.next() {
+                            Some(ch @ ('"' | '\\')) => cur.push(ch),
+                            _ => return None,
+                        },
+                        Some('$' | '`') | None => return None,
+                        Some(ch) => cur.push(ch),
+                    }
+                }
+            }
+            '\\' => {
+                in_word = true;
+                match chars.next() {
+                    Some('\n') | None => return None,
+                    Some(ch) => cur.push(ch),
+                }
+            }
+            '$' | '|' | ';' | '&' | '<' | '>' | '`' | '*' | '?' | '(' | ')' | '~' | '#' | '\n'
+            | '[' | '{' | '}' => return None,
+            ch => {
+                in_word = true;
+                cur.push(ch);
+            }
+        }
+    }
+    if in_word {
+        words.push(cur);
+    }
+    (!words.is_empty()).then_some(words)
+}
+
+/// The program and arguments every rank runs for `command`: its words when it is a plain word
+/// list, otherwise `shell -c <command>` (so `$VAR`, pipes and redirections work per rank).
+pub fn program_words(command: &str, shell: &str) -> Vec<String> {
+    split_plain(command)
+        .unwrap_or_else(|| vec![shell.to_string(), "-c".to_string(), command.to_string()])
+}
+
+/// A launch request for `mpi` running `command` on the Batch host list (`$AZ_BATCH_HOST_LIST`),
+/// reaching the other nodes' sshd on `ssh_port` (when the flavour uses ssh). `field` is the
+/// path of the `mpi` settings, for errors.
+pub fn launch_request(
+    mpi: &MpiSpec,
+    command: &str,
+    field: &str,
+    ssh_port: Option<u16>,
+    run_as_root: bool,
+) -> Result<LaunchRequest, RuntimeError> {
+    let flavor = flavor(mpi.runtime);
+    let ppn = match &mpi.processes_per_node {
+        None => Ppn::Count(1),
+        Some(ProcessesPerNode::Count(n)) => Ppn::Count(*n),
+        Some(ProcessesPerNode::Command(c)) if c.trim() == "nproc" => Ppn::AllCores,
+        Some(ProcessesPerNode::Command(c)) => {
+            return Err(RuntimeError::Mpi {
+                field: format!("{field}.processes_per_node"),
+                reason: format!(
+                    "`{c}` is not supported: use a count or `nproc` (one rank per core)"
+                ),
+            })
+        }
+    };
+    let shell = if flavor == Flavor::MsMpi {
+        "cmd"
+    } else {
+        "/bin/sh"
+    };
+    let words = if flavor == Flavor::MsMpi {
+        split_plain(command).ok_or_else(|| RuntimeError::Mpi {
+            field: field.replace(".multi_instance.mpi", ".command"),
+            reason: "an MS-MPI command must be a plain word list".into(),
+        })?
+    } else {
+        program_words(command, shell)
+    };
+    let mut req = LaunchRequest::new(flavor)
+        .hosts(Hosts::batch())
+        .ppn(ppn)
+        .run_as_root(run_as_root)
+        .extra_options(mpi.options.iter().cloned())
+        .program(words[0].clone())
+        .args(words[1..].iter().cloned());
+    if let Some(exe) = &mpi.executable_path {
+        req = req.launcher(exe.clone());
+    }
+    if flavor.uses_ssh() {
+        if let Some(port) = ssh_port {
+            req = req.ssh_port(port);
+        }
+    }
+    Ok(req)
+}
+
+/// Builds `req` and renders its POSIX-sh line; errors name `field`.
+pub fn render_sh(req: &LaunchRequest, field: &str) -> Result<String, RuntimeError> {
+    req.build()
+        .map(|p| p.render_sh())
+        .map_err(|e| RuntimeError::Mpi {
+            field: field.to_string(),
+            reason: e.to_string(),
+        })
+}
+
+/// Builds `req` and renders its cmd.exe line (MS-MPI); errors name `field`.
+pub fn render_cmd(req: &LaunchRequest, field: &str) -> Result<String, RuntimeError> {
+    req.build()
+        .and_then(|p| p.render_cmd())
+        .map_err(|e| RuntimeError::Mpi {
+            field: field.to_string(),
+            reason: e.to_string(),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_plain_commands_only() {
+        assert_eq!(
+            split_plain("/app -e 1K 'a b' \"c d\""),
+            Some(vec![
+                "/app".to_string(),
+                "-e".into(),
+                "1K".into(),
+                "a b".into(),
+                "c d".into()
+            ])
+        );
+        assert_eq!(split_plain("echo $HOME"), None);
+        assert_eq!(split_plain("a | b"), None);
+        assert_eq!(split_plain("'unterminated"), None);
+        assert_eq!(split_plain("   "), None);
+        assert_eq!(
+            program_words("echo $X", "/bin/sh"),
+            vec!["/bin/sh", "-c", "echo $X"]
+        );
+    }
+
+    #[test]
+    fn unsupported_ppn_command_names_the_field() {
+        let mpi = MpiSpec {
+            runtime: MpiRuntime::Mpich,
+            options: vec![],
+            processes_per_node: Some(ProcessesPerNode::Command("nvidia-smi -L | wc -l".into())),
+            executable_path: None,
+        };
+        let e = launch_request(&mpi, "/app", "job.tasks[0].multi_instance.mpi", None, false)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("job.tasks[0].multi_instance.mpi.processes_per_node"),
+            "{e}"
+        );
+    }
+}
