@@ -212,7 +212,7 @@ fn config_check(global: &GlobalArgs, config: &Config) -> CliResult {
             .pool
             .as_ref()
             .map(|(p, _)| p.clone())
-            .unwrap_or_else(|| local_target::default_pool());
+            .unwrap_or_else(local_target::default_pool);
         let plan = render::plan_job(&job.spec, &facts_pool).map_err(|e| {
             CliError::Config(ConfigError::Invalid {
                 file: config.files[job.file].path.clone(),

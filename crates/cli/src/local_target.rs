@@ -1,10 +1,29 @@
 //! `--target local`: this machine's Docker engine through `shipyard_local`.
+//!
+//! A job is planned by its runtime as for a *native* container pool (the local backend runs
+//! plans the way Batch runs native pools), converted to `shipyard_local::JobSpec`, and run
+//! with progress bars; Ctrl-C / SIGTERM cancel the run and the backend removes everything.
 
-use crate::args::{Command, GlobalArgs, RunArgs};
-use crate::config::{Config, PoolSpecification, VmConfiguration, VmCount};
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use shipyard_batch_api::models::{OnAllTasksComplete, TaskAddParameter};
+use shipyard_local::{
+    Event, JobOutcome, LocalBackend, LocalOptions, TaskRecord, TaskResult, TaskState,
+};
+use shipyard_runtime::{JobPlan, NumInstances};
+
+use crate::args::{
+    Command, FilesArgs, GlobalArgs, JobsCommand, PoolCommand, RunArgs, TasksCommand,
+};
+use crate::config::{Config, LoadedJob, PoolSpecification, VmConfiguration, VmCount};
+use crate::output::{emit, Table};
 use crate::{CliError, CliResult};
 
-/// The pool assumed when the configuration has none: this machine, one node per instance.
+/// The pool assumed when the configuration has none: this machine, up to 250 nodes.
 pub(crate) fn default_pool() -> PoolSpecification {
     PoolSpecification {
         id: "local".into(),
@@ -18,14 +37,598 @@ pub(crate) fn default_pool() -> PoolSpecification {
     }
 }
 
-pub(crate) fn command(_global: &GlobalArgs, _command: Command) -> CliResult {
-    Err(CliError::Usage(
-        "the local backend is not available in this build yet".into(),
+/// The pool a job is planned against locally: the configured one (or [`default_pool`]) as a
+/// native container pool of Linux nodes, large enough for the job's instances.
+pub fn local_pool(config: &Config, job: &LoadedJob) -> PoolSpecification {
+    let mut pool = config
+        .pool
+        .as_ref()
+        .map(|(p, _)| p.clone())
+        .unwrap_or_else(default_pool);
+    pool.vm_configuration.platform_image.native = true;
+    pool.vm_configuration.platform_image.node_agent_sku_id = "batch.node.debian 12".into();
+    pool.inter_node_communication_enabled = true;
+    let needed = job
+        .spec
+        .tasks
+        .iter()
+        .filter_map(|t| t.multi_instance.as_ref())
+        .filter_map(|mi| match mi.num_instances {
+            NumInstances::Count(n) => Some(n),
+            NumInstances::Pool(_) => None,
+        })
+        .max()
+        .unwrap_or(1);
+    if pool.vm_count.total() < needed {
+        pool.vm_count = VmCount::Dedicated(needed);
+    }
+    pool
+}
+
+fn options(config: Option<&Config>, global: &GlobalArgs, stream: bool) -> LocalOptions {
+    let mut opts = LocalOptions::default().stream_output(stream);
+    if let Some(c) = config {
+        if let Some(d) = &c.local.state_dir {
+            opts = opts.state_dir(d);
+        }
+        if let Some(n) = c.local.max_parallel_tasks {
+            opts = opts.max_parallel_tasks(n);
+        }
+    }
+    let _ = global;
+    opts
+}
+
+fn runtime() -> CliResult<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::Failed(anyhow::anyhow!("cannot start the async runtime: {e}")))
+}
+
+/// Parses the ISO 8601 durations Batch uses (`PT1H30M`, `P1DT2H`, `PT45S`) into seconds.
+pub fn iso_duration_secs(s: &str) -> Option<u64> {
+    let rest = s.strip_prefix('P')?;
+    let (date, time) = match rest.split_once('T') {
+        Some((d, t)) => (d, t),
+        None => (rest, ""),
+    };
+    let mut total = 0u64;
+    let mut parse = |part: &str, units: &[(char, u64)]| -> Option<()> {
+        let mut num = String::new();
+        for c in part.chars() {
+            if c.is_ascii_digit() {
+                num.push(c);
+            } else {
+                let (_, mult) = units.iter().find(|(u, _)| *u == c)?;
+                total = total.checked_add(num.parse::<u64>().ok()?.checked_mul(*mult)?)?;
+                num.clear();
+            }
+        }
+        num.is_empty().then_some(())
+    };
+    parse(date, &[('D', 86_400), ('W', 604_800)])?;
+    parse(time, &[('H', 3600), ('M', 60), ('S', 1)])?;
+    Some(total)
+}
+
+/// Converts a runtime's plan (made for a native pool) into what the local backend runs.
+pub fn plan_to_local(
+    job_id: &str,
+    plan: &JobPlan,
+    max_parallel_tasks: Option<usize>,
+) -> anyhow::Result<shipyard_local::JobSpec> {
+    let tasks = plan
+        .tasks
+        .iter()
+        .map(task_to_local)
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(shipyard_local::JobSpec {
+        id: job_id.to_string(),
+        tasks,
+        uses_task_dependencies: plan.job.uses_task_dependencies,
+        on_all_tasks_complete: match plan.job.on_all_tasks_complete {
+            Some(OnAllTasksComplete::TerminateJob) => {
+                shipyard_local::OnAllTasksComplete::TerminateJob
+            }
+            _ => shipyard_local::OnAllTasksComplete::NoAction,
+        },
+        on_task_failure: Default::default(),
+        max_parallel_tasks,
+    })
+}
+
+fn task_to_local(t: &TaskAddParameter) -> anyhow::Result<shipyard_local::TaskSpec> {
+    let cs = t.container_settings.as_ref().with_context(|| {
+        format!(
+            "task `{}`: the plan has no containerSettings; the local backend runs container tasks only",
+            t.id
+        )
+    })?;
+    let mut task =
+        shipyard_local::TaskSpec::new(t.id.clone(), cs.image_name.clone(), t.command_line.clone());
+    if let Some(opts) = &cs.container_run_options {
+        task.container_run_options = shipyard_local::cmdline::split_command_line(
+            opts,
+            &format!("tasks[{}].containerSettings.containerRunOptions", t.id),
+        )?;
+    }
+    task.environment = t
+        .environment_settings
+        .iter()
+        .flatten()
+        .map(|e| (e.name.clone(), e.value.clone().unwrap_or_default()))
+        .collect();
+    if let Some(mi) = &t.multi_instance_settings {
+        task.multi_instance = Some(shipyard_local::MultiInstance {
+            number_of_instances: mi.number_of_instances.unwrap_or(1).max(1) as u32,
+            coordination_command_line: mi.coordination_command_line.clone(),
+        });
+    }
+    if let Some(d) = &t.depends_on {
+        task.depends_on = Some(shipyard_local::TaskDependencies {
+            task_ids: d.task_ids.clone().unwrap_or_default(),
+            task_id_ranges: d
+                .task_id_ranges
+                .iter()
+                .flatten()
+                .map(|r| shipyard_local::TaskIdRange {
+                    start: i64::from(r.start),
+                    end: i64::from(r.end),
+                })
+                .collect(),
+        });
+    }
+    if let Some(c) = &t.constraints {
+        task.max_task_retry_count = c.max_task_retry_count.unwrap_or(0);
+        task.max_wall_clock_secs = c.max_wall_clock_time.as_deref().and_then(iso_duration_secs);
+    }
+    Ok(task)
+}
+
+/// `run` on this machine: plan, run every selected job with progress, exit with the task code.
+pub(crate) fn run(global: &GlobalArgs, config: &Config, args: &RunArgs) -> CliResult {
+    let jobs: Vec<&LoadedJob> = match &args.job {
+        Some(id) => vec![config.job(Some(id))?],
+        None if config.jobs.is_empty() => {
+            config.job(None)?;
+            vec![]
+        }
+        None => config.jobs.iter().collect(),
+    };
+    let mut specs = Vec::new();
+    for job in &jobs {
+        let pool = local_pool(config, job);
+        let plan = crate::render::plan_job(&job.spec, &pool).map_err(|e| {
+            CliError::Config(crate::config::ConfigError::Invalid {
+                file: config.files[job.file].path.clone(),
+                location: None,
+                field: format!("job_specifications[{}]", job.index),
+                reason: e.to_string(),
+            })
+        })?;
+        specs.push(plan_to_local(
+            &job.spec.id,
+            &plan,
+            config.local.max_parallel_tasks,
+        )?);
+    }
+    let rt = runtime()?;
+    let opts = options(Some(config), global, args.tail);
+    let quiet = global.quiet;
+    let timeout = args.timeout.map(Duration::from_secs);
+    let format = global.output;
+    rt.block_on(async move {
+        let backend = LocalBackend::connect(opts)
+            .await
+            .map_err(anyhow::Error::from)?;
+        let cancel = backend.cancel_token();
+        let signal_cancel = cancel.clone();
+        tokio::spawn(async move {
+            let Ok(mut term) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            else {
+                return;
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            eprintln!("shipyard: signal received, stopping the job and removing its containers");
+            signal_cancel.cancel();
+        });
+        if let Some(t) = timeout {
+            let c = cancel.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(t).await;
+                eprintln!(
+                    "shipyard: --timeout of {}s reached, stopping the job",
+                    t.as_secs()
+                );
+                c.cancel();
+            });
+        }
+        let mut outcomes = Vec::new();
+        for spec in specs {
+            let outcome = run_one(&backend, spec, quiet).await?;
+            let failed = !outcome.succeeded();
+            outcomes.push(outcome);
+            if failed || cancel.is_cancelled() {
+                break;
+            }
+        }
+        print_outcomes(format, &outcomes);
+        let code = outcomes
+            .iter()
+            .map(JobOutcome::exit_code)
+            .find(|c| *c != 0)
+            .unwrap_or(0);
+        if code != 0 {
+            return Err(CliError::TaskExit(u8::try_from(code).unwrap_or(1)));
+        }
+        Ok(())
+    })
+}
+
+async fn run_one(
+    backend: &LocalBackend,
+    spec: shipyard_local::JobSpec,
+    quiet: bool,
+) -> CliResult<JobOutcome> {
+    let multi = MultiProgress::new();
+    if quiet {
+        multi.set_draw_target(ProgressDrawTarget::hidden());
+    }
+    let bar = multi.add(ProgressBar::new(spec.tasks.len() as u64));
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} {prefix} [{bar:30}] {pos}/{len} tasks  {msg}  {elapsed}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    bar.set_prefix(spec.id.clone());
+    bar.enable_steady_tick(Duration::from_millis(120));
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let printer_bar = bar.clone();
+    let printer = tokio::spawn(async move {
+        while let Some(ev) = rx.recv().await {
+            match ev {
+                Event::Output {
+                    task,
+                    node,
+                    coordination,
+                    line,
+                    ..
+                } => {
+                    let tag = if coordination { " coord" } else { "" };
+                    printer_bar.suspend(|| {
+                        let mut out = std::io::stdout().lock();
+                        let _ = writeln!(out, "[{task}/{node}{tag}] {line}");
+                    });
+                }
+                Event::NodeStarted { task, node, .. } => {
+                    printer_bar.set_message(format!("{task}: node {node} up"));
+                }
+                Event::NodesReady { task, nodes } => {
+                    printer_bar.set_message(format!("{task}: {nodes} node(s) ready, running"));
+                }
+                Event::TaskState {
+                    task,
+                    state: TaskState::Completed,
+                    exit_code,
+                    failure,
+                    ..
+                } => {
+                    printer_bar.inc(1);
+                    let how = match (&failure, exit_code) {
+                        (Some(f), _) => format!("failed: {f}"),
+                        (None, Some(c)) => format!("exit {c}"),
+                        (None, None) => "done".into(),
+                    };
+                    printer_bar.set_message(format!("{task}: {how}"));
+                }
+                Event::TaskState { task, state, .. } => {
+                    printer_bar.set_message(format!("{task}: {}", state_name(state)));
+                }
+                Event::TaskRetry {
+                    task,
+                    attempt,
+                    reason,
+                } => {
+                    printer_bar.set_message(format!("{task}: retry {attempt} ({reason})"));
+                }
+                _ => {}
+            }
+        }
+    });
+    let result = backend.run_spec(spec, Some(tx)).await;
+    let _ = printer.await;
+    bar.finish_and_clear();
+    Ok(result.map_err(anyhow::Error::from)?)
+}
+
+fn state_name(s: TaskState) -> &'static str {
+    match s {
+        TaskState::Active => "active",
+        TaskState::Preparing => "preparing",
+        TaskState::Running => "running",
+        TaskState::Completed => "completed",
+    }
+}
+
+fn result_name(r: Option<TaskResult>) -> &'static str {
+    match r {
+        Some(TaskResult::Success) => "success",
+        Some(TaskResult::Failure) => "failure",
+        None => "-",
+    }
+}
+
+fn print_outcomes(format: crate::args::OutputFormat, outcomes: &[JobOutcome]) {
+    let tasks: Vec<&TaskRecord> = outcomes.iter().flat_map(|o| o.tasks.iter()).collect();
+    emit(format, &tasks, || task_table(tasks.iter().copied()));
+    if format == crate::args::OutputFormat::Table {
+        for t in tasks
+            .iter()
+            .filter(|t| t.result != Some(TaskResult::Success))
+        {
+            eprintln!(
+                "task {}/{} did not succeed; its output: {}",
+                t.job_id,
+                t.id,
+                t.task_dir.display()
+            );
+        }
+    }
+}
+
+fn task_table<'a>(tasks: impl Iterator<Item = &'a TaskRecord>) -> Table {
+    let mut table = Table::new(&[
+        "JOB", "TASK", "STATE", "RESULT", "EXIT", "NODES", "RETRIES", "FAILURE",
+    ]);
+    for t in tasks {
+        table.row(vec![
+            t.job_id.clone(),
+            t.id.clone(),
+            state_name(t.state).into(),
+            result_name(t.result).into(),
+            t.exit_code.map_or("-".into(), |c| c.to_string()),
+            t.nodes.len().to_string(),
+            t.retry_count.to_string(),
+            t.failure.clone().unwrap_or_else(|| "-".into()),
+        ]);
+    }
+    table
+}
+
+fn not_local(what: &str, instead: &str) -> CliError {
+    CliError::Usage(format!(
+        "`{what}` does not apply to --target local: {instead}"
     ))
 }
 
-pub(crate) fn run(_global: &GlobalArgs, _config: &Config, _args: &RunArgs) -> CliResult {
-    Err(CliError::Usage(
-        "the local backend is not available in this build yet".into(),
-    ))
+/// Every other command on this machine.
+pub(crate) fn command(global: &GlobalArgs, command: Command) -> CliResult {
+    let config = crate::load_optional(global)?;
+    let opts = options(config.as_ref(), global, false);
+    let store = opts.store();
+    let format = global.output;
+    match command {
+        Command::Pool(PoolCommand::Add) | Command::Pool(PoolCommand::List) => {
+            let docker = runtime()?.block_on(async {
+                LocalBackend::connect(opts.clone().sweep_on_connect(false)).await
+            });
+            let pool_id = config
+                .as_ref()
+                .and_then(|c| c.pool.as_ref().map(|(p, _)| p.id.clone()))
+                .unwrap_or_else(|| "local".into());
+            let row = serde_json::json!({
+                "id": pool_id,
+                "target": "local",
+                "state": if docker.is_ok() { "active" } else { "unavailable" },
+                "stateDir": opts.state_dir.display().to_string(),
+                "taskSlots": opts.max_parallel_tasks,
+            });
+            emit(format, &vec![row.clone()], || {
+                let mut t = Table::new(&["POOL", "TARGET", "STATE", "TASK SLOTS", "STATE DIR"]);
+                t.row(vec![
+                    crate::output::cell(&row, "/id"),
+                    "local".into(),
+                    crate::output::cell(&row, "/state"),
+                    crate::output::cell(&row, "/taskSlots"),
+                    crate::output::cell(&row, "/stateDir"),
+                ]);
+                t
+            });
+            docker.map_err(|e| CliError::Failed(e.into())).map(|_| ())
+        }
+        Command::Pool(PoolCommand::Del { .. }) => {
+            let report = runtime()?.block_on(async {
+                let b = LocalBackend::connect(opts.sweep_on_connect(false)).await?;
+                b.sweep().await
+            });
+            let r = report.map_err(anyhow::Error::from)?;
+            let v = serde_json::json!({
+                "deadRuns": r.dead_runs, "objectsRemoved": r.objects_removed,
+                "liveRuns": r.live_runs, "keyDirsRemoved": r.key_dirs_removed,
+            });
+            emit(format, &v, || {
+                let mut t = Table::new(&["DEAD RUNS", "OBJECTS REMOVED", "LIVE RUNS"]);
+                t.row(vec![
+                    r.dead_runs.len().to_string(),
+                    r.objects_removed.to_string(),
+                    r.live_runs.to_string(),
+                ]);
+                t
+            });
+            Ok(())
+        }
+        Command::Pool(PoolCommand::Resize { .. }) => Err(not_local(
+            "pool resize",
+            "local nodes are containers created per task, sized by num_instances",
+        )),
+        Command::Pool(PoolCommand::Nodes { .. }) => {
+            let jobs = store.list_jobs().map_err(anyhow::Error::from)?;
+            let mut rows = Vec::new();
+            for j in jobs.iter().filter(|j| j.end_time.is_none()) {
+                for t in store.list_tasks(&j.id).map_err(anyhow::Error::from)? {
+                    if matches!(t.state, TaskState::Preparing | TaskState::Running) {
+                        for n in &t.nodes {
+                            rows.push(serde_json::json!({"node": n, "job": t.job_id, "task": t.id}));
+                        }
+                    }
+                }
+            }
+            emit(format, &rows, || {
+                let mut t = Table::new(&["NODE", "JOB", "TASK"]);
+                for r in &rows {
+                    t.row(vec![
+                        crate::output::cell(r, "/node"),
+                        crate::output::cell(r, "/job"),
+                        crate::output::cell(r, "/task"),
+                    ]);
+                }
+                t
+            });
+            Ok(())
+        }
+        Command::Jobs(JobsCommand::Add { job }) => {
+            let config = config.ok_or_else(|| CliError::Usage("jobs add needs a configuration (-c FILE)".into()))?;
+            let args = RunArgs {
+                configs: vec![],
+                job,
+                tail: false,
+                timeout: None,
+            };
+            config.validate()?;
+            run(global, &config, &args)
+        }
+        Command::Jobs(JobsCommand::List) => {
+            let jobs = store.list_jobs().map_err(anyhow::Error::from)?;
+            emit(format, &jobs, || {
+                let mut t = Table::new(&["JOB", "STATE", "TASKS", "CREATED", "ENDED", "REASON"]);
+                for j in &jobs {
+                    let v = serde_json::to_value(j).unwrap_or_default();
+                    t.row(vec![
+                        j.id.clone(),
+                        crate::output::cell(&v, "/state"),
+                        j.task_count.to_string(),
+                        crate::output::cell(&v, "/creationTime"),
+                        crate::output::cell(&v, "/endTime"),
+                        j.terminate_reason.clone().unwrap_or_else(|| "-".into()),
+                    ]);
+                }
+                t
+            });
+            Ok(())
+        }
+        Command::Jobs(JobsCommand::Tasks { job }) | Command::Tasks(TasksCommand::List { job }) => {
+            let tasks = known_job_tasks(&store, &job)?;
+            emit(format, &tasks, || task_table(tasks.iter()));
+            Ok(())
+        }
+        Command::Tasks(TasksCommand::Get { job, task }) => {
+            let tasks = known_job_tasks(&store, &job)?;
+            let t = find_task(&tasks, &job, &task)?;
+            emit(format, t, || task_table(std::iter::once(t)));
+            Ok(())
+        }
+        Command::Jobs(JobsCommand::Del { .. }) | Command::Jobs(JobsCommand::Term { .. }) | Command::Jobs(JobsCommand::Cmi { .. }) | Command::Tasks(TasksCommand::Term { .. }) => Err(not_local(
+            "jobs del/term/cmi and tasks term",
+            "a local job lives in the `shipyard run` process: stop it with Ctrl-C there (everything is removed); \
+             `shipyard pool del` removes the leftovers of runs whose process died",
+        )),
+        Command::Files(f) => files(&store, &f),
+        Command::Run(_) | Command::Config(_) | Command::Completions { .. } => {
+            Err(CliError::Usage("internal: command dispatched to the wrong place".into()))
+        }
+    }
+}
+
+fn known_job_tasks(store: &shipyard_local::Store, job: &str) -> CliResult<Vec<TaskRecord>> {
+    if store.get_job(job).map_err(anyhow::Error::from)?.is_none() {
+        let known: Vec<String> = store
+            .list_jobs()
+            .map_err(anyhow::Error::from)?
+            .into_iter()
+            .map(|j| j.id)
+            .collect();
+        let hint = crate::config::suggest(job, known.iter().map(String::as_str))
+            .map(|s| format!(" (did you mean `{s}`?)"))
+            .unwrap_or_default();
+        return Err(CliError::Usage(format!(
+            "no local job `{job}`{hint}; `shipyard jobs list` shows the jobs"
+        )));
+    }
+    Ok(store.list_tasks(job).map_err(anyhow::Error::from)?)
+}
+
+fn find_task<'a>(tasks: &'a [TaskRecord], job: &str, task: &str) -> CliResult<&'a TaskRecord> {
+    tasks.iter().find(|t| t.id == task).ok_or_else(|| {
+        let hint = crate::config::suggest(task, tasks.iter().map(|t| t.id.as_str()))
+            .map(|s| format!(" (did you mean `{s}`?)"))
+            .unwrap_or_default();
+        CliError::Usage(format!("job `{job}` has no task `{task}`{hint}"))
+    })
+}
+
+fn files(store: &shipyard_local::Store, f: &FilesArgs) -> CliResult {
+    let tasks = known_job_tasks(store, &f.job)?;
+    let t = find_task(&tasks, &f.job, &f.task)?;
+    let names = if f.file.is_empty() {
+        vec!["stdout.txt".to_string(), "stderr.txt".to_string()]
+    } else {
+        f.file.clone()
+    };
+    for name in &names {
+        let rel = Path::new(name);
+        if rel.is_absolute()
+            || rel
+                .components()
+                .any(|c| matches!(c, std::path::Component::ParentDir))
+        {
+            return Err(CliError::Usage(format!(
+                "--file `{name}` must be a path inside the task directory"
+            )));
+        }
+        let src = t.task_dir.join(rel);
+        let data = std::fs::read(&src).with_context(|| format!("cannot read {}", src.display()))?;
+        match &f.out {
+            Some(dir) => {
+                let dest: PathBuf = dir.join(rel);
+                if let Some(parent) = dest.parent() {
+                    std::fs::create_dir_all(parent)
+                        .with_context(|| format!("cannot create {}", parent.display()))?;
+                }
+                std::fs::write(&dest, &data)
+                    .with_context(|| format!("cannot write {}", dest.display()))?;
+                eprintln!("{} -> {}", src.display(), dest.display());
+            }
+            None => {
+                if names.len() > 1 {
+                    println!("==> {name} <==");
+                }
+                std::io::stdout()
+                    .write_all(&data)
+                    .context("cannot write to stdout")?;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn iso_durations() {
+        assert_eq!(iso_duration_secs("PT1H30M"), Some(5400));
+        assert_eq!(iso_duration_secs("P1DT2S"), Some(86_402));
+        assert_eq!(iso_duration_secs("PT45S"), Some(45));
+        assert_eq!(iso_duration_secs("1H"), None);
+        assert_eq!(iso_duration_secs("PT1X"), None);
+    }
 }

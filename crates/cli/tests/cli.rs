@@ -1,0 +1,566 @@
+//! End-to-end tests of the `shipyard` binary that need neither Docker nor Azure: help, usage
+//! errors, configuration loading and checking, `--dry-run` rendering validated against the Batch
+//! Swagger spec, completions.
+
+use std::path::{Path, PathBuf};
+
+use assert_cmd::Command;
+use predicates::prelude::*;
+use serde_json::Value;
+use shipyard_batch_spec::schema::Spec;
+
+fn shipyard() -> Command {
+    let mut cmd = Command::cargo_bin("shipyard").expect("binary built");
+    for var in [
+        "SHIPYARD_CONFIG",
+        "SHIPYARD_CONFIGDIR",
+        "SHIPYARD_TARGET",
+        "SHIPYARD_BATCH_ACCOUNT_NAME",
+        "SHIPYARD_BATCH_ACCOUNT_URL",
+        "SHIPYARD_BATCH_ACCOUNT_KEY",
+        "SHIPYARD_AAD_TENANT_ID",
+        "SHIPYARD_AAD_CLIENT_ID",
+        "SHIPYARD_AAD_CLIENT_SECRET",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
+fn examples_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples")
+}
+
+fn examples() -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(examples_dir())
+        .expect("examples/ exists")
+        .map(|e| e.expect("dir entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    v.sort();
+    v
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).expect("write config");
+    p
+}
+
+fn stdout_json(out: &std::process::Output) -> Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not JSON ({e}): {}\nstderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+const POOL: &str = r#"
+[pool_specification]
+id = "pool1"
+vm_count = 2
+inter_node_communication_enabled = true
+"#;
+
+const JOB: &str = r#"
+[[job_specifications]]
+id = "job1"
+[[job_specifications.tasks]]
+id = "t1"
+image = "shipyard/mpi:bookworm"
+command = "/opt/shipyard/bin/mpi-hello-openmpi"
+[job_specifications.tasks.multi_instance]
+num_instances = 2
+mpi = { runtime = "openmpi", processes_per_node = 1 }
+"#;
+
+#[test]
+fn help_teaches_with_examples() {
+    shipyard()
+        .arg("--help")
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("Examples:"))
+        .stdout(predicate::str::contains(
+            "shipyard run examples/local-openmpi.toml",
+        ))
+        .stdout(predicate::str::contains("--target"))
+        .stdout(predicate::str::contains("--dry-run"));
+    for sub in [
+        "pool",
+        "jobs",
+        "tasks",
+        "files",
+        "run",
+        "config",
+        "completions",
+    ] {
+        shipyard().args([sub, "--help"]).assert().success();
+    }
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    shipyard()
+        .arg("pool")
+        .arg("lst")
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("list"));
+    shipyard()
+        .arg("--target")
+        .arg("mars")
+        .arg("pool")
+        .arg("list")
+        .assert()
+        .code(2);
+    shipyard()
+        .args(["run", "--timeout", "soon"])
+        .assert()
+        .code(2);
+    shipyard().assert().code(2);
+    // No configuration at all.
+    shipyard()
+        .args(["config", "check"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("no configuration given"));
+    // A file that does not exist is named.
+    shipyard()
+        .args(["-c", "/nonexistent/shipyard.toml", "config", "check"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("/nonexistent/shipyard.toml"));
+}
+
+#[test]
+fn every_example_passes_config_check() {
+    let examples = examples();
+    assert!(
+        examples.len() >= 5,
+        "expected the five seed examples, found {examples:?}"
+    );
+    for ex in examples {
+        shipyard()
+            .arg("-c")
+            .arg(&ex)
+            .args(["config", "check"])
+            .assert()
+            .success()
+            .stdout(predicate::str::contains("configuration OK"));
+    }
+}
+
+#[test]
+fn every_example_renders_schema_valid_dry_run_json() {
+    let spec = Spec::shared();
+    for ex in examples() {
+        let out = shipyard()
+            .args(["--output", "json", "--target", "azure", "--dry-run", "run"])
+            .arg(&ex)
+            .output()
+            .expect("runs");
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            ex.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let requests = stdout_json(&out);
+        let requests = requests.as_array().expect("an array of requests");
+        let defs: Vec<&str> = requests
+            .iter()
+            .map(|r| r["definition"].as_str().unwrap_or(""))
+            .collect();
+        assert_eq!(defs[0], "PoolAddParameter", "{}", ex.display());
+        assert_eq!(defs[1], "JobAddParameter", "{}", ex.display());
+        assert!(
+            defs[2..].iter().all(|d| *d == "TaskAddCollectionParameter"),
+            "{defs:?}"
+        );
+        for r in requests {
+            let def = r["definition"].as_str().expect("definition");
+            if let Err(violations) = spec.validate(def, &r["body"]) {
+                panic!(
+                    "{}: {} body violates the spec:\n{}\n{}",
+                    ex.display(),
+                    def,
+                    violations
+                        .iter()
+                        .map(|v| v.to_string())
+                        .collect::<Vec<_>>()
+                        .join("\n"),
+                    serde_json::to_string_pretty(&r["body"]).unwrap_or_default()
+                );
+            }
+            let method = r["method"].as_str().expect("method");
+            let path = r["path"].as_str().expect("path");
+            let path_only = path.split('?').next().unwrap_or(path);
+            let op = spec
+                .operation(method, path_only)
+                .unwrap_or_else(|| panic!("{method} {path} is not a Batch operation"));
+            assert_eq!(op.body_definition, Some(def), "{method} {path}");
+        }
+    }
+}
+
+#[test]
+fn dry_run_never_prints_the_ssh_private_key() {
+    let ex = examples_dir().join("local-openmpi.toml");
+    let out = shipyard()
+        .args(["--target", "azure", "--dry-run", "run"])
+        .arg(&ex)
+        .output()
+        .expect("runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!text.contains("PRIVATE KEY"), "{text}");
+    assert!(text.contains("# POST /pools?api-version="), "{text}");
+}
+
+#[test]
+fn malformed_config_reports_file_line_column() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = write(
+        dir.path(),
+        "broken.toml",
+        "[pool_specification]\nid = \"p\"\nvm_count = \"x\n",
+    );
+    shipyard()
+        .arg("-c")
+        .arg(&p)
+        .args(["config", "check"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains(format!("{}:3:14", p.display())));
+    // A value of the wrong type names the field too.
+    let p = write(
+        dir.path(),
+        "types.toml",
+        "[pool_specification]\nid = \"p\"\nvm_count = true\n",
+    );
+    shipyard()
+        .arg("-c")
+        .arg(&p)
+        .args(["config", "check"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains(format!("{}:3:", p.display())))
+        .stderr(predicate::str::contains("pool_specification.vm_count"));
+}
+
+#[test]
+fn unknown_keys_get_a_did_you_mean_hint() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = format!(
+        "{POOL}{}",
+        JOB.replace("num_instances = 2", "nmu_instances = 2")
+    );
+    let p = write(dir.path(), "typo.toml", &text);
+    let line = text
+        .lines()
+        .position(|l| l.starts_with("nmu_instances"))
+        .expect("line")
+        + 1;
+    shipyard()
+        .arg("-c")
+        .arg(&p)
+        .args(["config", "check"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains(format!(
+            "{}:{line}:1",
+            p.display()
+        )))
+        .stderr(predicate::str::contains(
+            "job_specifications[0].tasks[0].multi_instance.nmu_instances",
+        ))
+        .stderr(predicate::str::contains("did you mean `num_instances`?"));
+    let p = write(dir.path(), "top.toml", "[pool_specifcation]\nid = \"p\"\n");
+    shipyard()
+        .arg("-c")
+        .arg(&p)
+        .args(["config", "check"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains(
+            "did you mean `pool_specification`?",
+        ));
+    let p = write(
+        dir.path(),
+        "variant.toml",
+        &format!("{POOL}{}", JOB.replace("\"openmpi\"", "\"opnmpi\"")),
+    );
+    shipyard()
+        .arg("-c")
+        .arg(&p)
+        .args(["config", "check"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("did you mean `openmpi`?"));
+}
+
+#[test]
+fn invalid_values_are_located_in_their_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = format!(
+        "{POOL}{}",
+        JOB.replace("image = \"shipyard/mpi:bookworm\"", "image = \"has space\"")
+    );
+    let p = write(dir.path(), "bad.toml", &text);
+    let line = text
+        .lines()
+        .position(|l| l.starts_with("image"))
+        .expect("line")
+        + 1;
+    shipyard()
+        .arg("-c")
+        .arg(&p)
+        .args(["config", "check"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains(format!(
+            "{}:{line}:1",
+            p.display()
+        )))
+        .stderr(predicate::str::contains(
+            "job_specifications[0].tasks[0].image",
+        ));
+    // Multi-instance tasks need inter-node communication on the pool.
+    let text = format!(
+        "{}{JOB}",
+        POOL.replace("inter_node_communication_enabled = true", "")
+    );
+    let p = write(dir.path(), "noib.toml", &text);
+    shipyard()
+        .arg("-c")
+        .arg(&p)
+        .args(["config", "check"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("inter_node_communication_enabled"));
+}
+
+#[test]
+fn split_configs_merge_and_duplicates_name_both_files() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write(
+        dir.path(),
+        "credentials.toml",
+        "[credentials.batch]\naccount_name = \"acct\"\naccount_service_url = \"https://acct.westeurope.batch.azure.com\"\n",
+    );
+    write(dir.path(), "pool.toml", POOL);
+    write(dir.path(), "jobs.toml", JOB);
+    let out = shipyard()
+        .arg("--configdir")
+        .arg(dir.path())
+        .args(["--output", "json", "config", "check"])
+        .output()
+        .expect("runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v = stdout_json(&out);
+    assert_eq!(v["pool"]["id"], "pool1");
+    assert_eq!(v["jobs"][0]["id"], "job1");
+    assert_eq!(v["files"].as_array().map(Vec::len), Some(3));
+    // The same split given as --credentials/--pool/--jobs.
+    shipyard()
+        .arg("--credentials")
+        .arg(dir.path().join("credentials.toml"))
+        .arg("--pool")
+        .arg(dir.path().join("pool.toml"))
+        .arg("--jobs")
+        .arg(dir.path().join("jobs.toml"))
+        .args(["config", "check"])
+        .assert()
+        .success();
+    // A second pool section is an error naming both files.
+    let other = write(dir.path(), "other.toml", POOL);
+    shipyard()
+        .arg("--configdir")
+        .arg(dir.path())
+        .arg("-c")
+        .arg(&other)
+        .args(["config", "check"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("pool_specification"))
+        .stderr(predicate::str::contains("pool.toml"))
+        .stderr(predicate::str::contains("other.toml"));
+}
+
+#[test]
+fn secrets_come_from_the_environment_and_are_never_printed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let creds = write(
+        dir.path(),
+        "credentials.toml",
+        "[credentials.batch]\naccount_name = \"acct\"\naccount_service_url = \"https://acct.westeurope.batch.azure.com\"\naccount_key = \"c2VjcmV0LWZyb20tZmlsZQ==\"\n",
+    );
+    let secret = "ZW52LXNlY3JldC1rZXk=";
+    for format in ["table", "json"] {
+        let out = shipyard()
+            .env("SHIPYARD_BATCH_ACCOUNT_KEY", secret)
+            .arg("-c")
+            .arg(&creds)
+            .args(["-vvv", "--output", format, "config", "check"])
+            .output()
+            .expect("runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(all.contains("shared key for account acct"), "{all}");
+        assert!(
+            !all.contains(secret) && !all.contains("c2VjcmV0LWZyb20tZmlsZQ=="),
+            "{all}"
+        );
+    }
+}
+
+#[test]
+fn completions_are_generated_for_each_shell() {
+    for shell in ["bash", "zsh", "fish", "powershell", "elvish"] {
+        shipyard()
+            .args(["completions", shell])
+            .assert()
+            .success()
+            .stdout(predicate::str::contains("shipyard"));
+    }
+    shipyard().args(["completions", "tcsh"]).assert().code(2);
+}
+
+#[test]
+fn dry_run_of_management_commands_prints_their_requests() {
+    let ex = examples_dir().join("local-openmpi.toml");
+    let cases: &[(&[&str], &str, &str)] = &[
+        (&["pool", "list"], "GET", "/pools?api-version="),
+        (&["pool", "del", "--yes"], "DELETE", "/pools/mpipool?"),
+        (
+            &["pool", "resize", "--dedicated", "5"],
+            "POST",
+            "/pools/mpipool/resize?",
+        ),
+        (&["pool", "nodes"], "GET", "/pools/mpipool/nodes?"),
+        (&["jobs", "list"], "GET", "/jobs?"),
+        (&["jobs", "del", "j1", "--yes"], "DELETE", "/jobs/j1?"),
+        (&["jobs", "term", "j1"], "POST", "/jobs/j1/terminate?"),
+        (&["jobs", "tasks", "j1"], "GET", "/jobs/j1/tasks?"),
+        (&["tasks", "list", "--job", "j1"], "GET", "/jobs/j1/tasks?"),
+        (
+            &["tasks", "get", "--job", "j1", "t1"],
+            "GET",
+            "/jobs/j1/tasks/t1?",
+        ),
+        (
+            &["tasks", "term", "--job", "j1", "t1"],
+            "POST",
+            "/jobs/j1/tasks/t1/terminate?",
+        ),
+        (
+            &["files", "--job", "j1", "--task", "t1"],
+            "GET",
+            "/jobs/j1/tasks/t1/files/stdout.txt?",
+        ),
+    ];
+    let spec = Spec::shared();
+    for (args, method, path) in cases {
+        let out = shipyard()
+            .arg("-c")
+            .arg(&ex)
+            .args(["--dry-run", "--output", "json"])
+            .args(*args)
+            .output()
+            .expect("runs");
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v = stdout_json(&out);
+        assert_eq!(v[0]["method"], *method, "{args:?}");
+        let p = v[0]["path"].as_str().expect("path");
+        assert!(p.starts_with(path), "{args:?}: {p}");
+        let op = spec.operation(method, p.split('?').next().unwrap_or(p));
+        assert!(op.is_some(), "{method} {p} is not in the Batch spec");
+        if let Some(def) = op.and_then(|o| o.body_definition) {
+            if !v[0]["body"].is_null() {
+                assert!(
+                    spec.validate(def, &v[0]["body"]).is_ok(),
+                    "{args:?}: {}",
+                    v[0]["body"]
+                );
+            }
+        }
+    }
+    // Without a pool, pool commands that need one say so.
+    shipyard()
+        .args(["--dry-run", "pool", "nodes"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("pool_specification"));
+}
+
+#[test]
+fn dry_run_splits_large_jobs_into_task_collections_of_100() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut text = String::from(POOL);
+    text.push_str("[[job_specifications]]\nid = \"bag\"\n");
+    for i in 0..250 {
+        text.push_str(&format!(
+            "[[job_specifications.tasks]]\nimage = \"shipyard/mpi:bookworm\"\ncommand = \"/bin/echo {i}\"\n"
+        ));
+    }
+    let p = write(dir.path(), "bag.toml", &text);
+    let out = shipyard()
+        .arg("-c")
+        .arg(&p)
+        .args(["--dry-run", "--output", "json", "jobs", "add"])
+        .output()
+        .expect("runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v = stdout_json(&out);
+    let reqs = v.as_array().expect("array");
+    assert_eq!(reqs.len(), 4, "job + 3 collections");
+    let sizes: Vec<usize> = reqs[1..]
+        .iter()
+        .map(|r| r["body"]["value"].as_array().map_or(0, Vec::len))
+        .collect();
+    assert_eq!(sizes, vec![100, 100, 50]);
+    let spec = Spec::shared();
+    for r in reqs {
+        let def = r["definition"].as_str().expect("definition");
+        assert!(spec.validate(def, &r["body"]).is_ok(), "{def}");
+    }
+}
+
+#[test]
+fn unknown_job_id_suggests_the_closest() {
+    let ex = examples_dir().join("local-openmpi.toml");
+    shipyard()
+        .arg("-c")
+        .arg(&ex)
+        .args(["--dry-run", "jobs", "add", "--job", "hello-openmp"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("did you mean `hello-openmpi`?"));
+}
