@@ -460,7 +460,7 @@ impl BatchClient {
         let error = BatchError::Service {
             method: method_s,
             path: path_s,
-            error,
+            error: Box::new(error),
         };
         if RETRYABLE_STATUSES.contains(&status) {
             Err(AttemptError::Status {

@@ -76,7 +76,7 @@ pub enum BatchError {
         /// URL path of the failed call.
         path: String,
         /// Status, code, message, details and request ids.
-        error: ServiceError,
+        error: Box<ServiceError>,
     },
     /// A connection-level failure (refused, reset, closed without a reply).
     #[error("{method} {path}: transport error: {message}")]
@@ -173,7 +173,7 @@ impl BatchError {
     /// The service error, if this is one (also looks through [`BatchError::RetriesExhausted`]).
     pub fn service(&self) -> Option<&ServiceError> {
         match self {
-            BatchError::Service { error, .. } => Some(error),
+            BatchError::Service { error, .. } => Some(error.as_ref()),
             BatchError::RetriesExhausted { last, .. } => last.service(),
             _ => None,
         }

@@ -17,6 +17,8 @@
 //!   < 1 MB chunks, concurrently, and reports a per-task [`TaskAddOutcome`].
 //! - Errors are [`BatchError`]; they never contain the key or a token.
 
+#![warn(missing_docs)]
+
 pub mod auth;
 mod client;
 pub mod error;

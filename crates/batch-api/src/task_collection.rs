@@ -124,14 +124,14 @@ fn task_error(job_id: &str, r: &TaskAddResult) -> BatchError {
             "/jobs/{job_id}/addtaskcollection (task `{}`: {})",
             r.task_id, r.status
         ),
-        error: ServiceError {
+        error: Box::new(ServiceError {
             status: 0,
             code,
             message,
             details,
             request_id: None,
             client_request_id: None,
-        },
+        }),
     }
 }
 
