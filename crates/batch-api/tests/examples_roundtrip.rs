@@ -677,3 +677,62 @@ fn error_body_parses() {
         Some("ServerBusy")
     );
 }
+
+#[test]
+fn every_spec_definition_and_property_has_a_model() {
+    let dir = spec_dir();
+    let spec: Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("BatchService.json")).expect("spec"),
+    )
+    .expect("spec JSON");
+    let models_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/models");
+    let mut source = String::new();
+    for entry in std::fs::read_dir(&models_dir).expect("models dir") {
+        source += &std::fs::read_to_string(entry.expect("entry").path()).expect("model source");
+    }
+    let mut missing = Vec::new();
+    let (mut structs, mut enums, mut properties) = (0, 0, 0);
+    for (name, def) in spec["definitions"].as_object().expect("definitions") {
+        if def.get("enum").is_some() {
+            enums += 1;
+            if !source.contains(&format!("pub enum {name} {{")) {
+                missing.push(format!("enum {name}"));
+            }
+            continue;
+        }
+        structs += 1;
+        if !source.contains(&format!("pub struct {name} {{")) {
+            missing.push(format!("struct {name}"));
+        }
+        for (prop, schema) in def["properties"].as_object().into_iter().flatten() {
+            properties += 1;
+            // Every property is either renamed explicitly or follows the camelCase rule; the
+            // generator writes the explicit rename whenever the snake_case form differs.
+            let renamed = source.contains(&format!("rename = \"{prop}\""));
+            let snake: String = prop
+                .chars()
+                .flat_map(|c| {
+                    if c.is_ascii_uppercase() {
+                        vec!['_', c.to_ascii_lowercase()]
+                    } else {
+                        vec![c]
+                    }
+                })
+                .collect();
+            let plain = source.contains(&format!("pub {snake}:"))
+                || source.contains(&format!("pub r#{snake}:"));
+            if !renamed && !plain {
+                missing.push(format!("property {name}.{prop}"));
+            }
+            if let Some(e) = schema.pointer("/x-ms-enum/name").and_then(Value::as_str) {
+                if !source.contains(&format!("pub enum {e} {{")) {
+                    missing.push(format!("inline enum {e} of {name}.{prop}"));
+                }
+            }
+        }
+    }
+    println!(
+        "spec: {structs} object definitions, {enums} enum definitions, {properties} properties"
+    );
+    assert!(missing.is_empty(), "missing from the models: {missing:#?}");
+}

@@ -121,6 +121,8 @@ struct OpEntry {
     required_query: Vec<String>,
     required_headers: Vec<String>,
     success_statuses: Vec<u16>,
+    /// Response status (or `default`) -> body definition (`None`: no body or a byte stream).
+    responses: Vec<(String, Option<String>)>,
 }
 
 /// The parsed Batch Swagger document.
@@ -261,6 +263,36 @@ impl Spec {
         })
     }
 
+    /// The operation with this `operationId`, without path parameters.
+    pub fn operation_by_id(&self, id: &str) -> Option<Operation<'_>> {
+        self.operations
+            .iter()
+            .find(|op| op.id == id)
+            .map(|op| Operation {
+                id: &op.id,
+                path_params: Vec::new(),
+                body_definition: op.body_definition.as_deref(),
+                body_required: op.body_required,
+                required_query: op.required_query.iter().map(String::as_str).collect(),
+                required_headers: op.required_headers.iter().map(String::as_str).collect(),
+                success_statuses: op.success_statuses.clone(),
+            })
+    }
+
+    /// The definition of the JSON body the spec gives operation `operation_id` for `status`,
+    /// falling back to its `default` response (`BatchError`) for statuses it does not list.
+    /// `None` for unknown operations and for responses without a JSON body (e.g. `202`, or the
+    /// byte stream of `File_GetFromTask`).
+    pub fn response_definition(&self, operation_id: &str, status: u16) -> Option<&str> {
+        let op = self.operations.iter().find(|op| op.id == operation_id)?;
+        let status = status.to_string();
+        let find = |key: &str| op.responses.iter().find(|(s, _)| s == key);
+        match find(&status) {
+            Some((_, def)) => def.as_deref(),
+            None => find("default").and_then(|(_, def)| def.as_deref()),
+        }
+    }
+
     /// All operations as `(method, path template, operationId)`, in spec order.
     pub fn operations(&self) -> impl Iterator<Item = (&str, String, &str)> {
         self.operations.iter().map(|op| {
@@ -332,6 +364,7 @@ impl Spec {
                     required_query: Vec::new(),
                     required_headers: Vec::new(),
                     success_statuses: Vec::new(),
+                    responses: Vec::new(),
                 };
                 parse_template(template, &mut entry);
                 let params = shared_params.iter().chain(
@@ -373,6 +406,18 @@ impl Spec {
                     entry.success_statuses = responses
                         .keys()
                         .filter_map(|k| k.parse::<u16>().ok())
+                        .collect();
+                    entry.responses = responses
+                        .iter()
+                        .map(|(status, r)| {
+                            let def = r
+                                .get("schema")
+                                .and_then(|s| s.get("$ref"))
+                                .and_then(Value::as_str)
+                                .and_then(|r| r.strip_prefix("#/definitions/"))
+                                .map(str::to_string);
+                            (status.clone(), def)
+                        })
                         .collect();
                 }
                 operations.push(entry);
@@ -1124,6 +1169,34 @@ mod tests {
         assert!(s.operation("GET", "/jobs/j/nonsense").is_none());
         assert!(s.operation("PUT", "/pools").is_none());
         assert!(s.operation("GET", "/jobs//tasks").is_none());
+    }
+
+    #[test]
+    fn response_definitions() {
+        let s = spec();
+        assert_eq!(
+            s.response_definition("Task_List", 200),
+            Some("CloudTaskListResult")
+        );
+        assert_eq!(
+            s.response_definition("Task_AddCollection", 200),
+            Some("TaskAddCollectionResult")
+        );
+        assert_eq!(
+            s.response_definition("Task_Add", 201),
+            None,
+            "201 has no body"
+        );
+        assert_eq!(s.response_definition("Task_Add", 409), Some("BatchError"));
+        assert_eq!(
+            s.response_definition("File_GetFromTask", 200),
+            None,
+            "byte stream"
+        );
+        assert_eq!(s.response_definition("No_Such", 200), None);
+        let op = s.operation_by_id("Pool_Exists").expect("Pool_Exists");
+        assert_eq!(op.success_statuses, vec![200, 404]);
+        assert!(op.path_params.is_empty());
     }
 
     #[test]
