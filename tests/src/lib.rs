@@ -12,6 +12,8 @@
 //!
 //! `bash scripts/setup.sh` installs everything these functions look for.
 
+pub mod sshd;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
