@@ -142,6 +142,7 @@ pub fn force_clean(job: &str) {
 }
 
 /// Removes the job's Docker objects when dropped (also when the test panics).
+#[derive(Debug)]
 pub struct CleanGuard(pub String);
 
 impl Drop for CleanGuard {
