@@ -1,0 +1,305 @@
+//! The rendered NON-NATIVE Docker plan executed for real on this machine as one Batch node:
+//! job preparation (writes the per-job SSH key files), coordination (a detached host-network
+//! container running sshd on port 23), application (`docker exec` of `mpirun.openmpi` over ssh
+//! to the node itself, 2 ranks) and job release (removes the job's containers).
+//!
+//! The container's sshd listens on 127.0.0.23 only (other tests use 127.0.0.2-.9), and the host
+//! list names that address, so Open MPI treats it as a remote node and really starts its
+//! daemon over ssh with the job's key. Command lines run as Batch would run them: split like a
+//! shell (Batch does not interpret them otherwise), with the AZ_BATCH_* variables of the task
+//! set and the Batch directories created in a temporary node root.
+
+use std::collections::BTreeMap;
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use shipyard_e2e::{require_test_image, HelloReport, MpiKind, TEST_IMAGE};
+use shipyard_runtime::ssh::JobSshKey;
+use shipyard_runtime::{ContainerRuntime, JobSpec, OsFamily, PoolFacts};
+use shipyard_runtime_docker::{container_name, DockerRuntime, LABEL_JOB};
+
+const NODE_IP: &str = "127.0.0.23";
+
+/// Removes every container of the job, also when the test fails.
+struct Cleanup(String);
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let ids = docker_ps(&self.0);
+        if !ids.is_empty() {
+            let _ = Command::new("docker")
+                .args(["rm", "-f", "-v"])
+                .args(&ids)
+                .output();
+        }
+    }
+}
+
+fn docker_ps(job_id: &str) -> Vec<String> {
+    let out = Command::new("docker")
+        .args(["ps", "-aq", "--filter"])
+        .arg(format!("label={LABEL_JOB}={job_id}"))
+        .output()
+        .expect("docker ps");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
+}
+
+/// Runs a Batch command line (`/bin/bash -c '...'`) like a Batch node: split by a shell, in
+/// `cwd`, with `env` added.
+fn run_batch(command_line: &str, cwd: &Path, env: &BTreeMap<String, String>) -> Output {
+    Command::new("/bin/sh")
+        .arg("-c")
+        .arg(format!("exec {command_line}"))
+        .current_dir(cwd)
+        .envs(env)
+        .output()
+        .expect("spawn /bin/sh")
+}
+
+fn show(o: &Output) -> String {
+    format!(
+        "status {:?}\n--- stdout\n{}\n--- stderr\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+#[test]
+fn non_native_plan_runs_on_one_docker_node() {
+    if !require_test_image() {
+        return;
+    }
+    assert!(
+        TcpStream::connect_timeout(&(NODE_IP, 23).into_addr(), Duration::from_millis(500)).is_err(),
+        "something already listens on {NODE_IP}:23 (or 0.0.0.0:23); this test needs the port"
+    );
+
+    let job_id = format!("rtnode-{}-{}", std::process::id(), nanos());
+    let _cleanup = Cleanup(job_id.clone());
+    let job: JobSpec = toml::from_str(&format!(
+        r#"
+        id = "{job_id}"
+        auto_complete = true
+        [environment_variables]
+        SHIPYARD_TEST_VALUE = "hello world"
+        [[tasks]]
+        id = "mpi"
+        image = "{TEST_IMAGE}"
+        command = "{hello}"
+        shm_size = "256m"
+        additional_docker_run_options = ["--label", "shipyard.test=1"]
+        [tasks.multi_instance]
+        num_instances = 1
+        pre_execution_command = "test \"$SHIPYARD_TEST_VALUE\" = 'hello world' && echo pre-exec-ran"
+        [tasks.multi_instance.mpi]
+        runtime = "openmpi"
+        executable_path = "mpirun.openmpi"
+        processes_per_node = 2
+        options = ["--mca", "btl_tcp_if_include", "lo", "--mca", "oob_tcp_if_include", "lo"]
+        "#,
+        hello = shipyard_e2e::image_hello_path(MpiKind::OpenMpi),
+    ))
+    .expect("job toml");
+    let pool = PoolFacts {
+        pool_id: "local".into(),
+        native_containers: false,
+        os: OsFamily::Linux,
+        subnet_pattern: "127.0.0.*".into(),
+        node_count: 1,
+        slots_per_node: 1,
+        cores_per_node: None,
+    };
+    let runtime = DockerRuntime::new()
+        .sshd_listen_address(NODE_IP)
+        .readiness_timeout_secs(60);
+    let mut plan = runtime.plan(&job, &pool).expect("plan");
+    let key = JobSshKey::generate(&format!("shipyard-{job_id}")).expect("key");
+    plan.install_ssh_key(&key).expect("install key");
+    let task = &plan.tasks[0];
+    let mis = task
+        .multi_instance_settings
+        .as_ref()
+        .expect("multi-instance");
+
+    // The node's Batch directories, as Batch lays them out.
+    let root = tempfile::tempdir().expect("tempdir");
+    let r = root.path();
+    let shared = r.join("shared");
+    let startup = r.join("startup");
+    let prep_dir = r.join(format!("workitems/{job_id}/job-1/jobpreparation"));
+    let task_dir = r.join(format!("workitems/{job_id}/job-1/mpi"));
+    let task_wd = task_dir.join("wd");
+    let task_shared = r.join(format!("workitems/{job_id}/job-1/mpi/shared"));
+    let release_dir = r.join(format!("workitems/{job_id}/job-1/jobrelease"));
+    for d in [
+        &shared,
+        &startup,
+        &prep_dir.join("wd"),
+        &task_wd,
+        &task_shared,
+        &release_dir.join("wd"),
+    ] {
+        std::fs::create_dir_all(d).expect("mkdir");
+    }
+    let s = |p: &Path| p.display().to_string();
+    let mut base = BTreeMap::new();
+    base.insert("AZ_BATCH_NODE_ROOT_DIR".to_string(), s(r));
+    base.insert("AZ_BATCH_NODE_SHARED_DIR".into(), s(&shared));
+    base.insert("AZ_BATCH_NODE_STARTUP_DIR".into(), s(&startup));
+    base.insert("AZ_BATCH_POOL_ID".into(), "local".into());
+    base.insert("AZ_BATCH_NODE_ID".into(), "node-0".into());
+    base.insert("AZ_BATCH_JOB_ID".into(), job_id.clone());
+
+    // 1. job preparation: key files (mode 0600) and the image check.
+    let prep = plan.job.job_preparation_task.as_ref().expect("prep");
+    let mut env = base.clone();
+    env.insert("AZ_BATCH_TASK_DIR".into(), s(&prep_dir));
+    env.insert("AZ_BATCH_TASK_WORKING_DIR".into(), s(&prep_dir.join("wd")));
+    for e in prep.environment_settings.iter().flatten() {
+        env.insert(e.name.clone(), e.value.clone().unwrap_or_default());
+    }
+    let out = run_batch(&prep.command_line, &prep_dir.join("wd"), &env);
+    assert!(
+        out.status.success(),
+        "job preparation failed: {}",
+        show(&out)
+    );
+    let key_dir = shared.join(format!("shipyard/ssh/{job_id}"));
+    {
+        use std::os::unix::fs::PermissionsExt;
+        for f in ["id_ed25519", "id_ed25519.pub", "authorized_keys", "config"] {
+            let mode = std::fs::metadata(key_dir.join(f))
+                .expect(f)
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600, "{f}");
+        }
+        let written = std::fs::read_to_string(key_dir.join("id_ed25519")).expect("key");
+        assert_eq!(written.trim(), key.private_openssh().trim());
+    }
+
+    // 2. coordination on the node (it is the only one, so also the master).
+    let mut env = base.clone();
+    env.insert("AZ_BATCH_TASK_ID".into(), "mpi".into());
+    env.insert("AZ_BATCH_TASK_DIR".into(), s(&task_dir));
+    env.insert("AZ_BATCH_TASK_WORKING_DIR".into(), s(&task_wd));
+    env.insert("AZ_BATCH_TASK_SHARED_DIR".into(), s(&task_shared));
+    env.insert("AZ_BATCH_HOST_LIST".into(), NODE_IP.into());
+    env.insert("AZ_BATCH_NODE_LIST".into(), NODE_IP.into());
+    env.insert("AZ_BATCH_MASTER_NODE".into(), format!("{NODE_IP}:6000"));
+    env.insert("AZ_BATCH_IS_CURRENT_NODE_MASTER".into(), "true".into());
+    for e in task.environment_settings.iter().flatten() {
+        env.insert(e.name.clone(), e.value.clone().unwrap_or_default());
+    }
+    let started = Instant::now();
+    let out = run_batch(&mis.coordination_command_line, &task_wd, &env);
+    assert!(out.status.success(), "coordination failed: {}", show(&out));
+    let coordination_secs = started.elapsed().as_secs_f64();
+    let name = container_name(&job_id, "mpi");
+    assert_eq!(docker_ps(&job_id).len(), 1, "one node container");
+    let inspect = Command::new("docker")
+        .args(["inspect", "--format", "{{.HostConfig.NetworkMode}} {{.HostConfig.ShmSize}} {{index .Config.Labels \"shipyard.test\"}}", &name])
+        .output()
+        .expect("inspect");
+    assert_eq!(
+        String::from_utf8_lossy(&inspect.stdout).trim(),
+        format!("host {} 1", 256 * 1024 * 1024),
+        "{}",
+        show(&inspect)
+    );
+
+    // 3a. readiness: with a second node whose sshd never comes up, the application gives up
+    // after its (here 3 s) bound and names that node.
+    let impatient = DockerRuntime::new()
+        .sshd_listen_address(NODE_IP)
+        .readiness_timeout_secs(3)
+        .plan(&job, &pool)
+        .expect("plan");
+    let mut env2 = env.clone();
+    env2.insert("AZ_BATCH_HOST_LIST".into(), format!("{NODE_IP},127.0.0.29"));
+    let started = Instant::now();
+    let out = run_batch(&impatient.tasks[0].command_line, &task_wd, &env2);
+    let waited = started.elapsed().as_secs_f64();
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("did not accept connections within 3s on: 127.0.0.29"),
+        "{}",
+        show(&out)
+    );
+    assert!(!stderr.contains("on: 127.0.0.23"), "{}", show(&out));
+    assert!((3.0..20.0).contains(&waited), "waited {waited:.1}s");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("pre-exec-ran"));
+
+    // 3. application on the master: waits for sshd, runs mpirun over ssh, 2 ranks.
+    let started = Instant::now();
+    let out = run_batch(&task.command_line, &task_wd, &env);
+    let app_secs = started.elapsed().as_secs_f64();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "application failed: {}", show(&out));
+    assert!(stdout.contains("pre-exec-ran"), "{}", show(&out));
+    let report = HelloReport::parse(&stdout);
+    report.assert_complete(2);
+    // ranks ran in the node container (host networking: the host's name), started by orted
+    // that mpirun reached over ssh: sshd logged the job key's accepted login.
+    let logs = Command::new("docker")
+        .args(["logs", &name])
+        .output()
+        .expect("logs");
+    let logs =
+        String::from_utf8_lossy(&logs.stderr).to_string() + &String::from_utf8_lossy(&logs.stdout);
+    assert!(
+        logs.contains("Accepted publickey for root"),
+        "mpirun did not log in over ssh:\n{logs}"
+    );
+    // the env file carried the task's variables into the container
+    let envfile = std::fs::read_to_string(task_wd.join(".shipyard.env")).expect("env file");
+    assert!(
+        envfile.contains("SHIPYARD_TEST_VALUE=hello world"),
+        "{envfile}"
+    );
+    assert!(
+        envfile.contains("AZ_BATCH_HOST_LIST=127.0.0.23"),
+        "{envfile}"
+    );
+
+    // 4. job release: no container of the job remains, the key directory is gone.
+    let rel = plan.job.job_release_task.as_ref().expect("release");
+    let mut env = base.clone();
+    env.insert("AZ_BATCH_TASK_DIR".into(), s(&release_dir));
+    env.insert(
+        "AZ_BATCH_TASK_WORKING_DIR".into(),
+        s(&release_dir.join("wd")),
+    );
+    let out = run_batch(&rel.command_line, &release_dir.join("wd"), &env);
+    assert!(out.status.success(), "release failed: {}", show(&out));
+    assert!(
+        docker_ps(&job_id).is_empty(),
+        "release left containers behind"
+    );
+    assert!(!key_dir.exists(), "release left the key directory");
+    eprintln!(
+        "runtime_docker_node: coordination {coordination_secs:.2}s, application (incl. sshd wait) {app_secs:.2}s, readiness give-up {waited:.2}s"
+    );
+}
+
+trait IntoAddr {
+    fn into_addr(self) -> std::net::SocketAddr;
+}
+impl IntoAddr for (&str, u16) {
+    fn into_addr(self) -> std::net::SocketAddr {
+        std::net::SocketAddr::new(self.0.parse().expect("ip"), self.1)
+    }
+}
+
+fn nanos() -> u32 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0)
+}
