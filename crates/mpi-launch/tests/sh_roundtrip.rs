@@ -155,9 +155,18 @@ fn request(c: &Case, dir: &std::path::Path) -> LaunchRequest {
     req
 }
 
+/// Writes a line to the process's stderr directly: libtest captures `eprintln!` of passing
+/// tests, but the CI log must show the case count.
+fn ci_log(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
 #[test]
 fn rendered_sh_line_yields_exact_argv() {
-    eprintln!("proptest: {CASES} cases");
+    ci_log(&format!(
+        "proptest: {CASES} cases (sh round-trip of rendered launch lines)"
+    ));
     let nproc: u32 = String::from_utf8(Command::new("nproc").output().expect("nproc").stdout)
         .expect("utf8")
         .trim()
@@ -243,5 +252,5 @@ fn rendered_sh_line_yields_exact_argv() {
         .unwrap_or_else(|e| panic!("{e}"));
     let ran = ran.load(std::sync::atomic::Ordering::Relaxed);
     assert!(ran >= CASES, "ran {ran} cases");
-    eprintln!("proptest: {ran} cases passed");
+    ci_log(&format!("proptest: {ran} cases passed"));
 }
