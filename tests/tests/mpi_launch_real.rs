@@ -7,6 +7,10 @@
 //!   default environment value shipyard sets (printed by every rank via `HELLO_PRINT_ENV`).
 //! - over ssh: sshd on port 23 at two loopback addresses per flavour (nothing on port 22), 4
 //!   ranks, 2 per "node"; the sshd logs must show the logins on both nodes.
+//! - the host-launcher-wraps-container form (`mpirun ... apptainer exec ... IMAGE prog`), with a
+//!   stand-in `apptainer` script (no container runtime here) that checks the argument shape,
+//!   applies `--pwd` and `APPTAINERENV_*` as the real one does and runs the program: every rank
+//!   must go through it.
 //! - an unreachable node (127.0.0.9, nothing listening): the launch ends non-zero within a
 //!   bounded time (MPICH hangs by itself: the plan's wall-clock limit ends it).
 //!
@@ -21,7 +25,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use shipyard_e2e::sshd::{port_open, SshNodes, SSH_PORT};
 use shipyard_e2e::{hello_binary, require_mpi, HelloReport, MpiInstall, MpiKind};
-use shipyard_mpi_launch::{Flavor, Hosts, LaunchRequest, Ppn, WallClock};
+use shipyard_mpi_launch::{Container, Flavor, Hosts, LaunchRequest, Ppn, WallClock};
 
 const LAUNCH_LIMIT_SECS: u32 = 120;
 const UNREACHABLE_LIMIT_SECS: u32 = 20;
@@ -278,6 +282,75 @@ fn unreachable_node_ends_in_bounded_time(kind: MpiKind) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A stand-in for `apptainer`: checks `exec [--bind b]... [--pwd d] [--nv] IMAGE prog args`,
+/// logs each invocation's working directory, exports `APPTAINERENV_X` as `X` and runs the program.
+const STANDIN_APPTAINER: &str = r#"#!/bin/sh
+set -eu
+[ "$1" = exec ] || { echo "stand-in: expected exec, got $1" >&2; exit 97; }
+shift
+pwd_dir=
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --bind) shift 2 ;;
+    --pwd) pwd_dir=$2; shift 2 ;;
+    --nv) shift ;;
+    -*) echo "stand-in: unexpected option $1" >&2; exit 97 ;;
+    *) break ;;
+  esac
+done
+[ "$1" = "@IMAGE@" ] || { echo "stand-in: unexpected image $1" >&2; exit 98; }
+shift
+eval "$(env | sed -n "s/^APPTAINERENV_\([A-Za-z_][A-Za-z0-9_]*\)=\([A-Za-z0-9_.-]*\)\$/export \1=\2/p")"
+if [ -n "$pwd_dir" ]; then cd "$pwd_dir"; fi
+pwd >> "@LOG@"
+exec "$@"
+"#;
+
+fn container_wrapper_passes_through(kind: MpiKind) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(install) = require_mpi(kind) else {
+        return Ok(());
+    };
+    let dir = tempfile::tempdir()?;
+    let log = dir.path().join("invocations.log");
+    let workdir = dir.path().join("work dir");
+    std::fs::create_dir(&workdir)?;
+    let image = "shipyard-test.sif";
+    let script = dir.path().join("apptainer");
+    std::fs::write(
+        &script,
+        STANDIN_APPTAINER
+            .replace("@IMAGE@", image)
+            .replace("@LOG@", &log.display().to_string()),
+    )?;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755))?;
+    let req = local4(&install)?
+        .env("HELLO_PRINT_ENV", "CONTAINER_VAR")
+        .container(
+            Container::apptainer(image)
+                .program(script.display().to_string())
+                .bind("/tmp", "/mnt/tmp")
+                .pwd(workdir.display().to_string())
+                .env("CONTAINER_VAR", "inside-the-container"),
+        );
+    let (out, _, line) = run(&install, &req)?;
+    assert!(out.status.success(), "launch failed: {line}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    report(stdout.as_bytes()).assert_complete(4);
+    assert_eq!(
+        printed_values(&stdout, "CONTAINER_VAR"),
+        vec!["inside-the-container".to_string(); 4],
+        "{stdout}"
+    );
+    let dirs = std::fs::read_to_string(&log)?;
+    assert_eq!(
+        dirs.lines().collect::<Vec<_>>(),
+        vec![workdir.display().to_string(); 4],
+        "one stand-in run per rank, each in --pwd"
+    );
+    Ok(())
+}
+
 macro_rules! per_flavour {
     ($($name:ident => $body:ident;)*) => {
         $(
@@ -298,6 +371,7 @@ per_flavour! {
     local_four_ranks_complete => local_four_ranks;
     local_failing_rank_exits_non_zero => failing_rank_fails_launch;
     local_user_env_overrides_default => user_env_overrides_default;
+    local_container_wrapper_passes_through => container_wrapper_passes_through;
     ssh_two_nodes_port_23 => two_nodes_over_ssh_port_23;
     ssh_unreachable_node_bounded => unreachable_node_ends_in_bounded_time;
 }
