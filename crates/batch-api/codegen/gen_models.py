@@ -85,6 +85,12 @@ SECRETS = {
     ("AzureFileShareConfiguration", "azureFileUrl"): "url",
 }
 
+ODATA_METADATA = {
+    "type": "string",
+    "title": "The OData metadata URL of the response",
+    "description": "Sent by the service but not described by the spec; absent in requests.",
+}
+
 RUST_KEYWORDS = {
     "type", "match", "ref", "self", "static", "struct", "trait", "use", "where", "async", "await",
     "move", "loop", "in", "impl", "fn", "for", "if", "else", "enum", "const", "crate", "mod", "pub",
@@ -181,6 +187,10 @@ class Gen:
         self.structs = {}  # name -> definition
         self.module = {}  # type name -> module
         for name, d in self.defs.items():
+            if "odata.nextLink" in d.get("properties", {}) or name == "BatchError":
+                # The service sends `odata.metadata` with list pages and error bodies; the spec
+                # does not describe it. Keep it so those bodies re-serialize unchanged.
+                d["properties"] = {"odata.metadata": ODATA_METADATA, **d["properties"]}
             if "enum" in d:
                 self.add_enum(d, name)
             else:

@@ -629,6 +629,7 @@ fn requests_omit_absent_fields_and_use_exact_names() {
         back["odata.nextLink"],
         "https://a.b/jobs/j/tasks?skiptoken=x"
     );
+    assert_eq!(back["odata.metadata"], "https://a.b/$metadata#tasks");
 
     let pool = serde_json::to_value(VirtualMachineConfiguration::new(
         ImageReference::default(),
@@ -657,7 +658,10 @@ fn error_body_parses() {
     assert_eq!(err.detail("Reason"), Some("usesTaskDependencies is false"));
     assert_eq!(Spec::shared().validate_lenient("BatchError", &body), Ok(()));
     let back = serde_json::to_value(&err).expect("serializes");
-    assert_eq!(back["values"], body["values"]);
+    assert_eq!(
+        back, body,
+        "error bodies, odata.metadata included, round-trip"
+    );
 
     let result: TaskAddCollectionResult = serde_json::from_value(json!({"value": [
         {"status": "success", "taskId": "a", "eTag": "0x1", "lastModified": "2024-01-01T00:00:00Z",

@@ -15,6 +15,12 @@ use super::*;
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AccountListSupportedImagesResult {
+    /// The OData metadata URL of the response.
+    ///
+    /// Sent by the service but not described by the spec; absent in requests.
+    #[serde(rename = "odata.metadata", skip_serializing_if = "Option::is_none")]
+    pub odata_metadata: Option<String>,
+
     /// The list of supported Virtual Machine Images.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub value: Option<Vec<ImageInformation>>,
@@ -28,6 +34,12 @@ pub struct AccountListSupportedImagesResult {
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ApplicationListResult {
+    /// The OData metadata URL of the response.
+    ///
+    /// Sent by the service but not described by the spec; absent in requests.
+    #[serde(rename = "odata.metadata", skip_serializing_if = "Option::is_none")]
+    pub odata_metadata: Option<String>,
+
     /// The list of applications available in the Account.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub value: Option<Vec<ApplicationSummary>>,
@@ -165,6 +177,12 @@ pub struct NodeCounts {
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PoolListUsageMetricsResult {
+    /// The OData metadata URL of the response.
+    ///
+    /// Sent by the service but not described by the spec; absent in requests.
+    #[serde(rename = "odata.metadata", skip_serializing_if = "Option::is_none")]
+    pub odata_metadata: Option<String>,
+
     /// The Pool usage metrics data.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub value: Option<Vec<PoolUsageMetrics>>,
@@ -194,6 +212,12 @@ pub struct PoolNodeCounts {
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PoolNodeCountsListResult {
+    /// The OData metadata URL of the response.
+    ///
+    /// Sent by the service but not described by the spec; absent in requests.
+    #[serde(rename = "odata.metadata", skip_serializing_if = "Option::is_none")]
+    pub odata_metadata: Option<String>,
+
     /// A list of Compute Node counts by Pool.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub value: Option<Vec<PoolNodeCounts>>,

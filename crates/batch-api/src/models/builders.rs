@@ -337,6 +337,15 @@ mod tests {
         let dbg = format!("{reg:?}");
         assert!(!dbg.contains("hunter2"), "{dbg}");
         assert!(dbg.contains("me"), "{dbg}");
+        let user = UserAccount {
+            linux_user_configuration: Some(LinuxUserConfiguration {
+                ssh_private_key: Some("-----BEGIN OPENSSH PRIVATE KEY-----".into()),
+                ..LinuxUserConfiguration::default()
+            }),
+            ..UserAccount::default()
+        };
+        let dbg = format!("{user:?}");
+        assert!(!dbg.contains("OPENSSH"), "{dbg}");
         let file = ResourceFile::from_http_url("https://a.blob/c/f?sv=1&sig=SECRET", "f");
         let dbg = format!("{file:?}");
         assert!(!dbg.contains("SECRET"), "{dbg}");

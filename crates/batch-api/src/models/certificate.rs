@@ -105,6 +105,12 @@ impl fmt::Debug for CertificateAddParameter {
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct CertificateListResult {
+    /// The OData metadata URL of the response.
+    ///
+    /// Sent by the service but not described by the spec; absent in requests.
+    #[serde(rename = "odata.metadata", skip_serializing_if = "Option::is_none")]
+    pub odata_metadata: Option<String>,
+
     /// The list of Certificates.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub value: Option<Vec<Certificate>>,

@@ -64,6 +64,12 @@ pub struct NodeFile {
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct NodeFileListResult {
+    /// The OData metadata URL of the response.
+    ///
+    /// Sent by the service but not described by the spec; absent in requests.
+    #[serde(rename = "odata.metadata", skip_serializing_if = "Option::is_none")]
+    pub odata_metadata: Option<String>,
+
     /// The list of files.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub value: Option<Vec<NodeFile>>,

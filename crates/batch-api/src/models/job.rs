@@ -206,6 +206,12 @@ pub struct CloudJob {
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct CloudJobListPreparationAndReleaseTaskStatusResult {
+    /// The OData metadata URL of the response.
+    ///
+    /// Sent by the service but not described by the spec; absent in requests.
+    #[serde(rename = "odata.metadata", skip_serializing_if = "Option::is_none")]
+    pub odata_metadata: Option<String>,
+
     /// A list of Job Preparation and Job Release Task execution information.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub value: Option<Vec<JobPreparationAndReleaseTaskExecutionInformation>>,
@@ -219,6 +225,12 @@ pub struct CloudJobListPreparationAndReleaseTaskStatusResult {
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct CloudJobListResult {
+    /// The OData metadata URL of the response.
+    ///
+    /// Sent by the service but not described by the spec; absent in requests.
+    #[serde(rename = "odata.metadata", skip_serializing_if = "Option::is_none")]
+    pub odata_metadata: Option<String>,
+
     /// The list of Jobs.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub value: Option<Vec<CloudJob>>,

@@ -199,6 +199,12 @@ pub struct ComputeNodeGetRemoteLoginSettingsResult {
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ComputeNodeListResult {
+    /// The OData metadata URL of the response.
+    ///
+    /// Sent by the service but not described by the spec; absent in requests.
+    #[serde(rename = "odata.metadata", skip_serializing_if = "Option::is_none")]
+    pub odata_metadata: Option<String>,
+
     /// The list of Compute Nodes.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub value: Option<Vec<ComputeNode>>,
@@ -430,6 +436,12 @@ pub struct NodeVMExtension {
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct NodeVMExtensionList {
+    /// The OData metadata URL of the response.
+    ///
+    /// Sent by the service but not described by the spec; absent in requests.
+    #[serde(rename = "odata.metadata", skip_serializing_if = "Option::is_none")]
+    pub odata_metadata: Option<String>,
+
     /// The list of Compute Node extensions.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub value: Option<Vec<NodeVMExtension>>,

@@ -390,6 +390,12 @@ pub struct CloudPool {
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct CloudPoolListResult {
+    /// The OData metadata URL of the response.
+    ///
+    /// Sent by the service but not described by the spec; absent in requests.
+    #[serde(rename = "odata.metadata", skip_serializing_if = "Option::is_none")]
+    pub odata_metadata: Option<String>,
+
     /// The list of Pools.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub value: Option<Vec<CloudPool>>,

@@ -101,6 +101,12 @@ pub struct CloudJobSchedule {
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct CloudJobScheduleListResult {
+    /// The OData metadata URL of the response.
+    ///
+    /// Sent by the service but not described by the spec; absent in requests.
+    #[serde(rename = "odata.metadata", skip_serializing_if = "Option::is_none")]
+    pub odata_metadata: Option<String>,
+
     /// The list of Job Schedules.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub value: Option<Vec<CloudJobSchedule>>,

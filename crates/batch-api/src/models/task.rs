@@ -219,6 +219,12 @@ pub struct CloudTask {
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct CloudTaskListResult {
+    /// The OData metadata URL of the response.
+    ///
+    /// Sent by the service but not described by the spec; absent in requests.
+    #[serde(rename = "odata.metadata", skip_serializing_if = "Option::is_none")]
+    pub odata_metadata: Option<String>,
+
     /// The list of Tasks.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub value: Option<Vec<CloudTask>>,
