@@ -501,6 +501,19 @@ fn every_example_body_roundtrips_and_requests_validate() {
     for (resource, (n, rq, rs)) in &covered {
         println!("  {resource:>14}: {n} examples, {rq} requests, {rs} responses");
     }
+    println!("named exceptions:");
+    for e in EXCEPTIONS {
+        println!("  {} (request): {}", e.file, e.reason);
+    }
+    for (file, _, reason) in RESPONSE_EXCEPTIONS {
+        println!("  {file} (response validation): {reason}");
+    }
+    for (file, reason) in INVALID_JSON {
+        println!("  {file}: {reason}");
+    }
+    for (file, _, reason) in NO_OPERATION {
+        println!("  {file}: {reason}");
+    }
     assert!(
         failures.is_empty(),
         "{} failures:\n{}",
