@@ -1,1 +1,555 @@
-//! Singularity/Apptainer runtime for shipyard: host mpirun wrapping singularity exec.
+//! Singularity/Apptainer runtime for shipyard: host mpirun wrapping `singularity exec`.
+//!
+//! [`SingularityRuntime`] implements [`ContainerRuntime`] as `singularity` and `apptainer`
+//! (registered in [`shipyard_runtime::registry`]). It runs on non-native Linux pools only:
+//!
+//! - multi-instance tasks with `mpi`: the HOST launcher (built by `shipyard-mpi-launch` from
+//!   `$AZ_BATCH_HOST_LIST`, reaching the other nodes through the host sshd that Batch sets up
+//!   for the pool-scope auto user) starts one `singularity exec` per rank, with
+//!   `--pwd $AZ_BATCH_TASK_WORKING_DIR`, the node root directory bound at the same path
+//!   (through `SINGULARITY_BIND` / `APPTAINER_BIND`), `--nv` for GPUs, and the task's
+//!   variables passed as `SINGULARITYENV_<NAME>` / `APPTAINERENV_<NAME>`;
+//! - no coordination split (the coordination command is a no-op unless the user gives one) and
+//!   nothing left running, so no cleanup;
+//! - remote images (`docker://`, `library://`, `oras://`, `shub://`, `http(s)://`) are pulled
+//!   once per node by the job preparation task into
+//!   `$AZ_BATCH_NODE_SHARED_DIR/shipyard/images/<name>.sif`; local paths are used as they are
+//!   (the preparation task checks they exist).
+//!
+//! Every command line first checks that the binary exists and fails with
+//! `shipyard: singularity not found on <host>` (exit 127) otherwise; [`check_binary`] does the
+//! same check on this machine.
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+
+use shipyard_mpi_launch::{Container, ContainerRuntime as Wrapper, Word};
+use shipyard_runtime::batch::{
+    AutoUserScope, ElevationLevel, EnvironmentSetting, JobPreparationTask, JobReleaseTask,
+    MultiInstanceSettings, OnAllTasksComplete, ResourceFile, TaskAddParameter, TaskConstraints,
+    TaskDependencies, TaskIdRange, UserIdentity,
+};
+use shipyard_runtime::registry::RuntimeRegistration;
+use shipyard_runtime::shell::{bash_c, join, quote, quote_expanding};
+use shipyard_runtime::{
+    mpi, ContainerRuntime, JobNeeds, JobPlan, JobSpec, MpiRuntime, OsFamily, PoolFacts, PoolNeeds,
+    ResourceFileSpec, RuntimeError, TaskSpec, WorkingDir,
+};
+
+/// Which binary runs the containers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavor {
+    /// `singularity` (SingularityCE / legacy), env prefix `SINGULARITYENV_`.
+    Singularity,
+    /// `apptainer`, env prefix `APPTAINERENV_`.
+    Apptainer,
+}
+
+impl Flavor {
+    /// The registry name and default binary.
+    pub fn name(self) -> &'static str {
+        match self {
+            Flavor::Singularity => "singularity",
+            Flavor::Apptainer => "apptainer",
+        }
+    }
+
+    fn wrapper(self) -> Wrapper {
+        match self {
+            Flavor::Singularity => Wrapper::Singularity,
+            Flavor::Apptainer => Wrapper::Apptainer,
+        }
+    }
+
+    /// The variable listing bind mounts (`SINGULARITY_BIND` / `APPTAINER_BIND`).
+    pub fn bind_env(self) -> &'static str {
+        match self {
+            Flavor::Singularity => "SINGULARITY_BIND",
+            Flavor::Apptainer => "APPTAINER_BIND",
+        }
+    }
+
+    /// The prefix that injects a variable into the container.
+    pub fn env_prefix(self) -> &'static str {
+        self.wrapper().env_prefix()
+    }
+}
+
+/// The Singularity/Apptainer runtime.
+#[derive(Debug, Clone)]
+pub struct SingularityRuntime {
+    flavor: Flavor,
+    binary: String,
+    elevated: bool,
+}
+
+fn make_singularity() -> Box<dyn ContainerRuntime> {
+    Box::new(SingularityRuntime::new(Flavor::Singularity))
+}
+
+fn make_apptainer() -> Box<dyn ContainerRuntime> {
+    Box::new(SingularityRuntime::new(Flavor::Apptainer))
+}
+
+inventory::submit! {
+    RuntimeRegistration { name: "singularity", factory: make_singularity }
+}
+inventory::submit! {
+    RuntimeRegistration { name: "apptainer", factory: make_apptainer }
+}
+
+/// Forces this crate's registrations into the final binary.
+pub fn link() {}
+
+/// Where pulled images live on a node (relative to `$AZ_BATCH_NODE_SHARED_DIR`).
+pub const IMAGE_DIR: &str = "shipyard/images";
+
+/// True for image references the preparation task pulls (`docker://`, `library://`, ...).
+pub fn is_remote_image(image: &str) -> bool {
+    [
+        "docker://",
+        "library://",
+        "oras://",
+        "shub://",
+        "http://",
+        "https://",
+    ]
+    .iter()
+    .any(|p| image.starts_with(p))
+}
+
+/// The file name a pulled image gets: the reference with every character outside
+/// `[A-Za-z0-9._-]` replaced by `_`, plus `.sif`.
+pub fn pulled_image_file(image: &str) -> String {
+    let mut s: String = image
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    s.push_str(".sif");
+    s
+}
+
+/// Finds `binary` (a name looked up in `search_path`, a `PATH`-style list, or a path with a
+/// `/`); the error names the binary and where it looked.
+pub fn check_binary_in(binary: &str, search_path: &OsStr) -> Result<PathBuf, RuntimeError> {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |p: &Path| {
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if binary.contains('/') {
+        let p = PathBuf::from(binary);
+        return if executable(&p) {
+            Ok(p)
+        } else {
+            Err(RuntimeError::MissingBinary {
+                binary: binary.to_string(),
+                path: Some(p),
+                reason: "no executable file there".into(),
+            })
+        };
+    }
+    for dir in std::env::split_paths(search_path) {
+        let p = dir.join(binary);
+        if executable(&p) {
+            return Ok(p);
+        }
+    }
+    Err(RuntimeError::MissingBinary {
+        binary: binary.to_string(),
+        path: None,
+        reason: format!(
+            "not in PATH ({}); install it on the nodes (e.g. in the pool's start task)",
+            search_path.to_string_lossy()
+        ),
+    })
+}
+
+/// [`check_binary_in`] with this process's `PATH`.
+pub fn check_binary(binary: &str) -> Result<PathBuf, RuntimeError> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    check_binary_in(binary, &path)
+}
+
+fn unsupported(runtime: &str, field: impl Into<String>, reason: impl Into<String>) -> RuntimeError {
+    RuntimeError::Unsupported {
+        runtime: runtime.to_string(),
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
+
+fn resource_files(files: &[ResourceFileSpec]) -> Option<Vec<ResourceFile>> {
+    (!files.is_empty()).then(|| {
+        files
+            .iter()
+            .map(|f| ResourceFile {
+                http_url: Some(f.http_url.clone()),
+                file_path: Some(f.file_path.clone()),
+                file_mode: f.file_mode.clone(),
+                ..Default::default()
+            })
+            .collect()
+    })
+}
+
+impl SingularityRuntime {
+    /// The runtime for `flavor`, running its default binary.
+    pub fn new(flavor: Flavor) -> Self {
+        SingularityRuntime {
+            flavor,
+            binary: flavor.name().to_string(),
+            elevated: false,
+        }
+    }
+
+    /// The binary on the nodes (default `singularity` / `apptainer` from `PATH`).
+    pub fn binary(mut self, path: impl Into<String>) -> Self {
+        self.binary = path.into();
+        self
+    }
+
+    /// Run tasks as the pool's administrator auto user (default: the non-admin one).
+    pub fn elevated(mut self, on: bool) -> Self {
+        self.elevated = on;
+        self
+    }
+
+    /// Checks that the configured binary exists on this machine (see [`check_binary`]).
+    pub fn check(&self) -> Result<PathBuf, RuntimeError> {
+        check_binary(&self.binary)
+    }
+
+    fn user(&self) -> UserIdentity {
+        UserIdentity::auto_user(
+            AutoUserScope::Pool,
+            if self.elevated {
+                ElevationLevel::Admin
+            } else {
+                ElevationLevel::NonAdmin
+            },
+        )
+    }
+
+    /// `command -v <binary>` guard printed before every command line.
+    fn guard(&self) -> String {
+        let b = quote(&self.binary);
+        format!(
+            "command -v {b} >/dev/null 2>&1 || {{ echo \"shipyard: {} not found on $(hostname)\" >&2; exit 127; }}",
+            self.binary.replace(['"', '\\', '$', '`'], "_")
+        )
+    }
+
+    /// The image argument as a shell word: the pulled `.sif` for remote references.
+    fn image_word_sh(&self, image: &str) -> String {
+        if is_remote_image(image) {
+            quote_expanding(&format!(
+                "$AZ_BATCH_NODE_SHARED_DIR/{IMAGE_DIR}/{}",
+                pulled_image_file(image)
+            ))
+        } else {
+            quote(image)
+        }
+    }
+
+    fn exec_options(&self, job: &JobSpec, task: &TaskSpec) -> Vec<String> {
+        let mut v = Vec::new();
+        if job.gpus(task).is_some() {
+            v.push("--nv".to_string());
+        }
+        v.extend(task.additional_singularity_options.iter().cloned());
+        v
+    }
+
+    /// The line of a task without a launcher: `[ENV=...] exec singularity exec ... image cmd`.
+    fn plain_exec_line(&self, job: &JobSpec, task: &TaskSpec) -> String {
+        let env = job.environment(task);
+        let mut parts: Vec<String> = env
+            .keys()
+            .map(|k| format!("{}{k}=\"${k}\"", self.flavor.env_prefix()))
+            .collect();
+        parts.push(format!(
+            "{}={}",
+            self.flavor.bind_env(),
+            quote_expanding("$AZ_BATCH_NODE_ROOT_DIR:$AZ_BATCH_NODE_ROOT_DIR")
+        ));
+        // `exec` after the assignments: they are exported to the exec'd process.
+        parts.push("exec".into());
+        parts.push(quote(&self.binary));
+        parts.push("exec".into());
+        if task.default_working_dir == WorkingDir::Batch {
+            parts.push("--pwd".into());
+            parts.push(quote_expanding("$AZ_BATCH_TASK_WORKING_DIR"));
+        }
+        parts.push(join(&self.exec_options(job, task)));
+        parts.push(self.image_word_sh(&task.image));
+        if let Some(c) = &task.command {
+            parts.push(join(&mpi::program_words(c, "/bin/sh")));
+        }
+        parts.retain(|p| !p.is_empty());
+        parts.join(" ")
+    }
+
+    fn mpi_line(
+        &self,
+        job: &JobSpec,
+        task: &TaskSpec,
+        m: &shipyard_runtime::MpiSpec,
+        tpath: &str,
+    ) -> Result<String, RuntimeError> {
+        let field = format!("{tpath}.multi_instance.mpi");
+        if m.runtime == MpiRuntime::MsMpi {
+            return Err(unsupported(
+                self.flavor.name(),
+                format!("{field}.runtime"),
+                "msmpi runs on Windows pools, which Singularity does not support",
+            ));
+        }
+        let command = task.command.as_deref().unwrap_or_default();
+        let mut req = mpi::launch_request(m, command, &field, None, false)?;
+        // The image: remote references were pulled by the preparation task into the node's
+        // shared directory; the ranks start there (`-wdir`) and name the file relatively, while
+        // `--pwd` puts the container in the task's working directory.
+        let image = if is_remote_image(&task.image) {
+            req = req.workdir(Word::concat([
+                shipyard_mpi_launch::Part::Deferred(shipyard_mpi_launch::Deferred::Var(
+                    "AZ_BATCH_NODE_SHARED_DIR".into(),
+                )),
+                shipyard_mpi_launch::Part::Lit(format!("/{IMAGE_DIR}")),
+            ]));
+            format!("./{}", pulled_image_file(&task.image))
+        } else {
+            task.image.clone()
+        };
+        let mut c = Container::new(self.flavor.wrapper(), image)
+            .program(self.binary.clone())
+            .nv(job.gpus(task).is_some());
+        if task.default_working_dir == WorkingDir::Batch {
+            c = c.pwd(Word::var("AZ_BATCH_TASK_WORKING_DIR"));
+        }
+        for o in &task.additional_singularity_options {
+            c = c.option(o.clone());
+        }
+        for k in job.environment(task).keys() {
+            c = c.env(k.clone(), Word::var(k.clone()));
+        }
+        let root = shipyard_mpi_launch::Part::Deferred(shipyard_mpi_launch::Deferred::Var(
+            "AZ_BATCH_NODE_ROOT_DIR".into(),
+        ));
+        req = req
+            .env(
+                self.flavor.bind_env(),
+                Word::concat([
+                    root.clone(),
+                    shipyard_mpi_launch::Part::Lit(":".into()),
+                    root,
+                ]),
+            )
+            .container(c);
+        mpi::render_sh(&req, &field)
+    }
+
+    fn plan_task(
+        &self,
+        job: &JobSpec,
+        task: &TaskSpec,
+        index: usize,
+        pool: &PoolFacts,
+        tpath: &str,
+    ) -> Result<TaskAddParameter, RuntimeError> {
+        let env = job.environment(task);
+        let mut t = TaskAddParameter {
+            id: job.task_id(index),
+            resource_files: resource_files(&task.resource_files),
+            environment_settings: (!env.is_empty()).then(|| {
+                env.iter()
+                    .map(|(k, v)| EnvironmentSetting::new(k.clone(), v.clone()))
+                    .collect()
+            }),
+            user_identity: Some(self.user()),
+            ..Default::default()
+        };
+        let c = TaskConstraints {
+            max_wall_clock_time: task.max_wall_time.clone(),
+            retention_time: None,
+            max_task_retry_count: job.max_task_retries(task),
+        };
+        if c != TaskConstraints::default() {
+            t.constraints = Some(c);
+        }
+        if !task.depends_on.is_empty() || task.depends_on_range.is_some() {
+            let range = match task.depends_on_range {
+                Some([s, e]) => {
+                    let conv = |v: u32| {
+                        i32::try_from(v).map_err(|_| RuntimeError::Invalid {
+                            field: format!("{tpath}.depends_on_range"),
+                            reason: format!("{v} is too large"),
+                        })
+                    };
+                    Some(vec![TaskIdRange::new(conv(s)?, conv(e)?)])
+                }
+                None => None,
+            };
+            t.depends_on = Some(TaskDependencies {
+                task_ids: (!task.depends_on.is_empty()).then(|| task.depends_on.clone()),
+                task_id_ranges: range,
+            });
+        }
+        let mut script = vec![self.guard()];
+        match &task.multi_instance {
+            None => {
+                script.push(self.plain_exec_line(job, task));
+            }
+            Some(mi) => {
+                let n = mi.num_instances.resolve(pool.node_count);
+                if n > pool.node_count {
+                    return Err(RuntimeError::Invalid {
+                        field: format!("{tpath}.multi_instance.num_instances"),
+                        reason: format!(
+                            "{n} instances but pool `{}` has {} nodes",
+                            pool.pool_id, pool.node_count
+                        ),
+                    });
+                }
+                if let Some(pre) = &mi.pre_execution_command {
+                    script.push(pre.clone());
+                }
+                match &mi.mpi {
+                    Some(m) => script.push(self.mpi_line(job, task, m, tpath)?),
+                    // without `mpi` the command runs as-is on the host (Batch Shipyard's rule)
+                    None => script.push(task.command.clone().unwrap_or_default()),
+                }
+                t.multi_instance_settings = Some(MultiInstanceSettings {
+                    number_of_instances: Some(i32::try_from(n).map_err(|_| {
+                        RuntimeError::Invalid {
+                            field: format!("{tpath}.multi_instance.num_instances"),
+                            reason: format!("{n} is too large"),
+                        }
+                    })?),
+                    coordination_command_line: mi
+                        .coordination_command
+                        .as_deref()
+                        .map(bash_c)
+                        .unwrap_or_else(|| "/bin/true".to_string()),
+                    common_resource_files: resource_files(&mi.resource_files),
+                });
+            }
+        }
+        t.command_line = bash_c(&script.join("; "));
+        Ok(t)
+    }
+
+    fn preparation_script(&self, job: &JobSpec) -> String {
+        let mut parts = vec!["set -e".to_string(), self.guard()];
+        let b = quote(&self.binary);
+        let mut seen = std::collections::BTreeSet::new();
+        for task in &job.tasks {
+            if !seen.insert(task.image.clone()) {
+                continue;
+            }
+            if is_remote_image(&task.image) {
+                let dir = quote_expanding(&format!("$AZ_BATCH_NODE_SHARED_DIR/{IMAGE_DIR}"));
+                let file = pulled_image_file(&task.image);
+                parts.push(format!(
+                    "mkdir -p {dir}; if [ ! -s {dir}/{file} ]; then {b} pull --force {dir}/{file}.tmp$$ {img} && mv -f {dir}/{file}.tmp$$ {dir}/{file}; fi",
+                    img = quote(&task.image),
+                ));
+            } else {
+                let img = quote(&task.image);
+                parts.push(format!(
+                    "test -e {img} || {{ echo \"shipyard: image {} not found on $(hostname)\" >&2; exit 1; }}",
+                    task.image.replace(['"', '\\', '$', '`'], "_")
+                ));
+            }
+        }
+        if let Some(p) = &job.job_preparation {
+            parts.push(p.command.clone());
+        }
+        parts.join("; ")
+    }
+}
+
+impl ContainerRuntime for SingularityRuntime {
+    fn name(&self) -> &str {
+        self.flavor.name()
+    }
+
+    fn plan(&self, job: &JobSpec, pool: &PoolFacts) -> Result<JobPlan, RuntimeError> {
+        job.validate()?;
+        pool.validate()?;
+        let name = self.flavor.name();
+        if pool.os == OsFamily::Windows {
+            return Err(unsupported(
+                name,
+                "pool.os",
+                "Singularity runs on Linux pools only",
+            ));
+        }
+        if pool.native_containers {
+            return Err(unsupported(
+                name,
+                "pool.native_containers",
+                "Singularity runs on pools without Batch container support (non-native)",
+            ));
+        }
+        let mut tasks = Vec::with_capacity(job.tasks.len());
+        for (i, task) in job.tasks.iter().enumerate() {
+            if !task.additional_docker_run_options.is_empty() {
+                return Err(unsupported(
+                    name,
+                    format!("job.tasks[{i}].additional_docker_run_options"),
+                    "Docker options do not apply; use additional_singularity_options",
+                ));
+            }
+            tasks.push(self.plan_task(job, task, i, pool, &format!("job.tasks[{i}]"))?);
+        }
+        let any_mi = job.tasks.iter().any(|t| t.multi_instance.is_some());
+        let mut images: Vec<String> = Vec::new();
+        for t in &job.tasks {
+            if !images.contains(&t.image) {
+                images.push(t.image.clone());
+            }
+        }
+        Ok(JobPlan {
+            runtime: name.to_string(),
+            pool: PoolNeeds {
+                enable_inter_node_communication: any_mi,
+                images,
+                ..Default::default()
+            },
+            job: JobNeeds {
+                job_preparation_task: Some(JobPreparationTask {
+                    command_line: bash_c(&self.preparation_script(job)),
+                    wait_for_success: Some(true),
+                    user_identity: Some(UserIdentity::auto_user(
+                        AutoUserScope::Pool,
+                        ElevationLevel::Admin,
+                    )),
+                    ..Default::default()
+                }),
+                job_release_task: job.job_release.as_ref().map(|r| JobReleaseTask {
+                    command_line: bash_c(&r.command),
+                    user_identity: Some(UserIdentity::auto_user(
+                        AutoUserScope::Pool,
+                        ElevationLevel::Admin,
+                    )),
+                    ..Default::default()
+                }),
+                on_all_tasks_complete: job
+                    .auto_complete
+                    .then_some(OnAllTasksComplete::TerminateJob),
+                uses_task_dependencies: job.uses_task_dependencies(),
+                needs_ssh_key: false,
+            },
+            tasks,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;
