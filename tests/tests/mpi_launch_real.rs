@@ -1,7 +1,8 @@
 //! Real launches of the command lines `shipyard-mpi-launch` renders, for Open MPI, MPICH and
 //! Intel MPI: every test runs `sh -c '<LaunchPlan::render_sh()>'` and checks what really happened.
 //!
-//! - localhost, 4 ranks on this 2-core machine (Open MPI gets `localhost:4` slots): the rank
+//! - localhost, 4 ranks on this 2-core machine (Open MPI gets `localhost:4` slots), run as is and
+//!   wrapped as a Batch commandLine (`/bin/bash -c '<line>'`): the rank
 //!   count and the allreduce from the smoke-test program, `HELLO_EXPECT_SIZE=4` against silent
 //!   singletons; `HELLO_FAIL_RANK=1` makes the launcher exit non-zero; a user value replaces a
 //!   default environment value shipyard sets (printed by every rank via `HELLO_PRINT_ENV`).
@@ -28,7 +29,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use shipyard_e2e::sshd::{port_open, SshNodes, SSH_PORT};
 use shipyard_e2e::{hello_binary, require_mpi, HelloReport, MpiInstall, MpiKind};
-use shipyard_mpi_launch::{Container, Flavor, Hosts, LaunchRequest, Ppn, WallClock};
+use shipyard_mpi_launch::{
+    batch_sh_command_line, Container, Flavor, Hosts, LaunchRequest, Ppn, WallClock,
+};
 
 const LAUNCH_LIMIT_SECS: u32 = 120;
 const UNREACHABLE_LIMIT_SECS: u32 = 20;
@@ -97,6 +100,15 @@ fn local_four_ranks(kind: MpiKind) -> anyhow::Result<()> {
     };
     let (out, _, line) = run(&install, &local4(&install)?)?;
     assert!(out.status.success(), "launch failed: {line}");
+    report(&out.stdout).assert_complete(4);
+    // The same line as a Batch task commandLine, `/bin/bash -c '<line>'`.
+    let batch = batch_sh_command_line(&line);
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(&batch)
+        .envs(install.env.iter().map(|(k, v)| (k, v)))
+        .output()?;
+    assert!(out.status.success(), "launch failed: {batch}");
     report(&out.stdout).assert_complete(4);
     Ok(())
 }
