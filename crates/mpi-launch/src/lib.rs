@@ -24,6 +24,30 @@
 //! shipyard sets by default ([`default_env`]) is replaced by the user's value of the same name.
 //! The crate does no I/O and spawns nothing.
 //!
+//! # Environment values and secrets
+//!
+//! Values given with [`LaunchRequest::env`] appear in the rendered line (`NAME='value' mpirun
+//! ...`), in `Debug` output, and for Intel MPI, MPICH and MS-MPI in the launcher's argv
+//! (`-genv NAME value`). Do not pass secrets that way: put them in the task's environment and
+//! name them with [`LaunchRequest::forward_env`] (Open MPI `-x NAME`; hydra `-genv NAME "$NAME"`,
+//! expanded only when the line runs; MS-MPI `-genvlist`).
+//!
+//! # Flavour notes
+//!
+//! - Open MPI: 4.x flags by default; [`LaunchRequest::open_mpi_major`]`(5)` switches the runtime
+//!   parameters to PRRTE (`--prtemca plm_ssh_args`, `prte_if_include`). Placement is
+//!   `--host h:N,...` (or `--hostfile`, `host slots=N`) plus `--map-by ppr:N:node`; with
+//!   oversubscription `--oversubscribe` instead of the `ppr` mapping.
+//! - Intel MPI: `-hosts h1,h2` with `-ppn N` (never `h:N`), or `-machinefile` with `host:N`;
+//!   ssh arguments via `-bootstrap ssh -bootstrap-exec-args`; defaults `I_MPI_FABRICS=shm:ofi`,
+//!   `FI_PROVIDER=tcp`; [`LaunchRequest::iface`] sets `I_MPI_HYDRA_IFACE` and `FI_TCP_IFACE`.
+//! - MPICH (and MVAPICH): `-hosts` with `-ppn`, or `-f` with `host:N`; ssh arguments in
+//!   `HYDRA_LAUNCHER_EXTRA_ARGS`; `-iface`. Hydra hangs when ssh to a node fails: set a
+//!   [`WallClock`] limit.
+//! - MS-MPI: `-hosts n h1 N h2 N`, or with run-time hosts nothing but `-c N` (mpiexec reads
+//!   `CCP_NODES`); `-genv`, `-genvlist`, `-wdir`, `-timeout`. No ssh, no interface pinning, no
+//!   container wrapper: those are errors.
+//!
 //! ```
 //! use shipyard_mpi_launch::{Flavor, Hosts, LaunchRequest, Ppn, RunEnv};
 //! let plan = LaunchRequest::new(Flavor::OpenMpi)

@@ -33,7 +33,9 @@ impl Hostfile {
     /// The contents, when known now.
     pub fn literal_contents(&self) -> Option<String> {
         match (&self.hosts, self.per_host.known()) {
-            (HostfileHosts::List(hosts), Some(n)) => Some(lines(hosts.iter(), &self.suffix, n)),
+            (HostfileHosts::List(hosts), Some(n)) => {
+                Some(lines(hosts.iter(), &self.suffix, u64::from(n)))
+            }
             _ => None,
         }
     }
@@ -71,11 +73,8 @@ impl Hostfile {
     }
 }
 
-fn lines<'a>(
-    hosts: impl Iterator<Item = &'a (impl AsRef<str> + 'a + ?Sized)>,
-    suffix: &str,
-    n: impl std::fmt::Display,
-) -> String {
+/// One `<host><suffix><n>` line per host.
+fn lines<S: AsRef<str>>(hosts: impl Iterator<Item = S>, suffix: &str, n: u64) -> String {
     hosts
         .map(|h| format!("{}{suffix}{n}\n", h.as_ref()))
         .collect()
