@@ -89,6 +89,15 @@ pub struct GlobalArgs {
     /// No progress bars.
     #[arg(short = 'q', long, global = true)]
     pub quiet: bool,
+    /// Load a runtime plugin (a shared library exporting `shipyard_runtime_plugin_v1`);
+    /// repeatable. Jobs select it with `runtime = "<its name>"`.
+    #[arg(
+        long = "plugin",
+        global = true,
+        value_name = "FILE",
+        env = "SHIPYARD_PLUGIN"
+    )]
+    pub plugins: Vec<PathBuf>,
 }
 
 /// Where commands act.

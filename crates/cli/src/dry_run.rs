@@ -8,17 +8,11 @@ use crate::render::{self, RestRequest, API_VERSION};
 use crate::{CliError, CliResult};
 
 fn print(global: &GlobalArgs, requests: &[RestRequest]) {
-    match global.output {
-        OutputFormat::Json => println!("{}", crate::output::to_json_string(&requests)),
-        OutputFormat::Table => {
-            for r in requests {
-                println!("# {} {} ({})", r.method, r.path, r.definition);
-                if !r.body.is_null() {
-                    println!("{}", crate::output::to_json_string(&r.body));
-                }
-            }
-        }
-    }
+    let text = match global.output {
+        OutputFormat::Json => format!("{}\n", crate::output::to_json_string(&requests)),
+        OutputFormat::Table => render::requests_text(requests),
+    };
+    crate::output::print_stdout(text.as_bytes());
 }
 
 fn plan_error(config: &Config, job: &LoadedJob, e: shipyard_runtime::RuntimeError) -> CliError {

@@ -22,9 +22,11 @@ mod local_target;
 use args::{Cli, Command, ConfigCommand, GlobalArgs, OutputFormat, RunArgs, Target};
 use config::{Config, ConfigError};
 
-// Link the built-in runtimes so their registrations are in the registry.
-use shipyard_runtime_docker as _;
-use shipyard_runtime_singularity as _;
+/// Links the built-in runtimes so their registrations are in the registry.
+fn link_runtimes() {
+    shipyard_runtime_docker::link();
+    shipyard_runtime_singularity::link();
+}
 
 /// Exit code of usage errors (bad flags, bad configuration).
 pub const EXIT_USAGE: u8 = 2;
@@ -72,6 +74,7 @@ pub fn main_with_args() -> ExitCode {
         }
     };
     init_logging(cli.global.verbose);
+    link_runtimes();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -121,6 +124,10 @@ pub fn report(e: &CliError) {
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> CliResult {
     let Cli { global, command } = cli;
+    for plugin in &global.plugins {
+        shipyard_runtime::registry::load_plugin(plugin)
+            .map_err(|e| CliError::Usage(format!("--plugin {}: {e}", plugin.display())))?;
+    }
     match command {
         Command::Completions { shell } => {
             let mut cmd = Cli::command();

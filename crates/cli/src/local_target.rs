@@ -119,11 +119,26 @@ pub fn plan_to_local(
     plan: &JobPlan,
     max_parallel_tasks: Option<usize>,
 ) -> anyhow::Result<shipyard_local::JobSpec> {
-    let tasks = plan
+    let mut tasks = plan
         .tasks
         .iter()
         .map(task_to_local)
         .collect::<anyhow::Result<Vec<_>>>()?;
+    // The docker runtime's default native coordination installs the job's key files, which on
+    // Azure the job preparation task writes. The local backend runs no preparation task: it
+    // mounts its own per-run key at /root/.ssh, so the nodes only need to start sshd.
+    let default_coordination = shipyard_runtime::shell::bash_c(
+        &shipyard_runtime_docker::native_coordination_script(job_id, None),
+    );
+    let local_coordination =
+        shipyard_runtime::shell::bash_c(&shipyard_runtime_docker::sshd_script(None, false));
+    for t in &mut tasks {
+        if let Some(mi) = t.multi_instance.as_mut() {
+            if mi.coordination_command_line == default_coordination {
+                mi.coordination_command_line = local_coordination.clone();
+            }
+        }
+    }
     Ok(shipyard_local::JobSpec {
         id: job_id.to_string(),
         tasks,
@@ -149,10 +164,11 @@ fn task_to_local(t: &TaskAddParameter) -> anyhow::Result<shipyard_local::TaskSpe
     let mut task =
         shipyard_local::TaskSpec::new(t.id.clone(), cs.image_name.clone(), t.command_line.clone());
     if let Some(opts) = &cs.container_run_options {
-        task.container_run_options = shipyard_local::cmdline::split_command_line(
+        let args = shipyard_local::cmdline::split_command_line(
             opts,
             &format!("tasks[{}].containerSettings.containerRunOptions", t.id),
         )?;
+        task.container_run_options = strip_labels(args);
     }
     task.environment = t
         .environment_settings
@@ -185,6 +201,21 @@ fn task_to_local(t: &TaskAddParameter) -> anyhow::Result<shipyard_local::TaskSpe
         task.max_wall_clock_secs = c.max_wall_clock_time.as_deref().and_then(iso_duration_secs);
     }
     Ok(task)
+}
+
+/// Drops `--label`/`-l` options: labels are metadata, and the local backend puts its own
+/// `shipyard.*` labels on every container (it rejects options it does not apply).
+fn strip_labels(args: Vec<String>) -> Vec<String> {
+    let mut out = Vec::with_capacity(args.len());
+    let mut it = args.into_iter();
+    while let Some(a) = it.next() {
+        if a == "--label" || a == "-l" {
+            it.next();
+        } else if !a.starts_with("--label=") {
+            out.push(a);
+        }
+    }
+    out
 }
 
 /// `run` on this machine: plan, run every selected job with progress, exit with the task code.
@@ -608,11 +639,9 @@ fn files(store: &shipyard_local::Store, f: &FilesArgs) -> CliResult {
             }
             None => {
                 if names.len() > 1 {
-                    println!("==> {name} <==");
+                    crate::output::print_stdout(format!("==> {name} <==\n").as_bytes());
                 }
-                std::io::stdout()
-                    .write_all(&data)
-                    .context("cannot write to stdout")?;
+                crate::output::print_stdout(&data);
             }
         }
     }
@@ -622,6 +651,21 @@ fn files(store: &shipyard_local::Store, f: &FilesArgs) -> CliResult {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn labels_are_stripped() {
+        let args = [
+            "--shm-size=1g",
+            "--label",
+            "a=b",
+            "-l",
+            "c=d",
+            "--label=e=f",
+            "--init",
+        ];
+        let out = strip_labels(args.iter().map(|s| s.to_string()).collect());
+        assert_eq!(out, vec!["--shm-size=1g", "--init"]);
+    }
 
     #[test]
     fn iso_durations() {

@@ -60,10 +60,18 @@ impl Table {
 
 /// Prints `value` as JSON, or `table` for people.
 pub fn emit<T: Serialize>(format: OutputFormat, value: &T, table: impl FnOnce() -> Table) {
-    match format {
-        OutputFormat::Json => println!("{}", to_json_string(value)),
-        OutputFormat::Table => print!("{}", table().render()),
-    }
+    let text = match format {
+        OutputFormat::Json => format!("{}\n", to_json_string(value)),
+        OutputFormat::Table => table().render(),
+    };
+    print_stdout(text.as_bytes());
+}
+
+/// Writes to stdout; a closed pipe (`shipyard … | head`) is not an error worth a panic.
+pub fn print_stdout(bytes: &[u8]) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(bytes).and_then(|()| out.flush());
 }
 
 /// Pretty JSON (never fails for our serializable types; falls back to `null`).

@@ -7,7 +7,7 @@
 
 use serde::Serialize;
 use serde_json::{json, Value};
-use shipyard_batch_api::models::PoolAddParameter;
+use shipyard_batch_api::models::{JobAddParameter, PoolAddParameter, TaskAddParameter};
 use shipyard_runtime::{JobPlan, JobSpec, RuntimeError};
 
 use crate::config::PoolSpecification;
@@ -102,31 +102,64 @@ fn redact_keys(job: &mut Value) {
     }
 }
 
-/// The requests that create job `job` (and its tasks) from `plan`. A plan that needs an SSH
-/// key gets a fresh one, unless `dry_run`, where the key slots hold [`KEY_PLACEHOLDER`].
+/// A job ready to submit: the `JobAddParameter` (without `onAllTasksComplete`, which Batch
+/// would apply to the still empty job at once), the tasks, and the `JobPatchParameter` that sets
+/// `onAllTasksComplete` once every task is added (Batch Shipyard's `auto_complete` sequence).
+#[derive(Debug, Clone)]
+pub struct JobSubmission {
+    /// `Job_Add` body.
+    pub job: JobAddParameter,
+    /// The tasks, for `Task_AddCollection`.
+    pub tasks: Vec<TaskAddParameter>,
+    /// `Job_Patch` body sent after the tasks, if any.
+    pub patch: Option<Value>,
+}
+
+/// Builds the submission of `job` from `plan`. A plan that needs an SSH key gets a fresh one.
+pub fn job_submission(
+    job: &JobSpec,
+    plan: &JobPlan,
+    pool_id: &str,
+) -> Result<JobSubmission, RuntimeError> {
+    let mut plan = plan.clone();
+    if plan.job.needs_ssh_key {
+        let key = shipyard_runtime::ssh::JobSshKey::generate(&format!("shipyard-{}", job.id))?;
+        plan.install_ssh_key(&key)?;
+    }
+    let mut add = plan.job_add_parameter(&job.id, pool_id);
+    let patch = match add.on_all_tasks_complete.take() {
+        Some(o) => Some(json!({ "onAllTasksComplete": to_value(&o, "job.onAllTasksComplete")? })),
+        None => None,
+    };
+    Ok(JobSubmission {
+        job: add,
+        tasks: plan.tasks,
+        patch,
+    })
+}
+
+/// The requests that create job `job` (and its tasks) from `plan`: `Job_Add`,
+/// `Task_AddCollection` per 100 tasks, then `Job_Patch` for `onAllTasksComplete`. With
+/// `dry_run` the SSH key slots hold [`KEY_PLACEHOLDER`].
 pub fn job_requests(
     job: &JobSpec,
     plan: &JobPlan,
     pool_id: &str,
     dry_run: bool,
 ) -> Result<Vec<RestRequest>, RuntimeError> {
-    let mut plan = plan.clone();
-    if plan.job.needs_ssh_key {
-        let key = shipyard_runtime::ssh::JobSshKey::generate(&format!("shipyard-{}", job.id))?;
-        plan.install_ssh_key(&key)?;
-    }
-    let mut job_body = to_value(&plan.job_add_parameter(&job.id, pool_id), "job")?;
+    let sub = job_submission(job, plan, pool_id)?;
+    let mut job_body = to_value(&sub.job, "job")?;
     if dry_run {
         redact_keys(&mut job_body);
     }
-    let mut out = Vec::with_capacity(2 + plan.tasks.len() / TASKS_PER_COLLECTION);
+    let mut out = Vec::with_capacity(3 + sub.tasks.len() / TASKS_PER_COLLECTION);
     out.push(RestRequest {
         method: "POST",
         path: format!("/jobs?api-version={API_VERSION}"),
         definition: "JobAddParameter",
         body: job_body,
     });
-    for chunk in plan.tasks.chunks(TASKS_PER_COLLECTION) {
+    for chunk in sub.tasks.chunks(TASKS_PER_COLLECTION) {
         out.push(RestRequest {
             method: "POST",
             path: format!(
@@ -135,6 +168,14 @@ pub fn job_requests(
             ),
             definition: "TaskAddCollectionParameter",
             body: json!({ "value": to_value(&chunk, "tasks")? }),
+        });
+    }
+    if let Some(patch) = sub.patch {
+        out.push(RestRequest {
+            method: "PATCH",
+            path: format!("/jobs/{}?api-version={API_VERSION}", job.id),
+            definition: "JobPatchParameter",
+            body: patch,
         });
     }
     Ok(out)
@@ -153,13 +194,15 @@ pub fn pool_request(
     })
 }
 
-/// Renders requests for people: a `METHOD path (Definition)` line, then the pretty body.
+/// Renders requests for people: a `# METHOD path (Definition)` line, then the pretty body.
 pub fn requests_text(requests: &[RestRequest]) -> String {
     let mut out = String::new();
     for r in requests {
         out.push_str(&format!("# {} {} ({})\n", r.method, r.path, r.definition));
-        out.push_str(&serde_json::to_string_pretty(&r.body).unwrap_or_default());
-        out.push('\n');
+        if !r.body.is_null() {
+            out.push_str(&serde_json::to_string_pretty(&r.body).unwrap_or_default());
+            out.push('\n');
+        }
     }
     out
 }
