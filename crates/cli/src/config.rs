@@ -288,9 +288,12 @@ pub struct LocalSettings {
     /// Where job state and task output live (default `~/.local/state/shipyard`).
     #[serde(default)]
     pub state_dir: Option<PathBuf>,
-    /// Tasks run at once (default: the pool's nodes × task slots).
+    /// Tasks run at once (default: the number of CPUs).
     #[serde(default)]
     pub max_parallel_tasks: Option<usize>,
+    /// Extra labels on every Docker object of local runs (tests use `shipyard.test = "1"`).
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 /// One TOML file as written; all sections optional.

@@ -74,6 +74,9 @@ fn options(config: Option<&Config>, global: &GlobalArgs, stream: bool) -> LocalO
         if let Some(n) = c.local.max_parallel_tasks {
             opts = opts.max_parallel_tasks(n);
         }
+        for (k, v) in &c.local.labels {
+            opts = opts.label(k, v);
+        }
     }
     let _ = global;
     opts

@@ -1,0 +1,281 @@
+//! `--target azure` against the strict local Batch server (`shipyard_batch_spec::server`):
+//! every request the CLI sends must match the spec, or the server rejects it.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use assert_cmd::Command;
+use predicates::prelude::*;
+use serde_json::Value;
+use shipyard_batch_spec::server::{ServerConfig, TestServer};
+
+fn examples_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples")
+}
+
+struct Env {
+    // Declared first so the server shuts down before its runtime is dropped.
+    server: TestServer,
+    _rt: tokio::runtime::Runtime,
+}
+
+impl Env {
+    fn start() -> Env {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
+        let server = rt
+            .block_on(TestServer::start(ServerConfig::default()))
+            .expect("test server starts");
+        Env { server, _rt: rt }
+    }
+
+    fn shipyard(&self) -> Command {
+        let mut cmd = Command::cargo_bin("shipyard").expect("binary built");
+        for var in [
+            "SHIPYARD_CONFIG",
+            "SHIPYARD_CONFIGDIR",
+            "SHIPYARD_AAD_TENANT_ID",
+        ] {
+            cmd.env_remove(var);
+        }
+        cmd.env("SHIPYARD_BATCH_ACCOUNT_URL", self.server.url())
+            .env("SHIPYARD_BATCH_ACCOUNT_NAME", self.server.account())
+            .env("SHIPYARD_BATCH_ACCOUNT_KEY", self.server.key())
+            .env("SHIPYARD_POLL_INTERVAL_MS", "50")
+            .args(["--target", "azure", "--quiet"]);
+        cmd
+    }
+
+    fn rejected(&self) -> Vec<String> {
+        self.server
+            .requests()
+            .into_iter()
+            .filter(|r| r.status >= 400 && r.status != 404)
+            .map(|r| format!("{} {} -> {} {:?}", r.method, r.path, r.status, r.error_code))
+            .collect()
+    }
+}
+
+fn json(out: &std::process::Output) -> Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}): {}\nstderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+#[test]
+fn pool_add_list_resize_nodes_del() {
+    let env = Env::start();
+    let ex = examples_dir().join("local-openmpi.toml");
+    env.shipyard()
+        .arg("-c")
+        .arg(&ex)
+        .args(["pool", "add"])
+        .assert()
+        .success();
+    let pool = env.server.pool("mpipool").expect("pool created");
+    assert_eq!(pool["vmSize"], "Standard_D4s_v5");
+    assert_eq!(pool["targetDedicatedNodes"], 3);
+    assert_eq!(pool["enableInterNodeCommunication"], true);
+    let out = env
+        .shipyard()
+        .arg("-c")
+        .arg(&ex)
+        .args(["--output", "json", "pool", "list"])
+        .output()
+        .expect("runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(json(&out)[0]["id"], "mpipool");
+    env.shipyard()
+        .arg("-c")
+        .arg(&ex)
+        .args(["pool", "resize", "--dedicated", "5"])
+        .assert()
+        .success();
+    env.shipyard()
+        .arg("-c")
+        .arg(&ex)
+        .args(["pool", "nodes"])
+        .assert()
+        .success();
+    // A second add of the same pool is a clear error (exit 1), not a crash.
+    env.shipyard()
+        .arg("-c")
+        .arg(&ex)
+        .args(["pool", "add"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("PoolExists").or(predicate::str::contains("exists")));
+    env.shipyard()
+        .arg("-c")
+        .arg(&ex)
+        .args(["pool", "del", "--yes"])
+        .assert()
+        .success();
+    let rejected: Vec<String> = env
+        .rejected()
+        .into_iter()
+        .filter(|r| !r.contains("PoolExists"))
+        .collect();
+    assert!(rejected.is_empty(), "{rejected:#?}");
+}
+
+#[test]
+fn jobs_add_then_list_tasks_and_get() {
+    let env = Env::start();
+    let ex = examples_dir().join("bag-of-tasks.toml");
+    env.shipyard()
+        .arg("-c")
+        .arg(&ex)
+        .args(["pool", "add"])
+        .assert()
+        .success();
+    env.shipyard()
+        .arg("-c")
+        .arg(&ex)
+        .args(["jobs", "add"])
+        .assert()
+        .success();
+    assert_eq!(env.server.task_count("wordcount"), 5);
+    let job = env.server.job("wordcount").expect("job created");
+    assert_eq!(job["usesTaskDependencies"], true);
+    assert_eq!(job["onAllTasksComplete"], "terminatejob");
+    let out = env
+        .shipyard()
+        .arg("-c")
+        .arg(&ex)
+        .args(["--output", "json", "tasks", "list", "--job", "wordcount"])
+        .output()
+        .expect("runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(json(&out).as_array().map(Vec::len), Some(5));
+    env.shipyard()
+        .arg("-c")
+        .arg(&ex)
+        .args(["tasks", "get", "--job", "wordcount", "reduce"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("reduce"));
+    env.shipyard()
+        .arg("-c")
+        .arg(&ex)
+        .args(["tasks", "get", "--job", "wordcount", "nope"])
+        .assert()
+        .code(1);
+    env.shipyard()
+        .arg("-c")
+        .arg(&ex)
+        .args(["jobs", "term", "wordcount"])
+        .assert()
+        .success();
+    env.shipyard()
+        .arg("-c")
+        .arg(&ex)
+        .args(["jobs", "del", "wordcount", "--yes"])
+        .assert()
+        .success();
+    let rejected = env.rejected();
+    assert!(
+        rejected.iter().all(|r| r.contains("/tasks/nope")),
+        "{rejected:#?}"
+    );
+}
+
+#[test]
+fn missing_credentials_are_a_usage_error() {
+    let mut cmd = Command::cargo_bin("shipyard").expect("binary built");
+    for var in [
+        "SHIPYARD_BATCH_ACCOUNT_URL",
+        "SHIPYARD_BATCH_ACCOUNT_NAME",
+        "SHIPYARD_BATCH_ACCOUNT_KEY",
+        "SHIPYARD_AAD_CLIENT_SECRET",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd.args(["--target", "azure", "-c"])
+        .arg(examples_dir().join("local-openmpi.toml"))
+        .args(["pool", "list"])
+        .assert()
+        .code(2)
+        .stderr(
+            predicate::str::contains("account_service_url")
+                .or(predicate::str::contains("credentials")),
+        );
+}
+
+/// Runs `shipyard run` while completing the task on the server with `exit_code`.
+fn run_with_exit(exit_code: i32) -> (std::process::Output, Env) {
+    let env = Env::start();
+    let ex = examples_dir().join("native-intelmpi.toml");
+    let mut cmd = env.shipyard();
+    cmd.arg("--output").arg("json").arg("run").arg(&ex);
+    let child = std::thread::spawn(move || cmd.output().expect("runs"));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while env.server.task_count("hello-intelmpi") < 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the task never arrived: {:#?}",
+            env.rejected()
+        );
+        assert!(
+            !child.is_finished(),
+            "shipyard exited before adding the task"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(env
+        .server
+        .set_task_state("hello-intelmpi", "hello", "running", None));
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(env
+        .server
+        .set_task_state("hello-intelmpi", "hello", "completed", Some(exit_code)));
+    let out = child.join().expect("join");
+    (out, env)
+}
+
+#[test]
+fn run_creates_pool_and_job_waits_and_succeeds() {
+    let (out, env) = run_with_exit(0);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let tasks = json(&out);
+    assert_eq!(tasks[0]["id"], "hello");
+    assert_eq!(tasks[0]["state"], "completed");
+    let pool = env.server.pool("impi-native").expect("pool created by run");
+    assert_eq!(
+        pool["virtualMachineConfiguration"]["containerConfiguration"]["type"],
+        "dockerCompatible"
+    );
+    let task = env.server.task("hello-intelmpi", "hello").expect("task");
+    assert_eq!(task["multiInstanceSettings"]["numberOfInstances"], 2);
+    assert!(env.rejected().is_empty(), "{:#?}", env.rejected());
+}
+
+#[test]
+fn run_exits_with_the_failed_task_exit_code() {
+    let (out, _env) = run_with_exit(7);
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
