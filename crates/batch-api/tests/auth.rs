@@ -25,10 +25,16 @@ async fn raw(
     let url = url::Url::parse(&format!("{}{path_and_query}", server.url())).expect("url");
     let mut h = HeaderMap::new();
     if let Some(d) = date {
-        h.insert("ocp-date", HeaderValue::from_str(&httpdate::fmt_http_date(d)).expect("date"));
+        h.insert(
+            "ocp-date",
+            HeaderValue::from_str(&httpdate::fmt_http_date(d)).expect("date"),
+        );
     }
     if let Some(b) = body {
-        h.insert("content-type", HeaderValue::from_static("application/json; odata=minimalmetadata"));
+        h.insert(
+            "content-type",
+            HeaderValue::from_static("application/json; odata=minimalmetadata"),
+        );
         h.insert("content-length", HeaderValue::from(b.len()));
     }
     let cred = SharedKeyCredential::new(server.account(), server.key()).expect("cred");
@@ -74,8 +80,15 @@ async fn good_key_passes_and_headers_are_sent() {
     let log = server.requests();
     assert_eq!(log.len(), 1);
     assert_eq!(log[0].auth, AuthKind::SharedKey);
-    assert!(log[0].query.contains("api-version=2024-07-01.20.0"), "{}", log[0].query);
-    let id = log[0].client_request_id.as_deref().expect("client-request-id");
+    assert!(
+        log[0].query.contains("api-version=2024-07-01.20.0"),
+        "{}",
+        log[0].query
+    );
+    let id = log[0]
+        .client_request_id
+        .as_deref()
+        .expect("client-request-id");
     assert!(uuid::Uuid::parse_str(id).is_ok_and(|u| u.get_version_num() == 4));
 }
 
@@ -84,12 +97,21 @@ async fn wrong_api_version_is_400() {
     let server = server().await;
     let c = client_with(
         &server,
-        ClientOptions { api_version: "2023-05-01.17.0".into(), ..fast_options() },
+        ClientOptions {
+            api_version: "2023-05-01.17.0".into(),
+            ..fast_options()
+        },
     );
     let err = c.get_job("j").await.expect_err("unsupported version");
-    assert_eq!((err.status(), err.code()), (Some(400), Some("InvalidQueryParameterValue")));
+    assert_eq!(
+        (err.status(), err.code()),
+        (Some(400), Some("InvalidQueryParameterValue"))
+    );
     let svc = err.service().expect("service");
-    assert!(svc.details.iter().any(|d| d.value.as_deref() == Some("api-version")));
+    assert!(svc
+        .details
+        .iter()
+        .any(|d| d.value.as_deref() == Some("api-version")));
 }
 
 #[tokio::test]
@@ -97,37 +119,94 @@ async fn server_rejects_missing_api_version_stale_or_missing_date_and_bad_bodies
     let server = server().await;
     let now = SystemTime::now();
     let (s, v) = raw(&server, "GET", "/pools", Some(now), None).await;
-    assert_eq!((s, v["code"].as_str()), (400, Some("MissingRequiredQueryParameter")));
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (400, Some("MissingRequiredQueryParameter"))
+    );
 
-    let (s, v) = raw(&server, "GET", "/pools?api-version=2024-07-01.20.0", Some(now - Duration::from_secs(20 * 60)), None).await;
+    let (s, v) = raw(
+        &server,
+        "GET",
+        "/pools?api-version=2024-07-01.20.0",
+        Some(now - Duration::from_secs(20 * 60)),
+        None,
+    )
+    .await;
     assert_eq!((s, v["code"].as_str()), (403, Some("AuthenticationFailed")));
 
-    let (s, v) = raw(&server, "GET", "/pools?api-version=2024-07-01.20.0", None, None).await;
-    assert_eq!((s, v["code"].as_str()), (400, Some("MissingRequiredHeader")));
+    let (s, v) = raw(
+        &server,
+        "GET",
+        "/pools?api-version=2024-07-01.20.0",
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (400, Some("MissingRequiredHeader"))
+    );
 
-    let (s, _) = raw(&server, "GET", "/pools?api-version=2024-07-01.20.0", Some(now), None).await;
+    let (s, _) = raw(
+        &server,
+        "GET",
+        "/pools?api-version=2024-07-01.20.0",
+        Some(now),
+        None,
+    )
+    .await;
     assert_eq!(s, 200, "a correct hand-signed request passes");
 
     // Unknown property and missing required vmSize: 400 listing both violations.
     let body = r#"{"id":"p1","bogus":true}"#;
-    let (s, v) = raw(&server, "POST", "/pools?api-version=2024-07-01.20.0", Some(now), Some(body)).await;
+    let (s, v) = raw(
+        &server,
+        "POST",
+        "/pools?api-version=2024-07-01.20.0",
+        Some(now),
+        Some(body),
+    )
+    .await;
     assert_eq!((s, v["code"].as_str()), (400, Some("InvalidRequestBody")));
     let details = v["values"].to_string();
-    assert!(details.contains("bogus") && details.contains("vmSize"), "{details}");
-    assert_eq!(server.create_stat("pool/p1").attempts, 0, "invalid bodies never reach the state");
+    assert!(
+        details.contains("bogus") && details.contains("vmSize"),
+        "{details}"
+    );
+    assert_eq!(
+        server.create_stat("pool/p1").attempts,
+        0,
+        "invalid bodies never reach the state"
+    );
 }
 
 #[tokio::test]
 async fn signature_over_another_path_is_rejected() {
     let server = server().await;
-    let url = url::Url::parse(&format!("{}/pools/a?api-version=2024-07-01.20.0", server.url())).expect("url");
-    let other = url::Url::parse(&format!("{}/pools/b?api-version=2024-07-01.20.0", server.url())).expect("url");
+    let url = url::Url::parse(&format!(
+        "{}/pools/a?api-version=2024-07-01.20.0",
+        server.url()
+    ))
+    .expect("url");
+    let other = url::Url::parse(&format!(
+        "{}/pools/b?api-version=2024-07-01.20.0",
+        server.url()
+    ))
+    .expect("url");
     let mut h = HeaderMap::new();
-    h.insert("ocp-date", HeaderValue::from_str(&httpdate::fmt_http_date(SystemTime::now())).expect("d"));
+    h.insert(
+        "ocp-date",
+        HeaderValue::from_str(&httpdate::fmt_http_date(SystemTime::now())).expect("d"),
+    );
     let cred = SharedKeyCredential::new(server.account(), server.key()).expect("cred");
     let auth = cred.authorization("GET", &url, &h);
     h.insert("authorization", HeaderValue::from_str(&auth).expect("auth"));
-    let resp = reqwest::Client::new().get(other).headers(h).send().await.expect("send");
+    let resp = reqwest::Client::new()
+        .get(other)
+        .headers(h)
+        .send()
+        .await
+        .expect("send");
     assert_eq!(resp.status().as_u16(), 403);
 }
 
@@ -156,15 +235,30 @@ async fn entra_token_is_cached_and_refreshed_before_expiry() {
     let log = server.requests();
     let batch: Vec<_> = log.iter().filter(|r| r.operation.is_some()).collect();
     assert_eq!(batch.len(), 4);
-    assert!(batch.iter().all(|r| r.auth == AuthKind::Bearer && r.status < 400), "{batch:?}");
-    assert_eq!(log.iter().filter(|r| r.path.ends_with("/my-tenant/oauth2/v2.0/token")).count() as u64, server.tokens_issued());
+    assert!(
+        batch
+            .iter()
+            .all(|r| r.auth == AuthKind::Bearer && r.status < 400),
+        "{batch:?}"
+    );
+    assert_eq!(
+        log.iter()
+            .filter(|r| r.path.ends_with("/my-tenant/oauth2/v2.0/token"))
+            .count() as u64,
+        server.tokens_issued()
+    );
 }
 
 #[tokio::test]
 async fn bad_client_secret_is_a_token_error_without_the_secret() {
     let server = server().await;
-    let cred = ClientSecretCredential::with_authority(&server.url(), "t", "test-client", "wrong-secret-value")
-        .expect("cred");
+    let cred = ClientSecretCredential::with_authority(
+        &server.url(),
+        "t",
+        "test-client",
+        "wrong-secret-value",
+    )
+    .expect("cred");
     let c = BatchClient::with_options(&server.url(), cred, fast_options()).expect("client");
     let err = c.get_pool("p").await.expect_err("no token");
     assert!(matches!(err, BatchError::Token { .. }), "{err:?}");

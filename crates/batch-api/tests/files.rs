@@ -45,23 +45,40 @@ async fn task_file_streams_to_disk_byte_for_byte() {
 
     let dir = tempfile::tempdir().expect("tempdir");
     let dest = dir.path().join("stdout.txt");
-    let got = c.download_task_file("j", "t", "stdout.txt", &dest, None).await.expect("download");
+    let got = c
+        .download_task_file("j", "t", "stdout.txt", &dest, None)
+        .await
+        .expect("download");
     assert_eq!(got.bytes, data.len() as u64);
     assert_eq!(std::fs::read(&dest).expect("read"), data);
 
     let nested = dir.path().join("nested");
-    c.download_task_file("j", "t", "wd/out dir/result.bin", &nested, None).await.expect("nested path");
+    c.download_task_file("j", "t", "wd/out dir/result.bin", &nested, None)
+        .await
+        .expect("nested path");
     assert_eq!(std::fs::read(&nested).expect("read"), b"nested");
 
     let part = dir.path().join("part");
     let got = c
-        .download_task_file("j", "t", "stdout.txt", &part, Some(ByteRange { start: 1000, end: Some(1999) }))
+        .download_task_file(
+            "j",
+            "t",
+            "stdout.txt",
+            &part,
+            Some(ByteRange {
+                start: 1000,
+                end: Some(1999),
+            }),
+        )
         .await
         .expect("range");
     assert_eq!(got.bytes, 1000);
     assert_eq!(std::fs::read(&part).expect("read"), &data[1000..2000]);
 
-    let missing = c.download_task_file("j", "t", "nope.txt", &part, None).await.expect_err("404");
+    let missing = c
+        .download_task_file("j", "t", "nope.txt", &part, None)
+        .await
+        .expect_err("404");
     assert_eq!(missing.code(), Some("FileNotFound"));
 }
 
@@ -71,7 +88,14 @@ async fn node_file_download_survives_a_dropped_connection() {
     let c = client(&server);
     c.add_pool(&pool("p", 1)).await.expect("pool");
     let nodes = c
-        .wait_for_nodes_idle("p", 1, shipyard_batch_api::WaitOptions::new(std::time::Duration::from_secs(5), std::time::Duration::from_millis(20)))
+        .wait_for_nodes_idle(
+            "p",
+            1,
+            shipyard_batch_api::WaitOptions::new(
+                std::time::Duration::from_secs(5),
+                std::time::Duration::from_millis(20),
+            ),
+        )
         .await
         .expect("node");
     let node = nodes[0].id.clone().expect("node id");
@@ -86,6 +110,8 @@ async fn node_file_download_survives_a_dropped_connection() {
     server.inject(FaultRule::new(Fault::DropConnection).operation("File_GetFromComputeNode"));
     let dir = tempfile::tempdir().expect("tempdir");
     let dest = dir.path().join("out");
-    c.download_node_file("p", &node, "startup/stdout.txt", &dest, None).await.expect("download");
+    c.download_node_file("p", &node, "startup/stdout.txt", &dest, None)
+        .await
+        .expect("download");
     assert_eq!(std::fs::read(&dest).expect("read"), data);
 }
