@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::docker::Engine;
 use crate::error::{LocalError, Result};
 use crate::events::{Event, EventSender, Events};
-use crate::keys::RunKeys;
+use crate::keys::{KeyMount, RunKeys};
 use crate::spec::{JobSpec, OnAllTasksComplete, OnTaskFailure};
 use crate::store::{JobRecord, JobState, Store, TaskRecord, TaskResult, TaskState};
 use crate::sweep::SweepReport;
@@ -239,6 +239,48 @@ impl LocalBackend {
     /// reported in the outcome; `Err` means the job could not start (invalid job, missing image,
     /// Docker trouble). Dropping the future stops the tasks and removes their containers too.
     pub async fn run_spec(&self, job: JobSpec, events: Option<EventSender>) -> Result<JobOutcome> {
+        self.run_with(job, KeyMount::RootSsh, events).await
+    }
+
+    /// Runs a runtime's plan (made for a native container pool, e.g. with
+    /// [`crate::plan::pool_facts`]) unmodified: the job's key files are mounted where the
+    /// docker runtime's native coordination command installs them from
+    /// (`$AZ_BATCH_NODE_SHARED_DIR/shipyard/ssh/<job>/`).
+    pub async fn run_plan(
+        &self,
+        job_id: &str,
+        plan: &shipyard_runtime::JobPlan,
+        events: Option<EventSender>,
+    ) -> Result<JobOutcome> {
+        let spec = crate::plan::spec_from_plan(job_id, plan)?;
+        let dir = format!(
+            "{}/shared/{}",
+            crate::env::NODE_ROOT_DIR,
+            shipyard_runtime::ssh::node_key_dir_relative(job_id)
+        );
+        self.run_with(spec, KeyMount::Directory(dir), events).await
+    }
+
+    /// Plans `job` with `runtime` for this machine ([`crate::plan::pool_facts`]) and runs the
+    /// plan ([`LocalBackend::run_plan`]).
+    pub async fn run_job(
+        &self,
+        job: &shipyard_runtime::JobSpec,
+        runtime: &dyn shipyard_runtime::ContainerRuntime,
+        events: Option<EventSender>,
+    ) -> Result<JobOutcome> {
+        let plan = runtime
+            .plan(job, &crate::plan::pool_facts(job))
+            .map_err(|e| LocalError::Runtime(e.to_string()))?;
+        self.run_plan(&job.id, &plan, events).await
+    }
+
+    async fn run_with(
+        &self,
+        job: JobSpec,
+        key_mount: KeyMount,
+        events: Option<EventSender>,
+    ) -> Result<JobOutcome> {
         job.validate()?;
         let deps = resolve_dependencies(&job)?;
         let events = Events(events);
@@ -265,6 +307,7 @@ impl LocalBackend {
             job: job.id.clone(),
             run_id: run_id.clone(),
             keys,
+            key_mount,
             events: events.clone(),
         });
         let created = OffsetDateTime::now_utc();

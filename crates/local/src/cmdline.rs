@@ -99,6 +99,8 @@ pub struct RunOptions {
     pub user: Option<String>,
     /// `--ipc`.
     pub ipc: Option<String>,
+    /// `-l/--label K=V`: extra container labels (never replacing the backend's own).
+    pub labels: Vec<(String, String)>,
     /// Options we accept but do not apply (`--rm`, `-w`, `--network`: the backend owns those).
     pub ignored: Vec<String>,
 }
@@ -123,6 +125,8 @@ const VALUE_FLAGS: &[&str] = &[
     "--hostname",
     "-h",
     "--gpus",
+    "-l",
+    "--label",
 ];
 
 /// Parses `containerRunOptions` arguments. Unknown flags are an error naming them.
@@ -165,6 +169,10 @@ pub fn parse_run_options(args: &[String]) -> Result<RunOptions> {
             "-v" | "--volume" => o.binds.push(value),
             "-u" | "--user" => o.user = Some(value),
             "--ipc" => o.ipc = Some(value),
+            "-l" | "--label" => {
+                let (k, v) = value.split_once('=').unwrap_or((value.as_str(), ""));
+                o.labels.push((k.to_string(), v.to_string()));
+            }
             "-w" | "--workdir" | "--network" | "--net" | "--name" | "--hostname" | "-h"
             | "--gpus" => o.ignored.push(format!("{flag} {value}")),
             other => {
@@ -261,6 +269,8 @@ mod tests {
             "--rm",
             "--cap-add",
             "SYS_PTRACE",
+            "--label",
+            "shipyard.role=mpi-node",
         ]
         .iter()
         .map(|s| s.to_string())
@@ -271,6 +281,10 @@ mod tests {
         assert_eq!(o.ulimits, vec![("memlock".to_string(), -1, -1)]);
         assert_eq!(o.env, vec!["A=1"]);
         assert_eq!(o.cap_add, vec!["SYS_PTRACE"]);
+        assert_eq!(
+            o.labels,
+            vec![("shipyard.role".to_string(), "mpi-node".to_string())]
+        );
         let e = parse_run_options(&["--frobnicate".to_string()]).unwrap_err();
         assert!(e.to_string().contains("--frobnicate"));
         assert!(parse_run_options(&["--ulimit".to_string()]).is_err());

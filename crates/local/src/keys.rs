@@ -93,6 +93,10 @@ impl RunKeys {
         )?;
         write_private(&keys.client_config_path(), client_config().as_bytes())?;
         write_private(
+            &keys.dir.join("id_ed25519.pub"),
+            format!("{}\n", keys.public_openssh).as_bytes(),
+        )?;
+        write_private(
             &keys.dir.join("owner.pid"),
             std::process::id().to_string().as_bytes(),
         )?;
@@ -124,27 +128,50 @@ impl RunKeys {
         &self.public_openssh
     }
 
-    /// Read-only bind specs (`host:container:ro`) for a node.
-    pub fn binds(&self, master: bool) -> Vec<String> {
-        let mut b = vec![format!(
-            "{}:{}:ro",
-            self.authorized_keys_path().display(),
-            layout::AUTHORIZED_KEYS
-        )];
-        if master {
-            b.push(format!(
-                "{}:{}:ro",
-                self.private_key_path().display(),
-                layout::PRIVATE_KEY
-            ));
-            b.push(format!(
-                "{}:{}:ro",
-                self.client_config_path().display(),
-                layout::CLIENT_CONFIG
-            ));
+    /// Read-only bind specs (`host:container:ro`) for a node: `authorized_keys` everywhere, the
+    /// private key and client configuration only where `master` (or the job asks for all).
+    pub fn binds(&self, master: bool, mount: &KeyMount) -> Vec<String> {
+        let ro = |host: PathBuf, ctr: &str| format!("{}:{ctr}:ro", host.display());
+        match mount {
+            KeyMount::RootSsh => {
+                let mut b = vec![ro(self.authorized_keys_path(), layout::AUTHORIZED_KEYS)];
+                if master {
+                    b.push(ro(self.private_key_path(), layout::PRIVATE_KEY));
+                    b.push(ro(self.client_config_path(), layout::CLIENT_CONFIG));
+                }
+                b
+            }
+            KeyMount::Directory(dir) => {
+                use shipyard_runtime::ssh as rs;
+                let at = |f: &str| format!("{dir}/{f}");
+                let private = if master {
+                    self.private_key_path()
+                } else {
+                    // The native coordination installs all four files; a node that launches
+                    // nothing gets an empty private key.
+                    PathBuf::from("/dev/null")
+                };
+                vec![
+                    ro(self.authorized_keys_path(), &at(rs::AUTHORIZED_KEYS_FILE)),
+                    ro(self.dir.join("id_ed25519.pub"), &at(rs::PUBLIC_KEY_FILE)),
+                    ro(self.client_config_path(), &at(rs::CLIENT_CONFIG_FILE)),
+                    ro(private, &at(rs::PRIVATE_KEY_FILE)),
+                ]
+            }
         }
-        b
     }
+}
+
+/// Where a node sees the run's key files.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum KeyMount {
+    /// Directly in `/root/.ssh` ([`layout`]); the coordination command only starts sshd.
+    #[default]
+    RootSsh,
+    /// As the files of the docker runtime's key directory (`id_ed25519`, `id_ed25519.pub`,
+    /// `authorized_keys`, `config`) in this container directory, from which a native plan's
+    /// coordination command installs them into `/root/.ssh`.
+    Directory(String),
 }
 
 impl Drop for RunKeys {
@@ -207,8 +234,21 @@ mod tests {
         assert_eq!(auth.trim(), keys.public_key());
         let dbg = format!("{keys:?}");
         assert!(!dbg.contains("PRIVATE KEY") && dbg.contains("redacted"));
-        assert_eq!(keys.binds(false).len(), 1);
-        assert!(keys.binds(true).iter().all(|b| b.ends_with(":ro")));
+        assert_eq!(keys.binds(false, &KeyMount::RootSsh).len(), 1);
+        assert!(keys
+            .binds(true, &KeyMount::RootSsh)
+            .iter()
+            .all(|b| b.ends_with(":ro")));
+        let d = KeyMount::Directory("/k".into());
+        let worker = keys.binds(false, &d);
+        assert!(
+            worker.contains(&"/dev/null:/k/id_ed25519:ro".to_string()),
+            "{worker:?}"
+        );
+        let master = keys.binds(true, &d);
+        assert!(master
+            .iter()
+            .any(|b| b.ends_with("/id_ed25519:/k/id_ed25519:ro")));
         drop(keys);
         assert!(!dir.exists());
     }

@@ -51,6 +51,7 @@ pub mod env;
 mod error;
 mod events;
 pub mod keys;
+pub mod plan;
 pub mod spec;
 pub mod store;
 mod sweep;

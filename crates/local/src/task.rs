@@ -28,6 +28,7 @@ pub(crate) struct RunCtx {
     pub(crate) job: String,
     pub(crate) run_id: String,
     pub(crate) keys: Option<Arc<RunKeys>>,
+    pub(crate) key_mount: crate::keys::KeyMount,
     pub(crate) events: Events,
 }
 
@@ -336,11 +337,14 @@ async fn attempt_inner(
             let mut binds = binds_common.clone();
             if multi {
                 if let Some(keys) = &ctx.keys {
-                    binds.extend(keys.binds(i == 0 || ctx.opts.keys_on_all_nodes));
+                    binds.extend(keys.binds(i == 0 || ctx.opts.keys_on_all_nodes, &ctx.key_mount));
                 }
             }
             let mut l = labels.clone();
             l.insert(labels::NODE.to_string(), addrs[i].id.clone());
+            for (k, v) in &run_opts.labels {
+                l.entry(k.clone()).or_insert_with(|| v.clone());
+            }
             ContainerSpec {
                 name: format!("{prefix}-{i}"),
                 hostname: addrs[i].id.clone(),
