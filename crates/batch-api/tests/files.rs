@@ -115,3 +115,31 @@ async fn node_file_download_survives_a_dropped_connection() {
         .expect("download");
     assert_eq!(std::fs::read(&dest).expect("read"), data);
 }
+
+#[tokio::test]
+async fn interrupted_download_resumes_with_ocp_range() {
+    let server = server().await;
+    let c = client(&server);
+    pool_and_job(&c, "p", "j").await;
+    c.add_task("j", &task("t")).await.expect("task");
+    let data = payload(2 * 1024 * 1024 + 5);
+    assert!(server.put_task_file("j", "t", "out.bin", data.clone()));
+    server.inject(
+        FaultRule::new(Fault::TruncatedReply { bytes: 700_000 }).operation("File_GetFromTask"),
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dest = dir.path().join("out.bin");
+    let got = c
+        .download_task_file("j", "t", "out.bin", &dest, None)
+        .await
+        .expect("download");
+    assert_eq!(got.requests, 2, "resumed once");
+    assert_eq!(got.bytes, data.len() as u64);
+    assert_eq!(std::fs::read(&dest).expect("read"), data);
+    let log = server.requests();
+    let gets: Vec<_> = log
+        .iter()
+        .filter(|r| r.operation.as_deref() == Some("File_GetFromTask"))
+        .collect();
+    assert_eq!(gets.len(), 2);
+}

@@ -123,6 +123,12 @@ pub enum Fault {
     SlowReply(Duration),
     /// The request is processed (a create succeeds), then the connection is closed without a reply.
     DropReplyAfterCommit,
+    /// The request is processed and the reply's headers announce the whole body, but the
+    /// connection closes after the first `bytes` bytes of it (a transfer cut mid-stream).
+    TruncatedReply {
+        /// Body bytes sent before the connection closes.
+        bytes: usize,
+    },
 }
 
 /// Which requests a [`Fault`] hits and how many times.

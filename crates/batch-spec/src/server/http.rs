@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt as _, Full, Limited};
+use http_body_util::{BodyExt as _, Limited};
 use hyper::body::Incoming;
 use hyper::{Request, Response};
 use serde_json::{json, Value};
@@ -24,6 +24,52 @@ impl std::fmt::Display for DropConnection {
 }
 
 impl std::error::Error for DropConnection {}
+
+/// Response body: whole, or cut short after announcing its full length (fault injection).
+#[derive(Debug)]
+pub(crate) enum ReplyBody {
+    /// The whole body (taken when sent).
+    Full(Option<Bytes>),
+    /// Sends `data`, then fails so the connection is aborted before `announced` bytes.
+    Truncated {
+        /// Announced length.
+        announced: u64,
+        /// The bytes actually sent.
+        data: Option<Bytes>,
+    },
+}
+
+impl hyper::body::Body for ReplyBody {
+    type Data = Bytes;
+    type Error = DropConnection;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, DropConnection>>> {
+        let frame = match self.get_mut() {
+            ReplyBody::Full(d) => d.take().map(|b| Ok(hyper::body::Frame::data(b))),
+            ReplyBody::Truncated { data, .. } => match data.take() {
+                Some(b) => Some(Ok(hyper::body::Frame::data(b))),
+                None => Some(Err(DropConnection)),
+            },
+        };
+        std::task::Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self, ReplyBody::Full(None))
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        match self {
+            ReplyBody::Full(d) => {
+                hyper::body::SizeHint::with_exact(d.as_ref().map_or(0, |b| b.len() as u64))
+            }
+            ReplyBody::Truncated { announced, .. } => hyper::body::SizeHint::with_exact(*announced),
+        }
+    }
+}
 
 /// A reply under construction.
 #[derive(Debug)]
@@ -117,7 +163,7 @@ fn header_str<'a>(headers: &'a hyper::HeaderMap, name: &str) -> Option<&'a str> 
 async fn handle(
     shared: Arc<Shared>,
     req: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, DropConnection> {
+) -> Result<Response<ReplyBody>, DropConnection> {
     let (parts, body) = req.into_parts();
     let method = parts.method.as_str().to_owned();
     let raw_path = parts.uri.path().to_owned();
@@ -191,7 +237,7 @@ async fn handle(
         }
         Some(Fault::SlowReply(d)) => tokio::time::sleep(*d).await,
         Some(Fault::DropReplyAfterCommit) => drop_after = true,
-        None => {}
+        Some(Fault::TruncatedReply { .. }) | None => {}
     }
 
     let reply = pipeline(
@@ -209,7 +255,22 @@ async fn handle(
         log(&shared, record);
         return Err(DropConnection);
     }
-    Ok(log_and_finish(&shared, &headers, record, reply))
+    let truncate = match fault {
+        Some(Fault::TruncatedReply { bytes }) if reply.body.len() > bytes => Some(bytes),
+        _ => None,
+    };
+    let mut resp = log_and_finish(&shared, &headers, record, reply);
+    if let Some(bytes) = truncate {
+        // Announce the full length, send less, then fail the body: hyper aborts the connection.
+        let body = std::mem::replace(resp.body_mut(), ReplyBody::Full(None));
+        if let ReplyBody::Full(Some(full)) = body {
+            *resp.body_mut() = ReplyBody::Truncated {
+                announced: full.len() as u64,
+                data: Some(full.slice(..bytes)),
+            };
+        }
+    }
+    Ok(resp)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -381,7 +442,7 @@ fn log_and_finish(
     req_headers: &hyper::HeaderMap,
     mut record: RequestRecord,
     reply: Reply,
-) -> Response<Full<Bytes>> {
+) -> Response<ReplyBody> {
     record.status = reply.status;
     record.error_code = reply.error_code.clone();
     if reply.status >= 400 {
@@ -391,7 +452,7 @@ fn log_and_finish(
     finish(shared, req_headers, reply)
 }
 
-fn finish(_shared: &Shared, req_headers: &hyper::HeaderMap, reply: Reply) -> Response<Full<Bytes>> {
+fn finish(_shared: &Shared, req_headers: &hyper::HeaderMap, reply: Reply) -> Response<ReplyBody> {
     let mut b = Response::builder().status(reply.status);
     b = b.header("request-id", uuid::Uuid::new_v4().to_string());
     b = b.header("dataserviceversion", "3.0");
@@ -405,8 +466,15 @@ fn finish(_shared: &Shared, req_headers: &hyper::HeaderMap, reply: Reply) -> Res
     for (k, v) in &reply.headers {
         b = b.header(k.as_str(), v.as_str());
     }
-    b.body(Full::new(reply.body)).unwrap_or_else(|_| {
-        let mut r = Response::new(Full::new(Bytes::from_static(b"bad reply header")));
+    let body = if reply.body.is_empty() {
+        ReplyBody::Full(None)
+    } else {
+        ReplyBody::Full(Some(reply.body))
+    };
+    b.body(body).unwrap_or_else(|_| {
+        let mut r = Response::new(ReplyBody::Full(Some(Bytes::from_static(
+            b"bad reply header",
+        ))));
         *r.status_mut() = hyper::StatusCode::INTERNAL_SERVER_ERROR;
         r
     })
