@@ -1,0 +1,217 @@
+//! The `shipyard` binary running real jobs on this machine (`--target local`): the README's
+//! quick start example on 3 nodes, a failing rank, SIGINT mid-run, and reading the results back
+//! from a fresh process.
+#![allow(clippy::unwrap_used)]
+
+mod local_support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use local_support::{leftovers, unique_id, CleanGuard};
+use shipyard_e2e::{repo_root, require_test_image, HelloReport};
+
+/// Builds the CLI once per test process (quick when up to date) and returns its path.
+fn shipyard_binary() -> PathBuf {
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(build_shipyard).clone()
+}
+
+fn build_shipyard() -> PathBuf {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let root = repo_root();
+    let status = Command::new(cargo)
+        .current_dir(&root)
+        .args(["build", "-q", "-p", "shipyard-cli", "--bin", "shipyard"])
+        .status()
+        .expect("run cargo build");
+    assert!(status.success(), "building the shipyard binary");
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    target.join("debug").join("shipyard")
+}
+
+/// The README's example with a unique job id, a private state dir and the test label, plus
+/// `extra_job` lines appended to the job table and `pre` as pre-execution command.
+fn config(dir: &Path, job: &str, extra_job: &str, pre: Option<&str>) -> PathBuf {
+    let example = std::fs::read_to_string(repo_root().join("examples/local-openmpi.toml")).unwrap();
+    let mut text = example
+        .replace("id = \"hello-openmpi\"", &format!("id = \"{job}\""))
+        .replace(
+            "\n[[job_specifications.tasks]]",
+            &format!("\n{extra_job}\n[[job_specifications.tasks]]"),
+        );
+    if let Some(pre) = pre {
+        text = text.replace(
+            "num_instances = 3",
+            &format!("num_instances = 3\npre_execution_command = \"{pre}\""),
+        );
+    }
+    text.push_str(&format!(
+        "\n[local]\nstate_dir = \"{}\"\nlabels = {{ \"shipyard.test\" = \"1\" }}\n",
+        dir.join("state").display()
+    ));
+    let path = dir.join("job.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn shipyard(args: &[&str], cfg: &Path) -> Output {
+    Command::new(shipyard_binary())
+        .arg("-c")
+        .arg(cfg)
+        .args(args)
+        .env_remove("SHIPYARD_TARGET")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn cli_run_local_openmpi_example_on_3_nodes() {
+    if !require_test_image() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let job = unique_id("cli-ompi");
+    let _guard = CleanGuard(job.clone());
+    let cfg = config(dir.path(), &job, "", None);
+    let out = shipyard(&["--quiet", "run", "--tail"], &cfg);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "stdout: {stdout}\nstderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = HelloReport::parse(&stdout);
+    report.assert_complete(6);
+    assert_eq!(report.hosts().len(), 3, "{:?}", report.hosts());
+    assert!(leftovers(&job).is_empty(), "{:?}", leftovers(&job));
+
+    // A fresh process reads the results back from the store.
+    let out = shipyard(&["--output", "json", "jobs", "list"], &cfg);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let jobs: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rec = jobs
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["id"] == job.as_str())
+        .expect("job recorded");
+    assert_eq!(rec["state"], "completed");
+    let out = shipyard(
+        &["--output", "json", "tasks", "get", "--job", &job, "hello"],
+        &cfg,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let task: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(task["exitCode"], 0);
+    assert_eq!(task["nodes"].as_array().map(Vec::len), Some(3));
+    let out = shipyard(
+        &[
+            "files",
+            "--job",
+            &job,
+            "--task",
+            "hello",
+            "--file",
+            "stdout.txt",
+        ],
+        &cfg,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    HelloReport::parse(&String::from_utf8_lossy(&out.stdout)).assert_complete(6);
+    // Unknown task: usage error with a hint.
+    let out = shipyard(&["tasks", "get", "--job", &job, "helo"], &cfg);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("did you mean `hello`?"));
+}
+
+#[test]
+fn cli_run_failing_rank_exits_non_zero_and_leaves_nothing() {
+    if !require_test_image() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let job = unique_id("cli-fail");
+    let _guard = CleanGuard(job.clone());
+    let cfg = config(
+        dir.path(),
+        &job,
+        "[job_specifications.environment_variables]\nHELLO_FAIL_RANK = \"1\"",
+        None,
+    );
+    let out = shipyard(&["--quiet", "run"], &cfg);
+    let code = out.status.code();
+    assert!(
+        code.is_some_and(|c| c != 0),
+        "expected a non-zero exit, got {code:?}; stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("did not succeed"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(leftovers(&job).is_empty(), "{:?}", leftovers(&job));
+}
+
+#[test]
+fn cli_sigint_mid_run_exits_130_and_leaves_nothing_within_10s() {
+    if !require_test_image() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let job = unique_id("cli-int");
+    let _guard = CleanGuard(job.clone());
+    let cfg = config(dir.path(), &job, "", Some("sleep 300"));
+    let child = Command::new(shipyard_binary())
+        .arg("-c")
+        .arg(&cfg)
+        .args(["--quiet", "run"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the three nodes run.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while leftovers(&job)
+        .iter()
+        .filter(|o| o.starts_with("container"))
+        .count()
+        < 3
+    {
+        assert!(Instant::now() < deadline, "the job's nodes never started");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let t0 = Instant::now();
+    let st = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let out = child.wait_with_output().unwrap();
+    let took = t0.elapsed();
+    assert_eq!(
+        out.status.code(),
+        Some(130),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    assert!(leftovers(&job).is_empty(), "{:?}", leftovers(&job));
+}
