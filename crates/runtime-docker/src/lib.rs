@@ -353,7 +353,15 @@ impl DockerRuntime {
         let app = match &mi.mpi {
             Some(m) => {
                 let field = format!("{tpath}.multi_instance.mpi");
-                let req = mpi::launch_request(m, command, &field, Some(SSHD_PORT), true)?;
+                let env = job.environment(task);
+                let ctx = mpi::LaunchContext {
+                    field: &field,
+                    ssh_port: Some(SSHD_PORT),
+                    run_as_root: true,
+                    user_env: &env,
+                    infiniband: job.infiniband(task),
+                };
+                let req = mpi::launch_request(m, command, ctx)?;
                 mpi::render_sh(&req, &field)?
             }
             None => command.to_string(),
@@ -366,7 +374,6 @@ impl DockerRuntime {
             parts.push(pre.clone());
         }
         parts.push(app);
-        let _ = job;
         Ok(parts.join("; "))
     }
 
@@ -611,7 +618,15 @@ impl DockerRuntime {
                 let line = match &mi.mpi {
                     Some(m) if m.runtime == MpiRuntime::MsMpi => {
                         let field = format!("{tpath}.multi_instance.mpi");
-                        let req = mpi::launch_request(m, command, &field, None, false)?;
+                        let env = job.environment(task);
+                        let ctx = mpi::LaunchContext {
+                            field: &field,
+                            ssh_port: None,
+                            run_as_root: false,
+                            user_env: &env,
+                            infiniband: false,
+                        };
+                        let req = mpi::launch_request(m, command, ctx)?;
                         mpi::render_cmd(&req, &field)?
                     }
                     Some(m) => {

@@ -101,6 +101,11 @@ inventory::submit! {
 /// Forces this crate's registrations into the final binary.
 pub fn link() {}
 
+/// `exec` options refused for MPI tasks: they wipe the environment (and with it the MPI
+/// launcher's wire-up variables) or isolate the container from the host.
+pub const CLEANENV_OPTIONS: &[&str] =
+    &["-e", "--cleanenv", "-C", "--containall", "-c", "--contain"];
+
 /// Where pulled images live on a node (relative to `$AZ_BATCH_NODE_SHARED_DIR`).
 pub const IMAGE_DIR: &str = "shipyard/images";
 
@@ -311,7 +316,27 @@ impl SingularityRuntime {
             ));
         }
         let command = task.command.as_deref().unwrap_or_default();
-        let mut req = mpi::launch_request(m, command, &field, None, false)?;
+        for (i, o) in task.additional_singularity_options.iter().enumerate() {
+            if CLEANENV_OPTIONS.contains(&o.as_str()) {
+                return Err(unsupported(
+                    self.flavor.name(),
+                    format!("{tpath}.additional_singularity_options[{i}]"),
+                    format!(
+                        "`{o}` drops the launcher's PMI variables, so every rank would start \
+                         as a silent singleton; pass variables with environment_variables"
+                    ),
+                ));
+            }
+        }
+        let env = job.environment(task);
+        let ctx = mpi::LaunchContext {
+            field: &field,
+            ssh_port: None,
+            run_as_root: false,
+            user_env: &env,
+            infiniband: job.infiniband(task),
+        };
+        let mut req = mpi::launch_request(m, command, ctx)?;
         // The image: remote references were pulled by the preparation task into the node's
         // shared directory; the ranks start there (`-wdir`) and name the file relatively, while
         // `--pwd` puts the container in the task's working directory.

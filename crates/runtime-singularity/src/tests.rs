@@ -215,3 +215,18 @@ fn plain_task_line_runs_with_a_stand_in_binary() {
         "{stdout}"
     );
 }
+
+#[test]
+fn cleanenv_is_refused_for_mpi_tasks() {
+    let mut j = job();
+    j.tasks[0].additional_singularity_options = vec!["--nv".into(), "--cleanenv".into()];
+    let e = SingularityRuntime::new(Flavor::Singularity)
+        .plan(&j, &pool())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("job.tasks[0].additional_singularity_options[1]"),
+        "{e}"
+    );
+    assert!(e.contains("silent singleton"), "{e}");
+}

@@ -3,7 +3,7 @@
 
 pub use shipyard_batch_api::models::{
     AutoUserScope, AutoUserSpecification, ContainerConfiguration, ContainerRegistry, ContainerType,
-    ContainerWorkingDirectory, ElevationLevel, EnvironmentSetting, JobAddParameter,
+    ContainerWorkingDirectory, ElevationLevel, EnvironmentSetting, ImageReference, JobAddParameter,
     JobPreparationTask, JobReleaseTask, MultiInstanceSettings, OnAllTasksComplete,
     PoolAddParameter, PoolInformation, ResourceFile, StartTask, TaskAddParameter, TaskConstraints,
     TaskContainerSettings, TaskDependencies, TaskIdRange, UserIdentity,

@@ -1,7 +1,9 @@
 //! From a task's `multi_instance.mpi` settings to a [`shipyard_mpi_launch::LaunchRequest`]
 //! (shared by the built-in runtimes).
 
-use shipyard_mpi_launch::{Flavor, Hosts, LaunchRequest, Ppn};
+use std::collections::BTreeMap;
+
+use shipyard_mpi_launch::{default_env, Flavor, Hosts, LaunchRequest, Ppn, Word};
 
 use crate::domain::{MpiRuntime, MpiSpec, ProcessesPerNode};
 use crate::error::RuntimeError;
@@ -84,16 +86,30 @@ pub fn program_words(command: &str, shell: &str) -> Vec<String> {
         .unwrap_or_else(|| vec![shell.to_string(), "-c".to_string(), command.to_string()])
 }
 
+/// What a launch needs besides the `mpi` settings.
+#[derive(Debug, Clone, Copy)]
+pub struct LaunchContext<'a> {
+    /// Path of the task's `mpi` settings, for errors (`job.tasks[0].multi_instance.mpi`).
+    pub field: &'a str,
+    /// The remote sshd port when not 22 (23 in shipyard's containers).
+    pub ssh_port: Option<u16>,
+    /// The launcher runs as root (Open MPI needs `--allow-run-as-root`).
+    pub run_as_root: bool,
+    /// The task's environment (job and task variables). A variable the launcher would set by
+    /// default (Intel MPI's `I_MPI_FABRICS`, `FI_PROVIDER`, ...) keeps the user's value.
+    pub user_env: &'a BTreeMap<String, String>,
+    /// The task uses InfiniBand: Intel MPI gets `FI_PROVIDER=mlx` unless the user set one.
+    pub infiniband: bool,
+}
+
 /// A launch request for `mpi` running `command` on the Batch host list (`$AZ_BATCH_HOST_LIST`),
-/// reaching the other nodes' sshd on `ssh_port` (when the flavour uses ssh). `field` is the
-/// path of the `mpi` settings, for errors.
+/// reaching the other nodes' sshd on `ctx.ssh_port` (when the flavour uses ssh).
 pub fn launch_request(
     mpi: &MpiSpec,
     command: &str,
-    field: &str,
-    ssh_port: Option<u16>,
-    run_as_root: bool,
+    ctx: LaunchContext<'_>,
 ) -> Result<LaunchRequest, RuntimeError> {
+    let field = ctx.field;
     let flavor = flavor(mpi.runtime);
     let ppn = match &mpi.processes_per_node {
         None => Ppn::Count(1),
@@ -124,7 +140,7 @@ pub fn launch_request(
     let mut req = LaunchRequest::new(flavor)
         .hosts(Hosts::batch())
         .ppn(ppn)
-        .run_as_root(run_as_root)
+        .run_as_root(ctx.run_as_root)
         .extra_options(mpi.options.iter().cloned())
         .program(words[0].clone())
         .args(words[1..].iter().cloned());
@@ -132,9 +148,19 @@ pub fn launch_request(
         req = req.launcher(exe.clone());
     }
     if flavor.uses_ssh() {
-        if let Some(port) = ssh_port {
+        if let Some(port) = ctx.ssh_port {
             req = req.ssh_port(port);
         }
+    }
+    // Never overwrite the user's value of a variable the launcher sets by default (Batch
+    // Shipyard issue #339): pass it through from the task's environment instead.
+    for (name, _) in default_env(flavor) {
+        if ctx.user_env.contains_key(name) {
+            req = req.env(name, Word::var(name));
+        }
+    }
+    if ctx.infiniband && flavor == Flavor::IntelMpi && !ctx.user_env.contains_key("FI_PROVIDER") {
+        req = req.env("FI_PROVIDER", "mlx");
     }
     Ok(req)
 }
@@ -186,6 +212,38 @@ mod tests {
     }
 
     #[test]
+    fn user_values_of_launcher_defaults_win() {
+        let mpi = MpiSpec {
+            runtime: MpiRuntime::IntelMpi,
+            options: vec![],
+            processes_per_node: Some(ProcessesPerNode::Count(1)),
+            executable_path: None,
+        };
+        let mut env = BTreeMap::new();
+        fn ctx(env: &BTreeMap<String, String>) -> LaunchContext<'_> {
+            LaunchContext {
+                field: "f",
+                ssh_port: Some(23),
+                run_as_root: true,
+                user_env: env,
+                infiniband: true,
+            }
+        }
+        let line = render_sh(&launch_request(&mpi, "/app", ctx(&env)).unwrap(), "f").unwrap();
+        assert!(line.contains("FI_PROVIDER=mlx"), "{line}");
+        assert!(line.contains("I_MPI_FABRICS=shm:ofi"), "{line}");
+        env.insert("FI_PROVIDER".to_string(), "verbs".to_string());
+        env.insert("I_MPI_FABRICS".to_string(), "ofi".to_string());
+        let line = render_sh(&launch_request(&mpi, "/app", ctx(&env)).unwrap(), "f").unwrap();
+        assert!(line.contains("FI_PROVIDER=\"${FI_PROVIDER}\""), "{line}");
+        assert!(
+            line.contains("I_MPI_FABRICS=\"${I_MPI_FABRICS}\""),
+            "{line}"
+        );
+        assert!(!line.contains("mlx") && !line.contains("shm:ofi"), "{line}");
+    }
+
+    #[test]
     fn unsupported_ppn_command_names_the_field() {
         let mpi = MpiSpec {
             runtime: MpiRuntime::Mpich,
@@ -193,9 +251,15 @@ mod tests {
             processes_per_node: Some(ProcessesPerNode::Command("nvidia-smi -L | wc -l".into())),
             executable_path: None,
         };
-        let e = launch_request(&mpi, "/app", "job.tasks[0].multi_instance.mpi", None, false)
-            .unwrap_err()
-            .to_string();
+        let env = BTreeMap::new();
+        let ctx = LaunchContext {
+            field: "job.tasks[0].multi_instance.mpi",
+            ssh_port: None,
+            run_as_root: false,
+            user_env: &env,
+            infiniband: false,
+        };
+        let e = launch_request(&mpi, "/app", ctx).unwrap_err().to_string();
         assert!(
             e.contains("job.tasks[0].multi_instance.mpi.processes_per_node"),
             "{e}"
