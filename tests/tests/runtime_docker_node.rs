@@ -101,6 +101,23 @@ fn non_native_plan_runs_on_one_docker_node() {
         executable_path = "mpirun.openmpi"
         processes_per_node = 2
         options = ["--mca", "btl_tcp_if_include", "lo", "--mca", "oob_tcp_if_include", "lo"]
+        [[tasks]]
+        id = "mpi2"
+        image = "{TEST_IMAGE}"
+        command = "{hello}"
+        additional_docker_run_options = ["--label", "shipyard.test=1"]
+        [tasks.multi_instance]
+        num_instances = 1
+        [tasks.multi_instance.mpi]
+        runtime = "openmpi"
+        executable_path = "mpirun.openmpi"
+        processes_per_node = 1
+        options = ["--mca", "btl_tcp_if_include", "lo", "--mca", "oob_tcp_if_include", "lo"]
+        [[tasks]]
+        id = "plain"
+        image = "{TEST_IMAGE}"
+        command = "echo \"plain:$SHIPYARD_TEST_VALUE:$AZ_BATCH_TASK_ID\"; pwd"
+        additional_docker_run_options = ["--label", "shipyard.test=1"]
         "#,
         hello = shipyard_e2e::image_hello_path(MpiKind::OpenMpi),
     ))
@@ -266,6 +283,78 @@ fn non_native_plan_runs_on_one_docker_node() {
     assert!(
         envfile.contains("AZ_BATCH_HOST_LIST=127.0.0.23"),
         "{envfile}"
+    );
+
+    // 3b. a second multi-instance task of the same job on the same node: its coordination
+    // replaces the finished first task's sshd container (which holds port 23), then it runs.
+    let run_task = |index: usize, id: &str| -> (BTreeMap<String, String>, std::path::PathBuf) {
+        let t = &plan.tasks[index];
+        assert_eq!(t.id, id);
+        let dir = r.join(format!("workitems/{job_id}/job-1/{id}"));
+        let wd = dir.join("wd");
+        std::fs::create_dir_all(&wd).expect("mkdir");
+        let mut env = base.clone();
+        env.insert("AZ_BATCH_TASK_ID".into(), id.into());
+        env.insert("AZ_BATCH_TASK_DIR".into(), s(&dir));
+        env.insert("AZ_BATCH_TASK_WORKING_DIR".into(), s(&wd));
+        if t.multi_instance_settings.is_some() {
+            env.insert("AZ_BATCH_TASK_SHARED_DIR".into(), s(&dir.join("shared")));
+            env.insert("AZ_BATCH_HOST_LIST".into(), NODE_IP.into());
+            env.insert("AZ_BATCH_NODE_LIST".into(), NODE_IP.into());
+            env.insert("AZ_BATCH_MASTER_NODE".into(), format!("{NODE_IP}:6000"));
+            env.insert("AZ_BATCH_IS_CURRENT_NODE_MASTER".into(), "true".into());
+        }
+        for e in t.environment_settings.iter().flatten() {
+            env.insert(e.name.clone(), e.value.clone().unwrap_or_default());
+        }
+        (env, wd)
+    };
+    let (env2, wd2) = run_task(1, "mpi2");
+    let t2 = &plan.tasks[1];
+    let coord2 = &t2
+        .multi_instance_settings
+        .as_ref()
+        .expect("mi")
+        .coordination_command_line;
+    let out = run_batch(coord2, &wd2, &env2);
+    assert!(
+        out.status.success(),
+        "second coordination failed: {}",
+        show(&out)
+    );
+    let names = Command::new("docker")
+        .args(["ps", "-a", "--format", "{{.Names}}", "--filter"])
+        .arg(format!("label={LABEL_JOB}={job_id}"))
+        .output()
+        .expect("docker ps");
+    assert_eq!(
+        String::from_utf8_lossy(&names.stdout).trim(),
+        container_name(&job_id, "mpi2"),
+        "the first task's node container must be gone"
+    );
+    let out = run_batch(&t2.command_line, &wd2, &env2);
+    assert!(
+        out.status.success(),
+        "second application failed: {}",
+        show(&out)
+    );
+    HelloReport::parse(&String::from_utf8_lossy(&out.stdout)).assert_complete(1);
+
+    // 3c. a plain (single-node) task: `docker run --rm` in the foreground, Batch variables and
+    // the task environment inside, the task working directory as the container's, no leftover.
+    let (env3, wd3) = run_task(2, "plain");
+    let out = run_batch(&plan.tasks[2].command_line, &wd3, &env3);
+    assert!(out.status.success(), "plain task failed: {}", show(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("plain:hello world:plain\n{}\n", wd3.display()),
+        "{}",
+        show(&out)
+    );
+    assert_eq!(
+        docker_ps(&job_id).len(),
+        1,
+        "the plain task's container was not removed"
     );
 
     // 4. job release: no container of the job remains, the key directory is gone.
