@@ -235,6 +235,11 @@ impl BatchClient {
         requests: &std::sync::atomic::AtomicU32,
     ) -> Outcomes {
         let rounds = self.inner.options.task_retry_rounds;
+        // Server-side processing budget of one request (seconds; the service caps it at 30).
+        let server_timeout =
+            self.inner.options.server_timeout.unwrap_or_else(|| {
+                self.inner.options.request_timeout.as_secs().clamp(1, 30) as u32
+            });
         let mut done: Outcomes = Vec::with_capacity(items.len());
         let mut pending = items;
         let mut last_errors: std::collections::HashMap<usize, Arc<BatchError>> = Default::default();
@@ -265,7 +270,10 @@ impl BatchClient {
             requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let call = Call {
                 method: Method::POST,
-                url: self.url(&["jobs", job_id, "addtaskcollection"], &[]),
+                url: self.url(
+                    &["jobs", job_id, "addtaskcollection"],
+                    &[("timeout", server_timeout.to_string())],
+                ),
                 body: Some(envelope(&pending)),
                 headers: Vec::new(),
                 class: RetryClass::Collection,

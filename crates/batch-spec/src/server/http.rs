@@ -421,7 +421,7 @@ fn pipeline(
     let params: Vec<(String, String)> = op.path_params.clone();
     ops::dispatch(
         shared,
-        &ops::Req {
+        ops::Req {
             op: op.id,
             params: &params,
             query: &query,

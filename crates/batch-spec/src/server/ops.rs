@@ -97,9 +97,9 @@ fn with_etag(mut r: Reply, body: &Value) -> Reply {
     )
 }
 
-fn body_object(req: &Req<'_>) -> Map<String, Value> {
-    match &req.body {
-        Some(Value::Object(m)) => m.clone(),
+fn body_object(req: &mut Req<'_>) -> Map<String, Value> {
+    match req.body.take() {
+        Some(Value::Object(m)) => m,
         _ => Map::new(),
     }
 }
@@ -111,7 +111,8 @@ fn enc(s: &str) -> String {
 }
 
 /// Dispatches a validated request to its operation.
-pub(crate) fn dispatch(shared: &Shared, req: &Req<'_>) -> Reply {
+pub(crate) fn dispatch(shared: &Shared, mut req: Req<'_>) -> Reply {
+    let req = &mut req;
     let base = shared.base_url.as_str();
     let mut st = lock(&shared.state);
     st.refresh(base);
@@ -391,13 +392,10 @@ pub(crate) fn dispatch(shared: &Shared, req: &Req<'_>) -> Reply {
         }
         "Task_AddCollection" => {
             let job_id = req.param("jobId").to_owned();
-            let tasks: Vec<Value> = req
-                .body
-                .as_ref()
-                .and_then(|b| b.get("value"))
-                .and_then(Value::as_array)
-                .cloned()
-                .unwrap_or_default();
+            let tasks: Vec<Value> = match body_object(req).remove("value") {
+                Some(Value::Array(a)) => a,
+                _ => Vec::new(),
+            };
             if tasks.len() > 100 {
                 return Reply::error(
                     400,
