@@ -49,8 +49,8 @@ pub struct PoolNeeds {
     pub images: Vec<String>,
 }
 
-/// Job-level needs of a plan.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// Job-level needs of a plan. `Debug` redacts the SSH private key once installed.
+#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JobNeeds {
     /// Job preparation task (runs on each node before its first task of the job).
@@ -69,6 +69,27 @@ pub struct JobNeeds {
     /// ([`JobPlan::install_ssh_key`]).
     #[serde(default)]
     pub needs_ssh_key: bool,
+}
+
+impl std::fmt::Debug for JobNeeds {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let prep = self.job_preparation_task.as_ref().map(|p| {
+            let mut p = p.clone();
+            for e in p.environment_settings.iter_mut().flatten() {
+                if e.name == PRIVATE_KEY_ENV {
+                    e.value = Some("<redacted>".into());
+                }
+            }
+            p
+        });
+        f.debug_struct("JobNeeds")
+            .field("job_preparation_task", &prep)
+            .field("job_release_task", &self.job_release_task)
+            .field("on_all_tasks_complete", &self.on_all_tasks_complete)
+            .field("uses_task_dependencies", &self.uses_task_dependencies)
+            .field("needs_ssh_key", &self.needs_ssh_key)
+            .finish()
+    }
 }
 
 impl JobPlan {
@@ -133,5 +154,36 @@ impl JobPlan {
             pool.task_slots_per_node = Some(n);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_never_shows_the_private_key() {
+        let mut plan = JobPlan {
+            runtime: "x".into(),
+            pool: PoolNeeds::default(),
+            job: JobNeeds {
+                job_preparation_task: Some(JobPreparationTask {
+                    command_line: "/bin/true".into(),
+                    ..Default::default()
+                }),
+                needs_ssh_key: true,
+                ..Default::default()
+            },
+            tasks: vec![],
+        };
+        let key = JobSshKey::generate("t").unwrap();
+        plan.install_ssh_key(&key).unwrap();
+        let dbg = format!("{plan:?}");
+        assert!(!dbg.contains("PRIVATE KEY"), "{dbg}");
+        assert!(dbg.contains("<redacted>"), "{dbg}");
+        assert!(dbg.contains(key.public_openssh()), "{dbg}");
+        // the wire form carries it (the preparation task writes it on the nodes)
+        let json = serde_json::to_string(&plan.job_add_parameter("j", "p")).unwrap();
+        assert!(json.contains("OPENSSH PRIVATE KEY"));
     }
 }
