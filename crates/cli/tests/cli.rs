@@ -569,3 +569,136 @@ fn unknown_job_id_suggests_the_closest() {
         .code(2)
         .stderr(predicate::str::contains("did you mean `hello-openmpi`?"));
 }
+
+#[test]
+fn local_store_commands_on_an_empty_state_dir() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let run = |args: &[&str]| {
+        shipyard()
+            .env("SHIPYARD_STATE_DIR", dir.path())
+            .args(args)
+            .output()
+            .expect("runs")
+    };
+    let out = run(&["--output", "json", "jobs", "list"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stdout_json(&out), serde_json::json!([]));
+    let out = run(&["jobs", "list"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("JOB"));
+    let out = run(&["tasks", "list", "--job", "nope"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no local job `nope`"));
+    let out = run(&["files", "--job", "nope", "--task", "t"]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = run(&["pool", "nodes"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for args in [
+        &["pool", "resize", "--dedicated", "2"][..],
+        &["jobs", "term", "j1"][..],
+        &["jobs", "del", "j1", "--yes"][..],
+        &["jobs", "cmi", "j1"][..],
+        &["tasks", "term", "--job", "j1", "t1"][..],
+    ] {
+        let out = run(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("--target local"),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn a_missing_plugin_is_a_clear_usage_error() {
+    shipyard()
+        .args(["--plugin", "/nonexistent/libplugin.so", "-c"])
+        .arg(examples_dir().join("local-openmpi.toml"))
+        .args(["config", "check"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("/nonexistent/libplugin.so"));
+}
+
+/// Builds the example plugin (quick when up to date) and returns its shared library.
+fn example_plugin() -> PathBuf {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let status = std::process::Command::new(cargo)
+        .current_dir(&root)
+        .args(["build", "-q", "-p", "shipyard-plugin-example", "--lib"])
+        .status()
+        .expect("run cargo build");
+    assert!(status.success(), "building the example plugin");
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    target.join("debug").join("libshipyard_plugin_example.so")
+}
+
+#[test]
+fn a_plugin_runtime_plans_jobs_that_select_it() {
+    let plugin = example_plugin();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = write(
+        dir.path(),
+        "plugin.toml",
+        r#"
+[pool_specification]
+id = "p"
+vm_count = 1
+[pool_specification.vm_configuration.platform_image]
+publisher = "microsoft-dsvm"
+offer = "ubuntu-hpc"
+sku = "2204"
+node_agent_sku_id = "batch.node.ubuntu 22.04"
+native = true
+
+[[job_specifications]]
+id = "viaplugin"
+runtime = "example"
+[[job_specifications.tasks]]
+image = "busybox"
+command = "echo hi"
+"#,
+    );
+    // Without the plugin the runtime is unknown, and the error lists the known ones.
+    shipyard()
+        .arg("-c")
+        .arg(&cfg)
+        .args(["config", "check"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains(
+            "unknown container runtime `example`",
+        ))
+        .stderr(predicate::str::contains("docker"));
+    let out = shipyard()
+        .arg("--plugin")
+        .arg(&plugin)
+        .arg("-c")
+        .arg(&cfg)
+        .args(["--dry-run", "--output", "json", "jobs", "add"])
+        .output()
+        .expect("runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v = stdout_json(&out);
+    let task = &v[1]["body"]["value"][0];
+    assert_eq!(task["containerSettings"]["imageName"], "busybox");
+    assert!(Spec::shared()
+        .validate("TaskAddCollectionParameter", &v[1]["body"])
+        .is_ok());
+}
