@@ -14,6 +14,7 @@ use crate::docker::Engine;
 use crate::error::{LocalError, Result};
 use crate::events::{Event, EventSender, Events};
 use crate::keys::{KeyMount, RunKeys};
+use crate::recorder::Recorder;
 use crate::spec::{JobSpec, OnAllTasksComplete, OnTaskFailure};
 use crate::store::{JobRecord, JobState, Store, TaskRecord, TaskResult, TaskState};
 use crate::sweep::SweepReport;
@@ -320,7 +321,8 @@ impl LocalBackend {
             terminate_reason: None,
             task_count: job.tasks.len(),
         };
-        record(self.store.put_job(&job_rec));
+        let recorder = Recorder::start(self.store.clone());
+        recorder.job(&job_rec);
         let mut records: Vec<TaskRecord> = job
             .tasks
             .iter()
@@ -339,7 +341,7 @@ impl LocalBackend {
             })
             .collect();
         for r in &records {
-            record(self.store.put_task(r));
+            recorder.task(r);
         }
         events.emit(Event::JobStarted {
             job: job.id.clone(),
@@ -389,7 +391,7 @@ impl LocalBackend {
                         st[i] = S::Running;
                         running += 1;
                         let ctx = ctx.clone();
-                        let store = self.store.clone();
+                        let store = recorder.clone();
                         let task = job.tasks[i].clone();
                         let rec = records[i].clone();
                         let cancel = cancel.clone();
@@ -436,7 +438,7 @@ impl LocalBackend {
                     "not run: the job was terminated"
                 };
                 records[i].failure = Some(why.to_string());
-                record(self.store.put_task(&records[i]));
+                recorder.task(&records[i]);
             }
         }
         let all_complete = records.iter().all(|r| r.state == TaskState::Completed);
@@ -450,7 +452,8 @@ impl LocalBackend {
             job_rec.terminate_reason = Some("AllTasksComplete".into());
         }
         job_rec.end_time = Some(OffsetDateTime::now_utc());
-        record(self.store.put_job(&job_rec));
+        recorder.job(&job_rec);
+        recorder.flush().await;
         drop(ctx); // deletes the key directory
         events.emit(Event::JobFinished {
             job: job.id.clone(),
@@ -472,16 +475,10 @@ impl LocalBackend {
     }
 }
 
-fn record(r: Result<()>) {
-    if let Err(e) = r {
-        tracing::warn!(error = %e, "could not record state");
-    }
-}
-
 /// Runs a task with its retries, recording each state change.
 async fn run_task(
     ctx: &RunCtx,
-    store: &Store,
+    store: &Recorder,
     task: &crate::spec::TaskSpec,
     mut rec: TaskRecord,
     cancel: &CancellationToken,
@@ -495,7 +492,7 @@ async fn run_task(
         rec.exit_code = None;
         rec.failure = None;
         rec.retry_count = attempt;
-        record(store.put_task(&rec));
+        store.task(&rec);
         ctx.events.emit(Event::TaskState {
             task: task.id.clone(),
             state: TaskState::Preparing,
@@ -526,7 +523,7 @@ async fn run_task(
             && (task.max_task_retry_count < 0 || attempt < task.max_task_retry_count as u32);
         if retry {
             attempt += 1;
-            record(store.put_task(&rec));
+            store.task(&rec);
             ctx.events.emit(Event::TaskRetry {
                 task: task.id.clone(),
                 attempt,
@@ -534,7 +531,7 @@ async fn run_task(
             });
             continue;
         }
-        record(store.put_task(&rec));
+        store.task(&rec);
         ctx.events.emit(Event::TaskState {
             task: task.id.clone(),
             state: TaskState::Completed,

@@ -52,6 +52,7 @@ mod error;
 mod events;
 pub mod keys;
 pub mod plan;
+mod recorder;
 pub mod spec;
 pub mod store;
 mod sweep;

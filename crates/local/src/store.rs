@@ -195,6 +195,45 @@ impl Store {
         })
     }
 
+    /// Records jobs and tasks in one transaction.
+    pub fn put_batch(&self, jobs: &[JobRecord], tasks: &[TaskRecord]) -> Result<()> {
+        if jobs.is_empty() && tasks.is_empty() {
+            return Ok(());
+        }
+        let jobs: Vec<(String, Vec<u8>)> = jobs
+            .iter()
+            .map(|j| {
+                Ok((
+                    j.id.clone(),
+                    serde_json::to_vec(j).map_err(|e| self.err(e))?,
+                ))
+            })
+            .collect::<Result<_>>()?;
+        let tasks: Vec<(String, Vec<u8>)> = tasks
+            .iter()
+            .map(|t| {
+                Ok((
+                    task_key(&t.job_id, &t.id),
+                    serde_json::to_vec(t).map_err(|e| self.err(e))?,
+                ))
+            })
+            .collect::<Result<_>>()?;
+        self.with_db(|db| {
+            let w = db.begin_write().map_err(|e| self.err(e))?;
+            for (table, rows) in [(JOBS, &jobs), (TASKS, &tasks)] {
+                if rows.is_empty() {
+                    continue;
+                }
+                let mut t = w.open_table(table).map_err(|e| self.err(e))?;
+                for (k, v) in rows.iter() {
+                    t.insert(k.as_str(), v.as_slice())
+                        .map_err(|e| self.err(e))?;
+                }
+            }
+            w.commit().map_err(|e| self.err(e))
+        })
+    }
+
     /// Records (inserts or replaces) a job.
     pub fn put_job(&self, job: &JobRecord) -> Result<()> {
         let v = serde_json::to_vec(job).map_err(|e| self.err(e))?;
