@@ -191,6 +191,11 @@ pub type TokenFuture<'a> = Pin<Box<dyn Future<Output = Result<AccessToken>> + Se
 pub trait TokenSource: Send + Sync + fmt::Debug {
     /// A token valid for at least the next few seconds.
     fn token(&self) -> TokenFuture<'_>;
+
+    /// Forgets any cached token (called once when the service answers 401 to a token).
+    fn invalidate(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(async {})
+    }
 }
 
 /// The Entra ID scope for Azure Batch.
@@ -352,6 +357,12 @@ impl ClientSecretCredential {
 }
 
 impl TokenSource for ClientSecretCredential {
+    fn invalidate(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(async move {
+            *self.cache.lock().await = None;
+        })
+    }
+
     fn token(&self) -> TokenFuture<'_> {
         Box::pin(async move {
             let mut cache = self.cache.lock().await;

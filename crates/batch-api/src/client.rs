@@ -276,6 +276,7 @@ impl BatchClient {
         let retry = &self.inner.options.retry;
         let started = Instant::now();
         let mut attempt: u32 = 0;
+        let mut token_refreshed = false;
         loop {
             attempt += 1;
             let span = tracing::debug_span!(
@@ -298,6 +299,20 @@ impl BatchClient {
                     retry_after,
                 }) => {
                     span.record("status", status);
+                    if status == 401 {
+                        // A bearer token the service no longer accepts (revoked, clock skew):
+                        // drop the cached token and try once more with a fresh one. The 401
+                        // means the request was not processed.
+                        if let Credential::Token(src) = &self.inner.credential {
+                            if !token_refreshed {
+                                token_refreshed = true;
+                                src.invalidate().await;
+                                tracing::debug!("bearer token rejected; refreshing once");
+                                continue;
+                            }
+                        }
+                        return Err(wrap(error, attempt));
+                    }
                     let ok = RETRYABLE_STATUSES.contains(&status)
                         && (call.class != RetryClass::Action || status == 429 || status == 503);
                     (error, ok, retry_after)
@@ -462,7 +477,8 @@ impl BatchClient {
             path: path_s,
             error: Box::new(error),
         };
-        if RETRYABLE_STATUSES.contains(&status) {
+        let token_rejected = status == 401 && matches!(self.inner.credential, Credential::Token(_));
+        if RETRYABLE_STATUSES.contains(&status) || token_rejected {
             Err(AttemptError::Status {
                 error,
                 status,

@@ -280,3 +280,23 @@ async fn expired_or_foreign_bearer_tokens_are_rejected() {
         .expect("send");
     assert_eq!(resp.status().as_u16(), 401);
 }
+
+#[tokio::test]
+async fn revoked_token_is_refreshed_once_then_401_surfaces() {
+    let server = server().await;
+    let (id, secret) = server.client_credentials();
+    let cred =
+        ClientSecretCredential::with_authority(&server.url(), "t", id, secret).expect("cred");
+    let c = BatchClient::with_options(&server.url(), cred, fast_options()).expect("client");
+    c.add_pool(&pool("p", 0)).await.expect("first call");
+    server.revoke_tokens();
+    c.get_pool("p").await.expect("refreshed after one 401");
+    assert_eq!(server.tokens_issued(), 2);
+    let statuses: Vec<u16> = server
+        .requests()
+        .iter()
+        .filter(|r| r.operation.is_some())
+        .map(|r| r.status)
+        .collect();
+    assert_eq!(statuses, [201, 401, 200]);
+}

@@ -392,6 +392,11 @@ impl ServerHandle {
         self.shared.tokens_issued.load(Ordering::Relaxed)
     }
 
+    /// Revokes every bearer token issued so far (they are answered 401 from now on).
+    pub fn revoke_tokens(&self) {
+        lock(&self.shared.tokens).clear();
+    }
+
     /// Adds a fault rule; rules are matched in insertion order.
     pub fn inject(&self, rule: FaultRule) {
         lock(&self.shared.faults).push(rule);
