@@ -208,3 +208,33 @@ async fn local_missing_image_is_a_clear_error() {
     assert!(msg.contains("scripts/build-image.sh"), "{msg}");
     assert_eq!(leftovers(&id), Vec::<String>::new());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_dropping_the_run_future_removes_everything() {
+    if !require_test_image() {
+        return;
+    }
+    let state = tempfile::tempdir().unwrap();
+    let id = unique_id("drop");
+    let _guard = CleanGuard(id.clone());
+    let backend = backend(state.path()).await;
+    let mut job = hello_job(&id, MpiKind::OpenMpi, 2, 1);
+    job.tasks[0].command_line = hello_command(MpiKind::OpenMpi, 2, 1, 600);
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let run = tokio::spawn(async move { backend.run_spec(job, Some(tx)).await });
+    loop {
+        match tokio::time::timeout(Duration::from_secs(60), rx.recv()).await {
+            Ok(Some(Event::TaskState {
+                state: TaskState::Running,
+                ..
+            })) => break,
+            Ok(Some(_)) => {}
+            other => panic!("no Running event: {other:?}"),
+        }
+    }
+    assert!(!leftovers(&id).is_empty());
+    run.abort();
+    assert!(run.await.unwrap_err().is_cancelled());
+    // The dropped future removed the run's objects before it finished dropping.
+    assert_eq!(leftovers(&id), Vec::<String>::new());
+}

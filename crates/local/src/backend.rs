@@ -110,6 +110,16 @@ impl LocalOptions {
         self.key_dir = dir.into();
         self
     }
+    /// Sets [`LocalOptions::coordination_timeout`].
+    pub fn coordination_timeout(mut self, d: Duration) -> Self {
+        self.coordination_timeout = d;
+        self
+    }
+    /// Sets [`LocalOptions::keys_on_all_nodes`].
+    pub fn keys_on_all_nodes(mut self, on: bool) -> Self {
+        self.keys_on_all_nodes = on;
+        self
+    }
     /// Sets [`LocalOptions::sweep_on_connect`].
     pub fn sweep_on_connect(mut self, on: bool) -> Self {
         self.sweep_on_connect = on;
@@ -350,6 +360,11 @@ impl LocalBackend {
         });
 
         let cancel = self.cancel.child_token();
+        // If this future is dropped mid-run, remove everything of the run before returning.
+        let mut guard = RunGuard {
+            filter: vec![format!("{}={run_id}", crate::docker::labels::RUN)],
+            armed: true,
+        };
         let slots = job
             .max_parallel_tasks
             .unwrap_or(self.opts.max_parallel_tasks)
@@ -426,6 +441,7 @@ impl LocalBackend {
                 cancel.cancel();
             }
         }
+        guard.armed = false;
         let cancelled = self.cancel.is_cancelled();
         // Tasks that never ran keep state `active`; say why.
         for (i, s) in st.iter().enumerate() {
@@ -472,6 +488,20 @@ impl LocalBackend {
     /// The state directory.
     pub fn state_dir(&self) -> &Path {
         &self.opts.state_dir
+    }
+}
+
+/// Removes a run's Docker objects if its `run` future is dropped before the end.
+struct RunGuard {
+    filter: Vec<String>,
+    armed: bool,
+}
+
+impl Drop for RunGuard {
+    fn drop(&mut self) {
+        if self.armed {
+            crate::task::blocking_remove_labelled(self.filter.clone());
+        }
     }
 }
 

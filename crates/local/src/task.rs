@@ -109,27 +109,30 @@ impl Resources {
 
 impl Drop for Resources {
     fn drop(&mut self) {
-        if !self.armed {
-            return;
+        if self.armed {
+            blocking_remove_labelled(self.filter.clone());
         }
-        let filter = self.filter.clone();
-        // The future was dropped mid-flight: remove by label on a private runtime, and wait
-        // for it, so nothing outlives the caller's `run` future.
-        let handle = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            rt.block_on(async move {
-                if let Ok(engine) = Engine::connect().await {
-                    engine.remove_labelled(&filter).await;
-                }
-            });
-        });
-        let _ = handle.join();
     }
+}
+
+/// Removes everything labelled with all of `filter` from a private thread and runtime, and
+/// waits for it: used when a future is dropped mid-flight, so nothing outlives the caller's
+/// `run` future.
+pub(crate) fn blocking_remove_labelled(filter: Vec<String>) {
+    let handle = std::thread::spawn(move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        rt.block_on(async move {
+            if let Ok(engine) = Engine::connect().await {
+                engine.remove_labelled(&filter).await;
+            }
+        });
+    });
+    let _ = handle.join();
 }
 
 /// Writes output chunks to a pair of files and, when asked, emits lines as events.
