@@ -498,7 +498,7 @@ impl DockerRuntime {
         pattern.extend(env.keys().cloned());
         let env_file = format!("$AZ_BATCH_TASK_WORKING_DIR/{ENV_FILE}");
         let dump_env = format!(
-            "env | grep -E {} > {} || true",
+            "(umask 077; env | grep -E {} > {} || true)",
             quote(&format!("^({})=", pattern.join("|"))),
             quote_expanding(&env_file)
         );
@@ -524,11 +524,12 @@ impl DockerRuntime {
                     .map(user_shell_words)
                     .unwrap_or_default();
                 let line = format!(
-                    "set -e; {dump_env}; exec {} {} {} {}",
+                    "set -e; {docker} rm -f -v {n} >/dev/null 2>&1 || true; {dump_env}; exec {} {} {} {}",
                     shipyard_runtime::shell::join(&static_argv),
                     dynamic.join(" "),
                     quote(&task.image),
-                    shipyard_runtime::shell::join(&program)
+                    shipyard_runtime::shell::join(&program),
+                    n = quote(&name),
                 );
                 t.command_line = bash_c(line.trim_end());
             }
