@@ -30,8 +30,8 @@ if ! "$VENV/bin/python" -c "import azure.batch" 2>/dev/null; then
 fi
 PY_VERSION=$("$VENV/bin/python" -c "import azure.batch; print(azure.batch.__version__)" 2>/dev/null || echo "?")
 
-# The Python SDK 15.1.0 speaks api-version 2025-06-01: the server accepts it (lenient bodies)
-# for this run only.
+# The Python SDK 15.1.0 speaks api-version 2025-06-01: the server accepts it (bodies still
+# validated strictly against the 2024-07-01.20.0 spec) for this run only.
 coproc SERVER { exec "$BIN" --serve --extra-api-version 2025-06-01; }
 SERVER_PID=$SERVER_PID
 trap 'echo quit >&"${SERVER[1]}" 2>/dev/null || true; wait "$SERVER_PID" 2>/dev/null || true' EXIT

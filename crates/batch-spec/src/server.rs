@@ -54,7 +54,8 @@ pub struct ServerConfig {
     /// Base64 account key (random by default).
     pub key: String,
     /// api-versions accepted besides the spec's own (e.g. `2025-06-01` for the Python SDK).
-    /// Bodies sent with these versions are validated leniently (unknown properties allowed).
+    /// Bodies sent with these versions are validated as strictly as any other (against the
+    /// spec's own version; the Python SDK 15.1.0's bodies pass).
     pub extra_api_versions: Vec<String>,
     /// Client id accepted by the token endpoint.
     pub client_id: String,

@@ -285,20 +285,21 @@ fn pipeline(
     record: &mut RequestRecord,
 ) -> Reply {
     let query = ops::Query::parse(raw_query);
-    // api-version
-    let lenient =
-        match query.get("api-version") {
-            None => {
-                return Reply::error(
-                    400,
-                    "MissingRequiredQueryParameter",
-                    "A query parameter that's mandatory for this request is not specified.",
-                    &[("QueryParameterName", "api-version".into())],
-                )
-            }
-            Some(v) if v == shared.spec.api_version() => false,
-            Some(v) if shared.config.extra_api_versions.iter().any(|e| e == v) => true,
-            Some(v) => return Reply::error(
+    // api-version. Bodies are validated strictly whatever the accepted version.
+    match query.get("api-version") {
+        None => {
+            return Reply::error(
+                400,
+                "MissingRequiredQueryParameter",
+                "A query parameter that's mandatory for this request is not specified.",
+                &[("QueryParameterName", "api-version".into())],
+            )
+        }
+        Some(v)
+            if v == shared.spec.api_version()
+                || shared.config.extra_api_versions.iter().any(|e| e == v) => {}
+        Some(v) => {
+            return Reply::error(
                 400,
                 "InvalidQueryParameterValue",
                 "Value for one of the query parameters specified in the request URI is invalid.",
@@ -307,14 +308,12 @@ fn pipeline(
                     ("QueryParameterValue", v.to_owned()),
                     (
                         "Reason",
-                        format!(
-                            "The only supported api-version is {}",
-                            shared.spec.api_version()
-                        ),
+                        format!("The supported api-version is {}", shared.spec.api_version()),
                     ),
                 ],
-            ),
-        };
+            )
+        }
+    }
     if let Err((status, code, msg)) = auth::check_date(headers) {
         return Reply::error(status, code, &msg, &[("HeaderName", "ocp-date".into())]);
     }
@@ -388,12 +387,7 @@ fn pipeline(
                     )
                 }
             };
-            let checked = if lenient {
-                shared.spec.validate_lenient(def, &v)
-            } else {
-                shared.spec.validate(def, &v)
-            };
-            if let Err(violations) = checked {
+            if let Err(violations) = shared.spec.validate(def, &v) {
                 let values: Vec<(&str, String)> = violations
                     .iter()
                     .take(50)
