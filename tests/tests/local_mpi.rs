@@ -238,3 +238,75 @@ async fn local_dropping_the_run_future_removes_everything() {
     // The dropped future removed the run's objects before it finished dropping.
     assert_eq!(leftovers(&id), Vec::<String>::new());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_sshd_probe_from_inside_the_master_works() {
+    if !require_test_image() {
+        return;
+    }
+    let state = tempfile::tempdir().unwrap();
+    let id = unique_id("probe");
+    let _guard = CleanGuard(id.clone());
+    let backend = shipyard_local::LocalBackend::connect(
+        shipyard_local::LocalOptions::default()
+            .state_dir(state.path())
+            .label("shipyard.test", "1")
+            .probe_from_master(true),
+    )
+    .await
+    .unwrap();
+    let outcome = backend
+        .run_spec(hello_job(&id, MpiKind::Mpich, 2, 1), None)
+        .await
+        .unwrap();
+    let task = outcome.task("hello").unwrap();
+    let stdout = std::fs::read_to_string(task.task_dir.join("stdout.txt")).unwrap();
+    assert_eq!(task.exit_code, Some(0), "{:?}\n{stdout}", task.failure);
+    HelloReport::parse(&stdout).assert_complete(2);
+    assert_eq!(leftovers(&id), Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_sshd_never_up_fails_naming_the_nodes() {
+    if !require_test_image() {
+        return;
+    }
+    for from_master in [false, true] {
+        let state = tempfile::tempdir().unwrap();
+        let id = unique_id(if from_master { "nosshd-m" } else { "nosshd" });
+        let _guard = CleanGuard(id.clone());
+        let backend = shipyard_local::LocalBackend::connect(
+            shipyard_local::LocalOptions::default()
+                .state_dir(state.path())
+                .label("shipyard.test", "1")
+                .sshd_timeout(Duration::from_secs(3))
+                .probe_from_master(from_master),
+        )
+        .await
+        .unwrap();
+        let mut job = hello_job(&id, MpiKind::OpenMpi, 2, 1);
+        // sshd comes up on the master only.
+        job.tasks[0]
+            .multi_instance
+            .as_mut()
+            .unwrap()
+            .coordination_command_line = format!(
+            "/bin/bash -c 'if [ \"$AZ_BATCH_IS_CURRENT_NODE_MASTER\" = true ]; then {}; fi'",
+            COORDINATION
+                .trim_start_matches("/bin/bash -c '")
+                .trim_end_matches('\'')
+        );
+        let t0 = Instant::now();
+        let outcome = backend.run_spec(job, None).await.unwrap();
+        let task = outcome.task("hello").unwrap();
+        let failure = task.failure.clone().unwrap_or_default();
+        assert_eq!(task.result, Some(TaskResult::Failure));
+        assert!(
+            failure.contains("node-1") && !failure.contains("node-0"),
+            "from_master={from_master}: {failure}"
+        );
+        assert!(failure.contains("port 23"), "{failure}");
+        assert!(t0.elapsed() < Duration::from_secs(30));
+        assert_eq!(leftovers(&id), Vec::<String>::new());
+    }
+}

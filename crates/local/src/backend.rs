@@ -48,6 +48,9 @@ pub struct LocalOptions {
     pub keys_on_all_nodes: bool,
     /// Sweep leftovers of dead runs when connecting.
     pub sweep_on_connect: bool,
+    /// Probe the nodes' sshd from inside the master container instead of from this process
+    /// (automatic when the nodes' network is unreachable from here).
+    pub probe_from_master: bool,
 }
 
 fn default_state_dir() -> PathBuf {
@@ -75,6 +78,7 @@ impl Default for LocalOptions {
             key_dir: std::env::temp_dir(),
             keys_on_all_nodes: false,
             sweep_on_connect: true,
+            probe_from_master: false,
         }
     }
 }
@@ -118,6 +122,11 @@ impl LocalOptions {
     /// Sets [`LocalOptions::keys_on_all_nodes`].
     pub fn keys_on_all_nodes(mut self, on: bool) -> Self {
         self.keys_on_all_nodes = on;
+        self
+    }
+    /// Sets [`LocalOptions::probe_from_master`].
+    pub fn probe_from_master(mut self, on: bool) -> Self {
+        self.probe_from_master = on;
         self
     }
     /// Sets [`LocalOptions::sweep_on_connect`].

@@ -405,7 +405,7 @@ async fn attempt_inner(
     let work = async {
         if let Some(argv) = &coord_argv {
             coordinate(ctx, task, &specs, &addrs, argv, &task_dir).await?;
-            wait_sshd(ctx, task, &addrs).await?;
+            wait_sshd(ctx, task, &addrs, &specs[0].name).await?;
             ctx.events.emit(Event::NodesReady {
                 task: task.id.clone(),
                 nodes: n,
@@ -518,44 +518,112 @@ async fn coordinate(
     Ok(())
 }
 
-/// Waits until every node's sshd accepts connections on port 23 (bounded).
-async fn wait_sshd(ctx: &RunCtx, task: &TaskSpec, addrs: &[NodeAddr]) -> Result<()> {
-    let deadline = Instant::now() + ctx.opts.sshd_timeout;
+/// Waits until every node's sshd accepts connections on port 23 (bounded). Probes from this
+/// process; when the nodes' network is not reachable from here at all (the backend itself runs
+/// in a container), probes from inside the master instead.
+async fn wait_sshd(ctx: &RunCtx, task: &TaskSpec, addrs: &[NodeAddr], master: &str) -> Result<()> {
+    let started = Instant::now();
+    let deadline = started + ctx.opts.sshd_timeout;
+    if ctx.opts.probe_from_master {
+        return wait_sshd_from_master(ctx, task, addrs, master, deadline).await;
+    }
     let mut pending: Vec<&NodeAddr> = addrs.iter().collect();
+    let mut reachable = false;
     loop {
         let checks = pending.iter().map(|a| async move {
             let addr = (a.ip, layout::SSHD_PORT);
-            let ok = matches!(
-                tokio::time::timeout(
-                    Duration::from_millis(500),
-                    tokio::net::TcpStream::connect(addr)
-                )
-                .await,
-                Ok(Ok(_))
-            );
-            (*a, ok)
+            let r = tokio::time::timeout(
+                Duration::from_millis(500),
+                tokio::net::TcpStream::connect(addr),
+            )
+            .await;
+            let (up, seen) = match r {
+                Ok(Ok(_)) => (true, true),
+                Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => (false, true),
+                _ => (false, false),
+            };
+            (*a, up, seen)
         });
         let results = futures::future::join_all(checks).await;
-        pending = results
-            .into_iter()
-            .filter(|(_, ok)| !ok)
-            .map(|(a, _)| a)
-            .collect();
+        reachable |= results.iter().any(|r| r.2);
+        pending = results.into_iter().filter(|r| !r.1).map(|r| r.0).collect();
         if pending.is_empty() {
             return Ok(());
         }
+        if !reachable && started.elapsed() > Duration::from_secs(2) {
+            tracing::debug!(task = %task.id, "node network unreachable from here; probing from the master");
+            return wait_sshd_from_master(ctx, task, addrs, master, deadline).await;
+        }
         if Instant::now() >= deadline {
-            return Err(LocalError::SshdTimeout {
-                task: task.id.clone(),
-                nodes: pending
-                    .iter()
-                    .map(|a| format!("{} ({})", a.id, a.ip))
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                port: layout::SSHD_PORT,
-                secs: ctx.opts.sshd_timeout.as_secs(),
-            });
+            return Err(sshd_timeout(ctx, task, &pending));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+fn sshd_timeout(ctx: &RunCtx, task: &TaskSpec, down: &[&NodeAddr]) -> LocalError {
+    LocalError::SshdTimeout {
+        task: task.id.clone(),
+        nodes: down
+            .iter()
+            .map(|a| format!("{} ({})", a.id, a.ip))
+            .collect::<Vec<_>>()
+            .join(", "),
+        port: layout::SSHD_PORT,
+        secs: ctx.opts.sshd_timeout.as_secs(),
+    }
+}
+
+/// The in-master probe: a bash loop over the node addresses, printing the ones still down at
+/// the deadline.
+async fn wait_sshd_from_master(
+    ctx: &RunCtx,
+    task: &TaskSpec,
+    addrs: &[NodeAddr],
+    master: &str,
+    deadline: Instant,
+) -> Result<()> {
+    let secs = deadline
+        .saturating_duration_since(Instant::now())
+        .as_secs()
+        .max(1);
+    let ips: Vec<String> = addrs.iter().map(|a| a.ip.to_string()).collect();
+    let script = format!(
+        "end=$((SECONDS + {secs})); down=; for h in {hosts}; do \
+         until (exec 3<>/dev/tcp/$h/{port}) 2>/dev/null; do \
+         if [ $SECONDS -ge $end ]; then down=\"$down $h\"; break; fi; sleep 0.1; done; done; \
+         [ -z \"$down\" ] || {{ echo $down; exit 1; }}",
+        hosts = ips.join(" "),
+        port = layout::SSHD_PORT,
+    );
+    let mut out = Vec::new();
+    let code = {
+        let mut f = |st: OutputStream, c: &[u8]| {
+            if st == OutputStream::Stdout {
+                out.extend_from_slice(c)
+            }
+        };
+        ctx.engine
+            .exec(
+                master,
+                vec!["/bin/bash".into(), "-c".into(), script],
+                None,
+                &mut f,
+            )
+            .await?
+    };
+    if code == 0 {
+        return Ok(());
+    }
+    let text = String::from_utf8_lossy(&out);
+    let down: Vec<&NodeAddr> = addrs
+        .iter()
+        .filter(|a| text.split_whitespace().any(|w| w == a.ip.to_string()))
+        .collect();
+    let down = if down.is_empty() {
+        addrs.iter().collect()
+    } else {
+        down
+    };
+    Err(sshd_timeout(ctx, task, &down))
 }
