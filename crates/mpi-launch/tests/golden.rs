@@ -536,12 +536,13 @@ fn cmd_quoting_follows_windows_argv_rules() {
             r#"bs\"q"#,
             "(x)|<y>^!",
             "tab\tx",
+            r"C:\my dir\",
         ])
         .build()
         .unwrap();
     assert_eq!(
         plan.render_cmd().unwrap(),
-        r#"mpiexec -c 1 a.exe ^"^" a\b tail\ ^"q\^"uote^" ^"bs\\\^"q^" ^(x^)^|^<y^>^^^! ^"tab	x^""#
+        r#"mpiexec -c 1 a.exe ^"^" a\b tail\ ^"q\^"uote^" ^"bs\\\^"q^" ^(x^)^|^<y^>^^^! ^"tab	x^" ^"C:\my dir\\^""#
     );
     let bad = LaunchRequest::new(Flavor::MsMpi)
         .program("a.exe")
