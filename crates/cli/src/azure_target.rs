@@ -145,14 +145,7 @@ fn plan_jobs<'a>(
         .map(|j| {
             render::plan_job(&j.spec, pool)
                 .map(|p| (j, p))
-                .map_err(|e| {
-                    CliError::Config(ConfigError::Invalid {
-                        file: config.files[j.file].path.clone(),
-                        location: None,
-                        field: format!("job_specifications[{}]", j.index),
-                        reason: e.to_string(),
-                    })
-                })
+                .map_err(|e| CliError::Config(config.plan_error(j, e)))
         })
         .collect()
 }

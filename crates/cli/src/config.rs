@@ -670,6 +670,54 @@ impl Config {
         }
     }
 
+    /// A planning error of `job`, located in its file: the runtime's field path (`job.tasks[0]…`)
+    /// is rewritten to the config's (`job_specifications[i].tasks[0]…`).
+    pub fn plan_error(&self, job: &LoadedJob, e: RuntimeError) -> ConfigError {
+        let prefix = format!("job_specifications[{}]", job.index);
+        let field = match &e {
+            RuntimeError::Invalid { field, .. }
+            | RuntimeError::Unsupported { field, .. }
+            | RuntimeError::Mpi { field, .. }
+                if field.starts_with("pool.") =>
+            {
+                field.clone()
+            }
+            RuntimeError::Invalid { field, .. }
+            | RuntimeError::Unsupported { field, .. }
+            | RuntimeError::Mpi { field, .. } => match field.strip_prefix("job") {
+                Some(rest) if rest.is_empty() || rest.starts_with(['.', '[']) => {
+                    format!("{prefix}{rest}")
+                }
+                _ => prefix.clone(),
+            },
+            _ => prefix.clone(),
+        };
+        let reason = match e {
+            RuntimeError::Invalid { reason, .. } => reason,
+            other => other.to_string(),
+        };
+        // Pool facts the runtime objects to are located in the pool's file.
+        if let (Some(fact), Some((_, pool_file))) = (
+            match &field {
+                f if f.ends_with("pool.native_containers") => {
+                    Some("pool_specification.vm_configuration.platform_image.native")
+                }
+                f if f.ends_with("pool.os") => {
+                    Some("pool_specification.vm_configuration.platform_image.node_agent_sku_id")
+                }
+                f if f.ends_with("pool.node_count") => Some("pool_specification.vm_count"),
+                f if f.ends_with("pool.slots_per_node") => {
+                    Some("pool_specification.task_slots_per_node")
+                }
+                _ => None,
+            },
+            &self.pool,
+        ) {
+            return self.invalid(*pool_file, fact, reason);
+        }
+        self.invalid(job.file, &field, reason)
+    }
+
     /// The pool, or an error saying how to configure one.
     pub fn pool(&self) -> Result<&PoolSpecification, ConfigError> {
         self.pool

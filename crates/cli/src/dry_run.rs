@@ -3,7 +3,7 @@
 use serde_json::{json, Value};
 
 use crate::args::{Command, GlobalArgs, JobsCommand, OutputFormat, PoolCommand, TasksCommand};
-use crate::config::{Config, ConfigError, LoadedJob, PoolSpecification};
+use crate::config::{Config, LoadedJob, PoolSpecification};
 use crate::render::{self, RestRequest, API_VERSION};
 use crate::{CliError, CliResult};
 
@@ -16,12 +16,7 @@ fn print(global: &GlobalArgs, requests: &[RestRequest]) {
 }
 
 fn plan_error(config: &Config, job: &LoadedJob, e: shipyard_runtime::RuntimeError) -> CliError {
-    CliError::Config(ConfigError::Invalid {
-        file: config.files[job.file].path.clone(),
-        location: None,
-        field: format!("job_specifications[{}]", job.index),
-        reason: e.to_string(),
-    })
+    CliError::Config(config.plan_error(job, e))
 }
 
 /// The pool requests plus job requests of `jobs` (all jobs when `None`).

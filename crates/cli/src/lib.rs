@@ -220,14 +220,8 @@ fn config_check(global: &GlobalArgs, config: &Config) -> CliResult {
             .as_ref()
             .map(|(p, _)| p.clone())
             .unwrap_or_else(local_target::default_pool);
-        let plan = render::plan_job(&job.spec, &facts_pool).map_err(|e| {
-            CliError::Config(ConfigError::Invalid {
-                file: config.files[job.file].path.clone(),
-                location: None,
-                field: format!("job_specifications[{}]", job.index),
-                reason: e.to_string(),
-            })
-        })?;
+        let plan = render::plan_job(&job.spec, &facts_pool)
+            .map_err(|e| CliError::Config(config.plan_error(job, e)))?;
         let instances: u32 = plan
             .tasks
             .iter()

@@ -234,14 +234,8 @@ pub(crate) fn run(global: &GlobalArgs, config: &Config, args: &RunArgs) -> CliRe
     let mut specs = Vec::new();
     for job in &jobs {
         let pool = local_pool(config, job);
-        let plan = crate::render::plan_job(&job.spec, &pool).map_err(|e| {
-            CliError::Config(crate::config::ConfigError::Invalid {
-                file: config.files[job.file].path.clone(),
-                location: None,
-                field: format!("job_specifications[{}]", job.index),
-                reason: e.to_string(),
-            })
-        })?;
+        let plan = crate::render::plan_job(&job.spec, &pool)
+            .map_err(|e| CliError::Config(config.plan_error(job, e)))?;
         specs.push(plan_to_local(
             &job.spec.id,
             &plan,

@@ -702,3 +702,37 @@ command = "echo hi"
         .validate("TaskAddCollectionParameter", &v[1]["body"])
         .is_ok());
 }
+
+#[test]
+fn runtime_planning_errors_are_located_too() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = r#"[pool_specification]
+id = "p"
+vm_count = 2
+inter_node_communication_enabled = true
+[pool_specification.vm_configuration.platform_image]
+publisher = "microsoft-dsvm"
+offer = "ubuntu-hpc"
+sku = "2204"
+node_agent_sku_id = "batch.node.ubuntu 22.04"
+native = true
+[[job_specifications]]
+id = "j"
+runtime = "singularity"
+[[job_specifications.tasks]]
+image = "x.sif"
+command = "x"
+multi_instance = { num_instances = 2 }
+"#;
+    let p = write(dir.path(), "sing.toml", text);
+    shipyard()
+        .arg("-c")
+        .arg(&p)
+        .args(["config", "check"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains(format!("{}:10:1", p.display())))
+        .stderr(predicate::str::contains(
+            "pool_specification.vm_configuration.platform_image.native",
+        ));
+}
