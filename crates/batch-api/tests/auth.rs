@@ -292,6 +292,8 @@ async fn revoked_token_is_refreshed_once_then_401_surfaces() {
     server.revoke_tokens();
     c.get_pool("p").await.expect("refreshed after one 401");
     assert_eq!(server.tokens_issued(), 2);
+    // Tokens the server issued start with `tok-`; none shows up in the client's Debug.
+    assert!(!format!("{c:?}").contains("tok-"), "{c:?}");
     let statuses: Vec<u16> = server
         .requests()
         .iter()

@@ -295,3 +295,32 @@ async fn select_projects_properties() {
     assert_eq!(tasks[0].id.as_deref(), Some("t"));
     assert!(tasks[0].command_line.is_none(), "not selected");
 }
+
+#[tokio::test]
+async fn task_dependencies_need_the_job_flag() {
+    use shipyard_batch_api::models::TaskDependencies;
+    let server = server().await;
+    let c = client(&server);
+    pool_and_job(&c, "p", "plain").await;
+    let mut t = task("dependent");
+    t.depends_on = Some(TaskDependencies {
+        task_ids: Some(vec!["a".into()]),
+        ..Default::default()
+    });
+    let err = c
+        .add_task("plain", &t)
+        .await
+        .expect_err("job lacks usesTaskDependencies");
+    assert_eq!(err.code(), Some("TaskDependenciesNotSpecifiedOnJob"));
+    let mut j = job("deps", "p");
+    j.uses_task_dependencies = Some(true);
+    c.add_job(&j).await.expect("job");
+    c.add_task("deps", &t)
+        .await
+        .expect("dependent task accepted");
+    let got = c.get_task("deps", "dependent").await.expect("get");
+    assert_eq!(
+        got.depends_on.and_then(|d| d.task_ids),
+        Some(vec!["a".to_owned()])
+    );
+}
