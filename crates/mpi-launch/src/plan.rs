@@ -379,8 +379,22 @@ fn validate(req: &LaunchRequest) -> Result<(), LaunchError> {
             token("container.program", p, &[])?;
         }
         for b in &c.binds {
-            token("container.binds", &b.src, &[',', ':'])?;
-            token("container.binds", &b.dst, &[',', ':'])?;
+            for w in [&b.src, &b.dst] {
+                word_no_nul("container.binds", w)?;
+                if w.parts().is_empty() {
+                    return Err(invalid("container.binds", "a bind path must not be empty"));
+                }
+                for p in w.parts() {
+                    if let Part::Lit(s) = p {
+                        if let Some(c) = s.chars().find(|c| matches!(c, ',' | ':')) {
+                            return Err(invalid(
+                                "container.binds",
+                                format!("{s:?} must not contain {c:?}"),
+                            ));
+                        }
+                    }
+                }
+            }
         }
         if let Some(p) = &c.pwd {
             word_no_nul("container.pwd", p)?;
@@ -742,12 +756,13 @@ pub(crate) fn build(req: &LaunchRequest) -> Result<LaunchPlan, LaunchError> {
         ));
         argv.push(lit(cflags::EXEC));
         for b in &c.binds {
-            let spec = if b.read_only {
-                format!("{}:{}:ro", b.src, b.dst)
-            } else {
-                format!("{}:{}", b.src, b.dst)
-            };
-            argv.extend([lit(cflags::BIND), Word::lit(spec)]);
+            let mut parts: Vec<Part> = b.src.parts().to_vec();
+            parts.push(Part::Lit(":".into()));
+            parts.extend(b.dst.parts().iter().cloned());
+            if b.read_only {
+                parts.push(Part::Lit(":ro".into()));
+            }
+            argv.extend([lit(cflags::BIND), Word::concat(parts)]);
         }
         if let Some(p) = &c.pwd {
             argv.extend([lit(cflags::PWD), p.clone()]);

@@ -106,13 +106,14 @@ impl ContainerRuntime {
     }
 }
 
-/// A bind mount `src:dst[:ro]`.
+/// A bind mount `src:dst[:ro]`; either path may hold run-time values such as
+/// `$AZ_BATCH_NODE_ROOT_DIR`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Bind {
     /// Host path.
-    pub src: String,
+    pub src: Word,
     /// Container path.
-    pub dst: String,
+    pub dst: Word,
     /// Read-only.
     pub read_only: bool,
 }
@@ -163,7 +164,7 @@ impl Container {
     }
 
     /// Adds `--bind src:dst`.
-    pub fn bind(mut self, src: impl Into<String>, dst: impl Into<String>) -> Container {
+    pub fn bind(mut self, src: impl Into<Word>, dst: impl Into<Word>) -> Container {
         self.binds.push(Bind {
             src: src.into(),
             dst: dst.into(),
@@ -173,7 +174,7 @@ impl Container {
     }
 
     /// Adds `--bind src:dst:ro`.
-    pub fn bind_ro(mut self, src: impl Into<String>, dst: impl Into<String>) -> Container {
+    pub fn bind_ro(mut self, src: impl Into<Word>, dst: impl Into<Word>) -> Container {
         self.binds.push(Bind {
             src: src.into(),
             dst: dst.into(),

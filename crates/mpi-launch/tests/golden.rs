@@ -572,6 +572,10 @@ fn singularity_wrapper() {
             Container::singularity("library://u/c/img:1")
                 .bind("/mnt/batch", "/mnt/batch")
                 .bind_ro("/data", "/in")
+                .bind(
+                    Word::var("AZ_BATCH_NODE_ROOT_DIR"),
+                    Word::var("AZ_BATCH_NODE_ROOT_DIR"),
+                )
                 .pwd(Word::var("AZ_BATCH_TASK_WORKING_DIR"))
                 .nv(true)
                 .env("OMP_NUM_THREADS", "2")
@@ -581,7 +585,7 @@ fn singularity_wrapper() {
         .unwrap();
     assert_eq!(
         plan.render_sh(),
-        format!("HYDRA_LAUNCHER_EXTRA_ARGS='{SSH}' SINGULARITYENV_OMP_NUM_THREADS=2 mpiexec -n 4 -ppn 2 -hosts 10.0.0.4,10.0.0.5 -launcher ssh -genv SINGULARITYENV_OMP_NUM_THREADS 2 singularity exec --bind /mnt/batch:/mnt/batch --bind /data:/in:ro --pwd \"${{AZ_BATCH_TASK_WORKING_DIR}}\" --nv --writable-tmpfs library://u/c/img:1 /app/hello -v 'a b'")
+        format!("HYDRA_LAUNCHER_EXTRA_ARGS='{SSH}' SINGULARITYENV_OMP_NUM_THREADS=2 mpiexec -n 4 -ppn 2 -hosts 10.0.0.4,10.0.0.5 -launcher ssh -genv SINGULARITYENV_OMP_NUM_THREADS 2 singularity exec --bind /mnt/batch:/mnt/batch --bind /data:/in:ro --bind \"${{AZ_BATCH_NODE_ROOT_DIR}}\":\"${{AZ_BATCH_NODE_ROOT_DIR}}\" --pwd \"${{AZ_BATCH_TASK_WORKING_DIR}}\" --nv --writable-tmpfs library://u/c/img:1 /app/hello -v 'a b'")
     );
 }
 
