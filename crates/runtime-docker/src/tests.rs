@@ -199,12 +199,3 @@ fn ssh_key_lands_in_the_preparation_task_only() {
     assert!(!tasks.contains("PRIVATE KEY"));
     assert!(!prep.command_line.contains("PRIVATE KEY"));
 }
-
-#[test]
-#[ignore]
-fn dump() {
-    let plan = DockerRuntime::new().plan(&mi_job(), &pool(false)).unwrap();
-    println!("{}", serde_json::to_string_pretty(&plan).unwrap());
-    let plan = DockerRuntime::new().plan(&mi_job(), &pool(true)).unwrap();
-    println!("{}", serde_json::to_string_pretty(&plan.tasks[0]).unwrap());
-}

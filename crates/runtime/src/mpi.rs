@@ -266,3 +266,20 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(500))]
+
+        /// Any words quoted by `shell::quote` and joined split back into the same words.
+        #[test]
+        fn quoted_words_split_back(words in proptest::collection::vec("[ -~]{0,12}", 1..6)) {
+            let line = crate::shell::join(&words);
+            prop_assert_eq!(split_plain(&line), Some(words), "line: {}", line);
+        }
+    }
+}
