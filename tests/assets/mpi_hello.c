@@ -18,6 +18,7 @@
 #include <mpi.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
 
 int main(int argc, char **argv)
@@ -35,13 +36,22 @@ int main(int argc, char **argv)
     if (gethostname(host, sizeof host - 1) != 0)
         host[0] = '?';
 
-    printf("hello rank=%d size=%d host=%s", rank, size, host);
-    if (var != NULL) {
-        const char *value = getenv(var);
-        printf(" %s=%s", var, value != NULL ? value : "(unset)");
+    /* Build the whole line first and write it with one call, so that lines of different
+     * ranks never interleave when the launcher forwards output unbuffered. */
+    {
+        char line[1024];
+        int len = snprintf(line, sizeof line, "hello rank=%d size=%d host=%s", rank, size, host);
+        if (var != NULL && len > 0 && (size_t)len < sizeof line) {
+            const char *value = getenv(var);
+            len += snprintf(line + len, sizeof line - (size_t)len, " %s=%s", var,
+                            value != NULL ? value : "(unset)");
+        }
+        if (len < 0 || (size_t)len >= sizeof line - 1)
+            len = (int)strlen(line);
+        line[len++] = '\n';
+        fwrite(line, 1, (size_t)len, stdout);
+        fflush(stdout);
     }
-    printf("\n");
-    fflush(stdout);
 
     mine = rank;
     expected = (long)size * (long)(size - 1) / 2;

@@ -196,7 +196,11 @@ pub fn hello_binary(install: &MpiInstall) -> anyhow::Result<PathBuf> {
     if fresh {
         return Ok(out);
     }
-    let tmp = dir.join(format!("mpi-hello-{}.tmp{}", install.kind.short(), std::process::id()));
+    let tmp = dir.join(format!(
+        "mpi-hello-{}.tmp{}",
+        install.kind.short(),
+        std::process::id()
+    ));
     let mut cmd = match install.kind {
         MpiKind::OpenMpi => Command::new("mpicc.openmpi"),
         MpiKind::Mpich => Command::new("mpicc.mpich"),
@@ -249,7 +253,12 @@ impl HelloReport {
             // Tolerate prefixes such as "[1,0]<stdout>:" or node tags before the payload.
             if let Some(pos) = line.find("hello rank=") {
                 let fields = kv(&line[pos + "hello ".len()..]);
-                let get = |k: &str| fields.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
+                let get = |k: &str| {
+                    fields
+                        .iter()
+                        .find(|(key, _)| key == k)
+                        .map(|(_, v)| v.clone())
+                };
                 if let (Some(r), Some(s)) = (get("rank"), get("size")) {
                     if let (Ok(r), Ok(s)) = (r.parse(), s.parse()) {
                         report.ranks.push((r, s, get("host").unwrap_or_default()));
@@ -274,7 +283,12 @@ impl HelloReport {
     pub fn assert_complete(&self, n: u32) {
         let mut seen: Vec<u32> = self.ranks.iter().map(|r| r.0).collect();
         seen.sort_unstable();
-        assert_eq!(seen, (0..n).collect::<Vec<_>>(), "ranks seen: {:?}", self.ranks);
+        assert_eq!(
+            seen,
+            (0..n).collect::<Vec<_>>(),
+            "ranks seen: {:?}",
+            self.ranks
+        );
         assert!(
             self.ranks.iter().all(|r| r.1 == n),
             "every rank must see size {n}: {:?}",
@@ -317,7 +331,9 @@ mod tests {
     #[test]
     #[should_panic(expected = "ranks seen")]
     fn singleton_launch_is_incomplete() {
-        let r = HelloReport::parse("hello rank=0 size=1 host=a\nhello rank=0 size=1 host=a\nallreduce sum=0 expected=0\n");
+        let r = HelloReport::parse(
+            "hello rank=0 size=1 host=a\nhello rank=0 size=1 host=a\nallreduce sum=0 expected=0\n",
+        );
         r.assert_complete(2);
     }
 }
