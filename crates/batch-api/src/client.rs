@@ -649,6 +649,37 @@ mod tests {
     }
 
     #[test]
+    fn next_links_stay_on_the_endpoint_and_keep_the_api_version() {
+        let cred = crate::SharedKeyCredential::new("a", "a2V5").expect("cred");
+        let c = BatchClient::new("https://a.westus.batch.azure.com", cred).expect("client");
+        let u = c
+            .next_link("https://a.westus.batch.azure.com/jobs/j/tasks?$skiptoken=x")
+            .expect("same origin");
+        assert!(u
+            .query()
+            .is_some_and(|q| q.contains("api-version=2024-07-01.20.0")));
+        let kept = c
+            .next_link("/pools?api-version=2024-07-01.20.0&$skiptoken=y")
+            .expect("relative");
+        assert_eq!(
+            kept.query_pairs()
+                .filter(|(k, _)| k == "api-version")
+                .count(),
+            1
+        );
+        assert!(c.next_link("https://evil.example.com/pools").is_err());
+    }
+
+    #[test]
+    fn urls_encode_each_segment() {
+        let cred = crate::SharedKeyCredential::new("a", "a2V5").expect("cred");
+        let c = BatchClient::new("http://127.0.0.1:9", cred).expect("client");
+        let u = c.url(&["jobs", "j 1", "tasks", "t", "files", "wd/out.txt"], &[]);
+        assert_eq!(u.path(), "/jobs/j%201/tasks/t/files/wd%2Fout.txt");
+        assert_eq!(u.query(), Some("api-version=2024-07-01.20.0"));
+    }
+
+    #[test]
     fn error_body_decodes() {
         let e = decode_error_body(
             409,

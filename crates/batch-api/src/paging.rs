@@ -72,6 +72,8 @@ struct State<T> {
     client: BatchClient,
     next: Option<url::Url>,
     buffer: VecDeque<T>,
+    /// An error to yield once the buffered items are delivered; then the stream ends.
+    pending_error: Option<crate::error::BatchError>,
     failed: bool,
 }
 
@@ -85,12 +87,16 @@ impl BatchClient {
             client: self.clone(),
             next: Some(first),
             buffer: VecDeque::new(),
+            pending_error: None,
             failed: false,
         };
         Box::pin(stream::unfold(state, |mut st| async move {
             loop {
                 if let Some(item) = st.buffer.pop_front() {
                     return Some((Ok(item), st));
+                }
+                if let Some(e) = st.pending_error.take() {
+                    return Some((Err(e), st));
                 }
                 if st.failed {
                     return None;
@@ -110,13 +116,9 @@ impl BatchClient {
                             match st.client.next_link(&link) {
                                 Ok(u) => st.next = Some(u),
                                 Err(e) => {
+                                    // Deliver this page's items first, then the error.
                                     st.failed = true;
-                                    if st.buffer.is_empty() {
-                                        return Some((Err(e), st));
-                                    }
-                                    // Deliver the buffered items first; the error is lost
-                                    // only if the caller stops early.
-                                    st.next = None;
+                                    st.pending_error = Some(e);
                                 }
                             }
                         }
