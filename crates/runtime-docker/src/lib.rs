@@ -36,6 +36,8 @@
 //! (label `shipyard.role=mpi-node`; the pool runs one task per node, so they are finished),
 //! which would otherwise hold port 23.
 
+#![warn(missing_docs)]
+
 use std::collections::BTreeSet;
 
 use shipyard_runtime::batch::{
@@ -864,6 +866,14 @@ impl ContainerRuntime for DockerRuntime {
                 }
             }
         }
+        tracing::debug!(
+            job = %job.id,
+            pool = %pool.pool_id,
+            native = pool.native_containers,
+            tasks = tasks.len(),
+            multi_instance = any_mi,
+            "planned docker job"
+        );
         Ok(JobPlan {
             runtime: NAME.to_string(),
             pool: pool_needs,

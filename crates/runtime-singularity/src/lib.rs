@@ -20,6 +20,8 @@
 //! `shipyard: singularity not found on <host>` (exit 127) otherwise; [`check_binary`] does the
 //! same check on this machine.
 
+#![warn(missing_docs)]
+
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 
@@ -540,6 +542,13 @@ impl ContainerRuntime for SingularityRuntime {
                 images.push(t.image.clone());
             }
         }
+        tracing::debug!(
+            job = %job.id,
+            pool = %pool.pool_id,
+            runtime = name,
+            tasks = tasks.len(),
+            "planned singularity job"
+        );
         Ok(JobPlan {
             runtime: name.to_string(),
             pool: PoolNeeds {
