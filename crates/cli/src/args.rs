@@ -122,13 +122,22 @@ pub enum OutputFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Manage the pool (the nodes jobs run on).
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  shipyard --target azure -c pool.toml pool add\n  shipyard --target azure -c pool.toml pool resize --dedicated 8\n  shipyard --target azure --output json pool nodes --pool-id mpipool\n  shipyard pool del          # locally: remove leftovers of runs whose process died"
+    )]
     Pool(PoolCommand),
     /// Manage jobs.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  shipyard --target azure -c config.toml jobs add --job hello\n  shipyard jobs list\n  shipyard jobs tasks hello-openmpi\n  shipyard --target azure jobs term hello -c credentials.toml"
+    )]
     Jobs(JobsCommand),
     /// Inspect and stop tasks.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  shipyard tasks list --job hello-openmpi\n  shipyard --output json tasks get --job hello-openmpi hello\n  shipyard --target azure -c credentials.toml tasks term --job hello hello"
+    )]
     Tasks(TasksCommand),
     /// Download a task's stdout/stderr or other files from its directory.
     #[command(
@@ -141,7 +150,10 @@ pub enum Command {
     )]
     Run(RunArgs),
     /// Configuration helpers.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  shipyard -c examples/local-openmpi.toml config check\n  shipyard --configdir myconfig/ --output json config check"
+    )]
     Config(ConfigCommand),
     /// Print a shell completion script.
     #[command(

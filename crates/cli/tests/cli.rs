@@ -97,7 +97,11 @@ fn help_teaches_with_examples() {
         "config",
         "completions",
     ] {
-        shipyard().args([sub, "--help"]).assert().success();
+        shipyard()
+            .args([sub, "--help"])
+            .assert()
+            .success()
+            .stdout(predicate::str::contains("Examples:\n  shipyard"));
     }
 }
 
