@@ -15,9 +15,9 @@ pub mod config;
 pub mod output;
 pub mod render;
 
-mod azure_target;
+pub mod azure_target;
 mod dry_run;
-mod local_target;
+pub mod local_target;
 
 use args::{Cli, Command, ConfigCommand, GlobalArgs, OutputFormat, RunArgs, Target};
 use config::{Config, ConfigError};
