@@ -426,30 +426,13 @@ impl BatchClient {
             });
         }
         // Error reply: read and decode the BatchError body.
-        let body = tokio::time::timeout(timeout, resp.bytes()).await;
-        let body = match body {
-            Ok(Ok(b)) => b,
-            Ok(Err(e)) => {
-                return Err(AttemptError::Transport {
-                    error: BatchError::Transport {
-                        method: method_s,
-                        path: path_s,
-                        message: transport_message(&e),
-                    },
-                    not_sent: false,
-                })
-            }
-            Err(_) => {
-                return Err(AttemptError::Transport {
-                    error: BatchError::Timeout {
-                        method: method_s,
-                        path: path_s,
-                        timeout,
-                    },
-                    not_sent: false,
-                })
-            }
-        };
+        let body = self
+            .read_body(resp, &method_s, &path_s)
+            .await
+            .map_err(|error| AttemptError::Transport {
+                error,
+                not_sent: false,
+            })?;
         let mut error = decode_error_body(status, &body);
         error.request_id = header_str(&headers, "request-id");
         error.client_request_id =
@@ -489,33 +472,49 @@ impl BatchClient {
         }
     }
 
+    /// Reads a reply's body within the per-request timeout.
+    pub(crate) async fn read_body(
+        &self,
+        resp: reqwest::Response,
+        method: &str,
+        path: &str,
+    ) -> Result<Bytes> {
+        let timeout = self.inner.options.request_timeout;
+        match tokio::time::timeout(timeout, resp.bytes()).await {
+            Ok(Ok(b)) => Ok(b),
+            Ok(Err(e)) => Err(BatchError::Transport {
+                method: method.to_owned(),
+                path: path.to_owned(),
+                message: transport_message(&e),
+            }),
+            Err(_) => Err(BatchError::Timeout {
+                method: method.to_owned(),
+                path: path.to_owned(),
+                timeout,
+            }),
+        }
+    }
+
     /// Sends a call and decodes its JSON reply.
     pub(crate) async fn json<T: DeserializeOwned>(&self, call: Call) -> Result<T> {
-        let context = format!("{} {}", call.method, call.url.path());
+        Ok(self.json_with_attempts(call).await?.0)
+    }
+
+    /// Sends a call and decodes its JSON reply; also returns the number of attempts made.
+    pub(crate) async fn json_with_attempts<T: DeserializeOwned>(
+        &self,
+        call: Call,
+    ) -> Result<(T, u32)> {
+        let method = call.method.as_str().to_owned();
+        let path = call.url.path().to_owned();
         let reply = self.execute(call).await?;
+        let context = format!("{method} {path}");
         let resp = reply.response.ok_or_else(|| BatchError::Decode {
             context: context.clone(),
             message: "no body".into(),
         })?;
-        let timeout = self.inner.options.request_timeout;
-        let bytes = match tokio::time::timeout(timeout, resp.bytes()).await {
-            Ok(Ok(b)) => b,
-            Ok(Err(e)) => {
-                return Err(BatchError::Transport {
-                    method: context.clone(),
-                    path: String::new(),
-                    message: transport_message(&e),
-                })
-            }
-            Err(_) => {
-                return Err(BatchError::Timeout {
-                    method: context,
-                    path: String::new(),
-                    timeout,
-                })
-            }
-        };
-        decode_json(&context, &bytes)
+        let bytes = self.read_body(resp, &method, &path).await?;
+        Ok((decode_json(&context, &bytes)?, reply.attempts))
     }
 }
 

@@ -106,6 +106,23 @@ impl BatchClient {
         Ok(())
     }
 
+    /// A DELETE (202: deletion started); repeating it is harmless, so it retries like a GET.
+    async fn delete(&self, segments: &[&str]) -> Result<()> {
+        let call = self.call(
+            Method::DELETE,
+            self.url(segments, &[]),
+            RetryClass::Idempotent,
+        );
+        self.no_content(call).await
+    }
+
+    /// A non-idempotent POST action, retried only when the service provably did not act on it.
+    async fn action(&self, segments: &[&str], body: Option<Bytes>) -> Result<()> {
+        let mut call = self.call(Method::POST, self.url(segments, &[]), RetryClass::Action);
+        call.body = body;
+        self.no_content(call).await
+    }
+
     async fn get_json<T: serde::de::DeserializeOwned>(
         &self,
         segments: &[&str],
@@ -161,12 +178,7 @@ impl BatchClient {
 
     /// `Pool_Delete` (202: deletion started).
     pub async fn delete_pool(&self, pool_id: &str) -> Result<()> {
-        let call = self.call(
-            Method::DELETE,
-            self.url(&["pools", pool_id], &[]),
-            RetryClass::Idempotent,
-        );
-        self.no_content(call).await
+        self.delete(&["pools", pool_id]).await
     }
 
     /// `Pool_Exists` (HEAD): `false` on 404.
@@ -185,13 +197,8 @@ impl BatchClient {
 
     /// `Pool_Resize`. A non-idempotent action: retried only on 429/503/connection refused.
     pub async fn resize_pool(&self, pool_id: &str, resize: &PoolResizeParameter) -> Result<()> {
-        let mut call = self.call(
-            Method::POST,
-            self.url(&["pools", pool_id, "resize"], &[]),
-            RetryClass::Action,
-        );
-        call.body = Some(to_body("PoolResizeParameter", resize)?);
-        self.no_content(call).await
+        let body = to_body("PoolResizeParameter", resize)?;
+        self.action(&["pools", pool_id, "resize"], Some(body)).await
     }
 
     // ------------------------------------------------------------------ nodes
@@ -225,29 +232,22 @@ impl BatchClient {
 
     /// `Job_Delete` (202: deletion started).
     pub async fn delete_job(&self, job_id: &str) -> Result<()> {
-        let call = self.call(
-            Method::DELETE,
-            self.url(&["jobs", job_id], &[]),
-            RetryClass::Idempotent,
-        );
-        self.no_content(call).await
+        self.delete(&["jobs", job_id]).await
     }
 
     /// `Job_Terminate`. A non-idempotent action: retried only on 429/503/connection refused.
     pub async fn terminate_job(&self, job_id: &str, reason: Option<&str>) -> Result<()> {
-        let mut call = self.call(
-            Method::POST,
-            self.url(&["jobs", job_id, "terminate"], &[]),
-            RetryClass::Action,
-        );
-        if let Some(reason) = reason {
-            let p = JobTerminateParameter {
-                terminate_reason: Some(reason.to_owned()),
-                ..Default::default()
-            };
-            call.body = Some(to_body("JobTerminateParameter", &p)?);
-        }
-        self.no_content(call).await
+        let body = match reason {
+            Some(reason) => {
+                let p = JobTerminateParameter {
+                    terminate_reason: Some(reason.to_owned()),
+                    ..Default::default()
+                };
+                Some(to_body("JobTerminateParameter", &p)?)
+            }
+            None => None,
+        };
+        self.action(&["jobs", job_id, "terminate"], body).await
     }
 
     /// `Job_Patch`: sets the given properties. Repeating a patch sets the same values, so it
@@ -303,22 +303,13 @@ impl BatchClient {
 
     /// `Task_Terminate`. A non-idempotent action: retried only on 429/503/connection refused.
     pub async fn terminate_task(&self, job_id: &str, task_id: &str) -> Result<()> {
-        let call = self.call(
-            Method::POST,
-            self.url(&["jobs", job_id, "tasks", task_id, "terminate"], &[]),
-            RetryClass::Action,
-        );
-        self.no_content(call).await
+        self.action(&["jobs", job_id, "tasks", task_id, "terminate"], None)
+            .await
     }
 
     /// `Task_Delete`.
     pub async fn delete_task(&self, job_id: &str, task_id: &str) -> Result<()> {
-        let call = self.call(
-            Method::DELETE,
-            self.url(&["jobs", job_id, "tasks", task_id], &[]),
-            RetryClass::Idempotent,
-        );
-        self.no_content(call).await
+        self.delete(&["jobs", job_id, "tasks", task_id]).await
     }
 
     /// `Task_ListSubtasks`: the subtasks of a multi-instance task.
@@ -438,15 +429,23 @@ impl BatchClient {
                 });
             };
             let mut body = resp.bytes_stream();
-            let mut failed = None;
-            while let Some(chunk) = body.next().await {
-                match chunk {
-                    Ok(c) => {
+            let mut failed: Option<String> = None;
+            // A body that stalls for a whole request timeout counts as interrupted (resumed),
+            // so a silent connection never hangs the download.
+            let stall = self.inner.options.request_timeout;
+            loop {
+                match tokio::time::timeout(stall, body.next()).await {
+                    Ok(None) => break,
+                    Ok(Some(Ok(c))) => {
                         file.write_all(&c).await.map_err(io_err)?;
                         written += c.len() as u64;
                     }
-                    Err(e) => {
-                        failed = Some(e);
+                    Ok(Some(Err(e))) => {
+                        failed = Some(e.to_string());
+                        break;
+                    }
+                    Err(_) => {
+                        failed = Some(format!("no data for {stall:?}"));
                         break;
                     }
                 }

@@ -8,8 +8,8 @@ use bytes::{BufMut as _, Bytes, BytesMut};
 use futures::StreamExt as _;
 use reqwest::Method;
 
-use crate::client::{decode_json, BatchClient, Call, RetryClass};
-use crate::error::{BatchError, ErrorDetail, Result, ServiceError};
+use crate::client::{BatchClient, Call, RetryClass};
+use crate::error::{BatchError, ErrorDetail, ServiceError};
 use crate::models::{TaskAddCollectionResult, TaskAddParameter, TaskAddResult, TaskAddStatus};
 
 /// Most tasks one `addtaskcollection` request may carry.
@@ -278,8 +278,10 @@ impl BatchClient {
                 headers: Vec::new(),
                 class: RetryClass::Collection,
             };
-            let context = format!("POST /jobs/{job_id}/addtaskcollection");
-            let reply = match self.json_reply(call, &context).await {
+            let reply = match self
+                .json_with_attempts::<TaskAddCollectionResult>(call)
+                .await
+            {
                 Ok(r) => r,
                 Err(e) if e.status() == Some(413) && pending.len() > 1 => {
                     // Too large after all: split and submit the halves.
@@ -356,37 +358,5 @@ impl BatchClient {
             pending = retry;
         }
         done
-    }
-
-    async fn json_reply(
-        &self,
-        call: Call,
-        context: &str,
-    ) -> Result<(TaskAddCollectionResult, u32)> {
-        let reply = self.execute(call).await?;
-        let attempts = reply.attempts;
-        let resp = reply.response.ok_or_else(|| BatchError::Decode {
-            context: context.to_owned(),
-            message: "no body".into(),
-        })?;
-        let timeout = self.inner.options.request_timeout;
-        let bytes = match tokio::time::timeout(timeout, resp.bytes()).await {
-            Ok(Ok(b)) => b,
-            Ok(Err(e)) => {
-                return Err(BatchError::Transport {
-                    method: "POST".into(),
-                    path: context.to_owned(),
-                    message: e.to_string(),
-                })
-            }
-            Err(_) => {
-                return Err(BatchError::Timeout {
-                    method: "POST".into(),
-                    path: context.to_owned(),
-                    timeout,
-                })
-            }
-        };
-        Ok((decode_json(context, &bytes)?, attempts))
     }
 }
