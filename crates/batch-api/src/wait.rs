@@ -71,7 +71,8 @@ fn show<T: std::fmt::Display>(v: &Option<T>) -> String {
 }
 
 impl BatchClient {
-    /// Polls a task until it reaches `state` (or `completed`, which no task leaves).
+    /// Polls a task until it reaches `state`, or `completed` (which no task leaves, so waiting
+    /// for `running` returns a task that already finished). Check the returned task's state.
     pub async fn wait_for_task_state(
         &self,
         job_id: &str,
@@ -84,7 +85,11 @@ impl BatchClient {
             what,
             opts,
             || self.get_task(job_id, task_id),
-            |t: &CloudTask| (t.state.as_ref() == Some(&state), show(&t.state)),
+            |t: &CloudTask| {
+                let reached = t.state.as_ref() == Some(&state)
+                    || t.state.as_ref() == Some(&TaskState::Completed);
+                (reached, show(&t.state))
+            },
         )
         .await
     }

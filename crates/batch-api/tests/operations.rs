@@ -248,6 +248,23 @@ async fn task_add_get_list_terminate_delete_subtasks() {
         .await
         .expect("completed");
     assert_eq!(done.execution_info.and_then(|e| e.exit_code), Some(3));
+    // Waiting for `running` on a task that already finished returns at once (no task
+    // leaves `completed`), instead of polling until the timeout.
+    let started = std::time::Instant::now();
+    let finished = c
+        .wait_for_task_state(
+            "j",
+            "t2",
+            TaskState::Running,
+            WaitOptions::new(Duration::from_secs(5), Duration::from_millis(25)),
+        )
+        .await
+        .expect("a completed task ends the wait");
+    assert_eq!(finished.state, Some(TaskState::Completed));
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "returned at once"
+    );
 
     let completed: Vec<_> = c
         .list_tasks("j", &ListOptions::default().filter("state eq 'completed'"))
