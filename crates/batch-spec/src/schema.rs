@@ -167,15 +167,25 @@ impl Spec {
         })
     }
 
-    /// The spec loaded once per process by [`Spec::load`].
+    /// The spec loaded once per process by [`Spec::load`]; a failed load is retried on the
+    /// next call.
+    pub fn try_shared() -> Result<&'static Spec, SchemaError> {
+        if let Some(spec) = SHARED.get() {
+            return Ok(spec);
+        }
+        let spec = Spec::load()?;
+        Ok(SHARED.get_or_init(|| spec))
+    }
+
+    /// [`Spec::try_shared`] for tests, which want the spec or a clear failure.
     ///
     /// # Panics
     /// If the spec cannot be loaded; the message names the file and the cause.
     pub fn shared() -> &'static Spec {
-        SHARED.get_or_init(|| match Spec::load() {
+        match Spec::try_shared() {
             Ok(spec) => spec,
             Err(e) => panic!("shipyard-batch-spec: cannot load the Batch Swagger spec ({e}); set {SPEC_ENV} to the path of BatchService.json"),
-        })
+        }
     }
 
     /// The api-version of the spec (`info.version`), e.g. `2024-07-01.20.0`.

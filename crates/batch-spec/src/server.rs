@@ -304,7 +304,8 @@ impl TestServer {
         Self::start_on(config, "127.0.0.1:0").await
     }
 
-    /// Starts the server on an explicit address (e.g. `127.0.0.1:0`).
+    /// Starts the server on an explicit address (e.g. `127.0.0.1:0`). Fails with an error
+    /// naming the file when the Batch spec cannot be loaded (see [`crate::schema::SPEC_ENV`]).
     pub async fn start_on(config: ServerConfig, addr: &str) -> std::io::Result<TestServer> {
         let key = base64::engine::general_purpose::STANDARD
             .decode(&config.key)
@@ -314,10 +315,11 @@ impl TestServer {
                     format!("ServerConfig.key is not base64: {e}"),
                 )
             })?;
+        let spec = Spec::try_shared().map_err(|e| std::io::Error::other(e.to_string()))?;
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
-            spec: Spec::shared(),
+            spec,
             key,
             base_url: format!("http://{addr}"),
             state: Mutex::new(state::State::default()),
@@ -467,6 +469,22 @@ impl ServerHandle {
             .map(|t| t.body.clone())
     }
 
+    /// Runs `f` on a task's record; false if the job or task is unknown.
+    fn with_task(&self, job_id: &str, task_id: &str, f: impl FnOnce(&mut state::Task)) -> bool {
+        let mut st = lock(&self.shared.state);
+        match st
+            .jobs
+            .get_mut(job_id)
+            .and_then(|j| j.tasks.get_mut(task_id))
+        {
+            Some(t) => {
+                f(t);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Drives a task's state (`active`, `preparing`, `running`, `completed`); with
     /// `completed`, `exit_code` goes into `executionInfo`. Returns false if the task is unknown.
     pub fn set_task_state(
@@ -477,16 +495,9 @@ impl ServerHandle {
         exit_code: Option<i32>,
     ) -> bool {
         let etag = self.shared.next_etag();
-        let mut st = lock(&self.shared.state);
-        let Some(task) = st
-            .jobs
-            .get_mut(job_id)
-            .and_then(|j| j.tasks.get_mut(task_id))
-        else {
-            return false;
-        };
-        state::set_task_state(&mut task.body, state, exit_code, &etag);
-        true
+        self.with_task(job_id, task_id, |task| {
+            state::set_task_state(&mut task.body, state, exit_code, &etag)
+        })
     }
 
     /// Drives a job's state (e.g. `completed`). Returns false if the job is unknown.
@@ -502,34 +513,14 @@ impl ServerHandle {
 
     /// Sets a task's subtasks (JSON `SubtaskInformation` objects) for `Task_ListSubtasks`.
     pub fn set_subtasks(&self, job_id: &str, task_id: &str, subtasks: Vec<Value>) -> bool {
-        let mut st = lock(&self.shared.state);
-        match st
-            .jobs
-            .get_mut(job_id)
-            .and_then(|j| j.tasks.get_mut(task_id))
-        {
-            Some(t) => {
-                t.subtasks = subtasks;
-                true
-            }
-            None => false,
-        }
+        self.with_task(job_id, task_id, |t| t.subtasks = subtasks)
     }
 
     /// Puts a file in a task's directory (path relative to the task dir, e.g. `stdout.txt`).
     pub fn put_task_file(&self, job_id: &str, task_id: &str, path: &str, data: Vec<u8>) -> bool {
-        let mut st = lock(&self.shared.state);
-        match st
-            .jobs
-            .get_mut(job_id)
-            .and_then(|j| j.tasks.get_mut(task_id))
-        {
-            Some(t) => {
-                t.files.insert(path.to_owned(), state::FileRec::new(data));
-                true
-            }
-            None => false,
-        }
+        self.with_task(job_id, task_id, |t| {
+            t.files.insert(path.to_owned(), state::FileRec::new(data));
+        })
     }
 
     /// Puts a file on a compute node (path relative to the node root, e.g. `startup/stdout.txt`).

@@ -110,6 +110,14 @@ fn enc(s: &str) -> String {
         .replace('+', "%20")
 }
 
+/// The `id` of a create body (already validated against the spec, which requires it).
+fn body_id(body: &Map<String, Value>) -> String {
+    body.get("id")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned()
+}
+
 /// Dispatches a validated request to its operation.
 pub(crate) fn dispatch(shared: &Shared, mut req: Req<'_>) -> Reply {
     let req = &mut req;
@@ -121,11 +129,7 @@ pub(crate) fn dispatch(shared: &Shared, mut req: Req<'_>) -> Reply {
         // ---------------------------------------------------------------- pools
         "Pool_Add" => {
             let mut body = body_object(req);
-            let id = body
-                .get("id")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_owned();
+            let id = body_id(&body);
             let key = format!("pool/{id}");
             st.count_attempt(&key);
             if st.pools.contains_key(&id) {
@@ -211,11 +215,7 @@ pub(crate) fn dispatch(shared: &Shared, mut req: Req<'_>) -> Reply {
         // ---------------------------------------------------------------- jobs
         "Job_Add" => {
             let mut body = body_object(req);
-            let id = body
-                .get("id")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_owned();
+            let id = body_id(&body);
             let key = format!("job/{id}");
             st.count_attempt(&key);
             if st.jobs.contains_key(&id) {
@@ -368,11 +368,7 @@ pub(crate) fn dispatch(shared: &Shared, mut req: Req<'_>) -> Reply {
         "Task_Add" => {
             let job_id = req.param("jobId").to_owned();
             let body = body_object(req);
-            let task_id = body
-                .get("id")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_owned();
+            let task_id = body_id(&body);
             let key = format!("task/{job_id}/{task_id}");
             let Some(job) = st.jobs.get_mut(&job_id) else {
                 return not_found("Job", &job_id);
@@ -411,11 +407,7 @@ pub(crate) fn dispatch(shared: &Shared, mut req: Req<'_>) -> Reply {
             let mut failures = lock(&shared.task_failures);
             for t in tasks {
                 let Value::Object(body) = t else { continue };
-                let task_id = body
-                    .get("id")
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
-                    .to_owned();
+                let task_id = body_id(&body);
                 let key = format!("task/{job_id}/{task_id}");
                 st.count_attempt(&key);
                 if let Some((failure, left)) = failures.get_mut(&task_id) {
@@ -620,11 +612,7 @@ fn add_task(
     job: &mut Job,
     mut body: Map<String, Value>,
 ) -> Result<(String, String), TaskError> {
-    let task_id = body
-        .get("id")
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_owned();
+    let task_id = body_id(&body);
     if job.tasks.contains_key(&task_id) {
         return Err((409, "TaskExists", "The specified task already exists."));
     }
