@@ -215,3 +215,36 @@ fn cli_sigint_mid_run_exits_130_and_leaves_nothing_within_10s() {
     assert!(took < Duration::from_secs(10), "took {took:?}");
     assert!(leftovers(&job).is_empty(), "{:?}", leftovers(&job));
 }
+
+#[test]
+fn cli_local_pool_list_add_and_del_talk_to_docker() {
+    if !shipyard_e2e::require_docker() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let job = unique_id("cli-pool");
+    let cfg = config(dir.path(), &job, "", None);
+    for cmd in [["pool", "list"], ["pool", "add"]] {
+        let out = shipyard(&["--output", "json", cmd[0], cmd[1]], &cfg);
+        assert!(
+            out.status.success(),
+            "{cmd:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v[0]["id"], "mpipool", "{cmd:?}");
+        assert_eq!(v[0]["state"], "active", "{cmd:?}");
+    }
+    // `pool del` locally sweeps the leftovers of dead runs (never live ones).
+    let out = shipyard(&["--output", "json", "pool", "del", "--yes"], &cfg);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        v["deadRuns"].is_array() && v["objectsRemoved"].is_u64(),
+        "{v}"
+    );
+}
