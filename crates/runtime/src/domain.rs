@@ -174,14 +174,55 @@ pub struct MultiInstanceSpec {
     pub mpi: Option<MpiSpec>,
 }
 
-/// The number of instances of a multi-instance task.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// The number of instances of a multi-instance task: an integer, or a [`PoolCount`] name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(untagged)]
 pub enum NumInstances {
     /// A fixed number of nodes.
     Count(u32),
     /// Taken from the pool when planning.
     Pool(PoolCount),
+}
+
+impl<'de> Deserialize<'de> for NumInstances {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = NumInstances;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(
+                    "a node count (integer) or one of `pool_current_dedicated`, \
+                     `pool_specification_vm_count`",
+                )
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<NumInstances, E> {
+                u32::try_from(v)
+                    .map(NumInstances::Count)
+                    .map_err(|_| E::custom(format!("{v} nodes is too many")))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<NumInstances, E> {
+                u64::try_from(v)
+                    .map_err(|_| E::custom(format!("{v} is not a node count")))
+                    .and_then(|v| self.visit_u64(v))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<NumInstances, E> {
+                match v {
+                    "pool_current_dedicated" => {
+                        Ok(NumInstances::Pool(PoolCount::PoolCurrentDedicated))
+                    }
+                    "pool_specification_vm_count" | "pool_specification_vm_count_dedicated" => {
+                        Ok(NumInstances::Pool(PoolCount::PoolSpecificationVmCount))
+                    }
+                    other => Err(E::custom(format!(
+                        "`{other}` is not a node count; use an integer, \
+                         `pool_current_dedicated` or `pool_specification_vm_count` \
+                         (low-priority counts are not supported)"
+                    ))),
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// Symbolic instance counts taken from the pool.
@@ -739,6 +780,37 @@ mod tests {
         // JSON round trip (the plugin wire format).
         let back: JobSpec = serde_json::from_str(&serde_json::to_string(&j).unwrap()).unwrap();
         assert_eq!(back, j);
+    }
+
+    #[test]
+    fn num_instances_errors_say_what_is_accepted() {
+        let err = toml::from_str::<JobSpec>(
+            "id = \"j\"\n[[tasks]]\nimage = \"i\"\ncommand = \"c\"\n[tasks.multi_instance]\nnum_instances = \"pool_current_low_priority\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("pool_current_low_priority"), "{err}");
+        assert!(err.contains("pool_current_dedicated"), "{err}");
+        let err = toml::from_str::<JobSpec>(
+            "id = \"j\"\n[[tasks]]\nimage = \"i\"\n[tasks.multi_instance]\nnum_instances = -2\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("-2 is not a node count"), "{err}");
+        let j: JobSpec = serde_json::from_str(
+            r#"{"id":"j","tasks":[{"image":"i","command":"c","multi_instance":{"num_instances":"pool_specification_vm_count_dedicated"}}]}"#,
+        )
+        .unwrap();
+        let mi = j.tasks[0].multi_instance.as_ref().unwrap();
+        assert_eq!(
+            mi.num_instances,
+            NumInstances::Pool(PoolCount::PoolSpecificationVmCount)
+        );
+        assert_eq!(
+            serde_json::to_value(mi.num_instances).unwrap(),
+            "pool_specification_vm_count"
+        );
+        assert_eq!(serde_json::to_value(NumInstances::Count(4)).unwrap(), 4);
     }
 
     #[test]
