@@ -215,13 +215,12 @@ fn config_check(global: &GlobalArgs, config: &Config) -> CliResult {
     config.validate()?;
     let mut jobs = Vec::new();
     for job in &config.jobs {
-        let facts_pool = config
-            .pool
-            .as_ref()
-            .map(|(p, _)| p.clone())
-            .unwrap_or_else(local_target::default_pool);
-        let plan = render::plan_job(&job.spec, &facts_pool)
-            .map_err(|e| CliError::Config(config.plan_error(job, e)))?;
+        // Against the configured pool; without one, against this machine (the local target).
+        let plan = match &config.pool {
+            Some((pool, _)) => render::plan_job(&job.spec, pool)
+                .map_err(|e| CliError::Config(config.plan_error(job, e)))?,
+            None => local_target::local_plan(config, job)?,
+        };
         let instances: u32 = plan
             .tasks
             .iter()

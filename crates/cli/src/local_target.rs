@@ -1,8 +1,9 @@
 //! `--target local`: this machine's Docker engine through `shipyard_local`.
 //!
-//! A job is planned by its runtime as for a *native* container pool (the local backend runs
-//! plans the way Batch runs native pools), converted to `shipyard_local::JobSpec`, and run
-//! with progress bars; Ctrl-C / SIGTERM cancel the run and the backend removes everything.
+//! A job is planned by its runtime against the pool facts the local backend presents (a native
+//! container pool of Linux nodes, [`shipyard_local::plan::pool_facts`]) and the plan is run with
+//! [`LocalBackend::run_plan`] behind progress bars; Ctrl-C / SIGTERM cancel the run and the
+//! backend removes everything.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -10,62 +11,38 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
-use shipyard_batch_api::models::{OnAllTasksComplete, TaskAddParameter};
 use shipyard_local::{
     Event, JobOutcome, LocalBackend, LocalOptions, TaskRecord, TaskResult, TaskState,
 };
-use shipyard_runtime::{JobPlan, NumInstances};
+use shipyard_runtime::JobPlan;
 
 use crate::args::{
     Command, FilesArgs, GlobalArgs, JobsCommand, PoolCommand, RunArgs, TasksCommand,
 };
-use crate::config::{Config, LoadedJob, PoolSpecification, VmConfiguration, VmCount};
+use crate::config::{Config, LoadedJob};
 use crate::output::{emit, Table};
 use crate::{CliError, CliResult};
 
-/// The pool assumed when the configuration has none: this machine, up to 250 nodes.
-pub(crate) fn default_pool() -> PoolSpecification {
-    PoolSpecification {
-        id: "local".into(),
-        vm_size: "local".into(),
-        vm_count: VmCount::Dedicated(250),
-        inter_node_communication_enabled: true,
-        task_slots_per_node: 1,
-        vm_configuration: VmConfiguration::default(),
-        subnet_pattern: None,
-        cores_per_node: None,
+/// The pool facts a job is planned against locally: the backend's (one node per instance of
+/// the largest multi-instance task), with at least the configured pool's node count so that
+/// `num_instances = "pool_current_dedicated"` means what it means on Azure.
+pub fn local_facts(config: &Config, job: &LoadedJob) -> shipyard_runtime::PoolFacts {
+    let mut facts = shipyard_local::plan::pool_facts(&job.spec);
+    if let Some((pool, _)) = &config.pool {
+        facts.node_count = facts.node_count.max(pool.vm_count.total());
+        facts.pool_id = pool.id.clone();
     }
+    facts
 }
 
-/// The pool a job is planned against locally: the configured one (or [`default_pool`]) as a
-/// native container pool of Linux nodes, large enough for the job's instances.
-pub fn local_pool(config: &Config, job: &LoadedJob) -> PoolSpecification {
-    let mut pool = config
-        .pool
-        .as_ref()
-        .map(|(p, _)| p.clone())
-        .unwrap_or_else(default_pool);
-    pool.vm_configuration.platform_image.native = true;
-    pool.vm_configuration.platform_image.node_agent_sku_id = "batch.node.debian 12".into();
-    pool.inter_node_communication_enabled = true;
-    let needed = job
-        .spec
-        .tasks
-        .iter()
-        .filter_map(|t| t.multi_instance.as_ref())
-        .filter_map(|mi| match mi.num_instances {
-            NumInstances::Count(n) => Some(n),
-            NumInstances::Pool(_) => None,
-        })
-        .max()
-        .unwrap_or(1);
-    if pool.vm_count.total() < needed {
-        pool.vm_count = VmCount::Dedicated(needed);
-    }
-    pool
+/// Plans `job` for this machine.
+pub fn local_plan(config: &Config, job: &LoadedJob) -> CliResult<JobPlan> {
+    shipyard_runtime::registry::get(&job.spec.runtime)
+        .and_then(|rt| rt.plan(&job.spec, &local_facts(config, job)))
+        .map_err(|e| CliError::Config(config.plan_error(job, e)))
 }
 
-fn options(config: Option<&Config>, global: &GlobalArgs, stream: bool) -> LocalOptions {
+fn options(config: Option<&Config>, stream: bool) -> LocalOptions {
     let mut opts = LocalOptions::default().stream_output(stream);
     if let Some(c) = config {
         if let Some(d) = &c.local.state_dir {
@@ -78,7 +55,6 @@ fn options(config: Option<&Config>, global: &GlobalArgs, stream: bool) -> LocalO
             opts = opts.label(k, v);
         }
     }
-    let _ = global;
     opts
 }
 
@@ -88,137 +64,6 @@ fn runtime() -> CliResult<tokio::runtime::Runtime> {
         .enable_all()
         .build()
         .map_err(|e| CliError::Failed(anyhow::anyhow!("cannot start the async runtime: {e}")))
-}
-
-/// Parses the ISO 8601 durations Batch uses (`PT1H30M`, `P1DT2H`, `PT45S`) into seconds.
-pub fn iso_duration_secs(s: &str) -> Option<u64> {
-    let rest = s.strip_prefix('P')?;
-    let (date, time) = match rest.split_once('T') {
-        Some((d, t)) => (d, t),
-        None => (rest, ""),
-    };
-    let mut total = 0u64;
-    let mut parse = |part: &str, units: &[(char, u64)]| -> Option<()> {
-        let mut num = String::new();
-        for c in part.chars() {
-            if c.is_ascii_digit() {
-                num.push(c);
-            } else {
-                let (_, mult) = units.iter().find(|(u, _)| *u == c)?;
-                total = total.checked_add(num.parse::<u64>().ok()?.checked_mul(*mult)?)?;
-                num.clear();
-            }
-        }
-        num.is_empty().then_some(())
-    };
-    parse(date, &[('D', 86_400), ('W', 604_800)])?;
-    parse(time, &[('H', 3600), ('M', 60), ('S', 1)])?;
-    Some(total)
-}
-
-/// Converts a runtime's plan (made for a native pool) into what the local backend runs.
-pub fn plan_to_local(
-    job_id: &str,
-    plan: &JobPlan,
-    max_parallel_tasks: Option<usize>,
-) -> anyhow::Result<shipyard_local::JobSpec> {
-    let mut tasks = plan
-        .tasks
-        .iter()
-        .map(task_to_local)
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    // The docker runtime's default native coordination installs the job's key files, which on
-    // Azure the job preparation task writes. The local backend runs no preparation task: it
-    // mounts its own per-run key at /root/.ssh, so the nodes only need to start sshd.
-    let default_coordination = shipyard_runtime::shell::bash_c(
-        &shipyard_runtime_docker::native_coordination_script(job_id, None),
-    );
-    let local_coordination =
-        shipyard_runtime::shell::bash_c(&shipyard_runtime_docker::sshd_script(None, false));
-    for t in &mut tasks {
-        if let Some(mi) = t.multi_instance.as_mut() {
-            if mi.coordination_command_line == default_coordination {
-                mi.coordination_command_line = local_coordination.clone();
-            }
-        }
-    }
-    Ok(shipyard_local::JobSpec {
-        id: job_id.to_string(),
-        tasks,
-        uses_task_dependencies: plan.job.uses_task_dependencies,
-        on_all_tasks_complete: match plan.job.on_all_tasks_complete {
-            Some(OnAllTasksComplete::TerminateJob) => {
-                shipyard_local::OnAllTasksComplete::TerminateJob
-            }
-            _ => shipyard_local::OnAllTasksComplete::NoAction,
-        },
-        on_task_failure: Default::default(),
-        max_parallel_tasks,
-    })
-}
-
-fn task_to_local(t: &TaskAddParameter) -> anyhow::Result<shipyard_local::TaskSpec> {
-    let cs = t.container_settings.as_ref().with_context(|| {
-        format!(
-            "task `{}`: the plan has no containerSettings; the local backend runs container tasks only",
-            t.id
-        )
-    })?;
-    let mut task =
-        shipyard_local::TaskSpec::new(t.id.clone(), cs.image_name.clone(), t.command_line.clone());
-    if let Some(opts) = &cs.container_run_options {
-        let args = shipyard_local::cmdline::split_command_line(
-            opts,
-            &format!("tasks[{}].containerSettings.containerRunOptions", t.id),
-        )?;
-        task.container_run_options = strip_labels(args);
-    }
-    task.environment = t
-        .environment_settings
-        .iter()
-        .flatten()
-        .map(|e| (e.name.clone(), e.value.clone().unwrap_or_default()))
-        .collect();
-    if let Some(mi) = &t.multi_instance_settings {
-        task.multi_instance = Some(shipyard_local::MultiInstance {
-            number_of_instances: mi.number_of_instances.unwrap_or(1).max(1) as u32,
-            coordination_command_line: mi.coordination_command_line.clone(),
-        });
-    }
-    if let Some(d) = &t.depends_on {
-        task.depends_on = Some(shipyard_local::TaskDependencies {
-            task_ids: d.task_ids.clone().unwrap_or_default(),
-            task_id_ranges: d
-                .task_id_ranges
-                .iter()
-                .flatten()
-                .map(|r| shipyard_local::TaskIdRange {
-                    start: i64::from(r.start),
-                    end: i64::from(r.end),
-                })
-                .collect(),
-        });
-    }
-    if let Some(c) = &t.constraints {
-        task.max_task_retry_count = c.max_task_retry_count.unwrap_or(0);
-        task.max_wall_clock_secs = c.max_wall_clock_time.as_deref().and_then(iso_duration_secs);
-    }
-    Ok(task)
-}
-
-/// Drops `--label`/`-l` options: labels are metadata, and the local backend puts its own
-/// `shipyard.*` labels on every container (it rejects options it does not apply).
-fn strip_labels(args: Vec<String>) -> Vec<String> {
-    let mut out = Vec::with_capacity(args.len());
-    let mut it = args.into_iter();
-    while let Some(a) = it.next() {
-        if a == "--label" || a == "-l" {
-            it.next();
-        } else if !a.starts_with("--label=") {
-            out.push(a);
-        }
-    }
-    out
 }
 
 /// `run` on this machine: plan, run every selected job with progress, exit with the task code.
@@ -231,19 +76,12 @@ pub(crate) fn run(global: &GlobalArgs, config: &Config, args: &RunArgs) -> CliRe
         }
         None => config.jobs.iter().collect(),
     };
-    let mut specs = Vec::new();
+    let mut plans = Vec::new();
     for job in &jobs {
-        let pool = local_pool(config, job);
-        let plan = crate::render::plan_job(&job.spec, &pool)
-            .map_err(|e| CliError::Config(config.plan_error(job, e)))?;
-        specs.push(plan_to_local(
-            &job.spec.id,
-            &plan,
-            config.local.max_parallel_tasks,
-        )?);
+        plans.push((job.spec.id.clone(), local_plan(config, job)?));
     }
     let rt = runtime()?;
-    let opts = options(Some(config), global, args.tail);
+    let opts = options(Some(config), args.tail);
     let quiet = global.quiet;
     let timeout = args.timeout.map(Duration::from_secs);
     let format = global.output;
@@ -278,8 +116,8 @@ pub(crate) fn run(global: &GlobalArgs, config: &Config, args: &RunArgs) -> CliRe
             });
         }
         let mut outcomes = Vec::new();
-        for spec in specs {
-            let outcome = run_one(&backend, spec, quiet).await?;
+        for (job_id, plan) in &plans {
+            let outcome = run_one(&backend, job_id, plan, quiet).await?;
             let failed = !outcome.succeeded();
             outcomes.push(outcome);
             if failed || cancel.is_cancelled() {
@@ -301,14 +139,15 @@ pub(crate) fn run(global: &GlobalArgs, config: &Config, args: &RunArgs) -> CliRe
 
 async fn run_one(
     backend: &LocalBackend,
-    spec: shipyard_local::JobSpec,
+    job_id: &str,
+    plan: &JobPlan,
     quiet: bool,
 ) -> CliResult<JobOutcome> {
     let multi = MultiProgress::new();
     if quiet {
         multi.set_draw_target(ProgressDrawTarget::hidden());
     }
-    let bar = multi.add(ProgressBar::new(spec.tasks.len() as u64));
+    let bar = multi.add(ProgressBar::new(plan.tasks.len() as u64));
     bar.set_style(
         ProgressStyle::with_template(
             "{spinner} {prefix} [{bar:30}] {pos}/{len} tasks  {msg}  {elapsed}",
@@ -316,7 +155,7 @@ async fn run_one(
         .unwrap_or_else(|_| ProgressStyle::default_bar())
         .progress_chars("=> "),
     );
-    bar.set_prefix(spec.id.clone());
+    bar.set_prefix(job_id.to_string());
     bar.enable_steady_tick(Duration::from_millis(120));
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let printer_bar = bar.clone();
@@ -371,7 +210,7 @@ async fn run_one(
             }
         }
     });
-    let result = backend.run_spec(spec, Some(tx)).await;
+    let result = backend.run_plan(job_id, plan, Some(tx)).await;
     let _ = printer.await;
     bar.finish_and_clear();
     Ok(result.map_err(anyhow::Error::from)?)
@@ -440,7 +279,7 @@ fn not_local(what: &str, instead: &str) -> CliError {
 /// Every other command on this machine.
 pub(crate) fn command(global: &GlobalArgs, command: Command) -> CliResult {
     let config = crate::load_optional(global)?;
-    let opts = options(config.as_ref(), global, false);
+    let opts = options(config.as_ref(), false);
     let store = opts.store();
     let format = global.output;
     match command {
@@ -643,33 +482,4 @@ fn files(store: &shipyard_local::Store, f: &FilesArgs) -> CliResult {
         }
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn labels_are_stripped() {
-        let args = [
-            "--shm-size=1g",
-            "--label",
-            "a=b",
-            "-l",
-            "c=d",
-            "--label=e=f",
-            "--init",
-        ];
-        let out = strip_labels(args.iter().map(|s| s.to_string()).collect());
-        assert_eq!(out, vec!["--shm-size=1g", "--init"]);
-    }
-
-    #[test]
-    fn iso_durations() {
-        assert_eq!(iso_duration_secs("PT1H30M"), Some(5400));
-        assert_eq!(iso_duration_secs("P1DT2S"), Some(86_402));
-        assert_eq!(iso_duration_secs("PT45S"), Some(45));
-        assert_eq!(iso_duration_secs("1H"), None);
-        assert_eq!(iso_duration_secs("PT1X"), None);
-    }
 }
