@@ -209,3 +209,34 @@ async fn local_task_failure_terminates_the_job_when_asked() {
     assert_eq!(outcome.exit_code(), 5);
     assert_eq!(leftovers(&id), Vec::<String>::new());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_wall_clock_limit_stops_the_task() {
+    if !require_test_image() {
+        return;
+    }
+    let state = tempfile::tempdir().unwrap();
+    let id = unique_id("wallclock");
+    let _guard = CleanGuard(id.clone());
+    let backend = backend(state.path()).await;
+    let mut t = TaskSpec::new("slow", TEST_IMAGE, "/bin/sleep 300");
+    t.max_wall_clock_secs = Some(2);
+    let job = JobSpec {
+        id: id.clone(),
+        tasks: vec![t],
+        uses_task_dependencies: false,
+        on_all_tasks_complete: OnAllTasksComplete::NoAction,
+        on_task_failure: OnTaskFailure::NoAction,
+        max_parallel_tasks: None,
+    };
+    let t0 = std::time::Instant::now();
+    let outcome = backend.run_spec(job, None).await.unwrap();
+    assert!(t0.elapsed() < std::time::Duration::from_secs(30));
+    let slow = outcome.task("slow").unwrap();
+    assert_eq!(slow.result, Some(TaskResult::Failure));
+    let failure = slow.failure.clone().unwrap_or_default();
+    assert!(failure.contains("maxWallClockTime"), "{failure}");
+    // noaction: the job stays active, as on Batch.
+    assert_eq!(outcome.state, JobState::Active);
+    assert_eq!(leftovers(&id), Vec::<String>::new());
+}

@@ -105,6 +105,14 @@ pub enum LocalError {
         /// The container name.
         container: String,
     },
+    /// The task ran longer than `constraints.maxWallClockTime`.
+    #[error("task `{task}`: exceeded its maxWallClockTime of {secs}s")]
+    WallClockExceeded {
+        /// The task.
+        task: String,
+        /// The limit.
+        secs: u64,
+    },
     /// The run was cancelled (Ctrl-C, SIGTERM, or the caller's token).
     #[error("cancelled")]
     Cancelled,

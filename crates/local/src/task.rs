@@ -437,10 +437,9 @@ async fn attempt_inner(
             match task.max_wall_clock_secs {
                 Some(secs) => tokio::time::timeout(Duration::from_secs(secs), exec)
                     .await
-                    .map_err(|_| LocalError::InvalidJob {
-                        job: ctx.job.clone(),
-                        field: format!("tasks[{}].constraints.maxWallClockTime", task.id),
-                        reason: format!("exceeded ({secs}s)"),
+                    .map_err(|_| LocalError::WallClockExceeded {
+                        task: task.id.clone(),
+                        secs,
                     })??,
                 None => exec.await?,
             }
