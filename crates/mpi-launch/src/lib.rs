@@ -1,6 +1,4 @@
 //! Pure builder of MPI launcher command lines (Open MPI, Intel MPI, MPICH, MS-MPI).
-
-#![warn(missing_docs)]
 //!
 //! A [`LaunchRequest`] describes what to run: the MPI [`Flavor`], the launcher executable, the
 //! [`Hosts`] (a literal list, or `$AZ_BATCH_HOST_LIST` read at run time), processes per node
@@ -62,6 +60,8 @@
 //! assert_eq!(argv[..6], ["/usr/bin/mpirun.openmpi", "--allow-run-as-root", "-np", "4", "--host", "10.0.0.4:2,10.0.0.5:2"]);
 //! # Ok::<(), shipyard_mpi_launch::LaunchError>(())
 //! ```
+
+#![warn(missing_docs)]
 
 mod error;
 pub mod flags;

@@ -3,7 +3,7 @@
 use crate::flags::{self, container as cflags, intel, mpich, msmpi, openmpi};
 use crate::render::{cmd_word, sh_host_lines, sh_quote, sh_suffix_sed, sh_word};
 use crate::request::{HostSpec, Hosts, LaunchRequest, Ppn};
-use crate::word::{split_hosts, Deferred, Num, Part, RunEnv, Word};
+use crate::word::{Deferred, Num, Part, RunEnv, Word};
 use crate::{Flavor, LaunchError};
 
 /// Where the lines of a hostfile come from.
@@ -45,10 +45,7 @@ impl Hostfile {
         let n = self.per_host.resolve(env)?;
         match &self.hosts {
             HostfileHosts::List(hosts) => Ok(lines(hosts.iter(), &self.suffix, n)),
-            HostfileHosts::Env(var) => {
-                let value = Word::var(var).resolve(env)?;
-                Ok(lines(split_hosts(&value).into_iter(), &self.suffix, n))
-            }
+            HostfileHosts::Env(var) => Ok(lines(env.hosts(var)?.into_iter(), &self.suffix, n)),
         }
     }
 

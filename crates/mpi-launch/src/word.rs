@@ -50,7 +50,7 @@ impl Num {
                 .ok_or_else(|| LaunchError::Unresolved {
                     what: "nproc".to_string(),
                 }),
-            Num::HostCount(var) => Ok(split_hosts(env.get(var)?).len() as u64),
+            Num::HostCount(var) => Ok(env.hosts(var)?.len() as u64),
             Num::Product(a, b) => Ok(a.resolve(env)?.saturating_mul(b.resolve(env)?)),
         }
     }
@@ -79,7 +79,7 @@ impl Deferred {
             Deferred::Var(name) => Ok(env.get(name)?.to_string()),
             Deferred::Num(n) => Ok(n.resolve(env)?.to_string()),
             Deferred::HostList { var, suffix } => {
-                let hosts = split_hosts(env.get(var)?);
+                let hosts = env.hosts(var)?;
                 let tail = match suffix {
                     Some((text, n)) => format!("{text}{}", n.resolve(env)?),
                     None => String::new(),
@@ -230,6 +230,19 @@ impl RunEnv {
     pub fn nproc(mut self, n: u32) -> RunEnv {
         self.nproc = Some(n);
         self
+    }
+
+    /// The entries of a host-list variable; an unset variable or one without a single host
+    /// is an error (it would otherwise resolve to `-np 0` and an empty host list).
+    pub(crate) fn hosts(&self, var: &str) -> Result<Vec<&str>, LaunchError> {
+        let hosts = split_hosts(self.get(var)?);
+        if hosts.is_empty() {
+            return Err(LaunchError::Invalid {
+                field: "hosts",
+                reason: format!("run-time variable {var} holds no hosts"),
+            });
+        }
+        Ok(hosts)
     }
 
     fn get(&self, name: &str) -> Result<&str, LaunchError> {

@@ -121,6 +121,17 @@ fn openmpi_batch_hosts_all_cores() {
         .unwrap_err()
         .to_string()
         .contains("nproc"));
+    // A host list without a single host is an input error, not `-np 0 --host ''`.
+    for empty in ["", ",", ",,\n"] {
+        let e = plan
+            .resolve(&RunEnv::new().var("AZ_BATCH_HOST_LIST", empty).nproc(2))
+            .unwrap_err();
+        assert!(
+            matches!(e, LaunchError::Invalid { field: "hosts", .. }),
+            "{empty:?}: {e}"
+        );
+        assert!(e.to_string().contains("AZ_BATCH_HOST_LIST"), "{e}");
+    }
 }
 
 #[test]
