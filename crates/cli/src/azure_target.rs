@@ -169,10 +169,19 @@ async fn add_jobs(
     for (job, plan) in plan_jobs(config, only)? {
         let sub = render::job_submission(&job.spec, &plan, &pool.id).map_err(failed)?;
         let task_ids: Vec<String> = sub.tasks.iter().map(|t| t.id.clone()).collect();
-        client
-            .add_job(&sub.job)
-            .await
-            .with_context(|| format!("adding job `{}`", job.spec.id))?;
+        // Like Batch Shipyard, adding to an existing job adds its tasks, unless the job sets
+        // `onAllTasksComplete` (it may already have completed).
+        match client.add_job(&sub.job).await {
+            Ok(_) => {}
+            Err(e) if e.code() == Some("JobExists") && sub.patch.is_none() => {
+                tracing::info!(job = %job.spec.id, "job exists; adding its tasks");
+            }
+            Err(e) => {
+                return Err(failed(
+                    anyhow::Error::from(e).context(format!("adding job `{}`", job.spec.id)),
+                ))
+            }
+        }
         let report = client.add_task_collection(&job.spec.id, sub.tasks).await;
         if !report.all_succeeded() {
             let fails: Vec<String> = report

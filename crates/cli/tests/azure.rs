@@ -279,3 +279,46 @@ fn run_exits_with_the_failed_task_exit_code() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn jobs_add_to_an_existing_job_adds_its_tasks() {
+    let env = Env::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = |task: &str, auto: bool| {
+        let p = dir.path().join(format!("{task}.toml"));
+        std::fs::write(
+            &p,
+            format!(
+                "[pool_specification]\nid = \"p\"\n[pool_specification.vm_configuration.platform_image]\n\
+                 publisher = \"microsoft-dsvm\"\noffer = \"ubuntu-hpc\"\nsku = \"2204\"\n\
+                 node_agent_sku_id = \"batch.node.ubuntu 22.04\"\nnative = true\n\
+                 [[job_specifications]]\nid = \"grow\"\nauto_complete = {auto}\n\
+                 [[job_specifications.tasks]]\nid = \"{task}\"\nimage = \"busybox\"\ncommand = \"true\"\n"
+            ),
+        )
+        .expect("write");
+        p
+    };
+    env.shipyard()
+        .arg("-c")
+        .arg(cfg("a", false))
+        .args(["jobs", "add"])
+        .assert()
+        .success();
+    env.shipyard()
+        .arg("-c")
+        .arg(cfg("b", false))
+        .args(["jobs", "add"])
+        .assert()
+        .success();
+    assert_eq!(env.server.task_count("grow"), 2);
+    // With auto_complete the job may already be done: adding to it is an error.
+    env.shipyard()
+        .arg("-c")
+        .arg(cfg("c", true))
+        .args(["jobs", "add"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("grow"));
+    assert_eq!(env.server.task_count("grow"), 2);
+}
