@@ -35,6 +35,12 @@ impl ListOptions {
         self
     }
 
+    /// Sets `$expand` (e.g. `stats`).
+    pub fn expand(mut self, expand: impl Into<String>) -> Self {
+        self.expand = Some(expand.into());
+        self
+    }
+
     /// Sets `maxresults`.
     pub fn max_results(mut self, n: u32) -> Self {
         self.max_results = Some(n);
@@ -137,4 +143,29 @@ impl BatchClient {
 pub async fn collect_all<T>(s: impl Stream<Item = Result<T>>) -> Result<Vec<T>> {
     use futures::TryStreamExt as _;
     s.try_collect().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ListOptions;
+
+    #[test]
+    fn every_option_becomes_its_odata_parameter() {
+        let q = ListOptions::default()
+            .filter("state eq 'active'")
+            .select("id,state")
+            .expand("stats")
+            .max_results(50)
+            .query();
+        assert_eq!(
+            q,
+            [
+                ("$filter", "state eq 'active'".to_owned()),
+                ("$select", "id,state".to_owned()),
+                ("$expand", "stats".to_owned()),
+                ("maxresults", "50".to_owned()),
+            ]
+        );
+        assert!(ListOptions::default().query().is_empty());
+    }
 }
