@@ -13,8 +13,8 @@ use tracing::Instrument as _;
 use crate::auth::Credential;
 use crate::error::{BatchError, ErrorDetail, Result, ServiceError};
 
-/// The Batch REST api-version this client speaks.
-pub const API_VERSION: &str = "2024-07-01.20.0";
+/// The Batch REST api-version this client speaks: the one its [`crate::models`] describe.
+pub const API_VERSION: &str = crate::models::API_VERSION;
 
 /// Content type of request bodies.
 pub const JSON_CONTENT_TYPE: &str = "application/json; odata=minimalmetadata";
