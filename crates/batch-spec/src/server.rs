@@ -13,10 +13,10 @@
 //! - `addtaskcollection` accepts at most 100 tasks and a body under 1 MB
 //!   (413 `RequestBodyTooLarge`).
 //!
-//! Faults are injected with [`TestServer::inject`] ([`FaultRule`]: 429 with `Retry-After`, 503,
+//! Faults are injected with [`TestServer::inject`](ServerHandle::inject) ([`FaultRule`]: 429 with `Retry-After`, 503,
 //! 500, a dropped connection, a slow reply, or a create whose reply is dropped after it was
-//! committed) and [`TestServer::fail_tasks`] (chosen tasks of `addtaskcollection` answer
-//! `servererror`/`clienterror`). [`TestServer::create_stats`] counts create attempts and
+//! committed) and [`TestServer::fail_tasks`](ServerHandle::fail_tasks) (chosen tasks of `addtaskcollection` answer
+//! `servererror`/`clienterror`). [`TestServer::create_stats`](ServerHandle::create_stats) counts create attempts and
 //! successful creates per resource, so tests can prove nothing was created twice.
 //!
 //! ```no_run
@@ -67,7 +67,7 @@ pub struct ServerConfig {
     pub pool_allocation_delay: Duration,
     /// How long a terminated job stays `terminating` before it is `completed`.
     pub job_terminate_delay: Duration,
-    /// Keep a log of every request ([`TestServer::requests`]).
+    /// Keep a log of every request ([`ServerHandle::requests`]).
     pub log_requests: bool,
 }
 
@@ -429,7 +429,7 @@ impl ServerHandle {
         lock(&self.shared.state).creates.clone()
     }
 
-    /// A resource's create statistics (see [`TestServer::create_stats`] for keys).
+    /// A resource's create statistics (see [`ServerHandle::create_stats`] for keys).
     pub fn create_stat(&self, key: &str) -> CreateStats {
         lock(&self.shared.state)
             .creates
