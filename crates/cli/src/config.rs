@@ -575,7 +575,6 @@ impl Config {
     /// pool, and that multi-instance tasks have an inter-node pool.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if let Some((pool, file)) = &self.pool {
-            let f = &self.files[*file];
             let at = |field: &str, reason: String| self.invalid(*file, field, reason);
             if !shipyard_runtime::domain::is_valid_batch_id(&pool.id) {
                 return Err(at(
@@ -598,7 +597,6 @@ impl Config {
             pool.facts()
                 .validate()
                 .map_err(|e| self.runtime_error(*file, e, "pool_specification"))?;
-            let _ = f;
         }
         let mut ids = std::collections::BTreeMap::new();
         for job in &self.jobs {
@@ -665,7 +663,15 @@ impl Config {
 
     fn runtime_error(&self, file: usize, e: RuntimeError, fallback_field: &str) -> ConfigError {
         match e {
-            RuntimeError::Invalid { field, reason } => self.invalid(file, &field, reason),
+            RuntimeError::Invalid { field, reason } => {
+                // `PoolFacts::validate` names `pool.<fact>`; the config calls it
+                // `pool_specification.<key>` (same names for the facts it can get wrong).
+                let field = match field.strip_prefix("pool.") {
+                    Some(rest) => format!("pool_specification.{rest}"),
+                    None => field,
+                };
+                self.invalid(file, &field, reason)
+            }
             other => self.invalid(file, fallback_field, other.to_string()),
         }
     }
