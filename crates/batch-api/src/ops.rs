@@ -8,7 +8,7 @@ use futures::StreamExt as _;
 use reqwest::header::{HeaderName, HeaderValue};
 use reqwest::Method;
 use serde::Serialize;
-use tokio::io::AsyncWriteExt as _;
+use tokio::io::{AsyncSeekExt as _, AsyncWriteExt as _};
 
 use crate::client::{header_str, BatchClient, Call, RetryClass};
 use crate::error::{BatchError, Result};
@@ -413,6 +413,7 @@ impl BatchClient {
             } else {
                 None
             };
+            let ranged = want.is_some();
             if let Some(r) = want {
                 let v = HeaderValue::from_str(&r.header()).map_err(|_| BatchError::Config {
                     field: "range".into(),
@@ -428,6 +429,27 @@ impl BatchClient {
                     requests,
                 });
             };
+            if ranged && reply.status != 206 {
+                // The range was ignored and the whole file is coming: writing it after what
+                // we have would corrupt the file. Without a caller's range, start over; with
+                // one, the bytes asked for cannot be told apart, so fail.
+                if range.is_some() {
+                    return Err(BatchError::Decode {
+                        context: format!("GET {path}"),
+                        message: format!(
+                            "asked for bytes {start}- with ocp-range, the service answered \
+                             {} with the whole file",
+                            reply.status
+                        ),
+                    });
+                }
+                tracing::debug!(path = %path, written, "range ignored on resume; restarting");
+                file.set_len(0).await.map_err(io_err)?;
+                file.seek(std::io::SeekFrom::Start(0))
+                    .await
+                    .map_err(io_err)?;
+                written = 0;
+            }
             let mut body = resp.bytes_stream();
             let mut failed: Option<String> = None;
             // A body that stalls for a whole request timeout counts as interrupted (resumed),

@@ -143,3 +143,64 @@ async fn interrupted_download_resumes_with_ocp_range() {
         .collect();
     assert_eq!(gets.len(), 2);
 }
+
+#[tokio::test]
+async fn resume_answered_with_the_whole_file_starts_over() {
+    let server = server().await;
+    let c = client(&server);
+    pool_and_job(&c, "p", "j").await;
+    c.add_task("j", &task("t")).await.expect("task");
+    let data = payload(2 * 1024 * 1024 + 3);
+    assert!(server.put_task_file("j", "t", "out.bin", data.clone()));
+    // First GET cut short mid-body (a cut this far in reaches the client after the headers),
+    // then the resume's ocp-range is ignored (200, whole file).
+    server.inject(
+        FaultRule::new(Fault::TruncatedReply { bytes: 700_000 }).operation("File_GetFromTask"),
+    );
+    server.inject(FaultRule::new(Fault::IgnoreRange).operation("File_GetFromTask"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dest = dir.path().join("out.bin");
+    let got = c
+        .download_task_file("j", "t", "out.bin", &dest, None)
+        .await
+        .expect("download");
+    let log: Vec<_> = server
+        .requests()
+        .into_iter()
+        .filter(|r| r.operation.as_deref() == Some("File_GetFromTask"))
+        .map(|r| (r.status, r.fault))
+        .collect();
+    assert_eq!(got.requests, 2, "{log:?}");
+    assert_eq!(got.bytes, data.len() as u64);
+    assert_eq!(
+        std::fs::read(&dest).expect("read"),
+        data,
+        "not appended twice"
+    );
+}
+
+#[tokio::test]
+async fn caller_range_answered_with_the_whole_file_is_an_error() {
+    let server = server().await;
+    let c = client(&server);
+    pool_and_job(&c, "p", "j").await;
+    c.add_task("j", &task("t")).await.expect("task");
+    assert!(server.put_task_file("j", "t", "out.bin", payload(4096)));
+    server.inject(FaultRule::new(Fault::IgnoreRange).operation("File_GetFromTask"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let range = ByteRange {
+        start: 100,
+        end: Some(199),
+    };
+    let err = c
+        .download_task_file("j", "t", "out.bin", &dir.path().join("o"), Some(range))
+        .await
+        .expect_err("the whole file is not the range asked for");
+    assert!(err.to_string().contains("ocp-range"), "{err}");
+    // Without the fault the same range is served exactly.
+    let got = c
+        .download_task_file("j", "t", "out.bin", &dir.path().join("o"), Some(range))
+        .await
+        .expect("ranged download");
+    assert_eq!(got.bytes, 100);
+}

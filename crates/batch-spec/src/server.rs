@@ -124,6 +124,9 @@ pub enum Fault {
     SlowReply(Duration),
     /// The request is processed (a create succeeds), then the connection is closed without a reply.
     DropReplyAfterCommit,
+    /// A file GET is answered `200` with the whole file although it carried `ocp-range` (a
+    /// server or proxy that ignores ranges); other requests are processed normally.
+    IgnoreRange,
     /// The request is processed and the reply's headers announce the whole body, but the
     /// connection closes after the first `bytes` bytes of it (a transfer cut mid-stream).
     TruncatedReply {

@@ -237,7 +237,7 @@ async fn handle(
         }
         Some(Fault::SlowReply(d)) => tokio::time::sleep(*d).await,
         Some(Fault::DropReplyAfterCommit) => drop_after = true,
-        Some(Fault::TruncatedReply { .. }) | None => {}
+        Some(Fault::TruncatedReply { .. } | Fault::IgnoreRange) | None => {}
     }
 
     let reply = pipeline(
@@ -421,6 +421,7 @@ fn pipeline(
             query: &query,
             headers,
             body: parsed,
+            ignore_range: record.fault == Some(Fault::IgnoreRange),
         },
     )
 }

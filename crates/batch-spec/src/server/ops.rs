@@ -46,6 +46,8 @@ pub(crate) struct Req<'a> {
     pub query: &'a Query,
     pub headers: &'a hyper::HeaderMap,
     pub body: Option<Value>,
+    /// Answer file GETs with the whole file, ignoring `ocp-range` (fault injection).
+    pub ignore_range: bool,
 }
 
 impl Req<'_> {
@@ -698,7 +700,12 @@ fn file_reply(req: &Req<'_>, f: &FileRec, head: bool) -> Reply {
     let total = f.data.len();
     let mut status = 200;
     let mut data = f.data.clone();
-    if let Some(range) = req.headers.get("ocp-range").and_then(|v| v.to_str().ok()) {
+    let range = req
+        .headers
+        .get("ocp-range")
+        .and_then(|v| v.to_str().ok())
+        .filter(|_| !req.ignore_range);
+    if let Some(range) = range {
         let parsed = range.strip_prefix("bytes=").and_then(|r| {
             let (a, b) = r.split_once('-')?;
             let a: usize = a.trim().parse().ok()?;
