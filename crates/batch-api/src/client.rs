@@ -115,7 +115,8 @@ pub(crate) struct Inner {
 /// When a call may be repeated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum RetryClass {
-    /// GET/HEAD/DELETE: always retryable.
+    /// GET/HEAD/DELETE: always retryable. A retried DELETE answered 404 or 409 `…BeingDeleted`
+    /// is success (an earlier attempt whose reply was lost did the deletion).
     Idempotent,
     /// A create with a client-chosen id: retryable, and a 409 `…Exists` on a retry is success.
     Create,
@@ -454,6 +455,18 @@ impl BatchClient {
                 attempts: attempt,
             });
         }
+        if call.method == Method::DELETE && attempt > 1 && deleted_by_earlier_attempt(&error) {
+            // An earlier attempt's reply was lost, and the service has since removed the
+            // resource (404) or is removing it (409 `…BeingDeleted`): that attempt worked.
+            tracing::debug!(code = ?error.code, "retried delete found the resource gone: success");
+            return Ok(Reply {
+                response: None,
+                status,
+                headers,
+                already_existed: false,
+                attempts: attempt,
+            });
+        }
         let retry_after = parse_retry_after(&headers);
         let error = BatchError::Service {
             method: method_s,
@@ -516,6 +529,17 @@ impl BatchClient {
         let bytes = self.read_body(resp, &method, &path).await?;
         Ok((decode_json(&context, &bytes)?, reply.attempts))
     }
+}
+
+/// Whether a retried DELETE's error shows an earlier attempt deleted the resource: 404, or 409
+/// with a `…BeingDeleted` code (pools and jobs are deleted asynchronously).
+fn deleted_by_earlier_attempt(error: &ServiceError) -> bool {
+    error.status == 404
+        || (error.status == 409
+            && error
+                .code
+                .as_deref()
+                .is_some_and(|c| c.ends_with("BeingDeleted")))
 }
 
 /// Decodes JSON with the path of the offending field in the error.

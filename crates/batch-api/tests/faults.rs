@@ -181,6 +181,37 @@ async fn lost_create_replies_count_as_success_and_create_once() {
 }
 
 #[tokio::test]
+async fn lost_delete_replies_count_as_success() {
+    let server = server().await;
+    let c = client(&server);
+    pool_and_job(&c, "p", "j").await;
+    c.add_task("j", &task("t")).await.expect("task");
+    for op in ["Task_Delete", "Job_Delete", "Pool_Delete"] {
+        server.inject(FaultRule::new(Fault::DropReplyAfterCommit).operation(op));
+    }
+    c.delete_task("j", "t")
+        .await
+        .expect("task deleted by the lost attempt");
+    c.delete_job("j")
+        .await
+        .expect("job deleted by the lost attempt");
+    c.delete_pool("p")
+        .await
+        .expect("pool deleted by the lost attempt");
+    for op in ["Task_Delete", "Job_Delete", "Pool_Delete"] {
+        assert_eq!(
+            count(&server, op),
+            2,
+            "{op}: one retry after the lost reply"
+        );
+    }
+    assert!(server.job("j").is_none() && server.pool("p").is_none());
+    // A first-attempt 404 is still an error: nothing was deleted by this call.
+    let err = c.delete_job("j").await.expect_err("job is gone");
+    assert!(err.is_not_found(), "{err}");
+}
+
+#[tokio::test]
 async fn slow_create_reply_after_timeout_creates_once() {
     let server = server().await;
     let c = client_with(
