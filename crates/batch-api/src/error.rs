@@ -159,6 +159,15 @@ pub enum BatchError {
         /// The last observed state.
         last_seen: String,
     },
+    /// A wait helper stopped early: the awaited state can no longer be reached (e.g. a node
+    /// whose start task failed).
+    #[error("stopped waiting for {what}: {reason}")]
+    WaitFailed {
+        /// What was awaited.
+        what: String,
+        /// What was seen that ends the wait.
+        reason: String,
+    },
     /// The retry budget (attempts or total time) ran out; carries the last error.
     #[error("gave up after {attempts} attempts: {last}")]
     RetriesExhausted {

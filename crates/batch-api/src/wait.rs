@@ -40,19 +40,40 @@ impl WaitOptions {
     }
 }
 
-async fn poll<T, F, Fut, D>(what: String, opts: WaitOptions, mut get: F, mut done: D) -> Result<T>
+/// What one poll saw.
+enum Check {
+    /// The awaited state is reached.
+    Done,
+    /// Not yet; what was seen.
+    Pending(String),
+    /// It can no longer be reached; why.
+    Failed(String),
+}
+
+impl Check {
+    fn pending_unless(reached: bool, seen: String) -> Check {
+        if reached {
+            Check::Done
+        } else {
+            Check::Pending(seen)
+        }
+    }
+}
+
+async fn poll<T, F, Fut, D>(what: String, opts: WaitOptions, mut get: F, mut check: D) -> Result<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T>>,
-    D: FnMut(&T) -> (bool, String),
+    D: FnMut(&T) -> Check,
 {
     let started = Instant::now();
     loop {
         let value = get().await?;
-        let (ok, seen) = done(&value);
-        if ok {
-            return Ok(value);
-        }
+        let seen = match check(&value) {
+            Check::Done => return Ok(value),
+            Check::Failed(reason) => return Err(BatchError::WaitFailed { what, reason }),
+            Check::Pending(seen) => seen,
+        };
         let waited = started.elapsed();
         if waited + opts.poll_interval > opts.timeout {
             return Err(BatchError::WaitTimeout {
@@ -88,7 +109,7 @@ impl BatchClient {
             |t: &CloudTask| {
                 let reached = t.state.as_ref() == Some(&state)
                     || t.state.as_ref() == Some(&TaskState::Completed);
-                (reached, show(&t.state))
+                Check::pending_unless(reached, show(&t.state))
             },
         )
         .await
@@ -106,7 +127,7 @@ impl BatchClient {
             what,
             opts,
             || self.get_job(job_id),
-            |j: &CloudJob| (j.state.as_ref() == Some(&state), show(&j.state)),
+            |j: &CloudJob| Check::pending_unless(j.state.as_ref() == Some(&state), show(&j.state)),
         )
         .await
     }
@@ -123,7 +144,7 @@ impl BatchClient {
             opts,
             || self.get_pool(pool_id),
             |p: &CloudPool| {
-                (
+                Check::pending_unless(
                     p.allocation_state.as_ref() == Some(&AllocationState::Steady),
                     show(&p.allocation_state),
                 )
@@ -133,7 +154,8 @@ impl BatchClient {
     }
 
     /// Polls a pool until it is steady and all of its (at least `min_nodes`) compute nodes are
-    /// `idle`; returns the nodes.
+    /// `idle`; returns the nodes. Stops early with [`BatchError::WaitFailed`], naming the
+    /// nodes, when any node is `starttaskfailed` or `unusable`.
     pub async fn wait_for_nodes_idle(
         &self,
         pool_id: &str,
@@ -153,12 +175,25 @@ impl BatchClient {
                 Ok((pool, nodes))
             },
             |(pool, nodes): &(CloudPool, Vec<ComputeNode>)| {
+                let broken: Vec<String> = nodes
+                    .iter()
+                    .filter(|n| {
+                        matches!(
+                            n.state,
+                            Some(ComputeNodeState::StartTaskFailed | ComputeNodeState::Unusable)
+                        )
+                    })
+                    .map(|n| format!("{} is {}", n.id.as_deref().unwrap_or("?"), show(&n.state)))
+                    .collect();
+                if !broken.is_empty() {
+                    return Check::Failed(broken.join(", "));
+                }
                 let steady = pool.allocation_state.as_ref() == Some(&AllocationState::Steady);
                 let idle = nodes
                     .iter()
                     .filter(|n| n.state.as_ref() == Some(&ComputeNodeState::Idle))
                     .count();
-                (
+                Check::pending_unless(
                     steady && idle >= min_nodes && idle == nodes.len(),
                     format!(
                         "allocation {}, {idle}/{} nodes idle",

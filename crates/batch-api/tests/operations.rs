@@ -119,6 +119,38 @@ async fn pool_allocation_wait_times_out() {
 }
 
 #[tokio::test]
+async fn node_wait_stops_at_a_failed_start_task() {
+    let server = server().await;
+    let c = client(&server);
+    c.add_pool(&pool("p", 2)).await.expect("add pool");
+    let ids = server.node_ids("p");
+    assert_eq!(ids.len(), 2);
+    assert!(server.set_node_state("p", &ids[1], "starttaskfailed"));
+    let started = std::time::Instant::now();
+    let err = c
+        .wait_for_nodes_idle(
+            "p",
+            2,
+            WaitOptions::new(Duration::from_secs(30), Duration::from_millis(20)),
+        )
+        .await
+        .expect_err("a node whose start task failed never becomes idle");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "stopped early, not at the timeout"
+    );
+    assert!(
+        matches!(err, shipyard_batch_api::BatchError::WaitFailed { .. }),
+        "{err:?}"
+    );
+    let msg = err.to_string();
+    assert!(
+        msg.contains(&ids[1]) && msg.contains("starttaskfailed"),
+        "{msg}"
+    );
+}
+
+#[tokio::test]
 async fn job_add_get_list_patch_terminate_delete() {
     let server = server_with(ServerConfig {
         job_terminate_delay: Duration::from_millis(200),

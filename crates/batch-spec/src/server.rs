@@ -542,6 +542,30 @@ impl ServerHandle {
         }
     }
 
+    /// Sets a compute node's `state` (e.g. `starttaskfailed`, `unusable`). Returns false if
+    /// the pool or node is unknown (nodes exist once the pool's allocation finished).
+    pub fn set_node_state(&self, pool_id: &str, node_id: &str, state: &str) -> bool {
+        let mut st = lock(&self.shared.state);
+        st.refresh(&self.shared.base_url);
+        match st
+            .pools
+            .get_mut(pool_id)
+            .and_then(|p| p.nodes.get_mut(node_id))
+        {
+            Some(node) => {
+                if let Some(obj) = node.as_object_mut() {
+                    obj.insert("state".into(), Value::String(state.to_owned()));
+                    obj.insert(
+                        "stateTransitionTime".into(),
+                        Value::String(state::now_rfc3339()),
+                    );
+                }
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Ids of a pool's compute nodes (after allocation finished).
     pub fn node_ids(&self, pool_id: &str) -> Vec<String> {
         let mut st = lock(&self.shared.state);
