@@ -438,32 +438,18 @@ impl BatchClient {
         error.request_id = header_str(&headers, "request-id");
         error.client_request_id =
             header_str(&headers, "client-request-id").or(Some(client_request_id));
-        if call.class == RetryClass::Create
-            && attempt > 1
-            && status == 409
-            && error
-                .code
-                .as_deref()
-                .is_some_and(|c| matches!(c, "PoolExists" | "JobExists" | "TaskExists"))
-        {
-            tracing::debug!(code = ?error.code, "retried create found the resource: success");
+        // A retry whose error shows that an earlier attempt, whose reply was lost, did the
+        // work: a create answered 409 `…Exists`, or a delete answered 404 or 409
+        // `…BeingDeleted`. Either is the success of this call.
+        let created_before = call.class == RetryClass::Create && created_by_earlier_attempt(&error);
+        let deleted_before = call.method == Method::DELETE && deleted_by_earlier_attempt(&error);
+        if attempt > 1 && (created_before || deleted_before) {
+            tracing::debug!(code = ?error.code, "retry found the earlier attempt's work: success");
             return Ok(Reply {
                 response: None,
                 status,
                 headers,
-                already_existed: true,
-                attempts: attempt,
-            });
-        }
-        if call.method == Method::DELETE && attempt > 1 && deleted_by_earlier_attempt(&error) {
-            // An earlier attempt's reply was lost, and the service has since removed the
-            // resource (404) or is removing it (409 `…BeingDeleted`): that attempt worked.
-            tracing::debug!(code = ?error.code, "retried delete found the resource gone: success");
-            return Ok(Reply {
-                response: None,
-                status,
-                headers,
-                already_existed: false,
+                already_existed: created_before,
                 attempts: attempt,
             });
         }
@@ -529,6 +515,15 @@ impl BatchClient {
         let bytes = self.read_body(resp, &method, &path).await?;
         Ok((decode_json(&context, &bytes)?, reply.attempts))
     }
+}
+
+/// Whether a retried create's error shows an earlier attempt created the resource.
+fn created_by_earlier_attempt(error: &ServiceError) -> bool {
+    error.status == 409
+        && error
+            .code
+            .as_deref()
+            .is_some_and(|c| matches!(c, "PoolExists" | "JobExists" | "TaskExists"))
 }
 
 /// Whether a retried DELETE's error shows an earlier attempt deleted the resource: 404, or 409

@@ -3,8 +3,8 @@
 mod common;
 
 use futures::TryStreamExt as _;
-use shipyard_batch_api::{ByteRange, ListOptions};
-use shipyard_batch_spec::server::{Fault, FaultRule};
+use shipyard_batch_api::{BatchClient, ByteRange, ListOptions};
+use shipyard_batch_spec::server::{Fault, FaultRule, TestServer};
 
 use common::*;
 
@@ -21,12 +21,18 @@ fn payload(n: usize) -> Vec<u8> {
         .collect()
 }
 
-#[tokio::test]
-async fn task_file_streams_to_disk_byte_for_byte() {
+/// A server with pool `p`, job `j` and task `t`, and a client for it.
+async fn job_with_task() -> (TestServer, BatchClient) {
     let server = server().await;
     let c = client(&server);
     pool_and_job(&c, "p", "j").await;
     c.add_task("j", &task("t")).await.expect("task");
+    (server, c)
+}
+
+#[tokio::test]
+async fn task_file_streams_to_disk_byte_for_byte() {
+    let (server, c) = job_with_task().await;
     let data = payload(5 * 1024 * 1024 + 17);
     assert!(server.put_task_file("j", "t", "stdout.txt", data.clone()));
     assert!(server.put_task_file("j", "t", "wd/out dir/result.bin", b"nested".to_vec()));
@@ -118,10 +124,7 @@ async fn node_file_download_survives_a_dropped_connection() {
 
 #[tokio::test]
 async fn interrupted_download_resumes_with_ocp_range() {
-    let server = server().await;
-    let c = client(&server);
-    pool_and_job(&c, "p", "j").await;
-    c.add_task("j", &task("t")).await.expect("task");
+    let (server, c) = job_with_task().await;
     let data = payload(2 * 1024 * 1024 + 5);
     assert!(server.put_task_file("j", "t", "out.bin", data.clone()));
     server.inject(
@@ -146,10 +149,7 @@ async fn interrupted_download_resumes_with_ocp_range() {
 
 #[tokio::test]
 async fn resume_answered_with_the_whole_file_starts_over() {
-    let server = server().await;
-    let c = client(&server);
-    pool_and_job(&c, "p", "j").await;
-    c.add_task("j", &task("t")).await.expect("task");
+    let (server, c) = job_with_task().await;
     let data = payload(2 * 1024 * 1024 + 3);
     assert!(server.put_task_file("j", "t", "out.bin", data.clone()));
     // First GET cut short mid-body (a cut this far in reaches the client after the headers),
@@ -181,10 +181,7 @@ async fn resume_answered_with_the_whole_file_starts_over() {
 
 #[tokio::test]
 async fn caller_range_answered_with_the_whole_file_is_an_error() {
-    let server = server().await;
-    let c = client(&server);
-    pool_and_job(&c, "p", "j").await;
-    c.add_task("j", &task("t")).await.expect("task");
+    let (server, c) = job_with_task().await;
     assert!(server.put_task_file("j", "t", "out.bin", payload(4096)));
     server.inject(FaultRule::new(Fault::IgnoreRange).operation("File_GetFromTask"));
     let dir = tempfile::tempdir().expect("tempdir");
