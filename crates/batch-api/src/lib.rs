@@ -11,7 +11,13 @@
 //! - [`BatchClient`] signs every call (Shared Key via [`SharedKeyCredential`], or Entra ID
 //!   bearer tokens via a [`TokenSource`] such as [`ClientSecretCredential`]), sends the
 //!   api-version, `client-request-id`, `ocp-date`, and retries transient failures only where
-//!   repeating is safe (see [`RetryPolicy`]).
+//!   repeating is safe (see [`RetryPolicy`]). A retry that finds the work of an earlier attempt
+//!   whose reply was lost counts as success: a create answered `…Exists`
+//!   ([`Created::already_existed`]), a delete answered 404 or `…BeingDeleted`.
+//! - Downloads ([`BatchClient::download_task_file`]) stream to disk and resume with
+//!   `ocp-range` after an interruption or a stall.
+//! - Wait helpers ([`WaitOptions`]) poll task, job, pool and node states, and stop early when
+//!   the state can no longer be reached (a node whose start task failed).
 //! - List operations return `futures::Stream`s that follow `odata.nextLink`.
 //! - [`BatchClient::add_task_collection`] submits any number of tasks in ≤ 100-task,
 //!   < 1 MB chunks, concurrently, and reports a per-task [`TaskAddOutcome`].
