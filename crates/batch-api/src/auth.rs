@@ -243,6 +243,12 @@ impl ClientSecretCredential {
         client_id: impl Into<String>,
         secret: impl Into<Secret>,
     ) -> Result<Self> {
+        if tenant.is_empty() || tenant.contains(['/', '?', '#', '%', ' ']) {
+            return Err(BatchError::Config {
+                field: "tenant".into(),
+                message: format!("`{tenant}` is not a tenant id or domain"),
+            });
+        }
         let base = authority.trim_end_matches('/');
         let token_url =
             url::Url::parse(&format!("{base}/{tenant}/oauth2/v2.0/token")).map_err(|e| {
@@ -440,6 +446,19 @@ mod tests {
             .expect("cred");
         assert!(!format!("{c:?}").contains("hunter2"));
         assert_eq!(format!("{:?}", Secret::new("tok")), "<redacted>");
+    }
+
+    #[test]
+    fn tenant_cannot_reshape_the_token_url() {
+        for tenant in ["", "t/../evil", "t?x=1", "t#f", "a b"] {
+            let e = ClientSecretCredential::new(tenant, "id", "s").expect_err(tenant);
+            assert!(e.to_string().contains("`tenant`"), "{tenant}: {e}");
+        }
+        let ok = ClientSecretCredential::new("contoso.onmicrosoft.com", "id", "s").expect("ok");
+        assert_eq!(
+            ok.token_url.as_str(),
+            "https://login.microsoftonline.com/contoso.onmicrosoft.com/oauth2/v2.0/token"
+        );
     }
 
     #[test]
