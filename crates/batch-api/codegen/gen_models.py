@@ -78,6 +78,9 @@ SECRETS = {
     ("*", "sshPrivateKey"): "secret",
     ("*", "sasKey"): "secret",
     ("CertificateAddParameter", "data"): "secret",
+    # Environment values routinely carry keys and tokens (shipyard's own per-job SSH key travels
+    # in a job preparation task's environment): Debug shows only whether a value is set.
+    ("EnvironmentSetting", "value"): "secret",
     ("ResourceFile", "httpUrl"): "url",
     ("ResourceFile", "storageContainerUrl"): "url",
     ("OutputFileBlobContainerDestination", "containerUrl"): "url",

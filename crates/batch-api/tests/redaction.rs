@@ -93,3 +93,24 @@ fn secrets_nested_in_requests_are_redacted() {
             "uploadOptions": {"uploadCondition": "taskcompletion"}}],
     }));
 }
+
+#[test]
+fn environment_values_are_redacted_but_names_stay_visible() {
+    // shipyard's runtimes deliver the per-job SSH key in a job preparation task's environment.
+    let dbg = debug_of::<JobAddParameter>(json!({
+        "id": "j", "poolInfo": {"poolId": "p"},
+        "jobPreparationTask": {"commandLine": "x", "environmentSettings": [
+            {"name": "SHIPYARD_SSH_PRIVATE_KEY", "value": SECRET},
+        ]},
+        "commonEnvironmentSettings": [{"name": "STORAGE_KEY", "value": SECRET}],
+    }));
+    assert!(
+        dbg.contains("SHIPYARD_SSH_PRIVATE_KEY"),
+        "names stay visible: {dbg}"
+    );
+    assert!(dbg.contains("STORAGE_KEY"), "names stay visible: {dbg}");
+    debug_of::<TaskAddParameter>(json!({
+        "id": "t", "commandLine": "x",
+        "environmentSettings": [{"name": "TOKEN", "value": SECRET}],
+    }));
+}

@@ -236,7 +236,7 @@ impl fmt::Debug for ContainerRegistry {
 }
 
 /// An environment variable to be set on a Task process.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct EnvironmentSetting {
     /// The name of the environment variable.
@@ -245,6 +245,14 @@ pub struct EnvironmentSetting {
     /// The value of the environment variable.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub value: Option<String>,
+}
+impl fmt::Debug for EnvironmentSetting {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EnvironmentSetting")
+            .field("name", &self.name)
+            .field("value", &redact(self.value.as_ref()))
+            .finish()
+    }
 }
 
 /// Properties used to create a user Account on a Linux Compute Node.
