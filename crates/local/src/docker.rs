@@ -32,6 +32,9 @@ pub mod labels {
     pub const PID: &str = "shipyard.pid";
     /// The owning process's start time (clock ticks since boot), against pid reuse.
     pub const PID_START: &str = "shipyard.pid_start";
+    /// The owning process's pid namespace (`pid:[inode]`): only runs of the same namespace can
+    /// be judged dead by pid.
+    pub const PID_NS: &str = "shipyard.pidns";
     /// The node id (containers only).
     pub const NODE: &str = "shipyard.node";
     /// Always `local`.

@@ -35,8 +35,21 @@ pub(crate) fn pid_alive(pid: u32) -> bool {
     std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
 
-/// Whether the owner recorded in `labels` is alive.
+/// This process's pid namespace (`pid:[inode]`), if readable.
+pub(crate) fn pid_namespace() -> Option<String> {
+    std::fs::read_link("/proc/self/ns/pid")
+        .ok()
+        .map(|p| p.display().to_string())
+}
+
+/// Whether the owner recorded in `labels` is alive (or cannot be judged from here: another pid
+/// namespace, e.g. a backend running in a container that shares the engine).
 fn owner_alive(l: &HashMap<String, String>) -> bool {
+    if let (Some(theirs), Some(ours)) = (l.get(labels::PID_NS), pid_namespace()) {
+        if *theirs != ours {
+            return true;
+        }
+    }
     let Some(pid) = l.get(labels::PID).and_then(|p| p.parse::<u32>().ok()) else {
         return false;
     };
@@ -123,5 +136,13 @@ mod tests {
         ]);
         assert!(!owner_alive(&reused), "a recycled pid is not the owner");
         assert!(!owner_alive(&HashMap::new()));
+        let elsewhere = HashMap::from([
+            (labels::PID.to_string(), "999999999".to_string()),
+            (labels::PID_NS.to_string(), "pid:[1]".to_string()),
+        ]);
+        assert!(
+            owner_alive(&elsewhere),
+            "another namespace is never judged dead"
+        );
     }
 }

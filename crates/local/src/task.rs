@@ -48,6 +48,9 @@ impl RunCtx {
             (labels::RUN.to_string(), self.run_id.clone()),
             (labels::PID.to_string(), pid.to_string()),
         ]);
+        if let Some(ns) = crate::sweep::pid_namespace() {
+            l.insert(labels::PID_NS.to_string(), ns);
+        }
         if let Some(start) = crate::sweep::pid_start_time(pid) {
             l.insert(labels::PID_START.to_string(), start.to_string());
         }
