@@ -41,9 +41,9 @@
 use std::collections::BTreeSet;
 
 use shipyard_runtime::batch::{
-    pool_admin, ContainerConfiguration, ContainerRegistry, ContainerType,
+    self, pool_admin, ContainerConfiguration, ContainerRegistry, ContainerType,
     ContainerWorkingDirectory, EnvironmentSetting, JobPreparationTask, JobReleaseTask,
-    MultiInstanceSettings, OnAllTasksComplete, ResourceFile, TaskAddParameter, TaskConstraints,
+    MultiInstanceSettings, OnAllTasksComplete, TaskAddParameter, TaskConstraints,
     TaskContainerSettings, TaskDependencies, TaskIdRange,
 };
 use shipyard_runtime::registry::RuntimeRegistration;
@@ -51,7 +51,7 @@ use shipyard_runtime::shell::{bash_c, quote, quote_expanding};
 use shipyard_runtime::ssh::{self, CONTAINER_SSH_DIR, SSHD_PORT};
 use shipyard_runtime::{
     mpi, ContainerRuntime, JobNeeds, JobPlan, JobSpec, MpiRuntime, OsFamily, PoolFacts, PoolNeeds,
-    ResourceFileSpec, RuntimeError, TaskSpec, WorkingDir,
+    RuntimeError, TaskSpec, WorkingDir,
 };
 
 /// The runtime's registry name.
@@ -257,20 +257,6 @@ fn env_settings(job: &JobSpec, task: &TaskSpec) -> Option<Vec<EnvironmentSetting
     })
 }
 
-fn resource_files(files: &[ResourceFileSpec]) -> Option<Vec<ResourceFile>> {
-    (!files.is_empty()).then(|| {
-        files
-            .iter()
-            .map(|f| ResourceFile {
-                http_url: Some(f.http_url.clone()),
-                file_path: Some(f.file_path.clone()),
-                file_mode: f.file_mode.clone(),
-                ..Default::default()
-            })
-            .collect()
-    })
-}
-
 fn constraints(job: &JobSpec, task: &TaskSpec) -> Option<TaskConstraints> {
     let c = TaskConstraints {
         max_wall_clock_time: task.max_wall_time.clone(),
@@ -431,7 +417,7 @@ impl DockerRuntime {
                 t.multi_instance_settings = Some(MultiInstanceSettings {
                     number_of_instances: Some(instances(mi, pool, tpath)?),
                     coordination_command_line: coordination,
-                    common_resource_files: resource_files(&mi.resource_files),
+                    common_resource_files: batch::resource_files(&mi.resource_files),
                 });
             }
         }
@@ -448,7 +434,7 @@ impl DockerRuntime {
         Ok(TaskAddParameter {
             id: job.task_id(index),
             command_line: String::new(),
-            resource_files: resource_files(&task.resource_files),
+            resource_files: batch::resource_files(&task.resource_files),
             environment_settings: env_settings(job, task),
             constraints: constraints(job, task),
             user_identity: Some(pool_admin()),
@@ -577,7 +563,7 @@ impl DockerRuntime {
                 t.multi_instance_settings = Some(MultiInstanceSettings {
                     number_of_instances: Some(instances(mi, pool, tpath)?),
                     coordination_command_line: bash_c(&coordination),
-                    common_resource_files: resource_files(&mi.resource_files),
+                    common_resource_files: batch::resource_files(&mi.resource_files),
                 });
             }
         }
@@ -652,7 +638,7 @@ impl DockerRuntime {
                         .as_ref()
                         .map(|c| format!("cmd /c {c}"))
                         .unwrap_or_else(|| MSMPI_COORDINATION.to_string()),
-                    common_resource_files: resource_files(&mi.resource_files),
+                    common_resource_files: batch::resource_files(&mi.resource_files),
                 });
             }
         }

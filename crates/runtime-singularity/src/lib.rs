@@ -27,15 +27,15 @@ use std::path::{Path, PathBuf};
 
 use shipyard_mpi_launch::{Container, ContainerRuntime as Wrapper, Word};
 use shipyard_runtime::batch::{
-    AutoUserScope, ElevationLevel, EnvironmentSetting, JobPreparationTask, JobReleaseTask,
-    MultiInstanceSettings, OnAllTasksComplete, ResourceFile, TaskAddParameter, TaskConstraints,
-    TaskDependencies, TaskIdRange, UserIdentity,
+    self, AutoUserScope, ElevationLevel, EnvironmentSetting, JobPreparationTask, JobReleaseTask,
+    MultiInstanceSettings, OnAllTasksComplete, TaskAddParameter, TaskConstraints, TaskDependencies,
+    TaskIdRange, UserIdentity,
 };
 use shipyard_runtime::registry::RuntimeRegistration;
 use shipyard_runtime::shell::{bash_c, join, quote, quote_expanding};
 use shipyard_runtime::{
     mpi, ContainerRuntime, JobNeeds, JobPlan, JobSpec, MpiRuntime, OsFamily, PoolFacts, PoolNeeds,
-    ResourceFileSpec, RuntimeError, TaskSpec, WorkingDir,
+    RuntimeError, TaskSpec, WorkingDir,
 };
 
 /// Which binary runs the containers.
@@ -189,20 +189,6 @@ fn unsupported(runtime: &str, field: impl Into<String>, reason: impl Into<String
         field: field.into(),
         reason: reason.into(),
     }
-}
-
-fn resource_files(files: &[ResourceFileSpec]) -> Option<Vec<ResourceFile>> {
-    (!files.is_empty()).then(|| {
-        files
-            .iter()
-            .map(|f| ResourceFile {
-                http_url: Some(f.http_url.clone()),
-                file_path: Some(f.file_path.clone()),
-                file_mode: f.file_mode.clone(),
-                ..Default::default()
-            })
-            .collect()
-    })
 }
 
 impl SingularityRuntime {
@@ -392,7 +378,7 @@ impl SingularityRuntime {
         let env = job.environment(task);
         let mut t = TaskAddParameter {
             id: job.task_id(index),
-            resource_files: resource_files(&task.resource_files),
+            resource_files: batch::resource_files(&task.resource_files),
             environment_settings: (!env.is_empty()).then(|| {
                 env.iter()
                     .map(|(k, v)| EnvironmentSetting::new(k.clone(), v.clone()))
@@ -463,7 +449,7 @@ impl SingularityRuntime {
                         .as_deref()
                         .map(bash_c)
                         .unwrap_or_else(|| "/bin/true".to_string()),
-                    common_resource_files: resource_files(&mi.resource_files),
+                    common_resource_files: batch::resource_files(&mi.resource_files),
                 });
             }
         }

@@ -14,3 +14,19 @@ pub use shipyard_batch_api::models::{
 pub fn pool_admin() -> UserIdentity {
     UserIdentity::auto_user(AutoUserScope::Pool, ElevationLevel::Admin)
 }
+
+/// Batch resource files for a list of the domain's resource files; `None` when there are none
+/// (Batch omits the property).
+pub fn resource_files(files: &[crate::domain::ResourceFileSpec]) -> Option<Vec<ResourceFile>> {
+    (!files.is_empty()).then(|| {
+        files
+            .iter()
+            .map(|f| ResourceFile {
+                http_url: Some(f.http_url.clone()),
+                file_path: Some(f.file_path.clone()),
+                file_mode: f.file_mode.clone(),
+                ..Default::default()
+            })
+            .collect()
+    })
+}
