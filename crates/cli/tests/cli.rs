@@ -47,6 +47,16 @@ fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     p
 }
 
+/// `shipyard -c <config> config check`, asserted to fail as a usage/config error (exit 2).
+fn config_check_fails(config: &Path) -> assert_cmd::assert::Assert {
+    shipyard()
+        .arg("-c")
+        .arg(config)
+        .args(["config", "check"])
+        .assert()
+        .code(2)
+}
+
 fn stdout_json(out: &std::process::Output) -> Value {
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
         panic!(
@@ -241,25 +251,14 @@ fn malformed_config_reports_file_line_column() {
         "broken.toml",
         "[pool_specification]\nid = \"p\"\nvm_count = \"x\n",
     );
-    shipyard()
-        .arg("-c")
-        .arg(&p)
-        .args(["config", "check"])
-        .assert()
-        .code(2)
-        .stderr(predicate::str::contains(format!("{}:3:14", p.display())));
+    config_check_fails(&p).stderr(predicate::str::contains(format!("{}:3:14", p.display())));
     // A value of the wrong type names the field too.
     let p = write(
         dir.path(),
         "types.toml",
         "[pool_specification]\nid = \"p\"\nvm_count = true\n",
     );
-    shipyard()
-        .arg("-c")
-        .arg(&p)
-        .args(["config", "check"])
-        .assert()
-        .code(2)
+    config_check_fails(&p)
         .stderr(predicate::str::contains(format!("{}:3:", p.display())))
         .stderr(predicate::str::contains("pool_specification.vm_count"));
 }
@@ -277,12 +276,7 @@ fn unknown_keys_get_a_did_you_mean_hint() {
         .position(|l| l.starts_with("nmu_instances"))
         .expect("line")
         + 1;
-    shipyard()
-        .arg("-c")
-        .arg(&p)
-        .args(["config", "check"])
-        .assert()
-        .code(2)
+    config_check_fails(&p)
         .stderr(predicate::str::contains(format!(
             "{}:{line}:1",
             p.display()
@@ -292,27 +286,15 @@ fn unknown_keys_get_a_did_you_mean_hint() {
         ))
         .stderr(predicate::str::contains("did you mean `num_instances`?"));
     let p = write(dir.path(), "top.toml", "[pool_specifcation]\nid = \"p\"\n");
-    shipyard()
-        .arg("-c")
-        .arg(&p)
-        .args(["config", "check"])
-        .assert()
-        .code(2)
-        .stderr(predicate::str::contains(
-            "did you mean `pool_specification`?",
-        ));
+    config_check_fails(&p).stderr(predicate::str::contains(
+        "did you mean `pool_specification`?",
+    ));
     let p = write(
         dir.path(),
         "variant.toml",
         &format!("{POOL}{}", JOB.replace("\"openmpi\"", "\"opnmpi\"")),
     );
-    shipyard()
-        .arg("-c")
-        .arg(&p)
-        .args(["config", "check"])
-        .assert()
-        .code(2)
-        .stderr(predicate::str::contains("did you mean `openmpi`?"));
+    config_check_fails(&p).stderr(predicate::str::contains("did you mean `openmpi`?"));
 }
 
 #[test]
@@ -328,12 +310,7 @@ fn invalid_values_are_located_in_their_file() {
         .position(|l| l.starts_with("image"))
         .expect("line")
         + 1;
-    shipyard()
-        .arg("-c")
-        .arg(&p)
-        .args(["config", "check"])
-        .assert()
-        .code(2)
+    config_check_fails(&p)
         .stderr(predicate::str::contains(format!(
             "{}:{line}:1",
             p.display()
@@ -347,13 +324,7 @@ fn invalid_values_are_located_in_their_file() {
         POOL.replace("inter_node_communication_enabled = true", "")
     );
     let p = write(dir.path(), "noib.toml", &text);
-    shipyard()
-        .arg("-c")
-        .arg(&p)
-        .args(["config", "check"])
-        .assert()
-        .code(2)
-        .stderr(predicate::str::contains("inter_node_communication_enabled"));
+    config_check_fails(&p).stderr(predicate::str::contains("inter_node_communication_enabled"));
 }
 
 #[test]
@@ -676,12 +647,7 @@ command = "echo hi"
 "#,
     );
     // Without the plugin the runtime is unknown, and the error lists the known ones.
-    shipyard()
-        .arg("-c")
-        .arg(&cfg)
-        .args(["config", "check"])
-        .assert()
-        .code(2)
+    config_check_fails(&cfg)
         .stderr(predicate::str::contains(
             "unknown container runtime `example`",
         ))
@@ -729,12 +695,7 @@ command = "x"
 multi_instance = { num_instances = 2 }
 "#;
     let p = write(dir.path(), "sing.toml", text);
-    shipyard()
-        .arg("-c")
-        .arg(&p)
-        .args(["config", "check"])
-        .assert()
-        .code(2)
+    config_check_fails(&p)
         .stderr(predicate::str::contains(format!("{}:10:1", p.display())))
         .stderr(predicate::str::contains(
             "pool_specification.vm_configuration.platform_image.native",
