@@ -318,3 +318,143 @@ fn a_node_without_ch_run_fails_the_preparation_naming_binary_and_package() {
     assert_eq!(out.status.code(), Some(127), "{}", show(&out));
     assert!(String::from_utf8_lossy(&out.stderr).contains("charliecloud-runtime"));
 }
+
+/// Builds a package's artifact with cargo (quick when up to date) and returns `target/debug`.
+fn cargo_build(args: &[&str]) -> PathBuf {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let root = shipyard_e2e::repo_root();
+    let status = Command::new(cargo)
+        .current_dir(&root)
+        .arg("build")
+        .arg("-q")
+        .args(args)
+        .status()
+        .expect("run cargo build");
+    assert!(status.success(), "cargo build {args:?}");
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"))
+        .join("debug")
+}
+
+const CLI_CONFIG: &str = r#"
+[pool_specification]
+id = "cc-pool"
+vm_size = "Standard_D8s_v5"
+vm_count = 2
+inter_node_communication_enabled = true
+[pool_specification.vm_configuration.platform_image]
+publisher = "microsoft-dsvm"
+offer = "ubuntu-hpc"
+sku = "2204"
+node_agent_sku_id = "batch.node.ubuntu 22.04"
+
+[[job_specifications]]
+id = "cc-hello"
+runtime = "charliecloud"
+[[job_specifications.tasks]]
+id = "hello"
+image = "https://example.org/images/mpi-bookworm.tar.gz"
+command = "/opt/shipyard/bin/mpi-hello-mpich"
+[job_specifications.tasks.multi_instance]
+num_instances = 2
+[job_specifications.tasks.multi_instance.mpi]
+runtime = "mpich"
+processes_per_node = 4
+executable_path = "/usr/bin/mpiexec.mpich"
+"#;
+
+#[test]
+fn the_cli_loads_the_plugin_checks_and_dry_runs_spec_valid_requests() {
+    let debug = cargo_build(&["-p", "shipyard-plugin-charliecloud", "--lib"]);
+    cargo_build(&["-p", "shipyard-cli", "--bin", "shipyard"]);
+    let plugin = debug.join("libshipyard_plugin_charliecloud.so");
+    let shipyard = debug.join("shipyard");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("cc.toml");
+    std::fs::write(&cfg, CLI_CONFIG).expect("write config");
+    let cli = || {
+        let mut c = Command::new(&shipyard);
+        for v in [
+            "SHIPYARD_CONFIG",
+            "SHIPYARD_CONFIGDIR",
+            "SHIPYARD_TARGET",
+            "SHIPYARD_PLUGIN",
+        ] {
+            c.env_remove(v);
+        }
+        c
+    };
+
+    // without the plugin the runtime is unknown
+    let out = cli()
+        .arg("-c")
+        .arg(&cfg)
+        .args(["config", "check"])
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(2), "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("unknown container runtime `charliecloud`")
+    );
+    // with --plugin, and with SHIPYARD_PLUGIN
+    let out = cli()
+        .arg("--plugin")
+        .arg(&plugin)
+        .arg("-c")
+        .arg(&cfg)
+        .args(["config", "check"])
+        .output()
+        .expect("runs");
+    assert!(out.status.success(), "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("configuration OK"),
+        "{}",
+        show(&out)
+    );
+    let out = cli()
+        .env("SHIPYARD_PLUGIN", &plugin)
+        .args(["--output", "json", "--target", "azure", "--dry-run", "run"])
+        .arg(&cfg)
+        .output()
+        .expect("runs");
+    assert!(out.status.success(), "{}", show(&out));
+    let requests: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let requests = requests.as_array().expect("array of requests");
+    let spec = shipyard_batch_spec::schema::Spec::shared();
+    let mut defs = Vec::new();
+    for r in requests {
+        let def = r["definition"].as_str().expect("definition");
+        defs.push(def.to_string());
+        if let Err(v) = spec.validate(def, &r["body"]) {
+            panic!("{def} violates the spec: {v:?}\n{:#}", r["body"]);
+        }
+    }
+    assert_eq!(
+        defs[..3],
+        [
+            "PoolAddParameter",
+            "JobAddParameter",
+            "TaskAddCollectionParameter"
+        ]
+    );
+    let pool = &requests[0]["body"];
+    assert_eq!(pool["enableInterNodeCommunication"], true);
+    assert!(pool["virtualMachineConfiguration"]["containerConfiguration"].is_null());
+    let prep = &requests[1]["body"]["jobPreparationTask"];
+    assert!(prep["commandLine"]
+        .as_str()
+        .unwrap_or("")
+        .contains("charliecloud-runtime"));
+    assert_eq!(
+        prep["resourceFiles"][0]["httpUrl"],
+        "https://example.org/images/mpi-bookworm.tar.gz"
+    );
+    let task = &requests[2]["body"]["value"][0];
+    let line = task["commandLine"].as_str().unwrap_or("");
+    assert!(
+        line.contains("/usr/bin/mpiexec.mpich") && line.contains("ch-run"),
+        "{line}"
+    );
+    assert_eq!(task["multiInstanceSettings"]["numberOfInstances"], 2);
+}
