@@ -70,3 +70,15 @@ log "Docker engine $(docker info --format '{{.ServerVersion}}') is running"
 
 bash "$repo/scripts/build-image.sh"
 log "ready"
+
+# ---- charliecloud (helper G, issue 15): ch-run for the Charliecloud runtime plugin's tests ----
+if ! command -v ch-run >/dev/null 2>&1; then
+  log "installing Debian package charliecloud-runtime"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -qq --no-install-recommends charliecloud-runtime >/dev/null \
+    || { apt-get update -qq && apt-get install -y -qq --no-install-recommends charliecloud-runtime >/dev/null; } \
+    || die "cannot install charliecloud-runtime"
+else
+  log "charliecloud-runtime present ($(USER=${USER:-root} ch-run --version 2>&1))"
+fi
+# ---- end charliecloud ----

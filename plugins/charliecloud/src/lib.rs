@@ -24,6 +24,7 @@
 //! Every task command line sets `USER` when Batch did not (`ch-run` refuses to start without it).
 
 #![warn(missing_docs)]
+#![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod image;
 pub mod wrap;
