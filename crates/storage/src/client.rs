@@ -416,6 +416,48 @@ impl BlobClient {
         Ok(len)
     }
 
+    /// Get Block List: the ids of the committed blocks of a block blob (empty for a blob
+    /// written by one Put Blob).
+    pub async fn committed_blocks(&self, blob_url: &SasUrl) -> Result<Vec<String>> {
+        #[derive(Deserialize)]
+        #[serde(rename_all = "PascalCase")]
+        struct BlockList {
+            #[serde(default)]
+            committed_blocks: Blocks,
+        }
+        #[derive(Deserialize, Default)]
+        #[serde(rename_all = "PascalCase")]
+        struct Blocks {
+            #[serde(default)]
+            block: Vec<Block>,
+        }
+        #[derive(Deserialize)]
+        #[serde(rename_all = "PascalCase")]
+        struct Block {
+            name: String,
+        }
+        let url = blob_url.with_query(&[("comp", "blocklist"), ("blocklisttype", "committed")]);
+        let resp = self
+            .send(Method::GET, &url, &HeaderMap::new(), Body::Empty)
+            .await?;
+        let text = resp.text().await.map_err(|e| StorageError::Transport {
+            method: "GET",
+            url: blob_url.redacted(),
+            source: e.without_url(),
+        })?;
+        let list: BlockList =
+            quick_xml::de::from_str(&text).map_err(|e| StorageError::InvalidListing {
+                url: blob_url.redacted(),
+                reason: e.to_string(),
+            })?;
+        Ok(list
+            .committed_blocks
+            .block
+            .into_iter()
+            .map(|b| b.name)
+            .collect())
+    }
+
     async fn put_blocks(&self, blob_url: &SasUrl, file: &Path) -> Result<Vec<String>> {
         let block = usize::try_from(self.options.block_size.max(1)).unwrap_or(usize::MAX);
         let mut f = tokio::fs::File::open(file)

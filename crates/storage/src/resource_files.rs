@@ -12,8 +12,8 @@ use crate::location::SasUrl;
 pub const DEFAULT_FILE_MODE: u32 = 0o770;
 
 /// Turns an `autoStorageContainerName` into a container URL that can read and list (the Batch
-/// account's auto-storage account). [`crate::StorageAccount`] implements it by signing a
-/// read+list SAS.
+/// account's auto-storage account). [`crate::StorageAccount`] implements it with a read+list
+/// SAS valid for an hour (or its ready token).
 pub trait AutoStorage {
     /// The URL (with SAS) of container `name`.
     fn container_url(&self, name: &str) -> Result<SasUrl>;
@@ -21,10 +21,13 @@ pub trait AutoStorage {
 
 impl AutoStorage for crate::sas::StorageAccount {
     fn container_url(&self, name: &str) -> Result<SasUrl> {
-        let options = crate::sas::SasOptions::new(
-            crate::sas::SasPermissions::READ_LIST,
-            std::time::Duration::from_secs(3600),
-        );
+        let options = crate::sas::SasOptions {
+            protocol: Some(self.sas_protocol()),
+            ..crate::sas::SasOptions::new(
+                crate::sas::SasPermissions::READ_LIST,
+                std::time::Duration::from_secs(3600),
+            )
+        };
         crate::sas::StorageAccount::container_url(self, name, &options)
     }
 }

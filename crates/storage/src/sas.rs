@@ -399,6 +399,16 @@ impl StorageAccount {
         &self.account
     }
 
+    /// The SAS protocol its endpoint needs: `https,http` for a plain-HTTP endpoint (Azurite),
+    /// `https` otherwise.
+    pub fn sas_protocol(&self) -> SasProtocol {
+        if self.endpoint.scheme() == "http" {
+            SasProtocol::HttpsAndHttp
+        } else {
+            SasProtocol::Https
+        }
+    }
+
     /// The blob endpoint, with a trailing `/`.
     pub fn endpoint(&self) -> &str {
         self.endpoint.as_str()
