@@ -147,6 +147,20 @@ impl Azurite {
     }
 }
 
+impl Azurite {
+    /// Creates `name` and returns the account and a write-only SAS URL of the container.
+    async fn writable_container(
+        &self,
+        client: &BlobClient,
+        name: &str,
+    ) -> Result<(StorageAccount, SasUrl)> {
+        self.create_container(client, name).await?;
+        let account = self.account()?;
+        let writer = account.container_url(name, &opts(SasPermissions::WRITE))?;
+        Ok((account, writer))
+    }
+}
+
 impl Drop for Azurite {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -238,9 +252,7 @@ async fn put_and_get_blobs_round_trip_bytes_with_and_without_blocks() -> Result<
 async fn lists_by_prefix_across_pages_and_checks_signatures() -> Result<()> {
     let az = azurite_or_skip!();
     let client = BlobClient::new()?;
-    az.create_container(&client, "listing").await?;
-    let account = az.account()?;
-    let writer = account.container_url("listing", &opts(SasPermissions::WRITE))?;
+    let (account, writer) = az.writable_container(&client, "listing").await?;
     let dir = tempfile::tempdir()?;
     let src = dir.path().join("x");
     std::fs::write(&src, b"x")?;
@@ -294,9 +306,7 @@ async fn lists_by_prefix_across_pages_and_checks_signatures() -> Result<()> {
 async fn resource_files_from_container_prefix_http_url_and_auto_storage() -> Result<()> {
     let az = azurite_or_skip!();
     let client = BlobClient::new()?;
-    az.create_container(&client, "inputs").await?;
-    let account = az.account()?;
-    let writer = account.container_url("inputs", &opts(SasPermissions::WRITE))?;
+    let (account, writer) = az.writable_container(&client, "inputs").await?;
     let src = tempfile::tempdir()?;
     let mut contents = Vec::new();
     for (i, name) in ["job/a.txt", "job/sub/b.bin", "other/c.txt"]
@@ -441,9 +451,7 @@ fn output(
 async fn output_files_follow_patterns_paths_and_upload_conditions() -> Result<()> {
     let az = azurite_or_skip!();
     let client = BlobClient::new()?;
-    az.create_container(&client, "outputs").await?;
-    let account = az.account()?;
-    let writer = account.container_url("outputs", &opts(SasPermissions::WRITE))?;
+    let (account, writer) = az.writable_container(&client, "outputs").await?;
     let reader = account.container_url("outputs", &opts(SasPermissions::READ_LIST))?;
 
     let task = tempfile::tempdir()?;

@@ -248,6 +248,18 @@ impl BlobClient {
         }
     }
 
+    /// GET of `url` (a query added to `base`), its body as text.
+    async fn get_text(&self, url: &Url, base: &SasUrl) -> Result<String> {
+        let resp = self
+            .send(Method::GET, url, &HeaderMap::new(), Body::Empty)
+            .await?;
+        resp.text().await.map_err(|e| StorageError::Transport {
+            method: "GET",
+            url: base.redacted(),
+            source: e.without_url(),
+        })
+    }
+
     /// Create Container at `container_url`. The SAS must allow it (an account SAS with `c`);
     /// an existing container is not an error.
     pub async fn create_container(&self, container_url: &SasUrl) -> Result<()> {
@@ -282,15 +294,9 @@ impl BlobClient {
         if let Some(m) = &max {
             pairs.push(("maxresults", m));
         }
-        let url = container_url.with_query(&pairs);
-        let resp = self
-            .send(Method::GET, &url, &HeaderMap::new(), Body::Empty)
+        let text = self
+            .get_text(&container_url.with_query(&pairs), container_url)
             .await?;
-        let text = resp.text().await.map_err(|e| StorageError::Transport {
-            method: "GET",
-            url: container_url.redacted(),
-            source: e.without_url(),
-        })?;
         parse_listing(&text).map_err(|e| StorageError::InvalidListing {
             url: container_url.redacted(),
             reason: e.to_string(),
@@ -329,7 +335,16 @@ impl BlobClient {
         let mut tmp_name = dest.file_name().unwrap_or_default().to_os_string();
         tmp_name.push(format!(".shipyard-part-{}", std::process::id()));
         let tmp = dest.with_file_name(tmp_name);
-        let written = self.download_once(url, &tmp).await;
+        // `send` retries the request; a body that breaks off mid-stream restarts the download.
+        let mut written = self.download_once(url, &tmp).await;
+        let mut attempt = 1;
+        while matches!(written, Err(StorageError::Transport { .. }))
+            && attempt < self.options.max_attempts
+        {
+            attempt += 1;
+            tokio::time::sleep(self.options.initial_backoff).await;
+            written = self.download_once(url, &tmp).await;
+        }
         match written {
             Ok(n) => {
                 tokio::fs::rename(&tmp, dest)
@@ -437,14 +452,7 @@ impl BlobClient {
             name: String,
         }
         let url = blob_url.with_query(&[("comp", "blocklist"), ("blocklisttype", "committed")]);
-        let resp = self
-            .send(Method::GET, &url, &HeaderMap::new(), Body::Empty)
-            .await?;
-        let text = resp.text().await.map_err(|e| StorageError::Transport {
-            method: "GET",
-            url: blob_url.redacted(),
-            source: e.without_url(),
-        })?;
+        let text = self.get_text(&url, blob_url).await?;
         let list: BlockList =
             quick_xml::de::from_str(&text).map_err(|e| StorageError::InvalidListing {
                 url: blob_url.redacted(),

@@ -194,6 +194,14 @@ fn sas_time(t: OffsetDateTime) -> String {
     )
 }
 
+/// The `spr` line of a string-to-sign: empty when any protocol is allowed.
+fn spr(options: &SasOptions) -> String {
+    options
+        .protocol
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_default()
+}
+
 /// The string-to-sign of a service SAS for a blob or container, version 2020-12-06 and later:
 /// sp, st, se, canonicalized resource, si, sip, spr, sv, sr, snapshot time, ses, and the five
 /// response-header overrides (rscc, rscd, rsce, rscl, rsct), separated by newlines. No stored
@@ -216,10 +224,7 @@ pub fn service_sas_string_to_sign(
         canonical,
         String::new(), // signedIdentifier
         String::new(), // signedIP
-        options
-            .protocol
-            .map(|p| p.as_str().to_string())
-            .unwrap_or_default(),
+        spr(options),
         STORAGE_VERSION.to_string(),
         sr.to_string(),
         String::new(), // signedSnapshotTime
@@ -244,10 +249,7 @@ pub fn account_sas_string_to_sign(account: &str, options: &SasOptions) -> String
         options.start.map(sas_time).unwrap_or_default(),
         sas_time(options.expiry),
         String::new(), // signedIP
-        options
-            .protocol
-            .map(|p| p.as_str().to_string())
-            .unwrap_or_default(),
+        spr(options),
         STORAGE_VERSION.to_string(),
         String::new(), // signedEncryptionScope
     ]
