@@ -71,6 +71,7 @@ log "Docker engine $(docker info --format '{{.ServerVersion}}') is running"
 bash "$repo/scripts/build-image.sh"
 log "ready"
 
+<<<<<<< HEAD
 # ---- charliecloud (helper G, issue 15): ch-run for the Charliecloud runtime plugin's tests ----
 if ! command -v ch-run >/dev/null 2>&1; then
   log "installing Debian package charliecloud-runtime"
@@ -82,3 +83,27 @@ else
   log "charliecloud-runtime present ($(USER=${USER:-root} ch-run --version 2>&1))"
 fi
 # ---- end charliecloud ----
+=======
+# ---- shipyard-storage: Azurite (the Blob service emulator) for tests/tests/storage_azurite.rs ----
+# Installed from npm into a fixed prefix (not on PATH); the tests look for
+# $SHIPYARD_AZURITE_PREFIX/node_modules/.bin/azurite-blob. 3.35.0 is the newest release whose
+# declared engine accepts Debian bookworm's Node 18 (3.36+ ask for Node 21+).
+azurite_prefix=${SHIPYARD_AZURITE_PREFIX:-/opt/shipyard/azurite}
+azurite_version=${SHIPYARD_AZURITE_VERSION:-3.35.0}
+if ! command -v npm >/dev/null || ! command -v node >/dev/null; then
+  log "installing Debian packages: nodejs npm"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
+fi
+azurite_installed=$(node -p "require('$azurite_prefix/node_modules/azurite/package.json').version" 2>/dev/null || true)
+if [ "$azurite_installed" != "$azurite_version" ] || [ ! -x "$azurite_prefix/node_modules/.bin/azurite-blob" ]; then
+  log "installing azurite@$azurite_version into $azurite_prefix"
+  mkdir -p "$azurite_prefix"
+  npm install --prefix "$azurite_prefix" --no-audit --no-fund --loglevel=error "azurite@$azurite_version" >/dev/null
+  [ -x "$azurite_prefix/node_modules/.bin/azurite-blob" ] || die "azurite installed but azurite-blob is missing"
+else
+  log "Azurite $azurite_installed present at $azurite_prefix"
+fi
+# ---- end shipyard-storage ----
+>>>>>>> d2
