@@ -70,3 +70,20 @@ log "Docker engine $(docker info --format '{{.ServerVersion}}') is running"
 
 bash "$repo/scripts/build-image.sh"
 log "ready"
+
+# --- begin shipyard-vm-node (VM-like nodes: crates/vm-node, tests/tests/vm_nodes.rs) ---
+# Namespaces, a bridge and an iptables FORWARD rule per pool, a dockerd per node, and a
+# pool-local image registry (Debian's docker-registry; shipyard starts it itself, on the
+# pool's own addresses, so the packaged service is not needed).
+vm_missing=()
+for p in iproute2 iptables util-linux docker-registry; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || vm_missing+=("$p")
+done
+if [ "${#vm_missing[@]}" -gt 0 ]; then
+  log "installing Debian packages for VM-like nodes: ${vm_missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${vm_missing[@]}" >/dev/null
+fi
+command -v docker-registry >/dev/null || die "docker-registry is missing after installing it"
+# --- end shipyard-vm-node ---

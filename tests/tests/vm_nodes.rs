@@ -331,3 +331,49 @@ fn creation_times_and_sweep_of_a_dead_owner() -> anyhow::Result<()> {
     assert_eq!(live.nodes()[0].health(), NodeHealth::Ready);
     Ok(())
 }
+
+#[test]
+fn a_dockerd_that_dies_at_startup_fails_creation_naming_the_node_and_leaves_nothing(
+) -> anyhow::Result<()> {
+    if !require_vm_node_tools() {
+        return Ok(());
+    }
+    let _serial = SERIAL.blocking_lock();
+    let state = tempfile::tempdir()?;
+    let err = VmPool::builder()
+        .nodes(2)
+        .state_dir(state.path())
+        .binaries(Binaries::default().dockerd("/bin/false"))
+        .create()
+        .err()
+        .context("a pool whose dockerd is /bin/false was created")?;
+    let text = err.to_string();
+    assert!(
+        matches!(err, shipyard_vm_node::VmNodeError::EngineDead { .. }),
+        "{text}"
+    );
+    assert!(text.contains("node-0 of pool "), "{text}");
+    let pools: Vec<_> = std::fs::read_dir(state.path().join("pools"))?.collect();
+    assert!(pools.is_empty(), "state left: {pools:?}");
+    let id = text
+        .split("of pool ")
+        .nth(1)
+        .and_then(|s| s.split(':').next())
+        .unwrap_or_default();
+    assert_eq!(id.len(), 8, "{text}");
+    assert_nothing_left(id, &state.path().join("pools").join(id));
+
+    let err = VmPool::builder()
+        .nodes(1)
+        .state_dir(state.path())
+        .binaries(Binaries::default().ip("/nonexistent/ip"))
+        .create()
+        .err()
+        .context("created without ip")?;
+    assert!(
+        matches!(err, shipyard_vm_node::VmNodeError::Spawn { .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("/nonexistent/ip"), "{err}");
+    Ok(())
+}

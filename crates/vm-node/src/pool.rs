@@ -574,3 +574,38 @@ impl Drop for VmPool {
         self.teardown();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builder_rejects_bad_values_naming_the_field() {
+        let e = VmPool::builder()
+            .nodes(0)
+            .validate()
+            .err()
+            .map(|e| e.to_string());
+        assert_eq!(
+            e.as_deref(),
+            Some("invalid VM-node configuration: nodes: 0 is not in 1..=250")
+        );
+        let e = VmPool::builder()
+            .node_root_dir("mnt/batch")
+            .validate()
+            .err()
+            .map(|e| e.to_string());
+        assert!(e.is_some_and(|e| e.contains("node_root_dir")));
+        assert!(VmPool::builder().nodes(8).validate().is_ok());
+    }
+
+    #[test]
+    fn log_tail_keeps_the_last_five_lines() {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string());
+        let Ok(dir) = dir else { panic!("tempdir") };
+        let p = dir.path().join("log");
+        let body: String = (1..=7).map(|i| format!("l{i}\n")).collect();
+        assert!(std::fs::write(&p, body).is_ok());
+        assert_eq!(log_tail(&p), "l3 | l4 | l5 | l6 | l7");
+    }
+}

@@ -112,3 +112,27 @@ impl PoolRecord {
         serde_json::from_slice(&body).map_err(|source| VmNodeError::State { path, source })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_process_is_alive_and_a_reaped_child_is_not() {
+        assert!(ProcRef::current().alive());
+        let Ok(mut child) = std::process::Command::new("true").spawn() else {
+            panic!("spawn true")
+        };
+        let r = ProcRef::of(child.id());
+        assert!(child.wait().is_ok());
+        assert!(r.is_none_or(|r| !r.alive()));
+        let fake = ProcRef {
+            start: ProcRef::current().start + 1,
+            ..ProcRef::current()
+        };
+        assert!(
+            !fake.alive(),
+            "a different start time is a different process"
+        );
+    }
+}
