@@ -332,31 +332,20 @@ impl Setup<'_> {
             .args(["--propagation", "private", "hostname", &node.name]);
         crate::cmd::run_cmd(&scope, &mut un)?;
         let enter_mnt = format!("--mount={}", mnt.display());
-        let common = self.b.node_root_dir.as_os_str();
-        run(
-            &scope,
-            &bins.nsenter,
-            [
-                enter_mnt.as_ref(),
-                "--".as_ref(),
-                bins.mount.as_os_str(),
-                "--bind".as_ref(),
-                root.as_os_str(),
-                common,
-            ],
-        )?;
-        run(
-            &scope,
-            &bins.nsenter,
-            [
-                enter_mnt.as_ref(),
-                "--".as_ref(),
-                bins.mount.as_os_str(),
-                "--bind".as_ref(),
-                hosts_file.as_os_str(),
-                "/etc/hosts".as_ref(),
-            ],
-        )?;
+        let binds = [
+            (root.as_path(), self.b.node_root_dir.as_path()),
+            (hosts_file, Path::new("/etc/hosts")),
+        ];
+        for (from, to) in binds {
+            let mut cmd = Command::new(&bins.nsenter);
+            cmd.arg(&enter_mnt)
+                .arg("--")
+                .arg(&bins.mount)
+                .arg("--bind")
+                .arg(from)
+                .arg(to);
+            crate::cmd::run_cmd(&scope, &mut cmd)?;
+        }
         Ok(())
     }
 
