@@ -69,9 +69,7 @@ fi
 log "Docker engine $(docker info --format '{{.ServerVersion}}') is running"
 
 bash "$repo/scripts/build-image.sh"
-log "ready"
 
-<<<<<<< HEAD
 # ---- charliecloud (helper G, issue 15): ch-run for the Charliecloud runtime plugin's tests ----
 if ! command -v ch-run >/dev/null 2>&1; then
   log "installing Debian package charliecloud-runtime"
@@ -83,7 +81,6 @@ else
   log "charliecloud-runtime present ($(USER=${USER:-root} ch-run --version 2>&1))"
 fi
 # ---- end charliecloud ----
-=======
 # ---- shipyard-storage: Azurite (the Blob service emulator) for tests/tests/storage_azurite.rs ----
 # Installed from npm into a fixed prefix (not on PATH); the tests look for
 # $SHIPYARD_AZURITE_PREFIX/node_modules/.bin/azurite-blob. 3.35.0 is the newest release whose
@@ -106,4 +103,21 @@ else
   log "Azurite $azurite_installed present at $azurite_prefix"
 fi
 # ---- end shipyard-storage ----
->>>>>>> d2
+# --- begin shipyard-vm-node (VM-like nodes: crates/vm-node, tests/tests/vm_nodes.rs) ---
+# Namespaces, a bridge and an iptables FORWARD rule per pool, a dockerd per node, and a
+# pool-local image registry (Debian's docker-registry; shipyard starts it itself, on the
+# pool's own addresses, so the packaged service is not needed).
+vm_missing=()
+for p in iproute2 iptables util-linux docker-registry; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || vm_missing+=("$p")
+done
+if [ "${#vm_missing[@]}" -gt 0 ]; then
+  log "installing Debian packages for VM-like nodes: ${vm_missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${vm_missing[@]}" >/dev/null
+fi
+command -v docker-registry >/dev/null || die "docker-registry is missing after installing it"
+# --- end shipyard-vm-node ---
+
+log "ready"
