@@ -35,6 +35,7 @@
 pub mod batch;
 pub mod domain;
 pub mod error;
+pub mod factory;
 pub mod mpi;
 pub mod plan;
 pub mod plugin;
