@@ -168,6 +168,19 @@ impl Engine {
         Ok(engine)
     }
 
+    /// Stops the engine as a dying process would: running work is abandoned (its containers
+    /// are killed, its records stay as they are, to be recovered by the next [`Engine::open`]),
+    /// and the store is closed once every worker has let go of it.
+    pub async fn close(self) {
+        self.inner.shutdown.cancel();
+        for _ in 0..200 {
+            if Arc::strong_count(&self.inner) == 1 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
     /// The state directory (canonical).
     pub fn state_dir(&self) -> &Path {
         &self.inner.opts.state_dir
