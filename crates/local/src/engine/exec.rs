@@ -740,9 +740,7 @@ impl Engine {
                 .jobs
                 .get(&job)
                 .and_then(|j| j.job.on_task_failure.clone());
-            let act = opts
-                .job_action
-                .unwrap_or(if ok { JobAction::None } else { JobAction::None });
+            let act = opts.job_action.unwrap_or(JobAction::None);
             if !ok
                 && on_fail == Some(OnTaskFailure::PerformExitOptionsJobAction)
                 && act == JobAction::Terminate
@@ -1217,9 +1215,6 @@ fn deps_state(st: &super::state::State, job: &str, p: &TaskAddParameter) -> Deps
                 if !ok && blocked {
                     return Deps::Wait;
                 }
-                if !ok && !t.task.exit_conditions.as_ref().is_some_and(|_| !blocked) && !ok {
-                    // failure with default dependencyAction (satisfy unless a mapping said block)
-                }
             }
             _ => return Deps::Wait,
         }
@@ -1238,11 +1233,7 @@ fn exit_options(
     let Some(c) = &t.params.exit_conditions else {
         let fail = failed || code != Some(0);
         return ExitOptions {
-            job_action: Some(if fail {
-                JobAction::None
-            } else {
-                JobAction::None
-            }),
+            job_action: Some(JobAction::None),
             dependency_action: Some(if fail {
                 DependencyAction::Block
             } else {

@@ -88,7 +88,7 @@ pub(crate) struct Inner {
     kind: Arc<dyn NodeKind>,
     wake: Notify,
     cancels: Mutex<HashMap<(String, String), CancellationToken>>,
-    prep_locks: Mutex<HashMap<(String, String), Arc<tokio::sync::Mutex<()>>>>,
+    prep_locks: Mutex<HashMap<(String, String), PrepLock>>,
     http: Option<shipyard_storage::BlobClient>,
     shutdown: CancellationToken,
 }
@@ -106,6 +106,8 @@ impl Drop for Inner {
         self.shutdown.cancel();
     }
 }
+
+type PrepLock = Arc<tokio::sync::Mutex<()>>;
 
 /// A record to write back to the store.
 pub(crate) enum Key {
@@ -252,43 +254,44 @@ impl Engine {
                 dead.push((n.pool.clone(), n.id.clone()));
             }
         }
-        let mut stale_containers = Vec::new();
-        let mut st = self.lock();
-        let mut keys = Vec::new();
-        for ((pool, id), n) in st.nodes.iter_mut() {
-            n.used_slots = 0;
-            n.tasks.clear();
-            n.node.running_tasks_count = Some(0);
-            n.node.running_task_slots_count = Some(0);
-            if dead.contains(&(pool.clone(), id.clone())) {
-                set_node_state(&mut n.node, ComputeNodeState::Unusable);
-                n.node.errors = Some(vec![shipyard_batch_api::models::ComputeNodeError {
+        let (stale_containers, deleting) = {
+            let mut stale_containers = Vec::new();
+            let mut st = self.lock();
+            let mut keys = Vec::new();
+            for ((pool, id), n) in st.nodes.iter_mut() {
+                n.used_slots = 0;
+                n.tasks.clear();
+                n.node.running_tasks_count = Some(0);
+                n.node.running_task_slots_count = Some(0);
+                if dead.contains(&(pool.clone(), id.clone())) {
+                    set_node_state(&mut n.node, ComputeNodeState::Unusable);
+                    n.node.errors = Some(vec![shipyard_batch_api::models::ComputeNodeError {
                     code: Some("NodeContainerGone".into()),
                     message: Some(format!("the holder container {} of node {id} is gone (found when the engine reopened)", n.holder)),
                     error_details: None,
                 }]);
-            } else if matches!(n.node.state, Some(ComputeNodeState::Running)) {
-                set_node_state(&mut n.node, ComputeNodeState::Idle);
-            } else if matches!(
-                n.node.state,
-                Some(ComputeNodeState::Starting) | Some(ComputeNodeState::WaitingForStartTask)
-            ) {
-                set_node_state(&mut n.node, ComputeNodeState::Unusable);
-                n.node.errors = Some(vec![shipyard_batch_api::models::ComputeNodeError {
-                    code: Some("EngineRestarted".into()),
-                    message: Some("the engine stopped while the node was starting".into()),
-                    error_details: None,
-                }]);
+                } else if matches!(n.node.state, Some(ComputeNodeState::Running)) {
+                    set_node_state(&mut n.node, ComputeNodeState::Idle);
+                } else if matches!(
+                    n.node.state,
+                    Some(ComputeNodeState::Starting) | Some(ComputeNodeState::WaitingForStartTask)
+                ) {
+                    set_node_state(&mut n.node, ComputeNodeState::Unusable);
+                    n.node.errors = Some(vec![shipyard_batch_api::models::ComputeNodeError {
+                        code: Some("EngineRestarted".into()),
+                        message: Some("the engine stopped while the node was starting".into()),
+                        error_details: None,
+                    }]);
+                }
+                keys.push(Key::Node(pool.clone(), id.clone()));
             }
-            keys.push(Key::Node(pool.clone(), id.clone()));
-        }
-        for ((job, id), t) in st.tasks.iter_mut() {
-            if matches!(
-                t.task.state,
-                Some(TaskState::Running) | Some(TaskState::Preparing)
-            ) {
-                stale_containers.append(&mut t.containers);
-                exec::complete_task_record(
+            for ((job, id), t) in st.tasks.iter_mut() {
+                if matches!(
+                    t.task.state,
+                    Some(TaskState::Running) | Some(TaskState::Preparing)
+                ) {
+                    stale_containers.append(&mut t.containers);
+                    exec::complete_task_record(
                     t,
                     None,
                     Some(exec::failure(
@@ -296,25 +299,26 @@ impl Engine {
                         "the engine stopped while the task ran; its container was lost and it was not reattached",
                     )),
                 );
-                keys.push(Key::Task(job.clone(), id.clone()));
+                    keys.push(Key::Task(job.clone(), id.clone()));
+                }
             }
-        }
-        for p in st.pools.values_mut() {
-            if matches!(p.pool.state, Some(PoolState::Deleting)) {
-                // finished below by delete_pool's worker
-            } else if matches!(p.pool.allocation_state, Some(AllocationState::Resizing)) {
-                p.pool.allocation_state = Some(AllocationState::Steady);
-                keys.push(Key::Pool(p.params.id.clone()));
+            for p in st.pools.values_mut() {
+                if matches!(p.pool.state, Some(PoolState::Deleting)) {
+                    // finished below by delete_pool's worker
+                } else if matches!(p.pool.allocation_state, Some(AllocationState::Resizing)) {
+                    p.pool.allocation_state = Some(AllocationState::Steady);
+                    keys.push(Key::Pool(p.params.id.clone()));
+                }
             }
-        }
-        self.save(&st, &keys)?;
-        let deleting: Vec<String> = st
-            .pools
-            .values()
-            .filter(|p| matches!(p.pool.state, Some(PoolState::Deleting)))
-            .map(|p| p.params.id.clone())
-            .collect();
-        drop(st);
+            self.save(&st, &keys)?;
+            let deleting: Vec<String> = st
+                .pools
+                .values()
+                .filter(|p| matches!(p.pool.state, Some(PoolState::Deleting)))
+                .map(|p| p.params.id.clone())
+                .collect();
+            (stale_containers, deleting)
+        };
         for c in stale_containers {
             let _ = self.inner.kind.remove_container(&c).await;
         }
@@ -1111,19 +1115,20 @@ impl Engine {
         match state {
             Some(TaskState::Completed) => Ok(()),
             Some(TaskState::Active) | None => {
-                let mut st = self.lock();
-                if let Some(t) = st.tasks.get_mut(&(job.to_string(), task.to_string())) {
-                    exec::complete_task_record(
-                        t,
-                        None,
-                        Some(exec::failure(
-                            "TaskEnded",
-                            "the task was terminated before it ran",
-                        )),
-                    );
+                {
+                    let mut st = self.lock();
+                    if let Some(t) = st.tasks.get_mut(&(job.to_string(), task.to_string())) {
+                        exec::complete_task_record(
+                            t,
+                            None,
+                            Some(exec::failure(
+                                "TaskEnded",
+                                "the task was terminated before it ran",
+                            )),
+                        );
+                    }
+                    self.save(&st, &[Key::Task(job.to_string(), task.to_string())])?;
                 }
-                self.save(&st, &[Key::Task(job.to_string(), task.to_string())])?;
-                drop(st);
                 self.check_job_complete(job).await;
                 self.wake();
                 Ok(())
@@ -1140,10 +1145,11 @@ impl Engine {
         self.get_task(job, task)?;
         self.cancel_task(job, task);
         let dirs = self.task_dirs(job, task);
-        let mut st = self.lock();
-        st.tasks.remove(&(job.to_string(), task.to_string()));
-        self.save(&st, &[Key::Task(job.to_string(), task.to_string())])?;
-        drop(st);
+        {
+            let mut st = self.lock();
+            st.tasks.remove(&(job.to_string(), task.to_string()));
+            self.save(&st, &[Key::Task(job.to_string(), task.to_string())])?;
+        }
         for d in dirs {
             let _ = std::fs::remove_dir_all(d);
         }
