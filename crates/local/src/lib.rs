@@ -47,6 +47,7 @@
 mod backend;
 pub mod cmdline;
 mod docker;
+pub mod engine;
 pub mod env;
 mod error;
 mod events;
@@ -60,6 +61,7 @@ mod task;
 
 pub use backend::{JobOutcome, LocalBackend, LocalOptions, STORE_FILE};
 pub use docker::{labels, OutputStream};
+pub use engine::{Engine, EngineError, EngineOptions, FileContent};
 pub use error::{LocalError, Result};
 pub use events::{Event, EventSender};
 pub use spec::{
