@@ -47,7 +47,7 @@ pub const MAX_TASKS_PER_REQUEST: usize = 100;
 pub const MAX_TASK_COLLECTION_BYTES: usize = 1_000_000;
 
 /// `{"value":[` + `]}`: the bytes of a task collection body around its tasks.
-pub(crate) const ENVELOPE_BYTES: usize = 12;
+const ENVELOPE_BYTES: usize = 12;
 
 /// An HTTP method of the Batch API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
