@@ -494,29 +494,40 @@ pub fn get_node_file(pool_id: &str, node_id: &str, file_path: &str) -> Request {
 
 // ------------------------------------------------------------ task collections
 
-/// `Task_AddCollection` of already serialized tasks: `POST /jobs/{jobId}/addtaskcollection`
-/// with a `TaskAddCollectionParameter` `{"value": [...]}`.
-pub(crate) fn task_collection_request(job_id: &str, tasks: Vec<Value>) -> Request {
+/// `Task_AddCollection`: `POST /jobs/{jobId}/addtaskcollection` with a
+/// `TaskAddCollectionParameter` `{"value": [...]}` holding `tasks` in order (no chunking; see
+/// [`add_task_collection`]).
+pub fn task_collection_request<'a>(
+    job_id: &str,
+    tasks: impl IntoIterator<Item = &'a TaskAddParameter>,
+) -> Request {
     let mut r = Request::new(
         "Task_AddCollection",
         Method::Post,
         &["jobs", job_id, "addtaskcollection"],
     );
+    let values: Result<Vec<Value>, _> = tasks.into_iter().map(serde_json::to_value).collect();
     r.definition = Some("TaskAddCollectionParameter");
-    let mut body = serde_json::Map::with_capacity(1);
-    body.insert("value".to_owned(), Value::Array(tasks));
-    r.body = Some(Value::Object(body));
+    r.body = match values {
+        Ok(values) => {
+            let mut body = serde_json::Map::with_capacity(1);
+            body.insert("value".to_owned(), Value::Array(values));
+            Some(Value::Object(body))
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "task collection body does not serialize");
+            None
+        }
+    };
     r
 }
 
-/// Tasks split into `addtaskcollection` requests (see [`task_collection`]).
+/// How tasks split into `addtaskcollection` requests (see [`task_collection_chunks`]).
 #[derive(Debug)]
-pub struct TaskCollection {
-    /// The requests, in order; together they hold every task not in `rejected`, in input
-    /// order.
-    pub requests: Vec<Request>,
-    /// For each request, the input indices of its tasks.
-    pub indices: Vec<Vec<usize>>,
+pub struct TaskCollectionChunks {
+    /// Per request, the input indices of its tasks, in order; together every task not in
+    /// `rejected`, in input order.
+    pub chunks: Vec<Vec<usize>>,
     /// Tasks that cannot be sent, by input index: [`BatchError::TaskTooLarge`] (too large for
     /// a request on their own) or [`BatchError::Serialize`].
     pub rejected: Vec<(usize, BatchError)>,
@@ -536,45 +547,34 @@ impl std::io::Write for ByteCount {
     }
 }
 
-fn serialized_len(v: &Value) -> usize {
-    let mut n = ByteCount(0);
-    // Writing a `serde_json::Value` into a counter cannot fail.
-    let _ = serde_json::to_writer(&mut n, v);
-    n.0
-}
-
 /// Splits `tasks` into `Task_AddCollection` requests of at most [`MAX_TASKS_PER_REQUEST`] tasks
 /// and at most `max_body_bytes` bytes of body, in input order: a request is closed when the next
-/// task would break either limit. The rule [`BatchClient::add_task_collection`] applies with its
-/// [`ClientOptions::max_body_bytes`](crate::ClientOptions::max_body_bytes).
+/// task would break either limit. This is the rule [`BatchClient::add_task_collection`] applies
+/// with its [`ClientOptions::max_body_bytes`](crate::ClientOptions::max_body_bytes); each chunk
+/// becomes a request with [`task_collection_request`].
 ///
 /// [`BatchClient::add_task_collection`]: crate::BatchClient::add_task_collection
-pub fn task_collection(
-    job_id: &str,
+pub fn task_collection_chunks(
     tasks: &[TaskAddParameter],
     max_body_bytes: usize,
-) -> TaskCollection {
+) -> TaskCollectionChunks {
     let limit = max_body_bytes.max(ENVELOPE_BYTES + 2);
-    let mut out = TaskCollection {
-        requests: Vec::new(),
-        indices: Vec::new(),
+    let mut out = TaskCollectionChunks {
+        chunks: Vec::new(),
         rejected: Vec::new(),
     };
-    let mut current: Vec<Value> = Vec::new();
-    let mut current_idx: Vec<usize> = Vec::new();
+    let mut current: Vec<usize> = Vec::new();
     let mut current_bytes = ENVELOPE_BYTES;
     for (index, task) in tasks.iter().enumerate() {
-        let value = match serde_json::to_value(task) {
-            Ok(v) => v,
-            Err(e) => {
-                let what = format!("task `{}`", task.id);
-                let message = e.to_string();
-                out.rejected
-                    .push((index, BatchError::Serialize { what, message }));
-                continue;
-            }
-        };
-        let size = serialized_len(&value);
+        let mut count = ByteCount(0);
+        if let Err(e) = serde_json::to_writer(&mut count, task) {
+            let what = format!("task `{}`", task.id);
+            let message = e.to_string();
+            out.rejected
+                .push((index, BatchError::Serialize { what, message }));
+            continue;
+        }
+        let size = count.0;
         if ENVELOPE_BYTES + size > limit {
             let task_id = task.id.clone();
             out.rejected.push((
@@ -589,31 +589,29 @@ pub fn task_collection(
         }
         let add = size + usize::from(!current.is_empty());
         if current.len() == MAX_TASKS_PER_REQUEST || current_bytes + add > limit {
-            out.requests.push(task_collection_request(
-                job_id,
-                std::mem::take(&mut current),
-            ));
-            out.indices.push(std::mem::take(&mut current_idx));
+            out.chunks.push(std::mem::take(&mut current));
             current_bytes = ENVELOPE_BYTES;
         }
         current_bytes += size + usize::from(!current.is_empty());
-        current.push(value);
-        current_idx.push(index);
+        current.push(index);
     }
     if !current.is_empty() {
-        out.requests.push(task_collection_request(job_id, current));
-        out.indices.push(current_idx);
+        out.chunks.push(current);
     }
     out
 }
 
 /// The `Task_AddCollection` requests that add `tasks` to job `job_id`, chunked by
-/// [`MAX_TASKS_PER_REQUEST`] and [`MAX_TASK_COLLECTION_BYTES`], in order (what
+/// [`MAX_TASKS_PER_REQUEST`] and [`MAX_TASK_COLLECTION_BYTES`], in order: what
 /// [`BatchClient::add_task_collection`](crate::BatchClient::add_task_collection) sends with
-/// default options). A task too large for a request on its own is in no request; see
-/// [`task_collection`] for the rejected tasks.
+/// default options when no task needs a retry. A task too large for a request on its own is in
+/// no request ([`task_collection_chunks`] names it).
 pub fn add_task_collection(job_id: &str, tasks: &[TaskAddParameter]) -> Vec<Request> {
-    task_collection(job_id, tasks, MAX_TASK_COLLECTION_BYTES).requests
+    task_collection_chunks(tasks, MAX_TASK_COLLECTION_BYTES)
+        .chunks
+        .iter()
+        .map(|chunk| task_collection_request(job_id, chunk.iter().map(|&i| &tasks[i])))
+        .collect()
 }
 
 #[cfg(test)]

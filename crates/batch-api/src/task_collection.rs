@@ -5,12 +5,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt as _;
-use serde_json::Value;
 
 use crate::client::BatchClient;
 use crate::error::{BatchError, ErrorDetail, ServiceError};
 use crate::models::{TaskAddCollectionResult, TaskAddParameter, TaskAddResult, TaskAddStatus};
-use crate::request::{self, Request};
+use crate::request;
 
 /// Per-task error codes worth re-submitting even when reported as `clienterror`.
 const RETRYABLE_TASK_CODES: [&str; 5] = [
@@ -72,7 +71,6 @@ impl TaskCollectionReport {
 struct Item {
     index: usize,
     id: String,
-    task: Value,
     /// Submitted before (so `TaskExists` means our earlier submission created it).
     sent: bool,
 }
@@ -134,36 +132,28 @@ impl BatchClient {
     ) -> TaskCollectionReport {
         let opts = &self.inner.options;
         let total = tasks.len();
-        let plan = request::task_collection(job_id, &tasks, opts.max_body_bytes);
+        let plan = request::task_collection_chunks(&tasks, opts.max_body_bytes);
         let mut slots: Vec<(String, TaskAddOutcome)> = tasks
-            .into_iter()
-            .map(|t| (t.id, TaskAddOutcome::Created))
+            .iter()
+            .map(|t| (t.id.clone(), TaskAddOutcome::Created))
             .collect();
         for (index, e) in plan.rejected {
             if let Some(slot) = slots.get_mut(index) {
                 slot.1 = TaskAddOutcome::Failed(Arc::new(e));
             }
         }
-        let chunks: Vec<(Request, Vec<Item>)> = plan
-            .requests
+        let chunks: Vec<Vec<Item>> = plan
+            .chunks
             .into_iter()
-            .zip(plan.indices)
-            .map(|(req, indices)| {
-                let values = match &req.body {
-                    Some(body) => body["value"].as_array().cloned().unwrap_or_default(),
-                    None => Vec::new(),
-                };
-                let items = indices
+            .map(|indices| {
+                indices
                     .into_iter()
-                    .zip(values)
-                    .map(|(index, task)| Item {
+                    .map(|index| Item {
                         index,
                         id: slots.get(index).map(|s| s.0.clone()).unwrap_or_default(),
-                        task,
                         sent: false,
                     })
-                    .collect();
-                (req, items)
+                    .collect()
             })
             .collect();
         let requests = Arc::new(std::sync::atomic::AtomicU32::new(0));
@@ -174,12 +164,10 @@ impl BatchClient {
             chunks = chunks.len(),
             "add_task_collection"
         );
-        let mut results = futures::stream::iter(chunks.into_iter().map(|(first, items)| {
+        let tasks = &tasks;
+        let mut results = futures::stream::iter(chunks.into_iter().map(|items| {
             let requests = requests.clone();
-            async move {
-                self.submit_chunk(job_id, Some(first), items, &requests)
-                    .await
-            }
+            async move { self.submit_chunk(job_id, tasks, items, &requests).await }
         }))
         .buffer_unordered(concurrency);
         while let Some(outcomes) = results.next().await {
@@ -195,12 +183,12 @@ impl BatchClient {
         }
     }
 
-    /// Submits one chunk: `first` (the described request of exactly `items`) in the first
-    /// round, then requests of the tasks still pending, built by the same constructor.
+    /// Submits one chunk of `tasks` (by index): each round one request of the tasks still
+    /// pending, built with [`request::task_collection_request`].
     async fn submit_chunk(
         &self,
         job_id: &str,
-        mut first: Option<Request>,
+        tasks: &[TaskAddParameter],
         items: Vec<Item>,
         requests: &std::sync::atomic::AtomicU32,
     ) -> Outcomes {
@@ -233,10 +221,10 @@ impl BatchClient {
             }
             round += 1;
             requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let req = first.take().unwrap_or_else(|| {
-                let tasks = pending.iter().map(|i| i.task.clone()).collect();
-                request::task_collection_request(job_id, tasks)
-            });
+            let req = request::task_collection_request(
+                job_id,
+                pending.iter().filter_map(|i| tasks.get(i.index)),
+            );
             let sent = match self.call_for(&req) {
                 Ok(call) => {
                     self.json_with_attempts::<TaskAddCollectionResult>(call)
@@ -250,8 +238,8 @@ impl BatchClient {
                     // Too large after all: split and submit the halves.
                     let mut a = pending;
                     let b = a.split_off(a.len() / 2);
-                    let left = Box::pin(self.submit_chunk(job_id, None, a, requests)).await;
-                    let right = Box::pin(self.submit_chunk(job_id, None, b, requests)).await;
+                    let left = Box::pin(self.submit_chunk(job_id, tasks, a, requests)).await;
+                    let right = Box::pin(self.submit_chunk(job_id, tasks, b, requests)).await;
                     done.extend(left);
                     done.extend(right);
                     return done;

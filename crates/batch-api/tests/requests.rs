@@ -381,15 +381,16 @@ fn task_collections_split_by_size() {
         .expect("json")
         .len();
     let two = [tasks[0].clone(), tasks[1].clone()];
-    let exact = request::task_collection("j1", &two, 2 * one - 11);
+    let exact = request::task_collection_chunks(&two, 2 * one - 11);
     assert_eq!(
-        exact.requests.len(),
-        1,
+        exact.chunks,
+        [vec![0, 1]],
         "`{{\"value\":[a,b]}}` is 2*one-11 bytes"
     );
-    let over = request::task_collection("j1", &two, 2 * one - 12);
-    assert_eq!(over.requests.len(), 2);
-    assert_eq!(over.indices, [vec![0], vec![1]]);
+    let body = request::task_collection_request("j1", &two).body_bytes();
+    assert_eq!(body.map(|b| b.len()), Some(2 * one - 11));
+    let over = request::task_collection_chunks(&two, 2 * one - 12);
+    assert_eq!(over.chunks, [vec![0], vec![1]]);
 }
 
 #[test]
@@ -399,10 +400,11 @@ fn a_task_too_large_alone_is_rejected_and_sent_nowhere() {
         task_with_len("huge", MAX_TASK_COLLECTION_BYTES),
         TaskAddParameter::new("small-b", "true"),
     ];
-    let plan = request::task_collection("j1", &tasks, MAX_TASK_COLLECTION_BYTES);
-    assert_eq!(plan.requests.len(), 1);
-    assert_eq!(plan.indices, [vec![0, 2]]);
-    assert_eq!(tasks_in(&plan.requests[0]), ["small-a", "small-b"]);
+    let plan = request::task_collection_chunks(&tasks, MAX_TASK_COLLECTION_BYTES);
+    assert_eq!(plan.chunks, [vec![0, 2]]);
+    let requests = request::add_task_collection("j1", &tasks);
+    assert_eq!(requests.len(), 1);
+    assert_eq!(tasks_in(&requests[0]), ["small-a", "small-b"]);
     assert_eq!(plan.rejected.len(), 1);
     let (index, err) = &plan.rejected[0];
     assert_eq!(*index, 1);
@@ -411,7 +413,6 @@ fn a_task_too_large_alone_is_rejected_and_sent_nowhere() {
             if task_id == "huge" && *limit == MAX_TASK_COLLECTION_BYTES),
         "{err}"
     );
-    assert_eq!(request::add_task_collection("j1", &tasks), plan.requests);
 }
 
 #[test]
