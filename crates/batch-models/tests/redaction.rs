@@ -5,7 +5,7 @@
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{json, Value};
-use shipyard_batch_api::models::*;
+use shipyard_batch_models::*;
 
 const SECRET: &str = "S3CRET-VALUE";
 const SAS_URL: &str = "https://acct.blob.core.windows.net/c?sv=2024&sig=S3CRET-VALUE";

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{json, Value};
-use shipyard_batch_api::models::{self, *};
+use shipyard_batch_models::{self as models, *};
 use shipyard_batch_spec::schema::Spec;
 
 /// Round-trips `value` through the model type named `definition`.
@@ -702,7 +702,7 @@ fn every_spec_definition_and_property_has_a_model() {
         &std::fs::read_to_string(dir.join("BatchService.json")).expect("spec"),
     )
     .expect("spec JSON");
-    let models_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/models");
+    let models_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     let mut source = String::new();
     for entry in std::fs::read_dir(&models_dir).expect("models dir") {
         source += &std::fs::read_to_string(entry.expect("entry").path()).expect("model source");
