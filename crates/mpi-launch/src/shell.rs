@@ -261,7 +261,10 @@ mod tests {
         assert_eq!(split("  x   ''  ").unwrap(), vec!["x", ""]);
         assert_eq!(split("a;b $X").unwrap(), vec!["a;b", "$X"]);
         assert_eq!(split("\"a\\x\"").unwrap(), vec!["a\\x"]);
-        assert_eq!(split("bash -c 'oops"), Err(SplitError::UnterminatedSingleQuote));
+        assert_eq!(
+            split("bash -c 'oops"),
+            Err(SplitError::UnterminatedSingleQuote)
+        );
         assert_eq!(split("\"oops"), Err(SplitError::UnterminatedDoubleQuote));
         assert_eq!(split("oops\\"), Err(SplitError::TrailingBackslash));
         assert_eq!(split("   "), Err(SplitError::Empty));
@@ -285,8 +288,14 @@ mod tests {
         assert_eq!(split_plain("a\nb"), None);
         assert_eq!(split_plain("'unterminated"), None);
         assert_eq!(split_plain("   "), None);
-        assert_eq!(split_plain("'$HOME; x'"), Some(vec!["$HOME; x".to_string()]));
-        assert_eq!(tokenize("a > b", Mode::Plain), Err(SplitError::NeedsShell('>')));
+        assert_eq!(
+            split_plain("'$HOME; x'"),
+            Some(vec!["$HOME; x".to_string()])
+        );
+        assert_eq!(
+            tokenize("a > b", Mode::Plain),
+            Err(SplitError::NeedsShell('>'))
+        );
     }
 }
 
