@@ -601,9 +601,9 @@ impl TaskSpec {
         if self.command.as_deref().is_some_and(|c| c.trim().is_empty()) {
             return Err(invalid(at.key("command"), "must not be empty when given"));
         }
-        validate_env(&at, &self.environment_variables)?;
-        validate_shm(&at, &self.shm_size)?;
-        validate_gpus(&at, &self.gpus)?;
+        validate_env(at, &self.environment_variables)?;
+        validate_shm(at, &self.shm_size)?;
+        validate_gpus(at, &self.gpus)?;
         if self.max_task_retries.is_some_and(|n| n < -1) {
             return Err(invalid(
                 at.key("max_task_retries"),
