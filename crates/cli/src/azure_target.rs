@@ -154,7 +154,7 @@ async fn add_pool(client: &BatchClient, config: &Config) -> CliResult<String> {
     let pool = config.pool()?;
     let plans = plan_jobs(config, None)?;
     let refs: Vec<_> = plans.iter().map(|(_, p)| p).collect();
-    let param = render::pool_add_parameter(pool, &refs).map_err(failed)?;
+    let param = pool.add_parameter(&refs).map_err(failed)?;
     client.add_pool(&param).await.map_err(failed)?;
     Ok(pool.id.clone())
 }

@@ -3,9 +3,10 @@
 use serde_json::{json, Value};
 
 use crate::args::{Command, GlobalArgs, JobsCommand, OutputFormat, PoolCommand, TasksCommand};
-use crate::config::{Config, LoadedJob, PoolSpecification};
+use crate::config::{Config, LoadedJob};
 use crate::render::{self, RestRequest, API_VERSION};
 use crate::{CliError, CliResult};
+use shipyard_runtime::PoolSpec;
 
 fn print(global: &GlobalArgs, requests: &[RestRequest]) {
     let text = match global.output {
@@ -80,7 +81,7 @@ pub(crate) fn command(global: &GlobalArgs, config: &Config, command: &Command) -
     let requests = match command {
         Command::Pool(PoolCommand::Add) => {
             config.validate()?;
-            let pool: &PoolSpecification = config.pool()?;
+            let pool: &PoolSpec = config.pool()?;
             let mut plans = Vec::new();
             for j in &config.jobs {
                 plans.push(render::plan_job(&j.spec, pool).map_err(|e| plan_error(config, j, e))?);

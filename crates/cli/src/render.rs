@@ -7,10 +7,8 @@
 
 use serde::Serialize;
 use serde_json::{json, Value};
-use shipyard_batch_api::models::{JobAddParameter, PoolAddParameter, TaskAddParameter};
-use shipyard_runtime::{JobPlan, JobSpec, RuntimeError};
-
-use crate::config::PoolSpecification;
+use shipyard_batch_api::models::{JobAddParameter, TaskAddParameter};
+use shipyard_runtime::{Field, JobPlan, JobSpec, PoolSpec, RuntimeError};
 
 /// The Batch REST API version the bodies are written for.
 pub const API_VERSION: &str = "2024-07-01.20.0";
@@ -36,52 +34,14 @@ pub struct RestRequest {
 }
 
 /// Plans `job` with its configured runtime on `pool`.
-pub fn plan_job(job: &JobSpec, pool: &PoolSpecification) -> Result<JobPlan, RuntimeError> {
+pub fn plan_job(job: &JobSpec, pool: &PoolSpec) -> Result<JobPlan, RuntimeError> {
     let runtime = shipyard_runtime::registry::get(&job.runtime)?;
     runtime.plan(job, &pool.facts())
 }
 
-fn to_value<T: Serialize>(v: &T, field: &str) -> Result<Value, RuntimeError> {
-    serde_json::to_value(v).map_err(|e| RuntimeError::Invalid {
-        field: field.to_string(),
-        reason: format!("cannot serialize: {e}"),
-    })
-}
-
-/// The `PoolAddParameter` of `pool`, with what the plans need merged in.
-pub fn pool_add_parameter(
-    pool: &PoolSpecification,
-    plans: &[&JobPlan],
-) -> Result<PoolAddParameter, RuntimeError> {
-    let img = &pool.vm_configuration.platform_image;
-    let mut body = json!({
-        "id": pool.id,
-        "vmSize": pool.vm_size,
-        "virtualMachineConfiguration": {
-            "imageReference": {
-                "publisher": img.publisher,
-                "offer": img.offer,
-                "sku": img.sku,
-                "version": img.version,
-            },
-            "nodeAgentSKUId": img.node_agent_sku_id,
-        },
-        "targetDedicatedNodes": pool.vm_count.dedicated(),
-        "targetLowPriorityNodes": pool.vm_count.low_priority(),
-        "taskSlotsPerNode": pool.task_slots_per_node,
-    });
-    if pool.inter_node_communication_enabled {
-        body["enableInterNodeCommunication"] = json!(true);
-    }
-    let mut param: PoolAddParameter =
-        serde_json::from_value(body).map_err(|e| RuntimeError::Invalid {
-            field: "pool_specification".into(),
-            reason: e.to_string(),
-        })?;
-    for plan in plans {
-        plan.apply_to_pool(&mut param)?;
-    }
-    Ok(param)
+fn to_value<T: Serialize>(v: &T, field: Field) -> Result<Value, RuntimeError> {
+    serde_json::to_value(v)
+        .map_err(|e| RuntimeError::invalid(field, format!("cannot serialize: {e}")))
 }
 
 /// Replaces the per-job SSH key values in a job's JSON by [`KEY_PLACEHOLDER`].
@@ -128,7 +88,9 @@ pub fn job_submission(
     }
     let mut add = plan.job_add_parameter(&job.id, pool_id);
     let patch = match add.on_all_tasks_complete.take() {
-        Some(o) => Some(json!({ "onAllTasksComplete": to_value(&o, "job.onAllTasksComplete")? })),
+        Some(o) => Some(
+            json!({ "onAllTasksComplete": to_value(&o, Field::job(&job.id).key("onAllTasksComplete"))? }),
+        ),
         None => None,
     };
     Ok(JobSubmission {
@@ -148,7 +110,7 @@ pub fn job_requests(
     dry_run: bool,
 ) -> Result<Vec<RestRequest>, RuntimeError> {
     let sub = job_submission(job, plan, pool_id)?;
-    let mut job_body = to_value(&sub.job, "job")?;
+    let mut job_body = to_value(&sub.job, Field::job(&job.id))?;
     if dry_run {
         redact_keys(&mut job_body);
     }
@@ -167,7 +129,7 @@ pub fn job_requests(
                 job.id
             ),
             definition: "TaskAddCollectionParameter",
-            body: json!({ "value": to_value(&chunk, "tasks")? }),
+            body: json!({ "value": to_value(&chunk, Field::job(&job.id).key("tasks"))? }),
         });
     }
     if let Some(patch) = sub.patch {
@@ -182,15 +144,12 @@ pub fn job_requests(
 }
 
 /// The `Pool_Add` request.
-pub fn pool_request(
-    pool: &PoolSpecification,
-    plans: &[&JobPlan],
-) -> Result<RestRequest, RuntimeError> {
+pub fn pool_request(pool: &PoolSpec, plans: &[&JobPlan]) -> Result<RestRequest, RuntimeError> {
     Ok(RestRequest {
         method: "POST",
         path: format!("/pools?api-version={API_VERSION}"),
         definition: "PoolAddParameter",
-        body: to_value(&pool_add_parameter(pool, plans)?, "pool_specification")?,
+        body: to_value(&pool.add_parameter(plans)?, Field::pool())?,
     })
 }
 
