@@ -230,16 +230,8 @@ pub(crate) fn violation_reply(violations: &[Violation]) -> Reply {
             &[("PropertyName", full)],
         );
     }
-    if let Some(name) = first
-        .message
-        .strip_prefix("unknown property ")
-        .map(|n| n.trim_matches('"'))
-    {
-        let full = if at.is_empty() {
-            name.to_owned()
-        } else {
-            format!("{at}.{name}")
-        };
+    if first.message.starts_with("unknown property ") {
+        let full = at.clone();
         return Reply::error(
             400,
             "InvalidRequestBody",
