@@ -105,6 +105,12 @@ try:
 except ResourceNotFoundError as e:
     check(error_code(e) == "JobNotFound", "job deleted (404 JobNotFound)")
 client.begin_delete_pool(POOL, polling_interval=1).result()
-check(client.pool_exists(POOL) is False, "pool deleted (exists: false)")
+try:
+    client.get_pool(POOL)
+    check(False, "pool gone")
+except ResourceNotFoundError as e:
+    # (15.1.0's pool_exists raises on the 404 instead of returning False: its
+    # BatchExceptionPolicy turns every non-2xx into an exception, so get_pool is used.)
+    check(error_code(e) == "PoolNotFound", "pool deleted (404 PoolNotFound)")
 check(list(client.list_pools()) == [] and list(client.list_jobs()) == [], "nothing left")
 print("SDK FLOW PASSED")
