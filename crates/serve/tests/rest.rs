@@ -42,7 +42,8 @@ impl Resp {
 
 async fn start() -> T {
     let dir = tempfile::tempdir().unwrap();
-    let backend = MemoryBackend::new(dir.path()).delete_delay(std::time::Duration::from_millis(200));
+    let backend =
+        MemoryBackend::new(dir.path()).delete_delay(std::time::Duration::from_millis(200));
     let opts = ServeOptions::new("local", KEY).listen("127.0.0.1:0".parse().unwrap());
     let server = Server::bind(opts, backend).await.unwrap();
     T {
@@ -62,13 +63,23 @@ impl T {
         body: Option<&Value>,
         extra: &[(&str, &str)],
     ) -> Resp {
-        let url = url::Url::parse(&format!("http://{}{path_and_query}", self.server.addr())).unwrap();
+        let url =
+            url::Url::parse(&format!("http://{}{path_and_query}", self.server.addr())).unwrap();
         let mut headers = HeaderMap::new();
-        headers.insert("ocp-date", HeaderValue::from_str(&httpdate::fmt_http_date(std::time::SystemTime::now())).unwrap());
+        headers.insert(
+            "ocp-date",
+            HeaderValue::from_str(&httpdate::fmt_http_date(std::time::SystemTime::now())).unwrap(),
+        );
         let bytes = body.map(|b| serde_json::to_vec(b).unwrap());
         if let Some(b) = &bytes {
-            headers.insert("content-type", HeaderValue::from_static("application/json; odata=minimalmetadata"));
-            headers.insert("content-length", HeaderValue::from_str(&b.len().to_string()).unwrap());
+            headers.insert(
+                "content-type",
+                HeaderValue::from_static("application/json; odata=minimalmetadata"),
+            );
+            headers.insert(
+                "content-length",
+                HeaderValue::from_str(&b.len().to_string()).unwrap(),
+            );
         } else if !matches!(method, "GET" | "HEAD") {
             headers.insert("content-length", HeaderValue::from_static("0"));
         }
@@ -111,40 +122,92 @@ fn pool_body(id: &str) -> Value {
 async fn auth_versions_and_bad_bodies() {
     let t = start().await;
     let wrong = SharedKeyCredential::new("local", "d3Jvbmcta2V5").unwrap();
-    let r = t.call_with(&wrong, "GET", &format!("/pools?api-version={V24}"), None, &[]).await;
+    let r = t
+        .call_with(
+            &wrong,
+            "GET",
+            &format!("/pools?api-version={V24}"),
+            None,
+            &[],
+        )
+        .await;
     assert_eq!((r.status, r.code().as_str()), (403, "AuthenticationFailed"));
 
-    let r = t.call("GET", "/pools?api-version=2019-08-01.10.0", None).await;
-    assert_eq!((r.status, r.code().as_str()), (400, "InvalidQueryParameterValue"));
-    assert_eq!(r.value("QueryParameterName").as_deref(), Some("api-version"));
+    let r = t
+        .call("GET", "/pools?api-version=2019-08-01.10.0", None)
+        .await;
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (400, "InvalidQueryParameterValue")
+    );
+    assert_eq!(
+        r.value("QueryParameterName").as_deref(),
+        Some("api-version")
+    );
     let r = t.call("GET", "/pools", None).await;
-    assert_eq!((r.status, r.code().as_str()), (400, "MissingRequiredQueryParameter"));
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (400, "MissingRequiredQueryParameter")
+    );
 
     // Both versions: a missing required property is named.
     for v in [V24, V25] {
         let mut body = pool_body("p");
         body.as_object_mut().unwrap().remove("vmSize");
-        let r = t.call("POST", &format!("/pools?api-version={v}"), Some(&body)).await;
-        assert_eq!((r.status, r.code().as_str()), (400, "MissingRequiredProperty"), "{v}");
+        let r = t
+            .call("POST", &format!("/pools?api-version={v}"), Some(&body))
+            .await;
+        assert_eq!(
+            (r.status, r.code().as_str()),
+            (400, "MissingRequiredProperty"),
+            "{v}"
+        );
         assert_eq!(r.value("PropertyName").as_deref(), Some("vmSize"));
     }
     // Enum spelling outside the spec.
     let mut body = pool_body("p");
     body["taskSchedulingPolicy"] = json!({"nodeFillType": "sideways"});
-    let r = t.call("POST", &format!("/pools?api-version={V24}"), Some(&body)).await;
+    let r = t
+        .call("POST", &format!("/pools?api-version={V24}"), Some(&body))
+        .await;
     assert_eq!((r.status, r.code().as_str()), (400, "InvalidPropertyValue"));
-    assert_eq!(r.value("PropertyName").as_deref(), Some("taskSchedulingPolicy.nodeFillType"));
+    assert_eq!(
+        r.value("PropertyName").as_deref(),
+        Some("taskSchedulingPolicy.nodeFillType")
+    );
     // Nothing was created by the refused requests.
-    let r = t.call("GET", &format!("/pools?api-version={V24}"), None).await;
+    let r = t
+        .call("GET", &format!("/pools?api-version={V24}"), None)
+        .await;
     assert_eq!(r.json()["value"], json!([]));
 
-    let r = t.call("POST", &format!("/pools?api-version={V24}"), Some(&pool_body("p"))).await;
+    let r = t
+        .call(
+            "POST",
+            &format!("/pools?api-version={V24}"),
+            Some(&pool_body("p")),
+        )
+        .await;
     assert_eq!(r.status, 201);
-    let r = t.call("POST", &format!("/pools?api-version={V25}"), Some(&pool_body("p"))).await;
+    let r = t
+        .call(
+            "POST",
+            &format!("/pools?api-version={V25}"),
+            Some(&pool_body("p")),
+        )
+        .await;
     assert_eq!((r.status, r.code().as_str()), (409, "PoolExists"));
-    let r = t.call("GET", &format!("/pools/nope?api-version={V24}"), None).await;
+    let r = t
+        .call("GET", &format!("/pools/nope?api-version={V24}"), None)
+        .await;
     assert_eq!((r.status, r.code().as_str()), (404, "PoolNotFound"));
-    let r = t.call("POST", &format!("/jobs?api-version={V24}"), Some(&json!({"id": "j", "poolInfo": {"poolId": "p"}}))).await;
+    let r = t
+        .call(
+            "POST",
+            &format!("/jobs?api-version={V24}"),
+            Some(&json!({"id": "j", "poolInfo": {"poolId": "p"}})),
+        )
+        .await;
     assert_eq!(r.status, 201);
 
     // A collection with one bad task is refused whole: no task is created.
@@ -152,36 +215,99 @@ async fn auth_versions_and_bad_bodies() {
         {"id": "a", "commandLine": "true"},
         {"id": "b", "comandLine": "true"},
     ]});
-    let r = t.call("POST", &format!("/jobs/j/addtaskcollection?api-version={V25}"), Some(&body)).await;
-    assert_eq!((r.status, r.code().as_str()), (400, "MissingRequiredProperty"));
-    assert_eq!(r.value("PropertyName").as_deref(), Some("value[1].commandLine"));
+    let r = t
+        .call(
+            "POST",
+            &format!("/jobs/j/addtaskcollection?api-version={V25}"),
+            Some(&body),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (400, "MissingRequiredProperty")
+    );
+    assert_eq!(
+        r.value("PropertyName").as_deref(),
+        Some("value[1].commandLine")
+    );
     let body = json!({"value": [{"id": "a", "commandLine": "true", "priorty": 1}]});
-    let r = t.call("POST", &format!("/jobs/j/addtaskcollection?api-version={V24}"), Some(&body)).await;
+    let r = t
+        .call(
+            "POST",
+            &format!("/jobs/j/addtaskcollection?api-version={V24}"),
+            Some(&body),
+        )
+        .await;
     assert_eq!((r.status, r.code().as_str()), (400, "InvalidRequestBody"));
     assert_eq!(r.value("PropertyName").as_deref(), Some("value[0].priorty"));
-    let r = t.call("GET", &format!("/jobs/j/tasks?api-version={V24}"), None).await;
+    let r = t
+        .call("GET", &format!("/jobs/j/tasks?api-version={V24}"), None)
+        .await;
     assert_eq!(r.json()["value"], json!([]));
-    let many: Vec<Value> = (0..101).map(|i| json!({"id": format!("t{i}"), "commandLine": "true"})).collect();
-    let r = t.call("POST", &format!("/jobs/j/addtaskcollection?api-version={V24}"), Some(&json!({"value": many}))).await;
+    let many: Vec<Value> = (0..101)
+        .map(|i| json!({"id": format!("t{i}"), "commandLine": "true"}))
+        .collect();
+    let r = t
+        .call(
+            "POST",
+            &format!("/jobs/j/addtaskcollection?api-version={V24}"),
+            Some(&json!({"value": many})),
+        )
+        .await;
     assert_eq!(r.status, 400, "{}", String::from_utf8_lossy(&r.body));
-    let r = t.call("POST", &format!("/jobs/j/tasks?api-version={V24}"), Some(&json!({"id": "d", "commandLine": "true", "dependsOn": {"taskIds": ["a"]}}))).await;
-    assert_eq!((r.status, r.code().as_str()), (409, "TaskDependenciesNotSpecifiedOnJob"));
+    let r = t
+        .call(
+            "POST",
+            &format!("/jobs/j/tasks?api-version={V24}"),
+            Some(&json!({"id": "d", "commandLine": "true", "dependsOn": {"taskIds": ["a"]}})),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (409, "TaskDependenciesNotSpecifiedOnJob")
+    );
 }
 
 #[tokio::test]
 async fn paging_etags_files_and_deletes() {
     let t = start().await;
-    assert_eq!(t.call("POST", &format!("/pools?api-version={V24}"), Some(&pool_body("p"))).await.status, 201);
-    assert_eq!(t.call("POST", &format!("/jobs?api-version={V24}"), Some(&json!({"id": "j", "poolInfo": {"poolId": "p"}}))).await.status, 201);
+    assert_eq!(
+        t.call(
+            "POST",
+            &format!("/pools?api-version={V24}"),
+            Some(&pool_body("p"))
+        )
+        .await
+        .status,
+        201
+    );
+    assert_eq!(
+        t.call(
+            "POST",
+            &format!("/jobs?api-version={V24}"),
+            Some(&json!({"id": "j", "poolInfo": {"poolId": "p"}}))
+        )
+        .await
+        .status,
+        201
+    );
     let tasks: Vec<Value> = (0..25).map(|i| json!({"id": format!("t{i:02}"), "commandLine": format!("echo {i}; exit {}", i % 2)})).collect();
-    let r = t.call("POST", &format!("/jobs/j/addtaskcollection?api-version={V24}"), Some(&json!({"value": tasks}))).await;
+    let r = t
+        .call(
+            "POST",
+            &format!("/jobs/j/addtaskcollection?api-version={V24}"),
+            Some(&json!({"value": tasks})),
+        )
+        .await;
     assert_eq!(r.status, 200);
     let results = r.json()["value"].as_array().unwrap().clone();
     assert_eq!(results.len(), 25);
     assert!(results.iter().all(|r| r["status"] == "success"));
 
     // Paging: 10 + 10 + 5 through odata.nextLink, with $select applied.
-    let mut next = Some(format!("/jobs/j/tasks?api-version={V24}&maxresults=10&$select=id,state"));
+    let mut next = Some(format!(
+        "/jobs/j/tasks?api-version={V24}&maxresults=10&$select=id,state"
+    ));
     let mut ids = Vec::new();
     let mut pages = 0;
     while let Some(pq) = next.take() {
@@ -200,41 +326,159 @@ async fn paging_etags_files_and_deletes() {
     }
     assert_eq!(pages, 3);
     assert_eq!(ids, (0..25).map(|i| format!("t{i:02}")).collect::<Vec<_>>());
-    let r = t.call("GET", &format!("/jobs/j/tasks?api-version={V24}&$filter=executionInfo/exitCode%20eq%201"), None).await;
+    let r = t
+        .call(
+            "GET",
+            &format!("/jobs/j/tasks?api-version={V24}&$filter=executionInfo/exitCode%20eq%201"),
+            None,
+        )
+        .await;
     assert_eq!(r.json()["value"].as_array().unwrap().len(), 12);
 
     // client-request-id is echoed when asked; every reply has a request-id.
-    let r = t.call_with(&t.cred, "GET", &format!("/jobs/j?api-version={V24}"), None,
-        &[("client-request-id", "6a0f2c9e-0000-4000-8000-000000000001"), ("return-client-request-id", "true")]).await;
-    assert_eq!(r.headers["client-request-id"], "6a0f2c9e-0000-4000-8000-000000000001");
+    let r = t
+        .call_with(
+            &t.cred,
+            "GET",
+            &format!("/jobs/j?api-version={V24}"),
+            None,
+            &[
+                ("client-request-id", "6a0f2c9e-0000-4000-8000-000000000001"),
+                ("return-client-request-id", "true"),
+            ],
+        )
+        .await;
+    assert_eq!(
+        r.headers["client-request-id"],
+        "6a0f2c9e-0000-4000-8000-000000000001"
+    );
     assert!(r.headers.contains_key("request-id"));
     let etag = r.headers["etag"].to_str().unwrap().to_owned();
-    let r = t.call_with(&t.cred, "PATCH", &format!("/jobs/j?api-version={V24}"), Some(&json!({"priority": 5})), &[("if-match", "0xWRONG")]).await;
+    let r = t
+        .call_with(
+            &t.cred,
+            "PATCH",
+            &format!("/jobs/j?api-version={V24}"),
+            Some(&json!({"priority": 5})),
+            &[("if-match", "0xWRONG")],
+        )
+        .await;
     assert_eq!((r.status, r.code().as_str()), (412, "ConditionNotMet"));
-    let r = t.call_with(&t.cred, "PATCH", &format!("/jobs/j?api-version={V24}"), Some(&json!({"priority": 5})), &[("if-match", &etag)]).await;
+    let r = t
+        .call_with(
+            &t.cred,
+            "PATCH",
+            &format!("/jobs/j?api-version={V24}"),
+            Some(&json!({"priority": 5})),
+            &[("if-match", &etag)],
+        )
+        .await;
     assert_eq!(r.status, 200);
-    assert_eq!(t.call("GET", &format!("/jobs/j?api-version={V24}"), None).await.json()["priority"], 5);
+    assert_eq!(
+        t.call("GET", &format!("/jobs/j?api-version={V24}"), None)
+            .await
+            .json()["priority"],
+        5
+    );
 
     // Task files: whole, ranged, properties.
-    let r = t.call("GET", &format!("/jobs/j/tasks/t03/files/stdout.txt?api-version={V24}"), None).await;
+    let r = t
+        .call(
+            "GET",
+            &format!("/jobs/j/tasks/t03/files/stdout.txt?api-version={V24}"),
+            None,
+        )
+        .await;
     assert_eq!(String::from_utf8_lossy(&r.body), "t03: echo 3; exit 1\n");
-    let r = t.call_with(&t.cred, "GET", &format!("/jobs/j/tasks/t03/files/stdout.txt?api-version={V24}"), None, &[("ocp-range", "bytes=5-8")]).await;
+    let r = t
+        .call_with(
+            &t.cred,
+            "GET",
+            &format!("/jobs/j/tasks/t03/files/stdout.txt?api-version={V24}"),
+            None,
+            &[("ocp-range", "bytes=5-8")],
+        )
+        .await;
     assert_eq!((r.status, r.body.as_slice()), (206, b"echo".as_slice()));
-    let r = t.call("HEAD", &format!("/jobs/j/tasks/t03/files/stdout.txt?api-version={V24}"), None).await;
-    assert_eq!((r.status, r.headers["content-length"].to_str().unwrap()), (200, "20"));
-    let r = t.call("GET", &format!("/jobs/j/tasks/t03/files/nope.txt?api-version={V24}"), None).await;
+    let r = t
+        .call(
+            "HEAD",
+            &format!("/jobs/j/tasks/t03/files/stdout.txt?api-version={V24}"),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.headers["content-length"].to_str().unwrap()),
+        (200, "20")
+    );
+    let r = t
+        .call(
+            "GET",
+            &format!("/jobs/j/tasks/t03/files/nope.txt?api-version={V24}"),
+            None,
+        )
+        .await;
     assert_eq!((r.status, r.code().as_str()), (404, "FileNotFound"));
-    let r = t.call("GET", &format!("/jobs/j/taskcounts?api-version={V24}"), None).await;
+    let r = t
+        .call(
+            "GET",
+            &format!("/jobs/j/taskcounts?api-version={V24}"),
+            None,
+        )
+        .await;
     assert_eq!(r.json()["taskCounts"]["failed"], 12);
-    assert_eq!(t.call("HEAD", &format!("/pools/p?api-version={V24}"), None).await.status, 200);
-    assert_eq!(t.call("GET", &format!("/pools/p/nodes?api-version={V24}"), None).await.json()["value"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        t.call("HEAD", &format!("/pools/p?api-version={V24}"), None)
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        t.call("GET", &format!("/pools/p/nodes?api-version={V24}"), None)
+            .await
+            .json()["value"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
 
     // Long-running deletes: 202, visible as deleting, then 404.
-    assert_eq!(t.call("DELETE", &format!("/jobs/j?api-version={V24}"), None).await.status, 202);
-    assert_eq!(t.call("GET", &format!("/jobs/j?api-version={V24}"), None).await.json()["state"], "deleting");
-    assert_eq!(t.call("DELETE", &format!("/pools/p?api-version={V24}"), None).await.status, 202);
-    assert_eq!(t.call("GET", &format!("/pools/p?api-version={V24}"), None).await.json()["state"], "deleting");
+    assert_eq!(
+        t.call("DELETE", &format!("/jobs/j?api-version={V24}"), None)
+            .await
+            .status,
+        202
+    );
+    assert_eq!(
+        t.call("GET", &format!("/jobs/j?api-version={V24}"), None)
+            .await
+            .json()["state"],
+        "deleting"
+    );
+    assert_eq!(
+        t.call("DELETE", &format!("/pools/p?api-version={V24}"), None)
+            .await
+            .status,
+        202
+    );
+    assert_eq!(
+        t.call("GET", &format!("/pools/p?api-version={V24}"), None)
+            .await
+            .json()["state"],
+        "deleting"
+    );
     tokio::time::sleep(std::time::Duration::from_millis(400)).await;
-    assert_eq!(t.call("GET", &format!("/jobs/j?api-version={V24}"), None).await.code(), "JobNotFound");
-    assert_eq!(t.call("HEAD", &format!("/pools/p?api-version={V24}"), None).await.status, 404);
+    assert_eq!(
+        t.call("GET", &format!("/jobs/j?api-version={V24}"), None)
+            .await
+            .code(),
+        "JobNotFound"
+    );
+    assert_eq!(
+        t.call("HEAD", &format!("/pools/p?api-version={V24}"), None)
+            .await
+            .status,
+        404
+    );
 }

@@ -15,7 +15,10 @@ fn python_with_sdk() -> Option<PathBuf> {
         .unwrap_or_else(|| PathBuf::from("/opt/shipyard/pyvenv"));
     let py = venv.join("bin/python");
     let ok = Command::new(&py)
-        .args(["-c", "import azure.batch, sys; sys.exit(0 if azure.batch.__version__ == '15.1.0' else 1)"])
+        .args([
+            "-c",
+            "import azure.batch, sys; sys.exit(0 if azure.batch.__version__ == '15.1.0' else 1)",
+        ])
         .status()
         .is_ok_and(|s| s.success());
     if ok {
@@ -31,7 +34,9 @@ fn python_with_sdk() -> Option<PathBuf> {
 }
 
 fn script(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/python").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/python")
+        .join(name)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -40,7 +45,9 @@ async fn python_sdk_flow() {
     let dir = tempfile::tempdir().unwrap();
     let key = ServeOptions::random_key();
     let opts = ServeOptions::new("sdkaccount", key.clone()).listen("127.0.0.1:0".parse().unwrap());
-    let server = Server::bind(opts, MemoryBackend::new(dir.path())).await.unwrap();
+    let server = Server::bind(opts, MemoryBackend::new(dir.path()))
+        .await
+        .unwrap();
     let url = format!("http://{}", server.addr());
     let out = tokio::task::spawn_blocking(move || {
         Command::new(py)
@@ -55,7 +62,11 @@ async fn python_sdk_flow() {
     .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "sdk_flow.py failed ({}):\n{stdout}\n{stderr}", out.status);
+    assert!(
+        out.status.success(),
+        "sdk_flow.py failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
     assert!(stdout.contains("SDK FLOW PASSED"), "{stdout}");
     // 20 exit-code checks and 20 stdout checks ran.
     assert_eq!(stdout.matches(": stdout.txt").count(), 20, "{stdout}");
