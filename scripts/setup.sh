@@ -120,4 +120,18 @@ fi
 command -v docker-registry >/dev/null || die "docker-registry is missing after installing it"
 # --- end shipyard-vm-node ---
 
+# ---- shipyard-serve: Python venv with the azure-batch 15.1.0 SDK for crates/serve/tests/sdk_python.rs ----
+# and scripts/bench-serve.sh. Idempotent: kept at $SHIPYARD_PYVENV (default /opt/shipyard/pyvenv).
+pyvenv=${SHIPYARD_PYVENV:-/opt/shipyard/pyvenv}
+if "$pyvenv/bin/python" -c "import azure.batch, sys; sys.exit(azure.batch.__version__ != '15.1.0')" 2>/dev/null; then
+  log "azure-batch 15.1.0 present in $pyvenv"
+else
+  log "installing azure-batch==15.1.0 into $pyvenv"
+  command -v python3 >/dev/null || die "python3 is needed for the azure-batch SDK venv"
+  mkdir -p "$(dirname "$pyvenv")"
+  python3 -m venv "$pyvenv" || die "cannot create the venv $pyvenv (python3-venv missing?)"
+  "$pyvenv/bin/pip" install -q "azure-batch==15.1.0" || die "cannot install azure-batch==15.1.0 from PyPI"
+fi
+# ---- end shipyard-serve ----
+
 log "ready"
