@@ -1,7 +1,7 @@
 //! The Azure Batch model values a plan is made of: re-exported from
-//! [`shipyard_batch_api::models`] (camelCase on the wire, optional fields omitted when unset).
+//! [`shipyard_batch_models`] (camelCase on the wire, optional fields omitted when unset).
 
-pub use shipyard_batch_api::models::{
+pub use shipyard_batch_models::{
     AutoUserScope, AutoUserSpecification, ContainerConfiguration, ContainerRegistry, ContainerType,
     ContainerWorkingDirectory, ElevationLevel, EnvironmentSetting, ImageReference, JobAddParameter,
     JobPreparationTask, JobReleaseTask, MultiInstanceSettings, OnAllTasksComplete,
