@@ -15,7 +15,7 @@ use crate::error::{LocalError, Result};
 use crate::events::{Event, EventSender, Events};
 use crate::keys::{KeyMount, RunKeys};
 use crate::recorder::Recorder;
-use crate::spec::{JobSpec, OnAllTasksComplete, OnTaskFailure};
+use crate::spec::{LocalJob, OnAllTasksComplete, OnTaskFailure};
 use crate::store::{JobRecord, JobState, Store, TaskRecord, TaskResult, TaskState};
 use crate::sweep::SweepReport;
 use crate::task::{run_attempt, RunCtx};
@@ -258,12 +258,12 @@ impl LocalBackend {
     /// Runs `job` to completion (or cancellation) and returns how it ended. Task failures are
     /// reported in the outcome; `Err` means the job could not start (invalid job, missing image,
     /// Docker trouble). Dropping the future stops the tasks and removes their containers too.
-    pub async fn run_spec(&self, job: JobSpec, events: Option<EventSender>) -> Result<JobOutcome> {
+    pub async fn run_spec(&self, job: LocalJob, events: Option<EventSender>) -> Result<JobOutcome> {
         self.run_with(job, KeyMount::RootSsh, events).await
     }
 
     /// Runs a runtime's plan (made for a native container pool, e.g. with
-    /// [`crate::plan::pool_facts`]) unmodified: the job's key files are mounted where the
+    /// [`crate::convert::pool_facts`]) unmodified: the job's key files are mounted where the
     /// docker runtime's native coordination command installs them from
     /// (`$AZ_BATCH_NODE_SHARED_DIR/shipyard/ssh/<job>/`).
     pub async fn run_plan(
@@ -272,7 +272,7 @@ impl LocalBackend {
         plan: &shipyard_runtime::JobPlan,
         events: Option<EventSender>,
     ) -> Result<JobOutcome> {
-        let spec = crate::plan::spec_from_plan(job_id, plan)?;
+        let spec = crate::convert::job_from_plan(job_id, plan)?;
         let dir = format!(
             "{}/shared/{}",
             crate::env::NODE_ROOT_DIR,
@@ -281,7 +281,7 @@ impl LocalBackend {
         self.run_with(spec, KeyMount::Directory(dir), events).await
     }
 
-    /// Plans `job` with `runtime` for this machine ([`crate::plan::pool_facts`]) and runs the
+    /// Plans `job` with `runtime` for this machine ([`crate::convert::pool_facts`]) and runs the
     /// plan ([`LocalBackend::run_plan`]).
     pub async fn run_job(
         &self,
@@ -289,15 +289,13 @@ impl LocalBackend {
         runtime: &dyn shipyard_runtime::ContainerRuntime,
         events: Option<EventSender>,
     ) -> Result<JobOutcome> {
-        let plan = runtime
-            .plan(job, &crate::plan::pool_facts(job))
-            .map_err(|e| LocalError::Runtime(e.to_string()))?;
+        let plan = runtime.plan(job, &crate::convert::pool_facts(job))?;
         self.run_plan(&job.id, &plan, events).await
     }
 
     async fn run_with(
         &self,
-        job: JobSpec,
+        job: LocalJob,
         key_mount: KeyMount,
         events: Option<EventSender>,
     ) -> Result<JobOutcome> {
@@ -518,7 +516,7 @@ impl Drop for RunGuard {
 async fn run_task(
     ctx: &RunCtx,
     store: &Recorder,
-    task: &crate::spec::TaskSpec,
+    task: &crate::spec::LocalTask,
     mut rec: TaskRecord,
     cancel: &CancellationToken,
 ) -> TaskRecord {
@@ -583,7 +581,7 @@ async fn run_task(
 }
 
 /// For each task, the indexes of the tasks it depends on; rejects unknown ids and cycles.
-pub(crate) fn resolve_dependencies(job: &JobSpec) -> Result<Vec<Vec<usize>>> {
+pub(crate) fn resolve_dependencies(job: &LocalJob) -> Result<Vec<Vec<usize>>> {
     let index: std::collections::HashMap<&str, usize> = job
         .tasks
         .iter()
@@ -658,10 +656,10 @@ pub(crate) fn resolve_dependencies(job: &JobSpec) -> Result<Vec<Vec<usize>>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spec::{TaskDependencies, TaskIdRange, TaskSpec};
+    use crate::spec::{LocalTask, TaskDependencies, TaskIdRange};
 
-    fn job(tasks: Vec<TaskSpec>) -> JobSpec {
-        JobSpec {
+    fn job(tasks: Vec<LocalTask>) -> LocalJob {
+        LocalJob {
             id: "j".into(),
             tasks,
             uses_task_dependencies: true,
@@ -671,7 +669,7 @@ mod tests {
         }
     }
 
-    fn dep(t: &mut TaskSpec, ids: &[&str], ranges: &[(i64, i64)]) {
+    fn dep(t: &mut LocalTask, ids: &[&str], ranges: &[(i64, i64)]) {
         t.depends_on = Some(TaskDependencies {
             task_ids: ids.iter().map(|s| s.to_string()).collect(),
             task_id_ranges: ranges
@@ -683,10 +681,10 @@ mod tests {
 
     #[test]
     fn resolves_ids_and_ranges() {
-        let mut ts: Vec<TaskSpec> = (1..=5)
-            .map(|i| TaskSpec::new(i.to_string(), "img", "true"))
+        let mut ts: Vec<LocalTask> = (1..=5)
+            .map(|i| LocalTask::new(i.to_string(), "img", "true"))
             .collect();
-        let mut last = TaskSpec::new("merge", "img", "true");
+        let mut last = LocalTask::new("merge", "img", "true");
         dep(&mut last, &["5"], &[(1, 3)]);
         ts.push(last);
         let d = resolve_dependencies(&job(ts)).unwrap();
@@ -696,12 +694,12 @@ mod tests {
 
     #[test]
     fn rejects_unknown_ids_and_cycles() {
-        let mut a = TaskSpec::new("a", "img", "true");
+        let mut a = LocalTask::new("a", "img", "true");
         dep(&mut a, &["zz"], &[]);
         let e = resolve_dependencies(&job(vec![a])).unwrap_err().to_string();
         assert!(e.contains("zz") && e.contains("taskIds"), "{e}");
-        let mut a = TaskSpec::new("a", "img", "true");
-        let mut b = TaskSpec::new("b", "img", "true");
+        let mut a = LocalTask::new("a", "img", "true");
+        let mut b = LocalTask::new("b", "img", "true");
         dep(&mut a, &["b"], &[]);
         dep(&mut b, &["a"], &[]);
         let e = resolve_dependencies(&job(vec![a, b]))

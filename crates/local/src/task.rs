@@ -16,9 +16,10 @@ use crate::docker::{labels, nth, ContainerSpec, Engine, OutputStream};
 use crate::env::{batch_env, NodeAddr, TaskDirs};
 use crate::error::{LocalError, Result};
 use crate::events::{Event, Events};
-use crate::keys::{layout, RunKeys};
-use crate::spec::TaskSpec;
+use crate::keys::RunKeys;
+use crate::spec::LocalTask;
 use crate::LocalOptions;
+use shipyard_runtime::ssh::SSHD_PORT;
 
 /// What one run of a job shares between its tasks.
 #[derive(Debug)]
@@ -233,7 +234,7 @@ fn node_id(i: usize) -> String {
 /// the future being dropped).
 pub(crate) async fn run_attempt(
     ctx: &RunCtx,
-    task: &TaskSpec,
+    task: &LocalTask,
     attempt: u32,
     cancel: &CancellationToken,
 ) -> Attempt {
@@ -285,7 +286,7 @@ pub(crate) async fn run_attempt(
 
 async fn attempt_inner(
     ctx: &RunCtx,
-    task: &TaskSpec,
+    task: &LocalTask,
     attempt: u32,
     multi: bool,
     res: &mut Resources,
@@ -471,7 +472,7 @@ async fn attempt_inner(
 /// `<task dir>/nodes/<node>/std{out,err}.txt`.
 async fn coordinate(
     ctx: &RunCtx,
-    task: &TaskSpec,
+    task: &LocalTask,
     specs: &[ContainerSpec],
     addrs: &[NodeAddr],
     argv: &[String],
@@ -523,7 +524,7 @@ async fn coordinate(
 /// Waits until every node's sshd accepts connections on port 23 (bounded). Probes from this
 /// process; when the nodes' network is not reachable from here at all (the backend itself runs
 /// in a container), probes from inside the master instead.
-async fn wait_sshd(ctx: &RunCtx, task: &TaskSpec, addrs: &[NodeAddr], master: &str) -> Result<()> {
+async fn wait_sshd(ctx: &RunCtx, task: &LocalTask, addrs: &[NodeAddr], master: &str) -> Result<()> {
     let started = Instant::now();
     let deadline = started + ctx.opts.sshd_timeout;
     if ctx.opts.probe_from_master {
@@ -533,7 +534,7 @@ async fn wait_sshd(ctx: &RunCtx, task: &TaskSpec, addrs: &[NodeAddr], master: &s
     let mut reachable = false;
     loop {
         let checks = pending.iter().map(|a| async move {
-            let addr = (a.ip, layout::SSHD_PORT);
+            let addr = (a.ip, SSHD_PORT);
             let r = tokio::time::timeout(
                 Duration::from_millis(500),
                 tokio::net::TcpStream::connect(addr),
@@ -563,7 +564,7 @@ async fn wait_sshd(ctx: &RunCtx, task: &TaskSpec, addrs: &[NodeAddr], master: &s
     }
 }
 
-fn sshd_timeout(ctx: &RunCtx, task: &TaskSpec, down: &[&NodeAddr]) -> LocalError {
+fn sshd_timeout(ctx: &RunCtx, task: &LocalTask, down: &[&NodeAddr]) -> LocalError {
     LocalError::SshdTimeout {
         task: task.id.clone(),
         nodes: down
@@ -571,7 +572,7 @@ fn sshd_timeout(ctx: &RunCtx, task: &TaskSpec, down: &[&NodeAddr]) -> LocalError
             .map(|a| format!("{} ({})", a.id, a.ip))
             .collect::<Vec<_>>()
             .join(", "),
-        port: layout::SSHD_PORT,
+        port: SSHD_PORT,
         secs: ctx.opts.sshd_timeout.as_secs(),
     }
 }
@@ -580,7 +581,7 @@ fn sshd_timeout(ctx: &RunCtx, task: &TaskSpec, down: &[&NodeAddr]) -> LocalError
 /// the deadline.
 async fn wait_sshd_from_master(
     ctx: &RunCtx,
-    task: &TaskSpec,
+    task: &LocalTask,
     addrs: &[NodeAddr],
     master: &str,
     deadline: Instant,
@@ -596,7 +597,7 @@ async fn wait_sshd_from_master(
          if [ $SECONDS -ge $end ]; then down=\"$down $h\"; break; fi; sleep 0.1; done; done; \
          [ -z \"$down\" ] || {{ echo $down; exit 1; }}",
         hosts = ips.join(" "),
-        port = layout::SSHD_PORT,
+        port = SSHD_PORT,
     );
     let mut out = Vec::new();
     let code = {
