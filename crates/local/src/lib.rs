@@ -51,6 +51,7 @@ mod docker;
 pub mod env;
 mod error;
 mod events;
+mod job_run;
 pub mod keys;
 mod recorder;
 pub mod spec;
