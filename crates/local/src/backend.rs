@@ -433,7 +433,10 @@ pub(crate) fn resolve_dependencies(job: &LocalJob) -> Result<Vec<Vec<usize>>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spec::{LocalTask, TaskDependencies, TaskIdRange};
+    use crate::spec::{
+        LocalTask, OnAllTasksComplete, OnTaskFailure, TaskDependencies, TaskIdRange,
+    };
+    use crate::store::TaskState;
 
     fn job(tasks: Vec<LocalTask>) -> LocalJob {
         LocalJob {
