@@ -10,8 +10,8 @@ use std::process::Command;
 use local_support::*;
 use shipyard_e2e::{require_test_image, TEST_IMAGE};
 use shipyard_local::{
-    LocalJob, JobState, OnAllTasksComplete, OnTaskFailure, TaskDependencies, TaskIdRange,
-    TaskResult, LocalTask,
+    JobState, LocalJob, LocalTask, OnAllTasksComplete, OnTaskFailure, TaskDependencies,
+    TaskIdRange, TaskResult,
 };
 
 fn deps(ids: &[String], ranges: &[(i64, i64)]) -> Option<TaskDependencies> {

@@ -7,7 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use shipyard_e2e::{image_hello_path, MpiKind, TEST_IMAGE};
 use shipyard_local::{
-    LocalJob, LocalBackend, LocalOptions, MultiInstance, OnAllTasksComplete, LocalTask,
+    LocalBackend, LocalJob, LocalOptions, LocalTask, MultiInstance, OnAllTasksComplete,
 };
 
 /// The coordination command: host key if missing, sshd on port 23 (daemonizes).
