@@ -1,12 +1,13 @@
-//! Running a runtime's plan: the pool facts the local backend presents (a native container
-//! pool of Linux nodes), and the conversion of the plan's Batch values into a [`JobSpec`].
+//! From a runtime's plan to what the backend runs: the pool facts the local backend presents
+//! (a native container pool of Linux nodes) to the runtime, and the conversion of the plan's
+//! Batch values into a [`LocalJob`] ([`job_from_plan`]).
 
 use shipyard_batch_api::models::{OnAllTasksComplete as BatchOnAllTasksComplete, TaskAddParameter};
 use shipyard_runtime::{JobPlan, NumInstances, OsFamily, PoolFacts};
 
 use crate::error::{LocalError, Result};
 use crate::spec::{
-    JobSpec, MultiInstance, OnAllTasksComplete, TaskDependencies, TaskIdRange, TaskSpec,
+    LocalJob, LocalTask, MultiInstance, OnAllTasksComplete, TaskDependencies, TaskIdRange,
 };
 
 /// The ssh `Host` pattern covering every address the backend gives nodes (10.213.x.y and
@@ -66,17 +67,16 @@ pub fn iso_duration_secs(s: &str) -> Option<u64> {
     Some(total)
 }
 
-fn task_from_batch(t: &TaskAddParameter, index: usize) -> Result<TaskSpec> {
+fn task_from_batch(t: &TaskAddParameter, index: usize) -> Result<LocalTask> {
     let field = |f: &str| format!("tasks[{index}].{f}");
-    let cs = t.container_settings.as_ref().ok_or_else(|| {
-        LocalError::Runtime(format!(
-            "{}: task `{}` has no containerSettings; the local backend runs container tasks only \
-             (plan for a native container pool)",
-            field("containerSettings"),
-            t.id
-        ))
-    })?;
-    let mut task = TaskSpec::new(t.id.clone(), cs.image_name.clone(), t.command_line.clone());
+    let cs = t
+        .container_settings
+        .as_ref()
+        .ok_or_else(|| LocalError::NotAContainerTask {
+            task: t.id.clone(),
+            field: field("containerSettings"),
+        })?;
+    let mut task = LocalTask::new(t.id.clone(), cs.image_name.clone(), t.command_line.clone());
     if let Some(opts) = cs
         .container_run_options
         .as_deref()
@@ -125,14 +125,14 @@ fn task_from_batch(t: &TaskAddParameter, index: usize) -> Result<TaskSpec> {
 /// coordination command lines are kept as planned: the backend mounts the job's key files where
 /// the docker runtime's native coordination installs them from (see
 /// [`crate::LocalBackend::run_plan`]).
-pub fn spec_from_plan(job_id: &str, plan: &JobPlan) -> Result<JobSpec> {
+pub fn job_from_plan(job_id: &str, plan: &JobPlan) -> Result<LocalJob> {
     let tasks = plan
         .tasks
         .iter()
         .enumerate()
         .map(|(i, t)| task_from_batch(t, i))
         .collect::<Result<Vec<_>>>()?;
-    Ok(JobSpec {
+    Ok(LocalJob {
         id: job_id.to_string(),
         tasks,
         uses_task_dependencies: plan.job.uses_task_dependencies,
@@ -186,7 +186,12 @@ mod tests {
         assert_eq!(d.task_id_ranges, vec![TaskIdRange { start: 1, end: 4 }]);
         let mut bare = t.clone();
         bare.container_settings = None;
-        let e = task_from_batch(&bare, 2).unwrap_err().to_string();
+        let e = task_from_batch(&bare, 2).unwrap_err();
+        assert!(
+            matches!(&e, LocalError::NotAContainerTask { task, .. } if task == "mpi"),
+            "{e:?}"
+        );
+        let e = e.to_string();
         assert!(e.contains("tasks[2].containerSettings"), "{e}");
     }
 }
