@@ -10,7 +10,7 @@ use shipyard_runtime::{
 
 use crate::{
     container_name, flags, sshd_script, user_shell_words, DockerRuntime, BATCH_ENV_PATTERN,
-    ENV_FILE, EXEC_FORWARDED_ENV, INFINIBAND_DEVICES, LABEL_ROLE, ROLE_MPI_NODE,
+    ENV_FILE, EXEC_FORWARDED_ENV, INFINIBAND_DEVICES, LABEL_JOB, LABEL_ROLE, ROLE_MPI_NODE,
 };
 
 impl DockerRuntime {
@@ -134,9 +134,12 @@ impl DockerRuntime {
             ],
         };
         let docker = &run.docker;
+        // Only this job's node containers (of its earlier, finished tasks): other jobs'
+        // containers on the node are none of this task's business.
         let role = quote(&format!("label={LABEL_ROLE}={ROLE_MPI_NODE}"));
+        let this_job = quote(&format!("label={LABEL_JOB}={}", job.id));
         format!(
-            "{prologue_rm}; {docker} ps -aq --filter {role} | xargs -r {docker} rm -f -v >/dev/null; \
+            "{prologue_rm}; {docker} ps -aq --filter {this_job} --filter {role} | xargs -r {docker} rm -f -v >/dev/null; \
 {dump_env}; {argv} >/dev/null",
             prologue_rm = run.remove_previous(),
             dump_env = run.dump_env,

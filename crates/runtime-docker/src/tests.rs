@@ -200,3 +200,19 @@ fn ssh_key_lands_in_the_preparation_task_only() {
     assert!(!tasks.contains("PRIVATE KEY"));
     assert!(!prep.command_line.contains("PRIVATE KEY"));
 }
+
+/// Issue 13 #13: the coordination removes this job's finished node containers only.
+#[test]
+fn coordination_removes_only_this_jobs_node_containers() {
+    let plan = DockerRuntime::new().plan(&mi_job(), &pool(false)).unwrap();
+    let coord = &plan.tasks[0]
+        .multi_instance_settings
+        .as_ref()
+        .unwrap()
+        .coordination_command_line;
+    assert!(
+        coord.contains("ps -aq --filter label=shipyard.job=job1 --filter label=shipyard.role=mpi-node | xargs -r docker rm -f -v"),
+        "{coord}"
+    );
+    assert_eq!(coord.matches(" ps -aq ").count(), 1, "{coord}");
+}
