@@ -68,7 +68,9 @@ sleep 1; done"
 }
 
 /// The job preparation script of a non-native or native Linux job: writes the SSH key files
-/// from the task's environment (when `keys`), then pulls missing images (when `pull`).
+/// from the task's environment (when `keys`) and unsets the key variables, so neither
+/// `docker pull` nor the user's preparation command (an `env`, a `set -x`) ever sees the key;
+/// then pulls missing images and runs the user's command.
 pub(crate) fn preparation_script(
     job: &JobSpec,
     pool: &PoolFacts,
@@ -89,7 +91,8 @@ printf '%s\\n' \"${priv_env}\" > {dir}/{priv_file}; \
 printf '%s\\n' \"${pub_env}\" > {dir}/{pub_file}; \
 cp {dir}/{pub_file} {dir}/{ak}; \
 printf '%s\\n' {config} > {dir}/{cfg}; \
-chmod 600 {dir}/*",
+chmod 600 {dir}/*; \
+unset {priv_env} {pub_env}",
             priv_env = ssh::PRIVATE_KEY_ENV,
             pub_env = ssh::PUBLIC_KEY_ENV,
             priv_file = ssh::PRIVATE_KEY_FILE,

@@ -216,3 +216,79 @@ fn coordination_removes_only_this_jobs_node_containers() {
     );
     assert_eq!(coord.matches(" ps -aq ").count(), 1, "{coord}");
 }
+
+/// Issue 13 #2: the preparation script unsets the key variables once the files are written,
+/// before the pulls and the user's command (`env` here) run.
+#[test]
+fn preparation_unsets_the_key_before_pull_and_user_command() {
+    let mut job = mi_job();
+    job.job_preparation = Some(toml::from_str("command = \"env\"").unwrap());
+    let mut plan = DockerRuntime::new().plan(&job, &pool(false)).unwrap();
+    let key = shipyard_runtime::ssh::JobSshKey::generate("t").unwrap();
+    plan.install_ssh_key(&key).unwrap();
+    let prep = plan.job.job_preparation_task.as_ref().unwrap();
+    // run the script for real, in a scratch node directory, with `docker` a stub
+    let dir = ScratchDir::new("prep");
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let stub = bin.join("docker");
+    // `image inspect` fails, so the script pulls; `pull` prints its environment
+    std::fs::write(&stub, "#!/bin/sh\n[ \"$1\" = pull ] || exit 1\nenv\n").unwrap();
+    std::fs::set_permissions(&stub, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let mut cmd = std::process::Command::new("/bin/sh");
+    cmd.arg("-c")
+        .arg(format!("exec {}", prep.command_line))
+        .env("AZ_BATCH_NODE_SHARED_DIR", dir.path())
+        .env(
+            "PATH",
+            format!(
+                "{}:{}",
+                bin.display(),
+                std::env::var("PATH").unwrap_or_default()
+            ),
+        );
+    for e in prep.environment_settings.iter().flatten() {
+        cmd.env(&e.name, e.value.clone().unwrap_or_default());
+    }
+    let out = cmd.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // the stub and the user's `env` both ran, and neither printed the key
+    assert!(
+        stdout.matches("AZ_BATCH_NODE_SHARED_DIR=").count() >= 2,
+        "{stdout}"
+    );
+    assert!(!stdout.contains("PRIVATE KEY"), "{stdout}");
+    assert!(!stdout.contains("SHIPYARD_SSH_"), "{stdout}");
+    let written = std::fs::read_to_string(dir.path().join("shipyard/ssh/job1/id_ed25519")).unwrap();
+    assert_eq!(written.trim(), key.private_openssh().trim());
+}
+
+/// A scratch directory under the temp dir, removed on drop (no tempfile dependency here).
+struct ScratchDir(std::path::PathBuf);
+impl ScratchDir {
+    fn new(what: &str) -> ScratchDir {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let p = std::env::temp_dir().join(format!(
+            "shipyard-rtdocker-{what}-{}-{nanos}",
+            std::process::id()
+        ));
+        std::fs::create_dir(&p).unwrap();
+        ScratchDir(p)
+    }
+    fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
