@@ -19,7 +19,9 @@
 //!
 //! - coordination: a detached `docker run -d --net=host` of the image running sshd on port 23
 //!   (or the user's coordination command), named `shipyard-<job>-<task>` ([`container_name`]),
-//!   labelled `shipyard.job=<job>`, with the node root directory mounted, the task environment
+//!   labelled `shipyard.job=<job>`, with only the task's own directories mounted (its task
+//!   directory, the multi-instance shared directory, the job preparation's working directory
+//!   read-only; never the node root, which holds other jobs' files and keys), the task environment
 //!   (an env file), `--shm-size`, RDMA devices and unlimited memlock for InfiniBand, `--gpus`,
 //!   the user's run options and the job's key directory mounted read-only at `/root/.ssh`;
 //! - application (master only): `docker exec` into that container of a script that waits

@@ -90,10 +90,7 @@ impl DockerRuntime {
             quote(&format!("^({})=", pattern.join("|"))),
             quote_expanding(&env_file)
         );
-        let mut dynamic = vec![
-            flags::VOLUME.to_string(),
-            quote_expanding("$AZ_BATCH_NODE_ROOT_DIR:$AZ_BATCH_NODE_ROOT_DIR"),
-        ];
+        let mut dynamic = vec![format!("\"${{{MOUNTS_VAR}[@]}}\"")];
         if task.default_working_dir == WorkingDir::Batch {
             dynamic.push(flags::WORKDIR.into());
             dynamic.push(quote_expanding("$AZ_BATCH_TASK_WORKING_DIR"));
@@ -101,6 +98,7 @@ impl DockerRuntime {
         dynamic.push(flags::ENV_FILE.into());
         dynamic.push(quote_expanding(&env_file));
         DockerRun {
+            mounts: mounts_script(),
             docker: quote(&self.docker),
             name: container_name(&job.id, task_id),
             image: task.image.clone(),
@@ -140,9 +138,10 @@ impl DockerRuntime {
         let this_job = quote(&format!("label={LABEL_JOB}={}", job.id));
         format!(
             "{prologue_rm}; {docker} ps -aq --filter {this_job} --filter {role} | xargs -r {docker} rm -f -v >/dev/null; \
-{dump_env}; {argv} >/dev/null",
+{dump_env}; {mounts}; {argv} >/dev/null",
             prologue_rm = run.remove_previous(),
             dump_env = run.dump_env,
+            mounts = run.mounts,
             argv = run.argv(&program),
         )
     }
@@ -171,9 +170,29 @@ impl DockerRuntime {
     }
 }
 
+/// The bash array holding a non-native container's bind mounts.
+const MOUNTS_VAR: &str = "shipyard_mounts";
+
+/// Bash statements filling [`MOUNTS_VAR`] with the directories a task's container may see, at
+/// their node paths: its task directory (working directory and env file included), the
+/// multi-instance shared directory when it lies elsewhere, and the job preparation's working
+/// directory read-only. Never the node root or shared directory, which hold other jobs' tasks
+/// and keys.
+pub(crate) fn mounts_script() -> String {
+    format!(
+        "{v}=(-v \"$AZ_BATCH_TASK_DIR:$AZ_BATCH_TASK_DIR\"); \
+case \"$AZ_BATCH_TASK_SHARED_DIR\" in ''|\"$AZ_BATCH_TASK_DIR\"|\"$AZ_BATCH_TASK_DIR\"/*) ;; \
+*) {v}+=(-v \"$AZ_BATCH_TASK_SHARED_DIR:$AZ_BATCH_TASK_SHARED_DIR\");; esac; \
+if [ -n \"$AZ_BATCH_JOB_PREP_WORKING_DIR\" ]; then \
+{v}+=(-v \"$AZ_BATCH_JOB_PREP_WORKING_DIR:$AZ_BATCH_JOB_PREP_WORKING_DIR:ro\"); fi",
+        v = MOUNTS_VAR
+    )
+}
+
 /// A non-native task's `docker run`, rendered in parts: the static argv is quoted word by
 /// word, the dynamic words hold shell expansions and are already rendered.
 struct DockerRun {
+    mounts: String,
     docker: String,
     name: String,
     image: String,
@@ -192,9 +211,14 @@ impl DockerRun {
         )
     }
 
-    /// Removal of an earlier container, then the environment dump.
+    /// Removal of an earlier container, then the environment dump and the mounts.
     fn prologue(&self) -> String {
-        format!("{}; {}", self.remove_previous(), self.dump_env)
+        format!(
+            "{}; {}; {}",
+            self.remove_previous(),
+            self.dump_env,
+            self.mounts
+        )
     }
 
     /// `docker run ... <image> <program>`.

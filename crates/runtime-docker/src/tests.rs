@@ -81,7 +81,7 @@ fn non_native_multi_instance_plan() {
         "run -d --net=host --name shipyard-job1-a",
         "--label shipyard.job=job1 --label shipyard.task=a --label shipyard.role=mpi-node",
         "--cap-add=SYS_PTRACE --shm-size=256m --ulimit=memlock=-1:-1 --device=/dev/infiniband/rdma_cm --device=/dev/infiniband/uverbs0 --gpus=all",
-        "-v \"$AZ_BATCH_NODE_ROOT_DIR:$AZ_BATCH_NODE_ROOT_DIR\"",
+        "\"${shipyard_mounts[@]}\"",
         "\"$AZ_BATCH_NODE_SHARED_DIR/shipyard/ssh/job1:/root/.ssh:ro\"",
         "--env-file \"$AZ_BATCH_TASK_WORKING_DIR/.shipyard.env\"",
         "sshd -D -e -p 23",
@@ -291,4 +291,42 @@ impl Drop for ScratchDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// Issue 13 #3: a non-native container sees its task directory, the multi-instance shared
+/// directory and the job preparation's directory (read-only), never the node root.
+#[test]
+fn non_native_containers_mount_only_their_own_directories() {
+    let plan = DockerRuntime::new().plan(&mi_job(), &pool(false)).unwrap();
+    let coord = &plan.tasks[0]
+        .multi_instance_settings
+        .as_ref()
+        .unwrap()
+        .coordination_command_line;
+    assert!(!coord.contains("NODE_ROOT_DIR"), "{coord}");
+    let script = super::non_native::mounts_script();
+    let mounts = |shared: &str| {
+        let out = std::process::Command::new("/bin/bash")
+            .arg("-c")
+            .arg(format!(
+                "{script}; printf '%s\\n' \"${{shipyard_mounts[@]}}\""
+            ))
+            .env("AZ_BATCH_NODE_ROOT_DIR", "/b")
+            .env("AZ_BATCH_TASK_DIR", "/b/w/j/t")
+            .env("AZ_BATCH_TASK_SHARED_DIR", shared)
+            .env("AZ_BATCH_JOB_PREP_WORKING_DIR", "/b/w/j/jobpreparation/wd")
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    assert_eq!(
+        mounts("/b/w/j/shared"),
+        "-v\n/b/w/j/t:/b/w/j/t\n-v\n/b/w/j/shared:/b/w/j/shared\n-v\n/b/w/j/jobpreparation/wd:/b/w/j/jobpreparation/wd:ro\n"
+    );
+    // a shared directory inside the task directory is mounted once
+    assert_eq!(
+        mounts("/b/w/j/t/shared"),
+        "-v\n/b/w/j/t:/b/w/j/t\n-v\n/b/w/j/jobpreparation/wd:/b/w/j/jobpreparation/wd:ro\n"
+    );
 }
