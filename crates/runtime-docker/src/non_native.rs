@@ -64,8 +64,13 @@ impl DockerRuntime {
                     .as_deref()
                     .map(user_shell_words)
                     .unwrap_or_default();
-                let line = format!("{}; exec {}", run.prologue(), run.argv(&program));
-                t.command_line = bash_c(line.trim_end());
+                let line = format!(
+                    "{}; {}; {} & wait $!",
+                    run.prologue(),
+                    stop_on_term(&run.docker, &run.name),
+                    run.argv(&program).trim_end()
+                );
+                t.command_line = bash_c(&line);
             }
             Some(mi) => {
                 t.command_line = bash_c(&self.exec_line(job, task, at, &run.name)?);
@@ -166,8 +171,23 @@ impl DockerRuntime {
         exec.push("/bin/bash".into());
         exec.push("-c".into());
         exec.push(quote(&self.mi_application_line(job, task, at)?));
-        Ok(format!("exec {}", exec.join(" ")))
+        Ok(format!(
+            "{}; {} & wait $!",
+            stop_on_term(&quote(&self.docker), name),
+            exec.join(" ")
+        ))
     }
+}
+
+/// Bash statements making the task's shell stop container `name` when Batch terminates the
+/// task (SIGTERM; also INT and HUP) and exit 143. The docker CLI runs in the background while
+/// the shell waits for it: killing the CLI alone would leave the container (or the `docker
+/// exec` in it) running.
+fn stop_on_term(docker: &str, name: &str) -> String {
+    format!(
+        "shipyard_stop() {{ {docker} rm -f -v {n} >/dev/null 2>&1; exit 143; }}; trap shipyard_stop TERM INT HUP",
+        n = quote(name)
+    )
 }
 
 /// The bash array holding a non-native container's bind mounts.

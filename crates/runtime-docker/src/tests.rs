@@ -330,3 +330,90 @@ fn non_native_containers_mount_only_their_own_directories() {
         "-v\n/b/w/j/t:/b/w/j/t\n-v\n/b/w/j/jobpreparation/wd:/b/w/j/jobpreparation/wd:ro\n"
     );
 }
+
+/// Runs `command_line` (`/bin/bash -c ...`) with a stub `docker` whose `run`/`exec` block like
+/// the CLI does, sends SIGTERM to the task's shell once the stub runs, and returns the exit
+/// code and the stub's log of calls.
+fn terminate_task(command_line: &str, env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let dir = ScratchDir::new("term");
+    let log = dir.path().join("calls");
+    let stub = dir.path().join("docker");
+    std::fs::write(
+        &stub,
+        format!(
+            "#!/bin/sh\necho \"$*\" >> {log}\ncase \"$1\" in run|exec) exec sleep 30;; esac\n",
+            log = log.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&stub, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let mut child = std::process::Command::new("/bin/sh")
+        .arg("-c")
+        .arg(format!("exec {command_line}"))
+        .current_dir(dir.path())
+        .env(
+            "PATH",
+            format!(
+                "{}:{}",
+                dir.path().display(),
+                std::env::var("PATH").unwrap_or_default()
+            ),
+        )
+        .env("AZ_BATCH_TASK_DIR", dir.path())
+        .env("AZ_BATCH_TASK_WORKING_DIR", dir.path())
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.starts_with("run") || l.starts_with("exec"))
+    {
+        assert!(
+            started.elapsed().as_secs() < 10,
+            "the task never started docker"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let status = child.wait().unwrap();
+    assert!(
+        started.elapsed().as_secs() < 10,
+        "the task did not stop on SIGTERM"
+    );
+    (
+        status.code(),
+        std::fs::read_to_string(&log).unwrap_or_default(),
+    )
+}
+
+/// Issue 13 #14: when Batch terminates a non-native task, its shell removes the container
+/// (plain task) or the node container the `docker exec` runs in (multi-instance).
+#[test]
+fn terminated_non_native_tasks_stop_their_containers() {
+    let job: JobSpec = toml::from_str(
+        "id = \"j\"\n[[tasks]]\nid = \"t\"\nimage = \"busybox\"\ncommand = \"sleep 300\"\n",
+    )
+    .unwrap();
+    let plan = DockerRuntime::new().plan(&job, &pool(false)).unwrap();
+    let (code, log) = terminate_task(&plan.tasks[0].command_line, &[]);
+    assert_eq!(code, Some(143), "{log}");
+    assert_eq!(log.lines().last(), Some("rm -f -v shipyard-j-t"), "{log}");
+
+    let plan = DockerRuntime::new().plan(&mi_job(), &pool(false)).unwrap();
+    let (code, log) = terminate_task(&plan.tasks[0].command_line, &[]);
+    assert_eq!(code, Some(143), "{log}");
+    assert!(log.starts_with("exec "), "{log}");
+    assert_eq!(
+        log.lines().last(),
+        Some("rm -f -v shipyard-job1-a"),
+        "{log}"
+    );
+}
