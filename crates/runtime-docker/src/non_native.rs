@@ -8,6 +8,7 @@ use shipyard_runtime::{
     validate, Field, JobSpec, MultiInstanceSpec, PoolFacts, RuntimeError, TaskSpec, WorkingDir,
 };
 
+use crate::node_scripts::{node_address_script, SSHD_ADDRESS_VAR};
 use crate::{
     container_name, flags, sshd_script, user_shell_words, DockerRuntime, BATCH_ENV_PATTERN,
     ENV_FILE, EXEC_FORWARDED_ENV, INFINIBAND_DEVICES, LABEL_JOB, LABEL_ROLE, ROLE_MPI_NODE,
@@ -128,13 +129,24 @@ impl DockerRuntime {
         );
         run.dynamic.push(flags::VOLUME.into());
         run.dynamic.push(quote_expanding(&key_dir));
+        let mut address = String::new();
         let program = match &mi.coordination_command {
             Some(c) => user_shell_words(c),
-            None => vec![
-                "/bin/bash".into(),
-                "-c".into(),
-                sshd_script(self.sshd_listen_address.as_deref(), true),
-            ],
+            None => {
+                if self.sshd_listen_address.is_none() {
+                    // this node's address, found on the node, handed to the container's sshd
+                    address = format!("{}; ", node_address_script());
+                    run.dynamic.push(flags::ENV.into());
+                    run.dynamic.push(quote_expanding(&format!(
+                        "{SSHD_ADDRESS_VAR}=${SSHD_ADDRESS_VAR}"
+                    )));
+                }
+                vec![
+                    "/bin/bash".into(),
+                    "-c".into(),
+                    sshd_script(self.sshd_listen_address.as_deref(), true),
+                ]
+            }
         };
         let docker = &run.docker;
         // Only this job's node containers (of its earlier, finished tasks): other jobs'
@@ -143,7 +155,7 @@ impl DockerRuntime {
         let this_job = quote(&format!("label={LABEL_JOB}={}", job.id));
         format!(
             "{prologue_rm}; {docker} ps -aq --filter {this_job} --filter {role} | xargs -r {docker} rm -f -v >/dev/null; \
-{dump_env}; {mounts}; {argv} >/dev/null",
+{dump_env}; {mounts}; {address}{argv} >/dev/null",
             prologue_rm = run.remove_previous(),
             dump_env = run.dump_env,
             mounts = run.mounts,

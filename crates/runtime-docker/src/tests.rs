@@ -139,9 +139,11 @@ fn native_multi_instance_plan() {
     assert!(!opts.contains("--net=host"));
     let mis = a.multi_instance_settings.as_ref().unwrap();
     bash_syntax_ok(&mis.coordination_command_line);
+    // the job key pair is the host key (issue 13 #9), no per-container key any more
     assert!(mis
         .coordination_command_line
-        .contains("ssh-keygen -q -t ed25519"));
+        .contains("-h /root/.ssh/id_ed25519"));
+    assert!(!mis.coordination_command_line.contains("ssh-keygen"));
     assert!(mis
         .coordination_command_line
         .contains("/usr/sbin/sshd -p 23"));
@@ -266,6 +268,12 @@ fn preparation_unsets_the_key_before_pull_and_user_command() {
     assert!(!stdout.contains("SHIPYARD_SSH_"), "{stdout}");
     let written = std::fs::read_to_string(dir.path().join("shipyard/ssh/job1/id_ed25519")).unwrap();
     assert_eq!(written.trim(), key.private_openssh().trim());
+    // the same files SshFiles::new describes (issue 13 #8, #9)
+    for (name, content) in shipyard_runtime::ssh::SshFiles::new(&key, "10.0.*").files() {
+        let on_node =
+            std::fs::read_to_string(dir.path().join("shipyard/ssh/job1").join(name)).unwrap();
+        assert_eq!(on_node.trim_end(), content.trim_end(), "{name}");
+    }
 }
 
 /// A scratch directory under the temp dir, removed on drop (no tempfile dependency here).
@@ -416,4 +424,77 @@ fn terminated_non_native_tasks_stop_their_containers() {
         Some("rm -f -v shipyard-job1-a"),
         "{log}"
     );
+}
+
+/// Issue 13 #8, #9, #10: sshd's policy is on its command line, it serves the job's host key on
+/// the node's own address, and the launcher checks host keys against the job's known_hosts.
+#[test]
+fn sshd_policy_host_key_and_address_are_the_plans() {
+    for native in [false, true] {
+        let plan = DockerRuntime::new().plan(&mi_job(), &pool(native)).unwrap();
+        let a = &plan.tasks[0];
+        let coord = &a
+            .multi_instance_settings
+            .as_ref()
+            .unwrap()
+            .coordination_command_line;
+        for want in [
+            "-h /root/.ssh/id_ed25519 -o PasswordAuthentication=no -o KbdInteractiveAuthentication=no -o PermitRootLogin=prohibit-password -o PubkeyAuthentication=yes -o AuthorizedKeysFile=/root/.ssh/authorized_keys -o \"ListenAddress=$SHIPYARD_SSHD_ADDRESS\"",
+            "for shipyard_l in $(hostname -I 2>/dev/null)",
+        ] {
+            assert!(coord.contains(want), "native={native}: missing {want:?} in {coord}");
+        }
+        assert!(
+            a.command_line.contains("StrictHostKeyChecking=yes"),
+            "{}",
+            a.command_line
+        );
+        assert!(a
+            .command_line
+            .contains("UserKnownHostsFile=/root/.ssh/known_hosts"));
+        assert!(
+            !a.command_line.contains("StrictHostKeyChecking=no"),
+            "{}",
+            a.command_line
+        );
+        let prep = &plan.job.job_preparation_task.as_ref().unwrap().command_line;
+        assert!(!prep.contains("StrictHostKeyChecking no"), "{prep}");
+    }
+    // the address is this node's entry of AZ_BATCH_HOST_LIST, or nothing starts
+    let pick = |hosts: &str, local: &str| {
+        let dir = ScratchDir::new("addr");
+        let stub = dir.path().join("hostname");
+        std::fs::write(&stub, format!("#!/bin/sh\necho '{local}'\n")).unwrap();
+        std::fs::set_permissions(&stub, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let out = std::process::Command::new("/bin/bash")
+            .arg("-c")
+            .arg(format!(
+                "{}; echo \"$SHIPYARD_SSHD_ADDRESS\"",
+                node_address_script()
+            ))
+            .env("AZ_BATCH_HOST_LIST", hosts)
+            .env(
+                "PATH",
+                format!(
+                    "{}:{}",
+                    dir.path().display(),
+                    std::env::var("PATH").unwrap_or_default()
+                ),
+            )
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).trim().to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    assert_eq!(
+        pick("10.0.0.4,10.0.0.5", "172.17.0.1 10.0.0.5").1,
+        "10.0.0.5"
+    );
+    let (code, _, err) = pick("10.0.0.4,10.0.0.5", "172.17.0.1 10.0.0.6");
+    assert_eq!(code, Some(1));
+    assert!(err.contains("no address of this node (172.17.0.1 10.0.0.6) is in AZ_BATCH_HOST_LIST (10.0.0.4,10.0.0.5)"), "{err}");
 }
