@@ -13,7 +13,7 @@ use clap::{CommandFactory, Parser};
 pub mod args;
 pub mod config;
 pub mod output;
-pub mod render;
+pub mod submission;
 
 pub mod azure_target;
 mod dry_run;
@@ -217,7 +217,7 @@ fn config_check(global: &GlobalArgs, config: &Config) -> CliResult {
     for job in &config.jobs {
         // Against the configured pool; without one, against this machine (the local target).
         let plan = match &config.pool {
-            Some((pool, _)) => render::plan_job(&job.spec, pool)
+            Some((pool, _)) => submission::plan_job(&job.spec, pool)
                 .map_err(|e| CliError::Config(config.plan_error(job, e)))?,
             None => local_target::local_plan(config, job)?,
         };
