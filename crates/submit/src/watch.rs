@@ -288,13 +288,20 @@ impl Watcher {
         Ok(completed)
     }
 
-    /// Queues the new complete lines of a task's stdout/stderr (all of it once `last`).
+    /// Queues the new complete lines of a task's stdout/stderr (all of it once `last`). The
+    /// file sizes come from one `File_ListFromTask`; only grown files are fetched (ranged).
     async fn tail(&mut self, job: &str, task: &str, last: bool) {
+        let sizes = self.file_sizes(job, task).await;
         for stream in [OutputStream::Stdout, OutputStream::Stderr] {
             let name = stream.file_name();
             let key = (job.to_string(), task.to_string(), name);
             let (from, mut partial) = self.offsets.remove(&key).unwrap_or_default();
-            let data = self.fetch(job, task, name, from).await.unwrap_or_default();
+            let size = sizes.get(name).copied().unwrap_or(0);
+            let data = if size > from {
+                self.fetch(job, task, name, from).await.unwrap_or_default()
+            } else {
+                Vec::new()
+            };
             partial.push_str(&String::from_utf8_lossy(&data));
             let mut lines: Vec<String> = partial.split('\n').map(str::to_string).collect();
             let rest = lines.pop().unwrap_or_default();
@@ -312,6 +319,29 @@ impl Watcher {
             let keep = if last { String::new() } else { rest };
             self.offsets.insert(key, (from + data.len() as u64, keep));
         }
+    }
+
+    /// Sizes of the files at the top of a task's directory (empty when it cannot be listed).
+    async fn file_sizes(&self, job: &str, task: &str) -> HashMap<String, u64> {
+        let files: Vec<_> = match self
+            .client
+            .list_task_files(job, task, false, &ListOptions::default())
+            .try_collect()
+            .await
+        {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::debug!(job, task, error = %e, "cannot list task files yet");
+                return HashMap::new();
+            }
+        };
+        files
+            .into_iter()
+            .filter_map(|f| {
+                let size = f.properties.map(|p| p.content_length)?;
+                Some((f.name?, u64::try_from(size).unwrap_or(0)))
+            })
+            .collect()
     }
 
     /// The bytes of a task file from `from` on; `None` when it is absent or unreadable yet.
