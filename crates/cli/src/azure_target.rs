@@ -33,7 +33,10 @@ fn poll_interval() -> Duration {
     std::env::var(ENV_POLL_MS)
         .ok()
         .and_then(|v| v.parse::<u64>().ok())
-        .map_or(shipyard_submit::DEFAULT_POLL_INTERVAL, Duration::from_millis)
+        .map_or(
+            shipyard_submit::DEFAULT_POLL_INTERVAL,
+            Duration::from_millis,
+        )
 }
 
 /// Builds a client from the configuration's `[credentials.batch]` (after env overrides).
@@ -348,7 +351,11 @@ async fn jobs_command(
                     .await
                     .map_err(failed)?;
             }
-            println_status(format, &job, "terminated; job release removes its containers");
+            println_status(
+                format,
+                &job,
+                "terminated; job release removes its containers",
+            );
         }
         JobsCommand::Tasks { job } => return list_tasks(client, format, &job).await,
     }
@@ -365,13 +372,19 @@ async fn list_tasks(client: &BatchClient, format: OutputFormat, job: &str) -> Cl
     Ok(())
 }
 
-async fn tasks_command(client: &BatchClient, format: OutputFormat, command: TasksCommand) -> CliResult {
+async fn tasks_command(
+    client: &BatchClient,
+    format: OutputFormat,
+    command: TasksCommand,
+) -> CliResult {
     match command {
         TasksCommand::List { job } => list_tasks(client, format, &job).await,
         TasksCommand::Get { job, task } => {
             let t = client.get_task(&job, &task).await.map_err(failed)?;
             let v = redacted(&t);
-            emit(format, &v, || rows_table(std::slice::from_ref(&v), TASK_COLUMNS));
+            emit(format, &v, || {
+                rows_table(std::slice::from_ref(&v), TASK_COLUMNS)
+            });
             Ok(())
         }
         TasksCommand::Term { job, task } => {
@@ -389,8 +402,9 @@ async fn files(client: &BatchClient, f: &FilesArgs) -> CliResult {
         .tempdir()
         .context("cannot create a private temporary directory")?;
     for name in &names {
+        let rel = crate::output::task_file_path(name)?;
         let dest: PathBuf = match &f.out {
-            Some(dir) => dir.join(name),
+            Some(dir) => dir.join(rel),
             None => tmp.path().join(name.replace('/', "_")),
         };
         if let Some(parent) = dest.parent() {
@@ -449,7 +463,11 @@ fn show_event(bar: &ProgressBar, event: SubmitEvent) {
         SubmitEvent::JobTerminated { job, .. } => bar.suspend(|| {
             eprintln!("shipyard: terminated job `{job}` so its job release task runs");
         }),
-        SubmitEvent::PoolResizeError { pool, code, message } => bar.suspend(|| {
+        SubmitEvent::PoolResizeError {
+            pool,
+            code,
+            message,
+        } => bar.suspend(|| {
             eprintln!("shipyard: pool `{pool}` resize error {code}: {message}");
         }),
         _ => {}

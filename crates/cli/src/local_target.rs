@@ -6,7 +6,7 @@
 //! backend removes everything.
 
 use std::io::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -450,16 +450,7 @@ fn files(store: &shipyard_local::Store, f: &FilesArgs) -> CliResult {
         f.file.clone()
     };
     for name in &names {
-        let rel = Path::new(name);
-        if rel.is_absolute()
-            || rel
-                .components()
-                .any(|c| matches!(c, std::path::Component::ParentDir))
-        {
-            return Err(CliError::Usage(format!(
-                "--file `{name}` must be a path inside the task directory"
-            )));
-        }
+        let rel = crate::output::task_file_path(name)?;
         let src = t.task_dir.join(rel);
         let data = std::fs::read(&src).with_context(|| format!("cannot read {}", src.display()))?;
         match &f.out {

@@ -322,3 +322,81 @@ fn jobs_add_to_an_existing_job_adds_its_tasks() {
         .stderr(predicate::str::contains("grow"));
     assert_eq!(env.server.task_count("grow"), 2);
 }
+
+#[test]
+fn no_command_prints_the_ssh_key_or_the_account_key() {
+    let env = Env::start();
+    let ex = examples_dir().join("local-openmpi.toml");
+    env.shipyard()
+        .arg("-c")
+        .arg(&ex)
+        .args(["jobs", "add"])
+        .assert()
+        .success();
+    let job = env.server.job("hello-openmpi").expect("job created");
+    assert!(
+        job.to_string().contains("PRIVATE KEY"),
+        "the job carries its key: {job}"
+    );
+    for format in ["json", "table"] {
+        for args in [
+            vec!["jobs", "list"],
+            vec!["jobs", "tasks", "hello-openmpi"],
+            vec!["tasks", "list", "--job", "hello-openmpi"],
+            vec!["tasks", "get", "--job", "hello-openmpi", "hello"],
+            vec!["pool", "list"],
+        ] {
+            let out = env
+                .shipyard()
+                .arg("-c")
+                .arg(&ex)
+                .args(["--output", format])
+                .args(&args)
+                .output()
+                .expect("runs");
+            assert!(
+                out.status.success(),
+                "{args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            for stream in [&out.stdout, &out.stderr] {
+                let text = String::from_utf8_lossy(stream);
+                assert!(
+                    !text.contains("PRIVATE KEY"),
+                    "{args:?} printed the key: {text}"
+                );
+                assert!(
+                    !text.contains(env.server.key()),
+                    "{args:?} printed the account key"
+                );
+            }
+        }
+    }
+    let out = env
+        .shipyard()
+        .arg("-c")
+        .arg(&ex)
+        .args(["--output", "json", "jobs", "list"])
+        .output()
+        .expect("runs");
+    assert_eq!(json(&out)[0]["id"], "hello-openmpi");
+}
+
+#[test]
+fn files_refuses_a_path_that_escapes_the_out_dir() {
+    let env = Env::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("out");
+    env.shipyard()
+        .arg("-c")
+        .arg(examples_dir().join("local-openmpi.toml"))
+        .args([
+            "files", "--job", "j", "--task", "t", "--file", "../x", "--out",
+        ])
+        .arg(&out)
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("inside the task directory"));
+    assert!(!dir.path().join("x").exists());
+    assert!(env.server.requests().is_empty(), "nothing was requested");
+}

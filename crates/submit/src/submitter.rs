@@ -205,7 +205,12 @@ impl Submitter {
                 .await
                 .map_err(|e| SubmitError::batch(format!("checking pool `{}`", pool.id), e))?;
             if !exists {
-                send(events, SubmitEvent::PoolCreating { pool: pool.id.clone() });
+                send(
+                    events,
+                    SubmitEvent::PoolCreating {
+                        pool: pool.id.clone(),
+                    },
+                );
                 self.client
                     .add_pool(pool)
                     .await

@@ -237,7 +237,9 @@ impl Watcher {
             };
             let error = SubmitError::JobPreparationFailed {
                 job: job.to_string(),
-                pool: entry.pool_id.unwrap_or_else(|| self.submitted.pool_id.clone()),
+                pool: entry
+                    .pool_id
+                    .unwrap_or_else(|| self.submitted.pool_id.clone()),
                 node,
                 exit_code: prep.exit_code,
                 failure,

@@ -76,7 +76,11 @@ fn rejected(server: &TestServer) -> Vec<String> {
 async fn wait_for_tasks(server: &TestServer, n: usize) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while server.task_count(JOB) < n {
-        assert!(Instant::now() < deadline, "tasks never arrived: {:#?}", rejected(server));
+        assert!(
+            Instant::now() < deadline,
+            "tasks never arrived: {:#?}",
+            rejected(server)
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -148,15 +152,23 @@ async fn run_creates_pool_adds_job_patches_and_reports_the_exit_code() {
         e,
         SubmitEvent::TaskState { task, exit_code: Some(3), .. } if task == "b"
     )));
-    assert!(events
-        .iter()
-        .any(|e| matches!(e, SubmitEvent::JobAdded { tasks: 2, existed: false, .. })));
+    assert!(events.iter().any(|e| matches!(
+        e,
+        SubmitEvent::JobAdded {
+            tasks: 2,
+            existed: false,
+            ..
+        }
+    )));
     assert!(rejected(&server).is_empty(), "{:#?}", rejected(&server));
 }
 
 async fn node_failure_fails_promptly(state: &str) -> SubmitError {
     let server = server().await;
-    let run = spawn_run(submitter(&server, SubmitOptions::default()), submission(&["a"]));
+    let run = spawn_run(
+        submitter(&server, SubmitOptions::default()),
+        submission(&["a"]),
+    );
     wait_for_tasks(&server, 1).await;
     let node = server.node_ids(POOL).into_iter().next().expect("a node");
     assert!(server.set_node_state(POOL, &node, state));
@@ -165,7 +177,11 @@ async fn node_failure_fails_promptly(state: &str) -> SubmitError {
         .await
         .expect("run ends")
         .expect("join");
-    assert!(t.elapsed() < Duration::from_secs(2), "took {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        t.elapsed()
+    );
     assert!(events
         .iter()
         .any(|e| matches!(e, SubmitEvent::JobTerminated { job, .. } if job == JOB)));
@@ -183,7 +199,10 @@ async fn a_failed_start_task_fails_the_run_naming_the_node_and_terminates_the_jo
     let SubmitError::Aborted { source, .. } = err else {
         panic!("not aborted: {err}")
     };
-    assert!(matches!(*source, SubmitError::StartTaskFailed { .. }), "{source}");
+    assert!(
+        matches!(*source, SubmitError::StartTaskFailed { .. }),
+        "{source}"
+    );
     assert!(source.to_string().contains("start task"), "{source}");
 }
 
@@ -193,7 +212,10 @@ async fn an_unusable_node_fails_the_run_and_terminates_the_job() {
     let SubmitError::Aborted { source, .. } = err else {
         panic!("not aborted: {err}")
     };
-    assert!(matches!(*source, SubmitError::NodeUnusable { .. }), "{source}");
+    assert!(
+        matches!(*source, SubmitError::NodeUnusable { .. }),
+        "{source}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -230,7 +252,11 @@ async fn cancelling_terminates_the_job() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rejected_tasks_terminate_the_partial_job() {
     let server = server().await;
-    server.fail_tasks(["b"], TaskFailure::ClientError("InvalidPropertyValue".into()), 100);
+    server.fail_tasks(
+        ["b"],
+        TaskFailure::ClientError("InvalidPropertyValue".into()),
+        100,
+    );
     let submitter = submitter(&server, SubmitOptions::default());
     let err = submitter
         .submit(&submission(&["a", "b"]))
@@ -248,10 +274,7 @@ async fn requests_describe_what_the_server_stores() {
     let server = server().await;
     let sub = submission(&["a"]);
     let described = sub.requests();
-    let ops: Vec<(&str, &str)> = described
-        .iter()
-        .map(|r| (r.method, r.definition))
-        .collect();
+    let ops: Vec<(&str, &str)> = described.iter().map(|r| (r.method, r.definition)).collect();
     assert_eq!(
         ops,
         [
@@ -271,5 +294,8 @@ async fn requests_describe_what_the_server_stores() {
         described[1].body["jobPreparationTask"]["commandLine"]
     );
     let task = server.task(JOB, "a").expect("task");
-    assert_eq!(task["commandLine"], described[2].body["value"][0]["commandLine"]);
+    assert_eq!(
+        task["commandLine"],
+        described[2].body["value"][0]["commandLine"]
+    );
 }
