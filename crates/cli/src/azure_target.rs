@@ -474,23 +474,6 @@ fn show_event(bar: &ProgressBar, event: SubmitEvent) {
     }
 }
 
-/// Cancels `token` on Ctrl-C or SIGTERM.
-fn cancel_on_signal(token: shipyard_submit::CancellationToken) {
-    tokio::spawn(async move {
-        let Ok(mut term) =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        else {
-            return;
-        };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-        eprintln!("shipyard: signal received, terminating the job(s)");
-        token.cancel();
-    });
-}
-
 /// `run`: create the pool if it does not exist, add the job(s), wait for every task (failing
 /// early when a prep/start task fails or a node is unusable), exit with the first failed
 /// task's exit code. On failure, timeout or Ctrl-C the jobs are terminated.
@@ -505,7 +488,7 @@ pub(crate) fn run(global: &GlobalArgs, config: &Config, args: &RunArgs) -> CliRe
     }
     let submitter = Submitter::new(client, opts);
     runtime()?.block_on(async {
-        cancel_on_signal(submitter.cancel_token());
+        crate::cancel_on_signal(submitter.cancel_token(), "terminating the job(s)");
         let bar = progress_bar(global, submission.task_count() as u64);
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let printer_bar = bar.clone();

@@ -158,6 +158,24 @@ pub fn run(cli: Cli) -> CliResult {
     }
 }
 
+/// Cancels `token` on Ctrl-C or SIGTERM, saying what happens next (`what`). Call inside the
+/// async runtime.
+pub(crate) fn cancel_on_signal(token: shipyard_submit::CancellationToken, what: &'static str) {
+    tokio::spawn(async move {
+        let Ok(mut term) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        else {
+            return;
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        eprintln!("shipyard: signal received, {what}");
+        token.cancel();
+    });
+}
+
 fn run_command(global: &GlobalArgs, config: &Config, args: &RunArgs) -> CliResult {
     config.validate()?;
     match global.target {

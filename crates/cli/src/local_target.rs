@@ -90,20 +90,10 @@ pub(crate) fn run(global: &GlobalArgs, config: &Config, args: &RunArgs) -> CliRe
             .await
             .map_err(anyhow::Error::from)?;
         let cancel = backend.cancel_token();
-        let signal_cancel = cancel.clone();
-        tokio::spawn(async move {
-            let Ok(mut term) =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            else {
-                return;
-            };
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-            eprintln!("shipyard: signal received, stopping the job and removing its containers");
-            signal_cancel.cancel();
-        });
+        crate::cancel_on_signal(
+            cancel.clone(),
+            "stopping the job and removing its containers",
+        );
         if let Some(t) = timeout {
             let c = cancel.clone();
             tokio::spawn(async move {

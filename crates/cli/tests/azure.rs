@@ -323,44 +323,45 @@ fn jobs_add_to_an_existing_job_adds_its_tasks() {
     assert_eq!(env.server.task_count("grow"), 2);
 }
 
+/// Runs `cmd`, asserting success; its output.
+fn succeeds(mut cmd: Command, what: &str) -> std::process::Output {
+    let out = cmd.output().expect("runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{what}: {err}");
+    out
+}
+
 #[test]
 fn no_command_prints_the_ssh_key_or_the_account_key() {
     let env = Env::start();
     let ex = examples_dir().join("local-openmpi.toml");
-    env.shipyard()
-        .arg("-c")
-        .arg(&ex)
-        .args(["jobs", "add"])
-        .assert()
-        .success();
+    let with_config = || {
+        let mut cmd = env.shipyard();
+        cmd.arg("-c").arg(&ex);
+        cmd
+    };
+    let mut add = with_config();
+    add.args(["jobs", "add"]);
+    succeeds(add, "jobs add");
     let job = env.server.job("hello-openmpi").expect("job created");
+    let stored = job.to_string();
     assert!(
-        job.to_string().contains("PRIVATE KEY"),
+        stored.contains("PRIVATE KEY"),
         "the job carries its key: {job}"
     );
+    let commands: [&[&str]; 5] = [
+        &["jobs", "list"],
+        &["jobs", "tasks", "hello-openmpi"],
+        &["tasks", "list", "--job", "hello-openmpi"],
+        &["tasks", "get", "--job", "hello-openmpi", "hello"],
+        &["pool", "list"],
+    ];
     for format in ["json", "table"] {
-        for args in [
-            vec!["jobs", "list"],
-            vec!["jobs", "tasks", "hello-openmpi"],
-            vec!["tasks", "list", "--job", "hello-openmpi"],
-            vec!["tasks", "get", "--job", "hello-openmpi", "hello"],
-            vec!["pool", "list"],
-        ] {
-            let out = env
-                .shipyard()
-                .arg("-c")
-                .arg(&ex)
-                .args(["--output", format])
-                .args(&args)
-                .output()
-                .expect("runs");
-            assert!(
-                out.status.success(),
-                "{args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            for stream in [&out.stdout, &out.stderr] {
-                let text = String::from_utf8_lossy(stream);
+        for args in commands {
+            let mut cmd = with_config();
+            cmd.args(["--output", format]).args(args);
+            let out = succeeds(cmd, &args.join(" "));
+            for text in [&out.stdout, &out.stderr].map(|b| String::from_utf8_lossy(b)) {
                 assert!(
                     !text.contains("PRIVATE KEY"),
                     "{args:?} printed the key: {text}"
@@ -372,14 +373,9 @@ fn no_command_prints_the_ssh_key_or_the_account_key() {
             }
         }
     }
-    let out = env
-        .shipyard()
-        .arg("-c")
-        .arg(&ex)
-        .args(["--output", "json", "jobs", "list"])
-        .output()
-        .expect("runs");
-    assert_eq!(json(&out)[0]["id"], "hello-openmpi");
+    let mut list = with_config();
+    list.args(["--output", "json", "jobs", "list"]);
+    assert_eq!(json(&succeeds(list, "jobs list"))[0]["id"], "hello-openmpi");
 }
 
 #[test]
