@@ -10,8 +10,8 @@ use std::process::Command;
 use local_support::*;
 use shipyard_e2e::{require_test_image, TEST_IMAGE};
 use shipyard_local::{
-    JobSpec, JobState, OnAllTasksComplete, OnTaskFailure, TaskDependencies, TaskIdRange,
-    TaskResult, TaskSpec,
+    JobState, LocalJob, LocalTask, OnAllTasksComplete, OnTaskFailure, TaskDependencies,
+    TaskIdRange, TaskResult,
 };
 
 fn deps(ids: &[String], ranges: &[(i64, i64)]) -> Option<TaskDependencies> {
@@ -81,7 +81,7 @@ async fn local_bag_of_50_tasks_with_dependencies_slots_and_retries() {
         } else {
             format!("/bin/bash -c 'echo task {i} on $AZ_BATCH_NODE_ID; sleep 0.2'")
         };
-        let mut t = TaskSpec::new(i.to_string(), TEST_IMAGE, cmd);
+        let mut t = LocalTask::new(i.to_string(), TEST_IMAGE, cmd);
         if i == 7 {
             t.container_run_options =
                 vec!["-v".into(), format!("{}:/flags", flags.path().display())];
@@ -95,7 +95,7 @@ async fn local_bag_of_50_tasks_with_dependencies_slots_and_retries() {
         };
         tasks.push(t);
     }
-    let job = JobSpec {
+    let job = LocalJob {
         id: id.clone(),
         tasks: tasks.clone(),
         uses_task_dependencies: true,
@@ -179,12 +179,12 @@ async fn local_task_failure_terminates_the_job_when_asked() {
     let id = unique_id("jobaction");
     let _guard = CleanGuard(id.clone());
     let backend = backend(state.path()).await;
-    let mut a = TaskSpec::new("a", TEST_IMAGE, "/bin/bash -c 'exit 5'");
+    let mut a = LocalTask::new("a", TEST_IMAGE, "/bin/bash -c 'exit 5'");
     a.max_task_retry_count = 0;
-    let mut b = TaskSpec::new("b", TEST_IMAGE, "/bin/true");
+    let mut b = LocalTask::new("b", TEST_IMAGE, "/bin/true");
     b.depends_on = deps(&["a".to_string()], &[]);
-    let c = TaskSpec::new("c", TEST_IMAGE, "/bin/true");
-    let job = JobSpec {
+    let c = LocalTask::new("c", TEST_IMAGE, "/bin/true");
+    let job = LocalJob {
         id: id.clone(),
         tasks: vec![a, b, c],
         uses_task_dependencies: true,
@@ -219,9 +219,9 @@ async fn local_wall_clock_limit_stops_the_task() {
     let id = unique_id("wallclock");
     let _guard = CleanGuard(id.clone());
     let backend = backend(state.path()).await;
-    let mut t = TaskSpec::new("slow", TEST_IMAGE, "/bin/sleep 300");
+    let mut t = LocalTask::new("slow", TEST_IMAGE, "/bin/sleep 300");
     t.max_wall_clock_secs = Some(2);
-    let job = JobSpec {
+    let job = LocalJob {
         id: id.clone(),
         tasks: vec![t],
         uses_task_dependencies: false,

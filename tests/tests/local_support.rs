@@ -7,7 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use shipyard_e2e::{image_hello_path, MpiKind, TEST_IMAGE};
 use shipyard_local::{
-    JobSpec, LocalBackend, LocalOptions, MultiInstance, OnAllTasksComplete, TaskSpec,
+    LocalBackend, LocalJob, LocalOptions, LocalTask, MultiInstance, OnAllTasksComplete,
 };
 
 /// The coordination command: host key if missing, sshd on port 23 (daemonizes).
@@ -63,8 +63,8 @@ pub fn hello_command(kind: MpiKind, nodes: u32, ppn: u32, sleep_first: u32) -> S
 }
 
 /// A one-task job running the smoke test on `nodes` nodes with `ppn` ranks each.
-pub fn hello_job(id: &str, kind: MpiKind, nodes: u32, ppn: u32) -> JobSpec {
-    let mut task = TaskSpec::new("hello", TEST_IMAGE, hello_command(kind, nodes, ppn, 0));
+pub fn hello_job(id: &str, kind: MpiKind, nodes: u32, ppn: u32) -> LocalJob {
+    let mut task = LocalTask::new("hello", TEST_IMAGE, hello_command(kind, nodes, ppn, 0));
     task.multi_instance = Some(MultiInstance {
         number_of_instances: nodes,
         coordination_command_line: COORDINATION.into(),
@@ -82,7 +82,7 @@ pub fn hello_job(id: &str, kind: MpiKind, nodes: u32, ppn: u32) -> JobSpec {
             task.environment.push((k.into(), v.into()));
         }
     }
-    JobSpec {
+    LocalJob {
         id: id.into(),
         tasks: vec![task],
         uses_task_dependencies: false,

@@ -13,7 +13,7 @@ use std::process::{Command, Output};
 
 use shipyard_e2e::{hello_binary, require_mpi, HelloReport, MpiKind};
 use shipyard_runtime::{ContainerRuntime, JobSpec, OsFamily, PoolFacts};
-use shipyard_runtime_singularity::{Flavor, SingularityRuntime};
+use shipyard_runtime_singularity::{SingularityEngine, SingularityRuntime};
 
 const STAND_IN: &str = r#"#!/bin/sh
 log="$STAND_IN_LOG"
@@ -109,7 +109,7 @@ fn singularity_mpi_line_runs_under_host_mpich() {
         slots_per_node: 1,
         cores_per_node: None,
     };
-    let plan = SingularityRuntime::new(Flavor::Singularity)
+    let plan = SingularityRuntime::new(SingularityEngine::Singularity)
         .plan(&job, &pool)
         .expect("plan");
 

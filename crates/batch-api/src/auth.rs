@@ -15,40 +15,7 @@ use reqwest::header::HeaderMap;
 use sha2::Sha256;
 
 use crate::error::{BatchError, Result};
-
-/// A secret string (account key, client secret, access token) with a redacting `Debug`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps a secret value.
-    pub fn new(value: impl Into<String>) -> Self {
-        Secret(value.into())
-    }
-
-    /// The secret value. Never log it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
-
-impl From<String> for Secret {
-    fn from(value: String) -> Self {
-        Secret(value)
-    }
-}
-
-impl From<&str> for Secret {
-    fn from(value: &str) -> Self {
-        Secret(value.to_owned())
-    }
-}
+pub use shipyard_batch_models::Secret;
 
 /// Shared Key credential: the Batch account name and its base64 access key.
 #[derive(Clone)]
@@ -356,7 +323,7 @@ impl ClientSecretCredential {
         })?;
         tracing::debug!(expires_in = secs, "fetched Entra ID token");
         Ok(AccessToken {
-            token: Secret(reply.access_token),
+            token: Secret::new(reply.access_token),
             expires_at: started + Duration::from_secs(secs),
         })
     }

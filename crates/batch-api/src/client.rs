@@ -12,9 +12,8 @@ use tracing::Instrument as _;
 
 use crate::auth::Credential;
 use crate::error::{BatchError, ErrorDetail, Result, ServiceError};
-
-/// The Batch REST api-version this client speaks: the one its [`crate::models`] describe.
-pub const API_VERSION: &str = crate::models::API_VERSION;
+use crate::request::{encode_query, Request, MAX_TASK_COLLECTION_BYTES};
+use crate::API_VERSION;
 
 /// Content type of request bodies.
 pub const JSON_CONTENT_TYPE: &str = "application/json; odata=minimalmetadata";
@@ -76,7 +75,8 @@ pub struct ClientOptions {
     pub retry: RetryPolicy,
     /// Concurrent `addtaskcollection` requests in [`BatchClient::add_task_collection`].
     pub task_collection_concurrency: usize,
-    /// Request body budget of one `addtaskcollection` call, in bytes (service limit: 1 MB).
+    /// Request body budget of one `addtaskcollection` call, in bytes (default
+    /// [`MAX_TASK_COLLECTION_BYTES`]; service limit: 1 MB).
     pub max_body_bytes: usize,
     /// Rounds of re-submitting tasks whose per-task result was a retryable failure.
     pub task_retry_rounds: u32,
@@ -91,7 +91,7 @@ impl Default for ClientOptions {
             server_timeout: None,
             retry: RetryPolicy::default(),
             task_collection_concurrency: 8,
-            max_body_bytes: 1_000_000,
+            max_body_bytes: MAX_TASK_COLLECTION_BYTES,
             task_retry_rounds: 5,
             api_version: API_VERSION.to_owned(),
         }
@@ -147,6 +147,31 @@ pub(crate) struct Reply {
     pub already_existed: bool,
     /// Number of attempts made.
     pub attempts: u32,
+}
+
+/// The reqwest method of a described request.
+fn http_method(m: crate::request::Method) -> Method {
+    use crate::request::Method as M;
+    match m {
+        M::Get => Method::GET,
+        M::Head => Method::HEAD,
+        M::Post => Method::POST,
+        M::Put => Method::PUT,
+        M::Patch => Method::PATCH,
+        M::Delete => Method::DELETE,
+    }
+}
+
+/// When a described request may be repeated.
+fn retry_class(request: &Request) -> RetryClass {
+    use crate::request::Method as M;
+    match (request.operation, request.method) {
+        ("Pool_Add" | "Job_Add" | "Task_Add", _) => RetryClass::Create,
+        ("Task_AddCollection", _) => RetryClass::Collection,
+        // A patch sets the same values again; GET/HEAD/DELETE/PUT are idempotent.
+        (_, M::Get | M::Head | M::Delete | M::Put | M::Patch) => RetryClass::Idempotent,
+        (_, M::Post) => RetryClass::Action,
+    }
 }
 
 const RETRYABLE_STATUSES: [u16; 6] = [408, 429, 500, 502, 503, 504];
@@ -218,32 +243,59 @@ impl BatchClient {
         &self.inner.options
     }
 
-    /// URL for path segments (each percent-encoded as one segment) plus query pairs; adds
-    /// `api-version` and the configured `timeout`.
-    pub(crate) fn url(&self, segments: &[&str], query: &[(&str, String)]) -> url::Url {
+    /// The call that sends `request`: its path appended to the endpoint's, its query with this
+    /// client's api-version (and `timeout`, when configured), its body as compact JSON.
+    pub(crate) fn call_for(&self, request: &Request) -> Result<Call> {
+        if request.definition.is_some() && request.body.is_none() {
+            return Err(BatchError::Serialize {
+                what: request.definition.unwrap_or_default().to_owned(),
+                message: format!("the body of {} did not serialize", request.operation),
+            });
+        }
+        let opts = &self.inner.options;
+        let mut query = request.query.clone();
+        for (k, v) in query.iter_mut() {
+            if k == "api-version" {
+                v.clone_from(&opts.api_version);
+            }
+        }
+        if !query.iter().any(|(k, _)| k == "timeout") {
+            let timeout = match opts.server_timeout {
+                Some(t) => Some(t),
+                // The service works on a collection for up to 30 s by default: a client that
+                // gives up sooner tells it so.
+                None if request.operation == "Task_AddCollection"
+                    && opts.request_timeout < Duration::from_secs(30) =>
+                {
+                    Some(opts.request_timeout.as_secs().max(1) as u32)
+                }
+                None => None,
+            };
+            if let Some(t) = timeout {
+                query.push(("timeout".to_owned(), t.to_string()));
+            }
+        }
         let mut url = self.inner.endpoint.clone();
-        {
-            // An http(s) URL with a host always has path segments.
-            if let Ok(mut segs) = url.path_segments_mut() {
-                segs.pop_if_empty();
-                for s in segments {
-                    segs.push(s);
-                }
-            }
+        let path = format!("{}{}", url.path().trim_end_matches('/'), request.path);
+        url.set_path(&path);
+        if url.path() != path {
+            // `.` and `..` segments would be resolved away: refuse rather than send elsewhere.
+            return Err(BatchError::Config {
+                field: "path".into(),
+                message: format!(
+                    "{} path `{}` is not sendable as is",
+                    request.operation, request.path
+                ),
+            });
         }
-        {
-            let mut q = url.query_pairs_mut();
-            q.append_pair("api-version", &self.inner.options.api_version);
-            for (k, v) in query {
-                q.append_pair(k, v);
-            }
-            if let Some(t) = self.inner.options.server_timeout {
-                if !query.iter().any(|(k, _)| *k == "timeout") {
-                    q.append_pair("timeout", &t.to_string());
-                }
-            }
-        }
-        url
+        url.set_query(Some(&encode_query(&query)));
+        Ok(Call {
+            method: http_method(request.method),
+            url,
+            body: request.body_bytes().map(Bytes::from),
+            headers: Vec::new(),
+            class: retry_class(request),
+        })
     }
 
     /// Checks an `odata.nextLink` points at our endpoint and carries the api-version.
@@ -692,9 +744,61 @@ mod tests {
     fn urls_encode_each_segment() {
         let cred = crate::SharedKeyCredential::new("a", "a2V5").expect("cred");
         let c = BatchClient::new("http://127.0.0.1:9", cred).expect("client");
-        let u = c.url(&["jobs", "j 1", "tasks", "t", "files", "wd/out.txt"], &[]);
+        let r = crate::request::get_task_file("j 1", "t", "wd/out.txt");
+        let u = c.call_for(&r).expect("sendable").url;
         assert_eq!(u.path(), "/jobs/j%201/tasks/t/files/wd%2Fout.txt");
         assert_eq!(u.query(), Some("api-version=2024-07-01.20.0"));
+        assert_eq!(
+            format!("{}?{}", u.path(), u.query().unwrap_or("")),
+            r.path_and_query()
+        );
+    }
+
+    #[test]
+    fn url_keeps_the_endpoint_path_and_refuses_dot_segments() {
+        let cred = crate::SharedKeyCredential::new("a", "a2V5").expect("cred");
+        let c = BatchClient::new("http://127.0.0.1:9/batch/", cred).expect("client");
+        let u = c
+            .call_for(&crate::request::get_job("j"))
+            .expect("sendable")
+            .url;
+        assert_eq!(u.path(), "/batch/jobs/j");
+        let e = c
+            .call_for(&crate::request::get_job(".."))
+            .expect_err("`..` resolves away");
+        assert!(e.to_string().contains("`path`"), "{e}");
+    }
+
+    #[test]
+    fn options_change_only_api_version_and_timeout() {
+        let cred = crate::SharedKeyCredential::new("a", "a2V5").expect("cred");
+        let options = ClientOptions {
+            api_version: "2023-05-01.17.0".into(),
+            server_timeout: Some(20),
+            ..ClientOptions::default()
+        };
+        let c = BatchClient::with_options("http://127.0.0.1:9", cred, options).expect("client");
+        let u = c
+            .call_for(&crate::request::list_pools(&Default::default()))
+            .expect("ok")
+            .url;
+        assert_eq!(u.query(), Some("api-version=2023-05-01.17.0&timeout=20"));
+        let cred = crate::SharedKeyCredential::new("a", "a2V5").expect("cred");
+        let quick = ClientOptions {
+            request_timeout: Duration::from_secs(10),
+            ..ClientOptions::default()
+        };
+        let c = BatchClient::with_options("http://127.0.0.1:9", cred, quick).expect("client");
+        let tasks = [crate::models::TaskAddParameter::new("t", "true")];
+        let r = crate::request::add_task_collection("j", &tasks).remove(0);
+        let call = c.call_for(&r).expect("ok");
+        assert_eq!(
+            call.url.query(),
+            Some("api-version=2024-07-01.20.0&timeout=10")
+        );
+        assert_eq!(call.class, RetryClass::Collection);
+        let job = c.call_for(&crate::request::get_job("j")).expect("ok");
+        assert_eq!(job.url.query(), Some("api-version=2024-07-01.20.0"));
     }
 
     #[test]

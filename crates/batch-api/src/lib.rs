@@ -21,6 +21,10 @@
 //! - List operations return `futures::Stream`s that follow `odata.nextLink`.
 //! - [`BatchClient::add_task_collection`] submits any number of tasks in ≤ 100-task,
 //!   < 1 MB chunks, concurrently, and reports a per-task [`TaskAddOutcome`].
+//! - Every call is built from a pure description in [`request`] (method, path, query, body
+//!   definition, body) and sent exactly as described; `--dry-run` prints the same
+//!   descriptions.
+//! - The models are the `shipyard-batch-models` crate (serde only), re-exported as [`models`].
 //! - Errors are [`BatchError`]; they never contain the key or a token.
 
 #![warn(missing_docs)]
@@ -28,18 +32,21 @@
 pub mod auth;
 mod client;
 pub mod error;
-pub mod models;
 mod ops;
 mod paging;
+pub mod request;
 mod task_collection;
 mod wait;
 
-pub use auth::{
-    AccessToken, ClientSecretCredential, Credential, Secret, SharedKeyCredential, TokenSource,
-};
-pub use client::{BatchClient, ClientOptions, RetryPolicy, API_VERSION, JSON_CONTENT_TYPE};
+/// The Batch REST models (the `shipyard-batch-models` crate).
+pub use shipyard_batch_models as models;
+pub use shipyard_batch_models::{Secret, API_VERSION};
+
+pub use auth::{AccessToken, ClientSecretCredential, Credential, SharedKeyCredential, TokenSource};
+pub use client::{BatchClient, ClientOptions, RetryPolicy, JSON_CONTENT_TYPE};
 pub use error::{BatchError, ErrorDetail, Result, ServiceError};
 pub use ops::{ByteRange, Created, Downloaded};
-pub use paging::{collect_all, ListOptions};
-pub use task_collection::{TaskAddOutcome, TaskCollectionReport, MAX_TASKS_PER_REQUEST};
+pub use paging::collect_all;
+pub use request::{ListOptions, MAX_TASKS_PER_REQUEST, MAX_TASK_COLLECTION_BYTES};
+pub use task_collection::{TaskAddOutcome, TaskCollectionReport};
 pub use wait::WaitOptions;

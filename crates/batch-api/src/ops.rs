@@ -2,22 +2,20 @@
 
 use std::path::Path;
 
-use bytes::Bytes;
 use futures::stream::BoxStream;
 use futures::StreamExt as _;
 use reqwest::header::{HeaderName, HeaderValue};
-use reqwest::Method;
-use serde::Serialize;
+use serde::de::DeserializeOwned;
 use tokio::io::{AsyncSeekExt as _, AsyncWriteExt as _};
 
-use crate::client::{header_str, BatchClient, Call, RetryClass};
+use crate::client::{header_str, BatchClient};
 use crate::error::{BatchError, Result};
 use crate::models::{
     CloudJob, CloudPool, CloudTask, CloudTaskListSubtasksResult, ComputeNode, JobAddParameter,
-    JobPatchParameter, JobPreparationAndReleaseTaskExecutionInformation, JobTerminateParameter,
-    NodeFile, PoolAddParameter, PoolResizeParameter, SubtaskInformation, TaskAddParameter,
+    JobPatchParameter, JobPreparationAndReleaseTaskExecutionInformation, NodeFile,
+    PoolAddParameter, PoolResizeParameter, SubtaskInformation, TaskAddParameter,
 };
-use crate::paging::ListOptions;
+use crate::request::{self, ListOptions, Request};
 
 /// Result of a create call (`add_pool`, `add_job`, `add_task`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,31 +60,11 @@ impl ByteRange {
     }
 }
 
-fn to_body<T: Serialize>(what: &str, value: &T) -> Result<Bytes> {
-    serde_json::to_vec(value)
-        .map(Bytes::from)
-        .map_err(|e| BatchError::Serialize {
-            what: what.to_owned(),
-            message: e.to_string(),
-        })
-}
-
 impl BatchClient {
-    fn call(&self, method: Method, url: url::Url, class: RetryClass) -> Call {
-        Call {
-            method,
-            url,
-            body: None,
-            headers: Vec::new(),
-            class,
-        }
-    }
-
-    async fn create(&self, segments: &[&str], what: &str, body: Bytes) -> Result<Created> {
-        let mut call = self.call(Method::POST, self.url(segments, &[]), RetryClass::Create);
-        call.body = Some(body);
-        tracing::debug!(what, "create");
-        let reply = self.execute(call).await?;
+    /// A create (`Pool_Add`, `Job_Add`, `Task_Add`): a retry answered `…Exists` is success.
+    async fn create(&self, request: Request) -> Result<Created> {
+        tracing::debug!(operation = request.operation, "create");
+        let reply = self.execute(self.call_for(&request)?).await?;
         Ok(Created {
             already_existed: reply.already_existed,
             etag: header_str(&reply.headers, "etag"),
@@ -97,8 +75,10 @@ impl BatchClient {
         })
     }
 
-    async fn no_content(&self, call: Call) -> Result<()> {
-        let reply = self.execute(call).await?;
+    /// Sends a request whose reply has no body worth reading (202/204 actions, deletes,
+    /// patches).
+    async fn no_content(&self, request: Request) -> Result<()> {
+        let reply = self.execute(self.call_for(&request)?).await?;
         // Drain the body so the connection returns to the pool.
         if let Some(r) = reply.response {
             let _ = r.bytes().await;
@@ -106,55 +86,19 @@ impl BatchClient {
         Ok(())
     }
 
-    /// A DELETE (202: deletion started); repeating it is harmless, so it retries like a GET.
-    async fn delete(&self, segments: &[&str]) -> Result<()> {
-        let call = self.call(
-            Method::DELETE,
-            self.url(segments, &[]),
-            RetryClass::Idempotent,
-        );
-        self.no_content(call).await
+    async fn get_json<T: DeserializeOwned>(&self, request: Request) -> Result<T> {
+        self.json(self.call_for(&request)?).await
     }
 
-    /// A non-idempotent POST action, retried only when the service provably did not act on it.
-    async fn action(&self, segments: &[&str], body: Option<Bytes>) -> Result<()> {
-        let mut call = self.call(Method::POST, self.url(segments, &[]), RetryClass::Action);
-        call.body = body;
-        self.no_content(call).await
-    }
-
-    async fn get_json<T: serde::de::DeserializeOwned>(
-        &self,
-        segments: &[&str],
-        query: &[(&str, String)],
-    ) -> Result<T> {
-        let call = self.call(
-            Method::GET,
-            self.url(segments, query),
-            RetryClass::Idempotent,
-        );
-        self.json(call).await
-    }
-
-    fn list<T>(&self, segments: &[&str], options: &ListOptions) -> BoxStream<'static, Result<T>>
+    /// A list operation: its first page is `request`, then `odata.nextLink`.
+    fn list<T>(&self, request: Request) -> BoxStream<'static, Result<T>>
     where
-        T: serde::de::DeserializeOwned + Send + 'static,
+        T: DeserializeOwned + Send + 'static,
     {
-        self.list_with(segments, options, &[])
-    }
-
-    fn list_with<T>(
-        &self,
-        segments: &[&str],
-        options: &ListOptions,
-        extra: &[(&str, String)],
-    ) -> BoxStream<'static, Result<T>>
-    where
-        T: serde::de::DeserializeOwned + Send + 'static,
-    {
-        let mut q = options.query();
-        q.extend(extra.iter().map(|(k, v)| (*k, v.clone())));
-        self.paged(self.url(segments, &q))
+        match self.call_for(&request) {
+            Ok(call) => self.paged(call.url),
+            Err(e) => futures::stream::once(async move { Err(e) }).boxed(),
+        }
     }
 
     // ------------------------------------------------------------------ pools
@@ -162,33 +106,31 @@ impl BatchClient {
     /// `Pool_Add`. Retried with the same id after a lost reply; a retry answered
     /// `PoolExists` returns `Created { already_existed: true, .. }`.
     pub async fn add_pool(&self, pool: &PoolAddParameter) -> Result<Created> {
-        self.create(&["pools"], "pool", to_body("PoolAddParameter", pool)?)
-            .await
+        self.create(request::add_pool(pool)).await
     }
 
     /// `Pool_Get`.
     pub async fn get_pool(&self, pool_id: &str) -> Result<CloudPool> {
-        self.get_json(&["pools", pool_id], &[]).await
+        self.get_json(request::get_pool(pool_id)).await
     }
 
     /// `Pool_List`: all pools, following `odata.nextLink`.
     pub fn list_pools(&self, options: &ListOptions) -> BoxStream<'static, Result<CloudPool>> {
-        self.list(&["pools"], options)
+        self.list(request::list_pools(options))
     }
 
-    /// `Pool_Delete` (202: deletion started).
+    /// `Pool_Delete` (202: deletion started). Repeating it is harmless, so it retries like a
+    /// GET; a retry answered 404 or `PoolBeingDeleted` is success.
     pub async fn delete_pool(&self, pool_id: &str) -> Result<()> {
-        self.delete(&["pools", pool_id]).await
+        self.no_content(request::delete_pool(pool_id)).await
     }
 
     /// `Pool_Exists` (HEAD): `false` on 404.
     pub async fn pool_exists(&self, pool_id: &str) -> Result<bool> {
-        let call = self.call(
-            Method::HEAD,
-            self.url(&["pools", pool_id], &[]),
-            RetryClass::Idempotent,
-        );
-        match self.execute(call).await {
+        match self
+            .execute(self.call_for(&request::pool_exists(pool_id))?)
+            .await
+        {
             Ok(_) => Ok(true),
             Err(e) if e.is_not_found() => Ok(false),
             Err(e) => Err(e),
@@ -197,8 +139,7 @@ impl BatchClient {
 
     /// `Pool_Resize`. A non-idempotent action: retried only on 429/503/connection refused.
     pub async fn resize_pool(&self, pool_id: &str, resize: &PoolResizeParameter) -> Result<()> {
-        let body = to_body("PoolResizeParameter", resize)?;
-        self.action(&["pools", pool_id, "resize"], Some(body)).await
+        self.no_content(request::resize_pool(pool_id, resize)).await
     }
 
     // ------------------------------------------------------------------ nodes
@@ -209,57 +150,41 @@ impl BatchClient {
         pool_id: &str,
         options: &ListOptions,
     ) -> BoxStream<'static, Result<ComputeNode>> {
-        self.list(&["pools", pool_id, "nodes"], options)
+        self.list(request::list_nodes(pool_id, options))
     }
 
     // ------------------------------------------------------------------ jobs
 
     /// `Job_Add`; a retry answered `JobExists` counts as success (`already_existed`).
     pub async fn add_job(&self, job: &JobAddParameter) -> Result<Created> {
-        self.create(&["jobs"], "job", to_body("JobAddParameter", job)?)
-            .await
+        self.create(request::add_job(job)).await
     }
 
     /// `Job_Get`.
     pub async fn get_job(&self, job_id: &str) -> Result<CloudJob> {
-        self.get_json(&["jobs", job_id], &[]).await
+        self.get_json(request::get_job(job_id)).await
     }
 
     /// `Job_List`.
     pub fn list_jobs(&self, options: &ListOptions) -> BoxStream<'static, Result<CloudJob>> {
-        self.list(&["jobs"], options)
+        self.list(request::list_jobs(options))
     }
 
     /// `Job_Delete` (202: deletion started).
     pub async fn delete_job(&self, job_id: &str) -> Result<()> {
-        self.delete(&["jobs", job_id]).await
+        self.no_content(request::delete_job(job_id)).await
     }
 
     /// `Job_Terminate`. A non-idempotent action: retried only on 429/503/connection refused.
     pub async fn terminate_job(&self, job_id: &str, reason: Option<&str>) -> Result<()> {
-        let body = match reason {
-            Some(reason) => {
-                let p = JobTerminateParameter {
-                    terminate_reason: Some(reason.to_owned()),
-                    ..Default::default()
-                };
-                Some(to_body("JobTerminateParameter", &p)?)
-            }
-            None => None,
-        };
-        self.action(&["jobs", job_id, "terminate"], body).await
+        self.no_content(request::terminate_job(job_id, reason))
+            .await
     }
 
     /// `Job_Patch`: sets the given properties. Repeating a patch sets the same values, so it
     /// is retried like a GET.
     pub async fn patch_job(&self, job_id: &str, patch: &JobPatchParameter) -> Result<()> {
-        let mut call = self.call(
-            Method::PATCH,
-            self.url(&["jobs", job_id], &[]),
-            RetryClass::Idempotent,
-        );
-        call.body = Some(to_body("JobPatchParameter", patch)?);
-        self.no_content(call).await
+        self.no_content(request::patch_job(job_id, patch)).await
     }
 
     /// `Job_ListPreparationAndReleaseTaskStatus`.
@@ -268,28 +193,21 @@ impl BatchClient {
         job_id: &str,
         options: &ListOptions,
     ) -> BoxStream<'static, Result<JobPreparationAndReleaseTaskExecutionInformation>> {
-        self.list(
-            &["jobs", job_id, "jobpreparationandreleasetaskstatus"],
-            options,
-        )
+        self.list(request::list_preparation_and_release_status(
+            job_id, options,
+        ))
     }
 
     // ------------------------------------------------------------------ tasks
 
     /// `Task_Add`; a retry answered `TaskExists` counts as success (`already_existed`).
     pub async fn add_task(&self, job_id: &str, task: &TaskAddParameter) -> Result<Created> {
-        self.create(
-            &["jobs", job_id, "tasks"],
-            "task",
-            to_body("TaskAddParameter", task)?,
-        )
-        .await
+        self.create(request::add_task(job_id, task)).await
     }
 
     /// `Task_Get`.
     pub async fn get_task(&self, job_id: &str, task_id: &str) -> Result<CloudTask> {
-        self.get_json(&["jobs", job_id, "tasks", task_id], &[])
-            .await
+        self.get_json(request::get_task(job_id, task_id)).await
     }
 
     /// `Task_List`.
@@ -298,18 +216,18 @@ impl BatchClient {
         job_id: &str,
         options: &ListOptions,
     ) -> BoxStream<'static, Result<CloudTask>> {
-        self.list(&["jobs", job_id, "tasks"], options)
+        self.list(request::list_tasks(job_id, options))
     }
 
     /// `Task_Terminate`. A non-idempotent action: retried only on 429/503/connection refused.
     pub async fn terminate_task(&self, job_id: &str, task_id: &str) -> Result<()> {
-        self.action(&["jobs", job_id, "tasks", task_id, "terminate"], None)
+        self.no_content(request::terminate_task(job_id, task_id))
             .await
     }
 
     /// `Task_Delete`.
     pub async fn delete_task(&self, job_id: &str, task_id: &str) -> Result<()> {
-        self.delete(&["jobs", job_id, "tasks", task_id]).await
+        self.no_content(request::delete_task(job_id, task_id)).await
     }
 
     /// `Task_ListSubtasks`: the subtasks of a multi-instance task.
@@ -319,7 +237,7 @@ impl BatchClient {
         task_id: &str,
     ) -> Result<Vec<SubtaskInformation>> {
         let r: CloudTaskListSubtasksResult = self
-            .get_json(&["jobs", job_id, "tasks", task_id, "subtasksinfo"], &[])
+            .get_json(request::list_subtasks(job_id, task_id))
             .await?;
         Ok(r.value.unwrap_or_default())
     }
@@ -334,11 +252,9 @@ impl BatchClient {
         recursive: bool,
         options: &ListOptions,
     ) -> BoxStream<'static, Result<NodeFile>> {
-        self.list_with(
-            &["jobs", job_id, "tasks", task_id, "files"],
-            options,
-            &[("recursive", recursive.to_string())],
-        )
+        self.list(request::list_task_files(
+            job_id, task_id, recursive, options,
+        ))
     }
 
     /// `File_ListFromComputeNode`.
@@ -349,11 +265,9 @@ impl BatchClient {
         recursive: bool,
         options: &ListOptions,
     ) -> BoxStream<'static, Result<NodeFile>> {
-        self.list_with(
-            &["pools", pool_id, "nodes", node_id, "files"],
-            options,
-            &[("recursive", recursive.to_string())],
-        )
+        self.list(request::list_node_files(
+            pool_id, node_id, recursive, options,
+        ))
     }
 
     /// `File_GetFromTask`, streamed to `dest` (created or truncated). `range` sets `ocp-range`.
@@ -366,8 +280,8 @@ impl BatchClient {
         dest: &Path,
         range: Option<ByteRange>,
     ) -> Result<Downloaded> {
-        let segs = ["jobs", job_id, "tasks", task_id, "files", file_path];
-        self.download(&segs, dest, range).await
+        let r = request::get_task_file(job_id, task_id, file_path);
+        self.download(&r, dest, range).await
     }
 
     /// `File_GetFromComputeNode`, streamed to `dest`; see [`BatchClient::download_task_file`].
@@ -379,13 +293,13 @@ impl BatchClient {
         dest: &Path,
         range: Option<ByteRange>,
     ) -> Result<Downloaded> {
-        let segs = ["pools", pool_id, "nodes", node_id, "files", file_path];
-        self.download(&segs, dest, range).await
+        let r = request::get_node_file(pool_id, node_id, file_path);
+        self.download(&r, dest, range).await
     }
 
     async fn download(
         &self,
-        segments: &[&str],
+        request: &Request,
         dest: &Path,
         range: Option<ByteRange>,
     ) -> Result<Downloaded> {
@@ -399,7 +313,7 @@ impl BatchClient {
         let max_resumes = self.inner.options.retry.max_attempts.max(1);
         loop {
             requests += 1;
-            let mut call = self.call(Method::GET, self.url(segments, &[]), RetryClass::Idempotent);
+            let mut call = self.call_for(request)?;
             call.headers.push((
                 HeaderName::from_static("accept"),
                 HeaderValue::from_static("*/*"),

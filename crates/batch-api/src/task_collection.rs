@@ -4,16 +4,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{BufMut as _, Bytes, BytesMut};
 use futures::StreamExt as _;
-use reqwest::Method;
 
-use crate::client::{BatchClient, Call, RetryClass};
+use crate::client::BatchClient;
 use crate::error::{BatchError, ErrorDetail, ServiceError};
 use crate::models::{TaskAddCollectionResult, TaskAddParameter, TaskAddResult, TaskAddStatus};
-
-/// Most tasks one `addtaskcollection` request may carry.
-pub const MAX_TASKS_PER_REQUEST: usize = 100;
+use crate::request;
 
 /// Per-task error codes worth re-submitting even when reported as `clienterror`.
 const RETRYABLE_TASK_CODES: [&str; 5] = [
@@ -23,9 +19,6 @@ const RETRYABLE_TASK_CODES: [&str; 5] = [
     "TooManyRequests",
     "ServiceUnavailable",
 ];
-
-/// `{"value":[` + `]}`.
-const ENVELOPE_BYTES: usize = 12;
 
 /// What happened to one task of [`BatchClient::add_task_collection`].
 #[derive(Debug, Clone)]
@@ -78,26 +71,11 @@ impl TaskCollectionReport {
 struct Item {
     index: usize,
     id: String,
-    json: Bytes,
     /// Submitted before (so `TaskExists` means our earlier submission created it).
     sent: bool,
 }
 
 type Outcomes = Vec<(usize, TaskAddOutcome)>;
-
-fn envelope(items: &[Item]) -> Bytes {
-    let len = ENVELOPE_BYTES + items.iter().map(|i| i.json.len() + 1).sum::<usize>();
-    let mut b = BytesMut::with_capacity(len);
-    b.put_slice(b"{\"value\":[");
-    for (n, i) in items.iter().enumerate() {
-        if n > 0 {
-            b.put_u8(b',');
-        }
-        b.put_slice(&i.json);
-    }
-    b.put_slice(b"]}");
-    b.freeze()
-}
 
 fn task_error(job_id: &str, r: &TaskAddResult) -> BatchError {
     let (code, message, details) = match &r.error {
@@ -153,55 +131,31 @@ impl BatchClient {
         tasks: Vec<TaskAddParameter>,
     ) -> TaskCollectionReport {
         let opts = &self.inner.options;
-        let limit = opts.max_body_bytes.max(ENVELOPE_BYTES + 2);
         let total = tasks.len();
-        let mut slots: Vec<Option<(String, TaskAddOutcome)>> = Vec::with_capacity(total);
-        let mut chunks: Vec<Vec<Item>> = Vec::new();
-        let mut current: Vec<Item> = Vec::new();
-        let mut current_bytes = ENVELOPE_BYTES;
-        for (index, task) in tasks.into_iter().enumerate() {
-            let id = task.id.clone();
-            let json = match serde_json::to_vec(&task) {
-                Ok(j) => Bytes::from(j),
-                Err(e) => {
-                    slots.push(Some((
-                        id.clone(),
-                        TaskAddOutcome::Failed(Arc::new(BatchError::Serialize {
-                            what: format!("task `{id}`"),
-                            message: e.to_string(),
-                        })),
-                    )));
-                    continue;
-                }
-            };
-            if ENVELOPE_BYTES + json.len() > limit {
-                slots.push(Some((
-                    id.clone(),
-                    TaskAddOutcome::Failed(Arc::new(BatchError::TaskTooLarge {
-                        task_id: id,
-                        size: json.len(),
-                        limit,
-                    })),
-                )));
-                continue;
+        let plan = request::task_collection_chunks(&tasks, opts.max_body_bytes);
+        let mut slots: Vec<(String, TaskAddOutcome)> = tasks
+            .iter()
+            .map(|t| (t.id.clone(), TaskAddOutcome::Created))
+            .collect();
+        for (index, e) in plan.rejected {
+            if let Some(slot) = slots.get_mut(index) {
+                slot.1 = TaskAddOutcome::Failed(Arc::new(e));
             }
-            slots.push(Some((id.clone(), TaskAddOutcome::Created)));
-            let add = json.len() + usize::from(!current.is_empty());
-            if current.len() == MAX_TASKS_PER_REQUEST || current_bytes + add > limit {
-                chunks.push(std::mem::take(&mut current));
-                current_bytes = ENVELOPE_BYTES;
-            }
-            current_bytes += json.len() + usize::from(!current.is_empty());
-            current.push(Item {
-                index,
-                id,
-                json,
-                sent: false,
-            });
         }
-        if !current.is_empty() {
-            chunks.push(current);
-        }
+        let chunks: Vec<Vec<Item>> = plan
+            .chunks
+            .into_iter()
+            .map(|indices| {
+                indices
+                    .into_iter()
+                    .map(|index| Item {
+                        index,
+                        id: slots.get(index).map(|s| s.0.clone()).unwrap_or_default(),
+                        sent: false,
+                    })
+                    .collect()
+            })
+            .collect();
         let requests = Arc::new(std::sync::atomic::AtomicU32::new(0));
         let concurrency = opts.task_collection_concurrency.max(1);
         tracing::debug!(
@@ -210,36 +164,35 @@ impl BatchClient {
             chunks = chunks.len(),
             "add_task_collection"
         );
-        let mut results = futures::stream::iter(chunks.into_iter().map(|chunk| {
+        let tasks = &tasks;
+        let mut results = futures::stream::iter(chunks.into_iter().map(|items| {
             let requests = requests.clone();
-            async move { self.submit_chunk(job_id, chunk, &requests).await }
+            async move { self.submit_chunk(job_id, tasks, items, &requests).await }
         }))
         .buffer_unordered(concurrency);
         while let Some(outcomes) = results.next().await {
             for (index, outcome) in outcomes {
-                if let Some(Some(slot)) = slots.get_mut(index) {
+                if let Some(slot) = slots.get_mut(index) {
                     slot.1 = outcome;
                 }
             }
         }
         TaskCollectionReport {
-            outcomes: slots.into_iter().flatten().collect(),
+            outcomes: slots,
             requests: requests.load(std::sync::atomic::Ordering::Relaxed),
         }
     }
 
+    /// Submits one chunk of `tasks` (by index): each round one request of the tasks still
+    /// pending, built with [`request::task_collection_request`].
     async fn submit_chunk(
         &self,
         job_id: &str,
+        tasks: &[TaskAddParameter],
         items: Vec<Item>,
         requests: &std::sync::atomic::AtomicU32,
     ) -> Outcomes {
         let rounds = self.inner.options.task_retry_rounds;
-        // Server-side processing budget of one request (seconds; the service caps it at 30).
-        let server_timeout =
-            self.inner.options.server_timeout.unwrap_or_else(|| {
-                self.inner.options.request_timeout.as_secs().clamp(1, 30) as u32
-            });
         let mut done: Outcomes = Vec::with_capacity(items.len());
         let mut pending = items;
         let mut last_errors: std::collections::HashMap<usize, Arc<BatchError>> = Default::default();
@@ -268,27 +221,25 @@ impl BatchClient {
             }
             round += 1;
             requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let call = Call {
-                method: Method::POST,
-                url: self.url(
-                    &["jobs", job_id, "addtaskcollection"],
-                    &[("timeout", server_timeout.to_string())],
-                ),
-                body: Some(envelope(&pending)),
-                headers: Vec::new(),
-                class: RetryClass::Collection,
+            let req = request::task_collection_request(
+                job_id,
+                pending.iter().filter_map(|i| tasks.get(i.index)),
+            );
+            let sent = match self.call_for(&req) {
+                Ok(call) => {
+                    self.json_with_attempts::<TaskAddCollectionResult>(call)
+                        .await
+                }
+                Err(e) => Err(e),
             };
-            let reply = match self
-                .json_with_attempts::<TaskAddCollectionResult>(call)
-                .await
-            {
+            let reply = match sent {
                 Ok(r) => r,
                 Err(e) if e.status() == Some(413) && pending.len() > 1 => {
                     // Too large after all: split and submit the halves.
                     let mut a = pending;
                     let b = a.split_off(a.len() / 2);
-                    let left = Box::pin(self.submit_chunk(job_id, a, requests)).await;
-                    let right = Box::pin(self.submit_chunk(job_id, b, requests)).await;
+                    let left = Box::pin(self.submit_chunk(job_id, tasks, a, requests)).await;
+                    let right = Box::pin(self.submit_chunk(job_id, tasks, b, requests)).await;
                     done.extend(left);
                     done.extend(right);
                     return done;

@@ -10,7 +10,7 @@ use crate::models::{
     AllocationState, CloudJob, CloudPool, CloudTask, ComputeNode, ComputeNodeState, JobState,
     TaskState,
 };
-use crate::paging::ListOptions;
+use crate::request::ListOptions;
 
 /// Timeout and poll interval of a wait helper.
 #[derive(Debug, Clone, Copy)]

@@ -134,6 +134,10 @@ pub struct Spec {
 }
 
 static SHARED: OnceLock<Spec> = OnceLock::new();
+static SHARED_2025: OnceLock<Spec> = OnceLock::new();
+
+/// The api-versions [`Spec::for_api_version`] knows, with the spellings clients send.
+pub const API_VERSIONS: [&str; 3] = ["2024-07-01.20.0", "2025-06-01.21.0", "2025-06-01"];
 
 impl Spec {
     /// Loads the vendored spec: the file named by `SHIPYARD_BATCH_SPEC`, or else
@@ -175,6 +179,26 @@ impl Spec {
         }
         let spec = Spec::load()?;
         Ok(SHARED.get_or_init(|| spec))
+    }
+
+    /// The spec of a served api-version: `2024-07-01.20.0` is [`Spec::try_shared`];
+    /// `2025-06-01.21.0` (also spelled `2025-06-01`, as the azure-batch 15.1.0 Python SDK sends
+    /// it) is `spec/2025-06-01.21.0/BatchService.min.json`, loaded once. `Ok(None)` for any
+    /// other version.
+    pub fn for_api_version(version: &str) -> Result<Option<&'static Spec>, SchemaError> {
+        match version {
+            "2024-07-01.20.0" => Spec::try_shared().map(Some),
+            "2025-06-01.21.0" | "2025-06-01" => {
+                if let Some(spec) = SHARED_2025.get() {
+                    return Ok(Some(spec));
+                }
+                let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("spec/2025-06-01.21.0/BatchService.min.json");
+                let spec = Spec::from_file(&path)?;
+                Ok(Some(SHARED_2025.get_or_init(|| spec)))
+            }
+            _ => Ok(None),
+        }
     }
 
     /// [`Spec::try_shared`] for tests, which want the spec or a clear failure.

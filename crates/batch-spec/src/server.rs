@@ -28,7 +28,7 @@
 //! # Ok(()) }
 //! ```
 
-mod auth;
+pub mod auth;
 mod http;
 mod ops;
 mod state;

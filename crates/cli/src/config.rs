@@ -29,8 +29,8 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
-use shipyard_runtime::{JobSpec, NumInstances, RuntimeError};
+use serde::Deserialize;
+use shipyard_runtime::{Field, FieldPath, JobSpec, PoolSpec, RuntimeError, Scope, Segment};
 
 /// Environment variable with the Batch account name (wins over the config).
 pub const ENV_ACCOUNT_NAME: &str = "SHIPYARD_BATCH_ACCOUNT_NAME";
@@ -120,167 +120,6 @@ pub struct AadCredentials {
     pub authority_url: Option<String>,
 }
 
-/// `[pool_specification]`: the nodes a job runs on (Batch Shipyard's `pool.yaml`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PoolSpecification {
-    /// The Batch pool id.
-    pub id: String,
-    /// Azure VM size, e.g. `Standard_HB120rs_v3` (Azure only).
-    #[serde(default = "default_vm_size")]
-    pub vm_size: String,
-    /// Number of nodes: an integer (dedicated) or `{ dedicated = 2, low_priority = 0 }`.
-    #[serde(default)]
-    pub vm_count: VmCount,
-    /// Required for multi-instance (MPI) tasks.
-    #[serde(default)]
-    pub inter_node_communication_enabled: bool,
-    /// Batch task slots per node (Batch Shipyard's `task_slots_per_node`).
-    #[serde(default = "one", alias = "max_tasks_per_node")]
-    pub task_slots_per_node: u32,
-    /// The node image.
-    #[serde(default)]
-    pub vm_configuration: VmConfiguration,
-    /// ssh `Host` pattern matching the nodes' addresses (default `10.*`).
-    #[serde(default)]
-    pub subnet_pattern: Option<String>,
-    /// Cores per node, when known (used for `processes_per_node` defaults).
-    #[serde(default)]
-    pub cores_per_node: Option<u32>,
-}
-
-fn default_vm_size() -> String {
-    "Standard_D2s_v5".to_string()
-}
-
-fn one() -> u32 {
-    1
-}
-
-/// `vm_count`: a plain integer or dedicated / low-priority counts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(untagged)]
-pub enum VmCount {
-    /// Dedicated nodes only.
-    Dedicated(u32),
-    /// Both kinds.
-    Split {
-        /// Dedicated nodes.
-        #[serde(default)]
-        dedicated: u32,
-        /// Low-priority (spot) nodes.
-        #[serde(default)]
-        low_priority: u32,
-    },
-}
-
-impl Default for VmCount {
-    fn default() -> Self {
-        VmCount::Dedicated(1)
-    }
-}
-
-impl VmCount {
-    /// Dedicated nodes.
-    pub fn dedicated(self) -> u32 {
-        match self {
-            VmCount::Dedicated(n) => n,
-            VmCount::Split { dedicated, .. } => dedicated,
-        }
-    }
-
-    /// Low-priority nodes.
-    pub fn low_priority(self) -> u32 {
-        match self {
-            VmCount::Dedicated(_) => 0,
-            VmCount::Split { low_priority, .. } => low_priority,
-        }
-    }
-
-    /// All nodes.
-    pub fn total(self) -> u32 {
-        self.dedicated().saturating_add(self.low_priority())
-    }
-}
-
-/// `[pool_specification.vm_configuration]`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct VmConfiguration {
-    /// A marketplace image.
-    #[serde(default)]
-    pub platform_image: PlatformImage,
-}
-
-/// `[pool_specification.vm_configuration.platform_image]`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PlatformImage {
-    /// Image publisher, e.g. `microsoft-dsvm`.
-    pub publisher: String,
-    /// Image offer, e.g. `ubuntu-hpc`.
-    pub offer: String,
-    /// Image SKU, e.g. `2204`.
-    pub sku: String,
-    /// Image version (default `latest`).
-    #[serde(default = "latest")]
-    pub version: String,
-    /// Batch node agent SKU, e.g. `batch.node.ubuntu 22.04` or `batch.node.windows amd64`.
-    pub node_agent_sku_id: String,
-    /// Batch runs the containers (pool `containerConfiguration`); otherwise shipyard drives
-    /// Docker on the nodes ("non-native").
-    #[serde(default)]
-    pub native: bool,
-}
-
-fn latest() -> String {
-    "latest".to_string()
-}
-
-impl Default for PlatformImage {
-    fn default() -> Self {
-        PlatformImage {
-            publisher: "microsoft-dsvm".into(),
-            offer: "ubuntu-hpc".into(),
-            sku: "2204".into(),
-            version: latest(),
-            node_agent_sku_id: "batch.node.ubuntu 22.04".into(),
-            native: false,
-        }
-    }
-}
-
-impl PoolSpecification {
-    /// True for Windows node agents.
-    pub fn is_windows(&self) -> bool {
-        self.vm_configuration
-            .platform_image
-            .node_agent_sku_id
-            .to_ascii_lowercase()
-            .contains("windows")
-    }
-
-    /// The facts a runtime plans against.
-    pub fn facts(&self) -> shipyard_runtime::PoolFacts {
-        shipyard_runtime::PoolFacts {
-            pool_id: self.id.clone(),
-            native_containers: self.vm_configuration.platform_image.native,
-            os: if self.is_windows() {
-                shipyard_runtime::OsFamily::Windows
-            } else {
-                shipyard_runtime::OsFamily::Linux
-            },
-            subnet_pattern: self
-                .subnet_pattern
-                .clone()
-                .unwrap_or_else(|| "10.*".to_string()),
-            node_count: self.vm_count.total().max(1),
-            slots_per_node: self.task_slots_per_node.max(1),
-            cores_per_node: self.cores_per_node,
-        }
-    }
-}
-
 /// `[local]`: settings of the local backend.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -303,7 +142,7 @@ struct ConfigFile {
     #[serde(default)]
     credentials: Option<Credentials>,
     #[serde(default)]
-    pool_specification: Option<PoolSpecification>,
+    pool_specification: Option<PoolSpec>,
     #[serde(default)]
     job_specifications: Option<Vec<JobSpec>>,
     #[serde(default)]
@@ -446,6 +285,11 @@ pub struct LoadedJob {
     pub index: usize,
 }
 
+/// `job_specifications[i]` of a loaded job.
+fn job_path(job: &LoadedJob) -> FieldPath {
+    FieldPath::root().key("job_specifications").index(job.index)
+}
+
 /// A source file that was read.
 #[derive(Debug, Clone)]
 pub struct SourceFile {
@@ -463,7 +307,7 @@ pub struct Config {
     /// `[credentials]` (after environment overrides).
     pub credentials: Credentials,
     /// `[pool_specification]` and its file index.
-    pub pool: Option<(PoolSpecification, usize)>,
+    pub pool: Option<(PoolSpec, usize)>,
     /// All `[[job_specifications]]`.
     pub jobs: Vec<LoadedJob>,
     /// `[local]`.
@@ -571,43 +415,25 @@ impl Config {
         }
     }
 
-    /// Checks every job (field paths `job_specifications[i]...` located in their file) and the
-    /// pool, and that multi-instance tasks have an inter-node pool.
+    /// Checks the pool and every job, each job against the pool
+    /// ([`shipyard_runtime::validate::job_against_pool`]); errors are located in their file
+    /// (`pool_specification.vm_count`, `job_specifications[i].tasks[0].image`).
     pub fn validate(&self) -> Result<(), ConfigError> {
         if let Some((pool, file)) = &self.pool {
-            let at = |field: &str, reason: String| self.invalid(*file, field, reason);
-            if !shipyard_runtime::domain::is_valid_batch_id(&pool.id) {
-                return Err(at(
-                    "pool_specification.id",
-                    format!("`{}` is not 1-64 characters of [A-Za-z0-9_-]", pool.id),
-                ));
-            }
-            if pool.vm_count.total() == 0 {
-                return Err(at(
-                    "pool_specification.vm_count",
-                    "the pool needs at least one node".into(),
-                ));
-            }
-            if pool.task_slots_per_node == 0 {
-                return Err(at(
-                    "pool_specification.task_slots_per_node",
-                    "must be at least 1".into(),
-                ));
-            }
-            pool.facts()
-                .validate()
-                .map_err(|e| self.runtime_error(*file, e, "pool_specification"))?;
+            pool.validate().map_err(|e| self.pool_error(*file, &e))?;
         }
+        let facts = self.pool.as_ref().map(|(p, _)| p.facts());
         let mut ids = std::collections::BTreeMap::new();
         for job in &self.jobs {
-            let prefix = format!("job_specifications[{}]", job.index);
-            job.spec
-                .validate_at(&prefix)
-                .map_err(|e| self.runtime_error(job.file, e, &prefix))?;
+            match &facts {
+                Some(f) => shipyard_runtime::validate::job_against_pool(&job.spec, f),
+                None => job.spec.validate(),
+            }
+            .map_err(|e| self.plan_error(job, e))?;
             if let Some(prev) = ids.insert(job.spec.id.clone(), job) {
                 return Err(self.invalid(
                     job.file,
-                    &format!("{prefix}.id"),
+                    &job_path(job).key("id"),
                     format!(
                         "job id `{}` is also used by job_specifications[{}] in {}",
                         job.spec.id,
@@ -616,42 +442,11 @@ impl Config {
                     ),
                 ));
             }
-            for (t, task) in job.spec.tasks.iter().enumerate() {
-                let Some(mi) = &task.multi_instance else {
-                    continue;
-                };
-                let field = format!("{prefix}.tasks[{t}].multi_instance");
-                if let Some((pool, _)) = &self.pool {
-                    if !pool.inter_node_communication_enabled {
-                        return Err(self.invalid(
-                            job.file,
-                            &field,
-                            format!(
-                                "multi-instance tasks need `inter_node_communication_enabled = true` in pool `{}`",
-                                pool.id
-                            ),
-                        ));
-                    }
-                    if let NumInstances::Count(n) = mi.num_instances {
-                        if n > pool.vm_count.total() {
-                            return Err(self.invalid(
-                                job.file,
-                                &format!("{field}.num_instances"),
-                                format!(
-                                    "{n} instances but pool `{}` has {} node(s)",
-                                    pool.id,
-                                    pool.vm_count.total()
-                                ),
-                            ));
-                        }
-                    }
-                }
-            }
         }
         Ok(())
     }
 
-    fn invalid(&self, file: usize, field: &str, reason: String) -> ConfigError {
+    fn invalid(&self, file: usize, field: &FieldPath, reason: String) -> ConfigError {
         let f = &self.files[file];
         ConfigError::Invalid {
             file: f.path.clone(),
@@ -661,71 +456,46 @@ impl Config {
         }
     }
 
-    fn runtime_error(&self, file: usize, e: RuntimeError, fallback_field: &str) -> ConfigError {
-        match e {
-            RuntimeError::Invalid { field, reason } => {
-                // `PoolFacts::validate` names `pool.<fact>`; the config calls it
-                // `pool_specification.<key>` (same names for the facts it can get wrong).
-                let field = match field.strip_prefix("pool.") {
-                    Some(rest) => format!("pool_specification.{rest}"),
-                    None => field,
-                };
-                self.invalid(file, &field, reason)
-            }
-            other => self.invalid(file, fallback_field, other.to_string()),
-        }
+    /// An error in the pool's scope, located in the pool's file (`pool_specification.<key>`;
+    /// runtimes name [`shipyard_runtime::PoolFacts`] fields, mapped to their spec keys).
+    fn pool_error(&self, file: usize, e: &RuntimeError) -> ConfigError {
+        let path = match e.field() {
+            Some(Field {
+                scope: Scope::Pool,
+                path,
+            }) => PoolSpec::field_of_fact(path),
+            _ => FieldPath::root(),
+        };
+        self.invalid(
+            file,
+            &FieldPath::root().key("pool_specification").join(&path),
+            e.reason(),
+        )
     }
 
-    /// A planning error of `job`, located in its file: the runtime's field path (`job.tasks[0]…`)
-    /// is rewritten to the config's (`job_specifications[i].tasks[0]…`).
+    /// A validation or planning error of `job`, located by its typed field: job fields in the
+    /// job's file (`job_specifications[i].<path>`), pool fields in the pool's file.
     pub fn plan_error(&self, job: &LoadedJob, e: RuntimeError) -> ConfigError {
-        let prefix = format!("job_specifications[{}]", job.index);
-        let field = match &e {
-            RuntimeError::Invalid { field, .. }
-            | RuntimeError::Unsupported { field, .. }
-            | RuntimeError::Mpi { field, .. }
-                if field.starts_with("pool.") =>
-            {
-                field.clone()
-            }
-            RuntimeError::Invalid { field, .. }
-            | RuntimeError::Unsupported { field, .. }
-            | RuntimeError::Mpi { field, .. } => match field.strip_prefix("job") {
-                Some(rest) if rest.is_empty() || rest.starts_with(['.', '[']) => {
-                    format!("{prefix}{rest}")
-                }
-                _ => prefix.clone(),
-            },
-            _ => prefix.clone(),
-        };
-        let reason = match e {
-            RuntimeError::Invalid { reason, .. } => reason,
-            other => other.to_string(),
-        };
-        // Pool facts the runtime objects to are located in the pool's file.
-        if let (Some(fact), Some((_, pool_file))) = (
-            match &field {
-                f if f.ends_with("pool.native_containers") => {
-                    Some("pool_specification.vm_configuration.platform_image.native")
-                }
-                f if f.ends_with("pool.os") => {
-                    Some("pool_specification.vm_configuration.platform_image.node_agent_sku_id")
-                }
-                f if f.ends_with("pool.node_count") => Some("pool_specification.vm_count"),
-                f if f.ends_with("pool.slots_per_node") => {
-                    Some("pool_specification.task_slots_per_node")
-                }
-                _ => None,
-            },
-            &self.pool,
-        ) {
-            return self.invalid(*pool_file, fact, reason);
+        match (e.field(), &self.pool) {
+            (
+                Some(Field {
+                    scope: Scope::Pool, ..
+                }),
+                Some((_, pool_file)),
+            ) => self.pool_error(*pool_file, &e),
+            (
+                Some(Field {
+                    scope: Scope::Job(_),
+                    path,
+                }),
+                _,
+            ) => self.invalid(job.file, &job_path(job).join(path), e.reason()),
+            _ => self.invalid(job.file, &job_path(job), e.reason()),
         }
-        self.invalid(job.file, &field, reason)
     }
 
     /// The pool, or an error saying how to configure one.
-    pub fn pool(&self) -> Result<&PoolSpecification, ConfigError> {
+    pub fn pool(&self) -> Result<&PoolSpec, ConfigError> {
         self.pool
             .as_ref()
             .map(|(p, _)| p)
@@ -859,22 +629,22 @@ pub fn location(path: &Path, text: &str, span: std::ops::Range<usize>) -> Locati
     }
 }
 
-/// Finds a field path such as `job_specifications[0].tasks[1].image` in a TOML text: the
-/// span of the deepest key/value that exists.
-pub fn locate_field(path: &Path, text: &str, field: &str) -> Option<Location> {
+/// Finds a field such as `job_specifications[0].tasks[1].image` in a TOML text: the span of
+/// the deepest key/value of `field` that exists.
+pub fn locate_field(path: &Path, text: &str, field: &FieldPath) -> Option<Location> {
     let root = toml::de::DeTable::parse(text).ok()?;
     let mut span = None;
     let mut current = toml::de::DeValue::Table(root.into_inner());
-    for segment in split_path(field) {
+    for segment in field.segments() {
         let next = match (&current, segment) {
             (toml::de::DeValue::Table(t), Segment::Key(k)) => t
                 .iter()
-                .find(|(key, _)| key.get_ref().as_ref() == k)
+                .find(|(key, _)| key.get_ref().as_ref() == k.as_str())
                 .map(|(key, v)| {
                     span = Some(key.span());
                     v.get_ref().clone()
                 }),
-            (toml::de::DeValue::Array(a), Segment::Index(i)) => a.get(i).map(|v| {
+            (toml::de::DeValue::Array(a), Segment::Index(i)) => a.get(*i).map(|v| {
                 span = Some(v.span());
                 v.get_ref().clone()
             }),
@@ -886,32 +656,6 @@ pub fn locate_field(path: &Path, text: &str, field: &str) -> Option<Location> {
         }
     }
     span.map(|s| location(path, text, s))
-}
-
-enum Segment<'a> {
-    Key(&'a str),
-    Index(usize),
-}
-
-fn split_path(field: &str) -> Vec<Segment<'_>> {
-    let mut out = Vec::new();
-    for part in field.split('.') {
-        let (key, mut rest) = match part.find('[') {
-            Some(i) => (&part[..i], &part[i..]),
-            None => (part, ""),
-        };
-        if !key.is_empty() {
-            out.push(Segment::Key(key));
-        }
-        while let Some(stripped) = rest.strip_prefix('[') {
-            let Some(end) = stripped.find(']') else { break };
-            if let Ok(i) = stripped[..end].parse() {
-                out.push(Segment::Index(i));
-            }
-            rest = &stripped[end + 1..];
-        }
-    }
-    out
 }
 
 #[cfg(test)]
@@ -945,12 +689,13 @@ mod tests {
     #[test]
     fn locate_field_walks_arrays_of_tables() {
         let text = "[[job_specifications]]\nid = \"a\"\n[[job_specifications.tasks]]\nimage = \"x\"\n[[job_specifications.tasks]]\nimage = \"y y\"\n";
-        let loc = locate_field(
-            Path::new("j.toml"),
-            text,
-            "job_specifications[0].tasks[1].image",
-        )
-        .expect("found");
+        let field = FieldPath::root()
+            .key("job_specifications")
+            .index(0)
+            .key("tasks")
+            .index(1)
+            .key("image");
+        let loc = locate_field(Path::new("j.toml"), text, &field).expect("found");
         assert_eq!((loc.line, loc.column), (6, 1));
     }
 }

@@ -1,7 +1,7 @@
 //! `--target local`: this machine's Docker engine through `shipyard_local`.
 //!
 //! A job is planned by its runtime against the pool facts the local backend presents (a native
-//! container pool of Linux nodes, [`shipyard_local::plan::pool_facts`]) and the plan is run with
+//! container pool of Linux nodes, [`shipyard_local::convert::pool_facts`]) and the plan is run with
 //! [`LocalBackend::run_plan`] behind progress bars; Ctrl-C / SIGTERM cancel the run and the
 //! backend removes everything.
 
@@ -27,7 +27,7 @@ use crate::{CliError, CliResult};
 /// the largest multi-instance task), with at least the configured pool's node count so that
 /// `num_instances = "pool_current_dedicated"` means what it means on Azure.
 pub fn local_facts(config: &Config, job: &LoadedJob) -> shipyard_runtime::PoolFacts {
-    let mut facts = shipyard_local::plan::pool_facts(&job.spec);
+    let mut facts = shipyard_local::convert::pool_facts(&job.spec);
     if let Some((pool, _)) = &config.pool {
         facts.node_count = facts.node_count.max(pool.vm_count.total());
         facts.pool_id = pool.id.clone();

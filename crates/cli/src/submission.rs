@@ -5,45 +5,16 @@
 //! module only adds the pool's own settings from `[pool_specification]`. Every job is planned
 //! once per command.
 
-use shipyard_batch_api::models::{ImageReference, PoolAddParameter, VirtualMachineConfiguration};
-use shipyard_runtime::{JobPlan, JobSpec, RuntimeError};
+use shipyard_runtime::{JobPlan, JobSpec, PoolSpec, RuntimeError};
 use shipyard_submit::Submission;
 
-use crate::config::{Config, LoadedJob, PoolSpecification};
+use crate::config::{Config, LoadedJob};
 use crate::{CliError, CliResult};
 
 /// Plans `job` with its configured runtime on `pool`.
-pub fn plan_job(job: &JobSpec, pool: &PoolSpecification) -> Result<JobPlan, RuntimeError> {
+pub fn plan_job(job: &JobSpec, pool: &PoolSpec) -> Result<JobPlan, RuntimeError> {
     let runtime = shipyard_runtime::registry::get(&job.runtime)?;
     runtime.plan(job, &pool.facts())
-}
-
-fn count(n: u32) -> i32 {
-    i32::try_from(n).unwrap_or(i32::MAX)
-}
-
-/// The `PoolAddParameter` of `pool`, with what the plans need merged in.
-pub fn pool_add_parameter(
-    pool: &PoolSpecification,
-    plans: &[&JobPlan],
-) -> Result<PoolAddParameter, RuntimeError> {
-    let img = &pool.vm_configuration.platform_image;
-    let image = ImageReference::marketplace(&img.publisher, &img.offer, &img.sku, &img.version);
-    let mut param = PoolAddParameter {
-        virtual_machine_configuration: Some(VirtualMachineConfiguration::new(
-            image,
-            &img.node_agent_sku_id,
-        )),
-        target_dedicated_nodes: Some(count(pool.vm_count.dedicated())),
-        target_low_priority_nodes: Some(count(pool.vm_count.low_priority())),
-        task_slots_per_node: Some(count(pool.task_slots_per_node)),
-        enable_inter_node_communication: pool.inter_node_communication_enabled.then_some(true),
-        ..PoolAddParameter::new(&pool.id, &pool.vm_size)
-    };
-    for plan in plans {
-        plan.apply_to_pool(&mut param)?;
-    }
-    Ok(param)
 }
 
 /// The jobs a command acts on: `only`, or every configured job.
@@ -76,7 +47,7 @@ pub fn submission(config: &Config, only: Option<&str>, create_pool: bool) -> Cli
     let mut submission = Submission::new(&pool.id);
     if create_pool {
         let refs: Vec<&JobPlan> = plans.iter().map(|(_, p)| p).collect();
-        let param = pool_add_parameter(pool, &refs).map_err(|e| anyhow::anyhow!(e))?;
+        let param = pool.add_parameter(&refs).map_err(|e| anyhow::anyhow!(e))?;
         submission = submission.create_pool(param);
     }
     for j in selected {

@@ -318,13 +318,57 @@ fn invalid_values_are_located_in_their_file() {
         .stderr(predicate::str::contains(
             "job_specifications[0].tasks[0].image",
         ));
-    // Multi-instance tasks need inter-node communication on the pool.
+    // Instance counts beyond the pool's nodes are located at `num_instances`.
+    let text = format!(
+        "{POOL}{}",
+        JOB.replace("num_instances = 2", "num_instances = 3")
+    );
+    let p = write(dir.path(), "toobig.toml", &text);
+    let line = text
+        .lines()
+        .position(|l| l.starts_with("num_instances"))
+        .expect("line")
+        + 1;
+    config_check_fails(&p)
+        .stderr(predicate::str::contains(format!(
+            "{}:{line}:1",
+            p.display()
+        )))
+        .stderr(predicate::str::contains(
+            "job_specifications[0].tasks[0].multi_instance.num_instances",
+        ))
+        .stderr(predicate::str::contains(
+            "3 instances but pool `pool1` has 2 node(s)",
+        ));
+    // A pool without `inter_node_communication_enabled` is not refused: multi-instance tasks
+    // turn it on in the pool they create (JobPlan::apply_to_pool).
     let text = format!(
         "{}{JOB}",
         POOL.replace("inter_node_communication_enabled = true", "")
     );
     let p = write(dir.path(), "noib.toml", &text);
-    config_check_fails(&p).stderr(predicate::str::contains("inter_node_communication_enabled"));
+    shipyard()
+        .arg("-c")
+        .arg(&p)
+        .args(["config", "check"])
+        .assert()
+        .success();
+    let out = shipyard()
+        .args(["--output", "json", "--target", "azure", "--dry-run", "run"])
+        .arg(&p)
+        .output()
+        .expect("runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let requests = stdout_json(&out);
+    let pool = requests
+        .as_array()
+        .and_then(|r| r.iter().find(|r| r["definition"] == "PoolAddParameter"))
+        .expect("a Pool_Add request");
+    assert_eq!(pool["body"]["enableInterNodeCommunication"], true, "{pool}");
 }
 
 #[test]

@@ -12,7 +12,7 @@
 use std::time::Instant;
 
 use shipyard_local::{
-    Event, JobSpec, LocalBackend, LocalOptions, MultiInstance, OnAllTasksComplete, TaskSpec,
+    Event, LocalBackend, LocalJob, LocalOptions, LocalTask, MultiInstance, OnAllTasksComplete,
 };
 
 const COORDINATION: &str = "/bin/bash -c 'mkdir -p /run/sshd && \
@@ -163,7 +163,7 @@ async fn run() -> Result<i32, String> {
         cancel.cancel();
     });
 
-    let mut task = TaskSpec::new(
+    let mut task = LocalTask::new(
         "hello",
         &args.image,
         app_command(&args.flavor, args.nodes, args.ppn, args.sleep)?,
@@ -181,7 +181,7 @@ async fn run() -> Result<i32, String> {
         task.environment
             .push(("HELLO_FAIL_RANK".into(), r.to_string()));
     }
-    let job = JobSpec {
+    let job = LocalJob {
         id: args.job.clone(),
         tasks: vec![task],
         uses_task_dependencies: false,

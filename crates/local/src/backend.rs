@@ -6,19 +6,17 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use time::OffsetDateTime;
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::docker::Engine;
 use crate::error::{LocalError, Result};
-use crate::events::{Event, EventSender, Events};
+use crate::events::{EventSender, Events};
+use crate::job_run::{JobRun, RunGuard, Schedule};
 use crate::keys::{KeyMount, RunKeys};
-use crate::recorder::Recorder;
-use crate::spec::{JobSpec, OnAllTasksComplete, OnTaskFailure};
-use crate::store::{JobRecord, JobState, Store, TaskRecord, TaskResult, TaskState};
+use crate::spec::LocalJob;
+use crate::store::{JobRecord, JobState, Store, TaskRecord, TaskResult};
 use crate::sweep::SweepReport;
-use crate::task::{run_attempt, RunCtx};
+use crate::task::RunCtx;
 
 /// Name of the store file inside the state directory.
 pub const STORE_FILE: &str = "shipyard.redb";
@@ -258,12 +256,12 @@ impl LocalBackend {
     /// Runs `job` to completion (or cancellation) and returns how it ended. Task failures are
     /// reported in the outcome; `Err` means the job could not start (invalid job, missing image,
     /// Docker trouble). Dropping the future stops the tasks and removes their containers too.
-    pub async fn run_spec(&self, job: JobSpec, events: Option<EventSender>) -> Result<JobOutcome> {
+    pub async fn run_spec(&self, job: LocalJob, events: Option<EventSender>) -> Result<JobOutcome> {
         self.run_with(job, KeyMount::RootSsh, events).await
     }
 
     /// Runs a runtime's plan (made for a native container pool, e.g. with
-    /// [`crate::plan::pool_facts`]) unmodified: the job's key files are mounted where the
+    /// [`crate::convert::pool_facts`]) unmodified: the job's key files are mounted where the
     /// docker runtime's native coordination command installs them from
     /// (`$AZ_BATCH_NODE_SHARED_DIR/shipyard/ssh/<job>/`).
     pub async fn run_plan(
@@ -272,7 +270,7 @@ impl LocalBackend {
         plan: &shipyard_runtime::JobPlan,
         events: Option<EventSender>,
     ) -> Result<JobOutcome> {
-        let spec = crate::plan::spec_from_plan(job_id, plan)?;
+        let spec = crate::convert::job_from_plan(job_id, plan)?;
         let dir = format!(
             "{}/shared/{}",
             crate::env::NODE_ROOT_DIR,
@@ -281,7 +279,7 @@ impl LocalBackend {
         self.run_with(spec, KeyMount::Directory(dir), events).await
     }
 
-    /// Plans `job` with `runtime` for this machine ([`crate::plan::pool_facts`]) and runs the
+    /// Plans `job` with `runtime` for this machine ([`crate::convert::pool_facts`]) and runs the
     /// plan ([`LocalBackend::run_plan`]).
     pub async fn run_job(
         &self,
@@ -289,21 +287,45 @@ impl LocalBackend {
         runtime: &dyn shipyard_runtime::ContainerRuntime,
         events: Option<EventSender>,
     ) -> Result<JobOutcome> {
-        let plan = runtime
-            .plan(job, &crate::plan::pool_facts(job))
-            .map_err(|e| LocalError::Runtime(e.to_string()))?;
+        let plan = runtime.plan(job, &crate::convert::pool_facts(job))?;
         self.run_plan(&job.id, &plan, events).await
     }
 
     async fn run_with(
         &self,
-        job: JobSpec,
+        job: LocalJob,
         key_mount: KeyMount,
         events: Option<EventSender>,
     ) -> Result<JobOutcome> {
         job.validate()?;
         let deps = resolve_dependencies(&job)?;
-        let events = Events(events);
+        self.check_images(&job).await?;
+        let run_id = uuid::Uuid::new_v4().to_string();
+        let ctx = Arc::new(RunCtx {
+            engine: self.engine.clone(),
+            opts: self.opts.clone(),
+            job: job.id.clone(),
+            run_id: run_id.clone(),
+            keys: self.run_keys(&job, &run_id)?,
+            key_mount,
+            events: Events(events),
+        });
+        let slots = job
+            .max_parallel_tasks
+            .unwrap_or(self.opts.max_parallel_tasks)
+            .max(1);
+        let schedule = Schedule::new(deps, slots);
+        let mut run = JobRun::start(&job, ctx, self.store.clone(), schedule);
+        let cancel = self.cancel.child_token();
+        // If this future is dropped mid-run, remove everything of the run before returning.
+        let guard = RunGuard::new(&run_id);
+        run.drive(&job, &cancel).await;
+        guard.disarm();
+        Ok(run.finish(job, self.cancel.is_cancelled()).await)
+    }
+
+    /// Fails with [`LocalError::ImageMissing`] for the first task whose image the engine lacks.
+    async fn check_images(&self, job: &LocalJob) -> Result<()> {
         let mut checked = HashSet::new();
         for t in &job.tasks {
             if checked.insert(t.image.clone()) && !self.engine.image_exists(&t.image).await? {
@@ -313,185 +335,20 @@ impl LocalBackend {
                 });
             }
         }
-        let run_id = uuid::Uuid::new_v4().to_string();
-        let keys = if job.tasks.iter().any(|t| t.multi_instance.is_some()) {
-            std::fs::create_dir_all(&self.opts.key_dir)
-                .map_err(|e| LocalError::io(&self.opts.key_dir, e))?;
-            Some(Arc::new(RunKeys::generate(&self.opts.key_dir, &run_id)?))
-        } else {
-            None
-        };
-        let ctx = Arc::new(RunCtx {
-            engine: self.engine.clone(),
-            opts: self.opts.clone(),
-            job: job.id.clone(),
-            run_id: run_id.clone(),
-            keys,
-            key_mount,
-            events: events.clone(),
-        });
-        let created = OffsetDateTime::now_utc();
-        let mut job_rec = JobRecord {
-            id: job.id.clone(),
-            state: JobState::Active,
-            run_id: run_id.clone(),
-            creation_time: created,
-            end_time: None,
-            terminate_reason: None,
-            task_count: job.tasks.len(),
-        };
-        let recorder = Recorder::start(self.store.clone());
-        recorder.job(&job_rec);
-        let mut records: Vec<TaskRecord> = job
-            .tasks
-            .iter()
-            .map(|t| TaskRecord {
-                job_id: job.id.clone(),
-                id: t.id.clone(),
-                state: TaskState::Active,
-                result: None,
-                exit_code: None,
-                failure: None,
-                start_time: None,
-                end_time: None,
-                retry_count: 0,
-                nodes: Vec::new(),
-                task_dir: ctx.task_dir(&t.id),
-            })
-            .collect();
-        for r in &records {
-            recorder.task(r);
-        }
-        events.emit(Event::JobStarted {
-            job: job.id.clone(),
-            run_id: run_id.clone(),
-            tasks: job.tasks.len(),
-        });
+        Ok(())
+    }
 
-        let cancel = self.cancel.child_token();
-        // If this future is dropped mid-run, remove everything of the run before returning.
-        let mut guard = RunGuard {
-            filter: vec![format!("{}={run_id}", crate::docker::labels::RUN)],
-            armed: true,
-        };
-        let slots = job
-            .max_parallel_tasks
-            .unwrap_or(self.opts.max_parallel_tasks)
-            .max(1);
-        #[derive(Clone, Copy, PartialEq)]
-        enum S {
-            Pending,
-            Running,
-            Ok,
-            Failed,
-            Blocked,
+    /// The run's SSH keys, when some task of `job` is multi-instance.
+    fn run_keys(&self, job: &LocalJob, run_id: &str) -> Result<Option<Arc<RunKeys>>> {
+        if !job.tasks.iter().any(|t| t.multi_instance.is_some()) {
+            return Ok(None);
         }
-        let mut st = vec![S::Pending; job.tasks.len()];
-        let mut set: JoinSet<(usize, TaskRecord)> = JoinSet::new();
-        let mut terminated = false;
-        loop {
-            // Block tasks whose dependencies can never succeed.
-            let mut changed = true;
-            while changed {
-                changed = false;
-                for i in 0..st.len() {
-                    if st[i] == S::Pending
-                        && deps[i]
-                            .iter()
-                            .any(|&d| matches!(st[d], S::Failed | S::Blocked))
-                    {
-                        st[i] = S::Blocked;
-                        changed = true;
-                    }
-                }
-            }
-            if !terminated && !cancel.is_cancelled() {
-                let mut running = st.iter().filter(|s| **s == S::Running).count();
-                for i in 0..st.len() {
-                    if running >= slots {
-                        break;
-                    }
-                    if st[i] == S::Pending && deps[i].iter().all(|&d| st[d] == S::Ok) {
-                        st[i] = S::Running;
-                        running += 1;
-                        let ctx = ctx.clone();
-                        let store = recorder.clone();
-                        let task = job.tasks[i].clone();
-                        let rec = records[i].clone();
-                        let cancel = cancel.clone();
-                        set.spawn(async move {
-                            let rec = run_task(&ctx, &store, &task, rec, &cancel).await;
-                            (i, rec)
-                        });
-                    }
-                }
-            }
-            let Some(joined) = set.join_next().await else {
-                break;
-            };
-            let (i, rec) = match joined {
-                Ok(v) => v,
-                Err(e) => {
-                    tracing::error!(error = %e, "a task runner panicked");
-                    continue;
-                }
-            };
-            let ok = rec.result == Some(TaskResult::Success);
-            st[i] = if ok { S::Ok } else { S::Failed };
-            records[i] = rec;
-            if !ok
-                && !cancel.is_cancelled()
-                && job.on_task_failure == OnTaskFailure::PerformExitOptionsJobAction
-                && !terminated
-            {
-                tracing::info!(task = %records[i].id, "task failed; terminating the job (onTaskFailure)");
-                terminated = true;
-                job_rec.terminate_reason = Some("TaskFailed".into());
-                cancel.cancel();
-            }
-        }
-        guard.armed = false;
-        let cancelled = self.cancel.is_cancelled();
-        // Tasks that never ran keep state `active`; say why.
-        for (i, s) in st.iter().enumerate() {
-            if *s == S::Blocked || *s == S::Pending {
-                let why = if *s == S::Blocked {
-                    "not run: a task it depends on failed"
-                } else if cancelled {
-                    "not run: the run was cancelled"
-                } else {
-                    "not run: the job was terminated"
-                };
-                records[i].failure = Some(why.to_string());
-                recorder.task(&records[i]);
-            }
-        }
-        let all_complete = records.iter().all(|r| r.state == TaskState::Completed);
-        if cancelled {
-            job_rec.state = JobState::Completed;
-            job_rec.terminate_reason = Some("Cancelled".into());
-        } else if terminated {
-            job_rec.state = JobState::Completed;
-        } else if all_complete && job.on_all_tasks_complete == OnAllTasksComplete::TerminateJob {
-            job_rec.state = JobState::Completed;
-            job_rec.terminate_reason = Some("AllTasksComplete".into());
-        }
-        job_rec.end_time = Some(OffsetDateTime::now_utc());
-        recorder.job(&job_rec);
-        recorder.flush().await;
-        drop(ctx); // deletes the key directory
-        events.emit(Event::JobFinished {
-            job: job.id.clone(),
-            state: job_rec.state,
-        });
-        Ok(JobOutcome {
-            job_id: job.id,
+        std::fs::create_dir_all(&self.opts.key_dir)
+            .map_err(|e| LocalError::io(&self.opts.key_dir, e))?;
+        Ok(Some(Arc::new(RunKeys::generate(
+            &self.opts.key_dir,
             run_id,
-            state: job_rec.state,
-            terminate_reason: job_rec.terminate_reason,
-            cancelled,
-            tasks: records,
-        })
+        )?)))
     }
 
     /// The state directory.
@@ -500,90 +357,8 @@ impl LocalBackend {
     }
 }
 
-/// Removes a run's Docker objects if its `run` future is dropped before the end.
-struct RunGuard {
-    filter: Vec<String>,
-    armed: bool,
-}
-
-impl Drop for RunGuard {
-    fn drop(&mut self) {
-        if self.armed {
-            crate::task::blocking_remove_labelled(self.filter.clone());
-        }
-    }
-}
-
-/// Runs a task with its retries, recording each state change.
-async fn run_task(
-    ctx: &RunCtx,
-    store: &Recorder,
-    task: &crate::spec::TaskSpec,
-    mut rec: TaskRecord,
-    cancel: &CancellationToken,
-) -> TaskRecord {
-    let mut attempt: u32 = 0;
-    loop {
-        rec.state = TaskState::Preparing;
-        rec.start_time = Some(OffsetDateTime::now_utc());
-        rec.end_time = None;
-        rec.result = None;
-        rec.exit_code = None;
-        rec.failure = None;
-        rec.retry_count = attempt;
-        store.task(&rec);
-        ctx.events.emit(Event::TaskState {
-            task: task.id.clone(),
-            state: TaskState::Preparing,
-            attempt,
-            exit_code: None,
-            failure: None,
-        });
-        let a = run_attempt(ctx, task, attempt, cancel).await;
-        rec.end_time = Some(OffsetDateTime::now_utc());
-        rec.state = TaskState::Completed;
-        rec.exit_code = a.exit_code;
-        rec.nodes = a.nodes.clone();
-        rec.failure = a.failure.clone();
-        if a.succeeded() {
-            rec.result = Some(TaskResult::Success);
-        } else {
-            rec.result = Some(TaskResult::Failure);
-            if rec.failure.is_none() {
-                rec.failure = Some(format!(
-                    "the application exited with code {}",
-                    a.exit_code.unwrap_or(-1)
-                ));
-            }
-        }
-        let retry = !a.succeeded()
-            && !a.cancelled
-            && !cancel.is_cancelled()
-            && (task.max_task_retry_count < 0 || attempt < task.max_task_retry_count as u32);
-        if retry {
-            attempt += 1;
-            store.task(&rec);
-            ctx.events.emit(Event::TaskRetry {
-                task: task.id.clone(),
-                attempt,
-                reason: rec.failure.clone().unwrap_or_default(),
-            });
-            continue;
-        }
-        store.task(&rec);
-        ctx.events.emit(Event::TaskState {
-            task: task.id.clone(),
-            state: TaskState::Completed,
-            attempt,
-            exit_code: rec.exit_code,
-            failure: rec.failure.clone(),
-        });
-        return rec;
-    }
-}
-
 /// For each task, the indexes of the tasks it depends on; rejects unknown ids and cycles.
-pub(crate) fn resolve_dependencies(job: &JobSpec) -> Result<Vec<Vec<usize>>> {
+pub(crate) fn resolve_dependencies(job: &LocalJob) -> Result<Vec<Vec<usize>>> {
     let index: std::collections::HashMap<&str, usize> = job
         .tasks
         .iter()
@@ -658,10 +433,13 @@ pub(crate) fn resolve_dependencies(job: &JobSpec) -> Result<Vec<Vec<usize>>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spec::{TaskDependencies, TaskIdRange, TaskSpec};
+    use crate::spec::{
+        LocalTask, OnAllTasksComplete, OnTaskFailure, TaskDependencies, TaskIdRange,
+    };
+    use crate::store::TaskState;
 
-    fn job(tasks: Vec<TaskSpec>) -> JobSpec {
-        JobSpec {
+    fn job(tasks: Vec<LocalTask>) -> LocalJob {
+        LocalJob {
             id: "j".into(),
             tasks,
             uses_task_dependencies: true,
@@ -671,7 +449,7 @@ mod tests {
         }
     }
 
-    fn dep(t: &mut TaskSpec, ids: &[&str], ranges: &[(i64, i64)]) {
+    fn dep(t: &mut LocalTask, ids: &[&str], ranges: &[(i64, i64)]) {
         t.depends_on = Some(TaskDependencies {
             task_ids: ids.iter().map(|s| s.to_string()).collect(),
             task_id_ranges: ranges
@@ -683,10 +461,10 @@ mod tests {
 
     #[test]
     fn resolves_ids_and_ranges() {
-        let mut ts: Vec<TaskSpec> = (1..=5)
-            .map(|i| TaskSpec::new(i.to_string(), "img", "true"))
+        let mut ts: Vec<LocalTask> = (1..=5)
+            .map(|i| LocalTask::new(i.to_string(), "img", "true"))
             .collect();
-        let mut last = TaskSpec::new("merge", "img", "true");
+        let mut last = LocalTask::new("merge", "img", "true");
         dep(&mut last, &["5"], &[(1, 3)]);
         ts.push(last);
         let d = resolve_dependencies(&job(ts)).unwrap();
@@ -696,12 +474,12 @@ mod tests {
 
     #[test]
     fn rejects_unknown_ids_and_cycles() {
-        let mut a = TaskSpec::new("a", "img", "true");
+        let mut a = LocalTask::new("a", "img", "true");
         dep(&mut a, &["zz"], &[]);
         let e = resolve_dependencies(&job(vec![a])).unwrap_err().to_string();
         assert!(e.contains("zz") && e.contains("taskIds"), "{e}");
-        let mut a = TaskSpec::new("a", "img", "true");
-        let mut b = TaskSpec::new("b", "img", "true");
+        let mut a = LocalTask::new("a", "img", "true");
+        let mut b = LocalTask::new("b", "img", "true");
         dep(&mut a, &["b"], &[]);
         dep(&mut b, &["a"], &[]);
         let e = resolve_dependencies(&job(vec![a, b]))

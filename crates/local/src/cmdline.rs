@@ -6,74 +6,13 @@
 
 use crate::error::{LocalError, Result};
 
-/// Splits `line` into arguments (see the module docs). `field` names the command line in errors.
+/// Splits `line` into arguments (see the module docs) with the workspace's one POSIX
+/// tokenizer ([`shipyard_runtime::shell::split`], from `shipyard_mpi_launch::shell`). `field` names the command line in errors.
 pub fn split_command_line(line: &str, field: &str) -> Result<Vec<String>> {
-    let err = |reason: &str| LocalError::CommandLine {
+    shipyard_runtime::shell::split(line).map_err(|e| LocalError::CommandLine {
         field: field.to_string(),
-        reason: reason.to_string(),
-    };
-    let mut args = Vec::new();
-    let mut cur = String::new();
-    let mut in_word = false;
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        match c {
-            '\'' => {
-                in_word = true;
-                loop {
-                    match chars.next() {
-                        Some('\'') => break,
-                        Some(ch) => cur.push(ch),
-                        None => return Err(err("unterminated single quote")),
-                    }
-                }
-            }
-            '"' => {
-                in_word = true;
-                loop {
-                    match chars.next() {
-                        Some('"') => break,
-                        Some('\\') => match chars.next() {
-                            Some(ch @ ('"' | '\\' | '$' | '`')) => cur.push(ch),
-                            Some('\n') => {}
-                            Some(ch) => {
-                                cur.push('\\');
-                                cur.push(ch);
-                            }
-                            None => return Err(err("unterminated double quote")),
-                        },
-                        Some(ch) => cur.push(ch),
-                        None => return Err(err("unterminated double quote")),
-                    }
-                }
-            }
-            '\\' => {
-                in_word = true;
-                match chars.next() {
-                    Some('\n') => {}
-                    Some(ch) => cur.push(ch),
-                    None => return Err(err("trailing backslash")),
-                }
-            }
-            c if c.is_whitespace() => {
-                if in_word {
-                    args.push(std::mem::take(&mut cur));
-                    in_word = false;
-                }
-            }
-            c => {
-                in_word = true;
-                cur.push(c);
-            }
-        }
-    }
-    if in_word {
-        args.push(cur);
-    }
-    if args.is_empty() {
-        return Err(err("empty"));
-    }
-    Ok(args)
+        reason: e.to_string(),
+    })
 }
 
 /// The `docker run` options the local backend understands, parsed from `containerRunOptions`.

@@ -174,61 +174,8 @@ impl Engine {
 
     /// Creates and starts a node container.
     pub(crate) async fn create_and_start(&self, spec: &ContainerSpec) -> Result<()> {
-        let mut host = HostConfig {
-            init: Some(true),
-            binds: Some(spec.binds.clone()),
-            extra_hosts: Some(spec.extra_hosts.clone()),
-            network_mode: spec.network.clone(),
-            privileged: Some(spec.run.privileged),
-            shm_size: spec.run.shm_size,
-            ipc_mode: spec.run.ipc.clone(),
-            tmpfs: Some(HashMap::from([
-                (
-                    format!("{}/shared", crate::env::NODE_ROOT_DIR),
-                    "rw,exec,mode=1777".to_string(),
-                ),
-                (
-                    format!("{}/startup", crate::env::NODE_ROOT_DIR),
-                    "rw,exec,mode=1777".to_string(),
-                ),
-            ])),
-            ..Default::default()
-        };
-        if !spec.run.cap_add.is_empty() {
-            host.cap_add = Some(spec.run.cap_add.clone());
-        }
-        if !spec.run.security_opt.is_empty() {
-            host.security_opt = Some(spec.run.security_opt.clone());
-        }
-        if !spec.run.ulimits.is_empty() {
-            host.ulimits = Some(
-                spec.run
-                    .ulimits
-                    .iter()
-                    .map(|(n, s, h)| ResourcesUlimits {
-                        name: Some(n.clone()),
-                        soft: Some(*s),
-                        hard: Some(*h),
-                    })
-                    .collect(),
-            );
-        }
-        let networking_config = match (&spec.network, spec.ip) {
-            (Some(net), Some(ip)) => Some(NetworkingConfig {
-                endpoints_config: Some(HashMap::from([(
-                    net.clone(),
-                    EndpointSettings {
-                        ipam_config: Some(EndpointIpamConfig {
-                            ipv4_address: Some(ip.to_string()),
-                            ..Default::default()
-                        }),
-                        aliases: Some(vec![spec.hostname.clone()]),
-                        ..Default::default()
-                    },
-                )])),
-            }),
-            _ => None,
-        };
+        let host = host_config(spec);
+        let networking_config = networking_config(spec);
         let body = ContainerCreateBody {
             image: Some(spec.image.clone()),
             hostname: Some(spec.hostname.clone()),
@@ -506,6 +453,71 @@ fn subnet_candidates(start: u16) -> Vec<Ipv4Addr> {
             Ipv4Addr::new(10, 213 + (k / 256) as u8, (k % 256) as u8, 0)
         })
         .collect()
+}
+
+/// The container's host settings: `--init`, binds, hosts, network, Batch's tmpfs node
+/// directories and the task's `containerRunOptions`.
+fn host_config(spec: &ContainerSpec) -> HostConfig {
+    let mut host = HostConfig {
+        init: Some(true),
+        binds: Some(spec.binds.clone()),
+        extra_hosts: Some(spec.extra_hosts.clone()),
+        network_mode: spec.network.clone(),
+        privileged: Some(spec.run.privileged),
+        shm_size: spec.run.shm_size,
+        ipc_mode: spec.run.ipc.clone(),
+        tmpfs: Some(HashMap::from([
+            (
+                format!("{}/shared", crate::env::NODE_ROOT_DIR),
+                "rw,exec,mode=1777".to_string(),
+            ),
+            (
+                format!("{}/startup", crate::env::NODE_ROOT_DIR),
+                "rw,exec,mode=1777".to_string(),
+            ),
+        ])),
+        ..Default::default()
+    };
+    if !spec.run.cap_add.is_empty() {
+        host.cap_add = Some(spec.run.cap_add.clone());
+    }
+    if !spec.run.security_opt.is_empty() {
+        host.security_opt = Some(spec.run.security_opt.clone());
+    }
+    if !spec.run.ulimits.is_empty() {
+        host.ulimits = Some(
+            spec.run
+                .ulimits
+                .iter()
+                .map(|(n, s, h)| ResourcesUlimits {
+                    name: Some(n.clone()),
+                    soft: Some(*s),
+                    hard: Some(*h),
+                })
+                .collect(),
+        );
+    }
+    host
+}
+
+/// The node's fixed address and alias on the task's network (multi-instance tasks).
+fn networking_config(spec: &ContainerSpec) -> Option<NetworkingConfig> {
+    match (&spec.network, spec.ip) {
+        (Some(net), Some(ip)) => Some(NetworkingConfig {
+            endpoints_config: Some(HashMap::from([(
+                net.clone(),
+                EndpointSettings {
+                    ipam_config: Some(EndpointIpamConfig {
+                        ipv4_address: Some(ip.to_string()),
+                        ..Default::default()
+                    }),
+                    aliases: Some(vec![spec.hostname.clone()]),
+                    ..Default::default()
+                },
+            )])),
+        }),
+        _ => None,
+    }
 }
 
 #[cfg(test)]

@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 
+use shipyard_runtime::RuntimeError;
+
 /// Everything that can go wrong while running a job locally.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -116,9 +118,9 @@ pub enum LocalError {
     /// The run was cancelled (Ctrl-C, SIGTERM, or the caller's token).
     #[error("cancelled")]
     Cancelled,
-    /// Generating or writing the per-job SSH keys failed.
+    /// Generating or writing the per-run SSH keys failed.
     #[error("ssh keys: {0}")]
-    Keys(String),
+    Keys(#[source] RuntimeError),
     /// A file or directory could not be read or written.
     #[error("{path}: {source}")]
     Io {
@@ -138,7 +140,19 @@ pub enum LocalError {
     },
     /// The container runtime refused to plan the job.
     #[error("runtime: {0}")]
-    Runtime(String),
+    Runtime(#[from] RuntimeError),
+    /// A planned task the local backend cannot run: it has no `containerSettings` (the backend
+    /// runs container tasks only).
+    #[error(
+        "{field}: task `{task}` has no containerSettings; the local backend runs container tasks \
+         only (plan for a native container pool)"
+    )]
+    NotAContainerTask {
+        /// The task id.
+        task: String,
+        /// The missing field (`tasks[2].containerSettings`).
+        field: String,
+    },
 }
 
 impl LocalError {

@@ -17,10 +17,10 @@
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), shipyard_local::LocalError> {
-//! use shipyard_local::{JobSpec, LocalBackend, LocalOptions, MultiInstance, TaskSpec};
+//! use shipyard_local::{LocalJob, LocalBackend, LocalOptions, MultiInstance, LocalTask};
 //!
 //! let backend = LocalBackend::connect(LocalOptions::default()).await?;
-//! let mut task = TaskSpec::new(
+//! let mut task = LocalTask::new(
 //!     "hello",
 //!     "shipyard/mpi:bookworm",
 //!     "/bin/bash -c 'mpirun.openmpi --allow-run-as-root -np 2 --host $AZ_BATCH_HOST_LIST hostname'",
@@ -29,7 +29,7 @@
 //!     number_of_instances: 2,
 //!     coordination_command_line: "/bin/bash -c 'mkdir -p /run/sshd; ssh-keygen -A; /usr/sbin/sshd -p 23'".into(),
 //! });
-//! let job = JobSpec {
+//! let job = LocalJob {
 //!     id: "demo".into(),
 //!     tasks: vec![task],
 //!     uses_task_dependencies: false,
@@ -46,12 +46,14 @@
 
 mod backend;
 pub mod cmdline;
+pub mod convert;
 mod docker;
+pub mod engine;
 pub mod env;
 mod error;
 mod events;
+mod job_run;
 pub mod keys;
-pub mod plan;
 mod recorder;
 pub mod spec;
 pub mod store;
@@ -60,11 +62,12 @@ mod task;
 
 pub use backend::{JobOutcome, LocalBackend, LocalOptions, STORE_FILE};
 pub use docker::{labels, OutputStream};
+pub use engine::{Engine, EngineError, EngineOptions, FileContent};
 pub use error::{LocalError, Result};
 pub use events::{Event, EventSender};
 pub use spec::{
-    JobSpec, MultiInstance, OnAllTasksComplete, OnTaskFailure, TaskDependencies, TaskIdRange,
-    TaskSpec,
+    LocalJob, LocalTask, MultiInstance, OnAllTasksComplete, OnTaskFailure, TaskDependencies,
+    TaskIdRange,
 };
 pub use store::{JobRecord, JobState, Store, TaskRecord, TaskResult, TaskState};
 pub use sweep::SweepReport;

@@ -65,7 +65,7 @@ pub struct MultiInstance {
 /// One task (`TaskAddParameter` subset).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct TaskSpec {
+pub struct LocalTask {
     /// Task id, unique in the job.
     pub id: String,
     /// `commandLine`: the application (multi-instance: run on the master node only). Not run
@@ -93,14 +93,14 @@ pub struct TaskSpec {
     pub max_wall_clock_secs: Option<u64>,
 }
 
-impl TaskSpec {
+impl LocalTask {
     /// A single-instance task running `command_line` in `image`.
     pub fn new(
         id: impl Into<String>,
         image: impl Into<String>,
         command_line: impl Into<String>,
     ) -> Self {
-        TaskSpec {
+        LocalTask {
             id: id.into(),
             command_line: command_line.into(),
             image: image.into(),
@@ -124,11 +124,11 @@ impl TaskSpec {
 /// A job: tasks plus the job-level settings the backend honours.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct JobSpec {
+pub struct LocalJob {
     /// Job id (Docker object names and the state directory derive from it).
     pub id: String,
     /// The tasks.
-    pub tasks: Vec<TaskSpec>,
+    pub tasks: Vec<LocalTask>,
     /// `usesTaskDependencies`.
     #[serde(default)]
     pub uses_task_dependencies: bool,
@@ -143,7 +143,7 @@ pub struct JobSpec {
     pub max_parallel_tasks: Option<usize>,
 }
 
-impl JobSpec {
+impl LocalJob {
     /// Checks ids, dependencies and instance counts.
     pub fn validate(&self) -> Result<()> {
         let bad = |field: String, reason: String| LocalError::InvalidJob {
@@ -224,8 +224,8 @@ pub(crate) fn valid_id(id: &str) -> bool {
 mod tests {
     use super::*;
 
-    fn job(tasks: Vec<TaskSpec>) -> JobSpec {
-        JobSpec {
+    fn job(tasks: Vec<LocalTask>) -> LocalJob {
+        LocalJob {
             id: "j1".into(),
             tasks,
             uses_task_dependencies: true,
@@ -238,12 +238,12 @@ mod tests {
     #[test]
     fn rejects_duplicate_and_bad_ids() {
         let j = job(vec![
-            TaskSpec::new("a", "img", "true"),
-            TaskSpec::new("a", "img", "true"),
+            LocalTask::new("a", "img", "true"),
+            LocalTask::new("a", "img", "true"),
         ]);
         let e = j.validate().unwrap_err().to_string();
         assert!(e.contains("tasks[1].id") && e.contains("duplicate"), "{e}");
-        let j = job(vec![TaskSpec::new("a/b", "img", "true")]);
+        let j = job(vec![LocalTask::new("a/b", "img", "true")]);
         assert!(j
             .validate()
             .unwrap_err()
@@ -253,12 +253,12 @@ mod tests {
 
     #[test]
     fn dependencies_need_the_job_flag() {
-        let mut t = TaskSpec::new("b", "img", "true");
+        let mut t = LocalTask::new("b", "img", "true");
         t.depends_on = Some(TaskDependencies {
             task_ids: vec!["a".into()],
             task_id_ranges: vec![],
         });
-        let mut j = job(vec![TaskSpec::new("a", "img", "true"), t]);
+        let mut j = job(vec![LocalTask::new("a", "img", "true"), t]);
         j.validate().unwrap();
         j.uses_task_dependencies = false;
         let e = j.validate().unwrap_err().to_string();

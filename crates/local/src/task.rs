@@ -8,17 +8,18 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::future::{select_all, BoxFuture, FutureExt};
+use futures::future::{select_all, BoxFuture, FutureExt, SelectAll};
 use tokio_util::sync::CancellationToken;
 
-use crate::cmdline::{parse_run_options, split_command_line};
+use crate::cmdline::{parse_run_options, split_command_line, RunOptions};
 use crate::docker::{labels, nth, ContainerSpec, Engine, OutputStream};
 use crate::env::{batch_env, NodeAddr, TaskDirs};
 use crate::error::{LocalError, Result};
 use crate::events::{Event, Events};
-use crate::keys::{layout, RunKeys};
-use crate::spec::TaskSpec;
+use crate::keys::RunKeys;
+use crate::spec::LocalTask;
 use crate::LocalOptions;
+use shipyard_runtime::ssh::SSHD_PORT;
 
 /// What one run of a job shares between its tasks.
 #[derive(Debug)]
@@ -233,7 +234,7 @@ fn node_id(i: usize) -> String {
 /// the future being dropped).
 pub(crate) async fn run_attempt(
     ctx: &RunCtx,
-    task: &TaskSpec,
+    task: &LocalTask,
     attempt: u32,
     cancel: &CancellationToken,
 ) -> Attempt {
@@ -283,178 +284,84 @@ pub(crate) async fn run_attempt(
     }
 }
 
+/// What an attempt needs before it creates anything: parsed command lines and run options,
+/// object names, labels and directories.
+struct AttemptSetup {
+    multi: bool,
+    labels: HashMap<String, String>,
+    /// Prefix of the attempt's Docker object names.
+    prefix: String,
+    dirs: TaskDirs,
+    app_argv: Vec<String>,
+    coord_argv: Option<Vec<String>>,
+    run_opts: RunOptions,
+    /// Host directory of the task's output.
+    task_dir: PathBuf,
+}
+
+impl AttemptSetup {
+    /// Parses the task's command lines and run options and creates its host directory.
+    fn new(ctx: &RunCtx, task: &LocalTask, multi: bool) -> Result<Self> {
+        let labels = ctx.labels(&task.id);
+        let prefix = format!("shipyard-{}-{}-{}", ctx.job, task.id, ctx.short_run());
+        let dirs = TaskDirs::new(&ctx.job, &task.id);
+        let app_argv = split_command_line(&task.command_line, "commandLine")?;
+        let coord_argv = match &task.multi_instance {
+            Some(m) if !m.coordination_command_line.trim().is_empty() => Some(split_command_line(
+                &m.coordination_command_line,
+                "multiInstanceSettings.coordinationCommandLine",
+            )?),
+            _ => None,
+        };
+        let run_opts = parse_run_options(&task.container_run_options)?;
+        let task_dir = ctx.task_dir(&task.id);
+        std::fs::create_dir_all(&task_dir).map_err(|e| LocalError::io(&task_dir, e))?;
+        Ok(AttemptSetup {
+            multi,
+            labels,
+            prefix,
+            dirs,
+            app_argv,
+            coord_argv,
+            run_opts,
+            task_dir,
+        })
+    }
+}
+
 async fn attempt_inner(
     ctx: &RunCtx,
-    task: &TaskSpec,
+    task: &LocalTask,
     attempt: u32,
     multi: bool,
     res: &mut Resources,
 ) -> Result<i64> {
-    let n = task.instances() as usize;
-    let labels = ctx.labels(&task.id);
-    let prefix = format!("shipyard-{}-{}-{}", ctx.job, task.id, ctx.short_run());
-    let dirs = TaskDirs::new(&ctx.job, &task.id);
-    let app_argv = split_command_line(&task.command_line, "commandLine")?;
-    let coord_argv = match &task.multi_instance {
-        Some(m) if !m.coordination_command_line.trim().is_empty() => Some(split_command_line(
-            &m.coordination_command_line,
-            "multiInstanceSettings.coordinationCommandLine",
-        )?),
-        _ => None,
-    };
-    let run_opts = parse_run_options(&task.container_run_options)?;
-    let task_dir = ctx.task_dir(&task.id);
-    std::fs::create_dir_all(&task_dir).map_err(|e| LocalError::io(&task_dir, e))?;
-
-    // Network, addresses and the shared volume (multi-instance tasks).
-    let mut addrs: Vec<NodeAddr> = (0..n)
+    let setup = AttemptSetup::new(ctx, task, multi)?;
+    let mut addrs: Vec<NodeAddr> = (0..task.instances() as usize)
         .map(|i| NodeAddr {
             id: node_id(i),
             ip: Ipv4Addr::UNSPECIFIED,
         })
         .collect();
-    let mut binds_common = run_opts.binds.clone();
+    let mut binds_common = setup.run_opts.binds.clone();
     if multi {
-        let net = format!("{prefix}-net");
-        res.network = Some(net.clone());
-        let base = ctx.engine.create_network(&net, &labels).await?;
-        for (i, a) in addrs.iter_mut().enumerate() {
-            a.ip = nth(base, 2 + i as u32);
-        }
-        let vol = format!("{prefix}-shared");
-        res.volume = Some(vol.clone());
-        ctx.engine.create_volume(&vol, &labels).await?;
-        binds_common.push(format!("{vol}:{}", dirs.shared_dir));
+        binds_common.push(create_network_and_volume(ctx, &setup, res, &mut addrs).await?);
     }
-    let extra_hosts: Vec<String> = if multi {
-        addrs.iter().map(|a| format!("{}:{}", a.id, a.ip)).collect()
-    } else {
-        Vec::new()
-    };
-
-    let specs: Vec<ContainerSpec> = (0..n)
-        .map(|i| {
-            let mut env: Vec<String> = batch_env(&ctx.job, &task.id, &addrs, i, multi)
-                .into_iter()
-                .chain(task.environment.iter().cloned())
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect();
-            env.extend(run_opts.env.iter().cloned());
-            let mut binds = binds_common.clone();
-            if multi {
-                if let Some(keys) = &ctx.keys {
-                    binds.extend(keys.binds(i == 0 || ctx.opts.keys_on_all_nodes, &ctx.key_mount));
-                }
-            }
-            let mut l = labels.clone();
-            l.insert(labels::NODE.to_string(), addrs[i].id.clone());
-            for (k, v) in &run_opts.labels {
-                l.entry(k.clone()).or_insert_with(|| v.clone());
-            }
-            ContainerSpec {
-                name: format!("{prefix}-{i}"),
-                hostname: addrs[i].id.clone(),
-                image: task.image.clone(),
-                env,
-                working_dir: dirs.working_dir.clone(),
-                labels: l,
-                binds,
-                extra_hosts: extra_hosts.clone(),
-                network: if multi { res.network.clone() } else { None },
-                ip: multi.then_some(addrs[i].ip),
-                run: run_opts.clone(),
-            }
-        })
-        .collect();
+    let specs = node_specs(ctx, task, &setup, &addrs, &binds_common, &res.network);
     res.containers = specs.iter().map(|s| s.name.clone()).collect();
-
-    // All nodes at once.
-    let t0 = Instant::now();
-    let started =
-        futures::future::join_all(specs.iter().map(|s| ctx.engine.create_and_start(s))).await;
-    for r in started {
-        r?;
-    }
-    for a in &addrs {
-        ctx.events.emit(Event::NodeStarted {
-            task: task.id.clone(),
-            node: a.id.clone(),
-            ip: multi.then_some(a.ip),
-        });
-    }
-    tracing::debug!(task = %task.id, nodes = n, ms = t0.elapsed().as_millis() as u64, "nodes started");
+    start_nodes(ctx, task, &specs, &addrs, multi).await?;
 
     // From now on, a node that stops fails the task.
-    let watchers: Vec<BoxFuture<'_, usize>> = specs
-        .iter()
-        .enumerate()
-        .map(|(i, s)| {
-            let engine = &ctx.engine;
-            let name = s.name.clone();
-            async move {
-                engine.wait_stopped(&name).await;
-                i
-            }
-            .boxed()
-        })
-        .collect();
-    let mut node_lost = select_all(watchers);
+    let mut node_lost = watch_nodes(&ctx.engine, &specs);
     let lost = |i: usize| LocalError::NodeLost {
         task: task.id.clone(),
         node: addrs[i].id.clone(),
         container: specs[i].name.clone(),
     };
-
-    let work = async {
-        if let Some(argv) = &coord_argv {
-            coordinate(ctx, task, &specs, &addrs, argv, &task_dir).await?;
-            wait_sshd(ctx, task, &addrs, &specs[0].name).await?;
-            ctx.events.emit(Event::NodesReady {
-                task: task.id.clone(),
-                nodes: n,
-            });
-        }
-        ctx.events.emit(Event::TaskState {
-            task: task.id.clone(),
-            state: crate::store::TaskState::Running,
-            attempt,
-            exit_code: None,
-            failure: None,
-        });
-        let mut sink = Sink::create(
-            &task_dir,
-            &ctx.events,
-            ctx.opts.stream_output,
-            &task.id,
-            &addrs[0].id,
-            false,
-        )?;
-        let code = {
-            let mut f = |s: OutputStream, c: &[u8]| sink.write(s, c);
-            let exec = ctx.engine.exec(
-                &specs[0].name,
-                app_argv.clone(),
-                Some(dirs.working_dir.clone()),
-                &mut f,
-            );
-            match task.max_wall_clock_secs {
-                Some(secs) => tokio::time::timeout(Duration::from_secs(secs), exec)
-                    .await
-                    .map_err(|_| LocalError::WallClockExceeded {
-                        task: task.id.clone(),
-                        secs,
-                    })??,
-                None => exec.await?,
-            }
-        };
-        sink.finish();
-        Ok::<i64, LocalError>(code)
-    };
-
     let code = tokio::select! {
         biased;
         (i, _, _) = &mut node_lost => return Err(lost(i)),
-        r = work => r?,
+        r = coordinate_and_run(ctx, task, attempt, &setup, &specs, &addrs) => r?,
     };
     // A killed master ends the exec with an error code before its watcher fires: check.
     if code != 0 {
@@ -467,11 +374,182 @@ async fn attempt_inner(
     Ok(code)
 }
 
+/// Creates the task's private network (giving `addrs` their addresses on it) and its shared
+/// volume, recorded in `res`; returns the volume's bind at the task's shared directory.
+async fn create_network_and_volume(
+    ctx: &RunCtx,
+    setup: &AttemptSetup,
+    res: &mut Resources,
+    addrs: &mut [NodeAddr],
+) -> Result<String> {
+    let net = format!("{}-net", setup.prefix);
+    res.network = Some(net.clone());
+    let base = ctx.engine.create_network(&net, &setup.labels).await?;
+    for (i, a) in addrs.iter_mut().enumerate() {
+        a.ip = nth(base, 2 + i as u32);
+    }
+    let vol = format!("{}-shared", setup.prefix);
+    res.volume = Some(vol.clone());
+    ctx.engine.create_volume(&vol, &setup.labels).await?;
+    Ok(format!("{vol}:{}", setup.dirs.shared_dir))
+}
+
+/// The container of every node: Batch environment, binds (keys on multi-instance nodes),
+/// labels, and for multi-instance tasks the network, fixed address and every node in
+/// `/etc/hosts`.
+fn node_specs(
+    ctx: &RunCtx,
+    task: &LocalTask,
+    setup: &AttemptSetup,
+    addrs: &[NodeAddr],
+    binds_common: &[String],
+    network: &Option<String>,
+) -> Vec<ContainerSpec> {
+    let multi = setup.multi;
+    let extra_hosts: Vec<String> = if multi {
+        addrs.iter().map(|a| format!("{}:{}", a.id, a.ip)).collect()
+    } else {
+        Vec::new()
+    };
+    let run_opts = &setup.run_opts;
+    (0..addrs.len())
+        .map(|i| {
+            let mut env: Vec<String> = batch_env(&ctx.job, &task.id, addrs, i, multi)
+                .into_iter()
+                .chain(task.environment.iter().cloned())
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            env.extend(run_opts.env.iter().cloned());
+            let mut binds = binds_common.to_vec();
+            if multi {
+                if let Some(keys) = &ctx.keys {
+                    binds.extend(keys.binds(i == 0 || ctx.opts.keys_on_all_nodes, &ctx.key_mount));
+                }
+            }
+            let mut l = setup.labels.clone();
+            l.insert(labels::NODE.to_string(), addrs[i].id.clone());
+            for (k, v) in &run_opts.labels {
+                l.entry(k.clone()).or_insert_with(|| v.clone());
+            }
+            ContainerSpec {
+                name: format!("{}-{i}", setup.prefix),
+                hostname: addrs[i].id.clone(),
+                image: task.image.clone(),
+                env,
+                working_dir: setup.dirs.working_dir.clone(),
+                labels: l,
+                binds,
+                extra_hosts: extra_hosts.clone(),
+                network: if multi { network.clone() } else { None },
+                ip: multi.then_some(addrs[i].ip),
+                run: run_opts.clone(),
+            }
+        })
+        .collect()
+}
+
+/// Creates and starts every node at once, then emits [`Event::NodeStarted`] for each.
+async fn start_nodes(
+    ctx: &RunCtx,
+    task: &LocalTask,
+    specs: &[ContainerSpec],
+    addrs: &[NodeAddr],
+    multi: bool,
+) -> Result<()> {
+    let t0 = Instant::now();
+    let started =
+        futures::future::join_all(specs.iter().map(|s| ctx.engine.create_and_start(s))).await;
+    for r in started {
+        r?;
+    }
+    for a in addrs {
+        ctx.events.emit(Event::NodeStarted {
+            task: task.id.clone(),
+            node: a.id.clone(),
+            ip: multi.then_some(a.ip),
+        });
+    }
+    tracing::debug!(task = %task.id, nodes = specs.len(), ms = t0.elapsed().as_millis() as u64, "nodes started");
+    Ok(())
+}
+
+/// A future that resolves with the index of the first node container that stops.
+fn watch_nodes<'a>(engine: &'a Engine, specs: &[ContainerSpec]) -> SelectAll<BoxFuture<'a, usize>> {
+    let watchers: Vec<BoxFuture<'a, usize>> = specs
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let name = s.name.clone();
+            async move {
+                engine.wait_stopped(&name).await;
+                i
+            }
+            .boxed()
+        })
+        .collect();
+    select_all(watchers)
+}
+
+/// The coordination command on every node and sshd readiness (multi-instance tasks), then the
+/// application on the master (bounded by `maxWallClockTime`); returns its exit code.
+async fn coordinate_and_run(
+    ctx: &RunCtx,
+    task: &LocalTask,
+    attempt: u32,
+    setup: &AttemptSetup,
+    specs: &[ContainerSpec],
+    addrs: &[NodeAddr],
+) -> Result<i64> {
+    if let Some(argv) = &setup.coord_argv {
+        coordinate(ctx, task, specs, addrs, argv, &setup.task_dir).await?;
+        wait_sshd(ctx, task, addrs, &specs[0].name).await?;
+        ctx.events.emit(Event::NodesReady {
+            task: task.id.clone(),
+            nodes: addrs.len(),
+        });
+    }
+    ctx.events.emit(Event::TaskState {
+        task: task.id.clone(),
+        state: crate::store::TaskState::Running,
+        attempt,
+        exit_code: None,
+        failure: None,
+    });
+    let mut sink = Sink::create(
+        &setup.task_dir,
+        &ctx.events,
+        ctx.opts.stream_output,
+        &task.id,
+        &addrs[0].id,
+        false,
+    )?;
+    let code = {
+        let mut f = |s: OutputStream, c: &[u8]| sink.write(s, c);
+        let exec = ctx.engine.exec(
+            &specs[0].name,
+            setup.app_argv.clone(),
+            Some(setup.dirs.working_dir.clone()),
+            &mut f,
+        );
+        match task.max_wall_clock_secs {
+            Some(secs) => tokio::time::timeout(Duration::from_secs(secs), exec)
+                .await
+                .map_err(|_| LocalError::WallClockExceeded {
+                    task: task.id.clone(),
+                    secs,
+                })??,
+            None => exec.await?,
+        }
+    };
+    sink.finish();
+    Ok(code)
+}
+
 /// Runs the coordination command on every node at once; its output goes to
 /// `<task dir>/nodes/<node>/std{out,err}.txt`.
 async fn coordinate(
     ctx: &RunCtx,
-    task: &TaskSpec,
+    task: &LocalTask,
     specs: &[ContainerSpec],
     addrs: &[NodeAddr],
     argv: &[String],
@@ -523,7 +601,7 @@ async fn coordinate(
 /// Waits until every node's sshd accepts connections on port 23 (bounded). Probes from this
 /// process; when the nodes' network is not reachable from here at all (the backend itself runs
 /// in a container), probes from inside the master instead.
-async fn wait_sshd(ctx: &RunCtx, task: &TaskSpec, addrs: &[NodeAddr], master: &str) -> Result<()> {
+async fn wait_sshd(ctx: &RunCtx, task: &LocalTask, addrs: &[NodeAddr], master: &str) -> Result<()> {
     let started = Instant::now();
     let deadline = started + ctx.opts.sshd_timeout;
     if ctx.opts.probe_from_master {
@@ -533,7 +611,7 @@ async fn wait_sshd(ctx: &RunCtx, task: &TaskSpec, addrs: &[NodeAddr], master: &s
     let mut reachable = false;
     loop {
         let checks = pending.iter().map(|a| async move {
-            let addr = (a.ip, layout::SSHD_PORT);
+            let addr = (a.ip, SSHD_PORT);
             let r = tokio::time::timeout(
                 Duration::from_millis(500),
                 tokio::net::TcpStream::connect(addr),
@@ -563,7 +641,7 @@ async fn wait_sshd(ctx: &RunCtx, task: &TaskSpec, addrs: &[NodeAddr], master: &s
     }
 }
 
-fn sshd_timeout(ctx: &RunCtx, task: &TaskSpec, down: &[&NodeAddr]) -> LocalError {
+fn sshd_timeout(ctx: &RunCtx, task: &LocalTask, down: &[&NodeAddr]) -> LocalError {
     LocalError::SshdTimeout {
         task: task.id.clone(),
         nodes: down
@@ -571,7 +649,7 @@ fn sshd_timeout(ctx: &RunCtx, task: &TaskSpec, down: &[&NodeAddr]) -> LocalError
             .map(|a| format!("{} ({})", a.id, a.ip))
             .collect::<Vec<_>>()
             .join(", "),
-        port: layout::SSHD_PORT,
+        port: SSHD_PORT,
         secs: ctx.opts.sshd_timeout.as_secs(),
     }
 }
@@ -580,7 +658,7 @@ fn sshd_timeout(ctx: &RunCtx, task: &TaskSpec, down: &[&NodeAddr]) -> LocalError
 /// the deadline.
 async fn wait_sshd_from_master(
     ctx: &RunCtx,
-    task: &TaskSpec,
+    task: &LocalTask,
     addrs: &[NodeAddr],
     master: &str,
     deadline: Instant,
@@ -596,7 +674,7 @@ async fn wait_sshd_from_master(
          if [ $SECONDS -ge $end ]; then down=\"$down $h\"; break; fi; sleep 0.1; done; done; \
          [ -z \"$down\" ] || {{ echo $down; exit 1; }}",
         hosts = ips.join(" "),
-        port = layout::SSHD_PORT,
+        port = SSHD_PORT,
     );
     let mut out = Vec::new();
     let code = {

@@ -69,6 +69,7 @@ mod flavor;
 mod plan;
 mod render;
 mod request;
+pub mod shell;
 mod word;
 
 pub use error::LaunchError;
@@ -76,6 +77,6 @@ pub use flavor::{Flavor, KNOWN_FLAVOR_NAMES};
 pub use plan::{default_env, Hostfile, HostfileHosts, LaunchPlan, Resolved};
 pub use render::{batch_cmd_command_line, batch_sh_command_line, sh_quote, sh_quote_always};
 pub use request::{
-    Bind, Container, ContainerRuntime, Hosts, LaunchRequest, Ppn, WallClock, AZ_BATCH_HOST_LIST,
+    Bind, Container, ContainerWrapper, Hosts, LaunchRequest, Ppn, WallClock, AZ_BATCH_HOST_LIST,
 };
 pub use word::{Deferred, Num, Part, RunEnv, Word};

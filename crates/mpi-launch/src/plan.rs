@@ -507,7 +507,7 @@ pub(crate) fn build(req: &LaunchRequest) -> Result<LaunchPlan, LaunchError> {
         for (k, v) in &c.env {
             set_env(
                 &mut pairs,
-                &format!("{}{k}", c.runtime.env_prefix()),
+                &format!("{}{k}", c.wrapper.env_prefix()),
                 v.clone(),
             );
         }
@@ -749,7 +749,7 @@ pub(crate) fn build(req: &LaunchRequest) -> Result<LaunchPlan, LaunchError> {
 
     if let Some(c) = &req.container {
         argv.push(Word::lit(
-            c.program.as_deref().unwrap_or(c.runtime.default_program()),
+            c.program.as_deref().unwrap_or(c.wrapper.default_program()),
         ));
         argv.push(lit(cflags::EXEC));
         for b in &c.binds {

@@ -19,33 +19,7 @@ const SH_RESERVED: &[&str] = &[
     "until", "while",
 ];
 
-fn sh_safe(c: char) -> bool {
-    c.is_ascii_alphanumeric() || "_@%+=:,./-".contains(c)
-}
-
-/// Quotes `s` for POSIX sh so that it stays one word with exactly this text.
-pub fn sh_quote(s: &str) -> String {
-    if !s.is_empty() && s.chars().all(sh_safe) {
-        s.to_string()
-    } else {
-        sh_quote_always(s)
-    }
-}
-
-/// Single-quotes `s` for POSIX sh, even when it would not need it.
-pub fn sh_quote_always(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('\'');
-    for c in s.chars() {
-        if c == '\'' {
-            out.push_str("'\\''");
-        } else {
-            out.push(c);
-        }
-    }
-    out.push('\'');
-    out
-}
+pub use crate::shell::{quote as sh_quote, quote_always as sh_quote_always};
 
 /// Wraps a POSIX-sh command line as an Azure Batch task `commandLine` (Batch does not run task
 /// command lines in a shell): `/bin/bash -c '<line>'`.

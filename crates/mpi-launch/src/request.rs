@@ -79,29 +79,29 @@ impl WallClock {
     }
 }
 
-/// Which container runtime wraps the program.
+/// Which container engine wraps each rank's program (`singularity` or `apptainer exec`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ContainerRuntime {
+pub enum ContainerWrapper {
     /// `singularity exec`, env via `SINGULARITYENV_`.
     Singularity,
     /// `apptainer exec`, env via `APPTAINERENV_`.
     Apptainer,
 }
 
-impl ContainerRuntime {
+impl ContainerWrapper {
     /// Default executable name.
     pub fn default_program(self) -> &'static str {
         match self {
-            ContainerRuntime::Singularity => "singularity",
-            ContainerRuntime::Apptainer => "apptainer",
+            ContainerWrapper::Singularity => "singularity",
+            ContainerWrapper::Apptainer => "apptainer",
         }
     }
 
     /// Prefix that injects a variable into the container.
     pub fn env_prefix(self) -> &'static str {
         match self {
-            ContainerRuntime::Singularity => "SINGULARITYENV_",
-            ContainerRuntime::Apptainer => "APPTAINERENV_",
+            ContainerWrapper::Singularity => "SINGULARITYENV_",
+            ContainerWrapper::Apptainer => "APPTAINERENV_",
         }
     }
 }
@@ -122,7 +122,7 @@ pub struct Bind {
 /// `singularity|apptainer exec [--bind ...] [--pwd d] [--nv] [options] IMAGE program args`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Container {
-    pub(crate) runtime: ContainerRuntime,
+    pub(crate) wrapper: ContainerWrapper,
     pub(crate) program: Option<String>,
     pub(crate) image: String,
     pub(crate) binds: Vec<Bind>,
@@ -135,18 +135,18 @@ pub struct Container {
 impl Container {
     /// `singularity exec ... image`.
     pub fn singularity(image: impl Into<String>) -> Container {
-        Container::new(ContainerRuntime::Singularity, image)
+        Container::new(ContainerWrapper::Singularity, image)
     }
 
     /// `apptainer exec ... image`.
     pub fn apptainer(image: impl Into<String>) -> Container {
-        Container::new(ContainerRuntime::Apptainer, image)
+        Container::new(ContainerWrapper::Apptainer, image)
     }
 
-    /// A wrapper for `runtime` running `image`.
-    pub fn new(runtime: ContainerRuntime, image: impl Into<String>) -> Container {
+    /// A `wrapper` (singularity or apptainer) running `image`.
+    pub fn new(wrapper: ContainerWrapper, image: impl Into<String>) -> Container {
         Container {
-            runtime,
+            wrapper,
             program: None,
             image: image.into(),
             binds: Vec::new(),

@@ -38,21 +38,22 @@
 
 #![warn(missing_docs)]
 
-use std::collections::BTreeSet;
+mod job;
+mod native;
+mod node_scripts;
+mod non_native;
+mod windows;
 
-use shipyard_runtime::batch::{
-    self, pool_admin, ContainerConfiguration, ContainerRegistry, ContainerType,
-    ContainerWorkingDirectory, EnvironmentSetting, JobPreparationTask, JobReleaseTask,
-    MultiInstanceSettings, OnAllTasksComplete, TaskAddParameter, TaskConstraints,
-    TaskContainerSettings, TaskDependencies, TaskIdRange,
-};
+use shipyard_runtime::batch::{self, pool_admin, ContainerRegistry, TaskAddParameter};
 use shipyard_runtime::registry::RuntimeRegistration;
-use shipyard_runtime::shell::{bash_c, quote, quote_expanding};
-use shipyard_runtime::ssh::{self, CONTAINER_SSH_DIR, SSHD_PORT};
+use shipyard_runtime::ssh::SSHD_PORT;
 use shipyard_runtime::{
-    mpi, ContainerRuntime, JobNeeds, JobPlan, JobSpec, MpiRuntime, OsFamily, PoolFacts, PoolNeeds,
-    RuntimeError, TaskSpec, WorkingDir,
+    mpi, validate, ContainerRuntime, Field, JobPlan, JobSpec, MpiRuntime, OsFamily, PoolFacts,
+    RuntimeError, TaskSpec,
 };
+
+pub use node_scripts::{native_coordination_script, sshd_script, wait_for_sshd_script};
+pub use windows::MSMPI_COORDINATION;
 
 /// The runtime's registry name.
 pub const NAME: &str = "docker";
@@ -186,114 +187,8 @@ pub fn container_name(job_id: &str, task_id: &str) -> String {
     format!("shipyard-{job_id}-{task_id}")
 }
 
-/// The script that starts sshd on port 23 in a container: creates `/run/sshd`, generates an
-/// ed25519 host key if missing, then runs sshd (`foreground` keeps it as the container's main
-/// process; otherwise it daemonizes and the script returns).
-pub fn sshd_script(listen_address: Option<&str>, foreground: bool) -> String {
-    let key = "/etc/ssh/ssh_host_ed25519_key";
-    let mut sshd = vec![
-        "/usr/sbin/sshd".to_string(),
-        "-p".to_string(),
-        SSHD_PORT.to_string(),
-        "-h".to_string(),
-        key.to_string(),
-    ];
-    if foreground {
-        sshd.insert(1, "-D".to_string());
-        sshd.insert(2, "-e".to_string());
-    }
-    if let Some(a) = listen_address {
-        sshd.push("-o".into());
-        sshd.push(format!("ListenAddress={a}"));
-    }
-    format!(
-        "mkdir -p /run/sshd && {{ test -s {key} || ssh-keygen -q -t ed25519 -N '' -f {key}; }} && {}{}",
-        if foreground { "exec " } else { "" },
-        shipyard_runtime::shell::join(&sshd)
-    )
-}
-
-/// The coordination script of a native multi-instance task (runs inside the container):
-/// installs the job's key files into `/root/.ssh` and starts sshd on port 23, daemonized.
-pub fn native_coordination_script(job_id: &str, listen_address: Option<&str>) -> String {
-    let dir = ssh::node_key_dir_shell(job_id);
-    format!(
-        "set -e; mkdir -p {ssh_dir} && chmod 700 {ssh_dir} && for f in {files}; do install -m 600 {src}/$f {ssh_dir}/$f; done; {sshd}",
-        ssh_dir = CONTAINER_SSH_DIR,
-        files = [
-            ssh::PRIVATE_KEY_FILE,
-            ssh::PUBLIC_KEY_FILE,
-            ssh::AUTHORIZED_KEYS_FILE,
-            ssh::CLIENT_CONFIG_FILE
-        ]
-        .join(" "),
-        src = quote_expanding(&dir),
-        sshd = sshd_script(listen_address, false),
-    )
-}
-
-/// A bash snippet waiting until every host of `$AZ_BATCH_HOST_LIST` accepts TCP connections on
-/// port 23, for at most `timeout_secs`; on timeout it prints the hosts that never came up and
-/// exits 1.
-pub fn wait_for_sshd_script(timeout_secs: u32) -> String {
-    format!(
-        "shipyard_hosts=$(printf %s \"$AZ_BATCH_HOST_LIST\" | tr , \" \"); \
-if [ -z \"$shipyard_hosts\" ]; then echo \"shipyard: AZ_BATCH_HOST_LIST is empty\" >&2; exit 1; fi; \
-shipyard_deadline=$((SECONDS + {timeout_secs})); \
-while :; do shipyard_down=; \
-for h in $shipyard_hosts; do timeout 3 bash -c \"exec 3<>/dev/tcp/$h/{SSHD_PORT}\" 2>/dev/null || shipyard_down=\"$shipyard_down $h\"; done; \
-[ -z \"$shipyard_down\" ] && break; \
-if [ $SECONDS -ge $shipyard_deadline ]; then echo \"shipyard: sshd on port {SSHD_PORT} did not accept connections within {timeout_secs}s on:$shipyard_down\" >&2; exit 1; fi; \
-sleep 1; done"
-    )
-}
-
-fn env_settings(job: &JobSpec, task: &TaskSpec) -> Option<Vec<EnvironmentSetting>> {
-    let env = job.environment(task);
-    (!env.is_empty()).then(|| {
-        env.into_iter()
-            .map(|(k, v)| EnvironmentSetting::new(k, v))
-            .collect()
-    })
-}
-
-fn constraints(job: &JobSpec, task: &TaskSpec) -> Option<TaskConstraints> {
-    let c = TaskConstraints {
-        max_wall_clock_time: task.max_wall_time.clone(),
-        retention_time: None,
-        max_task_retry_count: job.max_task_retries(task),
-    };
-    (c != TaskConstraints::default()).then_some(c)
-}
-
-fn depends_on(task: &TaskSpec, field: &str) -> Result<Option<TaskDependencies>, RuntimeError> {
-    let ranges = match task.depends_on_range {
-        None => None,
-        Some([s, e]) => {
-            let conv = |v: u32| {
-                i32::try_from(v).map_err(|_| RuntimeError::Invalid {
-                    field: format!("{field}.depends_on_range"),
-                    reason: format!("{v} is larger than a Batch task id range allows"),
-                })
-            };
-            Some(vec![TaskIdRange::new(conv(s)?, conv(e)?)])
-        }
-    };
-    let ids = (!task.depends_on.is_empty()).then(|| task.depends_on.clone());
-    Ok(
-        (ids.is_some() || ranges.is_some()).then_some(TaskDependencies {
-            task_ids: ids,
-            task_id_ranges: ranges,
-        }),
-    )
-}
-
-fn unsupported(field: impl Into<String>, reason: impl Into<String>) -> RuntimeError {
-    RuntimeError::Unsupported {
-        runtime: NAME.to_string(),
-        field: field.into(),
-        reason: reason.into(),
-    }
+fn unsupported(field: Field, reason: impl Into<String>) -> RuntimeError {
+    RuntimeError::unsupported(NAME, field, reason)
 }
 
 fn user_shell_words(command: &str) -> Vec<String> {
@@ -302,7 +197,7 @@ fn user_shell_words(command: &str) -> Vec<String> {
 
 impl DockerRuntime {
     /// `docker run` options shared by both pool kinds (user options, `--shm-size`).
-    fn common_run_options(&self, job: &JobSpec, task: &TaskSpec) -> Vec<String> {
+    pub(crate) fn common_run_options(&self, job: &JobSpec, task: &TaskSpec) -> Vec<String> {
         let mut opts: Vec<String> = task.additional_docker_run_options.clone();
         if let Some(s) = job.shm_size(task) {
             opts.push(format!("{}{s}", flags::SHM_SIZE));
@@ -310,7 +205,7 @@ impl DockerRuntime {
         opts
     }
 
-    fn labels(job_id: &str, task_id: &str, mi: bool) -> Vec<String> {
+    pub(crate) fn labels(job_id: &str, task_id: &str, mi: bool) -> Vec<String> {
         let mut v = vec![
             flags::LABEL.to_string(),
             format!("{LABEL_JOB}={job_id}"),
@@ -325,32 +220,29 @@ impl DockerRuntime {
     }
 
     /// The MPI (or plain) application line of a multi-instance task, POSIX sh.
-    fn mi_application_line(
+    pub(crate) fn mi_application_line(
         &self,
         job: &JobSpec,
         task: &TaskSpec,
-        tpath: &str,
+        at: &Field,
     ) -> Result<String, RuntimeError> {
-        let mi = task.multi_instance.as_ref().ok_or_else(|| {
-            unsupported(
-                format!("{tpath}.multi_instance"),
-                "not a multi-instance task",
-            )
-        })?;
+        let mi = task
+            .multi_instance
+            .as_ref()
+            .ok_or_else(|| unsupported(at.key("multi_instance"), "not a multi-instance task"))?;
         let command = task.command.as_deref().unwrap_or_default();
         let app = match &mi.mpi {
             Some(m) => {
-                let field = format!("{tpath}.multi_instance.mpi");
                 let env = job.environment(task);
                 let ctx = mpi::LaunchContext {
-                    field: &field,
+                    task: at,
                     ssh_port: Some(SSHD_PORT),
                     run_as_root: true,
                     user_env: &env,
                     infiniband: job.infiniband(task),
                 };
                 let req = mpi::launch_request(m, command, ctx)?;
-                mpi::render_sh(&req, &field)?
+                mpi::render_sh(&req, at)?
             }
             None => command.to_string(),
         };
@@ -365,354 +257,24 @@ impl DockerRuntime {
         Ok(parts.join("; "))
     }
 
-    fn plan_native_linux_task(
+    pub(crate) fn base_task(
         &self,
         job: &JobSpec,
         task: &TaskSpec,
         index: usize,
-        pool: &PoolFacts,
-        tpath: &str,
-    ) -> Result<TaskAddParameter, RuntimeError> {
-        let task_id = job.task_id(index);
-        let mut opts = self.common_run_options(job, task);
-        if job.remove_container_after_exit(task) {
-            opts.insert(0, flags::RM.to_string());
-        }
-        opts.extend(Self::labels(
-            &job.id,
-            &task_id,
-            task.multi_instance.is_some(),
-        ));
-        let container_settings = TaskContainerSettings {
-            container_run_options: Some(shipyard_runtime::shell::join(&opts)),
-            image_name: task.image.clone(),
-            working_directory: Some(match task.default_working_dir {
-                WorkingDir::Batch => ContainerWorkingDirectory::TaskWorkingDirectory,
-                WorkingDir::Container => ContainerWorkingDirectory::ContainerImageDefault,
-            }),
-            ..Default::default()
-        };
-        let mut t = self.base_task(job, task, index, tpath)?;
-        t.container_settings = Some(container_settings);
-        match &task.multi_instance {
-            None => {
-                let command = task
-                    .command
-                    .as_deref()
-                    .ok_or_else(|| RuntimeError::Invalid {
-                        field: format!("{tpath}.command"),
-                        reason: "a task on a native container pool needs a command".into(),
-                    })?;
-                t.command_line = format!("/bin/sh -c {}", quote(command));
-            }
-            Some(mi) => {
-                let coordination = match &mi.coordination_command {
-                    Some(c) => bash_c(c),
-                    None => bash_c(&native_coordination_script(
-                        &job.id,
-                        self.sshd_listen_address.as_deref(),
-                    )),
-                };
-                t.command_line = bash_c(&self.mi_application_line(job, task, tpath)?);
-                t.multi_instance_settings = Some(MultiInstanceSettings {
-                    number_of_instances: Some(instances(mi, pool, tpath)?),
-                    coordination_command_line: coordination,
-                    common_resource_files: batch::resource_files(&mi.resource_files),
-                });
-            }
-        }
-        Ok(t)
-    }
-
-    fn base_task(
-        &self,
-        job: &JobSpec,
-        task: &TaskSpec,
-        index: usize,
-        tpath: &str,
+        at: &Field,
     ) -> Result<TaskAddParameter, RuntimeError> {
         Ok(TaskAddParameter {
             id: job.task_id(index),
             command_line: String::new(),
             resource_files: batch::resource_files(&task.resource_files),
-            environment_settings: env_settings(job, task),
-            constraints: constraints(job, task),
+            environment_settings: batch::environment_settings(job, task),
+            constraints: batch::constraints(job, task),
             user_identity: Some(pool_admin()),
-            depends_on: depends_on(task, tpath)?,
+            depends_on: batch::depends_on(task, at)?,
             ..Default::default()
         })
     }
-
-    /// `docker run` argv of a non-native task (without the program).
-    fn non_native_run_argv(&self, job: &JobSpec, task: &TaskSpec, task_id: &str) -> Vec<String> {
-        let mi = task.multi_instance.is_some();
-        let mut argv = vec![self.docker.clone(), "run".to_string()];
-        if mi {
-            argv.push(flags::DETACH.into());
-            argv.push(flags::NET_HOST.into());
-        } else if job.remove_container_after_exit(task) {
-            argv.push(flags::RM.into());
-        }
-        argv.push(flags::NAME.into());
-        argv.push(container_name(&job.id, task_id));
-        argv.extend(Self::labels(&job.id, task_id, mi));
-        argv.extend(self.common_run_options(job, task));
-        if job.infiniband(task) {
-            argv.push(flags::MEMLOCK_UNLIMITED.into());
-            argv.extend(
-                INFINIBAND_DEVICES
-                    .iter()
-                    .map(|d| format!("{}{d}", flags::DEVICE)),
-            );
-        }
-        if let Some(g) = job.gpus(task) {
-            argv.push(format!("{}{g}", flags::GPUS));
-        }
-        argv
-    }
-
-    fn plan_non_native_task(
-        &self,
-        job: &JobSpec,
-        task: &TaskSpec,
-        index: usize,
-        pool: &PoolFacts,
-        tpath: &str,
-    ) -> Result<TaskAddParameter, RuntimeError> {
-        let task_id = job.task_id(index);
-        let name = container_name(&job.id, &task_id);
-        let env = job.environment(task);
-        let mut pattern = vec![BATCH_ENV_PATTERN.to_string()];
-        pattern.extend(env.keys().cloned());
-        let env_file = format!("$AZ_BATCH_TASK_WORKING_DIR/{ENV_FILE}");
-        let dump_env = format!(
-            "(umask 077; env | grep -E {} > {} || true)",
-            quote(&format!("^({})=", pattern.join("|"))),
-            quote_expanding(&env_file)
-        );
-        // Everything after the static argv holds shell expansions: render those words apart.
-        let static_argv = self.non_native_run_argv(job, task, &task_id);
-        let mut dynamic = vec![
-            flags::VOLUME.to_string(),
-            quote_expanding("$AZ_BATCH_NODE_ROOT_DIR:$AZ_BATCH_NODE_ROOT_DIR"),
-        ];
-        if task.default_working_dir == WorkingDir::Batch {
-            dynamic.push(flags::WORKDIR.into());
-            dynamic.push(quote_expanding("$AZ_BATCH_TASK_WORKING_DIR"));
-        }
-        dynamic.push(flags::ENV_FILE.into());
-        dynamic.push(quote_expanding(&env_file));
-        let docker = quote(&self.docker);
-        let mut t = self.base_task(job, task, index, tpath)?;
-        match &task.multi_instance {
-            None => {
-                let program = task
-                    .command
-                    .as_deref()
-                    .map(user_shell_words)
-                    .unwrap_or_default();
-                let line = format!(
-                    "set -e; {docker} rm -f -v {n} >/dev/null 2>&1 || true; {dump_env}; exec {} {} {} {}",
-                    shipyard_runtime::shell::join(&static_argv),
-                    dynamic.join(" "),
-                    quote(&task.image),
-                    shipyard_runtime::shell::join(&program),
-                    n = quote(&name),
-                );
-                t.command_line = bash_c(line.trim_end());
-            }
-            Some(mi) => {
-                let key_dir = format!(
-                    "{}:{CONTAINER_SSH_DIR}:ro",
-                    ssh::node_key_dir_shell(&job.id)
-                );
-                dynamic.push(flags::VOLUME.into());
-                dynamic.push(quote_expanding(&key_dir));
-                let program = match &mi.coordination_command {
-                    Some(c) => user_shell_words(c),
-                    None => vec![
-                        "/bin/bash".into(),
-                        "-c".into(),
-                        sshd_script(self.sshd_listen_address.as_deref(), true),
-                    ],
-                };
-                let role = format!("label={LABEL_ROLE}={ROLE_MPI_NODE}");
-                let coordination = format!(
-                    "set -e; {docker} rm -f -v {n} >/dev/null 2>&1 || true; \
-{docker} ps -aq --filter {role} | xargs -r {docker} rm -f -v >/dev/null; \
-{dump_env}; {} {} {} {} >/dev/null",
-                    shipyard_runtime::shell::join(&static_argv),
-                    dynamic.join(" "),
-                    quote(&task.image),
-                    shipyard_runtime::shell::join(&program),
-                    n = quote(&name),
-                    role = quote(&role),
-                );
-                let mut exec = vec![docker.clone(), "exec".into()];
-                for v in EXEC_FORWARDED_ENV {
-                    exec.push(flags::ENV.into());
-                    exec.push((*v).into());
-                }
-                exec.push(flags::WORKDIR.into());
-                exec.push(quote_expanding("$AZ_BATCH_TASK_WORKING_DIR"));
-                exec.push(quote(&name));
-                exec.push("/bin/bash".into());
-                exec.push("-c".into());
-                exec.push(quote(&self.mi_application_line(job, task, tpath)?));
-                t.command_line = bash_c(&format!("exec {}", exec.join(" ")));
-                t.multi_instance_settings = Some(MultiInstanceSettings {
-                    number_of_instances: Some(instances(mi, pool, tpath)?),
-                    coordination_command_line: bash_c(&coordination),
-                    common_resource_files: batch::resource_files(&mi.resource_files),
-                });
-            }
-        }
-        Ok(t)
-    }
-
-    fn plan_windows_task(
-        &self,
-        job: &JobSpec,
-        task: &TaskSpec,
-        index: usize,
-        pool: &PoolFacts,
-        tpath: &str,
-    ) -> Result<TaskAddParameter, RuntimeError> {
-        let mut opts = self.common_run_options(job, task);
-        if job.remove_container_after_exit(task) {
-            opts.insert(0, flags::RM.to_string());
-        }
-        let task_id = job.task_id(index);
-        opts.extend(Self::labels(&job.id, &task_id, false));
-        let mut t = self.base_task(job, task, index, tpath)?;
-        t.container_settings = Some(TaskContainerSettings {
-            container_run_options: Some(shipyard_runtime::shell::join(&opts)),
-            image_name: task.image.clone(),
-            working_directory: Some(match task.default_working_dir {
-                WorkingDir::Batch => ContainerWorkingDirectory::TaskWorkingDirectory,
-                WorkingDir::Container => ContainerWorkingDirectory::ContainerImageDefault,
-            }),
-            ..Default::default()
-        });
-        let command = task
-            .command
-            .as_deref()
-            .ok_or_else(|| RuntimeError::Invalid {
-                field: format!("{tpath}.command"),
-                reason: "a task on a Windows pool needs a command".into(),
-            })?;
-        match &task.multi_instance {
-            None => t.command_line = format!("cmd /c {command}"),
-            Some(mi) => {
-                let line = match &mi.mpi {
-                    Some(m) if m.runtime == MpiRuntime::MsMpi => {
-                        let field = format!("{tpath}.multi_instance.mpi");
-                        let env = job.environment(task);
-                        let ctx = mpi::LaunchContext {
-                            field: &field,
-                            ssh_port: None,
-                            run_as_root: false,
-                            user_env: &env,
-                            infiniband: false,
-                        };
-                        let req = mpi::launch_request(m, command, ctx)?;
-                        mpi::render_cmd(&req, &field)?
-                    }
-                    Some(m) => {
-                        return Err(unsupported(
-                            format!("{tpath}.multi_instance.mpi.runtime"),
-                            format!("`{}` does not run on Windows pools; use msmpi", m.runtime),
-                        ))
-                    }
-                    None => command.to_string(),
-                };
-                let line = match &mi.pre_execution_command {
-                    Some(pre) => format!("{pre} && {line}"),
-                    None => line,
-                };
-                t.command_line = format!("cmd /c {line}");
-                t.multi_instance_settings = Some(MultiInstanceSettings {
-                    number_of_instances: Some(instances(mi, pool, tpath)?),
-                    coordination_command_line: mi
-                        .coordination_command
-                        .as_ref()
-                        .map(|c| format!("cmd /c {c}"))
-                        .unwrap_or_else(|| MSMPI_COORDINATION.to_string()),
-                    common_resource_files: batch::resource_files(&mi.resource_files),
-                });
-            }
-        }
-        Ok(t)
-    }
-}
-
-/// The default coordination command on Windows: start MS-MPI's SMPD daemon in the background.
-pub const MSMPI_COORDINATION: &str = "cmd /c start cmd /c \"\"%MSMPI_BIN%\\smpd.exe\"\" -d";
-
-fn instances(
-    mi: &shipyard_runtime::MultiInstanceSpec,
-    pool: &PoolFacts,
-    tpath: &str,
-) -> Result<i32, RuntimeError> {
-    let n = mi.num_instances.resolve(pool.node_count);
-    if n > pool.node_count {
-        return Err(RuntimeError::Invalid {
-            field: format!("{tpath}.multi_instance.num_instances"),
-            reason: format!(
-                "{n} instances but pool `{}` has {} nodes",
-                pool.pool_id, pool.node_count
-            ),
-        });
-    }
-    i32::try_from(n).map_err(|_| RuntimeError::Invalid {
-        field: format!("{tpath}.multi_instance.num_instances"),
-        reason: format!("{n} is too large"),
-    })
-}
-
-/// The job preparation script of a non-native or native Linux job: writes the SSH key files
-/// from the task's environment (when `keys`), then pulls missing images (when `pull`).
-fn preparation_script(
-    job: &JobSpec,
-    pool: &PoolFacts,
-    docker: &str,
-    images: &[String],
-    keys: bool,
-) -> String {
-    let mut parts = vec!["set -e".to_string()];
-    if keys {
-        let dir = quote_expanding(&ssh::node_key_dir_shell(&job.id));
-        let config_lines: Vec<String> = ssh::client_config(&pool.subnet_pattern)
-            .lines()
-            .map(quote)
-            .collect();
-        parts.push(format!(
-            "umask 077; mkdir -p {dir}; chmod 700 {dir}; \
-printf '%s\\n' \"${priv_env}\" > {dir}/{priv_file}; \
-printf '%s\\n' \"${pub_env}\" > {dir}/{pub_file}; \
-cp {dir}/{pub_file} {dir}/{ak}; \
-printf '%s\\n' {config} > {dir}/{cfg}; \
-chmod 600 {dir}/*",
-            priv_env = ssh::PRIVATE_KEY_ENV,
-            pub_env = ssh::PUBLIC_KEY_ENV,
-            priv_file = ssh::PRIVATE_KEY_FILE,
-            pub_file = ssh::PUBLIC_KEY_FILE,
-            ak = ssh::AUTHORIZED_KEYS_FILE,
-            cfg = ssh::CLIENT_CONFIG_FILE,
-            config = config_lines.join(" "),
-        ));
-    }
-    let docker = quote(docker);
-    for image in images {
-        let i = quote(image);
-        parts.push(format!(
-            "{docker} image inspect {i} >/dev/null 2>&1 || {docker} pull {i}"
-        ));
-    }
-    if let Some(user) = &job.job_preparation {
-        parts.push(user.command.clone());
-    }
-    parts.join("; ")
 }
 
 impl ContainerRuntime for DockerRuntime {
@@ -721,137 +283,21 @@ impl ContainerRuntime for DockerRuntime {
     }
 
     fn plan(&self, job: &JobSpec, pool: &PoolFacts) -> Result<JobPlan, RuntimeError> {
-        job.validate()?;
-        pool.validate()?;
+        validate::job_against_pool(job, pool)?;
         let windows = pool.os == OsFamily::Windows;
         if windows && !pool.native_containers {
             return Err(unsupported(
-                "pool.native_containers",
+                Field::pool().key("native_containers"),
                 "Windows pools need Batch container support (native)",
             ));
         }
-        let mut tasks = Vec::with_capacity(job.tasks.len());
-        let mut images: Vec<String> = Vec::new();
-        let mut seen = BTreeSet::new();
-        let mut any_mi = false;
-        for (i, task) in job.tasks.iter().enumerate() {
-            let tpath = format!("job.tasks[{i}]");
-            if seen.insert(task.image.clone()) {
-                images.push(task.image.clone());
-            }
-            if let Some(mi) = &task.multi_instance {
-                any_mi = true;
-                if !windows
-                    && mi
-                        .mpi
-                        .as_ref()
-                        .is_some_and(|m| m.runtime == MpiRuntime::MsMpi)
-                {
-                    return Err(unsupported(
-                        format!("{tpath}.multi_instance.mpi.runtime"),
-                        "msmpi needs a Windows pool",
-                    ));
-                }
-            }
-            let t = if windows {
-                self.plan_windows_task(job, task, i, pool, &tpath)?
-            } else if pool.native_containers {
-                self.plan_native_linux_task(job, task, i, pool, &tpath)?
-            } else {
-                self.plan_non_native_task(job, task, i, pool, &tpath)?
-            };
-            tasks.push(t);
-        }
-
-        let mut pool_needs = PoolNeeds {
-            enable_inter_node_communication: any_mi,
-            images: images.clone(),
-            ..Default::default()
-        };
-        let mut job_needs = JobNeeds {
-            on_all_tasks_complete: job
-                .auto_complete
-                .then_some(OnAllTasksComplete::TerminateJob),
-            uses_task_dependencies: job.uses_task_dependencies(),
-            ..Default::default()
-        };
-        let keys = any_mi && !windows;
-        if pool.native_containers {
-            pool_needs.container_configuration = Some(ContainerConfiguration {
-                r#type: ContainerType::DockerCompatible,
-                container_image_names: Some(images.clone()),
-                container_registries: (!self.registries.is_empty())
-                    .then(|| self.registries.clone()),
-            });
-        } else {
-            // sshd containers use host networking: one task per node avoids port 23 clashes.
-            if any_mi {
-                pool_needs.task_slots_per_node = Some(1);
-            }
-        }
-        let user_release = job.job_release.as_ref().map(|c| c.command.clone());
-        if windows {
-            if let Some(p) = &job.job_preparation {
-                job_needs.job_preparation_task = Some(JobPreparationTask {
-                    command_line: format!("cmd /c {}", p.command),
-                    wait_for_success: Some(true),
-                    user_identity: Some(pool_admin()),
-                    ..Default::default()
-                });
-            }
-            if let Some(r) = &user_release {
-                job_needs.job_release_task = Some(JobReleaseTask {
-                    command_line: format!("cmd /c {r}"),
-                    user_identity: Some(pool_admin()),
-                    ..Default::default()
-                });
-            }
-        } else {
-            let pull: &[String] = if pool.native_containers { &[] } else { &images };
-            if keys || !pull.is_empty() || job.job_preparation.is_some() {
-                job_needs.job_preparation_task = Some(JobPreparationTask {
-                    command_line: bash_c(&preparation_script(job, pool, &self.docker, pull, keys)),
-                    wait_for_success: Some(true),
-                    user_identity: Some(pool_admin()),
-                    ..Default::default()
-                });
-                job_needs.needs_ssh_key = keys;
-            }
-            let mut release = vec!["set +e".to_string()];
-            if !pool.native_containers {
-                let docker = quote(&self.docker);
-                let filter = quote(&format!("label={LABEL_JOB}={}", job.id));
-                release.push(format!(
-                    "{docker} ps -aq --filter {filter} | xargs -r {docker} rm -f -v"
-                ));
-            }
-            if keys {
-                release.push(format!(
-                    "rm -rf {}",
-                    quote_expanding(&ssh::node_key_dir_shell(&job.id))
-                ));
-            }
-            if let Some(r) = &user_release {
-                release.push("set -e".into());
-                release.push(r.clone());
-            }
-            if release.len() > 1 {
-                job_needs.job_release_task = Some(JobReleaseTask {
-                    command_line: bash_c(&release.join("; ")),
-                    user_identity: Some(pool_admin()),
-                    ..Default::default()
-                });
-                if job_needs.job_preparation_task.is_none() {
-                    // Batch runs the release task only on nodes where a preparation task ran.
-                    job_needs.job_preparation_task = Some(JobPreparationTask {
-                        command_line: "/bin/true".into(),
-                        wait_for_success: Some(false),
-                        user_identity: Some(pool_admin()),
-                        ..Default::default()
-                    });
-                }
-            }
-        }
+        let tasks = job
+            .tasks
+            .iter()
+            .enumerate()
+            .map(|(i, task)| self.plan_task(job, task, i, pool))
+            .collect::<Result<Vec<_>, _>>()?;
+        let any_mi = job.tasks.iter().any(|t| t.multi_instance.is_some());
         tracing::debug!(
             job = %job.id,
             pool = %pool.pool_id,
@@ -862,10 +308,42 @@ impl ContainerRuntime for DockerRuntime {
         );
         Ok(JobPlan {
             runtime: NAME.to_string(),
-            pool: pool_needs,
-            job: job_needs,
+            pool: self.pool_needs(job, pool),
+            job: self.job_needs(job, pool),
             tasks,
         })
+    }
+}
+
+impl DockerRuntime {
+    /// Plans task `index` for the pool's kind (Windows, native Linux, non-native Linux).
+    fn plan_task(
+        &self,
+        job: &JobSpec,
+        task: &TaskSpec,
+        index: usize,
+        pool: &PoolFacts,
+    ) -> Result<TaskAddParameter, RuntimeError> {
+        let at = Field::job(&job.id).key("tasks").index(index);
+        let windows = pool.os == OsFamily::Windows;
+        let msmpi = task
+            .multi_instance
+            .as_ref()
+            .and_then(|mi| mi.mpi.as_ref())
+            .is_some_and(|m| m.runtime == MpiRuntime::MsMpi);
+        if msmpi && !windows {
+            return Err(unsupported(
+                mpi::mpi_field(&at).key("runtime"),
+                "msmpi needs a Windows pool",
+            ));
+        }
+        if windows {
+            self.plan_windows_task(job, task, index, pool, &at)
+        } else if pool.native_containers {
+            self.plan_native_linux_task(job, task, index, pool, &at)
+        } else {
+            self.plan_non_native_task(job, task, index, pool, &at)
+        }
     }
 }
 

@@ -1,6 +1,7 @@
 #![allow(clippy::unwrap_used)]
 
 use super::*;
+use shipyard_runtime::batch::OnAllTasksComplete;
 use shipyard_runtime::registry;
 
 fn pool(native: bool) -> PoolFacts {

@@ -12,7 +12,7 @@ use shipyard_batch_spec::schema::Spec;
 use shipyard_runtime::batch::{ImageReference, PoolAddParameter, VirtualMachineConfiguration};
 use shipyard_runtime::{ContainerRuntime, JobSpec, OsFamily, PoolFacts, TaskSpec};
 use shipyard_runtime_docker::DockerRuntime;
-use shipyard_runtime_singularity::{Flavor, SingularityRuntime};
+use shipyard_runtime_singularity::{SingularityEngine, SingularityRuntime};
 
 fn pool_facts(id: &str, native: bool, os: OsFamily, nodes: u32) -> PoolFacts {
     PoolFacts {
@@ -193,7 +193,7 @@ fn singularity_mpich() {
         processes_per_node = 2
         "#);
     let facts = pool_facts("mpi-singularity", false, OsFamily::Linux, 2);
-    let rt = SingularityRuntime::new(Flavor::Singularity);
+    let rt = SingularityRuntime::new(SingularityEngine::Singularity);
     golden(
         "singularity_mpich",
         &render(&rt, &job, &facts, "standard_d4s_v5"),

@@ -25,49 +25,48 @@
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 
-use shipyard_mpi_launch::{Container, ContainerRuntime as Wrapper, Word};
+use shipyard_mpi_launch::{Container, ContainerWrapper as Wrapper, Word};
 use shipyard_runtime::batch::{
-    self, AutoUserScope, ElevationLevel, EnvironmentSetting, JobPreparationTask, JobReleaseTask,
-    MultiInstanceSettings, OnAllTasksComplete, TaskAddParameter, TaskConstraints, TaskDependencies,
-    TaskIdRange, UserIdentity,
+    self, AutoUserScope, ElevationLevel, JobPreparationTask, JobReleaseTask, MultiInstanceSettings,
+    OnAllTasksComplete, TaskAddParameter, UserIdentity,
 };
 use shipyard_runtime::registry::RuntimeRegistration;
 use shipyard_runtime::shell::{bash_c, join, quote, quote_expanding};
 use shipyard_runtime::{
-    mpi, ContainerRuntime, JobNeeds, JobPlan, JobSpec, MpiRuntime, OsFamily, PoolFacts, PoolNeeds,
-    RuntimeError, TaskSpec, WorkingDir,
+    mpi, validate, ContainerRuntime, Field, JobNeeds, JobPlan, JobSpec, MpiRuntime, OsFamily,
+    PoolFacts, PoolNeeds, RuntimeError, TaskSpec, WorkingDir,
 };
 
-/// Which binary runs the containers.
+/// Which container engine (and binary) runs the containers: Singularity or Apptainer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Flavor {
+pub enum SingularityEngine {
     /// `singularity` (SingularityCE / legacy), env prefix `SINGULARITYENV_`.
     Singularity,
     /// `apptainer`, env prefix `APPTAINERENV_`.
     Apptainer,
 }
 
-impl Flavor {
+impl SingularityEngine {
     /// The registry name and default binary.
     pub fn name(self) -> &'static str {
         match self {
-            Flavor::Singularity => "singularity",
-            Flavor::Apptainer => "apptainer",
+            SingularityEngine::Singularity => "singularity",
+            SingularityEngine::Apptainer => "apptainer",
         }
     }
 
     fn wrapper(self) -> Wrapper {
         match self {
-            Flavor::Singularity => Wrapper::Singularity,
-            Flavor::Apptainer => Wrapper::Apptainer,
+            SingularityEngine::Singularity => Wrapper::Singularity,
+            SingularityEngine::Apptainer => Wrapper::Apptainer,
         }
     }
 
     /// The variable listing bind mounts (`SINGULARITY_BIND` / `APPTAINER_BIND`).
     pub fn bind_env(self) -> &'static str {
         match self {
-            Flavor::Singularity => "SINGULARITY_BIND",
-            Flavor::Apptainer => "APPTAINER_BIND",
+            SingularityEngine::Singularity => "SINGULARITY_BIND",
+            SingularityEngine::Apptainer => "APPTAINER_BIND",
         }
     }
 
@@ -80,17 +79,17 @@ impl Flavor {
 /// The Singularity/Apptainer runtime.
 #[derive(Debug, Clone)]
 pub struct SingularityRuntime {
-    flavor: Flavor,
+    engine: SingularityEngine,
     binary: String,
     elevated: bool,
 }
 
 fn make_singularity() -> Box<dyn ContainerRuntime> {
-    Box::new(SingularityRuntime::new(Flavor::Singularity))
+    Box::new(SingularityRuntime::new(SingularityEngine::Singularity))
 }
 
 fn make_apptainer() -> Box<dyn ContainerRuntime> {
-    Box::new(SingularityRuntime::new(Flavor::Apptainer))
+    Box::new(SingularityRuntime::new(SingularityEngine::Apptainer))
 }
 
 inventory::submit! {
@@ -183,20 +182,16 @@ pub fn check_binary(binary: &str) -> Result<PathBuf, RuntimeError> {
     check_binary_in(binary, &path)
 }
 
-fn unsupported(runtime: &str, field: impl Into<String>, reason: impl Into<String>) -> RuntimeError {
-    RuntimeError::Unsupported {
-        runtime: runtime.to_string(),
-        field: field.into(),
-        reason: reason.into(),
-    }
+fn unsupported(runtime: &str, field: Field, reason: impl Into<String>) -> RuntimeError {
+    RuntimeError::unsupported(runtime, field, reason)
 }
 
 impl SingularityRuntime {
-    /// The runtime for `flavor`, running its default binary.
-    pub fn new(flavor: Flavor) -> Self {
+    /// The runtime for `engine`, running its default binary.
+    pub fn new(engine: SingularityEngine) -> Self {
         SingularityRuntime {
-            flavor,
-            binary: flavor.name().to_string(),
+            engine,
+            binary: engine.name().to_string(),
             elevated: false,
         }
     }
@@ -264,11 +259,11 @@ impl SingularityRuntime {
         let env = job.environment(task);
         let mut parts: Vec<String> = env
             .keys()
-            .map(|k| format!("{}{k}=\"${k}\"", self.flavor.env_prefix()))
+            .map(|k| format!("{}{k}=\"${k}\"", self.engine.env_prefix()))
             .collect();
         parts.push(format!(
             "{}={}",
-            self.flavor.bind_env(),
+            self.engine.bind_env(),
             quote_expanding("$AZ_BATCH_NODE_ROOT_DIR:$AZ_BATCH_NODE_ROOT_DIR")
         ));
         // `exec` after the assignments: they are exported to the exec'd process.
@@ -293,13 +288,12 @@ impl SingularityRuntime {
         job: &JobSpec,
         task: &TaskSpec,
         m: &shipyard_runtime::MpiSpec,
-        tpath: &str,
+        at: &Field,
     ) -> Result<String, RuntimeError> {
-        let field = format!("{tpath}.multi_instance.mpi");
         if m.runtime == MpiRuntime::MsMpi {
             return Err(unsupported(
-                self.flavor.name(),
-                format!("{field}.runtime"),
+                self.engine.name(),
+                mpi::mpi_field(at).key("runtime"),
                 "msmpi runs on Windows pools, which Singularity does not support",
             ));
         }
@@ -307,8 +301,8 @@ impl SingularityRuntime {
         for (i, o) in task.additional_singularity_options.iter().enumerate() {
             if CLEANENV_OPTIONS.contains(&o.as_str()) {
                 return Err(unsupported(
-                    self.flavor.name(),
-                    format!("{tpath}.additional_singularity_options[{i}]"),
+                    self.engine.name(),
+                    at.key("additional_singularity_options").index(i),
                     format!(
                         "`{o}` drops the launcher's PMI variables, so every rank would start \
                          as a silent singleton; pass variables with environment_variables"
@@ -318,7 +312,7 @@ impl SingularityRuntime {
         }
         let env = job.environment(task);
         let ctx = mpi::LaunchContext {
-            field: &field,
+            task: at,
             ssh_port: None,
             run_as_root: false,
             user_env: &env,
@@ -339,7 +333,7 @@ impl SingularityRuntime {
         } else {
             task.image.clone()
         };
-        let mut c = Container::new(self.flavor.wrapper(), image)
+        let mut c = Container::new(self.engine.wrapper(), image)
             .program(self.binary.clone())
             .nv(job.gpus(task).is_some());
         if task.default_working_dir == WorkingDir::Batch {
@@ -356,7 +350,7 @@ impl SingularityRuntime {
         ));
         req = req
             .env(
-                self.flavor.bind_env(),
+                self.engine.bind_env(),
                 Word::concat([
                     root.clone(),
                     shipyard_mpi_launch::Part::Lit(":".into()),
@@ -364,7 +358,7 @@ impl SingularityRuntime {
                 ]),
             )
             .container(c);
-        mpi::render_sh(&req, &field)
+        mpi::render_sh(&req, at)
     }
 
     fn plan_task(
@@ -373,77 +367,34 @@ impl SingularityRuntime {
         task: &TaskSpec,
         index: usize,
         pool: &PoolFacts,
-        tpath: &str,
+        at: &Field,
     ) -> Result<TaskAddParameter, RuntimeError> {
-        let env = job.environment(task);
         let mut t = TaskAddParameter {
             id: job.task_id(index),
             resource_files: batch::resource_files(&task.resource_files),
-            environment_settings: (!env.is_empty()).then(|| {
-                env.iter()
-                    .map(|(k, v)| EnvironmentSetting::new(k.clone(), v.clone()))
-                    .collect()
-            }),
+            environment_settings: batch::environment_settings(job, task),
+            constraints: batch::constraints(job, task),
+            depends_on: batch::depends_on(task, at)?,
             user_identity: Some(self.user()),
             ..Default::default()
         };
-        let c = TaskConstraints {
-            max_wall_clock_time: task.max_wall_time.clone(),
-            retention_time: None,
-            max_task_retry_count: job.max_task_retries(task),
-        };
-        if c != TaskConstraints::default() {
-            t.constraints = Some(c);
-        }
-        if !task.depends_on.is_empty() || task.depends_on_range.is_some() {
-            let range = match task.depends_on_range {
-                Some([s, e]) => {
-                    let conv = |v: u32| {
-                        i32::try_from(v).map_err(|_| RuntimeError::Invalid {
-                            field: format!("{tpath}.depends_on_range"),
-                            reason: format!("{v} is too large"),
-                        })
-                    };
-                    Some(vec![TaskIdRange::new(conv(s)?, conv(e)?)])
-                }
-                None => None,
-            };
-            t.depends_on = Some(TaskDependencies {
-                task_ids: (!task.depends_on.is_empty()).then(|| task.depends_on.clone()),
-                task_id_ranges: range,
-            });
-        }
         let mut script = vec![self.guard()];
         match &task.multi_instance {
             None => {
                 script.push(self.plain_exec_line(job, task));
             }
             Some(mi) => {
-                let n = mi.num_instances.resolve(pool.node_count);
-                if n > pool.node_count {
-                    return Err(RuntimeError::Invalid {
-                        field: format!("{tpath}.multi_instance.num_instances"),
-                        reason: format!(
-                            "{n} instances but pool `{}` has {} nodes",
-                            pool.pool_id, pool.node_count
-                        ),
-                    });
-                }
+                let instances = validate::instances(mi, pool, at)?;
                 if let Some(pre) = &mi.pre_execution_command {
                     script.push(pre.clone());
                 }
                 match &mi.mpi {
-                    Some(m) => script.push(self.mpi_line(job, task, m, tpath)?),
+                    Some(m) => script.push(self.mpi_line(job, task, m, at)?),
                     // without `mpi` the command runs as-is on the host (Batch Shipyard's rule)
                     None => script.push(task.command.clone().unwrap_or_default()),
                 }
                 t.multi_instance_settings = Some(MultiInstanceSettings {
-                    number_of_instances: Some(i32::try_from(n).map_err(|_| {
-                        RuntimeError::Invalid {
-                            field: format!("{tpath}.multi_instance.num_instances"),
-                            reason: format!("{n} is too large"),
-                        }
-                    })?),
+                    number_of_instances: Some(instances),
                     coordination_command_line: mi
                         .coordination_command
                         .as_deref()
@@ -489,37 +440,37 @@ impl SingularityRuntime {
 
 impl ContainerRuntime for SingularityRuntime {
     fn name(&self) -> &str {
-        self.flavor.name()
+        self.engine.name()
     }
 
     fn plan(&self, job: &JobSpec, pool: &PoolFacts) -> Result<JobPlan, RuntimeError> {
-        job.validate()?;
-        pool.validate()?;
-        let name = self.flavor.name();
+        validate::job_against_pool(job, pool)?;
+        let name = self.engine.name();
         if pool.os == OsFamily::Windows {
             return Err(unsupported(
                 name,
-                "pool.os",
+                Field::pool().key("os"),
                 "Singularity runs on Linux pools only",
             ));
         }
         if pool.native_containers {
             return Err(unsupported(
                 name,
-                "pool.native_containers",
+                Field::pool().key("native_containers"),
                 "Singularity runs on pools without Batch container support (non-native)",
             ));
         }
         let mut tasks = Vec::with_capacity(job.tasks.len());
         for (i, task) in job.tasks.iter().enumerate() {
+            let at = Field::job(&job.id).key("tasks").index(i);
             if !task.additional_docker_run_options.is_empty() {
                 return Err(unsupported(
                     name,
-                    format!("job.tasks[{i}].additional_docker_run_options"),
+                    at.key("additional_docker_run_options"),
                     "Docker options do not apply; use additional_singularity_options",
                 ));
             }
-            tasks.push(self.plan_task(job, task, i, pool, &format!("job.tasks[{i}]"))?);
+            tasks.push(self.plan_task(job, task, i, pool, &at)?);
         }
         let any_mi = job.tasks.iter().any(|t| t.multi_instance.is_some());
         let mut images: Vec<String> = Vec::new();

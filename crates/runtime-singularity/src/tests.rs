@@ -63,7 +63,7 @@ fn registered_as_singularity_and_apptainer() {
 
 #[test]
 fn mpi_task_wraps_exec_in_the_host_launcher() {
-    let plan = SingularityRuntime::new(Flavor::Singularity)
+    let plan = SingularityRuntime::new(SingularityEngine::Singularity)
         .plan(&job(), &pool())
         .unwrap();
     let t = &plan.tasks[0];
@@ -92,7 +92,7 @@ fn mpi_task_wraps_exec_in_the_host_launcher() {
         .command_line
         .contains("test -e /shared/images/tool.sif"));
     // the plain task runs exec directly, apptainer flavour uses its own names
-    let plan = SingularityRuntime::new(Flavor::Apptainer)
+    let plan = SingularityRuntime::new(SingularityEngine::Apptainer)
         .plan(&job(), &pool())
         .unwrap();
     let p = &plan.tasks[1].command_line;
@@ -115,14 +115,14 @@ fn mpi_task_wraps_exec_in_the_host_launcher() {
 fn native_and_windows_pools_are_refused_with_the_field() {
     let mut p = pool();
     p.native_containers = true;
-    let e = SingularityRuntime::new(Flavor::Singularity)
+    let e = SingularityRuntime::new(SingularityEngine::Singularity)
         .plan(&job(), &p)
         .unwrap_err()
         .to_string();
     assert!(e.contains("pool.native_containers"), "{e}");
     let mut p = pool();
     p.os = OsFamily::Windows;
-    let e = SingularityRuntime::new(Flavor::Apptainer)
+    let e = SingularityRuntime::new(SingularityEngine::Apptainer)
         .plan(&job(), &p)
         .unwrap_err()
         .to_string();
@@ -157,7 +157,7 @@ fn missing_binary_is_named() {
 
 #[test]
 fn absent_binary_fails_the_command_line_naming_it() {
-    let plan = SingularityRuntime::new(Flavor::Singularity)
+    let plan = SingularityRuntime::new(SingularityEngine::Singularity)
         .binary("shipyard-no-such-singularity")
         .plan(&job(), &pool())
         .unwrap();
@@ -185,7 +185,7 @@ fn plain_task_line_runs_with_a_stand_in_binary() {
     )
     .unwrap();
     std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let plan = SingularityRuntime::new(Flavor::Singularity)
+    let plan = SingularityRuntime::new(SingularityEngine::Singularity)
         .plan(&job(), &pool())
         .unwrap();
     let t = &plan.tasks[1];
@@ -220,7 +220,7 @@ fn plain_task_line_runs_with_a_stand_in_binary() {
 fn cleanenv_is_refused_for_mpi_tasks() {
     let mut j = job();
     j.tasks[0].additional_singularity_options = vec!["--nv".into(), "--cleanenv".into()];
-    let e = SingularityRuntime::new(Flavor::Singularity)
+    let e = SingularityRuntime::new(SingularityEngine::Singularity)
         .plan(&j, &pool())
         .unwrap_err()
         .to_string();

@@ -1,7 +1,7 @@
 //! The Azure Batch model values a plan is made of: re-exported from
-//! [`shipyard_batch_api::models`] (camelCase on the wire, optional fields omitted when unset).
+//! [`shipyard_batch_models`] (camelCase on the wire, optional fields omitted when unset).
 
-pub use shipyard_batch_api::models::{
+pub use shipyard_batch_models::{
     AutoUserScope, AutoUserSpecification, ContainerConfiguration, ContainerRegistry, ContainerType,
     ContainerWorkingDirectory, ElevationLevel, EnvironmentSetting, ImageReference, JobAddParameter,
     JobPreparationTask, JobReleaseTask, MultiInstanceSettings, OnAllTasksComplete,
@@ -13,6 +13,63 @@ pub use shipyard_batch_api::models::{
 /// The pool-scope administrator auto user (root on Linux): what container tasks run as.
 pub fn pool_admin() -> UserIdentity {
     UserIdentity::auto_user(AutoUserScope::Pool, ElevationLevel::Admin)
+}
+
+/// Batch `constraints` of task `task` of `job` (wall-clock limit, retries; task wins over
+/// job); `None` when nothing is set.
+pub fn constraints(
+    job: &crate::domain::JobSpec,
+    task: &crate::domain::TaskSpec,
+) -> Option<TaskConstraints> {
+    let c = TaskConstraints {
+        max_wall_clock_time: task.max_wall_time.clone(),
+        retention_time: None,
+        max_task_retry_count: job.max_task_retries(task),
+    };
+    (c != TaskConstraints::default()).then_some(c)
+}
+
+/// Batch `dependsOn` of a task (`depends_on` ids and the `depends_on_range`); `None` when it
+/// depends on nothing. `at` is the task's field, for the error of a range beyond `i32`.
+pub fn depends_on(
+    task: &crate::domain::TaskSpec,
+    at: &crate::error::Field,
+) -> Result<Option<TaskDependencies>, crate::RuntimeError> {
+    let ranges = match task.depends_on_range {
+        None => None,
+        Some([s, e]) => {
+            let conv = |v: u32| {
+                i32::try_from(v).map_err(|_| {
+                    crate::RuntimeError::invalid(
+                        at.key("depends_on_range"),
+                        format!("{v} is larger than a Batch task id range allows"),
+                    )
+                })
+            };
+            Some(vec![TaskIdRange::new(conv(s)?, conv(e)?)])
+        }
+    };
+    let ids = (!task.depends_on.is_empty()).then(|| task.depends_on.clone());
+    Ok(
+        (ids.is_some() || ranges.is_some()).then_some(TaskDependencies {
+            task_ids: ids,
+            task_id_ranges: ranges,
+        }),
+    )
+}
+
+/// Batch environment settings of a task: the job's variables overlaid with the task's; `None`
+/// when there are none.
+pub fn environment_settings(
+    job: &crate::domain::JobSpec,
+    task: &crate::domain::TaskSpec,
+) -> Option<Vec<EnvironmentSetting>> {
+    let env = job.environment(task);
+    (!env.is_empty()).then(|| {
+        env.into_iter()
+            .map(|(k, v)| EnvironmentSetting::new(k, v))
+            .collect()
+    })
 }
 
 /// Batch resource files for a list of the domain's resource files; `None` when there are none

@@ -10,7 +10,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::RuntimeError;
+use crate::error::{Field, RuntimeError};
 
 /// A job: a set of tasks sharing a runtime, environment and container options.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -361,19 +361,25 @@ impl PoolFacts {
     /// Checks the facts themselves; errors name the field under `pool.`.
     pub fn validate(&self) -> Result<(), RuntimeError> {
         if self.pool_id.is_empty() {
-            return Err(invalid("pool.pool_id", "must not be empty"));
+            return Err(invalid(Field::pool().key("pool_id"), "must not be empty"));
         }
         if self.node_count == 0 {
-            return Err(invalid("pool.node_count", "must be at least 1"));
+            return Err(invalid(
+                Field::pool().key("node_count"),
+                "must be at least 1",
+            ));
         }
         if self.slots_per_node == 0 {
-            return Err(invalid("pool.slots_per_node", "must be at least 1"));
+            return Err(invalid(
+                Field::pool().key("slots_per_node"),
+                "must be at least 1",
+            ));
         }
         if self.subnet_pattern.trim().is_empty()
             || self.subnet_pattern.contains(char::is_whitespace)
         {
             return Err(invalid(
-                "pool.subnet_pattern",
+                Field::pool().key("subnet_pattern"),
                 "must be one ssh Host pattern without spaces, e.g. 10.0.*",
             ));
         }
@@ -381,11 +387,8 @@ impl PoolFacts {
     }
 }
 
-fn invalid(field: impl Into<String>, reason: impl Into<String>) -> RuntimeError {
-    RuntimeError::Invalid {
-        field: field.into(),
-        reason: reason.into(),
-    }
+fn invalid(field: Field, reason: impl Into<String>) -> RuntimeError {
+    RuntimeError::invalid(field, reason)
 }
 
 /// True when `id` is a valid Batch job/task id: 1..=64 of `[A-Za-z0-9_-]`.
@@ -403,17 +406,17 @@ fn is_valid_env_name(name: &str) -> bool {
         && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
-fn validate_env(path: &str, env: &BTreeMap<String, String>) -> Result<(), RuntimeError> {
+fn validate_env(at: &Field, env: &BTreeMap<String, String>) -> Result<(), RuntimeError> {
     for (k, v) in env {
         if !is_valid_env_name(k) {
             return Err(invalid(
-                format!("{path}.environment_variables.{k}"),
+                at.key("environment_variables").key(k.clone()),
                 "not a valid variable name ([A-Za-z_][A-Za-z0-9_]*)",
             ));
         }
         if v.contains('\n') || v.contains('\0') {
             return Err(invalid(
-                format!("{path}.environment_variables.{k}"),
+                at.key("environment_variables").key(k.clone()),
                 "values must not contain newlines or NUL",
             ));
         }
@@ -421,7 +424,7 @@ fn validate_env(path: &str, env: &BTreeMap<String, String>) -> Result<(), Runtim
     Ok(())
 }
 
-fn validate_shm(path: &str, shm: &Option<String>) -> Result<(), RuntimeError> {
+fn validate_shm(at: &Field, shm: &Option<String>) -> Result<(), RuntimeError> {
     if let Some(s) = shm {
         let digits = s.trim_end_matches(['b', 'k', 'm', 'g', 'B', 'K', 'M', 'G']);
         if digits.is_empty()
@@ -429,7 +432,7 @@ fn validate_shm(path: &str, shm: &Option<String>) -> Result<(), RuntimeError> {
             || s.len() - digits.len() > 1
         {
             return Err(invalid(
-                format!("{path}.shm_size"),
+                at.key("shm_size"),
                 format!("`{s}` is not a size such as 256m or 1g"),
             ));
         }
@@ -437,12 +440,12 @@ fn validate_shm(path: &str, shm: &Option<String>) -> Result<(), RuntimeError> {
     Ok(())
 }
 
-fn validate_gpus(path: &str, gpus: &Option<String>) -> Result<(), RuntimeError> {
+fn validate_gpus(at: &Field, gpus: &Option<String>) -> Result<(), RuntimeError> {
     if let Some(g) = gpus {
         let ok = g == "all" || g == "disable" || g.parse::<u32>().is_ok_and(|n| n > 0);
         if !ok {
             return Err(invalid(
-                format!("{path}.gpus"),
+                at.key("gpus"),
                 format!("`{g}` is not `all`, `disable` or a positive count"),
             ));
         }
@@ -503,41 +506,40 @@ impl JobSpec {
             .any(|t| !t.depends_on.is_empty() || t.depends_on_range.is_some())
     }
 
-    /// Checks the job; the error names the field path, e.g.
-    /// `jobs[0].tasks[2].multi_instance.num_instances` when `path` is `jobs[0]`.
-    pub fn validate_at(&self, path: &str) -> Result<(), RuntimeError> {
+    /// Checks the job on its own (see [`crate::validate::job_against_pool`] for the checks
+    /// against a pool); errors locate the field in the job's scope, e.g.
+    /// `job.tasks[2].multi_instance.num_instances`.
+    pub fn validate(&self) -> Result<(), RuntimeError> {
+        let at = Field::job(&self.id);
         if !is_valid_batch_id(&self.id) {
             return Err(invalid(
-                format!("{path}.id"),
+                at.key("id"),
                 format!("`{}` is not 1-64 characters of [A-Za-z0-9_-]", self.id),
             ));
         }
         if self.runtime.trim().is_empty() {
-            return Err(invalid(format!("{path}.runtime"), "must not be empty"));
+            return Err(invalid(at.key("runtime"), "must not be empty"));
         }
-        validate_env(path, &self.environment_variables)?;
-        validate_shm(path, &self.shm_size)?;
-        validate_gpus(path, &self.gpus)?;
+        validate_env(&at, &self.environment_variables)?;
+        validate_shm(&at, &self.shm_size)?;
+        validate_gpus(&at, &self.gpus)?;
         if self.max_task_retries.is_some_and(|n| n < -1) {
             return Err(invalid(
-                format!("{path}.max_task_retries"),
+                at.key("max_task_retries"),
                 "must be -1 (unlimited) or more",
             ));
         }
         if self.tasks.is_empty() {
-            return Err(invalid(
-                format!("{path}.tasks"),
-                "a job needs at least one task",
-            ));
+            return Err(invalid(at.key("tasks"), "a job needs at least one task"));
         }
         let mut seen = std::collections::BTreeSet::new();
         for (i, task) in self.tasks.iter().enumerate() {
-            let tpath = format!("{path}.tasks[{i}]");
-            task.validate_at(&tpath)?;
+            let tat = at.key("tasks").index(i);
+            task.validate_at(&tat)?;
             let id = self.task_id(i);
             if !seen.insert(id.clone()) {
                 return Err(invalid(
-                    format!("{tpath}.id"),
+                    tat.key("id"),
                     format!("task id `{id}` is used twice in job `{}`", self.id),
                 ));
             }
@@ -546,18 +548,13 @@ impl JobSpec {
             for (d, dep) in task.depends_on.iter().enumerate() {
                 if !seen.contains(dep) {
                     return Err(invalid(
-                        format!("{path}.tasks[{i}].depends_on[{d}]"),
+                        at.key("tasks").index(i).key("depends_on").index(d),
                         format!("no task `{dep}` in job `{}`", self.id),
                     ));
                 }
             }
         }
         Ok(())
-    }
-
-    /// [`JobSpec::validate_at`] with the path `job`.
-    pub fn validate(&self) -> Result<(), RuntimeError> {
-        self.validate_at("job")
     }
 }
 
@@ -585,41 +582,38 @@ impl TaskSpec {
         }
     }
 
-    /// Checks the task; errors name the field under `path`.
-    pub fn validate_at(&self, path: &str) -> Result<(), RuntimeError> {
+    /// Checks the task; errors name the field under `at` (the task's own field).
+    pub fn validate_at(&self, at: &Field) -> Result<(), RuntimeError> {
         if let Some(id) = &self.id {
             if !is_valid_batch_id(id) {
                 return Err(invalid(
-                    format!("{path}.id"),
+                    at.key("id"),
                     format!("`{id}` is not 1-64 characters of [A-Za-z0-9_-]"),
                 ));
             }
         }
         if self.image.trim().is_empty() || self.image.contains(char::is_whitespace) {
             return Err(invalid(
-                format!("{path}.image"),
+                at.key("image"),
                 "must be a non-empty image reference without spaces",
             ));
         }
         if self.command.as_deref().is_some_and(|c| c.trim().is_empty()) {
-            return Err(invalid(
-                format!("{path}.command"),
-                "must not be empty when given",
-            ));
+            return Err(invalid(at.key("command"), "must not be empty when given"));
         }
-        validate_env(path, &self.environment_variables)?;
-        validate_shm(path, &self.shm_size)?;
-        validate_gpus(path, &self.gpus)?;
+        validate_env(at, &self.environment_variables)?;
+        validate_shm(at, &self.shm_size)?;
+        validate_gpus(at, &self.gpus)?;
         if self.max_task_retries.is_some_and(|n| n < -1) {
             return Err(invalid(
-                format!("{path}.max_task_retries"),
+                at.key("max_task_retries"),
                 "must be -1 (unlimited) or more",
             ));
         }
         if let Some(t) = &self.max_wall_time {
             if !t.starts_with('P') || t.len() < 3 {
                 return Err(invalid(
-                    format!("{path}.max_wall_time"),
+                    at.key("max_wall_time"),
                     format!("`{t}` is not an ISO 8601 duration such as PT1H"),
                 ));
             }
@@ -627,27 +621,24 @@ impl TaskSpec {
         if let Some([start, end]) = self.depends_on_range {
             if start > end {
                 return Err(invalid(
-                    format!("{path}.depends_on_range"),
+                    at.key("depends_on_range"),
                     format!("start {start} is after end {end}"),
                 ));
             }
         }
         for (i, rf) in self.resource_files.iter().enumerate() {
-            rf.validate_at(&format!("{path}.resource_files[{i}]"))?;
+            rf.validate_at(&at.key("resource_files").index(i))?;
         }
         if let Some(mi) = &self.multi_instance {
-            let mpath = format!("{path}.multi_instance");
+            let mat = at.key("multi_instance");
             if let NumInstances::Count(n) = mi.num_instances {
                 if n == 0 {
-                    return Err(invalid(
-                        format!("{mpath}.num_instances"),
-                        "must be at least 1",
-                    ));
+                    return Err(invalid(mat.key("num_instances"), "must be at least 1"));
                 }
             }
             if self.command.is_none() {
                 return Err(invalid(
-                    format!("{path}.command"),
+                    at.key("command"),
                     "a multi-instance task needs a command",
                 ));
             }
@@ -657,24 +648,24 @@ impl TaskSpec {
                 .is_some_and(|c| c.trim().is_empty())
             {
                 return Err(invalid(
-                    format!("{mpath}.coordination_command"),
+                    mat.key("coordination_command"),
                     "must not be empty when given",
                 ));
             }
             for (i, rf) in mi.resource_files.iter().enumerate() {
-                rf.validate_at(&format!("{mpath}.resource_files[{i}]"))?;
+                rf.validate_at(&mat.key("resource_files").index(i))?;
             }
             if let Some(mpi) = &mi.mpi {
                 match &mpi.processes_per_node {
                     Some(ProcessesPerNode::Count(0)) => {
                         return Err(invalid(
-                            format!("{mpath}.mpi.processes_per_node"),
+                            mat.key("mpi").key("processes_per_node"),
                             "must be at least 1",
                         ))
                     }
                     Some(ProcessesPerNode::Command(c)) if c.trim().is_empty() => {
                         return Err(invalid(
-                            format!("{mpath}.mpi.processes_per_node"),
+                            mat.key("mpi").key("processes_per_node"),
                             "must be a count or a non-empty command",
                         ))
                     }
@@ -686,7 +677,7 @@ impl TaskSpec {
                     .is_some_and(|p| p.trim().is_empty())
                 {
                     return Err(invalid(
-                        format!("{mpath}.mpi.executable_path"),
+                        mat.key("mpi").key("executable_path"),
                         "must not be empty when given",
                     ));
                 }
@@ -697,10 +688,10 @@ impl TaskSpec {
 }
 
 impl ResourceFileSpec {
-    fn validate_at(&self, path: &str) -> Result<(), RuntimeError> {
+    fn validate_at(&self, at: &Field) -> Result<(), RuntimeError> {
         if !(self.http_url.starts_with("https://") || self.http_url.starts_with("http://")) {
             return Err(invalid(
-                format!("{path}.http_url"),
+                at.key("http_url"),
                 format!("`{}` is not an http(s) URL", self.http_url),
             ));
         }
@@ -709,14 +700,14 @@ impl ResourceFileSpec {
             || self.file_path.contains("..")
         {
             return Err(invalid(
-                format!("{path}.file_path"),
+                at.key("file_path"),
                 "must be a relative path inside the task directory",
             ));
         }
         if let Some(m) = &self.file_mode {
             if m.is_empty() || m.len() > 4 || !m.bytes().all(|b| (b'0'..=b'7').contains(&b)) {
                 return Err(invalid(
-                    format!("{path}.file_mode"),
+                    at.key("file_mode"),
                     format!("`{m}` is not an octal mode such as 0755"),
                 ));
             }
@@ -828,9 +819,16 @@ mod tests {
     fn validation_errors_name_the_field_path() {
         let mut j = job(MI);
         j.tasks[1].multi_instance.as_mut().unwrap().num_instances = NumInstances::Count(0);
-        let e = j.validate_at("jobs[0]").unwrap_err().to_string();
+        let e = j.validate().unwrap_err();
+        let field = e.field().unwrap();
+        assert_eq!(field.scope, crate::error::Scope::Job("j1".into()));
+        assert_eq!(
+            field.path.to_string(),
+            "tasks[1].multi_instance.num_instances"
+        );
+        let e = e.to_string();
         assert!(
-            e.contains("`jobs[0].tasks[1].multi_instance.num_instances`"),
+            e.contains("`job.tasks[1].multi_instance.num_instances`"),
             "{e}"
         );
 

@@ -35,19 +35,23 @@
 pub mod batch;
 pub mod domain;
 pub mod error;
+pub mod factory;
 pub mod mpi;
 pub mod plan;
 pub mod plugin;
+pub mod pool;
 pub mod registry;
 pub mod shell;
 pub mod ssh;
+pub mod validate;
 
 pub use domain::{
     HostCommand, JobSpec, MpiRuntime, MpiSpec, MultiInstanceSpec, NumInstances, OsFamily,
     PoolCount, PoolFacts, ProcessesPerNode, ResourceFileSpec, TaskSpec, WorkingDir,
 };
-pub use error::RuntimeError;
+pub use error::{Field, FieldPath, RuntimeError, Scope, Segment};
 pub use plan::{JobNeeds, JobPlan, PoolNeeds};
+pub use pool::PoolSpec;
 
 /// A container runtime: turns a job and facts about its pool into a [`JobPlan`].
 ///
@@ -56,7 +60,8 @@ pub trait ContainerRuntime: Send + Sync + std::fmt::Debug {
     /// The name the configuration selects it by (`docker`, `singularity`, ...).
     fn name(&self) -> &str;
 
-    /// Plans `job` on a pool described by `pool`. The job is validated first; errors name the
-    /// offending field (`job.tasks[2].multi_instance.num_instances`).
+    /// Plans `job` on a pool described by `pool`. The job is validated first
+    /// ([`validate::job_against_pool`]); errors locate the offending field ([`Field`]:
+    /// `job.tasks[2].multi_instance.num_instances`).
     fn plan(&self, job: &JobSpec, pool: &PoolFacts) -> Result<JobPlan, RuntimeError>;
 }

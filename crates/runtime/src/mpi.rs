@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 use shipyard_mpi_launch::{default_env, Flavor, Hosts, LaunchRequest, Ppn, Word};
 
 use crate::domain::{MpiRuntime, MpiSpec, ProcessesPerNode};
-use crate::error::RuntimeError;
+use crate::error::{Field, RuntimeError};
+use shipyard_mpi_launch::shell::split_plain;
 
 /// The launcher flavour of a configured MPI runtime.
 pub fn flavor(runtime: MpiRuntime) -> Flavor {
@@ -16,67 +17,6 @@ pub fn flavor(runtime: MpiRuntime) -> Flavor {
         MpiRuntime::Mpich | MpiRuntime::Mvapich => Flavor::Mpich,
         MpiRuntime::MsMpi => Flavor::MsMpi,
     }
-}
-
-/// Splits a command into words when it is a plain word list (quotes allowed, no shell
-/// operators or expansions); `None` when it needs a shell (`$`, `|`, `;`, `&`, `<`, `>`, `` ` ``,
-/// `*`, `?`, `(`, `)`, `~`, `#`, newlines outside single quotes).
-pub fn split_plain(command: &str) -> Option<Vec<String>> {
-    let mut words = Vec::new();
-    let mut cur = String::new();
-    let mut in_word = false;
-    let mut chars = command.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            ' ' | '\t' => {
-                if in_word {
-                    words.push(std::mem::take(&mut cur));
-                    in_word = false;
-                }
-            }
-            '\'' => {
-                in_word = true;
-                loop {
-                    match chars.next() {
-                        Some('\'') => break,
-                        Some(ch) => cur.push(ch),
-                        None => return None,
-                    }
-                }
-            }
-            '"' => {
-                in_word = true;
-                loop {
-                    match chars.next() {
-                        Some('"') => break,
-                        Some('\\') => match chars.next() {
-                            Some(ch @ ('"' | '\\')) => cur.push(ch),
-                            _ => return None,
-                        },
-                        Some('$' | '`') | None => return None,
-                        Some(ch) => cur.push(ch),
-                    }
-                }
-            }
-            '\\' => {
-                in_word = true;
-                match chars.next() {
-                    Some('\n') | None => return None,
-                    Some(ch) => cur.push(ch),
-                }
-            }
-            '$' | '|' | ';' | '&' | '<' | '>' | '`' | '*' | '?' | '(' | ')' | '~' | '#' | '\n'
-            | '[' | '{' | '}' => return None,
-            ch => {
-                in_word = true;
-                cur.push(ch);
-            }
-        }
-    }
-    if in_word {
-        words.push(cur);
-    }
-    (!words.is_empty()).then_some(words)
 }
 
 /// The program and arguments every rank runs for `command`: its words when it is a plain word
@@ -89,8 +29,9 @@ pub fn program_words(command: &str, shell: &str) -> Vec<String> {
 /// What a launch needs besides the `mpi` settings.
 #[derive(Debug, Clone, Copy)]
 pub struct LaunchContext<'a> {
-    /// Path of the task's `mpi` settings, for errors (`job.tasks[0].multi_instance.mpi`).
-    pub field: &'a str,
+    /// The task, for errors (`job.tasks[0]`): they name its `multi_instance.mpi` settings or
+    /// its `command`.
+    pub task: &'a Field,
     /// The remote sshd port when not 22 (23 in shipyard's containers).
     pub ssh_port: Option<u16>,
     /// The launcher runs as root (Open MPI needs `--allow-run-as-root`).
@@ -109,7 +50,7 @@ pub fn launch_request(
     command: &str,
     ctx: LaunchContext<'_>,
 ) -> Result<LaunchRequest, RuntimeError> {
-    let field = ctx.field;
+    let field = mpi_field(ctx.task);
     let flavor = flavor(mpi.runtime);
     let ppn = match &mpi.processes_per_node {
         None => Ppn::Count(1),
@@ -117,7 +58,7 @@ pub fn launch_request(
         Some(ProcessesPerNode::Command(c)) if c.trim() == "nproc" => Ppn::AllCores,
         Some(ProcessesPerNode::Command(c)) => {
             return Err(RuntimeError::Mpi {
-                field: format!("{field}.processes_per_node"),
+                field: field.key("processes_per_node"),
                 reason: format!(
                     "`{c}` is not supported: use a count or `nproc` (one rank per core)"
                 ),
@@ -131,7 +72,7 @@ pub fn launch_request(
     };
     let words = if flavor == Flavor::MsMpi {
         split_plain(command).ok_or_else(|| RuntimeError::Mpi {
-            field: field.replace(".multi_instance.mpi", ".command"),
+            field: ctx.task.key("command"),
             reason: "an MS-MPI command must be a plain word list".into(),
         })?
     } else {
@@ -165,22 +106,28 @@ pub fn launch_request(
     Ok(req)
 }
 
-/// Builds `req` and renders its POSIX-sh line; errors name `field`.
-pub fn render_sh(req: &LaunchRequest, field: &str) -> Result<String, RuntimeError> {
+/// The `multi_instance.mpi` field of `task`.
+pub fn mpi_field(task: &Field) -> Field {
+    task.key("multi_instance").key("mpi")
+}
+
+/// Builds `req` and renders its POSIX-sh line; errors name the `mpi` settings of `task`.
+pub fn render_sh(req: &LaunchRequest, task: &Field) -> Result<String, RuntimeError> {
     req.build()
         .map(|p| p.render_sh())
         .map_err(|e| RuntimeError::Mpi {
-            field: field.to_string(),
+            field: mpi_field(task),
             reason: e.to_string(),
         })
 }
 
-/// Builds `req` and renders its cmd.exe line (MS-MPI); errors name `field`.
-pub fn render_cmd(req: &LaunchRequest, field: &str) -> Result<String, RuntimeError> {
+/// Builds `req` and renders its cmd.exe line (MS-MPI); errors name the `mpi` settings of
+/// `task`.
+pub fn render_cmd(req: &LaunchRequest, task: &Field) -> Result<String, RuntimeError> {
     req.build()
         .and_then(|p| p.render_cmd())
         .map_err(|e| RuntimeError::Mpi {
-            field: field.to_string(),
+            field: mpi_field(task),
             reason: e.to_string(),
         })
 }
@@ -190,21 +137,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn splits_plain_commands_only() {
+    fn plain_commands_run_as_words_others_in_a_shell() {
         assert_eq!(
-            split_plain("/app -e 1K 'a b' \"c d\""),
-            Some(vec![
-                "/app".to_string(),
-                "-e".into(),
-                "1K".into(),
-                "a b".into(),
-                "c d".into()
-            ])
+            program_words("/app -x 'a b'", "/bin/sh"),
+            vec!["/app", "-x", "a b"]
         );
-        assert_eq!(split_plain("echo $HOME"), None);
-        assert_eq!(split_plain("a | b"), None);
-        assert_eq!(split_plain("'unterminated"), None);
-        assert_eq!(split_plain("   "), None);
         assert_eq!(
             program_words("echo $X", "/bin/sh"),
             vec!["/bin/sh", "-c", "echo $X"]
@@ -220,21 +157,30 @@ mod tests {
             executable_path: None,
         };
         let mut env = BTreeMap::new();
-        fn ctx(env: &BTreeMap<String, String>) -> LaunchContext<'_> {
+        let task = Field::job("j").key("tasks").index(0);
+        fn ctx<'a>(env: &'a BTreeMap<String, String>, task: &'a Field) -> LaunchContext<'a> {
             LaunchContext {
-                field: "f",
+                task,
                 ssh_port: Some(23),
                 run_as_root: true,
                 user_env: env,
                 infiniband: true,
             }
         }
-        let line = render_sh(&launch_request(&mpi, "/app", ctx(&env)).unwrap(), "f").unwrap();
+        let line = render_sh(
+            &launch_request(&mpi, "/app", ctx(&env, &task)).unwrap(),
+            &task,
+        )
+        .unwrap();
         assert!(line.contains("FI_PROVIDER=mlx"), "{line}");
         assert!(line.contains("I_MPI_FABRICS=shm:ofi"), "{line}");
         env.insert("FI_PROVIDER".to_string(), "verbs".to_string());
         env.insert("I_MPI_FABRICS".to_string(), "ofi".to_string());
-        let line = render_sh(&launch_request(&mpi, "/app", ctx(&env)).unwrap(), "f").unwrap();
+        let line = render_sh(
+            &launch_request(&mpi, "/app", ctx(&env, &task)).unwrap(),
+            &task,
+        )
+        .unwrap();
         assert!(line.contains("FI_PROVIDER=\"${FI_PROVIDER}\""), "{line}");
         assert!(
             line.contains("I_MPI_FABRICS=\"${I_MPI_FABRICS}\""),
@@ -252,8 +198,9 @@ mod tests {
             executable_path: None,
         };
         let env = BTreeMap::new();
+        let task = Field::job("j").key("tasks").index(0);
         let ctx = LaunchContext {
-            field: "job.tasks[0].multi_instance.mpi",
+            task: &task,
             ssh_port: None,
             run_as_root: false,
             user_env: &env,
@@ -264,22 +211,5 @@ mod tests {
             e.contains("job.tasks[0].multi_instance.mpi.processes_per_node"),
             "{e}"
         );
-    }
-}
-
-#[cfg(test)]
-mod proptests {
-    use super::*;
-    use proptest::prelude::*;
-
-    proptest! {
-        #![proptest_config(ProptestConfig::with_cases(500))]
-
-        /// Any words quoted by `shell::quote` and joined split back into the same words.
-        #[test]
-        fn quoted_words_split_back(words in proptest::collection::vec("[ -~]{0,12}", 1..6)) {
-            let line = crate::shell::join(&words);
-            prop_assert_eq!(split_plain(&line), Some(words), "line: {}", line);
-        }
     }
 }

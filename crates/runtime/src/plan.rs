@@ -10,7 +10,7 @@ use crate::batch::{
     JobReleaseTask, OnAllTasksComplete, PoolAddParameter, PoolInformation, StartTask,
     TaskAddParameter,
 };
-use crate::error::RuntimeError;
+use crate::error::{Field, RuntimeError};
 use crate::ssh::{JobSshKey, PRIVATE_KEY_ENV, PUBLIC_KEY_ENV};
 
 /// Everything needed to run one job.
@@ -27,7 +27,9 @@ pub struct JobPlan {
     pub tasks: Vec<TaskAddParameter>,
 }
 
-/// Pool-level needs of a plan.
+/// What a plan requires of its pool (not a model of the pool: the pool is
+/// [`crate::pool::PoolSpec`]; [`JobPlan::apply_to_pool`] merges these into its
+/// `PoolAddParameter`). Part of the plugin wire format.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PoolNeeds {
@@ -137,10 +139,10 @@ impl JobPlan {
     pub fn apply_to_pool(&self, pool: &mut PoolAddParameter) -> Result<(), RuntimeError> {
         if let Some(cc) = &self.pool.container_configuration {
             let vm = pool.virtual_machine_configuration.as_mut().ok_or_else(|| {
-                RuntimeError::Invalid {
-                    field: "pool.virtualMachineConfiguration".into(),
-                    reason: "a native container pool needs a virtual machine configuration".into(),
-                }
+                RuntimeError::invalid(
+                    Field::pool().key("vm_configuration"),
+                    "a native container pool needs a virtual machine configuration",
+                )
             })?;
             vm.container_configuration = Some(cc.clone());
         }

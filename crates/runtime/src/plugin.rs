@@ -34,12 +34,18 @@
 //! `#[no_mangle]` function). See `plugins/example-runtime`.
 #![allow(unsafe_code)]
 
-use std::ffi::{c_char, CStr};
-use std::path::{Path, PathBuf};
+use std::ffi::c_char;
+#[cfg(feature = "plugins")]
+use std::ffi::CStr;
+#[cfg(feature = "plugins")]
+use std::path::Path;
+use std::path::PathBuf;
+#[cfg(feature = "plugins")]
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+#[cfg(feature = "plugins")]
 use crate::error::RuntimeError;
 use crate::{ContainerRuntime, JobPlan, JobSpec, PoolFacts};
 
@@ -198,7 +204,8 @@ pub enum PluginResponse {
     Error(PluginErrorBody),
 }
 
-/// A runtime implemented by a loaded plugin library.
+/// A runtime implemented by a loaded plugin library (cargo feature `plugins`, on by default).
+#[cfg(feature = "plugins")]
 #[derive(Debug)]
 pub struct PluginRuntime {
     name: String,
@@ -209,6 +216,7 @@ pub struct PluginRuntime {
     _lib: Arc<libloading::Library>,
 }
 
+#[cfg(feature = "plugins")]
 impl PluginRuntime {
     /// Loads the plugin at `path` through [`ENTRY_SYMBOL`].
     pub fn load(path: &Path) -> Result<PluginRuntime, PluginError> {
@@ -303,6 +311,7 @@ impl PluginRuntime {
     }
 }
 
+#[cfg(feature = "plugins")]
 impl ContainerRuntime for PluginRuntime {
     fn name(&self) -> &str {
         &self.name
@@ -314,9 +323,11 @@ impl ContainerRuntime for PluginRuntime {
             job: job.clone(),
             pool: pool.clone(),
         };
-        let input = serde_json::to_vec(&request).map_err(|e| RuntimeError::Invalid {
-            field: "job".into(),
-            reason: format!("cannot serialize for the plugin: {e}"),
+        let input = serde_json::to_vec(&request).map_err(|e| {
+            RuntimeError::invalid(
+                crate::error::Field::job(&job.id),
+                format!("cannot serialize for the plugin: {e}"),
+            )
         })?;
         let out = self.call(&input);
         let response: PluginResponse =

@@ -7,10 +7,12 @@
 //! `link()` function) for the registration to be present.
 
 use std::collections::BTreeMap;
+#[cfg(feature = "plugins")]
 use std::path::Path;
 use std::sync::{Arc, RwLock};
 
 use crate::error::RuntimeError;
+#[cfg(feature = "plugins")]
 use crate::plugin::PluginRuntime;
 use crate::ContainerRuntime;
 
@@ -85,7 +87,9 @@ pub fn register(runtime: Arc<dyn ContainerRuntime>) -> Result<(), RuntimeError> 
     Ok(())
 }
 
-/// Loads the plugin library at `path` and registers its runtime; returns the runtime's name.
+/// Loads the plugin library at `path` and registers its runtime; returns the runtime's name
+/// (cargo feature `plugins`, on by default).
+#[cfg(feature = "plugins")]
 pub fn load_plugin(path: &Path) -> Result<String, RuntimeError> {
     let rt = PluginRuntime::load(path)?;
     let name = rt.name().to_string();

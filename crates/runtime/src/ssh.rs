@@ -59,9 +59,19 @@ pub fn node_key_dir_shell(job_id: &str) -> String {
 /// The ssh client configuration of a job: port 23, the job key, no host-key prompts, scoped to
 /// the pool's node address pattern.
 pub fn client_config(subnet_pattern: &str) -> String {
-    format!(
-        "Host {subnet_pattern}\n  Port {SSHD_PORT}\n  User root\n  IdentityFile {CONTAINER_SSH_DIR}/{PRIVATE_KEY_FILE}\n  IdentitiesOnly yes\n  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n  BatchMode yes\n  LogLevel ERROR\n"
-    )
+    client_config_with_timeout(subnet_pattern, None)
+}
+
+/// [`client_config`] for the hosts matching `host_pattern`, with a `ConnectTimeout` (seconds)
+/// when given (the local backend uses `Host *` and a 10 s timeout).
+pub fn client_config_with_timeout(host_pattern: &str, connect_timeout_secs: Option<u32>) -> String {
+    let mut config = format!(
+        "Host {host_pattern}\n  Port {SSHD_PORT}\n  User root\n  IdentityFile {CONTAINER_SSH_DIR}/{PRIVATE_KEY_FILE}\n  IdentitiesOnly yes\n  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n  BatchMode yes\n  LogLevel ERROR\n"
+    );
+    if let Some(secs) = connect_timeout_secs {
+        config.push_str(&format!("  ConnectTimeout {secs}\n"));
+    }
+    config
 }
 
 /// A per-job ed25519 key pair in OpenSSH encodings. `Debug` never shows the private key.
@@ -146,6 +156,11 @@ impl fmt::Debug for SshFiles {
 impl SshFiles {
     /// The four files for `key`, with the client configuration scoped to `subnet_pattern`.
     pub fn new(key: &JobSshKey, subnet_pattern: &str) -> SshFiles {
+        SshFiles::with_client_config(key, client_config(subnet_pattern))
+    }
+
+    /// The four files for `key`, with `client_config` as the ssh client configuration.
+    pub fn with_client_config(key: &JobSshKey, client_config: String) -> SshFiles {
         let mut private = key.private_openssh.clone();
         if !private.ends_with('\n') {
             private.push('\n');
@@ -156,7 +171,7 @@ impl SshFiles {
                 (PRIVATE_KEY_FILE, private),
                 (PUBLIC_KEY_FILE, public.clone()),
                 (AUTHORIZED_KEYS_FILE, public),
-                (CLIENT_CONFIG_FILE, client_config(subnet_pattern)),
+                (CLIENT_CONFIG_FILE, client_config),
             ],
         }
     }
@@ -166,34 +181,61 @@ impl SshFiles {
         self.files.iter().map(|(n, c)| (*n, c.as_str()))
     }
 
-    /// Writes the files into `dir` (created with mode 0700), each with mode 0600, and returns
-    /// their paths.
+    /// Writes the files into `dir` and returns their paths. `dir` must not exist yet (its
+    /// parents are created): it is created with mode 0700 and each file is created new with
+    /// mode 0600, so nothing already there (a planted file or symlink) is followed or
+    /// overwritten. On failure, `dir` is removed again.
     pub fn write_to(&self, dir: &Path) -> Result<Vec<PathBuf>, RuntimeError> {
-        use std::io::Write;
-        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-        let io = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| RuntimeError::Io { path, source }
-        };
-        std::fs::create_dir_all(dir).map_err(io(dir))?;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io(dir))?;
-        let mut out = Vec::new();
-        for (name, content) in &self.files {
-            let path = dir.join(name);
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(FILE_MODE)
-                .open(&path)
-                .map_err(io(&path))?;
-            f.write_all(content.as_bytes()).map_err(io(&path))?;
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(FILE_MODE))
-                .map_err(io(&path))?;
-            out.push(path);
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        if let Some(parent) = dir.parent() {
+            std::fs::create_dir_all(parent).map_err(|source| RuntimeError::Io {
+                path: parent.to_path_buf(),
+                source,
+            })?;
         }
-        Ok(out)
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(dir)
+            .and_then(|()| std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)))
+            .map_err(|source| RuntimeError::Io {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+        let written = self
+            .files
+            .iter()
+            .map(|(name, content)| {
+                let path = dir.join(name);
+                write_private_file(&path, content.as_bytes()).map(|()| path)
+            })
+            .collect::<Result<Vec<_>, _>>();
+        if written.is_err() {
+            if let Err(e) = std::fs::remove_dir_all(dir) {
+                tracing::warn!(dir = %dir.display(), error = %e, "could not remove a partly written key directory");
+            }
+        }
+        written
     }
+}
+
+/// Creates the file `path`, which must not exist, with mode 0600 and writes `contents` to it.
+pub fn write_private_file(path: &Path, contents: &[u8]) -> Result<(), RuntimeError> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let io = |source| RuntimeError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(FILE_MODE)
+        .open(path)
+        .map_err(io)?;
+    // The umask may have taken bits away from the mode; set it exactly.
+    f.set_permissions(std::fs::Permissions::from_mode(FILE_MODE))
+        .map_err(io)?;
+    f.write_all(contents).map_err(io)
 }
 
 #[cfg(test)]
@@ -232,5 +274,40 @@ mod tests {
         assert!(cfg.contains("StrictHostKeyChecking no"));
         let ak = std::fs::read_to_string(kd.join(AUTHORIZED_KEYS_FILE)).unwrap();
         assert_eq!(ak.trim(), key.public_openssh());
+        // An existing directory is never written into.
+        let again = SshFiles::new(&key, "10.0.*").write_to(&kd).unwrap_err();
+        assert!(
+            matches!(again, RuntimeError::Io { ref path, .. } if path == &kd),
+            "{again}"
+        );
+    }
+
+    #[test]
+    fn an_existing_file_is_not_overwritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, "planted").unwrap();
+        assert!(write_private_file(&path, b"secret").is_err());
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "planted");
+    }
+
+    #[test]
+    fn client_config_has_the_timeout_only_when_asked() {
+        let azure = client_config("10.0.*");
+        assert!(!azure.contains("ConnectTimeout"), "{azure}");
+        assert!(azure.ends_with("  LogLevel ERROR\n"), "{azure}");
+        let local = client_config_with_timeout("*", Some(10));
+        assert!(
+            local.starts_with("Host *\n  Port 23\n  User root\n"),
+            "{local}"
+        );
+        assert!(
+            local.contains("  IdentityFile /root/.ssh/id_ed25519\n"),
+            "{local}"
+        );
+        assert!(
+            local.ends_with("  LogLevel ERROR\n  ConnectTimeout 10\n"),
+            "{local}"
+        );
     }
 }

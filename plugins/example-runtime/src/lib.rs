@@ -22,7 +22,7 @@ use shipyard_runtime::batch::{
 use shipyard_runtime::plugin::{export, PluginBuffer, PluginTableV1};
 use shipyard_runtime::shell::quote;
 use shipyard_runtime::{
-    ContainerRuntime, JobNeeds, JobPlan, JobSpec, PoolFacts, PoolNeeds, RuntimeError,
+    ContainerRuntime, Field, JobNeeds, JobPlan, JobSpec, PoolFacts, PoolNeeds, RuntimeError,
 };
 
 /// The example runtime.
@@ -41,21 +41,24 @@ impl ContainerRuntime for ExampleRuntime {
         job.validate()?;
         pool.validate()?;
         if !pool.native_containers {
-            return Err(RuntimeError::Unsupported {
-                runtime: NAME.into(),
-                field: "pool.native_containers".into(),
-                reason: "the example runtime needs a native container pool".into(),
-            });
+            return Err(RuntimeError::unsupported(
+                NAME,
+                Field::pool().key("native_containers"),
+                "the example runtime needs a native container pool",
+            ));
         }
         let mut images: Vec<String> = Vec::new();
         let mut tasks = Vec::new();
         for (i, task) in job.tasks.iter().enumerate() {
             if task.multi_instance.is_some() {
-                return Err(RuntimeError::Unsupported {
-                    runtime: NAME.into(),
-                    field: format!("job.tasks[{i}].multi_instance"),
-                    reason: "the example runtime runs single-node tasks only".into(),
-                });
+                return Err(RuntimeError::unsupported(
+                    NAME,
+                    Field::job(&job.id)
+                        .key("tasks")
+                        .index(i)
+                        .key("multi_instance"),
+                    "the example runtime runs single-node tasks only",
+                ));
             }
             if !images.contains(&task.image) {
                 images.push(task.image.clone());

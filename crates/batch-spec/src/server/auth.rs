@@ -1,4 +1,5 @@
-//! Server-side authentication: Shared Key verification (recomputed from the raw request,
+//! Server-side authentication ([`check_date`], [`verify_shared_key`] are public for
+//! `shipyard serve`): Shared Key verification (recomputed from the raw request,
 //! independently of any client code) and the bearer token endpoint.
 
 use std::time::{Duration, Instant, SystemTime};
@@ -31,7 +32,7 @@ const FIXED_LINES: [&str; 11] = [
 const MAX_SKEW: Duration = Duration::from_secs(15 * 60);
 
 /// Why a request failed authentication: (status, code, detail).
-pub(crate) type AuthFailure = (u16, &'static str, String);
+pub type AuthFailure = (u16, &'static str, String);
 
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
@@ -105,7 +106,7 @@ fn string_to_sign(
 }
 
 /// Checks `ocp-date` (required, within 15 minutes).
-pub(crate) fn check_date(headers: &HeaderMap) -> Result<(), AuthFailure> {
+pub fn check_date(headers: &HeaderMap) -> Result<(), AuthFailure> {
     let Some(date) = header(headers, "ocp-date") else {
         return Err((
             400,
@@ -166,13 +167,38 @@ pub(crate) fn authenticate(
             )),
         };
     }
-    let Some(rest) = auth.strip_prefix("SharedKey ") else {
+    if !auth.starts_with("SharedKey ") {
         return Err((
             401,
             "AuthenticationFailed",
             "Authorization scheme must be SharedKey or Bearer.".into(),
         ));
-    };
+    }
+    verify_shared_key(
+        &shared.config.account,
+        &shared.key,
+        method,
+        raw_path,
+        raw_query,
+        headers,
+    )
+    .map(|()| AuthKind::SharedKey)
+}
+
+/// Verifies the value after `SharedKey ` in an Authorization header the way the Batch service
+/// does: the account must be `account`, and the signature must be the HMAC-SHA256 with `key`
+/// (decoded) of the string-to-sign recomputed from the raw request (method, raw path, raw
+/// query, headers). Failures are 403 `AuthenticationFailed`.
+pub fn verify_shared_key(
+    account_expected: &str,
+    key: &[u8],
+    method: &str,
+    raw_path: &str,
+    raw_query: &str,
+    headers: &HeaderMap,
+) -> Result<(), AuthFailure> {
+    let auth = header(headers, "authorization").unwrap_or("");
+    let rest = auth.strip_prefix("SharedKey ").unwrap_or(auth);
     let Some((account, sig)) = rest.trim().split_once(':') else {
         return Err((
             403,
@@ -180,7 +206,7 @@ pub(crate) fn authenticate(
             "SharedKey authorization must be `account:signature`.".into(),
         ));
     };
-    if account != shared.config.account {
+    if account != account_expected {
         return Err((
             403,
             "AuthenticationFailed",
@@ -202,12 +228,12 @@ pub(crate) fn authenticate(
     }
     for len in &lengths {
         let to_sign = string_to_sign(account, method, raw_path, raw_query, headers, len);
-        let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(&shared.key) else {
+        let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(key) else {
             break;
         };
         mac.update(to_sign.as_bytes());
         if mac.verify_slice(&sig).is_ok() {
-            return Ok(AuthKind::SharedKey);
+            return Ok(());
         }
     }
     Err((

@@ -6,7 +6,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt as _, Limited};
 use hyper::body::Incoming;
 use hyper::{Request, Response};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::{auth, lock, ops, AuthKind, Fault, RequestRecord, Shared};
 
@@ -109,21 +109,14 @@ impl Reply {
 
     /// A Batch error body.
     pub fn error(status: u16, code: &str, message: &str, values: &[(&str, String)]) -> Reply {
-        let mut body = json!({
-            "odata.metadata": "https://batch.local/$metadata#Microsoft.Azure.Batch.Protocol.Entities.Container.errors/@Element",
-            "code": code,
-            "message": {"lang": "en-US", "value": format!("{message}\nTime:{}", super::state::now_rfc3339())},
-        });
-        if !values.is_empty() {
-            body["values"] = Value::Array(
-                values
-                    .iter()
-                    .map(|(k, v)| json!({"key": k, "value": v}))
-                    .collect(),
-            );
-        }
+        Reply::error_value(status, crate::wire::error_body(code, message, values))
+    }
+
+    /// A reply carrying an already built Batch error body.
+    pub fn error_value(status: u16, body: Value) -> Reply {
+        let code = body.get("code").and_then(Value::as_str).map(str::to_owned);
         let mut r = Reply::json(status, &body);
-        r.error_code = Some(code.to_owned());
+        r.error_code = code;
         r
     }
 }

@@ -9,35 +9,8 @@ use serde_json::{json, Map, Value};
 use super::http::Reply;
 use super::state::{self, FileRec, Job, Pool, Task};
 use super::{lock, Shared, TaskFailure};
-use crate::schema::percent_decode;
 
-/// Decoded query parameters.
-#[derive(Debug)]
-pub(crate) struct Query(Vec<(String, String)>);
-
-impl Query {
-    pub fn parse(raw: &str) -> Query {
-        Query(
-            raw.split('&')
-                .filter(|p| !p.is_empty())
-                .map(|p| {
-                    let (n, v) = p.split_once('=').unwrap_or((p, ""));
-                    (
-                        percent_decode(&n.replace('+', " ")),
-                        percent_decode(&v.replace('+', " ")),
-                    )
-                })
-                .collect(),
-        )
-    }
-
-    pub fn get(&self, name: &str) -> Option<&str> {
-        self.0
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-}
+pub(crate) use crate::wire::Query;
 
 /// A validated request handed to an operation.
 pub(crate) struct Req<'a> {
@@ -706,16 +679,8 @@ fn file_reply(req: &Req<'_>, f: &FileRec, head: bool) -> Reply {
         .and_then(|v| v.to_str().ok())
         .filter(|_| !req.ignore_range);
     if let Some(range) = range {
-        let parsed = range.strip_prefix("bytes=").and_then(|r| {
-            let (a, b) = r.split_once('-')?;
-            let a: usize = a.trim().parse().ok()?;
-            let b: usize = if b.trim().is_empty() {
-                total.checked_sub(1)?
-            } else {
-                b.trim().parse().ok()?
-            };
-            (a <= b && a < total).then_some((a, b.min(total - 1)))
-        });
+        let parsed =
+            crate::wire::parse_range(range, total as u64).map(|(a, b)| (a as usize, b as usize));
         match parsed {
             Some((a, b)) => {
                 data = f.data.slice(a..=b);
@@ -753,55 +718,7 @@ fn after(req: &Req<'_>) -> Option<String> {
 
 /// Applies `$select` (top-level properties) to an item.
 fn select(item: &Value, query: &Query) -> Value {
-    let Some(sel) = query.get("$select") else {
-        return item.clone();
-    };
-    let keep: Vec<&str> = sel.split(',').map(str::trim).collect();
-    match item {
-        Value::Object(m) => Value::Object(
-            m.iter()
-                .filter(|(k, _)| keep.contains(&k.as_str()))
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-        ),
-        other => other.clone(),
-    }
-}
-
-/// A `$filter` of `path eq 'value'` clauses joined with `and`.
-fn parse_filter(f: &str) -> Option<Vec<(Vec<String>, String)>> {
-    let mut out = Vec::new();
-    for clause in f.split(" and ") {
-        let (field, value) = clause.trim().split_once(" eq ")?;
-        let value = value.trim();
-        let value = value
-            .strip_prefix('\'')
-            .and_then(|v| v.strip_suffix('\''))
-            .unwrap_or(value);
-        out.push((
-            field.trim().split('/').map(str::to_owned).collect(),
-            value.to_owned(),
-        ));
-    }
-    Some(out)
-}
-
-fn matches(item: &Value, filter: &[(Vec<String>, String)]) -> bool {
-    filter.iter().all(|(path, want)| {
-        let mut v = item;
-        for p in path {
-            match v.get(p) {
-                Some(x) => v = x,
-                None => return false,
-            }
-        }
-        match v {
-            Value::String(s) => s.eq_ignore_ascii_case(want),
-            Value::Number(n) => n.to_string() == *want,
-            Value::Bool(b) => b.to_string() == *want,
-            _ => false,
-        }
-    })
+    crate::wire::select(item.clone(), query.get("$select"))
 }
 
 /// One page of a list: items after the skip token, filtered, at most `maxresults`, with an
@@ -810,71 +727,12 @@ fn page<'a, I>(shared: &Shared, req: &Req<'_>, path: &str, items: I, after: Opti
 where
     I: Iterator<Item = (&'a str, &'a Value)>,
 {
-    let max = match req.query.get("maxresults") {
-        None => 1000,
-        Some(m) => match m.parse::<usize>() {
-            Ok(n) if (1..=1000).contains(&n) => n,
-            _ => return Reply::error(
-                400,
-                "InvalidQueryParameterValue",
-                "Value for one of the query parameters specified in the request URI is invalid.",
-                &[
-                    ("QueryParameterName", "maxresults".into()),
-                    ("QueryParameterValue", m.to_owned()),
-                ],
-            ),
-        },
+    let mut paging = match crate::wire::Paging::from_query(req.query) {
+        Ok(p) => p,
+        Err((status, body)) => return Reply::error_value(status, body),
     };
-    let filter = match req.query.get("$filter") {
-        None => None,
-        Some(f) => match parse_filter(f) {
-            Some(p) => Some(p),
-            None => return Reply::error(
-                400,
-                "InvalidQueryParameterValue",
-                "The strict test server supports only `field eq 'value'` clauses joined by `and`.",
-                &[
-                    ("QueryParameterName", "$filter".into()),
-                    ("QueryParameterValue", f.to_owned()),
-                ],
-            ),
-        },
-    };
-    let mut value = Vec::new();
-    let mut last_key: Option<&str> = None;
-    let mut more = false;
-    for (k, item) in items {
-        if let Some(a) = &after {
-            if k <= a.as_str() {
-                continue;
-            }
-        }
-        if let Some(f) = &filter {
-            if !matches(item, f) {
-                continue;
-            }
-        }
-        if value.len() == max {
-            more = true;
-            break;
-        }
-        value.push(select(item, req.query));
-        last_key = Some(k);
-    }
-    let mut out = json!({"value": value});
-    if more {
-        if let Some(k) = last_key {
-            let mut q = url::form_urlencoded::Serializer::new(String::new());
-            q.append_pair("api-version", req.query.get("api-version").unwrap_or(""));
-            q.append_pair("maxresults", &max.to_string());
-            for name in ["$filter", "$select", "$expand"] {
-                if let Some(v) = req.query.get(name) {
-                    q.append_pair(name, v);
-                }
-            }
-            q.append_pair("$skiptoken", k);
-            out["odata.nextLink"] = json!(format!("{}{path}?{}", shared.base_url, q.finish()));
-        }
-    }
+    paging.after = after;
+    let base = format!("{}{path}", shared.base_url);
+    let out = paging.page(req.query, &base, items.map(|(k, v)| (k, v.clone())));
     Reply::json(200, &out)
 }

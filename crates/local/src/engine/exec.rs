@@ -1,0 +1,1466 @@
+//! Scheduling and running: start tasks, job preparation/release, tasks (single and
+//! multi-instance), exit conditions, retries, resource and output files, job completion.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use shipyard_batch_api::models::{
+    CloudTask, ComputeNodeInformation, ComputeNodeState, ContainerWorkingDirectory,
+    DependencyAction, ElevationLevel, EnvironmentSetting, ErrorCategory, ExitOptions, JobAction,
+    JobPreparationAndReleaseTaskExecutionInformation, JobPreparationTaskExecutionInformation,
+    JobPreparationTaskState, JobReleaseTaskExecutionInformation, JobReleaseTaskState, JobState,
+    OnAllTasksComplete, OnTaskFailure, ResourceFile, StartTaskInformation, StartTaskState,
+    SubtaskInformation, SubtaskState, TaskAddParameter, TaskContainerSettings, TaskExecutionResult,
+    TaskFailureInformation, TaskState, UserIdentity,
+};
+use tokio_util::sync::CancellationToken;
+
+use super::node::{labels, NodeRef, RunEnd, RunSpec, NODE_ROOT_DIR};
+use super::state::{now, TaskRec};
+use super::{set_node_state, Engine, Key};
+
+/// The task directory of `job`/`task` under a node root on the host.
+pub(crate) fn host_task_dir(root: &Path, job: &str, task: &str) -> PathBuf {
+    root.join("workitems").join(job).join("job-1").join(task)
+}
+
+pub(crate) fn failure(code: &str, message: impl Into<String>) -> TaskFailureInformation {
+    TaskFailureInformation {
+        category: ErrorCategory::UserError,
+        code: Some(code.into()),
+        message: Some(message.into()),
+        details: None,
+    }
+}
+
+pub(crate) fn new_task_record(
+    account_url: &str,
+    job: &str,
+    t: TaskAddParameter,
+    seq: u64,
+) -> TaskRec {
+    let ts = now();
+    let task = CloudTask {
+        id: Some(t.id.clone()),
+        display_name: t.display_name.clone(),
+        url: Some(format!("{account_url}/jobs/{job}/tasks/{}", t.id)),
+        etag: Some(super::etag()),
+        last_modified: Some(ts.clone()),
+        creation_time: Some(ts.clone()),
+        exit_conditions: t.exit_conditions.clone(),
+        state: Some(TaskState::Active),
+        state_transition_time: Some(ts),
+        command_line: Some(t.command_line.clone()),
+        container_settings: t.container_settings.clone(),
+        resource_files: t.resource_files.clone(),
+        output_files: t.output_files.clone(),
+        environment_settings: t.environment_settings.clone(),
+        affinity_info: t.affinity_info.clone(),
+        constraints: t.constraints.clone(),
+        required_slots: Some(t.required_slots.unwrap_or(1)),
+        user_identity: t.user_identity.clone(),
+        multi_instance_settings: t.multi_instance_settings.clone(),
+        depends_on: t.depends_on.clone(),
+        application_package_references: t.application_package_references.clone(),
+        ..Default::default()
+    };
+    TaskRec {
+        job: job.into(),
+        task,
+        params: t,
+        seq,
+        subtasks: vec![],
+        nodes: vec![],
+        containers: vec![],
+    }
+}
+
+fn set_task_state(t: &mut CloudTask, s: TaskState) {
+    if t.state.as_ref() != Some(&s) {
+        t.previous_state = t.state.take();
+        t.previous_state_transition_time = t.state_transition_time.take();
+        t.state = Some(s);
+        t.state_transition_time = Some(now());
+    }
+}
+
+/// Marks a task completed with an exit code and/or failure.
+pub(crate) fn complete_task_record(
+    t: &mut TaskRec,
+    exit: Option<i32>,
+    fail: Option<TaskFailureInformation>,
+) {
+    let info = t.task.execution_info.get_or_insert_with(Default::default);
+    info.end_time = Some(now());
+    info.exit_code = exit;
+    info.result = Some(if fail.is_none() && exit == Some(0) {
+        TaskExecutionResult::Success
+    } else {
+        TaskExecutionResult::Failure
+    });
+    info.failure_info = fail;
+    set_task_state(&mut t.task, TaskState::Completed);
+    t.task.etag = Some(super::etag());
+    t.task.last_modified = Some(now());
+}
+
+fn parse_duration(s: &str) -> Option<Duration> {
+    // ISO 8601 durations as Batch sends them: PnDTnHnMnS (seconds may be fractional).
+    let s = s.strip_prefix('P')?;
+    let (days, time) = match s.split_once('T') {
+        Some((d, t)) => (d, t),
+        None => (s, ""),
+    };
+    let mut secs = 0f64;
+    if let Some(d) = days.strip_suffix('D') {
+        secs += d.parse::<f64>().ok()? * 86400.0;
+    } else if !days.is_empty() {
+        return None;
+    }
+    let mut num = String::new();
+    for c in time.chars() {
+        match c {
+            'H' => {
+                secs += num.parse::<f64>().ok()? * 3600.0;
+                num.clear();
+            }
+            'M' => {
+                secs += num.parse::<f64>().ok()? * 60.0;
+                num.clear();
+            }
+            'S' => {
+                secs += num.parse::<f64>().ok()?;
+                num.clear();
+            }
+            _ => num.push(c),
+        }
+    }
+    // Batch's "unlimited" is ~10675199 days; treat huge values as no limit.
+    (secs < 1e9).then(|| Duration::from_secs_f64(secs))
+}
+
+/// What to run, before it is placed on a node.
+struct Work<'a> {
+    name: String,
+    command: &'a str,
+    container: Option<&'a TaskContainerSettings>,
+    env: Vec<(String, String)>,
+    identity: Option<&'a UserIdentity>,
+    task_dir_in: String,
+    host_task_dir: PathBuf,
+    timeout: Option<Duration>,
+    labels: HashMap<String, String>,
+    keep: bool,
+}
+
+fn user_of(identity: Option<&UserIdentity>) -> Option<String> {
+    let auto = identity.and_then(|i| i.auto_user.as_ref());
+    match auto.and_then(|a| a.elevation_level.as_ref()) {
+        Some(ElevationLevel::Admin) => None,
+        // Batch's default auto-user is non-admin.
+        _ if identity.and_then(|i| i.username.as_ref()).is_none()
+            && auto.is_none()
+            && identity.is_none() =>
+        {
+            Some("1000:1000".into())
+        }
+        _ => Some("1000:1000".into()),
+    }
+}
+
+fn base_env(e: &Engine, node: &NodeRef, ip: &str) -> Vec<(String, String)> {
+    vec![
+        ("AZ_BATCH_ACCOUNT_NAME".into(), e.inner.opts.account.clone()),
+        (
+            "AZ_BATCH_ACCOUNT_URL".into(),
+            e.inner.opts.account_url.clone(),
+        ),
+        ("AZ_BATCH_POOL_ID".into(), node.pool.clone()),
+        ("AZ_BATCH_NODE_ID".into(), node.id.clone()),
+        ("AZ_BATCH_NODE_IS_DEDICATED".into(), "true".into()),
+        ("AZ_BATCH_NODE_ROOT_DIR".into(), NODE_ROOT_DIR.into()),
+        (
+            "AZ_BATCH_NODE_SHARED_DIR".into(),
+            format!("{NODE_ROOT_DIR}/shared"),
+        ),
+        (
+            "AZ_BATCH_NODE_STARTUP_DIR".into(),
+            format!("{NODE_ROOT_DIR}/startup"),
+        ),
+        (
+            "AZ_BATCH_NODE_STARTUP_WORKING_DIR".into(),
+            format!("{NODE_ROOT_DIR}/startup/wd"),
+        ),
+        ("AZ_BATCH_NODE_IP_ADDRESS".into(), ip.into()),
+        (
+            "AZ_BATCH_CERTIFICATES_DIR".into(),
+            format!("{NODE_ROOT_DIR}/certs"),
+        ),
+    ]
+}
+
+fn add_settings(env: &mut Vec<(String, String)>, s: Option<&Vec<EnvironmentSetting>>) {
+    for s in s.into_iter().flatten() {
+        env.push((s.name.clone(), s.value.clone().unwrap_or_default()));
+    }
+}
+
+fn node_ip(e: &Engine, node: &NodeRef) -> String {
+    e.lock()
+        .nodes
+        .get(&(node.pool.clone(), node.id.clone()))
+        .and_then(|n| n.node.ip_address.clone())
+        .unwrap_or_default()
+}
+
+fn spec_of(w: &Work<'_>, e: &Engine) -> Result<RunSpec, String> {
+    let argv =
+        crate::cmdline::split_command_line(w.command, "commandLine").map_err(|e| e.to_string())?;
+    let run = match w.container.and_then(|c| c.container_run_options.as_deref()) {
+        Some(o) => {
+            let args = crate::cmdline::split_command_line(o, "containerRunOptions")
+                .map_err(|e| e.to_string())?;
+            crate::cmdline::parse_run_options(&args).map_err(|e| e.to_string())?
+        }
+        None => Default::default(),
+    };
+    let image = w
+        .container
+        .map(|c| c.image_name.clone())
+        .unwrap_or_else(|| e.inner.opts.holder_image.clone());
+    let working_dir = match w.container.and_then(|c| c.working_directory.as_ref()) {
+        Some(ContainerWorkingDirectory::ContainerImageDefault) => None,
+        _ => Some(format!("{}/wd", w.task_dir_in)),
+    };
+    let mut env: Vec<String> = w.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    env.push(format!("AZ_BATCH_TASK_DIR={}", w.task_dir_in));
+    env.push(format!("AZ_BATCH_TASK_WORKING_DIR={}/wd", w.task_dir_in));
+    Ok(RunSpec {
+        name: w.name.clone(),
+        image,
+        argv,
+        env,
+        working_dir,
+        user: user_of(w.identity),
+        run,
+        stdout: w.host_task_dir.join("stdout.txt"),
+        stderr: w.host_task_dir.join("stderr.txt"),
+        labels: w.labels.clone(),
+        timeout: w.timeout,
+        keep: w.keep,
+    })
+}
+
+async fn fetch_files(
+    e: &Engine,
+    files: &[ResourceFile],
+    dir: &Path,
+) -> Result<(), TaskFailureInformation> {
+    if files.is_empty() {
+        return Ok(());
+    }
+    let client = e
+        .inner
+        .http
+        .as_ref()
+        .ok_or_else(|| failure("ResourceFileDownloadFailed", "no HTTP client"))?;
+    // fetch_resource_files takes `Option<&dyn AutoStorage>` (not Sync), so its future is not
+    // Send: drive it on a blocking thread.
+    let (client, files, dir) = (client.clone(), files.to_vec(), dir.to_path_buf());
+    let handle = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || {
+        handle
+            .block_on(shipyard_storage::fetch_resource_files(
+                &client, &files, &dir, None,
+            ))
+            .map(|_| ())
+    })
+    .await
+    .map_err(|err| failure("ResourceFileDownloadFailed", err.to_string()))?
+    .map_err(|err| failure("ResourceFileDownloadFailed", err.to_string()))
+}
+
+/// Runs one process on a node, in its task dir; returns (exit code, failure).
+async fn run_work(
+    e: &Engine,
+    node: &NodeRef,
+    w: Work<'_>,
+    files: &[ResourceFile],
+    cancel: CancellationToken,
+) -> (Option<i32>, Option<TaskFailureInformation>, bool) {
+    let wd = w.host_task_dir.join("wd");
+    if let Err(err) = std::fs::create_dir_all(&wd) {
+        return (
+            None,
+            Some(failure(
+                "TaskDirectoryFailed",
+                format!("creating {}: {err}", wd.display()),
+            )),
+            false,
+        );
+    }
+    super::set_open_mode(&w.host_task_dir);
+    if let Err(f) = fetch_files(e, files, &wd).await {
+        return (None, Some(f), true);
+    }
+    super::set_open_mode(&w.host_task_dir);
+    let spec = match spec_of(&w, e) {
+        Ok(s) => s,
+        Err(m) => return (None, Some(failure("InvalidCommandLine", m)), false),
+    };
+    let end = e.inner.kind.run(node, &spec, cancel).await;
+    if !w.keep {
+        let _ = e.inner.kind.remove_container(&spec.name).await;
+    }
+    match end {
+        Ok(RunEnd::Exited(c)) => (Some(c as i32), None, false),
+        Ok(RunEnd::TimedOut) => (
+            None,
+            Some(failure(
+                "MaxWallClockTimeExceeded",
+                "the task ran longer than its maxWallClockTime and was killed",
+            )),
+            false,
+        ),
+        Ok(RunEnd::Cancelled) => (
+            None,
+            Some(failure("TaskEnded", "the task was terminated")),
+            false,
+        ),
+        Err(err) => (
+            None,
+            Some(failure("ContainerFailed", err.to_string())),
+            false,
+        ),
+    }
+}
+
+fn labels_for(e: &Engine, node: &NodeRef, what: String) -> HashMap<String, String> {
+    let mut l = e.labels(&node.pool);
+    l.insert(labels::NODE.into(), format!("{}/{}", node.pool, node.id));
+    l.insert(labels::TASK.into(), what);
+    l
+}
+
+/// Runs the pool's start task on a new node and sets the node's state.
+pub(crate) async fn run_start_task(e: &Engine, node: &NodeRef) {
+    let st = e
+        .lock()
+        .pools
+        .get(&node.pool)
+        .and_then(|p| p.params.start_task.clone());
+    let Some(start) = st else {
+        e.update_node(&node.pool, &node.id, |n| {
+            set_node_state(&mut n.node, ComputeNodeState::Idle)
+        });
+        e.wake();
+        return;
+    };
+    let wait = start.wait_for_success.unwrap_or(true);
+    e.update_node(&node.pool, &node.id, |n| {
+        set_node_state(
+            &mut n.node,
+            if wait {
+                ComputeNodeState::WaitingForStartTask
+            } else {
+                ComputeNodeState::Idle
+            },
+        );
+        n.node.start_task_info = Some(StartTaskInformation {
+            state: StartTaskState::Running,
+            start_time: now(),
+            end_time: None,
+            exit_code: None,
+            container_info: None,
+            failure_info: None,
+            retry_count: 0,
+            last_retry_time: None,
+            result: None,
+        });
+    });
+    e.wake();
+    let ip = node_ip(e, node);
+    let retries = start.max_task_retry_count.unwrap_or(0);
+    let mut attempt = 0;
+    let (code, fail) = loop {
+        let mut env = base_env(e, node, &ip);
+        add_settings(&mut env, start.environment_settings.as_ref());
+        let dir = node.root.join("startup");
+        let _ = std::fs::remove_file(dir.join("stdout.txt"));
+        let _ = std::fs::remove_file(dir.join("stderr.txt"));
+        let w = Work {
+            name: format!("{}-start-{attempt}", node.holder),
+            command: &start.command_line,
+            container: start.container_settings.as_ref(),
+            env,
+            identity: start.user_identity.as_ref(),
+            task_dir_in: format!("{NODE_ROOT_DIR}/startup"),
+            host_task_dir: dir,
+            timeout: None,
+            labels: labels_for(e, node, "starttask".into()),
+            keep: false,
+        };
+        let files = start.resource_files.clone().unwrap_or_default();
+        let (code, fail, _) = run_work(e, node, w, &files, e.inner.shutdown.child_token()).await;
+        let ok = fail.is_none() && code == Some(0);
+        if ok || (retries != -1 && attempt >= retries) {
+            break (code, fail);
+        }
+        attempt += 1;
+    };
+    let ok = fail.is_none() && code == Some(0);
+    e.update_node(&node.pool, &node.id, |n| {
+        let Some(info) = n.node.start_task_info.as_mut() else {
+            return;
+        };
+        info.state = StartTaskState::Completed;
+        info.end_time = Some(now());
+        info.exit_code = code;
+        info.retry_count = attempt;
+        info.result = Some(if ok {
+            TaskExecutionResult::Success
+        } else {
+            TaskExecutionResult::Failure
+        });
+        info.failure_info = match (&fail, ok) {
+            (Some(f), _) => Some(f.clone()),
+            (None, false) => Some(failure(
+                "FailureExitCode",
+                format!("the start task exited with code {}", code.unwrap_or(-1)),
+            )),
+            _ => None,
+        };
+        if !ok && wait {
+            set_node_state(&mut n.node, ComputeNodeState::StartTaskFailed);
+        } else if n.used_slots == 0 {
+            set_node_state(&mut n.node, ComputeNodeState::Idle);
+        }
+    });
+    e.wake();
+}
+
+impl Engine {
+    pub(crate) fn spawn_scheduler(&self) {
+        let weak = Arc::downgrade(&self.inner);
+        let shutdown = self.inner.shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                let Some(inner) = weak.upgrade() else { return };
+                let e = Engine { inner };
+                e.schedule().await;
+                let notified = {
+                    let inner = e.inner.clone();
+                    async move {
+                        tokio::select! { _ = inner.wake.notified() => {}, _ = tokio::time::sleep(Duration::from_secs(1)) => {} }
+                    }
+                };
+                drop(e);
+                tokio::select! { _ = notified => {}, _ = shutdown.cancelled() => return }
+            }
+        });
+    }
+
+    /// Places runnable tasks on free nodes.
+    async fn schedule(&self) {
+        let mut starts = Vec::new();
+        let mut failed_jobs = Vec::new();
+        {
+            let mut st = self.lock();
+            let mut jobs: Vec<(u64, String, String, i32)> = st
+                .jobs
+                .values()
+                .filter(|j| matches!(j.job.state, Some(JobState::Active)))
+                .filter_map(|j| {
+                    Some((
+                        j.seq,
+                        j.params.id.clone(),
+                        j.params.pool_info.pool_id.clone()?,
+                        j.job.max_parallel_tasks.unwrap_or(-1),
+                    ))
+                })
+                .collect();
+            jobs.sort();
+            for (_, job, pool, max_par) in jobs {
+                let Some(p) = st.pools.get(&pool) else {
+                    continue;
+                };
+                if !matches!(
+                    p.pool.state,
+                    Some(shipyard_batch_api::models::PoolState::Active)
+                ) {
+                    continue;
+                }
+                let slots = p.pool.task_slots_per_node.unwrap_or(1);
+                let mut tasks: Vec<(u64, String)> = st
+                    .tasks
+                    .range((job.clone(), String::new())..)
+                    .take_while(|(k, _)| k.0 == job)
+                    .filter(|(_, t)| matches!(t.task.state, Some(TaskState::Active)))
+                    .map(|(k, t)| (t.seq, k.1.clone()))
+                    .collect();
+                tasks.sort();
+                let mut running = st
+                    .tasks
+                    .range((job.clone(), String::new())..)
+                    .take_while(|(k, _)| k.0 == job)
+                    .filter(|(_, t)| {
+                        matches!(
+                            t.task.state,
+                            Some(TaskState::Running) | Some(TaskState::Preparing)
+                        )
+                    })
+                    .count() as i32;
+                let pool_nodes: Vec<&super::state::NodeRec> =
+                    st.nodes.values().filter(|n| n.pool == pool).collect();
+                let all_broken = !pool_nodes.is_empty()
+                    && pool_nodes.iter().all(|n| {
+                        matches!(
+                            n.node.state,
+                            Some(ComputeNodeState::StartTaskFailed)
+                                | Some(ComputeNodeState::Unusable)
+                        )
+                    });
+                let reason = pool_nodes.first().map(|n| match n.node.state {
+                    Some(ComputeNodeState::StartTaskFailed) => format!(
+                        "every node of pool {pool} is in state starttaskfailed: {}",
+                        n.node
+                            .start_task_info
+                            .as_ref()
+                            .and_then(|i| i.failure_info.as_ref())
+                            .and_then(|f| f.message.clone())
+                            .unwrap_or_default()
+                    ),
+                    _ => format!("every node of pool {pool} is unusable"),
+                });
+                for (_, tid) in tasks {
+                    if max_par >= 0 && running >= max_par {
+                        break;
+                    }
+                    let key = (job.clone(), tid.clone());
+                    if all_broken {
+                        if let Some(t) = st.tasks.get_mut(&key) {
+                            complete_task_record(
+                                t,
+                                None,
+                                Some(failure(
+                                    "NodeStartTaskFailed",
+                                    reason.clone().unwrap_or_default(),
+                                )),
+                            );
+                            let _ = self.save(&st, &[Key::Task(job.clone(), tid.clone())]);
+                            failed_jobs.push(job.clone());
+                        }
+                        continue;
+                    }
+                    let Some(t) = st.tasks.get(&key) else {
+                        continue;
+                    };
+                    match deps_state(&st, &job, &t.params) {
+                        Deps::Ready => {}
+                        Deps::Wait => continue,
+                    }
+                    let need = t.params.required_slots.unwrap_or(1);
+                    let count = t
+                        .params
+                        .multi_instance_settings
+                        .as_ref()
+                        .map_or(1, |m| m.number_of_instances.unwrap_or(1).max(1))
+                        as usize;
+                    let mut free: Vec<(i32, String)> = st
+                        .nodes
+                        .values()
+                        .filter(|n| {
+                            n.pool == pool
+                                && matches!(
+                                    n.node.state,
+                                    Some(ComputeNodeState::Idle) | Some(ComputeNodeState::Running)
+                                )
+                                && n.node.scheduling_state
+                                    != Some(shipyard_batch_api::models::SchedulingState::Disabled)
+                                && slots - n.used_slots >= need
+                        })
+                        .map(|n| (n.used_slots, n.id().to_string()))
+                        .collect();
+                    if free.len() < count {
+                        continue;
+                    }
+                    free.sort();
+                    let chosen: Vec<String> =
+                        free.into_iter().take(count).map(|(_, n)| n).collect();
+                    let mut keys = Vec::new();
+                    for n in &chosen {
+                        if let Some(nr) = st.nodes.get_mut(&(pool.clone(), n.clone())) {
+                            nr.used_slots += need;
+                            nr.tasks.push(format!("{job}/{tid}"));
+                            nr.node.running_tasks_count = Some(nr.tasks.len() as i32);
+                            nr.node.running_task_slots_count = Some(nr.used_slots);
+                            set_node_state(&mut nr.node, ComputeNodeState::Running);
+                            keys.push(Key::Node(pool.clone(), n.clone()));
+                        }
+                    }
+                    if let Some(t) = st.tasks.get_mut(&key) {
+                        t.nodes = chosen.clone();
+                        set_task_state(&mut t.task, TaskState::Preparing);
+                        t.task.node_info = Some(ComputeNodeInformation {
+                            affinity_id: Some(chosen[0].clone()),
+                            pool_id: Some(pool.clone()),
+                            node_id: Some(chosen[0].clone()),
+                            task_root_directory: Some(format!("workitems/{job}/job-1/{tid}")),
+                            ..Default::default()
+                        });
+                    }
+                    keys.push(Key::Task(job.clone(), tid.clone()));
+                    let _ = self.save(&st, &keys);
+                    running += 1;
+                    starts.push((job.clone(), tid, pool.clone(), chosen));
+                }
+            }
+        }
+        for j in failed_jobs {
+            self.check_job_complete(&j).await;
+        }
+        for (job, task, pool, nodes) in starts {
+            let e = self.clone();
+            let token = e.inner.shutdown.child_token();
+            if let Ok(mut c) = e.inner.cancels.lock() {
+                c.insert((job.clone(), task.clone()), token.clone());
+            }
+            tokio::spawn(async move { e.run_task(job, task, pool, nodes, token).await });
+        }
+    }
+
+    async fn run_task(
+        self,
+        job: String,
+        task: String,
+        pool: String,
+        nodes: Vec<String>,
+        cancel: CancellationToken,
+    ) {
+        let refs: Vec<NodeRef> = {
+            let st = self.lock();
+            nodes
+                .iter()
+                .filter_map(|n| self.node_ref(&st, &pool, n))
+                .collect()
+        };
+        let (code, fail, pre) = self.attempt(&job, &task, &refs, cancel.clone()).await;
+        // Output files
+        let mut fail = fail;
+        let mut upload_failed = false;
+        let outputs = {
+            let st = self.lock();
+            st.tasks
+                .get(&(job.clone(), task.clone()))
+                .and_then(|t| t.params.output_files.clone())
+        };
+        if let (Some(outputs), Some(primary), Some(client)) =
+            (outputs, refs.first(), self.inner.http.as_ref())
+        {
+            let outcome = if fail.is_none() {
+                shipyard_storage::TaskOutcome::from_exit_code(code.unwrap_or(-1))
+            } else {
+                shipyard_storage::TaskOutcome::from_exit_code(-1)
+            };
+            let dir = host_task_dir(&primary.root, &job, &task).join("wd");
+            if let Err(err) =
+                shipyard_storage::upload_output_files(client, &outputs, &dir, outcome).await
+            {
+                upload_failed = true;
+                if fail.is_none() {
+                    fail = Some(failure("FileUploadError", err.to_string()));
+                }
+            }
+        }
+        if let Ok(mut c) = self.inner.cancels.lock() {
+            c.remove(&(job.clone(), task.clone()));
+        }
+        let cancelled = cancel.is_cancelled() && !self.inner.shutdown.is_cancelled();
+        if self.inner.shutdown.is_cancelled() {
+            return;
+        }
+        let mut action = None;
+        {
+            let mut st = self.lock();
+            let mut keys = Vec::new();
+            for n in &nodes {
+                if let Some(nr) = st.nodes.get_mut(&(pool.clone(), n.clone())) {
+                    nr.tasks.retain(|t| t != &format!("{job}/{task}"));
+                    nr.used_slots = (nr.used_slots - 1).max(0).min(nr.used_slots);
+                    nr.node.running_tasks_count = Some(nr.tasks.len() as i32);
+                    nr.node.total_tasks_run = Some(nr.node.total_tasks_run.unwrap_or(0) + 1);
+                    if code == Some(0) && fail.is_none() {
+                        nr.node.total_tasks_succeeded =
+                            Some(nr.node.total_tasks_succeeded.unwrap_or(0) + 1);
+                    }
+                    if nr.tasks.is_empty() {
+                        nr.used_slots = 0;
+                        set_node_state(&mut nr.node, ComputeNodeState::Idle);
+                    }
+                    nr.node.running_task_slots_count = Some(nr.used_slots);
+                    keys.push(Key::Node(pool.clone(), n.clone()));
+                }
+            }
+            let job_retries = st
+                .jobs
+                .get(&job)
+                .and_then(|j| j.job.constraints.as_ref())
+                .and_then(|c| c.max_task_retry_count);
+            if let Some(t) = st.tasks.get_mut(&(job.clone(), task.clone())) {
+                let ok = fail.is_none() && code == Some(0);
+                let max = t
+                    .params
+                    .constraints
+                    .as_ref()
+                    .and_then(|c| c.max_task_retry_count)
+                    .or(job_retries)
+                    .unwrap_or(0);
+                let retry_count = t.task.execution_info.as_ref().map_or(0, |i| i.retry_count);
+                // Batch retries non-zero exits only (not pre-processing/upload failures or termination).
+                if !ok && !cancelled && fail.is_none() && (max == -1 || retry_count < max) {
+                    let info = t.task.execution_info.get_or_insert_with(Default::default);
+                    info.retry_count += 1;
+                    info.last_retry_time = Some(now());
+                    info.exit_code = code;
+                    set_task_state(&mut t.task, TaskState::Active);
+                } else {
+                    complete_task_record(t, code, fail.clone());
+                    action = Some(exit_options(t, code, fail.is_some(), pre, upload_failed));
+                }
+                keys.push(Key::Task(job.clone(), task.clone()));
+            }
+            let _ = self.save(&st, &keys);
+        }
+        if let Some(opts) = action {
+            let ok = fail.is_none() && code == Some(0);
+            let on_fail = self
+                .lock()
+                .jobs
+                .get(&job)
+                .and_then(|j| j.job.on_task_failure.clone());
+            let act = opts.job_action.unwrap_or(JobAction::None);
+            if !ok
+                && on_fail == Some(OnTaskFailure::PerformExitOptionsJobAction)
+                && act == JobAction::Terminate
+            {
+                end_job(&self, &job, "TaskFailed".into(), false).await;
+            }
+            if let Some(DependencyAction::Block) = opts.dependency_action {
+                let mut st = self.lock();
+                if let Some(t) = st.tasks.get_mut(&(job.clone(), task.clone())) {
+                    t.containers = vec!["__blocked__".into()];
+                }
+                let _ = self.save(&st, &[Key::Task(job.clone(), task.clone())]);
+            }
+        }
+        self.check_job_complete(&job).await;
+        self.wake();
+    }
+
+    /// One attempt: job preparation, files, run (single or multi-instance).
+    async fn attempt(
+        &self,
+        job: &str,
+        task: &str,
+        refs: &[NodeRef],
+        cancel: CancellationToken,
+    ) -> (Option<i32>, Option<TaskFailureInformation>, bool) {
+        for r in refs {
+            if let Err(f) = self.ensure_prep(job, r).await {
+                return (None, Some(f), true);
+            }
+        }
+        let (params, jobenv) = {
+            let mut st = self.lock();
+            let env = st
+                .jobs
+                .get(job)
+                .and_then(|j| j.params.common_environment_settings.clone());
+            let Some(t) = st.tasks.get_mut(&(job.to_string(), task.to_string())) else {
+                return (
+                    None,
+                    Some(failure("TaskEnded", "the task was deleted")),
+                    false,
+                );
+            };
+            set_task_state(&mut t.task, TaskState::Running);
+            let info = t.task.execution_info.get_or_insert_with(Default::default);
+            info.start_time = Some(now());
+            let p = t.params.clone();
+            let _ = self.save(&st, &[Key::Task(job.to_string(), task.to_string())]);
+            (p, env)
+        };
+        let Some(primary) = refs.first() else {
+            return (None, Some(failure("NoNode", "no node")), false);
+        };
+        let hosts: Vec<String> = refs.iter().map(|r| node_ip(self, r)).collect();
+        let mk_env = |r: &NodeRef, ip: &str| {
+            let mut env = base_env(self, r, ip);
+            env.push(("AZ_BATCH_JOB_ID".into(), job.to_string()));
+            env.push(("AZ_BATCH_TASK_ID".into(), task.to_string()));
+            env.push((
+                "AZ_BATCH_JOB_PREP_DIR".into(),
+                format!("{NODE_ROOT_DIR}/workitems/{job}/job-1/jobpreparation"),
+            ));
+            env.push((
+                "AZ_BATCH_JOB_PREP_WORKING_DIR".into(),
+                format!("{NODE_ROOT_DIR}/workitems/{job}/job-1/jobpreparation/wd"),
+            ));
+            if params.multi_instance_settings.is_some() {
+                env.push(("AZ_BATCH_HOST_LIST".into(), hosts.join(",")));
+                env.push(("AZ_BATCH_MASTER_NODE".into(), format!("{}:6000", hosts[0])));
+                env.push((
+                    "AZ_BATCH_TASK_SHARED_DIR".into(),
+                    format!("{NODE_ROOT_DIR}/workitems/{job}/job-1/{task}"),
+                ));
+                env.push((
+                    "AZ_BATCH_IS_CURRENT_NODE_MASTER".into(),
+                    (r.id == refs[0].id).to_string(),
+                ));
+            }
+            add_settings(&mut env, jobenv.as_ref());
+            add_settings(&mut env, params.environment_settings.as_ref());
+            env
+        };
+        let timeout = params
+            .constraints
+            .as_ref()
+            .and_then(|c| c.max_wall_clock_time.as_deref())
+            .and_then(parse_duration);
+        let Some(mi) = params.multi_instance_settings.clone() else {
+            let ip = node_ip(self, primary);
+            let w = Work {
+                name: format!(
+                    "{}-{}-{}",
+                    primary.holder,
+                    super::sanitize(job),
+                    super::sanitize(task)
+                ),
+                command: &params.command_line,
+                container: params.container_settings.as_ref(),
+                env: mk_env(primary, &ip),
+                identity: params.user_identity.as_ref(),
+                task_dir_in: format!("{NODE_ROOT_DIR}/workitems/{job}/job-1/{task}"),
+                host_task_dir: host_task_dir(&primary.root, job, task),
+                timeout,
+                labels: labels_for(self, primary, format!("{job}/{task}")),
+                keep: false,
+            };
+            self.record_containers(job, task, vec![w.name.clone()]);
+            return run_work(
+                self,
+                primary,
+                w,
+                params.resource_files.as_deref().unwrap_or_default(),
+                cancel,
+            )
+            .await;
+        };
+        // Multi-instance: a kept container per node; coordination everywhere, then the application on the primary.
+        let common = mi.common_resource_files.clone().unwrap_or_default();
+        let mut names = Vec::new();
+        let coord = refs
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let ip = hosts[i].clone();
+                let w = Work {
+                    name: format!(
+                        "{}-{}-{}",
+                        r.holder,
+                        super::sanitize(job),
+                        super::sanitize(task)
+                    ),
+                    command: &mi.coordination_command_line,
+                    container: params.container_settings.as_ref(),
+                    env: mk_env(r, &ip),
+                    identity: params.user_identity.as_ref(),
+                    task_dir_in: format!("{NODE_ROOT_DIR}/workitems/{job}/job-1/{task}"),
+                    host_task_dir: host_task_dir(&r.root, job, task),
+                    timeout,
+                    labels: labels_for(self, r, format!("{job}/{task}")),
+                    keep: true,
+                };
+                names.push(w.name.clone());
+                let common = common.clone();
+                let cancel = cancel.clone();
+                async move {
+                    let dir = w.host_task_dir.clone();
+                    let _ = std::fs::create_dir_all(&dir);
+                    if let Err(f) = fetch_files(self, &common, &dir).await {
+                        return (None, Some(f), true);
+                    }
+                    run_work(self, r, w, &[], cancel).await
+                }
+            })
+            .collect::<Vec<_>>();
+        self.record_containers(job, task, names.clone());
+        let results = futures::future::join_all(coord).await;
+        self.record_subtasks(job, task, refs, &results);
+        let out;
+        if let Some((i, r)) = results
+            .iter()
+            .enumerate()
+            .find(|(_, r)| r.1.is_some() || r.0 != Some(0))
+        {
+            out = (
+                r.0,
+                Some(r.1.clone().unwrap_or_else(|| {
+                    failure(
+                        "CoordinationCommandFailed",
+                        format!(
+                            "the coordination command exited with code {} on node {}",
+                            r.0.unwrap_or(-1),
+                            refs[i].id
+                        ),
+                    )
+                })),
+                r.2,
+            );
+        } else {
+            let ip = hosts[0].clone();
+            let w = Work {
+                name: names[0].clone(),
+                command: &params.command_line,
+                container: params.container_settings.as_ref(),
+                env: mk_env(primary, &ip),
+                identity: params.user_identity.as_ref(),
+                task_dir_in: format!("{NODE_ROOT_DIR}/workitems/{job}/job-1/{task}"),
+                host_task_dir: host_task_dir(&primary.root, job, task),
+                timeout,
+                labels: HashMap::new(),
+                keep: true,
+            };
+            let _ = std::fs::remove_file(w.host_task_dir.join("stdout.txt"));
+            let _ = std::fs::remove_file(w.host_task_dir.join("stderr.txt"));
+            match spec_of(&w, self) {
+                Ok(spec) => {
+                    let end = self
+                        .inner
+                        .kind
+                        .exec(&spec, spec.argv.clone(), cancel.clone())
+                        .await;
+                    out = match end {
+                        Ok(RunEnd::Exited(c)) => (Some(c as i32), None, false),
+                        Ok(RunEnd::TimedOut) => (
+                            None,
+                            Some(failure(
+                                "MaxWallClockTimeExceeded",
+                                "the task ran longer than its maxWallClockTime and was killed",
+                            )),
+                            false,
+                        ),
+                        Ok(RunEnd::Cancelled) => (
+                            None,
+                            Some(failure("TaskEnded", "the task was terminated")),
+                            false,
+                        ),
+                        Err(err) => (
+                            None,
+                            Some(failure("ContainerFailed", err.to_string())),
+                            false,
+                        ),
+                    };
+                }
+                Err(m) => out = (None, Some(failure("InvalidCommandLine", m)), false),
+            }
+        }
+        for n in names {
+            let _ = self.inner.kind.remove_container(&n).await;
+        }
+        out
+    }
+
+    fn record_containers(&self, job: &str, task: &str, names: Vec<String>) {
+        let mut st = self.lock();
+        if let Some(t) = st.tasks.get_mut(&(job.to_string(), task.to_string())) {
+            t.containers = names;
+        }
+        let _ = self.save(&st, &[Key::Task(job.to_string(), task.to_string())]);
+    }
+
+    fn record_subtasks(
+        &self,
+        job: &str,
+        task: &str,
+        refs: &[NodeRef],
+        results: &[(Option<i32>, Option<TaskFailureInformation>, bool)],
+    ) {
+        let mut st = self.lock();
+        if let Some(t) = st.tasks.get_mut(&(job.to_string(), task.to_string())) {
+            t.subtasks = refs
+                .iter()
+                .zip(results)
+                .enumerate()
+                .skip(1)
+                .map(|(i, (r, res))| SubtaskInformation {
+                    id: Some(i as i32),
+                    node_info: Some(ComputeNodeInformation {
+                        pool_id: Some(r.pool.clone()),
+                        node_id: Some(r.id.clone()),
+                        affinity_id: Some(r.id.clone()),
+                        task_root_directory: Some(format!("workitems/{job}/job-1/{task}")),
+                        ..Default::default()
+                    }),
+                    start_time: Some(now()),
+                    end_time: Some(now()),
+                    exit_code: res.0,
+                    failure_info: res.1.clone(),
+                    state: Some(SubtaskState::Completed),
+                    state_transition_time: Some(now()),
+                    result: Some(if res.0 == Some(0) && res.1.is_none() {
+                        TaskExecutionResult::Success
+                    } else {
+                        TaskExecutionResult::Failure
+                    }),
+                    ..Default::default()
+                })
+                .collect();
+        }
+        let _ = self.save(&st, &[Key::Task(job.to_string(), task.to_string())]);
+    }
+
+    /// Job preparation on `node`, once per job (waits if another task is running it).
+    async fn ensure_prep(&self, job: &str, node: &NodeRef) -> Result<(), TaskFailureInformation> {
+        let Some(prep) = self
+            .lock()
+            .jobs
+            .get(job)
+            .and_then(|j| j.params.job_preparation_task.clone())
+        else {
+            return Ok(());
+        };
+        let lock = {
+            let mut m = self
+                .inner
+                .prep_locks
+                .lock()
+                .map_err(|_| failure("InternalError", "lock"))?;
+            m.entry((job.to_string(), node.id.clone()))
+                .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(())))
+                .clone()
+        };
+        let _g = lock.lock().await;
+        let done = self
+            .lock()
+            .jobs
+            .get(job)
+            .and_then(|j| j.prep.get(&node.id).cloned());
+        if let Some(d) = done.and_then(|d| d.job_preparation_task_execution_info) {
+            if d.state == JobPreparationTaskState::Completed {
+                return if d.exit_code == Some(0) || !prep.wait_for_success.unwrap_or(true) {
+                    Ok(())
+                } else {
+                    Err(failure(
+                        "JobPreparationTaskFailed",
+                        format!(
+                            "the job preparation task failed on node {} with exit code {}",
+                            node.id,
+                            d.exit_code.unwrap_or(-1)
+                        ),
+                    ))
+                };
+            }
+        }
+        let start = now();
+        self.set_prep(job, node, |p| {
+            p.job_preparation_task_execution_info = Some(JobPreparationTaskExecutionInformation {
+                start_time: start.clone(),
+                end_time: None,
+                state: JobPreparationTaskState::Running,
+                task_root_directory: Some(format!("workitems/{job}/job-1/jobpreparation")),
+                task_root_directory_url: None,
+                exit_code: None,
+                container_info: None,
+                failure_info: None,
+                retry_count: 0,
+                last_retry_time: None,
+                result: None,
+            });
+        });
+        let ip = node_ip(self, node);
+        let mut env = base_env(self, node, &ip);
+        env.push(("AZ_BATCH_JOB_ID".into(), job.to_string()));
+        env.push((
+            "AZ_BATCH_TASK_ID".into(),
+            prep.id.clone().unwrap_or_else(|| "jobpreparation".into()),
+        ));
+        add_settings(&mut env, prep.environment_settings.as_ref());
+        let w = Work {
+            name: format!("{}-{}-prep", node.holder, super::sanitize(job)),
+            command: &prep.command_line,
+            container: prep.container_settings.as_ref(),
+            env,
+            identity: prep.user_identity.as_ref(),
+            task_dir_in: format!("{NODE_ROOT_DIR}/workitems/{job}/job-1/jobpreparation"),
+            host_task_dir: node
+                .root
+                .join("workitems")
+                .join(job)
+                .join("job-1")
+                .join("jobpreparation"),
+            timeout: prep
+                .constraints
+                .as_ref()
+                .and_then(|c| c.max_wall_clock_time.as_deref())
+                .and_then(parse_duration),
+            labels: labels_for(self, node, format!("{job}/jobpreparation")),
+            keep: false,
+        };
+        let (code, fail, _) = run_work(
+            self,
+            node,
+            w,
+            prep.resource_files.as_deref().unwrap_or_default(),
+            self.inner.shutdown.child_token(),
+        )
+        .await;
+        let ok = fail.is_none() && code == Some(0);
+        self.set_prep(job, node, |p| {
+            if let Some(i) = p.job_preparation_task_execution_info.as_mut() {
+                i.state = JobPreparationTaskState::Completed;
+                i.end_time = Some(now());
+                i.exit_code = code;
+                i.failure_info = fail.clone();
+                i.result = Some(if ok {
+                    TaskExecutionResult::Success
+                } else {
+                    TaskExecutionResult::Failure
+                });
+            }
+        });
+        if ok || !prep.wait_for_success.unwrap_or(true) {
+            Ok(())
+        } else {
+            Err(fail.unwrap_or_else(|| {
+                failure(
+                    "JobPreparationTaskFailed",
+                    format!(
+                        "the job preparation task failed on node {} with exit code {}",
+                        node.id,
+                        code.unwrap_or(-1)
+                    ),
+                )
+            }))
+        }
+    }
+
+    fn set_prep(
+        &self,
+        job: &str,
+        node: &NodeRef,
+        f: impl FnOnce(&mut JobPreparationAndReleaseTaskExecutionInformation),
+    ) {
+        let mut st = self.lock();
+        if let Some(j) = st.jobs.get_mut(job) {
+            let e = j.prep.entry(node.id.clone()).or_insert_with(|| {
+                JobPreparationAndReleaseTaskExecutionInformation {
+                    pool_id: Some(node.pool.clone()),
+                    node_id: Some(node.id.clone()),
+                    ..Default::default()
+                }
+            });
+            f(e);
+        }
+        let _ = self.save(&st, &[Key::Job(job.to_string())]);
+    }
+
+    /// Completes the job when every task is complete and onAllTasksComplete says so.
+    pub(crate) async fn check_job_complete(&self, job: &str) {
+        let done = {
+            let st = self.lock();
+            let Some(j) = st.jobs.get(job) else { return };
+            matches!(j.job.state, Some(JobState::Active))
+                && j.job.on_all_tasks_complete == Some(OnAllTasksComplete::TerminateJob)
+                && st
+                    .tasks
+                    .range((job.to_string(), String::new())..)
+                    .take_while(|(k, _)| k.0 == job)
+                    .all(|(_, t)| matches!(t.task.state, Some(TaskState::Completed)))
+        };
+        if done {
+            Box::pin(end_job(self, job, "AllTasksComplete".into(), false)).await;
+        }
+    }
+}
+
+enum Deps {
+    Ready,
+    Wait,
+}
+
+fn deps_state(st: &super::state::State, job: &str, p: &TaskAddParameter) -> Deps {
+    let Some(d) = &p.depends_on else {
+        return Deps::Ready;
+    };
+    let mut ids: Vec<String> = d.task_ids.clone().unwrap_or_default();
+    for r in d.task_id_ranges.iter().flatten() {
+        for i in r.start..=r.end {
+            ids.push(i.to_string());
+        }
+    }
+    for id in ids {
+        match st.tasks.get(&(job.to_string(), id)) {
+            Some(t) if matches!(t.task.state, Some(TaskState::Completed)) => {
+                let ok = matches!(
+                    t.task
+                        .execution_info
+                        .as_ref()
+                        .and_then(|i| i.result.as_ref()),
+                    Some(TaskExecutionResult::Success)
+                );
+                let blocked = t.containers.first().map(String::as_str) == Some("__blocked__");
+                if !ok && blocked {
+                    return Deps::Wait;
+                }
+            }
+            _ => return Deps::Wait,
+        }
+    }
+    Deps::Ready
+}
+
+/// The exit options that apply to how a task ended.
+fn exit_options(
+    t: &TaskRec,
+    code: Option<i32>,
+    failed: bool,
+    pre: bool,
+    upload: bool,
+) -> ExitOptions {
+    let Some(c) = &t.params.exit_conditions else {
+        let fail = failed || code != Some(0);
+        return ExitOptions {
+            job_action: Some(JobAction::None),
+            dependency_action: Some(if fail {
+                DependencyAction::Block
+            } else {
+                DependencyAction::Satisfy
+            }),
+        };
+    };
+    let found = if pre {
+        c.pre_processing_error.clone()
+    } else if upload {
+        c.file_upload_error.clone()
+    } else if let Some(code) = code {
+        c.exit_codes
+            .iter()
+            .flatten()
+            .find(|m| m.code == code)
+            .map(|m| m.exit_options.clone())
+            .or_else(|| {
+                c.exit_code_ranges
+                    .iter()
+                    .flatten()
+                    .find(|r| r.start <= code && code <= r.end)
+                    .map(|r| r.exit_options.clone())
+            })
+    } else {
+        None
+    };
+    let ok = !failed && code == Some(0);
+    let mut o = found
+        .or_else(|| if ok { None } else { c.default.clone() })
+        .unwrap_or_default();
+    if o.dependency_action.is_none() {
+        o.dependency_action = Some(if ok {
+            DependencyAction::Satisfy
+        } else {
+            DependencyAction::Block
+        });
+    }
+    o
+}
+
+/// Ends a job: stops its tasks, runs job release on every node that ran preparation, marks it
+/// completed; with `delete`, removes it and its task directories.
+pub(crate) async fn end_job(e: &Engine, job: &str, reason: String, delete: bool) {
+    let (tasks, prepped, release, pool) = {
+        let mut st = e.lock();
+        let Some(j) = st.jobs.get_mut(job) else {
+            return;
+        };
+        if matches!(j.job.state, Some(JobState::Completed)) && !delete {
+            return;
+        }
+        if !matches!(j.job.state, Some(JobState::Completed)) {
+            j.job.previous_state = j.job.state.take();
+            j.job.state = Some(if delete {
+                JobState::Deleting
+            } else {
+                JobState::Terminating
+            });
+            j.job.state_transition_time = Some(now());
+        }
+        let prepped: Vec<String> = j
+            .prep
+            .iter()
+            .filter(|(_, p)| p.job_release_task_execution_info.is_none())
+            .map(|(n, _)| n.clone())
+            .collect();
+        let release = j.params.job_release_task.clone();
+        let pool = j.params.pool_info.pool_id.clone().unwrap_or_default();
+        let tasks: Vec<String> = st
+            .tasks
+            .range((job.to_string(), String::new())..)
+            .take_while(|(k, _)| k.0 == job)
+            .map(|(k, _)| k.1.clone())
+            .collect();
+        let _ = e.save(&st, &[Key::Job(job.to_string())]);
+        (tasks, prepped, release, pool)
+    };
+    for t in &tasks {
+        e.cancel_task(job, t);
+        let mut st = e.lock();
+        if let Some(tr) = st.tasks.get_mut(&(job.to_string(), t.clone())) {
+            if matches!(tr.task.state, Some(TaskState::Active)) {
+                complete_task_record(
+                    tr,
+                    None,
+                    Some(failure(
+                        "TaskEnded",
+                        format!("the job was terminated ({reason}) before the task ran"),
+                    )),
+                );
+                let _ = e.save(&st, &[Key::Task(job.to_string(), t.clone())]);
+            }
+        }
+    }
+    // Wait for running tasks to stop.
+    for _ in 0..300 {
+        let busy = {
+            let st = e.lock();
+            tasks.iter().any(|t| {
+                st.tasks
+                    .get(&(job.to_string(), t.clone()))
+                    .is_some_and(|t| {
+                        matches!(
+                            t.task.state,
+                            Some(TaskState::Running) | Some(TaskState::Preparing)
+                        )
+                    })
+            })
+        };
+        if !busy {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if let Some(rel) = release {
+        let refs: Vec<NodeRef> = {
+            let st = e.lock();
+            prepped
+                .iter()
+                .filter_map(|n| e.node_ref(&st, &pool, n))
+                .collect()
+        };
+        let runs = refs.iter().map(|node| {
+            let rel = rel.clone();
+            async move {
+                e.set_prep(job, node, |p| {
+                    p.job_release_task_execution_info = Some(JobReleaseTaskExecutionInformation {
+                        start_time: now(),
+                        end_time: None,
+                        state: JobReleaseTaskState::Running,
+                        task_root_directory: Some(format!("workitems/{job}/job-1/jobrelease")),
+                        task_root_directory_url: None,
+                        exit_code: None,
+                        container_info: None,
+                        failure_info: None,
+                        result: None,
+                    })
+                });
+                let ip = node_ip(e, node);
+                let mut env = base_env(e, node, &ip);
+                env.push(("AZ_BATCH_JOB_ID".into(), job.to_string()));
+                env.push((
+                    "AZ_BATCH_TASK_ID".into(),
+                    rel.id.clone().unwrap_or_else(|| "jobrelease".into()),
+                ));
+                env.push((
+                    "AZ_BATCH_JOB_PREP_DIR".into(),
+                    format!("{NODE_ROOT_DIR}/workitems/{job}/job-1/jobpreparation"),
+                ));
+                add_settings(&mut env, rel.environment_settings.as_ref());
+                let w = Work {
+                    name: format!("{}-{}-release", node.holder, super::sanitize(job)),
+                    command: &rel.command_line,
+                    container: rel.container_settings.as_ref(),
+                    env,
+                    identity: rel.user_identity.as_ref(),
+                    task_dir_in: format!("{NODE_ROOT_DIR}/workitems/{job}/job-1/jobrelease"),
+                    host_task_dir: node
+                        .root
+                        .join("workitems")
+                        .join(job)
+                        .join("job-1")
+                        .join("jobrelease"),
+                    timeout: Some(
+                        rel.max_wall_clock_time
+                            .as_deref()
+                            .and_then(parse_duration)
+                            .unwrap_or(Duration::from_secs(900)),
+                    ),
+                    labels: labels_for(e, node, format!("{job}/jobrelease")),
+                    keep: false,
+                };
+                let (code, fail, _) = run_work(
+                    e,
+                    node,
+                    w,
+                    rel.resource_files.as_deref().unwrap_or_default(),
+                    e.inner.shutdown.child_token(),
+                )
+                .await;
+                e.set_prep(job, node, |p| {
+                    if let Some(i) = p.job_release_task_execution_info.as_mut() {
+                        i.state = JobReleaseTaskState::Completed;
+                        i.end_time = Some(now());
+                        i.exit_code = code;
+                        i.result = Some(if fail.is_none() && code == Some(0) {
+                            TaskExecutionResult::Success
+                        } else {
+                            TaskExecutionResult::Failure
+                        });
+                        i.failure_info = fail;
+                    }
+                });
+            }
+        });
+        futures::future::join_all(runs).await;
+    }
+    let mut st = e.lock();
+    if delete {
+        let dirs: Vec<PathBuf> = st
+            .nodes
+            .values()
+            .filter(|n| n.pool == pool)
+            .map(|n| n.root.join("workitems").join(job))
+            .collect();
+        let mut keys = vec![Key::Job(job.to_string())];
+        for t in &tasks {
+            st.tasks.remove(&(job.to_string(), t.clone()));
+            keys.push(Key::Task(job.to_string(), t.clone()));
+        }
+        st.jobs.remove(job);
+        let _ = e.save(&st, &keys);
+        drop(st);
+        for d in dirs {
+            let _ = std::fs::remove_dir_all(d);
+        }
+        return;
+    }
+    if let Some(j) = st.jobs.get_mut(job) {
+        j.job.previous_state = j.job.state.take();
+        j.job.state = Some(JobState::Completed);
+        j.job.state_transition_time = Some(now());
+        if let Some(x) = j.job.execution_info.as_mut() {
+            x.end_time = Some(now());
+            x.terminate_reason = Some(reason);
+        }
+    }
+    let _ = e.save(&st, &[Key::Job(job.to_string())]);
+}

@@ -1,0 +1,584 @@
+//! Node kinds: how a pool's nodes are made and how a task process runs on one.
+//!
+//! [`NodeKind`] is the seam: the container-pool kind ([`ContainerNodes`]) makes each node a
+//! long-lived holder container on a per-pool bridge network and runs every task in a fresh
+//! container of its image joined to the holder's network namespace. VM-like nodes (network
+//! namespaces with their own dockerd, crate `shipyard-vm-node`) implement the same trait.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bollard::errors::Error as BollardError;
+use bollard::models::{
+    ContainerCreateBody, EndpointSettings, HostConfig, NetworkCreateRequest, NetworkingConfig,
+};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, InspectContainerOptions,
+    KillContainerOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
+    StartContainerOptions, WaitContainerOptionsBuilder,
+};
+use bollard::Docker;
+use futures::future::BoxFuture;
+use futures::StreamExt;
+use tokio::io::AsyncWriteExt;
+use tokio_util::sync::CancellationToken;
+
+use super::error::{EngineError, Result};
+use crate::cmdline::RunOptions;
+
+/// Where the node root is mounted inside every node and task container (Batch's path).
+pub const NODE_ROOT_DIR: &str = "/mnt/batch/tasks";
+
+/// Docker labels on everything the engine creates.
+pub mod labels {
+    /// Present (value `1`) on every object of the engine.
+    pub const ENGINE: &str = "shipyard.engine";
+    /// The state directory's id (so several engines on one host keep apart).
+    pub const INSTANCE: &str = "shipyard.engine.instance";
+    /// Pool id.
+    pub const POOL: &str = "shipyard.engine.pool";
+    /// Node id (holder containers and task containers).
+    pub const NODE: &str = "shipyard.engine.node";
+    /// `job/task` of a task container.
+    pub const TASK: &str = "shipyard.engine.task";
+}
+
+/// A node as the node kind sees it.
+#[derive(Debug, Clone)]
+pub struct NodeRef {
+    /// Pool id.
+    pub pool: String,
+    /// Node id (also the hostname).
+    pub id: String,
+    /// The pool's network name.
+    pub network: String,
+    /// The holder container's name.
+    pub holder: String,
+    /// Node root on the host (mounted at [`NODE_ROOT_DIR`]).
+    pub root: PathBuf,
+    /// Image of the holder.
+    pub image: String,
+    /// Labels for everything made for this node.
+    pub labels: HashMap<String, String>,
+}
+
+/// One process to run on a node.
+#[derive(Debug, Clone)]
+pub struct RunSpec {
+    /// Container name (unique).
+    pub name: String,
+    /// Image.
+    pub image: String,
+    /// Command (already split).
+    pub argv: Vec<String>,
+    /// `NAME=value` environment.
+    pub env: Vec<String>,
+    /// Working directory inside the container (`None`: the image's).
+    pub working_dir: Option<String>,
+    /// `user[:group]`, `None` = image default.
+    pub user: Option<String>,
+    /// Parsed containerRunOptions.
+    pub run: RunOptions,
+    /// Host file for stdout.
+    pub stdout: PathBuf,
+    /// Host file for stderr.
+    pub stderr: PathBuf,
+    /// Labels.
+    pub labels: HashMap<String, String>,
+    /// Stop after this long.
+    pub timeout: Option<Duration>,
+    /// Keep the container running after the command (`sleep infinity` as its main process,
+    /// the command is run with exec): multi-instance subtasks.
+    pub keep: bool,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunEnd {
+    /// Exited with this code.
+    Exited(i64),
+    /// `timeout` passed; the process was killed.
+    TimedOut,
+    /// Cancelled (terminate); the process was killed.
+    Cancelled,
+}
+
+/// The node-kind seam.
+pub trait NodeKind: Send + Sync + 'static {
+    /// Creates the pool's network.
+    fn create_pool<'a>(
+        &'a self,
+        pool: &'a str,
+        network: &'a str,
+        labels: &'a HashMap<String, String>,
+    ) -> BoxFuture<'a, Result<()>>;
+    /// Removes the pool's network (after its nodes).
+    fn remove_pool<'a>(&'a self, network: &'a str) -> BoxFuture<'a, Result<()>>;
+    /// Starts a node; returns its address.
+    fn create_node<'a>(&'a self, node: &'a NodeRef) -> BoxFuture<'a, Result<String>>;
+    /// Removes a node and every container running on it.
+    fn remove_node<'a>(&'a self, node: &'a NodeRef) -> BoxFuture<'a, Result<()>>;
+    /// Whether the node is still up.
+    fn node_alive<'a>(&'a self, node: &'a NodeRef) -> BoxFuture<'a, bool>;
+    /// Runs `spec` on `node` to its end (or, with `keep`, starts it and runs its command by exec).
+    fn run<'a>(
+        &'a self,
+        node: &'a NodeRef,
+        spec: &'a RunSpec,
+        cancel: CancellationToken,
+    ) -> BoxFuture<'a, Result<RunEnd>>;
+    /// Runs `argv` in a kept container made by [`NodeKind::run`] with `keep`.
+    fn exec<'a>(
+        &'a self,
+        spec: &'a RunSpec,
+        argv: Vec<String>,
+        cancel: CancellationToken,
+    ) -> BoxFuture<'a, Result<RunEnd>>;
+    /// Removes a task container (ignores one that is gone).
+    fn remove_container<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<()>>;
+    /// Removes every container and network carrying `label=value`.
+    fn remove_labelled<'a>(&'a self, label: &'a str, value: &'a str) -> BoxFuture<'a, Result<()>>;
+}
+
+/// Container-pool nodes on the host's Docker engine.
+#[derive(Clone, Debug)]
+pub struct ContainerNodes {
+    docker: Docker,
+}
+
+impl ContainerNodes {
+    /// Uses the given Docker connection.
+    pub fn new(docker: Docker) -> Self {
+        ContainerNodes { docker }
+    }
+
+    async fn ensure_image(&self, image: &str) -> Result<()> {
+        if self.docker.inspect_image(image).await.is_ok() {
+            return Ok(());
+        }
+        let (name, tag) = split_image(image);
+        let opts = CreateImageOptionsBuilder::new()
+            .from_image(name)
+            .tag(tag)
+            .build();
+        let mut s = self.docker.create_image(Some(opts), None, None);
+        while let Some(item) = s.next().await {
+            item.map_err(|e| {
+                EngineError::docker(
+                    format!("pulling image {image} from registry {}", registry_of(image)),
+                    e,
+                )
+            })?;
+        }
+        Ok(())
+    }
+
+    async fn create(&self, node: &NodeRef, spec: &RunSpec) -> Result<()> {
+        self.ensure_image(&spec.image).await?;
+        let mut env = spec.env.clone();
+        env.extend(spec.run.env.iter().cloned());
+        let mut binds = vec![format!("{}:{NODE_ROOT_DIR}", node.root.display())];
+        binds.extend(spec.run.binds.iter().cloned());
+        let host = HostConfig {
+            init: Some(spec.keep || spec.run.init),
+            binds: Some(binds),
+            network_mode: Some(format!("container:{}", node.holder)),
+            privileged: Some(spec.run.privileged),
+            shm_size: spec.run.shm_size,
+            ipc_mode: spec.run.ipc.clone(),
+            cap_add: (!spec.run.cap_add.is_empty()).then(|| spec.run.cap_add.clone()),
+            security_opt: (!spec.run.security_opt.is_empty())
+                .then(|| spec.run.security_opt.clone()),
+            ..Default::default()
+        };
+        let mut labels = spec.labels.clone();
+        labels.extend(spec.run.labels.iter().cloned());
+        let (entrypoint, cmd) = if spec.keep {
+            (
+                Some(vec!["sleep".to_string(), "infinity".to_string()]),
+                Some(vec![]),
+            )
+        } else {
+            (None, Some(spec.argv.clone()))
+        };
+        let body = ContainerCreateBody {
+            image: Some(spec.image.clone()),
+            entrypoint,
+            cmd,
+            env: Some(env),
+            working_dir: spec.working_dir.clone(),
+            user: spec.run.user.clone().or_else(|| spec.user.clone()),
+            labels: Some(labels),
+            host_config: Some(host),
+            ..Default::default()
+        };
+        let opts = CreateContainerOptionsBuilder::new()
+            .name(&spec.name)
+            .build();
+        self.docker
+            .create_container(Some(opts), body)
+            .await
+            .map_err(|e| {
+                EngineError::docker(
+                    format!("creating container {} of image {}", spec.name, spec.image),
+                    e,
+                )
+            })?;
+        Ok(())
+    }
+
+    async fn start_logged(&self, spec: &RunSpec) -> Result<tokio::task::JoinHandle<()>> {
+        self.docker
+            .start_container(&spec.name, None::<StartContainerOptions>)
+            .await
+            .map_err(|e| EngineError::docker(format!("starting container {}", spec.name), e))?;
+        let docker = self.docker.clone();
+        let (name, out, err) = (spec.name.clone(), spec.stdout.clone(), spec.stderr.clone());
+        Ok(tokio::spawn(async move {
+            let opts = LogsOptionsBuilder::new()
+                .follow(true)
+                .stdout(true)
+                .stderr(true)
+                .build();
+            let mut s = docker.logs(&name, Some(opts));
+            write_stream(&mut s, &out, &err).await;
+        }))
+    }
+
+    async fn wait(
+        &self,
+        name: &str,
+        timeout: Option<Duration>,
+        cancel: &CancellationToken,
+    ) -> Result<RunEnd> {
+        let opts = WaitContainerOptionsBuilder::new()
+            .condition("not-running")
+            .build();
+        let mut waiter = self.docker.wait_container(name, Some(opts));
+        let sleep = async {
+            match timeout {
+                Some(t) => tokio::time::sleep(t).await,
+                None => futures::future::pending().await,
+            }
+        };
+        tokio::select! {
+            r = waiter.next() => match r {
+                Some(Ok(w)) => Ok(RunEnd::Exited(w.status_code)),
+                Some(Err(BollardError::DockerContainerWaitError { code, .. })) => Ok(RunEnd::Exited(code)),
+                Some(Err(e)) => Err(EngineError::docker(format!("waiting for container {name}"), e)),
+                None => Ok(RunEnd::Exited(self.exit_code(name).await)),
+            },
+            _ = sleep => { self.kill(name).await; Ok(RunEnd::TimedOut) }
+            _ = cancel.cancelled() => { self.kill(name).await; Ok(RunEnd::Cancelled) }
+        }
+    }
+
+    async fn exit_code(&self, name: &str) -> i64 {
+        match self
+            .docker
+            .inspect_container(name, None::<InspectContainerOptions>)
+            .await
+        {
+            Ok(c) => c.state.and_then(|s| s.exit_code).unwrap_or(137),
+            Err(_) => 137,
+        }
+    }
+
+    async fn kill(&self, name: &str) {
+        let opts = KillContainerOptionsBuilder::new().signal("KILL").build();
+        if let Err(e) = self.docker.kill_container(name, Some(opts)).await {
+            tracing::debug!(container = name, error = %e, "kill failed");
+        }
+    }
+}
+
+async fn write_stream<S>(s: &mut S, out: &std::path::Path, err: &std::path::Path)
+where
+    S: futures::Stream<Item = std::result::Result<bollard::container::LogOutput, BollardError>>
+        + Unpin,
+{
+    let (Ok(mut o), Ok(mut e)) = (
+        tokio::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(out)
+            .await,
+        tokio::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(err)
+            .await,
+    ) else {
+        tracing::warn!(file = %out.display(), "cannot open output files");
+        return;
+    };
+    while let Some(item) = s.next().await {
+        let r = match item {
+            Ok(bollard::container::LogOutput::StdErr { message }) => e.write_all(&message).await,
+            Ok(bollard::container::LogOutput::StdOut { message })
+            | Ok(bollard::container::LogOutput::Console { message }) => o.write_all(&message).await,
+            Ok(_) => Ok(()),
+            Err(_) => break,
+        };
+        if let Err(err) = r {
+            tracing::warn!(file = %out.display(), error = %err, "writing task output");
+            break;
+        }
+    }
+    let _ = o.flush().await;
+    let _ = e.flush().await;
+}
+
+impl NodeKind for ContainerNodes {
+    fn create_pool<'a>(
+        &'a self,
+        pool: &'a str,
+        network: &'a str,
+        labels: &'a HashMap<String, String>,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let req = NetworkCreateRequest {
+                name: network.to_string(),
+                driver: Some("bridge".into()),
+                labels: Some(labels.clone()),
+                ..Default::default()
+            };
+            match self.docker.create_network(req).await {
+                Ok(_) => Ok(()),
+                Err(BollardError::DockerResponseServerError {
+                    status_code: 409, ..
+                }) => Ok(()),
+                Err(e) => Err(EngineError::docker(
+                    format!("creating network {network} of pool {pool}"),
+                    e,
+                )),
+            }
+        })
+    }
+
+    fn remove_pool<'a>(&'a self, network: &'a str) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            match self.docker.remove_network(network).await {
+                Ok(())
+                | Err(BollardError::DockerResponseServerError {
+                    status_code: 404, ..
+                }) => Ok(()),
+                Err(e) => Err(EngineError::docker(
+                    format!("removing network {network}"),
+                    e,
+                )),
+            }
+        })
+    }
+
+    fn create_node<'a>(&'a self, node: &'a NodeRef) -> BoxFuture<'a, Result<String>> {
+        Box::pin(async move {
+            self.ensure_image(&node.image).await?;
+            let host = HostConfig {
+                init: Some(true),
+                network_mode: Some(node.network.clone()),
+                binds: Some(vec![format!("{}:{NODE_ROOT_DIR}", node.root.display())]),
+                ..Default::default()
+            };
+            let body = ContainerCreateBody {
+                image: Some(node.image.clone()),
+                hostname: Some(node.id.clone()),
+                entrypoint: Some(vec!["sleep".into(), "infinity".into()]),
+                cmd: Some(vec![]),
+                labels: Some(node.labels.clone()),
+                host_config: Some(host),
+                networking_config: Some(NetworkingConfig {
+                    endpoints_config: Some(HashMap::from([(
+                        node.network.clone(),
+                        EndpointSettings {
+                            aliases: Some(vec![node.id.clone()]),
+                            ..Default::default()
+                        },
+                    )])),
+                }),
+                ..Default::default()
+            };
+            let opts = CreateContainerOptionsBuilder::new()
+                .name(&node.holder)
+                .build();
+            self.docker
+                .create_container(Some(opts), body)
+                .await
+                .map_err(|e| {
+                    EngineError::docker(
+                        format!("creating node {} of pool {}", node.id, node.pool),
+                        e,
+                    )
+                })?;
+            self.docker
+                .start_container(&node.holder, None::<StartContainerOptions>)
+                .await
+                .map_err(|e| EngineError::docker(format!("starting node {}", node.id), e))?;
+            let c = self
+                .docker
+                .inspect_container(&node.holder, None::<InspectContainerOptions>)
+                .await
+                .map_err(|e| EngineError::docker(format!("inspecting node {}", node.id), e))?;
+            let ip = c
+                .network_settings
+                .and_then(|n| n.networks)
+                .and_then(|mut n| n.remove(&node.network))
+                .and_then(|e| e.ip_address)
+                .unwrap_or_default();
+            Ok(ip)
+        })
+    }
+
+    fn remove_node<'a>(&'a self, node: &'a NodeRef) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let value = format!("{}/{}", node.pool, node.id);
+            self.remove_labelled(labels::NODE, &value).await?;
+            self.remove_container(&node.holder).await
+        })
+    }
+
+    fn node_alive<'a>(&'a self, node: &'a NodeRef) -> BoxFuture<'a, bool> {
+        Box::pin(async move {
+            matches!(
+                self.docker.inspect_container(&node.holder, None::<InspectContainerOptions>).await,
+                Ok(c) if c.state.as_ref().and_then(|s| s.running) == Some(true)
+            )
+        })
+    }
+
+    fn run<'a>(
+        &'a self,
+        node: &'a NodeRef,
+        spec: &'a RunSpec,
+        cancel: CancellationToken,
+    ) -> BoxFuture<'a, Result<RunEnd>> {
+        Box::pin(async move {
+            self.create(node, spec).await?;
+            if spec.keep {
+                self.docker
+                    .start_container(&spec.name, None::<StartContainerOptions>)
+                    .await
+                    .map_err(|e| {
+                        EngineError::docker(format!("starting container {}", spec.name), e)
+                    })?;
+                return self.exec(spec, spec.argv.clone(), cancel).await;
+            }
+            let logs = self.start_logged(spec).await?;
+            let end = self.wait(&spec.name, spec.timeout, &cancel).await;
+            let _ = logs.await;
+            end
+        })
+    }
+
+    fn exec<'a>(
+        &'a self,
+        spec: &'a RunSpec,
+        argv: Vec<String>,
+        cancel: CancellationToken,
+    ) -> BoxFuture<'a, Result<RunEnd>> {
+        Box::pin(async move {
+            let what = || format!("running a command in {}", spec.name);
+            let mut env = spec.env.clone();
+            env.extend(spec.run.env.iter().cloned());
+            let created = self
+                .docker
+                .create_exec(
+                    &spec.name,
+                    bollard::models::ExecConfig {
+                        attach_stdout: Some(true),
+                        attach_stderr: Some(true),
+                        cmd: Some(argv),
+                        env: Some(env),
+                        working_dir: spec.working_dir.clone(),
+                        user: spec.run.user.clone().or_else(|| spec.user.clone()),
+                        ..Default::default()
+                    },
+                )
+                .await
+                .map_err(|e| EngineError::docker(what(), e))?;
+            let started = self
+                .docker
+                .start_exec(&created.id, None)
+                .await
+                .map_err(|e| EngineError::docker(what(), e))?;
+            let run = async {
+                if let bollard::exec::StartExecResults::Attached { mut output, .. } = started {
+                    write_stream(&mut output, &spec.stdout, &spec.stderr).await;
+                }
+            };
+            let sleep = async {
+                match spec.timeout {
+                    Some(t) => tokio::time::sleep(t).await,
+                    None => futures::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = run => {}
+                _ = sleep => { self.kill(&spec.name).await; return Ok(RunEnd::TimedOut) }
+                _ = cancel.cancelled() => { self.kill(&spec.name).await; return Ok(RunEnd::Cancelled) }
+            }
+            let inspect = self
+                .docker
+                .inspect_exec(&created.id)
+                .await
+                .map_err(|e| EngineError::docker(what(), e))?;
+            Ok(RunEnd::Exited(inspect.exit_code.unwrap_or(137)))
+        })
+    }
+
+    fn remove_container<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let opts = RemoveContainerOptionsBuilder::new()
+                .force(true)
+                .v(true)
+                .build();
+            match self.docker.remove_container(name, Some(opts)).await {
+                Ok(())
+                | Err(BollardError::DockerResponseServerError {
+                    status_code: 404, ..
+                }) => Ok(()),
+                Err(BollardError::DockerResponseServerError {
+                    status_code: 409, ..
+                }) => Ok(()),
+                Err(e) => Err(EngineError::docker(format!("removing container {name}"), e)),
+            }
+        })
+    }
+
+    fn remove_labelled<'a>(&'a self, label: &'a str, value: &'a str) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let filters = HashMap::from([("label".to_string(), vec![format!("{label}={value}")])]);
+            let opts = bollard::query_parameters::ListContainersOptionsBuilder::new()
+                .all(true)
+                .filters(&filters)
+                .build();
+            let list = self.docker.list_containers(Some(opts)).await.map_err(|e| {
+                EngineError::docker(format!("listing containers {label}={value}"), e)
+            })?;
+            for c in list {
+                if let Some(id) = c.id {
+                    self.remove_container(&id).await?;
+                }
+            }
+            Ok(())
+        })
+    }
+}
+
+fn split_image(image: &str) -> (&str, &str) {
+    let slash = image.rfind('/').map_or(0, |i| i + 1);
+    match image[slash..].rfind(':') {
+        Some(i) if !image.contains('@') => (&image[..slash + i], &image[slash + i + 1..]),
+        _ => (image, if image.contains('@') { "" } else { "latest" }),
+    }
+}
+
+fn registry_of(image: &str) -> &str {
+    match image.split_once('/') {
+        Some((first, _)) if first.contains('.') || first.contains(':') || first == "localhost" => {
+            first
+        }
+        _ => "docker.io",
+    }
+}

@@ -1,0 +1,484 @@
+//! The REST layer against raw, Shared Key signed requests (loopback only).
+#![allow(clippy::unwrap_used)]
+
+use reqwest::header::{HeaderMap, HeaderValue};
+use serde_json::{json, Value};
+use shipyard_batch_api::SharedKeyCredential;
+use shipyard_serve::memory::MemoryBackend;
+use shipyard_serve::{ServeOptions, Server};
+
+const V24: &str = "2024-07-01.20.0";
+const V25: &str = "2025-06-01";
+const KEY: &str = "c2hpcHlhcmQtc2VydmUtdGVzdC1rZXktMzItYnl0ZXM=";
+
+struct T {
+    server: Server,
+    http: reqwest::Client,
+    cred: SharedKeyCredential,
+    _dir: tempfile::TempDir,
+}
+
+struct Resp {
+    status: u16,
+    headers: HeaderMap,
+    body: Vec<u8>,
+}
+
+impl Resp {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
+    }
+    fn code(&self) -> String {
+        self.json()["code"].as_str().unwrap_or("").to_owned()
+    }
+    fn value(&self, key: &str) -> Option<String> {
+        self.json()["values"]
+            .as_array()?
+            .iter()
+            .find(|v| v["key"] == key)
+            .and_then(|v| v["value"].as_str().map(str::to_owned))
+    }
+}
+
+async fn start() -> T {
+    let dir = tempfile::tempdir().unwrap();
+    let backend =
+        MemoryBackend::new(dir.path()).delete_delay(std::time::Duration::from_millis(200));
+    let opts = ServeOptions::new("local", KEY).listen("127.0.0.1:0".parse().unwrap());
+    let server = Server::bind(opts, backend).await.unwrap();
+    T {
+        server,
+        http: reqwest::Client::new(),
+        cred: SharedKeyCredential::new("local", KEY).unwrap(),
+        _dir: dir,
+    }
+}
+
+impl T {
+    async fn call_with(
+        &self,
+        cred: &SharedKeyCredential,
+        method: &str,
+        path_and_query: &str,
+        body: Option<&Value>,
+        extra: &[(&str, &str)],
+    ) -> Resp {
+        let url =
+            url::Url::parse(&format!("http://{}{path_and_query}", self.server.addr())).unwrap();
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "ocp-date",
+            HeaderValue::from_str(&httpdate::fmt_http_date(std::time::SystemTime::now())).unwrap(),
+        );
+        let bytes = body.map(|b| serde_json::to_vec(b).unwrap());
+        if let Some(b) = &bytes {
+            headers.insert(
+                "content-type",
+                HeaderValue::from_static("application/json; odata=minimalmetadata"),
+            );
+            headers.insert(
+                "content-length",
+                HeaderValue::from_str(&b.len().to_string()).unwrap(),
+            );
+        } else if !matches!(method, "GET" | "HEAD") {
+            headers.insert("content-length", HeaderValue::from_static("0"));
+        }
+        for (k, v) in extra {
+            headers.insert(
+                reqwest::header::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        let auth = cred.authorization(method, &url, &headers);
+        headers.insert("authorization", HeaderValue::from_str(&auth).unwrap());
+        let mut rb = self
+            .http
+            .request(method.parse().unwrap(), url)
+            .headers(headers);
+        if let Some(b) = bytes {
+            rb = rb.body(b);
+        }
+        let r = rb.send().await.unwrap();
+        Resp {
+            status: r.status().as_u16(),
+            headers: r.headers().clone(),
+            body: r.bytes().await.unwrap().to_vec(),
+        }
+    }
+
+    async fn call(&self, method: &str, pq: &str, body: Option<&Value>) -> Resp {
+        self.call_with(&self.cred, method, pq, body, &[]).await
+    }
+}
+
+fn pool_body(id: &str) -> Value {
+    json!({"id": id, "vmSize": "standard_d2s_v3", "targetDedicatedNodes": 2,
+        "virtualMachineConfiguration": {"imageReference": {"publisher": "canonical",
+            "offer": "0001-com-ubuntu-server-jammy", "sku": "22_04-lts"},
+            "nodeAgentSKUId": "batch.node.ubuntu 22.04"}})
+}
+
+#[tokio::test]
+async fn auth_versions_and_bad_bodies() {
+    let t = start().await;
+    let wrong = SharedKeyCredential::new("local", "d3Jvbmcta2V5").unwrap();
+    let r = t
+        .call_with(
+            &wrong,
+            "GET",
+            &format!("/pools?api-version={V24}"),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!((r.status, r.code().as_str()), (403, "AuthenticationFailed"));
+
+    let r = t
+        .call("GET", "/pools?api-version=2019-08-01.10.0", None)
+        .await;
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (400, "InvalidQueryParameterValue")
+    );
+    assert_eq!(
+        r.value("QueryParameterName").as_deref(),
+        Some("api-version")
+    );
+    let r = t.call("GET", "/pools", None).await;
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (400, "MissingRequiredQueryParameter")
+    );
+
+    // Both versions: a missing required property is named.
+    for v in [V24, V25] {
+        let mut body = pool_body("p");
+        body.as_object_mut().unwrap().remove("vmSize");
+        let r = t
+            .call("POST", &format!("/pools?api-version={v}"), Some(&body))
+            .await;
+        assert_eq!(
+            (r.status, r.code().as_str()),
+            (400, "MissingRequiredProperty"),
+            "{v}"
+        );
+        assert_eq!(r.value("PropertyName").as_deref(), Some("vmSize"));
+    }
+    // Enum spelling outside the spec.
+    let mut body = pool_body("p");
+    body["taskSchedulingPolicy"] = json!({"nodeFillType": "sideways"});
+    let r = t
+        .call("POST", &format!("/pools?api-version={V24}"), Some(&body))
+        .await;
+    assert_eq!((r.status, r.code().as_str()), (400, "InvalidPropertyValue"));
+    assert_eq!(
+        r.value("PropertyName").as_deref(),
+        Some("taskSchedulingPolicy.nodeFillType")
+    );
+    // Nothing was created by the refused requests.
+    let r = t
+        .call("GET", &format!("/pools?api-version={V24}"), None)
+        .await;
+    assert_eq!(r.json()["value"], json!([]));
+
+    let r = t
+        .call(
+            "POST",
+            &format!("/pools?api-version={V24}"),
+            Some(&pool_body("p")),
+        )
+        .await;
+    assert_eq!(r.status, 201);
+    let r = t
+        .call(
+            "POST",
+            &format!("/pools?api-version={V25}"),
+            Some(&pool_body("p")),
+        )
+        .await;
+    assert_eq!((r.status, r.code().as_str()), (409, "PoolExists"));
+    let r = t
+        .call("GET", &format!("/pools/nope?api-version={V24}"), None)
+        .await;
+    assert_eq!((r.status, r.code().as_str()), (404, "PoolNotFound"));
+    let r = t
+        .call(
+            "POST",
+            &format!("/jobs?api-version={V24}"),
+            Some(&json!({"id": "j", "poolInfo": {"poolId": "p"}})),
+        )
+        .await;
+    assert_eq!(r.status, 201);
+
+    // A collection with one bad task is refused whole: no task is created.
+    let body = json!({"value": [
+        {"id": "a", "commandLine": "true"},
+        {"id": "b", "comandLine": "true"},
+    ]});
+    let r = t
+        .call(
+            "POST",
+            &format!("/jobs/j/addtaskcollection?api-version={V25}"),
+            Some(&body),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (400, "MissingRequiredProperty")
+    );
+    assert_eq!(
+        r.value("PropertyName").as_deref(),
+        Some("value[1].commandLine")
+    );
+    let body = json!({"value": [{"id": "a", "commandLine": "true", "priorty": 1}]});
+    let r = t
+        .call(
+            "POST",
+            &format!("/jobs/j/addtaskcollection?api-version={V24}"),
+            Some(&body),
+        )
+        .await;
+    assert_eq!((r.status, r.code().as_str()), (400, "InvalidRequestBody"));
+    assert_eq!(r.value("PropertyName").as_deref(), Some("value[0].priorty"));
+    let r = t
+        .call("GET", &format!("/jobs/j/tasks?api-version={V24}"), None)
+        .await;
+    assert_eq!(r.json()["value"], json!([]));
+    let many: Vec<Value> = (0..101)
+        .map(|i| json!({"id": format!("t{i}"), "commandLine": "true"}))
+        .collect();
+    let r = t
+        .call(
+            "POST",
+            &format!("/jobs/j/addtaskcollection?api-version={V24}"),
+            Some(&json!({"value": many})),
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", String::from_utf8_lossy(&r.body));
+    let r = t
+        .call(
+            "POST",
+            &format!("/jobs/j/tasks?api-version={V24}"),
+            Some(&json!({"id": "d", "commandLine": "true", "dependsOn": {"taskIds": ["a"]}})),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (409, "TaskDependenciesNotSpecifiedOnJob")
+    );
+}
+
+#[tokio::test]
+async fn paging_etags_files_and_deletes() {
+    let t = start().await;
+    assert_eq!(
+        t.call(
+            "POST",
+            &format!("/pools?api-version={V24}"),
+            Some(&pool_body("p"))
+        )
+        .await
+        .status,
+        201
+    );
+    assert_eq!(
+        t.call(
+            "POST",
+            &format!("/jobs?api-version={V24}"),
+            Some(&json!({"id": "j", "poolInfo": {"poolId": "p"}}))
+        )
+        .await
+        .status,
+        201
+    );
+    let tasks: Vec<Value> = (0..25).map(|i| json!({"id": format!("t{i:02}"), "commandLine": format!("echo {i}; exit {}", i % 2)})).collect();
+    let r = t
+        .call(
+            "POST",
+            &format!("/jobs/j/addtaskcollection?api-version={V24}"),
+            Some(&json!({"value": tasks})),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    let results = r.json()["value"].as_array().unwrap().clone();
+    assert_eq!(results.len(), 25);
+    assert!(results.iter().all(|r| r["status"] == "success"));
+
+    // Paging: 10 + 10 + 5 through odata.nextLink, with $select applied.
+    let mut next = Some(format!(
+        "/jobs/j/tasks?api-version={V24}&maxresults=10&$select=id,state"
+    ));
+    let mut ids = Vec::new();
+    let mut pages = 0;
+    while let Some(pq) = next.take() {
+        let r = t.call("GET", &pq, None).await;
+        assert_eq!(r.status, 200);
+        let v = r.json();
+        for item in v["value"].as_array().unwrap() {
+            assert_eq!(item.as_object().unwrap().len(), 2, "{item}");
+            ids.push(item["id"].as_str().unwrap().to_owned());
+        }
+        pages += 1;
+        next = v["odata.nextLink"].as_str().map(|l| {
+            let u = url::Url::parse(l).unwrap();
+            format!("{}?{}", u.path(), u.query().unwrap())
+        });
+    }
+    assert_eq!(pages, 3);
+    assert_eq!(ids, (0..25).map(|i| format!("t{i:02}")).collect::<Vec<_>>());
+    let r = t
+        .call(
+            "GET",
+            &format!("/jobs/j/tasks?api-version={V24}&$filter=executionInfo/exitCode%20eq%201"),
+            None,
+        )
+        .await;
+    assert_eq!(r.json()["value"].as_array().unwrap().len(), 12);
+
+    // client-request-id is echoed when asked; every reply has a request-id.
+    let r = t
+        .call_with(
+            &t.cred,
+            "GET",
+            &format!("/jobs/j?api-version={V24}"),
+            None,
+            &[
+                ("client-request-id", "6a0f2c9e-0000-4000-8000-000000000001"),
+                ("return-client-request-id", "true"),
+            ],
+        )
+        .await;
+    assert_eq!(
+        r.headers["client-request-id"],
+        "6a0f2c9e-0000-4000-8000-000000000001"
+    );
+    assert!(r.headers.contains_key("request-id"));
+    let etag = r.headers["etag"].to_str().unwrap().to_owned();
+    let r = t
+        .call_with(
+            &t.cred,
+            "PATCH",
+            &format!("/jobs/j?api-version={V24}"),
+            Some(&json!({"priority": 5})),
+            &[("if-match", "0xWRONG")],
+        )
+        .await;
+    assert_eq!((r.status, r.code().as_str()), (412, "ConditionNotMet"));
+    let r = t
+        .call_with(
+            &t.cred,
+            "PATCH",
+            &format!("/jobs/j?api-version={V24}"),
+            Some(&json!({"priority": 5})),
+            &[("if-match", &etag)],
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        t.call("GET", &format!("/jobs/j?api-version={V24}"), None)
+            .await
+            .json()["priority"],
+        5
+    );
+
+    // Task files: whole, ranged, properties.
+    let r = t
+        .call(
+            "GET",
+            &format!("/jobs/j/tasks/t03/files/stdout.txt?api-version={V24}"),
+            None,
+        )
+        .await;
+    assert_eq!(String::from_utf8_lossy(&r.body), "t03: echo 3; exit 1\n");
+    let r = t
+        .call_with(
+            &t.cred,
+            "GET",
+            &format!("/jobs/j/tasks/t03/files/stdout.txt?api-version={V24}"),
+            None,
+            &[("ocp-range", "bytes=5-8")],
+        )
+        .await;
+    assert_eq!((r.status, r.body.as_slice()), (206, b"echo".as_slice()));
+    let r = t
+        .call(
+            "HEAD",
+            &format!("/jobs/j/tasks/t03/files/stdout.txt?api-version={V24}"),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.headers["content-length"].to_str().unwrap()),
+        (200, "20")
+    );
+    let r = t
+        .call(
+            "GET",
+            &format!("/jobs/j/tasks/t03/files/nope.txt?api-version={V24}"),
+            None,
+        )
+        .await;
+    assert_eq!((r.status, r.code().as_str()), (404, "FileNotFound"));
+    let r = t
+        .call(
+            "GET",
+            &format!("/jobs/j/taskcounts?api-version={V24}"),
+            None,
+        )
+        .await;
+    assert_eq!(r.json()["taskCounts"]["failed"], 12);
+    assert_eq!(
+        t.call("HEAD", &format!("/pools/p?api-version={V24}"), None)
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        t.call("GET", &format!("/pools/p/nodes?api-version={V24}"), None)
+            .await
+            .json()["value"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+
+    // Long-running deletes: 202, visible as deleting, then 404.
+    assert_eq!(
+        t.call("DELETE", &format!("/jobs/j?api-version={V24}"), None)
+            .await
+            .status,
+        202
+    );
+    assert_eq!(
+        t.call("GET", &format!("/jobs/j?api-version={V24}"), None)
+            .await
+            .json()["state"],
+        "deleting"
+    );
+    assert_eq!(
+        t.call("DELETE", &format!("/pools/p?api-version={V24}"), None)
+            .await
+            .status,
+        202
+    );
+    assert_eq!(
+        t.call("GET", &format!("/pools/p?api-version={V24}"), None)
+            .await
+            .json()["state"],
+        "deleting"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    assert_eq!(
+        t.call("GET", &format!("/jobs/j?api-version={V24}"), None)
+            .await
+            .code(),
+        "JobNotFound"
+    );
+    assert_eq!(
+        t.call("HEAD", &format!("/pools/p?api-version={V24}"), None)
+            .await
+            .status,
+        404
+    );
+}

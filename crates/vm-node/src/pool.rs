@@ -1,0 +1,600 @@
+//! Creating a pool of VM-like nodes.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::cmd::{describe, run, Binaries};
+use crate::error::{Result, VmNodeError};
+use crate::net::{claim_subnet, Subnet};
+use crate::node::{ping, NodeShared, VmNode};
+use crate::registry::{self, Registry};
+use crate::state::{NodeRecord, PoolRecord, ProcRef};
+use crate::teardown::teardown;
+
+/// Default directory for pool state (records, node roots, engine data).
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/shipyard/vm-nodes";
+/// Default directory for the engines' exec roots (kept short: socket paths are limited).
+pub const DEFAULT_RUN_DIR: &str = "/run/shipyard-vm";
+/// Default common path of every node's root (`AZ_BATCH_NODE_ROOT_DIR`), as on Batch VMs.
+pub const DEFAULT_NODE_ROOT_DIR: &str = "/mnt/batch/tasks";
+/// Most nodes one pool (one /24) can hold.
+pub const MAX_NODES: usize = 250;
+
+/// Configures and creates a [`VmPool`].
+#[derive(Debug, Clone)]
+pub struct VmPoolBuilder {
+    nodes: usize,
+    state_dir: PathBuf,
+    run_dir: PathBuf,
+    node_root_dir: PathBuf,
+    subnet_base: [u8; 2],
+    binaries: Binaries,
+    registry: bool,
+    engine_timeout: Duration,
+}
+
+impl Default for VmPoolBuilder {
+    fn default() -> Self {
+        VmPoolBuilder {
+            nodes: 1,
+            state_dir: DEFAULT_STATE_DIR.into(),
+            run_dir: DEFAULT_RUN_DIR.into(),
+            node_root_dir: DEFAULT_NODE_ROOT_DIR.into(),
+            subnet_base: [10, 213],
+            binaries: Binaries::default(),
+            registry: false,
+            engine_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl VmPoolBuilder {
+    /// Number of nodes (1..=[`MAX_NODES`]).
+    pub fn nodes(mut self, n: usize) -> Self {
+        self.nodes = n;
+        self
+    }
+    /// Where records, node roots and engine data live ([`DEFAULT_STATE_DIR`]).
+    pub fn state_dir(mut self, p: impl Into<PathBuf>) -> Self {
+        self.state_dir = p.into();
+        self
+    }
+    /// Where the engines' exec roots live ([`DEFAULT_RUN_DIR`]).
+    pub fn run_dir(mut self, p: impl Into<PathBuf>) -> Self {
+        self.run_dir = p.into();
+        self
+    }
+    /// The path every node sees its own root at ([`DEFAULT_NODE_ROOT_DIR`]).
+    pub fn node_root_dir(mut self, p: impl Into<PathBuf>) -> Self {
+        self.node_root_dir = p.into();
+        self
+    }
+    /// The /16 the pool's /24 is picked from (default `10.213`).
+    pub fn subnet_base(mut self, a: u8, b: u8) -> Self {
+        self.subnet_base = [a, b];
+        self
+    }
+    /// The programs to run.
+    pub fn binaries(mut self, b: Binaries) -> Self {
+        self.binaries = b;
+        self
+    }
+    /// Start a pool-local image registry on the bridge (see [`VmPool::distribute_via_registry`]).
+    pub fn registry(mut self, on: bool) -> Self {
+        self.registry = on;
+        self
+    }
+    /// How long to wait for each node's dockerd to answer (30 s).
+    pub fn engine_timeout(mut self, d: Duration) -> Self {
+        self.engine_timeout = d;
+        self
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.nodes == 0 || self.nodes > MAX_NODES {
+            return Err(VmNodeError::InvalidConfig {
+                field: "nodes",
+                reason: format!("{} is not in 1..={MAX_NODES}", self.nodes),
+            });
+        }
+        for (field, p) in [
+            ("state_dir", &self.state_dir),
+            ("run_dir", &self.run_dir),
+            ("node_root_dir", &self.node_root_dir),
+        ] {
+            if !p.is_absolute() {
+                return Err(VmNodeError::InvalidConfig {
+                    field,
+                    reason: format!("{} is not an absolute path", p.display()),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates the pool: bridge, forward rule, namespaces, engines (started in parallel, each
+    /// answering before this returns). On any failure everything created so far is removed.
+    pub fn create(self) -> Result<VmPool> {
+        self.validate()?;
+        let started = Instant::now();
+        let id = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
+        let dir = self.state_dir.join("pools").join(&id);
+        let scope = format!("pool {id}");
+        std::fs::create_dir_all(&dir).map_err(|e| VmNodeError::io(&scope, "creating", &dir, e))?;
+        let mut setup = Setup {
+            b: &self,
+            rec: PoolRecord {
+                id: id.clone(),
+                owner: ProcRef::current(),
+                dir: dir.clone(),
+                run_dir: self.run_dir.join(&id),
+                subnet_claim: None,
+                bridge: None,
+                forward_rule: None,
+                ns_dir_mounted: false,
+                registries: Vec::new(),
+                nodes: Vec::new(),
+            },
+            children: Vec::new(),
+            registry: None,
+        };
+        match setup.run() {
+            Ok(subnet) => {
+                let Setup {
+                    rec,
+                    children,
+                    registry,
+                    ..
+                } = setup;
+                let pool = VmPool::new(rec, children, registry, subnet, &self);
+                tracing::info!(
+                    pool = id,
+                    nodes = self.nodes,
+                    secs = started.elapsed().as_secs_f64(),
+                    "pool ready"
+                );
+                Ok(pool)
+            }
+            Err(e) => {
+                tracing::warn!(pool = id, error = %e, "pool creation failed; removing what was created");
+                teardown(&setup.rec, &self.binaries, &mut setup.children);
+                Err(e)
+            }
+        }
+    }
+}
+
+struct Setup<'a> {
+    b: &'a VmPoolBuilder,
+    rec: PoolRecord,
+    children: Vec<Child>,
+    registry: Option<Registry>,
+}
+
+impl Setup<'_> {
+    fn scope(&self) -> String {
+        self.rec.scope()
+    }
+
+    fn run(&mut self) -> Result<Subnet> {
+        let bins = &self.b.binaries;
+        let scope = self.scope();
+        self.rec.save()?;
+        let claims = self.b.state_dir.join("subnets");
+        let (subnet, claim) = claim_subnet(bins, self.b.subnet_base, &claims, &self.rec.id)?;
+        self.rec.subnet_claim = Some(claim);
+        self.bridge(subnet)?;
+        if self.b.registry {
+            let mut reg = registry::start(&self.rec, bins, subnet.host(1))?;
+            self.rec.registries = reg.procs();
+            self.rec.save()?;
+            self.children.extend(reg.take_children());
+            self.registry = Some(reg);
+        }
+        self.namespaces(subnet)?;
+        self.engines()?;
+        tracing::debug!(scope, "all engines answer");
+        Ok(subnet)
+    }
+
+    fn bridge(&mut self, subnet: Subnet) -> Result<()> {
+        let bins = &self.b.binaries;
+        let scope = self.scope();
+        let br = format!("syb{}", self.rec.id);
+        self.rec.bridge = Some(br.clone());
+        self.rec.save()?;
+        run(&scope, &bins.ip, ["link", "add", &br, "type", "bridge"])?;
+        run(
+            &scope,
+            &bins.ip,
+            ["addr", "add", &format!("{}/24", subnet.host(1)), "dev", &br],
+        )?;
+        run(&scope, &bins.ip, ["link", "set", &br, "up"])?;
+        let rule: Vec<String> = [
+            "-i",
+            &br,
+            "-o",
+            &br,
+            "-m",
+            "comment",
+            "--comment",
+            &format!("shipyard-vm pool {}", self.rec.id),
+            "-j",
+            "ACCEPT",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        self.rec.forward_rule = Some(rule.clone());
+        self.rec.save()?;
+        let args: Vec<&str> = ["-I", "FORWARD"]
+            .into_iter()
+            .chain(rule.iter().map(String::as_str))
+            .collect();
+        run(&scope, &bins.iptables, &args)?;
+        // Mount namespace files can only be bind-mounted on a private mount.
+        let ns = self.rec.dir.join("ns");
+        mkdir(&scope, &ns)?;
+        self.rec.ns_dir_mounted = true;
+        self.rec.save()?;
+        run(&scope, &bins.mount, [Path::new("--bind"), &ns, &ns])?;
+        run(&scope, &bins.mount, [Path::new("--make-private"), &ns])?;
+        Ok(())
+    }
+
+    fn namespaces(&mut self, subnet: Subnet) -> Result<()> {
+        let n = self.b.nodes;
+        let mut hosts =
+            String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
+        for i in 0..n {
+            let name = format!("node-{i}");
+            let address = subnet.host(2 + i as u8).to_string();
+            hosts.push_str(&format!("{address}\t{name}\n"));
+            self.rec.nodes.push(NodeRecord {
+                netns: format!("shipyard-{}-{name}", self.rec.id),
+                veth: format!("syv{}n{i}", self.rec.id),
+                dir: self.rec.dir.join(&name),
+                exec_root: self.rec.run_dir.join(format!("n{i}")),
+                name,
+                address,
+                dockerd: None,
+            });
+        }
+        let hosts_file = self.rec.dir.join("hosts");
+        std::fs::write(&hosts_file, hosts)
+            .map_err(|e| VmNodeError::io(&self.scope(), "writing", &hosts_file, e))?;
+        mkdir(&self.scope(), &self.b.node_root_dir)?;
+        self.rec.save()?;
+        for i in 0..n {
+            self.node_namespaces(i, &hosts_file)?;
+        }
+        Ok(())
+    }
+
+    fn node_namespaces(&self, i: usize, hosts_file: &Path) -> Result<()> {
+        let bins = &self.b.binaries;
+        let node = &self.rec.nodes[i];
+        let scope = format!("{} of {}", node.name, self.scope());
+        let br = self.rec.bridge.as_deref().unwrap_or_default();
+        let root = node.dir.join("root");
+        for d in ["shared", "startup", "workitems"] {
+            mkdir(&scope, &root.join(d))?;
+        }
+        mkdir(&scope, &node.exec_root)?;
+        run(&scope, &bins.ip, ["netns", "add", &node.netns])?;
+        run(
+            &scope,
+            &bins.ip,
+            [
+                "link",
+                "add",
+                &node.veth,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                &node.netns,
+            ],
+        )?;
+        run(
+            &scope,
+            &bins.ip,
+            ["link", "set", &node.veth, "master", br, "up"],
+        )?;
+        let addr = format!("{}/24", node.address);
+        run(
+            &scope,
+            &bins.ip,
+            ["-n", &node.netns, "addr", "add", &addr, "dev", "eth0"],
+        )?;
+        run(
+            &scope,
+            &bins.ip,
+            ["-n", &node.netns, "link", "set", "eth0", "up"],
+        )?;
+        run(
+            &scope,
+            &bins.ip,
+            ["-n", &node.netns, "link", "set", "lo", "up"],
+        )?;
+        let (mnt, uts) = ns_files(&self.rec.dir, &node.name);
+        for f in [&mnt, &uts] {
+            File::create(f).map_err(|e| VmNodeError::io(&scope, "creating", f, e))?;
+        }
+        let mut un = Command::new(&bins.unshare);
+        un.arg(format!("--mount={}", mnt.display()))
+            .arg(format!("--uts={}", uts.display()))
+            .args(["--propagation", "private", "hostname", &node.name]);
+        crate::cmd::run_cmd(&scope, &mut un)?;
+        let enter_mnt = format!("--mount={}", mnt.display());
+        let binds = [
+            (root.as_path(), self.b.node_root_dir.as_path()),
+            (hosts_file, Path::new("/etc/hosts")),
+        ];
+        for (from, to) in binds {
+            let mut cmd = Command::new(&bins.nsenter);
+            cmd.arg(&enter_mnt)
+                .arg("--")
+                .arg(&bins.mount)
+                .arg("--bind")
+                .arg(from)
+                .arg(to);
+            crate::cmd::run_cmd(&scope, &mut cmd)?;
+        }
+        Ok(())
+    }
+
+    fn engines(&mut self) -> Result<()> {
+        for i in 0..self.rec.nodes.len() {
+            let child = self.spawn_dockerd(i)?;
+            self.rec.nodes[i].dockerd = ProcRef::of(child.id());
+            self.children.push(child);
+            self.rec.save()?;
+        }
+        let deadline = Instant::now() + self.b.engine_timeout;
+        let mut waiting: Vec<usize> = (0..self.rec.nodes.len()).collect();
+        while !waiting.is_empty() {
+            let mut still = Vec::new();
+            for &i in &waiting {
+                let node = &self.rec.nodes[i];
+                let socket = node.dir.join("docker.sock");
+                if ping(&socket) {
+                    continue;
+                }
+                let dead = node.dockerd.is_none_or(|p| !p.alive());
+                if dead || Instant::now() > deadline {
+                    let log_tail = log_tail(&node.dir.join("dockerd.log"));
+                    let scope = format!("{} of {}", node.name, self.scope());
+                    return Err(if dead {
+                        VmNodeError::EngineDead {
+                            scope,
+                            reason: format!("dockerd exited during startup: {log_tail}"),
+                        }
+                    } else {
+                        VmNodeError::EngineTimeout {
+                            scope,
+                            socket,
+                            waited: self.b.engine_timeout,
+                            log_tail,
+                        }
+                    });
+                }
+                still.push(i);
+            }
+            waiting = still;
+            if !waiting.is_empty() {
+                std::thread::sleep(Duration::from_millis(25));
+            }
+        }
+        Ok(())
+    }
+
+    fn spawn_dockerd(&self, i: usize) -> Result<Child> {
+        let bins = &self.b.binaries;
+        let node = &self.rec.nodes[i];
+        let scope = format!("{} of {}", node.name, self.scope());
+        let (mnt, uts) = ns_files(&self.rec.dir, &node.name);
+        let config = node.dir.join("daemon.json");
+        std::fs::write(&config, "{}\n")
+            .map_err(|e| VmNodeError::io(&scope, "writing", &config, e))?;
+        let log_path = node.dir.join("dockerd.log");
+        let log = File::create(&log_path)
+            .map_err(|e| VmNodeError::io(&scope, "creating", &log_path, e))?;
+        let log2 = log
+            .try_clone()
+            .map_err(|e| VmNodeError::io(&scope, "opening", &log_path, e))?;
+        let mut cmd = Command::new(&bins.nsenter);
+        cmd.arg(format!("--net=/var/run/netns/{}", node.netns))
+            .arg(format!("--mount={}", mnt.display()))
+            .arg(format!("--uts={}", uts.display()))
+            .arg("--")
+            .arg(&bins.dockerd)
+            .arg("--config-file")
+            .arg(&config)
+            .arg("--data-root")
+            .arg(node.dir.join("docker"))
+            .arg("--exec-root")
+            .arg(&node.exec_root)
+            .arg("--pidfile")
+            .arg(node.dir.join("dockerd.pid"))
+            .arg("-H")
+            .arg(format!("unix://{}", node.dir.join("docker.sock").display()))
+            .args([
+                "--bridge=none",
+                "--iptables=false",
+                "--ip-forward=false",
+                "--ip-masq=false",
+            ])
+            .args([
+                "--userland-proxy=false",
+                "--shutdown-timeout=2",
+                "--log-level=warn",
+            ]);
+        if let Some(reg) = &self.registry {
+            cmd.arg(format!("--insecure-registry={}", reg.pull_address()));
+        }
+        use std::os::unix::process::CommandExt;
+        cmd.stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            .process_group(0);
+        tracing::debug!(scope, command = describe(&cmd), "starting dockerd");
+        cmd.spawn().map_err(|source| VmNodeError::Spawn {
+            scope,
+            command: describe(&cmd),
+            source,
+        })
+    }
+}
+
+pub(crate) fn ns_files(pool_dir: &Path, node: &str) -> (PathBuf, PathBuf) {
+    let ns = pool_dir.join("ns");
+    (
+        ns.join(format!("{node}.mnt")),
+        ns.join(format!("{node}.uts")),
+    )
+}
+
+fn mkdir(scope: &str, p: &Path) -> Result<()> {
+    std::fs::create_dir_all(p).map_err(|e| VmNodeError::io(scope, "creating", p, e))
+}
+
+pub(crate) fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(5)..].join(" | ")
+}
+
+/// A pool of VM-like nodes. Dropping it (or [`VmPool::delete`]) removes every resource it
+/// created.
+#[derive(Debug)]
+pub struct VmPool {
+    rec: PoolRecord,
+    children: Vec<Child>,
+    registry: Option<Registry>,
+    nodes: Vec<VmNode>,
+    bins: Binaries,
+    gateway: std::net::Ipv4Addr,
+    deleted: bool,
+}
+
+impl VmPool {
+    /// A builder with the defaults.
+    pub fn builder() -> VmPoolBuilder {
+        VmPoolBuilder::default()
+    }
+
+    fn new(
+        rec: PoolRecord,
+        children: Vec<Child>,
+        registry: Option<Registry>,
+        subnet: Subnet,
+        b: &VmPoolBuilder,
+    ) -> VmPool {
+        let shared = Arc::new(NodeShared {
+            bins: b.binaries.clone(),
+            pool_id: rec.id.clone(),
+            node_root_dir: b.node_root_dir.clone(),
+        });
+        let nodes = rec
+            .nodes
+            .iter()
+            .map(|n| VmNode::new(n, &rec.dir, shared.clone()))
+            .collect();
+        VmPool {
+            bins: b.binaries.clone(),
+            gateway: subnet.host(1),
+            rec,
+            children,
+            registry,
+            nodes,
+            deleted: false,
+        }
+    }
+
+    /// The pool's id (8 hex digits; part of every resource name).
+    pub fn id(&self) -> &str {
+        &self.rec.id
+    }
+    /// The bridge's name (`syb<id>`).
+    pub fn bridge(&self) -> &str {
+        self.rec.bridge.as_deref().unwrap_or_default()
+    }
+    /// The bridge's (host side) address, `.1` of the pool's /24.
+    pub fn gateway(&self) -> std::net::Ipv4Addr {
+        self.gateway
+    }
+    /// The pool's state directory.
+    pub fn dir(&self) -> &Path {
+        &self.rec.dir
+    }
+    /// The nodes, `node-0` first.
+    pub fn nodes(&self) -> &[VmNode] {
+        &self.nodes
+    }
+    /// The registry, when the pool was built with [`VmPoolBuilder::registry`].
+    pub fn registry(&self) -> Option<&Registry> {
+        self.registry.as_ref()
+    }
+    pub(crate) fn binaries(&self) -> &Binaries {
+        &self.bins
+    }
+
+    /// Removes everything now (also done on drop).
+    pub fn delete(mut self) {
+        self.teardown();
+    }
+
+    fn teardown(&mut self) {
+        if !self.deleted {
+            self.deleted = true;
+            teardown(&self.rec, &self.bins, &mut self.children);
+        }
+    }
+}
+
+impl Drop for VmPool {
+    fn drop(&mut self) {
+        self.teardown();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builder_rejects_bad_values_naming_the_field() {
+        let e = VmPool::builder()
+            .nodes(0)
+            .validate()
+            .err()
+            .map(|e| e.to_string());
+        assert_eq!(
+            e.as_deref(),
+            Some("invalid VM-node configuration: nodes: 0 is not in 1..=250")
+        );
+        let e = VmPool::builder()
+            .node_root_dir("mnt/batch")
+            .validate()
+            .err()
+            .map(|e| e.to_string());
+        assert!(e.is_some_and(|e| e.contains("node_root_dir")));
+        assert!(VmPool::builder().nodes(8).validate().is_ok());
+    }
+
+    #[test]
+    fn log_tail_keeps_the_last_five_lines() {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string());
+        let Ok(dir) = dir else { panic!("tempdir") };
+        let p = dir.path().join("log");
+        let body: String = (1..=7).map(|i| format!("l{i}\n")).collect();
+        assert!(std::fs::write(&p, body).is_ok());
+        assert_eq!(log_tail(&p), "l3 | l4 | l5 | l6 | l7");
+    }
+}

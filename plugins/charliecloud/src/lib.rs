@@ -1,0 +1,352 @@
+//! Charliecloud runtime plugin for shipyard: the host's MPI launcher wrapping `ch-run`.
+//!
+//! Build it with `cargo build -p shipyard-plugin-charliecloud`; the shared library is
+//! `target/<profile>/libshipyard_plugin_charliecloud.so`. Load it with the CLI's `--plugin FILE`
+//! (or `SHIPYARD_PLUGIN`) and select it with `runtime = "charliecloud"` in a job.
+//!
+//! [`CharliecloudRuntime`] plans jobs for non-native Linux pools the way the Singularity runtime
+//! does:
+//!
+//! - multi-instance tasks with `mpi`: the HOST launcher (built by `shipyard-mpi-launch` from
+//!   `$AZ_BATCH_HOST_LIST`) starts one `ch-run` per rank ([`wrap`]): `--join-ct` so the ranks of
+//!   a node share one container (shared-memory transport), `-b $AZ_BATCH_NODE_ROOT_DIR` (the
+//!   task, shared and startup directories at their host paths), `-c $AZ_BATCH_TASK_WORKING_DIR`,
+//!   `--set-env` for the job's and task's variables. The launcher forwards `USER` (which
+//!   `ch-run` needs), the `AZ_BATCH_*` paths and the task's variables to every rank;
+//! - other tasks run `ch-run` once, the same way;
+//! - the job preparation task, on every node that runs the job, checks `ch-run` is installed
+//!   (exit 127 naming the binary and the package `charliecloud-runtime` otherwise) and makes
+//!   each image ready ([`image`]): an image directory is used as it is; a tarball (URL, fetched
+//!   as a resource file of the preparation task, or a path) and a registry reference (pulled with
+//!   `ch-image` + `ch-convert`, or `ch-convert -i docker`) are unpacked once per node into
+//!   `$AZ_BATCH_NODE_SHARED_DIR/shipyard/charliecloud/<name>` and reused by later jobs.
+//!
+//! Every task command line sets `USER` when Batch did not (`ch-run` refuses to start without it).
+
+#![warn(missing_docs)]
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+pub mod image;
+pub mod wrap;
+
+use shipyard_runtime::batch::{
+    self, AutoUserScope, ElevationLevel, EnvironmentSetting, JobPreparationTask, JobReleaseTask,
+    MultiInstanceSettings, OnAllTasksComplete, ResourceFile, TaskAddParameter, TaskConstraints,
+    TaskDependencies, TaskIdRange, UserIdentity,
+};
+use shipyard_runtime::shell::{bash_c, join};
+use shipyard_runtime::{
+    mpi, ContainerRuntime, JobNeeds, JobPlan, JobSpec, MpiRuntime, MpiSpec, OsFamily, PoolFacts,
+    PoolNeeds, RuntimeError, TaskSpec, WorkingDir,
+};
+
+use crate::image::ImageSource;
+use crate::wrap::ChRun;
+
+/// The runtime's registry name.
+pub const NAME: &str = "charliecloud";
+
+/// Sets `USER` when unset (Batch's auto users may run without it; `ch-run` needs it).
+pub const SET_USER: &str = "export USER=\"${USER:-$(id -un)}\"";
+
+/// The Charliecloud runtime.
+#[derive(Debug, Clone)]
+pub struct CharliecloudRuntime {
+    binary: String,
+    elevated: bool,
+}
+
+impl Default for CharliecloudRuntime {
+    fn default() -> Self {
+        CharliecloudRuntime {
+            binary: "ch-run".into(),
+            elevated: false,
+        }
+    }
+}
+
+fn unsupported(field: impl Into<String>, reason: impl Into<String>) -> RuntimeError {
+    RuntimeError::Unsupported {
+        runtime: NAME.into(),
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
+
+fn too_large(field: String, n: impl std::fmt::Display) -> RuntimeError {
+    RuntimeError::Invalid {
+        field,
+        reason: format!("{n} is too large"),
+    }
+}
+
+impl CharliecloudRuntime {
+    /// The `ch-run` executable on the nodes (default `ch-run` from `PATH`).
+    pub fn binary(mut self, path: impl Into<String>) -> Self {
+        self.binary = path.into();
+        self
+    }
+
+    /// Run tasks as the pool's administrator auto user (default: the non-admin one).
+    pub fn elevated(mut self, on: bool) -> Self {
+        self.elevated = on;
+        self
+    }
+
+    fn ch_run(&self, job: &JobSpec, task: &TaskSpec, join: bool) -> ChRun {
+        ChRun {
+            binary: self.binary.clone(),
+            image: ImageSource::of(&task.image).run_path(&task.image),
+            join,
+            cd_task_dir: task.default_working_dir == WorkingDir::Batch,
+            set_env: job.environment(task).into_keys().collect(),
+            options: Vec::new(),
+        }
+    }
+
+    fn mpi_line(
+        &self,
+        job: &JobSpec,
+        task: &TaskSpec,
+        m: &MpiSpec,
+        tpath: &str,
+    ) -> Result<String, RuntimeError> {
+        let field = format!("{tpath}.multi_instance.mpi");
+        if m.runtime == MpiRuntime::MsMpi {
+            return Err(unsupported(
+                format!("{field}.runtime"),
+                "msmpi runs on Windows pools, which Charliecloud does not support",
+            ));
+        }
+        let env = job.environment(task);
+        let ctx = mpi::LaunchContext {
+            field: &field,
+            ssh_port: None,
+            run_as_root: self.elevated,
+            user_env: &env,
+            infiniband: job.infiniband(task),
+        };
+        let program = mpi::program_words(task.command.as_deref().unwrap_or_default(), "/bin/sh");
+        let ch = self.ch_run(job, task, true);
+        // The rank's argv goes through the launcher's word splitting (quoted words round-trip).
+        let mut req = mpi::launch_request(m, &join(&ch.rank_argv(&program)), ctx)?;
+        for name in ch.forwarded() {
+            req = req.forward_env(name);
+        }
+        mpi::render_sh(&req, &field)
+    }
+
+    fn task_base(
+        &self,
+        job: &JobSpec,
+        task: &TaskSpec,
+        index: usize,
+        tpath: &str,
+    ) -> Result<TaskAddParameter, RuntimeError> {
+        let env = job.environment(task);
+        let mut t = TaskAddParameter {
+            id: job.task_id(index),
+            resource_files: batch::resource_files(&task.resource_files),
+            environment_settings: (!env.is_empty()).then(|| {
+                env.iter()
+                    .map(|(k, v)| EnvironmentSetting::new(k.clone(), v.clone()))
+                    .collect()
+            }),
+            user_identity: Some(UserIdentity::auto_user(
+                AutoUserScope::Pool,
+                if self.elevated {
+                    ElevationLevel::Admin
+                } else {
+                    ElevationLevel::NonAdmin
+                },
+            )),
+            ..Default::default()
+        };
+        let c = TaskConstraints {
+            max_wall_clock_time: task.max_wall_time.clone(),
+            retention_time: None,
+            max_task_retry_count: job.max_task_retries(task),
+        };
+        t.constraints = (c != TaskConstraints::default()).then_some(c);
+        if !task.depends_on.is_empty() || task.depends_on_range.is_some() {
+            let range = task
+                .depends_on_range
+                .map(|[s, e]| {
+                    let f = format!("{tpath}.depends_on_range");
+                    let conv = |v: u32| i32::try_from(v).map_err(|_| too_large(f.clone(), v));
+                    Ok::<_, RuntimeError>(vec![TaskIdRange::new(conv(s)?, conv(e)?)])
+                })
+                .transpose()?;
+            t.depends_on = Some(TaskDependencies {
+                task_ids: (!task.depends_on.is_empty()).then(|| task.depends_on.clone()),
+                task_id_ranges: range,
+            });
+        }
+        Ok(t)
+    }
+
+    fn plan_task(
+        &self,
+        job: &JobSpec,
+        task: &TaskSpec,
+        index: usize,
+        pool: &PoolFacts,
+    ) -> Result<TaskAddParameter, RuntimeError> {
+        let tpath = format!("job.tasks[{index}]");
+        if !task.additional_docker_run_options.is_empty() {
+            return Err(unsupported(
+                format!("{tpath}.additional_docker_run_options"),
+                "Docker options do not apply to ch-run",
+            ));
+        }
+        if !task.additional_singularity_options.is_empty() {
+            return Err(unsupported(
+                format!("{tpath}.additional_singularity_options"),
+                "Singularity options do not apply to ch-run",
+            ));
+        }
+        if job.gpus(task).is_some() {
+            return Err(unsupported(
+                format!("{tpath}.gpus"),
+                "GPU libraries must be injected into the image with ch-fromhost, which the plugin does not do yet",
+            ));
+        }
+        let mut t = self.task_base(job, task, index, &tpath)?;
+        let mut script = vec![image::binary_guard(&self.binary), SET_USER.to_string()];
+        match &task.multi_instance {
+            None => {
+                let program =
+                    mpi::program_words(task.command.as_deref().unwrap_or("true"), "/bin/sh");
+                let argv = self.ch_run(job, task, false).rank_argv(&program);
+                script.push(format!("exec {}", join(&argv)));
+            }
+            Some(mi) => {
+                let field = format!("{tpath}.multi_instance.num_instances");
+                let n = mi.num_instances.resolve(pool.node_count);
+                if n > pool.node_count {
+                    return Err(RuntimeError::Invalid {
+                        field,
+                        reason: format!(
+                            "{n} instances but pool `{}` has {} nodes",
+                            pool.pool_id, pool.node_count
+                        ),
+                    });
+                }
+                script.extend(mi.pre_execution_command.clone());
+                match &mi.mpi {
+                    Some(m) => script.push(self.mpi_line(job, task, m, &tpath)?),
+                    // without `mpi` the command runs as-is on the host (Batch Shipyard's rule)
+                    None => script.push(task.command.clone().unwrap_or_default()),
+                }
+                t.multi_instance_settings = Some(MultiInstanceSettings {
+                    number_of_instances: Some(i32::try_from(n).map_err(|_| too_large(field, n))?),
+                    coordination_command_line: mi
+                        .coordination_command
+                        .as_deref()
+                        .map(bash_c)
+                        .unwrap_or_else(|| "/bin/true".to_string()),
+                    common_resource_files: batch::resource_files(&mi.resource_files),
+                });
+            }
+        }
+        t.command_line = bash_c(&script.join("; "));
+        Ok(t)
+    }
+
+    /// The job preparation task: the `ch-run` check, every distinct image made ready, then the
+    /// user's own preparation command.
+    pub fn preparation_task(&self, job: &JobSpec) -> JobPreparationTask {
+        let mut parts = vec!["set -e".to_string(), image::binary_guard(&self.binary)];
+        let mut files = Vec::new();
+        for img in distinct_images(job) {
+            if let ImageSource::Tarball { remote: true, .. } = ImageSource::of(&img) {
+                files.push(ResourceFile {
+                    http_url: Some(img.clone()),
+                    file_path: Some(image::download_path(&img)),
+                    ..Default::default()
+                });
+            }
+            parts.push(image::prepare(&img));
+        }
+        if let Some(p) = &job.job_preparation {
+            parts.push(p.command.clone());
+        }
+        JobPreparationTask {
+            command_line: bash_c(&parts.join("; ")),
+            resource_files: (!files.is_empty()).then_some(files),
+            wait_for_success: Some(true),
+            user_identity: Some(batch::pool_admin()),
+            ..Default::default()
+        }
+    }
+}
+
+fn distinct_images(job: &JobSpec) -> Vec<String> {
+    let mut images: Vec<String> = Vec::new();
+    for t in &job.tasks {
+        if !images.contains(&t.image) {
+            images.push(t.image.clone());
+        }
+    }
+    images
+}
+
+impl ContainerRuntime for CharliecloudRuntime {
+    fn name(&self) -> &str {
+        NAME
+    }
+
+    fn plan(&self, job: &JobSpec, pool: &PoolFacts) -> Result<JobPlan, RuntimeError> {
+        job.validate()?;
+        pool.validate()?;
+        if pool.os == OsFamily::Windows {
+            return Err(unsupported(
+                "pool.os",
+                "Charliecloud runs on Linux pools only",
+            ));
+        }
+        if pool.native_containers {
+            return Err(unsupported(
+                "pool.native_containers",
+                "Charliecloud runs on pools without Batch container support (non-native)",
+            ));
+        }
+        let tasks = job
+            .tasks
+            .iter()
+            .enumerate()
+            .map(|(i, t)| self.plan_task(job, t, i, pool))
+            .collect::<Result<Vec<_>, _>>()?;
+        tracing::debug!(job = %job.id, pool = %pool.pool_id, tasks = tasks.len(), "planned charliecloud job");
+        Ok(JobPlan {
+            runtime: NAME.into(),
+            pool: PoolNeeds {
+                enable_inter_node_communication: job
+                    .tasks
+                    .iter()
+                    .any(|t| t.multi_instance.is_some()),
+                images: distinct_images(job),
+                ..Default::default()
+            },
+            job: JobNeeds {
+                job_preparation_task: Some(self.preparation_task(job)),
+                job_release_task: job.job_release.as_ref().map(|r| JobReleaseTask {
+                    command_line: bash_c(&r.command),
+                    user_identity: Some(batch::pool_admin()),
+                    ..Default::default()
+                }),
+                on_all_tasks_complete: job
+                    .auto_complete
+                    .then_some(OnAllTasksComplete::TerminateJob),
+                uses_task_dependencies: job.uses_task_dependencies(),
+                needs_ssh_key: false,
+            },
+            tasks,
+        })
+    }
+}
+
+shipyard_runtime::export_runtime_plugin!("charliecloud", CharliecloudRuntime::default());
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,460 @@
+//! The Charliecloud plugin's plans executed for real on this machine, one node
+//! (`AZ_BATCH_HOST_LIST=localhost`): the job preparation task unpacks the test image (exported
+//! from Docker as a tarball) into the node's shared directory, once; then the MPI task runs
+//! `mpirun.openmpi` and `mpiexec.mpich` on the host, each starting 4 `ch-run` ranks of the
+//! image's smoke-test program (rank count, sizes and allreduce checked); a plain task checks the
+//! root-directory bind, the working directory and `--set-env`; a node without `ch-run` fails the
+//! preparation naming the binary and its package.
+//!
+//! The node root directory is created under `target/`, outside `/tmp` (which `ch-run` shares
+//! with the host), so only the plan's `-b` bind makes it visible in the container.
+//!
+//! Needs Docker with the test image, Open MPI, MPICH and `ch-run` (`charliecloud-runtime`,
+//! installed by `scripts/setup.sh`).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use shipyard_e2e::{image_hello_path, require_mpi, require_test_image, HelloReport, MpiKind};
+use shipyard_plugin_charliecloud::CharliecloudRuntime;
+use shipyard_runtime::{ContainerRuntime, JobPlan, JobSpec, OsFamily, PoolFacts};
+
+const LABEL: &str = "shipyard-test=charliecloud";
+
+/// `ch-run` is required like every other prerequisite: a missing one fails the test.
+fn require_ch_run() {
+    let ok = Command::new("ch-run")
+        .arg("--version")
+        .env("USER", "root")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        ok,
+        "ch-run is missing: run `bash scripts/setup.sh` (installs charliecloud-runtime)"
+    );
+}
+
+fn show(o: &Output) -> String {
+    format!(
+        "status {:?}\n--- stdout\n{}\n--- stderr\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Runs a Batch command line as the node agent would (no `USER`: the plan must set it).
+fn run_batch(command_line: &str, cwd: &Path, env: &BTreeMap<String, String>) -> Output {
+    Command::new("/bin/sh")
+        .arg("-c")
+        .arg(format!("exec {command_line}"))
+        .current_dir(cwd)
+        .env_remove("USER")
+        .envs(env)
+        .output()
+        .expect("spawn /bin/sh")
+}
+
+/// A fake node: root, shared and task directories and the `AZ_BATCH_*` variables.
+struct Node {
+    root: tempfile::TempDir,
+    env: BTreeMap<String, String>,
+}
+
+impl Node {
+    fn new() -> Node {
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| shipyard_e2e::repo_root().join("target"));
+        std::fs::create_dir_all(&target).expect("target dir");
+        let root = tempfile::Builder::new()
+            .prefix("charliecloud-node-")
+            .tempdir_in(&target)
+            .expect("node root");
+        let shared = root.path().join("shared");
+        std::fs::create_dir_all(&shared).expect("mkdir shared");
+        let mut env = BTreeMap::new();
+        env.insert("AZ_BATCH_NODE_ROOT_DIR".into(), s(root.path()));
+        env.insert("AZ_BATCH_NODE_SHARED_DIR".into(), s(&shared));
+        env.insert("AZ_BATCH_HOST_LIST".into(), "localhost".into());
+        Node { root, env }
+    }
+
+    /// Runs `command_line` as task `name` (its own working directory) with extra variables.
+    fn run(&self, name: &str, command_line: &str, extra: &[(String, String)]) -> Output {
+        let wd = self.task_dir(name);
+        std::fs::create_dir_all(&wd).expect("mkdir task dir");
+        let mut env = self.env.clone();
+        env.insert("AZ_BATCH_TASK_WORKING_DIR".into(), s(&wd));
+        env.extend(extra.iter().cloned());
+        run_batch(command_line, &wd, &env)
+    }
+
+    fn task_dir(&self, name: &str) -> PathBuf {
+        self.root
+            .path()
+            .join("workitems/job/job-1")
+            .join(name)
+            .join("wd")
+    }
+}
+
+fn s(p: &Path) -> String {
+    p.display().to_string()
+}
+
+/// Exports the test image's file system to `<dir>/image.tar` (`docker export`).
+fn export_image(dir: &Path) -> PathBuf {
+    let out = Command::new("docker")
+        .args(["create", "--label", LABEL, shipyard_e2e::TEST_IMAGE, "true"])
+        .output()
+        .expect("docker create");
+    assert!(out.status.success(), "docker create: {}", show(&out));
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let tar = dir.join("image.tar");
+    let export = Command::new("docker")
+        .args(["export", "-o"])
+        .arg(&tar)
+        .arg(&id)
+        .output()
+        .expect("docker export");
+    let rm = Command::new("docker")
+        .args(["rm", "-f", &id])
+        .output()
+        .expect("docker rm");
+    assert!(export.status.success(), "docker export: {}", show(&export));
+    assert!(rm.status.success(), "docker rm: {}", show(&rm));
+    tar
+}
+
+fn pool() -> PoolFacts {
+    PoolFacts {
+        pool_id: "p".into(),
+        native_containers: false,
+        os: OsFamily::Linux,
+        subnet_pattern: "127.0.0.*".into(),
+        node_count: 1,
+        slots_per_node: 1,
+        cores_per_node: None,
+    }
+}
+
+fn plan(text: &str) -> JobPlan {
+    let job: JobSpec = toml::from_str(text).expect("job toml");
+    // the test runs as root, so the tasks run as the pool's admin (mpirun --allow-run-as-root)
+    CharliecloudRuntime::default()
+        .elevated(true)
+        .plan(&job, &pool())
+        .expect("plan")
+}
+
+fn mpi_job(image: &Path, kind: MpiKind, launcher: &Path) -> String {
+    format!(
+        r#"
+        id = "cc-{short}"
+        runtime = "charliecloud"
+        environment_variables = {{ SHIPYARD_VALUE = "forwarded-ok", HELLO_PRINT_ENV = "SHIPYARD_VALUE" }}
+        [[tasks]]
+        id = "mpi"
+        image = "{image}"
+        command = "{hello}"
+        [tasks.multi_instance]
+        num_instances = 1
+        [tasks.multi_instance.mpi]
+        runtime = "{short}"
+        executable_path = "{launcher}"
+        processes_per_node = 4
+        "#,
+        short = kind.short(),
+        image = image.display(),
+        hello = image_hello_path(kind),
+        launcher = launcher.display(),
+    )
+}
+
+fn task_env(plan: &JobPlan) -> Vec<(String, String)> {
+    plan.tasks[0]
+        .environment_settings
+        .iter()
+        .flatten()
+        .map(|e| (e.name.clone(), e.value.clone().unwrap_or_default()))
+        .collect()
+}
+
+#[test]
+fn charliecloud_plans_run_under_host_openmpi_and_mpich() {
+    if !require_test_image() {
+        return;
+    }
+    let (Some(ompi), Some(mpich)) = (require_mpi(MpiKind::OpenMpi), require_mpi(MpiKind::Mpich))
+    else {
+        return;
+    };
+    require_ch_run();
+    let node = Node::new();
+    let tar = export_image(node.root.path());
+
+    // job preparation: the tarball is unpacked into the shared directory once per node
+    let mut dir_of_image = None;
+    for kind_launcher in [
+        (MpiKind::OpenMpi, &ompi.launcher),
+        (MpiKind::Mpich, &mpich.launcher),
+    ] {
+        let (kind, launcher) = kind_launcher;
+        let plan = plan(&mpi_job(&tar, kind, launcher));
+        let prep = plan.job.job_preparation_task.as_ref().expect("prep task");
+        let out = node.run("jobpreparation", &prep.command_line, &[]);
+        assert!(out.status.success(), "prep failed: {}", show(&out));
+        let unpacked = node
+            .root
+            .path()
+            .join("shared/shipyard/charliecloud")
+            .join(shipyard_plugin_charliecloud::image::unpacked_name(&s(&tar)));
+        assert!(
+            unpacked
+                .join(image_hello_path(kind).trim_start_matches('/'))
+                .is_file(),
+            "{} not unpacked",
+            unpacked.display()
+        );
+        // cached: the second job's preparation reuses the directory (same inode)
+        let ino = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&unpacked).expect("stat"));
+        if let Some(first) = dir_of_image.replace(ino) {
+            assert_eq!(first, ino, "the image was unpacked again");
+        }
+        // the bind mount point exists inside the image
+        assert!(unpacked
+            .join(node.root.path().strip_prefix("/").expect("absolute"))
+            .is_dir());
+
+        let out = node.run("mpi", &plan.tasks[0].command_line, &task_env(&plan));
+        assert!(
+            out.status.success(),
+            "{} task failed: {}",
+            kind.short(),
+            show(&out)
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let report = HelloReport::parse(&stdout);
+        report.assert_complete(4);
+        assert_eq!(
+            stdout.matches("SHIPYARD_VALUE=forwarded-ok").count(),
+            4,
+            "every rank sees the task's variable: {}",
+            show(&out)
+        );
+    }
+    assert!(
+        std::fs::read_dir(node.root.path().join("shared/shipyard/charliecloud"))
+            .expect("image dir")
+            .count()
+            == 1,
+        "no temporary directories left"
+    );
+
+    // a plain task: ch-run once, in the task's working directory, the node root bound
+    let plain = plan(&format!(
+        r#"
+        id = "cc-plain"
+        runtime = "charliecloud"
+        [[tasks]]
+        id = "plain"
+        image = "{image}"
+        command = "sh -c 'echo \"cwd=$(pwd) value=$SHIPYARD_VALUE user=$USER\" > out.txt; cat /etc/debian_version'"
+        environment_variables = {{ SHIPYARD_VALUE = "set env" }}
+        "#,
+        image = tar.display()
+    ));
+    let out = node.run("plain", &plain.tasks[0].command_line, &task_env(&plain));
+    assert!(out.status.success(), "plain task failed: {}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with("12."),
+        "{}",
+        show(&out)
+    );
+    let written = std::fs::read_to_string(node.task_dir("plain").join("out.txt")).expect("out.txt");
+    assert_eq!(
+        written.trim(),
+        format!("cwd={} value=set env user=root", s(&node.task_dir("plain")))
+    );
+}
+
+#[test]
+fn a_node_without_ch_run_fails_the_preparation_naming_binary_and_package() {
+    let node = Node::new();
+    let plan = plan(
+        r#"
+        id = "cc-missing"
+        runtime = "charliecloud"
+        [[tasks]]
+        image = "/srv/images/mpi"
+        command = "true"
+        "#,
+    );
+    // a PATH with the tools a node has, but no ch-run
+    let bin = node.root.path().join("bin");
+    std::fs::create_dir_all(&bin).expect("mkdir bin");
+    for tool in ["hostname", "id"] {
+        let target = Command::new("/bin/sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .expect("command -v");
+        let target = String::from_utf8_lossy(&target.stdout).trim().to_string();
+        std::os::unix::fs::symlink(&target, bin.join(tool)).expect("symlink");
+    }
+    let path = vec![("PATH".to_string(), s(&bin))];
+    let prep = plan.job.job_preparation_task.as_ref().expect("prep");
+    let out = node.run("jobpreparation", &prep.command_line, &path);
+    assert_eq!(out.status.code(), Some(127), "{}", show(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("ch-run not found") && err.contains("charliecloud-runtime"),
+        "{}",
+        show(&out)
+    );
+    // the task command line has the same guard
+    let out = node.run("t", &plan.tasks[0].command_line, &path);
+    assert_eq!(out.status.code(), Some(127), "{}", show(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("charliecloud-runtime"));
+}
+
+/// Builds a package's artifact with cargo (quick when up to date) and returns `target/debug`.
+fn cargo_build(args: &[&str]) -> PathBuf {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let root = shipyard_e2e::repo_root();
+    let status = Command::new(cargo)
+        .current_dir(&root)
+        .arg("build")
+        .arg("-q")
+        .args(args)
+        .status()
+        .expect("run cargo build");
+    assert!(status.success(), "cargo build {args:?}");
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"))
+        .join("debug")
+}
+
+const CLI_CONFIG: &str = r#"
+[pool_specification]
+id = "cc-pool"
+vm_size = "Standard_D8s_v5"
+vm_count = 2
+inter_node_communication_enabled = true
+[pool_specification.vm_configuration.platform_image]
+publisher = "microsoft-dsvm"
+offer = "ubuntu-hpc"
+sku = "2204"
+node_agent_sku_id = "batch.node.ubuntu 22.04"
+
+[[job_specifications]]
+id = "cc-hello"
+runtime = "charliecloud"
+[[job_specifications.tasks]]
+id = "hello"
+image = "https://example.org/images/mpi-bookworm.tar.gz"
+command = "/opt/shipyard/bin/mpi-hello-mpich"
+[job_specifications.tasks.multi_instance]
+num_instances = 2
+[job_specifications.tasks.multi_instance.mpi]
+runtime = "mpich"
+processes_per_node = 4
+executable_path = "/usr/bin/mpiexec.mpich"
+"#;
+
+#[test]
+fn the_cli_loads_the_plugin_checks_and_dry_runs_spec_valid_requests() {
+    let debug = cargo_build(&["-p", "shipyard-plugin-charliecloud", "--lib"]);
+    cargo_build(&["-p", "shipyard-cli", "--bin", "shipyard"]);
+    let plugin = debug.join("libshipyard_plugin_charliecloud.so");
+    let shipyard = debug.join("shipyard");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("cc.toml");
+    std::fs::write(&cfg, CLI_CONFIG).expect("write config");
+    let cli = || {
+        let mut c = Command::new(&shipyard);
+        for v in [
+            "SHIPYARD_CONFIG",
+            "SHIPYARD_CONFIGDIR",
+            "SHIPYARD_TARGET",
+            "SHIPYARD_PLUGIN",
+        ] {
+            c.env_remove(v);
+        }
+        c
+    };
+
+    // without the plugin the runtime is unknown
+    let out = cli()
+        .arg("-c")
+        .arg(&cfg)
+        .args(["config", "check"])
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(2), "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("unknown container runtime `charliecloud`")
+    );
+    // with --plugin, and with SHIPYARD_PLUGIN
+    let out = cli()
+        .arg("--plugin")
+        .arg(&plugin)
+        .arg("-c")
+        .arg(&cfg)
+        .args(["config", "check"])
+        .output()
+        .expect("runs");
+    assert!(out.status.success(), "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("configuration OK"),
+        "{}",
+        show(&out)
+    );
+    let out = cli()
+        .env("SHIPYARD_PLUGIN", &plugin)
+        .args(["--output", "json", "--target", "azure", "--dry-run", "run"])
+        .arg(&cfg)
+        .output()
+        .expect("runs");
+    assert!(out.status.success(), "{}", show(&out));
+    let requests: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let requests = requests.as_array().expect("array of requests");
+    let spec = shipyard_batch_spec::schema::Spec::shared();
+    let mut defs = Vec::new();
+    for r in requests {
+        let def = r["definition"].as_str().expect("definition");
+        defs.push(def.to_string());
+        if let Err(v) = spec.validate(def, &r["body"]) {
+            panic!("{def} violates the spec: {v:?}\n{:#}", r["body"]);
+        }
+    }
+    assert_eq!(
+        defs[..3],
+        [
+            "PoolAddParameter",
+            "JobAddParameter",
+            "TaskAddCollectionParameter"
+        ]
+    );
+    let pool = &requests[0]["body"];
+    assert_eq!(pool["enableInterNodeCommunication"], true);
+    assert!(pool["virtualMachineConfiguration"]["containerConfiguration"].is_null());
+    let prep = &requests[1]["body"]["jobPreparationTask"];
+    assert!(prep["commandLine"]
+        .as_str()
+        .unwrap_or("")
+        .contains("charliecloud-runtime"));
+    assert_eq!(
+        prep["resourceFiles"][0]["httpUrl"],
+        "https://example.org/images/mpi-bookworm.tar.gz"
+    );
+    let task = &requests[2]["body"]["value"][0];
+    let line = task["commandLine"].as_str().unwrap_or("");
+    assert!(
+        line.contains("/usr/bin/mpiexec.mpich") && line.contains("ch-run"),
+        "{line}"
+    );
+    assert_eq!(task["multiInstanceSettings"]["numberOfInstances"], 2);
+}

@@ -1,0 +1,309 @@
+//! The local engine on real Docker: persistent pools reused by jobs, job preparation once per
+//! node, start task failure, recovery after the engine is dropped mid-task, and deletion that
+//! leaves nothing behind.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use shipyard_batch_api::models::{
+    ComputeNodeState, ContainerConfiguration, ImageReference, JobAddParameter, JobPreparationTask,
+    JobReleaseTask, JobState, OnAllTasksComplete, PoolAddParameter, PoolInformation, StartTask,
+    TaskAddParameter, TaskContainerSettings, TaskExecutionResult, TaskState,
+    VirtualMachineConfiguration,
+};
+use shipyard_local::engine::{labels, Engine, EngineOptions};
+
+const IMAGE: &str = "shipyard/mpi:bookworm";
+
+fn pool(id: &str, nodes: i32, start: Option<StartTask>) -> PoolAddParameter {
+    PoolAddParameter {
+        id: id.into(),
+        vm_size: "standard_d2s_v3".into(),
+        target_dedicated_nodes: Some(nodes),
+        task_slots_per_node: Some(1),
+        start_task: start,
+        virtual_machine_configuration: Some(VirtualMachineConfiguration {
+            image_reference: ImageReference::default(),
+            node_agent_sku_id: "batch.node.ubuntu 22.04".into(),
+            container_configuration: Some(ContainerConfiguration {
+                container_image_names: Some(vec![IMAGE.into()]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn task(id: &str, cmd: &str) -> TaskAddParameter {
+    TaskAddParameter {
+        id: id.into(),
+        command_line: cmd.into(),
+        container_settings: Some(TaskContainerSettings {
+            image_name: IMAGE.into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn job(id: &str, pool: &str) -> JobAddParameter {
+    JobAddParameter {
+        id: id.into(),
+        pool_info: PoolInformation {
+            pool_id: Some(pool.into()),
+            ..Default::default()
+        },
+        on_all_tasks_complete: Some(OnAllTasksComplete::TerminateJob),
+        ..Default::default()
+    }
+}
+
+async fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !f() {
+        assert!(
+            t.elapsed() < Duration::from_secs(secs),
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn docker_ids(kind: &str, instance: &str) -> Vec<String> {
+    let args: Vec<String> = match kind {
+        "container" => vec!["ps".into(), "-aq".into()],
+        _ => vec!["network".into(), "ls".into(), "-q".into()],
+    };
+    let out = Command::new("docker")
+        .args(&args)
+        .args([
+            "--filter",
+            &format!("label={}={instance}", labels::INSTANCE),
+        ])
+        .output()
+        .expect("docker runs");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(String::from)
+        .collect()
+}
+
+async fn wait_idle(e: &Engine, pool: &str, n: usize) {
+    wait_for("idle nodes", 120, || {
+        e.list_nodes(pool)
+            .map(|v| v.len() == n && v.iter().all(|x| x.state == Some(ComputeNodeState::Idle)))
+            .unwrap_or(false)
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engine_pool_reused_by_two_jobs_prep_once_per_node_and_delete_leaves_nothing(
+) -> anyhow::Result<()> {
+    if !shipyard_e2e::require_test_image() {
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let e = Engine::open(EngineOptions::new(dir.path())).await?;
+    let inst = e.instance_label().to_string();
+    e.add_pool(pool("p2", 2, None)).await?;
+    wait_idle(&e, "p2", 2).await;
+    let holders = docker_ids("container", &inst);
+    assert_eq!(holders.len(), 2, "one holder container per node");
+    for j in ["j1", "j2"] {
+        let mut jp = job(j, "p2");
+        jp.job_preparation_task = Some(JobPreparationTask {
+            command_line:
+                "/bin/sh -c 'echo prep >> $AZ_BATCH_NODE_SHARED_DIR/prep-$AZ_BATCH_JOB_ID'".into(),
+            container_settings: Some(TaskContainerSettings {
+                image_name: IMAGE.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        jp.job_release_task = Some(JobReleaseTask {
+            command_line: "/bin/sh -c 'echo rel >> $AZ_BATCH_NODE_SHARED_DIR/rel-$AZ_BATCH_JOB_ID'"
+                .into(),
+            container_settings: Some(TaskContainerSettings {
+                image_name: IMAGE.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        e.add_job(jp).await?;
+        let tasks = (0..4)
+            .map(|i| {
+                task(
+                    &format!("t{i}"),
+                    "/bin/sh -c 'echo $AZ_BATCH_NODE_ID $AZ_BATCH_TASK_ID; id -u'",
+                )
+            })
+            .collect();
+        let r = e.add_tasks(j, tasks).await?;
+        assert_eq!(r.len(), 4);
+        wait_for("job completed", 120, || {
+            e.get_job(j)
+                .map(|x| x.state == Some(JobState::Completed))
+                .unwrap_or(false)
+        })
+        .await;
+        for t in e.list_tasks(j)? {
+            let info = t.execution_info.clone().expect("ran");
+            assert_eq!(info.exit_code, Some(0), "{t:?}");
+            assert_eq!(info.result, Some(TaskExecutionResult::Success));
+            let id = t.id.clone().unwrap_or_default();
+            let f = e.task_file(j, &id, "stdout.txt")?;
+            let out = std::fs::read_to_string(&f.path)?;
+            let node = t.node_info.and_then(|n| n.node_id).unwrap_or_default();
+            assert_eq!(
+                out,
+                format!("{node} {id}\n1000\n"),
+                "stdout names node and task, runs as non-root"
+            );
+        }
+        let pr = e.prep_release_status(j)?;
+        assert!(!pr.is_empty());
+        for p in &pr {
+            let node = p.node_id.clone().unwrap_or_default();
+            let root = dir
+                .path()
+                .canonicalize()?
+                .join("pools")
+                .join("p2")
+                .join(&node)
+                .join("shared");
+            assert_eq!(
+                std::fs::read_to_string(root.join(format!("prep-{j}")))?,
+                "prep\n",
+                "prep once on {node}"
+            );
+            assert_eq!(
+                std::fs::read_to_string(root.join(format!("rel-{j}")))?,
+                "rel\n",
+                "release once on {node}"
+            );
+        }
+    }
+    assert_eq!(
+        docker_ids("container", &inst),
+        holders,
+        "jobs reuse the pool's nodes"
+    );
+    e.delete_pool("p2").await?;
+    assert_eq!(
+        e.get_pool("p2")?.state.map(|s| s.to_string()),
+        Some("deleting".into())
+    );
+    wait_for("pool gone", 60, || e.get_pool("p2").is_err()).await;
+    assert_eq!(e.get_pool("p2").err().map(|x| x.http_status()), Some(404));
+    assert!(
+        docker_ids("container", &inst).is_empty(),
+        "no container left"
+    );
+    assert!(docker_ids("network", &inst).is_empty(), "no network left");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engine_start_task_failure_marks_nodes_and_fails_tasks() -> anyhow::Result<()> {
+    if !shipyard_e2e::require_test_image() {
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let e = Engine::open(EngineOptions::new(dir.path())).await?;
+    let start = StartTask {
+        command_line: "/bin/sh -c 'exit 3'".into(),
+        container_settings: Some(TaskContainerSettings {
+            image_name: IMAGE.into(),
+            ..Default::default()
+        }),
+        wait_for_success: Some(true),
+        ..Default::default()
+    };
+    e.add_pool(pool("sf", 1, Some(start))).await?;
+    wait_for("starttaskfailed", 60, || {
+        e.list_nodes("sf")
+            .map(|v| {
+                v.first().and_then(|n| n.state.clone()) == Some(ComputeNodeState::StartTaskFailed)
+            })
+            .unwrap_or(false)
+    })
+    .await;
+    let n = &e.list_nodes("sf")?[0];
+    assert_eq!(
+        n.start_task_info.as_ref().and_then(|i| i.exit_code),
+        Some(3)
+    );
+    e.add_job(job("sfj", "sf")).await?;
+    e.add_tasks("sfj", vec![task("a", "/bin/true")]).await?;
+    wait_for("task failed", 30, || {
+        e.get_task("sfj", "a")
+            .map(|t| t.state == Some(TaskState::Completed))
+            .unwrap_or(false)
+    })
+    .await;
+    let t = e.get_task("sfj", "a")?;
+    let fi = t
+        .execution_info
+        .and_then(|i| i.failure_info)
+        .expect("failure info");
+    assert!(
+        fi.message.unwrap_or_default().contains("starttaskfailed"),
+        "names the start task failure"
+    );
+    e.delete_pool("sf").await?;
+    wait_for("pool gone", 60, || e.get_pool("sf").is_err()).await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engine_reopened_after_drop_mid_task_fails_it_with_a_reason() -> anyhow::Result<()> {
+    if !shipyard_e2e::require_test_image() {
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let inst;
+    {
+        let e = Engine::open(EngineOptions::new(dir.path())).await?;
+        inst = e.instance_label().to_string();
+        e.add_pool(pool("rp", 1, None)).await?;
+        wait_idle(&e, "rp", 1).await;
+        e.add_job(job("rj", "rp")).await?;
+        e.add_tasks("rj", vec![task("long", "sleep 300")]).await?;
+        wait_for("running", 60, || {
+            e.get_task("rj", "long")
+                .map(|t| t.state == Some(TaskState::Running))
+                .unwrap_or(false)
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        e.close().await;
+    }
+    let e = Engine::open(EngineOptions::new(dir.path())).await?;
+    let t = e.get_task("rj", "long")?;
+    assert_eq!(t.state, Some(TaskState::Completed));
+    let fi = t
+        .execution_info
+        .and_then(|i| i.failure_info)
+        .expect("failure info");
+    assert_eq!(fi.code.as_deref(), Some("TaskInterrupted"));
+    assert_eq!(
+        e.get_node("rp", &e.list_nodes("rp")?[0].id.clone().unwrap_or_default())?
+            .state,
+        Some(ComputeNodeState::Idle)
+    );
+    wait_for("job completed", 30, || {
+        e.get_job("rj")
+            .map(|j| j.state == Some(JobState::Completed))
+            .unwrap_or(false)
+    })
+    .await;
+    e.delete_pool("rp").await?;
+    wait_for("pool gone", 60, || e.get_pool("rp").is_err()).await;
+    assert!(
+        docker_ids("container", &inst).is_empty(),
+        "no container left"
+    );
+    Ok(())
+}
