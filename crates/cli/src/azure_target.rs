@@ -123,6 +123,9 @@ fn pool_id_of(config: &Config, given: &Option<String>) -> CliResult<String> {
 }
 
 /// The `Pool_Resize` body of `pool resize`.
+/// The terminate reason `jobs cmi` sends.
+pub(crate) const CMI_REASON: &str = "shipyard jobs cmi";
+
 pub(crate) fn resize_parameter(dedicated: u32, low_priority: u32) -> PoolResizeParameter {
     let n = |v: u32| Some(i32::try_from(v).unwrap_or(i32::MAX));
     PoolResizeParameter {
@@ -347,7 +350,7 @@ async fn jobs_command(
             let j = client.get_job(&job).await.map_err(failed)?;
             if j.state == Some(JobState::Active) {
                 client
-                    .terminate_job(&job, Some("shipyard jobs cmi"))
+                    .terminate_job(&job, Some(CMI_REASON))
                     .await
                     .map_err(failed)?;
             }

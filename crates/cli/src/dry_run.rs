@@ -1,11 +1,12 @@
 //! `--dry-run`: print the Azure Batch REST requests a command would send; send nothing.
 //!
-//! The requests come from `shipyard_submit` (a submission's own [`Submission::requests`], and
-//! the request description of every other operation), so what is printed is what is sent.
+//! The requests are `shipyard_batch_api::request` descriptions (a submission's own
+//! [`Submission::requests`], and the description of every other operation), which the client
+//! sends as they are: what is printed is what is sent.
 //!
 //! [`Submission::requests`]: shipyard_submit::Submission::requests
 
-use shipyard_submit::requests::{self, RestRequest};
+use shipyard_batch_api::request::{self, ListOptions, Request};
 
 use crate::args::{
     Command, FilesArgs, GlobalArgs, JobsCommand, OutputFormat, PoolCommand, TasksCommand,
@@ -13,10 +14,10 @@ use crate::args::{
 use crate::config::Config;
 use crate::{CliError, CliResult};
 
-fn print(global: &GlobalArgs, requests: &[RestRequest]) {
+fn print(global: &GlobalArgs, requests: &[Request]) {
     let text = match global.output {
         OutputFormat::Json => format!("{}\n", crate::output::to_json_string(&requests)),
-        OutputFormat::Table => requests::requests_text(requests),
+        OutputFormat::Table => request::render_text(requests),
     };
     crate::output::print_stdout(text.as_bytes());
 }
@@ -35,52 +36,59 @@ fn pool_id(config: &Config, given: &Option<String>) -> CliResult<String> {
     }
 }
 
-fn pool_requests(config: &Config, command: &PoolCommand) -> CliResult<Vec<RestRequest>> {
+fn pool_requests(config: &Config, command: &PoolCommand) -> CliResult<Vec<Request>> {
     Ok(match command {
         PoolCommand::Add => crate::submission::submission(config, None, true)?
             .pool
             .iter()
-            .map(requests::add_pool)
+            .map(request::add_pool)
             .collect(),
-        PoolCommand::List => vec![requests::list_pools()],
-        PoolCommand::Del { pool_id: id, .. } => vec![requests::delete_pool(&pool_id(config, id)?)],
+        PoolCommand::List => vec![request::list_pools(&ListOptions::default())],
+        PoolCommand::Del { pool_id: id, .. } => vec![request::delete_pool(&pool_id(config, id)?)],
         PoolCommand::Resize {
             dedicated,
             low_priority,
             pool_id: id,
-        } => vec![requests::resize_pool(
+        } => vec![request::resize_pool(
             &pool_id(config, id)?,
             &crate::azure_target::resize_parameter(*dedicated, *low_priority),
         )],
-        PoolCommand::Nodes { pool_id: id } => vec![requests::list_nodes(&pool_id(config, id)?)],
+        PoolCommand::Nodes { pool_id: id } => vec![request::list_nodes(
+            &pool_id(config, id)?,
+            &ListOptions::default(),
+        )],
     })
 }
 
-fn jobs_requests(config: &Config, command: &JobsCommand) -> CliResult<Vec<RestRequest>> {
+fn jobs_requests(config: &Config, command: &JobsCommand) -> CliResult<Vec<Request>> {
     Ok(match command {
         JobsCommand::Add { job } => {
             crate::submission::submission(config, job.as_deref(), false)?.requests()
         }
-        JobsCommand::List => vec![requests::list_jobs()],
-        JobsCommand::Del { job, .. } => vec![requests::delete_job(job)],
-        JobsCommand::Term { job } => vec![requests::terminate_job(job)],
-        JobsCommand::Tasks { job } => vec![requests::list_tasks(job)],
-        JobsCommand::Cmi { job } => vec![requests::list_completed_tasks(job)],
+        JobsCommand::List => vec![request::list_jobs(&ListOptions::default())],
+        JobsCommand::Del { job, .. } => vec![request::delete_job(job)],
+        JobsCommand::Term { job } => vec![request::terminate_job(job, None)],
+        JobsCommand::Tasks { job } => vec![request::list_tasks(job, &ListOptions::default())],
+        // Terminated only while active (what `jobs cmi` sends for an active job).
+        JobsCommand::Cmi { job } => vec![
+            request::get_job(job),
+            request::terminate_job(job, Some(crate::azure_target::CMI_REASON)),
+        ],
     })
 }
 
-fn tasks_requests(command: &TasksCommand) -> Vec<RestRequest> {
+fn tasks_requests(command: &TasksCommand) -> Vec<Request> {
     match command {
-        TasksCommand::List { job } => vec![requests::list_tasks(job)],
-        TasksCommand::Get { job, task } => vec![requests::get_task(job, task)],
-        TasksCommand::Term { job, task } => vec![requests::terminate_task(job, task)],
+        TasksCommand::List { job } => vec![request::list_tasks(job, &ListOptions::default())],
+        TasksCommand::Get { job, task } => vec![request::get_task(job, task)],
+        TasksCommand::Term { job, task } => vec![request::terminate_task(job, task)],
     }
 }
 
-fn files_requests(f: &FilesArgs) -> Vec<RestRequest> {
+fn files_requests(f: &FilesArgs) -> Vec<Request> {
     crate::azure_target::file_names(f)
         .iter()
-        .map(|name| requests::get_task_file(&f.job, &f.task, name))
+        .map(|name| request::get_task_file(&f.job, &f.task, name))
         .collect()
 }
 

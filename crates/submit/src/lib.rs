@@ -13,7 +13,8 @@
 //!   when the tasks can never finish, and after [`SubmitOptions::timeout`] (24 h by default);
 //! - [`Submitter::run`]: both, terminating the jobs it created on failure, timeout or
 //!   [`Submitter::cancel_token`] (so their release tasks run) and saying so in the error;
-//! - [`Submission::requests`]: the requests a submission sends, for `--dry-run`.
+//! - [`Submission::requests`]: the requests a submission sends, for `--dry-run`, as
+//!   [`shipyard_batch_api::request`] describes them (the client sends exactly those).
 //!
 //! Output about Batch resources goes through [`redact`] so no SSH key is ever printed.
 //!
@@ -32,14 +33,12 @@
 mod error;
 mod events;
 pub mod redact;
-pub mod requests;
 mod submission;
 mod submitter;
 mod watch;
 
 pub use error::{Result, SubmitError};
 pub use events::{EventSender, OutputStream, SubmitEvent};
-pub use requests::RestRequest;
 pub use submission::{JobSubmission, Submission};
 pub use submitter::{
     RunOutcome, SubmitOptions, Submitted, SubmittedJob, Submitter, DEFAULT_POLL_INTERVAL,

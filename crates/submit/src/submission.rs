@@ -8,7 +8,7 @@ use shipyard_runtime::JobPlan;
 
 use crate::error::{Result, SubmitError};
 use crate::redact::{redact_in_place, KEY_PLACEHOLDER};
-use crate::requests::{self, RestRequest};
+use shipyard_batch_api::request::{self, Request, MAX_TASK_COLLECTION_BYTES};
 
 /// One job ready to submit: `Job_Add` without `onAllTasksComplete` (Batch would apply it to
 /// the still empty job at once), the tasks for `Task_AddCollection`, and the
@@ -39,10 +39,34 @@ impl JobSubmission {
         }
         let mut job = plan.job_add_parameter(job_id, pool_id);
         let on_all_tasks_complete = job.on_all_tasks_complete.take();
-        Ok(JobSubmission {
+        let submission = JobSubmission {
             job,
             tasks: plan.tasks,
             on_all_tasks_complete,
+        };
+        submission.check()?;
+        Ok(submission)
+    }
+
+    /// Refuses tasks that no `Task_AddCollection` request can hold (larger than the service's
+    /// request limit on their own, or not serializable), naming them: sending the job would
+    /// leave it without them.
+    pub fn check(&self) -> Result<()> {
+        let rejected =
+            request::task_collection_chunks(&self.tasks, MAX_TASK_COLLECTION_BYTES).rejected;
+        if rejected.is_empty() {
+            return Ok(());
+        }
+        let details: Vec<String> = rejected
+            .iter()
+            .take(5)
+            .map(|(i, e)| format!("{}: {e}", self.tasks[*i].id))
+            .collect();
+        Err(SubmitError::TasksRejected {
+            job: self.id().to_string(),
+            failed: rejected.len(),
+            total: self.tasks.len(),
+            details: details.join("; "),
         })
     }
 
@@ -63,13 +87,16 @@ impl JobSubmission {
 
     /// The requests this job sends, in order: `Job_Add`, `Task_AddCollection` chunks, then
     /// `Job_Patch`. The SSH key slots read [`KEY_PLACEHOLDER`].
-    pub fn requests(&self) -> Vec<RestRequest> {
-        let mut add = requests::add_job(&self.job);
-        redact_in_place(&mut add.body, KEY_PLACEHOLDER);
+    /// Tasks no request can hold are in none ([`JobSubmission::check`] refuses them).
+    pub fn requests(&self) -> Vec<Request> {
+        let mut add = request::add_job(&self.job);
+        if let Some(body) = add.body.as_mut() {
+            redact_in_place(body, KEY_PLACEHOLDER);
+        }
         let mut out = vec![add];
-        out.extend(requests::add_task_collection(self.id(), &self.tasks));
+        out.extend(request::add_task_collection(self.id(), &self.tasks));
         if let Some(patch) = self.patch() {
-            out.push(requests::patch_job(self.id(), &patch));
+            out.push(request::patch_job(self.id(), &patch));
         }
         out
     }
@@ -115,6 +142,11 @@ impl Submission {
         Ok(self.job(job))
     }
 
+    /// Refuses a job with tasks no request can hold ([`JobSubmission::check`]).
+    pub fn check(&self) -> Result<()> {
+        self.jobs.iter().try_for_each(JobSubmission::check)
+    }
+
     /// Tasks over all jobs.
     pub fn task_count(&self) -> usize {
         self.jobs.iter().map(|j| j.tasks.len()).sum()
@@ -122,8 +154,8 @@ impl Submission {
 
     /// Every request a submission sends when the pool is missing: `Pool_Add` (when a pool is
     /// given), then each job's [`JobSubmission::requests`]. What `--dry-run` prints.
-    pub fn requests(&self) -> Vec<RestRequest> {
-        let mut out: Vec<RestRequest> = self.pool.iter().map(requests::add_pool).collect();
+    pub fn requests(&self) -> Vec<Request> {
+        let mut out: Vec<Request> = self.pool.iter().map(request::add_pool).collect();
         for job in &self.jobs {
             out.extend(job.requests());
         }

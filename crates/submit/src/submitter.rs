@@ -198,6 +198,8 @@ impl Submitter {
         events: Option<&EventSender>,
         submitted: &mut Submitted,
     ) -> Result<()> {
+        // Before anything is created: a job missing tasks would be a partial submission.
+        submission.check()?;
         if let Some(pool) = &submission.pool {
             let exists = self
                 .client

@@ -274,7 +274,10 @@ async fn requests_describe_what_the_server_stores() {
     let server = server().await;
     let sub = submission(&["a"]);
     let described = sub.requests();
-    let ops: Vec<(&str, &str)> = described.iter().map(|r| (r.method, r.definition)).collect();
+    let ops: Vec<(&str, &str)> = described
+        .iter()
+        .map(|r| (r.method.as_str(), r.definition.unwrap_or("-")))
+        .collect();
     assert_eq!(
         ops,
         [
@@ -291,11 +294,35 @@ async fn requests_describe_what_the_server_stores() {
     let job = server.job(JOB).expect("job");
     assert_eq!(
         job["jobPreparationTask"]["commandLine"],
-        described[1].body["jobPreparationTask"]["commandLine"]
+        described[1].body.as_ref().expect("body")["jobPreparationTask"]["commandLine"]
     );
     let task = server.task(JOB, "a").expect("task");
     assert_eq!(
         task["commandLine"],
-        described[2].body["value"][0]["commandLine"]
+        described[2].body.as_ref().expect("body")["value"][0]["commandLine"]
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_no_request_can_hold_is_refused_before_anything_is_sent() {
+    let server = server().await;
+    let mut sub = submission(&["small", "huge"]);
+    sub.jobs[0].tasks[1].command_line = format!("/bin/echo {}", "x".repeat(1_100_000));
+    // Dry run and submission refuse it alike; the description leaves it out of every request.
+    let err = sub.check().expect_err("the huge task is refused");
+    let text = err.to_string();
+    assert!(text.contains("1 of 2 tasks"), "{text}");
+    assert!(text.contains("huge"), "{text}");
+    let in_requests: usize = sub
+        .requests()
+        .iter()
+        .filter_map(|r| r.body.as_ref()?["value"].as_array().map(Vec::len))
+        .sum();
+    assert_eq!(in_requests, 1);
+    let err = submitter(&server, SubmitOptions::default())
+        .submit(&sub)
+        .await
+        .expect_err("refused");
+    assert!(err.to_string().contains("huge"), "{err}");
+    assert!(server.requests().is_empty(), "nothing was sent");
 }
