@@ -45,34 +45,7 @@ pub const ENV_AAD_CLIENT_ID: &str = "SHIPYARD_AAD_CLIENT_ID";
 /// Environment variable with the Entra ID client secret.
 pub const ENV_AAD_CLIENT_SECRET: &str = "SHIPYARD_AAD_CLIENT_SECRET";
 
-/// A secret value (account key, client secret). `Debug` and `Display` print a placeholder.
-#[derive(Clone, PartialEq, Eq, Deserialize)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps a secret.
-    pub fn new(value: impl Into<String>) -> Self {
-        Secret(value.into())
-    }
-
-    /// The secret value; never print or log it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
+pub use shipyard_batch_api::Secret;
 
 /// `[credentials]`.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -396,7 +369,7 @@ impl Config {
             batch.account_service_url = Some(v);
         }
         if let Some(v) = get(ENV_ACCOUNT_KEY) {
-            batch.account_key = Some(Secret(v));
+            batch.account_key = Some(Secret::new(v));
         }
         let tenant = get(ENV_AAD_TENANT);
         let client = get(ENV_AAD_CLIENT_ID);
@@ -410,7 +383,7 @@ impl Config {
                 aad.client_id = Some(v);
             }
             if let Some(v) = secret {
-                aad.client_secret = Some(Secret(v));
+                aad.client_secret = Some(Secret::new(v));
             }
         }
     }
