@@ -289,9 +289,13 @@ async fn jobs_add(
     config: &Config,
     format: OutputFormat,
     only: Option<&str>,
+    recreate: bool,
 ) -> CliResult {
     let submission = crate::submission::submission(config, only, false)?;
-    let submitter = Submitter::new(client.clone(), SubmitOptions::default());
+    let opts = SubmitOptions::default()
+        .poll_interval(poll_interval())
+        .recreate(recreate);
+    let submitter = Submitter::new(client.clone(), opts);
     let submitted = submitter.submit(&submission).await.map_err(failed)?;
     let rows: Vec<AddedJob> = submitted
         .jobs
@@ -318,7 +322,9 @@ async fn jobs_command(
     command: JobsCommand,
 ) -> CliResult {
     match command {
-        JobsCommand::Add { job } => return jobs_add(client, config, format, job.as_deref()).await,
+        JobsCommand::Add { job, recreate } => {
+            return jobs_add(client, config, format, job.as_deref(), recreate).await
+        }
         JobsCommand::List => {
             let jobs: Vec<_> = client
                 .list_jobs(&ListOptions::default())
@@ -485,7 +491,8 @@ pub(crate) fn run(global: &GlobalArgs, config: &Config, args: &RunArgs) -> CliRe
     let submission = crate::submission::submission(config, args.job.as_deref(), true)?;
     let mut opts = SubmitOptions::default()
         .poll_interval(poll_interval())
-        .stream_output(args.tail);
+        .stream_output(args.tail)
+        .recreate(args.recreate);
     if let Some(t) = args.timeout {
         opts = opts.timeout(Duration::from_secs(t));
     }

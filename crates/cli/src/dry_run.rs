@@ -62,7 +62,7 @@ fn pool_requests(config: &Config, command: &PoolCommand) -> CliResult<Vec<Reques
 
 fn jobs_requests(config: &Config, command: &JobsCommand) -> CliResult<Vec<Request>> {
     Ok(match command {
-        JobsCommand::Add { job } => {
+        JobsCommand::Add { job, .. } => {
             crate::submission::submission(config, job.as_deref(), false)?.requests()
         }
         JobsCommand::List => vec![request::list_jobs(&ListOptions::default())],

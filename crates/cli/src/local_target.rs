@@ -351,13 +351,14 @@ pub(crate) fn command(global: &GlobalArgs, command: Command) -> CliResult {
             });
             Ok(())
         }
-        Command::Jobs(JobsCommand::Add { job }) => {
+        Command::Jobs(JobsCommand::Add { job, recreate }) => {
             let config = config.ok_or_else(|| CliError::Usage("jobs add needs a configuration (-c FILE)".into()))?;
             let args = RunArgs {
                 configs: vec![],
                 job,
                 tail: false,
                 timeout: None,
+                recreate,
             };
             config.validate()?;
             run(global, &config, &args)

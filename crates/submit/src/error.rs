@@ -37,6 +37,21 @@ pub enum SubmitError {
         /// The first few `task: error` pairs.
         details: String,
     },
+    /// The job exists (a finished run's, or another's) and sets `onAllTasksComplete`, so its
+    /// tasks cannot be added to it.
+    #[error("job `{job}` already exists; delete it, or resubmit with recreate (`--recreate`) to delete a finished job first")]
+    JobExists {
+        /// Job id.
+        job: String,
+    },
+    /// Recreate was asked for, but the job is still active (it may be another run's).
+    #[error("job `{job}` is {state}, not finished; terminate it first (`jobs term {job}`)")]
+    JobActive {
+        /// Job id.
+        job: String,
+        /// Its state.
+        state: String,
+    },
     /// The job preparation task failed on a node: the job's tasks can never run there.
     #[error(
         "job `{job}`: the job preparation task failed on node `{node}` (pool `{pool}`) with exit code {}{}",
@@ -137,6 +152,7 @@ impl SubmitError {
         match self {
             SubmitError::Batch { source, .. } => source.code(),
             SubmitError::Aborted { source, .. } => source.code(),
+            SubmitError::JobExists { .. } => Some("JobExists"),
             _ => None,
         }
     }

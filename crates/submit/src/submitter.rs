@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use futures::stream::BoxStream;
 use futures::StreamExt as _;
-use shipyard_batch_api::models::{CloudTask, TaskExecutionResult};
+use shipyard_batch_api::models::{CloudTask, JobState, TaskExecutionResult};
 use shipyard_batch_api::BatchClient;
 use tokio_util::sync::CancellationToken;
 
@@ -32,6 +32,9 @@ pub struct SubmitOptions {
     pub stream_output: bool,
     /// Terminate the submitted jobs when the run fails, times out or is cancelled.
     pub terminate_on_failure: bool,
+    /// A job id that exists and has finished (`completed`, or `terminating` until it is) is
+    /// deleted and added anew, as Batch Shipyard's `--recreate` does; an active job is refused.
+    pub recreate: bool,
 }
 
 impl Default for SubmitOptions {
@@ -41,6 +44,7 @@ impl Default for SubmitOptions {
             timeout: DEFAULT_TIMEOUT,
             stream_output: false,
             terminate_on_failure: true,
+            recreate: false,
         }
     }
 }
@@ -61,6 +65,12 @@ impl SubmitOptions {
     /// Report output lines.
     pub fn stream_output(mut self, on: bool) -> Self {
         self.stream_output = on;
+        self
+    }
+
+    /// Delete a finished job with the same id before adding it (default off).
+    pub fn recreate(mut self, on: bool) -> Self {
+        self.recreate = on;
         self
     }
 
@@ -226,6 +236,48 @@ impl Submitter {
         Ok(())
     }
 
+    /// Deletes job `id` once it has finished (waiting while it is `terminating`), and waits
+    /// until Batch no longer knows it. An active job is refused: it may be another run's.
+    async fn delete_finished_job(&self, id: &str) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + self.opts.timeout;
+        let mut deleted = false;
+        loop {
+            let job = match self.client.get_job(id).await {
+                Ok(j) => j,
+                Err(e) if e.is_not_found() => return Ok(()),
+                Err(e) => return Err(SubmitError::batch(format!("reading job `{id}`"), e)),
+            };
+            match job.state {
+                Some(JobState::Completed) if !deleted => {
+                    tracing::info!(job = %id, "recreate: deleting the finished job");
+                    self.client
+                        .delete_job(id)
+                        .await
+                        .map_err(|e| SubmitError::batch(format!("deleting job `{id}`"), e))?;
+                    deleted = true;
+                }
+                Some(JobState::Completed | JobState::Terminating | JobState::Deleting) => {}
+                state => {
+                    return Err(SubmitError::JobActive {
+                        job: id.to_string(),
+                        state: state.map_or_else(|| "unknown".to_string(), |s| s.to_string()),
+                    })
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(SubmitError::TimedOut {
+                    timeout: self.opts.timeout,
+                    completed: 0,
+                    total: 0,
+                });
+            }
+            tokio::select! {
+                () = self.cancel.cancelled() => return Err(SubmitError::Cancelled),
+                () = tokio::time::sleep(self.opts.poll_interval) => {}
+            }
+        }
+    }
+
     /// Adds one job. Like Batch Shipyard, adding to an existing job adds its tasks, unless the
     /// job sets `onAllTasksComplete` (it may already have completed).
     async fn add_job(
@@ -238,9 +290,20 @@ impl Submitter {
         let patch = job.patch();
         let created = match self.client.add_job(&job.job).await {
             Ok(_) => true,
+            Err(e) if e.code() == Some("JobExists") && self.opts.recreate => {
+                self.delete_finished_job(&id).await?;
+                self.client
+                    .add_job(&job.job)
+                    .await
+                    .map_err(|e| SubmitError::batch(format!("adding job `{id}` again"), e))?;
+                true
+            }
             Err(e) if e.code() == Some("JobExists") && patch.is_none() => {
                 tracing::info!(job = %id, "job exists; adding its tasks");
                 false
+            }
+            Err(e) if e.code() == Some("JobExists") => {
+                return Err(SubmitError::JobExists { job: id });
             }
             Err(e) => return Err(SubmitError::batch(format!("adding job `{id}`"), e)),
         };

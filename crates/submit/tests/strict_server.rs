@@ -326,3 +326,44 @@ async fn a_task_no_request_can_hold_is_refused_before_anything_is_sent() {
     assert!(err.to_string().contains("huge"), "{err}");
     assert!(server.requests().is_empty(), "nothing was sent");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recreate_deletes_a_finished_job_and_adds_it_again() {
+    let server = server().await;
+    let sub = submission(&["a"]);
+    let opts = || SubmitOptions::default().poll_interval(Duration::from_millis(20));
+    submitter(&server, opts())
+        .submit(&sub)
+        .await
+        .expect("first submit");
+    // An active job is another run's: recreate refuses it and leaves it alone.
+    let err = submitter(&server, opts().recreate(true))
+        .submit(&sub)
+        .await
+        .expect_err("active job");
+    assert!(err.to_string().contains("is active, not finished"), "{err}");
+    assert!(server.job(JOB).is_some());
+    // A finished job: without recreate the rerun says how to rerun it ...
+    assert!(server.set_job_state(JOB, "completed"));
+    let err = submitter(&server, opts())
+        .submit(&sub)
+        .await
+        .expect_err("job exists");
+    assert_eq!(err.code(), Some("JobExists"), "{err}");
+    assert!(err.to_string().contains("--recreate"), "{err}");
+    // ... and with it the job is deleted and added anew, with its tasks.
+    let submitted = submitter(&server, opts().recreate(true))
+        .submit(&sub)
+        .await
+        .expect("recreated");
+    assert!(submitted.jobs[0].created);
+    let job = server.job(JOB).expect("job again");
+    assert_eq!(job["state"], "active");
+    assert_eq!(server.task_count(JOB), 1);
+    let deletes = server
+        .requests()
+        .iter()
+        .filter(|r| r.operation.as_deref() == Some("Job_Delete"))
+        .count();
+    assert_eq!(deletes, 1);
+}
