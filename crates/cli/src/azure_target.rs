@@ -41,6 +41,7 @@ fn poll_interval() -> Duration {
 
 /// Builds a client from the configuration's `[credentials.batch]` (after env overrides).
 pub fn client(config: &Config) -> CliResult<BatchClient> {
+    config.check_endpoints()?;
     let missing = |what: &str, hint: &str| {
         CliError::Config(ConfigError::Missing {
             what: what.to_string(),

@@ -73,6 +73,10 @@ pub struct BatchCredentials {
     /// `[credentials.batch.aad]`: Entra ID service principal instead of Shared Key.
     #[serde(default)]
     pub aad: Option<AadCredentials>,
+    /// Send credentials to hosts outside the Azure clouds' Batch and Entra ID hosts (a private
+    /// endpoint or proxy); https is still required off loopback. See `docs/security.md`.
+    #[serde(default)]
+    pub allow_custom_endpoints: bool,
 }
 
 /// `[credentials.batch.aad]`: a Microsoft Entra ID service principal.
@@ -285,6 +289,10 @@ pub struct Config {
     pub jobs: Vec<LoadedJob>,
     /// `[local]`.
     pub local: LocalSettings,
+    /// Index in [`Config::files`] of the file with `[credentials]`.
+    pub credentials_file: Option<usize>,
+    /// `account_service_url` came from `SHIPYARD_BATCH_ACCOUNT_URL`.
+    pub account_url_from_env: bool,
 }
 
 /// File names looked up in a `--configdir`, in order.
@@ -326,6 +334,7 @@ impl Config {
             take(2, "local", parsed.local.is_some())?;
             if let Some(c) = parsed.credentials {
                 config.credentials = c;
+                config.credentials_file = Some(idx);
             }
             if let Some(p) = parsed.pool_specification {
                 config.pool = Some((p, idx));
@@ -367,6 +376,7 @@ impl Config {
         }
         if let Some(v) = get(ENV_ACCOUNT_URL) {
             batch.account_service_url = Some(v);
+            self.account_url_from_env = true;
         }
         if let Some(v) = get(ENV_ACCOUNT_KEY) {
             batch.account_key = Some(Secret::new(v));
@@ -415,6 +425,52 @@ impl Config {
                     ),
                 ));
             }
+        }
+        Ok(())
+    }
+
+    /// Checks `account_service_url` and `aad.authority_url` ([`crate::endpoints`]): https
+    /// (except loopback), and Azure hosts unless `allow_custom_endpoints` opts in.
+    pub fn check_endpoints(&self) -> Result<(), ConfigError> {
+        use crate::endpoints::{check, Endpoint};
+        let Some(batch) = &self.credentials.batch else {
+            return Ok(());
+        };
+        let base = FieldPath::root().key("credentials").key("batch");
+        let mut urls = Vec::new();
+        if let Some(u) = &batch.account_service_url {
+            urls.push((
+                u,
+                Endpoint::BatchAccount,
+                base.key("account_service_url"),
+                self.account_url_from_env,
+            ));
+        }
+        if let Some(u) = batch.aad.as_ref().and_then(|a| a.authority_url.as_ref()) {
+            urls.push((
+                u,
+                Endpoint::EntraAuthority,
+                base.key("aad").key("authority_url"),
+                false,
+            ));
+        }
+        for (url, endpoint, field, from_env) in urls {
+            let Err(reason) = check(url, endpoint, batch.allow_custom_endpoints) else {
+                continue;
+            };
+            return Err(match self.credentials_file {
+                Some(file) if !from_env => self.invalid(file, &field, reason),
+                _ => ConfigError::Invalid {
+                    file: PathBuf::from(if from_env {
+                        ENV_ACCOUNT_URL
+                    } else {
+                        "environment"
+                    }),
+                    location: None,
+                    field: field.to_string(),
+                    reason,
+                },
+            });
         }
         Ok(())
     }
@@ -540,12 +596,31 @@ fn parse_error(path: &Path, text: &str, field: Option<String>, e: &toml::de::Err
             None => unknown.to_string(),
         });
     }
+    let location = location(path, text, span);
+    // A value quoted in the message of a line that may hold a secret is not shown either.
+    let message = if location.source_line == REDACTED_LINE {
+        scrub_quoted(&message)
+    } else {
+        message
+    };
     ConfigError::Parse {
-        location: Box::new(location(path, text, span)),
+        location: Box::new(location),
         field,
         message,
         hint,
     }
+}
+
+/// `message` with every `"..."` replaced by `"<redacted>"`.
+fn scrub_quoted(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    for (i, part) in message.split('"').enumerate() {
+        if i > 0 {
+            out.push('"');
+        }
+        out.push_str(if i % 2 == 1 { "<redacted>" } else { part });
+    }
+    out
 }
 
 fn backticked_after<'a>(message: &'a str, prefix: &str) -> Option<&'a str> {
@@ -577,6 +652,49 @@ pub fn suggest<'a>(bad: &str, candidates: impl Iterator<Item = &'a str>) -> Opti
         .map(|(_, _, c)| c.to_string())
 }
 
+/// What an error snippet shows instead of a line that may hold a secret.
+pub const REDACTED_LINE: &str = "<line not shown: it may hold a secret>";
+
+/// Key names whose values are secrets (matched as parts of a key, case-insensitively).
+const SECRET_KEY_PARTS: [&str; 6] = ["key", "secret", "password", "token", "sas", "auth"];
+
+/// Whether `line` (preceded by `before` in its file) may hold a secret: it is in a
+/// `[credentials...]` table (TOML) or under a top-level `credentials:` key (YAML), or its key
+/// names a secret (`account_key`, `client_secret`, `password`, ...).
+pub fn may_hold_secret(before: &str, line: &str) -> bool {
+    let key = line
+        .trim_start()
+        .trim_start_matches("- ")
+        .split(['=', ':'])
+        .next()
+        .unwrap_or("")
+        .trim()
+        .trim_matches('"')
+        .to_ascii_lowercase();
+    if line.contains('=') || line.contains(':') {
+        if SECRET_KEY_PARTS.iter().any(|p| key.contains(p)) {
+            return true;
+        }
+    }
+    let in_credentials = |l: &str| {
+        let t = l.trim();
+        let header = t.trim_start_matches('[').trim_start();
+        (t.starts_with('[') && header.starts_with("credentials"))
+            || t.starts_with("credentials")
+            || t.starts_with("\"credentials")
+    };
+    // The enclosing section: the nearest TOML table header or unindented YAML key.
+    let opener = std::iter::once(line).chain(before.lines().rev()).find(|l| {
+        let t = l.trim_start();
+        t.starts_with('[')
+            || (!l.starts_with([' ', '\t', '#', '-'])
+                && !t.is_empty()
+                && t.contains(':')
+                && !t.contains('='))
+    });
+    opener.is_some_and(in_credentials) || in_credentials(line)
+}
+
 /// Line/column of a byte span.
 pub fn location(path: &Path, text: &str, span: std::ops::Range<usize>) -> Location {
     let start = span.start.min(text.len());
@@ -591,6 +709,11 @@ pub fn location(path: &Path, text: &str, span: std::ops::Range<usize>) -> Locati
     let source_line = text[line_start..line_end]
         .trim_end_matches('\r')
         .to_string();
+    let source_line = if may_hold_secret(&text[..line_start], &source_line) {
+        REDACTED_LINE.to_string()
+    } else {
+        source_line
+    };
     let end = span.end.clamp(start, line_end);
     let width = text.get(start..end).map_or(1, |s| s.chars().count()).max(1);
     Location {
@@ -651,6 +774,33 @@ mod tests {
         let loc = location(Path::new("f.toml"), text, 8..10);
         assert_eq!((loc.line, loc.column, loc.width), (2, 3, 2));
         assert_eq!(loc.to_string(), "f.toml:2:3");
+    }
+
+    #[test]
+    fn snippets_never_show_a_line_that_may_hold_a_secret() {
+        let path = Path::new("c.toml");
+        for text in [
+            "[credentials.batch]\nacount_key = \"SUPERSECRET\"\n",
+            "[credentials.batch]\naccount_key = \"SUPERSECRET\n",
+            "[credentials.batch]\naad = \"SUPERSECRET\"\n",
+            "credentials = { batch = { acount_key = \"SUPERSECRET\" } }\n",
+            "[pool_specification]\npassword = \"SUPERSECRET\"\n",
+        ] {
+            let e = parse_file(path, text).expect_err(text);
+            let shown = format!("{e}\n{}", e.snippet());
+            assert!(!shown.contains("SUPERSECRET"), "{text}: {shown}");
+            assert!(shown.contains(REDACTED_LINE), "{text}: {shown}");
+            assert!(shown.contains("c.toml:"), "{shown}");
+        }
+        // Other lines are shown as written.
+        let e = parse_file(path, "[pool_specification]\nvm_sise = 3\n").expect_err("typo");
+        assert!(e.snippet().contains("vm_sise = 3"), "{}", e.snippet());
+        // YAML: everything under `credentials:`.
+        assert!(may_hold_secret(
+            "credentials:\n  batch:\n",
+            "    account_name: x"
+        ));
+        assert!(!may_hold_secret("pool_specification:\n", "  vm_size: x"));
     }
 
     #[test]

@@ -12,6 +12,7 @@ use clap::{CommandFactory, Parser};
 
 pub mod args;
 pub mod config;
+pub mod endpoints;
 pub mod output;
 pub mod submission;
 
@@ -231,6 +232,7 @@ pub fn load_optional(global: &GlobalArgs) -> CliResult<Option<Config>> {
 
 fn config_check(global: &GlobalArgs, config: &Config) -> CliResult {
     config.validate()?;
+    config.check_endpoints()?;
     let mut jobs = Vec::new();
     for job in &config.jobs {
         // Against the configured pool; without one, against this machine (the local target).

@@ -745,3 +745,83 @@ multi_instance = { num_instances = 2 }
             "pool_specification.vm_configuration.platform_image.native",
         ));
 }
+
+/// Issue 13, finding 4: a typo in `[credentials]` must not print the secret on that line.
+#[test]
+fn config_errors_never_echo_a_credentials_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for body in [
+        "acount_key = \"SUPERSECRETVALUE\"\n",
+        "account_key = \"SUPERSECRETVALUE\n",
+        "aad = \"SUPERSECRETVALUE\"\n",
+    ] {
+        let cfg = write(
+            dir.path(),
+            "credentials.toml",
+            &format!("[credentials.batch]\naccount_name = \"a\"\n{body}"),
+        );
+        let out = config_check_fails(&cfg).get_output().clone();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("SUPERSECRETVALUE"), "{stderr}");
+        assert!(stderr.contains("credentials.toml:3:"), "{stderr}");
+        assert!(stderr.contains("may hold a secret"), "{stderr}");
+    }
+}
+
+/// Issue 13, finding 5: credentials go only to https Azure hosts (or loopback) unless the
+/// config opts in.
+#[test]
+fn credentials_go_only_to_azure_hosts_over_https() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ex = examples_dir().join("local-openmpi.toml");
+    let check = |creds: &str| {
+        let c = write(dir.path(), "credentials.toml", creds);
+        shipyard()
+            .arg("-c")
+            .arg(&ex)
+            .arg("--credentials")
+            .arg(&c)
+            .args(["config", "check"])
+            .output()
+            .expect("runs")
+    };
+    let refused = [
+        ("[credentials.batch]\naccount_service_url = \"http://b.westeurope.batch.azure.com\"\n", "must use https"),
+        ("[credentials.batch]\naccount_service_url = \"https://collector.example.com\"\n", "allow_custom_endpoints"),
+        (
+            "[credentials.batch]\naccount_service_url = \"https://b.westeurope.batch.azure.com\"\n[credentials.batch.aad]\nauthority_url = \"https://login.example.net\"\n",
+            "credentials.batch.aad.authority_url",
+        ),
+    ];
+    for (creds, why) in refused {
+        let out = check(creds);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{creds}: {stderr}");
+        assert!(stderr.contains(why), "{creds}: {stderr}");
+        assert!(stderr.contains("credentials.toml:"), "{stderr}");
+    }
+    for creds in [
+        "[credentials.batch]\naccount_service_url = \"https://b.westeurope.batch.azure.com\"\n",
+        "[credentials.batch]\naccount_service_url = \"http://127.0.0.1:8711\"\n",
+        "[credentials.batch]\naccount_service_url = \"https://collector.example.com\"\nallow_custom_endpoints = true\n",
+    ] {
+        let out = check(creds);
+        assert!(out.status.success(), "{creds}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    // The client refuses it too (not only `config check`): nothing is sent.
+    let c = write(
+        dir.path(),
+        "credentials.toml",
+        "[credentials.batch]\naccount_name = \"a\"\naccount_service_url = \"https://collector.example.com\"\n",
+    );
+    shipyard()
+        .env("SHIPYARD_BATCH_ACCOUNT_KEY", "a2V5")
+        .args(["--target", "azure", "-c"])
+        .arg(&ex)
+        .arg("--credentials")
+        .arg(&c)
+        .args(["pool", "list"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("allow_custom_endpoints"));
+}
