@@ -30,6 +30,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+use shipyard_bs_config::{TranslateOptions, Translation};
 use shipyard_runtime::{Field, FieldPath, JobSpec, PoolSpec, RuntimeError, Scope, Segment};
 
 /// Environment variable with the Batch account name (wins over the config).
@@ -201,6 +202,9 @@ pub enum ConfigError {
         /// Second file.
         second: PathBuf,
     },
+    /// A Batch Shipyard YAML/JSON file could not be read or translated (located in it).
+    #[error(transparent)]
+    BatchShipyard(Box<shipyard_bs_config::BsConfigError>),
     /// Something the command needs is not configured.
     #[error("{what}; {hint}")]
     Missing {
@@ -237,6 +241,9 @@ impl ConfigError {
 
     /// A rustc-style snippet pointing at the error (empty when there is no location).
     pub fn snippet(&self) -> String {
+        if let ConfigError::BatchShipyard(e) = self {
+            return e.snippet();
+        }
         let Some(loc) = self.location() else {
             return String::new();
         };
@@ -270,10 +277,41 @@ fn job_path(job: &LoadedJob) -> FieldPath {
 /// A source file that was read.
 #[derive(Debug, Clone)]
 pub struct SourceFile {
-    /// Its path as given.
+    /// Its path as given (for Batch Shipyard files: the first of them).
     pub path: PathBuf,
-    /// Its text.
+    /// Its TOML text (for Batch Shipyard files: their translation).
     pub text: String,
+    /// For Batch Shipyard YAML/JSON files: their translation, whose span map locates errors
+    /// in the YAML.
+    pub translation: Option<Box<Translation>>,
+}
+
+impl SourceFile {
+    /// Where `field` is: in the YAML for a translation, else in the TOML text.
+    fn locate(&self, field: &FieldPath) -> Option<Location> {
+        match &self.translation {
+            Some(t) => t.yaml_location(&field.to_string()).map(from_yaml_location),
+            None => locate_field(&self.path, &self.text, field),
+        }
+    }
+}
+
+/// A `shipyard_bs_config` location as a [`Location`] (its line is already secret-free).
+fn from_yaml_location(l: &shipyard_bs_config::Location) -> Location {
+    Location {
+        file: l.file.clone(),
+        line: l.line,
+        column: l.column,
+        source_line: l.source_line.clone(),
+        width: l.width,
+    }
+}
+
+/// Whether `path` is a Batch Shipyard configuration file (`.yaml`, `.yml`, `.json`).
+pub fn is_batch_shipyard_file(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| ["yaml", "yml", "json"].contains(&e.to_ascii_lowercase().as_str()))
 }
 
 /// The merged configuration of one or more files.
@@ -293,6 +331,8 @@ pub struct Config {
     pub credentials_file: Option<usize>,
     /// `account_service_url` came from `SHIPYARD_BATCH_ACCOUNT_URL`.
     pub account_url_from_env: bool,
+    /// Warnings of the Batch Shipyard translation (keys ignored or changed), located.
+    pub warnings: Vec<String>,
 }
 
 /// File names looked up in a `--configdir`, in order.
@@ -301,20 +341,52 @@ pub const CONFIGDIR_FILES: [&str; 4] =
 
 impl Config {
     /// Reads and merges `paths`, applies environment overrides; does not validate jobs.
+    ///
+    /// Batch Shipyard YAML/JSON files among `paths` ([`is_batch_shipyard_file`]) are
+    /// translated together (`shipyard_bs_config`, secrets kept in memory) and loaded as one
+    /// more TOML source, after the TOML files; its errors are located in the YAML.
     pub fn load(paths: &[PathBuf]) -> Result<Config, ConfigError> {
         let mut config = Config::default();
         let mut sources: [Option<usize>; 3] = [None, None, None];
-        for path in paths {
-            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let (yaml, toml): (Vec<PathBuf>, Vec<PathBuf>) = paths
+            .iter()
+            .cloned()
+            .partition(|p| is_batch_shipyard_file(p));
+        let mut inputs = Vec::with_capacity(toml.len() + 1);
+        for path in toml {
+            let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
                 path: path.clone(),
                 source,
             })?;
-            let idx = config.files.len();
-            let parsed = parse_file(path, &text)?;
-            config.files.push(SourceFile {
-                path: path.clone(),
+            inputs.push(SourceFile {
+                path,
                 text,
+                translation: None,
             });
+        }
+        if let Some(first) = yaml.first() {
+            let opts = TranslateOptions {
+                include_secrets: true,
+            };
+            let t = shipyard_bs_config::translate_files(&yaml, opts)
+                .map_err(|e| ConfigError::BatchShipyard(Box::new(e)))?;
+            config
+                .warnings
+                .extend(t.warnings.iter().map(|w| w.to_string()));
+            inputs.push(SourceFile {
+                path: first.clone(),
+                text: t.to_toml_string(),
+                translation: Some(Box::new(t)),
+            });
+        }
+        for file in inputs {
+            let path = &file.path.clone();
+            let idx = config.files.len();
+            let parsed = parse_file(path, &file.text).map_err(|e| match &file.translation {
+                Some(t) => in_yaml(e, t),
+                None => e,
+            })?;
+            config.files.push(file);
             let mut take = |slot: usize, section: &str, present: bool| -> Result<(), ConfigError> {
                 if !present {
                     return Ok(());
@@ -359,12 +431,26 @@ impl Config {
         Ok(config)
     }
 
-    /// The config files of a Batch-Shipyard-style directory that exist.
+    /// The config files of a Batch-Shipyard-style directory that exist: the TOML ones
+    /// ([`CONFIGDIR_FILES`]), or, when there are none, Batch Shipyard's own
+    /// (`credentials`, `config`, `pool`, `jobs` as `.yaml`, `.yml` or `.json`).
     pub fn files_in_dir(dir: &Path) -> Vec<PathBuf> {
-        CONFIGDIR_FILES
+        let toml: Vec<PathBuf> = CONFIGDIR_FILES
             .iter()
             .map(|f| dir.join(f))
             .filter(|p| p.is_file())
+            .collect();
+        if !toml.is_empty() {
+            return toml;
+        }
+        shipyard_bs_config::CONFIGDIR_STEMS
+            .iter()
+            .filter_map(|stem| {
+                ["yaml", "yml", "json"]
+                    .iter()
+                    .map(|ext| dir.join(format!("{stem}.{ext}")))
+                    .find(|p| p.is_file())
+            })
             .collect()
     }
 
@@ -479,7 +565,7 @@ impl Config {
         let f = &self.files[file];
         ConfigError::Invalid {
             file: f.path.clone(),
-            location: locate_field(&f.path, &f.text, field).map(Box::new),
+            location: f.locate(field).map(Box::new),
             field: field.to_string(),
             reason,
         }
@@ -565,6 +651,31 @@ impl Config {
                 }),
             },
         }
+    }
+}
+
+/// A parse error of translated TOML, located in the YAML it came from (by its field; by the
+/// nearest translated parent when the field itself has no span).
+fn in_yaml(e: ConfigError, t: &Translation) -> ConfigError {
+    match e {
+        ConfigError::Parse {
+            location,
+            field,
+            message,
+            hint,
+        } => {
+            let yaml = field.as_deref().and_then(|f| t.yaml_location(f));
+            ConfigError::Parse {
+                location: match yaml {
+                    Some(l) => Box::new(from_yaml_location(l)),
+                    None => location,
+                },
+                field,
+                message,
+                hint,
+            }
+        }
+        other => other,
     }
 }
 

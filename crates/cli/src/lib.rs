@@ -135,10 +135,11 @@ pub fn run(cli: Cli) -> CliResult {
             clap_complete::generate(shell, &mut cmd, "shipyard", &mut std::io::stdout());
             Ok(())
         }
-        Command::Config(ConfigCommand::Check) => {
-            let config = load(&global, &[])?;
+        Command::Config(ConfigCommand::Check { configs }) => {
+            let config = load(&global, &configs)?;
             config_check(&global, &config)
         }
+        Command::Config(ConfigCommand::Import { dir, out }) => config_import(&global, &dir, &out),
         Command::Run(args) => {
             let config = load(&global, &args.configs)?;
             if global.dry_run {
@@ -213,13 +214,55 @@ pub fn load(global: &GlobalArgs, extra: &[PathBuf]) -> CliResult<Config> {
     if let Some(dir) = &global.configdir {
         if Config::files_in_dir(dir).is_empty() && global.config.is_empty() {
             return Err(CliError::Usage(format!(
-                "--configdir {}: none of {} found there",
+                "--configdir {}: none of {} (nor Batch Shipyard's credentials/config/pool/jobs .yaml/.json) found there",
                 dir.display(),
                 config::CONFIGDIR_FILES.join(", ")
             )));
         }
     }
-    Ok(Config::load(&paths)?)
+    let config = Config::load(&paths)?;
+    if !global.quiet {
+        for w in &config.warnings {
+            eprintln!("warning: {w}");
+        }
+    }
+    Ok(config)
+}
+
+/// `config import DIR --out DIR2`: DIR's Batch Shipyard files as `DIR2/config.toml`, without
+/// secrets (the TOML names their environment variables).
+fn config_import(global: &GlobalArgs, dir: &std::path::Path, out: &std::path::Path) -> CliResult {
+    let t = shipyard_bs_config::translate_dir(dir, shipyard_bs_config::TranslateOptions::default())
+        .map_err(|e| CliError::Config(ConfigError::BatchShipyard(Box::new(e))))?;
+    std::fs::create_dir_all(out)
+        .map_err(|e| CliError::Failed(anyhow::anyhow!("cannot create {}: {e}", out.display())))?;
+    let dest = out.join("config.toml");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&dest)
+        .map_err(|e| CliError::Usage(format!("cannot write {}: {e}", dest.display())))?;
+    std::io::Write::write_all(&mut file, t.to_toml_string().as_bytes())
+        .map_err(|e| CliError::Failed(anyhow::anyhow!("cannot write {}: {e}", dest.display())))?;
+    if !global.quiet {
+        for w in &t.warnings {
+            eprintln!("warning: {w}");
+        }
+        for k in &t.phase2_keys {
+            eprintln!("warning: `{k}` is written but not read by this version of shipyard yet");
+        }
+    }
+    match global.output {
+        OutputFormat::Json => println!(
+            "{}",
+            output::to_json_string(&serde_json::json!({
+                "written": dest.display().to_string(),
+                "warnings": t.warnings.len(),
+            }))
+        ),
+        OutputFormat::Table => println!("wrote {}", dest.display()),
+    }
+    Ok(())
 }
 
 /// Like [`load`], but `None` when no configuration is named.
