@@ -207,7 +207,7 @@ pub const CATALOGUE: &[(&str, Disposition)] = &[
     ("job_specifications[].max_task_retries", Same),
     ("job_specifications[].max_wall_time", Special),
     ("job_specifications[].retention_time", Special),
-    ("job_specifications[].priority", Phase2),
+    ("job_specifications[].priority", Same),
     ("job_specifications[].user_identity", Phase2),
     ("job_specifications[].user_identity.default_pool_admin", Phase2),
     ("job_specifications[].user_identity.specific_user", Phase2),

@@ -657,7 +657,7 @@ impl<'a> Ctx<'a> {
                 let raw = self.text(v, yfield)?;
                 let iso = semantics::wall_time_to_iso8601(&raw)
                     .map_err(|reason| self.invalid(v, yfield, reason))?;
-                if p != "job_specifications[].tasks[].max_wall_time" {
+                if p == "pool_specification.resize_timeout" {
                     self.mark_phase2(&tp);
                 }
                 self.put(t, key, TValue::from(iso.clone()), tpath, v);
@@ -959,9 +959,6 @@ impl<'a> Ctx<'a> {
         let value = match &v.value {
             Value::Int(i) if *i > 0 => TValue::from(*i),
             Value::Str(s) if semantics::NUM_INSTANCES_KEYWORDS.contains(&s.as_str()) => {
-                if s.ends_with("low_priority") {
-                    self.mark_phase2(&join(tpath, "num_instances"));
-                }
                 TValue::from(s.as_str())
             }
             Value::Str(s) => {

@@ -26,9 +26,33 @@ pub struct JobSpec {
     /// termination runs the job release task, which removes non-native containers.
     #[serde(default)]
     pub auto_complete: bool,
-    /// Environment variables of every task (a task's own value wins).
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    /// Environment variables of every task (a task's own value wins). Numbers and booleans
+    /// are accepted and kept as their text (`OMP_NUM_THREADS = 1`), as in Batch Shipyard.
+    #[serde(
+        default,
+        skip_serializing_if = "BTreeMap::is_empty",
+        deserialize_with = "scalar_env"
+    )]
     pub environment_variables: BTreeMap<String, String>,
+    /// Batch job `constraints.maxWallClockTime`: ISO 8601 (`PT2H`) or Batch Shipyard's
+    /// `HH:MM:SS` / `D.HH:MM:SS`, stored as ISO 8601.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "wall_time"
+    )]
+    pub max_wall_time: Option<String>,
+    /// Batch task `constraints.retentionTime` of every task (a task's own value wins); same
+    /// forms as `max_wall_time`.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "wall_time"
+    )]
+    pub retention_time: Option<String>,
+    /// Batch job priority, -1000 (lowest) to 1000 (highest); Batch's default is 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<i32>,
     /// Docker `--shm-size` for every task (a task's own value wins), e.g. `256m`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shm_size: Option<String>,
@@ -90,8 +114,13 @@ pub struct TaskSpec {
     /// The command (for MPI tasks: the program and its arguments that the launcher starts).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub command: Option<String>,
-    /// Environment variables of this task (win over the job's).
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    /// Environment variables of this task (win over the job's); numbers and booleans are kept
+    /// as their text.
+    #[serde(
+        default,
+        skip_serializing_if = "BTreeMap::is_empty",
+        deserialize_with = "scalar_env"
+    )]
     pub environment_variables: BTreeMap<String, String>,
     /// Docker `--shm-size`, e.g. `256m` (Docker's 64 MB default crashes Intel MPI shm).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -114,9 +143,22 @@ pub struct TaskSpec {
     /// Batch `constraints.maxTaskRetryCount`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_task_retries: Option<i32>,
-    /// Batch `constraints.maxWallClockTime`, an ISO 8601 duration such as `PT1H`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Batch `constraints.maxWallClockTime`: an ISO 8601 duration such as `PT1H`, or Batch
+    /// Shipyard's `HH:MM:SS` / `D.HH:MM:SS` (stored as ISO 8601).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "wall_time"
+    )]
     pub max_wall_time: Option<String>,
+    /// Batch `constraints.retentionTime` (how long Batch keeps the task directory); same forms
+    /// as `max_wall_time`; wins over the job's.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "wall_time"
+    )]
+    pub retention_time: Option<String>,
     /// Where the container starts (`batch` or `container`).
     #[serde(default, skip_serializing_if = "is_default")]
     pub default_working_dir: WorkingDir,
@@ -136,6 +178,79 @@ pub struct TaskSpec {
 
 fn is_default<T: Default + PartialEq>(v: &T) -> bool {
     *v == T::default()
+}
+
+/// Batch Shipyard's wall-time forms (`HH:MM:SS`, `D.HH:MM:SS`, hours may exceed 23) → ISO 8601
+/// (`PT2H`, `P1DT12H30M`). A value already in ISO 8601 (`PT1H`) is returned as is.
+pub fn wall_time_to_iso8601(text: &str) -> Result<String, String> {
+    let t = text.trim();
+    if t.starts_with('P') {
+        return Ok(t.to_string());
+    }
+    let bad = || format!("`{text}` is not a time span of the form `HH:MM:SS` or `D.HH:MM:SS`");
+    let (days, hms) = match t.split_once('.') {
+        Some((d, rest)) => (d.parse::<u64>().map_err(|_| bad())?, rest),
+        None => (0, t),
+    };
+    let parts: Vec<&str> = hms.split(':').collect();
+    let [h, m, s] = parts.as_slice() else {
+        return Err(bad());
+    };
+    let num = |x: &str| x.parse::<u64>().map_err(|_| bad());
+    let total = days * 86_400 + num(h)? * 3_600 + num(m)? * 60 + num(s)?;
+    let (d, rest) = (total / 86_400, total % 86_400);
+    let (h, m, s) = (rest / 3_600, rest % 3_600 / 60, rest % 60);
+    let mut out = String::from("P");
+    if d > 0 {
+        out.push_str(&format!("{d}D"));
+    }
+    if rest > 0 || d == 0 {
+        out.push('T');
+        if h > 0 {
+            out.push_str(&format!("{h}H"));
+        }
+        if m > 0 {
+            out.push_str(&format!("{m}M"));
+        }
+        if s > 0 || rest == 0 {
+            out.push_str(&format!("{s}S"));
+        }
+    }
+    Ok(out)
+}
+
+fn wall_time<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let raw = Option::<String>::deserialize(d)?;
+    raw.map(|r| wall_time_to_iso8601(&r).map_err(serde::de::Error::custom))
+        .transpose()
+}
+
+fn scalar_env<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<BTreeMap<String, String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Scalar {
+        S(String),
+        I(i64),
+        U(u64),
+        F(f64),
+        B(bool),
+    }
+    let raw = BTreeMap::<String, Scalar>::deserialize(d)?;
+    Ok(raw
+        .into_iter()
+        .map(|(k, v)| {
+            let v = match v {
+                Scalar::S(s) => s,
+                Scalar::I(i) => i.to_string(),
+                Scalar::U(u) => u.to_string(),
+                Scalar::F(f) => f.to_string(),
+                Scalar::B(b) => b.to_string(),
+            };
+            (k, v)
+        })
+        .collect())
 }
 
 /// A file Batch downloads before the task runs.
@@ -192,7 +307,8 @@ impl<'de> Deserialize<'de> for NumInstances {
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str(
                     "a node count (integer) or one of `pool_current_dedicated`, \
-                     `pool_specification_vm_count`",
+                     `pool_current_low_priority`, `pool_specification_vm_count`, \
+                     `pool_specification_vm_count_low_priority`",
                 )
             }
             fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<NumInstances, E> {
@@ -213,10 +329,18 @@ impl<'de> Deserialize<'de> for NumInstances {
                     "pool_specification_vm_count" | "pool_specification_vm_count_dedicated" => {
                         Ok(NumInstances::Pool(PoolCount::PoolSpecificationVmCount))
                     }
+                    "pool_current_low_priority" => {
+                        Ok(NumInstances::Pool(PoolCount::PoolCurrentLowPriority))
+                    }
+                    "pool_specification_vm_count_low_priority" => Ok(NumInstances::Pool(
+                        PoolCount::PoolSpecificationVmCountLowPriority,
+                    )),
                     other => Err(E::custom(format!(
                         "`{other}` is not a node count; use an integer, \
-                         `pool_current_dedicated` or `pool_specification_vm_count` \
-                         (low-priority counts are not supported)"
+                         `pool_current_dedicated`, `pool_current_low_priority`, \
+                         `pool_specification_vm_count_dedicated` (or \
+                         `pool_specification_vm_count`) or \
+                         `pool_specification_vm_count_low_priority`"
                     ))),
                 }
             }
@@ -234,14 +358,40 @@ pub enum PoolCount {
     /// The pool's node count (Batch Shipyard's `pool.yaml` vm_count).
     #[serde(alias = "pool_specification_vm_count_dedicated")]
     PoolSpecificationVmCount,
+    /// The pool's current low-priority (spot) node count.
+    PoolCurrentLowPriority,
+    /// The low-priority count of the pool's `vm_count`.
+    PoolSpecificationVmCountLowPriority,
+}
+
+impl PoolCount {
+    /// True for the low-priority keywords.
+    pub fn is_low_priority(self) -> bool {
+        matches!(
+            self,
+            PoolCount::PoolCurrentLowPriority | PoolCount::PoolSpecificationVmCountLowPriority
+        )
+    }
 }
 
 impl NumInstances {
-    /// The concrete count for a pool of `node_count` nodes.
+    /// The concrete count for a pool of `node_count` nodes, when only the total is known
+    /// (every keyword means all of them; [`NumInstances::resolve_counts`] tells dedicated and
+    /// low-priority nodes apart).
     pub fn resolve(self, node_count: u32) -> u32 {
         match self {
             NumInstances::Count(n) => n,
             NumInstances::Pool(_) => node_count,
+        }
+    }
+
+    /// The concrete count given the pool's dedicated and low-priority node counts (from the
+    /// pool specification, or the live pool for the `pool_current_*` keywords).
+    pub fn resolve_counts(self, dedicated: u32, low_priority: u32) -> u32 {
+        match self {
+            NumInstances::Count(n) => n,
+            NumInstances::Pool(p) if p.is_low_priority() => low_priority,
+            NumInstances::Pool(_) => dedicated,
         }
     }
 }
@@ -424,6 +574,18 @@ fn validate_env(at: &Field, env: &BTreeMap<String, String>) -> Result<(), Runtim
     Ok(())
 }
 
+fn validate_duration(at: &Field, key: &str, v: &Option<String>) -> Result<(), RuntimeError> {
+    if let Some(t) = v {
+        if !t.starts_with('P') || t.len() < 3 {
+            return Err(invalid(
+                at.key(key),
+                format!("`{t}` is not an ISO 8601 duration such as PT1H (or HH:MM:SS)"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn validate_shm(at: &Field, shm: &Option<String>) -> Result<(), RuntimeError> {
     if let Some(s) = shm {
         let digits = s.trim_end_matches(['b', 'k', 'm', 'g', 'B', 'K', 'M', 'G']);
@@ -494,6 +656,13 @@ impl JobSpec {
         env
     }
 
+    /// The effective task retention time (task wins over job).
+    pub fn retention_time<'a>(&'a self, task: &'a TaskSpec) -> Option<&'a str> {
+        task.retention_time
+            .as_deref()
+            .or(self.retention_time.as_deref())
+    }
+
     /// The effective retry count (task wins over job).
     pub fn max_task_retries(&self, task: &TaskSpec) -> Option<i32> {
         task.max_task_retries.or(self.max_task_retries)
@@ -521,6 +690,14 @@ impl JobSpec {
             return Err(invalid(at.key("runtime"), "must not be empty"));
         }
         validate_env(&at, &self.environment_variables)?;
+        validate_duration(&at, "max_wall_time", &self.max_wall_time)?;
+        validate_duration(&at, "retention_time", &self.retention_time)?;
+        if self.priority.is_some_and(|p| !(-1000..=1000).contains(&p)) {
+            return Err(invalid(
+                at.key("priority"),
+                "must be between -1000 and 1000",
+            ));
+        }
         validate_shm(&at, &self.shm_size)?;
         validate_gpus(&at, &self.gpus)?;
         if self.max_task_retries.is_some_and(|n| n < -1) {
@@ -574,6 +751,7 @@ impl TaskSpec {
             remove_container_after_exit: None,
             max_task_retries: None,
             max_wall_time: None,
+            retention_time: None,
             default_working_dir: WorkingDir::Batch,
             depends_on: Vec::new(),
             depends_on_range: None,
@@ -610,14 +788,8 @@ impl TaskSpec {
                 "must be -1 (unlimited) or more",
             ));
         }
-        if let Some(t) = &self.max_wall_time {
-            if !t.starts_with('P') || t.len() < 3 {
-                return Err(invalid(
-                    at.key("max_wall_time"),
-                    format!("`{t}` is not an ISO 8601 duration such as PT1H"),
-                ));
-            }
-        }
+        validate_duration(at, "max_wall_time", &self.max_wall_time)?;
+        validate_duration(at, "retention_time", &self.retention_time)?;
         if let Some([start, end]) = self.depends_on_range {
             if start > end {
                 return Err(invalid(
@@ -776,11 +948,11 @@ mod tests {
     #[test]
     fn num_instances_errors_say_what_is_accepted() {
         let err = toml::from_str::<JobSpec>(
-            "id = \"j\"\n[[tasks]]\nimage = \"i\"\ncommand = \"c\"\n[tasks.multi_instance]\nnum_instances = \"pool_current_low_priority\"\n",
+            "id = \"j\"\n[[tasks]]\nimage = \"i\"\ncommand = \"c\"\n[tasks.multi_instance]\nnum_instances = \"pool_current_low_prio\"\n",
         )
         .unwrap_err()
         .to_string();
-        assert!(err.contains("pool_current_low_priority"), "{err}");
+        assert!(err.contains("pool_current_low_prio"), "{err}");
         assert!(err.contains("pool_current_dedicated"), "{err}");
         let err = toml::from_str::<JobSpec>(
             "id = \"j\"\n[[tasks]]\nimage = \"i\"\n[tasks.multi_instance]\nnum_instances = -2\n",
@@ -860,6 +1032,69 @@ mod tests {
         j.environment_variables.insert("1BAD".into(), "x".into());
         let e = j.validate().unwrap_err().to_string();
         assert!(e.contains("job.environment_variables.1BAD"), "{e}");
+    }
+
+    #[test]
+    fn batch_shipyard_wall_times_scalar_env_and_low_priority_counts() {
+        let j = job(r#"
+            id = "j"
+            max_wall_time = "1.12:30:00"
+            retention_time = "PT1H"
+            priority = 100
+            environment_variables = { OMP_NUM_THREADS = 1, DEBUG = true, F = 0.5, S = "x" }
+            [[tasks]]
+            image = "i"
+            command = "c"
+            max_wall_time = "02:00:00"
+            [tasks.multi_instance]
+            num_instances = "pool_current_low_priority"
+        "#);
+        j.validate().unwrap();
+        assert_eq!(j.max_wall_time.as_deref(), Some("P1DT12H30M"));
+        assert_eq!(j.tasks[0].max_wall_time.as_deref(), Some("PT2H"));
+        assert_eq!(j.retention_time(&j.tasks[0]), Some("PT1H"));
+        let env = j.environment(&j.tasks[0]);
+        assert_eq!(
+            (
+                env["OMP_NUM_THREADS"].as_str(),
+                env["DEBUG"].as_str(),
+                env["F"].as_str()
+            ),
+            ("1", "true", "0.5")
+        );
+        let n = j.tasks[0].multi_instance.as_ref().unwrap().num_instances;
+        assert_eq!(n, NumInstances::Pool(PoolCount::PoolCurrentLowPriority));
+        assert_eq!(n.resolve_counts(3, 5), 5);
+        assert_eq!(
+            NumInstances::Pool(PoolCount::PoolSpecificationVmCount).resolve_counts(3, 5),
+            3
+        );
+        let n: NumInstances =
+            serde_json::from_str("\"pool_specification_vm_count_low_priority\"").unwrap();
+        assert_eq!(n.resolve_counts(0, 2), 2);
+        let e = toml::from_str::<JobSpec>("id = \"j\"\nmax_wall_time = \"2h\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("HH:MM:SS"), "{e}");
+        let mut j = j;
+        j.priority = Some(5000);
+        assert!(j
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("job.priority"));
+        let mut add = crate::batch::JobAddParameter::default();
+        j.priority = Some(10);
+        crate::batch::apply_job_settings(&j, &mut add);
+        assert_eq!(add.priority, Some(10));
+        assert_eq!(
+            add.constraints
+                .and_then(|c| c.max_wall_clock_time)
+                .as_deref(),
+            Some("P1DT12H30M")
+        );
+        let c = crate::batch::constraints(&j, &j.tasks[0]).unwrap();
+        assert_eq!(c.retention_time.as_deref(), Some("PT1H"));
     }
 
     #[test]
