@@ -44,6 +44,7 @@ pub mod registry;
 pub mod shell;
 pub mod ssh;
 pub mod validate;
+pub mod vmsize;
 
 pub use domain::{
     HostCommand, JobSpec, MpiRuntime, MpiSpec, MultiInstanceSpec, NumInstances, OsFamily,

@@ -108,6 +108,13 @@ pub fn launch_request(
             req = req.env(name, Word::var(name));
         }
     }
+    // Open MPI passes only its own OMPI_MCA_* variables to the ranks: forward UCX's
+    // (`UCX_NET_DEVICES` on SR-IOV InfiniBand, see `vmsize::fabric_env`).
+    if flavor == Flavor::OpenMpi {
+        for name in ctx.user_env.keys().filter(|k| k.starts_with("UCX_")) {
+            req = req.forward_env(name.clone());
+        }
+    }
     if ctx.infiniband && !ctx.user_env.contains_key(FABRICS) {
         if mpi.runtime == MpiRuntime::IntelMpiOfa {
             // Batch Shipyard's `intelmpi-ofa`: the OFA fabric (Intel MPI 2018/2019 on

@@ -7,7 +7,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::batch::{ImageReference, PoolAddParameter, VirtualMachineConfiguration};
-use crate::domain::{is_valid_batch_id, OsFamily, PoolFacts};
+use crate::domain::{is_valid_batch_id, JobSpec, NumInstances, OsFamily, PoolCount, PoolFacts};
 use crate::error::{Field, FieldPath, RuntimeError, Scope, Segment};
 use crate::plan::JobPlan;
 
@@ -247,6 +247,78 @@ impl PoolSpec {
         spec.join(&FieldPath::from(rest.to_vec()))
     }
 
+    /// `job` with what this pool implies filled in, as Batch Shipyard did before submitting:
+    ///
+    /// - every `num_instances` keyword becomes the count: `pool_specification_vm_count*` from
+    ///   `vm_count`, `pool_current_*` from `current` (the live pool's dedicated and
+    ///   low-priority node counts) or, without it, from `vm_count`; a count of 0 is an error
+    ///   naming the task's `num_instances`;
+    /// - `gpus = "all"` on GPU sizes (N-series) where neither the task nor the job set `gpus`;
+    /// - `infiniband = true` on RDMA sizes when inter-node communication is on, where neither
+    ///   the task nor the job set it, and for MPI tasks on InfiniBand the fabric variables of
+    ///   [`crate::vmsize::fabric_env`] — each only where the job and task environment lack
+    ///   it, so the user's value wins (Batch Shipyard issue #339).
+    pub fn prepare_job(
+        &self,
+        job: &JobSpec,
+        current: Option<(u32, u32)>,
+    ) -> Result<JobSpec, RuntimeError> {
+        let facts = crate::vmsize::facts(&self.vm_size);
+        let spec = (self.vm_count.dedicated(), self.vm_count.low_priority());
+        let mut out = job.clone();
+        let job_env = job.environment_variables.clone();
+        let at = Field::job(&job.id);
+        for (i, task) in out.tasks.iter_mut().enumerate() {
+            if task.gpus.is_none() && job.gpus.is_none() && facts.gpu {
+                task.gpus = Some("all".to_string());
+            }
+            if task.infiniband.is_none()
+                && job.infiniband.is_none()
+                && facts.rdma.is_some()
+                && self.inter_node_communication_enabled
+            {
+                task.infiniband = Some(true);
+            }
+            let ib = task.infiniband.or(job.infiniband).unwrap_or(false);
+            let Some(mi) = task.multi_instance.as_mut() else {
+                continue;
+            };
+            if let NumInstances::Pool(kw) = mi.num_instances {
+                let (d, l) = match kw {
+                    PoolCount::PoolCurrentDedicated | PoolCount::PoolCurrentLowPriority => {
+                        current.unwrap_or(spec)
+                    }
+                    _ => spec,
+                };
+                let n = mi.num_instances.resolve_counts(d, l);
+                if n == 0 {
+                    let which = if kw.is_low_priority() {
+                        "low-priority"
+                    } else {
+                        "dedicated"
+                    };
+                    return Err(RuntimeError::invalid(
+                        at.key("tasks")
+                            .index(i)
+                            .key("multi_instance")
+                            .key("num_instances"),
+                        format!("pool `{}` has no {which} nodes", self.id),
+                    ));
+                }
+                mi.num_instances = NumInstances::Count(n);
+            }
+            if let (Some(mpi), Some(rdma), true) = (&mi.mpi, facts.rdma, ib) {
+                for (k, v) in crate::vmsize::fabric_env(mpi.runtime, rdma) {
+                    if !job_env.contains_key(k) && !task.environment_variables.contains_key(k) {
+                        task.environment_variables
+                            .insert(k.to_string(), v.to_string());
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Checks the pool; errors are in [`Scope::Pool`] and name spec keys (`vm_count`).
     pub fn validate(&self) -> Result<(), RuntimeError> {
         let at = Field::pool();
@@ -317,6 +389,79 @@ mod tests {
 
     fn spec(text: &str) -> PoolSpec {
         toml::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn prepare_job_fills_counts_infiniband_gpus_and_fabrics() {
+        let job: JobSpec = toml::from_str(
+            r#"
+            id = "j"
+            [[tasks]]
+            image = "i"
+            command = "/app"
+            environment_variables = { FI_PROVIDER = "verbs" }
+            [tasks.multi_instance]
+            num_instances = "pool_specification_vm_count_low_priority"
+            mpi = { runtime = "intelmpi", processes_per_node = 1 }
+            [[tasks]]
+            image = "i"
+            command = "/app"
+            infiniband = false
+            [tasks.multi_instance]
+            num_instances = "pool_current_dedicated"
+            mpi = { runtime = "openmpi" }
+            "#,
+        )
+        .unwrap();
+        let mut p = PoolSpec::new("p");
+        p.vm_size = "Standard_HC44rs".into();
+        p.inter_node_communication_enabled = true;
+        p.vm_count = VmCount::Split {
+            dedicated: 3,
+            low_priority: 2,
+        };
+        let j = p.prepare_job(&job, None).unwrap();
+        let t0 = &j.tasks[0];
+        assert_eq!(t0.infiniband, Some(true));
+        assert_eq!(t0.gpus, None);
+        assert_eq!(
+            t0.multi_instance.as_ref().unwrap().num_instances,
+            NumInstances::Count(2)
+        );
+        // the user's FI_PROVIDER (issue #339) stays; the others are filled in
+        assert_eq!(t0.environment_variables["FI_PROVIDER"], "verbs");
+        assert_eq!(t0.environment_variables["I_MPI_FABRICS"], "shm:ofi");
+        assert_eq!(t0.environment_variables["I_MPI_FALLBACK"], "0");
+        let t1 = &j.tasks[1];
+        assert_eq!(t1.infiniband, Some(false));
+        assert!(t1.environment_variables.is_empty());
+        assert_eq!(
+            t1.multi_instance.as_ref().unwrap().num_instances,
+            NumInstances::Count(3)
+        );
+        let j = p.prepare_job(&job, Some((4, 0))).unwrap();
+        assert_eq!(
+            j.tasks[1].multi_instance.as_ref().unwrap().num_instances,
+            NumInstances::Count(4)
+        );
+        // no low-priority nodes: the error names the field
+        p.vm_count = VmCount::Dedicated(2);
+        let e = p.prepare_job(&job, None).unwrap_err().to_string();
+        assert!(
+            e.contains("job.tasks[0].multi_instance.num_instances"),
+            "{e}"
+        );
+        assert!(e.contains("no low-priority nodes"), "{e}");
+        // GPU sizes get gpus = all; no inter-node communication, no infiniband
+        p.vm_size = "Standard_NC24rs_v3".into();
+        p.vm_count = VmCount::Split {
+            dedicated: 2,
+            low_priority: 2,
+        };
+        p.inter_node_communication_enabled = false;
+        let j = p.prepare_job(&job, None).unwrap();
+        assert_eq!(j.tasks[0].gpus.as_deref(), Some("all"));
+        assert_eq!(j.tasks[0].infiniband, None);
     }
 
     #[test]
