@@ -631,7 +631,6 @@ impl<'a> Ctx<'a> {
                 self.platform_image(yfield, v, t, &tp)
             }
             "pool_specification.vm_configuration.custom_image" => {
-                self.mark_phase2(&tp);
                 self.sub_table(p, yfield, key, v, t, tpath)
             }
             "pool_specification.vm_configuration.custom_image.arm_image_id" => {
@@ -657,9 +656,6 @@ impl<'a> Ctx<'a> {
                 let raw = self.text(v, yfield)?;
                 let iso = semantics::wall_time_to_iso8601(&raw)
                     .map_err(|reason| self.invalid(v, yfield, reason))?;
-                if p == "pool_specification.resize_timeout" {
-                    self.mark_phase2(&tp);
-                }
                 self.put(t, key, TValue::from(iso.clone()), tpath, v);
                 if iso != raw {
                     Self::comment(t, key, &format!("Batch Shipyard: {raw}"));
@@ -667,10 +663,6 @@ impl<'a> Ctx<'a> {
                 Ok(())
             }
             "pool_specification.resource_files" => {
-                self.mark_phase2(&join(
-                    &tp.replace("resource_files", "start_task"),
-                    "resource_files",
-                ));
                 let mut st = match t.remove("start_task") {
                     Some(Item::Table(s)) => s,
                     _ => Table::new(),
@@ -685,7 +677,6 @@ impl<'a> Ctx<'a> {
                 self.resource_files(p, yfield, key, v, t, tpath)
             }
             "pool_specification.additional_node_prep.environment_variables" => {
-                self.mark_phase2(&tp);
                 self.env(yfield, key, v, t, tpath)
             }
             "job_specifications[].environment_variables"

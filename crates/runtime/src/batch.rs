@@ -2,11 +2,12 @@
 //! [`shipyard_batch_models`] (camelCase on the wire, optional fields omitted when unset).
 
 pub use shipyard_batch_models::{
-    AutoUserScope, AutoUserSpecification, ContainerConfiguration, ContainerRegistry, ContainerType,
-    ContainerWorkingDirectory, ElevationLevel, EnvironmentSetting, ImageReference, JobAddParameter,
-    JobConstraints, JobPreparationTask, JobReleaseTask, MultiInstanceSettings, OnAllTasksComplete,
+    AutoUserScope, AutoUserSpecification, ComputeNodeFillType, ContainerConfiguration,
+    ContainerRegistry, ContainerType, ContainerWorkingDirectory, ElevationLevel,
+    EnvironmentSetting, ImageReference, JobAddParameter, JobConstraints, JobPreparationTask,
+    JobReleaseTask, MultiInstanceSettings, NetworkConfiguration, OnAllTasksComplete,
     PoolAddParameter, PoolInformation, ResourceFile, StartTask, TaskAddParameter, TaskConstraints,
-    TaskContainerSettings, TaskDependencies, TaskIdRange, UserIdentity,
+    TaskContainerSettings, TaskDependencies, TaskIdRange, TaskSchedulingPolicy, UserIdentity,
     VirtualMachineConfiguration,
 };
 

@@ -219,13 +219,15 @@ pub fn wall_time_to_iso8601(text: &str) -> Result<String, String> {
     Ok(out)
 }
 
-fn wall_time<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+pub(crate) fn wall_time<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<String>, D::Error> {
     let raw = Option::<String>::deserialize(d)?;
     raw.map(|r| wall_time_to_iso8601(&r).map_err(serde::de::Error::custom))
         .transpose()
 }
 
-fn scalar_env<'de, D: serde::Deserializer<'de>>(
+pub(crate) fn scalar_env<'de, D: serde::Deserializer<'de>>(
     d: D,
 ) -> Result<BTreeMap<String, String>, D::Error> {
     #[derive(Deserialize)]
