@@ -711,7 +711,6 @@ impl<'a> Ctx<'a> {
                 Ok(())
             }
             "job_specifications[].merge_task" => {
-                self.mark_phase2(&tp);
                 let saved = std::mem::take(&mut self.task);
                 let mut sub = Table::new();
                 self.map("job_specifications[].tasks[]", yfield, v, &mut sub, &tp)?;
@@ -803,7 +802,6 @@ impl<'a> Ctx<'a> {
                 Ok(())
             }
             "job_specifications[].tasks[].task_factory" => {
-                self.mark_phase2(&tp);
                 self.sub_table(p, yfield, key, v, t, tpath)
             }
             _ => self.copy(p, yfield, key, v, t, tpath),

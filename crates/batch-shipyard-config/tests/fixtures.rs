@@ -282,9 +282,17 @@ fn json_sweep_with_task_factories_and_merge_task() -> Result<()> {
         Some("jobs.json")
     );
     assert_eq!(loc.line, 17);
-    assert!(t
-        .phase2_keys
-        .contains(&"job_specifications[].merge_task".to_string()));
+    // mapped onto the domain now: the job loads and expands (6 + 5 + 3 + the merge task)
+    assert!(t.phase2_keys.is_empty(), "{:?}", t.phase2_keys);
+    let spec: shipyard_runtime::JobSpec = job.clone().try_into()?;
+    spec.validate()?;
+    let x = spec.expanded()?;
+    assert_eq!(x.tasks.len(), 15);
+    assert_eq!(x.tasks[14].depends_on.len(), 14);
+    assert_eq!(
+        x.tasks[6].command.as_deref(),
+        Some("/bin/sh -c \"sleep 81\"")
+    );
     Ok(())
 }
 

@@ -5,10 +5,11 @@ pub use shipyard_batch_models::{
     AutoUserScope, AutoUserSpecification, ComputeNodeFillType, ContainerConfiguration,
     ContainerRegistry, ContainerType, ContainerWorkingDirectory, ElevationLevel,
     EnvironmentSetting, ImageReference, JobAddParameter, JobConstraints, JobPreparationTask,
-    JobReleaseTask, MultiInstanceSettings, NetworkConfiguration, OnAllTasksComplete,
-    PoolAddParameter, PoolInformation, ResourceFile, StartTask, TaskAddParameter, TaskConstraints,
-    TaskContainerSettings, TaskDependencies, TaskIdRange, TaskSchedulingPolicy, UserIdentity,
-    VirtualMachineConfiguration,
+    JobReleaseTask, MultiInstanceSettings, NetworkConfiguration, OnAllTasksComplete, OutputFile,
+    OutputFileBlobContainerDestination, OutputFileDestination, OutputFileUploadCondition,
+    OutputFileUploadOptions, PoolAddParameter, PoolInformation, ResourceFile, StartTask,
+    TaskAddParameter, TaskConstraints, TaskContainerSettings, TaskDependencies, TaskIdRange,
+    TaskSchedulingPolicy, UserIdentity, VirtualMachineConfiguration,
 };
 
 /// The pool-scope administrator auto user (root on Linux): what container tasks run as.

@@ -77,6 +77,13 @@ pub struct JobSpec {
     /// The tasks of the job.
     #[serde(default)]
     pub tasks: Vec<TaskSpec>,
+    /// A task that runs after every other task of the job succeeded (Batch Shipyard's
+    /// `merge_task`); added last by [`JobSpec::expanded`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub merge_task: Option<Box<TaskSpec>>,
+    /// Blobs the job preparation task downloads on every node ([`crate::data::attach_data`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_data: Option<crate::data::InputData>,
 }
 
 fn default_runtime() -> String {
@@ -174,6 +181,43 @@ pub struct TaskSpec {
     /// Run on several nodes (MPI).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub multi_instance: Option<MultiInstanceSpec>,
+    /// Expand this task into many ([`crate::factory`]): its `command` is the template
+    /// (`{0}`, `{1}`, ...); see [`JobSpec::expanded`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_factory: Option<crate::factory::TaskFactory>,
+    /// Blobs downloaded before the task ([`crate::data::attach_data`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_data: Option<crate::data::InputData>,
+    /// Files uploaded to Azure Storage when the task ends ([`crate::data::attach_data`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_data: Option<crate::data::OutputData>,
+    /// How a Singularity/Apptainer task runs its image (`exec` or `run`, and as which user).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub singularity_execution: Option<SingularityExecution>,
+}
+
+/// `singularity_execution`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SingularityExecution {
+    /// `exec` (default: run `command` in the image) or `run` (the image's runscript, with
+    /// `command` as its arguments).
+    #[serde(default)]
+    pub cmd: SingularityCmd,
+    /// Run as the pool's admin auto-user instead of the runtime's default (non-admin).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub elevated: Option<bool>,
+}
+
+/// `singularity_execution.cmd`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SingularityCmd {
+    /// `singularity exec IMAGE COMMAND`.
+    #[default]
+    Exec,
+    /// `singularity run IMAGE ARGS`.
+    Run,
 }
 
 fn is_default<T: Default + PartialEq>(v: &T) -> bool {
@@ -509,6 +553,9 @@ fn one() -> u32 {
     1
 }
 
+/// Batch's limit on the total length of a task's `dependsOn.taskIds`.
+pub const MAX_DEPENDS_ON_CHARS: usize = 64_000;
+
 impl PoolFacts {
     /// Checks the facts themselves; errors name the field under `pool.`.
     pub fn validate(&self) -> Result<(), RuntimeError> {
@@ -670,6 +717,77 @@ impl JobSpec {
         task.max_task_retries.or(self.max_task_retries)
     }
 
+    /// The job with every `task_factory` expanded (each generated task a copy of its template
+    /// task with the generated command and no id, so it is numbered `task-NNNNN` by position)
+    /// and the `merge_task` appended, depending on every other task. Borrowed when there is
+    /// nothing to expand. Errors name the factory's task (`job.tasks[1].task_factory`).
+    pub fn expanded(&self) -> Result<std::borrow::Cow<'_, JobSpec>, RuntimeError> {
+        use std::borrow::Cow;
+        if self.merge_task.is_none() && self.tasks.iter().all(|t| t.task_factory.is_none()) {
+            return Ok(Cow::Borrowed(self));
+        }
+        let at = Field::job(&self.id);
+        let mut tasks = Vec::with_capacity(self.tasks.len());
+        for (i, task) in self.tasks.iter().enumerate() {
+            let Some(f) = &task.task_factory else {
+                tasks.push(task.clone());
+                continue;
+            };
+            let fat = at.key("tasks").index(i);
+            if task.id.is_some() {
+                return Err(invalid(
+                    fat.key("id"),
+                    "a task with a task_factory gets generated ids; remove `id`",
+                ));
+            }
+            let template = task.command.as_deref().ok_or_else(|| {
+                invalid(
+                    fat.key("command"),
+                    "a task_factory needs a command template",
+                )
+            })?;
+            let commands = f
+                .expand(template)
+                .map_err(|e| invalid(fat.key("task_factory"), e.to_string()))?;
+            let mut base = task.clone();
+            base.task_factory = None;
+            tasks.reserve(commands.len());
+            for c in commands {
+                let mut t = base.clone();
+                t.command = Some(c);
+                tasks.push(t);
+            }
+        }
+        let mut job = JobSpec {
+            tasks,
+            merge_task: None,
+            ..self.clone()
+        };
+        if let Some(m) = &self.merge_task {
+            let mat = at.key("merge_task");
+            if m.task_factory.is_some() {
+                return Err(invalid(mat.key("task_factory"), "a merge task is one task"));
+            }
+            let mut m = (**m).clone();
+            let deps: Vec<String> = (0..job.tasks.len()).map(|i| job.task_id(i)).collect();
+            // Batch limits a task's dependency list to 64000 characters of ids.
+            let chars: usize = deps.iter().map(String::len).sum();
+            if chars > MAX_DEPENDS_ON_CHARS {
+                return Err(invalid(
+                    mat,
+                    format!(
+                        "it would depend on {} tasks ({chars} characters of ids; Batch allows \
+                         {MAX_DEPENDS_ON_CHARS}); split the job",
+                        deps.len()
+                    ),
+                ));
+            }
+            m.depends_on = deps;
+            job.tasks.push(m);
+        }
+        Ok(Cow::Owned(job))
+    }
+
     /// True when any task depends on another.
     pub fn uses_task_dependencies(&self) -> bool {
         self.tasks
@@ -710,6 +828,9 @@ impl JobSpec {
         }
         if self.tasks.is_empty() {
             return Err(invalid(at.key("tasks"), "a job needs at least one task"));
+        }
+        if let Some(m) = &self.merge_task {
+            m.validate_at(&at.key("merge_task"))?;
         }
         let mut seen = std::collections::BTreeSet::new();
         for (i, task) in self.tasks.iter().enumerate() {
@@ -759,6 +880,10 @@ impl TaskSpec {
             depends_on_range: None,
             resource_files: Vec::new(),
             multi_instance: None,
+            task_factory: None,
+            input_data: None,
+            output_data: None,
+            singularity_execution: None,
         }
     }
 
@@ -1097,6 +1222,65 @@ mod tests {
         );
         let c = crate::batch::constraints(&j, &j.tasks[0]).unwrap();
         assert_eq!(c.retention_time.as_deref(), Some("PT1H"));
+    }
+
+    #[test]
+    fn task_factories_expand_and_the_merge_task_depends_on_all() {
+        let j: JobSpec = serde_json::from_str(
+            r#"{"id":"sweep","tasks":[
+                {"image":"alpine:3","command":"echo {0} {1}","task_factory":{"parametric_sweep":{"product":[{"start":0,"stop":2,"step":1},{"start":10,"stop":30,"step":10}]}}},
+                {"id":"solo","image":"alpine:3","command":"/bin/true"},
+                {"image":"alpine:3","command":"/bin/true","task_factory":{"repeat":2}}],
+              "merge_task":{"image":"alpine:3","command":"echo merged"}}"#,
+        )
+        .unwrap();
+        j.validate().unwrap();
+        let x = j.expanded().unwrap();
+        x.validate().unwrap();
+        let got: Vec<(String, String)> = (0..x.tasks.len())
+            .map(|i| (x.task_id(i), x.tasks[i].command.clone().unwrap()))
+            .collect();
+        let want: Vec<(String, String)> = [
+            ("task-00000", "echo 0 10"),
+            ("task-00001", "echo 0 20"),
+            ("task-00002", "echo 1 10"),
+            ("task-00003", "echo 1 20"),
+            ("solo", "/bin/true"),
+            ("task-00005", "/bin/true"),
+            ("task-00006", "/bin/true"),
+            ("task-00007", "echo merged"),
+        ]
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
+        assert_eq!(got, want);
+        assert_eq!(x.tasks[7].depends_on.len(), 7);
+        assert_eq!(x.tasks[7].depends_on[4], "solo");
+        assert!(x.tasks.iter().all(|t| t.task_factory.is_none()));
+        assert!(x.merge_task.is_none());
+        // nothing to expand: borrowed
+        let plain = job(MI);
+        assert!(matches!(
+            plain.expanded().unwrap(),
+            std::borrow::Cow::Borrowed(_)
+        ));
+        // errors name the factory
+        let mut bad = j.clone();
+        bad.tasks[0].task_factory = Some(crate::factory::TaskFactory::ParametricSweep(
+            crate::factory::ParametricSweep::Product(vec![crate::factory::RangeSpec {
+                start: 0,
+                stop: 2,
+                step: 0,
+            }]),
+        ));
+        let e = bad.expanded().unwrap_err().to_string();
+        assert!(e.contains("job.tasks[0].task_factory"), "{e}");
+        let mut big = j.clone();
+        big.tasks[2].task_factory = Some(crate::factory::TaskFactory::Repeat(10_000));
+        let e = big.expanded().unwrap_err().to_string();
+        assert!(e.contains("job.merge_task") && e.contains("64000"), "{e}");
+        big.merge_task = None;
+        assert_eq!(big.expanded().unwrap().tasks.len(), 10_005);
     }
 
     #[test]

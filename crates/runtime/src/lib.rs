@@ -33,6 +33,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod batch;
+pub mod data;
 pub mod domain;
 pub mod error;
 pub mod factory;
