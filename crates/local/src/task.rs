@@ -49,11 +49,15 @@ impl RunCtx {
             (labels::RUN.to_string(), self.run_id.clone()),
             (labels::PID.to_string(), pid.to_string()),
         ]);
-        if let Some(ns) = crate::sweep::pid_namespace() {
+        let owner = crate::owner::RunOwner::current();
+        if let Some(ns) = owner.pid_ns {
             l.insert(labels::PID_NS.to_string(), ns);
         }
-        if let Some(start) = crate::sweep::pid_start_time(pid) {
+        if let Some(start) = owner.pid_start {
             l.insert(labels::PID_START.to_string(), start.to_string());
+        }
+        if let Some(host) = owner.host {
+            l.insert(labels::HOST.to_string(), host);
         }
         l
     }
