@@ -55,6 +55,7 @@ mod events;
 mod job_run;
 pub mod keys;
 mod owner;
+mod private;
 mod recorder;
 pub mod spec;
 pub mod store;

@@ -113,7 +113,12 @@ pub struct TaskRecord {
 #[derive(Debug, Clone)]
 pub struct Store {
     path: PathBuf,
+    busy_timeout: Duration,
 }
+
+/// How long a reader defers to a writer that announced itself (a marker older than this is
+/// a crashed writer's and is ignored).
+const WRITER_PRIORITY: Duration = Duration::from_secs(2);
 
 static PROCESS_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
@@ -124,7 +129,31 @@ fn task_key(job: &str, task: &str) -> String {
 impl Store {
     /// The store at `path` (created on first write).
     pub fn new(path: impl Into<PathBuf>) -> Self {
-        Store { path: path.into() }
+        Store {
+            path: path.into(),
+            busy_timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// How long one operation waits for a database another process holds (default 10 s).
+    /// Writers that still fail are retried by the run's recorder, never dropped.
+    pub fn busy_timeout(mut self, d: Duration) -> Self {
+        self.busy_timeout = d;
+        self
+    }
+
+    /// The marker a waiting writer leaves so that readers stand back.
+    fn writer_marker(&self) -> PathBuf {
+        let mut p = self.path.clone().into_os_string();
+        p.push(".writer-waiting");
+        PathBuf::from(p)
+    }
+
+    /// Whether a writer is waiting for the database (a fresh marker exists).
+    fn writer_waiting(&self) -> bool {
+        std::fs::metadata(self.writer_marker())
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.elapsed().is_ok_and(|age| age < WRITER_PRIORITY))
     }
 
     /// The database file.
@@ -139,27 +168,45 @@ impl Store {
         }
     }
 
-    fn with_db<T>(&self, f: impl FnOnce(&Database) -> Result<T>) -> Result<T> {
+    /// Opens the database for `f`. Readers copy what they need and close at once, and they
+    /// stand back while a writer waits, so a stream of readers never starves a writer.
+    fn with_db<T>(&self, write: bool, f: impl FnOnce(&Database) -> Result<T>) -> Result<T> {
         let _guard = PROCESS_LOCK.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(parent) = self.path.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| LocalError::io(parent, e))?;
+            crate::private::create_dir_all(parent)?;
         }
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        loop {
+        let started = std::time::Instant::now();
+        let deadline = started + self.busy_timeout;
+        let marker = write.then(|| self.writer_marker());
+        if !write {
+            while self.writer_waiting() && started.elapsed() < WRITER_PRIORITY {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        let result = loop {
             match Database::create(&self.path) {
-                Ok(db) => return f(&db),
+                Ok(db) => break f(&db),
                 Err(redb::DatabaseError::DatabaseAlreadyOpen)
                     if std::time::Instant::now() < deadline =>
                 {
-                    std::thread::sleep(Duration::from_millis(20));
+                    if let Some(m) = &marker {
+                        // (Re)announce: the marker's age tells readers the writer is live.
+                        let _ = std::fs::write(m, b"");
+                    }
+                    std::thread::sleep(Duration::from_millis(if write { 2 } else { 20 }));
                 }
-                Err(e) => return Err(self.err(e)),
+                Err(e) => break Err(self.err(e)),
             }
+        };
+        if let Some(m) = &marker {
+            let _ = std::fs::remove_file(m);
         }
+        crate::private::restrict_file(&self.path);
+        result
     }
 
     fn put(&self, table: TableDefinition<'_, &str, &[u8]>, key: &str, value: &[u8]) -> Result<()> {
-        self.with_db(|db| {
+        self.with_db(true, |db| {
             let w = db.begin_write().map_err(|e| self.err(e))?;
             {
                 let mut t = w.open_table(table).map_err(|e| self.err(e))?;
@@ -177,7 +224,7 @@ impl Store {
         if !self.path.exists() {
             return Ok(Vec::new());
         }
-        self.with_db(|db| {
+        self.with_db(false, |db| {
             let r = db.begin_read().map_err(|e| self.err(e))?;
             let t = match r.open_table(table) {
                 Ok(t) => t,
@@ -218,7 +265,7 @@ impl Store {
                 ))
             })
             .collect::<Result<_>>()?;
-        self.with_db(|db| {
+        self.with_db(true, |db| {
             let w = db.begin_write().map_err(|e| self.err(e))?;
             for (table, rows) in [(JOBS, &jobs), (TASKS, &tasks)] {
                 if rows.is_empty() {

@@ -165,11 +165,8 @@ impl Sink {
         node: &str,
         coordination: bool,
     ) -> Result<Self> {
-        std::fs::create_dir_all(dir).map_err(|e| LocalError::io(dir, e))?;
-        let open = |name: &str| {
-            let p = dir.join(name);
-            std::fs::File::create(&p).map_err(|e| LocalError::io(p, e))
-        };
+        crate::private::create_dir_all(dir)?;
+        let open = |name: &str| crate::private::create_file(&dir.join(name));
         Ok(Sink {
             out: open("stdout.txt")?,
             err: open("stderr.txt")?,
@@ -319,7 +316,7 @@ impl AttemptSetup {
         };
         let run_opts = parse_run_options(&task.container_run_options)?;
         let task_dir = ctx.task_dir(&task.id);
-        std::fs::create_dir_all(&task_dir).map_err(|e| LocalError::io(&task_dir, e))?;
+        crate::private::create_dir_all(&task_dir)?;
         Ok(AttemptSetup {
             multi,
             labels,
