@@ -321,7 +321,7 @@ impl LocalBackend {
         let guard = RunGuard::new(&run_id);
         run.drive(&job, &cancel).await;
         guard.disarm();
-        Ok(run.finish(job, self.cancel.is_cancelled()).await)
+        run.finish(job, self.cancel.is_cancelled()).await
     }
 
     /// Fails with [`LocalError::ImageMissing`] for the first task whose image the engine lacks.

@@ -8,6 +8,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::backend::JobOutcome;
+use crate::error::Result;
 use crate::events::Event;
 use crate::recorder::Recorder;
 use crate::spec::{LocalJob, LocalTask, OnAllTasksComplete, OnTaskFailure};
@@ -226,8 +227,9 @@ impl JobRun {
     }
 
     /// Records why unrun tasks did not run and the job's final state, deletes the key
-    /// directory, emits [`Event::JobFinished`] and returns the outcome.
-    pub(crate) async fn finish(self, job: LocalJob, cancelled: bool) -> JobOutcome {
+    /// directory, emits [`Event::JobFinished`] and returns the outcome; fails when some state
+    /// change could not be recorded.
+    pub(crate) async fn finish(self, job: LocalJob, cancelled: bool) -> Result<JobOutcome> {
         let JobRun {
             ctx,
             recorder,
@@ -255,7 +257,7 @@ impl JobRun {
         }
         job_rec.end_time = Some(OffsetDateTime::now_utc());
         recorder.job(&job_rec);
-        recorder.flush().await;
+        let recorded = recorder.flush().await;
         let events = ctx.events.clone();
         let run_id = ctx.run_id.clone();
         drop(ctx); // deletes the key directory
@@ -263,14 +265,16 @@ impl JobRun {
             job: job.id.clone(),
             state: job_rec.state,
         });
-        JobOutcome {
+        // A state change that could not be recorded fails the run: the records would lie.
+        recorded?;
+        Ok(JobOutcome {
             job_id: job.id,
             run_id,
             state: job_rec.state,
             terminate_reason: job_rec.terminate_reason,
             cancelled,
             tasks: records,
-        }
+        })
     }
 }
 

@@ -150,7 +150,7 @@ impl Store {
     }
 
     /// Whether a writer is waiting for the database (a fresh marker exists).
-    fn writer_waiting(&self) -> bool {
+    pub(crate) fn writer_waiting(&self) -> bool {
         std::fs::metadata(self.writer_marker())
             .and_then(|m| m.modified())
             .is_ok_and(|t| t.elapsed().is_ok_and(|age| age < WRITER_PRIORITY))
