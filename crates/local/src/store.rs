@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::error::{LocalError, Result};
+use crate::owner::RunOwner;
 
 const JOBS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("jobs");
 const TASKS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("tasks");
@@ -73,7 +74,20 @@ pub struct JobRecord {
     pub terminate_reason: Option<String>,
     /// Number of tasks.
     pub task_count: usize,
+    /// The process and host running the job (absent in records of older versions).
+    #[serde(default)]
+    pub owner: Option<RunOwner>,
 }
+
+impl JobState {
+    /// Active or terminating: a run may still be writing it.
+    pub fn is_running(self) -> bool {
+        matches!(self, JobState::Active | JobState::Terminating)
+    }
+}
+
+/// `terminate_reason` of a job whose run died without recording its end.
+pub const OWNER_DIED: &str = "RunProcessDied";
 
 /// One task as recorded.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -293,8 +307,116 @@ impl Store {
         self.put(TASKS, &task_key(&task.job_id, &task.id), &v)
     }
 
-    /// Every recorded job, ordered by id.
+    /// Records a new run of `job` and its tasks, atomically with the check that it may run:
+    /// an id whose run is still active is refused ([`LocalError::JobExists`], like Batch's
+    /// `JobExists`), and so is a finished one unless `recreate` (then its old tasks go).
+    pub fn claim_job(&self, job: &JobRecord, tasks: &[TaskRecord], recreate: bool) -> Result<()> {
+        self.reconcile_quietly();
+        let value = serde_json::to_vec(job).map_err(|e| self.err(e))?;
+        let rows: Vec<(String, Vec<u8>)> = tasks
+            .iter()
+            .map(|t| {
+                Ok((
+                    task_key(&t.job_id, &t.id),
+                    serde_json::to_vec(t).map_err(|e| self.err(e))?,
+                ))
+            })
+            .collect::<Result<_>>()?;
+        self.with_db(true, |db| {
+            let w = db.begin_write().map_err(|e| self.err(e))?;
+            {
+                let mut jt = w.open_table(JOBS).map_err(|e| self.err(e))?;
+                let existing: Option<JobRecord> = jt
+                    .get(job.id.as_str())
+                    .map_err(|e| self.err(e))?
+                    .and_then(|v| serde_json::from_slice(v.value()).ok());
+                if let Some(old) = existing {
+                    let active = old.state.is_running();
+                    if active || !recreate {
+                        return Err(LocalError::JobExists {
+                            job: job.id.clone(),
+                            active,
+                            run_id: old.run_id,
+                        });
+                    }
+                }
+                jt.insert(job.id.as_str(), value.as_slice())
+                    .map_err(|e| self.err(e))?;
+                let mut tt = w.open_table(TASKS).map_err(|e| self.err(e))?;
+                let prefix = format!("{}\u{0}", job.id);
+                let stale: Vec<String> = tt
+                    .iter()
+                    .map_err(|e| self.err(e))?
+                    .filter_map(|i| i.ok())
+                    .map(|(k, _)| k.value().to_owned())
+                    .filter(|k| k.starts_with(&prefix))
+                    .collect();
+                for k in stale {
+                    tt.remove(k.as_str()).map_err(|e| self.err(e))?;
+                }
+                for (k, v) in &rows {
+                    tt.insert(k.as_str(), v.as_slice())
+                        .map_err(|e| self.err(e))?;
+                }
+            }
+            w.commit().map_err(|e| self.err(e))
+        })
+    }
+
+    /// Ends the records of runs whose process died (`kill -9`, a crash, a reboot) without
+    /// recording their end: the job becomes completed with [`OWNER_DIED`] and each unfinished
+    /// task a failure saying so. Runs of live owners, of other hosts and of other pid
+    /// namespaces are left alone. Returns the ids of the jobs it ended.
+    pub fn reconcile(&self) -> Result<Vec<String>> {
+        let dead: Vec<JobRecord> = self
+            .scan(JOBS, None)?
+            .iter()
+            .filter_map(|v| serde_json::from_slice::<JobRecord>(v).ok())
+            .filter(|j| j.state.is_running() && j.owner.as_ref().is_some_and(|o| !o.alive()))
+            .collect();
+        let mut ended = Vec::new();
+        for mut job in dead {
+            let pid = job.owner.as_ref().map_or(0, |o| o.pid);
+            let now = OffsetDateTime::now_utc();
+            let why = format!(
+                "the run's process (pid {pid}) died before the task ended; its containers are \
+                 removed by the next sweep"
+            );
+            let mut tasks = self.list_tasks_raw(&job.id)?;
+            tasks.retain(|t| t.state != TaskState::Completed);
+            for t in &mut tasks {
+                t.state = TaskState::Completed;
+                t.result = Some(TaskResult::Failure);
+                t.failure = Some(why.clone());
+                t.end_time = Some(now);
+            }
+            job.state = JobState::Completed;
+            job.terminate_reason = Some(OWNER_DIED.into());
+            job.end_time = Some(now);
+            tracing::info!(job = %job.id, pid, "the run of this job died; its records now say so");
+            self.put_batch(std::slice::from_ref(&job), &tasks)?;
+            ended.push(job.id);
+        }
+        Ok(ended)
+    }
+
+    fn reconcile_quietly(&self) {
+        if let Err(e) = self.reconcile() {
+            tracing::warn!(error = %e, "could not reconcile the records of dead runs");
+        }
+    }
+
+    fn list_tasks_raw(&self, job: &str) -> Result<Vec<TaskRecord>> {
+        let prefix = format!("{job}\u{0}");
+        self.scan(TASKS, Some(&prefix))?
+            .iter()
+            .map(|v| serde_json::from_slice(v).map_err(|e| self.err(e)))
+            .collect()
+    }
+
+    /// Every recorded job, ordered by id (after [`Store::reconcile`]).
     pub fn list_jobs(&self) -> Result<Vec<JobRecord>> {
+        self.reconcile_quietly();
         self.scan(JOBS, None)?
             .iter()
             .map(|v| serde_json::from_slice(v).map_err(|e| self.err(e)))
@@ -306,13 +428,10 @@ impl Store {
         Ok(self.list_jobs()?.into_iter().find(|j| j.id == job))
     }
 
-    /// The tasks of `job`, ordered by id.
+    /// The tasks of `job`, ordered by id (after [`Store::reconcile`]).
     pub fn list_tasks(&self, job: &str) -> Result<Vec<TaskRecord>> {
-        let prefix = format!("{job}\u{0}");
-        self.scan(TASKS, Some(&prefix))?
-            .iter()
-            .map(|v| serde_json::from_slice(v).map_err(|e| self.err(e)))
-            .collect()
+        self.reconcile_quietly();
+        self.list_tasks_raw(job)
     }
 }
 
@@ -350,6 +469,7 @@ mod tests {
             end_time: None,
             terminate_reason: Some("AllTasksComplete".into()),
             task_count: 2,
+            owner: None,
         })
         .unwrap();
         s.put_task(&task("j", "a")).unwrap();
