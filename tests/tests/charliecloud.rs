@@ -185,19 +185,22 @@ fn task_env(plan: &JobPlan) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The test image, Open MPI, MPICH and `ch-run` (each `require_*` fails under CI).
+fn require_all() -> Option<(shipyard_e2e::MpiInstall, shipyard_e2e::MpiInstall)> {
+    if !require_test_image() {
+        return None;
+    }
+    let ompi = require_mpi(MpiKind::OpenMpi)?;
+    let mpich = require_mpi(MpiKind::Mpich)?;
+    eprintln!("ch-run {}", require_ch_run()?);
+    Some((ompi, mpich))
+}
+
 #[test]
 fn charliecloud_plans_run_under_host_openmpi_and_mpich() {
-    if !require_test_image() {
-        return;
-    }
-    let (Some(ompi), Some(mpich)) = (require_mpi(MpiKind::OpenMpi), require_mpi(MpiKind::Mpich))
-    else {
+    let Some((ompi, mpich)) = require_all() else {
         return;
     };
-    let Some(version) = require_ch_run() else {
-        return;
-    };
-    eprintln!("ch-run {version}");
     let node = Node::new();
     let tar = export_image(node.root.path());
 
@@ -540,14 +543,7 @@ fn vm_task(
 /// Open MPI and MPICH: 4 ranks, both hostnames, allreduce and the task's variable checked.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn charliecloud_plans_run_across_two_vm_nodes_over_host_sshd() {
-    if !require_test_image() {
-        return;
-    }
-    let (Some(ompi), Some(mpich)) = (require_mpi(MpiKind::OpenMpi), require_mpi(MpiKind::Mpich))
-    else {
-        return;
-    };
-    let Some(_) = require_ch_run() else {
+    let Some((ompi, mpich)) = require_all() else {
         return;
     };
     let scratch = Node::new(); // under target/, outside /tmp
