@@ -287,7 +287,7 @@ fn validate(req: &LaunchRequest) -> Result<(), LaunchError> {
         no_nul("launcher", l)?;
     }
     for o in &req.extra_options {
-        no_nul("extra_options", o)?;
+        word_no_nul("extra_options", o)?;
     }
     match &req.hosts {
         Hosts::List(hosts) => {
@@ -592,10 +592,12 @@ pub(crate) fn build(req: &LaunchRequest) -> Result<LaunchPlan, LaunchError> {
         }
         Hosts::Env(var) => Num::HostCount(var.clone()),
     };
-    let ppn = match req.ppn {
-        Ppn::Count(n) => Num::Lit(n),
+    let ppn = match &req.ppn {
+        Ppn::Count(n) => Num::Lit(*n),
         Ppn::AllCores => Num::Nproc,
+        Ppn::Command(cmd) => Num::Command(cmd.clone()),
     };
+    let user = req.user_placement;
     let capacity = Num::times(nodes.clone(), ppn.clone(), "ranks")?;
     let ranks = req.ranks.map(Num::Lit).unwrap_or_else(|| capacity.clone());
     if let (Some(r), Some(n), Some(p)) = (req.ranks, nodes.known(), ppn.known()) {
@@ -667,7 +669,7 @@ pub(crate) fn build(req: &LaunchRequest) -> Result<LaunchPlan, LaunchError> {
     argv.push(Word::lit(
         req.launcher.as_deref().unwrap_or(flavor.default_launcher()),
     ));
-    argv.extend(req.extra_options.iter().map(Word::lit));
+    argv.extend(req.extra_options.iter().cloned());
 
     let hostfile = match &req.host_spec {
         HostSpec::Inline => None,
@@ -709,8 +711,11 @@ pub(crate) fn build(req: &LaunchRequest) -> Result<LaunchPlan, LaunchError> {
             if req.run_as_root {
                 argv.push(lit(openmpi::ALLOW_RUN_AS_ROOT));
             }
-            argv.extend([lit(openmpi::NP), Word::num(ranks)]);
+            if !user.ranks {
+                argv.extend([lit(openmpi::NP), Word::num(ranks)]);
+            }
             match &hostfile {
+                _ if user.hosts => {}
                 Some(hf) => argv.extend([lit(openmpi::HOSTFILE), Word::lit(&hf.path)]),
                 None => {
                     let hosts = match &req.hosts {
@@ -735,7 +740,7 @@ pub(crate) fn build(req: &LaunchRequest) -> Result<LaunchPlan, LaunchError> {
             }
             if req.oversubscribe {
                 argv.push(lit(openmpi::OVERSUBSCRIBE));
-            } else {
+            } else if !user.per_node {
                 let mut parts = vec![Part::Lit("ppr:".into())];
                 parts.extend(Word::num(ppn.clone()).parts().iter().cloned());
                 parts.push(Part::Lit(":node".into()));
@@ -785,20 +790,23 @@ pub(crate) fn build(req: &LaunchRequest) -> Result<LaunchPlan, LaunchError> {
                     mpich::GENV,
                 )
             };
-            argv.extend([lit(n), Word::num(ranks)]);
+            if !user.ranks {
+                argv.extend([lit(n), Word::num(ranks)]);
+            }
             match &hostfile {
-                Some(hf) => argv.extend([lit(file_flag), Word::lit(&hf.path)]),
+                Some(hf) if !user.hosts => argv.extend([lit(file_flag), Word::lit(&hf.path)]),
+                Some(_) => {}
                 None => {
-                    let hosts = match &req.hosts {
-                        Hosts::List(hs) => Word::lit(hs.join(",")),
-                        Hosts::Env(var) => Word::var(var),
-                    };
-                    argv.extend([
-                        lit(ppn_flag),
-                        Word::num(ppn.clone()),
-                        lit(hosts_flag),
-                        hosts,
-                    ]);
+                    if !user.per_node {
+                        argv.extend([lit(ppn_flag), Word::num(ppn.clone())]);
+                    }
+                    if !user.hosts {
+                        let hosts = match &req.hosts {
+                            Hosts::List(hs) => Word::lit(hs.join(",")),
+                            Hosts::Env(var) => Word::var(var),
+                        };
+                        argv.extend([lit(hosts_flag), hosts]);
+                    }
                 }
             }
             if let Some(w) = &req.workdir {

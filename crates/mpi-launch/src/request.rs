@@ -39,12 +39,29 @@ impl Default for Hosts {
 }
 
 /// Processes per node.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Ppn {
     /// A fixed count.
     Count(u32),
     /// One per core, resolved at run time with `$(nproc)` on the launching node.
     AllCores,
+    /// The number a shell command prints on the launching node at run time (Batch
+    /// Shipyard's `processes_per_node: nvidia-smi -L | wc -l`); POSIX-sh rendering only.
+    Command(String),
+}
+
+/// Placement the user's own launcher options already set: shipyard then leaves out its
+/// flags of that kind (Batch Shipyard's `mpi.options` with `-np`, `-hosts`, `-ppn`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct UserPlacement {
+    /// The user passes the rank count (`-np`, `-n`): shipyard's is left out.
+    pub ranks: bool,
+    /// The user passes the hosts (`--host`, `-hosts`, `--hostfile`, `-f`, `-machinefile`):
+    /// shipyard's host list or hostfile flag is left out.
+    pub hosts: bool,
+    /// The user passes the processes per node (`-ppn`, `-perhost`, `--map-by`,
+    /// `--npernode`): shipyard's is left out.
+    pub per_node: bool,
 }
 
 impl Default for Ppn {
@@ -280,7 +297,8 @@ pub struct LaunchRequest {
     pub(crate) run_as_root: bool,
     pub(crate) oversubscribe: bool,
     pub(crate) iface: Option<String>,
-    pub(crate) extra_options: Vec<String>,
+    pub(crate) extra_options: Vec<Word>,
+    pub(crate) user_placement: UserPlacement,
     pub(crate) wall_clock: Option<WallClock>,
     pub(crate) program: String,
     pub(crate) args: Vec<String>,
@@ -388,7 +406,20 @@ impl LaunchRequest {
 
     /// Adds one of the user's launcher options (placed first, right after the launcher).
     pub fn extra_option(mut self, opt: impl Into<String>) -> LaunchRequest {
-        self.extra_options.push(opt.into());
+        self.extra_options.push(Word::lit(opt.into()));
+        self
+    }
+
+    /// Adds one of the user's launcher options as a word that may hold run-time values
+    /// (`-np "$np"`: the variable is expanded when the line runs).
+    pub fn extra_option_word(mut self, opt: Word) -> LaunchRequest {
+        self.extra_options.push(opt);
+        self
+    }
+
+    /// Declares which placement the user's options already set (see [`UserPlacement`]).
+    pub fn user_placement(mut self, placement: UserPlacement) -> LaunchRequest {
+        self.user_placement = placement;
         self
     }
 
@@ -398,7 +429,8 @@ impl LaunchRequest {
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        self.extra_options.extend(opts.into_iter().map(Into::into));
+        self.extra_options
+            .extend(opts.into_iter().map(|o| Word::lit(o.into())));
         self
     }
 
