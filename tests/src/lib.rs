@@ -81,6 +81,33 @@ pub fn require_test_image() -> bool {
     ok
 }
 
+/// Demands Charliecloud's `ch-run` (package `charliecloud-runtime`) on `PATH`: `ch-run
+/// --version` succeeds. Returns its version text (`0.31`), or `None` when skipping.
+pub fn require_ch_run() -> Option<String> {
+    let out = Command::new("ch-run")
+        .arg("--version")
+        .env("USER", "root")
+        .output()
+        .ok()
+        .filter(|o| o.status.success());
+    match out {
+        // ch-run prints its version on stderr
+        Some(o) => Some(
+            String::from_utf8_lossy(if o.stdout.is_empty() {
+                &o.stderr
+            } else {
+                &o.stdout
+            })
+            .trim()
+            .to_string(),
+        ),
+        None => {
+            missing("Charliecloud's ch-run (package charliecloud-runtime)");
+            None
+        }
+    }
+}
+
 /// The MPI implementations the tests run for real.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum MpiKind {

@@ -9,31 +9,25 @@
 //! The node root directory is created under `target/`, outside `/tmp` (which `ch-run` shares
 //! with the host), so only the plan's `-b` bind makes it visible in the container.
 //!
+//! Multi-node: the same plans on two VM-like nodes (`shipyard-vm-node`), each with a host sshd
+//! on port 23 in its namespaces; the preparation runs on both nodes, the MPI task on node-0,
+//! whose host launcher reaches node-1 over ssh (4 ranks, 2 per node, both hostnames).
+//!
 //! Needs Docker with the test image, Open MPI, MPICH and `ch-run` (`charliecloud-runtime`,
-//! installed by `scripts/setup.sh`).
+//! installed by `scripts/setup.sh`); the multi-node test also root, iproute2, iptables,
+//! dockerd and openssh-server.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use shipyard_e2e::{image_hello_path, require_mpi, require_test_image, HelloReport, MpiKind};
+use shipyard_e2e::{
+    image_hello_path, require_ch_run, require_mpi, require_test_image, HelloReport, MpiKind,
+};
 use shipyard_plugin_charliecloud::CharliecloudRuntime;
 use shipyard_runtime::{ContainerRuntime, JobPlan, JobSpec, OsFamily, PoolFacts};
 
 const LABEL: &str = "shipyard-test=charliecloud";
-
-/// `ch-run` is required like every other prerequisite: a missing one fails the test.
-fn require_ch_run() {
-    let ok = Command::new("ch-run")
-        .arg("--version")
-        .env("USER", "root")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    assert!(
-        ok,
-        "ch-run is missing: run `bash scripts/setup.sh` (installs charliecloud-runtime)"
-    );
-}
 
 fn show(o: &Output) -> String {
     format!(
@@ -106,6 +100,7 @@ fn s(p: &Path) -> String {
 
 /// Exports the test image's file system to `<dir>/image.tar` (`docker export`).
 fn export_image(dir: &Path) -> PathBuf {
+    std::fs::create_dir_all(dir).expect("mkdir for the image tarball");
     let out = Command::new("docker")
         .args(["create", "--label", LABEL, shipyard_e2e::TEST_IMAGE, "true"])
         .output()
@@ -129,23 +124,31 @@ fn export_image(dir: &Path) -> PathBuf {
 }
 
 fn pool() -> PoolFacts {
+    pool_of(1)
+}
+
+fn pool_of(nodes: u32) -> PoolFacts {
     PoolFacts {
         pool_id: "p".into(),
         native_containers: false,
         os: OsFamily::Linux,
         subnet_pattern: "127.0.0.*".into(),
-        node_count: 1,
+        node_count: nodes,
         slots_per_node: 1,
         cores_per_node: None,
     }
 }
 
 fn plan(text: &str) -> JobPlan {
+    plan_on(text, pool())
+}
+
+fn plan_on(text: &str, pool: PoolFacts) -> JobPlan {
     let job: JobSpec = toml::from_str(text).expect("job toml");
     // the test runs as root, so the tasks run as the pool's admin (mpirun --allow-run-as-root)
     CharliecloudRuntime::default()
         .elevated(true)
-        .plan(&job, &pool())
+        .plan(&job, &pool)
         .expect("plan")
 }
 
@@ -182,16 +185,22 @@ fn task_env(plan: &JobPlan) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The test image, Open MPI, MPICH and `ch-run` (each `require_*` fails under CI).
+fn require_all() -> Option<(shipyard_e2e::MpiInstall, shipyard_e2e::MpiInstall)> {
+    if !require_test_image() {
+        return None;
+    }
+    let ompi = require_mpi(MpiKind::OpenMpi)?;
+    let mpich = require_mpi(MpiKind::Mpich)?;
+    eprintln!("ch-run {}", require_ch_run()?);
+    Some((ompi, mpich))
+}
+
 #[test]
 fn charliecloud_plans_run_under_host_openmpi_and_mpich() {
-    if !require_test_image() {
-        return;
-    }
-    let (Some(ompi), Some(mpich)) = (require_mpi(MpiKind::OpenMpi), require_mpi(MpiKind::Mpich))
-    else {
+    let Some((ompi, mpich)) = require_all() else {
         return;
     };
-    require_ch_run();
     let node = Node::new();
     let tar = export_image(node.root.path());
 
@@ -457,4 +466,272 @@ fn the_cli_loads_the_plugin_checks_and_dry_runs_spec_valid_requests() {
         "{line}"
     );
     assert_eq!(task["multiInstanceSettings"]["numberOfInstances"], 2);
+}
+
+// ----------------------------------------------------------------------------- two VM-like nodes
+
+/// Generates an ed25519 key pair at `path` (and `path.pub`).
+fn keygen(path: &Path) {
+    let out = Command::new("ssh-keygen")
+        .args([
+            "-q",
+            "-t",
+            "ed25519",
+            "-N",
+            "",
+            "-C",
+            "shipyard-charliecloud-test",
+            "-f",
+        ])
+        .arg(path)
+        .output()
+        .expect("run ssh-keygen");
+    assert!(out.status.success(), "ssh-keygen: {}", show(&out));
+}
+
+/// The environment of a Batch task on a VM-like node: a clean one with the `AZ_BATCH_*`
+/// variables, `PATH` starting with `bin` (the test's `ssh`, standing in for the ssh setup Batch
+/// gives multi-instance tasks), no `USER`.
+fn vm_task(
+    node: &shipyard_vm_node::VmNode,
+    task: &str,
+    command_line: &str,
+    hosts: &str,
+    bin: &Path,
+    extra: &[(String, String)],
+) -> shipyard_vm_node::NodeCommand {
+    let root = node.root_dir();
+    let wd = root.join("workitems/job/job-1").join(task).join("wd");
+    std::fs::create_dir_all(
+        node.root_on_host()
+            .join("workitems/job/job-1")
+            .join(task)
+            .join("wd"),
+    )
+    .expect("mkdir task dir");
+    let mut cmd = node
+        .command("/bin/sh")
+        // not `current_dir`: nsenter opens `--wd` before it enters the mount namespace
+        .args([
+            "-c",
+            &format!("cd \"$AZ_BATCH_TASK_WORKING_DIR\" && exec {command_line}"),
+        ])
+        .env_clear()
+        .env(
+            "PATH",
+            format!(
+                "{}:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                bin.display()
+            ),
+        )
+        .env("HOME", "/root")
+        .env("AZ_BATCH_NODE_ROOT_DIR", root)
+        .env("AZ_BATCH_NODE_SHARED_DIR", root.join("shared"))
+        .env("AZ_BATCH_TASK_WORKING_DIR", &wd)
+        .env("AZ_BATCH_HOST_LIST", hosts);
+    for (k, v) in extra {
+        cmd = cmd.env(k, v);
+    }
+    cmd
+}
+
+/// The plugin's plan on a pool of two VM-like nodes (`shipyard-vm-node`: own network, mount
+/// and UTS namespaces, the node root at the same path on both), each running a host sshd on
+/// port 23 in its namespaces: the job preparation runs on each node (the image tarball
+/// unpacked into that node's shared directory), then the MPI task runs on node-0, whose host
+/// `mpirun` / `mpiexec` reaches node-1 over ssh from `$AZ_BATCH_HOST_LIST`. 2 ranks per node,
+/// Open MPI and MPICH: 4 ranks, both hostnames, allreduce and the task's variable checked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn charliecloud_plans_run_across_two_vm_nodes_over_host_sshd() {
+    let Some((ompi, mpich)) = require_all() else {
+        return;
+    };
+    let scratch = Node::new(); // under target/, outside /tmp
+    let tar = export_image(&scratch.root.path().join("image"));
+    let pool = shipyard_vm_node::VmPool::builder()
+        .nodes(2)
+        .state_dir(scratch.root.path().join("vm-state"))
+        .create()
+        .expect("create 2 VM-like nodes (needs root, iproute2, iptables, dockerd)");
+    let nodes = pool.nodes();
+    let hosts = nodes
+        .iter()
+        .map(|n| n.address().to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+
+    // ssh material: a host key, a client key authorized for root, and the `ssh` the launchers
+    // find first on PATH (port 23, that key); the private key never leaves this directory
+    let ssh = scratch.root.path().join("ssh");
+    let bin = scratch.root.path().join("bin");
+    std::fs::create_dir_all(&ssh).expect("mkdir ssh");
+    std::fs::create_dir_all(&bin).expect("mkdir bin");
+    keygen(&ssh.join("host_key"));
+    keygen(&ssh.join("id"));
+    std::fs::copy(ssh.join("id.pub"), ssh.join("authorized_keys")).expect("authorized_keys");
+    let wrapper = bin.join("ssh");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nexec /usr/bin/ssh -p 23 -i {} -o IdentitiesOnly=yes -o LogLevel=error \"$@\"\n",
+            ssh.join("id").display()
+        ),
+    )
+    .expect("write ssh wrapper");
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod the ssh wrapper");
+    std::fs::create_dir_all("/run/sshd").expect("sshd privilege separation dir");
+    let mut sshds = Vec::new();
+    for node in nodes {
+        let opt = |k: &str, v: &Path| format!("{k}={}", v.display());
+        let log = ssh.join(format!("sshd-{}.log", node.name()));
+        let p = node
+            .command("/usr/sbin/sshd")
+            .args(["-D", "-f", "/dev/null", "-E"])
+            .arg(&log)
+            .args(["-o", &format!("ListenAddress={}:23", node.address())])
+            .args(["-o", &opt("HostKey", &ssh.join("host_key"))])
+            .args([
+                "-o",
+                &opt("AuthorizedKeysFile", &ssh.join("authorized_keys")),
+            ])
+            .args(["-o", "StrictModes=no", "-o", "PasswordAuthentication=no"])
+            .args(["-o", "KbdInteractiveAuthentication=no", "-o", "UsePAM=no"])
+            .args([
+                "-o",
+                "PermitRootLogin=prohibit-password",
+                "-o",
+                "PidFile=none",
+            ])
+            .spawn()
+            .expect("start sshd on the node");
+        sshds.push(p);
+    }
+    // node-0 reaches both sshds through the bridge
+    for node in nodes {
+        let probe = format!(
+            "for i in $(seq 100); do bash -c 'exec 3<>/dev/tcp/{}/23' 2>/dev/null && exit 0; sleep 0.1; done; exit 1",
+            node.address()
+        );
+        let out = nodes[0]
+            .command("sh")
+            .args(["-c", &probe])
+            .output()
+            .await
+            .expect("probe sshd");
+        assert_eq!(out.code, Some(0), "sshd of {} not reachable", node.name());
+    }
+
+    for (kind, launcher, options) in [
+        (
+            MpiKind::OpenMpi,
+            &ompi.launcher,
+            r#"["--mca", "btl_tcp_if_include", "eth0", "--mca", "oob_tcp_if_include", "eth0"]"#,
+        ),
+        (MpiKind::Mpich, &mpich.launcher, r#"["-iface", "eth0"]"#),
+    ] {
+        let mut text = mpi_job(&tar, kind, launcher)
+            .replace("num_instances = 1", "num_instances = 2")
+            .replace(
+                "processes_per_node = 4",
+                &format!("processes_per_node = 2\n        options = {options}"),
+            );
+        if kind == MpiKind::Mpich {
+            // The VM-like nodes share one kernel, so UCX (MPICH's ch4 device) takes ranks of
+            // different nodes for neighbours (same boot id) and maps their shared memory through
+            // /proc/<pid>/fd, which a rank in another node's container may not open. Named
+            // segments in the (common) /dev/shm work for both cases.
+            text = text.replace(
+                "HELLO_PRINT_ENV = \"SHIPYARD_VALUE\"",
+                "HELLO_PRINT_ENV = \"SHIPYARD_VALUE\", UCX_POSIX_USE_PROC_LINK = \"n\"",
+            );
+            assert!(text.contains("UCX_POSIX_USE_PROC_LINK"));
+        }
+        let plan = plan_on(&text, pool_of(2));
+        let prep = plan.job.job_preparation_task.as_ref().expect("prep task");
+        for node in nodes {
+            let t = std::time::Instant::now();
+            let out = vm_task(
+                node,
+                "jobpreparation",
+                &prep.command_line,
+                &hosts,
+                &bin,
+                &[],
+            )
+            .output()
+            .await
+            .expect("run the preparation");
+            assert_eq!(
+                out.code,
+                Some(0),
+                "prep on {}: {}\n{}",
+                node.name(),
+                out.stdout_text(),
+                out.stderr_text()
+            );
+            eprintln!(
+                "charliecloud: {} preparation on {} {:.2}s",
+                kind.short(),
+                node.name(),
+                t.elapsed().as_secs_f64()
+            );
+        }
+        // Batch creates the task's directory on every node of a multi-instance task
+        for node in nodes {
+            std::fs::create_dir_all(node.root_on_host().join("workitems/job/job-1/mpi/wd"))
+                .expect("mkdir the task dir");
+        }
+        let t = std::time::Instant::now();
+        let out = vm_task(
+            &nodes[0],
+            "mpi",
+            &plan.tasks[0].command_line,
+            &hosts,
+            &bin,
+            &task_env(&plan),
+        )
+        .output()
+        .await
+        .expect("run the MPI task");
+        let stdout = out.stdout_text();
+        assert_eq!(
+            out.code,
+            Some(0),
+            "{} task: {stdout}\n{}",
+            kind.short(),
+            out.stderr_text()
+        );
+        eprintln!(
+            "charliecloud: {} 4 ranks on 2 VM-like nodes {:.2}s",
+            kind.short(),
+            t.elapsed().as_secs_f64()
+        );
+        let report = HelloReport::parse(&stdout);
+        report.assert_complete(4);
+        assert_eq!(
+            report.hosts(),
+            vec!["node-0".to_string(), "node-1".to_string()],
+            "{stdout}"
+        );
+        assert_eq!(
+            stdout.matches("SHIPYARD_VALUE=forwarded-ok").count(),
+            4,
+            "every rank sees the task's variable: {stdout}"
+        );
+    }
+    // the launchers reached node-1 through its sshd (node-0 may start its own ranks directly)
+    let log = std::fs::read_to_string(ssh.join("sshd-node-1.log")).expect("sshd log of node-1");
+    assert!(
+        log.contains("Accepted publickey for root"),
+        "node-1's sshd: {log}"
+    );
+    for p in &sshds {
+        p.killer().kill().await.expect("kill sshd");
+    }
+    drop(sshds);
+    pool.delete();
 }

@@ -8,8 +8,10 @@
 //! does:
 //!
 //! - multi-instance tasks with `mpi`: the HOST launcher (built by `shipyard-mpi-launch` from
-//!   `$AZ_BATCH_HOST_LIST`) starts one `ch-run` per rank ([`wrap`]): `--join-ct` so the ranks of
-//!   a node share one container (shared-memory transport), `-b $AZ_BATCH_NODE_ROOT_DIR` (the
+//!   `$AZ_BATCH_HOST_LIST`) starts one `ch-run` per rank, rendered by mpi-launch's
+//!   `ContainerWrapper::Charliecloud` ([`wrap`]; no shell per rank): `--join` (Open MPI, whose
+//!   `OMPI_COMM_WORLD_LOCAL_SIZE` `ch-run` reads) or `--join-ct=<processes per node>` (MPICH,
+//!   Intel MPI) so the ranks of a node share one container (shared-memory transport), `-b $AZ_BATCH_NODE_ROOT_DIR` (the
 //!   task, shared and startup directories at their host paths), `-c $AZ_BATCH_TASK_WORKING_DIR`,
 //!   `--set-env` for the job's and task's variables. The launcher forwards `USER` (which
 //!   `ch-run` needs), the `AZ_BATCH_*` paths and the task's variables to every rank;
@@ -33,7 +35,7 @@ use shipyard_runtime::batch::{
     self, AutoUserScope, ElevationLevel, JobPreparationTask, JobReleaseTask, MultiInstanceSettings,
     OnAllTasksComplete, ResourceFile, TaskAddParameter, UserIdentity,
 };
-use shipyard_runtime::shell::{bash_c, join};
+use shipyard_runtime::shell::bash_c;
 use shipyard_runtime::{
     mpi, validate, ContainerRuntime, Field, JobNeeds, JobPlan, JobSpec, MpiRuntime, MpiSpec,
     OsFamily, PoolFacts, PoolNeeds, RuntimeError, TaskSpec, WorkingDir,
@@ -88,7 +90,6 @@ impl CharliecloudRuntime {
             join,
             cd_task_dir: task.default_working_dir == WorkingDir::Batch,
             set_env: job.environment(task).into_keys().collect(),
-            options: Vec::new(),
         }
     }
 
@@ -113,10 +114,9 @@ impl CharliecloudRuntime {
             user_env: &env,
             infiniband: job.infiniband(task),
         };
-        let program = mpi::program_words(task.command.as_deref().unwrap_or_default(), "/bin/sh");
         let ch = self.ch_run(job, task, true);
-        // The rank's argv goes through the launcher's word splitting (quoted words round-trip).
-        let mut req = mpi::launch_request(m, &join(&ch.rank_argv(&program)), ctx)?;
+        let mut req = mpi::launch_request(m, task.command.as_deref().unwrap_or_default(), ctx)?
+            .container(ch.container());
         for name in ch.forwarded() {
             req = req.forward_env(name);
         }
@@ -170,8 +170,12 @@ impl CharliecloudRuntime {
             None => {
                 let program =
                     mpi::program_words(task.command.as_deref().unwrap_or("true"), "/bin/sh");
-                let argv = self.ch_run(job, task, false).rank_argv(&program);
-                script.push(format!("exec {}", join(&argv)));
+                let line = self
+                    .ch_run(job, task, false)
+                    .container()
+                    .render_sh(&program[0], &program[1..])
+                    .map_err(|e| RuntimeError::invalid(at.key("command"), e.to_string()))?;
+                script.push(format!("exec {line}"));
             }
             Some(mi) => {
                 let instances = validate::instances(mi, pool, &at)?;

@@ -43,7 +43,8 @@ fn mpi_task_wraps_ch_run_under_the_host_launcher() {
     assert!(cl.contains("command -v ch-run"), "{cl}");
     assert!(cl.contains("charliecloud-runtime"), "{cl}");
     assert!(cl.contains("mpirun"), "{cl}");
-    assert!(cl.contains("--join-ct="), "{cl}");
+    // Open MPI: ch-run reads the peer count from OMPI_COMM_WORLD_LOCAL_SIZE (hydra: --join-ct)
+    assert!(cl.contains("ch-run --join -b "), "{cl}");
     for forwarded in [
         "-x USER",
         "-x AZ_BATCH_NODE_ROOT_DIR",
@@ -154,19 +155,46 @@ fn refused_inputs_name_their_field() {
 }
 
 #[test]
-fn rank_argv_round_trips_through_the_launcher_word_splitting() {
+fn ch_run_words_are_deferred_and_forwarded() {
     let ch = ChRun {
         binary: "ch-run".into(),
         image: "$AZ_BATCH_NODE_SHARED_DIR/shipyard/charliecloud/x".into(),
-        join: true,
+        join: false,
         cd_task_dir: true,
         set_env: vec!["A".into()],
-        options: vec![],
     };
-    let argv = ch.rank_argv(&["/app".into(), "it's".into()]);
+    // the plain form, run by a shell with `printf` standing in for ch-run
+    let line = ch
+        .container()
+        .program("printf")
+        .render_sh("/app", &["it's"])
+        .unwrap()
+        .replacen("printf", "printf '%s\\n'", 1);
+    let out = std::process::Command::new("/bin/sh")
+        .args(["-c", &line])
+        .env("AZ_BATCH_NODE_ROOT_DIR", "/n r")
+        .env("AZ_BATCH_TASK_WORKING_DIR", "/n r/wd")
+        .env("AZ_BATCH_NODE_SHARED_DIR", "/n r/shared")
+        .env("A", "$x y")
+        .output()
+        .unwrap();
     assert_eq!(
-        shipyard_runtime::shell::split_plain(&join(&argv)),
-        Some(argv.clone())
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .collect::<Vec<_>>(),
+        [
+            "-b",
+            "/n r:/n r",
+            "-c",
+            "/n r/wd",
+            "--env-no-expand",
+            "--set-env=A=$x y",
+            "/n r/shared/shipyard/charliecloud/x",
+            "--",
+            "/app",
+            "it's"
+        ]
     );
     assert_eq!(
         ch.forwarded(),
@@ -178,6 +206,22 @@ fn rank_argv_round_trips_through_the_launcher_word_splitting() {
             "A"
         ]
     );
+    assert_eq!(
+        wrap::path_word("/srv/img"),
+        shipyard_mpi_launch::Word::lit("/srv/img")
+    );
+}
+
+#[test]
+fn hydra_ranks_join_by_processes_per_node() {
+    let text = MPI_JOB.replace("\"openmpi\"", "\"mpich\"");
+    let plan = CharliecloudRuntime::default()
+        .plan(&job(&text), &pool(2))
+        .unwrap();
+    let cl = &plan.tasks[0].command_line;
+    assert!(cl.contains("ch-run --join-ct=2 -b "), "{cl}");
+    // no shell between the launcher and ch-run
+    assert!(!cl.contains("shipyard-ch-run"), "{cl}");
 }
 
 #[test]

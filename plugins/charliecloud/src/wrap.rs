@@ -1,28 +1,18 @@
-//! The `ch-run` wrapping of one rank (or of one plain task).
-//!
-//! **Moves to `shipyard-mpi-launch`.** This module is the one place that renders the
-//! Charliecloud wrapper. Once mpi-launch's container-wrapper enum (`ContainerWrapper`, after
-//! branch b1's rename of `ContainerRuntime`) gains a `Charliecloud` kind rendering
-//! `ch-run [--join-ct N] -b SRC:DST [-c DIR] [--set-env=K=V] IMAGE -- program args` from
-//! [`Word`](shipyard_mpi_launch::Word)s, [`ChRun::rank_argv`] is replaced by
-//! `LaunchRequest::container(Container::new(ContainerWrapper::Charliecloud, image)...)` and this
-//! file goes away.
-//!
-//! Until then the launcher's program is a small POSIX-sh script per rank, because
-//! mpi-launch's program arguments are literals and the bind sources, the working directory and
-//! the image under `$AZ_BATCH_NODE_SHARED_DIR` are only known on the node:
+//! The `ch-run` wrapping of a task, as a [`shipyard_mpi_launch::Container`] of kind
+//! [`ContainerWrapper::Charliecloud`]: mpi-launch renders it, after the host launcher for MPI
+//! tasks (one `ch-run` per rank, no shell in between) or alone for other tasks:
 //!
 //! ```text
-//! /bin/sh -c 'exec ch-run [--join-ct="..."] -b "$AZ_BATCH_NODE_ROOT_DIR" [-c "$AZ_BATCH_TASK_WORKING_DIR"]
-//!             [--env-no-expand --set-env="NAME=$NAME" ...] IMAGE -- "$@"' shipyard-ch-run PROGRAM ARGS...
+//! ch-run [--join | --join-ct=PPN] -b "$AZ_BATCH_NODE_ROOT_DIR":"$AZ_BATCH_NODE_ROOT_DIR"
+//!        [-c "$AZ_BATCH_TASK_WORKING_DIR"] [--env-no-expand --set-env=NAME="$NAME" ...]
+//!        IMAGE_DIR -- program args
 //! ```
 //!
-//! The variables it reads are forwarded to every rank by the launcher ([`ChRun::forwarded`]).
+//! The run-time values (`$AZ_BATCH_*`, the task's variables) are expanded once, by the shell
+//! running the task's command line on the first node; the paths are the same on every node of
+//! a multi-instance task.
 
-use shipyard_runtime::shell::{quote, quote_expanding};
-
-/// The name `$0` of the per-rank script (shown by `ps` and in shell error messages).
-pub const SCRIPT_NAME: &str = "shipyard-ch-run";
+use shipyard_mpi_launch::{Container, ContainerWrapper, Deferred, Part, Word};
 
 /// The variable holding the node's root directory, bound into every container at the same path.
 pub const ROOT_VAR: &str = "AZ_BATCH_NODE_ROOT_DIR";
@@ -37,70 +27,57 @@ pub struct ChRun {
     pub binary: String,
     /// The image directory: a literal path, or a path starting with a `$VAR` expanded on the node.
     pub image: String,
-    /// Join the node's ranks in one container (`--join-ct` from the launcher's local size).
+    /// Join the node's ranks in one container (see [`Container::join`]).
     pub join: bool,
     /// Start in `$AZ_BATCH_TASK_WORKING_DIR` (`-c`).
     pub cd_task_dir: bool,
     /// Variables set in the container with `--set-env` (their values read on the node).
     pub set_env: Vec<String>,
-    /// Raw options placed before the image.
-    pub options: Vec<String>,
+}
+
+/// `$NAME/rest` as a word (the variable expanded at run time), anything else as a literal.
+pub fn path_word(path: &str) -> Word {
+    let Some(var) = path.strip_prefix('$') else {
+        return Word::lit(path);
+    };
+    let name: String = var
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+        .collect();
+    Word::concat([
+        Part::Deferred(Deferred::Var(name.clone())),
+        Part::Lit(var[name.len()..].to_string()),
+    ])
 }
 
 impl ChRun {
-    /// The per-rank script (see the module docs).
-    pub fn script(&self) -> String {
-        let mut w = vec!["exec".to_string(), quote(&self.binary)];
-        if self.join {
-            // Open MPI exports OMPI_COMM_WORLD_LOCAL_SIZE, hydra (MPICH, Intel MPI)
-            // MPI_LOCALNRANKS; ch-run 0.31 reads only the former and SLURM's variables itself.
-            w.push(
-                "--join-ct=\"${OMPI_COMM_WORLD_LOCAL_SIZE:-${MPI_LOCALNRANKS:-1}}\"".to_string(),
-            );
-        }
-        w.push("-b".into());
-        w.push(quote_expanding(&format!("${ROOT_VAR}")));
+    /// The wrapper mpi-launch renders.
+    pub fn container(&self) -> Container {
+        let mut c = Container::new(ContainerWrapper::Charliecloud, path_word(&self.image))
+            .program(self.binary.clone())
+            .join(self.join)
+            .bind(Word::var(ROOT_VAR), Word::var(ROOT_VAR));
         if self.cd_task_dir {
-            w.push("-c".into());
-            w.push(quote_expanding(&format!("${WORKDIR_VAR}")));
+            c = c.pwd(Word::var(WORKDIR_VAR));
         }
-        if !self.set_env.is_empty() {
-            w.push("--env-no-expand".into());
-            for name in &self.set_env {
-                w.push(format!("--set-env=\"{name}=${{{name}}}\""));
-            }
+        for name in &self.set_env {
+            c = c.env(name.clone(), Word::var(name.clone()));
         }
-        w.extend(self.options.iter().map(|o| quote(o)));
-        w.push(quote_expanding(&self.image));
-        w.push("--".into());
-        w.push("\"$@\"".into());
-        w.join(" ")
+        c
     }
 
-    /// The argv each rank runs: `/bin/sh -c <script> shipyard-ch-run <program...>`.
-    pub fn rank_argv(&self, program: &[String]) -> Vec<String> {
-        let mut v = vec![
-            "/bin/sh".to_string(),
-            "-c".to_string(),
-            self.script(),
-            SCRIPT_NAME.to_string(),
-        ];
-        v.extend(program.iter().cloned());
-        v
-    }
-
-    /// The variables the script reads, which the launcher must forward to remote ranks.
+    /// The variables the launcher forwards to remote ranks: `USER` (which `ch-run` needs),
+    /// the `AZ_BATCH_*` paths the line uses and the task's variables (so that the program
+    /// sees them outside `ch-run` too, e.g. in a `/bin/sh -c` command).
     pub fn forwarded(&self) -> Vec<String> {
         let mut v = vec!["USER".to_string(), ROOT_VAR.to_string()];
         if self.cd_task_dir {
             v.push(WORKDIR_VAR.into());
         }
-        if let Some(var) = self.image.strip_prefix('$') {
-            let name: String = var
-                .chars()
-                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                .collect();
-            v.push(name);
+        for p in path_word(&self.image).parts() {
+            if let Part::Deferred(Deferred::Var(name)) = p {
+                v.push(name.clone());
+            }
         }
         for n in &self.set_env {
             if !v.contains(n) {
