@@ -399,7 +399,10 @@ pub(crate) fn command(global: &GlobalArgs, command: Command) -> CliResult {
              `shipyard pool del` removes the leftovers of runs whose process died",
         )),
         Command::Files(f) => files(&store, &f),
-        Command::Run(_) | Command::Config(_) | Command::Completions { .. } => {
+        Command::Run(_)
+            | Command::Config(_)
+            | Command::Serve(_)
+            | Command::Completions { .. } => {
             Err(CliError::Usage("internal: command dispatched to the wrong place".into()))
         }
     }
