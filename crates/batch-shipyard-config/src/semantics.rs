@@ -1,43 +1,7 @@
 //! Pure translations of Batch Shipyard values into shipyard's.
 
-/// Batch Shipyard's wall-time forms (`HH:MM:SS`, `D.HH:MM:SS`, hours may exceed 23) → ISO 8601
-/// (`PT2H`, `P1DT12H30M`). A value already in ISO 8601 (`PT1H`) is returned as is.
-pub fn wall_time_to_iso8601(text: &str) -> Result<String, String> {
-    let t = text.trim();
-    if t.starts_with('P') {
-        return Ok(t.to_string());
-    }
-    let bad = || format!("`{text}` is not a time span of the form `HH:MM:SS` or `D.HH:MM:SS`");
-    let (days, hms) = match t.split_once('.') {
-        Some((d, rest)) => (d.parse::<u64>().map_err(|_| bad())?, rest),
-        None => (0, t),
-    };
-    let parts: Vec<&str> = hms.split(':').collect();
-    let [h, m, s] = parts.as_slice() else {
-        return Err(bad());
-    };
-    let num = |x: &str| x.parse::<u64>().map_err(|_| bad());
-    let total = days * 86_400 + num(h)? * 3_600 + num(m)? * 60 + num(s)?;
-    let (d, rest) = (total / 86_400, total % 86_400);
-    let (h, m, s) = (rest / 3_600, rest % 3_600 / 60, rest % 60);
-    let mut out = String::from("P");
-    if d > 0 {
-        out.push_str(&format!("{d}D"));
-    }
-    if rest > 0 || d == 0 {
-        out.push('T');
-        if h > 0 {
-            out.push_str(&format!("{h}H"));
-        }
-        if m > 0 {
-            out.push_str(&format!("{m}M"));
-        }
-        if s > 0 || rest == 0 {
-            out.push_str(&format!("{s}S"));
-        }
-    }
-    Ok(out)
-}
+/// Batch Shipyard's wall-time forms → ISO 8601 (shipyard's domain accepts them too).
+pub use shipyard_runtime::domain::wall_time_to_iso8601;
 
 /// The Batch account name in a service URL, as Batch Shipyard derives it
 /// (`https://mybatch.westeurope.batch.azure.com` → `mybatch`).

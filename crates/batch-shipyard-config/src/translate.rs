@@ -631,7 +631,6 @@ impl<'a> Ctx<'a> {
                 self.platform_image(yfield, v, t, &tp)
             }
             "pool_specification.vm_configuration.custom_image" => {
-                self.mark_phase2(&tp);
                 self.sub_table(p, yfield, key, v, t, tpath)
             }
             "pool_specification.vm_configuration.custom_image.arm_image_id" => {
@@ -657,9 +656,6 @@ impl<'a> Ctx<'a> {
                 let raw = self.text(v, yfield)?;
                 let iso = semantics::wall_time_to_iso8601(&raw)
                     .map_err(|reason| self.invalid(v, yfield, reason))?;
-                if p != "job_specifications[].tasks[].max_wall_time" {
-                    self.mark_phase2(&tp);
-                }
                 self.put(t, key, TValue::from(iso.clone()), tpath, v);
                 if iso != raw {
                     Self::comment(t, key, &format!("Batch Shipyard: {raw}"));
@@ -667,10 +663,6 @@ impl<'a> Ctx<'a> {
                 Ok(())
             }
             "pool_specification.resource_files" => {
-                self.mark_phase2(&join(
-                    &tp.replace("resource_files", "start_task"),
-                    "resource_files",
-                ));
                 let mut st = match t.remove("start_task") {
                     Some(Item::Table(s)) => s,
                     _ => Table::new(),
@@ -685,7 +677,6 @@ impl<'a> Ctx<'a> {
                 self.resource_files(p, yfield, key, v, t, tpath)
             }
             "pool_specification.additional_node_prep.environment_variables" => {
-                self.mark_phase2(&tp);
                 self.env(yfield, key, v, t, tpath)
             }
             "job_specifications[].environment_variables"
@@ -720,7 +711,6 @@ impl<'a> Ctx<'a> {
                 Ok(())
             }
             "job_specifications[].merge_task" => {
-                self.mark_phase2(&tp);
                 let saved = std::mem::take(&mut self.task);
                 let mut sub = Table::new();
                 self.map("job_specifications[].tasks[]", yfield, v, &mut sub, &tp)?;
@@ -812,7 +802,6 @@ impl<'a> Ctx<'a> {
                 Ok(())
             }
             "job_specifications[].tasks[].task_factory" => {
-                self.mark_phase2(&tp);
                 self.sub_table(p, yfield, key, v, t, tpath)
             }
             _ => self.copy(p, yfield, key, v, t, tpath),
@@ -959,9 +948,6 @@ impl<'a> Ctx<'a> {
         let value = match &v.value {
             Value::Int(i) if *i > 0 => TValue::from(*i),
             Value::Str(s) if semantics::NUM_INSTANCES_KEYWORDS.contains(&s.as_str()) => {
-                if s.ends_with("low_priority") {
-                    self.mark_phase2(&join(tpath, "num_instances"));
-                }
                 TValue::from(s.as_str())
             }
             Value::Str(s) => {

@@ -82,7 +82,8 @@ fn mpibench_openmpi() -> Result<()> {
     assert!(t
         .phase2_keys
         .contains(&"credentials.docker_registry".to_string()));
-    assert!(t
+    // mapped onto the domain now
+    assert!(!t
         .phase2_keys
         .contains(&"pool_specification.ssh".to_string()));
     assert!(t.phase2_keys.contains(&"global_resources".to_string()));
@@ -112,7 +113,7 @@ fn mpibench_openmpi() -> Result<()> {
 }
 
 #[test]
-fn mpibench_mpich_low_priority_is_kept_for_phase2() -> Result<()> {
+fn mpibench_mpich_low_priority_is_mapped() -> Result<()> {
     let (t, table) = translate("mpibench-mpich")?;
     let text = t.to_toml_string();
     assert!(
@@ -125,10 +126,12 @@ fn mpibench_mpich_low_priority_is_kept_for_phase2() -> Result<()> {
         text.contains("additional_docker_run_options = [\"-l\", \"app=mpibench\"]"),
         "{text}"
     );
-    assert!(t
+    // the low-priority keyword is part of the domain now
+    assert!(!t
         .phase2_keys
         .contains(&"job_specifications[].tasks[].multi_instance.num_instances".to_string()));
-    assert!(t
+    // mapped onto the domain now
+    assert!(!t
         .phase2_keys
         .contains(&"pool_specification.container_runtimes".to_string()));
     assert!(t.warnings.is_empty(), "{:?}", t.warnings);
@@ -192,10 +195,12 @@ fn hplinpack_wall_times_and_scalar_environment() -> Result<()> {
         job["environment_variables"]["RUN_LABEL"].as_str(),
         Some("hpl")
     );
-    assert!(t
+    // job-level wall times are part of the domain now
+    assert!(!t
         .phase2_keys
         .contains(&"job_specifications[].max_wall_time".to_string()));
-    assert!(t
+    // mapped onto the domain now
+    assert!(!t
         .phase2_keys
         .contains(&"pool_specification.additional_node_prep".to_string()));
     Ok(())
@@ -224,7 +229,8 @@ fn openfoam_options_keep_their_vars() -> Result<()> {
         task["output_data"]["azure_storage"][0]["condition"].as_str(),
         Some("tasksuccess")
     );
-    assert!(t
+    // mapped onto the domain now
+    assert!(!t
         .phase2_keys
         .contains(&"job_specifications[].tasks[].output_data".to_string()));
     Ok(())
@@ -277,9 +283,17 @@ fn json_sweep_with_task_factories_and_merge_task() -> Result<()> {
         Some("jobs.json")
     );
     assert_eq!(loc.line, 17);
-    assert!(t
-        .phase2_keys
-        .contains(&"job_specifications[].merge_task".to_string()));
+    // mapped onto the domain now: the job loads and expands (6 + 5 + 3 + the merge task)
+    assert!(t.phase2_keys.is_empty(), "{:?}", t.phase2_keys);
+    let spec: shipyard_runtime::JobSpec = job.clone().try_into()?;
+    spec.validate()?;
+    let x = spec.expanded()?;
+    assert_eq!(x.tasks.len(), 15);
+    assert_eq!(x.tasks[14].depends_on.len(), 14);
+    assert_eq!(
+        x.tasks[6].command.as_deref(),
+        Some("/bin/sh -c \"sleep 81\"")
+    );
     Ok(())
 }
 

@@ -77,6 +77,7 @@ pub use flavor::{Flavor, KNOWN_FLAVOR_NAMES};
 pub use plan::{default_env, Hostfile, HostfileHosts, LaunchPlan, Resolved};
 pub use render::{batch_cmd_command_line, batch_sh_command_line, sh_quote, sh_quote_always};
 pub use request::{
-    Bind, Container, ContainerWrapper, Hosts, LaunchRequest, Ppn, WallClock, AZ_BATCH_HOST_LIST,
+    Bind, Container, ContainerWrapper, Hosts, LaunchRequest, Ppn, UserPlacement, WallClock,
+    AZ_BATCH_HOST_LIST,
 };
 pub use word::{Deferred, Num, Part, RunEnv, Word};

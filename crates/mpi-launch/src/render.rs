@@ -38,6 +38,7 @@ fn sh_num(n: &Num, in_arith: bool) -> String {
     match n {
         Num::Lit(v) => v.to_string(),
         Num::Nproc => "$(nproc)".to_string(),
+        Num::Command(cmd) => format!("$({cmd})"),
         Num::HostCount(var) => {
             format!("$(printf '%s\\n' \"${{{var}}}\" | tr ',' '\\n' | grep -c .)")
         }

@@ -39,12 +39,29 @@ impl Default for Hosts {
 }
 
 /// Processes per node.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Ppn {
     /// A fixed count.
     Count(u32),
     /// One per core, resolved at run time with `$(nproc)` on the launching node.
     AllCores,
+    /// The number a shell command prints on the launching node at run time (Batch
+    /// Shipyard's `processes_per_node: nvidia-smi -L | wc -l`); POSIX-sh rendering only.
+    Command(String),
+}
+
+/// Placement the user's own launcher options already set: shipyard then leaves out its
+/// flags of that kind (Batch Shipyard's `mpi.options` with `-np`, `-hosts`, `-ppn`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct UserPlacement {
+    /// The user passes the rank count (`-np`, `-n`): shipyard's is left out.
+    pub ranks: bool,
+    /// The user passes the hosts (`--host`, `-hosts`, `--hostfile`, `-f`, `-machinefile`):
+    /// shipyard's host list or hostfile flag is left out.
+    pub hosts: bool,
+    /// The user passes the processes per node (`-ppn`, `-perhost`, `--map-by`,
+    /// `--npernode`): shipyard's is left out.
+    pub per_node: bool,
 }
 
 impl Default for Ppn {
@@ -79,13 +96,17 @@ impl WallClock {
     }
 }
 
-/// Which container engine wraps each rank's program (`singularity` or `apptainer exec`).
+/// Which container engine wraps each rank's program.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ContainerWrapper {
     /// `singularity exec`, env via `SINGULARITYENV_`.
     Singularity,
     /// `apptainer exec`, env via `APPTAINERENV_`.
     Apptainer,
+    /// Charliecloud's `ch-run [--join|--join-ct=N] [-b SRC:DST] [-c DIR] [--env-no-expand
+    /// --set-env=K=V ...] [options] IMAGE_DIR -- program args`; variables are passed with
+    /// `--set-env`, not through a prefix.
+    Charliecloud,
 }
 
 impl ContainerWrapper {
@@ -94,14 +115,17 @@ impl ContainerWrapper {
         match self {
             ContainerWrapper::Singularity => "singularity",
             ContainerWrapper::Apptainer => "apptainer",
+            ContainerWrapper::Charliecloud => "ch-run",
         }
     }
 
-    /// Prefix that injects a variable into the container.
+    /// Prefix that injects a variable into the container; empty for Charliecloud, which sets
+    /// the container's variables with `--set-env=NAME=VALUE` arguments instead.
     pub fn env_prefix(self) -> &'static str {
         match self {
             ContainerWrapper::Singularity => "SINGULARITYENV_",
             ContainerWrapper::Apptainer => "APPTAINERENV_",
+            ContainerWrapper::Charliecloud => "",
         }
     }
 }
@@ -119,12 +143,18 @@ pub struct Bind {
 }
 
 /// The host-launcher-wraps-container form: each rank runs
-/// `singularity|apptainer exec [--bind ...] [--pwd d] [--nv] [options] IMAGE program args`.
+/// `singularity|apptainer exec [--bind ...] [--pwd d] [--nv] [options] IMAGE program args`, or
+/// for [`ContainerWrapper::Charliecloud`]
+/// `ch-run [--join|--join-ct=N] [-b ...] [-c d] [--env-no-expand --set-env=K=V ...] [options] IMAGE -- program args`.
+///
+/// The image may hold run-time values (`$AZ_BATCH_NODE_SHARED_DIR/...`), like every other
+/// word; they are expanded by the shell that runs the launcher line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Container {
     pub(crate) wrapper: ContainerWrapper,
     pub(crate) program: Option<String>,
-    pub(crate) image: String,
+    pub(crate) image: Word,
+    pub(crate) join: bool,
     pub(crate) binds: Vec<Bind>,
     pub(crate) pwd: Option<Word>,
     pub(crate) nv: bool,
@@ -135,20 +165,26 @@ pub struct Container {
 impl Container {
     /// `singularity exec ... image`.
     pub fn singularity(image: impl Into<String>) -> Container {
-        Container::new(ContainerWrapper::Singularity, image)
+        Container::new(ContainerWrapper::Singularity, image.into())
     }
 
     /// `apptainer exec ... image`.
     pub fn apptainer(image: impl Into<String>) -> Container {
-        Container::new(ContainerWrapper::Apptainer, image)
+        Container::new(ContainerWrapper::Apptainer, image.into())
     }
 
-    /// A `wrapper` (singularity or apptainer) running `image`.
-    pub fn new(wrapper: ContainerWrapper, image: impl Into<String>) -> Container {
+    /// `ch-run ... image_dir -- program`.
+    pub fn charliecloud(image_dir: impl Into<Word>) -> Container {
+        Container::new(ContainerWrapper::Charliecloud, image_dir)
+    }
+
+    /// A `wrapper` running `image`.
+    pub fn new(wrapper: ContainerWrapper, image: impl Into<Word>) -> Container {
         Container {
             wrapper,
             program: None,
             image: image.into(),
+            join: false,
             binds: Vec::new(),
             pwd: None,
             nv: false,
@@ -183,7 +219,18 @@ impl Container {
         self
     }
 
-    /// Sets `--pwd`.
+    /// Charliecloud: the ranks of a node share one container (one set of namespaces, so
+    /// shared-memory transports work). Open MPI: `--join` (`ch-run` reads the peer count from
+    /// each rank's `OMPI_COMM_WORLD_LOCAL_SIZE`); hydra (MPICH, Intel MPI):
+    /// `--join-ct=<processes per node>` (a literal, or `$(nproc)` expanded with the launcher
+    /// line), which needs every node to run exactly that many ranks. An error with the other
+    /// wrappers.
+    pub fn join(mut self, on: bool) -> Container {
+        self.join = on;
+        self
+    }
+
+    /// Sets the working directory in the container (`--pwd`; Charliecloud `-c`).
     pub fn pwd(mut self, dir: impl Into<Word>) -> Container {
         self.pwd = Some(dir.into());
         self
@@ -196,13 +243,14 @@ impl Container {
     }
 
     /// Sets a variable inside the container (forwarded as `SINGULARITYENV_NAME` /
-    /// `APPTAINERENV_NAME`).
+    /// `APPTAINERENV_NAME`; Charliecloud `--set-env=NAME=VALUE` after `--env-no-expand`, so
+    /// `ch-run` does not expand `$` in the value again).
     pub fn env(mut self, name: impl Into<String>, value: impl Into<Word>) -> Container {
         self.env.push((name.into(), value.into()));
         self
     }
 
-    /// Adds a raw `exec` option (placed after the generated ones, before the image).
+    /// Adds a raw option (placed after the generated ones, before the image).
     pub fn option(mut self, opt: impl Into<String>) -> Container {
         self.options.push(opt.into());
         self
@@ -249,7 +297,8 @@ pub struct LaunchRequest {
     pub(crate) run_as_root: bool,
     pub(crate) oversubscribe: bool,
     pub(crate) iface: Option<String>,
-    pub(crate) extra_options: Vec<String>,
+    pub(crate) extra_options: Vec<Word>,
+    pub(crate) user_placement: UserPlacement,
     pub(crate) wall_clock: Option<WallClock>,
     pub(crate) program: String,
     pub(crate) args: Vec<String>,
@@ -357,7 +406,20 @@ impl LaunchRequest {
 
     /// Adds one of the user's launcher options (placed first, right after the launcher).
     pub fn extra_option(mut self, opt: impl Into<String>) -> LaunchRequest {
-        self.extra_options.push(opt.into());
+        self.extra_options.push(Word::lit(opt.into()));
+        self
+    }
+
+    /// Adds one of the user's launcher options as a word that may hold run-time values
+    /// (`-np "$np"`: the variable is expanded when the line runs).
+    pub fn extra_option_word(mut self, opt: Word) -> LaunchRequest {
+        self.extra_options.push(opt);
+        self
+    }
+
+    /// Declares which placement the user's options already set (see [`UserPlacement`]).
+    pub fn user_placement(mut self, placement: UserPlacement) -> LaunchRequest {
+        self.user_placement = placement;
         self
     }
 
@@ -367,7 +429,8 @@ impl LaunchRequest {
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        self.extra_options.extend(opts.into_iter().map(Into::into));
+        self.extra_options
+            .extend(opts.into_iter().map(|o| Word::lit(o.into())));
         self
     }
 

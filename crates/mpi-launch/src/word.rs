@@ -13,6 +13,9 @@ pub enum Num {
     Nproc,
     /// The number of non-empty entries of a comma-separated host-list variable.
     HostCount(String),
+    /// The number a shell command prints on the launching node (`$(nvidia-smi -L | wc -l)`);
+    /// only a shell can resolve it.
+    Command(String),
     /// The product of two numbers (total ranks = nodes × processes per node).
     Product(Box<Num>, Box<Num>),
 }
@@ -51,6 +54,9 @@ impl Num {
                     what: "nproc".to_string(),
                 }),
             Num::HostCount(var) => Ok(env.hosts(var)?.len() as u64),
+            Num::Command(cmd) => Err(LaunchError::Unresolved {
+                what: format!("$({cmd})"),
+            }),
             Num::Product(a, b) => Ok(a.resolve(env)?.saturating_mul(b.resolve(env)?)),
         }
     }

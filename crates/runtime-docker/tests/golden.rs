@@ -242,3 +242,33 @@ fn bag_of_100_container_tasks() {
     assert_eq!(out["tasks"].as_array().map(Vec::len), Some(100));
     golden("bag_of_100_container_tasks", &out);
 }
+
+/// Issue 13 #22: a Windows path keeps its backslashes, and the line has the form Microsoft
+/// documents for MS-MPI multi-instance tasks (learn.microsoft.com/azure/batch/batch-mpi).
+#[test]
+fn msmpi_windows_path_keeps_its_backslashes() {
+    // the task of examples/windows-msmpi.toml
+    let job = job(r#"
+        id = "hello-msmpi"
+        auto_complete = true
+        [[tasks]]
+        id = "hello"
+        image = "myregistry.azurecr.io/msmpi-hello:ltsc2022"
+        command = "C:\\app\\mpi-hello.exe"
+        [tasks.multi_instance]
+        num_instances = 2
+        [tasks.multi_instance.mpi]
+        runtime = "msmpi"
+        processes_per_node = 1
+        "#);
+    let facts = pool_facts("win-msmpi", true, OsFamily::Windows, 2);
+    let out = render(&DockerRuntime::new(), &job, &facts, "standard_d4s_v5");
+    assert_eq!(
+        out["tasks"][0]["commandLine"],
+        r#"cmd /c ""%MSMPI_BIN%\mpiexec.exe"" -c 1 -wdir %AZ_BATCH_TASK_SHARED_DIR% C:\app\mpi-hello.exe"#
+    );
+    assert_eq!(
+        out["tasks"][0]["multiInstanceSettings"]["coordinationCommandLine"],
+        r#"cmd /c start cmd /c ""%MSMPI_BIN%\smpd.exe"" -d"#
+    );
+}

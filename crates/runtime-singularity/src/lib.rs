@@ -30,6 +30,7 @@ use shipyard_runtime::batch::{
     self, AutoUserScope, ElevationLevel, JobPreparationTask, JobReleaseTask, MultiInstanceSettings,
     OnAllTasksComplete, TaskAddParameter, UserIdentity,
 };
+use shipyard_runtime::domain::SingularityCmd;
 use shipyard_runtime::registry::RuntimeRegistration;
 use shipyard_runtime::shell::{bash_c, join, quote, quote_expanding};
 use shipyard_runtime::{
@@ -213,10 +214,14 @@ impl SingularityRuntime {
         check_binary(&self.binary)
     }
 
-    fn user(&self) -> UserIdentity {
+    fn user(&self, task: &TaskSpec) -> UserIdentity {
+        let elevated = task
+            .singularity_execution
+            .and_then(|e| e.elevated)
+            .unwrap_or(self.elevated);
         UserIdentity::auto_user(
             AutoUserScope::Pool,
-            if self.elevated {
+            if elevated {
                 ElevationLevel::Admin
             } else {
                 ElevationLevel::NonAdmin
@@ -269,7 +274,17 @@ impl SingularityRuntime {
         // `exec` after the assignments: they are exported to the exec'd process.
         parts.push("exec".into());
         parts.push(quote(&self.binary));
-        parts.push("exec".into());
+        parts.push(
+            match task
+                .singularity_execution
+                .map(|e| e.cmd)
+                .unwrap_or_default()
+            {
+                SingularityCmd::Exec => "exec",
+                SingularityCmd::Run => "run",
+            }
+            .into(),
+        );
         if task.default_working_dir == WorkingDir::Batch {
             parts.push("--pwd".into());
             parts.push(quote_expanding("$AZ_BATCH_TASK_WORKING_DIR"));
@@ -290,6 +305,14 @@ impl SingularityRuntime {
         m: &shipyard_runtime::MpiSpec,
         at: &Field,
     ) -> Result<String, RuntimeError> {
+        if task.singularity_execution.map(|e| e.cmd) == Some(SingularityCmd::Run) {
+            return Err(unsupported(
+                self.engine.name(),
+                at.key("singularity_execution").key("cmd"),
+                "MPI ranks start with `exec` (each rank runs `command` in the image); put the \
+                 runscript's command in `command`",
+            ));
+        }
         if m.runtime == MpiRuntime::MsMpi {
             return Err(unsupported(
                 self.engine.name(),
@@ -375,7 +398,7 @@ impl SingularityRuntime {
             environment_settings: batch::environment_settings(job, task),
             constraints: batch::constraints(job, task),
             depends_on: batch::depends_on(task, at)?,
-            user_identity: Some(self.user()),
+            user_identity: Some(self.user(task)),
             ..Default::default()
         };
         let mut script = vec![self.guard()];
@@ -444,6 +467,7 @@ impl ContainerRuntime for SingularityRuntime {
     }
 
     fn plan(&self, job: &JobSpec, pool: &PoolFacts) -> Result<JobPlan, RuntimeError> {
+        let job = &*job.expanded()?;
         validate::job_against_pool(job, pool)?;
         let name = self.engine.name();
         if pool.os == OsFamily::Windows {

@@ -230,3 +230,36 @@ fn cleanenv_is_refused_for_mpi_tasks() {
     );
     assert!(e.contains("silent singleton"), "{e}");
 }
+
+#[test]
+fn singularity_execution_run_elevated_and_factories() {
+    let mut j = job();
+    j.tasks[1].singularity_execution = Some(shipyard_runtime::domain::SingularityExecution {
+        cmd: SingularityCmd::Run,
+        elevated: Some(true),
+    });
+    j.tasks[1].task_factory = Some(shipyard_runtime::factory::TaskFactory::Repeat(2));
+    j.tasks[1].id = None;
+    let rt = SingularityRuntime::new(SingularityEngine::Singularity);
+    let plan = rt.plan(&j, &pool()).unwrap();
+    // the factory expanded into two tasks, numbered by position
+    let ids: Vec<&str> = plan.tasks.iter().map(|t| t.id.as_str()).collect();
+    assert_eq!(ids, ["mpi", "task-00001", "task-00002"]);
+    let plain = &plan.tasks[1];
+    assert!(
+        plain.command_line.contains("singularity run"),
+        "{}",
+        plain.command_line
+    );
+    let v = serde_json::to_value(plain).unwrap();
+    assert_eq!(v["userIdentity"]["autoUser"]["elevationLevel"], "admin");
+    let v = serde_json::to_value(&plan.tasks[0]).unwrap();
+    assert_eq!(v["userIdentity"]["autoUser"]["elevationLevel"], "nonadmin");
+    // `run` cannot start MPI ranks: the error names the field
+    j.tasks[0].singularity_execution = Some(shipyard_runtime::domain::SingularityExecution {
+        cmd: SingularityCmd::Run,
+        elevated: None,
+    });
+    let e = rt.plan(&j, &pool()).unwrap_err().to_string();
+    assert!(e.contains("job.tasks[0].singularity_execution.cmd"), "{e}");
+}

@@ -2,12 +2,14 @@
 //! [`shipyard_batch_models`] (camelCase on the wire, optional fields omitted when unset).
 
 pub use shipyard_batch_models::{
-    AutoUserScope, AutoUserSpecification, ContainerConfiguration, ContainerRegistry, ContainerType,
-    ContainerWorkingDirectory, ElevationLevel, EnvironmentSetting, ImageReference, JobAddParameter,
-    JobPreparationTask, JobReleaseTask, MultiInstanceSettings, OnAllTasksComplete,
-    PoolAddParameter, PoolInformation, ResourceFile, StartTask, TaskAddParameter, TaskConstraints,
-    TaskContainerSettings, TaskDependencies, TaskIdRange, UserIdentity,
-    VirtualMachineConfiguration,
+    AutoUserScope, AutoUserSpecification, ComputeNodeFillType, ContainerConfiguration,
+    ContainerRegistry, ContainerType, ContainerWorkingDirectory, ElevationLevel,
+    EnvironmentSetting, ImageReference, JobAddParameter, JobConstraints, JobPreparationTask,
+    JobReleaseTask, MultiInstanceSettings, NetworkConfiguration, OnAllTasksComplete, OutputFile,
+    OutputFileBlobContainerDestination, OutputFileDestination, OutputFileUploadCondition,
+    OutputFileUploadOptions, PoolAddParameter, PoolInformation, ResourceFile, StartTask,
+    TaskAddParameter, TaskConstraints, TaskContainerSettings, TaskDependencies, TaskIdRange,
+    TaskSchedulingPolicy, UserIdentity, VirtualMachineConfiguration,
 };
 
 /// The pool-scope administrator auto user (root on Linux): what container tasks run as.
@@ -23,10 +25,23 @@ pub fn constraints(
 ) -> Option<TaskConstraints> {
     let c = TaskConstraints {
         max_wall_clock_time: task.max_wall_time.clone(),
-        retention_time: None,
+        retention_time: job.retention_time(task).map(str::to_string),
         max_task_retry_count: job.max_task_retries(task),
     };
     (c != TaskConstraints::default()).then_some(c)
+}
+
+/// Sets the job-level values of `job` on its Batch `JobAddParameter`: `priority` and
+/// `constraints.maxWallClockTime` (what [`crate::JobPlan::job_add_parameter`] cannot know).
+pub fn apply_job_settings(job: &crate::domain::JobSpec, add: &mut JobAddParameter) {
+    if job.priority.is_some() {
+        add.priority = job.priority;
+    }
+    if let Some(t) = &job.max_wall_time {
+        add.constraints
+            .get_or_insert_with(Default::default)
+            .max_wall_clock_time = Some(t.clone());
+    }
 }
 
 /// Batch `dependsOn` of a task (`depends_on` ids and the `depends_on_range`); `None` when it

@@ -26,9 +26,33 @@ pub struct JobSpec {
     /// termination runs the job release task, which removes non-native containers.
     #[serde(default)]
     pub auto_complete: bool,
-    /// Environment variables of every task (a task's own value wins).
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    /// Environment variables of every task (a task's own value wins). Numbers and booleans
+    /// are accepted and kept as their text (`OMP_NUM_THREADS = 1`), as in Batch Shipyard.
+    #[serde(
+        default,
+        skip_serializing_if = "BTreeMap::is_empty",
+        deserialize_with = "scalar_env"
+    )]
     pub environment_variables: BTreeMap<String, String>,
+    /// Batch job `constraints.maxWallClockTime`: ISO 8601 (`PT2H`) or Batch Shipyard's
+    /// `HH:MM:SS` / `D.HH:MM:SS`, stored as ISO 8601.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "wall_time"
+    )]
+    pub max_wall_time: Option<String>,
+    /// Batch task `constraints.retentionTime` of every task (a task's own value wins); same
+    /// forms as `max_wall_time`.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "wall_time"
+    )]
+    pub retention_time: Option<String>,
+    /// Batch job priority, -1000 (lowest) to 1000 (highest); Batch's default is 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<i32>,
     /// Docker `--shm-size` for every task (a task's own value wins), e.g. `256m`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shm_size: Option<String>,
@@ -53,6 +77,13 @@ pub struct JobSpec {
     /// The tasks of the job.
     #[serde(default)]
     pub tasks: Vec<TaskSpec>,
+    /// A task that runs after every other task of the job succeeded (Batch Shipyard's
+    /// `merge_task`); added last by [`JobSpec::expanded`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub merge_task: Option<Box<TaskSpec>>,
+    /// Blobs the job preparation task downloads on every node ([`crate::data::attach_data`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_data: Option<crate::data::InputData>,
 }
 
 fn default_runtime() -> String {
@@ -90,8 +121,13 @@ pub struct TaskSpec {
     /// The command (for MPI tasks: the program and its arguments that the launcher starts).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub command: Option<String>,
-    /// Environment variables of this task (win over the job's).
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    /// Environment variables of this task (win over the job's); numbers and booleans are kept
+    /// as their text.
+    #[serde(
+        default,
+        skip_serializing_if = "BTreeMap::is_empty",
+        deserialize_with = "scalar_env"
+    )]
     pub environment_variables: BTreeMap<String, String>,
     /// Docker `--shm-size`, e.g. `256m` (Docker's 64 MB default crashes Intel MPI shm).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -114,9 +150,22 @@ pub struct TaskSpec {
     /// Batch `constraints.maxTaskRetryCount`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_task_retries: Option<i32>,
-    /// Batch `constraints.maxWallClockTime`, an ISO 8601 duration such as `PT1H`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Batch `constraints.maxWallClockTime`: an ISO 8601 duration such as `PT1H`, or Batch
+    /// Shipyard's `HH:MM:SS` / `D.HH:MM:SS` (stored as ISO 8601).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "wall_time"
+    )]
     pub max_wall_time: Option<String>,
+    /// Batch `constraints.retentionTime` (how long Batch keeps the task directory); same forms
+    /// as `max_wall_time`; wins over the job's.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "wall_time"
+    )]
+    pub retention_time: Option<String>,
     /// Where the container starts (`batch` or `container`).
     #[serde(default, skip_serializing_if = "is_default")]
     pub default_working_dir: WorkingDir,
@@ -132,10 +181,122 @@ pub struct TaskSpec {
     /// Run on several nodes (MPI).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub multi_instance: Option<MultiInstanceSpec>,
+    /// Expand this task into many ([`crate::factory`]): its `command` is the template
+    /// (`{0}`, `{1}`, ...); see [`JobSpec::expanded`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_factory: Option<crate::factory::TaskFactory>,
+    /// Blobs downloaded before the task ([`crate::data::attach_data`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_data: Option<crate::data::InputData>,
+    /// Files uploaded to Azure Storage when the task ends ([`crate::data::attach_data`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_data: Option<crate::data::OutputData>,
+    /// How a Singularity/Apptainer task runs its image (`exec` or `run`, and as which user).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub singularity_execution: Option<SingularityExecution>,
+}
+
+/// `singularity_execution`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SingularityExecution {
+    /// `exec` (default: run `command` in the image) or `run` (the image's runscript, with
+    /// `command` as its arguments).
+    #[serde(default)]
+    pub cmd: SingularityCmd,
+    /// Run as the pool's admin auto-user instead of the runtime's default (non-admin).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub elevated: Option<bool>,
+}
+
+/// `singularity_execution.cmd`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SingularityCmd {
+    /// `singularity exec IMAGE COMMAND`.
+    #[default]
+    Exec,
+    /// `singularity run IMAGE ARGS`.
+    Run,
 }
 
 fn is_default<T: Default + PartialEq>(v: &T) -> bool {
     *v == T::default()
+}
+
+/// Batch Shipyard's wall-time forms (`HH:MM:SS`, `D.HH:MM:SS`, hours may exceed 23) → ISO 8601
+/// (`PT2H`, `P1DT12H30M`). A value already in ISO 8601 (`PT1H`) is returned as is.
+pub fn wall_time_to_iso8601(text: &str) -> Result<String, String> {
+    let t = text.trim();
+    if t.starts_with('P') {
+        return Ok(t.to_string());
+    }
+    let bad = || format!("`{text}` is not a time span of the form `HH:MM:SS` or `D.HH:MM:SS`");
+    let (days, hms) = match t.split_once('.') {
+        Some((d, rest)) => (d.parse::<u64>().map_err(|_| bad())?, rest),
+        None => (0, t),
+    };
+    let parts: Vec<&str> = hms.split(':').collect();
+    let [h, m, s] = parts.as_slice() else {
+        return Err(bad());
+    };
+    let num = |x: &str| x.parse::<u64>().map_err(|_| bad());
+    let total = days * 86_400 + num(h)? * 3_600 + num(m)? * 60 + num(s)?;
+    let (d, rest) = (total / 86_400, total % 86_400);
+    let (h, m, s) = (rest / 3_600, rest % 3_600 / 60, rest % 60);
+    let mut out = String::from("P");
+    if d > 0 {
+        out.push_str(&format!("{d}D"));
+    }
+    if rest > 0 || d == 0 {
+        out.push('T');
+        if h > 0 {
+            out.push_str(&format!("{h}H"));
+        }
+        if m > 0 {
+            out.push_str(&format!("{m}M"));
+        }
+        if s > 0 || rest == 0 {
+            out.push_str(&format!("{s}S"));
+        }
+    }
+    Ok(out)
+}
+
+pub(crate) fn wall_time<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<String>, D::Error> {
+    let raw = Option::<String>::deserialize(d)?;
+    raw.map(|r| wall_time_to_iso8601(&r).map_err(serde::de::Error::custom))
+        .transpose()
+}
+
+pub(crate) fn scalar_env<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<BTreeMap<String, String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Scalar {
+        S(String),
+        I(i64),
+        U(u64),
+        F(f64),
+        B(bool),
+    }
+    let raw = BTreeMap::<String, Scalar>::deserialize(d)?;
+    Ok(raw
+        .into_iter()
+        .map(|(k, v)| {
+            let v = match v {
+                Scalar::S(s) => s,
+                Scalar::I(i) => i.to_string(),
+                Scalar::U(u) => u.to_string(),
+                Scalar::F(f) => f.to_string(),
+                Scalar::B(b) => b.to_string(),
+            };
+            (k, v)
+        })
+        .collect())
 }
 
 /// A file Batch downloads before the task runs.
@@ -192,7 +353,8 @@ impl<'de> Deserialize<'de> for NumInstances {
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str(
                     "a node count (integer) or one of `pool_current_dedicated`, \
-                     `pool_specification_vm_count`",
+                     `pool_current_low_priority`, `pool_specification_vm_count`, \
+                     `pool_specification_vm_count_low_priority`",
                 )
             }
             fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<NumInstances, E> {
@@ -213,10 +375,18 @@ impl<'de> Deserialize<'de> for NumInstances {
                     "pool_specification_vm_count" | "pool_specification_vm_count_dedicated" => {
                         Ok(NumInstances::Pool(PoolCount::PoolSpecificationVmCount))
                     }
+                    "pool_current_low_priority" => {
+                        Ok(NumInstances::Pool(PoolCount::PoolCurrentLowPriority))
+                    }
+                    "pool_specification_vm_count_low_priority" => Ok(NumInstances::Pool(
+                        PoolCount::PoolSpecificationVmCountLowPriority,
+                    )),
                     other => Err(E::custom(format!(
                         "`{other}` is not a node count; use an integer, \
-                         `pool_current_dedicated` or `pool_specification_vm_count` \
-                         (low-priority counts are not supported)"
+                         `pool_current_dedicated`, `pool_current_low_priority`, \
+                         `pool_specification_vm_count_dedicated` (or \
+                         `pool_specification_vm_count`) or \
+                         `pool_specification_vm_count_low_priority`"
                     ))),
                 }
             }
@@ -234,14 +404,40 @@ pub enum PoolCount {
     /// The pool's node count (Batch Shipyard's `pool.yaml` vm_count).
     #[serde(alias = "pool_specification_vm_count_dedicated")]
     PoolSpecificationVmCount,
+    /// The pool's current low-priority (spot) node count.
+    PoolCurrentLowPriority,
+    /// The low-priority count of the pool's `vm_count`.
+    PoolSpecificationVmCountLowPriority,
+}
+
+impl PoolCount {
+    /// True for the low-priority keywords.
+    pub fn is_low_priority(self) -> bool {
+        matches!(
+            self,
+            PoolCount::PoolCurrentLowPriority | PoolCount::PoolSpecificationVmCountLowPriority
+        )
+    }
 }
 
 impl NumInstances {
-    /// The concrete count for a pool of `node_count` nodes.
+    /// The concrete count for a pool of `node_count` nodes, when only the total is known
+    /// (every keyword means all of them; [`NumInstances::resolve_counts`] tells dedicated and
+    /// low-priority nodes apart).
     pub fn resolve(self, node_count: u32) -> u32 {
         match self {
             NumInstances::Count(n) => n,
             NumInstances::Pool(_) => node_count,
+        }
+    }
+
+    /// The concrete count given the pool's dedicated and low-priority node counts (from the
+    /// pool specification, or the live pool for the `pool_current_*` keywords).
+    pub fn resolve_counts(self, dedicated: u32, low_priority: u32) -> u32 {
+        match self {
+            NumInstances::Count(n) => n,
+            NumInstances::Pool(p) if p.is_low_priority() => low_priority,
+            NumInstances::Pool(_) => dedicated,
         }
     }
 }
@@ -357,6 +553,9 @@ fn one() -> u32 {
     1
 }
 
+/// Batch's limit on the total length of a task's `dependsOn.taskIds`.
+pub const MAX_DEPENDS_ON_CHARS: usize = 64_000;
+
 impl PoolFacts {
     /// Checks the facts themselves; errors name the field under `pool.`.
     pub fn validate(&self) -> Result<(), RuntimeError> {
@@ -418,6 +617,18 @@ fn validate_env(at: &Field, env: &BTreeMap<String, String>) -> Result<(), Runtim
             return Err(invalid(
                 at.key("environment_variables").key(k.clone()),
                 "values must not contain newlines or NUL",
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn validate_duration(at: &Field, key: &str, v: &Option<String>) -> Result<(), RuntimeError> {
+    if let Some(t) = v {
+        if !t.starts_with('P') || t.len() < 3 {
+            return Err(invalid(
+                at.key(key),
+                format!("`{t}` is not an ISO 8601 duration such as PT1H (or HH:MM:SS)"),
             ));
         }
     }
@@ -494,9 +705,87 @@ impl JobSpec {
         env
     }
 
+    /// The effective task retention time (task wins over job).
+    pub fn retention_time<'a>(&'a self, task: &'a TaskSpec) -> Option<&'a str> {
+        task.retention_time
+            .as_deref()
+            .or(self.retention_time.as_deref())
+    }
+
     /// The effective retry count (task wins over job).
     pub fn max_task_retries(&self, task: &TaskSpec) -> Option<i32> {
         task.max_task_retries.or(self.max_task_retries)
+    }
+
+    /// The job with every `task_factory` expanded (each generated task a copy of its template
+    /// task with the generated command and no id, so it is numbered `task-NNNNN` by position)
+    /// and the `merge_task` appended, depending on every other task. Borrowed when there is
+    /// nothing to expand. Errors name the factory's task (`job.tasks[1].task_factory`).
+    pub fn expanded(&self) -> Result<std::borrow::Cow<'_, JobSpec>, RuntimeError> {
+        use std::borrow::Cow;
+        if self.merge_task.is_none() && self.tasks.iter().all(|t| t.task_factory.is_none()) {
+            return Ok(Cow::Borrowed(self));
+        }
+        let at = Field::job(&self.id);
+        let mut tasks = Vec::with_capacity(self.tasks.len());
+        for (i, task) in self.tasks.iter().enumerate() {
+            let Some(f) = &task.task_factory else {
+                tasks.push(task.clone());
+                continue;
+            };
+            let fat = at.key("tasks").index(i);
+            if task.id.is_some() {
+                return Err(invalid(
+                    fat.key("id"),
+                    "a task with a task_factory gets generated ids; remove `id`",
+                ));
+            }
+            let template = task.command.as_deref().ok_or_else(|| {
+                invalid(
+                    fat.key("command"),
+                    "a task_factory needs a command template",
+                )
+            })?;
+            let commands = f
+                .expand(template)
+                .map_err(|e| invalid(fat.key("task_factory"), e.to_string()))?;
+            let mut base = task.clone();
+            base.task_factory = None;
+            tasks.reserve(commands.len());
+            for c in commands {
+                let mut t = base.clone();
+                t.command = Some(c);
+                tasks.push(t);
+            }
+        }
+        let mut job = JobSpec {
+            tasks,
+            merge_task: None,
+            ..self.clone()
+        };
+        if let Some(m) = &self.merge_task {
+            let mat = at.key("merge_task");
+            if m.task_factory.is_some() {
+                return Err(invalid(mat.key("task_factory"), "a merge task is one task"));
+            }
+            let mut m = (**m).clone();
+            let deps: Vec<String> = (0..job.tasks.len()).map(|i| job.task_id(i)).collect();
+            // Batch limits a task's dependency list to 64000 characters of ids.
+            let chars: usize = deps.iter().map(String::len).sum();
+            if chars > MAX_DEPENDS_ON_CHARS {
+                return Err(invalid(
+                    mat,
+                    format!(
+                        "it would depend on {} tasks ({chars} characters of ids; Batch allows \
+                         {MAX_DEPENDS_ON_CHARS}); split the job",
+                        deps.len()
+                    ),
+                ));
+            }
+            m.depends_on = deps;
+            job.tasks.push(m);
+        }
+        Ok(Cow::Owned(job))
     }
 
     /// True when any task depends on another.
@@ -521,6 +810,14 @@ impl JobSpec {
             return Err(invalid(at.key("runtime"), "must not be empty"));
         }
         validate_env(&at, &self.environment_variables)?;
+        validate_duration(&at, "max_wall_time", &self.max_wall_time)?;
+        validate_duration(&at, "retention_time", &self.retention_time)?;
+        if self.priority.is_some_and(|p| !(-1000..=1000).contains(&p)) {
+            return Err(invalid(
+                at.key("priority"),
+                "must be between -1000 and 1000",
+            ));
+        }
         validate_shm(&at, &self.shm_size)?;
         validate_gpus(&at, &self.gpus)?;
         if self.max_task_retries.is_some_and(|n| n < -1) {
@@ -531,6 +828,9 @@ impl JobSpec {
         }
         if self.tasks.is_empty() {
             return Err(invalid(at.key("tasks"), "a job needs at least one task"));
+        }
+        if let Some(m) = &self.merge_task {
+            m.validate_at(&at.key("merge_task"))?;
         }
         let mut seen = std::collections::BTreeSet::new();
         for (i, task) in self.tasks.iter().enumerate() {
@@ -574,11 +874,16 @@ impl TaskSpec {
             remove_container_after_exit: None,
             max_task_retries: None,
             max_wall_time: None,
+            retention_time: None,
             default_working_dir: WorkingDir::Batch,
             depends_on: Vec::new(),
             depends_on_range: None,
             resource_files: Vec::new(),
             multi_instance: None,
+            task_factory: None,
+            input_data: None,
+            output_data: None,
+            singularity_execution: None,
         }
     }
 
@@ -610,14 +915,8 @@ impl TaskSpec {
                 "must be -1 (unlimited) or more",
             ));
         }
-        if let Some(t) = &self.max_wall_time {
-            if !t.starts_with('P') || t.len() < 3 {
-                return Err(invalid(
-                    at.key("max_wall_time"),
-                    format!("`{t}` is not an ISO 8601 duration such as PT1H"),
-                ));
-            }
-        }
+        validate_duration(at, "max_wall_time", &self.max_wall_time)?;
+        validate_duration(at, "retention_time", &self.retention_time)?;
         if let Some([start, end]) = self.depends_on_range {
             if start > end {
                 return Err(invalid(
@@ -776,11 +1075,11 @@ mod tests {
     #[test]
     fn num_instances_errors_say_what_is_accepted() {
         let err = toml::from_str::<JobSpec>(
-            "id = \"j\"\n[[tasks]]\nimage = \"i\"\ncommand = \"c\"\n[tasks.multi_instance]\nnum_instances = \"pool_current_low_priority\"\n",
+            "id = \"j\"\n[[tasks]]\nimage = \"i\"\ncommand = \"c\"\n[tasks.multi_instance]\nnum_instances = \"pool_current_low_prio\"\n",
         )
         .unwrap_err()
         .to_string();
-        assert!(err.contains("pool_current_low_priority"), "{err}");
+        assert!(err.contains("pool_current_low_prio"), "{err}");
         assert!(err.contains("pool_current_dedicated"), "{err}");
         let err = toml::from_str::<JobSpec>(
             "id = \"j\"\n[[tasks]]\nimage = \"i\"\n[tasks.multi_instance]\nnum_instances = -2\n",
@@ -860,6 +1159,128 @@ mod tests {
         j.environment_variables.insert("1BAD".into(), "x".into());
         let e = j.validate().unwrap_err().to_string();
         assert!(e.contains("job.environment_variables.1BAD"), "{e}");
+    }
+
+    #[test]
+    fn batch_shipyard_wall_times_scalar_env_and_low_priority_counts() {
+        let j = job(r#"
+            id = "j"
+            max_wall_time = "1.12:30:00"
+            retention_time = "PT1H"
+            priority = 100
+            environment_variables = { OMP_NUM_THREADS = 1, DEBUG = true, F = 0.5, S = "x" }
+            [[tasks]]
+            image = "i"
+            command = "c"
+            max_wall_time = "02:00:00"
+            [tasks.multi_instance]
+            num_instances = "pool_current_low_priority"
+        "#);
+        j.validate().unwrap();
+        assert_eq!(j.max_wall_time.as_deref(), Some("P1DT12H30M"));
+        assert_eq!(j.tasks[0].max_wall_time.as_deref(), Some("PT2H"));
+        assert_eq!(j.retention_time(&j.tasks[0]), Some("PT1H"));
+        let env = j.environment(&j.tasks[0]);
+        assert_eq!(
+            (
+                env["OMP_NUM_THREADS"].as_str(),
+                env["DEBUG"].as_str(),
+                env["F"].as_str()
+            ),
+            ("1", "true", "0.5")
+        );
+        let n = j.tasks[0].multi_instance.as_ref().unwrap().num_instances;
+        assert_eq!(n, NumInstances::Pool(PoolCount::PoolCurrentLowPriority));
+        assert_eq!(n.resolve_counts(3, 5), 5);
+        assert_eq!(
+            NumInstances::Pool(PoolCount::PoolSpecificationVmCount).resolve_counts(3, 5),
+            3
+        );
+        let n: NumInstances =
+            serde_json::from_str("\"pool_specification_vm_count_low_priority\"").unwrap();
+        assert_eq!(n.resolve_counts(0, 2), 2);
+        let e = toml::from_str::<JobSpec>("id = \"j\"\nmax_wall_time = \"2h\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("HH:MM:SS"), "{e}");
+        let mut j = j;
+        j.priority = Some(5000);
+        assert!(j
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("job.priority"));
+        let mut add = crate::batch::JobAddParameter::default();
+        j.priority = Some(10);
+        crate::batch::apply_job_settings(&j, &mut add);
+        assert_eq!(add.priority, Some(10));
+        assert_eq!(
+            add.constraints
+                .and_then(|c| c.max_wall_clock_time)
+                .as_deref(),
+            Some("P1DT12H30M")
+        );
+        let c = crate::batch::constraints(&j, &j.tasks[0]).unwrap();
+        assert_eq!(c.retention_time.as_deref(), Some("PT1H"));
+    }
+
+    #[test]
+    fn task_factories_expand_and_the_merge_task_depends_on_all() {
+        let j: JobSpec = serde_json::from_str(
+            r#"{"id":"sweep","tasks":[
+                {"image":"alpine:3","command":"echo {0} {1}","task_factory":{"parametric_sweep":{"product":[{"start":0,"stop":2,"step":1},{"start":10,"stop":30,"step":10}]}}},
+                {"id":"solo","image":"alpine:3","command":"/bin/true"},
+                {"image":"alpine:3","command":"/bin/true","task_factory":{"repeat":2}}],
+              "merge_task":{"image":"alpine:3","command":"echo merged"}}"#,
+        )
+        .unwrap();
+        j.validate().unwrap();
+        let x = j.expanded().unwrap();
+        x.validate().unwrap();
+        let got: Vec<(String, String)> = (0..x.tasks.len())
+            .map(|i| (x.task_id(i), x.tasks[i].command.clone().unwrap()))
+            .collect();
+        let want: Vec<(String, String)> = [
+            ("task-00000", "echo 0 10"),
+            ("task-00001", "echo 0 20"),
+            ("task-00002", "echo 1 10"),
+            ("task-00003", "echo 1 20"),
+            ("solo", "/bin/true"),
+            ("task-00005", "/bin/true"),
+            ("task-00006", "/bin/true"),
+            ("task-00007", "echo merged"),
+        ]
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
+        assert_eq!(got, want);
+        assert_eq!(x.tasks[7].depends_on.len(), 7);
+        assert_eq!(x.tasks[7].depends_on[4], "solo");
+        assert!(x.tasks.iter().all(|t| t.task_factory.is_none()));
+        assert!(x.merge_task.is_none());
+        // nothing to expand: borrowed
+        let plain = job(MI);
+        assert!(matches!(
+            plain.expanded().unwrap(),
+            std::borrow::Cow::Borrowed(_)
+        ));
+        // errors name the factory
+        let mut bad = j.clone();
+        bad.tasks[0].task_factory = Some(crate::factory::TaskFactory::ParametricSweep(
+            crate::factory::ParametricSweep::Product(vec![crate::factory::RangeSpec {
+                start: 0,
+                stop: 2,
+                step: 0,
+            }]),
+        ));
+        let e = bad.expanded().unwrap_err().to_string();
+        assert!(e.contains("job.tasks[0].task_factory"), "{e}");
+        let mut big = j.clone();
+        big.tasks[2].task_factory = Some(crate::factory::TaskFactory::Repeat(10_000));
+        let e = big.expanded().unwrap_err().to_string();
+        assert!(e.contains("job.merge_task") && e.contains("64000"), "{e}");
+        big.merge_task = None;
+        assert_eq!(big.expanded().unwrap().tasks.len(), 10_005);
     }
 
     #[test]

@@ -33,6 +33,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod batch;
+pub mod data;
 pub mod domain;
 pub mod error;
 pub mod factory;
@@ -44,6 +45,7 @@ pub mod registry;
 pub mod shell;
 pub mod ssh;
 pub mod validate;
+pub mod vmsize;
 
 pub use domain::{
     HostCommand, JobSpec, MpiRuntime, MpiSpec, MultiInstanceSpec, NumInstances, OsFamily,

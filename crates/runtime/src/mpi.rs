@@ -3,7 +3,9 @@
 
 use std::collections::BTreeMap;
 
-use shipyard_mpi_launch::{default_env, Flavor, Hosts, LaunchRequest, Ppn, Word};
+use shipyard_mpi_launch::{
+    default_env, Deferred, Flavor, Hosts, LaunchRequest, Part, Ppn, UserPlacement, Word,
+};
 
 use crate::domain::{MpiRuntime, MpiSpec, ProcessesPerNode};
 use crate::error::{Field, RuntimeError};
@@ -56,15 +58,18 @@ pub fn launch_request(
         None => Ppn::Count(1),
         Some(ProcessesPerNode::Count(n)) => Ppn::Count(*n),
         Some(ProcessesPerNode::Command(c)) if c.trim() == "nproc" => Ppn::AllCores,
-        Some(ProcessesPerNode::Command(c)) => {
-            return Err(RuntimeError::Mpi {
-                field: field.key("processes_per_node"),
-                reason: format!(
-                    "`{c}` is not supported: use a count or `nproc` (one rank per core)"
-                ),
-            })
-        }
+        // Any other command runs on the launching node when the line runs (`$(cmd)`).
+        Some(ProcessesPerNode::Command(c)) => Ppn::Command(c.trim().to_string()),
     };
+    let mut options = Vec::new();
+    for (i, entry) in mpi.options.iter().enumerate() {
+        let words = option_words(entry).map_err(|reason| RuntimeError::Mpi {
+            field: field.key("options").index(i),
+            reason,
+        })?;
+        options.extend(words);
+    }
+    let placement = user_placement(&options);
     let shell = if flavor == Flavor::MsMpi {
         "cmd"
     } else {
@@ -82,9 +87,12 @@ pub fn launch_request(
         .hosts(Hosts::batch())
         .ppn(ppn)
         .run_as_root(ctx.run_as_root)
-        .extra_options(mpi.options.iter().cloned())
+        .user_placement(placement)
         .program(words[0].clone())
         .args(words[1..].iter().cloned());
+    for o in options {
+        req = req.extra_option_word(o);
+    }
     if let Some(exe) = &mpi.executable_path {
         req = req.launcher(exe.clone());
     }
@@ -100,10 +108,175 @@ pub fn launch_request(
             req = req.env(name, Word::var(name));
         }
     }
-    if ctx.infiniband && flavor == Flavor::IntelMpi && !ctx.user_env.contains_key("FI_PROVIDER") {
+    // Open MPI passes only its own OMPI_MCA_* variables to the ranks: forward UCX's
+    // (`UCX_NET_DEVICES` on SR-IOV InfiniBand, see `vmsize::fabric_env`).
+    if flavor == Flavor::OpenMpi {
+        for name in ctx.user_env.keys().filter(|k| k.starts_with("UCX_")) {
+            req = req.forward_env(name.clone());
+        }
+    }
+    if ctx.infiniband && !ctx.user_env.contains_key(FABRICS) {
+        if mpi.runtime == MpiRuntime::IntelMpiOfa {
+            // Batch Shipyard's `intelmpi-ofa`: the OFA fabric (Intel MPI 2018/2019 on
+            // InfiniBand), no libfabric provider.
+            req = req.env(FABRICS, "shm:ofa");
+        }
+    }
+    if ctx.infiniband
+        && mpi.runtime == MpiRuntime::IntelMpi
+        && !ctx.user_env.contains_key("FI_PROVIDER")
+    {
         req = req.env("FI_PROVIDER", "mlx");
     }
     Ok(req)
+}
+
+const FABRICS: &str = "I_MPI_FABRICS";
+
+/// The words of one `mpi.options` entry, split as the shell would (Batch Shipyard joins the
+/// entries into its command line): whitespace separates words, quotes group them, and `$NAME` /
+/// `${NAME}` outside single quotes are expanded when the line runs (the OpenFOAM recipe's
+/// `-np $np`, set by its `pre_execution_command`). Command substitution is refused: the
+/// reason says to set a variable in `pre_execution_command` instead.
+pub fn option_words(entry: &str) -> Result<Vec<Word>, String> {
+    let mut words = Vec::new();
+    let mut parts: Vec<Part> = Vec::new();
+    let mut lit = String::new();
+    let mut in_word = false;
+    let mut chars = entry.chars().peekable();
+    let flush_lit = |lit: &mut String, parts: &mut Vec<Part>| {
+        if !lit.is_empty() {
+            parts.push(Part::Lit(std::mem::take(lit)));
+        }
+    };
+    let mut dquote = false;
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' if !dquote || matches!(chars.peek(), Some('$' | '"' | '\\' | '`')) => {
+                in_word = true;
+                match chars.next() {
+                    Some(n) => lit.push(n),
+                    None => return Err("ends with a lone backslash".into()),
+                }
+            }
+            '\'' if !dquote => {
+                in_word = true;
+                loop {
+                    match chars.next() {
+                        Some('\'') => break,
+                        Some(n) => lit.push(n),
+                        None => return Err(format!("unterminated ' in `{entry}`")),
+                    }
+                }
+            }
+            '"' => {
+                in_word = true;
+                dquote = !dquote;
+            }
+            '`' => {
+                return Err(format!(
+                    "command substitution in `{entry}` is not supported: set a variable in \
+                     pre_execution_command and use `$NAME`"
+                ))
+            }
+            '$' => {
+                in_word = true;
+                let braced = chars.peek() == Some(&'{');
+                if braced {
+                    chars.next();
+                }
+                if !braced && chars.peek() == Some(&'(') {
+                    return Err(format!(
+                        "command substitution in `{entry}` is not supported: set a variable \
+                         in pre_execution_command and use `$NAME`"
+                    ));
+                }
+                let mut name = String::new();
+                while let Some(&n) = chars.peek() {
+                    if n.is_ascii_alphanumeric() || n == '_' {
+                        name.push(n);
+                        chars.next();
+                    } else {
+                        break;
+                    }
+                }
+                if braced && chars.next() != Some('}') {
+                    return Err(format!("`${{{name}` is not closed in `{entry}`"));
+                }
+                if name.is_empty() || name.starts_with(|c: char| c.is_ascii_digit()) {
+                    if braced {
+                        return Err(format!("`${{}}` names no variable in `{entry}`"));
+                    }
+                    lit.push('$');
+                } else {
+                    flush_lit(&mut lit, &mut parts);
+                    parts.push(Part::Deferred(Deferred::Var(name)));
+                }
+            }
+            c if c.is_whitespace() && !dquote => {
+                if in_word {
+                    flush_lit(&mut lit, &mut parts);
+                    words.push(Word::concat(std::mem::take(&mut parts)));
+                    in_word = false;
+                }
+            }
+            c => {
+                in_word = true;
+                lit.push(c);
+            }
+        }
+    }
+    if dquote {
+        return Err(format!("unterminated \" in `{entry}`"));
+    }
+    if in_word {
+        flush_lit(&mut lit, &mut parts);
+        words.push(Word::concat(parts));
+    }
+    Ok(words)
+}
+
+/// Launcher flags (of any flavour) that set the rank count, the hosts, or the ranks per node.
+const RANK_FLAGS: &[&str] = &["-np", "--np", "-n", "--n", "-c"];
+const HOST_FLAGS: &[&str] = &[
+    "-H",
+    "--host",
+    "-host",
+    "-hosts",
+    "--hosts",
+    "--hostfile",
+    "-hostfile",
+    "--machinefile",
+    "-machinefile",
+    "-f",
+    "--default-hostfile",
+];
+const PER_NODE_FLAGS: &[&str] = &[
+    "-ppn",
+    "--ppn",
+    "-perhost",
+    "--map-by",
+    "-map-by",
+    "--npernode",
+    "-npernode",
+    "-N",
+];
+
+/// Which placement the user's option words set: their own `-np`, `--host`/`-hosts`/
+/// `--hostfile`/`-f`/`-machinefile` or `-ppn`/`-perhost`/`--map-by` win over shipyard's.
+pub fn user_placement(options: &[Word]) -> UserPlacement {
+    let mut p = UserPlacement::default();
+    for w in options {
+        let Some(Part::Lit(first)) = w.parts().first() else {
+            continue;
+        };
+        let flag = first.split('=').next().unwrap_or_default();
+        let is = |set: &[&str]| set.contains(&flag);
+        p.ranks |= is(RANK_FLAGS);
+        p.hosts |= is(HOST_FLAGS);
+        p.per_node |= is(PER_NODE_FLAGS);
+    }
+    p
 }
 
 /// The `multi_instance.mpi` field of `task`.
@@ -189,14 +362,42 @@ mod tests {
         assert!(!line.contains("mlx") && !line.contains("shm:ofi"), "{line}");
     }
 
-    #[test]
-    fn unsupported_ppn_command_names_the_field() {
-        let mpi = MpiSpec {
-            runtime: MpiRuntime::Mpich,
-            options: vec![],
-            processes_per_node: Some(ProcessesPerNode::Command("nvidia-smi -L | wc -l".into())),
-            executable_path: None,
+    fn line(mpi: &MpiSpec, command: &str, env: &BTreeMap<String, String>, ib: bool) -> String {
+        let task = Field::job("j").key("tasks").index(0);
+        let ctx = LaunchContext {
+            task: &task,
+            ssh_port: None,
+            run_as_root: false,
+            user_env: env,
+            infiniband: ib,
         };
+        render_sh(&launch_request(mpi, command, ctx).unwrap(), &task).unwrap()
+    }
+
+    fn spec(runtime: MpiRuntime, options: &[&str], ppn: Option<ProcessesPerNode>) -> MpiSpec {
+        MpiSpec {
+            runtime,
+            options: options.iter().map(|o| o.to_string()).collect(),
+            processes_per_node: ppn,
+            executable_path: Some("mpirun".into()),
+        }
+    }
+
+    #[test]
+    fn any_ppn_command_runs_at_task_time() {
+        let mpi = spec(
+            MpiRuntime::Mpich,
+            &[],
+            Some(ProcessesPerNode::Command("nvidia-smi -L | wc -l".into())),
+        );
+        let l = line(&mpi, "/app", &BTreeMap::new(), false);
+        assert!(l.contains("-ppn \"$(nvidia-smi -L | wc -l)\""), "{l}");
+        assert!(l.contains("* $(nvidia-smi -L | wc -l)"), "{l}");
+    }
+
+    #[test]
+    fn bad_option_entry_names_the_field() {
+        let mpi = spec(MpiRuntime::Mpich, &["-x A", "-genv X $(hostname)"], None);
         let env = BTreeMap::new();
         let task = Field::job("j").key("tasks").index(0);
         let ctx = LaunchContext {
@@ -208,8 +409,95 @@ mod tests {
         };
         let e = launch_request(&mpi, "/app", ctx).unwrap_err().to_string();
         assert!(
-            e.contains("job.tasks[0].multi_instance.mpi.processes_per_node"),
+            e.contains("job.tasks[0].multi_instance.mpi.options[1]"),
             "{e}"
         );
+        assert!(e.contains("pre_execution_command"), "{e}");
+    }
+
+    #[test]
+    fn option_entries_split_into_words_with_run_time_variables() {
+        let w = option_words("-mca btl_base_warn_component_unused 0").unwrap();
+        assert_eq!(w.len(), 3);
+        assert_eq!(w[1].as_literal(), Some("btl_base_warn_component_unused"));
+        let w = option_words("-np $np -x 'A B' \"${HOME}/x\" --a=$Y").unwrap();
+        assert_eq!(w.len(), 6, "{w:?}");
+        assert!(w[1].is_deferred());
+        assert_eq!(w[3].as_literal(), Some("A B"));
+        assert_eq!(
+            w[4].parts(),
+            [
+                Part::Deferred(Deferred::Var("HOME".into())),
+                Part::Lit("/x".into())
+            ]
+        );
+        assert_eq!(w[5].parts()[0], Part::Lit("--a=".into()));
+        assert!(option_words("'open").is_err());
+        assert!(option_words("-x `id`").is_err());
+        assert_eq!(
+            option_words("cost$").unwrap()[0].as_literal(),
+            Some("cost$")
+        );
+    }
+
+    #[test]
+    fn users_placement_flags_win_over_shipyards() {
+        // OpenFOAM recipe: Intel MPI with its own -np/-ppn/-hosts and no processes_per_node.
+        let mpi = spec(
+            MpiRuntime::IntelMpi,
+            &["-np $np", "-ppn $ppn", "-hosts $AZ_BATCH_HOST_LIST"],
+            None,
+        );
+        let l = line(&mpi, "simpleFoam -parallel", &BTreeMap::new(), false);
+        assert!(
+            l.contains(
+                "mpirun -np \"${np}\" -ppn \"${ppn}\" -hosts \"${AZ_BATCH_HOST_LIST}\" -bootstrap ssh"
+            ),
+            "{l}"
+        );
+        assert_eq!(l.matches("-np").count(), 1, "{l}");
+        assert_eq!(l.matches("-ppn").count(), 1, "{l}");
+        assert!(!l.contains(" -n "), "{l}");
+        // Open MPI: the user's hostfile drops shipyard's --host, keeps -np and --map-by.
+        let mpi = spec(
+            MpiRuntime::OpenMpi,
+            &["--hostfile hosts.txt"],
+            Some(ProcessesPerNode::Count(2)),
+        );
+        let l = line(&mpi, "/app", &BTreeMap::new(), false);
+        assert!(!l.contains("--host "), "{l}");
+        assert!(l.contains("--hostfile hosts.txt"), "{l}");
+        assert!(l.contains("--map-by ppr:2:node"), "{l}");
+        assert!(l.contains("-np \"$(( "), "{l}");
+        assert_eq!(
+            user_placement(&option_words("-H a,b -npernode=2").unwrap()),
+            UserPlacement {
+                ranks: false,
+                hosts: true,
+                per_node: true
+            }
+        );
+    }
+
+    #[test]
+    fn intelmpi_ofa_uses_the_ofa_fabric_on_infiniband() {
+        let mpi = spec(
+            MpiRuntime::IntelMpiOfa,
+            &[],
+            Some(ProcessesPerNode::Count(1)),
+        );
+        let l = line(&mpi, "/app", &BTreeMap::new(), true);
+        assert!(l.contains("I_MPI_FABRICS=shm:ofa"), "{l}");
+        assert!(!l.contains("FI_PROVIDER=mlx"), "{l}");
+        let mut env = BTreeMap::new();
+        env.insert("I_MPI_FABRICS".to_string(), "shm:ofi".to_string());
+        let l = line(&mpi, "/app", &env, true);
+        assert!(!l.contains("shm:ofa"), "{l}");
+        let l = line(&mpi, "/app", &BTreeMap::new(), false);
+        assert!(!l.contains("shm:ofa"), "{l}");
+        // mvapich launches like MPICH (hydra `-ppn`)
+        let mpi = spec(MpiRuntime::Mvapich, &[], Some(ProcessesPerNode::Count(1)));
+        let l = line(&mpi, "/app", &BTreeMap::new(), false);
+        assert!(l.contains("-ppn 1 -hosts"), "{l}");
     }
 }

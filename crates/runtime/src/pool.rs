@@ -6,8 +6,14 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::batch::{ImageReference, PoolAddParameter, VirtualMachineConfiguration};
-use crate::domain::{is_valid_batch_id, OsFamily, PoolFacts};
+use std::collections::BTreeMap;
+
+use crate::batch::{
+    pool_admin, EnvironmentSetting, ImageReference, PoolAddParameter, StartTask,
+    VirtualMachineConfiguration,
+};
+use crate::domain::ResourceFileSpec;
+use crate::domain::{is_valid_batch_id, JobSpec, NumInstances, OsFamily, PoolCount, PoolFacts};
 use crate::error::{Field, FieldPath, RuntimeError, Scope, Segment};
 use crate::plan::JobPlan;
 
@@ -39,6 +45,165 @@ pub struct PoolSpec {
     /// Cores per node, when known (used for `processes_per_node` defaults).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cores_per_node: Option<u32>,
+    /// Batch `resizeTimeout`: ISO 8601 or `HH:MM:SS`.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::domain::wall_time"
+    )]
+    pub resize_timeout: Option<String>,
+    /// Batch `taskSchedulingPolicy.nodeFillType`: `spread` (default) or `pack`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_fill_type: Option<NodeFillType>,
+    /// The pool's subnet (Batch `networkConfiguration.subnetId`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub virtual_network: Option<VirtualNetwork>,
+    /// The user `shipyard pool ssh` adds to nodes (read by the CLI; no effect on the pool).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh: Option<PoolSsh>,
+    /// A general start task, run on every node when it joins the pool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_task: Option<StartTaskSpec>,
+    /// Batch Shipyard's `additional_node_prep`: commands before (`pre`) and after (`post`)
+    /// shipyard's own node preparation, in the pool's start task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub additional_node_prep: Option<NodePrep>,
+    /// Container runtimes installed by the start task where the image lacks them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_runtimes: Option<ContainerRuntimes>,
+}
+
+/// `node_fill_type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeFillType {
+    /// Tasks spread evenly over the nodes.
+    Spread,
+    /// Each node filled before the next.
+    Pack,
+}
+
+/// `[pool_specification.virtual_network]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VirtualNetwork {
+    /// The ARM id of the subnet.
+    pub subnet_id: String,
+}
+
+/// `[pool_specification.ssh]`: the node user of `shipyard pool ssh`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolSsh {
+    /// The user name (Batch Shipyard's default `shipyard`).
+    #[serde(default = "ssh_user")]
+    pub username: String,
+    /// Days the user stays valid (default 30).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expiry_days: Option<u32>,
+    /// Path of the public key to install.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh_public_key: Option<String>,
+    /// The public key itself (`ssh-ed25519 AAAA...`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh_public_key_data: Option<String>,
+}
+
+fn ssh_user() -> String {
+    "shipyard".to_string()
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// `[pool_specification.start_task]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StartTaskSpec {
+    /// The command, run with `/bin/bash -c` after shipyard's node preparation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
+    /// Files downloaded into the start task's directory first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub resource_files: Vec<ResourceFileSpec>,
+    /// Its environment (numbers and booleans kept as their text).
+    #[serde(
+        default,
+        skip_serializing_if = "BTreeMap::is_empty",
+        deserialize_with = "crate::domain::scalar_env"
+    )]
+    pub environment_variables: BTreeMap<String, String>,
+    /// Run as the pool's admin auto-user (default true; installing anything needs it).
+    #[serde(default = "yes")]
+    pub elevated: bool,
+    /// Batch waits for it before scheduling tasks on the node (default true).
+    #[serde(default = "yes")]
+    pub wait_for_success: bool,
+    /// Batch `maxTaskRetryCount` of the start task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_task_retries: Option<i32>,
+}
+
+/// `[pool_specification.additional_node_prep]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodePrep {
+    /// The commands.
+    #[serde(default)]
+    pub commands: NodePrepCommands,
+    /// The start task's environment for them.
+    #[serde(
+        default,
+        skip_serializing_if = "BTreeMap::is_empty",
+        deserialize_with = "crate::domain::scalar_env"
+    )]
+    pub environment_variables: BTreeMap<String, String>,
+}
+
+/// `additional_node_prep.commands`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodePrepCommands {
+    /// Before shipyard's node preparation and the runtimes' installation.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pre: Vec<String>,
+    /// After them (and after `start_task.command`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub post: Vec<String>,
+}
+
+/// `[pool_specification.container_runtimes]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContainerRuntimes {
+    /// Runtimes the start task installs when missing: `docker`, `singularity`, `apptainer`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub install: Vec<String>,
+    /// The runtime of jobs that name none (read by the CLI).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default: Option<String>,
+}
+
+/// The start-task line installing `runtime` when it is missing (apt or dnf/yum images).
+pub fn install_runtime_script(runtime: &str) -> Option<String> {
+    match runtime {
+        "docker" => Some(
+            "command -v docker >/dev/null 2>&1 || { curl -fsSL https://get.docker.com | sh; \
+             systemctl enable --now docker; }"
+                .to_string(),
+        ),
+        "singularity" | "apptainer" => Some(
+            "command -v singularity >/dev/null 2>&1 || command -v apptainer >/dev/null 2>&1 || \
+             if command -v apt-get >/dev/null 2>&1; then export DEBIAN_FRONTEND=noninteractive; \
+             apt-get update -y && apt-get install -y software-properties-common && \
+             add-apt-repository -y ppa:apptainer/ppa && apt-get update -y && \
+             apt-get install -y apptainer; else (dnf install -y epel-release || yum install -y \
+             epel-release) && (dnf install -y apptainer || yum install -y apptainer); fi"
+                .to_string(),
+        ),
+        _ => None,
+    }
 }
 
 fn default_vm_size() -> String {
@@ -140,6 +305,22 @@ pub struct VmConfiguration {
     /// A marketplace image.
     #[serde(default)]
     pub platform_image: PlatformImage,
+    /// A custom image (Azure Compute Gallery); replaces `platform_image` when given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub custom_image: Option<CustomImage>,
+}
+
+/// `[pool_specification.vm_configuration.custom_image]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CustomImage {
+    /// The ARM id of the image (Batch `imageReference.virtualMachineImageId`).
+    pub virtual_machine_image_id: String,
+    /// Batch node agent SKU, e.g. `batch.node.ubuntu 22.04`.
+    pub node_agent_sku_id: String,
+    /// Batch runs the containers (the image has Docker and Batch's container support).
+    #[serde(default)]
+    pub native: bool,
 }
 
 /// `[pool_specification.vm_configuration.platform_image]`.
@@ -192,14 +373,35 @@ impl PoolSpec {
             vm_configuration: VmConfiguration::default(),
             subnet_pattern: None,
             cores_per_node: None,
+            resize_timeout: None,
+            node_fill_type: None,
+            virtual_network: None,
+            ssh: None,
+            start_task: None,
+            additional_node_prep: None,
+            container_runtimes: None,
+        }
+    }
+
+    /// The node agent SKU (custom image first).
+    pub fn node_agent_sku_id(&self) -> &str {
+        match &self.vm_configuration.custom_image {
+            Some(c) => &c.node_agent_sku_id,
+            None => &self.vm_configuration.platform_image.node_agent_sku_id,
+        }
+    }
+
+    /// Whether Batch runs the containers (custom image first).
+    pub fn native(&self) -> bool {
+        match &self.vm_configuration.custom_image {
+            Some(c) => c.native,
+            None => self.vm_configuration.platform_image.native,
         }
     }
 
     /// True for Windows node agents.
     pub fn is_windows(&self) -> bool {
-        self.vm_configuration
-            .platform_image
-            .node_agent_sku_id
+        self.node_agent_sku_id()
             .to_ascii_lowercase()
             .contains("windows")
     }
@@ -208,7 +410,7 @@ impl PoolSpec {
     pub fn facts(&self) -> PoolFacts {
         PoolFacts {
             pool_id: self.id.clone(),
-            native_containers: self.vm_configuration.platform_image.native,
+            native_containers: self.native(),
             os: if self.is_windows() {
                 OsFamily::Windows
             } else {
@@ -245,6 +447,78 @@ impl PoolSpec {
             _ => return path.clone(),
         };
         spec.join(&FieldPath::from(rest.to_vec()))
+    }
+
+    /// `job` with what this pool implies filled in, as Batch Shipyard did before submitting:
+    ///
+    /// - every `num_instances` keyword becomes the count: `pool_specification_vm_count*` from
+    ///   `vm_count`, `pool_current_*` from `current` (the live pool's dedicated and
+    ///   low-priority node counts) or, without it, from `vm_count`; a count of 0 is an error
+    ///   naming the task's `num_instances`;
+    /// - `gpus = "all"` on GPU sizes (N-series) where neither the task nor the job set `gpus`;
+    /// - `infiniband = true` on RDMA sizes when inter-node communication is on, where neither
+    ///   the task nor the job set it, and for MPI tasks on InfiniBand the fabric variables of
+    ///   [`crate::vmsize::fabric_env`] — each only where the job and task environment lack
+    ///   it, so the user's value wins (Batch Shipyard issue #339).
+    pub fn prepare_job(
+        &self,
+        job: &JobSpec,
+        current: Option<(u32, u32)>,
+    ) -> Result<JobSpec, RuntimeError> {
+        let facts = crate::vmsize::facts(&self.vm_size);
+        let spec = (self.vm_count.dedicated(), self.vm_count.low_priority());
+        let mut out = job.clone();
+        let job_env = job.environment_variables.clone();
+        let at = Field::job(&job.id);
+        for (i, task) in out.tasks.iter_mut().enumerate() {
+            if task.gpus.is_none() && job.gpus.is_none() && facts.gpu {
+                task.gpus = Some("all".to_string());
+            }
+            if task.infiniband.is_none()
+                && job.infiniband.is_none()
+                && facts.rdma.is_some()
+                && self.inter_node_communication_enabled
+            {
+                task.infiniband = Some(true);
+            }
+            let ib = task.infiniband.or(job.infiniband).unwrap_or(false);
+            let Some(mi) = task.multi_instance.as_mut() else {
+                continue;
+            };
+            if let NumInstances::Pool(kw) = mi.num_instances {
+                let (d, l) = match kw {
+                    PoolCount::PoolCurrentDedicated | PoolCount::PoolCurrentLowPriority => {
+                        current.unwrap_or(spec)
+                    }
+                    _ => spec,
+                };
+                let n = mi.num_instances.resolve_counts(d, l);
+                if n == 0 {
+                    let which = if kw.is_low_priority() {
+                        "low-priority"
+                    } else {
+                        "dedicated"
+                    };
+                    return Err(RuntimeError::invalid(
+                        at.key("tasks")
+                            .index(i)
+                            .key("multi_instance")
+                            .key("num_instances"),
+                        format!("pool `{}` has no {which} nodes", self.id),
+                    ));
+                }
+                mi.num_instances = NumInstances::Count(n);
+            }
+            if let (Some(mpi), Some(rdma), true) = (&mi.mpi, facts.rdma, ib) {
+                for (k, v) in crate::vmsize::fabric_env(mpi.runtime, rdma) {
+                    if !job_env.contains_key(k) && !task.environment_variables.contains_key(k) {
+                        task.environment_variables
+                            .insert(k.to_string(), v.to_string());
+                    }
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Checks the pool; errors are in [`Scope::Pool`] and name spec keys (`vm_count`).
@@ -287,6 +561,13 @@ impl PoolSpec {
     /// communication, task slots).
     pub fn add_parameter(&self, plans: &[&JobPlan]) -> Result<PoolAddParameter, RuntimeError> {
         let img = &self.vm_configuration.platform_image;
+        let image = match &self.vm_configuration.custom_image {
+            Some(c) => ImageReference {
+                virtual_machine_image_id: Some(c.virtual_machine_image_id.clone()),
+                ..Default::default()
+            },
+            None => ImageReference::marketplace(&img.publisher, &img.offer, &img.sku, &img.version),
+        };
         let count = |n: u32, key: &str| {
             i32::try_from(n).map_err(|_| {
                 RuntimeError::invalid(Field::pool().key(key), format!("{n} is too large"))
@@ -294,9 +575,24 @@ impl PoolSpec {
         };
         let mut param = PoolAddParameter {
             virtual_machine_configuration: Some(VirtualMachineConfiguration::new(
-                ImageReference::marketplace(&img.publisher, &img.offer, &img.sku, &img.version),
-                &img.node_agent_sku_id,
+                image,
+                self.node_agent_sku_id(),
             )),
+            resize_timeout: self.resize_timeout.clone(),
+            task_scheduling_policy: self.node_fill_type.map(|f| {
+                crate::batch::TaskSchedulingPolicy {
+                    node_fill_type: match f {
+                        NodeFillType::Spread => crate::batch::ComputeNodeFillType::Spread,
+                        NodeFillType::Pack => crate::batch::ComputeNodeFillType::Pack,
+                    },
+                }
+            }),
+            network_configuration: self.virtual_network.as_ref().map(|v| {
+                crate::batch::NetworkConfiguration {
+                    subnet_id: Some(v.subnet_id.clone()),
+                    ..Default::default()
+                }
+            }),
             target_dedicated_nodes: Some(count(self.vm_count.dedicated(), "vm_count")?),
             target_low_priority_nodes: Some(count(self.vm_count.low_priority(), "vm_count")?),
             task_slots_per_node: Some(count(self.task_slots_per_node, "task_slots_per_node")?),
@@ -306,7 +602,87 @@ impl PoolSpec {
         for plan in plans {
             plan.apply_to_pool(&mut param)?;
         }
+        param.start_task = self.start_task(param.start_task.take())?;
         Ok(param)
+    }
+
+    /// The pool's start task: `additional_node_prep.commands.pre`, the installation of
+    /// `container_runtimes.install`, the runtimes' own start task (`planned`), the user's
+    /// `start_task.command`, then `additional_node_prep.commands.post`, in one
+    /// `/bin/bash -c 'set -e; ...'`; resource files and environment merged (the planned
+    /// task's values win on a name clash).
+    pub fn start_task(
+        &self,
+        planned: Option<StartTask>,
+    ) -> Result<Option<StartTask>, RuntimeError> {
+        let prep = self.additional_node_prep.clone().unwrap_or_default();
+        let install = self
+            .container_runtimes
+            .as_ref()
+            .map(|c| c.install.clone())
+            .unwrap_or_default();
+        let user = self.start_task.as_ref();
+        if prep.commands.pre.is_empty()
+            && prep.commands.post.is_empty()
+            && install.is_empty()
+            && user.is_none()
+        {
+            return Ok(planned);
+        }
+        let mut lines = vec!["set -e".to_string()];
+        lines.extend(prep.commands.pre.iter().cloned());
+        for (i, r) in install.iter().enumerate() {
+            let script = install_runtime_script(r).ok_or_else(|| {
+                RuntimeError::invalid(
+                    Field::pool()
+                        .key("container_runtimes")
+                        .key("install")
+                        .index(i),
+                    format!("`{r}` is not one of docker, singularity, apptainer"),
+                )
+            })?;
+            lines.push(script);
+        }
+        if let Some(p) = &planned {
+            lines.push(p.command_line.clone());
+        }
+        if let Some(c) = user.and_then(|u| u.command.as_ref()) {
+            lines.push(c.clone());
+        }
+        lines.extend(prep.commands.post.iter().cloned());
+        let mut env: BTreeMap<String, String> = prep.environment_variables.clone();
+        if let Some(u) = user {
+            env.extend(u.environment_variables.clone());
+        }
+        let mut settings: Vec<EnvironmentSetting> = env
+            .into_iter()
+            .map(|(k, v)| EnvironmentSetting::new(k, v))
+            .collect();
+        let mut files = user
+            .map(|u| crate::batch::resource_files(&u.resource_files).unwrap_or_default())
+            .unwrap_or_default();
+        let elevated = planned.is_some()
+            || !install.is_empty()
+            || !prep.commands.pre.is_empty()
+            || !prep.commands.post.is_empty()
+            || user.is_none_or(|u| u.elevated);
+        let mut st = planned.unwrap_or_default();
+        for e in st.environment_settings.take().unwrap_or_default() {
+            settings.retain(|s| s.name != e.name);
+            settings.push(e);
+        }
+        files.extend(st.resource_files.take().unwrap_or_default());
+        st.command_line = crate::shell::bash_c(&lines.join("; "));
+        st.environment_settings = (!settings.is_empty()).then_some(settings);
+        st.resource_files = (!files.is_empty()).then_some(files);
+        if elevated {
+            st.user_identity = Some(pool_admin());
+        }
+        st.wait_for_success = Some(user.is_none_or(|u| u.wait_for_success));
+        if let Some(n) = user.and_then(|u| u.max_task_retries) {
+            st.max_task_retry_count = Some(n);
+        }
+        Ok(Some(st))
     }
 }
 
@@ -317,6 +693,166 @@ mod tests {
 
     fn spec(text: &str) -> PoolSpec {
         toml::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn prepare_job_fills_counts_infiniband_gpus_and_fabrics() {
+        let job: JobSpec = toml::from_str(
+            r#"
+            id = "j"
+            [[tasks]]
+            image = "i"
+            command = "/app"
+            environment_variables = { FI_PROVIDER = "verbs" }
+            [tasks.multi_instance]
+            num_instances = "pool_specification_vm_count_low_priority"
+            mpi = { runtime = "intelmpi", processes_per_node = 1 }
+            [[tasks]]
+            image = "i"
+            command = "/app"
+            infiniband = false
+            [tasks.multi_instance]
+            num_instances = "pool_current_dedicated"
+            mpi = { runtime = "openmpi" }
+            "#,
+        )
+        .unwrap();
+        let mut p = PoolSpec::new("p");
+        p.vm_size = "Standard_HC44rs".into();
+        p.inter_node_communication_enabled = true;
+        p.vm_count = VmCount::Split {
+            dedicated: 3,
+            low_priority: 2,
+        };
+        let j = p.prepare_job(&job, None).unwrap();
+        let t0 = &j.tasks[0];
+        assert_eq!(t0.infiniband, Some(true));
+        assert_eq!(t0.gpus, None);
+        assert_eq!(
+            t0.multi_instance.as_ref().unwrap().num_instances,
+            NumInstances::Count(2)
+        );
+        // the user's FI_PROVIDER (issue #339) stays; the others are filled in
+        assert_eq!(t0.environment_variables["FI_PROVIDER"], "verbs");
+        assert_eq!(t0.environment_variables["I_MPI_FABRICS"], "shm:ofi");
+        assert_eq!(t0.environment_variables["I_MPI_FALLBACK"], "0");
+        let t1 = &j.tasks[1];
+        assert_eq!(t1.infiniband, Some(false));
+        assert!(t1.environment_variables.is_empty());
+        assert_eq!(
+            t1.multi_instance.as_ref().unwrap().num_instances,
+            NumInstances::Count(3)
+        );
+        let j = p.prepare_job(&job, Some((4, 0))).unwrap();
+        assert_eq!(
+            j.tasks[1].multi_instance.as_ref().unwrap().num_instances,
+            NumInstances::Count(4)
+        );
+        // no low-priority nodes: the error names the field
+        p.vm_count = VmCount::Dedicated(2);
+        let e = p.prepare_job(&job, None).unwrap_err().to_string();
+        assert!(
+            e.contains("job.tasks[0].multi_instance.num_instances"),
+            "{e}"
+        );
+        assert!(e.contains("no low-priority nodes"), "{e}");
+        // GPU sizes get gpus = all; no inter-node communication, no infiniband
+        p.vm_size = "Standard_NC24rs_v3".into();
+        p.vm_count = VmCount::Split {
+            dedicated: 2,
+            low_priority: 2,
+        };
+        p.inter_node_communication_enabled = false;
+        let j = p.prepare_job(&job, None).unwrap();
+        assert_eq!(j.tasks[0].gpus.as_deref(), Some("all"));
+        assert_eq!(j.tasks[0].infiniband, None);
+    }
+
+    #[test]
+    fn start_task_node_prep_runtimes_and_custom_image() {
+        let p = spec(
+            r#"
+            id = "p"
+            resize_timeout = "00:20:00"
+            node_fill_type = "pack"
+            [vm_configuration.custom_image]
+            virtual_machine_image_id = "/subscriptions/s/resourceGroups/g/providers/Microsoft.Compute/galleries/x/images/y"
+            node_agent_sku_id = "batch.node.ubuntu 22.04"
+            native = true
+            [start_task]
+            command = "echo user"
+            environment_variables = { LEVEL = 2 }
+            resource_files = [{ http_url = "https://example.invalid/a.sh", file_path = "a.sh" }]
+            [additional_node_prep]
+            commands = { pre = ["echo pre"], post = ["echo post"] }
+            environment_variables = { LEVEL = 1, PREP = "x" }
+            [container_runtimes]
+            install = ["singularity"]
+            "#,
+        );
+        assert!(p.facts().native_containers);
+        let planned = StartTask {
+            command_line: "/bin/bash -c 'echo planned'".into(),
+            environment_settings: Some(vec![EnvironmentSetting::new("PREP", "planned")]),
+            ..Default::default()
+        };
+        let plan = JobPlan {
+            runtime: "x".into(),
+            pool: PoolNeeds {
+                start_task: Some(planned),
+                ..Default::default()
+            },
+            job: JobNeeds::default(),
+            tasks: vec![],
+        };
+        let v = serde_json::to_value(p.add_parameter(&[&plan]).unwrap()).unwrap();
+        assert_eq!(
+            v["virtualMachineConfiguration"]["imageReference"],
+            serde_json::json!({"virtualMachineImageId": "/subscriptions/s/resourceGroups/g/providers/Microsoft.Compute/galleries/x/images/y"})
+        );
+        assert_eq!(v["resizeTimeout"], "PT20M");
+        assert_eq!(v["taskSchedulingPolicy"]["nodeFillType"], "pack");
+        let st = &v["startTask"];
+        let cmd = st["commandLine"].as_str().unwrap();
+        let order: Vec<usize> = [
+            "set -e",
+            "echo pre",
+            "apptainer",
+            "echo planned",
+            "echo user",
+            "echo post",
+        ]
+        .iter()
+        .map(|n| cmd.find(n).unwrap_or_else(|| panic!("{n} missing: {cmd}")))
+        .collect();
+        assert!(order.windows(2).all(|w| w[0] < w[1]), "{cmd}");
+        assert!(cmd.starts_with("/bin/bash -c "), "{cmd}");
+        let env: Vec<(String, String)> = st["environmentSettings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                (
+                    e["name"].as_str().unwrap().into(),
+                    e["value"].as_str().unwrap().into(),
+                )
+            })
+            .collect();
+        assert!(env.contains(&("LEVEL".into(), "2".into())), "{env:?}");
+        assert!(env.contains(&("PREP".into(), "planned".into())), "{env:?}");
+        assert_eq!(st["resourceFiles"][0]["filePath"], "a.sh");
+        assert_eq!(st["userIdentity"]["autoUser"]["elevationLevel"], "admin");
+        assert_eq!(st["waitForSuccess"], true);
+        let mut bad = p.clone();
+        bad.container_runtimes = Some(ContainerRuntimes {
+            install: vec!["podman".into()],
+            default: None,
+        });
+        let e = bad.add_parameter(&[]).unwrap_err().to_string();
+        assert!(e.contains("pool.container_runtimes.install[0]"), "{e}");
+        // nothing configured: the planned start task is kept as it is
+        let plain = PoolSpec::new("p");
+        assert_eq!(plain.start_task(None).unwrap(), None);
     }
 
     #[test]

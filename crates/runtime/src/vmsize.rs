@@ -1,0 +1,173 @@
+//! What an Azure VM size implies, as Batch Shipyard decided it (`convoy/settings.py`): RDMA
+//! (InfiniBand) over NetworkDirect or SR-IOV, GPUs on the N-series, and the fabric settings each
+//! MPI needs on InfiniBand. Every default here is only applied where the user set nothing
+//! (Batch Shipyard issue #339: its fabric variables overwrote the user's).
+
+use crate::domain::MpiRuntime;
+
+/// How a VM size reaches InfiniBand.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rdma {
+    /// The older NetworkDirect driver (A8/A9, H16r/H16mr, NC24r, NC24rs_v2, ND24rs): Intel MPI
+    /// over DAPL.
+    NetworkDirect,
+    /// SR-IOV Mellanox VFs (HB, HC, HX, NC24rs_v3, ND40rs_v2, ND A100/H100): UCX / libfabric mlx.
+    SrIov,
+}
+
+/// The facts of one VM size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct VmSizeFacts {
+    /// InfiniBand, and how.
+    pub rdma: Option<Rdma>,
+    /// GPUs (N-series: NC, ND, NV).
+    pub gpu: bool,
+}
+
+/// The parts of a size name: `Standard_HB120-16rs_v3` → family `hb`, features `rs`,
+/// version 3.
+struct Parsed {
+    family: String,
+    cores: String,
+    features: String,
+    version: u32,
+}
+
+fn parse(vm_size: &str) -> Parsed {
+    let lower = vm_size.trim().to_ascii_lowercase();
+    let name = lower
+        .strip_prefix("standard_")
+        .or_else(|| lower.strip_prefix("basic_"))
+        .unwrap_or(&lower);
+    let mut head = name.split('_');
+    let first = head.next().unwrap_or_default();
+    let family: String = first
+        .chars()
+        .take_while(char::is_ascii_alphabetic)
+        .collect();
+    let rest = &first[family.len()..];
+    let cores: String = rest
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '-')
+        .collect();
+    let features = rest[cores.len()..].to_string();
+    let version = name
+        .split('_')
+        .filter_map(|p| p.strip_prefix('v').and_then(|v| v.parse::<u32>().ok()))
+        .next_back()
+        .unwrap_or(1);
+    Parsed {
+        family,
+        cores,
+        features,
+        version,
+    }
+}
+
+/// Classifies an Azure VM size name (case-insensitive, `Standard_` optional).
+pub fn facts(vm_size: &str) -> VmSizeFacts {
+    let p = parse(vm_size);
+    let gpu = matches!(p.family.as_str(), "nc" | "nd" | "nv");
+    let r = p.features.contains('r');
+    let rdma = match p.family.as_str() {
+        "a" if p.cores == "8" || p.cores == "9" => Some(Rdma::NetworkDirect),
+        "h" if r => Some(Rdma::NetworkDirect),
+        "hb" | "hc" | "hx" if r => Some(Rdma::SrIov),
+        "nc" if r && p.version <= 2 => Some(Rdma::NetworkDirect),
+        "nd" if r && p.version == 1 => Some(Rdma::NetworkDirect),
+        "nc" | "nd" if r => Some(Rdma::SrIov),
+        _ => None,
+    };
+    VmSizeFacts { rdma, gpu }
+}
+
+/// The value Batch Shipyard gave `gpus` when unset: `all` on GPU sizes.
+pub fn default_gpus(vm_size: &str) -> Option<&'static str> {
+    facts(vm_size).gpu.then_some("all")
+}
+
+/// The environment an MPI needs on InfiniBand over `rdma` (Batch Shipyard's values; names the
+/// user set keep the user's value — the caller merges these under the user's).
+pub fn fabric_env(runtime: MpiRuntime, rdma: Rdma) -> Vec<(&'static str, &'static str)> {
+    match (runtime, rdma) {
+        (MpiRuntime::IntelMpi | MpiRuntime::IntelMpiOfa, Rdma::NetworkDirect) => vec![
+            ("I_MPI_FALLBACK", "0"),
+            ("I_MPI_FABRICS", "shm:dapl"),
+            ("I_MPI_DAPL_PROVIDER", "ofa-v2-ib0"),
+            ("I_MPI_DYNAMIC_CONNECTION", "0"),
+            ("I_MPI_DAPL_TRANSLATION_CACHE", "0"),
+        ],
+        (MpiRuntime::IntelMpiOfa, Rdma::SrIov) => {
+            vec![("I_MPI_FALLBACK", "0"), ("I_MPI_FABRICS", "shm:ofa")]
+        }
+        (MpiRuntime::IntelMpi, Rdma::SrIov) => vec![
+            ("I_MPI_FALLBACK", "0"),
+            ("I_MPI_FABRICS", "shm:ofi"),
+            ("FI_PROVIDER", "mlx"),
+        ],
+        // Batch Shipyard's `--mca pml ucx --mca btl ^vader,tcp,openib -x UCX_NET_DEVICES=...`,
+        // as variables mpirun reads (and forwards to the ranks, see `mpi::launch_request`).
+        (MpiRuntime::OpenMpi, Rdma::SrIov) => vec![
+            ("OMPI_MCA_pml", "ucx"),
+            ("OMPI_MCA_btl", "^vader,tcp,openib"),
+            ("UCX_NET_DEVICES", "mlx5_0:1"),
+        ],
+        (MpiRuntime::Mpich | MpiRuntime::Mvapich, Rdma::SrIov) => {
+            vec![("UCX_NET_DEVICES", "mlx5_0:1")]
+        }
+        _ => vec![],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_are_classified_like_batch_shipyard() {
+        let nd = Some(Rdma::NetworkDirect);
+        let sr = Some(Rdma::SrIov);
+        for (size, rdma, gpu) in [
+            ("STANDARD_A8", nd, false),
+            ("Standard_A9", nd, false),
+            ("Standard_A2_v2", None, false),
+            ("STANDARD_H16r", nd, false),
+            ("Standard_H16mr", nd, false),
+            ("Standard_H16", None, false),
+            ("Standard_HB60rs", sr, false),
+            ("Standard_HB120-16rs_v3", sr, false),
+            ("Standard_HB176rs_v4", sr, false),
+            ("Standard_HC44rs", sr, false),
+            ("Standard_HX176rs", sr, false),
+            ("Standard_NC24r", nd, true),
+            ("Standard_NC24rs_v2", nd, true),
+            ("Standard_NC24rs_v3", sr, true),
+            ("Standard_NC6s_v3", None, true),
+            ("Standard_NC24ads_A100_v4", None, true),
+            ("Standard_ND24rs", nd, true),
+            ("Standard_ND40rs_v2", sr, true),
+            ("Standard_ND96asr_v4", sr, true),
+            ("Standard_ND96amsr_A100_v4", sr, true),
+            ("Standard_ND96isr_H100_v5", sr, true),
+            ("Standard_NV12s_v3", None, true),
+            ("Standard_D2s_v5", None, false),
+            ("Standard_E64ds_v5", None, false),
+        ] {
+            assert_eq!(facts(size), VmSizeFacts { rdma, gpu }, "{size}");
+        }
+        assert_eq!(default_gpus("standard_nc6"), Some("all"));
+        assert_eq!(default_gpus("Standard_D2s_v5"), None);
+    }
+
+    #[test]
+    fn fabric_settings_per_mpi() {
+        let env = fabric_env(MpiRuntime::IntelMpi, Rdma::SrIov);
+        assert!(env.contains(&("FI_PROVIDER", "mlx")));
+        let env = fabric_env(MpiRuntime::IntelMpiOfa, Rdma::SrIov);
+        assert!(env.contains(&("I_MPI_FABRICS", "shm:ofa")));
+        let env = fabric_env(MpiRuntime::IntelMpi, Rdma::NetworkDirect);
+        assert!(env.contains(&("I_MPI_DAPL_PROVIDER", "ofa-v2-ib0")));
+        assert!(fabric_env(MpiRuntime::OpenMpi, Rdma::SrIov).contains(&("OMPI_MCA_pml", "ucx")));
+        assert!(fabric_env(MpiRuntime::OpenMpi, Rdma::NetworkDirect).is_empty());
+    }
+}
