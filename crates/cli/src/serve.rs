@@ -5,14 +5,13 @@
 //! stderr. The server listens on loopback unless `--listen` names another address. It runs
 //! until Ctrl-C or SIGTERM.
 //!
-//! What executes the work is [`backend`]: the local engine once `shipyard-serve`'s `engine`
-//! adapter is available; until then the REST layer's in-memory backend, which completes every
-//! task at once without running it (it says so when it starts).
+//! The local engine (`shipyard_local::Engine`, through `shipyard_serve::engine`) executes the
+//! work, with its state under `--state-dir`: after a restart on the same directory nothing is
+//! lost, and work that was running is failed with a reason.
 
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::PathBuf;
 
-use shipyard_serve::{Backend, ServeOptions, Server};
+use shipyard_serve::ServeOptions;
 
 use crate::args::ServeArgs;
 use crate::{CliError, CliResult};
@@ -36,19 +35,6 @@ pub fn default_state_dir() -> PathBuf {
                 .join(".local/state/shipyard")
         });
     base.join("serve")
-}
-
-/// The backend that executes what `serve` is asked to do.
-///
-/// Switch point: today `shipyard_serve::memory::MemoryBackend` (tasks complete on add, nothing
-/// runs). When `shipyard-serve`'s `engine` feature (its adapter over
-/// `shipyard_local::Engine::open(EngineOptions::new(state_dir))`) is on main, return that
-/// here instead; nothing else in this module changes.
-pub fn backend(state_dir: &Path) -> CliResult<(Arc<dyn Backend>, &'static str)> {
-    Ok((
-        Arc::new(shipyard_serve::memory::MemoryBackend::new(state_dir)),
-        "in-memory (tasks complete at once and are not run; the local engine adapter is not built in yet)",
-    ))
 }
 
 /// `shipyard serve`.
@@ -80,14 +66,13 @@ pub fn command(args: &ServeArgs) -> CliResult {
             state_dir.display()
         ))
     })?;
-    let (backend, what) = backend(&state_dir)?;
     let opts = ServeOptions::new(&account, key).listen(args.listen);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|e| CliError::Failed(anyhow::anyhow!("cannot start the async runtime: {e}")))?;
     rt.block_on(async move {
-        let server = Server::bind_shared(opts, backend)
+        let served = shipyard_serve::engine::serve_engine(opts, state_dir.clone())
             .await
             .map_err(|e| match e {
                 shipyard_serve::ServeError::InvalidKey(_) => {
@@ -96,8 +81,8 @@ pub fn command(args: &ServeArgs) -> CliResult {
                 e => CliError::Failed(anyhow::anyhow!(e)),
             })?;
         eprintln!(
-            "shipyard serve: account `{account}` at http://{} ({what}); state in {}",
-            server.addr(),
+            "shipyard serve: account `{account}` at http://{} (local engine); state in {}",
+            served.server.addr(),
             state_dir.display()
         );
         // Handlers first, so a signal right after the URL is printed stops the server cleanly.
@@ -107,13 +92,13 @@ pub fn command(args: &ServeArgs) -> CliResult {
         let (mut term, mut int) =
             signals.map_err(|e| CliError::Failed(anyhow::anyhow!("cannot handle signals: {e}")))?;
         // The URL alone on stdout, for scripts.
-        println!("http://{}", server.addr());
+        println!("http://{}", served.server.addr());
         tokio::select! {
             _ = term.recv() => {}
             _ = int.recv() => {}
         }
         eprintln!("shipyard serve: signal received, stopping the server");
-        server.shutdown().await;
+        served.shutdown().await;
         Ok(())
     })
 }
