@@ -224,7 +224,7 @@ pub enum JobsCommand {
         /// Only this job.
         #[arg(long)]
         job: Option<String>,
-        /// Delete a finished job with the same id first (Azure; an active job is refused).
+        /// Delete a finished job with the same id first (an active job is refused).
         #[arg(long)]
         recreate: bool,
     },
@@ -314,7 +314,7 @@ pub struct RunArgs {
     /// Give up after this many seconds (the job is terminated).
     #[arg(long, value_name = "SECS")]
     pub timeout: Option<u64>,
-    /// Delete a finished job with the same id first (Azure; an active job is refused).
+    /// Delete a finished job with the same id first (an active job is refused).
     #[arg(long)]
     pub recreate: bool,
 }
