@@ -207,11 +207,7 @@ fn ssh_key_lands_in_the_preparation_task_only() {
 #[test]
 fn coordination_removes_only_this_jobs_node_containers() {
     let plan = DockerRuntime::new().plan(&mi_job(), &pool(false)).unwrap();
-    let coord = &plan.tasks[0]
-        .multi_instance_settings
-        .as_ref()
-        .unwrap()
-        .coordination_command_line;
+    let coord = first_coordination(&plan);
     assert!(
         coord.contains("ps -aq --filter label=shipyard.job=job1 --filter label=shipyard.role=mpi-node | xargs -r docker rm -f -v"),
         "{coord}"
@@ -231,24 +227,13 @@ fn preparation_unsets_the_key_before_pull_and_user_command() {
     let prep = plan.job.job_preparation_task.as_ref().unwrap();
     // run the script for real, in a scratch node directory, with `docker` a stub
     let dir = ScratchDir::new("prep");
-    let bin = dir.path().join("bin");
-    std::fs::create_dir(&bin).unwrap();
-    let stub = bin.join("docker");
     // `image inspect` fails, so the script pulls; `pull` prints its environment
-    std::fs::write(&stub, "#!/bin/sh\n[ \"$1\" = pull ] || exit 1\nenv\n").unwrap();
-    std::fs::set_permissions(&stub, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    dir.stub("docker", "[ \"$1\" = pull ] || exit 1\nenv\n");
     let mut cmd = std::process::Command::new("/bin/sh");
     cmd.arg("-c")
         .arg(format!("exec {}", prep.command_line))
         .env("AZ_BATCH_NODE_SHARED_DIR", dir.path())
-        .env(
-            "PATH",
-            format!(
-                "{}:{}",
-                bin.display(),
-                std::env::var("PATH").unwrap_or_default()
-            ),
-        );
+        .env("PATH", dir.path_first());
     for e in prep.environment_settings.iter().flatten() {
         cmd.env(&e.name, e.value.clone().unwrap_or_default());
     }
@@ -294,6 +279,30 @@ impl ScratchDir {
     fn path(&self) -> &std::path::Path {
         &self.0
     }
+    /// Writes an executable `#!/bin/sh` script `name` holding `body` into the directory.
+    fn stub(&self, name: &str, body: &str) {
+        let stub = self.0.join(name);
+        std::fs::write(&stub, format!("#!/bin/sh\n{body}")).unwrap();
+        std::fs::set_permissions(&stub, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+    }
+    /// `PATH` with this directory first.
+    fn path_first(&self) -> String {
+        format!(
+            "{}:{}",
+            self.0.display(),
+            std::env::var("PATH").unwrap_or_default()
+        )
+    }
+}
+
+/// The coordination command line of the plan's first task.
+fn first_coordination(plan: &JobPlan) -> &str {
+    &plan.tasks[0]
+        .multi_instance_settings
+        .as_ref()
+        .unwrap()
+        .coordination_command_line
 }
 impl Drop for ScratchDir {
     fn drop(&mut self) {
@@ -306,11 +315,7 @@ impl Drop for ScratchDir {
 #[test]
 fn non_native_containers_mount_only_their_own_directories() {
     let plan = DockerRuntime::new().plan(&mi_job(), &pool(false)).unwrap();
-    let coord = &plan.tasks[0]
-        .multi_instance_settings
-        .as_ref()
-        .unwrap()
-        .coordination_command_line;
+    let coord = first_coordination(&plan);
     assert!(!coord.contains("NODE_ROOT_DIR"), "{coord}");
     let script = super::non_native::mounts_script();
     let mounts = |shared: &str| {
@@ -345,28 +350,18 @@ fn non_native_containers_mount_only_their_own_directories() {
 fn terminate_task(command_line: &str, env: &[(&str, &str)]) -> (Option<i32>, String) {
     let dir = ScratchDir::new("term");
     let log = dir.path().join("calls");
-    let stub = dir.path().join("docker");
-    std::fs::write(
-        &stub,
-        format!(
-            "#!/bin/sh\necho \"$*\" >> {log}\ncase \"$1\" in run|exec) exec sleep 30;; esac\n",
+    dir.stub(
+        "docker",
+        &format!(
+            "echo \"$*\" >> {log}\ncase \"$1\" in run|exec) exec sleep 30;; esac\n",
             log = log.display()
         ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&stub, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    );
     let mut child = std::process::Command::new("/bin/sh")
         .arg("-c")
         .arg(format!("exec {command_line}"))
         .current_dir(dir.path())
-        .env(
-            "PATH",
-            format!(
-                "{}:{}",
-                dir.path().display(),
-                std::env::var("PATH").unwrap_or_default()
-            ),
-        )
+        .env("PATH", dir.path_first())
         .env("AZ_BATCH_TASK_DIR", dir.path())
         .env("AZ_BATCH_TASK_WORKING_DIR", dir.path())
         .envs(env.iter().copied())
@@ -463,10 +458,7 @@ fn sshd_policy_host_key_and_address_are_the_plans() {
     // the address is this node's entry of AZ_BATCH_HOST_LIST, or nothing starts
     let pick = |hosts: &str, local: &str| {
         let dir = ScratchDir::new("addr");
-        let stub = dir.path().join("hostname");
-        std::fs::write(&stub, format!("#!/bin/sh\necho '{local}'\n")).unwrap();
-        std::fs::set_permissions(&stub, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-            .unwrap();
+        dir.stub("hostname", &format!("echo '{local}'\n"));
         let out = std::process::Command::new("/bin/bash")
             .arg("-c")
             .arg(format!(
@@ -474,14 +466,7 @@ fn sshd_policy_host_key_and_address_are_the_plans() {
                 node_address_script()
             ))
             .env("AZ_BATCH_HOST_LIST", hosts)
-            .env(
-                "PATH",
-                format!(
-                    "{}:{}",
-                    dir.path().display(),
-                    std::env::var("PATH").unwrap_or_default()
-                ),
-            )
+            .env("PATH", dir.path_first())
             .output()
             .unwrap();
         (
