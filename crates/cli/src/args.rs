@@ -153,6 +153,16 @@ pub enum Command {
         after_help = "Examples:\n  shipyard run examples/local-openmpi.toml\n  shipyard run --tail examples/local-openmpi.toml\n  shipyard --target azure run -c config.toml --job hello"
     )]
     Run(RunArgs),
+    /// Serve the Azure Batch REST API on this machine (Shared Key; account from
+    /// SHIPYARD_SERVE_ACCOUNT, default `local`; key from SHIPYARD_SERVE_KEY, else a random one
+    /// printed once to stderr).
+    #[command(after_help = "Examples:
+  shipyard serve
+  SHIPYARD_SERVE_KEY=$(openssl rand -base64 32) shipyard serve --listen 127.0.0.1:9000 --state-dir /tmp/serve
+  # then, in another shell:
+  SHIPYARD_BATCH_ACCOUNT_URL=http://127.0.0.1:8711 SHIPYARD_BATCH_ACCOUNT_NAME=local \\
+    SHIPYARD_BATCH_ACCOUNT_KEY=... shipyard --target azure run examples/local-openmpi.toml")]
+    Serve(ServeArgs),
     /// Configuration helpers.
     #[command(
         subcommand,
@@ -214,7 +224,7 @@ pub enum JobsCommand {
         /// Only this job.
         #[arg(long)]
         job: Option<String>,
-        /// Delete a finished job with the same id first (Azure; an active job is refused).
+        /// Delete a finished job with the same id first (an active job is refused).
         #[arg(long)]
         recreate: bool,
     },
@@ -304,9 +314,22 @@ pub struct RunArgs {
     /// Give up after this many seconds (the job is terminated).
     #[arg(long, value_name = "SECS")]
     pub timeout: Option<u64>,
-    /// Delete a finished job with the same id first (Azure; an active job is refused).
+    /// Delete a finished job with the same id first (an active job is refused).
     #[arg(long)]
     pub recreate: bool,
+}
+
+/// `serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on. Loopback by default; any other address serves plain http to the
+    /// network (say so explicitly).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8711")]
+    pub listen: std::net::SocketAddr,
+    /// Where pools, jobs, tasks and their output are kept (default
+    /// `~/.local/state/shipyard/serve`).
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
 }
 
 /// `config ...`.

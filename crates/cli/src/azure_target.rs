@@ -193,9 +193,12 @@ pub(crate) fn command(global: &GlobalArgs, command: Command) -> CliResult {
             Command::Jobs(j) => jobs_command(&client, &config, format, j).await,
             Command::Tasks(t) => tasks_command(&client, format, t).await,
             Command::Files(f) => files(&client, &f).await,
-            Command::Run(_) | Command::Config(_) | Command::Completions { .. } => Err(
-                CliError::Usage("internal: command dispatched to the wrong place".into()),
-            ),
+            Command::Run(_)
+            | Command::Config(_)
+            | Command::Serve(_)
+            | Command::Completions { .. } => Err(CliError::Usage(
+                "internal: command dispatched to the wrong place".into(),
+            )),
         }
     })
 }

@@ -782,10 +782,10 @@ pub fn may_hold_secret(before: &str, line: &str) -> bool {
         .trim()
         .trim_matches('"')
         .to_ascii_lowercase();
-    if line.contains('=') || line.contains(':') {
-        if SECRET_KEY_PARTS.iter().any(|p| key.contains(p)) {
-            return true;
-        }
+    if (line.contains('=') || line.contains(':'))
+        && SECRET_KEY_PARTS.iter().any(|p| key.contains(p))
+    {
+        return true;
     }
     let in_credentials = |l: &str| {
         let t = l.trim();

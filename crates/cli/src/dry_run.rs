@@ -99,7 +99,7 @@ pub(crate) fn command(global: &GlobalArgs, config: &Config, command: &Command) -
         Command::Jobs(j) => jobs_requests(config, j)?,
         Command::Tasks(t) => tasks_requests(t),
         Command::Files(f) => files_requests(f),
-        Command::Run(_) | Command::Config(_) | Command::Completions { .. } => {
+        Command::Run(_) | Command::Config(_) | Command::Serve(_) | Command::Completions { .. } => {
             return Err(CliError::Usage("this command has no dry run".into()))
         }
     };

@@ -14,6 +14,7 @@ pub mod args;
 pub mod config;
 pub mod endpoints;
 pub mod output;
+pub mod serve;
 pub mod submission;
 
 pub mod azure_target;
@@ -140,6 +141,7 @@ pub fn run(cli: Cli) -> CliResult {
             config_check(&global, &config)
         }
         Command::Config(ConfigCommand::Import { dir, out }) => config_import(&global, &dir, &out),
+        Command::Serve(args) => serve::command(&args),
         Command::Run(args) => {
             let config = load(&global, &args.configs)?;
             if global.dry_run {

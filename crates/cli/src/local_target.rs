@@ -81,7 +81,7 @@ pub(crate) fn run(global: &GlobalArgs, config: &Config, args: &RunArgs) -> CliRe
         plans.push((job.spec.id.clone(), local_plan(config, job)?));
     }
     let rt = runtime()?;
-    let opts = options(Some(config), args.tail);
+    let opts = options(Some(config), args.tail).recreate(args.recreate);
     let quiet = global.quiet;
     let timeout = args.timeout.map(Duration::from_secs);
     let format = global.output;
@@ -203,7 +203,11 @@ async fn run_one(
     let result = backend.run_plan(job_id, plan, Some(tx)).await;
     let _ = printer.await;
     bar.finish_and_clear();
-    Ok(result.map_err(anyhow::Error::from)?)
+    result.map_err(|e| match e {
+        // Batch's JobExists is a usage error (exit 2): rerun with --recreate, or wait.
+        e @ shipyard_local::LocalError::JobExists { .. } => CliError::Usage(e.to_string()),
+        e => CliError::Failed(e.into()),
+    })
 }
 
 fn state_name(s: TaskState) -> &'static str {
@@ -399,7 +403,10 @@ pub(crate) fn command(global: &GlobalArgs, command: Command) -> CliResult {
              `shipyard pool del` removes the leftovers of runs whose process died",
         )),
         Command::Files(f) => files(&store, &f),
-        Command::Run(_) | Command::Config(_) | Command::Completions { .. } => {
+        Command::Run(_)
+            | Command::Config(_)
+            | Command::Serve(_)
+            | Command::Completions { .. } => {
             Err(CliError::Usage("internal: command dispatched to the wrong place".into()))
         }
     }
