@@ -310,9 +310,10 @@ async fn run_work(
         Ok(s) => s,
         Err(m) => return (None, Some(failure("InvalidCommandLine", m)), false),
     };
-    let end = e.inner.kind.run(node, &spec, cancel).await;
+    let kind = e.kind_of(&node.pool);
+    let end = kind.run(node, &spec, cancel).await;
     if !w.keep {
-        let _ = e.inner.kind.remove_container(&spec.name).await;
+        let _ = kind.remove_container(&spec.name).await;
     }
     match end {
         Ok(RunEnd::Exited(c)) => (Some(c as i32), None, false),
@@ -938,9 +939,8 @@ impl Engine {
             match spec_of(&w, self) {
                 Ok(spec) => {
                     let end = self
-                        .inner
-                        .kind
-                        .exec(&spec, spec.argv.clone(), cancel.clone())
+                        .kind_of(&primary.pool)
+                        .exec(primary, &spec, spec.argv.clone(), cancel.clone())
                         .await;
                     out = match end {
                         Ok(RunEnd::Exited(c)) => (Some(c as i32), None, false),
@@ -967,8 +967,9 @@ impl Engine {
                 Err(m) => out = (None, Some(failure("InvalidCommandLine", m)), false),
             }
         }
+        let kind = self.kind_of(&primary.pool);
         for n in names {
-            let _ = self.inner.kind.remove_container(&n).await;
+            let _ = kind.remove_container(&n).await;
         }
         out
     }

@@ -104,15 +104,26 @@ pub enum RunEnd {
     Cancelled,
 }
 
+/// What a node kind gets to make a pool.
+#[derive(Debug, Clone, Default)]
+pub struct PoolSetup {
+    /// Pool id.
+    pub pool: String,
+    /// The pool's network name (the key of the pool in the node kind).
+    pub network: String,
+    /// Labels for everything made for the pool.
+    pub labels: HashMap<String, String>,
+    /// Nodes the pool is made with (VM-like pools cannot grow later).
+    pub nodes: usize,
+    /// Images the nodes must be able to pull (`containerImageNames`, plus the engine's
+    /// `mirror_images` for VM-like pools).
+    pub images: Vec<String>,
+}
+
 /// The node-kind seam.
 pub trait NodeKind: Send + Sync + 'static {
-    /// Creates the pool's network.
-    fn create_pool<'a>(
-        &'a self,
-        pool: &'a str,
-        network: &'a str,
-        labels: &'a HashMap<String, String>,
-    ) -> BoxFuture<'a, Result<()>>;
+    /// Creates the pool's network (and, for VM-like nodes, the nodes themselves).
+    fn create_pool<'a>(&'a self, setup: &'a PoolSetup) -> BoxFuture<'a, Result<()>>;
     /// Removes the pool's network (after its nodes).
     fn remove_pool<'a>(&'a self, network: &'a str) -> BoxFuture<'a, Result<()>>;
     /// Starts a node; returns its address.
@@ -128,9 +139,10 @@ pub trait NodeKind: Send + Sync + 'static {
         spec: &'a RunSpec,
         cancel: CancellationToken,
     ) -> BoxFuture<'a, Result<RunEnd>>;
-    /// Runs `argv` in a kept container made by [`NodeKind::run`] with `keep`.
+    /// Runs `argv` in a kept container made by [`NodeKind::run`] with `keep` (on `node`).
     fn exec<'a>(
         &'a self,
+        node: &'a NodeRef,
         spec: &'a RunSpec,
         argv: Vec<String>,
         cancel: CancellationToken,
@@ -331,12 +343,8 @@ where
 }
 
 impl NodeKind for ContainerNodes {
-    fn create_pool<'a>(
-        &'a self,
-        pool: &'a str,
-        network: &'a str,
-        labels: &'a HashMap<String, String>,
-    ) -> BoxFuture<'a, Result<()>> {
+    fn create_pool<'a>(&'a self, setup: &'a PoolSetup) -> BoxFuture<'a, Result<()>> {
+        let (pool, network, labels) = (&setup.pool, &setup.network, &setup.labels);
         Box::pin(async move {
             let req = NetworkCreateRequest {
                 name: network.to_string(),
@@ -462,7 +470,7 @@ impl NodeKind for ContainerNodes {
                     .map_err(|e| {
                         EngineError::docker(format!("starting container {}", spec.name), e)
                     })?;
-                return self.exec(spec, spec.argv.clone(), cancel).await;
+                return self.exec(node, spec, spec.argv.clone(), cancel).await;
             }
             let logs = self.start_logged(spec).await?;
             let end = self.wait(&spec.name, spec.timeout, &cancel).await;
@@ -473,6 +481,7 @@ impl NodeKind for ContainerNodes {
 
     fn exec<'a>(
         &'a self,
+        _node: &'a NodeRef,
         spec: &'a RunSpec,
         argv: Vec<String>,
         cancel: CancellationToken,
