@@ -56,6 +56,8 @@ pub struct EngineOptions {
     /// Host images every VM-like pool's registry serves (pushed once per pool, pulled by the
     /// nodes' `docker pull`), besides the pool's `containerImageNames`.
     pub mirror_images: Vec<String>,
+    /// Where VM-like pools live (used by [`Engine::open`] and [`Engine::open_with`]).
+    pub vm_nodes: VmNodesOptions,
 }
 
 impl EngineOptions {
@@ -67,6 +69,7 @@ impl EngineOptions {
             account: "local".into(),
             account_url: "http://127.0.0.1:8711".into(),
             mirror_images: vec!["shipyard/mpi:bookworm".into()],
+            vm_nodes: VmNodesOptions::default(),
         }
     }
 }
@@ -135,9 +138,9 @@ impl Engine {
     }
 
     /// Opens with a given node kind for container pools (VM-like pools use [`VmNodes`] with
-    /// its default options, after sweeping pools of dead engines).
+    /// `opts.vm_nodes`, after sweeping pools of dead engines).
     pub async fn open_with(opts: EngineOptions, kind: Arc<dyn NodeKind>) -> Result<Engine> {
-        let vm = VmNodes::new(VmNodesOptions::default());
+        let vm = VmNodes::new(opts.vm_nodes.clone());
         vm.sweep().await;
         Self::open_with_kinds(opts, kind, Arc::new(vm)).await
     }

@@ -178,7 +178,18 @@ impl VmNodes {
         let Some((prog, args)) = argv.split_first() else {
             return Err(EngineError::invalid("commandLine", "the command line is empty"));
         };
-        let mut cmd = vm.command(prog).args(args).env_clear();
+        // nsenter opens its --wd before entering the mount namespace, so the working
+        // directory (a path of the node's view) is entered by `env --chdir` inside it.
+        let mut cmd = match &spec.working_dir {
+            Some(wd) => vm
+                .command("env")
+                .arg(format!("--chdir={wd}"))
+                .arg("--")
+                .arg(prog),
+            None => vm.command(prog),
+        }
+        .args(args)
+        .env_clear();
         let mut has_home = false;
         for kv in spec.env.iter().chain(spec.run.env.iter()) {
             if let Some((k, v)) = kv.split_once('=') {
@@ -193,9 +204,6 @@ impl VmNodes {
                 _ => "/root".to_string(),
             };
             cmd = cmd.env("HOME", home);
-        }
-        if let Some(wd) = &spec.working_dir {
-            cmd = cmd.current_dir(wd);
         }
         let mut tc = cmd.into_tokio();
         if let Some(u) = &user {
