@@ -7,7 +7,11 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Instant;
+
+#[path = "engine_support.rs"]
+mod engine_support;
+use engine_support::{task_outputs, wait_for};
 
 use shipyard_batch_api::models::{TaskExecutionResult, TaskState};
 use shipyard_e2e::HelloReport;
@@ -68,35 +72,6 @@ fn node_sockets(vm_state: &Path) -> Vec<PathBuf> {
     }
     v.sort();
     v
-}
-
-/// Every `stdout.txt`/`stderr.txt` under `dir`, with its path (for failure messages).
-fn task_outputs(dir: &Path) -> String {
-    let mut out = String::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return out;
-    };
-    for e in entries.flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.push_str(&task_outputs(&p));
-        } else if p.file_name().is_some_and(|n| n == "stdout.txt" || n == "stderr.txt") {
-            let text = std::fs::read_to_string(&p).unwrap_or_default();
-            out.push_str(&format!("--- {}\n{text}\n", p.display()));
-        }
-    }
-    out
-}
-
-async fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while !f() {
-        assert!(
-            t.elapsed() < Duration::from_secs(secs),
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 fn engine_options(dir: &Path, run_tag: &str) -> EngineOptions {

@@ -310,6 +310,11 @@ async fn run_work(
         Ok(s) => s,
         Err(m) => return (None, Some(failure("InvalidCommandLine", m)), false),
     };
+    if !files.is_empty() {
+        if let Some(user) = spec.run.user.as_deref().or(spec.user.as_deref()) {
+            give_files_to(&wd, user);
+        }
+    }
     let kind = e.kind_of(&node.pool);
     let end = kind.run(node, &spec, cancel).await;
     if !w.keep {
@@ -335,6 +340,27 @@ async fn run_work(
             Some(failure("ContainerFailed", err.to_string())),
             false,
         ),
+    }
+}
+
+/// Makes the files under `dir` (downloaded by the engine, as root) the task user's, as Batch
+/// does; `user` is `uid[:gid]` (names are left alone).
+fn give_files_to(dir: &Path, user: &str) {
+    let (u, g) = user.split_once(':').unwrap_or((user, user));
+    let (Ok(uid), Ok(gid)) = (u.parse::<u32>(), g.parse::<u32>()) else {
+        return;
+    };
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in rd.flatten() {
+        let p = entry.path();
+        if let Err(err) = std::os::unix::fs::lchown(&p, Some(uid), Some(gid)) {
+            tracing::debug!(file = %p.display(), error = %err, "chown of a resource file");
+        }
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            give_files_to(&p, user);
+        }
     }
 }
 
