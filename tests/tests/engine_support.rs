@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use shipyard_batch_api::models::{CloudTask, ComputeNodeState, TaskState};
 use shipyard_local::engine::Engine;
 
-/// Polls `f` every 100 ms; fails the test after `secs`.
+/// Polls `f` every 20 ms; fails the test after `secs`.
 pub async fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
     let t = Instant::now();
     while !f() {
@@ -15,7 +15,7 @@ pub async fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
             t.elapsed() < Duration::from_secs(secs),
             "timed out waiting for {what}"
         );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -74,4 +74,22 @@ macro_rules! model {
     ($($v:tt)+) => {
         serde_json::from_value(serde_json::json!($($v)+)).expect("a valid Batch model value")
     };
+}
+
+/// Coordination for container-pool MPI tasks: the job's key (from [`ssh_settings`]) for root,
+/// ssh on port 23 without host checks, and sshd on port 23, as raw Batch users write it.
+pub const SSH_SETUP: &str = "mkdir -p /root/.ssh /run/sshd && chmod 700 /root/.ssh && \
+printf \"%s\\n\" \"$TEST_SSH_KEY\" > /root/.ssh/id_ed25519 && \
+printf \"%s\\n\" \"$TEST_SSH_PUB\" > /root/.ssh/authorized_keys && \
+printf \"Host *\\n  Port 23\\n  StrictHostKeyChecking no\\n  UserKnownHostsFile /dev/null\\n  LogLevel ERROR\\n\" > /root/.ssh/config && \
+chmod 600 /root/.ssh/* && \
+{ test -f /etc/ssh/ssh_host_ed25519_key || ssh-keygen -q -t ed25519 -N \"\" -f /etc/ssh/ssh_host_ed25519_key; } && \
+/usr/sbin/sshd -p 23 -h /etc/ssh/ssh_host_ed25519_key";
+
+/// `environmentSettings` carrying the key [`SSH_SETUP`] installs.
+pub fn ssh_settings(key: &shipyard_runtime::ssh::JobSshKey) -> serde_json::Value {
+    serde_json::json!([
+        {"name": "TEST_SSH_KEY", "value": key.private_openssh().trim()},
+        {"name": "TEST_SSH_PUB", "value": key.public_openssh().trim()}
+    ])
 }

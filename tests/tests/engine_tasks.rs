@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 #[path = "engine_support.rs"]
 mod engine_support;
-use engine_support::{completed, task_outputs, task_text, wait_for, wait_idle};
+use engine_support::{completed, ssh_settings, task_outputs, task_text, wait_for, wait_idle, SSH_SETUP};
 
 use shipyard_batch_api::models::{
     CloudTask, JobAddParameter, JobState, PoolAddParameter, TaskAddParameter,
@@ -321,14 +321,6 @@ async fn engine_resource_files_from_loopback_http_and_a_404_names_the_url() -> a
     Ok(())
 }
 
-const SSH_SETUP: &str = "mkdir -p /root/.ssh /run/sshd && chmod 700 /root/.ssh && \
-printf \"%s\\n\" \"$TEST_SSH_KEY\" > /root/.ssh/id_ed25519 && \
-printf \"%s\\n\" \"$TEST_SSH_PUB\" > /root/.ssh/authorized_keys && \
-printf \"Host *\\n  Port 23\\n  StrictHostKeyChecking no\\n  UserKnownHostsFile /dev/null\\n  LogLevel ERROR\\n\" > /root/.ssh/config && \
-chmod 600 /root/.ssh/* && \
-{ test -f /etc/ssh/ssh_host_ed25519_key || ssh-keygen -q -t ed25519 -N \"\" -f /etc/ssh/ssh_host_ed25519_key; } && \
-/usr/sbin/sshd -p 23 -h /etc/ssh/ssh_host_ed25519_key";
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn engine_multi_instance_openmpi_across_three_container_nodes() -> anyhow::Result<()> {
     if !shipyard_e2e::require_test_image() {
@@ -353,10 +345,7 @@ async fn engine_multi_instance_openmpi_across_three_container_nodes() -> anyhow:
             &app,
             serde_json::json!({
                 "userIdentity": {"autoUser": {"elevationLevel": "admin", "scope": "pool"}},
-                "environmentSettings": [
-                    {"name": "TEST_SSH_KEY", "value": key.private_openssh().trim()},
-                    {"name": "TEST_SSH_PUB", "value": key.public_openssh().trim()}
-                ],
+                "environmentSettings": ssh_settings(&key),
                 "multiInstanceSettings": {
                     "numberOfInstances": 3,
                     "coordinationCommandLine": format!("/bin/bash -c '{SSH_SETUP}'")
@@ -380,12 +369,14 @@ async fn engine_multi_instance_openmpi_across_three_container_nodes() -> anyhow:
     eprintln!("engine_tasks: multi-instance 3 nodes x 2 ranks {secs:.2}s");
     // The kept subtask containers are gone once the primary ended.
     let inst = e.instance_label().to_string();
-    let left = std::process::Command::new("docker")
-        .args(["ps", "-aq", "--filter"])
-        .arg(format!("label=shipyard.engine.task=jm/mpi"))
-        .args(["--filter", &format!("label=shipyard.engine.instance={inst}")])
-        .output()?;
-    assert_eq!(String::from_utf8_lossy(&left.stdout).trim(), "");
+    let left = || {
+        std::process::Command::new("docker")
+            .args(["ps", "-aq", "--filter", "label=shipyard.engine.task=jm/mpi"])
+            .args(["--filter", &format!("label=shipyard.engine.instance={inst}")])
+            .output()
+            .is_ok_and(|o| o.status.success() && o.stdout.is_empty())
+    };
+    wait_for("the task containers to go", 20, left).await;
     e.delete_pool("pm").await?;
     wait_for("pool deletion", 60, || e.get_pool("pm").is_err()).await;
     Ok(())

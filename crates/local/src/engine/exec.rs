@@ -318,7 +318,7 @@ async fn run_work(
     let kind = e.kind_of(&node.pool);
     let end = kind.run(node, &spec, cancel).await;
     if !w.keep {
-        let _ = kind.remove_container(&spec.name).await;
+        remove_later(kind, vec![spec.name.clone()]);
     }
     match end {
         Ok(RunEnd::Exited(c)) => (Some(c as i32), None, false),
@@ -362,6 +362,14 @@ fn give_files_to(dir: &Path, user: &str) {
             give_files_to(&p, user);
         }
     }
+}
+
+/// Removes ended task containers off the task's critical path (the slot is free at once; the
+/// pool's deletion and the engine's recovery remove any that a dying engine leaves).
+fn remove_later(kind: std::sync::Arc<dyn super::NodeKind>, names: Vec<String>) {
+    tokio::spawn(async move {
+        futures::future::join_all(names.iter().map(|n| kind.remove_container(n))).await;
+    });
 }
 
 fn labels_for(e: &Engine, node: &NodeRef, what: String) -> HashMap<String, String> {
@@ -993,10 +1001,7 @@ impl Engine {
                 Err(m) => out = (None, Some(failure("InvalidCommandLine", m)), false),
             }
         }
-        let kind = self.kind_of(&primary.pool);
-        for n in names {
-            let _ = kind.remove_container(&n).await;
-        }
+        remove_later(self.kind_of(&primary.pool), names);
         out
     }
 
