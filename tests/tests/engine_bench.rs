@@ -17,7 +17,9 @@ use std::time::Instant;
 mod engine_support;
 use engine_support::{completed, ssh_settings, task_outputs, wait_for, wait_idle, SSH_SETUP};
 
-use shipyard_batch_api::models::{JobState, PoolAddParameter, TaskAddParameter, TaskExecutionResult};
+use shipyard_batch_api::models::{
+    JobState, PoolAddParameter, TaskAddParameter, TaskExecutionResult,
+};
 use shipyard_e2e::{HelloReport, MpiKind, TEST_IMAGE};
 use shipyard_local::engine::{Engine, EngineOptions};
 
@@ -41,7 +43,10 @@ fn env_usize_list(name: &str, default: &str) -> Vec<usize> {
 }
 
 fn docker(args: &[&str]) -> String {
-    let out = Command::new("docker").args(args).output().expect("docker runs");
+    let out = Command::new("docker")
+        .args(args)
+        .output()
+        .expect("docker runs");
     assert!(
         out.status.success(),
         "docker {args:?}: {}",
@@ -63,9 +68,14 @@ struct Baseline(String, Vec<String>);
 impl Drop for Baseline {
     fn drop(&mut self) {
         if !self.1.is_empty() {
-            let _ = Command::new("docker").args(["rm", "-f"]).args(&self.1).output();
+            let _ = Command::new("docker")
+                .args(["rm", "-f"])
+                .args(&self.1)
+                .output();
         }
-        let _ = Command::new("docker").args(["network", "rm", &self.0]).output();
+        let _ = Command::new("docker")
+            .args(["network", "rm", &self.0])
+            .output();
     }
 }
 
@@ -78,15 +88,30 @@ fn baseline_mpirun(n: usize, key: &shipyard_runtime::ssh::JobSshKey) -> f64 {
     for i in 0..n {
         let name = format!("{net}-{i}");
         docker(&[
-            "run", "-d", "--init", "--label", "shipyard.test=1", "--name", &name, "--network",
-            &net, "-e", &format!("TEST_SSH_KEY={}", key.private_openssh().trim()), "-e",
-            &format!("TEST_SSH_PUB={}", key.public_openssh().trim()), TEST_IMAGE, "sleep",
+            "run",
+            "-d",
+            "--init",
+            "--label",
+            "shipyard.test=1",
+            "--name",
+            &name,
+            "--network",
+            &net,
+            "-e",
+            &format!("TEST_SSH_KEY={}", key.private_openssh().trim()),
+            "-e",
+            &format!("TEST_SSH_PUB={}", key.public_openssh().trim()),
+            TEST_IMAGE,
+            "sleep",
             "infinity",
         ]);
         b.1.push(name.clone());
         docker(&["exec", &name, "/bin/bash", "-c", SSH_SETUP]);
         ips.push(docker(&[
-            "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", &name,
+            "inspect",
+            "-f",
+            "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+            &name,
         ]));
     }
     let hosts: Vec<String> = ips.iter().map(|ip| format!("{ip}:1")).collect();
@@ -117,13 +142,17 @@ async fn engine_bench_warm_pool_mpi_job_and_bag_of_tasks() -> anyhow::Result<()>
         wait_idle(&e, &pid, n, 300).await;
         let app = format!(
             "/bin/bash -c '{} '",
-            mpirun("$(echo $AZ_BATCH_HOST_LIST | sed \"s/\\([^,]*\\)/\\1:1/g\")", n)
+            mpirun(
+                "$(echo $AZ_BATCH_HOST_LIST | sed \"s/\\([^,]*\\)/\\1:1/g\")",
+                n
+            )
         );
         let mut best = f64::MAX;
         for round in 0..3 {
             let jid = format!("{pid}-j{round}");
             let t = Instant::now();
-            e.add_job(model!({"id": jid, "poolInfo": {"poolId": pid}})).await?;
+            e.add_job(model!({"id": jid, "poolInfo": {"poolId": pid}}))
+                .await?;
             let task: TaskAddParameter = model!({
                 "id": "mpi", "commandLine": app, "containerSettings": {"imageName": TEST_IMAGE},
                 "userIdentity": {"autoUser": {"elevationLevel": "admin"}},
@@ -166,7 +195,10 @@ async fn engine_bench_warm_pool_mpi_job_and_bag_of_tasks() -> anyhow::Result<()>
         ))
         .output()?;
     let base = t.elapsed().as_secs_f64();
-    assert_eq!(String::from_utf8_lossy(&xargs.stdout).trim(), bag.to_string());
+    assert_eq!(
+        String::from_utf8_lossy(&xargs.stdout).trim(),
+        bag.to_string()
+    );
 
     e.add_pool(pool("bag", 1, 4)).await?;
     wait_idle(&e, "bag", 1, 120).await;
@@ -189,10 +221,7 @@ async fn engine_bench_warm_pool_mpi_job_and_bag_of_tasks() -> anyhow::Result<()>
     .await;
     let secs = t.elapsed().as_secs_f64();
     let counts = e.task_counts("bagjob")?;
-    assert_eq!(
-        counts.task_counts.succeeded as usize, bag,
-        "{counts:?}"
-    );
+    assert_eq!(counts.task_counts.succeeded as usize, bag, "{counts:?}");
     println!(
         "BENCH bag tasks={bag} slots=4 engine={secs:.3}s xargs_docker_run={base:.3}s ratio={:.2}",
         secs / base

@@ -35,8 +35,8 @@ impl Drop for Blob {
 }
 
 fn azurite() -> anyhow::Result<Option<Blob>> {
-    let prefix = std::env::var("SHIPYARD_AZURITE_PREFIX")
-        .unwrap_or_else(|_| "/opt/shipyard/azurite".into());
+    let prefix =
+        std::env::var("SHIPYARD_AZURITE_PREFIX").unwrap_or_else(|_| "/opt/shipyard/azurite".into());
     let bin = std::env::var("SHIPYARD_AZURITE")
         .unwrap_or_else(|_| format!("{prefix}/node_modules/.bin/azurite-blob"));
     if !std::path::Path::new(&bin).is_file() {
@@ -51,7 +51,11 @@ fn azurite() -> anyhow::Result<Option<Blob>> {
     let dir = tempfile::tempdir()?;
     let mut child = Command::new(&bin)
         .args(["--blobHost", "127.0.0.1", "--blobPort", "0", "--silent"])
-        .args(["--skipApiVersionCheck", "--disableTelemetry", "--disableProductStyleUrl"])
+        .args([
+            "--skipApiVersionCheck",
+            "--disableTelemetry",
+            "--disableProductStyleUrl",
+        ])
         .arg("--location")
         .arg(dir.path())
         .stdin(Stdio::null())
@@ -67,7 +71,9 @@ fn azurite() -> anyhow::Result<Option<Blob>> {
             }
         }
     });
-    let port: u16 = rx.recv_timeout(Duration::from_secs(60)).context("Azurite's port")?;
+    let port: u16 = rx
+        .recv_timeout(Duration::from_secs(60))
+        .context("Azurite's port")?;
     Ok(Some(Blob(child, port, dir)))
 }
 

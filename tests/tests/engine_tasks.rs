@@ -10,11 +10,12 @@ use std::time::{Duration, Instant};
 
 #[path = "engine_support.rs"]
 mod engine_support;
-use engine_support::{completed, ssh_settings, task_outputs, task_text, wait_for, wait_idle, SSH_SETUP};
+use engine_support::{
+    completed, ssh_settings, task_outputs, task_text, wait_for, wait_idle, SSH_SETUP,
+};
 
 use shipyard_batch_api::models::{
-    CloudTask, JobAddParameter, JobState, PoolAddParameter, TaskAddParameter,
-    TaskExecutionResult,
+    CloudTask, JobAddParameter, JobState, PoolAddParameter, TaskAddParameter, TaskExecutionResult,
 };
 use shipyard_e2e::{HelloReport, TEST_IMAGE};
 use shipyard_local::engine::{Engine, EngineOptions};
@@ -81,8 +82,12 @@ async fn engine_retries_wall_clock_dependencies_and_dependency_actions() -> anyh
     let e = Engine::open(EngineOptions::new(dir.path())).await?;
     e.add_pool(pool("pc", 1, 4)).await?;
     wait_idle(&e, "pc", 1, 120).await;
-    e.add_job(job("jc", "pc", serde_json::json!({"usesTaskDependencies": true})))
-        .await?;
+    e.add_job(job(
+        "jc",
+        "pc",
+        serde_json::json!({"usesTaskDependencies": true}),
+    ))
+    .await?;
     let tries = "/bin/sh -c 'echo try >> $AZ_BATCH_NODE_SHARED_DIR/tries; exit 3'";
     e.add_tasks(
         "jc",
@@ -141,7 +146,10 @@ async fn engine_retries_wall_clock_dependencies_and_dependency_actions() -> anyh
 
     let a = completed(&e, "jc", "a", 60).await;
     let b = completed(&e, "jc", "b", 60).await;
-    assert_eq!(result(&b), (Some(TaskExecutionResult::Success), Some(0), None));
+    assert_eq!(
+        result(&b),
+        (Some(TaskExecutionResult::Success), Some(0), None)
+    );
     assert_eq!(task_text(&e, "jc", "b", "stdout.txt").trim(), "from-a");
     let ae = a.execution_info.and_then(|i| i.end_time);
     let bs = b.execution_info.and_then(|i| i.start_time);
@@ -149,7 +157,10 @@ async fn engine_retries_wall_clock_dependencies_and_dependency_actions() -> anyh
 
     // fail3's exit code 3 satisfies its dependants (after all three tries).
     let af = completed(&e, "jc", "after-fail", 60).await;
-    assert_eq!(result(&af), (Some(TaskExecutionResult::Success), Some(0), None));
+    assert_eq!(
+        result(&af),
+        (Some(TaskExecutionResult::Success), Some(0), None)
+    );
     assert_eq!(task_text(&e, "jc", "after-fail", "stdout.txt").trim(), "3");
     wait_for("job completion", 60, || {
         e.get_job("jc")
@@ -246,8 +257,7 @@ fn serve(files: Vec<(&'static str, Vec<u8>)>) -> std::io::Result<SocketAddr> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn engine_resource_files_from_loopback_http_and_a_404_names_the_url() -> anyhow::Result<()>
-{
+async fn engine_resource_files_from_loopback_http_and_a_404_names_the_url() -> anyhow::Result<()> {
     if !shipyard_e2e::require_test_image() {
         return Ok(());
     }
@@ -365,14 +375,21 @@ async fn engine_multi_instance_openmpi_across_three_container_nodes() -> anyhow:
     );
     HelloReport::parse(&stdout).assert_complete(6);
     let subtasks = e.list_subtasks("jm", "mpi")?;
-    assert_eq!(subtasks.len(), 2, "subtasks of the 2 non-primary nodes: {subtasks:?}");
+    assert_eq!(
+        subtasks.len(),
+        2,
+        "subtasks of the 2 non-primary nodes: {subtasks:?}"
+    );
     eprintln!("engine_tasks: multi-instance 3 nodes x 2 ranks {secs:.2}s");
     // The kept subtask containers are gone once the primary ended.
     let inst = e.instance_label().to_string();
     let left = || {
         std::process::Command::new("docker")
             .args(["ps", "-aq", "--filter", "label=shipyard.engine.task=jm/mpi"])
-            .args(["--filter", &format!("label=shipyard.engine.instance={inst}")])
+            .args([
+                "--filter",
+                &format!("label=shipyard.engine.instance={inst}"),
+            ])
             .output()
             .is_ok_and(|o| o.status.success() && o.stdout.is_empty())
     };

@@ -62,8 +62,16 @@ fn docker_ids_on(socket: &Path) -> Vec<String> {
 /// The node sockets of every VM-like pool under `vm_state`.
 fn node_sockets(vm_state: &Path) -> Vec<PathBuf> {
     let mut v = Vec::new();
-    for pool in std::fs::read_dir(vm_state.join("pools")).into_iter().flatten().flatten() {
-        for node in std::fs::read_dir(pool.path()).into_iter().flatten().flatten() {
+    for pool in std::fs::read_dir(vm_state.join("pools"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        for node in std::fs::read_dir(pool.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
             let s = node.path().join("docker.sock");
             if s.exists() {
                 v.push(s);
@@ -85,8 +93,7 @@ fn engine_options(dir: &Path, run_tag: &str) -> EngineOptions {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn engine_runs_the_non_native_openmpi_example_on_three_vm_like_nodes() -> anyhow::Result<()>
-{
+async fn engine_runs_the_non_native_openmpi_example_on_three_vm_like_nodes() -> anyhow::Result<()> {
     if !require_node_programs() {
         return Ok(());
     }
@@ -100,7 +107,10 @@ async fn engine_runs_the_non_native_openmpi_example_on_three_vm_like_nodes() -> 
         .cloned()
         .ok_or_else(|| anyhow::anyhow!("no job"))?
         .try_into()?;
-    assert!(!pool_spec.facts().native_containers, "the example is non-native");
+    assert!(
+        !pool_spec.facts().native_containers,
+        "the example is non-native"
+    );
     shipyard_runtime_docker::link();
     let runtime = shipyard_runtime::registry::get("docker")?;
     let mut plan = runtime.plan(&job_spec, &pool_spec.facts())?;
@@ -125,9 +135,8 @@ async fn engine_runs_the_non_native_openmpi_example_on_three_vm_like_nodes() -> 
     wait_for("3 idle VM-like nodes", 180, || {
         e.list_nodes(&pool_id).is_ok_and(|v| {
             v.len() == 3
-                && v.iter().all(|n| {
-                    n.state == Some(shipyard_batch_api::models::ComputeNodeState::Idle)
-                })
+                && v.iter()
+                    .all(|n| n.state == Some(shipyard_batch_api::models::ComputeNodeState::Idle))
         })
     })
     .await;
@@ -189,7 +198,12 @@ async fn engine_runs_the_non_native_openmpi_example_on_three_vm_like_nodes() -> 
     })
     .await;
     for s in &sockets {
-        assert_eq!(docker_ids_on(s), Vec::<String>::new(), "left on {}", s.display());
+        assert_eq!(
+            docker_ids_on(s),
+            Vec::<String>::new(),
+            "left on {}",
+            s.display()
+        );
         let images = Command::new("docker")
             .arg("-H")
             .arg(format!("unix://{}", s.display()))

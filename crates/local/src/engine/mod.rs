@@ -36,8 +36,8 @@ pub use error::{EngineError, Result};
 pub use node::{
     labels, ContainerNodes, NodeKind, NodeRef, PoolSetup, RunEnd, RunSpec, NODE_ROOT_DIR,
 };
-pub use vm::{VmNodes, VmNodesOptions};
 pub use store::ENGINE_STORE_FILE;
+pub use vm::{VmNodes, VmNodesOptions};
 
 use state::{job_key, node_key, now, pool_key, task_key, JobRec, NodeRec, PoolRec, State, TaskRec};
 use store::{encode, Store};

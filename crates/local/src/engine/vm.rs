@@ -86,8 +86,8 @@ fn joined<T>(r: std::result::Result<Result<T>, tokio::task::JoinError>, what: &s
 /// `None` for images of another registry (a mirror does not serve those).
 fn mirror_path(image: &str) -> Option<String> {
     let first = image.split('/').next().unwrap_or_default();
-    let has_registry = image.contains('/')
-        && (first.contains('.') || first.contains(':') || first == "localhost");
+    let has_registry =
+        image.contains('/') && (first.contains('.') || first.contains(':') || first == "localhost");
     if has_registry {
         None
     } else if image.contains('/') {
@@ -176,7 +176,10 @@ impl VmNodes {
     ) -> Result<RunEnd> {
         let vm = self.vm_node(node)?;
         let Some((prog, args)) = argv.split_first() else {
-            return Err(EngineError::invalid("commandLine", "the command line is empty"));
+            return Err(EngineError::invalid(
+                "commandLine",
+                "the command line is empty",
+            ));
         };
         // nsenter opens its --wd before entering the mount namespace, so the working
         // directory (a path of the node's view) is entered by `env --chdir` inside it.
@@ -229,9 +232,13 @@ impl VmNodes {
         };
         tc.stdout(Stdio::from(open(&spec.stdout)?))
             .stderr(Stdio::from(open(&spec.stderr)?));
-        let mut child = tc
-            .spawn()
-            .map_err(|e| EngineError::io("starting a task process via", &self.opts.binaries.nsenter, e))?;
+        let mut child = tc.spawn().map_err(|e| {
+            EngineError::io(
+                "starting a task process via",
+                &self.opts.binaries.nsenter,
+                e,
+            )
+        })?;
         let pgid = child.id();
         let sleep = async {
             match spec.timeout {
@@ -297,7 +304,9 @@ impl NodeKind for VmNodes {
                 })
                 .await;
                 if let Err(e) = joined(pushed, "containerImageNames") {
-                    tokio::task::spawn_blocking(move || pool.delete()).await.ok();
+                    tokio::task::spawn_blocking(move || pool.delete())
+                        .await
+                        .ok();
                     return Err(e);
                 }
             }
