@@ -15,7 +15,7 @@ use std::time::Instant;
 
 #[path = "engine_support.rs"]
 mod engine_support;
-use engine_support::{completed, ssh_settings, task_outputs, wait_for, wait_idle, SSH_SETUP};
+use engine_support::{completed, mpi_task, task_outputs, wait_for, wait_idle, SSH_SETUP};
 
 use shipyard_batch_api::models::{
     JobState, PoolAddParameter, TaskAddParameter, TaskExecutionResult,
@@ -153,16 +153,7 @@ async fn engine_bench_warm_pool_mpi_job_and_bag_of_tasks() -> anyhow::Result<()>
             let t = Instant::now();
             e.add_job(model!({"id": jid, "poolInfo": {"poolId": pid}}))
                 .await?;
-            let task: TaskAddParameter = model!({
-                "id": "mpi", "commandLine": app, "containerSettings": {"imageName": TEST_IMAGE},
-                "userIdentity": {"autoUser": {"elevationLevel": "admin"}},
-                "environmentSettings": ssh_settings(&key),
-                "multiInstanceSettings": {
-                    "numberOfInstances": n,
-                    "coordinationCommandLine": format!("/bin/bash -c '{SSH_SETUP}'")
-                }
-            });
-            e.add_tasks(&jid, vec![task]).await?;
+            e.add_tasks(&jid, vec![mpi_task(&app, &key, n)]).await?;
             let done = completed(&e, &jid, "mpi", 120).await;
             best = best.min(t.elapsed().as_secs_f64());
             let info = done.execution_info.unwrap_or_default();

@@ -93,3 +93,22 @@ pub fn ssh_settings(key: &shipyard_runtime::ssh::JobSshKey) -> serde_json::Value
         {"name": "TEST_SSH_PUB", "value": key.public_openssh().trim()}
     ])
 }
+
+/// A multi-instance task `mpi` of the test image on `n` nodes: [`SSH_SETUP`] as coordination
+/// (as admin, with the key of [`ssh_settings`]), `app` as the application.
+pub fn mpi_task(
+    app: &str,
+    key: &shipyard_runtime::ssh::JobSshKey,
+    n: usize,
+) -> shipyard_batch_api::models::TaskAddParameter {
+    model!({
+        "id": "mpi", "commandLine": app,
+        "containerSettings": {"imageName": shipyard_e2e::TEST_IMAGE},
+        "userIdentity": {"autoUser": {"elevationLevel": "admin", "scope": "pool"}},
+        "environmentSettings": ssh_settings(key),
+        "multiInstanceSettings": {
+            "numberOfInstances": n,
+            "coordinationCommandLine": format!("/bin/bash -c '{SSH_SETUP}'")
+        }
+    })
+}

@@ -10,9 +10,7 @@ use std::time::{Duration, Instant};
 
 #[path = "engine_support.rs"]
 mod engine_support;
-use engine_support::{
-    completed, ssh_settings, task_outputs, task_text, wait_for, wait_idle, SSH_SETUP,
-};
+use engine_support::{completed, mpi_task, task_outputs, task_text, wait_for, wait_idle};
 
 use shipyard_batch_api::models::{
     CloudTask, JobAddParameter, JobState, PoolAddParameter, TaskAddParameter, TaskExecutionResult,
@@ -348,22 +346,7 @@ async fn engine_multi_instance_openmpi_across_three_container_nodes() -> anyhow:
         shipyard_e2e::image_hello_path(shipyard_e2e::MpiKind::OpenMpi)
     );
     let t0 = Instant::now();
-    e.add_tasks(
-        "jm",
-        vec![task(
-            "mpi",
-            &app,
-            serde_json::json!({
-                "userIdentity": {"autoUser": {"elevationLevel": "admin", "scope": "pool"}},
-                "environmentSettings": ssh_settings(&key),
-                "multiInstanceSettings": {
-                    "numberOfInstances": 3,
-                    "coordinationCommandLine": format!("/bin/bash -c '{SSH_SETUP}'")
-                }
-            }),
-        )],
-    )
-    .await?;
+    e.add_tasks("jm", vec![mpi_task(&app, &key, 3)]).await?;
     let t = completed(&e, "jm", "mpi", 180).await;
     let secs = t0.elapsed().as_secs_f64();
     let stdout = task_text(&e, "jm", "mpi", "stdout.txt");

@@ -268,12 +268,7 @@ impl ContainerNodes {
             .condition("not-running")
             .build();
         let mut waiter = self.docker.wait_container(name, Some(opts));
-        let sleep = async {
-            match timeout {
-                Some(t) => tokio::time::sleep(t).await,
-                None => futures::future::pending().await,
-            }
-        };
+        let sleep = sleep_for(timeout);
         tokio::select! {
             r = waiter.next() => match r {
                 Some(Ok(w)) => Ok(RunEnd::Exited(w.status_code)),
@@ -516,12 +511,7 @@ impl NodeKind for ContainerNodes {
                     write_stream(&mut output, &spec.stdout, &spec.stderr).await;
                 }
             };
-            let sleep = async {
-                match spec.timeout {
-                    Some(t) => tokio::time::sleep(t).await,
-                    None => futures::future::pending().await,
-                }
-            };
+            let sleep = sleep_for(spec.timeout);
             tokio::select! {
                 _ = run => {}
                 _ = sleep => { self.kill(&spec.name).await; return Ok(RunEnd::TimedOut) }
@@ -572,6 +562,14 @@ impl NodeKind for ContainerNodes {
             }
             Ok(())
         })
+    }
+}
+
+/// Sleeps `timeout`, or forever without one (a task's wall-clock limit).
+pub(crate) async fn sleep_for(timeout: Option<Duration>) {
+    match timeout {
+        Some(t) => tokio::time::sleep(t).await,
+        None => futures::future::pending().await,
     }
 }
 

@@ -19,7 +19,7 @@ use shipyard_vm_node::{Binaries, VmNode, VmPool};
 use tokio_util::sync::CancellationToken;
 
 use super::error::{EngineError, Result};
-use super::node::{NodeKind, NodeRef, PoolSetup, RunEnd, RunSpec, NODE_ROOT_DIR};
+use super::node::{sleep_for, NodeKind, NodeRef, PoolSetup, RunEnd, RunSpec, NODE_ROOT_DIR};
 
 /// Where VM-like pools keep their state.
 #[derive(Debug, Clone)]
@@ -240,12 +240,7 @@ impl VmNodes {
             )
         })?;
         let pgid = child.id();
-        let sleep = async {
-            match spec.timeout {
-                Some(t) => tokio::time::sleep(t).await,
-                None => futures::future::pending().await,
-            }
-        };
+        let sleep = sleep_for(spec.timeout);
         let end = tokio::select! {
             s = child.wait() => {
                 let s = s.map_err(|e| EngineError::io("waiting for a task process via", &self.opts.binaries.nsenter, e))?;
