@@ -157,16 +157,25 @@ pub trait NodeKind: Send + Sync + 'static {
 #[derive(Clone, Debug)]
 pub struct ContainerNodes {
     docker: Docker,
+    /// Images seen present (one inspect per image, not per task).
+    present: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
 
 impl ContainerNodes {
     /// Uses the given Docker connection.
     pub fn new(docker: Docker) -> Self {
-        ContainerNodes { docker }
+        ContainerNodes {
+            docker,
+            present: Default::default(),
+        }
     }
 
     async fn ensure_image(&self, image: &str) -> Result<()> {
-        if self.docker.inspect_image(image).await.is_ok() {
+        let known = self.present.lock().is_ok_and(|p| p.contains(image));
+        if known || self.docker.inspect_image(image).await.is_ok() {
+            if let Ok(mut p) = self.present.lock() {
+                p.insert(image.to_string());
+            }
             return Ok(());
         }
         let (name, tag) = split_image(image);
