@@ -318,7 +318,11 @@ async fn run_work(
     let kind = e.kind_of(&node.pool);
     let end = kind.run(node, &spec, cancel).await;
     if !w.keep {
-        remove_later(kind, vec![spec.name.clone()]);
+        let owner = spec
+            .labels
+            .get(labels::TASK)
+            .map(|t| t.split('/').next().unwrap_or(t));
+        remove_later(e, owner.unwrap_or_default(), kind, vec![spec.name.clone()]);
     }
     end_outcome(end)
 }
@@ -550,10 +554,16 @@ struct AttemptCtx<'a> {
 
 /// Removes ended task containers off the task's critical path (the slot is free at once; the
 /// pool's deletion and the engine's recovery remove any that a dying engine leaves).
-fn remove_later(kind: std::sync::Arc<dyn super::NodeKind>, names: Vec<String>) {
-    tokio::spawn(async move {
+/// The job's end ([`end_job`]) waits for them.
+fn remove_later(e: &Engine, job: &str, kind: Arc<dyn super::NodeKind>, names: Vec<String>) {
+    let h = tokio::spawn(async move {
         futures::future::join_all(names.iter().map(|n| kind.remove_container(n))).await;
     });
+    if let Ok(mut r) = e.inner.removals.lock() {
+        let v = r.entry(job.to_string()).or_default();
+        v.retain(|h| !h.is_finished());
+        v.push(h);
+    }
 }
 
 fn labels_for(e: &Engine, node: &NodeRef, what: String) -> HashMap<String, String> {
@@ -1077,7 +1087,7 @@ impl Engine {
             ),
             None => self.run_application(ctx, &names[0], cancel).await,
         };
-        remove_later(self.kind_of(&refs[0].pool), names);
+        remove_later(self, job, self.kind_of(&refs[0].pool), names);
         out
     }
 
@@ -1565,6 +1575,14 @@ pub(crate) async fn end_job(e: &Engine, job: &str, reason: String, delete: bool)
         });
         futures::future::join_all(runs).await;
     }
+    // The job ends once its task containers are gone.
+    let pending = e
+        .inner
+        .removals
+        .lock()
+        .map(|mut r| r.remove(job).unwrap_or_default())
+        .unwrap_or_default();
+    futures::future::join_all(pending).await;
     let mut st = e.lock();
     if delete {
         let dirs: Vec<PathBuf> = st

@@ -101,6 +101,8 @@ pub(crate) struct Inner {
     wake: Notify,
     cancels: Mutex<HashMap<(String, String), CancellationToken>>,
     prep_locks: Mutex<HashMap<(String, String), PrepLock>>,
+    /// Task-container removals still running, by job.
+    removals: Mutex<HashMap<String, Vec<tokio::task::JoinHandle<()>>>>,
     http: Option<shipyard_storage::BlobClient>,
     shutdown: CancellationToken,
 }
@@ -187,6 +189,7 @@ impl Engine {
                 wake: Notify::new(),
                 cancels: Mutex::new(HashMap::new()),
                 prep_locks: Mutex::new(HashMap::new()),
+                removals: Mutex::new(HashMap::new()),
                 http,
                 shutdown: CancellationToken::new(),
             }),
