@@ -33,6 +33,7 @@ pub struct VmPoolBuilder {
     subnet_base: [u8; 2],
     binaries: Binaries,
     registry: bool,
+    registry_mirror: bool,
     engine_timeout: Duration,
 }
 
@@ -46,6 +47,7 @@ impl Default for VmPoolBuilder {
             subnet_base: [10, 213],
             binaries: Binaries::default(),
             registry: false,
+            registry_mirror: false,
             engine_timeout: Duration::from_secs(30),
         }
     }
@@ -85,6 +87,14 @@ impl VmPoolBuilder {
     /// Start a pool-local image registry on the bridge (see [`VmPool::distribute_via_registry`]).
     pub fn registry(mut self, on: bool) -> Self {
         self.registry = on;
+        self
+    }
+    /// With [`registry`](Self::registry): the node engines also use the pool's registry as
+    /// their Docker Hub mirror (`--registry-mirror`), so a plain `docker pull name:tag` on a
+    /// node is served by that registry when it holds the repository (pushed as
+    /// `<push address>/name:tag`, `library/name:tag` for single-component names).
+    pub fn registry_mirror(mut self, on: bool) -> Self {
+        self.registry_mirror = on;
         self
     }
     /// How long to wait for each node's dockerd to answer (30 s).
@@ -437,6 +447,9 @@ impl Setup<'_> {
             ]);
         if let Some(reg) = &self.registry {
             cmd.arg(format!("--insecure-registry={}", reg.pull_address()));
+            if self.b.registry_mirror {
+                cmd.arg(format!("--registry-mirror=http://{}", reg.pull_address()));
+            }
         }
         use std::os::unix::process::CommandExt;
         cmd.stdin(Stdio::null())

@@ -51,6 +51,15 @@ pub enum EngineError {
         /// The store's message.
         message: String,
     },
+    /// A VM-like node operation failed.
+    #[error("{context}: {source}")]
+    VmNode {
+        /// What the engine was doing.
+        context: String,
+        /// The node kind's error.
+        #[source]
+        source: shipyard_vm_node::VmNodeError,
+    },
     /// A file or directory operation failed.
     #[error("{context} {path}: {source}")]
     Io {

@@ -310,10 +310,211 @@ async fn run_work(
         Ok(s) => s,
         Err(m) => return (None, Some(failure("InvalidCommandLine", m)), false),
     };
-    let end = e.inner.kind.run(node, &spec, cancel).await;
-    if !w.keep {
-        let _ = e.inner.kind.remove_container(&spec.name).await;
+    if !files.is_empty() {
+        if let Some(user) = spec.run.user.as_deref().or(spec.user.as_deref()) {
+            give_files_to(&wd, user);
+        }
     }
+    let kind = e.kind_of(&node.pool);
+    let end = kind.run(node, &spec, cancel).await;
+    if !w.keep {
+        let owner = spec
+            .labels
+            .get(labels::TASK)
+            .map(|t| t.split('/').next().unwrap_or(t));
+        remove_later(e, owner.unwrap_or_default(), kind, vec![spec.name.clone()]);
+    }
+    end_outcome(end)
+}
+
+/// Makes the files under `dir` (downloaded by the engine, as root) the task user's, as Batch
+/// does; `user` is `uid[:gid]` (names are left alone).
+fn give_files_to(dir: &Path, user: &str) {
+    let (u, g) = user.split_once(':').unwrap_or((user, user));
+    let (Ok(uid), Ok(gid)) = (u.parse::<u32>(), g.parse::<u32>()) else {
+        return;
+    };
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in rd.flatten() {
+        let p = entry.path();
+        if let Err(err) = std::os::unix::fs::lchown(&p, Some(uid), Some(gid)) {
+            tracing::debug!(file = %p.display(), error = %err, "chown of a resource file");
+        }
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            give_files_to(&p, user);
+        }
+    }
+}
+
+/// Active jobs bound to a pool, oldest first: (seq, job, pool, maxParallelTasks).
+fn active_jobs(st: &super::state::State) -> Vec<(u64, String, String, i32)> {
+    let mut jobs: Vec<(u64, String, String, i32)> = st
+        .jobs
+        .values()
+        .filter(|j| matches!(j.job.state, Some(JobState::Active)))
+        .filter_map(|j| {
+            Some((
+                j.seq,
+                j.params.id.clone(),
+                j.params.pool_info.pool_id.clone()?,
+                j.job.max_parallel_tasks.unwrap_or(-1),
+            ))
+        })
+        .collect();
+    jobs.sort();
+    jobs
+}
+
+/// A job's active tasks in submission order, and how many of its tasks run.
+fn job_tasks(st: &super::state::State, job: &str) -> (Vec<String>, i32) {
+    let of_job = || {
+        st.tasks
+            .range((job.to_string(), String::new())..)
+            .take_while(move |(k, _)| k.0 == job)
+    };
+    let mut tasks: Vec<(u64, String)> = of_job()
+        .filter(|(_, t)| matches!(t.task.state, Some(TaskState::Active)))
+        .map(|(k, t)| (t.seq, k.1.clone()))
+        .collect();
+    tasks.sort();
+    let running = of_job()
+        .filter(|(_, t)| {
+            matches!(
+                t.task.state,
+                Some(TaskState::Running) | Some(TaskState::Preparing)
+            )
+        })
+        .count() as i32;
+    (tasks.into_iter().map(|(_, t)| t).collect(), running)
+}
+
+/// Frees the slots task `key` (`job/task`) held on `nodes` and counts it in their totals.
+fn release_nodes(
+    st: &mut super::state::State,
+    pool: &str,
+    nodes: &[String],
+    key: &str,
+    ok: bool,
+    keys: &mut Vec<Key>,
+) {
+    for n in nodes {
+        if let Some(nr) = st.nodes.get_mut(&(pool.to_string(), n.clone())) {
+            nr.tasks.retain(|t| t != key);
+            nr.used_slots = (nr.used_slots - 1).max(0).min(nr.used_slots);
+            nr.node.running_tasks_count = Some(nr.tasks.len() as i32);
+            nr.node.total_tasks_run = Some(nr.node.total_tasks_run.unwrap_or(0) + 1);
+            if ok {
+                nr.node.total_tasks_succeeded =
+                    Some(nr.node.total_tasks_succeeded.unwrap_or(0) + 1);
+            }
+            if nr.tasks.is_empty() {
+                nr.used_slots = 0;
+                set_node_state(&mut nr.node, ComputeNodeState::Idle);
+            }
+            nr.node.running_task_slots_count = Some(nr.used_slots);
+            keys.push(Key::Node(pool.to_string(), n.clone()));
+        }
+    }
+}
+
+/// Why no task can run on `pool` (every node failed its start task or is unusable), if so.
+fn pool_broken(st: &super::state::State, pool: &str) -> Option<String> {
+    let nodes: Vec<&super::state::NodeRec> = st.nodes.values().filter(|n| n.pool == pool).collect();
+    let broken = !nodes.is_empty()
+        && nodes.iter().all(|n| {
+            matches!(
+                n.node.state,
+                Some(ComputeNodeState::StartTaskFailed) | Some(ComputeNodeState::Unusable)
+            )
+        });
+    if !broken {
+        return None;
+    }
+    nodes.first().map(|n| match n.node.state {
+        Some(ComputeNodeState::StartTaskFailed) => format!(
+            "every node of pool {pool} is in state starttaskfailed: {}",
+            n.node
+                .start_task_info
+                .as_ref()
+                .and_then(|i| i.failure_info.as_ref())
+                .and_then(|f| f.message.clone())
+                .unwrap_or_default()
+        ),
+        _ => format!("every node of pool {pool} is unusable"),
+    })
+}
+
+/// `count` schedulable nodes of `pool` with `need` free slots, least used first.
+fn free_nodes(
+    st: &super::state::State,
+    pool: &str,
+    slots: i32,
+    need: i32,
+    count: usize,
+) -> Option<Vec<String>> {
+    let mut free: Vec<(i32, String)> = st
+        .nodes
+        .values()
+        .filter(|n| {
+            n.pool == pool
+                && matches!(
+                    n.node.state,
+                    Some(ComputeNodeState::Idle) | Some(ComputeNodeState::Running)
+                )
+                && n.node.scheduling_state
+                    != Some(shipyard_batch_api::models::SchedulingState::Disabled)
+                && slots - n.used_slots >= need
+        })
+        .map(|n| (n.used_slots, n.id().to_string()))
+        .collect();
+    if free.len() < count {
+        return None;
+    }
+    free.sort();
+    Some(free.into_iter().take(count).map(|(_, n)| n).collect())
+}
+
+/// Puts task `job/tid` on `chosen` (slots taken, states set); returns the records to save.
+fn place(
+    st: &mut super::state::State,
+    job: &str,
+    tid: &str,
+    pool: &str,
+    chosen: &[String],
+    need: i32,
+) -> Vec<Key> {
+    let mut keys = Vec::new();
+    for n in chosen {
+        if let Some(nr) = st.nodes.get_mut(&(pool.to_string(), n.clone())) {
+            nr.used_slots += need;
+            nr.tasks.push(format!("{job}/{tid}"));
+            nr.node.running_tasks_count = Some(nr.tasks.len() as i32);
+            nr.node.running_task_slots_count = Some(nr.used_slots);
+            set_node_state(&mut nr.node, ComputeNodeState::Running);
+            keys.push(Key::Node(pool.to_string(), n.clone()));
+        }
+    }
+    if let Some(t) = st.tasks.get_mut(&(job.to_string(), tid.to_string())) {
+        t.nodes = chosen.to_vec();
+        set_task_state(&mut t.task, TaskState::Preparing);
+        t.task.node_info = Some(ComputeNodeInformation {
+            affinity_id: Some(chosen[0].clone()),
+            pool_id: Some(pool.to_string()),
+            node_id: Some(chosen[0].clone()),
+            task_root_directory: Some(format!("workitems/{job}/job-1/{tid}")),
+            ..Default::default()
+        });
+    }
+    keys
+}
+
+/// How one attempt ended: (exit code, failure, whether it was a pre-processing failure).
+pub(crate) type Outcome = (Option<i32>, Option<TaskFailureInformation>, bool);
+
+/// The task attempt for how a process ended.
+fn end_outcome(end: Result<RunEnd, super::EngineError>) -> Outcome {
     match end {
         Ok(RunEnd::Exited(c)) => (Some(c as i32), None, false),
         Ok(RunEnd::TimedOut) => (
@@ -334,6 +535,34 @@ async fn run_work(
             Some(failure("ContainerFailed", err.to_string())),
             false,
         ),
+    }
+}
+
+/// Numbers task containers apart across attempts.
+static ATTEMPTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// What every part of one attempt shares.
+struct AttemptCtx<'a> {
+    job: &'a str,
+    task: &'a str,
+    refs: &'a [NodeRef],
+    hosts: Vec<String>,
+    timeout: Option<Duration>,
+    params: &'a TaskAddParameter,
+    jobenv: Option<&'a Vec<EnvironmentSetting>>,
+}
+
+/// Removes ended task containers off the task's critical path (the slot is free at once; the
+/// pool's deletion and the engine's recovery remove any that a dying engine leaves).
+/// The job's end ([`end_job`]) waits for them.
+fn remove_later(e: &Engine, job: &str, kind: Arc<dyn super::NodeKind>, names: Vec<String>) {
+    let h = tokio::spawn(async move {
+        futures::future::join_all(names.iter().map(|n| kind.remove_container(n))).await;
+    });
+    if let Ok(mut r) = e.inner.removals.lock() {
+        let v = r.entry(job.to_string()).or_default();
+        v.retain(|h| !h.is_finished());
+        v.push(h);
     }
 }
 
@@ -468,20 +697,7 @@ impl Engine {
         let mut failed_jobs = Vec::new();
         {
             let mut st = self.lock();
-            let mut jobs: Vec<(u64, String, String, i32)> = st
-                .jobs
-                .values()
-                .filter(|j| matches!(j.job.state, Some(JobState::Active)))
-                .filter_map(|j| {
-                    Some((
-                        j.seq,
-                        j.params.id.clone(),
-                        j.params.pool_info.pool_id.clone()?,
-                        j.job.max_parallel_tasks.unwrap_or(-1),
-                    ))
-                })
-                .collect();
-            jobs.sort();
+            let jobs = active_jobs(&st);
             for (_, job, pool, max_par) in jobs {
                 let Some(p) = st.pools.get(&pool) else {
                     continue;
@@ -493,61 +709,19 @@ impl Engine {
                     continue;
                 }
                 let slots = p.pool.task_slots_per_node.unwrap_or(1);
-                let mut tasks: Vec<(u64, String)> = st
-                    .tasks
-                    .range((job.clone(), String::new())..)
-                    .take_while(|(k, _)| k.0 == job)
-                    .filter(|(_, t)| matches!(t.task.state, Some(TaskState::Active)))
-                    .map(|(k, t)| (t.seq, k.1.clone()))
-                    .collect();
-                tasks.sort();
-                let mut running = st
-                    .tasks
-                    .range((job.clone(), String::new())..)
-                    .take_while(|(k, _)| k.0 == job)
-                    .filter(|(_, t)| {
-                        matches!(
-                            t.task.state,
-                            Some(TaskState::Running) | Some(TaskState::Preparing)
-                        )
-                    })
-                    .count() as i32;
-                let pool_nodes: Vec<&super::state::NodeRec> =
-                    st.nodes.values().filter(|n| n.pool == pool).collect();
-                let all_broken = !pool_nodes.is_empty()
-                    && pool_nodes.iter().all(|n| {
-                        matches!(
-                            n.node.state,
-                            Some(ComputeNodeState::StartTaskFailed)
-                                | Some(ComputeNodeState::Unusable)
-                        )
-                    });
-                let reason = pool_nodes.first().map(|n| match n.node.state {
-                    Some(ComputeNodeState::StartTaskFailed) => format!(
-                        "every node of pool {pool} is in state starttaskfailed: {}",
-                        n.node
-                            .start_task_info
-                            .as_ref()
-                            .and_then(|i| i.failure_info.as_ref())
-                            .and_then(|f| f.message.clone())
-                            .unwrap_or_default()
-                    ),
-                    _ => format!("every node of pool {pool} is unusable"),
-                });
-                for (_, tid) in tasks {
+                let (tasks, mut running) = job_tasks(&st, &job);
+                let broken = pool_broken(&st, &pool);
+                for tid in tasks {
                     if max_par >= 0 && running >= max_par {
                         break;
                     }
                     let key = (job.clone(), tid.clone());
-                    if all_broken {
+                    if let Some(reason) = &broken {
                         if let Some(t) = st.tasks.get_mut(&key) {
                             complete_task_record(
                                 t,
                                 None,
-                                Some(failure(
-                                    "NodeStartTaskFailed",
-                                    reason.clone().unwrap_or_default(),
-                                )),
+                                Some(failure("NodeStartTaskFailed", reason.clone())),
                             );
                             let _ = self.save(&st, &[Key::Task(job.clone(), tid.clone())]);
                             failed_jobs.push(job.clone());
@@ -568,49 +742,10 @@ impl Engine {
                         .as_ref()
                         .map_or(1, |m| m.number_of_instances.unwrap_or(1).max(1))
                         as usize;
-                    let mut free: Vec<(i32, String)> = st
-                        .nodes
-                        .values()
-                        .filter(|n| {
-                            n.pool == pool
-                                && matches!(
-                                    n.node.state,
-                                    Some(ComputeNodeState::Idle) | Some(ComputeNodeState::Running)
-                                )
-                                && n.node.scheduling_state
-                                    != Some(shipyard_batch_api::models::SchedulingState::Disabled)
-                                && slots - n.used_slots >= need
-                        })
-                        .map(|n| (n.used_slots, n.id().to_string()))
-                        .collect();
-                    if free.len() < count {
+                    let Some(chosen) = free_nodes(&st, &pool, slots, need, count) else {
                         continue;
-                    }
-                    free.sort();
-                    let chosen: Vec<String> =
-                        free.into_iter().take(count).map(|(_, n)| n).collect();
-                    let mut keys = Vec::new();
-                    for n in &chosen {
-                        if let Some(nr) = st.nodes.get_mut(&(pool.clone(), n.clone())) {
-                            nr.used_slots += need;
-                            nr.tasks.push(format!("{job}/{tid}"));
-                            nr.node.running_tasks_count = Some(nr.tasks.len() as i32);
-                            nr.node.running_task_slots_count = Some(nr.used_slots);
-                            set_node_state(&mut nr.node, ComputeNodeState::Running);
-                            keys.push(Key::Node(pool.clone(), n.clone()));
-                        }
-                    }
-                    if let Some(t) = st.tasks.get_mut(&key) {
-                        t.nodes = chosen.clone();
-                        set_task_state(&mut t.task, TaskState::Preparing);
-                        t.task.node_info = Some(ComputeNodeInformation {
-                            affinity_id: Some(chosen[0].clone()),
-                            pool_id: Some(pool.clone()),
-                            node_id: Some(chosen[0].clone()),
-                            task_root_directory: Some(format!("workitems/{job}/job-1/{tid}")),
-                            ..Default::default()
-                        });
-                    }
+                    };
+                    let mut keys = place(&mut st, &job, &tid, &pool, &chosen, need);
                     keys.push(Key::Task(job.clone(), tid.clone()));
                     let _ = self.save(&st, &keys);
                     running += 1;
@@ -647,33 +782,10 @@ impl Engine {
                 .collect()
         };
         let (code, fail, pre) = self.attempt(&job, &task, &refs, cancel.clone()).await;
-        // Output files
         let mut fail = fail;
-        let mut upload_failed = false;
-        let outputs = {
-            let st = self.lock();
-            st.tasks
-                .get(&(job.clone(), task.clone()))
-                .and_then(|t| t.params.output_files.clone())
-        };
-        if let (Some(outputs), Some(primary), Some(client)) =
-            (outputs, refs.first(), self.inner.http.as_ref())
-        {
-            let outcome = if fail.is_none() {
-                shipyard_storage::TaskOutcome::from_exit_code(code.unwrap_or(-1))
-            } else {
-                shipyard_storage::TaskOutcome::from_exit_code(-1)
-            };
-            let dir = host_task_dir(&primary.root, &job, &task).join("wd");
-            if let Err(err) =
-                shipyard_storage::upload_output_files(client, &outputs, &dir, outcome).await
-            {
-                upload_failed = true;
-                if fail.is_none() {
-                    fail = Some(failure("FileUploadError", err.to_string()));
-                }
-            }
-        }
+        let upload_failed = self
+            .upload_outputs(&job, &task, &refs, code, &mut fail)
+            .await;
         if let Ok(mut c) = self.inner.cancels.lock() {
             c.remove(&(job.clone(), task.clone()));
         }
@@ -685,24 +797,15 @@ impl Engine {
         {
             let mut st = self.lock();
             let mut keys = Vec::new();
-            for n in &nodes {
-                if let Some(nr) = st.nodes.get_mut(&(pool.clone(), n.clone())) {
-                    nr.tasks.retain(|t| t != &format!("{job}/{task}"));
-                    nr.used_slots = (nr.used_slots - 1).max(0).min(nr.used_slots);
-                    nr.node.running_tasks_count = Some(nr.tasks.len() as i32);
-                    nr.node.total_tasks_run = Some(nr.node.total_tasks_run.unwrap_or(0) + 1);
-                    if code == Some(0) && fail.is_none() {
-                        nr.node.total_tasks_succeeded =
-                            Some(nr.node.total_tasks_succeeded.unwrap_or(0) + 1);
-                    }
-                    if nr.tasks.is_empty() {
-                        nr.used_slots = 0;
-                        set_node_state(&mut nr.node, ComputeNodeState::Idle);
-                    }
-                    nr.node.running_task_slots_count = Some(nr.used_slots);
-                    keys.push(Key::Node(pool.clone(), n.clone()));
-                }
-            }
+            let ok = code == Some(0) && fail.is_none();
+            release_nodes(
+                &mut st,
+                &pool,
+                &nodes,
+                &format!("{job}/{task}"),
+                ok,
+                &mut keys,
+            );
             let job_retries = st
                 .jobs
                 .get(&job)
@@ -734,29 +837,73 @@ impl Engine {
             let _ = self.save(&st, &keys);
         }
         if let Some(opts) = action {
-            let ok = fail.is_none() && code == Some(0);
-            let on_fail = self
-                .lock()
-                .jobs
-                .get(&job)
-                .and_then(|j| j.job.on_task_failure.clone());
-            let act = opts.job_action.unwrap_or(JobAction::None);
-            if !ok
-                && on_fail == Some(OnTaskFailure::PerformExitOptionsJobAction)
-                && act == JobAction::Terminate
-            {
-                end_job(&self, &job, "TaskFailed".into(), false).await;
-            }
-            if let Some(DependencyAction::Block) = opts.dependency_action {
-                let mut st = self.lock();
-                if let Some(t) = st.tasks.get_mut(&(job.clone(), task.clone())) {
-                    t.containers = vec!["__blocked__".into()];
-                }
-                let _ = self.save(&st, &[Key::Task(job.clone(), task.clone())]);
-            }
+            self.apply_exit_options(&job, &task, opts, fail.is_none() && code == Some(0))
+                .await;
         }
         self.check_job_complete(&job).await;
         self.wake();
+    }
+
+    /// Uploads the task's output files; a failed upload becomes the task's failure (when it
+    /// had none). Returns whether an upload failed.
+    async fn upload_outputs(
+        &self,
+        job: &str,
+        task: &str,
+        refs: &[NodeRef],
+        code: Option<i32>,
+        fail: &mut Option<TaskFailureInformation>,
+    ) -> bool {
+        let outputs = {
+            let st = self.lock();
+            st.tasks
+                .get(&(job.to_string(), task.to_string()))
+                .and_then(|t| t.params.output_files.clone())
+        };
+        let (Some(outputs), Some(primary), Some(client)) =
+            (outputs, refs.first(), self.inner.http.as_ref())
+        else {
+            return false;
+        };
+        let exit = if fail.is_none() {
+            code.unwrap_or(-1)
+        } else {
+            -1
+        };
+        let outcome = shipyard_storage::TaskOutcome::from_exit_code(exit);
+        let dir = host_task_dir(&primary.root, job, task).join("wd");
+        match shipyard_storage::upload_output_files(client, &outputs, &dir, outcome).await {
+            Ok(_) => false,
+            Err(err) => {
+                if fail.is_none() {
+                    *fail = Some(failure("FileUploadError", err.to_string()));
+                }
+                true
+            }
+        }
+    }
+
+    /// The job action and dependency action of how a task ended.
+    async fn apply_exit_options(&self, job: &str, task: &str, opts: ExitOptions, ok: bool) {
+        let on_fail = self
+            .lock()
+            .jobs
+            .get(job)
+            .and_then(|j| j.job.on_task_failure.clone());
+        let act = opts.job_action.unwrap_or(JobAction::None);
+        if !ok
+            && on_fail == Some(OnTaskFailure::PerformExitOptionsJobAction)
+            && act == JobAction::Terminate
+        {
+            end_job(self, job, "TaskFailed".into(), false).await;
+        }
+        if let Some(DependencyAction::Block) = opts.dependency_action {
+            let mut st = self.lock();
+            if let Some(t) = st.tasks.get_mut(&(job.to_string(), task.to_string())) {
+                t.containers = vec!["__blocked__".into()];
+            }
+            let _ = self.save(&st, &[Key::Task(job.to_string(), task.to_string())]);
+        }
     }
 
     /// One attempt: job preparation, files, run (single or multi-instance).
@@ -766,126 +913,146 @@ impl Engine {
         task: &str,
         refs: &[NodeRef],
         cancel: CancellationToken,
-    ) -> (Option<i32>, Option<TaskFailureInformation>, bool) {
+    ) -> Outcome {
         for r in refs {
             if let Err(f) = self.ensure_prep(job, r).await {
                 return (None, Some(f), true);
             }
         }
-        let (params, jobenv) = {
-            let mut st = self.lock();
-            let env = st
-                .jobs
-                .get(job)
-                .and_then(|j| j.params.common_environment_settings.clone());
-            let Some(t) = st.tasks.get_mut(&(job.to_string(), task.to_string())) else {
-                return (
-                    None,
-                    Some(failure("TaskEnded", "the task was deleted")),
-                    false,
-                );
-            };
-            set_task_state(&mut t.task, TaskState::Running);
-            let info = t.task.execution_info.get_or_insert_with(Default::default);
-            info.start_time = Some(now());
-            let p = t.params.clone();
-            let _ = self.save(&st, &[Key::Task(job.to_string(), task.to_string())]);
-            (p, env)
+        let Some((params, jobenv)) = self.mark_running(job, task) else {
+            return (
+                None,
+                Some(failure("TaskEnded", "the task was deleted")),
+                false,
+            );
         };
         let Some(primary) = refs.first() else {
             return (None, Some(failure("NoNode", "no node")), false);
         };
-        let hosts: Vec<String> = refs.iter().map(|r| node_ip(self, r)).collect();
-        let mk_env = |r: &NodeRef, ip: &str| {
-            let mut env = base_env(self, r, ip);
-            env.push(("AZ_BATCH_JOB_ID".into(), job.to_string()));
-            env.push(("AZ_BATCH_TASK_ID".into(), task.to_string()));
-            env.push((
-                "AZ_BATCH_JOB_PREP_DIR".into(),
-                format!("{NODE_ROOT_DIR}/workitems/{job}/job-1/jobpreparation"),
-            ));
-            env.push((
-                "AZ_BATCH_JOB_PREP_WORKING_DIR".into(),
-                format!("{NODE_ROOT_DIR}/workitems/{job}/job-1/jobpreparation/wd"),
-            ));
-            if params.multi_instance_settings.is_some() {
-                env.push(("AZ_BATCH_HOST_LIST".into(), hosts.join(",")));
-                env.push(("AZ_BATCH_MASTER_NODE".into(), format!("{}:6000", hosts[0])));
-                env.push((
-                    "AZ_BATCH_TASK_SHARED_DIR".into(),
-                    format!("{NODE_ROOT_DIR}/workitems/{job}/job-1/{task}"),
-                ));
-                env.push((
-                    "AZ_BATCH_IS_CURRENT_NODE_MASTER".into(),
-                    (r.id == refs[0].id).to_string(),
-                ));
-            }
-            add_settings(&mut env, jobenv.as_ref());
-            add_settings(&mut env, params.environment_settings.as_ref());
-            env
+        let ctx = AttemptCtx {
+            job,
+            task,
+            refs,
+            hosts: refs.iter().map(|r| node_ip(self, r)).collect(),
+            timeout: params
+                .constraints
+                .as_ref()
+                .and_then(|c| c.max_wall_clock_time.as_deref())
+                .and_then(parse_duration),
+            params: &params,
+            jobenv: jobenv.as_ref(),
         };
-        let timeout = params
-            .constraints
-            .as_ref()
-            .and_then(|c| c.max_wall_clock_time.as_deref())
-            .and_then(parse_duration);
-        let Some(mi) = params.multi_instance_settings.clone() else {
-            let ip = node_ip(self, primary);
-            let w = Work {
-                name: format!(
-                    "{}-{}-{}",
-                    primary.holder,
-                    super::sanitize(job),
-                    super::sanitize(task)
-                ),
-                command: &params.command_line,
-                container: params.container_settings.as_ref(),
-                env: mk_env(primary, &ip),
-                identity: params.user_identity.as_ref(),
-                task_dir_in: format!("{NODE_ROOT_DIR}/workitems/{job}/job-1/{task}"),
-                host_task_dir: host_task_dir(&primary.root, job, task),
-                timeout,
-                labels: labels_for(self, primary, format!("{job}/{task}")),
-                keep: false,
-            };
+        if params.multi_instance_settings.is_none() {
+            let w = self.work(&ctx, primary, &params.command_line, false);
             self.record_containers(job, task, vec![w.name.clone()]);
-            return run_work(
-                self,
-                primary,
-                w,
-                params.resource_files.as_deref().unwrap_or_default(),
-                cancel,
-            )
-            .await;
+            let files = params.resource_files.as_deref().unwrap_or_default();
+            return run_work(self, primary, w, files, cancel).await;
+        }
+        self.run_multi_instance(&ctx, cancel).await
+    }
+
+    /// Marks the task running; returns its parameters and the job's environment.
+    fn mark_running(
+        &self,
+        job: &str,
+        task: &str,
+    ) -> Option<(TaskAddParameter, Option<Vec<EnvironmentSetting>>)> {
+        let mut st = self.lock();
+        let env = st
+            .jobs
+            .get(job)
+            .and_then(|j| j.params.common_environment_settings.clone());
+        let t = st.tasks.get_mut(&(job.to_string(), task.to_string()))?;
+        set_task_state(&mut t.task, TaskState::Running);
+        let info = t.task.execution_info.get_or_insert_with(Default::default);
+        info.start_time = Some(now());
+        let p = t.params.clone();
+        let _ = self.save(&st, &[Key::Task(job.to_string(), task.to_string())]);
+        Some((p, env))
+    }
+
+    /// The environment of the task on node `r` (address `ip`).
+    fn task_env(&self, ctx: &AttemptCtx<'_>, r: &NodeRef, ip: &str) -> Vec<(String, String)> {
+        let (job, task) = (ctx.job, ctx.task);
+        let mut env = base_env(self, r, ip);
+        env.push(("AZ_BATCH_JOB_ID".into(), job.to_string()));
+        env.push(("AZ_BATCH_TASK_ID".into(), task.to_string()));
+        env.push((
+            "AZ_BATCH_JOB_PREP_DIR".into(),
+            format!("{NODE_ROOT_DIR}/workitems/{job}/job-1/jobpreparation"),
+        ));
+        env.push((
+            "AZ_BATCH_JOB_PREP_WORKING_DIR".into(),
+            format!("{NODE_ROOT_DIR}/workitems/{job}/job-1/jobpreparation/wd"),
+        ));
+        if ctx.params.multi_instance_settings.is_some() {
+            env.push(("AZ_BATCH_HOST_LIST".into(), ctx.hosts.join(",")));
+            env.push((
+                "AZ_BATCH_MASTER_NODE".into(),
+                format!("{}:6000", ctx.hosts[0]),
+            ));
+            env.push((
+                "AZ_BATCH_TASK_SHARED_DIR".into(),
+                format!("{NODE_ROOT_DIR}/workitems/{job}/job-1/{task}"),
+            ));
+            env.push((
+                "AZ_BATCH_IS_CURRENT_NODE_MASTER".into(),
+                (r.id == ctx.refs[0].id).to_string(),
+            ));
+        }
+        add_settings(&mut env, ctx.jobenv);
+        add_settings(&mut env, ctx.params.environment_settings.as_ref());
+        env
+    }
+
+    /// The work of running `command` for the task on node `r`.
+    fn work<'a>(
+        &self,
+        ctx: &AttemptCtx<'a>,
+        r: &NodeRef,
+        command: &'a str,
+        keep: bool,
+    ) -> Work<'a> {
+        let (job, task) = (ctx.job, ctx.task);
+        let i = ctx.refs.iter().position(|x| x.id == r.id).unwrap_or(0);
+        let ip = ctx.hosts.get(i).cloned().unwrap_or_default();
+        Work {
+            // Unique per attempt: the previous attempt's container may still be being removed.
+            name: format!(
+                "{}-{}-{}-{:x}.{}",
+                r.holder,
+                super::sanitize(job),
+                super::sanitize(task),
+                std::process::id(),
+                ATTEMPTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            ),
+            command,
+            container: ctx.params.container_settings.as_ref(),
+            env: self.task_env(ctx, r, &ip),
+            identity: ctx.params.user_identity.as_ref(),
+            task_dir_in: format!("{NODE_ROOT_DIR}/workitems/{job}/job-1/{task}"),
+            host_task_dir: host_task_dir(&r.root, job, task),
+            timeout: ctx.timeout,
+            labels: labels_for(self, r, format!("{job}/{task}")),
+            keep,
+        }
+    }
+
+    /// Multi-instance: a kept container per node; coordination everywhere, then the
+    /// application on the primary.
+    async fn run_multi_instance(&self, ctx: &AttemptCtx<'_>, cancel: CancellationToken) -> Outcome {
+        let Some(mi) = ctx.params.multi_instance_settings.as_ref() else {
+            return (None, Some(failure("NoNode", "not multi-instance")), false);
         };
-        // Multi-instance: a kept container per node; coordination everywhere, then the application on the primary.
+        let (job, task, refs) = (ctx.job, ctx.task, ctx.refs);
         let common = mi.common_resource_files.clone().unwrap_or_default();
         let mut names = Vec::new();
         let coord = refs
             .iter()
-            .enumerate()
-            .map(|(i, r)| {
-                let ip = hosts[i].clone();
-                let w = Work {
-                    name: format!(
-                        "{}-{}-{}",
-                        r.holder,
-                        super::sanitize(job),
-                        super::sanitize(task)
-                    ),
-                    command: &mi.coordination_command_line,
-                    container: params.container_settings.as_ref(),
-                    env: mk_env(r, &ip),
-                    identity: params.user_identity.as_ref(),
-                    task_dir_in: format!("{NODE_ROOT_DIR}/workitems/{job}/job-1/{task}"),
-                    host_task_dir: host_task_dir(&r.root, job, task),
-                    timeout,
-                    labels: labels_for(self, r, format!("{job}/{task}")),
-                    keep: true,
-                };
+            .map(|r| {
+                let w = self.work(ctx, r, &mi.coordination_command_line, true);
                 names.push(w.name.clone());
-                let common = common.clone();
-                let cancel = cancel.clone();
+                let (common, cancel) = (common.clone(), cancel.clone());
                 async move {
                     let dir = w.host_task_dir.clone();
                     let _ = std::fs::create_dir_all(&dir);
@@ -899,13 +1066,12 @@ impl Engine {
         self.record_containers(job, task, names.clone());
         let results = futures::future::join_all(coord).await;
         self.record_subtasks(job, task, refs, &results);
-        let out;
-        if let Some((i, r)) = results
+        let out = match results
             .iter()
             .enumerate()
             .find(|(_, r)| r.1.is_some() || r.0 != Some(0))
         {
-            out = (
+            Some((i, r)) => (
                 r.0,
                 Some(r.1.clone().unwrap_or_else(|| {
                     failure(
@@ -918,59 +1084,36 @@ impl Engine {
                     )
                 })),
                 r.2,
-            );
-        } else {
-            let ip = hosts[0].clone();
-            let w = Work {
-                name: names[0].clone(),
-                command: &params.command_line,
-                container: params.container_settings.as_ref(),
-                env: mk_env(primary, &ip),
-                identity: params.user_identity.as_ref(),
-                task_dir_in: format!("{NODE_ROOT_DIR}/workitems/{job}/job-1/{task}"),
-                host_task_dir: host_task_dir(&primary.root, job, task),
-                timeout,
-                labels: HashMap::new(),
-                keep: true,
-            };
-            let _ = std::fs::remove_file(w.host_task_dir.join("stdout.txt"));
-            let _ = std::fs::remove_file(w.host_task_dir.join("stderr.txt"));
-            match spec_of(&w, self) {
-                Ok(spec) => {
-                    let end = self
-                        .inner
-                        .kind
-                        .exec(&spec, spec.argv.clone(), cancel.clone())
-                        .await;
-                    out = match end {
-                        Ok(RunEnd::Exited(c)) => (Some(c as i32), None, false),
-                        Ok(RunEnd::TimedOut) => (
-                            None,
-                            Some(failure(
-                                "MaxWallClockTimeExceeded",
-                                "the task ran longer than its maxWallClockTime and was killed",
-                            )),
-                            false,
-                        ),
-                        Ok(RunEnd::Cancelled) => (
-                            None,
-                            Some(failure("TaskEnded", "the task was terminated")),
-                            false,
-                        ),
-                        Err(err) => (
-                            None,
-                            Some(failure("ContainerFailed", err.to_string())),
-                            false,
-                        ),
-                    };
-                }
-                Err(m) => out = (None, Some(failure("InvalidCommandLine", m)), false),
-            }
-        }
-        for n in names {
-            let _ = self.inner.kind.remove_container(&n).await;
-        }
+            ),
+            None => self.run_application(ctx, &names[0], cancel).await,
+        };
+        remove_later(self, job, self.kind_of(&refs[0].pool), names);
         out
+    }
+
+    /// The application command line, in the primary's kept container `name`.
+    async fn run_application(
+        &self,
+        ctx: &AttemptCtx<'_>,
+        name: &str,
+        cancel: CancellationToken,
+    ) -> Outcome {
+        let primary = &ctx.refs[0];
+        let mut w = self.work(ctx, primary, &ctx.params.command_line, true);
+        w.name = name.to_string();
+        w.labels = HashMap::new();
+        let _ = std::fs::remove_file(w.host_task_dir.join("stdout.txt"));
+        let _ = std::fs::remove_file(w.host_task_dir.join("stderr.txt"));
+        match spec_of(&w, self) {
+            Ok(spec) => {
+                let end = self
+                    .kind_of(&primary.pool)
+                    .exec(primary, &spec, spec.argv.clone(), cancel)
+                    .await;
+                end_outcome(end)
+            }
+            Err(m) => (None, Some(failure("InvalidCommandLine", m)), false),
+        }
     }
 
     fn record_containers(&self, job: &str, task: &str, names: Vec<String>) {
@@ -1432,6 +1575,14 @@ pub(crate) async fn end_job(e: &Engine, job: &str, reason: String, delete: bool)
         });
         futures::future::join_all(runs).await;
     }
+    // The job ends once its task containers are gone.
+    let pending = e
+        .inner
+        .removals
+        .lock()
+        .map(|mut r| r.remove(job).unwrap_or_default())
+        .unwrap_or_default();
+    futures::future::join_all(pending).await;
     let mut st = e.lock();
     if delete {
         let dirs: Vec<PathBuf> = st

@@ -15,6 +15,7 @@ mod exec;
 mod node;
 mod state;
 mod store;
+mod vm;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -32,8 +33,11 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 pub use error::{EngineError, Result};
-pub use node::{labels, ContainerNodes, NodeKind, NodeRef, RunEnd, RunSpec, NODE_ROOT_DIR};
+pub use node::{
+    labels, ContainerNodes, NodeKind, NodeRef, PoolSetup, RunEnd, RunSpec, NODE_ROOT_DIR,
+};
 pub use store::ENGINE_STORE_FILE;
+pub use vm::{VmNodes, VmNodesOptions};
 
 use state::{job_key, node_key, now, pool_key, task_key, JobRec, NodeRec, PoolRec, State, TaskRec};
 use store::{encode, Store};
@@ -49,6 +53,11 @@ pub struct EngineOptions {
     pub account: String,
     /// Base URL of the (served) account, for `url` fields.
     pub account_url: String,
+    /// Host images every VM-like pool's registry serves (pushed once per pool, pulled by the
+    /// nodes' `docker pull`), besides the pool's `containerImageNames`.
+    pub mirror_images: Vec<String>,
+    /// Where VM-like pools live (used by [`Engine::open`] and [`Engine::open_with`]).
+    pub vm_nodes: VmNodesOptions,
 }
 
 impl EngineOptions {
@@ -59,6 +68,8 @@ impl EngineOptions {
             holder_image: "shipyard/mpi:bookworm".into(),
             account: "local".into(),
             account_url: "http://127.0.0.1:8711".into(),
+            mirror_images: vec!["shipyard/mpi:bookworm".into()],
+            vm_nodes: VmNodesOptions::default(),
         }
     }
 }
@@ -86,9 +97,12 @@ pub(crate) struct Inner {
     store: Store,
     state: Mutex<State>,
     kind: Arc<dyn NodeKind>,
+    vm: Arc<dyn NodeKind>,
     wake: Notify,
     cancels: Mutex<HashMap<(String, String), CancellationToken>>,
     prep_locks: Mutex<HashMap<(String, String), PrepLock>>,
+    /// Task-container removals still running, by job.
+    removals: Mutex<HashMap<String, Vec<tokio::task::JoinHandle<()>>>>,
     http: Option<shipyard_storage::BlobClient>,
     shutdown: CancellationToken,
 }
@@ -125,8 +139,21 @@ impl Engine {
         Self::open_with(opts, Arc::new(ContainerNodes::new(docker))).await
     }
 
-    /// Opens with a given node kind.
+    /// Opens with a given node kind for container pools (VM-like pools use [`VmNodes`] with
+    /// `opts.vm_nodes`, after sweeping pools of dead engines).
     pub async fn open_with(opts: EngineOptions, kind: Arc<dyn NodeKind>) -> Result<Engine> {
+        let vm = VmNodes::new(opts.vm_nodes.clone());
+        vm.sweep().await;
+        Self::open_with_kinds(opts, kind, Arc::new(vm)).await
+    }
+
+    /// Opens with given node kinds: `kind` for pools with `containerConfiguration`, `vm` for
+    /// the others (VM-like nodes).
+    pub async fn open_with_kinds(
+        opts: EngineOptions,
+        kind: Arc<dyn NodeKind>,
+        vm: Arc<dyn NodeKind>,
+    ) -> Result<Engine> {
         std::fs::create_dir_all(&opts.state_dir)
             .map_err(|e| EngineError::io("creating state directory", &opts.state_dir, e))?;
         let dir = std::fs::canonicalize(&opts.state_dir)
@@ -158,9 +185,11 @@ impl Engine {
                 store,
                 state: Mutex::new(st),
                 kind,
+                vm,
                 wake: Notify::new(),
                 cancels: Mutex::new(HashMap::new()),
                 prep_locks: Mutex::new(HashMap::new()),
+                removals: Mutex::new(HashMap::new()),
                 http,
                 shutdown: CancellationToken::new(),
             }),
@@ -224,6 +253,20 @@ impl Engine {
         self.inner.wake.notify_one();
     }
 
+    /// The node kind of a pool: VM-like when it has no `containerConfiguration`.
+    pub(crate) fn kind_of(&self, pool: &str) -> Arc<dyn NodeKind> {
+        let vm = self
+            .lock()
+            .pools
+            .get(pool)
+            .is_some_and(|p| is_vm_pool(&p.params));
+        if vm {
+            self.inner.vm.clone()
+        } else {
+            self.inner.kind.clone()
+        }
+    }
+
     fn labels(&self, pool: &str) -> HashMap<String, String> {
         HashMap::from([
             (labels::ENGINE.to_string(), "1".to_string()),
@@ -250,7 +293,7 @@ impl Engine {
         };
         let mut dead = Vec::new();
         for n in &nodes {
-            if !self.inner.kind.node_alive(n).await {
+            if !self.kind_of(&n.pool).node_alive(n).await {
                 dead.push((n.pool.clone(), n.id.clone()));
             }
         }
@@ -401,10 +444,29 @@ impl Engine {
             );
             self.save(&st, &[Key::Pool(p.id.clone())])?;
         }
-        self.inner
-            .kind
-            .create_pool(&p.id, &network, &self.labels(&p.id))
-            .await?;
+        let mut images: Vec<String> = p
+            .virtual_machine_configuration
+            .as_ref()
+            .and_then(|v| v.container_configuration.as_ref())
+            .and_then(|c| c.container_image_names.clone())
+            .unwrap_or_default();
+        if is_vm_pool(&p) {
+            images.extend(self.inner.opts.mirror_images.iter().cloned());
+            images.dedup();
+        }
+        let setup = PoolSetup {
+            pool: p.id.clone(),
+            network,
+            labels: self.labels(&p.id),
+            nodes: target.max(0) as usize,
+            images,
+        };
+        if let Err(e) = self.kind_of(&p.id).create_pool(&setup).await {
+            let mut st = self.lock();
+            st.pools.remove(&p.id);
+            let _ = self.save(&st, &[Key::Pool(p.id.clone())]);
+            return Err(e);
+        }
         self.grow(&p.id, target.max(0) as usize).await;
         Ok(())
     }
@@ -507,7 +569,7 @@ impl Engine {
                     .map_err(|e| EngineError::io("creating node directory", &p, e))?;
             }
             set_open_mode(&r.root);
-            self.inner.kind.create_node(&r).await
+            self.kind_of(&r.pool).create_node(&r).await
         }
         .await;
         let ip = match made {
@@ -605,11 +667,12 @@ impl Engine {
         for (j, t) in tasks {
             self.cancel_task(&j, &t);
         }
-        futures::future::join_all(refs.iter().map(|r| self.inner.kind.remove_node(r))).await;
-        if let Err(e) = self.inner.kind.remove_labelled(labels::POOL, id).await {
+        let kind = self.kind_of(id);
+        futures::future::join_all(refs.iter().map(|r| kind.remove_node(r))).await;
+        if let Err(e) = kind.remove_labelled(labels::POOL, id).await {
             tracing::warn!(pool = id, error = %e, "removing pool containers");
         }
-        if let Err(e) = self.inner.kind.remove_pool(&network).await {
+        if let Err(e) = kind.remove_pool(&network).await {
             tracing::warn!(pool = id, error = %e, "removing pool network");
         }
         let dir = self.inner.opts.state_dir.join("pools").join(sanitize(id));
@@ -688,7 +751,7 @@ impl Engine {
                 }
             }
             if let Some(r) = r {
-                self.inner.kind.remove_node(&r).await?;
+                self.kind_of(id).remove_node(&r).await?;
                 let _ = std::fs::remove_dir_all(&r.root);
             }
             let mut st = self.lock();
@@ -1221,6 +1284,15 @@ impl Engine {
             }
         }
     }
+}
+
+/// Whether a pool has VM-like nodes (no `containerConfiguration`: Batch Shipyard's
+/// non-native mode).
+pub(crate) fn is_vm_pool(p: &PoolAddParameter) -> bool {
+    p.virtual_machine_configuration
+        .as_ref()
+        .and_then(|v| v.container_configuration.as_ref())
+        .is_none()
 }
 
 fn set_node_state(n: &mut ComputeNode, s: ComputeNodeState) {

@@ -104,15 +104,26 @@ pub enum RunEnd {
     Cancelled,
 }
 
+/// What a node kind gets to make a pool.
+#[derive(Debug, Clone, Default)]
+pub struct PoolSetup {
+    /// Pool id.
+    pub pool: String,
+    /// The pool's network name (the key of the pool in the node kind).
+    pub network: String,
+    /// Labels for everything made for the pool.
+    pub labels: HashMap<String, String>,
+    /// Nodes the pool is made with (VM-like pools cannot grow later).
+    pub nodes: usize,
+    /// Images the nodes must be able to pull (`containerImageNames`, plus the engine's
+    /// `mirror_images` for VM-like pools).
+    pub images: Vec<String>,
+}
+
 /// The node-kind seam.
 pub trait NodeKind: Send + Sync + 'static {
-    /// Creates the pool's network.
-    fn create_pool<'a>(
-        &'a self,
-        pool: &'a str,
-        network: &'a str,
-        labels: &'a HashMap<String, String>,
-    ) -> BoxFuture<'a, Result<()>>;
+    /// Creates the pool's network (and, for VM-like nodes, the nodes themselves).
+    fn create_pool<'a>(&'a self, setup: &'a PoolSetup) -> BoxFuture<'a, Result<()>>;
     /// Removes the pool's network (after its nodes).
     fn remove_pool<'a>(&'a self, network: &'a str) -> BoxFuture<'a, Result<()>>;
     /// Starts a node; returns its address.
@@ -128,9 +139,10 @@ pub trait NodeKind: Send + Sync + 'static {
         spec: &'a RunSpec,
         cancel: CancellationToken,
     ) -> BoxFuture<'a, Result<RunEnd>>;
-    /// Runs `argv` in a kept container made by [`NodeKind::run`] with `keep`.
+    /// Runs `argv` in a kept container made by [`NodeKind::run`] with `keep` (on `node`).
     fn exec<'a>(
         &'a self,
+        node: &'a NodeRef,
         spec: &'a RunSpec,
         argv: Vec<String>,
         cancel: CancellationToken,
@@ -145,16 +157,25 @@ pub trait NodeKind: Send + Sync + 'static {
 #[derive(Clone, Debug)]
 pub struct ContainerNodes {
     docker: Docker,
+    /// Images seen present (one inspect per image, not per task).
+    present: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
 
 impl ContainerNodes {
     /// Uses the given Docker connection.
     pub fn new(docker: Docker) -> Self {
-        ContainerNodes { docker }
+        ContainerNodes {
+            docker,
+            present: Default::default(),
+        }
     }
 
     async fn ensure_image(&self, image: &str) -> Result<()> {
-        if self.docker.inspect_image(image).await.is_ok() {
+        let known = self.present.lock().is_ok_and(|p| p.contains(image));
+        if known || self.docker.inspect_image(image).await.is_ok() {
+            if let Ok(mut p) = self.present.lock() {
+                p.insert(image.to_string());
+            }
             return Ok(());
         }
         let (name, tag) = split_image(image);
@@ -256,12 +277,7 @@ impl ContainerNodes {
             .condition("not-running")
             .build();
         let mut waiter = self.docker.wait_container(name, Some(opts));
-        let sleep = async {
-            match timeout {
-                Some(t) => tokio::time::sleep(t).await,
-                None => futures::future::pending().await,
-            }
-        };
+        let sleep = sleep_for(timeout);
         tokio::select! {
             r = waiter.next() => match r {
                 Some(Ok(w)) => Ok(RunEnd::Exited(w.status_code)),
@@ -331,12 +347,8 @@ where
 }
 
 impl NodeKind for ContainerNodes {
-    fn create_pool<'a>(
-        &'a self,
-        pool: &'a str,
-        network: &'a str,
-        labels: &'a HashMap<String, String>,
-    ) -> BoxFuture<'a, Result<()>> {
+    fn create_pool<'a>(&'a self, setup: &'a PoolSetup) -> BoxFuture<'a, Result<()>> {
+        let (pool, network, labels) = (&setup.pool, &setup.network, &setup.labels);
         Box::pin(async move {
             let req = NetworkCreateRequest {
                 name: network.to_string(),
@@ -462,7 +474,7 @@ impl NodeKind for ContainerNodes {
                     .map_err(|e| {
                         EngineError::docker(format!("starting container {}", spec.name), e)
                     })?;
-                return self.exec(spec, spec.argv.clone(), cancel).await;
+                return self.exec(node, spec, spec.argv.clone(), cancel).await;
             }
             let logs = self.start_logged(spec).await?;
             let end = self.wait(&spec.name, spec.timeout, &cancel).await;
@@ -473,6 +485,7 @@ impl NodeKind for ContainerNodes {
 
     fn exec<'a>(
         &'a self,
+        _node: &'a NodeRef,
         spec: &'a RunSpec,
         argv: Vec<String>,
         cancel: CancellationToken,
@@ -507,12 +520,7 @@ impl NodeKind for ContainerNodes {
                     write_stream(&mut output, &spec.stdout, &spec.stderr).await;
                 }
             };
-            let sleep = async {
-                match spec.timeout {
-                    Some(t) => tokio::time::sleep(t).await,
-                    None => futures::future::pending().await,
-                }
-            };
+            let sleep = sleep_for(spec.timeout);
             tokio::select! {
                 _ = run => {}
                 _ = sleep => { self.kill(&spec.name).await; return Ok(RunEnd::TimedOut) }
@@ -563,6 +571,14 @@ impl NodeKind for ContainerNodes {
             }
             Ok(())
         })
+    }
+}
+
+/// Sleeps `timeout`, or forever without one (a task's wall-clock limit).
+pub(crate) async fn sleep_for(timeout: Option<Duration>) {
+    match timeout {
+        Some(t) => tokio::time::sleep(t).await,
+        None => futures::future::pending().await,
     }
 }
 

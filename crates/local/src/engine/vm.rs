@@ -1,0 +1,449 @@
+//! VM-like nodes: pools without `containerConfiguration` (Batch Shipyard's non-native mode).
+//!
+//! Each pool is a [`shipyard_vm_node::VmPool`]: a network, mount and UTS namespace per node on
+//! a shipyard bridge, each node with its own dockerd. Tasks run as host processes inside the
+//! node's namespaces (`VmNode::command`, `DOCKER_HOST` set to the node's engine), with the
+//! engine's node root bind-mounted at the common path [`NODE_ROOT_DIR`]. The node engines use
+//! the pool's registry as their Docker Hub mirror, and the images of
+//! [`PoolSetup::images`] are pushed there once when the pool is made, so the non-native job
+//! preparation's `docker pull <image>` is a real pull that needs no network.
+
+use std::collections::HashMap;
+use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use futures::future::BoxFuture;
+use shipyard_vm_node::{Binaries, VmNode, VmPool};
+use tokio_util::sync::CancellationToken;
+
+use super::error::{EngineError, Result};
+use super::node::{sleep_for, NodeKind, NodeRef, PoolSetup, RunEnd, RunSpec, NODE_ROOT_DIR};
+
+/// Where VM-like pools keep their state.
+#[derive(Debug, Clone)]
+pub struct VmNodesOptions {
+    /// Pool records, node roots and engine data (`shipyard_vm_node::DEFAULT_STATE_DIR`).
+    pub state_dir: PathBuf,
+    /// The node engines' exec roots (`shipyard_vm_node::DEFAULT_RUN_DIR`; keep it short).
+    pub run_dir: PathBuf,
+    /// The programs to run.
+    pub binaries: Binaries,
+}
+
+impl Default for VmNodesOptions {
+    fn default() -> Self {
+        VmNodesOptions {
+            state_dir: shipyard_vm_node::DEFAULT_STATE_DIR.into(),
+            run_dir: shipyard_vm_node::DEFAULT_RUN_DIR.into(),
+            binaries: Binaries::default(),
+        }
+    }
+}
+
+struct VmPoolEntry {
+    pool: Mutex<Option<VmPool>>,
+    nodes: Vec<VmNode>,
+    /// Which engine node id holds each VM node (`None`: free).
+    assigned: Mutex<Vec<Option<String>>>,
+}
+
+/// The VM-like node kind.
+pub struct VmNodes {
+    opts: VmNodesOptions,
+    /// By pool network name.
+    pools: Mutex<HashMap<String, Arc<VmPoolEntry>>>,
+}
+
+impl std::fmt::Debug for VmNodes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VmNodes")
+            .field("opts", &self.opts)
+            .finish_non_exhaustive()
+    }
+}
+
+fn guard<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}
+
+fn vm_err(context: impl Into<String>, source: shipyard_vm_node::VmNodeError) -> EngineError {
+    EngineError::VmNode {
+        context: context.into(),
+        source,
+    }
+}
+
+fn joined<T>(r: std::result::Result<Result<T>, tokio::task::JoinError>, what: &str) -> Result<T> {
+    r.unwrap_or_else(|e| Err(EngineError::invalid(what, format!("worker failed: {e}"))))
+}
+
+/// The repository path a Docker Hub image has on a mirror (`library/` for official images);
+/// `None` for images of another registry (a mirror does not serve those).
+fn mirror_path(image: &str) -> Option<String> {
+    let first = image.split('/').next().unwrap_or_default();
+    let has_registry =
+        image.contains('/') && (first.contains('.') || first.contains(':') || first == "localhost");
+    if has_registry {
+        None
+    } else if image.contains('/') {
+        Some(image.to_string())
+    } else {
+        Some(format!("library/{image}"))
+    }
+}
+
+/// Pushes `image` from the host's engine to the pool registry under its mirror path.
+fn push_image(docker: &std::path::Path, push: std::net::SocketAddr, image: &str) -> Result<()> {
+    let Some(path) = mirror_path(image) else {
+        tracing::warn!(
+            image,
+            "not a Docker Hub image: the pool registry cannot mirror it"
+        );
+        return Ok(());
+    };
+    let target = format!("{push}/{path}");
+    let run = |args: &[&str]| -> Result<()> {
+        let out = std::process::Command::new(docker)
+            .args(args)
+            .output()
+            .map_err(|e| EngineError::io("running", docker, e))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(EngineError::invalid(
+                "containerImageNames",
+                format!(
+                    "docker {} (mirroring image {image} into the pool registry) failed: {}",
+                    args.join(" "),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ),
+            ))
+        }
+    };
+    run(&["tag", image, &target])?;
+    let pushed = run(&["push", "-q", &target]);
+    let untagged = run(&["rmi", &target]);
+    pushed.and(untagged)
+}
+
+impl VmNodes {
+    /// A node kind with these options (nothing is created until a pool is added).
+    pub fn new(opts: VmNodesOptions) -> Self {
+        VmNodes {
+            opts,
+            pools: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Removes VM-like pools left by engines whose process died.
+    pub async fn sweep(&self) {
+        let (dir, bins) = (self.opts.state_dir.clone(), self.opts.binaries.clone());
+        match tokio::task::spawn_blocking(move || shipyard_vm_node::sweep(&dir, &bins)).await {
+            Ok(Ok(r)) if !r.removed.is_empty() => {
+                tracing::info!(removed = ?r.removed, "swept VM-like pools of dead engines")
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "sweeping VM-like pools"),
+            _ => {}
+        }
+    }
+
+    fn entry(&self, network: &str) -> Option<Arc<VmPoolEntry>> {
+        guard(&self.pools).get(network).cloned()
+    }
+
+    fn vm_node(&self, node: &NodeRef) -> Result<VmNode> {
+        let entry = self
+            .entry(&node.network)
+            .ok_or_else(|| EngineError::not_found("NodeNotFound", &node.id))?;
+        let i = guard(&entry.assigned)
+            .iter()
+            .position(|a| a.as_deref() == Some(node.id.as_str()))
+            .ok_or_else(|| EngineError::not_found("NodeNotFound", &node.id))?;
+        Ok(entry.nodes[i].clone())
+    }
+
+    async fn process(
+        &self,
+        node: &NodeRef,
+        spec: &RunSpec,
+        argv: &[String],
+        cancel: &CancellationToken,
+    ) -> Result<RunEnd> {
+        let vm = self.vm_node(node)?;
+        let Some((prog, args)) = argv.split_first() else {
+            return Err(EngineError::invalid(
+                "commandLine",
+                "the command line is empty",
+            ));
+        };
+        // nsenter opens its --wd before entering the mount namespace, so the working
+        // directory (a path of the node's view) is entered by `env --chdir` inside it.
+        let mut cmd = match &spec.working_dir {
+            Some(wd) => vm
+                .command("env")
+                .arg(format!("--chdir={wd}"))
+                .arg("--")
+                .arg(prog),
+            None => vm.command(prog),
+        }
+        .args(args)
+        .env_clear();
+        let mut has_home = false;
+        for kv in spec.env.iter().chain(spec.run.env.iter()) {
+            if let Some((k, v)) = kv.split_once('=') {
+                has_home |= k == "HOME";
+                cmd = cmd.env(k, v);
+            }
+        }
+        let user = spec.run.user.clone().or_else(|| spec.user.clone());
+        if !has_home {
+            let home = match (&user, &spec.working_dir) {
+                (Some(_), Some(wd)) => wd.clone(),
+                _ => "/root".to_string(),
+            };
+            cmd = cmd.env("HOME", home);
+        }
+        let mut tc = cmd.into_tokio();
+        if let Some(u) = &user {
+            let (uid, gid) = u.split_once(':').unwrap_or((u.as_str(), u.as_str()));
+            match (uid.parse::<u32>(), gid.parse::<u32>()) {
+                (Ok(uid), Ok(gid)) => {
+                    tc.uid(uid).gid(gid);
+                }
+                _ => {
+                    return Err(EngineError::invalid(
+                        "userIdentity",
+                        format!("{u} is not uid:gid"),
+                    ))
+                }
+            }
+        }
+        let open = |p: &std::path::Path| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .map_err(|e| EngineError::io("opening task output", p, e))
+        };
+        tc.stdout(Stdio::from(open(&spec.stdout)?))
+            .stderr(Stdio::from(open(&spec.stderr)?));
+        let mut child = tc.spawn().map_err(|e| {
+            EngineError::io(
+                "starting a task process via",
+                &self.opts.binaries.nsenter,
+                e,
+            )
+        })?;
+        let pgid = child.id();
+        let sleep = sleep_for(spec.timeout);
+        let end = tokio::select! {
+            s = child.wait() => {
+                let s = s.map_err(|e| EngineError::io("waiting for a task process via", &self.opts.binaries.nsenter, e))?;
+                return Ok(RunEnd::Exited(s.code().map_or_else(|| 128 + i64::from(s.signal().unwrap_or(9)), i64::from)));
+            }
+            _ = sleep => RunEnd::TimedOut,
+            _ = cancel.cancelled() => RunEnd::Cancelled,
+        };
+        if let Some(pgid) = pgid {
+            let _ = tokio::process::Command::new(&self.opts.binaries.kill)
+                .args(["-KILL", "--", &format!("-{pgid}")])
+                .output()
+                .await;
+        }
+        let _ = child.wait().await;
+        Ok(end)
+    }
+}
+
+impl NodeKind for VmNodes {
+    fn create_pool<'a>(&'a self, setup: &'a PoolSetup) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            if self.entry(&setup.network).is_some() {
+                return Ok(());
+            }
+            if setup.nodes == 0 {
+                return Err(EngineError::invalid(
+                    "targetDedicatedNodes",
+                    "a pool of VM-like nodes is made with its nodes; it cannot start empty",
+                ));
+            }
+            let builder = VmPool::builder()
+                .nodes(setup.nodes)
+                .state_dir(&self.opts.state_dir)
+                .run_dir(&self.opts.run_dir)
+                .node_root_dir(NODE_ROOT_DIR)
+                .binaries(self.opts.binaries.clone())
+                .registry(true)
+                .registry_mirror(true);
+            let pool_id = setup.pool.clone();
+            let pool = tokio::task::spawn_blocking(move || {
+                builder
+                    .create()
+                    .map_err(|e| vm_err(format!("creating the nodes of pool {pool_id}"), e))
+            })
+            .await;
+            let pool = joined(pool, "pool")?;
+            if let Some(reg) = pool.registry() {
+                let push = reg.push_address();
+                let docker = self.opts.binaries.docker.clone();
+                let images = setup.images.clone();
+                let pushed = tokio::task::spawn_blocking(move || {
+                    images
+                        .iter()
+                        .try_for_each(|image| push_image(&docker, push, image))
+                })
+                .await;
+                if let Err(e) = joined(pushed, "containerImageNames") {
+                    tokio::task::spawn_blocking(move || pool.delete())
+                        .await
+                        .ok();
+                    return Err(e);
+                }
+            }
+            let nodes = pool.nodes().to_vec();
+            let entry = VmPoolEntry {
+                assigned: Mutex::new(vec![None; nodes.len()]),
+                nodes,
+                pool: Mutex::new(Some(pool)),
+            };
+            guard(&self.pools).insert(setup.network.clone(), Arc::new(entry));
+            Ok(())
+        })
+    }
+
+    fn remove_pool<'a>(&'a self, network: &'a str) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let Some(entry) = guard(&self.pools).remove(network) else {
+                return Ok(());
+            };
+            let pool = guard(&entry.pool).take();
+            if let Some(pool) = pool {
+                tokio::task::spawn_blocking(move || pool.delete())
+                    .await
+                    .map_err(|e| EngineError::invalid("pool", format!("removal failed: {e}")))?;
+            }
+            Ok(())
+        })
+    }
+
+    fn create_node<'a>(&'a self, node: &'a NodeRef) -> BoxFuture<'a, Result<String>> {
+        Box::pin(async move {
+            let entry = self.entry(&node.network).ok_or_else(|| {
+                EngineError::invalid("pool", format!("pool {} has no VM-like nodes", node.pool))
+            })?;
+            let vm = {
+                let mut a = guard(&entry.assigned);
+                let Some(i) = a.iter().position(Option::is_none) else {
+                    return Err(EngineError::invalid(
+                        "targetDedicatedNodes",
+                        format!(
+                            "pool {} of VM-like nodes cannot grow beyond the {} nodes it was made with",
+                            node.pool,
+                            entry.nodes.len()
+                        ),
+                    ));
+                };
+                a[i] = Some(node.id.clone());
+                entry.nodes[i].clone()
+            };
+            // The engine's node root becomes the node's root at the common path.
+            let out = vm
+                .command(&self.opts.binaries.mount)
+                .arg("--bind")
+                .arg(&node.root)
+                .arg(NODE_ROOT_DIR)
+                .output()
+                .await
+                .map_err(|e| vm_err(format!("mounting the root of node {}", node.id), e))?;
+            if out.code != Some(0) {
+                return Err(EngineError::invalid(
+                    "node",
+                    format!(
+                        "mounting {} at {NODE_ROOT_DIR} on node {}: {}",
+                        node.root.display(),
+                        node.id,
+                        out.stderr_text().trim()
+                    ),
+                ));
+            }
+            Ok(vm.address().to_string())
+        })
+    }
+
+    fn remove_node<'a>(&'a self, node: &'a NodeRef) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            if let Some(entry) = self.entry(&node.network) {
+                for a in guard(&entry.assigned).iter_mut() {
+                    if a.as_deref() == Some(node.id.as_str()) {
+                        *a = None;
+                    }
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn node_alive<'a>(&'a self, node: &'a NodeRef) -> BoxFuture<'a, bool> {
+        Box::pin(async move {
+            let Ok(vm) = self.vm_node(node) else {
+                return false;
+            };
+            tokio::task::spawn_blocking(move || vm.ensure_ready().is_ok())
+                .await
+                .unwrap_or(false)
+        })
+    }
+
+    fn run<'a>(
+        &'a self,
+        node: &'a NodeRef,
+        spec: &'a RunSpec,
+        cancel: CancellationToken,
+    ) -> BoxFuture<'a, Result<RunEnd>> {
+        Box::pin(async move { self.process(node, spec, &spec.argv, &cancel).await })
+    }
+
+    fn exec<'a>(
+        &'a self,
+        node: &'a NodeRef,
+        spec: &'a RunSpec,
+        argv: Vec<String>,
+        cancel: CancellationToken,
+    ) -> BoxFuture<'a, Result<RunEnd>> {
+        Box::pin(async move { self.process(node, spec, &argv, &cancel).await })
+    }
+
+    fn remove_container<'a>(&'a self, _name: &'a str) -> BoxFuture<'a, Result<()>> {
+        // Tasks on VM-like nodes are processes, not containers of the host's engine.
+        Box::pin(async { Ok(()) })
+    }
+
+    fn remove_labelled<'a>(
+        &'a self,
+        _label: &'a str,
+        _value: &'a str,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::mirror_path;
+
+    #[test]
+    fn mirror_paths_of_hub_images_and_none_for_other_registries() {
+        assert_eq!(
+            mirror_path("shipyard/mpi:bookworm").as_deref(),
+            Some("shipyard/mpi:bookworm")
+        );
+        assert_eq!(mirror_path("alpine:3").as_deref(), Some("library/alpine:3"));
+        assert_eq!(mirror_path("ghcr.io/a/b:1"), None);
+        assert_eq!(mirror_path("localhost:5000/a"), None);
+    }
+}

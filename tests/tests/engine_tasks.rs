@@ -1,0 +1,383 @@
+//! Task semantics of the local engine on container pools, on real Docker: multi-instance Open
+//! MPI across 3 nodes (coordination starts sshd as raw Batch users do), maxTaskRetryCount,
+//! maxWallClockTime, dependencies with exit-condition dependency actions, exit conditions →
+//! jobAction, and resource files from an HTTP server on loopback (a 404 is a pre-processing
+//! error naming the URL).
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::time::{Duration, Instant};
+
+#[path = "engine_support.rs"]
+mod engine_support;
+use engine_support::{completed, mpi_task, task_outputs, task_text, wait_for, wait_idle};
+
+use shipyard_batch_api::models::{
+    CloudTask, JobAddParameter, JobState, PoolAddParameter, TaskAddParameter, TaskExecutionResult,
+};
+use shipyard_e2e::{HelloReport, TEST_IMAGE};
+use shipyard_local::engine::{Engine, EngineOptions};
+
+fn pool(id: &str, nodes: i32, slots: i32) -> PoolAddParameter {
+    model!({
+        "id": id, "vmSize": "standard_d2s_v3", "targetDedicatedNodes": nodes,
+        "taskSlotsPerNode": slots, "enableInterNodeCommunication": true,
+        "virtualMachineConfiguration": {
+            "imageReference": {}, "nodeAgentSKUId": "batch.node.ubuntu 22.04",
+            "containerConfiguration": {"type": "dockerCompatible", "containerImageNames": [TEST_IMAGE]}
+        }
+    })
+}
+
+fn job(id: &str, pool: &str, extra: serde_json::Value) -> JobAddParameter {
+    let mut v = serde_json::json!({
+        "id": id, "poolInfo": {"poolId": pool}, "onAllTasksComplete": "terminatejob"
+    });
+    if let (Some(o), Some(x)) = (v.as_object_mut(), extra.as_object()) {
+        o.extend(x.clone());
+    }
+    serde_json::from_value(v).expect("job")
+}
+
+/// A task in the test image; `extra` is merged into the JSON.
+fn task(id: &str, cmd: &str, extra: serde_json::Value) -> TaskAddParameter {
+    let mut v = serde_json::json!({
+        "id": id, "commandLine": cmd,
+        "containerSettings": {"imageName": TEST_IMAGE}
+    });
+    if let (Some(o), Some(x)) = (v.as_object_mut(), extra.as_object()) {
+        o.extend(x.clone());
+    }
+    serde_json::from_value(v).expect("task")
+}
+
+fn result(t: &CloudTask) -> (Option<TaskExecutionResult>, Option<i32>, Option<String>) {
+    let i = t.execution_info.clone().unwrap_or_default();
+    (i.result, i.exit_code, i.failure_info.and_then(|f| f.code))
+}
+
+/// Seconds from `a` to `b`, two RFC 3339 UTC times of the same day (as the engine writes them).
+fn secs_between(a: &Option<String>, b: &Option<String>) -> f64 {
+    let secs = |s: &Option<String>| -> f64 {
+        let t = s
+            .as_deref()
+            .and_then(|s| s.split_once('T'))
+            .map(|(_, t)| t.trim_end_matches('Z'))
+            .expect("an RFC 3339 UTC time");
+        t.split(':')
+            .map(|x| x.parse::<f64>().expect("a time field"))
+            .fold(0.0, |acc, x| acc * 60.0 + x)
+    };
+    secs(b) - secs(a)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engine_retries_wall_clock_dependencies_and_dependency_actions() -> anyhow::Result<()> {
+    if !shipyard_e2e::require_test_image() {
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let e = Engine::open(EngineOptions::new(dir.path())).await?;
+    e.add_pool(pool("pc", 1, 4)).await?;
+    wait_idle(&e, "pc", 1, 120).await;
+    e.add_job(job(
+        "jc",
+        "pc",
+        serde_json::json!({"usesTaskDependencies": true}),
+    ))
+    .await?;
+    let tries = "/bin/sh -c 'echo try >> $AZ_BATCH_NODE_SHARED_DIR/tries; exit 3'";
+    e.add_tasks(
+        "jc",
+        vec![
+            task(
+                "fail3",
+                tries,
+                serde_json::json!({
+                    "constraints": {"maxTaskRetryCount": 2},
+                    "exitConditions": {"exitCodes": [{"code": 3, "exitOptions": {"dependencyAction": "satisfy"}}]}
+                }),
+            ),
+            task(
+                "slow",
+                "sleep 60",
+                serde_json::json!({"constraints": {"maxWallClockTime": "PT2S"}}),
+            ),
+            task(
+                "a",
+                "/bin/sh -c 'sleep 1; echo from-a > $AZ_BATCH_NODE_SHARED_DIR/a'",
+                serde_json::json!({}),
+            ),
+            task(
+                "b",
+                "/bin/sh -c 'cat $AZ_BATCH_NODE_SHARED_DIR/a'",
+                serde_json::json!({"dependsOn": {"taskIds": ["a"]}}),
+            ),
+            task(
+                "after-fail",
+                "/bin/sh -c 'wc -l < $AZ_BATCH_NODE_SHARED_DIR/tries'",
+                serde_json::json!({"dependsOn": {"taskIds": ["fail3"]}}),
+            ),
+        ],
+    )
+    .await?;
+    let f = completed(&e, "jc", "fail3", 120).await;
+    assert_eq!(
+        result(&f),
+        (Some(TaskExecutionResult::Failure), Some(3), None),
+        "{}",
+        task_outputs(dir.path())
+    );
+    assert_eq!(f.execution_info.as_ref().map(|i| i.retry_count), Some(2));
+
+    let s = completed(&e, "jc", "slow", 60).await;
+    let si = s.execution_info.clone().unwrap_or_default();
+    assert_eq!(
+        si.failure_info.and_then(|f| f.code).as_deref(),
+        Some("MaxWallClockTimeExceeded")
+    );
+    let ran = secs_between(&si.start_time, &si.end_time);
+    assert!(
+        (1.5..15.0).contains(&ran),
+        "killed after its 2 s limit, ran {ran}s"
+    );
+
+    let a = completed(&e, "jc", "a", 60).await;
+    let b = completed(&e, "jc", "b", 60).await;
+    assert_eq!(
+        result(&b),
+        (Some(TaskExecutionResult::Success), Some(0), None)
+    );
+    assert_eq!(task_text(&e, "jc", "b", "stdout.txt").trim(), "from-a");
+    let ae = a.execution_info.and_then(|i| i.end_time);
+    let bs = b.execution_info.and_then(|i| i.start_time);
+    assert!(secs_between(&ae, &bs) >= 0.0, "b started after a ended");
+
+    // fail3's exit code 3 satisfies its dependants (after all three tries).
+    let af = completed(&e, "jc", "after-fail", 60).await;
+    assert_eq!(
+        result(&af),
+        (Some(TaskExecutionResult::Success), Some(0), None)
+    );
+    assert_eq!(task_text(&e, "jc", "after-fail", "stdout.txt").trim(), "3");
+    wait_for("job completion", 60, || {
+        e.get_job("jc")
+            .is_ok_and(|j| j.state == Some(JobState::Completed))
+    })
+    .await;
+    e.delete_pool("pc").await?;
+    wait_for("pool deletion", 60, || e.get_pool("pc").is_err()).await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engine_exit_code_with_job_action_terminate_ends_the_job() -> anyhow::Result<()> {
+    if !shipyard_e2e::require_test_image() {
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let e = Engine::open(EngineOptions::new(dir.path())).await?;
+    e.add_pool(pool("pt", 1, 2)).await?;
+    wait_idle(&e, "pt", 1, 120).await;
+    e.add_job(job(
+        "jt",
+        "pt",
+        serde_json::json!({"onTaskFailure": "performexitoptionsjobaction"}),
+    ))
+    .await?;
+    let t0 = Instant::now();
+    e.add_tasks(
+        "jt",
+        vec![
+            task("long", "sleep 120", serde_json::json!({})),
+            task(
+                "seven",
+                "/bin/sh -c 'sleep 1; exit 7'",
+                serde_json::json!({
+                    "exitConditions": {"exitCodeRanges": [{"start": 5, "end": 9, "exitOptions": {"jobAction": "terminate"}}]}
+                }),
+            ),
+        ],
+    )
+    .await?;
+    wait_for("the job to end", 60, || {
+        e.get_job("jt")
+            .is_ok_and(|j| j.state == Some(JobState::Completed))
+    })
+    .await;
+    let j = e.get_job("jt")?;
+    assert_eq!(
+        j.execution_info.and_then(|i| i.terminate_reason).as_deref(),
+        Some("TaskFailed")
+    );
+    let seven = e.get_task("jt", "seven")?;
+    assert_eq!(result(&seven).1, Some(7));
+    let long = completed(&e, "jt", "long", 30).await;
+    assert_eq!(result(&long).0, Some(TaskExecutionResult::Failure));
+    assert!(t0.elapsed() < Duration::from_secs(60), "long was stopped");
+    e.delete_pool("pt").await?;
+    wait_for("pool deletion", 60, || e.get_pool("pt").is_err()).await;
+    Ok(())
+}
+
+/// Serves `files` over HTTP/1.1 on loopback (404 for anything else); returns the address.
+fn serve(files: Vec<(&'static str, Vec<u8>)>) -> std::io::Result<SocketAddr> {
+    let l = TcpListener::bind("127.0.0.1:0")?;
+    let addr = l.local_addr()?;
+    std::thread::spawn(move || {
+        for mut s in l.incoming().flatten() {
+            let mut req = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => req.extend_from_slice(&buf[..n]),
+                }
+            }
+            let text = String::from_utf8_lossy(&req);
+            let path = text.split_whitespace().nth(1).unwrap_or_default();
+            let head = text.starts_with("HEAD ");
+            let (status, body) = match files.iter().find(|(p, _)| *p == path) {
+                Some((_, b)) => ("200 OK", b.clone()),
+                None => ("404 Not Found", b"no such file".to_vec()),
+            };
+            let _ = write!(
+                s,
+                "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            if !head {
+                let _ = s.write_all(&body);
+            }
+        }
+    });
+    Ok(addr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engine_resource_files_from_loopback_http_and_a_404_names_the_url() -> anyhow::Result<()> {
+    if !shipyard_e2e::require_test_image() {
+        return Ok(());
+    }
+    let data: Vec<u8> = (0..70_000u32).map(|i| (i * 31 % 251) as u8).collect();
+    let addr = serve(vec![("/data.bin", data.clone())])?;
+    let dir = tempfile::tempdir()?;
+    let e = Engine::open(EngineOptions::new(dir.path())).await?;
+    e.add_pool(pool("pr", 1, 2)).await?;
+    wait_idle(&e, "pr", 1, 120).await;
+    e.add_job(job("jr", "pr", serde_json::json!({}))).await?;
+    let missing = format!("http://{addr}/missing.bin");
+    e.add_tasks(
+        "jr",
+        vec![
+            task(
+                "fetch",
+                "/bin/sh -c 'cksum < in/data.bin; stat -c %a in/data.bin'",
+                serde_json::json!({"resourceFiles": [
+                    {"httpUrl": format!("http://{addr}/data.bin"), "filePath": "in/data.bin", "fileMode": "0640"}
+                ]}),
+            ),
+            task(
+                "broken",
+                "/bin/sh -c 'echo ran > $AZ_BATCH_NODE_SHARED_DIR/broken-ran'",
+                serde_json::json!({"resourceFiles": [{"httpUrl": missing, "filePath": "x"}]}),
+            ),
+        ],
+    )
+    .await?;
+    let f = completed(&e, "jr", "fetch", 60).await;
+    assert_eq!(
+        result(&f),
+        (Some(TaskExecutionResult::Success), Some(0), None),
+        "{}",
+        task_outputs(dir.path())
+    );
+    let wd_file = e.task_file("jr", "fetch", "wd/in/data.bin")?;
+    assert_eq!(std::fs::read(&wd_file.path)?, data, "the bytes served");
+    let out = task_text(&e, "jr", "fetch", "stdout.txt");
+    let mut lines = out.lines();
+    let cksum = std::process::Command::new("cksum")
+        .stdin(std::fs::File::open(&wd_file.path)?)
+        .output()?;
+    assert_eq!(
+        lines.next(),
+        Some(String::from_utf8_lossy(&cksum.stdout).trim()),
+        "the task read the same bytes: {out:?} {}",
+        task_text(&e, "jr", "fetch", "stderr.txt")
+    );
+    assert_eq!(lines.next(), Some("640"), "fileMode");
+
+    let b = completed(&e, "jr", "broken", 60).await;
+    let bi = b.execution_info.clone().unwrap_or_default();
+    assert_eq!(bi.result, Some(TaskExecutionResult::Failure));
+    assert_eq!(bi.exit_code, None, "the command never ran");
+    let fi = bi.failure_info.expect("failure information");
+    assert_eq!(
+        fi.category,
+        shipyard_batch_api::models::ErrorCategory::UserError
+    );
+    assert!(
+        fi.message.as_deref().is_some_and(|m| m.contains(&missing)),
+        "names the URL: {fi:?}"
+    );
+    assert!(
+        !dir.path().join("pools/pr/pr-n0/shared/broken-ran").exists(),
+        "the command did not run"
+    );
+    e.delete_pool("pr").await?;
+    wait_for("pool deletion", 60, || e.get_pool("pr").is_err()).await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engine_multi_instance_openmpi_across_three_container_nodes() -> anyhow::Result<()> {
+    if !shipyard_e2e::require_test_image() {
+        return Ok(());
+    }
+    let key = shipyard_runtime::ssh::JobSshKey::generate("engine-test")?;
+    let dir = tempfile::tempdir()?;
+    let e = Engine::open(EngineOptions::new(dir.path())).await?;
+    e.add_pool(pool("pm", 3, 1)).await?;
+    wait_idle(&e, "pm", 3, 120).await;
+    e.add_job(job("jm", "pm", serde_json::json!({}))).await?;
+    let app = format!(
+        "/bin/bash -c 'mpirun.openmpi --allow-run-as-root -np 6 --host $(echo $AZ_BATCH_HOST_LIST | sed \"s/\\([^,]*\\)/\\1:2/g\") \
+         --mca btl_tcp_if_include eth0 --mca oob_tcp_if_include eth0 {}'",
+        shipyard_e2e::image_hello_path(shipyard_e2e::MpiKind::OpenMpi)
+    );
+    let t0 = Instant::now();
+    e.add_tasks("jm", vec![mpi_task(&app, &key, 3)]).await?;
+    let t = completed(&e, "jm", "mpi", 180).await;
+    let secs = t0.elapsed().as_secs_f64();
+    let stdout = task_text(&e, "jm", "mpi", "stdout.txt");
+    assert_eq!(
+        result(&t),
+        (Some(TaskExecutionResult::Success), Some(0), None),
+        "{}",
+        task_outputs(dir.path())
+    );
+    HelloReport::parse(&stdout).assert_complete(6);
+    let subtasks = e.list_subtasks("jm", "mpi")?;
+    assert_eq!(
+        subtasks.len(),
+        2,
+        "subtasks of the 2 non-primary nodes: {subtasks:?}"
+    );
+    eprintln!("engine_tasks: multi-instance 3 nodes x 2 ranks {secs:.2}s");
+    // The kept subtask containers are gone once the primary ended.
+    let inst = e.instance_label().to_string();
+    let left = || {
+        std::process::Command::new("docker")
+            .args(["ps", "-aq", "--filter", "label=shipyard.engine.task=jm/mpi"])
+            .args([
+                "--filter",
+                &format!("label=shipyard.engine.instance={inst}"),
+            ])
+            .output()
+            .is_ok_and(|o| o.status.success() && o.stdout.is_empty())
+    };
+    wait_for("the task containers to go", 20, left).await;
+    e.delete_pool("pm").await?;
+    wait_for("pool deletion", 60, || e.get_pool("pm").is_err()).await;
+    Ok(())
+}

@@ -1,0 +1,237 @@
+//! The engine's VM-like nodes for real: the Docker runtime's NON-NATIVE plan of
+//! `examples/local-openmpi.toml` (3 nodes × 2 ranks), unmodified, on a pool without
+//! `containerConfiguration`. Each node is a set of namespaces with its own dockerd; the job
+//! preparation's `docker pull` is served by the pool registry (the nodes' Docker Hub mirror),
+//! coordination starts sshd containers (`docker run -d --net=host`), the application runs
+//! `docker exec … mpirun`, and the release removes the containers.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+#[path = "engine_support.rs"]
+mod engine_support;
+use engine_support::{task_outputs, wait_for};
+
+use shipyard_batch_api::models::{TaskExecutionResult, TaskState};
+use shipyard_e2e::HelloReport;
+use shipyard_local::engine::{Engine, EngineOptions, VmNodesOptions};
+use shipyard_runtime::ssh::JobSshKey;
+use shipyard_runtime::{JobSpec, PoolSpec};
+
+/// Heavy (several dockerds each): one at a time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Root, and the programs VM-like nodes run (on top of the test image).
+fn require_node_programs() -> bool {
+    if !shipyard_e2e::require_test_image() {
+        return false;
+    }
+    let probe = "command -v ip nsenter unshare iptables dockerd docker-registry >/dev/null && [ \"$(id -u)\" = 0 ]";
+    let ok = Command::new("sh")
+        .args(["-c", probe])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        let what = "root and ip, nsenter, unshare, iptables, dockerd, docker-registry";
+        if !shipyard_e2e::in_ci()
+            && std::env::var("SHIPYARD_TEST_ALLOW_SKIP").is_ok_and(|v| v == "1")
+        {
+            eprintln!("SKIPPED: VM-like nodes need {what}");
+            return false;
+        }
+        panic!("VM-like nodes need {what}: run `bash scripts/setup.sh`");
+    }
+    true
+}
+
+fn docker_ids_on(socket: &Path) -> Vec<String> {
+    let out = Command::new("docker")
+        .arg("-H")
+        .arg(format!("unix://{}", socket.display()))
+        .args(["ps", "-aq"])
+        .output()
+        .expect("docker ps on a node");
+    assert!(out.status.success(), "docker ps on {}", socket.display());
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(String::from)
+        .collect()
+}
+
+/// The node sockets of every VM-like pool under `vm_state`.
+fn node_sockets(vm_state: &Path) -> Vec<PathBuf> {
+    let mut v = Vec::new();
+    for pool in std::fs::read_dir(vm_state.join("pools"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        for node in std::fs::read_dir(pool.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let s = node.path().join("docker.sock");
+            if s.exists() {
+                v.push(s);
+            }
+        }
+    }
+    v.sort();
+    v
+}
+
+fn engine_options(dir: &Path, run_tag: &str) -> EngineOptions {
+    let mut opts = EngineOptions::new(dir.join("engine"));
+    opts.vm_nodes = VmNodesOptions {
+        state_dir: dir.join("vm"),
+        run_dir: PathBuf::from(format!("/run/shipyard-e2-{run_tag}")),
+        ..Default::default()
+    };
+    opts
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engine_runs_the_non_native_openmpi_example_on_three_vm_like_nodes() -> anyhow::Result<()> {
+    if !require_node_programs() {
+        return Ok(());
+    }
+    let _serial = SERIAL.lock().await;
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/local-openmpi.toml");
+    let doc: toml::Table = toml::from_str(&std::fs::read_to_string(&example)?)?;
+    let pool_spec: PoolSpec = doc["pool_specification"].clone().try_into()?;
+    let job_spec: JobSpec = doc["job_specifications"]
+        .as_array()
+        .and_then(|a| a.first())
+        .cloned()
+        .ok_or_else(|| anyhow::anyhow!("no job"))?
+        .try_into()?;
+    assert!(
+        !pool_spec.facts().native_containers,
+        "the example is non-native"
+    );
+    shipyard_runtime_docker::link();
+    let runtime = shipyard_runtime::registry::get("docker")?;
+    let mut plan = runtime.plan(&job_spec, &pool_spec.facts())?;
+    let key = JobSshKey::generate(&format!("shipyard-{}", job_spec.id))?;
+    plan.install_ssh_key(&key)?;
+    let pool_param = pool_spec.add_parameter(&[&plan])?;
+    assert!(
+        pool_param
+            .virtual_machine_configuration
+            .as_ref()
+            .is_some_and(|v| v.container_configuration.is_none()),
+        "a non-native pool has no containerConfiguration"
+    );
+    let pool_id = pool_param.id.clone();
+    let job_param = plan.job_add_parameter(&job_spec.id, &pool_id);
+
+    let dir = tempfile::tempdir()?;
+    let vm_state = dir.path().join("vm");
+    let e = Engine::open(engine_options(dir.path(), &std::process::id().to_string())).await?;
+    let t0 = Instant::now();
+    e.add_pool(pool_param).await?;
+    wait_for("3 idle VM-like nodes", 180, || {
+        e.list_nodes(&pool_id).is_ok_and(|v| {
+            v.len() == 3
+                && v.iter()
+                    .all(|n| n.state == Some(shipyard_batch_api::models::ComputeNodeState::Idle))
+        })
+    })
+    .await;
+    let pool_secs = t0.elapsed().as_secs_f64();
+    let sockets = node_sockets(&vm_state);
+    assert_eq!(sockets.len(), 3, "one engine per node: {sockets:?}");
+
+    let t1 = Instant::now();
+    e.add_job(job_param).await?;
+    let results = e.add_tasks(&job_spec.id, plan.tasks.clone()).await?;
+    assert_eq!(results.len(), 1);
+    let job_id = job_spec.id.clone();
+    wait_for("the MPI task", 240, || {
+        e.get_task(&job_id, "hello")
+            .is_ok_and(|t| t.state == Some(TaskState::Completed))
+    })
+    .await;
+    let job_secs = t1.elapsed().as_secs_f64();
+    let t = e.get_task(&job_id, "hello")?;
+    let read = |f: &str| {
+        e.task_file(&job_id, "hello", f)
+            .ok()
+            .and_then(|c| std::fs::read_to_string(c.path).ok())
+            .unwrap_or_default()
+    };
+    let (stdout, stderr) = (read("stdout.txt"), read("stderr.txt"));
+    let info = t.execution_info.clone().unwrap_or_default();
+    assert_eq!(
+        info.result,
+        Some(TaskExecutionResult::Success),
+        "task failed: {:?}\nstdout:\n{stdout}\nstderr:\n{stderr}\n{}",
+        info.failure_info,
+        task_outputs(&dir.path().join("engine"))
+    );
+    assert_eq!(info.exit_code, Some(0));
+    let report = HelloReport::parse(&stdout);
+    report.assert_complete(6);
+    let mut hosts: Vec<&str> = report.ranks.iter().map(|r| r.2.as_str()).collect();
+    hosts.sort_unstable();
+    hosts.dedup();
+    assert_eq!(hosts.len(), 3, "ranks on 3 distinct nodes: {hosts:?}");
+
+    // Preparation ran (and pulled) on every node; release removed every container.
+    let prep = e.prep_release_status(&job_id)?;
+    assert_eq!(prep.len(), 3, "prep on 3 nodes: {prep:?}");
+    for p in &prep {
+        let pi = p.job_preparation_task_execution_info.as_ref();
+        assert_eq!(pi.and_then(|i| i.exit_code), Some(0), "prep: {p:?}");
+    }
+    wait_for("release on 3 nodes", 120, || {
+        e.prep_release_status(&job_id).is_ok_and(|v| {
+            v.iter().all(|p| {
+                p.job_release_task_execution_info
+                    .as_ref()
+                    .and_then(|i| i.exit_code)
+                    == Some(0)
+            })
+        })
+    })
+    .await;
+    for s in &sockets {
+        assert_eq!(
+            docker_ids_on(s),
+            Vec::<String>::new(),
+            "left on {}",
+            s.display()
+        );
+        let images = Command::new("docker")
+            .arg("-H")
+            .arg(format!("unix://{}", s.display()))
+            .args(["image", "inspect", "-f", "ok", shipyard_e2e::TEST_IMAGE])
+            .output()?;
+        assert!(images.status.success(), "the node pulled the image");
+    }
+    eprintln!("engine_vm: pool of 3 VM-like nodes {pool_secs:.2}s, job {job_secs:.2}s");
+
+    // Pool deletion removes the nodes: namespaces, bridge, state.
+    let pool_dirs: Vec<String> = std::fs::read_dir(vm_state.join("pools"))?
+        .flatten()
+        .map(|d| d.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(pool_dirs.len(), 1);
+    e.delete_pool(&pool_id).await?;
+    wait_for("pool deletion", 60, || e.get_pool(&pool_id).is_err()).await;
+    let netns = Command::new("ip").args(["netns", "list"]).output()?;
+    let netns = String::from_utf8_lossy(&netns.stdout);
+    assert!(
+        !netns.contains(&format!("shipyard-{}", pool_dirs[0])),
+        "namespaces left: {netns}"
+    );
+    let links = Command::new("ip").args(["link", "show"]).output()?;
+    assert!(
+        !String::from_utf8_lossy(&links.stdout).contains(&format!("syb{}", pool_dirs[0])),
+        "bridge left"
+    );
+    assert!(node_sockets(&vm_state).is_empty());
+    Ok(())
+}
