@@ -187,6 +187,13 @@ fn launcher_view(run: &DryRun, task: usize, launcher: &str) -> (Vec<String>, Vec
     )
 }
 
+/// Hydra's (Intel MPI, MPICH, MVAPICH) ranks, ranks per node and hosts on the 2-node view.
+fn assert_hydra_placement(argv: &[String], ranks: &str, per_node: &str) {
+    assert_eq!(after(argv, "-n"), Some(ranks), "{argv:?}");
+    assert_eq!(after(argv, "-ppn"), Some(per_node), "{argv:?}");
+    assert_eq!(after(argv, "-hosts"), Some("10.0.0.4,10.0.0.5"), "{argv:?}");
+}
+
 /// The value after `flag` in `argv`.
 fn after<'a>(argv: &'a [String], flag: &str) -> Option<&'a str> {
     argv.iter()
@@ -237,13 +244,7 @@ fn mpibench_mpich_launches_like_batch_shipyard() -> Result<()> {
     );
     assert_eq!(runs[0].pool["targetLowPriorityNodes"], 2);
     let (argv, _) = launcher_view(&runs[0], 0, "mpirun");
-    assert_eq!(after(&argv, "-n"), Some("8"), "{argv:?}");
-    assert_eq!(after(&argv, "-ppn"), Some("4"), "{argv:?}");
-    assert_eq!(
-        after(&argv, "-hosts"),
-        Some("10.0.0.4,10.0.0.5"),
-        "{argv:?}"
-    );
+    assert_hydra_placement(&argv, "8", "4");
     assert!(
         ends_with(&argv, &["/mpiBench/mpiBench", "-e", "1K"]),
         "{argv:?}"
@@ -260,13 +261,7 @@ fn mpibench_mpich_launches_like_batch_shipyard() -> Result<()> {
 fn mpibench_intelmpi_on_sriov_gets_the_fabric_settings() -> Result<()> {
     let runs = dry_run("mpibench-intelmpi")?;
     let (argv, env) = launcher_view(&runs[0], 0, "mpirun");
-    assert_eq!(after(&argv, "-n"), Some("2"), "{argv:?}");
-    assert_eq!(after(&argv, "-ppn"), Some("1"), "{argv:?}");
-    assert_eq!(
-        after(&argv, "-hosts"),
-        Some("10.0.0.4,10.0.0.5"),
-        "{argv:?}"
-    );
+    assert_hydra_placement(&argv, "2", "1");
     assert!(
         ends_with(&argv, &["/mpiBench/mpiBench", "-e", "1K"]),
         "{argv:?}"
@@ -364,13 +359,7 @@ fn openfoam_options_win_and_outputs_are_uploaded() -> Result<()> {
 fn osu_mvapich_singularity_launches_like_batch_shipyard() -> Result<()> {
     let runs = dry_run("osu-mvapich-singularity")?;
     let (argv, env) = launcher_view(&runs[0], 0, "mpirun");
-    assert_eq!(after(&argv, "-n"), Some("2"), "{argv:?}");
-    assert_eq!(after(&argv, "-ppn"), Some("1"), "{argv:?}");
-    assert_eq!(
-        after(&argv, "-hosts"),
-        Some("10.0.0.4,10.0.0.5"),
-        "{argv:?}"
-    );
+    assert_hydra_placement(&argv, "2", "1");
     assert_eq!(after(&argv, "--pwd"), Some("/wd"), "{argv:?}");
     assert!(
         ends_with(
