@@ -349,3 +349,27 @@ mod tests {
         r.assert_complete(2);
     }
 }
+
+/// Demands the azure-batch 15.1.0 Python SDK in the venv from scripts/setup.sh
+/// (`SHIPYARD_PYVENV`, default /opt/shipyard/pyvenv); returns its python.
+pub fn require_python_sdk() -> Option<PathBuf> {
+    let venv = std::env::var_os("SHIPYARD_PYVENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/opt/shipyard/pyvenv"));
+    let py = venv.join("bin/python");
+    let ok = Command::new(&py)
+        .args([
+            "-c",
+            "import azure.batch, sys; sys.exit(0 if azure.batch.__version__ == '15.1.0' else 1)",
+        ])
+        .status()
+        .is_ok_and(|s| s.success());
+    if ok {
+        return Some(py);
+    }
+    missing(&format!(
+        "the azure-batch 15.1.0 Python SDK in {}",
+        venv.display()
+    ));
+    None
+}

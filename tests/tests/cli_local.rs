@@ -248,3 +248,86 @@ fn cli_local_pool_list_add_and_del_talk_to_docker() {
         "{v}"
     );
 }
+
+#[test]
+fn cli_kill_9_of_run_is_reconciled_by_the_next_command() {
+    if !require_test_image() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let job = unique_id("cli-kill9");
+    let _guard = CleanGuard(job.clone());
+    let cfg = config(dir.path(), &job, "", Some("sleep 300"));
+    let mut child = Command::new(shipyard_binary())
+        .arg("-c")
+        .arg(&cfg)
+        .args(["--quiet", "run"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let task_json = || {
+        let out = shipyard(
+            &["--output", "json", "tasks", "get", "--job", &job, "hello"],
+            &cfg,
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap_or_default()
+    };
+    // The transition to running is recorded when it happens, while the run goes on.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while task_json()["state"] != "running" {
+        assert!(
+            Instant::now() < deadline,
+            "the task was never recorded running: {}",
+            task_json()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let jobs = shipyard(&["--output", "json", "jobs", "list"], &cfg);
+    let jobs: serde_json::Value = serde_json::from_slice(&jobs.stdout).unwrap();
+    let rec = |jobs: &serde_json::Value| {
+        jobs.as_array()
+            .unwrap()
+            .iter()
+            .find(|j| j["id"] == job.as_str())
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(
+        rec(&jobs)["state"],
+        "active",
+        "a live run is not reconciled"
+    );
+    let st = Command::new("kill")
+        .args(["-KILL", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    child.wait().unwrap();
+    // The next command sees the owner gone: job and task end as failed, with the reason.
+    let out = shipyard(&["--output", "json", "jobs", "list"], &cfg);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let jobs: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let j = rec(&jobs);
+    assert_eq!(j["state"], "completed", "{j}");
+    assert_eq!(j["terminateReason"], "RunProcessDied", "{j}");
+    let t = task_json();
+    assert_eq!(t["state"], "completed", "{t}");
+    assert_eq!(t["result"], "failure", "{t}");
+    assert!(
+        t["failure"].as_str().is_some_and(|f| f.contains("died")),
+        "{t}"
+    );
+    // The next backend that connects to Docker (as `run` does) sweeps the dead run's containers.
+    assert!(
+        !leftovers(&job).is_empty(),
+        "a crash cleans nothing by itself"
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    drop(rt.block_on(local_support::backend(&dir.path().join("state"))));
+    assert!(leftovers(&job).is_empty(), "{:?}", leftovers(&job));
+}

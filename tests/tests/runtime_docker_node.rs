@@ -85,6 +85,8 @@ fn non_native_plan_runs_on_one_docker_node() {
         r#"
         id = "{job_id}"
         auto_complete = true
+        [job_preparation]
+        command = "env"
         [environment_variables]
         SHIPYARD_TEST_VALUE = "hello world"
         [[tasks]]
@@ -118,6 +120,11 @@ fn non_native_plan_runs_on_one_docker_node() {
         image = "{TEST_IMAGE}"
         command = "echo \"plain:$SHIPYARD_TEST_VALUE:$AZ_BATCH_TASK_ID\"; pwd"
         additional_docker_run_options = ["--label", "shipyard.test=1"]
+        [[tasks]]
+        id = "sleeper"
+        image = "{TEST_IMAGE}"
+        command = "sleep 300"
+        additional_docker_run_options = ["--label", "shipyard.test=1"]
         "#,
         hello = shipyard_e2e::image_hello_path(MpiKind::OpenMpi),
     ))
@@ -131,9 +138,9 @@ fn non_native_plan_runs_on_one_docker_node() {
         slots_per_node: 1,
         cores_per_node: None,
     };
-    let runtime = DockerRuntime::new()
-        .sshd_listen_address(NODE_IP)
-        .readiness_timeout_secs(60);
+    // sshd finds its address itself (issue 13 #10): this node's entry of AZ_BATCH_HOST_LIST
+    // among `hostname -I`, which here is a stub naming 127.0.0.23 as one of the node's.
+    let runtime = DockerRuntime::new().readiness_timeout_secs(60);
     let mut plan = runtime.plan(&job, &pool).expect("plan");
     let key = JobSshKey::generate(&format!("shipyard-{job_id}")).expect("key");
     plan.install_ssh_key(&key).expect("install key");
@@ -186,10 +193,28 @@ fn non_native_plan_runs_on_one_docker_node() {
         "job preparation failed: {}",
         show(&out)
     );
+    // issue 13 #2: the user's `env` ran after the key files were written, and saw no key
+    let prep_out = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        prep_out.contains("AZ_BATCH_NODE_SHARED_DIR="),
+        "{}",
+        show(&out)
+    );
+    assert!(
+        !prep_out.contains("PRIVATE KEY"),
+        "the key leaked into the prep output"
+    );
+    assert!(!prep_out.contains("SHIPYARD_SSH_"), "{}", show(&out));
     let key_dir = shared.join(format!("shipyard/ssh/{job_id}"));
     {
         use std::os::unix::fs::PermissionsExt;
-        for f in ["id_ed25519", "id_ed25519.pub", "authorized_keys", "config"] {
+        for f in [
+            "id_ed25519",
+            "id_ed25519.pub",
+            "authorized_keys",
+            "known_hosts",
+            "config",
+        ] {
             let mode = std::fs::metadata(key_dir.join(f))
                 .expect(f)
                 .permissions()
@@ -213,6 +238,42 @@ fn non_native_plan_runs_on_one_docker_node() {
     for e in task.environment_settings.iter().flatten() {
         env.insert(e.name.clone(), e.value.clone().unwrap_or_default());
     }
+    let fake_bin = r.join("fake-bin");
+    std::fs::create_dir_all(&fake_bin).expect("mkdir");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let stub = fake_bin.join("hostname");
+        std::fs::write(&stub, format!("#!/bin/sh\necho 192.0.2.7 {NODE_IP}\n")).expect("stub");
+        std::fs::set_permissions(&stub, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+    env.insert(
+        "PATH".into(),
+        format!(
+            "{}:{}",
+            fake_bin.display(),
+            std::env::var("PATH").unwrap_or_default()
+        ),
+    );
+    env.insert(
+        "AZ_BATCH_JOB_PREP_WORKING_DIR".into(),
+        s(&prep_dir.join("wd")),
+    );
+    // issue 13 #13: another job's live node container on this node survives the coordination
+    let other_job = format!("{job_id}-other");
+    let _cleanup_other = Cleanup(other_job.clone());
+    let decoy = Command::new("docker")
+        .args(["run", "-d", "--label"])
+        .arg(format!("{LABEL_JOB}={other_job}"))
+        .args([
+            "--label",
+            "shipyard.role=mpi-node",
+            "--label",
+            "shipyard.test=1",
+        ])
+        .args([TEST_IMAGE, "sleep", "300"])
+        .output()
+        .expect("docker run decoy");
+    assert!(decoy.status.success(), "{}", show(&decoy));
     let started = Instant::now();
     let out = run_batch(&mis.coordination_command_line, &task_wd, &env);
     assert!(out.status.success(), "coordination failed: {}", show(&out));
@@ -229,11 +290,59 @@ fn non_native_plan_runs_on_one_docker_node() {
         "{}",
         show(&inspect)
     );
+    assert_eq!(
+        docker_ps(&other_job).len(),
+        1,
+        "the coordination removed another job's node container"
+    );
+    // issue 13 #3: the container sees its task directory, the job preparation's directory
+    // (read-only) and its own key directory (read-only), not the node root.
+    let mounts = Command::new("docker")
+        .args([
+            "inspect",
+            "--format",
+            "{{range .Mounts}}{{.Source}}|{{.Destination}}|{{.RW}}\n{{end}}",
+            &name,
+        ])
+        .output()
+        .expect("inspect mounts");
+    let mut mounts: Vec<String> = String::from_utf8_lossy(&mounts.stdout)
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect();
+    mounts.sort();
+    let mut want = vec![
+        format!("{}|{}|true", s(&task_dir), s(&task_dir)),
+        format!("{}|/root/.ssh|false", s(&key_dir)),
+        format!(
+            "{}|{}|false",
+            s(&prep_dir.join("wd")),
+            s(&prep_dir.join("wd"))
+        ),
+    ];
+    want.sort();
+    assert_eq!(mounts, want);
+    // issue 13 #10: sshd listens on the node's address only, not on every interface
+    let up = Instant::now();
+    while TcpStream::connect_timeout(&(NODE_IP, 23).into_addr(), Duration::from_millis(200))
+        .is_err()
+    {
+        assert!(
+            up.elapsed() < Duration::from_secs(20),
+            "sshd never listened on {NODE_IP}:23"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        TcpStream::connect_timeout(&("127.0.0.1", 23).into_addr(), Duration::from_millis(500))
+            .is_err(),
+        "sshd also listens on 127.0.0.1"
+    );
 
     // 3a. readiness: with a second node whose sshd never comes up, the application gives up
     // after its (here 3 s) bound and names that node.
     let impatient = DockerRuntime::new()
-        .sshd_listen_address(NODE_IP)
         .readiness_timeout_secs(3)
         .plan(&job, &pool)
         .expect("plan");
@@ -274,6 +383,60 @@ fn non_native_plan_runs_on_one_docker_node() {
         logs.contains("Accepted publickey for root"),
         "mpirun did not log in over ssh:\n{logs}"
     );
+    // issue 13 #9: that login checked the host key against the job's known_hosts
+    assert!(task.command_line.contains("StrictHostKeyChecking=yes"));
+    assert!(!task.command_line.contains("StrictHostKeyChecking=no"));
+    let ssh_in_node = |args: &[&str]| -> Output {
+        Command::new("docker")
+            .args(["exec", &name, "ssh"])
+            .args(args)
+            .output()
+            .expect("docker exec ssh")
+    };
+    let ok = ssh_in_node(&[NODE_IP, "echo", "in-node-ok"]);
+    assert_eq!(
+        String::from_utf8_lossy(&ok.stdout).trim(),
+        "in-node-ok",
+        "{}",
+        show(&ok)
+    );
+    let unpinned = ssh_in_node(&["-o", "UserKnownHostsFile=/dev/null", NODE_IP, "true"]);
+    assert_ne!(unpinned.status.code(), Some(0));
+    assert!(
+        String::from_utf8_lossy(&unpinned.stderr).contains("Host key verification failed"),
+        "{}",
+        show(&unpinned)
+    );
+    // issue 13 #8: sshd offers public keys only (no password, no keyboard-interactive) ...
+    let nopass = ssh_in_node(&["-v", "-o", "PubkeyAuthentication=no", NODE_IP, "true"]);
+    assert_ne!(nopass.status.code(), Some(0));
+    let err = String::from_utf8_lossy(&nopass.stderr);
+    assert!(
+        err.contains("Authentications that can continue: publickey\n")
+            || err.contains("Authentications that can continue: publickey\r\n"),
+        "{}",
+        show(&nopass)
+    );
+    assert!(!err.contains("continue: publickey,"), "{}", show(&nopass));
+    // ... and refuses the job key from an address outside the nodes' pattern (127.0.0.*)
+    let outside = Command::new("hostname")
+        .arg("-I")
+        .output()
+        .ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .split_whitespace()
+                .find(|a| a.parse::<std::net::Ipv4Addr>().is_ok())
+                .map(str::to_string)
+        })
+        .expect("this test needs a non-loopback IPv4 address on the host (hostname -I)");
+    let refused = ssh_in_node(&["-b", &outside, NODE_IP, "true"]);
+    assert_ne!(refused.status.code(), Some(0), "{}", show(&refused));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("Permission denied"),
+        "from {outside}: {}",
+        show(&refused)
+    );
     // the env file carried the task's variables into the container
     let envfile = std::fs::read_to_string(task_wd.join(".shipyard.env")).expect("env file");
     assert!(
@@ -287,6 +450,7 @@ fn non_native_plan_runs_on_one_docker_node() {
 
     // 3b. a second multi-instance task of the same job on the same node: its coordination
     // replaces the finished first task's sshd container (which holds port 23), then it runs.
+    let coordination_env = env.clone();
     let run_task = |index: usize, id: &str| -> (BTreeMap<String, String>, std::path::PathBuf) {
         let t = &plan.tasks[index];
         assert_eq!(t.id, id);
@@ -306,6 +470,11 @@ fn non_native_plan_runs_on_one_docker_node() {
         }
         for e in t.environment_settings.iter().flatten() {
             env.insert(e.name.clone(), e.value.clone().unwrap_or_default());
+        }
+        for k in ["PATH", "AZ_BATCH_JOB_PREP_WORKING_DIR"] {
+            if let Some(v) = coordination_env.get(k) {
+                env.insert(k.to_string(), v.clone());
+            }
         }
         (env, wd)
     };
@@ -356,6 +525,48 @@ fn non_native_plan_runs_on_one_docker_node() {
         1,
         "the plain task's container was not removed"
     );
+
+    // 3d. issue 13 #14: Batch terminates a running task (SIGTERM): its container goes too.
+    let (env4, wd4) = run_task(3, "sleeper");
+    let sleeper = container_name(&job_id, "sleeper");
+    let mut child = Command::new("/bin/sh")
+        .arg("-c")
+        .arg(format!("exec {}", plan.tasks[3].command_line))
+        .current_dir(&wd4)
+        .envs(&env4)
+        .spawn()
+        .expect("spawn sleeper");
+    let running = |n: &str| {
+        let o = Command::new("docker")
+            .args(["ps", "-q", "--filter"])
+            .arg(format!("name=^{n}$"))
+            .output()
+            .expect("docker ps");
+        !String::from_utf8_lossy(&o.stdout).trim().is_empty()
+    };
+    let t0 = Instant::now();
+    while !running(&sleeper) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "the sleeper never started"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(kill.success());
+    let status = child.wait().expect("wait");
+    assert_eq!(status.code(), Some(143));
+    let t0 = Instant::now();
+    while running(&sleeper) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(15),
+            "the terminated task's container is still running"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 
     // 4. job release: no container of the job remains, the key directory is gone.
     let rel = plan.job.job_release_task.as_ref().expect("release");

@@ -416,7 +416,9 @@ impl BatchClient {
         if let Some(body) = &call.body {
             headers.insert("content-type", HeaderValue::from_static(JSON_CONTENT_TYPE));
             headers.insert("content-length", HeaderValue::from(body.len()));
-        } else if !matches!(call.method, Method::GET | Method::HEAD | Method::DELETE) {
+        } else if !matches!(call.method, Method::GET | Method::HEAD) {
+            // Every bodiless request but GET/HEAD carries (and signs) `Content-Length: 0`,
+            // as the official SDKs send it; a verifier built on their code requires it.
             headers.insert("content-length", HeaderValue::from_static("0"));
         }
         for (n, v) in &call.headers {
@@ -437,7 +439,7 @@ impl BatchClient {
         *req.headers_mut() = headers;
         if let Some(body) = &call.body {
             *req.body_mut() = Some(reqwest::Body::from(body.clone()));
-        } else if !matches!(call.method, Method::GET | Method::HEAD | Method::DELETE) {
+        } else if !matches!(call.method, Method::GET | Method::HEAD) {
             *req.body_mut() = Some(reqwest::Body::from(Bytes::new()));
         }
 

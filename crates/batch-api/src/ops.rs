@@ -343,7 +343,18 @@ impl BatchClient {
                     requests,
                 });
             };
-            if ranged && reply.status != 206 {
+            // A ranged GET is answered 206, or (the 2025 spec lists only 200) 200 with a
+            // Content-Range naming the bytes asked for; anything else is the whole file.
+            let range_honoured = reply.status == 206
+                || (reply.status == 200
+                    && resp
+                        .headers()
+                        .get("content-range")
+                        .and_then(|v| v.to_str().ok())
+                        .is_some_and(|cr| {
+                            content_range_matches(cr, start, want.and_then(|w| w.end))
+                        }));
+            if ranged && !range_honoured {
                 // The range was ignored and the whole file is coming: writing it after what
                 // we have would corrupt the file. Without a caller's range, start over; with
                 // one, the bytes asked for cannot be told apart, so fail.
@@ -405,6 +416,47 @@ impl BatchClient {
                     })
                 }
             }
+        }
+    }
+}
+
+/// Whether a `Content-Range: bytes a-b/total` reply holds the bytes from `start` up to `end`
+/// (inclusive; the service may stop earlier at the end of the file).
+fn content_range_matches(header: &str, start: u64, end: Option<u64>) -> bool {
+    let Some(spec) = header.trim().strip_prefix("bytes ") else {
+        return false;
+    };
+    let Some((span, _total)) = spec.split_once('/') else {
+        return false;
+    };
+    let Some((a, b)) = span.split_once('-') else {
+        return false;
+    };
+    match (a.trim().parse::<u64>(), b.trim().parse::<u64>()) {
+        (Ok(a), Ok(b)) => a == start && b >= a && end.is_none_or(|e| b <= e),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::content_range_matches;
+
+    #[test]
+    fn content_range_must_name_the_bytes_asked_for() {
+        assert!(content_range_matches("bytes 100-199/4096", 100, Some(199)));
+        assert!(content_range_matches("bytes 100-4095/4096", 100, None));
+        // The file ends before the asked-for end.
+        assert!(content_range_matches("bytes 100-149/150", 100, Some(199)));
+        for bad in [
+            "bytes 0-4095/4096",
+            "bytes 100-300/4096",
+            "bytes */4096",
+            "items 100-199/4096",
+            "bytes 100-199",
+            "",
+        ] {
+            assert!(!content_range_matches(bad, 100, Some(199)), "{bad}");
         }
     }
 }

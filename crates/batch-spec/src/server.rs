@@ -545,21 +545,113 @@ impl ServerHandle {
     /// Sets a compute node's `state` (e.g. `starttaskfailed`, `unusable`). Returns false if
     /// the pool or node is unknown (nodes exist once the pool's allocation finished).
     pub fn set_node_state(&self, pool_id: &str, node_id: &str, state: &str) -> bool {
+        self.with_node(pool_id, node_id, |obj| {
+            obj.insert("state".into(), Value::String(state.to_owned()));
+            obj.insert(
+                "stateTransitionTime".into(),
+                Value::String(state::now_rfc3339()),
+            );
+        })
+    }
+
+    /// Sets the job preparation task's execution on `node_id` as
+    /// `Job_ListPreparationAndReleaseTaskStatus` reports it (`state` `running` or `completed`;
+    /// with `completed`, `exit_code` and `failure`, a failure code such as
+    /// `FailureExitCode`, decide `result`). Nodes not set report a successful preparation.
+    /// Returns false if the job is unknown.
+    pub fn set_preparation_task(
+        &self,
+        job_id: &str,
+        node_id: &str,
+        state: &str,
+        exit_code: Option<i32>,
+        failure: Option<&str>,
+    ) -> bool {
+        let mut st = lock(&self.shared.state);
+        let Some(job) = st.jobs.get_mut(job_id) else {
+            return false;
+        };
+        let now = state::now_rfc3339();
+        let mut info = serde_json::json!({"startTime": now, "state": state, "retryCount": 0});
+        if state == "completed" {
+            info["endTime"] = Value::String(now);
+            if let Some(code) = exit_code {
+                info["exitCode"] = code.into();
+            }
+            let failed = failure.is_some() || exit_code.is_some_and(|c| c != 0);
+            info["result"] = if failed { "failure" } else { "success" }.into();
+            if failed {
+                info["failureInfo"] = failure_info(
+                    failure.unwrap_or("FailureExitCode"),
+                    &format!(
+                        "The job preparation task failed (exit code {})",
+                        exit_code.map_or("none".into(), |c| c.to_string())
+                    ),
+                );
+            }
+        }
+        job.prep.insert(node_id.to_owned(), info);
+        true
+    }
+
+    /// Makes a node's start task fail: `state` `starttaskfailed` and `startTaskInfo` completed
+    /// with `exit_code`, result `failure` and a `FailureExitCode` failure. Returns false if the
+    /// pool or node is unknown.
+    pub fn set_node_start_task_failed(&self, pool_id: &str, node_id: &str, exit_code: i32) -> bool {
+        self.with_node(pool_id, node_id, |obj| {
+            let now = state::now_rfc3339();
+            obj.insert("state".into(), "starttaskfailed".into());
+            obj.insert("stateTransitionTime".into(), now.clone().into());
+            obj.insert(
+                "startTaskInfo".into(),
+                serde_json::json!({
+                    "state": "completed", "startTime": now, "endTime": now, "exitCode": exit_code,
+                    "retryCount": 0, "result": "failure",
+                    "failureInfo": failure_info(
+                        "FailureExitCode",
+                        &format!("The start task exited with exit code {exit_code}"),
+                    ),
+                }),
+            );
+        })
+    }
+
+    /// Records a resize error on a pool (`resizeErrors: [{code, message}]`, allocation
+    /// `steady`), as the service reports a failed allocation. Returns false if the pool is unknown.
+    pub fn set_pool_resize_error(&self, pool_id: &str, code: &str, message: &str) -> bool {
+        let mut st = lock(&self.shared.state);
+        st.refresh(&self.shared.base_url);
+        let Some(pool) = st.pools.get_mut(pool_id) else {
+            return false;
+        };
+        pool.steady_at = None;
+        state::set_state(&mut pool.body, "allocationState", "steady");
+        if let Some(obj) = pool.body.as_object_mut() {
+            obj.insert(
+                "resizeErrors".into(),
+                serde_json::json!([{"code": code, "message": message}]),
+            );
+        }
+        true
+    }
+
+    /// Runs `f` on a node's JSON object; false if the pool or node is unknown.
+    fn with_node(
+        &self,
+        pool_id: &str,
+        node_id: &str,
+        f: impl FnOnce(&mut serde_json::Map<String, Value>),
+    ) -> bool {
         let mut st = lock(&self.shared.state);
         st.refresh(&self.shared.base_url);
         match st
             .pools
             .get_mut(pool_id)
             .and_then(|p| p.nodes.get_mut(node_id))
+            .and_then(Value::as_object_mut)
         {
-            Some(node) => {
-                if let Some(obj) = node.as_object_mut() {
-                    obj.insert("state".into(), Value::String(state.to_owned()));
-                    obj.insert(
-                        "stateTransitionTime".into(),
-                        Value::String(state::now_rfc3339()),
-                    );
-                }
+            Some(obj) => {
+                f(obj);
                 true
             }
             None => false,
@@ -575,4 +667,9 @@ impl ServerHandle {
             .map(|p| p.nodes.keys().cloned().collect())
             .unwrap_or_default()
     }
+}
+
+/// A `TaskFailureInformation` of category `usererror`.
+fn failure_info(code: &str, message: &str) -> Value {
+    serde_json::json!({"category": "usererror", "code": code, "message": message})
 }

@@ -631,3 +631,78 @@ async fn token_endpoint_checks_grant_scope_and_secret() {
     .expect("reply");
     assert_eq!(r.status, 200);
 }
+
+#[tokio::test]
+async fn test_driven_prep_start_task_and_resize_errors_are_reported() {
+    let s = start().await;
+    let get = |path: String| {
+        let s = &s;
+        async move {
+            request(s, "GET", &path, &[("api-version", V)], &[], None)
+                .await
+                .expect("reply")
+        }
+    };
+    let r = request(
+        &s,
+        "POST",
+        "/pools",
+        &[("api-version", V)],
+        &[],
+        Some(&pool_body("pp")),
+    )
+    .await
+    .expect("reply");
+    assert_eq!(r.status, 201);
+    let job = json!({"id": "jj", "poolInfo": {"poolId": "pp"},
+        "jobPreparationTask": {"commandLine": "/bin/true"}})
+    .to_string()
+    .into_bytes();
+    let r = request(&s, "POST", "/jobs", &[("api-version", V)], &[], Some(&job))
+        .await
+        .expect("reply");
+    assert_eq!(r.status, 201);
+    let nodes = s.node_ids("pp");
+    assert_eq!(nodes.len(), 1);
+    let node = nodes[0].clone();
+
+    // Job preparation: default success, then the state the test sets.
+    let prep = || get("/jobs/jj/jobpreparationandreleasetaskstatus".into());
+    let info = |r: Raw| r.json()["value"][0]["jobPreparationTaskExecutionInfo"].clone();
+    assert_eq!(info(prep().await)["result"], "success");
+    assert!(s.set_preparation_task("jj", &node, "running", None, None));
+    let i = info(prep().await);
+    assert_eq!(
+        (i["state"].as_str(), i.get("result")),
+        (Some("running"), None)
+    );
+    assert!(s.set_preparation_task("jj", &node, "completed", Some(3), Some("FailureExitCode")));
+    let i = info(prep().await);
+    assert_eq!(i["state"], "completed");
+    assert_eq!(i["exitCode"], 3);
+    assert_eq!(i["result"], "failure");
+    assert_eq!(i["failureInfo"]["code"], "FailureExitCode");
+    assert!(!s.set_preparation_task("nojob", &node, "running", None, None));
+
+    // Start task failure with its exit code.
+    assert!(s.set_node_start_task_failed("pp", &node, 7));
+    let n = get(format!("/pools/pp/nodes/{}", enc(&node))).await.json();
+    assert_eq!(n["state"], "starttaskfailed");
+    assert_eq!(n["startTaskInfo"]["exitCode"], 7);
+    assert_eq!(n["startTaskInfo"]["result"], "failure");
+    assert!(!s.set_node_start_task_failed("pp", "nonode", 1));
+    // The plain state setter keeps working.
+    assert!(s.set_node_state("pp", &node, "unusable"));
+    let n = get(format!("/pools/pp/nodes/{}", enc(&node))).await.json();
+    assert_eq!(n["state"], "unusable");
+
+    // Resize error.
+    assert!(s.set_pool_resize_error("pp", "AllocationFailed", "no capacity"));
+    let p = get("/pools/pp".into()).await.json();
+    assert_eq!(p["allocationState"], "steady");
+    assert_eq!(
+        p["resizeErrors"],
+        json!([{"code": "AllocationFailed", "message": "no capacity"}])
+    );
+    assert!(!s.set_pool_resize_error("nopool", "AllocationFailed", "x"));
+}

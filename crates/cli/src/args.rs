@@ -18,8 +18,11 @@ Examples:
   # Run a 3-node Open MPI hello world on this machine and exit with its exit code
   shipyard run examples/local-openmpi.toml
 
-  # Check a configuration split Batch-Shipyard style
+  # Check a configuration split Batch-Shipyard style (TOML, or Batch Shipyard's own YAML)
   shipyard --configdir myconfig/ config check
+
+  # Translate a Batch Shipyard directory into shipyard TOML
+  shipyard config import my-batch-shipyard-config/ --out myconfig/
 
   # Print the REST bodies a submission to Azure Batch would send, send nothing
   shipyard --target azure --dry-run -c examples/native-intelmpi.toml jobs add
@@ -28,7 +31,7 @@ Examples:
   shipyard --output json tasks list --job hello-openmpi
 
 Configuration files: -c FILE (repeatable), or --credentials/--pool/--jobs, or --configdir DIR
-(config.toml, credentials.toml, pool.toml, jobs.toml). Secrets come from the environment:
+(config.toml, credentials.toml, pool.toml, jobs.toml, or Batch Shipyard's .yaml/.json). Secrets come from the environment:
 SHIPYARD_BATCH_ACCOUNT_KEY, SHIPYARD_AAD_CLIENT_SECRET.";
 
 /// The `shipyard` command line.
@@ -62,16 +65,17 @@ pub struct GlobalArgs {
         env = "SHIPYARD_CONFIG"
     )]
     pub config: Vec<PathBuf>,
-    /// Directory with config.toml / credentials.toml / pool.toml / jobs.toml.
+    /// Directory with config.toml / credentials.toml / pool.toml / jobs.toml, or with Batch
+    /// Shipyard's credentials / config / pool / jobs .yaml (or .json).
     #[arg(long, global = true, value_name = "DIR", env = "SHIPYARD_CONFIGDIR")]
     pub configdir: Option<PathBuf>,
-    /// Credentials file (Batch Shipyard's credentials.yaml).
+    /// Credentials file (TOML, or Batch Shipyard's credentials.yaml).
     #[arg(long, global = true, value_name = "FILE")]
     pub credentials: Option<PathBuf>,
-    /// Pool file (Batch Shipyard's pool.yaml).
+    /// Pool file (TOML, or Batch Shipyard's pool.yaml).
     #[arg(long, global = true, value_name = "FILE")]
     pub pool: Option<PathBuf>,
-    /// Jobs file (Batch Shipyard's jobs.yaml).
+    /// Jobs file (TOML, or Batch Shipyard's jobs.yaml).
     #[arg(long, global = true, value_name = "FILE")]
     pub jobs: Option<PathBuf>,
     /// Where to run: this machine's Docker engine, or Azure Batch.
@@ -152,7 +156,7 @@ pub enum Command {
     /// Configuration helpers.
     #[command(
         subcommand,
-        after_help = "Examples:\n  shipyard -c examples/local-openmpi.toml config check\n  shipyard --configdir myconfig/ --output json config check"
+        after_help = "Examples:\n  shipyard config check examples/local-openmpi.toml\n  shipyard --configdir myconfig/ --output json config check\n  shipyard config import batch-shipyard-dir/ --out myconfig/"
     )]
     Config(ConfigCommand),
     /// Print a shell completion script.
@@ -210,6 +214,9 @@ pub enum JobsCommand {
         /// Only this job.
         #[arg(long)]
         job: Option<String>,
+        /// Delete a finished job with the same id first (Azure; an active job is refused).
+        #[arg(long)]
+        recreate: bool,
     },
     /// List jobs.
     List,
@@ -297,11 +304,29 @@ pub struct RunArgs {
     /// Give up after this many seconds (the job is terminated).
     #[arg(long, value_name = "SECS")]
     pub timeout: Option<u64>,
+    /// Delete a finished job with the same id first (Azure; an active job is refused).
+    #[arg(long)]
+    pub recreate: bool,
 }
 
 /// `config ...`.
 #[derive(Debug, Subcommand)]
 pub enum ConfigCommand {
     /// Parse and validate the configuration; print a summary.
-    Check,
+    Check {
+        /// Configuration files (same as -c; TOML, or Batch Shipyard YAML/JSON).
+        #[arg(value_name = "CONFIG")]
+        configs: Vec<PathBuf>,
+    },
+    /// Translate a Batch Shipyard configuration directory (credentials, config, pool, jobs as
+    /// YAML or JSON) into shipyard TOML, with a comment wherever the meaning changed. Secrets
+    /// are not copied: the TOML names the environment variables that carry them.
+    Import {
+        /// The Batch Shipyard directory.
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+        /// Where to write config.toml (created if missing; an existing config.toml is kept).
+        #[arg(long, value_name = "DIR2")]
+        out: PathBuf,
+    },
 }

@@ -4,24 +4,26 @@
 //! (`SHIPYARD_BATCH_ACCOUNT_URL`, `SHIPYARD_BATCH_ACCOUNT_NAME`, `SHIPYARD_BATCH_ACCOUNT_KEY`,
 //! or the `SHIPYARD_AAD_*` service principal).
 
-use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use futures::TryStreamExt as _;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use serde_json::{json, Value};
-use shipyard_batch_api::models::{JobPatchParameter, JobState, PoolResizeParameter, TaskState};
+use serde::Serialize;
+use serde_json::Value;
+use shipyard_batch_api::models::{JobState, PoolResizeParameter};
 use shipyard_batch_api::{
     BatchClient, ClientSecretCredential, Credential, ListOptions, SharedKeyCredential,
 };
+use shipyard_submit::redact::{redacted, redacted_all};
+use shipyard_submit::{SubmitEvent, SubmitOptions, Submitter};
 
 use crate::args::{
-    Command, GlobalArgs, JobsCommand, OutputFormat, PoolCommand, RunArgs, TasksCommand,
+    Command, FilesArgs, GlobalArgs, JobsCommand, OutputFormat, PoolCommand, RunArgs, TasksCommand,
 };
-use crate::config::{Config, ConfigError, LoadedJob, ENV_ACCOUNT_KEY, ENV_ACCOUNT_URL};
+use crate::config::{Config, ConfigError, ENV_ACCOUNT_KEY, ENV_ACCOUNT_URL};
 use crate::output::{cell, emit, Table};
-use crate::render;
 use crate::{CliError, CliResult};
 
 /// Environment variable: milliseconds between polls while waiting (default 5000).
@@ -31,11 +33,15 @@ fn poll_interval() -> Duration {
     std::env::var(ENV_POLL_MS)
         .ok()
         .and_then(|v| v.parse::<u64>().ok())
-        .map_or(Duration::from_secs(5), Duration::from_millis)
+        .map_or(
+            shipyard_submit::DEFAULT_POLL_INTERVAL,
+            Duration::from_millis,
+        )
 }
 
 /// Builds a client from the configuration's `[credentials.batch]` (after env overrides).
 pub fn client(config: &Config) -> CliResult<BatchClient> {
+    config.check_endpoints()?;
     let missing = |what: &str, hint: &str| {
         CliError::Config(ConfigError::Missing {
             what: what.to_string(),
@@ -110,114 +116,71 @@ fn failed(e: impl Into<anyhow::Error>) -> CliError {
     CliError::Failed(e.into())
 }
 
-fn spinner(global: &GlobalArgs, msg: String) -> ProgressBar {
-    let pb = ProgressBar::new_spinner();
-    if global.quiet {
-        pb.set_draw_target(ProgressDrawTarget::hidden());
-    }
-    pb.set_style(
-        ProgressStyle::with_template("{spinner} {msg}  {elapsed}")
-            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
-    );
-    pb.set_message(msg);
-    pb.enable_steady_tick(Duration::from_millis(120));
-    pb
-}
-
-fn to_values<T: serde::Serialize>(items: &[T]) -> Vec<Value> {
-    items
-        .iter()
-        .map(|i| serde_json::to_value(i).unwrap_or(Value::Null))
-        .collect()
-}
-
-fn plan_jobs<'a>(
-    config: &'a Config,
-    only: Option<&str>,
-) -> CliResult<Vec<(&'a LoadedJob, shipyard_runtime::JobPlan)>> {
-    config.validate()?;
-    let pool = config.pool()?;
-    let jobs: Vec<&LoadedJob> = match only {
-        Some(id) => vec![config.job(Some(id))?],
-        None => config.jobs.iter().collect(),
-    };
-    jobs.into_iter()
-        .map(|j| {
-            render::plan_job(&j.spec, pool)
-                .map(|p| (j, p))
-                .map_err(|e| CliError::Config(config.plan_error(j, e)))
-        })
-        .collect()
-}
-
-async fn add_pool(client: &BatchClient, config: &Config) -> CliResult<String> {
-    let pool = config.pool()?;
-    let plans = plan_jobs(config, None)?;
-    let refs: Vec<_> = plans.iter().map(|(_, p)| p).collect();
-    let param = pool.add_parameter(&refs).map_err(failed)?;
-    client.add_pool(&param).await.map_err(failed)?;
-    Ok(pool.id.clone())
-}
-
-async fn add_jobs(
-    client: &BatchClient,
-    config: &Config,
-    only: Option<&str>,
-) -> CliResult<Vec<(String, Vec<String>)>> {
-    let pool = config.pool()?;
-    let mut added = Vec::new();
-    for (job, plan) in plan_jobs(config, only)? {
-        let sub = render::job_submission(&job.spec, &plan, &pool.id).map_err(failed)?;
-        let task_ids: Vec<String> = sub.tasks.iter().map(|t| t.id.clone()).collect();
-        // Like Batch Shipyard, adding to an existing job adds its tasks, unless the job sets
-        // `onAllTasksComplete` (it may already have completed).
-        match client.add_job(&sub.job).await {
-            Ok(_) => {}
-            Err(e) if e.code() == Some("JobExists") && sub.patch.is_none() => {
-                tracing::info!(job = %job.spec.id, "job exists; adding its tasks");
-            }
-            Err(e) => {
-                return Err(failed(
-                    anyhow::Error::from(e).context(format!("adding job `{}`", job.spec.id)),
-                ))
-            }
-        }
-        let report = client.add_task_collection(&job.spec.id, sub.tasks).await;
-        if !report.all_succeeded() {
-            let fails: Vec<String> = report
-                .failures()
-                .take(5)
-                .map(|(id, e)| format!("{id}: {e}"))
-                .collect();
-            return Err(failed(anyhow::anyhow!(
-                "job `{}`: {} of {} tasks could not be added: {}",
-                job.spec.id,
-                task_ids.len() - report.succeeded(),
-                task_ids.len(),
-                fails.join("; ")
-            )));
-        }
-        if let Some(patch) = sub.patch {
-            let patch: JobPatchParameter = serde_json::from_value(patch).map_err(failed)?;
-            client
-                .patch_job(&job.spec.id, &patch)
-                .await
-                .with_context(|| format!("setting onAllTasksComplete of job `{}`", job.spec.id))?;
-        }
-        added.push((job.spec.id.clone(), task_ids));
-    }
-    Ok(added)
-}
-
-fn pool_id_of(config: Option<&Config>, given: &Option<String>) -> CliResult<String> {
-    match (given, config) {
-        (Some(id), _) => Ok(id.clone()),
-        (None, Some(c)) => Ok(c.pool()?.id.clone()),
-        (None, None) => Err(CliError::Usage(
-            "which pool? pass --pool-id or a configuration with [pool_specification]".into(),
-        )),
+fn pool_id_of(config: &Config, given: &Option<String>) -> CliResult<String> {
+    match given {
+        Some(id) => Ok(id.clone()),
+        None => Ok(config.pool()?.id.clone()),
     }
 }
+
+/// The `Pool_Resize` body of `pool resize`.
+/// The terminate reason `jobs cmi` sends.
+pub(crate) const CMI_REASON: &str = "shipyard jobs cmi";
+
+pub(crate) fn resize_parameter(dedicated: u32, low_priority: u32) -> PoolResizeParameter {
+    let n = |v: u32| Some(i32::try_from(v).unwrap_or(i32::MAX));
+    PoolResizeParameter {
+        target_dedicated_nodes: n(dedicated),
+        target_low_priority_nodes: n(low_priority),
+        ..Default::default()
+    }
+}
+
+/// The files `files` fetches: the given ones, or stdout.txt and stderr.txt.
+pub(crate) fn file_names(f: &FilesArgs) -> Vec<String> {
+    if f.file.is_empty() {
+        vec!["stdout.txt".to_string(), "stderr.txt".to_string()]
+    } else {
+        f.file.clone()
+    }
+}
+
+#[derive(Serialize)]
+struct Status<'a> {
+    id: &'a str,
+    status: &'a str,
+}
+
+fn println_status(format: OutputFormat, id: &str, status: &str) {
+    emit(format, &Status { id, status }, || {
+        let mut t = Table::new(&["ID", "STATUS"]);
+        t.row(vec![id.to_string(), status.to_string()]);
+        t
+    });
+}
+
+/// Prints `items` (redacted) as JSON, or a table of the `columns` (header, JSON pointer).
+fn emit_rows<T: Serialize>(format: OutputFormat, items: &[T], columns: &[(&'static str, &str)]) {
+    let rows = redacted_all(items);
+    emit(format, &rows, || rows_table(&rows, columns));
+}
+
+fn rows_table(rows: &[Value], columns: &[(&'static str, &str)]) -> Table {
+    let headers: Vec<&'static str> = columns.iter().map(|(h, _)| *h).collect();
+    let mut t = Table::new(&headers);
+    for r in rows {
+        t.row(columns.iter().map(|(_, p)| cell(r, p)).collect());
+    }
+    t
+}
+
+const TASK_COLUMNS: &[(&str, &str)] = &[
+    ("TASK", "/id"),
+    ("STATE", "/state"),
+    ("EXIT", "/executionInfo/exitCode"),
+    ("NODE", "/nodeInfo/nodeId"),
+    ("FAILURE", "/executionInfo/failureInfo/message"),
+];
 
 /// Every command but `run`.
 pub(crate) fn command(global: &GlobalArgs, command: Command) -> CliResult {
@@ -226,201 +189,10 @@ pub(crate) fn command(global: &GlobalArgs, command: Command) -> CliResult {
     let format = global.output;
     runtime()?.block_on(async move {
         match command {
-            Command::Pool(PoolCommand::Add) => {
-                let id = add_pool(&client, &config).await?;
-                emit(format, &json!({"created": id}), || {
-                    let mut t = Table::new(&["POOL", "STATUS"]);
-                    t.row(vec![id.clone(), "created".into()]);
-                    t
-                });
-                Ok(())
-            }
-            Command::Pool(PoolCommand::List) => {
-                let pools: Vec<_> = client
-                    .list_pools(&ListOptions::default())
-                    .try_collect()
-                    .await
-                    .map_err(failed)?;
-                let rows = to_values(&pools);
-                emit(format, &rows, || {
-                    let mut t = Table::new(&["POOL", "STATE", "ALLOCATION", "VM SIZE", "NODES"]);
-                    for p in &rows {
-                        t.row(vec![
-                            cell(p, "/id"),
-                            cell(p, "/state"),
-                            cell(p, "/allocationState"),
-                            cell(p, "/vmSize"),
-                            cell(p, "/currentDedicatedNodes"),
-                        ]);
-                    }
-                    t
-                });
-                Ok(())
-            }
-            Command::Pool(PoolCommand::Del { pool_id, .. }) => {
-                let id = pool_id_of(Some(&config), &pool_id)?;
-                client.delete_pool(&id).await.map_err(failed)?;
-                println_status(format, &id, "deleting");
-                Ok(())
-            }
-            Command::Pool(PoolCommand::Resize {
-                dedicated,
-                low_priority,
-                pool_id,
-            }) => {
-                let id = pool_id_of(Some(&config), &pool_id)?;
-                let resize: PoolResizeParameter = serde_json::from_value(json!({
-                    "targetDedicatedNodes": dedicated,
-                    "targetLowPriorityNodes": low_priority,
-                }))
-                .map_err(failed)?;
-                client.resize_pool(&id, &resize).await.map_err(failed)?;
-                println_status(format, &id, "resizing");
-                Ok(())
-            }
-            Command::Pool(PoolCommand::Nodes { pool_id }) => {
-                let id = pool_id_of(Some(&config), &pool_id)?;
-                let nodes: Vec<_> = client
-                    .list_nodes(&id, &ListOptions::default())
-                    .try_collect()
-                    .await
-                    .map_err(failed)?;
-                let rows = to_values(&nodes);
-                emit(format, &rows, || {
-                    let mut t = Table::new(&["NODE", "STATE", "IP", "VM SIZE"]);
-                    for n in &rows {
-                        t.row(vec![
-                            cell(n, "/id"),
-                            cell(n, "/state"),
-                            cell(n, "/ipAddress"),
-                            cell(n, "/vmSize"),
-                        ]);
-                    }
-                    t
-                });
-                Ok(())
-            }
-            Command::Jobs(JobsCommand::Add { job }) => {
-                let added = add_jobs(&client, &config, job.as_deref()).await?;
-                let rows: Vec<Value> = added
-                    .iter()
-                    .map(|(id, tasks)| json!({"job": id, "tasks": tasks.len()}))
-                    .collect();
-                emit(format, &rows, || {
-                    let mut t = Table::new(&["JOB", "TASKS ADDED"]);
-                    for r in &rows {
-                        t.row(vec![cell(r, "/job"), cell(r, "/tasks")]);
-                    }
-                    t
-                });
-                Ok(())
-            }
-            Command::Jobs(JobsCommand::List) => {
-                let jobs: Vec<_> = client
-                    .list_jobs(&ListOptions::default())
-                    .try_collect()
-                    .await
-                    .map_err(failed)?;
-                let rows = to_values(&jobs);
-                emit(format, &rows, || {
-                    let mut t = Table::new(&["JOB", "STATE", "POOL", "CREATED"]);
-                    for j in &rows {
-                        t.row(vec![
-                            cell(j, "/id"),
-                            cell(j, "/state"),
-                            cell(j, "/poolInfo/poolId"),
-                            cell(j, "/creationTime"),
-                        ]);
-                    }
-                    t
-                });
-                Ok(())
-            }
-            Command::Jobs(JobsCommand::Del { job, .. }) => {
-                client.delete_job(&job).await.map_err(failed)?;
-                println_status(format, &job, "deleting");
-                Ok(())
-            }
-            Command::Jobs(JobsCommand::Term { job }) => {
-                client.terminate_job(&job, None).await.map_err(failed)?;
-                println_status(format, &job, "terminating");
-                Ok(())
-            }
-            Command::Jobs(JobsCommand::Cmi { job }) => {
-                // The job release task of a non-native job removes its containers; terminating
-                // the job runs it on every node that ran the job.
-                let j = client.get_job(&job).await.map_err(failed)?;
-                if j.state == Some(JobState::Active) {
-                    client
-                        .terminate_job(&job, Some("shipyard jobs cmi"))
-                        .await
-                        .map_err(failed)?;
-                }
-                println_status(
-                    format,
-                    &job,
-                    "terminated; job release removes its containers",
-                );
-                Ok(())
-            }
-            Command::Jobs(JobsCommand::Tasks { job })
-            | Command::Tasks(TasksCommand::List { job }) => {
-                let tasks: Vec<_> = client
-                    .list_tasks(&job, &ListOptions::default())
-                    .try_collect()
-                    .await
-                    .map_err(failed)?;
-                let rows = to_values(&tasks);
-                emit(format, &rows, || task_table(&rows));
-                Ok(())
-            }
-            Command::Tasks(TasksCommand::Get { job, task }) => {
-                let t = client.get_task(&job, &task).await.map_err(failed)?;
-                let v = serde_json::to_value(&t).unwrap_or(Value::Null);
-                emit(format, &v, || task_table(std::slice::from_ref(&v)));
-                Ok(())
-            }
-            Command::Tasks(TasksCommand::Term { job, task }) => {
-                client.terminate_task(&job, &task).await.map_err(failed)?;
-                println_status(format, &format!("{job}/{task}"), "terminated");
-                Ok(())
-            }
-            Command::Files(f) => {
-                let names = if f.file.is_empty() {
-                    vec!["stdout.txt".to_string(), "stderr.txt".to_string()]
-                } else {
-                    f.file.clone()
-                };
-                let tmp = tempdir()?;
-                for name in &names {
-                    let dest: PathBuf = match &f.out {
-                        Some(dir) => dir.join(name),
-                        None => tmp.join(name.replace('/', "_")),
-                    };
-                    if let Some(parent) = dest.parent() {
-                        std::fs::create_dir_all(parent)
-                            .with_context(|| format!("cannot create {}", parent.display()))?;
-                    }
-                    client
-                        .download_task_file(&f.job, &f.task, name, &dest, None)
-                        .await
-                        .with_context(|| {
-                            format!("downloading {name} of task {}/{}", f.job, f.task)
-                        })?;
-                    if f.out.is_some() {
-                        eprintln!("{name} -> {}", dest.display());
-                    } else {
-                        if names.len() > 1 {
-                            crate::output::print_stdout(format!("==> {name} <==\n").as_bytes());
-                        }
-                        let data = std::fs::read(&dest)
-                            .with_context(|| format!("cannot read {}", dest.display()))?;
-                        crate::output::print_stdout(&data);
-                    }
-                }
-                let _ = std::fs::remove_dir_all(&tmp);
-                Ok(())
-            }
+            Command::Pool(p) => pool_command(&client, &config, format, p).await,
+            Command::Jobs(j) => jobs_command(&client, &config, format, j).await,
+            Command::Tasks(t) => tasks_command(&client, format, t).await,
+            Command::Files(f) => files(&client, &f).await,
             Command::Run(_) | Command::Config(_) | Command::Completions { .. } => Err(
                 CliError::Usage("internal: command dispatched to the wrong place".into()),
             ),
@@ -428,163 +200,322 @@ pub(crate) fn command(global: &GlobalArgs, command: Command) -> CliResult {
     })
 }
 
-fn tempdir() -> CliResult<PathBuf> {
-    let dir = std::env::temp_dir().join(format!("shipyard-files-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    Ok(dir)
+async fn pool_command(
+    client: &BatchClient,
+    config: &Config,
+    format: OutputFormat,
+    command: PoolCommand,
+) -> CliResult {
+    match command {
+        PoolCommand::Add => {
+            let submission = crate::submission::submission(config, None, true)?;
+            let Some(pool) = &submission.pool else {
+                return Err(CliError::Usage("no pool to add".into()));
+            };
+            client.add_pool(pool).await.map_err(failed)?;
+            emit(format, &Created { created: &pool.id }, || {
+                let mut t = Table::new(&["POOL", "STATUS"]);
+                t.row(vec![pool.id.clone(), "created".into()]);
+                t
+            });
+        }
+        PoolCommand::List => {
+            let pools: Vec<_> = client
+                .list_pools(&ListOptions::default())
+                .try_collect()
+                .await
+                .map_err(failed)?;
+            emit_rows(
+                format,
+                &pools,
+                &[
+                    ("POOL", "/id"),
+                    ("STATE", "/state"),
+                    ("ALLOCATION", "/allocationState"),
+                    ("VM SIZE", "/vmSize"),
+                    ("NODES", "/currentDedicatedNodes"),
+                ],
+            );
+        }
+        PoolCommand::Del { pool_id, .. } => {
+            let id = pool_id_of(config, &pool_id)?;
+            client.delete_pool(&id).await.map_err(failed)?;
+            println_status(format, &id, "deleting");
+        }
+        PoolCommand::Resize {
+            dedicated,
+            low_priority,
+            pool_id,
+        } => {
+            let id = pool_id_of(config, &pool_id)?;
+            let resize = resize_parameter(dedicated, low_priority);
+            client.resize_pool(&id, &resize).await.map_err(failed)?;
+            println_status(format, &id, "resizing");
+        }
+        PoolCommand::Nodes { pool_id } => {
+            let id = pool_id_of(config, &pool_id)?;
+            let nodes: Vec<_> = client
+                .list_nodes(&id, &ListOptions::default())
+                .try_collect()
+                .await
+                .map_err(failed)?;
+            emit_rows(
+                format,
+                &nodes,
+                &[
+                    ("NODE", "/id"),
+                    ("STATE", "/state"),
+                    ("IP", "/ipAddress"),
+                    ("VM SIZE", "/vmSize"),
+                ],
+            );
+        }
+    }
+    Ok(())
 }
 
-fn println_status(format: OutputFormat, id: &str, status: &str) {
-    emit(format, &json!({"id": id, "status": status}), || {
-        let mut t = Table::new(&["ID", "STATUS"]);
-        t.row(vec![id.to_string(), status.to_string()]);
+#[derive(Serialize)]
+struct Created<'a> {
+    created: &'a str,
+}
+
+#[derive(Serialize)]
+struct AddedJob {
+    job: String,
+    tasks: usize,
+}
+
+async fn jobs_add(
+    client: &BatchClient,
+    config: &Config,
+    format: OutputFormat,
+    only: Option<&str>,
+    recreate: bool,
+) -> CliResult {
+    let submission = crate::submission::submission(config, only, false)?;
+    let opts = SubmitOptions::default()
+        .poll_interval(poll_interval())
+        .recreate(recreate);
+    let submitter = Submitter::new(client.clone(), opts);
+    let submitted = submitter.submit(&submission).await.map_err(failed)?;
+    let rows: Vec<AddedJob> = submitted
+        .jobs
+        .iter()
+        .map(|j| AddedJob {
+            job: j.id.clone(),
+            tasks: j.tasks.len(),
+        })
+        .collect();
+    emit(format, &rows, || {
+        let mut t = Table::new(&["JOB", "TASKS ADDED"]);
+        for r in &rows {
+            t.row(vec![r.job.clone(), r.tasks.to_string()]);
+        }
         t
     });
+    Ok(())
 }
 
-fn task_table(rows: &[Value]) -> Table {
-    let mut t = Table::new(&["TASK", "STATE", "EXIT", "NODE", "FAILURE"]);
-    for r in rows {
-        t.row(vec![
-            cell(r, "/id"),
-            cell(r, "/state"),
-            cell(r, "/executionInfo/exitCode"),
-            cell(r, "/nodeInfo/nodeId"),
-            cell(r, "/executionInfo/failureInfo/message"),
-        ]);
-    }
-    t
-}
-
-/// `run`: create the pool if it does not exist, add the job(s), wait for every task, exit with
-/// the first failed task's exit code.
-pub(crate) fn run(global: &GlobalArgs, config: &Config, args: &RunArgs) -> CliResult {
-    let client = client(config)?;
-    let format = global.output;
-    let timeout = args.timeout.map(Duration::from_secs);
-    runtime()?.block_on(async {
-        let pool = config.pool()?;
-        if !client.pool_exists(&pool.id).await.map_err(failed)? {
-            let sp = spinner(global, format!("creating pool {}", pool.id));
-            add_pool(&client, config).await?;
-            sp.finish_and_clear();
+async fn jobs_command(
+    client: &BatchClient,
+    config: &Config,
+    format: OutputFormat,
+    command: JobsCommand,
+) -> CliResult {
+    match command {
+        JobsCommand::Add { job, recreate } => {
+            return jobs_add(client, config, format, job.as_deref(), recreate).await
         }
-        let added = add_jobs(&client, config, args.job.as_deref()).await?;
-        let total: usize = added.iter().map(|(_, t)| t.len()).sum();
-        let bar = ProgressBar::new(total as u64);
-        if global.quiet {
-            bar.set_draw_target(ProgressDrawTarget::hidden());
+        JobsCommand::List => {
+            let jobs: Vec<_> = client
+                .list_jobs(&ListOptions::default())
+                .try_collect()
+                .await
+                .map_err(failed)?;
+            emit_rows(
+                format,
+                &jobs,
+                &[
+                    ("JOB", "/id"),
+                    ("STATE", "/state"),
+                    ("POOL", "/poolInfo/poolId"),
+                    ("CREATED", "/creationTime"),
+                ],
+            );
         }
-        bar.set_style(
-            ProgressStyle::with_template("{spinner} [{bar:30}] {pos}/{len} tasks completed  {msg}  {elapsed}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar())
-                .progress_chars("=> "),
-        );
-        bar.enable_steady_tick(Duration::from_millis(120));
-        let started = Instant::now();
-        let mut tails: std::collections::HashMap<(String, String), u64> = Default::default();
-        let results = loop {
-            let mut done = 0usize;
-            let mut all = Vec::new();
-            for (job, _) in &added {
-                let tasks: Vec<_> = client
-                    .list_tasks(job, &ListOptions::default())
-                    .try_collect()
+        JobsCommand::Del { job, .. } => {
+            client.delete_job(&job).await.map_err(failed)?;
+            println_status(format, &job, "deleting");
+        }
+        JobsCommand::Term { job } => {
+            client.terminate_job(&job, None).await.map_err(failed)?;
+            println_status(format, &job, "terminating");
+        }
+        JobsCommand::Cmi { job } => {
+            // The job release task of a non-native job removes its containers; terminating
+            // the job runs it on every node that ran the job.
+            let j = client.get_job(&job).await.map_err(failed)?;
+            if j.state == Some(JobState::Active) {
+                client
+                    .terminate_job(&job, Some(CMI_REASON))
                     .await
                     .map_err(failed)?;
-                for t in &tasks {
-                    if t.state == Some(TaskState::Completed) {
-                        done += 1;
-                    }
-                    if args.tail && t.state == Some(TaskState::Running) {
-                        if let Some(id) = &t.id {
-                            tail_task(&client, &bar, job, id, &mut tails).await;
-                        }
-                    }
-                }
-                all.extend(to_values(&tasks));
             }
-            bar.set_position(done as u64);
-            if done >= total {
-                break all;
-            }
-            if timeout.is_some_and(|t| started.elapsed() > t) {
-                bar.finish_and_clear();
-                return Err(failed(anyhow::anyhow!(
-                    "--timeout reached with {done}/{total} tasks completed; the job keeps running (`shipyard jobs term`)"
-                )));
-            }
-            tokio::time::sleep(poll_interval()).await;
-        };
-        bar.finish_and_clear();
-        if args.tail {
-            for (job, ids) in &added {
-                for id in ids {
-                    tail_task(&client, &bar, job, id, &mut tails).await;
-                }
-            }
+            println_status(
+                format,
+                &job,
+                "terminated; job release removes its containers",
+            );
         }
-        emit(format, &results, || task_table(&results));
-        let code = results
-            .iter()
-            .filter_map(|t| {
-                let failed = t.pointer("/executionInfo/result").and_then(Value::as_str) == Some("failure");
-                let code = t.pointer("/executionInfo/exitCode").and_then(Value::as_i64);
-                match code {
-                    Some(0) if failed => Some(1),
-                    Some(0) => None,
-                    Some(c) => Some(if (1..=255).contains(&c) { c } else { 1 }),
-                    None if failed => Some(1),
-                    None => None,
-                }
-            })
-            .next();
-        match code {
-            Some(c) => Err(CliError::TaskExit(u8::try_from(c).unwrap_or(1))),
-            None => Ok(()),
-        }
-    })
+        JobsCommand::Tasks { job } => return list_tasks(client, format, &job).await,
+    }
+    Ok(())
 }
 
-/// Prints the new bytes of a task's stdout.txt (ranged download from the last offset).
-async fn tail_task(
-    client: &BatchClient,
-    bar: &ProgressBar,
-    job: &str,
-    task: &str,
-    offsets: &mut std::collections::HashMap<(String, String), u64>,
-) {
-    let Ok(dir) = tempdir() else { return };
-    let dest = dir.join(format!("{job}-{task}-stdout.txt"));
-    let from = *offsets
-        .get(&(job.to_string(), task.to_string()))
-        .unwrap_or(&0);
-    let range = shipyard_batch_api::ByteRange {
-        start: from,
-        end: None,
-    };
-    if client
-        .download_task_file(job, task, "stdout.txt", &dest, Some(range))
+async fn list_tasks(client: &BatchClient, format: OutputFormat, job: &str) -> CliResult {
+    let tasks: Vec<_> = client
+        .list_tasks(job, &ListOptions::default())
+        .try_collect()
         .await
-        .is_err()
-    {
-        return;
-    }
-    let Ok(data) = std::fs::read(&dest) else {
-        return;
-    };
-    let _ = std::fs::remove_file(&dest);
-    if data.is_empty() {
-        return;
-    }
-    offsets.insert(
-        (job.to_string(), task.to_string()),
-        from + data.len() as u64,
-    );
-    let text = String::from_utf8_lossy(&data);
-    bar.suspend(|| {
-        for line in text.lines() {
-            println!("[{task}] {line}");
+        .map_err(failed)?;
+    emit_rows(format, &tasks, TASK_COLUMNS);
+    Ok(())
+}
+
+async fn tasks_command(
+    client: &BatchClient,
+    format: OutputFormat,
+    command: TasksCommand,
+) -> CliResult {
+    match command {
+        TasksCommand::List { job } => list_tasks(client, format, &job).await,
+        TasksCommand::Get { job, task } => {
+            let t = client.get_task(&job, &task).await.map_err(failed)?;
+            let v = redacted(&t);
+            emit(format, &v, || {
+                rows_table(std::slice::from_ref(&v), TASK_COLUMNS)
+            });
+            Ok(())
         }
-    });
+        TasksCommand::Term { job, task } => {
+            client.terminate_task(&job, &task).await.map_err(failed)?;
+            println_status(format, &format!("{job}/{task}"), "terminated");
+            Ok(())
+        }
+    }
+}
+
+async fn files(client: &BatchClient, f: &FilesArgs) -> CliResult {
+    let names = file_names(f);
+    let tmp = tempfile::Builder::new()
+        .prefix("shipyard-files-")
+        .tempdir()
+        .context("cannot create a private temporary directory")?;
+    for name in &names {
+        let rel = crate::output::task_file_path(name)?;
+        let dest: PathBuf = match &f.out {
+            Some(dir) => dir.join(rel),
+            None => tmp.path().join(name.replace('/', "_")),
+        };
+        if let Some(parent) = dest.parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("cannot create {}", parent.display()))?;
+        }
+        client
+            .download_task_file(&f.job, &f.task, name, &dest, None)
+            .await
+            .with_context(|| format!("downloading {name} of task {}/{}", f.job, f.task))?;
+        if f.out.is_some() {
+            eprintln!("{name} -> {}", dest.display());
+        } else {
+            print_file(&dest, name, names.len() > 1)?;
+        }
+    }
+    Ok(())
+}
+
+fn print_file(path: &Path, name: &str, header: bool) -> CliResult {
+    if header {
+        crate::output::print_stdout(format!("==> {name} <==\n").as_bytes());
+    }
+    let data = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    crate::output::print_stdout(&data);
+    Ok(())
+}
+
+fn progress_bar(global: &GlobalArgs, total: u64) -> ProgressBar {
+    let bar = ProgressBar::new(total);
+    if global.quiet {
+        bar.set_draw_target(ProgressDrawTarget::hidden());
+    }
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} [{bar:30}] {pos}/{len} tasks completed  {msg}  {elapsed}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    bar.enable_steady_tick(Duration::from_millis(120));
+    bar
+}
+
+/// Shows one event of a run: output lines on stdout, the rest on the progress bar / stderr.
+fn show_event(bar: &ProgressBar, event: SubmitEvent) {
+    match event {
+        SubmitEvent::Output { task, line, .. } => bar.suspend(|| {
+            crate::output::print_stdout(format!("[{task}] {line}\n").as_bytes());
+        }),
+        SubmitEvent::PoolCreating { pool } => bar.set_message(format!("creating pool {pool}")),
+        SubmitEvent::Progress { completed, .. } => bar.set_position(completed as u64),
+        SubmitEvent::TaskState { task, state, .. } => {
+            bar.set_message(format!("{task}: {}", state.as_str()));
+        }
+        SubmitEvent::JobTerminated { job, .. } => bar.suspend(|| {
+            eprintln!("shipyard: terminated job `{job}` so its job release task runs");
+        }),
+        SubmitEvent::PoolResizeError {
+            pool,
+            code,
+            message,
+        } => bar.suspend(|| {
+            eprintln!("shipyard: pool `{pool}` resize error {code}: {message}");
+        }),
+        _ => {}
+    }
+}
+
+/// `run`: create the pool if it does not exist, add the job(s), wait for every task (failing
+/// early when a prep/start task fails or a node is unusable), exit with the first failed
+/// task's exit code. On failure, timeout or Ctrl-C the jobs are terminated.
+pub(crate) fn run(global: &GlobalArgs, config: &Config, args: &RunArgs) -> CliResult {
+    let client = client(config)?;
+    let submission = crate::submission::submission(config, args.job.as_deref(), true)?;
+    let mut opts = SubmitOptions::default()
+        .poll_interval(poll_interval())
+        .stream_output(args.tail)
+        .recreate(args.recreate);
+    if let Some(t) = args.timeout {
+        opts = opts.timeout(Duration::from_secs(t));
+    }
+    let submitter = Submitter::new(client, opts);
+    runtime()?.block_on(async {
+        crate::cancel_on_signal(submitter.cancel_token(), "terminating the job(s)");
+        let bar = progress_bar(global, submission.task_count() as u64);
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let printer_bar = bar.clone();
+        let printer = tokio::spawn(async move {
+            while let Some(ev) = rx.recv().await {
+                show_event(&printer_bar, ev);
+            }
+        });
+        let result = submitter.run(&submission, Some(tx)).await;
+        let _ = printer.await;
+        bar.finish_and_clear();
+        let outcome = result.map_err(failed)?;
+        emit_rows(global.output, &outcome.tasks, TASK_COLUMNS);
+        match outcome.exit_code() {
+            0 => Ok(()),
+            c => Err(CliError::TaskExit(u8::try_from(c).unwrap_or(1))),
+        }
+    })
 }

@@ -30,6 +30,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+use shipyard_bs_config::{TranslateOptions, Translation};
 use shipyard_runtime::{Field, FieldPath, JobSpec, PoolSpec, RuntimeError, Scope, Segment};
 
 /// Environment variable with the Batch account name (wins over the config).
@@ -45,34 +46,7 @@ pub const ENV_AAD_CLIENT_ID: &str = "SHIPYARD_AAD_CLIENT_ID";
 /// Environment variable with the Entra ID client secret.
 pub const ENV_AAD_CLIENT_SECRET: &str = "SHIPYARD_AAD_CLIENT_SECRET";
 
-/// A secret value (account key, client secret). `Debug` and `Display` print a placeholder.
-#[derive(Clone, PartialEq, Eq, Deserialize)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps a secret.
-    pub fn new(value: impl Into<String>) -> Self {
-        Secret(value.into())
-    }
-
-    /// The secret value; never print or log it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
+pub use shipyard_batch_api::Secret;
 
 /// `[credentials]`.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -100,6 +74,10 @@ pub struct BatchCredentials {
     /// `[credentials.batch.aad]`: Entra ID service principal instead of Shared Key.
     #[serde(default)]
     pub aad: Option<AadCredentials>,
+    /// Send credentials to hosts outside the Azure clouds' Batch and Entra ID hosts (a private
+    /// endpoint or proxy); https is still required off loopback. See `docs/security.md`.
+    #[serde(default)]
+    pub allow_custom_endpoints: bool,
 }
 
 /// `[credentials.batch.aad]`: a Microsoft Entra ID service principal.
@@ -224,6 +202,9 @@ pub enum ConfigError {
         /// Second file.
         second: PathBuf,
     },
+    /// A Batch Shipyard YAML/JSON file could not be read or translated (located in it).
+    #[error(transparent)]
+    BatchShipyard(Box<shipyard_bs_config::BsConfigError>),
     /// Something the command needs is not configured.
     #[error("{what}; {hint}")]
     Missing {
@@ -260,6 +241,9 @@ impl ConfigError {
 
     /// A rustc-style snippet pointing at the error (empty when there is no location).
     pub fn snippet(&self) -> String {
+        if let ConfigError::BatchShipyard(e) = self {
+            return e.snippet();
+        }
         let Some(loc) = self.location() else {
             return String::new();
         };
@@ -293,10 +277,41 @@ fn job_path(job: &LoadedJob) -> FieldPath {
 /// A source file that was read.
 #[derive(Debug, Clone)]
 pub struct SourceFile {
-    /// Its path as given.
+    /// Its path as given (for Batch Shipyard files: the first of them).
     pub path: PathBuf,
-    /// Its text.
+    /// Its TOML text (for Batch Shipyard files: their translation).
     pub text: String,
+    /// For Batch Shipyard YAML/JSON files: their translation, whose span map locates errors
+    /// in the YAML.
+    pub translation: Option<Box<Translation>>,
+}
+
+impl SourceFile {
+    /// Where `field` is: in the YAML for a translation, else in the TOML text.
+    fn locate(&self, field: &FieldPath) -> Option<Location> {
+        match &self.translation {
+            Some(t) => t.yaml_location(&field.to_string()).map(from_yaml_location),
+            None => locate_field(&self.path, &self.text, field),
+        }
+    }
+}
+
+/// A `shipyard_bs_config` location as a [`Location`] (its line is already secret-free).
+fn from_yaml_location(l: &shipyard_bs_config::Location) -> Location {
+    Location {
+        file: l.file.clone(),
+        line: l.line,
+        column: l.column,
+        source_line: l.source_line.clone(),
+        width: l.width,
+    }
+}
+
+/// Whether `path` is a Batch Shipyard configuration file (`.yaml`, `.yml`, `.json`).
+pub fn is_batch_shipyard_file(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| ["yaml", "yml", "json"].contains(&e.to_ascii_lowercase().as_str()))
 }
 
 /// The merged configuration of one or more files.
@@ -312,6 +327,12 @@ pub struct Config {
     pub jobs: Vec<LoadedJob>,
     /// `[local]`.
     pub local: LocalSettings,
+    /// Index in [`Config::files`] of the file with `[credentials]`.
+    pub credentials_file: Option<usize>,
+    /// `account_service_url` came from `SHIPYARD_BATCH_ACCOUNT_URL`.
+    pub account_url_from_env: bool,
+    /// Warnings of the Batch Shipyard translation (keys ignored or changed), located.
+    pub warnings: Vec<String>,
 }
 
 /// File names looked up in a `--configdir`, in order.
@@ -320,20 +341,52 @@ pub const CONFIGDIR_FILES: [&str; 4] =
 
 impl Config {
     /// Reads and merges `paths`, applies environment overrides; does not validate jobs.
+    ///
+    /// Batch Shipyard YAML/JSON files among `paths` ([`is_batch_shipyard_file`]) are
+    /// translated together (`shipyard_bs_config`, secrets kept in memory) and loaded as one
+    /// more TOML source, after the TOML files; its errors are located in the YAML.
     pub fn load(paths: &[PathBuf]) -> Result<Config, ConfigError> {
         let mut config = Config::default();
         let mut sources: [Option<usize>; 3] = [None, None, None];
-        for path in paths {
-            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let (yaml, toml): (Vec<PathBuf>, Vec<PathBuf>) = paths
+            .iter()
+            .cloned()
+            .partition(|p| is_batch_shipyard_file(p));
+        let mut inputs = Vec::with_capacity(toml.len() + 1);
+        for path in toml {
+            let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
                 path: path.clone(),
                 source,
             })?;
-            let idx = config.files.len();
-            let parsed = parse_file(path, &text)?;
-            config.files.push(SourceFile {
-                path: path.clone(),
+            inputs.push(SourceFile {
+                path,
                 text,
+                translation: None,
             });
+        }
+        if let Some(first) = yaml.first() {
+            let opts = TranslateOptions {
+                include_secrets: true,
+            };
+            let t = shipyard_bs_config::translate_files(&yaml, opts)
+                .map_err(|e| ConfigError::BatchShipyard(Box::new(e)))?;
+            config
+                .warnings
+                .extend(t.warnings.iter().map(|w| w.to_string()));
+            inputs.push(SourceFile {
+                path: first.clone(),
+                text: t.to_toml_string(),
+                translation: Some(Box::new(t)),
+            });
+        }
+        for file in inputs {
+            let path = &file.path.clone();
+            let idx = config.files.len();
+            let parsed = parse_file(path, &file.text).map_err(|e| match &file.translation {
+                Some(t) => in_yaml(e, t),
+                None => e,
+            })?;
+            config.files.push(file);
             let mut take = |slot: usize, section: &str, present: bool| -> Result<(), ConfigError> {
                 if !present {
                     return Ok(());
@@ -353,6 +406,7 @@ impl Config {
             take(2, "local", parsed.local.is_some())?;
             if let Some(c) = parsed.credentials {
                 config.credentials = c;
+                config.credentials_file = Some(idx);
             }
             if let Some(p) = parsed.pool_specification {
                 config.pool = Some((p, idx));
@@ -377,12 +431,26 @@ impl Config {
         Ok(config)
     }
 
-    /// The config files of a Batch-Shipyard-style directory that exist.
+    /// The config files of a Batch-Shipyard-style directory that exist: the TOML ones
+    /// ([`CONFIGDIR_FILES`]), or, when there are none, Batch Shipyard's own
+    /// (`credentials`, `config`, `pool`, `jobs` as `.yaml`, `.yml` or `.json`).
     pub fn files_in_dir(dir: &Path) -> Vec<PathBuf> {
-        CONFIGDIR_FILES
+        let toml: Vec<PathBuf> = CONFIGDIR_FILES
             .iter()
             .map(|f| dir.join(f))
             .filter(|p| p.is_file())
+            .collect();
+        if !toml.is_empty() {
+            return toml;
+        }
+        shipyard_bs_config::CONFIGDIR_STEMS
+            .iter()
+            .filter_map(|stem| {
+                ["yaml", "yml", "json"]
+                    .iter()
+                    .map(|ext| dir.join(format!("{stem}.{ext}")))
+                    .find(|p| p.is_file())
+            })
             .collect()
     }
 
@@ -394,9 +462,10 @@ impl Config {
         }
         if let Some(v) = get(ENV_ACCOUNT_URL) {
             batch.account_service_url = Some(v);
+            self.account_url_from_env = true;
         }
         if let Some(v) = get(ENV_ACCOUNT_KEY) {
-            batch.account_key = Some(Secret(v));
+            batch.account_key = Some(Secret::new(v));
         }
         let tenant = get(ENV_AAD_TENANT);
         let client = get(ENV_AAD_CLIENT_ID);
@@ -410,7 +479,7 @@ impl Config {
                 aad.client_id = Some(v);
             }
             if let Some(v) = secret {
-                aad.client_secret = Some(Secret(v));
+                aad.client_secret = Some(Secret::new(v));
             }
         }
     }
@@ -446,11 +515,57 @@ impl Config {
         Ok(())
     }
 
+    /// Checks `account_service_url` and `aad.authority_url` ([`crate::endpoints`]): https
+    /// (except loopback), and Azure hosts unless `allow_custom_endpoints` opts in.
+    pub fn check_endpoints(&self) -> Result<(), ConfigError> {
+        use crate::endpoints::{check, Endpoint};
+        let Some(batch) = &self.credentials.batch else {
+            return Ok(());
+        };
+        let base = FieldPath::root().key("credentials").key("batch");
+        let mut urls = Vec::new();
+        if let Some(u) = &batch.account_service_url {
+            urls.push((
+                u,
+                Endpoint::BatchAccount,
+                base.key("account_service_url"),
+                self.account_url_from_env,
+            ));
+        }
+        if let Some(u) = batch.aad.as_ref().and_then(|a| a.authority_url.as_ref()) {
+            urls.push((
+                u,
+                Endpoint::EntraAuthority,
+                base.key("aad").key("authority_url"),
+                false,
+            ));
+        }
+        for (url, endpoint, field, from_env) in urls {
+            let Err(reason) = check(url, endpoint, batch.allow_custom_endpoints) else {
+                continue;
+            };
+            return Err(match self.credentials_file {
+                Some(file) if !from_env => self.invalid(file, &field, reason),
+                _ => ConfigError::Invalid {
+                    file: PathBuf::from(if from_env {
+                        ENV_ACCOUNT_URL
+                    } else {
+                        "environment"
+                    }),
+                    location: None,
+                    field: field.to_string(),
+                    reason,
+                },
+            });
+        }
+        Ok(())
+    }
+
     fn invalid(&self, file: usize, field: &FieldPath, reason: String) -> ConfigError {
         let f = &self.files[file];
         ConfigError::Invalid {
             file: f.path.clone(),
-            location: locate_field(&f.path, &f.text, field).map(Box::new),
+            location: f.locate(field).map(Box::new),
             field: field.to_string(),
             reason,
         }
@@ -539,6 +654,31 @@ impl Config {
     }
 }
 
+/// A parse error of translated TOML, located in the YAML it came from (by its field; by the
+/// nearest translated parent when the field itself has no span).
+fn in_yaml(e: ConfigError, t: &Translation) -> ConfigError {
+    match e {
+        ConfigError::Parse {
+            location,
+            field,
+            message,
+            hint,
+        } => {
+            let yaml = field.as_deref().and_then(|f| t.yaml_location(f));
+            ConfigError::Parse {
+                location: match yaml {
+                    Some(l) => Box::new(from_yaml_location(l)),
+                    None => location,
+                },
+                field,
+                message,
+                hint,
+            }
+        }
+        other => other,
+    }
+}
+
 /// Parses one file, turning serde errors into [`ConfigError::Parse`] with location, field
 /// path and a "did you mean" hint for unknown keys and values.
 fn parse_file(path: &Path, text: &str) -> Result<ConfigFile, ConfigError> {
@@ -567,12 +707,31 @@ fn parse_error(path: &Path, text: &str, field: Option<String>, e: &toml::de::Err
             None => unknown.to_string(),
         });
     }
+    let location = location(path, text, span);
+    // A value quoted in the message of a line that may hold a secret is not shown either.
+    let message = if location.source_line == REDACTED_LINE {
+        scrub_quoted(&message)
+    } else {
+        message
+    };
     ConfigError::Parse {
-        location: Box::new(location(path, text, span)),
+        location: Box::new(location),
         field,
         message,
         hint,
     }
+}
+
+/// `message` with every `"..."` replaced by `"<redacted>"`.
+fn scrub_quoted(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    for (i, part) in message.split('"').enumerate() {
+        if i > 0 {
+            out.push('"');
+        }
+        out.push_str(if i % 2 == 1 { "<redacted>" } else { part });
+    }
+    out
 }
 
 fn backticked_after<'a>(message: &'a str, prefix: &str) -> Option<&'a str> {
@@ -604,6 +763,49 @@ pub fn suggest<'a>(bad: &str, candidates: impl Iterator<Item = &'a str>) -> Opti
         .map(|(_, _, c)| c.to_string())
 }
 
+/// What an error snippet shows instead of a line that may hold a secret.
+pub const REDACTED_LINE: &str = "<line not shown: it may hold a secret>";
+
+/// Key names whose values are secrets (matched as parts of a key, case-insensitively).
+const SECRET_KEY_PARTS: [&str; 6] = ["key", "secret", "password", "token", "sas", "auth"];
+
+/// Whether `line` (preceded by `before` in its file) may hold a secret: it is in a
+/// `[credentials...]` table (TOML) or under a top-level `credentials:` key (YAML), or its key
+/// names a secret (`account_key`, `client_secret`, `password`, ...).
+pub fn may_hold_secret(before: &str, line: &str) -> bool {
+    let key = line
+        .trim_start()
+        .trim_start_matches("- ")
+        .split(['=', ':'])
+        .next()
+        .unwrap_or("")
+        .trim()
+        .trim_matches('"')
+        .to_ascii_lowercase();
+    if line.contains('=') || line.contains(':') {
+        if SECRET_KEY_PARTS.iter().any(|p| key.contains(p)) {
+            return true;
+        }
+    }
+    let in_credentials = |l: &str| {
+        let t = l.trim();
+        let header = t.trim_start_matches('[').trim_start();
+        (t.starts_with('[') && header.starts_with("credentials"))
+            || t.starts_with("credentials")
+            || t.starts_with("\"credentials")
+    };
+    // The enclosing section: the nearest TOML table header or unindented YAML key.
+    let opener = std::iter::once(line).chain(before.lines().rev()).find(|l| {
+        let t = l.trim_start();
+        t.starts_with('[')
+            || (!l.starts_with([' ', '\t', '#', '-'])
+                && !t.is_empty()
+                && t.contains(':')
+                && !t.contains('='))
+    });
+    opener.is_some_and(in_credentials) || in_credentials(line)
+}
+
 /// Line/column of a byte span.
 pub fn location(path: &Path, text: &str, span: std::ops::Range<usize>) -> Location {
     let start = span.start.min(text.len());
@@ -618,6 +820,11 @@ pub fn location(path: &Path, text: &str, span: std::ops::Range<usize>) -> Locati
     let source_line = text[line_start..line_end]
         .trim_end_matches('\r')
         .to_string();
+    let source_line = if may_hold_secret(&text[..line_start], &source_line) {
+        REDACTED_LINE.to_string()
+    } else {
+        source_line
+    };
     let end = span.end.clamp(start, line_end);
     let width = text.get(start..end).map_or(1, |s| s.chars().count()).max(1);
     Location {
@@ -678,6 +885,33 @@ mod tests {
         let loc = location(Path::new("f.toml"), text, 8..10);
         assert_eq!((loc.line, loc.column, loc.width), (2, 3, 2));
         assert_eq!(loc.to_string(), "f.toml:2:3");
+    }
+
+    #[test]
+    fn snippets_never_show_a_line_that_may_hold_a_secret() {
+        let path = Path::new("c.toml");
+        for text in [
+            "[credentials.batch]\nacount_key = \"SUPERSECRET\"\n",
+            "[credentials.batch]\naccount_key = \"SUPERSECRET\n",
+            "[credentials.batch]\naad = \"SUPERSECRET\"\n",
+            "credentials = { batch = { acount_key = \"SUPERSECRET\" } }\n",
+            "[pool_specification]\npassword = \"SUPERSECRET\"\n",
+        ] {
+            let e = parse_file(path, text).expect_err(text);
+            let shown = format!("{e}\n{}", e.snippet());
+            assert!(!shown.contains("SUPERSECRET"), "{text}: {shown}");
+            assert!(shown.contains(REDACTED_LINE), "{text}: {shown}");
+            assert!(shown.contains("c.toml:"), "{shown}");
+        }
+        // Other lines are shown as written.
+        let e = parse_file(path, "[pool_specification]\nvm_sise = 3\n").expect_err("typo");
+        assert!(e.snippet().contains("vm_sise = 3"), "{}", e.snippet());
+        // YAML: everything under `credentials:`.
+        assert!(may_hold_secret(
+            "credentials:\n  batch:\n",
+            "    account_name: x"
+        ));
+        assert!(!may_hold_secret("pool_specification:\n", "  vm_size: x"));
     }
 
     #[test]

@@ -12,8 +12,9 @@ use clap::{CommandFactory, Parser};
 
 pub mod args;
 pub mod config;
+pub mod endpoints;
 pub mod output;
-pub mod render;
+pub mod submission;
 
 pub mod azure_target;
 mod dry_run;
@@ -134,10 +135,11 @@ pub fn run(cli: Cli) -> CliResult {
             clap_complete::generate(shell, &mut cmd, "shipyard", &mut std::io::stdout());
             Ok(())
         }
-        Command::Config(ConfigCommand::Check) => {
-            let config = load(&global, &[])?;
+        Command::Config(ConfigCommand::Check { configs }) => {
+            let config = load(&global, &configs)?;
             config_check(&global, &config)
         }
+        Command::Config(ConfigCommand::Import { dir, out }) => config_import(&global, &dir, &out),
         Command::Run(args) => {
             let config = load(&global, &args.configs)?;
             if global.dry_run {
@@ -156,6 +158,24 @@ pub fn run(cli: Cli) -> CliResult {
             }
         }
     }
+}
+
+/// Cancels `token` on Ctrl-C or SIGTERM, saying what happens next (`what`). Call inside the
+/// async runtime.
+pub(crate) fn cancel_on_signal(token: shipyard_submit::CancellationToken, what: &'static str) {
+    tokio::spawn(async move {
+        let Ok(mut term) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        else {
+            return;
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        eprintln!("shipyard: signal received, {what}");
+        token.cancel();
+    });
 }
 
 fn run_command(global: &GlobalArgs, config: &Config, args: &RunArgs) -> CliResult {
@@ -194,13 +214,55 @@ pub fn load(global: &GlobalArgs, extra: &[PathBuf]) -> CliResult<Config> {
     if let Some(dir) = &global.configdir {
         if Config::files_in_dir(dir).is_empty() && global.config.is_empty() {
             return Err(CliError::Usage(format!(
-                "--configdir {}: none of {} found there",
+                "--configdir {}: none of {} (nor Batch Shipyard's credentials/config/pool/jobs .yaml/.json) found there",
                 dir.display(),
                 config::CONFIGDIR_FILES.join(", ")
             )));
         }
     }
-    Ok(Config::load(&paths)?)
+    let config = Config::load(&paths)?;
+    if !global.quiet {
+        for w in &config.warnings {
+            eprintln!("warning: {w}");
+        }
+    }
+    Ok(config)
+}
+
+/// `config import DIR --out DIR2`: DIR's Batch Shipyard files as `DIR2/config.toml`, without
+/// secrets (the TOML names their environment variables).
+fn config_import(global: &GlobalArgs, dir: &std::path::Path, out: &std::path::Path) -> CliResult {
+    let t = shipyard_bs_config::translate_dir(dir, shipyard_bs_config::TranslateOptions::default())
+        .map_err(|e| CliError::Config(ConfigError::BatchShipyard(Box::new(e))))?;
+    std::fs::create_dir_all(out)
+        .map_err(|e| CliError::Failed(anyhow::anyhow!("cannot create {}: {e}", out.display())))?;
+    let dest = out.join("config.toml");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&dest)
+        .map_err(|e| CliError::Usage(format!("cannot write {}: {e}", dest.display())))?;
+    std::io::Write::write_all(&mut file, t.to_toml_string().as_bytes())
+        .map_err(|e| CliError::Failed(anyhow::anyhow!("cannot write {}: {e}", dest.display())))?;
+    if !global.quiet {
+        for w in &t.warnings {
+            eprintln!("warning: {w}");
+        }
+        for k in &t.phase2_keys {
+            eprintln!("warning: `{k}` is written but not read by this version of shipyard yet");
+        }
+    }
+    match global.output {
+        OutputFormat::Json => println!(
+            "{}",
+            output::to_json_string(&serde_json::json!({
+                "written": dest.display().to_string(),
+                "warnings": t.warnings.len(),
+            }))
+        ),
+        OutputFormat::Table => println!("wrote {}", dest.display()),
+    }
+    Ok(())
 }
 
 /// Like [`load`], but `None` when no configuration is named.
@@ -213,11 +275,12 @@ pub fn load_optional(global: &GlobalArgs) -> CliResult<Option<Config>> {
 
 fn config_check(global: &GlobalArgs, config: &Config) -> CliResult {
     config.validate()?;
+    config.check_endpoints()?;
     let mut jobs = Vec::new();
     for job in &config.jobs {
         // Against the configured pool; without one, against this machine (the local target).
         let plan = match &config.pool {
-            Some((pool, _)) => render::plan_job(&job.spec, pool)
+            Some((pool, _)) => submission::plan_job(&job.spec, pool)
                 .map_err(|e| CliError::Config(config.plan_error(job, e)))?,
             None => local_target::local_plan(config, job)?,
         };

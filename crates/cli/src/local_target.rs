@@ -6,7 +6,7 @@
 //! backend removes everything.
 
 use std::io::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -90,20 +90,10 @@ pub(crate) fn run(global: &GlobalArgs, config: &Config, args: &RunArgs) -> CliRe
             .await
             .map_err(anyhow::Error::from)?;
         let cancel = backend.cancel_token();
-        let signal_cancel = cancel.clone();
-        tokio::spawn(async move {
-            let Ok(mut term) =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            else {
-                return;
-            };
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-            eprintln!("shipyard: signal received, stopping the job and removing its containers");
-            signal_cancel.cancel();
-        });
+        crate::cancel_on_signal(
+            cancel.clone(),
+            "stopping the job and removing its containers",
+        );
         if let Some(t) = timeout {
             let c = cancel.clone();
             tokio::spawn(async move {
@@ -361,13 +351,14 @@ pub(crate) fn command(global: &GlobalArgs, command: Command) -> CliResult {
             });
             Ok(())
         }
-        Command::Jobs(JobsCommand::Add { job }) => {
+        Command::Jobs(JobsCommand::Add { job, recreate }) => {
             let config = config.ok_or_else(|| CliError::Usage("jobs add needs a configuration (-c FILE)".into()))?;
             let args = RunArgs {
                 configs: vec![],
                 job,
                 tail: false,
                 timeout: None,
+                recreate,
             };
             config.validate()?;
             run(global, &config, &args)
@@ -450,16 +441,7 @@ fn files(store: &shipyard_local::Store, f: &FilesArgs) -> CliResult {
         f.file.clone()
     };
     for name in &names {
-        let rel = Path::new(name);
-        if rel.is_absolute()
-            || rel
-                .components()
-                .any(|c| matches!(c, std::path::Component::ParentDir))
-        {
-            return Err(CliError::Usage(format!(
-                "--file `{name}` must be a path inside the task directory"
-            )));
-        }
+        let rel = crate::output::task_file_path(name)?;
         let src = t.task_dir.join(rel);
         let data = std::fs::read(&src).with_context(|| format!("cannot read {}", src.display()))?;
         match &f.out {

@@ -88,6 +88,22 @@ pub fn cell(v: &Value, pointer: &str) -> String {
     }
 }
 
+/// `--file NAME` as a path inside the task directory (and inside `--out DIR`); absolute paths
+/// and `..` are refused.
+pub fn task_file_path(name: &str) -> crate::CliResult<&std::path::Path> {
+    let rel = std::path::Path::new(name);
+    if rel.is_absolute()
+        || rel
+            .components()
+            .any(|c| matches!(c, std::path::Component::ParentDir))
+    {
+        return Err(crate::CliError::Usage(format!(
+            "--file `{name}` must be a path inside the task directory"
+        )));
+    }
+    Ok(rel)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -322,3 +322,286 @@ fn jobs_add_to_an_existing_job_adds_its_tasks() {
         .stderr(predicate::str::contains("grow"));
     assert_eq!(env.server.task_count("grow"), 2);
 }
+
+/// Runs `cmd`, asserting success; its output.
+fn succeeds(mut cmd: Command, what: &str) -> std::process::Output {
+    let out = cmd.output().expect("runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{what}: {err}");
+    out
+}
+
+#[test]
+fn no_command_prints_the_ssh_key_or_the_account_key() {
+    let env = Env::start();
+    let ex = examples_dir().join("local-openmpi.toml");
+    let with_config = || {
+        let mut cmd = env.shipyard();
+        cmd.arg("-c").arg(&ex);
+        cmd
+    };
+    let mut add = with_config();
+    add.args(["jobs", "add"]);
+    succeeds(add, "jobs add");
+    let job = env.server.job("hello-openmpi").expect("job created");
+    let stored = job.to_string();
+    assert!(
+        stored.contains("PRIVATE KEY"),
+        "the job carries its key: {job}"
+    );
+    let commands: [&[&str]; 5] = [
+        &["jobs", "list"],
+        &["jobs", "tasks", "hello-openmpi"],
+        &["tasks", "list", "--job", "hello-openmpi"],
+        &["tasks", "get", "--job", "hello-openmpi", "hello"],
+        &["pool", "list"],
+    ];
+    for format in ["json", "table"] {
+        for args in commands {
+            let mut cmd = with_config();
+            cmd.args(["--output", format]).args(args);
+            let out = succeeds(cmd, &args.join(" "));
+            for text in [&out.stdout, &out.stderr].map(|b| String::from_utf8_lossy(b)) {
+                assert!(
+                    !text.contains("PRIVATE KEY"),
+                    "{args:?} printed the key: {text}"
+                );
+                assert!(
+                    !text.contains(env.server.key()),
+                    "{args:?} printed the account key"
+                );
+            }
+        }
+    }
+    let mut list = with_config();
+    list.args(["--output", "json", "jobs", "list"]);
+    assert_eq!(json(&succeeds(list, "jobs list"))[0]["id"], "hello-openmpi");
+}
+
+#[test]
+fn files_refuses_a_path_that_escapes_the_out_dir() {
+    let env = Env::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("out");
+    env.shipyard()
+        .arg("-c")
+        .arg(examples_dir().join("local-openmpi.toml"))
+        .args([
+            "files", "--job", "j", "--task", "t", "--file", "../x", "--out",
+        ])
+        .arg(&out)
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("inside the task directory"));
+    assert!(!dir.path().join("x").exists());
+    assert!(env.server.requests().is_empty(), "nothing was requested");
+}
+
+/// One request as it went over the wire.
+#[derive(Debug, Clone)]
+struct Recorded {
+    method: String,
+    path: String,
+    body: Option<Value>,
+}
+
+/// A recording HTTP/1.1 proxy in front of the strict server: it forwards every byte and
+/// records each request's method, path and query, and JSON body.
+struct Recorder {
+    url: String,
+    log: std::sync::Arc<std::sync::Mutex<Vec<Recorded>>>,
+}
+
+impl Recorder {
+    fn start(env: &Env) -> Recorder {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let upstream = env.server.addr();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let listener = env
+            ._rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .expect("proxy binds");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let shared = log.clone();
+        env._rt.spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let log = shared.clone();
+                tokio::spawn(async move {
+                    let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    let (mut from_server, mut to_server) = server.into_split();
+                    let (mut from_client, mut to_client) = client.split();
+                    let replies = tokio::io::copy(&mut from_server, &mut to_client);
+                    let requests = async {
+                        let mut buf: Vec<u8> = Vec::new();
+                        let mut chunk = [0u8; 65536];
+                        loop {
+                            // One request: the head, then Content-Length bytes of body.
+                            let head_end = loop {
+                                if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                                    break i + 4;
+                                }
+                                match from_client.read(&mut chunk).await {
+                                    Ok(0) | Err(_) => return,
+                                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                                }
+                            };
+                            let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+                            let mut lines = head.split("\r\n");
+                            let mut first = lines.next().unwrap_or("").split(' ');
+                            let method = first.next().unwrap_or("").to_string();
+                            let path = first.next().unwrap_or("").to_string();
+                            let len: usize = lines
+                                .filter_map(|l| l.split_once(':'))
+                                .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+                                .and_then(|(_, v)| v.trim().parse().ok())
+                                .unwrap_or(0);
+                            assert!(
+                                !head.to_ascii_lowercase().contains("transfer-encoding"),
+                                "chunked request bodies are not recorded: {head}"
+                            );
+                            while buf.len() < head_end + len {
+                                match from_client.read(&mut chunk).await {
+                                    Ok(0) | Err(_) => return,
+                                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                                }
+                            }
+                            let body = &buf[head_end..head_end + len];
+                            let body = (!body.is_empty())
+                                .then(|| serde_json::from_slice(body).expect("JSON body"));
+                            log.lock()
+                                .expect("log")
+                                .push(Recorded { method, path, body });
+                            if to_server.write_all(&buf[..head_end + len]).await.is_err() {
+                                return;
+                            }
+                            buf.drain(..head_end + len);
+                        }
+                    };
+                    tokio::select! {
+                        _ = replies => {}
+                        () = requests => {}
+                    }
+                });
+            }
+        });
+        Recorder { url, log }
+    }
+
+    fn requests(&self) -> Vec<Recorded> {
+        self.log.lock().expect("log").clone()
+    }
+}
+
+/// Issue 10: for every example, the submission requests a real `run` sends equal what
+/// `--dry-run` prints (method, path with query, body), the SSH key placeholder aside.
+#[test]
+fn every_example_sends_exactly_what_its_dry_run_prints() {
+    const SUBMISSION: &[&str] = &["Pool_Add", "Job_Add", "Task_AddCollection", "Job_Patch"];
+    let mut examples: Vec<PathBuf> = std::fs::read_dir(examples_dir())
+        .expect("examples")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    examples.sort();
+    assert!(examples.len() >= 5, "{examples:?}");
+    for ex in examples {
+        let env = Env::start();
+        let dry = env
+            .shipyard()
+            .args(["--output", "json", "--dry-run", "run"])
+            .arg(&ex)
+            .output()
+            .expect("runs");
+        assert!(
+            dry.status.success(),
+            "{}",
+            String::from_utf8_lossy(&dry.stderr)
+        );
+        let dry = json(&dry);
+        let dry = dry.as_array().expect("requests");
+        // Tasks per job, to complete them once they arrive.
+        let mut tasks: Vec<(String, Vec<String>)> = Vec::new();
+        for r in dry
+            .iter()
+            .filter(|r| r["definition"] == "TaskAddCollectionParameter")
+        {
+            let path = r["path"].as_str().expect("path");
+            let job = path.split('/').nth(2).expect("job id").to_string();
+            let ids = r["body"]["value"]
+                .as_array()
+                .expect("tasks")
+                .iter()
+                .map(|t| t["id"].as_str().expect("id").to_string());
+            match tasks.iter_mut().find(|(j, _)| *j == job) {
+                Some((_, v)) => v.extend(ids),
+                None => tasks.push((job, ids.collect())),
+            }
+        }
+        let recorder = Recorder::start(&env);
+        let mut cmd = env.shipyard();
+        cmd.env("SHIPYARD_BATCH_ACCOUNT_URL", &recorder.url)
+            .args(["--output", "json", "run"])
+            .arg(&ex);
+        let child = std::thread::spawn(move || cmd.output().expect("runs"));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        for (job, ids) in &tasks {
+            while env.server.task_count(job) < ids.len() {
+                assert!(
+                    Instant::now() < deadline,
+                    "{}: {:#?}",
+                    ex.display(),
+                    env.rejected()
+                );
+                assert!(
+                    !child.is_finished(),
+                    "{}: shipyard exited early",
+                    ex.display()
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        for (job, ids) in &tasks {
+            for id in ids {
+                assert!(env.server.set_task_state(job, id, "completed", Some(0)));
+            }
+        }
+        let out = child.join().expect("join");
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            ex.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let spec = shipyard_batch_spec::schema::Spec::shared();
+        let sent: Vec<Value> = recorder
+            .requests()
+            .into_iter()
+            .filter(|r| {
+                let path = r.path.split('?').next().unwrap_or(&r.path);
+                spec.operation(&r.method, path)
+                    .is_some_and(|op| SUBMISSION.contains(&op.id))
+            })
+            .map(|r| {
+                let mut body = r.body.unwrap_or(Value::Null);
+                shipyard_submit::redact::redact_in_place(
+                    &mut body,
+                    shipyard_submit::redact::KEY_PLACEHOLDER,
+                );
+                serde_json::json!({"method": r.method, "path": r.path, "body": body})
+            })
+            .collect();
+        let printed: Vec<Value> = dry
+            .iter()
+            .map(|r| serde_json::json!({"method": r["method"], "path": r["path"], "body": r["body"]}))
+            .collect();
+        assert_eq!(sent, printed, "{}", ex.display());
+        assert!(
+            env.rejected().is_empty(),
+            "{}: {:#?}",
+            ex.display(),
+            env.rejected()
+        );
+    }
+}

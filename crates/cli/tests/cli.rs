@@ -745,3 +745,225 @@ multi_instance = { num_instances = 2 }
             "pool_specification.vm_configuration.platform_image.native",
         ));
 }
+
+/// Issue 13, finding 4: a typo in `[credentials]` must not print the secret on that line.
+#[test]
+fn config_errors_never_echo_a_credentials_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for body in [
+        "acount_key = \"SUPERSECRETVALUE\"\n",
+        "account_key = \"SUPERSECRETVALUE\n",
+        "aad = \"SUPERSECRETVALUE\"\n",
+    ] {
+        let cfg = write(
+            dir.path(),
+            "credentials.toml",
+            &format!("[credentials.batch]\naccount_name = \"a\"\n{body}"),
+        );
+        let out = config_check_fails(&cfg).get_output().clone();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("SUPERSECRETVALUE"), "{stderr}");
+        assert!(stderr.contains("credentials.toml:3:"), "{stderr}");
+        assert!(stderr.contains("may hold a secret"), "{stderr}");
+    }
+}
+
+/// Issue 13, finding 5: credentials go only to https Azure hosts (or loopback) unless the
+/// config opts in.
+#[test]
+fn credentials_go_only_to_azure_hosts_over_https() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ex = examples_dir().join("local-openmpi.toml");
+    let check = |creds: &str| {
+        let c = write(dir.path(), "credentials.toml", creds);
+        shipyard()
+            .arg("-c")
+            .arg(&ex)
+            .arg("--credentials")
+            .arg(&c)
+            .args(["config", "check"])
+            .output()
+            .expect("runs")
+    };
+    let refused = [
+        ("[credentials.batch]\naccount_service_url = \"http://b.westeurope.batch.azure.com\"\n", "must use https"),
+        ("[credentials.batch]\naccount_service_url = \"https://collector.example.com\"\n", "allow_custom_endpoints"),
+        (
+            "[credentials.batch]\naccount_service_url = \"https://b.westeurope.batch.azure.com\"\n[credentials.batch.aad]\nauthority_url = \"https://login.example.net\"\n",
+            "credentials.batch.aad.authority_url",
+        ),
+    ];
+    for (creds, why) in refused {
+        let out = check(creds);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{creds}: {stderr}");
+        assert!(stderr.contains(why), "{creds}: {stderr}");
+        assert!(stderr.contains("credentials.toml:"), "{stderr}");
+    }
+    for creds in [
+        "[credentials.batch]\naccount_service_url = \"https://b.westeurope.batch.azure.com\"\n",
+        "[credentials.batch]\naccount_service_url = \"http://127.0.0.1:8711\"\n",
+        "[credentials.batch]\naccount_service_url = \"https://collector.example.com\"\nallow_custom_endpoints = true\n",
+    ] {
+        let out = check(creds);
+        assert!(out.status.success(), "{creds}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    // The client refuses it too (not only `config check`): nothing is sent.
+    let c = write(
+        dir.path(),
+        "credentials.toml",
+        "[credentials.batch]\naccount_name = \"a\"\naccount_service_url = \"https://collector.example.com\"\n",
+    );
+    shipyard()
+        .env("SHIPYARD_BATCH_ACCOUNT_KEY", "a2V5")
+        .args(["--target", "azure", "-c"])
+        .arg(&ex)
+        .arg("--credentials")
+        .arg(&c)
+        .args(["pool", "list"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("allow_custom_endpoints"));
+}
+
+fn bs_fixtures() -> Vec<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../batch-shipyard-config/tests/fixtures");
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .expect("fixtures")
+        .map(|e| e.expect("dir entry").path())
+        .filter(|p| p.is_dir())
+        .collect();
+    v.sort();
+    v
+}
+
+/// Issue 11: Batch Shipyard directories are read as they are (`--configdir`, and the files
+/// one by one with -c/--credentials/--pool/--jobs), and `config import` gives TOML whose
+/// dry run is identical to the YAML's. Fixtures using keys shipyard does not read yet
+/// (phase 2 of issue 11) are left out; at least two qualify.
+#[test]
+fn batch_shipyard_yaml_checks_and_imports_to_the_same_dry_run() {
+    let mut checked = 0;
+    for fixture in bs_fixtures() {
+        let t = shipyard_bs_config::translate_dir(&fixture, Default::default())
+            .expect("fixture translates");
+        if !t.phase2_keys.is_empty() {
+            continue;
+        }
+        let name = fixture.display().to_string();
+        let out = shipyard()
+            .arg("--configdir")
+            .arg(&fixture)
+            .args(["--output", "json", "config", "check"])
+            .output()
+            .expect("runs");
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        if !out.status.success() && stderr.contains("pool_current_low_priority") {
+            // The domain refuses low-priority instance counts (issue 11, point 2).
+            continue;
+        }
+        assert!(out.status.success(), "{name}: {stderr}");
+        assert_eq!(stdout_json(&out)["valid"], true, "{name}");
+        let dry = |args: &mut Command| {
+            let out = args
+                .args(["--output", "json", "--target", "azure", "--dry-run", "run"])
+                .output()
+                .expect("runs");
+            assert!(
+                out.status.success(),
+                "{name}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            stdout_json(&out)
+        };
+        let from_yaml = dry(shipyard().arg("--configdir").arg(&fixture));
+        // The same files named one by one.
+        let mut one_by_one = shipyard();
+        for (flag, stem) in [
+            ("--credentials", "credentials"),
+            ("--pool", "pool"),
+            ("--jobs", "jobs"),
+        ] {
+            if let Some(p) = ["yaml", "yml", "json"]
+                .iter()
+                .map(|e| fixture.join(format!("{stem}.{e}")))
+                .find(|p| p.is_file())
+            {
+                one_by_one.arg(flag).arg(p);
+            }
+        }
+        if let Some(p) = ["yaml", "json"]
+            .iter()
+            .map(|e| fixture.join(format!("config.{e}")))
+            .find(|p| p.is_file())
+        {
+            one_by_one.arg("-c").arg(p);
+        }
+        assert_eq!(dry(&mut one_by_one), from_yaml, "{name}: one by one");
+        let out_dir = tempfile::tempdir().expect("tempdir");
+        let imported = shipyard()
+            .args(["config", "import"])
+            .arg(&fixture)
+            .arg("--out")
+            .arg(out_dir.path())
+            .output()
+            .expect("runs");
+        assert!(
+            imported.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&imported.stderr)
+        );
+        let toml_path = out_dir.path().join("config.toml");
+        let toml = std::fs::read_to_string(&toml_path).expect("config.toml written");
+        assert!(
+            toml.contains('#'),
+            "{name}: the import keeps its comments:\n{toml}"
+        );
+        assert_eq!(
+            dry(shipyard().arg("--configdir").arg(out_dir.path())),
+            from_yaml,
+            "{name}: imported"
+        );
+        // A second import does not overwrite the first.
+        shipyard()
+            .args(["config", "import"])
+            .arg(&fixture)
+            .arg("--out")
+            .arg(out_dir.path())
+            .assert()
+            .code(2);
+        checked += 1;
+    }
+    assert!(checked >= 2, "only {checked} fixtures were compared");
+}
+
+/// Errors in a Batch Shipyard file name the YAML file, line and column.
+#[test]
+fn batch_shipyard_errors_are_located_in_the_yaml() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write(
+        dir.path(),
+        "pool.yaml",
+        "pool_specification:\n  id: p\n  vm_size: STANDARD_HB60rs\n  vm_cuont:\n    dedicated: 2\n",
+    );
+    shipyard()
+        .arg("--configdir")
+        .arg(dir.path())
+        .args(["config", "check"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("pool.yaml:4:3"))
+        .stderr(predicate::str::contains("vm_count"));
+    // A positional file, as `run FILE` takes.
+    shipyard()
+        .args(["config", "check"])
+        .arg(dir.path().join("pool.yaml"))
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("pool.yaml:4:3"));
+    shipyard()
+        .args(["config", "check"])
+        .arg(examples_dir().join("local-openmpi.toml"))
+        .assert()
+        .success();
+}

@@ -49,6 +49,9 @@ pub struct LocalOptions {
     /// Probe the nodes' sshd from inside the master container instead of from this process
     /// (automatic when the nodes' network is unreachable from here).
     pub probe_from_master: bool,
+    /// Rerun a job id whose earlier run finished (its records are replaced). A job id whose
+    /// run is active is refused either way ([`LocalError::JobExists`]). Default: false.
+    pub recreate: bool,
 }
 
 fn default_state_dir() -> PathBuf {
@@ -77,6 +80,7 @@ impl Default for LocalOptions {
             keys_on_all_nodes: false,
             sweep_on_connect: true,
             probe_from_master: false,
+            recreate: false,
         }
     }
 }
@@ -130,6 +134,11 @@ impl LocalOptions {
     /// Sets [`LocalOptions::sweep_on_connect`].
     pub fn sweep_on_connect(mut self, on: bool) -> Self {
         self.sweep_on_connect = on;
+        self
+    }
+    /// Sets [`LocalOptions::recreate`].
+    pub fn recreate(mut self, on: bool) -> Self {
+        self.recreate = on;
         self
     }
     /// The store of this state directory (usable without Docker).
@@ -315,13 +324,13 @@ impl LocalBackend {
             .unwrap_or(self.opts.max_parallel_tasks)
             .max(1);
         let schedule = Schedule::new(deps, slots);
-        let mut run = JobRun::start(&job, ctx, self.store.clone(), schedule);
+        let mut run = JobRun::start(&job, ctx, self.store.clone(), schedule, self.opts.recreate)?;
         let cancel = self.cancel.child_token();
         // If this future is dropped mid-run, remove everything of the run before returning.
         let guard = RunGuard::new(&run_id);
         run.drive(&job, &cancel).await;
         guard.disarm();
-        Ok(run.finish(job, self.cancel.is_cancelled()).await)
+        run.finish(job, self.cancel.is_cancelled()).await
     }
 
     /// Fails with [`LocalError::ImageMissing`] for the first task whose image the engine lacks.

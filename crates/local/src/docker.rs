@@ -35,6 +35,8 @@ pub mod labels {
     /// The owning process's pid namespace (`pid:[inode]`): only runs of the same namespace can
     /// be judged dead by pid.
     pub const PID_NS: &str = "shipyard.pidns";
+    /// Host identity of the owning process (`<machine-id>/<boot-id>`).
+    pub const HOST: &str = "shipyard.host";
     /// The node id (containers only).
     pub const NODE: &str = "shipyard.node";
     /// Always `local`.

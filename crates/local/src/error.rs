@@ -130,6 +130,32 @@ pub enum LocalError {
         #[source]
         source: std::io::Error,
     },
+    /// A job with this id exists: it is still running (Batch's `JobExists`), or it finished
+    /// and a rerun was not asked for with [`crate::LocalOptions::recreate`].
+    #[error(
+        "JobExists: job `{job}` already exists{}",
+        if *active { format!(" and its run {run_id} is active") } else { " (finished); rerun it with --recreate".to_string() }
+    )]
+    JobExists {
+        /// The job id.
+        job: String,
+        /// Whether its run is still going.
+        active: bool,
+        /// The run that has it.
+        run_id: String,
+    },
+    /// A task's output could not be written (e.g. the disk is full): the task fails, its
+    /// output files are truncated.
+    #[error("task `{task}`: its output is truncated: writing {path} failed ({source})")]
+    OutputLost {
+        /// The task id.
+        task: String,
+        /// The output file.
+        path: PathBuf,
+        /// The write error.
+        #[source]
+        source: std::io::Error,
+    },
     /// The embedded store failed.
     #[error("store {path}: {reason}")]
     Store {

@@ -8,6 +8,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::backend::JobOutcome;
+use crate::error::Result;
 use crate::events::Event;
 use crate::recorder::Recorder;
 use crate::spec::{LocalJob, LocalTask, OnAllTasksComplete, OnTaskFailure};
@@ -121,12 +122,14 @@ pub(crate) struct JobRun {
 
 impl JobRun {
     /// Records the job and its tasks as active and emits [`Event::JobStarted`].
+    /// Fails when the job id is taken ([`crate::LocalError::JobExists`]).
     pub(crate) fn start(
         job: &LocalJob,
         ctx: Arc<RunCtx>,
         store: Store,
         schedule: Schedule,
-    ) -> Self {
+        recreate: bool,
+    ) -> Result<Self> {
         let job_rec = JobRecord {
             id: job.id.clone(),
             state: JobState::Active,
@@ -135,9 +138,8 @@ impl JobRun {
             end_time: None,
             terminate_reason: None,
             task_count: job.tasks.len(),
+            owner: Some(crate::owner::RunOwner::current()),
         };
-        let recorder = Recorder::start(store);
-        recorder.job(&job_rec);
         let records: Vec<TaskRecord> = job
             .tasks
             .iter()
@@ -155,22 +157,23 @@ impl JobRun {
                 task_dir: ctx.task_dir(&t.id),
             })
             .collect();
-        for r in &records {
-            recorder.task(r);
-        }
+        // Written before anything runs, in one transaction with the check that the id is
+        // free: two runs of one id never both proceed.
+        store.claim_job(&job_rec, &records, recreate)?;
+        let recorder = Recorder::start(store);
         ctx.events.emit(Event::JobStarted {
             job: job.id.clone(),
             run_id: ctx.run_id.clone(),
             tasks: job.tasks.len(),
         });
-        JobRun {
+        Ok(JobRun {
             ctx,
             recorder,
             job_rec,
             records,
             schedule,
             terminated: false,
-        }
+        })
     }
 
     /// Runs the tasks as their dependencies and the slots allow, until none is left to start
@@ -226,8 +229,9 @@ impl JobRun {
     }
 
     /// Records why unrun tasks did not run and the job's final state, deletes the key
-    /// directory, emits [`Event::JobFinished`] and returns the outcome.
-    pub(crate) async fn finish(self, job: LocalJob, cancelled: bool) -> JobOutcome {
+    /// directory, emits [`Event::JobFinished`] and returns the outcome; fails when some state
+    /// change could not be recorded.
+    pub(crate) async fn finish(self, job: LocalJob, cancelled: bool) -> Result<JobOutcome> {
         let JobRun {
             ctx,
             recorder,
@@ -255,7 +259,7 @@ impl JobRun {
         }
         job_rec.end_time = Some(OffsetDateTime::now_utc());
         recorder.job(&job_rec);
-        recorder.flush().await;
+        let recorded = recorder.flush().await;
         let events = ctx.events.clone();
         let run_id = ctx.run_id.clone();
         drop(ctx); // deletes the key directory
@@ -263,14 +267,16 @@ impl JobRun {
             job: job.id.clone(),
             state: job_rec.state,
         });
-        JobOutcome {
+        // A state change that could not be recorded fails the run: the records would lie.
+        recorded?;
+        Ok(JobOutcome {
             job_id: job.id,
             run_id,
             state: job_rec.state,
             terminate_reason: job_rec.terminate_reason,
             cancelled,
             tasks: records,
-        }
+        })
     }
 }
 
@@ -328,7 +334,13 @@ async fn run_task(
             exit_code: None,
             failure: None,
         });
-        let a = run_attempt(ctx, task, attempt, cancel).await;
+        // The application starts: record it then, not at the end.
+        let running = TaskRecord {
+            state: TaskState::Running,
+            ..rec.clone()
+        };
+        let on_running = || store.task(&running);
+        let a = run_attempt(ctx, task, attempt, cancel, &on_running).await;
         rec.end_time = Some(OffsetDateTime::now_utc());
         rec.state = TaskState::Completed;
         rec.exit_code = a.exit_code;

@@ -54,6 +54,8 @@ mod error;
 mod events;
 mod job_run;
 pub mod keys;
+mod owner;
+mod private;
 mod recorder;
 pub mod spec;
 pub mod store;
@@ -65,6 +67,7 @@ pub use docker::{labels, OutputStream};
 pub use engine::{Engine, EngineError, EngineOptions, FileContent};
 pub use error::{LocalError, Result};
 pub use events::{Event, EventSender};
+pub use owner::RunOwner;
 pub use spec::{
     LocalJob, LocalTask, MultiInstance, OnAllTasksComplete, OnTaskFailure, TaskDependencies,
     TaskIdRange,

@@ -9,6 +9,7 @@ use bollard::query_parameters::{
 
 use crate::docker::{labels, Engine};
 use crate::error::{LocalError, Result};
+use crate::owner::RunOwner;
 
 /// What a sweep found and removed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -23,41 +24,15 @@ pub struct SweepReport {
     pub key_dirs_removed: usize,
 }
 
-/// The start time of a process (field 22 of `/proc/<pid>/stat`), if it exists.
-pub(crate) fn pid_start_time(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after = &stat[stat.rfind(')')? + 1..];
-    after.split_whitespace().nth(19)?.parse().ok()
-}
-
-/// Whether process `pid` exists.
+/// Whether process `pid` may exist (an invisible pid, e.g. under `hidepid`, counts as alive).
 pub(crate) fn pid_alive(pid: u32) -> bool {
-    std::path::Path::new(&format!("/proc/{pid}")).exists()
+    crate::owner::probe_pid(pid) != crate::owner::PidProbe::Gone
 }
 
-/// This process's pid namespace (`pid:[inode]`), if readable.
-pub(crate) fn pid_namespace() -> Option<String> {
-    std::fs::read_link("/proc/self/ns/pid")
-        .ok()
-        .map(|p| p.display().to_string())
-}
-
-/// Whether the owner recorded in `labels` is alive (or cannot be judged from here: another pid
-/// namespace, e.g. a backend running in a container that shares the engine).
+/// Whether the owner recorded in `labels` is alive (or cannot be judged from here: another
+/// host or boot, another pid namespace, an invisible pid).
 fn owner_alive(l: &HashMap<String, String>) -> bool {
-    if let (Some(theirs), Some(ours)) = (l.get(labels::PID_NS), pid_namespace()) {
-        if *theirs != ours {
-            return true;
-        }
-    }
-    let Some(pid) = l.get(labels::PID).and_then(|p| p.parse::<u32>().ok()) else {
-        return false;
-    };
-    match (pid_start_time(pid), l.get(labels::PID_START)) {
-        (None, _) => false,
-        (Some(now), Some(rec)) => rec.parse::<u64>().is_ok_and(|r| r == now),
-        (Some(_), None) => true,
-    }
+    RunOwner::from_labels(l).is_some_and(|o| o.alive())
 }
 
 pub(crate) async fn sweep(engine: &Engine, key_base: &std::path::Path) -> Result<SweepReport> {
@@ -124,7 +99,7 @@ mod tests {
     #[test]
     fn own_process_is_alive_and_recognised() {
         let pid = std::process::id();
-        let start = pid_start_time(pid).expect("own start time");
+        let start = crate::owner::pid_start_time(pid).expect("own start time");
         let l = HashMap::from([
             (labels::PID.to_string(), pid.to_string()),
             (labels::PID_START.to_string(), start.to_string()),
@@ -143,6 +118,14 @@ mod tests {
         assert!(
             owner_alive(&elsewhere),
             "another namespace is never judged dead"
+        );
+        let other_host = HashMap::from([
+            (labels::PID.to_string(), "999999999".to_string()),
+            (labels::HOST.to_string(), "another-machine/boot".to_string()),
+        ]);
+        assert!(
+            owner_alive(&other_host),
+            "a run of another host sharing the daemon is never judged dead"
         );
     }
 }

@@ -49,11 +49,15 @@ impl RunCtx {
             (labels::RUN.to_string(), self.run_id.clone()),
             (labels::PID.to_string(), pid.to_string()),
         ]);
-        if let Some(ns) = crate::sweep::pid_namespace() {
+        let owner = crate::owner::RunOwner::current();
+        if let Some(ns) = owner.pid_ns {
             l.insert(labels::PID_NS.to_string(), ns);
         }
-        if let Some(start) = crate::sweep::pid_start_time(pid) {
+        if let Some(start) = owner.pid_start {
             l.insert(labels::PID_START.to_string(), start.to_string());
+        }
+        if let Some(host) = owner.host {
+            l.insert(labels::HOST.to_string(), host);
         }
         l
     }
@@ -150,6 +154,9 @@ struct Sink {
     node: String,
     coordination: bool,
     tail: Vec<u8>,
+    dir: PathBuf,
+    /// The first write that failed (a full disk): the output is truncated from there on.
+    lost: Option<(PathBuf, std::io::Error)>,
 }
 
 impl Sink {
@@ -161,11 +168,8 @@ impl Sink {
         node: &str,
         coordination: bool,
     ) -> Result<Self> {
-        std::fs::create_dir_all(dir).map_err(|e| LocalError::io(dir, e))?;
-        let open = |name: &str| {
-            let p = dir.join(name);
-            std::fs::File::create(&p).map_err(|e| LocalError::io(p, e))
-        };
+        crate::private::create_dir_all(dir)?;
+        let open = |name: &str| crate::private::create_file(&dir.join(name));
         Ok(Sink {
             out: open("stdout.txt")?,
             err: open("stderr.txt")?,
@@ -176,6 +180,8 @@ impl Sink {
             node: node.to_string(),
             coordination,
             tail: Vec::new(),
+            dir: dir.to_path_buf(),
+            lost: None,
         })
     }
 
@@ -184,8 +190,12 @@ impl Sink {
             OutputStream::Stdout => (&mut self.out, 0),
             OutputStream::Stderr => (&mut self.err, 1),
         };
-        if let Err(e) = file.write_all(chunk) {
-            tracing::warn!(task = %self.task, error = %e, "could not write task output");
+        if self.lost.is_none() {
+            if let Err(e) = file.write_all(chunk) {
+                tracing::error!(task = %self.task, error = %e, "could not write task output");
+                let name = if idx == 0 { "stdout.txt" } else { "stderr.txt" };
+                self.lost = Some((self.dir.join(name), e));
+            }
         }
         if idx == 1 {
             self.tail.extend_from_slice(chunk);
@@ -215,6 +225,18 @@ impl Sink {
         });
     }
 
+    /// Fails with [`LocalError::OutputLost`] when some output could not be written.
+    fn check(&mut self) -> Result<()> {
+        match self.lost.take() {
+            Some((path, source)) => Err(LocalError::OutputLost {
+                task: self.task.clone(),
+                path,
+                source,
+            }),
+            None => Ok(()),
+        }
+    }
+
     fn finish(self) -> String {
         for (idx, stream) in [(0, OutputStream::Stdout), (1, OutputStream::Stderr)] {
             if self.stream_lines && !self.bufs[idx].is_empty() {
@@ -237,6 +259,7 @@ pub(crate) async fn run_attempt(
     task: &LocalTask,
     attempt: u32,
     cancel: &CancellationToken,
+    on_running: &(dyn Fn() + Send + Sync),
 ) -> Attempt {
     let n = task.instances() as usize;
     let multi = task.multi_instance.is_some();
@@ -256,7 +279,7 @@ pub(crate) async fn run_attempt(
     let outcome = tokio::select! {
         biased;
         _ = cancel.cancelled() => Err(LocalError::Cancelled),
-        r = attempt_inner(ctx, task, attempt, multi, &mut res) => r,
+        r = attempt_inner(ctx, task, attempt, multi, &mut res, on_running) => r,
     };
     res.cleanup().await;
     match outcome {
@@ -315,7 +338,7 @@ impl AttemptSetup {
         };
         let run_opts = parse_run_options(&task.container_run_options)?;
         let task_dir = ctx.task_dir(&task.id);
-        std::fs::create_dir_all(&task_dir).map_err(|e| LocalError::io(&task_dir, e))?;
+        crate::private::create_dir_all(&task_dir)?;
         Ok(AttemptSetup {
             multi,
             labels,
@@ -335,6 +358,7 @@ async fn attempt_inner(
     attempt: u32,
     multi: bool,
     res: &mut Resources,
+    on_running: &(dyn Fn() + Send + Sync),
 ) -> Result<i64> {
     let setup = AttemptSetup::new(ctx, task, multi)?;
     let mut addrs: Vec<NodeAddr> = (0..task.instances() as usize)
@@ -361,7 +385,7 @@ async fn attempt_inner(
     let code = tokio::select! {
         biased;
         (i, _, _) = &mut node_lost => return Err(lost(i)),
-        r = coordinate_and_run(ctx, task, attempt, &setup, &specs, &addrs) => r?,
+        r = coordinate_and_run(ctx, task, attempt, &setup, &specs, &addrs, on_running) => r?,
     };
     // A killed master ends the exec with an error code before its watcher fires: check.
     if code != 0 {
@@ -499,6 +523,7 @@ async fn coordinate_and_run(
     setup: &AttemptSetup,
     specs: &[ContainerSpec],
     addrs: &[NodeAddr],
+    on_running: &(dyn Fn() + Send + Sync),
 ) -> Result<i64> {
     if let Some(argv) = &setup.coord_argv {
         coordinate(ctx, task, specs, addrs, argv, &setup.task_dir).await?;
@@ -508,6 +533,7 @@ async fn coordinate_and_run(
             nodes: addrs.len(),
         });
     }
+    on_running();
     ctx.events.emit(Event::TaskState {
         task: task.id.clone(),
         state: crate::store::TaskState::Running,
@@ -541,6 +567,7 @@ async fn coordinate_and_run(
             None => exec.await?,
         }
     };
+    sink.check()?;
     sink.finish();
     Ok(code)
 }
@@ -581,6 +608,7 @@ async fn coordinate(
                 ),
             })??
         };
+        sink.check()?;
         let tail = sink.finish();
         if code != 0 {
             return Err(LocalError::Coordination {

@@ -120,6 +120,24 @@ pub mod container {
     pub const NV: &str = "--nv";
 }
 
+/// Charliecloud's `ch-run` (0.31).
+pub mod charliecloud {
+    /// Join the node's peer group; the count comes from `OMPI_COMM_WORLD_LOCAL_SIZE`.
+    pub const JOIN: &str = "--join";
+    /// Join with an explicit peer count (`--join-ct=N`, implies `--join`).
+    pub const JOIN_CT: &str = "--join-ct=";
+    /// Bind mount `SRC[:DST]` (read-write; the destination must exist in the image).
+    pub const BIND: &str = "-b";
+    /// Initial working directory in the container.
+    pub const CD: &str = "-c";
+    /// Do not expand `$` in `--set-env` values (the shell already did).
+    pub const ENV_NO_EXPAND: &str = "--env-no-expand";
+    /// Set a variable in the container (`--set-env=NAME=VALUE`).
+    pub const SET_ENV: &str = "--set-env=";
+    /// Ends `ch-run`'s options: the program follows.
+    pub const END: &str = "--";
+}
+
 /// ssh client options shipyard always sets (no prompts, no host-key checks).
 pub const SSH_DEFAULT_OPTIONS: &[(&str, &str)] = &[
     ("StrictHostKeyChecking", "no"),

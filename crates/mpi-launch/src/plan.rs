@@ -2,7 +2,7 @@
 
 use crate::flags::{self, container as cflags, intel, mpich, msmpi, openmpi};
 use crate::render::{cmd_word, sh_host_lines, sh_quote, sh_suffix_sed, sh_word};
-use crate::request::{HostSpec, Hosts, LaunchRequest, Ppn};
+use crate::request::{Container, ContainerWrapper, HostSpec, Hosts, LaunchRequest, Ppn};
 use crate::word::{Deferred, Num, Part, RunEnv, Word};
 use crate::{Flavor, LaunchError};
 
@@ -365,43 +365,20 @@ fn validate(req: &LaunchRequest) -> Result<(), LaunchError> {
             return Err(unsupported(
                 flavor,
                 "container",
-                "singularity/apptainer run on Linux only",
+                "container wrappers run on Linux only",
             ));
         }
-        if c.image.is_empty() {
-            return Err(invalid("container.image", "must not be empty"));
-        }
-        no_nul("container.image", &c.image)?;
-        if let Some(p) = &c.program {
-            token("container.program", p, &[])?;
-        }
-        for b in &c.binds {
-            for w in [&b.src, &b.dst] {
-                word_no_nul("container.binds", w)?;
-                if w.parts().is_empty() {
-                    return Err(invalid("container.binds", "a bind path must not be empty"));
-                }
-                for p in w.parts() {
-                    if let Part::Lit(s) = p {
-                        if let Some(c) = s.chars().find(|c| matches!(c, ',' | ':')) {
-                            return Err(invalid(
-                                "container.binds",
-                                format!("{s:?} must not contain {c:?}"),
-                            ));
-                        }
-                    }
-                }
+        validate_container(c)?;
+        if c.join && flavor != Flavor::OpenMpi {
+            // hydra places `-ppn` ranks per node only when the total fills every node
+            if req.ranks.is_some() || req.oversubscribe {
+                return Err(unsupported(
+                    flavor,
+                    "container.join",
+                    "the peer count per node is the processes per node, so `ranks` and \
+                     `oversubscribe` cannot be set",
+                ));
             }
-        }
-        if let Some(p) = &c.pwd {
-            word_no_nul("container.pwd", p)?;
-        }
-        for (name, value) in &c.env {
-            env_name("container.env", name)?;
-            word_no_nul("container.env", value)?;
-        }
-        for o in &c.options {
-            no_nul("container.options", o)?;
         }
     }
     if let Some(m) = req.open_mpi_major {
@@ -417,6 +394,154 @@ fn validate(req: &LaunchRequest) -> Result<(), LaunchError> {
 
 // ---------------------------------------------------------------------------------------------
 // building
+
+/// Checks a container wrapper on its own (also for [`Container::render_sh`]).
+fn validate_container(c: &Container) -> Result<(), LaunchError> {
+    if c.image.as_literal().is_some_and(str::is_empty) {
+        return Err(invalid("container.image", "must not be empty"));
+    }
+    word_no_nul("container.image", &c.image)?;
+    if let Some(p) = &c.program {
+        token("container.program", p, &[])?;
+    }
+    let cc = c.wrapper == ContainerWrapper::Charliecloud;
+    if c.join && !cc {
+        return Err(invalid(
+            "container.join",
+            format!("{} has no peer groups", c.wrapper.default_program()),
+        ));
+    }
+    if c.nv && cc {
+        return Err(invalid(
+            "container.nv",
+            "ch-run has no --nv: inject the GPU libraries with ch-fromhost",
+        ));
+    }
+    for b in &c.binds {
+        if b.read_only && cc {
+            return Err(invalid(
+                "container.binds",
+                "ch-run binds are read-write; it has no read-only bind",
+            ));
+        }
+        for w in [&b.src, &b.dst] {
+            word_no_nul("container.binds", w)?;
+            if w.parts().is_empty() {
+                return Err(invalid("container.binds", "a bind path must not be empty"));
+            }
+            for p in w.parts() {
+                if let Part::Lit(s) = p {
+                    if let Some(c) = s.chars().find(|c| matches!(c, ',' | ':')) {
+                        return Err(invalid(
+                            "container.binds",
+                            format!("{s:?} must not contain {c:?}"),
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    if let Some(p) = &c.pwd {
+        word_no_nul("container.pwd", p)?;
+    }
+    for (name, value) in &c.env {
+        env_name("container.env", name)?;
+        word_no_nul("container.env", value)?;
+    }
+    for o in &c.options {
+        no_nul("container.options", o)?;
+    }
+    Ok(())
+}
+
+/// The wrapper's argv up to (and including) the image, or for Charliecloud the `--` after it.
+/// `join` is the `--join` word(s) of a Charliecloud peer group (see [`Container::join`]).
+fn container_argv(c: &Container, join: Option<Word>) -> Vec<Word> {
+    let lit = |s: &str| Word::lit(s);
+    let mut argv = vec![Word::lit(
+        c.program.as_deref().unwrap_or(c.wrapper.default_program()),
+    )];
+    let bind_word = |b: &crate::Bind| {
+        let mut parts: Vec<Part> = b.src.parts().to_vec();
+        parts.push(Part::Lit(":".into()));
+        parts.extend(b.dst.parts().iter().cloned());
+        if b.read_only {
+            parts.push(Part::Lit(":ro".into()));
+        }
+        Word::concat(parts)
+    };
+    if c.wrapper == ContainerWrapper::Charliecloud {
+        use flags::charliecloud as ch;
+        argv.extend(join);
+        for b in &c.binds {
+            argv.extend([lit(ch::BIND), bind_word(b)]);
+        }
+        if let Some(p) = &c.pwd {
+            argv.extend([lit(ch::CD), p.clone()]);
+        }
+        if !c.env.is_empty() {
+            argv.push(lit(ch::ENV_NO_EXPAND));
+            for (k, v) in &c.env {
+                let mut parts = vec![Part::Lit(format!("{}{k}=", ch::SET_ENV))];
+                parts.extend(v.parts().iter().cloned());
+                argv.push(Word::concat(parts));
+            }
+        }
+        argv.extend(c.options.iter().map(Word::lit));
+        argv.push(c.image.clone());
+        argv.push(lit(ch::END));
+        return argv;
+    }
+    argv.push(lit(cflags::EXEC));
+    for b in &c.binds {
+        argv.extend([lit(cflags::BIND), bind_word(b)]);
+    }
+    if let Some(p) = &c.pwd {
+        argv.extend([lit(cflags::PWD), p.clone()]);
+    }
+    if c.nv {
+        argv.push(lit(cflags::NV));
+    }
+    argv.extend(c.options.iter().map(Word::lit));
+    argv.push(c.image.clone());
+    argv
+}
+
+impl Container {
+    /// The container started once, without an MPI launcher: one POSIX-sh line
+    /// `ch-run ... IMAGE -- program args` (or `singularity exec ... IMAGE program args`), its
+    /// run-time values expanded by the shell. [`Container::join`] needs a launcher and is an
+    /// error here.
+    pub fn render_sh<S: AsRef<str>>(
+        &self,
+        program: &str,
+        args: &[S],
+    ) -> Result<String, LaunchError> {
+        validate_container(self)?;
+        if self.join {
+            return Err(invalid(
+                "container.join",
+                "a peer group needs an MPI launcher",
+            ));
+        }
+        if program.is_empty() {
+            return Err(invalid("program", "must not be empty"));
+        }
+        no_nul("program", program)?;
+        let mut argv = container_argv(self, None);
+        argv.push(Word::lit(program));
+        for a in args {
+            no_nul("args", a.as_ref())?;
+            argv.push(Word::lit(a.as_ref()));
+        }
+        Ok(argv
+            .iter()
+            .enumerate()
+            .map(|(i, w)| crate::render::sh_word(w, i == 0))
+            .collect::<Vec<_>>()
+            .join(" "))
+    }
+}
 
 /// Environment values shipyard sets by default for a flavour (before the user's values, which
 /// replace them by name).
@@ -505,7 +630,11 @@ pub(crate) fn build(req: &LaunchRequest) -> Result<LaunchPlan, LaunchError> {
     for (k, v) in &req.env {
         set_env(&mut pairs, k, v.clone());
     }
-    if let Some(c) = &req.container {
+    if let Some(c) = req
+        .container
+        .as_ref()
+        .filter(|c| c.wrapper != ContainerWrapper::Charliecloud)
+    {
         for (k, v) in &c.env {
             set_env(
                 &mut pairs,
@@ -756,27 +885,15 @@ pub(crate) fn build(req: &LaunchRequest) -> Result<LaunchPlan, LaunchError> {
     }
 
     if let Some(c) = &req.container {
-        argv.push(Word::lit(
-            c.program.as_deref().unwrap_or(c.wrapper.default_program()),
-        ));
-        argv.push(lit(cflags::EXEC));
-        for b in &c.binds {
-            let mut parts: Vec<Part> = b.src.parts().to_vec();
-            parts.push(Part::Lit(":".into()));
-            parts.extend(b.dst.parts().iter().cloned());
-            if b.read_only {
-                parts.push(Part::Lit(":ro".into()));
+        let join = c.join.then(|| match flavor {
+            Flavor::OpenMpi => Word::lit(flags::charliecloud::JOIN),
+            _ => {
+                let mut parts = vec![Part::Lit(flags::charliecloud::JOIN_CT.into())];
+                parts.extend(Word::num(ppn.clone()).parts().iter().cloned());
+                Word::concat(parts)
             }
-            argv.extend([lit(cflags::BIND), Word::concat(parts)]);
-        }
-        if let Some(p) = &c.pwd {
-            argv.extend([lit(cflags::PWD), p.clone()]);
-        }
-        if c.nv {
-            argv.push(lit(cflags::NV));
-        }
-        argv.extend(c.options.iter().map(Word::lit));
-        argv.push(Word::lit(&c.image));
+        });
+        argv.extend(container_argv(c, join));
     }
     argv.push(Word::lit(&req.program));
     argv.extend(req.args.iter().map(Word::lit));

@@ -96,13 +96,17 @@ impl WallClock {
     }
 }
 
-/// Which container engine wraps each rank's program (`singularity` or `apptainer exec`).
+/// Which container engine wraps each rank's program.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ContainerWrapper {
     /// `singularity exec`, env via `SINGULARITYENV_`.
     Singularity,
     /// `apptainer exec`, env via `APPTAINERENV_`.
     Apptainer,
+    /// Charliecloud's `ch-run [--join|--join-ct=N] [-b SRC:DST] [-c DIR] [--env-no-expand
+    /// --set-env=K=V ...] [options] IMAGE_DIR -- program args`; variables are passed with
+    /// `--set-env`, not through a prefix.
+    Charliecloud,
 }
 
 impl ContainerWrapper {
@@ -111,14 +115,17 @@ impl ContainerWrapper {
         match self {
             ContainerWrapper::Singularity => "singularity",
             ContainerWrapper::Apptainer => "apptainer",
+            ContainerWrapper::Charliecloud => "ch-run",
         }
     }
 
-    /// Prefix that injects a variable into the container.
+    /// Prefix that injects a variable into the container; empty for Charliecloud, which sets
+    /// the container's variables with `--set-env=NAME=VALUE` arguments instead.
     pub fn env_prefix(self) -> &'static str {
         match self {
             ContainerWrapper::Singularity => "SINGULARITYENV_",
             ContainerWrapper::Apptainer => "APPTAINERENV_",
+            ContainerWrapper::Charliecloud => "",
         }
     }
 }
@@ -136,12 +143,18 @@ pub struct Bind {
 }
 
 /// The host-launcher-wraps-container form: each rank runs
-/// `singularity|apptainer exec [--bind ...] [--pwd d] [--nv] [options] IMAGE program args`.
+/// `singularity|apptainer exec [--bind ...] [--pwd d] [--nv] [options] IMAGE program args`, or
+/// for [`ContainerWrapper::Charliecloud`]
+/// `ch-run [--join|--join-ct=N] [-b ...] [-c d] [--env-no-expand --set-env=K=V ...] [options] IMAGE -- program args`.
+///
+/// The image may hold run-time values (`$AZ_BATCH_NODE_SHARED_DIR/...`), like every other
+/// word; they are expanded by the shell that runs the launcher line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Container {
     pub(crate) wrapper: ContainerWrapper,
     pub(crate) program: Option<String>,
-    pub(crate) image: String,
+    pub(crate) image: Word,
+    pub(crate) join: bool,
     pub(crate) binds: Vec<Bind>,
     pub(crate) pwd: Option<Word>,
     pub(crate) nv: bool,
@@ -152,20 +165,26 @@ pub struct Container {
 impl Container {
     /// `singularity exec ... image`.
     pub fn singularity(image: impl Into<String>) -> Container {
-        Container::new(ContainerWrapper::Singularity, image)
+        Container::new(ContainerWrapper::Singularity, image.into())
     }
 
     /// `apptainer exec ... image`.
     pub fn apptainer(image: impl Into<String>) -> Container {
-        Container::new(ContainerWrapper::Apptainer, image)
+        Container::new(ContainerWrapper::Apptainer, image.into())
     }
 
-    /// A `wrapper` (singularity or apptainer) running `image`.
-    pub fn new(wrapper: ContainerWrapper, image: impl Into<String>) -> Container {
+    /// `ch-run ... image_dir -- program`.
+    pub fn charliecloud(image_dir: impl Into<Word>) -> Container {
+        Container::new(ContainerWrapper::Charliecloud, image_dir)
+    }
+
+    /// A `wrapper` running `image`.
+    pub fn new(wrapper: ContainerWrapper, image: impl Into<Word>) -> Container {
         Container {
             wrapper,
             program: None,
             image: image.into(),
+            join: false,
             binds: Vec::new(),
             pwd: None,
             nv: false,
@@ -200,7 +219,18 @@ impl Container {
         self
     }
 
-    /// Sets `--pwd`.
+    /// Charliecloud: the ranks of a node share one container (one set of namespaces, so
+    /// shared-memory transports work). Open MPI: `--join` (`ch-run` reads the peer count from
+    /// each rank's `OMPI_COMM_WORLD_LOCAL_SIZE`); hydra (MPICH, Intel MPI):
+    /// `--join-ct=<processes per node>` (a literal, or `$(nproc)` expanded with the launcher
+    /// line), which needs every node to run exactly that many ranks. An error with the other
+    /// wrappers.
+    pub fn join(mut self, on: bool) -> Container {
+        self.join = on;
+        self
+    }
+
+    /// Sets the working directory in the container (`--pwd`; Charliecloud `-c`).
     pub fn pwd(mut self, dir: impl Into<Word>) -> Container {
         self.pwd = Some(dir.into());
         self
@@ -213,13 +243,14 @@ impl Container {
     }
 
     /// Sets a variable inside the container (forwarded as `SINGULARITYENV_NAME` /
-    /// `APPTAINERENV_NAME`).
+    /// `APPTAINERENV_NAME`; Charliecloud `--set-env=NAME=VALUE` after `--env-no-expand`, so
+    /// `ch-run` does not expand `$` in the value again).
     pub fn env(mut self, name: impl Into<String>, value: impl Into<Word>) -> Container {
         self.env.push((name.into(), value.into()));
         self
     }
 
-    /// Adds a raw `exec` option (placed after the generated ones, before the image).
+    /// Adds a raw option (placed after the generated ones, before the image).
     pub fn option(mut self, opt: impl Into<String>) -> Container {
         self.options.push(opt.into());
         self

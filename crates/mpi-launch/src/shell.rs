@@ -206,10 +206,216 @@ fn double_quoted(
     }
 }
 
+/// cmd.exe and Windows command lines: splitting by the Microsoft C runtime rules (what every
+/// Windows program does with its command line) and the Batch `commandLine` of an MS-MPI launch.
+///
+/// Backslashes are ordinary characters on Windows: `C:\app\mpi-hello.exe` is one word with
+/// its backslashes, unlike in POSIX sh where `\a` is an escaped `a`.
+pub mod cmd {
+    use crate::word::{Deferred, Part};
+    use crate::{LaunchError, LaunchPlan};
+
+    use super::SplitError;
+
+    /// Characters that make a Windows command line need cmd.exe when they appear outside
+    /// double quotes.
+    const CMD_SPECIAL: &str = "&|<>^\n\r";
+
+    /// Splits `line` into words by the Microsoft C runtime rules ("Parsing C command-line
+    /// arguments"): words are separated by spaces or tabs; `"` toggles quoting; inside quotes
+    /// `""` is a literal `"`; `2n` backslashes before a `"` give `n` backslashes, `2n+1`
+    /// give `n` and a literal `"`; any other backslash is literal. cmd.exe operators outside
+    /// quotes (`& | < > ^`, line breaks) are refused ([`SplitError::NeedsShell`]); `%VAR%`
+    /// stays literal text for cmd.exe to expand.
+    pub fn split(line: &str) -> Result<Vec<String>, SplitError> {
+        let chars: Vec<char> = line.chars().collect();
+        let mut words = Vec::new();
+        let mut i = 0;
+        loop {
+            while i < chars.len() && (chars[i] == ' ' || chars[i] == '\t') {
+                i += 1;
+            }
+            if i >= chars.len() {
+                break;
+            }
+            let mut cur = String::new();
+            let mut quoted = false;
+            while i < chars.len() {
+                let c = chars[i];
+                if !quoted && (c == ' ' || c == '\t') {
+                    break;
+                }
+                if c == '\\' {
+                    let start = i;
+                    while i < chars.len() && chars[i] == '\\' {
+                        i += 1;
+                    }
+                    let n = i - start;
+                    if i < chars.len() && chars[i] == '"' {
+                        cur.extend(std::iter::repeat_n('\\', n / 2));
+                        if n % 2 == 1 {
+                            cur.push('"');
+                            i += 1;
+                        }
+                    } else {
+                        cur.extend(std::iter::repeat_n('\\', n));
+                    }
+                    continue;
+                }
+                if c == '"' {
+                    if quoted && chars.get(i + 1) == Some(&'"') {
+                        cur.push('"');
+                        i += 2;
+                        continue;
+                    }
+                    quoted = !quoted;
+                    i += 1;
+                    continue;
+                }
+                if !quoted && CMD_SPECIAL.contains(c) {
+                    return Err(SplitError::NeedsShell(c));
+                }
+                cur.push(c);
+                i += 1;
+            }
+            if quoted {
+                return Err(SplitError::UnterminatedDoubleQuote);
+            }
+            words.push(cur);
+        }
+        if words.is_empty() {
+            return Err(SplitError::Empty);
+        }
+        Ok(words)
+    }
+
+    /// The default MS-MPI launcher as cmd.exe text, as Microsoft's multi-instance examples
+    /// write it.
+    pub const MSMPI_MPIEXEC: &str = r"%MSMPI_BIN%\mpiexec.exe";
+
+    /// The Batch `commandLine` of an MS-MPI launch on a Windows node, in the form Microsoft
+    /// documents for multi-instance tasks:
+    /// `cmd /c ""%MSMPI_BIN%\mpiexec.exe"" -c 1 -wdir %AZ_BATCH_TASK_SHARED_DIR% app.exe`.
+    ///
+    /// `program` is cmd.exe text (variables such as `%MSMPI_BIN%` expand; it must not hold
+    /// `"`) and replaces the plan's launcher word. It is quoted for cmd.exe itself, so a path
+    /// with spaces is found. `cmd /c` removes the first `"` of its text and the last one;
+    /// when the rest of the line holds no `"`, the program is written `""program""`,
+    /// otherwise the whole line is wrapped (`""program" ...args..."`) so the last `"` is the
+    /// added one. The arguments are rendered like [`LaunchPlan::render_cmd`], except that a
+    /// word that is only a run-time variable is written bare (`%AZ_BATCH_TASK_SHARED_DIR%`):
+    /// its value must not contain spaces (Batch's directories do not).
+    pub fn batch_launch_line(program: &str, plan: &LaunchPlan) -> Result<String, LaunchError> {
+        let args = launch_args(program, plan)?;
+        let sep = if args.is_empty() { "" } else { " " };
+        Ok(if args.contains('"') {
+            format!("cmd /c \"\"{program}\"{sep}{args}\"")
+        } else {
+            format!("cmd /c \"\"{program}\"\"{sep}{args}")
+        })
+    }
+
+    /// The cmd.exe line of an MS-MPI launch, `"program" args` (see [`batch_launch_line`] for
+    /// `program` and the arguments), for a caller that puts it after other commands; pass the
+    /// complete text to `cmd /c` as `cmd /c "<text>"`.
+    pub fn launch_line(program: &str, plan: &LaunchPlan) -> Result<String, LaunchError> {
+        let args = launch_args(program, plan)?;
+        let sep = if args.is_empty() { "" } else { " " };
+        Ok(format!("\"{program}\"{sep}{args}"))
+    }
+
+    fn launch_args(program: &str, plan: &LaunchPlan) -> Result<String, LaunchError> {
+        if program.contains('"') || program.trim().is_empty() {
+            return Err(LaunchError::Unsupported {
+                flavor: plan.flavor().to_string(),
+                field: "launcher",
+                reason: format!("`{program}` cannot be quoted for cmd.exe"),
+            });
+        }
+        Ok(plan
+            .argv()
+            .iter()
+            .skip(1)
+            .map(|w| match w.parts() {
+                [Part::Deferred(Deferred::Var(name))] => Ok(format!("%{name}%")),
+                _ => crate::render::cmd_word(w, "argv"),
+            })
+            .collect::<Result<Vec<_>, _>>()?
+            .join(" "))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use crate::{Flavor, LaunchRequest, Word};
+
+    #[test]
+    fn windows_split_keeps_backslashes() {
+        assert_eq!(
+            cmd::split(r"C:\app\mpi-hello.exe -in C:\data\x").unwrap(),
+            vec![r"C:\app\mpi-hello.exe", "-in", r"C:\data\x"]
+        );
+        // the documented MSVCRT cases
+        assert_eq!(
+            cmd::split(r#""a b c" d e"#).unwrap(),
+            vec!["a b c", "d", "e"]
+        );
+        assert_eq!(
+            cmd::split(r#""ab\"c" "\\" d"#).unwrap(),
+            vec![r#"ab"c"#, "\\", "d"]
+        );
+        assert_eq!(
+            cmd::split(r#"a\\\b d"e f"g h"#).unwrap(),
+            vec![r"a\\\b", "de fg", "h"]
+        );
+        assert_eq!(
+            cmd::split(r#"a\\\"b c d"#).unwrap(),
+            vec![r#"a\"b"#, "c", "d"]
+        );
+        assert_eq!(
+            cmd::split(r#"a\\\\"b c" d e"#).unwrap(),
+            vec![r"a\\b c", "d", "e"]
+        );
+        assert_eq!(cmd::split(r#""a""b""#).unwrap(), vec![r#"a"b"#]);
+        assert_eq!(cmd::split("%X%\\y.exe").unwrap(), vec![r"%X%\y.exe"]);
+        assert_eq!(cmd::split("a & b"), Err(SplitError::NeedsShell('&')));
+        assert_eq!(cmd::split(r#""a & b""#).unwrap(), vec!["a & b"]);
+        assert_eq!(
+            cmd::split(r#""open"#),
+            Err(SplitError::UnterminatedDoubleQuote)
+        );
+        assert_eq!(cmd::split("  "), Err(SplitError::Empty));
+    }
+
+    #[test]
+    fn msmpi_batch_line_has_microsofts_documented_form() {
+        let plan = LaunchRequest::new(Flavor::MsMpi)
+            .workdir(Word::var("AZ_BATCH_TASK_SHARED_DIR"))
+            .program(r"C:\app\mpi-hello.exe")
+            .build()
+            .unwrap();
+        assert_eq!(
+            cmd::batch_launch_line(cmd::MSMPI_MPIEXEC, &plan).unwrap(),
+            r#"cmd /c ""%MSMPI_BIN%\mpiexec.exe"" -c 1 -wdir %AZ_BATCH_TASK_SHARED_DIR% C:\app\mpi-hello.exe"#
+        );
+        // a quoted argument: the whole line is wrapped, so cmd /c strips the added quotes
+        let plan = LaunchRequest::new(Flavor::MsMpi)
+            .program(r"C:\my app\a.exe")
+            .build()
+            .unwrap();
+        assert_eq!(
+            cmd::batch_launch_line(r"C:\Program Files\Microsoft MPI\Bin\mpiexec.exe", &plan)
+                .unwrap(),
+            r#"cmd /c ""C:\Program Files\Microsoft MPI\Bin\mpiexec.exe" -c 1 ^"C:\my app\a.exe^"""#
+        );
+        assert!(cmd::batch_launch_line("a\"b", &plan).is_err());
+        assert_eq!(
+            cmd::launch_line("x.exe", &plan).unwrap(),
+            r#""x.exe" -c 1 ^"C:\my app\a.exe^""#
+        );
+    }
 
     #[test]
     fn quotes_only_when_needed() {

@@ -11,18 +11,23 @@
 //!
 //! - coordination ([`native_coordination_script`]): install the job's SSH key files from
 //!   `$AZ_BATCH_NODE_SHARED_DIR/shipyard/ssh/<job>` into `/root/.ssh` (mode 0600), create
-//!   `/run/sshd`, generate an ed25519 host key if missing (images carry none), start `sshd -p 23`
-//!   (it daemonizes, so the command returns as Batch requires);
+//!   `/run/sshd`, start `sshd -p 23` with the job key pair as host key, the policy of
+//!   [`sshd_policy_options`] and the node's own address ([`node_address_script`]) as its only
+//!   listen address (it daemonizes, so the command returns as Batch requires);
 //! - application: `/bin/bash -c '<wait for every node's sshd>; <pre_execution_command>; <mpi line>'`.
 //!
 //! # Non-native pools (shipyard drives Docker on the nodes)
 //!
 //! - coordination: a detached `docker run -d --net=host` of the image running sshd on port 23
+//!   (job host key, command-line policy, bound to the node's address in `$AZ_BATCH_HOST_LIST`)
 //!   (or the user's coordination command), named `shipyard-<job>-<task>` ([`container_name`]),
-//!   labelled `shipyard.job=<job>`, with the node root directory mounted, the task environment
+//!   labelled `shipyard.job=<job>`, with only the task's own directories mounted (its task
+//!   directory, the multi-instance shared directory, the job preparation's working directory
+//!   read-only; never the node root, which holds other jobs' files and keys), the task environment
 //!   (an env file), `--shm-size`, RDMA devices and unlimited memlock for InfiniBand, `--gpus`,
 //!   the user's run options and the job's key directory mounted read-only at `/root/.ssh`;
-//! - application (master only): `docker exec` into that container of a script that waits
+//! - application (master only): `docker exec` (in the background; a SIGTERM from Batch removes
+//!   the container) into that container of a script that waits
 //!   (bounded) until every node's sshd accepts connections, naming the nodes that never came up,
 //!   then runs the pre-execution command and the launcher line built by `shipyard-mpi-launch`
 //!   from `$AZ_BATCH_HOST_LIST`;
@@ -32,8 +37,9 @@
 //!   `onAllTasksComplete=terminatejob`, which triggers the release.
 //!
 //! Several multi-instance tasks per job work: container names include the task id, and a
-//! coordination command first removes the finished sshd containers of earlier tasks on its node
-//! (label `shipyard.role=mpi-node`; the pool runs one task per node, so they are finished),
+//! coordination command first removes the finished sshd containers of this job's earlier tasks
+//! on its node (labels `shipyard.job=<job>` and `shipyard.role=mpi-node`; the pool runs one
+//! task per node, so they are finished; other jobs' containers are left alone),
 //! which would otherwise hold port 23.
 
 #![warn(missing_docs)]
@@ -46,13 +52,16 @@ mod windows;
 
 use shipyard_runtime::batch::{self, pool_admin, ContainerRegistry, TaskAddParameter};
 use shipyard_runtime::registry::RuntimeRegistration;
-use shipyard_runtime::ssh::SSHD_PORT;
+use shipyard_runtime::ssh::{self, SSHD_PORT};
 use shipyard_runtime::{
     mpi, validate, ContainerRuntime, Field, JobPlan, JobSpec, MpiRuntime, OsFamily, PoolFacts,
     RuntimeError, TaskSpec,
 };
 
-pub use node_scripts::{native_coordination_script, sshd_script, wait_for_sshd_script};
+pub use node_scripts::{
+    native_coordination_script, node_address_script, sshd_policy_options, sshd_script,
+    wait_for_sshd_script, SSHD_ADDRESS_VAR,
+};
 pub use windows::MSMPI_COORDINATION;
 
 /// The runtime's registry name.
@@ -162,8 +171,8 @@ impl DockerRuntime {
         self
     }
 
-    /// Binds the containers' sshd to this address only (default: all addresses). Useful when
-    /// several "nodes" share one host in tests.
+    /// Binds the containers' sshd to this fixed address (default: the node's own address in
+    /// `$AZ_BATCH_HOST_LIST`, found on the node by [`node_address_script`]).
     pub fn sshd_listen_address(mut self, addr: impl Into<String>) -> Self {
         self.sshd_listen_address = Some(addr.into());
         self
@@ -241,7 +250,14 @@ impl DockerRuntime {
                     user_env: &env,
                     infiniband: job.infiniband(task),
                 };
-                let req = mpi::launch_request(m, command, ctx)?;
+                // Host keys are checked: every node's sshd serves the job key pair, pinned in
+                // the job's known_hosts (these override the launcher's defaults).
+                let req = mpi::launch_request(m, command, ctx)?
+                    .ssh_option("StrictHostKeyChecking", "yes")
+                    .ssh_option(
+                        "UserKnownHostsFile",
+                        format!("{}/{}", ssh::CONTAINER_SSH_DIR, ssh::KNOWN_HOSTS_FILE),
+                    );
                 mpi::render_sh(&req, at)?
             }
             None => command.to_string(),

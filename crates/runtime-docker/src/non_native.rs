@@ -8,9 +8,10 @@ use shipyard_runtime::{
     validate, Field, JobSpec, MultiInstanceSpec, PoolFacts, RuntimeError, TaskSpec, WorkingDir,
 };
 
+use crate::node_scripts::{node_address_script, SSHD_ADDRESS_VAR};
 use crate::{
     container_name, flags, sshd_script, user_shell_words, DockerRuntime, BATCH_ENV_PATTERN,
-    ENV_FILE, EXEC_FORWARDED_ENV, INFINIBAND_DEVICES, LABEL_ROLE, ROLE_MPI_NODE,
+    ENV_FILE, EXEC_FORWARDED_ENV, INFINIBAND_DEVICES, LABEL_JOB, LABEL_ROLE, ROLE_MPI_NODE,
 };
 
 impl DockerRuntime {
@@ -64,8 +65,13 @@ impl DockerRuntime {
                     .as_deref()
                     .map(user_shell_words)
                     .unwrap_or_default();
-                let line = format!("{}; exec {}", run.prologue(), run.argv(&program));
-                t.command_line = bash_c(line.trim_end());
+                let line = format!(
+                    "{}; {}; {} & wait $!",
+                    run.prologue(),
+                    stop_on_term(&run.docker, &run.name),
+                    run.argv(&program).trim_end()
+                );
+                t.command_line = bash_c(&line);
             }
             Some(mi) => {
                 t.command_line = bash_c(&self.exec_line(job, task, at, &run.name)?);
@@ -90,10 +96,7 @@ impl DockerRuntime {
             quote(&format!("^({})=", pattern.join("|"))),
             quote_expanding(&env_file)
         );
-        let mut dynamic = vec![
-            flags::VOLUME.to_string(),
-            quote_expanding("$AZ_BATCH_NODE_ROOT_DIR:$AZ_BATCH_NODE_ROOT_DIR"),
-        ];
+        let mut dynamic = vec![format!("\"${{{MOUNTS_VAR}[@]}}\"")];
         if task.default_working_dir == WorkingDir::Batch {
             dynamic.push(flags::WORKDIR.into());
             dynamic.push(quote_expanding("$AZ_BATCH_TASK_WORKING_DIR"));
@@ -101,6 +104,7 @@ impl DockerRuntime {
         dynamic.push(flags::ENV_FILE.into());
         dynamic.push(quote_expanding(&env_file));
         DockerRun {
+            mounts: mounts_script(),
             docker: quote(&self.docker),
             name: container_name(&job.id, task_id),
             image: task.image.clone(),
@@ -125,21 +129,36 @@ impl DockerRuntime {
         );
         run.dynamic.push(flags::VOLUME.into());
         run.dynamic.push(quote_expanding(&key_dir));
+        let mut address = String::new();
         let program = match &mi.coordination_command {
             Some(c) => user_shell_words(c),
-            None => vec![
-                "/bin/bash".into(),
-                "-c".into(),
-                sshd_script(self.sshd_listen_address.as_deref(), true),
-            ],
+            None => {
+                if self.sshd_listen_address.is_none() {
+                    // this node's address, found on the node, handed to the container's sshd
+                    address = format!("{}; ", node_address_script());
+                    run.dynamic.push(flags::ENV.into());
+                    run.dynamic.push(quote_expanding(&format!(
+                        "{SSHD_ADDRESS_VAR}=${SSHD_ADDRESS_VAR}"
+                    )));
+                }
+                vec![
+                    "/bin/bash".into(),
+                    "-c".into(),
+                    sshd_script(self.sshd_listen_address.as_deref(), true),
+                ]
+            }
         };
         let docker = &run.docker;
+        // Only this job's node containers (of its earlier, finished tasks): other jobs'
+        // containers on the node are none of this task's business.
         let role = quote(&format!("label={LABEL_ROLE}={ROLE_MPI_NODE}"));
+        let this_job = quote(&format!("label={LABEL_JOB}={}", job.id));
         format!(
-            "{prologue_rm}; {docker} ps -aq --filter {role} | xargs -r {docker} rm -f -v >/dev/null; \
-{dump_env}; {argv} >/dev/null",
+            "{prologue_rm}; {docker} ps -aq --filter {this_job} --filter {role} | xargs -r {docker} rm -f -v >/dev/null; \
+{dump_env}; {mounts}; {address}{argv} >/dev/null",
             prologue_rm = run.remove_previous(),
             dump_env = run.dump_env,
+            mounts = run.mounts,
             argv = run.argv(&program),
         )
     }
@@ -164,13 +183,48 @@ impl DockerRuntime {
         exec.push("/bin/bash".into());
         exec.push("-c".into());
         exec.push(quote(&self.mi_application_line(job, task, at)?));
-        Ok(format!("exec {}", exec.join(" ")))
+        Ok(format!(
+            "{}; {} & wait $!",
+            stop_on_term(&quote(&self.docker), name),
+            exec.join(" ")
+        ))
     }
+}
+
+/// Bash statements making the task's shell stop container `name` when Batch terminates the
+/// task (SIGTERM; also INT and HUP) and exit 143. The docker CLI runs in the background while
+/// the shell waits for it: killing the CLI alone would leave the container (or the `docker
+/// exec` in it) running.
+fn stop_on_term(docker: &str, name: &str) -> String {
+    format!(
+        "shipyard_stop() {{ {docker} rm -f -v {n} >/dev/null 2>&1; exit 143; }}; trap shipyard_stop TERM INT HUP",
+        n = quote(name)
+    )
+}
+
+/// The bash array holding a non-native container's bind mounts.
+const MOUNTS_VAR: &str = "shipyard_mounts";
+
+/// Bash statements filling [`MOUNTS_VAR`] with the directories a task's container may see, at
+/// their node paths: its task directory (working directory and env file included), the
+/// multi-instance shared directory when it lies elsewhere, and the job preparation's working
+/// directory read-only. Never the node root or shared directory, which hold other jobs' tasks
+/// and keys.
+pub(crate) fn mounts_script() -> String {
+    format!(
+        "{v}=(-v \"$AZ_BATCH_TASK_DIR:$AZ_BATCH_TASK_DIR\"); \
+case \"$AZ_BATCH_TASK_SHARED_DIR\" in ''|\"$AZ_BATCH_TASK_DIR\"|\"$AZ_BATCH_TASK_DIR\"/*) ;; \
+*) {v}+=(-v \"$AZ_BATCH_TASK_SHARED_DIR:$AZ_BATCH_TASK_SHARED_DIR\");; esac; \
+if [ -n \"$AZ_BATCH_JOB_PREP_WORKING_DIR\" ]; then \
+{v}+=(-v \"$AZ_BATCH_JOB_PREP_WORKING_DIR:$AZ_BATCH_JOB_PREP_WORKING_DIR:ro\"); fi",
+        v = MOUNTS_VAR
+    )
 }
 
 /// A non-native task's `docker run`, rendered in parts: the static argv is quoted word by
 /// word, the dynamic words hold shell expansions and are already rendered.
 struct DockerRun {
+    mounts: String,
     docker: String,
     name: String,
     image: String,
@@ -189,9 +243,14 @@ impl DockerRun {
         )
     }
 
-    /// Removal of an earlier container, then the environment dump.
+    /// Removal of an earlier container, then the environment dump and the mounts.
     fn prologue(&self) -> String {
-        format!("{}; {}", self.remove_previous(), self.dump_env)
+        format!(
+            "{}; {}; {}",
+            self.remove_previous(),
+            self.dump_env,
+            self.mounts
+        )
     }
 
     /// `docker run ... <image> <program>`.

@@ -1,5 +1,7 @@
 //! Windows pools: native containers only, `cmd /c` command lines, MS-MPI.
 
+use shipyard_mpi_launch::shell::cmd;
+use shipyard_mpi_launch::Word;
 use shipyard_runtime::batch::{
     self, ContainerWorkingDirectory, MultiInstanceSettings, TaskAddParameter, TaskContainerSettings,
 };
@@ -57,8 +59,28 @@ impl DockerRuntime {
                             user_env: &env,
                             infiniband: false,
                         };
-                        let req = mpi::launch_request(m, command, ctx)?;
-                        mpi::render_cmd(&req, at)?
+                        // Windows words keep their backslashes (`C:\app\x.exe`): split by the
+                        // MSVCRT rules, then hand them on as a POSIX word list, which
+                        // `launch_request` splits back into exactly these words.
+                        let words = cmd::split(command).map_err(|e| RuntimeError::Mpi {
+                            field: at.key("command"),
+                            reason: format!("an MS-MPI command must be a plain word list: {e}"),
+                        })?;
+                        let req = mpi::launch_request(m, &join(&words), ctx)?
+                            .workdir(Word::var("AZ_BATCH_TASK_SHARED_DIR"));
+                        let program = m.executable_path.as_deref().unwrap_or(cmd::MSMPI_MPIEXEC);
+                        let built = req
+                            .build()
+                            .and_then(|plan| match &mi.pre_execution_command {
+                                // `cmd /c "<text>"` strips the outer quotes and runs the text.
+                                Some(pre) => cmd::launch_line(program, &plan)
+                                    .map(|l| format!("cmd /c \"{pre} && {l}\"")),
+                                None => cmd::batch_launch_line(program, &plan),
+                            });
+                        built.map_err(|e| RuntimeError::Mpi {
+                            field: mpi::mpi_field(at),
+                            reason: e.to_string(),
+                        })?
                     }
                     Some(m) => {
                         return Err(unsupported(
@@ -68,11 +90,11 @@ impl DockerRuntime {
                     }
                     None => command.to_string(),
                 };
-                let line = match &mi.pre_execution_command {
-                    Some(pre) => format!("{pre} && {line}"),
-                    None => line,
+                t.command_line = match (&mi.mpi, &mi.pre_execution_command) {
+                    (Some(_), _) => line,
+                    (None, Some(pre)) => format!("cmd /c {pre} && {line}"),
+                    (None, None) => format!("cmd /c {line}"),
                 };
-                t.command_line = format!("cmd /c {line}");
                 t.multi_instance_settings = Some(MultiInstanceSettings {
                     number_of_instances: Some(validate::instances(mi, pool, at)?),
                     coordination_command_line: mi

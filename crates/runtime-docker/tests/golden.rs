@@ -200,21 +200,35 @@ fn singularity_mpich() {
     );
 }
 
-#[test]
-fn msmpi_windows_pool() {
-    let job = job(r#"
-        id = "msmpi-win"
+/// A two-node MS-MPI job with one task running `command`, one rank per node.
+fn msmpi_job(id: &str, task: &str, image: &str, command: &str) -> JobSpec {
+    let mut job = job(&format!(
+        r#"
+        id = "{id}"
         auto_complete = true
         [[tasks]]
-        id = "msmpi"
-        image = "mcr.microsoft.com/windows/servercore:ltsc2022"
-        command = "MPIHelloWorld.exe"
+        id = "{task}"
+        image = "{image}"
+        command = "placeholder"
         [tasks.multi_instance]
         num_instances = 2
         [tasks.multi_instance.mpi]
         runtime = "msmpi"
         processes_per_node = 1
-        "#);
+        "#
+    ));
+    job.tasks[0].command = Some(command.to_string());
+    job
+}
+
+#[test]
+fn msmpi_windows_pool() {
+    let job = msmpi_job(
+        "msmpi-win",
+        "msmpi",
+        "mcr.microsoft.com/windows/servercore:ltsc2022",
+        "MPIHelloWorld.exe",
+    );
     let facts = pool_facts("mpi-windows", true, OsFamily::Windows, 2);
     golden(
         "msmpi_windows_pool",
@@ -241,4 +255,27 @@ fn bag_of_100_container_tasks() {
     let out = render(&DockerRuntime::new(), &job, &facts, "standard_d2s_v5");
     assert_eq!(out["tasks"].as_array().map(Vec::len), Some(100));
     golden("bag_of_100_container_tasks", &out);
+}
+
+/// Issue 13 #22: a Windows path keeps its backslashes, and the line has the form Microsoft
+/// documents for MS-MPI multi-instance tasks (learn.microsoft.com/azure/batch/batch-mpi).
+#[test]
+fn msmpi_windows_path_keeps_its_backslashes() {
+    // the task of examples/windows-msmpi.toml
+    let job = msmpi_job(
+        "hello-msmpi",
+        "hello",
+        "myregistry.azurecr.io/msmpi-hello:ltsc2022",
+        r"C:\app\mpi-hello.exe",
+    );
+    let facts = pool_facts("win-msmpi", true, OsFamily::Windows, 2);
+    let out = render(&DockerRuntime::new(), &job, &facts, "standard_d4s_v5");
+    assert_eq!(
+        out["tasks"][0]["commandLine"],
+        r#"cmd /c ""%MSMPI_BIN%\mpiexec.exe"" -c 1 -wdir %AZ_BATCH_TASK_SHARED_DIR% C:\app\mpi-hello.exe"#
+    );
+    assert_eq!(
+        out["tasks"][0]["multiInstanceSettings"]["coordinationCommandLine"],
+        r#"cmd /c start cmd /c ""%MSMPI_BIN%\smpd.exe"" -d"#
+    );
 }

@@ -108,6 +108,13 @@ pub enum PluginError {
         /// The path given.
         path: PathBuf,
     },
+    /// A bare file name (no directory): the dynamic loader would search the library path for
+    /// it instead of opening the file the user means.
+    #[error("runtime plugin `{}`: give a path to the library file (such as ./{}), not a bare name: the dynamic loader would search the system library path for it", path.display(), path.display())]
+    BareName {
+        /// The name given.
+        path: PathBuf,
+    },
     /// The file exists but is not a loadable library.
     #[error("runtime plugin {}: cannot load it as a shared library: {reason}", path.display())]
     Load {
@@ -216,6 +223,34 @@ pub struct PluginRuntime {
     _lib: Arc<libloading::Library>,
 }
 
+/// The absolute, symlink-free path of the plugin file at `path`, which must name a file with
+/// at least one directory component (`./x.so`, `/opt/x.so`): `dlopen` searches the library
+/// path for a bare name, so a bare name is refused, and the canonical path is what is opened.
+pub fn canonical_plugin_path(path: &Path) -> Result<PathBuf, PluginError> {
+    let bare = path.parent().is_none_or(|p| p.as_os_str().is_empty());
+    if bare {
+        return Err(PluginError::BareName {
+            path: path.to_path_buf(),
+        });
+    }
+    let canonical = std::fs::canonicalize(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => PluginError::NotFound {
+            path: path.to_path_buf(),
+        },
+        _ => PluginError::Load {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        },
+    })?;
+    if !canonical.is_file() {
+        return Err(PluginError::Load {
+            path: path.to_path_buf(),
+            reason: "not a regular file".into(),
+        });
+    }
+    Ok(canonical)
+}
+
 #[cfg(feature = "plugins")]
 impl PluginRuntime {
     /// Loads the plugin at `path` through [`ENTRY_SYMBOL`].
@@ -226,11 +261,7 @@ impl PluginRuntime {
     /// Loads a plugin through another entry symbol of the same type (libraries exporting
     /// several runtimes; tests).
     pub fn load_symbol(path: &Path, symbol: &str) -> Result<PluginRuntime, PluginError> {
-        if !path.exists() {
-            return Err(PluginError::NotFound {
-                path: path.to_path_buf(),
-            });
-        }
+        let path = &canonical_plugin_path(path)?;
         // SAFETY: loading a library runs its initializers; plugins are trusted code chosen by
         // the user, as documented.
         let lib = unsafe { libloading::Library::new(path) }.map_err(|e| PluginError::Load {
@@ -463,4 +494,47 @@ macro_rules! export_runtime_plugin {
             }
         };
     };
+}
+
+#[cfg(all(test, feature = "plugins"))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bare_name_is_refused_before_the_loader_searches_for_it() {
+        // libc.so.6 is on every loader path here: dlopen("libc.so.6") would succeed.
+        let e = PluginRuntime::load(Path::new("libc.so.6"))
+            .err()
+            .map(|e| e.to_string());
+        let e = e.unwrap_or_default();
+        assert!(
+            e.contains("not a bare name") && e.contains("./libc.so.6"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_canonical_path_is_what_gets_opened() {
+        let libc = Path::new("/lib/x86_64-linux-gnu/libc.so.6");
+        assert!(libc.exists(), "this test needs {}", libc.display());
+        let dir = tempfile::tempdir().unwrap();
+        let link = dir.path().join("sub/../plugin.so");
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        std::os::unix::fs::symlink(libc, dir.path().join("plugin.so")).unwrap();
+        // libc has no plugin entry point: the error names the file that was really opened.
+        match PluginRuntime::load(&link) {
+            Err(PluginError::MissingSymbol { path, .. }) => {
+                assert_eq!(path, std::fs::canonicalize(libc).unwrap())
+            }
+            other => panic!("{:?}", other.err()),
+        }
+        assert!(matches!(
+            PluginRuntime::load(&dir.path().join("missing.so")),
+            Err(PluginError::NotFound { .. })
+        ));
+        assert!(matches!(
+            PluginRuntime::load(dir.path()),
+            Err(PluginError::Load { .. })
+        ));
+    }
 }

@@ -6,10 +6,21 @@
 //! The key pair is generated when a job is submitted ([`JobSshKey::generate`]) and never baked
 //! into an image. On Azure, the job preparation task writes the files below into
 //! `$AZ_BATCH_NODE_SHARED_DIR/shipyard/ssh/<job id>/` from environment settings of that task
-//! (see [`JobPlan::install_ssh_key`](crate::plan::JobPlan::install_ssh_key)); the node root
-//! directory is visible inside native containers at the same path, and non-native containers get
-//! the directory mounted read-only at `/root/.ssh`. The local backend writes the same files
-//! itself ([`SshFiles::write_to`]) and mounts them the same way.
+//! (see [`JobPlan::install_ssh_key`](crate::plan::JobPlan::install_ssh_key)) and then unsets
+//! those variables, before any image pull or user command runs. Native containers install the
+//! files into `/root/.ssh`; non-native containers get the directory mounted read-only at
+//! `/root/.ssh`. The local backend writes the same files itself ([`SshFiles::write_to`]).
+//!
+//! # Trust
+//!
+//! - `authorized_keys` accepts the job key only from the nodes' address pattern and without
+//!   forwarding ([`authorized_keys_line`]); sshd takes its policy from its command line, not
+//!   from the image (public keys only, root by key only, this file only).
+//! - The job key pair is also every node's sshd host key; `known_hosts` pins it for the
+//!   nodes' address pattern on port 23 ([`known_hosts_line`]) and the client configuration
+//!   checks it strictly ([`client_config`]). One pair serves both roles because the job's
+//!   containers hold both halves anyway: whoever can log in could impersonate a node, and
+//!   nobody else can do either.
 //!
 //! Trade-off: the private key is part of the job's Batch definition (readable by whoever holds
 //! the Batch account credentials, who can run arbitrary tasks on the nodes anyway) and is only
@@ -30,6 +41,8 @@ pub const PRIVATE_KEY_FILE: &str = "id_ed25519";
 pub const PUBLIC_KEY_FILE: &str = "id_ed25519.pub";
 /// File name of the authorized keys (the job's public key only).
 pub const AUTHORIZED_KEYS_FILE: &str = "authorized_keys";
+/// File name of the pinned host key of the job's nodes.
+pub const KNOWN_HOSTS_FILE: &str = "known_hosts";
 /// File name of the ssh client configuration.
 pub const CLIENT_CONFIG_FILE: &str = "config";
 /// Where the key directory is mounted (non-native) or installed (native) in a container.
@@ -56,14 +69,19 @@ pub fn node_key_dir_shell(job_id: &str) -> String {
     )
 }
 
-/// The ssh client configuration of a job: port 23, the job key, no host-key prompts, scoped to
-/// the pool's node address pattern.
+/// The ssh client configuration of a job on Azure: port 23, the job key, and host keys
+/// checked strictly against the job's `known_hosts` ([`known_hosts_line`]), scoped to the
+/// pool's node address pattern.
 pub fn client_config(subnet_pattern: &str) -> String {
-    client_config_with_timeout(subnet_pattern, None)
+    format!(
+        "Host {subnet_pattern}\n  Port {SSHD_PORT}\n  User root\n  IdentityFile {CONTAINER_SSH_DIR}/{PRIVATE_KEY_FILE}\n  IdentitiesOnly yes\n  StrictHostKeyChecking yes\n  UserKnownHostsFile {CONTAINER_SSH_DIR}/{KNOWN_HOSTS_FILE}\n  GlobalKnownHostsFile /dev/null\n  HostKeyAlgorithms ssh-ed25519\n  BatchMode yes\n  LogLevel ERROR\n"
+    )
 }
 
-/// [`client_config`] for the hosts matching `host_pattern`, with a `ConnectTimeout` (seconds)
-/// when given (the local backend uses `Host *` and a 10 s timeout).
+/// An ssh client configuration for the hosts matching `host_pattern` that does not check
+/// host keys, with a `ConnectTimeout` (seconds) when given. Only the local backend uses it
+/// (`Host *`, 10 s), whose containers' sshd do not yet serve the job's host key; Azure
+/// plans use the pinned [`client_config`].
 pub fn client_config_with_timeout(host_pattern: &str, connect_timeout_secs: Option<u32>) -> String {
     let mut config = format!(
         "Host {host_pattern}\n  Port {SSHD_PORT}\n  User root\n  IdentityFile {CONTAINER_SSH_DIR}/{PRIVATE_KEY_FILE}\n  IdentitiesOnly yes\n  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n  BatchMode yes\n  LogLevel ERROR\n"
@@ -72,6 +90,29 @@ pub fn client_config_with_timeout(host_pattern: &str, connect_timeout_secs: Opti
         config.push_str(&format!("  ConnectTimeout {secs}\n"));
     }
     config
+}
+
+/// Options of the job key's `authorized_keys` entry besides `from=`: the key runs commands
+/// (MPI daemons) and nothing else.
+pub const AUTHORIZED_KEY_OPTIONS: &str = "no-port-forwarding,no-agent-forwarding,no-X11-forwarding";
+
+/// The `authorized_keys` entry of the job key: accepted only from addresses matching
+/// `from_pattern` (the nodes' subnet pattern, e.g. `10.0.*`), without forwarding.
+pub fn authorized_keys_line(public_openssh: &str, from_pattern: &str) -> String {
+    format!(
+        "from=\"{from_pattern}\",{AUTHORIZED_KEY_OPTIONS} {}",
+        public_openssh.trim()
+    )
+}
+
+/// The `known_hosts` entry pinning the job's host key (the job key pair, which every node's
+/// sshd serves) for the nodes' address pattern on port 23: `[10.0.*]:23 ssh-ed25519 AAAA...`.
+pub fn known_hosts_line(public_openssh: &str, host_pattern: &str) -> String {
+    let patterns: Vec<String> = host_pattern
+        .split(',')
+        .map(|p| format!("[{}]:{SSHD_PORT}", p.trim()))
+        .collect();
+    format!("{} {}", patterns.join(","), public_openssh.trim())
 }
 
 /// A per-job ed25519 key pair in OpenSSH encodings. `Debug` never shows the private key.
@@ -154,9 +195,27 @@ impl fmt::Debug for SshFiles {
 }
 
 impl SshFiles {
-    /// The four files for `key`, with the client configuration scoped to `subnet_pattern`.
+    /// The files of an Azure job for `key`, scoped to the nodes' `subnet_pattern`: the key
+    /// pair, `authorized_keys` ([`authorized_keys_line`]), the pinned [`client_config`] and
+    /// `known_hosts` ([`known_hosts_line`]; the key pair is also the nodes' host key).
     pub fn new(key: &JobSshKey, subnet_pattern: &str) -> SshFiles {
-        SshFiles::with_client_config(key, client_config(subnet_pattern))
+        let mut files = SshFiles::with_client_config(key, client_config(subnet_pattern));
+        for (name, content) in files.files.iter_mut() {
+            if *name == AUTHORIZED_KEYS_FILE {
+                *content = format!(
+                    "{}\n",
+                    authorized_keys_line(&key.public_openssh, subnet_pattern)
+                );
+            }
+        }
+        files.files.push((
+            KNOWN_HOSTS_FILE,
+            format!(
+                "{}\n",
+                known_hosts_line(&key.public_openssh, subnet_pattern)
+            ),
+        ));
+        files
     }
 
     /// The four files for `key`, with `client_config` as the ssh client configuration.
@@ -262,7 +321,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let kd = dir.path().join("ssh");
         let paths = SshFiles::new(&key, "10.0.*").write_to(&kd).unwrap();
-        assert_eq!(paths.len(), 4);
+        assert_eq!(paths.len(), 5);
         for p in &paths {
             let mode = std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
             assert_eq!(mode, 0o600, "{}", p.display());
@@ -271,9 +330,23 @@ mod tests {
         assert_eq!(dmode, 0o700);
         let cfg = std::fs::read_to_string(kd.join(CLIENT_CONFIG_FILE)).unwrap();
         assert!(cfg.starts_with("Host 10.0.*\n  Port 23\n"), "{cfg}");
-        assert!(cfg.contains("StrictHostKeyChecking no"));
+        assert!(
+            cfg.contains(
+                "  StrictHostKeyChecking yes\n  UserKnownHostsFile /root/.ssh/known_hosts\n"
+            ),
+            "{cfg}"
+        );
+        assert!(!cfg.contains("StrictHostKeyChecking no"), "{cfg}");
         let ak = std::fs::read_to_string(kd.join(AUTHORIZED_KEYS_FILE)).unwrap();
-        assert_eq!(ak.trim(), key.public_openssh());
+        assert_eq!(
+            ak,
+            format!(
+                "from=\"10.0.*\",no-port-forwarding,no-agent-forwarding,no-X11-forwarding {}\n",
+                key.public_openssh()
+            )
+        );
+        let kh = std::fs::read_to_string(kd.join(KNOWN_HOSTS_FILE)).unwrap();
+        assert_eq!(kh, format!("[10.0.*]:23 {}\n", key.public_openssh()));
         // An existing directory is never written into.
         let again = SshFiles::new(&key, "10.0.*").write_to(&kd).unwrap_err();
         assert!(
@@ -295,6 +368,10 @@ mod tests {
     fn client_config_has_the_timeout_only_when_asked() {
         let azure = client_config("10.0.*");
         assert!(!azure.contains("ConnectTimeout"), "{azure}");
+        assert!(
+            azure.contains("  HostKeyAlgorithms ssh-ed25519\n"),
+            "{azure}"
+        );
         assert!(azure.ends_with("  LogLevel ERROR\n"), "{azure}");
         let local = client_config_with_timeout("*", Some(10));
         assert!(

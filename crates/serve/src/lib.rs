@@ -18,6 +18,8 @@
 //! ```
 
 pub mod backend;
+#[cfg(feature = "engine")]
+pub mod engine;
 mod http;
 pub mod memory;
 mod routes;
@@ -99,6 +101,22 @@ pub enum ServeError {
     /// A Batch spec could not be loaded.
     #[error(transparent)]
     Spec(#[from] shipyard_batch_spec::schema::SchemaError),
+    /// The local engine could not be opened on its state directory.
+    #[cfg(feature = "engine")]
+    #[error("cannot open the local engine on state directory {state_dir}: {source}")]
+    Engine {
+        /// The state directory.
+        state_dir: std::path::PathBuf,
+        /// The engine's error.
+        source: Box<shipyard_local::EngineError>,
+    },
+}
+
+/// Binds `addr` (the listen step of [`Server::bind`]).
+pub(crate) async fn bind_listener(addr: SocketAddr) -> Result<tokio::net::TcpListener, ServeError> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Bind { addr, source })
 }
 
 /// A running server; dropping it stops accepting connections.
@@ -123,6 +141,16 @@ impl Server {
         opts: ServeOptions,
         backend: Arc<dyn Backend>,
     ) -> Result<Server, ServeError> {
+        let listener = bind_listener(opts.listen).await?;
+        Self::serve_listener(opts, listener, backend)
+    }
+
+    /// Serves `backend` on an already bound listener (must be called on a tokio runtime).
+    pub(crate) fn serve_listener(
+        opts: ServeOptions,
+        listener: tokio::net::TcpListener,
+        backend: Arc<dyn Backend>,
+    ) -> Result<Server, ServeError> {
         let key = base64::engine::general_purpose::STANDARD
             .decode(&opts.key)
             .map_err(ServeError::InvalidKey)?;
@@ -130,12 +158,6 @@ impl Server {
         for v in shipyard_batch_spec::schema::API_VERSIONS {
             shipyard_batch_spec::schema::Spec::for_api_version(v)?;
         }
-        let listener = tokio::net::TcpListener::bind(opts.listen)
-            .await
-            .map_err(|source| ServeError::Bind {
-                addr: opts.listen,
-                source,
-            })?;
         let addr = listener.local_addr().map_err(|source| ServeError::Bind {
             addr: opts.listen,
             source,

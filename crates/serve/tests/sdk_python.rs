@@ -1,6 +1,7 @@
 //! The official azure-batch 15.1.0 Python SDK (tests/python/sdk_flow.py) against `shipyard
 //! serve` over loopback with a Shared Key. Needs the venv from scripts/setup.sh
-//! (`SHIPYARD_PYVENV`, default /opt/shipyard/pyvenv): under CI=true a missing venv or SDK fails.
+//! (`SHIPYARD_PYVENV`, default /opt/shipyard/pyvenv; `shipyard_e2e::require_python_sdk`): under
+//! CI=true a missing venv or SDK fails.
 #![allow(clippy::unwrap_used)]
 
 use std::path::PathBuf;
@@ -8,30 +9,6 @@ use std::process::Command;
 
 use shipyard_serve::memory::MemoryBackend;
 use shipyard_serve::{ServeOptions, Server};
-
-fn python_with_sdk() -> Option<PathBuf> {
-    let venv = std::env::var_os("SHIPYARD_PYVENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/opt/shipyard/pyvenv"));
-    let py = venv.join("bin/python");
-    let ok = Command::new(&py)
-        .args([
-            "-c",
-            "import azure.batch, sys; sys.exit(0 if azure.batch.__version__ == '15.1.0' else 1)",
-        ])
-        .status()
-        .is_ok_and(|s| s.success());
-    if ok {
-        return Some(py);
-    }
-    let what = format!("the azure-batch 15.1.0 Python SDK in {}", venv.display());
-    let allow_skip = std::env::var("SHIPYARD_TEST_ALLOW_SKIP").is_ok_and(|v| v == "1");
-    if shipyard_e2e::in_ci() || !allow_skip {
-        panic!("{what} is missing: run `bash scripts/setup.sh` (set SHIPYARD_TEST_ALLOW_SKIP=1 outside CI to skip)");
-    }
-    eprintln!("SKIPPED: {what} is missing (run `bash scripts/setup.sh`)");
-    None
-}
 
 fn script(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -41,7 +18,9 @@ fn script(name: &str) -> PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_sdk_flow() {
-    let Some(py) = python_with_sdk() else { return };
+    let Some(py) = shipyard_e2e::require_python_sdk() else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let key = ServeOptions::random_key();
     let opts = ServeOptions::new("sdkaccount", key.clone()).listen("127.0.0.1:0".parse().unwrap());

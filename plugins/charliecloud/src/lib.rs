@@ -30,14 +30,13 @@ pub mod image;
 pub mod wrap;
 
 use shipyard_runtime::batch::{
-    self, AutoUserScope, ElevationLevel, EnvironmentSetting, JobPreparationTask, JobReleaseTask,
-    MultiInstanceSettings, OnAllTasksComplete, ResourceFile, TaskAddParameter, TaskConstraints,
-    TaskDependencies, TaskIdRange, UserIdentity,
+    self, AutoUserScope, ElevationLevel, JobPreparationTask, JobReleaseTask, MultiInstanceSettings,
+    OnAllTasksComplete, ResourceFile, TaskAddParameter, UserIdentity,
 };
 use shipyard_runtime::shell::{bash_c, join};
 use shipyard_runtime::{
-    mpi, ContainerRuntime, JobNeeds, JobPlan, JobSpec, MpiRuntime, MpiSpec, OsFamily, PoolFacts,
-    PoolNeeds, RuntimeError, TaskSpec, WorkingDir,
+    mpi, validate, ContainerRuntime, Field, JobNeeds, JobPlan, JobSpec, MpiRuntime, MpiSpec,
+    OsFamily, PoolFacts, PoolNeeds, RuntimeError, TaskSpec, WorkingDir,
 };
 
 use crate::image::ImageSource;
@@ -65,19 +64,8 @@ impl Default for CharliecloudRuntime {
     }
 }
 
-fn unsupported(field: impl Into<String>, reason: impl Into<String>) -> RuntimeError {
-    RuntimeError::Unsupported {
-        runtime: NAME.into(),
-        field: field.into(),
-        reason: reason.into(),
-    }
-}
-
-fn too_large(field: String, n: impl std::fmt::Display) -> RuntimeError {
-    RuntimeError::Invalid {
-        field,
-        reason: format!("{n} is too large"),
-    }
+fn unsupported(field: Field, reason: impl Into<String>) -> RuntimeError {
+    RuntimeError::unsupported(NAME, field, reason)
 }
 
 impl CharliecloudRuntime {
@@ -109,18 +97,17 @@ impl CharliecloudRuntime {
         job: &JobSpec,
         task: &TaskSpec,
         m: &MpiSpec,
-        tpath: &str,
+        at: &Field,
     ) -> Result<String, RuntimeError> {
-        let field = format!("{tpath}.multi_instance.mpi");
         if m.runtime == MpiRuntime::MsMpi {
             return Err(unsupported(
-                format!("{field}.runtime"),
+                mpi::mpi_field(at).key("runtime"),
                 "msmpi runs on Windows pools, which Charliecloud does not support",
             ));
         }
         let env = job.environment(task);
         let ctx = mpi::LaunchContext {
-            field: &field,
+            task: at,
             ssh_port: None,
             run_as_root: self.elevated,
             user_env: &env,
@@ -133,25 +120,41 @@ impl CharliecloudRuntime {
         for name in ch.forwarded() {
             req = req.forward_env(name);
         }
-        mpi::render_sh(&req, &field)
+        mpi::render_sh(&req, at)
     }
 
-    fn task_base(
+    fn plan_task(
         &self,
         job: &JobSpec,
         task: &TaskSpec,
         index: usize,
-        tpath: &str,
+        pool: &PoolFacts,
     ) -> Result<TaskAddParameter, RuntimeError> {
-        let env = job.environment(task);
+        let at = Field::job(&job.id).key("tasks").index(index);
+        if !task.additional_docker_run_options.is_empty() {
+            return Err(unsupported(
+                at.key("additional_docker_run_options"),
+                "Docker options do not apply to ch-run",
+            ));
+        }
+        if !task.additional_singularity_options.is_empty() {
+            return Err(unsupported(
+                at.key("additional_singularity_options"),
+                "Singularity options do not apply to ch-run",
+            ));
+        }
+        if job.gpus(task).is_some() {
+            return Err(unsupported(
+                at.key("gpus"),
+                "GPU libraries must be injected into the image with ch-fromhost, which the plugin does not do yet",
+            ));
+        }
         let mut t = TaskAddParameter {
             id: job.task_id(index),
             resource_files: batch::resource_files(&task.resource_files),
-            environment_settings: (!env.is_empty()).then(|| {
-                env.iter()
-                    .map(|(k, v)| EnvironmentSetting::new(k.clone(), v.clone()))
-                    .collect()
-            }),
+            environment_settings: batch::environment_settings(job, task),
+            constraints: batch::constraints(job, task),
+            depends_on: batch::depends_on(task, &at)?,
             user_identity: Some(UserIdentity::auto_user(
                 AutoUserScope::Pool,
                 if self.elevated {
@@ -162,56 +165,6 @@ impl CharliecloudRuntime {
             )),
             ..Default::default()
         };
-        let c = TaskConstraints {
-            max_wall_clock_time: task.max_wall_time.clone(),
-            retention_time: None,
-            max_task_retry_count: job.max_task_retries(task),
-        };
-        t.constraints = (c != TaskConstraints::default()).then_some(c);
-        if !task.depends_on.is_empty() || task.depends_on_range.is_some() {
-            let range = task
-                .depends_on_range
-                .map(|[s, e]| {
-                    let f = format!("{tpath}.depends_on_range");
-                    let conv = |v: u32| i32::try_from(v).map_err(|_| too_large(f.clone(), v));
-                    Ok::<_, RuntimeError>(vec![TaskIdRange::new(conv(s)?, conv(e)?)])
-                })
-                .transpose()?;
-            t.depends_on = Some(TaskDependencies {
-                task_ids: (!task.depends_on.is_empty()).then(|| task.depends_on.clone()),
-                task_id_ranges: range,
-            });
-        }
-        Ok(t)
-    }
-
-    fn plan_task(
-        &self,
-        job: &JobSpec,
-        task: &TaskSpec,
-        index: usize,
-        pool: &PoolFacts,
-    ) -> Result<TaskAddParameter, RuntimeError> {
-        let tpath = format!("job.tasks[{index}]");
-        if !task.additional_docker_run_options.is_empty() {
-            return Err(unsupported(
-                format!("{tpath}.additional_docker_run_options"),
-                "Docker options do not apply to ch-run",
-            ));
-        }
-        if !task.additional_singularity_options.is_empty() {
-            return Err(unsupported(
-                format!("{tpath}.additional_singularity_options"),
-                "Singularity options do not apply to ch-run",
-            ));
-        }
-        if job.gpus(task).is_some() {
-            return Err(unsupported(
-                format!("{tpath}.gpus"),
-                "GPU libraries must be injected into the image with ch-fromhost, which the plugin does not do yet",
-            ));
-        }
-        let mut t = self.task_base(job, task, index, &tpath)?;
         let mut script = vec![image::binary_guard(&self.binary), SET_USER.to_string()];
         match &task.multi_instance {
             None => {
@@ -221,25 +174,15 @@ impl CharliecloudRuntime {
                 script.push(format!("exec {}", join(&argv)));
             }
             Some(mi) => {
-                let field = format!("{tpath}.multi_instance.num_instances");
-                let n = mi.num_instances.resolve(pool.node_count);
-                if n > pool.node_count {
-                    return Err(RuntimeError::Invalid {
-                        field,
-                        reason: format!(
-                            "{n} instances but pool `{}` has {} nodes",
-                            pool.pool_id, pool.node_count
-                        ),
-                    });
-                }
+                let instances = validate::instances(mi, pool, &at)?;
                 script.extend(mi.pre_execution_command.clone());
                 match &mi.mpi {
-                    Some(m) => script.push(self.mpi_line(job, task, m, &tpath)?),
+                    Some(m) => script.push(self.mpi_line(job, task, m, &at)?),
                     // without `mpi` the command runs as-is on the host (Batch Shipyard's rule)
                     None => script.push(task.command.clone().unwrap_or_default()),
                 }
                 t.multi_instance_settings = Some(MultiInstanceSettings {
-                    number_of_instances: Some(i32::try_from(n).map_err(|_| too_large(field, n))?),
+                    number_of_instances: Some(instances),
                     coordination_command_line: mi
                         .coordination_command
                         .as_deref()
@@ -297,17 +240,16 @@ impl ContainerRuntime for CharliecloudRuntime {
     }
 
     fn plan(&self, job: &JobSpec, pool: &PoolFacts) -> Result<JobPlan, RuntimeError> {
-        job.validate()?;
-        pool.validate()?;
+        validate::job_against_pool(job, pool)?;
         if pool.os == OsFamily::Windows {
             return Err(unsupported(
-                "pool.os",
+                Field::pool().key("os"),
                 "Charliecloud runs on Linux pools only",
             ));
         }
         if pool.native_containers {
             return Err(unsupported(
-                "pool.native_containers",
+                Field::pool().key("native_containers"),
                 "Charliecloud runs on pools without Batch container support (non-native)",
             ));
         }

@@ -164,7 +164,10 @@ fn rank_argv_round_trips_through_the_launcher_word_splitting() {
         options: vec![],
     };
     let argv = ch.rank_argv(&["/app".into(), "it's".into()]);
-    assert_eq!(mpi::split_plain(&join(&argv)), Some(argv.clone()));
+    assert_eq!(
+        shipyard_runtime::shell::split_plain(&join(&argv)),
+        Some(argv.clone())
+    );
     assert_eq!(
         ch.forwarded(),
         [

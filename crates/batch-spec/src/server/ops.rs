@@ -173,12 +173,23 @@ pub(crate) fn dispatch(shared: &Shared, mut req: Req<'_>) -> Reply {
                 }
                 obj.insert("eTag".into(), json!(etag));
                 obj.insert("lastModified".into(), json!(state::now_rfc3339()));
+                // A new resize clears the previous one's errors, as on the service.
+                obj.remove("resizeErrors");
             }
             state::set_state(&mut pool.body, "allocationState", "resizing");
             pool.steady_at = state::deadline(shared.config.pool_allocation_delay);
             Reply::empty(202).header("etag", etag)
         }
         // ---------------------------------------------------------------- nodes
+        "ComputeNode_Get" => {
+            let Some(pool) = st.pools.get(req.param("poolId")) else {
+                return not_found("Pool", req.param("poolId"));
+            };
+            match pool.nodes.get(req.param("nodeId")) {
+                Some(n) => Reply::json(200, &select(n, req.query)),
+                None => not_found("Node", req.param("nodeId")),
+            }
+        }
         "ComputeNode_List" => {
             let Some(pool) = st.pools.get(req.param("poolId")) else {
                 return not_found("Pool", req.param("poolId"));
@@ -216,6 +227,7 @@ pub(crate) fn dispatch(shared: &Shared, mut req: Req<'_>) -> Reply {
                     body: Value::Object(body),
                     tasks: BTreeMap::new(),
                     completes_at: None,
+                    prep: BTreeMap::new(),
                 },
             );
             st.count_created(&key);
@@ -319,16 +331,19 @@ pub(crate) fn dispatch(shared: &Shared, mut req: Req<'_>) -> Reply {
                         .keys()
                         .map(|n| {
                             let now = state::now_rfc3339();
+                            let info = job.prep.get(n).cloned().unwrap_or_else(|| {
+                                json!({
+                                    "startTime": now, "endTime": now, "state": "completed",
+                                    "exitCode": 0, "retryCount": 0, "result": "success"
+                                })
+                            });
                             (
                                 n.clone(),
                                 json!({
                                     "poolId": pool_id,
                                     "nodeId": n,
                                     "nodeUrl": format!("{base}/pools/{}/nodes/{}", enc(pool_id), enc(n)),
-                                    "jobPreparationTaskExecutionInfo": {
-                                        "startTime": now, "endTime": now, "state": "completed",
-                                        "exitCode": 0, "retryCount": 0, "result": "success"
-                                    }
+                                    "jobPreparationTaskExecutionInfo": info
                                 }),
                             )
                         })

@@ -52,6 +52,8 @@ pub(crate) struct Job {
     pub body: Value,
     pub tasks: BTreeMap<String, Task>,
     pub completes_at: Option<Instant>,
+    /// `jobPreparationTaskExecutionInfo` per node set by the test (default: completed, 0).
+    pub prep: BTreeMap<String, Value>,
 }
 
 #[derive(Debug, Default)]

@@ -1,0 +1,162 @@
+//! Errors of a submission and of watching it.
+
+use shipyard_batch_api::BatchError;
+use shipyard_runtime::RuntimeError;
+
+/// Why a submission or its watch failed. Every variant names the job, task or node it is about.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SubmitError {
+    /// A Batch call failed.
+    #[error("{action}")]
+    Batch {
+        /// What was being done (`adding job `hello``).
+        action: String,
+        /// The service's or transport's error.
+        #[source]
+        source: BatchError,
+    },
+    /// The plan could not be turned into requests (SSH key generation, serialization).
+    #[error("job `{job}`: {source}")]
+    Plan {
+        /// Job id.
+        job: String,
+        /// The domain's error.
+        #[source]
+        source: RuntimeError,
+    },
+    /// Some tasks of a job's collection were refused.
+    #[error("job `{job}`: {failed} of {total} tasks could not be added: {details}")]
+    TasksRejected {
+        /// Job id.
+        job: String,
+        /// Tasks refused.
+        failed: usize,
+        /// Tasks submitted.
+        total: usize,
+        /// The first few `task: error` pairs.
+        details: String,
+    },
+    /// The job exists (a finished run's, or another's) and sets `onAllTasksComplete`, so its
+    /// tasks cannot be added to it.
+    #[error("job `{job}` already exists; delete it, or resubmit with recreate (`--recreate`) to delete a finished job first")]
+    JobExists {
+        /// Job id.
+        job: String,
+    },
+    /// Recreate was asked for, but the job is still active (it may be another run's).
+    #[error("job `{job}` is {state}, not finished; terminate it first (`jobs term {job}`)")]
+    JobActive {
+        /// Job id.
+        job: String,
+        /// Its state.
+        state: String,
+    },
+    /// The job preparation task failed on a node: the job's tasks can never run there.
+    #[error(
+        "job `{job}`: the job preparation task failed on node `{node}` (pool `{pool}`) with exit code {}{}",
+        exit_code_text(*exit_code), failure_text(failure)
+    )]
+    JobPreparationFailed {
+        /// Job id.
+        job: String,
+        /// Pool id.
+        pool: String,
+        /// Node id.
+        node: String,
+        /// The prep task's exit code, if it ran.
+        exit_code: Option<i32>,
+        /// Batch's failure message (e.g. a resource file or container pull error).
+        failure: Option<String>,
+    },
+    /// The pool's start task failed on a node (the node is `starttaskfailed`).
+    #[error(
+        "pool `{pool}`: the start task failed on node `{node}` with exit code {}{}",
+        exit_code_text(*exit_code), failure_text(failure)
+    )]
+    StartTaskFailed {
+        /// Pool id.
+        pool: String,
+        /// Node id.
+        node: String,
+        /// The start task's exit code, if Batch reports one.
+        exit_code: Option<i32>,
+        /// Batch's failure message.
+        failure: Option<String>,
+    },
+    /// A node of the pool became unusable (or its state is unknown to Batch).
+    #[error("pool `{pool}`: node `{node}` is {state}; tasks cannot run on it")]
+    NodeUnusable {
+        /// Pool id.
+        pool: String,
+        /// Node id.
+        node: String,
+        /// Its state (`unusable`, `unknown`).
+        state: String,
+    },
+    /// The pool could not allocate its nodes.
+    #[error("pool `{pool}`: resize error {code}: {message}")]
+    PoolResizeFailed {
+        /// Pool id.
+        pool: String,
+        /// Batch's error code (`AllocationFailed`, `AccountCoreQuotaReached`, ...).
+        code: String,
+        /// Batch's message.
+        message: String,
+    },
+    /// The overall timeout elapsed before every task completed.
+    #[error("timed out after {}s with {completed}/{total} tasks completed", timeout.as_secs())]
+    TimedOut {
+        /// The timeout.
+        timeout: std::time::Duration,
+        /// Tasks completed.
+        completed: usize,
+        /// Tasks submitted.
+        total: usize,
+    },
+    /// The submission or run failed and shipyard terminated the jobs it had created, so their
+    /// job release tasks run and nodes are cleaned up.
+    #[error("{source}; terminated job(s) {} so their job release tasks run", terminated.join(", "))]
+    Aborted {
+        /// The jobs terminated.
+        terminated: Vec<String>,
+        /// Why.
+        source: Box<SubmitError>,
+    },
+    /// The run was cancelled (Ctrl-C, SIGTERM, [`crate::Submitter::cancel_token`]).
+    #[error("cancelled")]
+    Cancelled,
+}
+
+fn exit_code_text(code: Option<i32>) -> String {
+    code.map_or_else(|| "unknown".to_string(), |c| c.to_string())
+}
+
+fn failure_text(failure: &Option<String>) -> String {
+    failure
+        .as_deref()
+        .map(|f| format!(" ({f})"))
+        .unwrap_or_default()
+}
+
+impl SubmitError {
+    pub(crate) fn batch(action: impl Into<String>, source: BatchError) -> Self {
+        SubmitError::Batch {
+            action: action.into(),
+            source,
+        }
+    }
+
+    /// The Batch error code of a failed call (`JobExists`, `PoolExists`, ...).
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            SubmitError::Batch { source, .. } => source.code(),
+            SubmitError::Aborted { source, .. } => source.code(),
+            SubmitError::JobExists { .. } => Some("JobExists"),
+            _ => None,
+        }
+    }
+}
+
+/// Shorthand.
+pub type Result<T, E = SubmitError> = std::result::Result<T, E>;
