@@ -66,6 +66,18 @@ pub fn require_docker() -> bool {
     ok
 }
 
+/// Demands `program` on PATH (`what` names it in the failure, e.g. Debian's docker-registry).
+pub fn require_program(program: &str, what: &str) -> bool {
+    let ok = Command::new("sh")
+        .args(["-c", &format!("command -v '{program}' >/dev/null")])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        missing(what);
+    }
+    ok
+}
+
 /// Demands a running Docker engine with [`TEST_IMAGE`] present.
 pub fn require_test_image() -> bool {
     if !require_docker() {

@@ -537,8 +537,17 @@ impl<'a> Ctx<'a> {
                 if p == "credentials.batch" {
                     self.derive_account_name(v, t, &tp)?;
                 }
-                if p == "pool_specification.virtual_network" {
-                    self.mark_phase2(&tp);
+                if p == "job_specifications[].tasks[].multi_instance.mpi" {
+                    if let Some(Item::Table(m)) = t.get_mut("mpi") {
+                        if !m.contains_key("executable_path") {
+                            m.insert("executable_path", toml_edit::value("mpirun"));
+                            Self::comment(
+                                m,
+                                "executable_path",
+                                "Batch Shipyard's default launcher, for every MPI runtime",
+                            );
+                        }
+                    }
                 }
                 Ok(())
             }

@@ -88,6 +88,8 @@ pub enum Scope {
     /// field names in errors of runtimes, which only see the facts
     /// ([`PoolSpec::field_of_fact`](crate::pool::PoolSpec::field_of_fact) maps those).
     Pool,
+    /// The credentials (`credentials.docker_registry`, `credentials.storage`).
+    Credentials,
 }
 
 /// The location of a value: a scope and a path inside it.
@@ -116,6 +118,14 @@ impl Field {
         }
     }
 
+    /// The credentials.
+    pub fn credentials() -> Field {
+        Field {
+            scope: Scope::Credentials,
+            path: FieldPath::root(),
+        }
+    }
+
     /// This field's key `k`.
     pub fn key(&self, k: impl Into<String>) -> Field {
         Field {
@@ -139,6 +149,7 @@ impl fmt::Display for Field {
         f.write_str(match self.scope {
             Scope::Job(_) => "job",
             Scope::Pool => "pool",
+            Scope::Credentials => "credentials",
         })?;
         match self.path.segments().first() {
             None => Ok(()),

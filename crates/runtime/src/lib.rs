@@ -42,6 +42,7 @@ pub mod plan;
 pub mod plugin;
 pub mod pool;
 pub mod registry;
+pub mod registry_auth;
 pub mod shell;
 pub mod ssh;
 pub mod validate;

@@ -115,12 +115,13 @@ pub fn launch_request(
             req = req.forward_env(name.clone());
         }
     }
-    if ctx.infiniband && !ctx.user_env.contains_key(FABRICS) {
-        if mpi.runtime == MpiRuntime::IntelMpiOfa {
-            // Batch Shipyard's `intelmpi-ofa`: the OFA fabric (Intel MPI 2018/2019 on
-            // InfiniBand), no libfabric provider.
-            req = req.env(FABRICS, "shm:ofa");
-        }
+    // Batch Shipyard's `intelmpi-ofa`: the OFA fabric (Intel MPI 2018/2019 on InfiniBand), no
+    // libfabric provider.
+    if ctx.infiniband
+        && !ctx.user_env.contains_key(FABRICS)
+        && mpi.runtime == MpiRuntime::IntelMpiOfa
+    {
+        req = req.env(FABRICS, "shm:ofa");
     }
     if ctx.infiniband
         && mpi.runtime == MpiRuntime::IntelMpi

@@ -78,7 +78,10 @@ impl std::fmt::Debug for JobNeeds {
         let prep = self.job_preparation_task.as_ref().map(|p| {
             let mut p = p.clone();
             for e in p.environment_settings.iter_mut().flatten() {
-                if e.name == PRIVATE_KEY_ENV {
+                if e.name == PRIVATE_KEY_ENV
+                    || e.name
+                        .starts_with(crate::registry_auth::PASSWORD_ENV_PREFIX)
+                {
                     e.value = Some("<redacted>".into());
                 }
             }

@@ -1,0 +1,233 @@
+//! A private registry for real: Debian's `docker-registry` on loopback with htpasswd auth, an
+//! image pushed by the test, then the job preparation task that
+//! `shipyard_runtime::registry_auth::attach_registries` produces for a non-native pool run with
+//! bash: the right credentials pull the image, wrong ones fail naming the registry and user,
+//! and the password is in neither the command line nor the output.
+#![allow(clippy::unwrap_used)]
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use shipyard_runtime::batch::JobPreparationTask;
+use shipyard_runtime::registry_auth::{attach_registries, RegistryLogin};
+use shipyard_runtime::{JobNeeds, JobPlan, PoolNeeds};
+
+const USER: &str = "shipyard-test";
+const LABEL: &str = "shipyard.test=registry";
+
+struct Registry {
+    child: Child,
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn bcrypt(password: &str) -> Result<String> {
+    // libxcrypt's bcrypt through perl's crypt(); the registry accepts $2b$ hashes.
+    let salt: String = format!("{:022}", std::process::id())
+        .chars()
+        .map(|c| (b'a' + (c as u8 - b'0')) as char)
+        .collect();
+    let out = Command::new("perl")
+        .args([
+            "-e",
+            "print crypt($ARGV[0], '$2b$05$' . $ARGV[1])",
+            password,
+            &salt,
+        ])
+        .output()?;
+    let hash = String::from_utf8(out.stdout)?;
+    if !out.status.success() || !hash.starts_with("$2b$") {
+        bail!("perl crypt gave no bcrypt hash: {hash}");
+    }
+    Ok(hash)
+}
+
+fn start_registry(dir: &Path, port: u16, password: &str) -> Result<Registry> {
+    std::fs::write(
+        dir.join("htpasswd"),
+        format!("{USER}:{}\n", bcrypt(password)?),
+    )?;
+    let config = format!(
+        "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {data}\nhttp:\n  addr: 127.0.0.1:{port}\nauth:\n  htpasswd:\n    realm: shipyard-test\n    path: {htpasswd}\n",
+        data = dir.join("data").display(),
+        htpasswd = dir.join("htpasswd").display(),
+    );
+    std::fs::write(dir.join("config.yml"), config)?;
+    let child = Command::new("docker-registry")
+        .arg("serve")
+        .arg(dir.join("config.yml"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("docker-registry")?;
+    let reg = Registry { child };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline {
+            bail!("the registry did not listen on 127.0.0.1:{port}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(reg)
+}
+
+fn docker(config: &Path, args: &[&str], stdin: Option<&str>) -> Result<Output> {
+    let mut c = Command::new("docker");
+    c.env("DOCKER_CONFIG", config).args(args);
+    if stdin.is_some() {
+        c.stdin(Stdio::piped());
+    }
+    c.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = c.spawn()?;
+    if let Some(input) = stdin {
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .context("stdin")?
+            .write_all(input.as_bytes())?;
+    }
+    Ok(child.wait_with_output()?)
+}
+
+/// Runs the preparation task the way Batch would: its environment settings set, its command
+/// line through bash.
+fn run_prep(prep: &JobPreparationTask, config: &Path) -> Result<Output> {
+    let words = shipyard_runtime::shell::split(&prep.command_line)?;
+    let mut c = Command::new(&words[0]);
+    c.args(&words[1..]).env("DOCKER_CONFIG", config);
+    for e in prep.environment_settings.iter().flatten() {
+        c.env(&e.name, e.value.as_deref().unwrap_or_default());
+    }
+    Ok(c.output()?)
+}
+
+fn prep_for(image: &str, password: &str) -> Result<JobPreparationTask> {
+    let mut plan = JobPlan {
+        runtime: "docker".into(),
+        pool: PoolNeeds::default(),
+        job: JobNeeds {
+            job_preparation_task: Some(JobPreparationTask {
+                command_line: shipyard_runtime::shell::bash_c(&format!(
+                    "set -e; docker image inspect {image} >/dev/null 2>&1 || docker pull {image}"
+                )),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        tasks: vec![],
+    };
+    let server = image.split('/').next().unwrap_or_default().to_string();
+    let login = RegistryLogin {
+        server,
+        username: USER.into(),
+        password: password.into(),
+    };
+    attach_registries(&mut plan, false, &[login], "docker")?;
+    plan.job.job_preparation_task.context("prep")
+}
+
+#[test]
+fn private_registry_login_pull_and_logout() -> Result<()> {
+    if !shipyard_e2e::require_docker()
+        || !shipyard_e2e::require_program("docker-registry", "Debian's docker-registry package")
+        || !shipyard_e2e::require_program("perl", "perl (bcrypt for htpasswd)")
+    {
+        return Ok(());
+    }
+    let tmp = tempfile::tempdir()?;
+    let config = tmp.path().join("docker-config");
+    std::fs::create_dir_all(&config)?;
+    let password = format!("pw-{}-not-real", std::process::id());
+    let port = free_port()?;
+    let _registry = start_registry(tmp.path(), port, &password)?;
+    let image = format!("127.0.0.1:{port}/shipyard-test/tiny:{}", std::process::id());
+
+    // a tiny image, pushed by the test
+    let ctx = tmp.path().join("ctx");
+    std::fs::create_dir_all(&ctx)?;
+    std::fs::write(ctx.join("hello.txt"), "hello from the private registry\n")?;
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!("FROM scratch\nLABEL {LABEL}\nCOPY hello.txt /hello.txt\n"),
+    )?;
+    let ctx_s = ctx.to_string_lossy().to_string();
+    let out = docker(&config, &["build", "-q", "-t", &image, &ctx_s], None)?;
+    assert!(
+        out.status.success(),
+        "build: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let server = format!("127.0.0.1:{port}");
+    let out = docker(
+        &config,
+        &["login", "--username", USER, "--password-stdin", &server],
+        Some(&password),
+    )?;
+    assert!(
+        out.status.success(),
+        "login: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = docker(&config, &["push", "-q", &image], None)?;
+    assert!(
+        out.status.success(),
+        "push: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    docker(&config, &["logout", &server], None)?;
+    let out = docker(&config, &["image", "rm", &image], None)?;
+    assert!(
+        out.status.success(),
+        "rm: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // without credentials the pull is refused
+    let out = docker(&config, &["pull", "-q", &image], None)?;
+    assert!(!out.status.success(), "pulled without credentials");
+
+    // wrong credentials: the preparation task fails, naming the registry and the user
+    let prep = prep_for(&image, "wrong-password")?;
+    let out = run_prep(&prep, &config)?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "wrong password pulled");
+    assert!(
+        stderr.contains(&format!("docker login to {server} as user {USER} failed")),
+        "{stderr}"
+    );
+
+    // right credentials: pulled; logged out afterwards; the password never in argv or output
+    let prep = prep_for(&image, &password)?;
+    assert!(!prep.command_line.contains(&password));
+    let out = run_prep(&prep, &config)?;
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "prep failed: {all}");
+    assert!(!all.contains(&password), "{all}");
+    let out = docker(&config, &["image", "inspect", &image], None)?;
+    assert!(out.status.success(), "image not pulled");
+    let auths = std::fs::read_to_string(config.join("config.json")).unwrap_or_default();
+    assert!(
+        !auths.contains(&server) || !auths.contains("\"auth\""),
+        "still logged in: {auths}"
+    );
+
+    let _ = docker(&config, &["image", "rm", "-f", &image], None);
+    Ok(())
+}
