@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 venv=${SHIPYARD_PYVENV:-/opt/shipyard/pyvenv}
 [ -x "$venv/bin/python" ] || { echo "no venv at $venv: run scripts/setup.sh" >&2; exit 1; }
 profile=${SHIPYARD_BENCH_PROFILE:-release}
-CARGO_INCREMENTAL=0 cargo build -q -p shipyard-serve --example serve_memory --profile "$profile"
+CARGO_INCREMENTAL=0 cargo build -q -p shipyard-serve --no-default-features --example serve_memory --profile "$profile"
 dir=$( [ "$profile" = dev ] && echo debug || echo "$profile")
 key=$("$venv/bin/python" -c 'import base64,os; print(base64.b64encode(os.urandom(32)).decode())')
 out=$(mktemp)

@@ -78,6 +78,14 @@ def stdout_of(job, task):
     return b"".join(client.download_task_file(job, task, "stdout.txt")).decode()
 
 
+def stdout_so_far(job, task):
+    """stdout.txt, or "" while the task has not created it yet."""
+    try:
+        return stdout_of(job, task)
+    except ResourceNotFoundError:
+        return ""
+
+
 def all_completed(job, n):
     tasks = list(client.list_tasks(job))
     return tasks if len(tasks) == n and all(t.state == "completed" for t in tasks) else None
@@ -168,7 +176,7 @@ def before_kill():
     client.create_task(job, models.BatchTaskCreateOptions(
         id="long", command_line="/bin/bash -c 'echo started; sleep 600'", container_settings=container()))
     wait("task long running", 120, lambda: client.get_task(job, "long").state == "running"
-         and "started" in stdout_of(job, "long"))
+         and "started" in stdout_so_far(job, "long"))
     print("READY-TO-KILL", flush=True)
 
 

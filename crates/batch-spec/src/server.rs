@@ -29,7 +29,7 @@
 //! ```
 
 pub mod auth;
-mod http;
+pub mod http;
 mod ops;
 mod state;
 

@@ -167,6 +167,24 @@ pub trait Backend: Send + Sync {
     fn get_task(&self, job: &str, task: &str) -> BackendResult<CloudTask>;
     /// A job's tasks.
     fn list_tasks(&self, job: &str) -> BackendResult<Vec<CloudTask>>;
+    /// A job's tasks whose ids sort after `after`, in id order; at most `limit` of them when
+    /// given (the server passes it only when no `$filter` may skip tasks). What a page of
+    /// `Task_List` needs; the default filters [`Backend::list_tasks`], backends that keep
+    /// tasks ordered answer without copying the rest.
+    fn list_tasks_after(
+        &self,
+        job: &str,
+        after: Option<&str>,
+        limit: Option<usize>,
+    ) -> BackendResult<Vec<CloudTask>> {
+        let mut tasks = self.list_tasks(job)?;
+        tasks.retain(|t| after.is_none_or(|a| t.id.as_deref().unwrap_or_default() > a));
+        tasks.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+        if let Some(n) = limit {
+            tasks.truncate(n);
+        }
+        Ok(tasks)
+    }
     /// Subtasks of a multi-instance task.
     fn list_subtasks(&self, job: &str, task: &str) -> BackendResult<Vec<SubtaskInformation>>;
     /// Terminates a task.

@@ -4,18 +4,17 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{HeaderMap, Request, Response};
 use serde_json::Value;
 use shipyard_batch_spec::schema::{Spec, Violation};
 use shipyard_batch_spec::server::auth;
-use shipyard_batch_spec::wire::{error_body, Query};
+use shipyard_batch_spec::server::http::{finish, read_body as read_limited, ReplyBody};
+pub(crate) use shipyard_batch_spec::server::http::{header_str, Reply};
+use shipyard_batch_spec::wire::Query;
 
 use crate::backend::Backend;
 
-/// Requests larger than this are refused before reading further.
-const MAX_READ: usize = 8 * 1024 * 1024;
 /// The service's limit on an `addtaskcollection` body.
 const MAX_TASK_COLLECTION_BYTES: usize = 1024 * 1024;
 
@@ -26,95 +25,36 @@ pub(crate) struct Ctx {
     pub backend: Arc<dyn Backend>,
 }
 
-/// A reply under construction.
-#[derive(Debug)]
-pub(crate) struct Reply {
-    pub status: u16,
-    pub headers: Vec<(String, String)>,
-    pub body: Bytes,
-}
-
-impl Reply {
-    pub fn json(status: u16, value: &Value) -> Reply {
-        Reply {
-            status,
-            headers: vec![(
-                "content-type".into(),
-                "application/json;odata=minimalmetadata".into(),
-            )],
-            body: Bytes::from(serde_json::to_vec(value).unwrap_or_default()),
-        }
-    }
-
-    pub fn empty(status: u16) -> Reply {
-        Reply {
-            status,
-            headers: Vec::new(),
-            body: Bytes::new(),
-        }
-    }
-
-    pub fn header(mut self, name: &str, value: impl Into<String>) -> Reply {
-        self.headers.push((name.to_owned(), value.into()));
-        self
-    }
-
-    pub fn error(status: u16, code: &str, message: &str, values: &[(&str, String)]) -> Reply {
-        Reply::json(status, &error_body(code, message, values))
-    }
-}
-
+/// The accept loop (shared with the strict test server) over [`handle`].
 pub(crate) async fn serve(
     listener: tokio::net::TcpListener,
     ctx: Arc<Ctx>,
-    mut shutdown: tokio::sync::oneshot::Receiver<()>,
+    shutdown: tokio::sync::oneshot::Receiver<()>,
 ) {
-    loop {
-        let accepted = tokio::select! {
-            _ = &mut shutdown => return,
-            a = listener.accept() => a,
-        };
-        let Ok((stream, _)) = accepted else {
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
+    shipyard_batch_spec::server::http::serve_connections(listener, shutdown, move |req| {
         let ctx = ctx.clone();
-        tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| {
-                let ctx = ctx.clone();
-                async move { Ok::<_, std::convert::Infallible>(handle(&ctx, req).await) }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .keep_alive(true)
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                .await;
-        });
-    }
+        async move { Ok(handle(&ctx, req).await) }
+    })
+    .await
 }
 
-pub(crate) fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers.get(name).and_then(|v| v.to_str().ok())
-}
-
-async fn handle(ctx: &Ctx, req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn handle(ctx: &Ctx, req: Request<Incoming>) -> Response<ReplyBody> {
     let (parts, body) = req.into_parts();
     let method = parts.method.as_str().to_owned();
     let raw_path = parts.uri.path().to_owned();
     let raw_query = parts.uri.query().unwrap_or("").to_owned();
     let headers = parts.headers;
-    let reply = match Limited::new(body, MAX_READ).collect().await {
-        Ok(b) => pipeline(ctx, &method, &raw_path, &raw_query, &headers, b.to_bytes()).await,
-        Err(_) => Reply::error(
-            413,
-            "RequestBodyTooLarge",
-            "The request body is too large and exceeds the maximum permissible limit.",
-            &[("MaxLimit", MAX_READ.to_string())],
-        ),
+    let mut reply = match read_limited(body).await {
+        Ok(b) => pipeline(ctx, &method, &raw_path, &raw_query, &headers, b).await,
+        Err(r) => r,
     };
     if reply.status >= 400 {
         tracing::debug!(%method, path = %raw_path, status = reply.status, "request rejected");
     }
-    finish(&headers, reply, method == "HEAD")
+    if method == "HEAD" {
+        reply.body = Bytes::new();
+    }
+    finish(&headers, reply)
 }
 
 /// api-version: missing or unknown versions are refused as the service refuses them.
@@ -373,28 +313,6 @@ async fn pipeline(
         },
     )
     .await
-}
-
-fn finish(req_headers: &HeaderMap, reply: Reply, head: bool) -> Response<Full<Bytes>> {
-    let mut b = Response::builder().status(reply.status);
-    b = b.header("request-id", uuid::Uuid::new_v4().to_string());
-    b = b.header("dataserviceversion", "3.0");
-    if header_str(req_headers, "return-client-request-id")
-        .is_some_and(|v| v.eq_ignore_ascii_case("true"))
-    {
-        if let Some(id) = header_str(req_headers, "client-request-id") {
-            b = b.header("client-request-id", id);
-        }
-    }
-    for (k, v) in &reply.headers {
-        b = b.header(k.as_str(), v.as_str());
-    }
-    let body = if head { Bytes::new() } else { reply.body };
-    b.body(Full::new(body)).unwrap_or_else(|_| {
-        let mut r = Response::new(Full::new(Bytes::from_static(b"bad reply header")));
-        *r.status_mut() = hyper::StatusCode::INTERNAL_SERVER_ERROR;
-        r
-    })
 }
 
 #[cfg(test)]

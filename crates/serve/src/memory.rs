@@ -638,6 +638,29 @@ impl Backend for MemoryBackend {
         Ok(j.tasks.values().cloned().collect())
     }
 
+    fn list_tasks_after(
+        &self,
+        job: &str,
+        after: Option<&str>,
+        limit: Option<usize>,
+    ) -> BackendResult<Vec<CloudTask>> {
+        use std::ops::Bound;
+        let st = self.lock();
+        let j = st
+            .jobs
+            .get(job)
+            .ok_or_else(|| not_found("JobNotFound", job))?;
+        let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let range = j
+            .tasks
+            .range::<str, _>((from, Bound::Unbounded))
+            .map(|(_, t)| t.clone());
+        Ok(match limit {
+            Some(n) => range.take(n).collect(),
+            None => range.collect(),
+        })
+    }
+
     fn list_subtasks(&self, job: &str, task: &str) -> BackendResult<Vec<SubtaskInformation>> {
         self.task_record(job, task)?;
         Ok(Vec::new())

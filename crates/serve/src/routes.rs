@@ -160,21 +160,26 @@ fn created(ctx: &Ctx, path: &str) -> Reply {
 }
 
 /// One page of a list of objects keyed by `id`.
+/// One page of `items`, ordered by `key` as the service orders them. Only the items on the
+/// page (and those `$filter` skips on the way) are serialized; the rest are never touched.
 fn list<T: Serialize>(
     ctx: &Ctx,
     req: &Req<'_>,
     path: &str,
     items: Vec<T>,
-    key: impl Fn(&T) -> String,
+    key: impl Fn(&T) -> &str,
 ) -> Reply {
     let paging = match Paging::from_query(req.query) {
         Ok(p) => p,
         Err((status, body)) => return Reply::json(status, &body),
     };
-    let mut keyed: Vec<(String, &T)> = items.iter().map(|t| (key(t), t)).collect();
-    keyed.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut keyed: Vec<(&str, &T)> = items.iter().map(|t| (key(t), t)).collect();
+    // Backends keep their objects in id order already: sort only when they do not.
+    if !keyed.windows(2).all(|w| w[0].0 <= w[1].0) {
+        keyed.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    }
     let start = match &paging.after {
-        Some(a) => keyed.partition_point(|(k, _)| k.as_str() <= a.as_str()),
+        Some(a) => keyed.partition_point(|(k, _)| *k <= a.as_str()),
         None => 0,
     };
     let base = format!("{}{path}", ctx.base_url);
@@ -183,7 +188,7 @@ fn list<T: Serialize>(
         &base,
         keyed[start..]
             .iter()
-            .map(|(k, t)| (k.as_str(), absolute_url(ctx, to_json(*t)))),
+            .map(|(k, t)| (*k, absolute_url(ctx, to_json(*t)))),
     );
     Reply::json(200, &page)
 }
@@ -301,7 +306,7 @@ pub(crate) async fn dispatch(ctx: &Ctx, mut req: Req<'_>) -> Reply {
             object(ctx, &req, pool)
         }
         "Pool_List" => list(ctx, &req, "/pools", tri!(b.list_pools()), |p| {
-            p.id.clone().unwrap_or_default()
+            p.id.as_deref().unwrap_or_default()
         }),
         "Pool_Delete" => {
             let pool = to_json(&tri!(b.get_pool(&pool_id)));
@@ -326,7 +331,7 @@ pub(crate) async fn dispatch(ctx: &Ctx, mut req: Req<'_>) -> Reply {
         "ComputeNode_List" => {
             let path = format!("/pools/{}/nodes", enc(&pool_id));
             list(ctx, &req, &path, tri!(b.list_nodes(&pool_id)), |n| {
-                n.id.clone().unwrap_or_default()
+                n.id.as_deref().unwrap_or_default()
             })
         }
         "ComputeNode_Get" => object(ctx, &req, to_json(&tri!(b.get_node(&pool_id, &node_id)))),
@@ -334,7 +339,7 @@ pub(crate) async fn dispatch(ctx: &Ctx, mut req: Req<'_>) -> Reply {
             let path = format!("/pools/{}/nodes/{}/files", enc(&pool_id), enc(&node_id));
             let files = tri!(b.list_node_files(&pool_id, &node_id, req.recursive()));
             list(ctx, &req, &path, files, |f| {
-                f.name.clone().unwrap_or_default()
+                f.name.as_deref().unwrap_or_default()
             })
         }
         "File_GetFromComputeNode" | "File_GetPropertiesFromComputeNode" => {
@@ -363,7 +368,7 @@ pub(crate) async fn dispatch(ctx: &Ctx, mut req: Req<'_>) -> Reply {
             object(ctx, &req, job)
         }
         "Job_List" => list(ctx, &req, "/jobs", tri!(b.list_jobs()), |j| {
-            j.id.clone().unwrap_or_default()
+            j.id.as_deref().unwrap_or_default()
         }),
         "Job_Patch" => {
             let p = body!(JobPatchParameter, req);
@@ -397,7 +402,7 @@ pub(crate) async fn dispatch(ctx: &Ctx, mut req: Req<'_>) -> Reply {
                 &req,
                 &path,
                 tri!(b.prep_release_status(&job_id)),
-                |i| i.node_id.clone().unwrap_or_default(),
+                |i| i.node_id.as_deref().unwrap_or_default(),
             )
         }
         "Task_Add" => {
@@ -453,8 +458,14 @@ pub(crate) async fn dispatch(ctx: &Ctx, mut req: Req<'_>) -> Reply {
         }
         "Task_List" => {
             let path = format!("/jobs/{}/tasks", enc(&job_id));
-            list(ctx, &req, &path, tri!(b.list_tasks(&job_id)), |t| {
-                t.id.clone().unwrap_or_default()
+            // Only this page's tasks (plus one, to know whether there is a next page).
+            let (after, limit) = match Paging::from_query(req.query) {
+                Ok(p) => (p.after, p.filter.is_none().then_some(p.max + 1)),
+                Err((status, body)) => return Reply::json(status, &body),
+            };
+            let tasks = tri!(b.list_tasks_after(&job_id, after.as_deref(), limit));
+            list(ctx, &req, &path, tasks, |t| {
+                t.id.as_deref().unwrap_or_default()
             })
         }
         "Task_ListSubtasks" => {
@@ -477,7 +488,7 @@ pub(crate) async fn dispatch(ctx: &Ctx, mut req: Req<'_>) -> Reply {
             let path = format!("/jobs/{}/tasks/{}/files", enc(&job_id), enc(&task_id));
             let files = tri!(b.list_task_files(&job_id, &task_id, req.recursive()));
             list(ctx, &req, &path, files, |f| {
-                f.name.clone().unwrap_or_default()
+                f.name.as_deref().unwrap_or_default()
             })
         }
         "File_GetFromTask" | "File_GetPropertiesFromTask" => {

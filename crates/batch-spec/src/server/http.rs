@@ -1,4 +1,9 @@
 //! Connection handling and the request pipeline (faults, api-version, auth, validation).
+//!
+//! The reusable part is public for `shipyard serve`: [`Reply`] (a Batch reply under
+//! construction), [`ReplyBody`], [`serve_connections`] (the accept loop: one HTTP/1.1
+//! keep-alive connection task per client until shutdown), [`read_body`] (body with the size
+//! limit) and [`finish`] (`request-id`, `dataserviceversion`, `client-request-id` echo).
 
 use std::sync::Arc;
 
@@ -11,11 +16,11 @@ use serde_json::Value;
 use super::{auth, lock, ops, AuthKind, Fault, RequestRecord, Shared};
 
 /// Requests larger than this are refused before reading further.
-const MAX_READ: usize = 8 * 1024 * 1024;
+pub const MAX_READ: usize = 8 * 1024 * 1024;
 
 /// The error that makes hyper close the connection without a reply.
 #[derive(Debug)]
-pub(crate) struct DropConnection;
+pub struct DropConnection;
 
 impl std::fmt::Display for DropConnection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -27,7 +32,7 @@ impl std::error::Error for DropConnection {}
 
 /// Response body: whole, or cut short after announcing its full length (fault injection).
 #[derive(Debug)]
-pub(crate) enum ReplyBody {
+pub enum ReplyBody {
     /// The whole body (taken when sent).
     Full(Option<Bytes>),
     /// Sends `data`, then fails so the connection is aborted before `announced` bytes.
@@ -73,14 +78,19 @@ impl hyper::body::Body for ReplyBody {
 
 /// A reply under construction.
 #[derive(Debug)]
-pub(crate) struct Reply {
+pub struct Reply {
+    /// HTTP status.
     pub status: u16,
+    /// Headers besides the ones [`finish`] adds.
     pub headers: Vec<(String, String)>,
+    /// The body.
     pub body: Bytes,
+    /// The Batch error code of an error reply.
     pub error_code: Option<String>,
 }
 
 impl Reply {
+    /// A JSON reply (`application/json;odata=minimalmetadata`).
     pub fn json(status: u16, value: &Value) -> Reply {
         Reply {
             status,
@@ -93,6 +103,7 @@ impl Reply {
         }
     }
 
+    /// A reply without a body.
     pub fn empty(status: u16) -> Reply {
         Reply {
             status,
@@ -102,6 +113,7 @@ impl Reply {
         }
     }
 
+    /// Adds a header.
     pub fn header(mut self, name: &str, value: impl Into<String>) -> Reply {
         self.headers.push((name.to_owned(), value.into()));
         self
@@ -124,8 +136,22 @@ impl Reply {
 pub(crate) async fn serve(
     listener: tokio::net::TcpListener,
     shared: Arc<Shared>,
-    mut shutdown: tokio::sync::oneshot::Receiver<()>,
+    shutdown: tokio::sync::oneshot::Receiver<()>,
 ) {
+    serve_connections(listener, shutdown, move |req| handle(shared.clone(), req)).await
+}
+
+/// Accepts connections on `listener` until `shutdown` fires, serving each (HTTP/1.1,
+/// keep-alive, `TCP_NODELAY`) on its own task with `handler`; a handler's [`DropConnection`]
+/// closes the connection without a reply.
+pub async fn serve_connections<H, F>(
+    listener: tokio::net::TcpListener,
+    mut shutdown: tokio::sync::oneshot::Receiver<()>,
+    handler: H,
+) where
+    H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: std::future::Future<Output = Result<Response<ReplyBody>, DropConnection>> + Send + 'static,
+{
     loop {
         let accepted = tokio::select! {
             _ = &mut shutdown => return,
@@ -135,12 +161,9 @@ pub(crate) async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let shared = shared.clone();
+        let handler = handler.clone();
         tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| {
-                let shared = shared.clone();
-                async move { handle(shared, req).await }
-            });
+            let svc = hyper::service::service_fn(handler);
             let _ = hyper::server::conn::http1::Builder::new()
                 .keep_alive(true)
                 .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
@@ -149,7 +172,22 @@ pub(crate) async fn serve(
     }
 }
 
-fn header_str<'a>(headers: &'a hyper::HeaderMap, name: &str) -> Option<&'a str> {
+/// Reads a request body of at most [`MAX_READ`] bytes; a larger one is answered 413
+/// `RequestBodyTooLarge`.
+pub async fn read_body(body: Incoming) -> Result<Bytes, Reply> {
+    match Limited::new(body, MAX_READ).collect().await {
+        Ok(b) => Ok(b.to_bytes()),
+        Err(_) => Err(Reply::error(
+            413,
+            "RequestBodyTooLarge",
+            "The request body is too large and exceeds the maximum permissible limit.",
+            &[("MaxLimit", MAX_READ.to_string())],
+        )),
+    }
+}
+
+/// A header's value, if present and visible ASCII.
+pub fn header_str<'a>(headers: &'a hyper::HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
@@ -162,17 +200,9 @@ async fn handle(
     let raw_path = parts.uri.path().to_owned();
     let raw_query = parts.uri.query().unwrap_or("").to_owned();
     let headers = parts.headers;
-    let body = match Limited::new(body, MAX_READ).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(_) => {
-            let r = Reply::error(
-                413,
-                "RequestBodyTooLarge",
-                "The request body is too large.",
-                &[],
-            );
-            return Ok(finish(&shared, &headers, r));
-        }
+    let body = match read_body(body).await {
+        Ok(b) => b,
+        Err(r) => return Ok(finish(&headers, r)),
     };
     let op = shared.spec.operation(&method, &raw_path);
     let op_id = op.as_ref().map(|o| o.id.to_owned());
@@ -437,10 +467,12 @@ fn log_and_finish(
         tracing::debug!(method = %record.method, path = %record.path, status = reply.status, code = ?reply.error_code, "strict server rejected request");
     }
     log(shared, record);
-    finish(shared, req_headers, reply)
+    finish(req_headers, reply)
 }
 
-fn finish(_shared: &Shared, req_headers: &hyper::HeaderMap, reply: Reply) -> Response<ReplyBody> {
+/// The response for `reply`: a fresh `request-id`, `dataserviceversion: 3.0`, and the
+/// request's `client-request-id` when it asked for it with `return-client-request-id: true`.
+pub fn finish(req_headers: &hyper::HeaderMap, reply: Reply) -> Response<ReplyBody> {
     let mut b = Response::builder().status(reply.status);
     b = b.header("request-id", uuid::Uuid::new_v4().to_string());
     b = b.header("dataserviceversion", "3.0");
