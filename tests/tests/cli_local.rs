@@ -169,6 +169,18 @@ fn cli_run_failing_rank_exits_non_zero_and_leaves_nothing() {
     assert!(leftovers(&job).is_empty(), "{:?}", leftovers(&job));
 }
 
+/// `shipyard --quiet run` in the background, stdout discarded.
+fn spawn_run(cfg: &Path, stderr: Stdio) -> std::process::Child {
+    Command::new(shipyard_binary())
+        .arg("-c")
+        .arg(cfg)
+        .args(["--quiet", "run"])
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .unwrap()
+}
+
 #[test]
 fn cli_sigint_mid_run_exits_130_and_leaves_nothing_within_10s() {
     if !require_test_image() {
@@ -178,14 +190,7 @@ fn cli_sigint_mid_run_exits_130_and_leaves_nothing_within_10s() {
     let job = unique_id("cli-int");
     let _guard = CleanGuard(job.clone());
     let cfg = config(dir.path(), &job, "", Some("sleep 300"));
-    let child = Command::new(shipyard_binary())
-        .arg("-c")
-        .arg(&cfg)
-        .args(["--quiet", "run"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn_run(&cfg, Stdio::piped());
     // Wait until the three nodes run.
     let deadline = Instant::now() + Duration::from_secs(60);
     while leftovers(&job)
@@ -258,14 +263,7 @@ fn cli_kill_9_of_run_is_reconciled_by_the_next_command() {
     let job = unique_id("cli-kill9");
     let _guard = CleanGuard(job.clone());
     let cfg = config(dir.path(), &job, "", Some("sleep 300"));
-    let mut child = Command::new(shipyard_binary())
-        .arg("-c")
-        .arg(&cfg)
-        .args(["--quiet", "run"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_run(&cfg, Stdio::null());
     let task_json = || {
         let out = shipyard(
             &["--output", "json", "tasks", "get", "--job", &job, "hello"],

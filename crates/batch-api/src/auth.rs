@@ -428,7 +428,7 @@ mod tests {
         const B: &str = "https://acct.westeurope.batch.azure.com";
         const V: &str = "api-version:2024-07-01.20.0";
         type Vector<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)], String, &'a str);
-        let vectors: Vec<Vector> = vec![
+        let vectors: Vec<Vector<'_>> = vec![
             (
                 "DELETE",
                 "/pools/p1?api-version=2024-07-01.20.0&timeout=30",

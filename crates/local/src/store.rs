@@ -270,15 +270,7 @@ impl Store {
                 ))
             })
             .collect::<Result<_>>()?;
-        let tasks: Vec<(String, Vec<u8>)> = tasks
-            .iter()
-            .map(|t| {
-                Ok((
-                    task_key(&t.job_id, &t.id),
-                    serde_json::to_vec(t).map_err(|e| self.err(e))?,
-                ))
-            })
-            .collect::<Result<_>>()?;
+        let tasks = self.task_rows(tasks)?;
         self.with_db(true, |db| {
             let w = db.begin_write().map_err(|e| self.err(e))?;
             for (table, rows) in [(JOBS, &jobs), (TASKS, &tasks)] {
@@ -293,6 +285,19 @@ impl Store {
             }
             w.commit().map_err(|e| self.err(e))
         })
+    }
+
+    /// Tasks as (key, JSON) rows.
+    fn task_rows(&self, tasks: &[TaskRecord]) -> Result<Vec<(String, Vec<u8>)>> {
+        tasks
+            .iter()
+            .map(|t| {
+                Ok((
+                    task_key(&t.job_id, &t.id),
+                    serde_json::to_vec(t).map_err(|e| self.err(e))?,
+                ))
+            })
+            .collect()
     }
 
     /// Records (inserts or replaces) a job.
@@ -313,15 +318,7 @@ impl Store {
     pub fn claim_job(&self, job: &JobRecord, tasks: &[TaskRecord], recreate: bool) -> Result<()> {
         self.reconcile_quietly();
         let value = serde_json::to_vec(job).map_err(|e| self.err(e))?;
-        let rows: Vec<(String, Vec<u8>)> = tasks
-            .iter()
-            .map(|t| {
-                Ok((
-                    task_key(&t.job_id, &t.id),
-                    serde_json::to_vec(t).map_err(|e| self.err(e))?,
-                ))
-            })
-            .collect::<Result<_>>()?;
+        let rows = self.task_rows(tasks)?;
         self.with_db(true, |db| {
             let w = db.begin_write().map_err(|e| self.err(e))?;
             {
