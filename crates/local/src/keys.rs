@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use shipyard_runtime::ssh::{
     self, JobSshKey, SshFiles, AUTHORIZED_KEYS_FILE, CLIENT_CONFIG_FILE, CONTAINER_SSH_DIR,
-    PRIVATE_KEY_FILE, PUBLIC_KEY_FILE,
+    KNOWN_HOSTS_FILE, PRIVATE_KEY_FILE, PUBLIC_KEY_FILE,
 };
 
 use crate::error::{LocalError, Result};
@@ -60,6 +60,13 @@ impl RunKeys {
             public_openssh: key.public_openssh().to_string(),
         };
         // From here on, dropping `keys` removes the directory.
+        // The key pair is also every node's sshd host key (as on Azure), pinned for any
+        // address on port 23: launchers check host keys against this file.
+        ssh::write_private_file(
+            &keys.known_hosts_path(),
+            format!("{}\n", ssh::known_hosts_line(&keys.public_openssh, "*")).as_bytes(),
+        )
+        .map_err(LocalError::Keys)?;
         ssh::write_private_file(
             &keys.dir.join(OWNER_FILE),
             std::process::id().to_string().as_bytes(),
@@ -88,6 +95,11 @@ impl RunKeys {
         self.dir.join(AUTHORIZED_KEYS_FILE)
     }
 
+    /// Host path of `known_hosts` (the run's key pinned as every node's host key).
+    pub fn known_hosts_path(&self) -> PathBuf {
+        self.dir.join(KNOWN_HOSTS_FILE)
+    }
+
     /// Host path of the ssh client configuration.
     pub fn client_config_path(&self) -> PathBuf {
         self.dir.join(CLIENT_CONFIG_FILE)
@@ -98,8 +110,9 @@ impl RunKeys {
         &self.public_openssh
     }
 
-    /// Read-only bind specs (`host:container:ro`) for a node: `authorized_keys` everywhere, the
-    /// private key and client configuration only where `master` (or the job asks for all).
+    /// Read-only bind specs (`host:container:ro`) for a node. [`KeyMount::RootSsh`]:
+    /// `authorized_keys` everywhere, the private key and client configuration only where
+    /// `master`. [`KeyMount::Directory`]: all five files on every node.
     pub fn binds(&self, master: bool, mount: &KeyMount) -> Vec<String> {
         let ro =
             |host: PathBuf, dir: &str, file: &str| format!("{}:{dir}/{file}:ro", host.display());
@@ -114,18 +127,14 @@ impl RunKeys {
                 b
             }
             KeyMount::Directory(dir) => {
-                let private = if master {
-                    self.private_key_path()
-                } else {
-                    // The native coordination installs all four files; a node that launches
-                    // nothing gets an empty private key.
-                    PathBuf::from("/dev/null")
-                };
+                // The native coordination installs all five files on every node and serves
+                // the private key as sshd's host key, so every node gets the real key pair.
                 vec![
                     ro(self.authorized_keys_path(), dir, AUTHORIZED_KEYS_FILE),
                     ro(self.public_key_path(), dir, PUBLIC_KEY_FILE),
+                    ro(self.known_hosts_path(), dir, KNOWN_HOSTS_FILE),
                     ro(self.client_config_path(), dir, CLIENT_CONFIG_FILE),
-                    ro(private, dir, PRIVATE_KEY_FILE),
+                    ro(self.private_key_path(), dir, PRIVATE_KEY_FILE),
                 ]
             }
         }
@@ -141,8 +150,9 @@ pub enum KeyMount {
     #[default]
     RootSsh,
     /// As the files of the docker runtime's key directory (`id_ed25519`, `id_ed25519.pub`,
-    /// `authorized_keys`, `config`) in this container directory, from which a native plan's
-    /// coordination command installs them into `/root/.ssh`.
+    /// `authorized_keys`, `known_hosts`, `config`) in this container directory, on every node,
+    /// from which a native plan's coordination command installs them into `/root/.ssh` (the
+    /// key pair is also sshd's host key there).
     Directory(String),
 }
 
@@ -192,6 +202,7 @@ mod tests {
         for p in [
             keys.private_key_path(),
             keys.authorized_keys_path(),
+            keys.known_hosts_path(),
             keys.client_config_path(),
         ] {
             let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
@@ -241,15 +252,28 @@ mod tests {
             .iter()
             .all(|b| b.ends_with(":ro")));
         let d = KeyMount::Directory("/k".into());
-        let worker = keys.binds(false, &d);
-        assert!(
-            worker.contains(&"/dev/null:/k/id_ed25519:ro".to_string()),
-            "{worker:?}"
+        // Every node of a native plan serves the key pair as its sshd host key, pinned in
+        // known_hosts: workers get the real private key too.
+        for master in [false, true] {
+            let binds = keys.binds(master, &d);
+            assert!(
+                binds
+                    .iter()
+                    .any(|b| b.ends_with("/id_ed25519:/k/id_ed25519:ro")),
+                "{binds:?}"
+            );
+            assert!(
+                binds
+                    .iter()
+                    .any(|b| b.ends_with("/known_hosts:/k/known_hosts:ro")),
+                "{binds:?}"
+            );
+        }
+        let known = std::fs::read_to_string(keys.known_hosts_path()).unwrap();
+        assert_eq!(
+            known.trim(),
+            ssh::known_hosts_line(keys.public_key(), "*").trim()
         );
-        let master = keys.binds(true, &d);
-        assert!(master
-            .iter()
-            .any(|b| b.ends_with("/id_ed25519:/k/id_ed25519:ro")));
         drop(keys);
         assert!(!dir.exists());
     }
