@@ -354,29 +354,6 @@ fn kv(s: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_hello_output_with_prefixes() {
-        let out = "[1,0]<stdout>:hello rank=0 size=2 host=a\nnoise\n[1,1]<stdout>:hello rank=1 size=2 host=b X=1\nallreduce sum=1 expected=1\n";
-        let r = HelloReport::parse(out);
-        assert_eq!(r.ranks.len(), 2);
-        r.assert_complete(2);
-        assert_eq!(r.hosts(), vec!["a".to_string(), "b".to_string()]);
-    }
-
-    #[test]
-    #[should_panic(expected = "ranks seen")]
-    fn singleton_launch_is_incomplete() {
-        let r = HelloReport::parse(
-            "hello rank=0 size=1 host=a\nhello rank=0 size=1 host=a\nallreduce sum=0 expected=0\n",
-        );
-        r.assert_complete(2);
-    }
-}
-
 /// Demands the azure-batch 15.1.0 Python SDK in the venv from scripts/setup.sh
 /// (`SHIPYARD_PYVENV`, default /opt/shipyard/pyvenv); returns its python.
 pub fn require_python_sdk() -> Option<PathBuf> {
@@ -399,4 +376,27 @@ pub fn require_python_sdk() -> Option<PathBuf> {
         venv.display()
     ));
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_hello_output_with_prefixes() {
+        let out = "[1,0]<stdout>:hello rank=0 size=2 host=a\nnoise\n[1,1]<stdout>:hello rank=1 size=2 host=b X=1\nallreduce sum=1 expected=1\n";
+        let r = HelloReport::parse(out);
+        assert_eq!(r.ranks.len(), 2);
+        r.assert_complete(2);
+        assert_eq!(r.hosts(), vec!["a".to_string(), "b".to_string()]);
+    }
+
+    #[test]
+    #[should_panic(expected = "ranks seen")]
+    fn singleton_launch_is_incomplete() {
+        let r = HelloReport::parse(
+            "hello rank=0 size=1 host=a\nhello rank=0 size=1 host=a\nallreduce sum=0 expected=0\n",
+        );
+        r.assert_complete(2);
+    }
 }
