@@ -93,6 +93,11 @@ pub fn batch_env(
                 (index == 0).to_string(),
             ),
             ("CCP_NODES".into(), ccp),
+            // Local nodes are containers sharing one kernel: UCX (MPICH's ch4:ucx, Open MPI's
+            // pml ucx) would take ranks in other containers for neighbours and try their
+            // /proc/<pid>/fd for shared memory, which another pid namespace cannot open.
+            // The task's own environment comes later and wins.
+            ("UCX_POSIX_USE_PROC_LINK".into(), "n".into()),
         ]);
     }
     env
