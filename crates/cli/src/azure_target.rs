@@ -211,7 +211,7 @@ async fn pool_command(
 ) -> CliResult {
     match command {
         PoolCommand::Add => {
-            let submission = crate::submission::submission(config, None, true)?;
+            let submission = crate::submission::submission(config, None, true, false)?;
             let Some(pool) = &submission.pool else {
                 return Err(CliError::Usage("no pool to add".into()));
             };
@@ -295,7 +295,7 @@ async fn jobs_add(
     only: Option<&str>,
     recreate: bool,
 ) -> CliResult {
-    let submission = crate::submission::submission(config, only, false)?;
+    let submission = crate::submission::submission(config, only, false, false)?;
     let opts = SubmitOptions::default()
         .poll_interval(poll_interval())
         .recreate(recreate);
@@ -492,7 +492,7 @@ fn show_event(bar: &ProgressBar, event: SubmitEvent) {
 /// task's exit code. On failure, timeout or Ctrl-C the jobs are terminated.
 pub(crate) fn run(global: &GlobalArgs, config: &Config, args: &RunArgs) -> CliResult {
     let client = client(config)?;
-    let submission = crate::submission::submission(config, args.job.as_deref(), true)?;
+    let submission = crate::submission::submission(config, args.job.as_deref(), true, false)?;
     let mut opts = SubmitOptions::default()
         .poll_interval(poll_interval())
         .stream_output(args.tail)

@@ -55,6 +55,39 @@ pub struct Credentials {
     /// `[credentials.batch]`: the Azure Batch account.
     #[serde(default)]
     pub batch: Option<BatchCredentials>,
+    /// `[credentials.storage.<link>]`: storage accounts that `input_data`/`output_data` name.
+    #[serde(default)]
+    pub storage: std::collections::BTreeMap<String, StorageCredentials>,
+    /// `[credentials.docker_registry.<server>]`: private registry logins.
+    #[serde(default)]
+    pub docker_registry: std::collections::BTreeMap<String, RegistryCredentials>,
+}
+
+/// `[credentials.storage.<link>]`: a storage account signed with its key.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageCredentials {
+    /// The storage account name.
+    #[serde(default)]
+    pub account: Option<String>,
+    /// The account key (env `SHIPYARD_STORAGE_ACCOUNT_KEY_<LINK>`; prefer the environment).
+    #[serde(default)]
+    pub account_key: Option<Secret>,
+    /// The endpoint suffix, default `core.windows.net`.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+}
+
+/// `[credentials.docker_registry.<server>]`: a registry login.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryCredentials {
+    /// The user name.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// The password or token.
+    #[serde(default)]
+    pub password: Option<Secret>,
 }
 
 /// `[credentials.batch]`: an Azure Batch account reached with Shared Key or Entra ID.

@@ -14,18 +14,46 @@ use crate::args::{
 use crate::config::Config;
 use crate::{CliError, CliResult};
 
-fn print(global: &GlobalArgs, requests: &[Request]) {
+fn print(global: &GlobalArgs, config: &Config, requests: &[Request]) {
     let text = match global.output {
         OutputFormat::Json => format!("{}\n", crate::output::to_json_string(&requests)),
         OutputFormat::Table => request::render_text(requests),
     };
-    crate::output::print_stdout(text.as_bytes());
+    crate::output::print_stdout(redact_secrets(config, &text).as_bytes());
+}
+
+/// `text` with every SAS signature (`sig=...`) and every configured registry password
+/// replaced by `<redacted>`: the requests carry them, what is printed does not.
+pub fn redact_secrets(config: &Config, text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("sig=") {
+        out.push_str(&rest[..i + 4]);
+        out.push_str(shipyard_submit::redact::REDACTED);
+        let tail = &rest[i + 4..];
+        let end = tail
+            .find(|c: char| c == '&' || c == '"' || c == '\'' || c.is_whitespace())
+            .unwrap_or(tail.len());
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    for c in config.credentials.docker_registry.values() {
+        if let Some(p) = c
+            .password
+            .as_ref()
+            .map(|p| p.expose())
+            .filter(|p| !p.is_empty())
+        {
+            out = out.replace(p, shipyard_submit::redact::REDACTED);
+        }
+    }
+    out
 }
 
 /// `run --dry-run`: pool add, job add, task collections and job patch.
 pub(crate) fn run(global: &GlobalArgs, config: &Config, job: Option<&str>) -> CliResult {
-    let submission = crate::submission::submission(config, job, true)?;
-    print(global, &submission.requests());
+    let submission = crate::submission::submission(config, job, true, true)?;
+    print(global, config, &submission.requests());
     Ok(())
 }
 
@@ -38,7 +66,7 @@ fn pool_id(config: &Config, given: &Option<String>) -> CliResult<String> {
 
 fn pool_requests(config: &Config, command: &PoolCommand) -> CliResult<Vec<Request>> {
     Ok(match command {
-        PoolCommand::Add => crate::submission::submission(config, None, true)?
+        PoolCommand::Add => crate::submission::submission(config, None, true, true)?
             .pool
             .iter()
             .map(request::add_pool)
@@ -63,7 +91,7 @@ fn pool_requests(config: &Config, command: &PoolCommand) -> CliResult<Vec<Reques
 fn jobs_requests(config: &Config, command: &JobsCommand) -> CliResult<Vec<Request>> {
     Ok(match command {
         JobsCommand::Add { job, .. } => {
-            crate::submission::submission(config, job.as_deref(), false)?.requests()
+            crate::submission::submission(config, job.as_deref(), false, true)?.requests()
         }
         JobsCommand::List => vec![request::list_jobs(&ListOptions::default())],
         JobsCommand::Del { job, .. } => vec![request::delete_job(job)],
@@ -103,6 +131,6 @@ pub(crate) fn command(global: &GlobalArgs, config: &Config, command: &Command) -
             return Err(CliError::Usage("this command has no dry run".into()))
         }
     };
-    print(global, &requests);
+    print(global, config, &requests);
     Ok(())
 }

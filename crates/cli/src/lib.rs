@@ -282,7 +282,7 @@ fn config_check(global: &GlobalArgs, config: &Config) -> CliResult {
     for job in &config.jobs {
         // Against the configured pool; without one, against this machine (the local target).
         let plan = match &config.pool {
-            Some((pool, _)) => submission::plan_job(&job.spec, pool)
+            Some((pool, _)) => submission::plan_job(config, &job.spec, pool)
                 .map_err(|e| CliError::Config(config.plan_error(job, e)))?,
             None => local_target::local_plan(config, job)?,
         };

@@ -37,9 +37,17 @@ pub fn local_facts(config: &Config, job: &LoadedJob) -> shipyard_runtime::PoolFa
 
 /// Plans `job` for this machine.
 pub fn local_plan(config: &Config, job: &LoadedJob) -> CliResult<JobPlan> {
-    shipyard_runtime::registry::get(&job.spec.runtime)
-        .and_then(|rt| rt.plan(&job.spec, &local_facts(config, job)))
-        .map_err(|e| CliError::Config(config.plan_error(job, e)))
+    // The same steps as on Azure up to the plan: validate, expand (task factories, merge
+    // task), resolve against the configured pool; storage data and registry logins are Azure's.
+    let prepare = || -> Result<JobPlan, shipyard_runtime::RuntimeError> {
+        job.spec.validate()?;
+        let mut spec = job.spec.expanded()?.into_owned();
+        if let Some((pool, _)) = &config.pool {
+            spec = pool.prepare_job(&spec, None)?;
+        }
+        shipyard_runtime::registry::get(&spec.runtime)?.plan(&spec, &local_facts(config, job))
+    };
+    prepare().map_err(|e| CliError::Config(config.plan_error(job, e)))
 }
 
 fn options(config: Option<&Config>, stream: bool) -> LocalOptions {

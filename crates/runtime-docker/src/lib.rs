@@ -299,6 +299,7 @@ impl ContainerRuntime for DockerRuntime {
     }
 
     fn plan(&self, job: &JobSpec, pool: &PoolFacts) -> Result<JobPlan, RuntimeError> {
+        let job = &*job.expanded()?;
         validate::job_against_pool(job, pool)?;
         let windows = pool.os == OsFamily::Windows;
         if windows && !pool.native_containers {
