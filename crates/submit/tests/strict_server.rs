@@ -367,3 +367,54 @@ async fn recreate_deletes_a_finished_job_and_adds_it_again() {
         .count();
     assert_eq!(deletes, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_job_preparation_fails_the_run_naming_node_task_and_exit_code() {
+    let server = server().await;
+    let run = spawn_run(
+        submitter(&server, SubmitOptions::default()),
+        submission(&["a"]),
+    );
+    wait_for_tasks(&server, 1).await;
+    let node = server.node_ids(POOL).into_iter().next().expect("a node");
+    assert!(server.set_preparation_task(
+        JOB,
+        &node,
+        "completed",
+        Some(7),
+        Some("docker pull: manifest unknown")
+    ));
+    let t = Instant::now();
+    let (result, events) = tokio::time::timeout(Duration::from_secs(10), run)
+        .await
+        .expect("run ends")
+        .expect("join");
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        t.elapsed()
+    );
+    assert!(events.iter().any(|e| matches!(
+        e,
+        SubmitEvent::JobPreparationFailed { node: n, exit_code: Some(7), .. } if *n == node
+    )));
+    assert_terminated_by_shipyard(&server);
+    let err = result.expect_err("run fails");
+    let SubmitError::Aborted { source, .. } = err else {
+        panic!("not aborted: {err}")
+    };
+    let text = source.to_string();
+    assert!(
+        matches!(
+            *source,
+            SubmitError::JobPreparationFailed {
+                exit_code: Some(7),
+                ..
+            }
+        ),
+        "{text}"
+    );
+    for part in [JOB, POOL, node.as_str(), "7"] {
+        assert!(text.contains(part), "{part} missing from: {text}");
+    }
+}
