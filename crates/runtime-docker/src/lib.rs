@@ -280,16 +280,7 @@ impl DockerRuntime {
         index: usize,
         at: &Field,
     ) -> Result<TaskAddParameter, RuntimeError> {
-        Ok(TaskAddParameter {
-            id: job.task_id(index),
-            command_line: String::new(),
-            resource_files: batch::resource_files(&task.resource_files),
-            environment_settings: batch::environment_settings(job, task),
-            constraints: batch::constraints(job, task),
-            user_identity: Some(pool_admin()),
-            depends_on: batch::depends_on(task, at)?,
-            ..Default::default()
-        })
+        batch::task_base(job, task, index, pool_admin(), at)
     }
 }
 

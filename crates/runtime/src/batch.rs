@@ -102,3 +102,54 @@ pub fn resource_files(files: &[crate::domain::ResourceFileSpec]) -> Option<Vec<R
             .collect()
     })
 }
+
+/// The Batch task `index` of `job` before its command line: id, resource files, environment,
+/// constraints and dependencies from `task`, run as `user`. `at` is the task's field (see
+/// [`depends_on`]).
+pub fn task_base(
+    job: &crate::domain::JobSpec,
+    task: &crate::domain::TaskSpec,
+    index: usize,
+    user: UserIdentity,
+    at: &crate::error::Field,
+) -> Result<TaskAddParameter, crate::RuntimeError> {
+    Ok(TaskAddParameter {
+        id: job.task_id(index),
+        resource_files: resource_files(&task.resource_files),
+        environment_settings: environment_settings(job, task),
+        constraints: constraints(job, task),
+        user_identity: Some(user),
+        depends_on: depends_on(task, at)?,
+        ..Default::default()
+    })
+}
+
+/// A multi-instance task launched from the host (runtimes wrapping each rank, e.g. Singularity,
+/// Charliecloud): appends the pre-execution command and then the launcher line (`mpi_line` of
+/// the task's `mpi`, or without `mpi` `command` as-is on the host, Batch Shipyard's rule) to
+/// `script`, and returns the Batch settings (instance count checked against `pool`; the
+/// coordination command under `bash -c`, `/bin/true` when unset).
+pub fn host_multi_instance(
+    mi: &crate::domain::MultiInstanceSpec,
+    pool: &crate::domain::PoolFacts,
+    at: &crate::error::Field,
+    command: Option<&str>,
+    script: &mut Vec<String>,
+    mpi_line: impl FnOnce(&crate::domain::MpiSpec) -> Result<String, crate::RuntimeError>,
+) -> Result<MultiInstanceSettings, crate::RuntimeError> {
+    let instances = crate::validate::instances(mi, pool, at)?;
+    script.extend(mi.pre_execution_command.clone());
+    match &mi.mpi {
+        Some(m) => script.push(mpi_line(m)?),
+        None => script.push(command.unwrap_or_default().to_string()),
+    }
+    Ok(MultiInstanceSettings {
+        number_of_instances: Some(instances),
+        coordination_command_line: mi
+            .coordination_command
+            .as_deref()
+            .map(crate::shell::bash_c)
+            .unwrap_or_else(|| "/bin/true".to_string()),
+        common_resource_files: resource_files(&mi.resource_files),
+    })
+}

@@ -32,8 +32,8 @@ pub mod image;
 pub mod wrap;
 
 use shipyard_runtime::batch::{
-    self, AutoUserScope, ElevationLevel, JobPreparationTask, JobReleaseTask, MultiInstanceSettings,
-    OnAllTasksComplete, ResourceFile, TaskAddParameter, UserIdentity,
+    self, AutoUserScope, ElevationLevel, JobPreparationTask, JobReleaseTask, OnAllTasksComplete,
+    ResourceFile, TaskAddParameter, UserIdentity,
 };
 use shipyard_runtime::shell::bash_c;
 use shipyard_runtime::{
@@ -149,22 +149,15 @@ impl CharliecloudRuntime {
                 "GPU libraries must be injected into the image with ch-fromhost, which the plugin does not do yet",
             ));
         }
-        let mut t = TaskAddParameter {
-            id: job.task_id(index),
-            resource_files: batch::resource_files(&task.resource_files),
-            environment_settings: batch::environment_settings(job, task),
-            constraints: batch::constraints(job, task),
-            depends_on: batch::depends_on(task, &at)?,
-            user_identity: Some(UserIdentity::auto_user(
-                AutoUserScope::Pool,
-                if self.elevated {
-                    ElevationLevel::Admin
-                } else {
-                    ElevationLevel::NonAdmin
-                },
-            )),
-            ..Default::default()
-        };
+        let user = UserIdentity::auto_user(
+            AutoUserScope::Pool,
+            if self.elevated {
+                ElevationLevel::Admin
+            } else {
+                ElevationLevel::NonAdmin
+            },
+        );
+        let mut t = batch::task_base(job, task, index, user, &at)?;
         let mut script = vec![image::binary_guard(&self.binary), SET_USER.to_string()];
         match &task.multi_instance {
             None => {
@@ -178,22 +171,14 @@ impl CharliecloudRuntime {
                 script.push(format!("exec {line}"));
             }
             Some(mi) => {
-                let instances = validate::instances(mi, pool, &at)?;
-                script.extend(mi.pre_execution_command.clone());
-                match &mi.mpi {
-                    Some(m) => script.push(self.mpi_line(job, task, m, &at)?),
-                    // without `mpi` the command runs as-is on the host (Batch Shipyard's rule)
-                    None => script.push(task.command.clone().unwrap_or_default()),
-                }
-                t.multi_instance_settings = Some(MultiInstanceSettings {
-                    number_of_instances: Some(instances),
-                    coordination_command_line: mi
-                        .coordination_command
-                        .as_deref()
-                        .map(bash_c)
-                        .unwrap_or_else(|| "/bin/true".to_string()),
-                    common_resource_files: batch::resource_files(&mi.resource_files),
-                });
+                t.multi_instance_settings = Some(batch::host_multi_instance(
+                    mi,
+                    pool,
+                    &at,
+                    task.command.as_deref(),
+                    &mut script,
+                    |m| self.mpi_line(job, task, m, &at),
+                )?);
             }
         }
         t.command_line = bash_c(&script.join("; "));
