@@ -35,6 +35,7 @@ use shipyard_runtime::batch::{
     self, AutoUserScope, ElevationLevel, JobPreparationTask, JobReleaseTask, OnAllTasksComplete,
     ResourceFile, TaskAddParameter, UserIdentity,
 };
+use shipyard_runtime::plan::plan_tasks;
 use shipyard_runtime::shell::bash_c;
 use shipyard_runtime::{
     mpi, validate, ContainerRuntime, Field, JobNeeds, JobPlan, JobSpec, MpiRuntime, MpiSpec,
@@ -242,12 +243,7 @@ impl ContainerRuntime for CharliecloudRuntime {
                 "Charliecloud runs on pools without Batch container support (non-native)",
             ));
         }
-        let tasks = job
-            .tasks
-            .iter()
-            .enumerate()
-            .map(|(i, t)| self.plan_task(job, t, i, pool))
-            .collect::<Result<Vec<_>, _>>()?;
+        let tasks = plan_tasks(job, |i, t| self.plan_task(job, t, i, pool))?;
         tracing::debug!(job = %job.id, pool = %pool.pool_id, tasks = tasks.len(), "planned charliecloud job");
         Ok(JobPlan {
             runtime: NAME.into(),
