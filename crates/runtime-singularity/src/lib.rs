@@ -27,8 +27,7 @@ use std::path::{Path, PathBuf};
 
 use shipyard_mpi_launch::{Container, ContainerWrapper as Wrapper, Word};
 use shipyard_runtime::batch::{
-    self, AutoUserScope, ElevationLevel, JobPreparationTask, JobReleaseTask, OnAllTasksComplete,
-    TaskAddParameter, UserIdentity,
+    self, JobPreparationTask, JobReleaseTask, OnAllTasksComplete, TaskAddParameter, UserIdentity,
 };
 use shipyard_runtime::domain::SingularityCmd;
 use shipyard_runtime::registry::RuntimeRegistration;
@@ -219,14 +218,7 @@ impl SingularityRuntime {
             .singularity_execution
             .and_then(|e| e.elevated)
             .unwrap_or(self.elevated);
-        UserIdentity::auto_user(
-            AutoUserScope::Pool,
-            if elevated {
-                ElevationLevel::Admin
-            } else {
-                ElevationLevel::NonAdmin
-            },
-        )
+        batch::pool_user(elevated)
     }
 
     /// `command -v <binary>` guard printed before every command line.
@@ -503,18 +495,12 @@ impl ContainerRuntime for SingularityRuntime {
                 job_preparation_task: Some(JobPreparationTask {
                     command_line: bash_c(&self.preparation_script(job)),
                     wait_for_success: Some(true),
-                    user_identity: Some(UserIdentity::auto_user(
-                        AutoUserScope::Pool,
-                        ElevationLevel::Admin,
-                    )),
+                    user_identity: Some(batch::pool_admin()),
                     ..Default::default()
                 }),
                 job_release_task: job.job_release.as_ref().map(|r| JobReleaseTask {
                     command_line: bash_c(&r.command),
-                    user_identity: Some(UserIdentity::auto_user(
-                        AutoUserScope::Pool,
-                        ElevationLevel::Admin,
-                    )),
+                    user_identity: Some(batch::pool_admin()),
                     ..Default::default()
                 }),
                 on_all_tasks_complete: job

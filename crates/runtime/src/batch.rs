@@ -17,6 +17,18 @@ pub fn pool_admin() -> UserIdentity {
     UserIdentity::auto_user(AutoUserScope::Pool, ElevationLevel::Admin)
 }
 
+/// The pool-scope auto user: the administrator when `admin`, else the non-admin one.
+pub fn pool_user(admin: bool) -> UserIdentity {
+    UserIdentity::auto_user(
+        AutoUserScope::Pool,
+        if admin {
+            ElevationLevel::Admin
+        } else {
+            ElevationLevel::NonAdmin
+        },
+    )
+}
+
 /// Batch `constraints` of task `task` of `job` (wall-clock limit, retries; task wins over
 /// job); `None` when nothing is set.
 pub fn constraints(

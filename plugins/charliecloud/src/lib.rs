@@ -32,8 +32,7 @@ pub mod image;
 pub mod wrap;
 
 use shipyard_runtime::batch::{
-    self, AutoUserScope, ElevationLevel, JobPreparationTask, JobReleaseTask, OnAllTasksComplete,
-    ResourceFile, TaskAddParameter, UserIdentity,
+    self, JobPreparationTask, JobReleaseTask, OnAllTasksComplete, ResourceFile, TaskAddParameter,
 };
 use shipyard_runtime::plan::plan_tasks;
 use shipyard_runtime::shell::bash_c;
@@ -150,15 +149,7 @@ impl CharliecloudRuntime {
                 "GPU libraries must be injected into the image with ch-fromhost, which the plugin does not do yet",
             ));
         }
-        let user = UserIdentity::auto_user(
-            AutoUserScope::Pool,
-            if self.elevated {
-                ElevationLevel::Admin
-            } else {
-                ElevationLevel::NonAdmin
-            },
-        );
-        let mut t = batch::task_base(job, task, index, user, &at)?;
+        let mut t = batch::task_base(job, task, index, batch::pool_user(self.elevated), &at)?;
         let mut script = vec![image::binary_guard(&self.binary), SET_USER.to_string()];
         match &task.multi_instance {
             None => {
