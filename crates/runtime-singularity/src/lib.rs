@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 
 use shipyard_mpi_launch::{Container, ContainerWrapper as Wrapper, Word};
 use shipyard_runtime::batch::{
-    self, JobPreparationTask, JobReleaseTask, OnAllTasksComplete, TaskAddParameter, UserIdentity,
+    self, JobPreparationTask, OnAllTasksComplete, TaskAddParameter, UserIdentity,
 };
 use shipyard_runtime::domain::SingularityCmd;
 use shipyard_runtime::registry::RuntimeRegistration;
@@ -498,11 +498,7 @@ impl ContainerRuntime for SingularityRuntime {
                     user_identity: Some(batch::pool_admin()),
                     ..Default::default()
                 }),
-                job_release_task: job.job_release.as_ref().map(|r| JobReleaseTask {
-                    command_line: bash_c(&r.command),
-                    user_identity: Some(batch::pool_admin()),
-                    ..Default::default()
-                }),
+                job_release_task: batch::job_release_task(job),
                 on_all_tasks_complete: job
                     .auto_complete
                     .then_some(OnAllTasksComplete::TerminateJob),

@@ -29,6 +29,16 @@ pub fn pool_user(admin: bool) -> UserIdentity {
     )
 }
 
+/// The job release task of `job` (its `job_release` command under `bash -c`, as the pool's
+/// administrator); `None` without one.
+pub fn job_release_task(job: &crate::domain::JobSpec) -> Option<JobReleaseTask> {
+    job.job_release.as_ref().map(|r| JobReleaseTask {
+        command_line: crate::shell::bash_c(&r.command),
+        user_identity: Some(pool_admin()),
+        ..Default::default()
+    })
+}
+
 /// Batch `constraints` of task `task` of `job` (wall-clock limit, retries; task wins over
 /// job); `None` when nothing is set.
 pub fn constraints(

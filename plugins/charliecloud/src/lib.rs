@@ -32,7 +32,7 @@ pub mod image;
 pub mod wrap;
 
 use shipyard_runtime::batch::{
-    self, JobPreparationTask, JobReleaseTask, OnAllTasksComplete, ResourceFile, TaskAddParameter,
+    self, JobPreparationTask, OnAllTasksComplete, ResourceFile, TaskAddParameter,
 };
 use shipyard_runtime::plan::plan_tasks;
 use shipyard_runtime::shell::bash_c;
@@ -248,11 +248,7 @@ impl ContainerRuntime for CharliecloudRuntime {
             },
             job: JobNeeds {
                 job_preparation_task: Some(self.preparation_task(job)),
-                job_release_task: job.job_release.as_ref().map(|r| JobReleaseTask {
-                    command_line: bash_c(&r.command),
-                    user_identity: Some(batch::pool_admin()),
-                    ..Default::default()
-                }),
+                job_release_task: batch::job_release_task(job),
                 on_all_tasks_complete: job
                     .auto_complete
                     .then_some(OnAllTasksComplete::TerminateJob),
