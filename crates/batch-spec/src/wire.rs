@@ -38,6 +38,16 @@ impl Query {
     }
 }
 
+/// The value of path parameter `name` among a matched route's (name, value) pairs; `""`
+/// when the route has no such parameter.
+pub fn path_param<'a>(params: &'a [(String, String)], name: &str) -> &'a str {
+    params
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+        .unwrap_or("")
+}
+
 /// The Batch error body: `{"odata.metadata", code, message: {lang, value}, values: [{key, value}]}`.
 pub fn error_body(code: &str, message: &str, values: &[(&str, String)]) -> Value {
     let now = time::OffsetDateTime::now_utc()

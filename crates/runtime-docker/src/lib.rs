@@ -51,6 +51,7 @@ mod non_native;
 mod windows;
 
 use shipyard_runtime::batch::{self, pool_admin, ContainerRegistry, TaskAddParameter};
+use shipyard_runtime::plan::plan_tasks;
 use shipyard_runtime::registry::RuntimeRegistration;
 use shipyard_runtime::ssh::{self, SSHD_PORT};
 use shipyard_runtime::{
@@ -280,16 +281,7 @@ impl DockerRuntime {
         index: usize,
         at: &Field,
     ) -> Result<TaskAddParameter, RuntimeError> {
-        Ok(TaskAddParameter {
-            id: job.task_id(index),
-            command_line: String::new(),
-            resource_files: batch::resource_files(&task.resource_files),
-            environment_settings: batch::environment_settings(job, task),
-            constraints: batch::constraints(job, task),
-            user_identity: Some(pool_admin()),
-            depends_on: batch::depends_on(task, at)?,
-            ..Default::default()
-        })
+        batch::task_base(job, task, index, pool_admin(), at)
     }
 }
 
@@ -308,12 +300,7 @@ impl ContainerRuntime for DockerRuntime {
                 "Windows pools need Batch container support (native)",
             ));
         }
-        let tasks = job
-            .tasks
-            .iter()
-            .enumerate()
-            .map(|(i, task)| self.plan_task(job, task, i, pool))
-            .collect::<Result<Vec<_>, _>>()?;
+        let tasks = plan_tasks(job, |i, task| self.plan_task(job, task, i, pool))?;
         let any_mi = job.tasks.iter().any(|t| t.multi_instance.is_some());
         tracing::debug!(
             job = %job.id,

@@ -27,8 +27,7 @@ use std::path::{Path, PathBuf};
 
 use shipyard_mpi_launch::{Container, ContainerWrapper as Wrapper, Word};
 use shipyard_runtime::batch::{
-    self, AutoUserScope, ElevationLevel, JobPreparationTask, JobReleaseTask, MultiInstanceSettings,
-    OnAllTasksComplete, TaskAddParameter, UserIdentity,
+    self, JobPreparationTask, OnAllTasksComplete, TaskAddParameter, UserIdentity,
 };
 use shipyard_runtime::domain::SingularityCmd;
 use shipyard_runtime::registry::RuntimeRegistration;
@@ -219,14 +218,7 @@ impl SingularityRuntime {
             .singularity_execution
             .and_then(|e| e.elevated)
             .unwrap_or(self.elevated);
-        UserIdentity::auto_user(
-            AutoUserScope::Pool,
-            if elevated {
-                ElevationLevel::Admin
-            } else {
-                ElevationLevel::NonAdmin
-            },
-        )
+        batch::pool_user(elevated)
     }
 
     /// `command -v <binary>` guard printed before every command line.
@@ -392,39 +384,21 @@ impl SingularityRuntime {
         pool: &PoolFacts,
         at: &Field,
     ) -> Result<TaskAddParameter, RuntimeError> {
-        let mut t = TaskAddParameter {
-            id: job.task_id(index),
-            resource_files: batch::resource_files(&task.resource_files),
-            environment_settings: batch::environment_settings(job, task),
-            constraints: batch::constraints(job, task),
-            depends_on: batch::depends_on(task, at)?,
-            user_identity: Some(self.user(task)),
-            ..Default::default()
-        };
+        let mut t = batch::task_base(job, task, index, self.user(task), at)?;
         let mut script = vec![self.guard()];
         match &task.multi_instance {
             None => {
                 script.push(self.plain_exec_line(job, task));
             }
             Some(mi) => {
-                let instances = validate::instances(mi, pool, at)?;
-                if let Some(pre) = &mi.pre_execution_command {
-                    script.push(pre.clone());
-                }
-                match &mi.mpi {
-                    Some(m) => script.push(self.mpi_line(job, task, m, at)?),
-                    // without `mpi` the command runs as-is on the host (Batch Shipyard's rule)
-                    None => script.push(task.command.clone().unwrap_or_default()),
-                }
-                t.multi_instance_settings = Some(MultiInstanceSettings {
-                    number_of_instances: Some(instances),
-                    coordination_command_line: mi
-                        .coordination_command
-                        .as_deref()
-                        .map(bash_c)
-                        .unwrap_or_else(|| "/bin/true".to_string()),
-                    common_resource_files: batch::resource_files(&mi.resource_files),
-                });
+                t.multi_instance_settings = Some(batch::host_multi_instance(
+                    mi,
+                    pool,
+                    at,
+                    task.command.as_deref(),
+                    &mut script,
+                    |m| self.mpi_line(job, task, m, at),
+                )?);
             }
         }
         t.command_line = bash_c(&script.join("; "));
@@ -521,20 +495,10 @@ impl ContainerRuntime for SingularityRuntime {
                 job_preparation_task: Some(JobPreparationTask {
                     command_line: bash_c(&self.preparation_script(job)),
                     wait_for_success: Some(true),
-                    user_identity: Some(UserIdentity::auto_user(
-                        AutoUserScope::Pool,
-                        ElevationLevel::Admin,
-                    )),
+                    user_identity: Some(batch::pool_admin()),
                     ..Default::default()
                 }),
-                job_release_task: job.job_release.as_ref().map(|r| JobReleaseTask {
-                    command_line: bash_c(&r.command),
-                    user_identity: Some(UserIdentity::auto_user(
-                        AutoUserScope::Pool,
-                        ElevationLevel::Admin,
-                    )),
-                    ..Default::default()
-                }),
+                job_release_task: batch::job_release_task(job),
                 on_all_tasks_complete: job
                     .auto_complete
                     .then_some(OnAllTasksComplete::TerminateJob),

@@ -17,6 +17,28 @@ pub fn pool_admin() -> UserIdentity {
     UserIdentity::auto_user(AutoUserScope::Pool, ElevationLevel::Admin)
 }
 
+/// The pool-scope auto user: the administrator when `admin`, else the non-admin one.
+pub fn pool_user(admin: bool) -> UserIdentity {
+    UserIdentity::auto_user(
+        AutoUserScope::Pool,
+        if admin {
+            ElevationLevel::Admin
+        } else {
+            ElevationLevel::NonAdmin
+        },
+    )
+}
+
+/// The job release task of `job` (its `job_release` command under `bash -c`, as the pool's
+/// administrator); `None` without one.
+pub fn job_release_task(job: &crate::domain::JobSpec) -> Option<JobReleaseTask> {
+    job.job_release.as_ref().map(|r| JobReleaseTask {
+        command_line: crate::shell::bash_c(&r.command),
+        user_identity: Some(pool_admin()),
+        ..Default::default()
+    })
+}
+
 /// Batch `constraints` of task `task` of `job` (wall-clock limit, retries; task wins over
 /// job); `None` when nothing is set.
 pub fn constraints(
@@ -100,5 +122,56 @@ pub fn resource_files(files: &[crate::domain::ResourceFileSpec]) -> Option<Vec<R
                 ..Default::default()
             })
             .collect()
+    })
+}
+
+/// The Batch task `index` of `job` before its command line: id, resource files, environment,
+/// constraints and dependencies from `task`, run as `user`. `at` is the task's field (see
+/// [`depends_on`]).
+pub fn task_base(
+    job: &crate::domain::JobSpec,
+    task: &crate::domain::TaskSpec,
+    index: usize,
+    user: UserIdentity,
+    at: &crate::error::Field,
+) -> Result<TaskAddParameter, crate::RuntimeError> {
+    Ok(TaskAddParameter {
+        id: job.task_id(index),
+        resource_files: resource_files(&task.resource_files),
+        environment_settings: environment_settings(job, task),
+        constraints: constraints(job, task),
+        user_identity: Some(user),
+        depends_on: depends_on(task, at)?,
+        ..Default::default()
+    })
+}
+
+/// A multi-instance task launched from the host (runtimes wrapping each rank, e.g. Singularity,
+/// Charliecloud): appends the pre-execution command and then the launcher line (`mpi_line` of
+/// the task's `mpi`, or without `mpi` `command` as-is on the host, Batch Shipyard's rule) to
+/// `script`, and returns the Batch settings (instance count checked against `pool`; the
+/// coordination command under `bash -c`, `/bin/true` when unset).
+pub fn host_multi_instance(
+    mi: &crate::domain::MultiInstanceSpec,
+    pool: &crate::domain::PoolFacts,
+    at: &crate::error::Field,
+    command: Option<&str>,
+    script: &mut Vec<String>,
+    mpi_line: impl FnOnce(&crate::domain::MpiSpec) -> Result<String, crate::RuntimeError>,
+) -> Result<MultiInstanceSettings, crate::RuntimeError> {
+    let instances = crate::validate::instances(mi, pool, at)?;
+    script.extend(mi.pre_execution_command.clone());
+    match &mi.mpi {
+        Some(m) => script.push(mpi_line(m)?),
+        None => script.push(command.unwrap_or_default().to_string()),
+    }
+    Ok(MultiInstanceSettings {
+        number_of_instances: Some(instances),
+        coordination_command_line: mi
+            .coordination_command
+            .as_deref()
+            .map(crate::shell::bash_c)
+            .unwrap_or_else(|| "/bin/true".to_string()),
+        common_resource_files: resource_files(&mi.resource_files),
     })
 }

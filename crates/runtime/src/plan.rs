@@ -13,6 +13,19 @@ use crate::batch::{
 use crate::error::{Field, RuntimeError};
 use crate::ssh::{JobSshKey, PRIVATE_KEY_ENV, PUBLIC_KEY_ENV};
 
+/// The Batch tasks of `job`, in order: `plan_task(index, task)` for each of its tasks; the first
+/// error stops planning.
+pub fn plan_tasks(
+    job: &crate::domain::JobSpec,
+    mut plan_task: impl FnMut(usize, &crate::domain::TaskSpec) -> Result<TaskAddParameter, RuntimeError>,
+) -> Result<Vec<TaskAddParameter>, RuntimeError> {
+    job.tasks
+        .iter()
+        .enumerate()
+        .map(|(i, task)| plan_task(i, task))
+        .collect()
+}
+
 /// Everything needed to run one job.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -24,11 +24,7 @@ pub(crate) struct Req<'a> {
 
 impl Req<'_> {
     fn param(&self, name: &str) -> &str {
-        self.params
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-            .unwrap_or("")
+        shipyard_batch_spec::wire::path_param(self.params, name)
     }
 
     fn recursive(&self) -> bool {

@@ -32,9 +32,9 @@ pub mod image;
 pub mod wrap;
 
 use shipyard_runtime::batch::{
-    self, AutoUserScope, ElevationLevel, JobPreparationTask, JobReleaseTask, MultiInstanceSettings,
-    OnAllTasksComplete, ResourceFile, TaskAddParameter, UserIdentity,
+    self, JobPreparationTask, OnAllTasksComplete, ResourceFile, TaskAddParameter,
 };
+use shipyard_runtime::plan::plan_tasks;
 use shipyard_runtime::shell::bash_c;
 use shipyard_runtime::{
     mpi, validate, ContainerRuntime, Field, JobNeeds, JobPlan, JobSpec, MpiRuntime, MpiSpec,
@@ -149,22 +149,7 @@ impl CharliecloudRuntime {
                 "GPU libraries must be injected into the image with ch-fromhost, which the plugin does not do yet",
             ));
         }
-        let mut t = TaskAddParameter {
-            id: job.task_id(index),
-            resource_files: batch::resource_files(&task.resource_files),
-            environment_settings: batch::environment_settings(job, task),
-            constraints: batch::constraints(job, task),
-            depends_on: batch::depends_on(task, &at)?,
-            user_identity: Some(UserIdentity::auto_user(
-                AutoUserScope::Pool,
-                if self.elevated {
-                    ElevationLevel::Admin
-                } else {
-                    ElevationLevel::NonAdmin
-                },
-            )),
-            ..Default::default()
-        };
+        let mut t = batch::task_base(job, task, index, batch::pool_user(self.elevated), &at)?;
         let mut script = vec![image::binary_guard(&self.binary), SET_USER.to_string()];
         match &task.multi_instance {
             None => {
@@ -178,22 +163,14 @@ impl CharliecloudRuntime {
                 script.push(format!("exec {line}"));
             }
             Some(mi) => {
-                let instances = validate::instances(mi, pool, &at)?;
-                script.extend(mi.pre_execution_command.clone());
-                match &mi.mpi {
-                    Some(m) => script.push(self.mpi_line(job, task, m, &at)?),
-                    // without `mpi` the command runs as-is on the host (Batch Shipyard's rule)
-                    None => script.push(task.command.clone().unwrap_or_default()),
-                }
-                t.multi_instance_settings = Some(MultiInstanceSettings {
-                    number_of_instances: Some(instances),
-                    coordination_command_line: mi
-                        .coordination_command
-                        .as_deref()
-                        .map(bash_c)
-                        .unwrap_or_else(|| "/bin/true".to_string()),
-                    common_resource_files: batch::resource_files(&mi.resource_files),
-                });
+                t.multi_instance_settings = Some(batch::host_multi_instance(
+                    mi,
+                    pool,
+                    &at,
+                    task.command.as_deref(),
+                    &mut script,
+                    |m| self.mpi_line(job, task, m, &at),
+                )?);
             }
         }
         t.command_line = bash_c(&script.join("; "));
@@ -257,12 +234,7 @@ impl ContainerRuntime for CharliecloudRuntime {
                 "Charliecloud runs on pools without Batch container support (non-native)",
             ));
         }
-        let tasks = job
-            .tasks
-            .iter()
-            .enumerate()
-            .map(|(i, t)| self.plan_task(job, t, i, pool))
-            .collect::<Result<Vec<_>, _>>()?;
+        let tasks = plan_tasks(job, |i, t| self.plan_task(job, t, i, pool))?;
         tracing::debug!(job = %job.id, pool = %pool.pool_id, tasks = tasks.len(), "planned charliecloud job");
         Ok(JobPlan {
             runtime: NAME.into(),
@@ -276,11 +248,7 @@ impl ContainerRuntime for CharliecloudRuntime {
             },
             job: JobNeeds {
                 job_preparation_task: Some(self.preparation_task(job)),
-                job_release_task: job.job_release.as_ref().map(|r| JobReleaseTask {
-                    command_line: bash_c(&r.command),
-                    user_identity: Some(batch::pool_admin()),
-                    ..Default::default()
-                }),
+                job_release_task: batch::job_release_task(job),
                 on_all_tasks_complete: job
                     .auto_complete
                     .then_some(OnAllTasksComplete::TerminateJob),

@@ -14,6 +14,10 @@ use super::{lock, AuthKind, Shared};
 use crate::schema::percent_decode;
 
 /// The fixed header lines of the string-to-sign, after the verb.
+///
+/// Deliberately a second copy of the list in `shipyard-batch-api`'s signer (written from the
+/// Shared Key spec, not imported): the verifier recomputes signatures independently of any
+/// client code, so a wrong list on either side fails the tests instead of agreeing with itself.
 const FIXED_LINES: [&str; 11] = [
     "content-encoding",
     "content-language",

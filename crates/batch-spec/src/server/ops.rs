@@ -25,11 +25,7 @@ pub(crate) struct Req<'a> {
 
 impl Req<'_> {
     fn param(&self, name: &str) -> &str {
-        self.params
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-            .unwrap_or("")
+        crate::wire::path_param(self.params, name)
     }
 }
 
