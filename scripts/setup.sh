@@ -13,9 +13,9 @@ repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 impi=${SHIPYARD_IMPI_ROOT:-/opt/intel/mpi}
 impi_version=${SHIPYARD_IMPI_VERSION:-2021.19.0}
 packages=(docker.io openmpi-bin libopenmpi-dev mpich libmpich-dev debootstrap openssh-server
+  openssh-client libfabric1 iproute2 procps python3-pip)
 # the private-registry test (tests/tests/registry.rs): a loopback registry with htpasswd auth
 packages+=(docker-registry)
-  openssh-client libfabric1 iproute2 procps python3-pip)
 
 log() { printf '[setup] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
