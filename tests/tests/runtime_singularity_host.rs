@@ -151,6 +151,9 @@ fn singularity_mpi_line_runs_under_host_mpich() {
     let mut task_env = env.clone();
     task_env.insert("AZ_BATCH_TASK_WORKING_DIR".into(), s(&task_wd));
     task_env.insert("AZ_BATCH_HOST_LIST".into(), "localhost".into());
+    // Every rank runs here: keep UCX on loopback, so an interface that other tests' namespaces
+    // remove mid-launch cannot fail MPI_Init ("No such device"; see mpi_launch_real.rs).
+    task_env.insert("UCX_NET_DEVICES".into(), "lo".into());
     for e in task.environment_settings.iter().flatten() {
         task_env.insert(e.name.clone(), e.value.clone().unwrap_or_default());
     }
