@@ -24,6 +24,9 @@ async fn run(kind: MpiKind, mpi_toml: &str, env_toml: &str) {
         image = "{TEST_IMAGE}"
         command = "{hello}"
         shm_size = "256m"
+        # Bounded: one MPICH launch of the full suite once hung in MPI_Init for 15 minutes
+        # (a rank spinning, the others waiting in PMI); the limit turns that into a failure.
+        max_wall_time = "PT3M"
         environment_variables = {{ HELLO_EXPECT_SIZE = "4"{env_toml} }}
         [tasks.multi_instance]
         num_instances = 2
