@@ -30,6 +30,7 @@
 #![warn(missing_docs)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+mod blocked;
 mod error;
 mod events;
 pub mod redact;
