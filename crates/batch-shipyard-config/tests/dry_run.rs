@@ -55,18 +55,7 @@ fn dry_run(name: &str) -> Result<Vec<DryRun>> {
     let t = translate_dir(&dir, TranslateOptions::default())?;
     let text = t.to_toml_string();
     let table: toml::Table = toml::from_str(&text).context("TOML")?;
-    for key in table.keys() {
-        assert!(
-            [
-                "credentials",
-                "pool_specification",
-                "job_specifications",
-                "local"
-            ]
-            .contains(&key.as_str()),
-            "{name}: section `{key}` is not read by shipyard"
-        );
-    }
+    // (every section is one shipyard reads: fixtures.rs, every_fixture_loads_in_the_domain)
     let pool: PoolSpec = table
         .get("pool_specification")
         .cloned()

@@ -49,6 +49,14 @@ impl Env {
         cmd
     }
 
+    /// The rejected requests but those answered with error code `expected`.
+    fn rejected_except(&self, expected: &str) -> Vec<String> {
+        self.rejected()
+            .into_iter()
+            .filter(|r| !r.contains(expected))
+            .collect()
+    }
+
     fn rejected(&self) -> Vec<String> {
         self.server
             .requests()
@@ -122,11 +130,7 @@ fn pool_add_list_resize_nodes_del() {
         .args(["pool", "del", "--yes"])
         .assert()
         .success();
-    let rejected: Vec<String> = env
-        .rejected()
-        .into_iter()
-        .filter(|r| !r.contains("PoolExists"))
-        .collect();
+    let rejected = env.rejected_except("PoolExists");
     assert!(rejected.is_empty(), "{rejected:#?}");
 }
 
@@ -772,11 +776,7 @@ fn pool_ssh_adds_a_node_user_with_the_public_key_and_runs_ssh_to_the_login_port(
     let out = run(&["--key", &private]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("private key"));
-    let rejected: Vec<String> = env
-        .rejected()
-        .into_iter()
-        .filter(|r| !r.contains("NodeUserExists"))
-        .collect();
+    let rejected = env.rejected_except("NodeUserExists");
     assert!(rejected.is_empty(), "{rejected:#?}");
 }
 
