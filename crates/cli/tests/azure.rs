@@ -33,7 +33,12 @@ impl Env {
     }
 
     fn shipyard(&self) -> Command {
-        let mut cmd = Command::cargo_bin("shipyard").expect("binary built");
+        Command::from_std(self.std_shipyard())
+    }
+
+    /// The binary, set up as [`Env::shipyard`], as a `std` command (for spawning).
+    fn std_shipyard(&self) -> std::process::Command {
+        let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("shipyard"));
         for var in [
             "SHIPYARD_CONFIG",
             "SHIPYARD_CONFIGDIR",
@@ -797,14 +802,9 @@ fn files_follow_streams_a_growing_task_file_until_the_task_completes() {
     assert!(env
         .server
         .put_task_file(job, task, "stdout.txt", b"first\n".to_vec()));
-    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("shipyard"))
-        .env("SHIPYARD_BATCH_ACCOUNT_URL", env.server.url())
-        .env("SHIPYARD_BATCH_ACCOUNT_NAME", env.server.account())
-        .env("SHIPYARD_BATCH_ACCOUNT_KEY", env.server.key())
-        .env("SHIPYARD_POLL_INTERVAL_MS", "50")
-        .env_remove("SHIPYARD_CONFIG")
-        .env_remove("SHIPYARD_CONFIGDIR")
-        .args(["--target", "azure", "--quiet", "-c"])
+    let mut child = env
+        .std_shipyard()
+        .arg("-c")
         .arg(&ex)
         .args(["files", "--job", job, "--task", task, "--follow"])
         .stdout(std::process::Stdio::piped())
