@@ -1044,3 +1044,68 @@ fn a_bad_vm_count_says_what_is_allowed() {
             "`dedicated:`/`low_priority:` counts (or an integer)",
         ));
 }
+
+/// `pool ssh --target local` enters the node container of a running task: `docker ps` by the
+/// job/task/node labels, then `docker exec -it` (docker is a recorder here).
+#[test]
+fn local_pool_ssh_execs_a_shell_in_the_running_node_container() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let state = tempfile::tempdir().expect("tempdir");
+    let store = shipyard_local::Store::new(state.path().join(shipyard_local::STORE_FILE));
+    let job: shipyard_local::JobRecord = serde_json::from_value(serde_json::json!({
+        "id": "hello", "state": "active", "runId": "r1",
+        "creationTime": "2026-01-01T00:00:00Z", "taskCount": 1,
+    }))
+    .expect("job record");
+    let task: shipyard_local::TaskRecord = serde_json::from_value(serde_json::json!({
+        "jobId": "hello", "id": "task-00000", "state": "running", "retryCount": 0,
+        "nodes": ["node-0", "node-1"], "taskDir": state.path().join("t").display().to_string(),
+    }))
+    .expect("task record");
+    store.put_batch(&[job], &[task]).expect("store");
+    let docker = state.path().join("docker-recorder");
+    std::fs::write(
+        &docker,
+        "#!/bin/sh\nprintf '%s\\n' \"$@\" >> \"$0.args\"\nif [ \"$1\" = ps ]; then echo c0ffee; fi\nexit 0\n",
+    )
+    .expect("recorder");
+    std::fs::set_permissions(&docker, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = write(
+        dir.path(),
+        "local.toml",
+        &format!("[local]\nstate_dir = \"{}\"\n", state.path().display()),
+    );
+    let ssh = |extra: &[&str]| {
+        shipyard()
+            .env("SHIPYARD_DOCKER", &docker)
+            .arg("-c")
+            .arg(&cfg)
+            .args(["--target", "local", "pool", "ssh"])
+            .args(extra)
+            .assert()
+    };
+    // Two nodes are running: one must be picked.
+    ssh(&[]).code(2).stderr(predicate::str::contains(
+        "node-0 (job hello, task task-00000)",
+    ));
+    ssh(&["--node", "node-1", "--", "hostname"]).success();
+    let args = std::fs::read_to_string(state.path().join("docker-recorder.args")).expect("ran");
+    assert_eq!(
+        args.lines().collect::<Vec<_>>(),
+        [
+            "ps",
+            "-q",
+            "--filter",
+            "label=shipyard.job=hello",
+            "--filter",
+            "label=shipyard.task=task-00000",
+            "--filter",
+            "label=shipyard.node=node-1",
+            "exec",
+            "-it",
+            "c0ffee",
+            "hostname",
+        ]
+    );
+}
