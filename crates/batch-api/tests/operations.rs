@@ -410,6 +410,23 @@ async fn node_get_add_user_and_remote_login_settings() {
         .await
         .expect_err("not a public key");
     assert_eq!(err.code(), Some("InvalidPropertyValue"), "{err}");
+    // Neither a key nor a password: nothing to log in with.
+    let keyless = ComputeNodeUser {
+        name: "carol".into(),
+        ..Default::default()
+    };
+    let err = c
+        .add_node_user("p", &ids[1], &keyless)
+        .await
+        .expect_err("no credential");
+    assert_eq!(err.code(), Some("InvalidPropertyValue"), "{err}");
+    // A node still starting takes no user.
+    assert!(server.set_node_state("p", &ids[0], "starting"));
+    let err = c
+        .add_node_user("p", &ids[0], &user)
+        .await
+        .expect_err("node not ready");
+    assert_eq!(err.code(), Some("NodeNotReady"), "{err}");
     let login = c
         .get_remote_login_settings("p", &ids[1])
         .await
@@ -434,6 +451,8 @@ async fn node_get_add_user_and_remote_login_settings() {
             ("ComputeNode_AddUser".to_string(), 201),
             ("ComputeNode_AddUser".to_string(), 409),
             ("ComputeNode_AddUser".to_string(), 400),
+            ("ComputeNode_AddUser".to_string(), 400),
+            ("ComputeNode_AddUser".to_string(), 409),
             ("ComputeNode_GetRemoteLoginSettings".to_string(), 200),
             ("ComputeNode_GetRemoteLoginSettings".to_string(), 404),
         ]
