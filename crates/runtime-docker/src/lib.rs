@@ -51,7 +51,7 @@ mod non_native;
 mod windows;
 
 use shipyard_runtime::batch::{self, pool_admin, ContainerRegistry, TaskAddParameter};
-use shipyard_runtime::plan::plan_tasks;
+use shipyard_runtime::plan::{plan_tasks, TaskContext};
 use shipyard_runtime::registry::RuntimeRegistration;
 use shipyard_runtime::ssh::{self, SSHD_PORT};
 use shipyard_runtime::{
@@ -300,7 +300,7 @@ impl ContainerRuntime for DockerRuntime {
                 "Windows pools need Batch container support (native)",
             ));
         }
-        let tasks = plan_tasks(job, |i, task| self.plan_task(job, task, i, pool))?;
+        let tasks = plan_tasks(job, pool, |cx| self.plan_task(cx))?;
         let any_mi = job.tasks.iter().any(|t| t.multi_instance.is_some());
         tracing::debug!(
             job = %job.id,
@@ -321,14 +321,10 @@ impl ContainerRuntime for DockerRuntime {
 
 impl DockerRuntime {
     /// Plans task `index` for the pool's kind (Windows, native Linux, non-native Linux).
-    fn plan_task(
-        &self,
-        job: &JobSpec,
-        task: &TaskSpec,
-        index: usize,
-        pool: &PoolFacts,
-    ) -> Result<TaskAddParameter, RuntimeError> {
-        let at = Field::job(&job.id).key("tasks").index(index);
+    fn plan_task(&self, cx: &TaskContext<'_>) -> Result<TaskAddParameter, RuntimeError> {
+        let TaskContext {
+            task, pool, ref at, ..
+        } = *cx;
         let windows = pool.os == OsFamily::Windows;
         let msmpi = task
             .multi_instance
@@ -337,16 +333,16 @@ impl DockerRuntime {
             .is_some_and(|m| m.runtime == MpiRuntime::MsMpi);
         if msmpi && !windows {
             return Err(unsupported(
-                mpi::mpi_field(&at).key("runtime"),
+                mpi::mpi_field(at).key("runtime"),
                 "msmpi needs a Windows pool",
             ));
         }
         if windows {
-            self.plan_windows_task(job, task, index, pool, &at)
+            self.plan_windows_task(cx)
         } else if pool.native_containers {
-            self.plan_native_linux_task(job, task, index, pool, &at)
+            self.plan_native_linux_task(cx)
         } else {
-            self.plan_non_native_task(job, task, index, pool, &at)
+            self.plan_non_native_task(cx)
         }
     }
 }

@@ -5,10 +5,9 @@ use shipyard_mpi_launch::Word;
 use shipyard_runtime::batch::{
     self, ContainerWorkingDirectory, MultiInstanceSettings, TaskAddParameter, TaskContainerSettings,
 };
+use shipyard_runtime::plan::TaskContext;
 use shipyard_runtime::shell::join;
-use shipyard_runtime::{
-    mpi, validate, Field, JobSpec, MpiRuntime, PoolFacts, RuntimeError, TaskSpec, WorkingDir,
-};
+use shipyard_runtime::{mpi, validate, MpiRuntime, RuntimeError, WorkingDir};
 
 use crate::{flags, unsupported, DockerRuntime};
 
@@ -18,12 +17,16 @@ pub const MSMPI_COORDINATION: &str = "cmd /c start cmd /c \"\"%MSMPI_BIN%\\smpd.
 impl DockerRuntime {
     pub(crate) fn plan_windows_task(
         &self,
-        job: &JobSpec,
-        task: &TaskSpec,
-        index: usize,
-        pool: &PoolFacts,
-        at: &Field,
+        cx: &TaskContext<'_>,
     ) -> Result<TaskAddParameter, RuntimeError> {
+        let TaskContext {
+            job,
+            task,
+            index,
+            pool,
+            ref at,
+            ..
+        } = *cx;
         let mut opts = self.common_run_options(job, task);
         if job.remove_container_after_exit(task) {
             opts.insert(0, flags::RM.to_string());

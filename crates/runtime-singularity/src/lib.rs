@@ -30,6 +30,7 @@ use shipyard_runtime::batch::{
     self, JobPreparationTask, OnAllTasksComplete, TaskAddParameter, UserIdentity,
 };
 use shipyard_runtime::domain::SingularityCmd;
+use shipyard_runtime::plan::{plan_tasks, TaskContext};
 use shipyard_runtime::registry::RuntimeRegistration;
 use shipyard_runtime::shell::{bash_c, join, quote, quote_expanding};
 use shipyard_runtime::{
@@ -376,14 +377,22 @@ impl SingularityRuntime {
         mpi::render_sh(&req, at)
     }
 
-    fn plan_task(
-        &self,
-        job: &JobSpec,
-        task: &TaskSpec,
-        index: usize,
-        pool: &PoolFacts,
-        at: &Field,
-    ) -> Result<TaskAddParameter, RuntimeError> {
+    fn plan_task(&self, cx: &TaskContext<'_>) -> Result<TaskAddParameter, RuntimeError> {
+        let TaskContext {
+            job,
+            task,
+            index,
+            pool,
+            ref at,
+            ..
+        } = *cx;
+        if !task.additional_docker_run_options.is_empty() {
+            return Err(unsupported(
+                self.engine.name(),
+                at.key("additional_docker_run_options"),
+                "Docker options do not apply; use additional_singularity_options",
+            ));
+        }
         let mut t = batch::task_base(job, task, index, self.user(task), at)?;
         let mut script = vec![self.guard()];
         match &task.multi_instance {
@@ -458,18 +467,7 @@ impl ContainerRuntime for SingularityRuntime {
                 "Singularity runs on pools without Batch container support (non-native)",
             ));
         }
-        let mut tasks = Vec::with_capacity(job.tasks.len());
-        for (i, task) in job.tasks.iter().enumerate() {
-            let at = Field::job(&job.id).key("tasks").index(i);
-            if !task.additional_docker_run_options.is_empty() {
-                return Err(unsupported(
-                    name,
-                    at.key("additional_docker_run_options"),
-                    "Docker options do not apply; use additional_singularity_options",
-                ));
-            }
-            tasks.push(self.plan_task(job, task, i, pool, &at)?);
-        }
+        let tasks = plan_tasks(job, pool, |cx| self.plan_task(cx))?;
         let any_mi = job.tasks.iter().any(|t| t.multi_instance.is_some());
         let mut images: Vec<String> = Vec::new();
         for t in &job.tasks {

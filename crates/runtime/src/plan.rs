@@ -10,19 +10,85 @@ use crate::batch::{
     JobReleaseTask, OnAllTasksComplete, PoolAddParameter, PoolInformation, StartTask,
     TaskAddParameter,
 };
+use crate::domain::{JobSpec, PoolFacts, TaskSpec};
 use crate::error::{Field, RuntimeError};
 use crate::ssh::{JobSshKey, PRIVATE_KEY_ENV, PUBLIC_KEY_ENV};
 
-/// The Batch tasks of `job`, in order: `plan_task(index, task)` for each of its tasks; the first
-/// error stops planning.
+/// One task of a job being planned: what a runtime's per-task planning reads, handed to the
+/// closure of [`plan_tasks`].
+///
+/// ```
+/// use shipyard_runtime::plan::{plan_tasks, TaskContext};
+/// use shipyard_runtime::{batch::TaskAddParameter, JobSpec, PoolFacts};
+/// let job: JobSpec = toml::from_str(r#"
+///     id = "j"
+///     [[tasks]]
+///     image = "img"
+///     command = "true"
+///     [[tasks]]
+///     image = "img"
+///     command = "false"
+/// "#).unwrap();
+/// let pool: PoolFacts = toml::from_str(r#"
+///     pool_id = "p"
+///     native_containers = true
+///     subnet_pattern = "10.0.*"
+///     node_count = 1
+/// "#).unwrap();
+/// let tasks = plan_tasks(&job, &pool, |cx: &TaskContext<'_>| {
+///     assert_eq!(cx.at.to_string(), format!("job.tasks[{}]", cx.index));
+///     Ok(TaskAddParameter {
+///         id: cx.task_id(),
+///         command_line: cx.task.command.clone().unwrap_or_default(),
+///         ..Default::default()
+///     })
+/// })
+/// .unwrap();
+/// assert_eq!(tasks[1].command_line, "false");
+/// ```
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct TaskContext<'a> {
+    /// The job (already expanded by the runtime, when it expands parametric sweeps).
+    pub job: &'a JobSpec,
+    /// The task: `job.tasks[index]`.
+    pub task: &'a TaskSpec,
+    /// Its index in the job's tasks.
+    pub index: usize,
+    /// The pool the job runs on.
+    pub pool: &'a PoolFacts,
+    /// The task's field, `job[<id>].tasks[<index>]`, which errors about it locate.
+    pub at: Field,
+}
+
+impl<'a> TaskContext<'a> {
+    /// The context of `job.tasks[index]` on `pool`; `None` when there is no such task.
+    pub fn new(job: &'a JobSpec, index: usize, pool: &'a PoolFacts) -> Option<Self> {
+        Some(TaskContext {
+            job,
+            task: job.tasks.get(index)?,
+            index,
+            pool,
+            at: Field::job(&job.id).key("tasks").index(index),
+        })
+    }
+
+    /// The Batch task id of this task ([`JobSpec::task_id`]).
+    pub fn task_id(&self) -> String {
+        self.job.task_id(self.index)
+    }
+}
+
+/// The Batch tasks of `job` on `pool`, in order: `plan_task` of each task's [`TaskContext`];
+/// the first error stops planning.
 pub fn plan_tasks(
-    job: &crate::domain::JobSpec,
-    mut plan_task: impl FnMut(usize, &crate::domain::TaskSpec) -> Result<TaskAddParameter, RuntimeError>,
+    job: &JobSpec,
+    pool: &PoolFacts,
+    mut plan_task: impl FnMut(&TaskContext<'_>) -> Result<TaskAddParameter, RuntimeError>,
 ) -> Result<Vec<TaskAddParameter>, RuntimeError> {
-    job.tasks
-        .iter()
-        .enumerate()
-        .map(|(i, task)| plan_task(i, task))
+    (0..job.tasks.len())
+        .filter_map(|i| TaskContext::new(job, i, pool))
+        .map(|cx| plan_task(&cx))
         .collect()
 }
 

@@ -34,7 +34,7 @@ pub mod wrap;
 use shipyard_runtime::batch::{
     self, JobPreparationTask, OnAllTasksComplete, ResourceFile, TaskAddParameter,
 };
-use shipyard_runtime::plan::plan_tasks;
+use shipyard_runtime::plan::{plan_tasks, TaskContext};
 use shipyard_runtime::shell::bash_c;
 use shipyard_runtime::{
     mpi, validate, ContainerRuntime, Field, JobNeeds, JobPlan, JobSpec, MpiRuntime, MpiSpec,
@@ -123,14 +123,15 @@ impl CharliecloudRuntime {
         mpi::render_sh(&req, at)
     }
 
-    fn plan_task(
-        &self,
-        job: &JobSpec,
-        task: &TaskSpec,
-        index: usize,
-        pool: &PoolFacts,
-    ) -> Result<TaskAddParameter, RuntimeError> {
-        let at = Field::job(&job.id).key("tasks").index(index);
+    fn plan_task(&self, cx: &TaskContext<'_>) -> Result<TaskAddParameter, RuntimeError> {
+        let TaskContext {
+            job,
+            task,
+            index,
+            pool,
+            ref at,
+            ..
+        } = *cx;
         if !task.additional_docker_run_options.is_empty() {
             return Err(unsupported(
                 at.key("additional_docker_run_options"),
@@ -234,7 +235,7 @@ impl ContainerRuntime for CharliecloudRuntime {
                 "Charliecloud runs on pools without Batch container support (non-native)",
             ));
         }
-        let tasks = plan_tasks(job, |i, t| self.plan_task(job, t, i, pool))?;
+        let tasks = plan_tasks(job, pool, |cx| self.plan_task(cx))?;
         tracing::debug!(job = %job.id, pool = %pool.pool_id, tasks = tasks.len(), "planned charliecloud job");
         Ok(JobPlan {
             runtime: NAME.into(),
