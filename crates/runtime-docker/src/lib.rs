@@ -244,13 +244,9 @@ impl DockerRuntime {
         let app = match &mi.mpi {
             Some(m) => {
                 let env = job.environment(task);
-                let ctx = mpi::LaunchContext {
-                    task: at,
-                    ssh_port: Some(SSHD_PORT),
-                    run_as_root: true,
-                    user_env: &env,
-                    infiniband: job.infiniband(task),
-                };
+                let ctx = mpi::LaunchContext::new(at, &env, job.infiniband(task))
+                    .ssh_port(SSHD_PORT)
+                    .run_as_root(true);
                 // Host keys are checked: every node's sshd serves the job key pair, pinned in
                 // the job's known_hosts (these override the launcher's defaults).
                 let req = mpi::launch_request(m, command, ctx)?
@@ -322,9 +318,7 @@ impl ContainerRuntime for DockerRuntime {
 impl DockerRuntime {
     /// Plans task `index` for the pool's kind (Windows, native Linux, non-native Linux).
     fn plan_task(&self, cx: &TaskContext<'_>) -> Result<TaskAddParameter, RuntimeError> {
-        let TaskContext {
-            task, pool, ref at, ..
-        } = *cx;
+        let (task, pool, at) = (cx.task, cx.pool, &cx.at);
         let windows = pool.os == OsFamily::Windows;
         let msmpi = task
             .multi_instance

@@ -15,14 +15,7 @@ impl DockerRuntime {
         &self,
         cx: &TaskContext<'_>,
     ) -> Result<TaskAddParameter, RuntimeError> {
-        let TaskContext {
-            job,
-            task,
-            index,
-            pool,
-            ref at,
-            ..
-        } = *cx;
+        let (job, task, index, pool, at) = (cx.job, cx.task, cx.index, cx.pool, &cx.at);
         let task_id = job.task_id(index);
         let mut opts = self.common_run_options(job, task);
         if job.remove_container_after_exit(task) {

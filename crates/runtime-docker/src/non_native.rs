@@ -53,14 +53,7 @@ impl DockerRuntime {
         &self,
         cx: &TaskContext<'_>,
     ) -> Result<TaskAddParameter, RuntimeError> {
-        let TaskContext {
-            job,
-            task,
-            index,
-            pool,
-            ref at,
-            ..
-        } = *cx;
+        let (job, task, index, pool, at) = (cx.job, cx.task, cx.index, cx.pool, &cx.at);
         let run = self.docker_run(job, task, &job.task_id(index));
         let mut t = self.base_task(job, task, index, at)?;
         match &task.multi_instance {

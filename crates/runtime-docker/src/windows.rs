@@ -19,14 +19,7 @@ impl DockerRuntime {
         &self,
         cx: &TaskContext<'_>,
     ) -> Result<TaskAddParameter, RuntimeError> {
-        let TaskContext {
-            job,
-            task,
-            index,
-            pool,
-            ref at,
-            ..
-        } = *cx;
+        let (job, task, index, pool, at) = (cx.job, cx.task, cx.index, cx.pool, &cx.at);
         let mut opts = self.common_run_options(job, task);
         if job.remove_container_after_exit(task) {
             opts.insert(0, flags::RM.to_string());
@@ -55,13 +48,7 @@ impl DockerRuntime {
                 let line = match &mi.mpi {
                     Some(m) if m.runtime == MpiRuntime::MsMpi => {
                         let env = job.environment(task);
-                        let ctx = mpi::LaunchContext {
-                            task: at,
-                            ssh_port: None,
-                            run_as_root: false,
-                            user_env: &env,
-                            infiniband: false,
-                        };
+                        let ctx = mpi::LaunchContext::new(at, &env, false);
                         // Windows words keep their backslashes (`C:\app\x.exe`): split by the
                         // MSVCRT rules, then hand them on as a POSIX word list, which
                         // `launch_request` splits back into exactly these words.

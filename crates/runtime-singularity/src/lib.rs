@@ -327,13 +327,7 @@ impl SingularityRuntime {
             }
         }
         let env = job.environment(task);
-        let ctx = mpi::LaunchContext {
-            task: at,
-            ssh_port: None,
-            run_as_root: false,
-            user_env: &env,
-            infiniband: job.infiniband(task),
-        };
+        let ctx = mpi::LaunchContext::new(at, &env, job.infiniband(task));
         let mut req = mpi::launch_request(m, command, ctx)?;
         // The image: remote references were pulled by the preparation task into the node's
         // shared directory; the ranks start there (`-wdir`) and name the file relatively, while
@@ -378,14 +372,7 @@ impl SingularityRuntime {
     }
 
     fn plan_task(&self, cx: &TaskContext<'_>) -> Result<TaskAddParameter, RuntimeError> {
-        let TaskContext {
-            job,
-            task,
-            index,
-            pool,
-            ref at,
-            ..
-        } = *cx;
+        let (job, task, index, pool, at) = (cx.job, cx.task, cx.index, cx.pool, &cx.at);
         if !task.additional_docker_run_options.is_empty() {
             return Err(unsupported(
                 self.engine.name(),

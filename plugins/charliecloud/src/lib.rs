@@ -107,13 +107,8 @@ impl CharliecloudRuntime {
             ));
         }
         let env = job.environment(task);
-        let ctx = mpi::LaunchContext {
-            task: at,
-            ssh_port: None,
-            run_as_root: self.elevated,
-            user_env: &env,
-            infiniband: job.infiniband(task),
-        };
+        let ctx =
+            mpi::LaunchContext::new(at, &env, job.infiniband(task)).run_as_root(self.elevated);
         let ch = self.ch_run(job, task, true);
         let mut req = mpi::launch_request(m, task.command.as_deref().unwrap_or_default(), ctx)?
             .container(ch.container());
@@ -124,14 +119,7 @@ impl CharliecloudRuntime {
     }
 
     fn plan_task(&self, cx: &TaskContext<'_>) -> Result<TaskAddParameter, RuntimeError> {
-        let TaskContext {
-            job,
-            task,
-            index,
-            pool,
-            ref at,
-            ..
-        } = *cx;
+        let (job, task, index, pool, at) = (cx.job, cx.task, cx.index, cx.pool, &cx.at);
         if !task.additional_docker_run_options.is_empty() {
             return Err(unsupported(
                 at.key("additional_docker_run_options"),
