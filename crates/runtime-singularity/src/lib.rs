@@ -197,16 +197,8 @@ impl SingularityRuntime {
         }
     }
 
-    /// The binary on the nodes (default `singularity` / `apptainer` from `PATH`).
-    pub fn binary(mut self, path: impl Into<String>) -> Self {
-        self.binary = path.into();
-        self
-    }
-
-    /// Run tasks as the pool's administrator auto user (default: the non-admin one).
-    pub fn elevated(mut self, on: bool) -> Self {
-        self.elevated = on;
-        self
+    shipyard_runtime::host_program_builder! {
+        /// The binary on the nodes (default `singularity` / `apptainer` from `PATH`).
     }
 
     /// Checks that the configured binary exists on this machine (see [`check_binary`]).

@@ -92,6 +92,42 @@ pub fn plan_tasks(
         .collect()
 }
 
+/// The builder methods `binary(path)` and `elevated(on)` of a runtime that runs a program of its
+/// own on the nodes (Singularity/Apptainer, Charliecloud): expands, inside the runtime's `impl`
+/// block, to setters of its fields `binary: String` and `elevated: bool`. The doc comments given
+/// to the macro document `binary` (its default differs per runtime).
+///
+/// ```
+/// #[derive(Debug, Default)]
+/// pub struct MyRuntime {
+///     binary: String,
+///     elevated: bool,
+/// }
+/// impl MyRuntime {
+///     shipyard_runtime::host_program_builder! {
+///         /// The `my-run` executable on the nodes (default `my-run` from `PATH`).
+///     }
+/// }
+/// let r = MyRuntime::default().binary("/opt/my-run").elevated(true);
+/// assert_eq!((r.binary.as_str(), r.elevated), ("/opt/my-run", true));
+/// ```
+#[macro_export]
+macro_rules! host_program_builder {
+    ($(#[$binary_doc:meta])*) => {
+        $(#[$binary_doc])*
+        pub fn binary(mut self, path: impl Into<String>) -> Self {
+            self.binary = path.into();
+            self
+        }
+
+        /// Run tasks as the pool's administrator auto user (default: the non-admin one).
+        pub fn elevated(mut self, on: bool) -> Self {
+            self.elevated = on;
+            self
+        }
+    };
+}
+
 /// Everything needed to run one job.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -71,16 +71,8 @@ fn unsupported(field: Field, reason: impl Into<String>) -> RuntimeError {
 }
 
 impl CharliecloudRuntime {
-    /// The `ch-run` executable on the nodes (default `ch-run` from `PATH`).
-    pub fn binary(mut self, path: impl Into<String>) -> Self {
-        self.binary = path.into();
-        self
-    }
-
-    /// Run tasks as the pool's administrator auto user (default: the non-admin one).
-    pub fn elevated(mut self, on: bool) -> Self {
-        self.elevated = on;
-        self
+    shipyard_runtime::host_program_builder! {
+        /// The `ch-run` executable on the nodes (default `ch-run` from `PATH`).
     }
 
     fn ch_run(&self, job: &JobSpec, task: &TaskSpec, join: bool) -> ChRun {
@@ -138,7 +130,7 @@ impl CharliecloudRuntime {
                 "GPU libraries must be injected into the image with ch-fromhost, which the plugin does not do yet",
             ));
         }
-        let mut t = batch::task_base(job, task, index, batch::pool_user(self.elevated), &at)?;
+        let mut t = batch::task_base(job, task, index, batch::pool_user(self.elevated), at)?;
         let mut script = vec![image::binary_guard(&self.binary), SET_USER.to_string()];
         match &task.multi_instance {
             None => {
@@ -155,10 +147,10 @@ impl CharliecloudRuntime {
                 t.multi_instance_settings = Some(batch::host_multi_instance(
                     mi,
                     pool,
-                    &at,
+                    at,
                     task.command.as_deref(),
                     &mut script,
-                    |m| self.mpi_line(job, task, m, &at),
+                    |m| self.mpi_line(job, task, m, at),
                 )?);
             }
         }
