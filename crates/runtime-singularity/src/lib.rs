@@ -364,7 +364,7 @@ impl SingularityRuntime {
     }
 
     fn plan_task(&self, cx: &TaskContext<'_>) -> Result<TaskAddParameter, RuntimeError> {
-        let (job, task, index, pool, at) = (cx.job, cx.task, cx.index, cx.pool, &cx.at);
+        let (job, task, at) = (cx.job, cx.task, &cx.at);
         if !task.additional_docker_run_options.is_empty() {
             return Err(unsupported(
                 self.engine.name(),
@@ -372,25 +372,12 @@ impl SingularityRuntime {
                 "Docker options do not apply; use additional_singularity_options",
             ));
         }
-        let mut t = batch::task_base(job, task, index, self.user(task), at)?;
-        let mut script = vec![self.guard()];
-        match &task.multi_instance {
-            None => {
-                script.push(self.plain_exec_line(job, task));
-            }
-            Some(mi) => {
-                t.multi_instance_settings = Some(batch::host_multi_instance(
-                    mi,
-                    pool,
-                    at,
-                    task.command.as_deref(),
-                    &mut script,
-                    |m| self.mpi_line(job, task, m, at),
-                )?);
-            }
-        }
-        t.command_line = bash_c(&script.join("; "));
-        Ok(t)
+        cx.host_launched_task(
+            self.user(task),
+            vec![self.guard()],
+            || Ok(self.plain_exec_line(job, task)),
+            |m| self.mpi_line(job, task, m, at),
+        )
     }
 
     fn preparation_script(&self, job: &JobSpec) -> String {

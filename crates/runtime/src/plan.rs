@@ -8,9 +8,9 @@ use serde::{Deserialize, Serialize};
 use crate::batch::{
     ContainerConfiguration, EnvironmentSetting, JobAddParameter, JobPreparationTask,
     JobReleaseTask, OnAllTasksComplete, PoolAddParameter, PoolInformation, StartTask,
-    TaskAddParameter,
+    TaskAddParameter, UserIdentity,
 };
-use crate::domain::{JobSpec, PoolFacts, TaskSpec};
+use crate::domain::{JobSpec, MpiSpec, PoolFacts, TaskSpec};
 use crate::error::{Field, RuntimeError};
 use crate::ssh::{JobSshKey, PRIVATE_KEY_ENV, PUBLIC_KEY_ENV};
 
@@ -76,6 +76,36 @@ impl<'a> TaskContext<'a> {
     /// The Batch task id of this task ([`JobSpec::task_id`]).
     pub fn task_id(&self) -> String {
         self.job.task_id(self.index)
+    }
+
+    /// The Batch task of a runtime that launches from the host, wrapping each rank (Singularity,
+    /// Charliecloud): [`crate::batch::task_base`] run as `user`, with the command line `bash -c`
+    /// of `script` (the runtime's guards) followed, for an ordinary task, by `plain_line()`, for
+    /// a multi-instance task by what [`crate::batch::host_multi_instance`] appends (the launcher
+    /// line from `mpi_line`), whose settings it sets.
+    pub fn host_launched_task(
+        &self,
+        user: UserIdentity,
+        mut script: Vec<String>,
+        plain_line: impl FnOnce() -> Result<String, RuntimeError>,
+        mpi_line: impl FnOnce(&MpiSpec) -> Result<String, RuntimeError>,
+    ) -> Result<TaskAddParameter, RuntimeError> {
+        let mut t = crate::batch::task_base(self.job, self.task, self.index, user, &self.at)?;
+        match &self.task.multi_instance {
+            None => script.push(plain_line()?),
+            Some(mi) => {
+                t.multi_instance_settings = Some(crate::batch::host_multi_instance(
+                    mi,
+                    self.pool,
+                    &self.at,
+                    self.task.command.as_deref(),
+                    &mut script,
+                    mpi_line,
+                )?);
+            }
+        }
+        t.command_line = crate::shell::bash_c(&script.join("; "));
+        Ok(t)
     }
 }
 

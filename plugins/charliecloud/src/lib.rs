@@ -111,7 +111,7 @@ impl CharliecloudRuntime {
     }
 
     fn plan_task(&self, cx: &TaskContext<'_>) -> Result<TaskAddParameter, RuntimeError> {
-        let (job, task, index, pool, at) = (cx.job, cx.task, cx.index, cx.pool, &cx.at);
+        let (job, task, at) = (cx.job, cx.task, &cx.at);
         if !task.additional_docker_run_options.is_empty() {
             return Err(unsupported(
                 at.key("additional_docker_run_options"),
@@ -130,32 +130,19 @@ impl CharliecloudRuntime {
                 "GPU libraries must be injected into the image with ch-fromhost, which the plugin does not do yet",
             ));
         }
-        let mut t = batch::task_base(job, task, index, batch::pool_user(self.elevated), at)?;
-        let mut script = vec![image::binary_guard(&self.binary), SET_USER.to_string()];
-        match &task.multi_instance {
-            None => {
-                let program =
-                    mpi::program_words(task.command.as_deref().unwrap_or("true"), "/bin/sh");
-                let line = self
-                    .ch_run(job, task, false)
-                    .container()
-                    .render_sh(&program[0], &program[1..])
-                    .map_err(|e| RuntimeError::invalid(at.key("command"), e.to_string()))?;
-                script.push(format!("exec {line}"));
-            }
-            Some(mi) => {
-                t.multi_instance_settings = Some(batch::host_multi_instance(
-                    mi,
-                    pool,
-                    at,
-                    task.command.as_deref(),
-                    &mut script,
-                    |m| self.mpi_line(job, task, m, at),
-                )?);
-            }
-        }
-        t.command_line = bash_c(&script.join("; "));
-        Ok(t)
+        let guards = vec![image::binary_guard(&self.binary), SET_USER.to_string()];
+        let plain_line = || {
+            let program = mpi::program_words(task.command.as_deref().unwrap_or("true"), "/bin/sh");
+            let line = self
+                .ch_run(job, task, false)
+                .container()
+                .render_sh(&program[0], &program[1..])
+                .map_err(|e| RuntimeError::invalid(at.key("command"), e.to_string()))?;
+            Ok(format!("exec {line}"))
+        };
+        cx.host_launched_task(batch::pool_user(self.elevated), guards, plain_line, |m| {
+            self.mpi_line(job, task, m, at)
+        })
     }
 
     /// The job preparation task: the `ch-run` check, every distinct image made ready, then the
