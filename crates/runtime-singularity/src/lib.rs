@@ -32,7 +32,7 @@ use shipyard_runtime::batch::{
 use shipyard_runtime::domain::SingularityCmd;
 use shipyard_runtime::plan::{plan_tasks, TaskContext};
 use shipyard_runtime::registry::RuntimeRegistration;
-use shipyard_runtime::shell::{bash_c, join, quote, quote_expanding};
+use shipyard_runtime::shell::{bash_c, file_name_safe, join, quote, quote_expanding};
 use shipyard_runtime::{
     mpi, validate, ContainerRuntime, Field, JobNeeds, JobPlan, JobSpec, MpiRuntime, OsFamily,
     PoolFacts, PoolNeeds, RuntimeError, TaskSpec, WorkingDir,
@@ -128,18 +128,7 @@ pub fn is_remote_image(image: &str) -> bool {
 /// The file name a pulled image gets: the reference with every character outside
 /// `[A-Za-z0-9._-]` replaced by `_`, plus `.sif`.
 pub fn pulled_image_file(image: &str) -> String {
-    let mut s: String = image
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    s.push_str(".sif");
-    s
+    format!("{}.sif", file_name_safe(image))
 }
 
 /// Finds `binary` (a name looked up in `search_path`, a `PATH`-style list, or a path with a
