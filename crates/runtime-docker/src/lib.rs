@@ -297,7 +297,7 @@ impl ContainerRuntime for DockerRuntime {
             ));
         }
         let tasks = plan_tasks(job, pool, |cx| self.plan_task(cx))?;
-        let any_mi = job.tasks.iter().any(|t| t.multi_instance.is_some());
+        let any_mi = job.any_multi_instance();
         tracing::debug!(
             job = %job.id,
             pool = %pool.pool_id,

@@ -26,9 +26,7 @@ use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 
 use shipyard_mpi_launch::{Container, ContainerWrapper as Wrapper, Word};
-use shipyard_runtime::batch::{
-    self, JobPreparationTask, OnAllTasksComplete, TaskAddParameter, UserIdentity,
-};
+use shipyard_runtime::batch::{self, JobPreparationTask, TaskAddParameter, UserIdentity};
 use shipyard_runtime::domain::SingularityCmd;
 use shipyard_runtime::plan::{plan_tasks, TaskContext};
 use shipyard_runtime::registry::RuntimeRegistration;
@@ -423,13 +421,6 @@ impl ContainerRuntime for SingularityRuntime {
             ));
         }
         let tasks = plan_tasks(job, pool, |cx| self.plan_task(cx))?;
-        let any_mi = job.tasks.iter().any(|t| t.multi_instance.is_some());
-        let mut images: Vec<String> = Vec::new();
-        for t in &job.tasks {
-            if !images.contains(&t.image) {
-                images.push(t.image.clone());
-            }
-        }
         tracing::debug!(
             job = %job.id,
             pool = %pool.pool_id,
@@ -439,11 +430,7 @@ impl ContainerRuntime for SingularityRuntime {
         );
         Ok(JobPlan {
             runtime: name.to_string(),
-            pool: PoolNeeds {
-                enable_inter_node_communication: any_mi,
-                images,
-                ..Default::default()
-            },
+            pool: PoolNeeds::for_job(job),
             job: JobNeeds {
                 job_preparation_task: Some(JobPreparationTask {
                     command_line: bash_c(&self.preparation_script(job)),
@@ -452,11 +439,7 @@ impl ContainerRuntime for SingularityRuntime {
                     ..Default::default()
                 }),
                 job_release_task: batch::job_release_task(job),
-                on_all_tasks_complete: job
-                    .auto_complete
-                    .then_some(OnAllTasksComplete::TerminateJob),
-                uses_task_dependencies: job.uses_task_dependencies(),
-                needs_ssh_key: false,
+                ..JobNeeds::for_job(job)
             },
             tasks,
         })

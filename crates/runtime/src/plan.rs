@@ -218,6 +218,33 @@ pub struct JobNeeds {
     pub needs_ssh_key: bool,
 }
 
+impl PoolNeeds {
+    /// What every runtime's pool needs for `job`: inter-node communication when a task is
+    /// multi-instance, and the job's images ([`JobSpec::images`]).
+    pub fn for_job(job: &JobSpec) -> PoolNeeds {
+        PoolNeeds {
+            enable_inter_node_communication: job.any_multi_instance(),
+            images: job.images(),
+            ..Default::default()
+        }
+    }
+}
+
+impl JobNeeds {
+    /// What every runtime's job needs for `job`: `terminatejob` once all tasks complete when
+    /// `auto_complete`, and task dependencies when a task depends on another; no preparation or
+    /// release task and no SSH key (the runtime adds those).
+    pub fn for_job(job: &JobSpec) -> JobNeeds {
+        JobNeeds {
+            on_all_tasks_complete: job
+                .auto_complete
+                .then_some(OnAllTasksComplete::TerminateJob),
+            uses_task_dependencies: job.uses_task_dependencies(),
+            ..Default::default()
+        }
+    }
+}
+
 impl std::fmt::Debug for JobNeeds {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let prep = self.job_preparation_task.as_ref().map(|p| {

@@ -31,9 +31,7 @@
 pub mod image;
 pub mod wrap;
 
-use shipyard_runtime::batch::{
-    self, JobPreparationTask, OnAllTasksComplete, ResourceFile, TaskAddParameter,
-};
+use shipyard_runtime::batch::{self, JobPreparationTask, ResourceFile, TaskAddParameter};
 use shipyard_runtime::plan::{plan_tasks, TaskContext};
 use shipyard_runtime::shell::bash_c;
 use shipyard_runtime::{
@@ -150,7 +148,7 @@ impl CharliecloudRuntime {
     pub fn preparation_task(&self, job: &JobSpec) -> JobPreparationTask {
         let mut parts = vec!["set -e".to_string(), image::binary_guard(&self.binary)];
         let mut files = Vec::new();
-        for img in distinct_images(job) {
+        for img in job.images() {
             if let ImageSource::Tarball { remote: true, .. } = ImageSource::of(&img) {
                 files.push(ResourceFile {
                     http_url: Some(img.clone()),
@@ -171,16 +169,6 @@ impl CharliecloudRuntime {
             ..Default::default()
         }
     }
-}
-
-fn distinct_images(job: &JobSpec) -> Vec<String> {
-    let mut images: Vec<String> = Vec::new();
-    for t in &job.tasks {
-        if !images.contains(&t.image) {
-            images.push(t.image.clone());
-        }
-    }
-    images
 }
 
 impl ContainerRuntime for CharliecloudRuntime {
@@ -206,22 +194,11 @@ impl ContainerRuntime for CharliecloudRuntime {
         tracing::debug!(job = %job.id, pool = %pool.pool_id, tasks = tasks.len(), "planned charliecloud job");
         Ok(JobPlan {
             runtime: NAME.into(),
-            pool: PoolNeeds {
-                enable_inter_node_communication: job
-                    .tasks
-                    .iter()
-                    .any(|t| t.multi_instance.is_some()),
-                images: distinct_images(job),
-                ..Default::default()
-            },
+            pool: PoolNeeds::for_job(job),
             job: JobNeeds {
                 job_preparation_task: Some(self.preparation_task(job)),
                 job_release_task: batch::job_release_task(job),
-                on_all_tasks_complete: job
-                    .auto_complete
-                    .then_some(OnAllTasksComplete::TerminateJob),
-                uses_task_dependencies: job.uses_task_dependencies(),
-                needs_ssh_key: false,
+                ..JobNeeds::for_job(job)
             },
             tasks,
         })
