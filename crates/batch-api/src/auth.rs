@@ -17,20 +17,45 @@ use sha2::Sha256;
 use crate::error::{BatchError, Result};
 pub use shipyard_batch_models::Secret;
 
-/// Shared Key credential: the Batch account name and its base64 access key.
+/// A decoded account key (Azure Batch or Storage), which signs Shared Key requests and SAS
+/// tokens. `Debug` prints `<redacted>`.
 #[derive(Clone)]
-pub struct SharedKeyCredential {
-    account: String,
-    key: Arc<Vec<u8>>,
+pub struct SigningKey(Arc<Vec<u8>>);
+
+impl fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
 }
 
-impl fmt::Debug for SharedKeyCredential {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SharedKeyCredential")
-            .field("account", &self.account)
-            .field("key", &"<redacted>")
-            .finish()
+impl SigningKey {
+    /// Decodes a base64 key as the portal shows it (surrounding white space ignored); the
+    /// error says why it is not base64 and never holds the key.
+    pub fn from_base64(key: &str) -> std::result::Result<SigningKey, String> {
+        base64::engine::general_purpose::STANDARD
+            .decode(key.trim())
+            .map(|k| SigningKey(Arc::new(k)))
+            .map_err(|e| e.to_string())
     }
+
+    /// The signature of `string_to_sign`: HMAC-SHA256 with the key, base64.
+    pub fn sign(&self, string_to_sign: &str) -> String {
+        // HMAC accepts keys of any length, so this cannot fail.
+        let mut mac = match Hmac::<Sha256>::new_from_slice(&self.0) {
+            Ok(m) => m,
+            Err(_) => unreachable!("HMAC-SHA256 takes keys of any length"),
+        };
+        mac.update(string_to_sign.as_bytes());
+        base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+    }
+}
+
+/// Shared Key credential: the Batch account name and its base64 access key (`Debug` redacts
+/// the key).
+#[derive(Clone, Debug)]
+pub struct SharedKeyCredential {
+    account: String,
+    key: SigningKey,
 }
 
 /// The headers, in order, whose values form the fixed lines of the Shared Key string-to-sign.
@@ -58,16 +83,11 @@ impl SharedKeyCredential {
                 message: "account name is empty".into(),
             });
         }
-        let key = base64::engine::general_purpose::STANDARD
-            .decode(base64_key.trim())
-            .map_err(|e| BatchError::Config {
-                field: "key".into(),
-                message: format!("account key is not valid base64 ({e})"),
-            })?;
-        Ok(SharedKeyCredential {
-            account,
-            key: Arc::new(key),
-        })
+        let key = SigningKey::from_base64(base64_key).map_err(|e| BatchError::Config {
+            field: "key".into(),
+            message: format!("account key is not valid base64 ({e})"),
+        })?;
+        Ok(SharedKeyCredential { account, key })
     }
 
     /// The account name.
@@ -137,14 +157,7 @@ impl SharedKeyCredential {
 
     /// Computes the `Authorization` header value for a request.
     pub fn authorization(&self, method: &str, url: &url::Url, headers: &HeaderMap) -> String {
-        let to_sign = self.string_to_sign(method, url, headers);
-        // HMAC accepts keys of any length, so this cannot fail.
-        let mut mac = match Hmac::<Sha256>::new_from_slice(&self.key) {
-            Ok(m) => m,
-            Err(_) => unreachable!("HMAC-SHA256 takes keys of any length"),
-        };
-        mac.update(to_sign.as_bytes());
-        let sig = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+        let sig = self.key.sign(&self.string_to_sign(method, url, headers));
         format!("SharedKey {}:{}", self.account, sig)
     }
 }

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::path::PathBuf;
 
-/// A position in a configuration file.
+/// A position in a configuration file (YAML/JSON here; the CLI locates its TOML errors with it too).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Location {
     /// The file.
@@ -12,7 +12,8 @@ pub struct Location {
     pub line: usize,
     /// 1-based column (characters).
     pub column: usize,
-    /// The source line (secret values replaced by `<redacted>`), for the caret display.
+    /// The source line, for the caret display, secrets hidden (here: secret values replaced by
+    /// `<redacted>`; the CLI's TOML errors replace a whole line that may hold one).
     pub source_line: String,
     /// Width of the underlined span (at least 1).
     pub width: usize,

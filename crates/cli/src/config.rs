@@ -26,7 +26,6 @@
 //! Errors name the file, line and column and the field path, and unknown keys come with a
 //! "did you mean" hint. Secrets ([`Secret`]) never appear in `Debug` output.
 
-use std::fmt;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -167,26 +166,8 @@ const TOP_LEVEL_KEYS: [&str; 4] = [
     "local",
 ];
 
-/// A position in a config file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Location {
-    /// The file.
-    pub file: PathBuf,
-    /// 1-based line.
-    pub line: usize,
-    /// 1-based column (characters).
-    pub column: usize,
-    /// The source line, for the caret display.
-    pub source_line: String,
-    /// Width of the underlined span on that line (at least 1).
-    pub width: usize,
-}
-
-impl fmt::Display for Location {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}", self.file.display(), self.line, self.column)
-    }
-}
+/// A position in a config file (the type Batch Shipyard files are located with, too).
+pub use shipyard_bs_config::Location;
 
 /// Everything that can be wrong with a configuration.
 #[derive(Debug, thiserror::Error)]
@@ -277,17 +258,7 @@ impl ConfigError {
         if let ConfigError::BatchShipyard(e) = self {
             return e.snippet();
         }
-        let Some(loc) = self.location() else {
-            return String::new();
-        };
-        let num = loc.line.to_string();
-        let pad = " ".repeat(num.len());
-        format!(
-            "{pad} |\n{num} | {}\n{pad} | {}{}",
-            loc.source_line,
-            " ".repeat(loc.column.saturating_sub(1)),
-            "^".repeat(loc.width.max(1))
-        )
+        self.location().map_or_else(String::new, Location::snippet)
     }
 }
 
@@ -323,20 +294,9 @@ impl SourceFile {
     /// Where `field` is: in the YAML for a translation, else in the TOML text.
     fn locate(&self, field: &FieldPath) -> Option<Location> {
         match &self.translation {
-            Some(t) => t.yaml_location(&field.to_string()).map(from_yaml_location),
+            Some(t) => t.yaml_location(&field.to_string()).cloned(),
             None => locate_field(&self.path, &self.text, field),
         }
-    }
-}
-
-/// A `shipyard_bs_config` location as a [`Location`] (its line is already secret-free).
-fn from_yaml_location(l: &shipyard_bs_config::Location) -> Location {
-    Location {
-        file: l.file.clone(),
-        line: l.line,
-        column: l.column,
-        source_line: l.source_line.clone(),
-        width: l.width,
     }
 }
 
@@ -700,7 +660,7 @@ fn in_yaml(e: ConfigError, t: &Translation) -> ConfigError {
             let yaml = field.as_deref().and_then(|f| t.yaml_location(f));
             ConfigError::Parse {
                 location: match yaml {
-                    Some(l) => Box::new(from_yaml_location(l)),
+                    Some(l) => Box::new(l.clone()),
                     None => location,
                 },
                 field,
@@ -788,13 +748,7 @@ pub fn did_you_mean(message: &str) -> Option<String> {
 }
 
 /// The closest candidate to `bad` (Jaro-Winkler ≥ 0.8 or edit distance ≤ 2).
-pub fn suggest<'a>(bad: &str, candidates: impl Iterator<Item = &'a str>) -> Option<String> {
-    candidates
-        .map(|c| (strsim::jaro_winkler(bad, c), strsim::levenshtein(bad, c), c))
-        .filter(|(jw, lev, _)| *jw >= 0.8 || *lev <= 2)
-        .max_by(|a, b| a.0.total_cmp(&b.0))
-        .map(|(_, _, c)| c.to_string())
-}
+pub use shipyard_bs_config::suggest;
 
 /// What an error snippet shows instead of a line that may hold a secret.
 pub const REDACTED_LINE: &str = "<line not shown: it may hold a secret>";

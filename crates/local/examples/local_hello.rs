@@ -119,6 +119,21 @@ fn parse() -> Result<Args, String> {
     Ok(a)
 }
 
+/// Ranks' output lines on stdout as `[task/node] line` (coordination output is dropped); any
+/// other event on stderr unless `quiet`.
+fn print_event(ev: &Event, quiet: bool) {
+    match ev {
+        Event::Output {
+            coordination: true, ..
+        } => {}
+        Event::Output {
+            task, node, line, ..
+        } => println!("[{task}/{node}] {line}"),
+        _ if quiet => {}
+        _ => eprintln!("{ev:?}"),
+    }
+}
+
 #[tokio::main]
 async fn main() {
     tracing_subscriber::fmt()
@@ -193,20 +208,7 @@ async fn run() -> Result<i32, String> {
     let quiet = args.quiet;
     let printer = tokio::spawn(async move {
         while let Some(ev) = rx.recv().await {
-            match ev {
-                Event::Output {
-                    task,
-                    node,
-                    coordination,
-                    line,
-                    ..
-                } if !coordination => {
-                    println!("[{task}/{node}] {line}")
-                }
-                Event::Output { .. } => {}
-                other if !quiet => eprintln!("{other:?}"),
-                _ => {}
-            }
+            print_event(&ev, quiet);
         }
     });
     let outcome = backend

@@ -173,16 +173,12 @@ mod tests {
             "commandLine",
         )
         .unwrap();
-        assert_eq!(
-            a,
-            vec![
-                "/bin/bash",
-                "-c",
-                "echo $AZ_BATCH_HOST_LIST; exit 3",
-                "a \"b\"",
-                "c d"
-            ]
-        );
+        // The whole word list, pinned as the tokenizer's own tests in `shipyard_mpi_launch::shell`
+        // pin it; here it must come through the local backend's wrapper unchanged.
+        assert_eq!(a.len(), 5, "{a:?}");
+        assert_eq!(a[..2], ["/bin/bash", "-c"]);
+        assert_eq!(a[2], "echo $AZ_BATCH_HOST_LIST; exit 3");
+        assert_eq!(a[3..], ["a \"b\"", "c d"]);
         assert_eq!(
             split_command_line("  x   ''  ", "f").unwrap(),
             vec!["x", ""]

@@ -1,11 +1,8 @@
 //! What a Docker plan needs of its pool and its job: images and container configuration,
 //! inter-node communication, and the job preparation/release tasks.
 
-use std::collections::BTreeSet;
-
 use shipyard_runtime::batch::{
     pool_admin, ContainerConfiguration, ContainerType, JobPreparationTask, JobReleaseTask,
-    OnAllTasksComplete,
 };
 use shipyard_runtime::shell::{bash_c, quote, quote_expanding};
 use shipyard_runtime::ssh;
@@ -14,37 +11,17 @@ use shipyard_runtime::{JobNeeds, JobSpec, OsFamily, PoolFacts, PoolNeeds};
 use crate::node_scripts::preparation_script;
 use crate::{DockerRuntime, LABEL_JOB};
 
-/// The job's images, each once, in the order of first use.
-fn images(job: &JobSpec) -> Vec<String> {
-    let mut seen = BTreeSet::new();
-    job.tasks
-        .iter()
-        .filter(|t| seen.insert(t.image.as_str()))
-        .map(|t| t.image.clone())
-        .collect()
-}
-
-fn any_multi_instance(job: &JobSpec) -> bool {
-    job.tasks.iter().any(|t| t.multi_instance.is_some())
-}
-
 impl DockerRuntime {
     pub(crate) fn pool_needs(&self, job: &JobSpec, pool: &PoolFacts) -> PoolNeeds {
-        let any_mi = any_multi_instance(job);
-        let images = images(job);
-        let mut needs = PoolNeeds {
-            enable_inter_node_communication: any_mi,
-            images: images.clone(),
-            ..Default::default()
-        };
+        let mut needs = PoolNeeds::for_job(job);
         if pool.native_containers {
             needs.container_configuration = Some(ContainerConfiguration {
                 r#type: ContainerType::DockerCompatible,
-                container_image_names: Some(images),
+                container_image_names: Some(needs.images.clone()),
                 container_registries: (!self.registries.is_empty())
                     .then(|| self.registries.clone()),
             });
-        } else if any_mi {
+        } else if needs.enable_inter_node_communication {
             // sshd containers use host networking: one task per node avoids port 23 clashes.
             needs.task_slots_per_node = Some(1);
         }
@@ -52,13 +29,7 @@ impl DockerRuntime {
     }
 
     pub(crate) fn job_needs(&self, job: &JobSpec, pool: &PoolFacts) -> JobNeeds {
-        let mut needs = JobNeeds {
-            on_all_tasks_complete: job
-                .auto_complete
-                .then_some(OnAllTasksComplete::TerminateJob),
-            uses_task_dependencies: job.uses_task_dependencies(),
-            ..Default::default()
-        };
+        let mut needs = JobNeeds::for_job(job);
         if pool.os == OsFamily::Windows {
             windows_job_tasks(job, &mut needs);
         } else {
@@ -70,11 +41,11 @@ impl DockerRuntime {
     /// Linux preparation (keys, image pulls, the user's command) and release (containers of
     /// the job, keys, the user's command) tasks.
     fn linux_job_tasks(&self, job: &JobSpec, pool: &PoolFacts, needs: &mut JobNeeds) {
-        let keys = any_multi_instance(job);
+        let keys = job.any_multi_instance();
         let pull = if pool.native_containers {
             Vec::new()
         } else {
-            images(job)
+            job.images()
         };
         if keys || !pull.is_empty() || job.job_preparation.is_some() {
             needs.job_preparation_task = Some(JobPreparationTask {

@@ -51,7 +51,7 @@ mod non_native;
 mod windows;
 
 use shipyard_runtime::batch::{self, pool_admin, ContainerRegistry, TaskAddParameter};
-use shipyard_runtime::plan::plan_tasks;
+use shipyard_runtime::plan::{plan_tasks, TaskContext};
 use shipyard_runtime::registry::RuntimeRegistration;
 use shipyard_runtime::ssh::{self, SSHD_PORT};
 use shipyard_runtime::{
@@ -244,13 +244,9 @@ impl DockerRuntime {
         let app = match &mi.mpi {
             Some(m) => {
                 let env = job.environment(task);
-                let ctx = mpi::LaunchContext {
-                    task: at,
-                    ssh_port: Some(SSHD_PORT),
-                    run_as_root: true,
-                    user_env: &env,
-                    infiniband: job.infiniband(task),
-                };
+                let ctx = mpi::LaunchContext::new(at, &env, job.infiniband(task))
+                    .ssh_port(SSHD_PORT)
+                    .run_as_root(true);
                 // Host keys are checked: every node's sshd serves the job key pair, pinned in
                 // the job's known_hosts (these override the launcher's defaults).
                 let req = mpi::launch_request(m, command, ctx)?
@@ -300,8 +296,8 @@ impl ContainerRuntime for DockerRuntime {
                 "Windows pools need Batch container support (native)",
             ));
         }
-        let tasks = plan_tasks(job, |i, task| self.plan_task(job, task, i, pool))?;
-        let any_mi = job.tasks.iter().any(|t| t.multi_instance.is_some());
+        let tasks = plan_tasks(job, pool, |cx| self.plan_task(cx))?;
+        let any_mi = job.any_multi_instance();
         tracing::debug!(
             job = %job.id,
             pool = %pool.pool_id,
@@ -321,14 +317,8 @@ impl ContainerRuntime for DockerRuntime {
 
 impl DockerRuntime {
     /// Plans task `index` for the pool's kind (Windows, native Linux, non-native Linux).
-    fn plan_task(
-        &self,
-        job: &JobSpec,
-        task: &TaskSpec,
-        index: usize,
-        pool: &PoolFacts,
-    ) -> Result<TaskAddParameter, RuntimeError> {
-        let at = Field::job(&job.id).key("tasks").index(index);
+    fn plan_task(&self, cx: &TaskContext<'_>) -> Result<TaskAddParameter, RuntimeError> {
+        let (task, pool, at) = (cx.task, cx.pool, &cx.at);
         let windows = pool.os == OsFamily::Windows;
         let msmpi = task
             .multi_instance
@@ -337,16 +327,16 @@ impl DockerRuntime {
             .is_some_and(|m| m.runtime == MpiRuntime::MsMpi);
         if msmpi && !windows {
             return Err(unsupported(
-                mpi::mpi_field(&at).key("runtime"),
+                mpi::mpi_field(at).key("runtime"),
                 "msmpi needs a Windows pool",
             ));
         }
         if windows {
-            self.plan_windows_task(job, task, index, pool, &at)
+            self.plan_windows_task(cx)
         } else if pool.native_containers {
-            self.plan_native_linux_task(job, task, index, pool, &at)
+            self.plan_native_linux_task(cx)
         } else {
-            self.plan_non_native_task(job, task, index, pool, &at)
+            self.plan_non_native_task(cx)
         }
     }
 }

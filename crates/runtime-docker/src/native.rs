@@ -4,20 +4,18 @@
 use shipyard_runtime::batch::{
     self, ContainerWorkingDirectory, MultiInstanceSettings, TaskAddParameter, TaskContainerSettings,
 };
+use shipyard_runtime::plan::TaskContext;
 use shipyard_runtime::shell::{bash_c, join, quote};
-use shipyard_runtime::{validate, Field, JobSpec, PoolFacts, RuntimeError, TaskSpec, WorkingDir};
+use shipyard_runtime::{validate, RuntimeError, WorkingDir};
 
 use crate::{flags, native_coordination_script, DockerRuntime};
 
 impl DockerRuntime {
     pub(crate) fn plan_native_linux_task(
         &self,
-        job: &JobSpec,
-        task: &TaskSpec,
-        index: usize,
-        pool: &PoolFacts,
-        at: &Field,
+        cx: &TaskContext<'_>,
     ) -> Result<TaskAddParameter, RuntimeError> {
+        let (job, task, index, pool, at) = (cx.job, cx.task, cx.index, cx.pool, &cx.at);
         let task_id = job.task_id(index);
         let mut opts = self.common_run_options(job, task);
         if job.remove_container_after_exit(task) {

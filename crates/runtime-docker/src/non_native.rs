@@ -2,10 +2,11 @@
 //! multi-instance tasks a detached sshd container per node and `docker exec` of the launcher).
 
 use shipyard_runtime::batch::{self, MultiInstanceSettings, TaskAddParameter};
+use shipyard_runtime::plan::TaskContext;
 use shipyard_runtime::shell::{bash_c, join, quote, quote_expanding};
 use shipyard_runtime::ssh::{self, CONTAINER_SSH_DIR};
 use shipyard_runtime::{
-    validate, Field, JobSpec, MultiInstanceSpec, PoolFacts, RuntimeError, TaskSpec, WorkingDir,
+    validate, Field, JobSpec, MultiInstanceSpec, RuntimeError, TaskSpec, WorkingDir,
 };
 
 use crate::node_scripts::{node_address_script, SSHD_ADDRESS_VAR};
@@ -50,12 +51,9 @@ impl DockerRuntime {
 
     pub(crate) fn plan_non_native_task(
         &self,
-        job: &JobSpec,
-        task: &TaskSpec,
-        index: usize,
-        pool: &PoolFacts,
-        at: &Field,
+        cx: &TaskContext<'_>,
     ) -> Result<TaskAddParameter, RuntimeError> {
+        let (job, task, index, pool, at) = (cx.job, cx.task, cx.index, cx.pool, &cx.at);
         let run = self.docker_run(job, task, &job.task_id(index));
         let mut t = self.base_task(job, task, index, at)?;
         match &task.multi_instance {

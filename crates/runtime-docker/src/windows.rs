@@ -5,10 +5,9 @@ use shipyard_mpi_launch::Word;
 use shipyard_runtime::batch::{
     self, ContainerWorkingDirectory, MultiInstanceSettings, TaskAddParameter, TaskContainerSettings,
 };
+use shipyard_runtime::plan::TaskContext;
 use shipyard_runtime::shell::join;
-use shipyard_runtime::{
-    mpi, validate, Field, JobSpec, MpiRuntime, PoolFacts, RuntimeError, TaskSpec, WorkingDir,
-};
+use shipyard_runtime::{mpi, validate, MpiRuntime, RuntimeError, WorkingDir};
 
 use crate::{flags, unsupported, DockerRuntime};
 
@@ -18,12 +17,9 @@ pub const MSMPI_COORDINATION: &str = "cmd /c start cmd /c \"\"%MSMPI_BIN%\\smpd.
 impl DockerRuntime {
     pub(crate) fn plan_windows_task(
         &self,
-        job: &JobSpec,
-        task: &TaskSpec,
-        index: usize,
-        pool: &PoolFacts,
-        at: &Field,
+        cx: &TaskContext<'_>,
     ) -> Result<TaskAddParameter, RuntimeError> {
+        let (job, task, index, pool, at) = (cx.job, cx.task, cx.index, cx.pool, &cx.at);
         let mut opts = self.common_run_options(job, task);
         if job.remove_container_after_exit(task) {
             opts.insert(0, flags::RM.to_string());
@@ -52,13 +48,7 @@ impl DockerRuntime {
                 let line = match &mi.mpi {
                     Some(m) if m.runtime == MpiRuntime::MsMpi => {
                         let env = job.environment(task);
-                        let ctx = mpi::LaunchContext {
-                            task: at,
-                            ssh_port: None,
-                            run_as_root: false,
-                            user_env: &env,
-                            infiniband: false,
-                        };
+                        let ctx = mpi::LaunchContext::new(at, &env, false);
                         // Windows words keep their backslashes (`C:\app\x.exe`): split by the
                         // MSVCRT rules, then hand them on as a POSIX word list, which
                         // `launch_request` splits back into exactly these words.

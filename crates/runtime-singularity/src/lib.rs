@@ -26,12 +26,11 @@ use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 
 use shipyard_mpi_launch::{Container, ContainerWrapper as Wrapper, Word};
-use shipyard_runtime::batch::{
-    self, JobPreparationTask, OnAllTasksComplete, TaskAddParameter, UserIdentity,
-};
+use shipyard_runtime::batch::{self, JobPreparationTask, TaskAddParameter, UserIdentity};
 use shipyard_runtime::domain::SingularityCmd;
+use shipyard_runtime::plan::{plan_tasks, TaskContext};
 use shipyard_runtime::registry::RuntimeRegistration;
-use shipyard_runtime::shell::{bash_c, join, quote, quote_expanding};
+use shipyard_runtime::shell::{bash_c, file_name_safe, join, quote, quote_expanding};
 use shipyard_runtime::{
     mpi, validate, ContainerRuntime, Field, JobNeeds, JobPlan, JobSpec, MpiRuntime, OsFamily,
     PoolFacts, PoolNeeds, RuntimeError, TaskSpec, WorkingDir,
@@ -127,18 +126,7 @@ pub fn is_remote_image(image: &str) -> bool {
 /// The file name a pulled image gets: the reference with every character outside
 /// `[A-Za-z0-9._-]` replaced by `_`, plus `.sif`.
 pub fn pulled_image_file(image: &str) -> String {
-    let mut s: String = image
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    s.push_str(".sif");
-    s
+    format!("{}.sif", file_name_safe(image))
 }
 
 /// Finds `binary` (a name looked up in `search_path`, a `PATH`-style list, or a path with a
@@ -196,16 +184,8 @@ impl SingularityRuntime {
         }
     }
 
-    /// The binary on the nodes (default `singularity` / `apptainer` from `PATH`).
-    pub fn binary(mut self, path: impl Into<String>) -> Self {
-        self.binary = path.into();
-        self
-    }
-
-    /// Run tasks as the pool's administrator auto user (default: the non-admin one).
-    pub fn elevated(mut self, on: bool) -> Self {
-        self.elevated = on;
-        self
+    shipyard_runtime::host_program_builder! {
+        /// The binary on the nodes (default `singularity` / `apptainer` from `PATH`).
     }
 
     /// Checks that the configured binary exists on this machine (see [`check_binary`]).
@@ -326,13 +306,7 @@ impl SingularityRuntime {
             }
         }
         let env = job.environment(task);
-        let ctx = mpi::LaunchContext {
-            task: at,
-            ssh_port: None,
-            run_as_root: false,
-            user_env: &env,
-            infiniband: job.infiniband(task),
-        };
+        let ctx = mpi::LaunchContext::new(at, &env, job.infiniband(task));
         let mut req = mpi::launch_request(m, command, ctx)?;
         // The image: remote references were pulled by the preparation task into the node's
         // shared directory; the ranks start there (`-wdir`) and name the file relatively, while
@@ -376,33 +350,21 @@ impl SingularityRuntime {
         mpi::render_sh(&req, at)
     }
 
-    fn plan_task(
-        &self,
-        job: &JobSpec,
-        task: &TaskSpec,
-        index: usize,
-        pool: &PoolFacts,
-        at: &Field,
-    ) -> Result<TaskAddParameter, RuntimeError> {
-        let mut t = batch::task_base(job, task, index, self.user(task), at)?;
-        let mut script = vec![self.guard()];
-        match &task.multi_instance {
-            None => {
-                script.push(self.plain_exec_line(job, task));
-            }
-            Some(mi) => {
-                t.multi_instance_settings = Some(batch::host_multi_instance(
-                    mi,
-                    pool,
-                    at,
-                    task.command.as_deref(),
-                    &mut script,
-                    |m| self.mpi_line(job, task, m, at),
-                )?);
-            }
+    fn plan_task(&self, cx: &TaskContext<'_>) -> Result<TaskAddParameter, RuntimeError> {
+        let (job, task, at) = (cx.job, cx.task, &cx.at);
+        if !task.additional_docker_run_options.is_empty() {
+            return Err(unsupported(
+                self.engine.name(),
+                at.key("additional_docker_run_options"),
+                "Docker options do not apply; use additional_singularity_options",
+            ));
         }
-        t.command_line = bash_c(&script.join("; "));
-        Ok(t)
+        cx.host_launched_task(
+            self.user(task),
+            vec![self.guard()],
+            || Ok(self.plain_exec_line(job, task)),
+            |m| self.mpi_line(job, task, m, at),
+        )
     }
 
     fn preparation_script(&self, job: &JobSpec) -> String {
@@ -458,25 +420,7 @@ impl ContainerRuntime for SingularityRuntime {
                 "Singularity runs on pools without Batch container support (non-native)",
             ));
         }
-        let mut tasks = Vec::with_capacity(job.tasks.len());
-        for (i, task) in job.tasks.iter().enumerate() {
-            let at = Field::job(&job.id).key("tasks").index(i);
-            if !task.additional_docker_run_options.is_empty() {
-                return Err(unsupported(
-                    name,
-                    at.key("additional_docker_run_options"),
-                    "Docker options do not apply; use additional_singularity_options",
-                ));
-            }
-            tasks.push(self.plan_task(job, task, i, pool, &at)?);
-        }
-        let any_mi = job.tasks.iter().any(|t| t.multi_instance.is_some());
-        let mut images: Vec<String> = Vec::new();
-        for t in &job.tasks {
-            if !images.contains(&t.image) {
-                images.push(t.image.clone());
-            }
-        }
+        let tasks = plan_tasks(job, pool, |cx| self.plan_task(cx))?;
         tracing::debug!(
             job = %job.id,
             pool = %pool.pool_id,
@@ -486,11 +430,7 @@ impl ContainerRuntime for SingularityRuntime {
         );
         Ok(JobPlan {
             runtime: name.to_string(),
-            pool: PoolNeeds {
-                enable_inter_node_communication: any_mi,
-                images,
-                ..Default::default()
-            },
+            pool: PoolNeeds::for_job(job),
             job: JobNeeds {
                 job_preparation_task: Some(JobPreparationTask {
                     command_line: bash_c(&self.preparation_script(job)),
@@ -499,11 +439,7 @@ impl ContainerRuntime for SingularityRuntime {
                     ..Default::default()
                 }),
                 job_release_task: batch::job_release_task(job),
-                on_all_tasks_complete: job
-                    .auto_complete
-                    .then_some(OnAllTasksComplete::TerminateJob),
-                uses_task_dependencies: job.uses_task_dependencies(),
-                needs_ssh_key: false,
+                ..JobNeeds::for_job(job)
             },
             tasks,
         })

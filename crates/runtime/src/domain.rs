@@ -788,6 +788,21 @@ impl JobSpec {
         Ok(Cow::Owned(job))
     }
 
+    /// The tasks' images, each once, in the order of first use.
+    pub fn images(&self) -> Vec<String> {
+        let mut seen = std::collections::BTreeSet::new();
+        self.tasks
+            .iter()
+            .filter(|t| seen.insert(t.image.as_str()))
+            .map(|t| t.image.clone())
+            .collect()
+    }
+
+    /// True when any task is a multi-instance task.
+    pub fn any_multi_instance(&self) -> bool {
+        self.tasks.iter().any(|t| t.multi_instance.is_some())
+    }
+
     /// True when any task depends on another.
     pub fn uses_task_dependencies(&self) -> bool {
         self.tasks

@@ -45,6 +45,37 @@ pub struct LaunchContext<'a> {
     pub infiniband: bool,
 }
 
+impl<'a> LaunchContext<'a> {
+    /// The context of task `task` with environment `user_env`: the launcher reaches the other
+    /// nodes' sshd on its default port and does not run as root (see [`Self::ssh_port`],
+    /// [`Self::run_as_root`]).
+    pub fn new(task: &'a Field, user_env: &'a BTreeMap<String, String>, infiniband: bool) -> Self {
+        LaunchContext {
+            task,
+            ssh_port: None,
+            run_as_root: false,
+            user_env,
+            infiniband,
+        }
+    }
+
+    /// The remote sshd listens on `port`.
+    pub fn ssh_port(self, port: u16) -> Self {
+        LaunchContext {
+            ssh_port: Some(port),
+            ..self
+        }
+    }
+
+    /// Whether the launcher runs as root.
+    pub fn run_as_root(self, on: bool) -> Self {
+        LaunchContext {
+            run_as_root: on,
+            ..self
+        }
+    }
+}
+
 /// A launch request for `mpi` running `command` on the Batch host list (`$AZ_BATCH_HOST_LIST`),
 /// reaching the other nodes' sshd on `ctx.ssh_port` (when the flavour uses ssh).
 pub fn launch_request(

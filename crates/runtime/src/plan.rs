@@ -8,22 +8,154 @@ use serde::{Deserialize, Serialize};
 use crate::batch::{
     ContainerConfiguration, EnvironmentSetting, JobAddParameter, JobPreparationTask,
     JobReleaseTask, OnAllTasksComplete, PoolAddParameter, PoolInformation, StartTask,
-    TaskAddParameter,
+    TaskAddParameter, UserIdentity,
 };
+use crate::domain::{JobSpec, MpiSpec, PoolFacts, TaskSpec};
 use crate::error::{Field, RuntimeError};
 use crate::ssh::{JobSshKey, PRIVATE_KEY_ENV, PUBLIC_KEY_ENV};
 
-/// The Batch tasks of `job`, in order: `plan_task(index, task)` for each of its tasks; the first
-/// error stops planning.
+/// One task of a job being planned: what a runtime's per-task planning reads, handed to the
+/// closure of [`plan_tasks`].
+///
+/// ```
+/// use shipyard_runtime::plan::{plan_tasks, TaskContext};
+/// use shipyard_runtime::{batch::TaskAddParameter, JobSpec, PoolFacts};
+/// let job: JobSpec = toml::from_str(r#"
+///     id = "j"
+///     [[tasks]]
+///     image = "img"
+///     command = "true"
+///     [[tasks]]
+///     image = "img"
+///     command = "false"
+/// "#).unwrap();
+/// let pool: PoolFacts = toml::from_str(r#"
+///     pool_id = "p"
+///     native_containers = true
+///     subnet_pattern = "10.0.*"
+///     node_count = 1
+/// "#).unwrap();
+/// let tasks = plan_tasks(&job, &pool, |cx: &TaskContext<'_>| {
+///     assert_eq!(cx.at.to_string(), format!("job.tasks[{}]", cx.index));
+///     Ok(TaskAddParameter {
+///         id: cx.task_id(),
+///         command_line: cx.task.command.clone().unwrap_or_default(),
+///         ..Default::default()
+///     })
+/// })
+/// .unwrap();
+/// assert_eq!(tasks[1].command_line, "false");
+/// ```
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct TaskContext<'a> {
+    /// The job (already expanded by the runtime, when it expands parametric sweeps).
+    pub job: &'a JobSpec,
+    /// The task: `job.tasks[index]`.
+    pub task: &'a TaskSpec,
+    /// Its index in the job's tasks.
+    pub index: usize,
+    /// The pool the job runs on.
+    pub pool: &'a PoolFacts,
+    /// The task's field, `job[<id>].tasks[<index>]`, which errors about it locate.
+    pub at: Field,
+}
+
+impl<'a> TaskContext<'a> {
+    /// The context of `job.tasks[index]` on `pool`; `None` when there is no such task.
+    pub fn new(job: &'a JobSpec, index: usize, pool: &'a PoolFacts) -> Option<Self> {
+        Some(TaskContext {
+            job,
+            task: job.tasks.get(index)?,
+            index,
+            pool,
+            at: Field::job(&job.id).key("tasks").index(index),
+        })
+    }
+
+    /// The Batch task id of this task ([`JobSpec::task_id`]).
+    pub fn task_id(&self) -> String {
+        self.job.task_id(self.index)
+    }
+
+    /// The Batch task of a runtime that launches from the host, wrapping each rank (Singularity,
+    /// Charliecloud): [`crate::batch::task_base`] run as `user`, with the command line `bash -c`
+    /// of `script` (the runtime's guards) followed, for an ordinary task, by `plain_line()`, for
+    /// a multi-instance task by what [`crate::batch::host_multi_instance`] appends (the launcher
+    /// line from `mpi_line`), whose settings it sets.
+    pub fn host_launched_task(
+        &self,
+        user: UserIdentity,
+        mut script: Vec<String>,
+        plain_line: impl FnOnce() -> Result<String, RuntimeError>,
+        mpi_line: impl FnOnce(&MpiSpec) -> Result<String, RuntimeError>,
+    ) -> Result<TaskAddParameter, RuntimeError> {
+        let mut t = crate::batch::task_base(self.job, self.task, self.index, user, &self.at)?;
+        match &self.task.multi_instance {
+            None => script.push(plain_line()?),
+            Some(mi) => {
+                t.multi_instance_settings = Some(crate::batch::host_multi_instance(
+                    mi,
+                    self.pool,
+                    &self.at,
+                    self.task.command.as_deref(),
+                    &mut script,
+                    mpi_line,
+                )?);
+            }
+        }
+        t.command_line = crate::shell::bash_c(&script.join("; "));
+        Ok(t)
+    }
+}
+
+/// The Batch tasks of `job` on `pool`, in order: `plan_task` of each task's [`TaskContext`];
+/// the first error stops planning.
 pub fn plan_tasks(
-    job: &crate::domain::JobSpec,
-    mut plan_task: impl FnMut(usize, &crate::domain::TaskSpec) -> Result<TaskAddParameter, RuntimeError>,
+    job: &JobSpec,
+    pool: &PoolFacts,
+    mut plan_task: impl FnMut(&TaskContext<'_>) -> Result<TaskAddParameter, RuntimeError>,
 ) -> Result<Vec<TaskAddParameter>, RuntimeError> {
-    job.tasks
-        .iter()
-        .enumerate()
-        .map(|(i, task)| plan_task(i, task))
+    (0..job.tasks.len())
+        .filter_map(|i| TaskContext::new(job, i, pool))
+        .map(|cx| plan_task(&cx))
         .collect()
+}
+
+/// The builder methods `binary(path)` and `elevated(on)` of a runtime that runs a program of its
+/// own on the nodes (Singularity/Apptainer, Charliecloud): expands, inside the runtime's `impl`
+/// block, to setters of its fields `binary: String` and `elevated: bool`. The doc comments given
+/// to the macro document `binary` (its default differs per runtime).
+///
+/// ```
+/// #[derive(Debug, Default)]
+/// pub struct MyRuntime {
+///     binary: String,
+///     elevated: bool,
+/// }
+/// impl MyRuntime {
+///     shipyard_runtime::host_program_builder! {
+///         /// The `my-run` executable on the nodes (default `my-run` from `PATH`).
+///     }
+/// }
+/// let r = MyRuntime::default().binary("/opt/my-run").elevated(true);
+/// assert_eq!((r.binary.as_str(), r.elevated), ("/opt/my-run", true));
+/// ```
+#[macro_export]
+macro_rules! host_program_builder {
+    ($(#[$binary_doc:meta])*) => {
+        $(#[$binary_doc])*
+        pub fn binary(mut self, path: impl Into<String>) -> Self {
+            self.binary = path.into();
+            self
+        }
+
+        /// Run tasks as the pool's administrator auto user (default: the non-admin one).
+        pub fn elevated(mut self, on: bool) -> Self {
+            self.elevated = on;
+            self
+        }
+    };
 }
 
 /// Everything needed to run one job.
@@ -84,6 +216,33 @@ pub struct JobNeeds {
     /// ([`JobPlan::install_ssh_key`]).
     #[serde(default)]
     pub needs_ssh_key: bool,
+}
+
+impl PoolNeeds {
+    /// What every runtime's pool needs for `job`: inter-node communication when a task is
+    /// multi-instance, and the job's images ([`JobSpec::images`]).
+    pub fn for_job(job: &JobSpec) -> PoolNeeds {
+        PoolNeeds {
+            enable_inter_node_communication: job.any_multi_instance(),
+            images: job.images(),
+            ..Default::default()
+        }
+    }
+}
+
+impl JobNeeds {
+    /// What every runtime's job needs for `job`: `terminatejob` once all tasks complete when
+    /// `auto_complete`, and task dependencies when a task depends on another; no preparation or
+    /// release task and no SSH key (the runtime adds those).
+    pub fn for_job(job: &JobSpec) -> JobNeeds {
+        JobNeeds {
+            on_all_tasks_complete: job
+                .auto_complete
+                .then_some(OnAllTasksComplete::TerminateJob),
+            uses_task_dependencies: job.uses_task_dependencies(),
+            ..Default::default()
+        }
+    }
 }
 
 impl std::fmt::Debug for JobNeeds {

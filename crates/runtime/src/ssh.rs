@@ -26,12 +26,13 @@
 //! the Batch account credentials, who can run arbitrary tasks on the nodes anyway) and is only
 //! accepted by the sshd of this job's containers on port 23; it dies with the job.
 //!
-//! The key never reaches logs: [`JobSshKey`]'s `Debug` prints only the public key's fingerprint.
+//! The key never reaches logs: [`JobSshKey`]'s `Debug` prints the public key and `<redacted>`.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 
 use crate::error::RuntimeError;
+use shipyard_batch_models::Secret;
 
 /// The port the containers' sshd listens on (the host's sshd owns 22 under host networking).
 pub const SSHD_PORT: u16 = 23;
@@ -115,20 +116,12 @@ pub fn known_hosts_line(public_openssh: &str, host_pattern: &str) -> String {
     format!("{} {}", patterns.join(","), public_openssh.trim())
 }
 
-/// A per-job ed25519 key pair in OpenSSH encodings. `Debug` never shows the private key.
-#[derive(Clone)]
+/// A per-job ed25519 key pair in OpenSSH encodings. `Debug` never shows the private key (a
+/// [`Secret`], printed `<redacted>`).
+#[derive(Clone, Debug)]
 pub struct JobSshKey {
-    private_openssh: String,
+    private_openssh: Secret,
     public_openssh: String,
-}
-
-impl fmt::Debug for JobSshKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("JobSshKey")
-            .field("public", &self.public_openssh)
-            .field("private", &"<redacted>")
-            .finish()
-    }
 }
 
 impl JobSshKey {
@@ -147,7 +140,7 @@ impl JobSshKey {
             .to_openssh()
             .map_err(|e| RuntimeError::Ssh(format!("encoding the public key: {e}")))?;
         Ok(JobSshKey {
-            private_openssh,
+            private_openssh: Secret::new(private_openssh),
             public_openssh,
         })
     }
@@ -164,7 +157,7 @@ impl JobSshKey {
             ));
         }
         Ok(JobSshKey {
-            private_openssh: private.to_string(),
+            private_openssh: Secret::new(private),
             public_openssh: public.trim().to_string(),
         })
     }
@@ -176,7 +169,7 @@ impl JobSshKey {
 
     /// The private key in OpenSSH PEM form. Handle with care: never log it.
     pub fn private_openssh(&self) -> &str {
-        &self.private_openssh
+        self.private_openssh.expose()
     }
 }
 
@@ -220,7 +213,7 @@ impl SshFiles {
 
     /// The four files for `key`, with `client_config` as the ssh client configuration.
     pub fn with_client_config(key: &JobSshKey, client_config: String) -> SshFiles {
-        let mut private = key.private_openssh.clone();
+        let mut private = key.private_openssh().to_string();
         if !private.ends_with('\n') {
             private.push('\n');
         }

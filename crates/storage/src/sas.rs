@@ -4,9 +4,7 @@
 
 use std::fmt;
 
-use base64::Engine as _;
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
+use shipyard_batch_api::auth::SigningKey;
 use shipyard_batch_api::Secret;
 use time::OffsetDateTime;
 use url::Url;
@@ -259,28 +257,18 @@ pub fn account_sas_string_to_sign(account: &str, options: &SasOptions) -> String
 }
 
 /// An account name and its key, which signs SAS tokens. `Debug` hides the key.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct AccountKey {
     account: String,
-    key: Vec<u8>,
-}
-
-impl fmt::Debug for AccountKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AccountKey")
-            .field("account", &self.account)
-            .field("key", &"<redacted>")
-            .finish()
-    }
+    key: SigningKey,
 }
 
 impl AccountKey {
     /// Decodes the base64 account key of `account`.
     pub fn new(account: impl Into<String>, key: &Secret) -> Result<AccountKey> {
         let account = account.into();
-        let key = base64::engine::general_purpose::STANDARD
-            .decode(key.expose().trim())
-            .map_err(|_| StorageError::InvalidAccountKey {
+        let key =
+            SigningKey::from_base64(key.expose()).map_err(|_| StorageError::InvalidAccountKey {
                 account: account.clone(),
             })?;
         Ok(AccountKey { account, key })
@@ -291,19 +279,9 @@ impl AccountKey {
         &self.account
     }
 
-    fn sign(&self, string_to_sign: &str) -> String {
-        // HMAC-SHA256 accepts keys of any length, so this cannot fail.
-        let mut mac = match Hmac::<Sha256>::new_from_slice(&self.key) {
-            Ok(m) => m,
-            Err(_) => unreachable!("HMAC takes keys of any length"),
-        };
-        mac.update(string_to_sign.as_bytes());
-        base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
-    }
-
     /// A service SAS token for a container or blob.
     pub fn service_sas(&self, resource: SasResource<'_>, options: &SasOptions) -> SasToken {
-        let sig = self.sign(&service_sas_string_to_sign(
+        let sig = self.key.sign(&service_sas_string_to_sign(
             &self.account,
             resource,
             options,
@@ -329,7 +307,9 @@ impl AccountKey {
 
     /// An account SAS token for the blob service (all resource types).
     pub fn account_sas(&self, options: &SasOptions) -> SasToken {
-        let sig = self.sign(&account_sas_string_to_sign(&self.account, options));
+        let sig = self
+            .key
+            .sign(&account_sas_string_to_sign(&self.account, options));
         let mut q = url::form_urlencoded::Serializer::new(String::new());
         q.append_pair("sv", STORAGE_VERSION);
         q.append_pair("ss", "b");

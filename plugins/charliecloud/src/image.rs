@@ -1,6 +1,6 @@
 //! Where a task's image comes from, and the job preparation commands that put it on a node.
 
-use shipyard_runtime::shell::{quote, quote_expanding};
+use shipyard_runtime::shell::{file_name_safe, quote, quote_expanding};
 
 /// Where unpacked images live on a node (relative to `$AZ_BATCH_NODE_SHARED_DIR`).
 pub const IMAGE_DIR: &str = "shipyard/charliecloud";
@@ -77,22 +77,9 @@ pub fn unpacked_name(image: &str) -> String {
         hash ^= u64::from(b);
         hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
     }
-    let base: String = image
-        .chars()
-        .rev()
-        .take(80)
-        .collect::<Vec<_>>()
-        .into_iter()
-        .rev()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    format!("{base}-{hash:016x}")
+    let tail: Vec<char> = image.chars().rev().take(80).collect();
+    let tail: String = tail.into_iter().rev().collect();
+    format!("{}-{hash:016x}", file_name_safe(&tail))
 }
 
 /// `{ echo "shipyard: <message> on $(hostname)" >&2; exit <code>; }` with `message` made safe

@@ -31,10 +31,8 @@
 pub mod image;
 pub mod wrap;
 
-use shipyard_runtime::batch::{
-    self, JobPreparationTask, OnAllTasksComplete, ResourceFile, TaskAddParameter,
-};
-use shipyard_runtime::plan::plan_tasks;
+use shipyard_runtime::batch::{self, JobPreparationTask, ResourceFile, TaskAddParameter};
+use shipyard_runtime::plan::{plan_tasks, TaskContext};
 use shipyard_runtime::shell::bash_c;
 use shipyard_runtime::{
     mpi, validate, ContainerRuntime, Field, JobNeeds, JobPlan, JobSpec, MpiRuntime, MpiSpec,
@@ -71,16 +69,8 @@ fn unsupported(field: Field, reason: impl Into<String>) -> RuntimeError {
 }
 
 impl CharliecloudRuntime {
-    /// The `ch-run` executable on the nodes (default `ch-run` from `PATH`).
-    pub fn binary(mut self, path: impl Into<String>) -> Self {
-        self.binary = path.into();
-        self
-    }
-
-    /// Run tasks as the pool's administrator auto user (default: the non-admin one).
-    pub fn elevated(mut self, on: bool) -> Self {
-        self.elevated = on;
-        self
+    shipyard_runtime::host_program_builder! {
+        /// The `ch-run` executable on the nodes (default `ch-run` from `PATH`).
     }
 
     fn ch_run(&self, job: &JobSpec, task: &TaskSpec, join: bool) -> ChRun {
@@ -107,13 +97,8 @@ impl CharliecloudRuntime {
             ));
         }
         let env = job.environment(task);
-        let ctx = mpi::LaunchContext {
-            task: at,
-            ssh_port: None,
-            run_as_root: self.elevated,
-            user_env: &env,
-            infiniband: job.infiniband(task),
-        };
+        let ctx =
+            mpi::LaunchContext::new(at, &env, job.infiniband(task)).run_as_root(self.elevated);
         let ch = self.ch_run(job, task, true);
         let mut req = mpi::launch_request(m, task.command.as_deref().unwrap_or_default(), ctx)?
             .container(ch.container());
@@ -123,14 +108,8 @@ impl CharliecloudRuntime {
         mpi::render_sh(&req, at)
     }
 
-    fn plan_task(
-        &self,
-        job: &JobSpec,
-        task: &TaskSpec,
-        index: usize,
-        pool: &PoolFacts,
-    ) -> Result<TaskAddParameter, RuntimeError> {
-        let at = Field::job(&job.id).key("tasks").index(index);
+    fn plan_task(&self, cx: &TaskContext<'_>) -> Result<TaskAddParameter, RuntimeError> {
+        let (job, task, at) = (cx.job, cx.task, &cx.at);
         if !task.additional_docker_run_options.is_empty() {
             return Err(unsupported(
                 at.key("additional_docker_run_options"),
@@ -149,32 +128,19 @@ impl CharliecloudRuntime {
                 "GPU libraries must be injected into the image with ch-fromhost, which the plugin does not do yet",
             ));
         }
-        let mut t = batch::task_base(job, task, index, batch::pool_user(self.elevated), &at)?;
-        let mut script = vec![image::binary_guard(&self.binary), SET_USER.to_string()];
-        match &task.multi_instance {
-            None => {
-                let program =
-                    mpi::program_words(task.command.as_deref().unwrap_or("true"), "/bin/sh");
-                let line = self
-                    .ch_run(job, task, false)
-                    .container()
-                    .render_sh(&program[0], &program[1..])
-                    .map_err(|e| RuntimeError::invalid(at.key("command"), e.to_string()))?;
-                script.push(format!("exec {line}"));
-            }
-            Some(mi) => {
-                t.multi_instance_settings = Some(batch::host_multi_instance(
-                    mi,
-                    pool,
-                    &at,
-                    task.command.as_deref(),
-                    &mut script,
-                    |m| self.mpi_line(job, task, m, &at),
-                )?);
-            }
-        }
-        t.command_line = bash_c(&script.join("; "));
-        Ok(t)
+        let guards = vec![image::binary_guard(&self.binary), SET_USER.to_string()];
+        let plain_line = || {
+            let program = mpi::program_words(task.command.as_deref().unwrap_or("true"), "/bin/sh");
+            let line = self
+                .ch_run(job, task, false)
+                .container()
+                .render_sh(&program[0], &program[1..])
+                .map_err(|e| RuntimeError::invalid(at.key("command"), e.to_string()))?;
+            Ok(format!("exec {line}"))
+        };
+        cx.host_launched_task(batch::pool_user(self.elevated), guards, plain_line, |m| {
+            self.mpi_line(job, task, m, at)
+        })
     }
 
     /// The job preparation task: the `ch-run` check, every distinct image made ready, then the
@@ -182,7 +148,7 @@ impl CharliecloudRuntime {
     pub fn preparation_task(&self, job: &JobSpec) -> JobPreparationTask {
         let mut parts = vec!["set -e".to_string(), image::binary_guard(&self.binary)];
         let mut files = Vec::new();
-        for img in distinct_images(job) {
+        for img in job.images() {
             if let ImageSource::Tarball { remote: true, .. } = ImageSource::of(&img) {
                 files.push(ResourceFile {
                     http_url: Some(img.clone()),
@@ -205,16 +171,6 @@ impl CharliecloudRuntime {
     }
 }
 
-fn distinct_images(job: &JobSpec) -> Vec<String> {
-    let mut images: Vec<String> = Vec::new();
-    for t in &job.tasks {
-        if !images.contains(&t.image) {
-            images.push(t.image.clone());
-        }
-    }
-    images
-}
-
 impl ContainerRuntime for CharliecloudRuntime {
     fn name(&self) -> &str {
         NAME
@@ -234,26 +190,15 @@ impl ContainerRuntime for CharliecloudRuntime {
                 "Charliecloud runs on pools without Batch container support (non-native)",
             ));
         }
-        let tasks = plan_tasks(job, |i, t| self.plan_task(job, t, i, pool))?;
+        let tasks = plan_tasks(job, pool, |cx| self.plan_task(cx))?;
         tracing::debug!(job = %job.id, pool = %pool.pool_id, tasks = tasks.len(), "planned charliecloud job");
         Ok(JobPlan {
             runtime: NAME.into(),
-            pool: PoolNeeds {
-                enable_inter_node_communication: job
-                    .tasks
-                    .iter()
-                    .any(|t| t.multi_instance.is_some()),
-                images: distinct_images(job),
-                ..Default::default()
-            },
+            pool: PoolNeeds::for_job(job),
             job: JobNeeds {
                 job_preparation_task: Some(self.preparation_task(job)),
                 job_release_task: batch::job_release_task(job),
-                on_all_tasks_complete: job
-                    .auto_complete
-                    .then_some(OnAllTasksComplete::TerminateJob),
-                uses_task_dependencies: job.uses_task_dependencies(),
-                needs_ssh_key: false,
+                ..JobNeeds::for_job(job)
             },
             tasks,
         })

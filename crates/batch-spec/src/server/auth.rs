@@ -13,24 +13,14 @@ use sha2::Sha256;
 use super::{lock, AuthKind, Shared};
 use crate::schema::percent_decode;
 
-/// The fixed header lines of the string-to-sign, after the verb.
+/// The string-to-sign's lines before the canonicalized headers, as the Shared Key
+/// documentation lists them (see the spec README's "String-to-sign" line): the verb, then the
+/// values of these headers.
 ///
-/// Deliberately a second copy of the list in `shipyard-batch-api`'s signer (written from the
-/// Shared Key spec, not imported): the verifier recomputes signatures independently of any
-/// client code, so a wrong list on either side fails the tests instead of agreeing with itself.
-const FIXED_LINES: [&str; 11] = [
-    "content-encoding",
-    "content-language",
-    "content-length",
-    "content-md5",
-    "content-type",
-    "date",
-    "if-modified-since",
-    "if-match",
-    "if-none-match",
-    "if-unmodified-since",
-    "range",
-];
+/// Deliberately written here from the documentation, not imported from `shipyard-batch-api`'s
+/// signer: the verifier recomputes signatures independently of any client code, so a wrong
+/// list on either side fails the tests instead of agreeing with itself.
+const DOCUMENTED_LINES: &str = "VERB, Content-Encoding, Content-Language, Content-Length, Content-MD5, Content-Type, Date, If-Modified-Since, If-Match, If-None-Match, If-Unmodified-Since, Range";
 
 /// Maximum accepted clock skew of `ocp-date`.
 const MAX_SKEW: Duration = Duration::from_secs(15 * 60);
@@ -67,11 +57,15 @@ fn string_to_sign(
     content_length: &str,
 ) -> String {
     let mut lines: Vec<String> = vec![method.to_uppercase()];
-    for name in FIXED_LINES {
-        if name == "content-length" {
+    for name in DOCUMENTED_LINES.split(", ").skip(1) {
+        if name.eq_ignore_ascii_case("content-length") {
             lines.push(content_length.to_owned());
         } else {
-            lines.push(header(headers, name).unwrap_or("").to_owned());
+            lines.push(
+                header(headers, &name.to_ascii_lowercase())
+                    .unwrap_or("")
+                    .to_owned(),
+            );
         }
     }
     let mut out = lines.join("\n");
