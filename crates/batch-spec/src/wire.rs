@@ -8,6 +8,39 @@ use serde_json::{json, Map, Value};
 
 use crate::schema::percent_decode;
 
+/// A request after authentication and validation, as both servers hand it to their
+/// operations: the operation id, path parameters, query, headers and the parsed body.
+#[derive(Debug)]
+pub struct OpRequest<'a> {
+    /// The spec's operation id (`Task_List`, ...).
+    pub op: &'a str,
+    /// Path parameters, by name.
+    pub params: &'a [(String, String)],
+    /// The decoded query.
+    pub query: &'a Query,
+    /// The request headers.
+    pub headers: &'a hyper::HeaderMap,
+    /// The body, validated against the operation's definition.
+    pub body: Option<Value>,
+    /// Answer file GETs with the whole file, ignoring `ocp-range` (the test server's fault
+    /// injection; `false` everywhere else).
+    pub ignore_range: bool,
+}
+
+impl OpRequest<'_> {
+    /// The path parameter `name` (empty when absent).
+    pub fn param(&self, name: &str) -> &str {
+        path_param(self.params, name)
+    }
+
+    /// Whether `recursive=true` is in the query.
+    pub fn recursive(&self) -> bool {
+        self.query
+            .get("recursive")
+            .is_some_and(|v| v.eq_ignore_ascii_case("true"))
+    }
+}
+
 /// Decoded query parameters, in request order (`+` is a space).
 #[derive(Debug, Clone, Default)]
 pub struct Query(Vec<(String, String)>);

@@ -9,7 +9,9 @@ use hyper::{HeaderMap, Request, Response};
 use serde_json::Value;
 use shipyard_batch_spec::schema::{Spec, Violation};
 use shipyard_batch_spec::server::auth;
-use shipyard_batch_spec::server::http::{finish, read_body as read_limited, ReplyBody};
+use shipyard_batch_spec::server::http::{
+    finish, missing_api_version, read_body as read_limited, unsupported_api_version, ReplyBody,
+};
 pub(crate) use shipyard_batch_spec::server::http::{header_str, Reply};
 use shipyard_batch_spec::wire::Query;
 
@@ -60,27 +62,13 @@ async fn handle(ctx: &Ctx, req: Request<Incoming>) -> Response<ReplyBody> {
 /// api-version: missing or unknown versions are refused as the service refuses them.
 fn api_spec(query: &Query) -> Result<&'static Spec, Reply> {
     let Some(v) = query.get("api-version") else {
-        return Err(Reply::error(
-            400,
-            "MissingRequiredQueryParameter",
-            "A query parameter that's mandatory for this request is not specified.",
-            &[("QueryParameterName", "api-version".into())],
-        ));
+        return Err(missing_api_version());
     };
     match Spec::for_api_version(v) {
         Ok(Some(spec)) => Ok(spec),
-        Ok(None) => Err(Reply::error(
-            400,
-            "InvalidQueryParameterValue",
-            "Value for one of the query parameters specified in the request URI is invalid.",
-            &[
-                ("QueryParameterName", "api-version".into()),
-                ("QueryParameterValue", v.to_owned()),
-                (
-                    "Reason",
-                    "The specified api version is not supported; supported: 2024-07-01.20.0, 2025-06-01.21.0".into(),
-                ),
-            ],
+        Ok(None) => Err(unsupported_api_version(
+            v,
+            "The specified api version is not supported; supported: 2024-07-01.20.0, 2025-06-01.21.0",
         )),
         Err(e) => Err(Reply::error(500, "InternalError", &e.to_string(), &[])),
     }
@@ -310,6 +298,7 @@ async fn pipeline(
             query: &query,
             headers,
             body: parsed,
+            ignore_range: false,
         },
     )
     .await

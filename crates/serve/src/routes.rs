@@ -8,31 +8,13 @@ use shipyard_batch_api::models::{
     JobAddParameter, JobPatchParameter, JobTerminateParameter, PoolAddParameter,
     PoolPatchParameter, PoolResizeParameter, TaskAddCollectionParameter, TaskAddParameter,
 };
-use shipyard_batch_spec::wire::{parse_range, Paging, Query};
+use shipyard_batch_spec::wire::{parse_range, Paging};
 
 use crate::backend::{BackendError, FileContent};
 use crate::http::{header_str, Ctx, Reply};
 
 /// A validated request handed to an operation.
-pub(crate) struct Req<'a> {
-    pub op: &'a str,
-    pub params: &'a [(String, String)],
-    pub query: &'a Query,
-    pub headers: &'a hyper::HeaderMap,
-    pub body: Option<Value>,
-}
-
-impl Req<'_> {
-    fn param(&self, name: &str) -> &str {
-        shipyard_batch_spec::wire::path_param(self.params, name)
-    }
-
-    fn recursive(&self) -> bool {
-        self.query
-            .get("recursive")
-            .is_some_and(|v| v.eq_ignore_ascii_case("true"))
-    }
-}
+pub(crate) use shipyard_batch_spec::wire::OpRequest as Req;
 
 fn backend_error(e: &BackendError) -> Reply {
     let (message, values): (String, Vec<(&str, String)>) = match e {

@@ -133,6 +133,32 @@ impl Reply {
     }
 }
 
+/// The service's answer to a request without `api-version`: 400
+/// `MissingRequiredQueryParameter` naming the parameter.
+pub fn missing_api_version() -> Reply {
+    Reply::error(
+        400,
+        "MissingRequiredQueryParameter",
+        "A query parameter that's mandatory for this request is not specified.",
+        &[("QueryParameterName", "api-version".into())],
+    )
+}
+
+/// The service's answer to an `api-version` it does not support: 400
+/// `InvalidQueryParameterValue` with the value and `reason`.
+pub fn unsupported_api_version(value: &str, reason: &str) -> Reply {
+    Reply::error(
+        400,
+        "InvalidQueryParameterValue",
+        "Value for one of the query parameters specified in the request URI is invalid.",
+        &[
+            ("QueryParameterName", "api-version".into()),
+            ("QueryParameterValue", value.to_owned()),
+            ("Reason", reason.to_owned()),
+        ],
+    )
+}
+
 pub(crate) async fn serve(
     listener: tokio::net::TcpListener,
     shared: Arc<Shared>,
@@ -310,30 +336,14 @@ fn pipeline(
     let query = ops::Query::parse(raw_query);
     // api-version. Bodies are validated strictly whatever the accepted version.
     match query.get("api-version") {
-        None => {
-            return Reply::error(
-                400,
-                "MissingRequiredQueryParameter",
-                "A query parameter that's mandatory for this request is not specified.",
-                &[("QueryParameterName", "api-version".into())],
-            )
-        }
+        None => return missing_api_version(),
         Some(v)
             if v == shared.spec.api_version()
                 || shared.config.extra_api_versions.iter().any(|e| e == v) => {}
         Some(v) => {
-            return Reply::error(
-                400,
-                "InvalidQueryParameterValue",
-                "Value for one of the query parameters specified in the request URI is invalid.",
-                &[
-                    ("QueryParameterName", "api-version".into()),
-                    ("QueryParameterValue", v.to_owned()),
-                    (
-                        "Reason",
-                        format!("The supported api-version is {}", shared.spec.api_version()),
-                    ),
-                ],
+            return unsupported_api_version(
+                v,
+                &format!("The supported api-version is {}", shared.spec.api_version()),
             )
         }
     }

@@ -13,21 +13,7 @@ use super::{lock, Shared, TaskFailure};
 pub(crate) use crate::wire::Query;
 
 /// A validated request handed to an operation.
-pub(crate) struct Req<'a> {
-    pub op: &'a str,
-    pub params: &'a [(String, String)],
-    pub query: &'a Query,
-    pub headers: &'a hyper::HeaderMap,
-    pub body: Option<Value>,
-    /// Answer file GETs with the whole file, ignoring `ocp-range` (fault injection).
-    pub ignore_range: bool,
-}
-
-impl Req<'_> {
-    fn param(&self, name: &str) -> &str {
-        crate::wire::path_param(self.params, name)
-    }
-}
+pub(crate) use crate::wire::OpRequest as Req;
 
 fn not_found(kind: &str, id: &str) -> Reply {
     Reply::error(
