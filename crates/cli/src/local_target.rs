@@ -88,6 +88,18 @@ pub(crate) fn run(global: &GlobalArgs, config: &Config, args: &RunArgs) -> CliRe
     for job in &jobs {
         plans.push((job.spec.id.clone(), local_plan(config, job)?));
     }
+    // Host-MPI plans (singularity, charliecloud, ...) need nodes that are machines, not
+    // containers: the local engine's VM-like nodes run them.
+    if let Some((id, _)) = plans
+        .iter()
+        .find(|(_, p)| p.pool.container_configuration.is_none())
+    {
+        tracing::info!(
+            job = %id,
+            "the job's runtime plans a pool without container configuration: running on the local engine (VM-like nodes)"
+        );
+        return crate::engine_target::run(global, config, args);
+    }
     let rt = runtime()?;
     let opts = options(Some(config), args.tail).recreate(args.recreate);
     let quiet = global.quiet;
@@ -408,7 +420,8 @@ pub(crate) fn command(global: &GlobalArgs, command: Command) -> CliResult {
         Command::Jobs(JobsCommand::Del { .. }) | Command::Jobs(JobsCommand::Term { .. }) | Command::Jobs(JobsCommand::Cmi { .. }) | Command::Tasks(TasksCommand::Term { .. }) => Err(not_local(
             "jobs del/term/cmi and tasks term",
             "a local job lives in the `shipyard run` process: stop it with Ctrl-C there (everything is removed); \
-             `shipyard pool del` removes the leftovers of runs whose process died",
+             `shipyard pool del` removes the leftovers of runs whose process died; \
+             jobs run with `--engine` can be terminated with `shipyard --engine jobs term`",
         )),
         Command::Files(f) => files(&store, &f),
         Command::Run(_)
