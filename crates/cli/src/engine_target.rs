@@ -43,10 +43,11 @@ const START_WAIT: Duration = Duration::from_secs(20);
 const POOL_GONE_WAIT: Duration = Duration::from_secs(180);
 
 /// The programs VM-like nodes run (`shipyard-vm-node`), with the Debian package of each.
-pub const VM_NODE_PROGRAMS: [(&str, &str); 10] = [
+pub const VM_NODE_PROGRAMS: [(&str, &str); 11] = [
     ("ip", "iproute2"),
     ("nsenter", "util-linux"),
     ("unshare", "util-linux"),
+    ("setpriv", "util-linux"),
     ("mount", "mount"),
     ("umount", "mount"),
     ("kill", "procps"),
