@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use shipyard_batch_api::models::{JobState, PoolAddParameter};
+use shipyard_batch_api::models::{AllocationState, JobState, PoolAddParameter};
 use shipyard_batch_api::{BatchClient, SharedKeyCredential};
 use shipyard_serve::engine::EngineServer;
 use shipyard_serve::{ServeError, ServeOptions};
@@ -306,7 +306,7 @@ impl Drop for Session {
             return;
         };
         self.rt.block_on(async {
-            wait_for_active_jobs(&hosted.served.engine).await;
+            wait_for_active_work(&hosted.served.engine).await;
             // Only our own file: a later host may have replaced it.
             if read_endpoint(hosted.endpoint.parent().unwrap_or(Path::new(".")))
                 .is_some_and(|ep| ep.pid == std::process::id())
@@ -318,35 +318,46 @@ impl Drop for Session {
     }
 }
 
-/// Jobs of `engine` that still have tasks to run.
-fn active_jobs(engine: &shipyard_local::Engine) -> Vec<String> {
+/// Pools of `engine` still allocating nodes, and jobs that still have tasks to run.
+fn active_work(engine: &shipyard_local::Engine) -> Vec<String> {
+    let mut work: Vec<String> = engine
+        .list_pools()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|p| p.allocation_state == Some(AllocationState::Resizing))
+        .filter_map(|p| p.id.map(|id| format!("pool {id}")))
+        .collect();
     let Ok(jobs) = engine.list_jobs() else {
-        return Vec::new();
+        return work;
     };
-    jobs.into_iter()
-        .filter(|j| {
-            matches!(
-                j.state,
-                Some(JobState::Active) | Some(JobState::Terminating)
-            )
-        })
-        .filter_map(|j| {
-            let id = j.id?;
-            let counts = engine.task_counts(&id).ok()?;
-            (counts.task_counts.active + counts.task_counts.running > 0).then_some(id)
-        })
-        .collect()
+    work.extend(
+        jobs.into_iter()
+            .filter(|j| {
+                matches!(
+                    j.state,
+                    Some(JobState::Active) | Some(JobState::Terminating)
+                )
+            })
+            .filter_map(|j| {
+                let id = j.id?;
+                let counts = engine.task_counts(&id).ok()?;
+                (counts.task_counts.active + counts.task_counts.running > 0)
+                    .then(|| format!("job {id}"))
+            }),
+    );
+    work
 }
 
-/// The host process keeps serving while its engine runs jobs (others may have added them);
+/// The host process keeps serving while its engine allocates pools or runs jobs (others may
+/// have added them);
 /// Ctrl-C or SIGTERM stops waiting (the next engine fails that work with a reason).
-async fn wait_for_active_jobs(engine: &shipyard_local::Engine) {
-    let mut active = active_jobs(engine);
+async fn wait_for_active_work(engine: &shipyard_local::Engine) {
+    let mut active = active_work(engine);
     if active.is_empty() {
         return;
     }
     eprintln!(
-        "shipyard: this process hosts the local engine; waiting for job(s) {} to finish (Ctrl-C abandons them)",
+        "shipyard: this process hosts the local engine; waiting for {} (Ctrl-C abandons the work)",
         active.join(", ")
     );
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
@@ -356,7 +367,7 @@ async fn wait_for_active_jobs(engine: &shipyard_local::Engine) {
             _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => return,
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
         }
-        active = active_jobs(engine);
+        active = active_work(engine);
     }
 }
 
