@@ -480,3 +480,67 @@ pub(crate) fn command(global: &GlobalArgs, command: Command) -> CliResult {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shipyard_batch_api::models::{ContainerConfiguration, VirtualMachineConfiguration};
+
+    #[test]
+    fn the_endpoint_file_is_private_and_read_back() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ep = Endpoint {
+            url: "http://127.0.0.1:1".into(),
+            pid: 4242,
+            account: ACCOUNT.into(),
+            key: "c2VjcmV0".into(),
+        };
+        let path = write_endpoint(dir.path(), &ep).expect("write");
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(&path).expect("stat").permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o600);
+        let back = read_endpoint(dir.path()).expect("read back");
+        assert_eq!((back.url.as_str(), back.pid), ("http://127.0.0.1:1", 4242));
+        assert_eq!(back.key, "c2VjcmV0");
+        // rewriting replaces it (a new host), no temporary file stays
+        write_endpoint(dir.path(), &ep).expect("rewrite");
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .expect("ls")
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from(ENDPOINT_FILE)]);
+        // garbage is ignored, not trusted
+        std::fs::write(&path, "{not json").expect("garbage");
+        assert!(read_endpoint(dir.path()).is_none());
+    }
+
+    #[test]
+    fn only_live_pids_count() {
+        assert!(pid_alive(std::process::id()));
+        assert!(!pid_alive(0));
+        assert!(!pid_alive(u32::MAX));
+    }
+
+    #[test]
+    fn pools_without_container_configuration_are_vm_like() {
+        let mut p = PoolAddParameter {
+            id: "p".into(),
+            ..Default::default()
+        };
+        assert!(is_vm_like(&p));
+        p.virtual_machine_configuration = Some(VirtualMachineConfiguration {
+            container_configuration: Some(ContainerConfiguration::default()),
+            ..Default::default()
+        });
+        assert!(!is_vm_like(&p));
+    }
+
+    #[test]
+    fn the_state_dir_sits_beside_serves() {
+        let serve = crate::serve::default_state_dir();
+        assert_eq!(state_dir().parent(), serve.parent());
+        assert_eq!(state_dir().file_name(), Some(std::ffi::OsStr::new("engine")));
+    }
+}
