@@ -145,6 +145,21 @@ impl Scratch {
         c
     }
 
+    /// `pool list` on the engine does not show `pool`.
+    fn assert_pool_gone(&self, pool: &str) {
+        let list = self
+            .cli()
+            .args(["--engine", "-o", "json", "pool", "list"])
+            .output()
+            .expect("pool list");
+        assert!(list.status.success(), "{}", show(&list));
+        assert!(
+            !String::from_utf8_lossy(&list.stdout).contains(pool),
+            "{}",
+            show(&list)
+        );
+    }
+
     fn write(&self, name: &str, text: &str) -> PathBuf {
         let p = self.path().join(name);
         std::fs::write(&p, text).expect("write config");
@@ -305,17 +320,7 @@ executable_path = "{launcher}"
         !s.state().join("engine/endpoint.json").exists(),
         "endpoint file left"
     );
-    let list = s
-        .cli()
-        .args(["--engine", "-o", "json", "pool", "list"])
-        .output()
-        .expect("pool list");
-    assert!(list.status.success(), "{}", show(&list));
-    assert!(
-        !String::from_utf8_lossy(&list.stdout).contains(&pool),
-        "{}",
-        show(&list)
-    );
+    s.assert_pool_gone(&pool);
 }
 
 #[test]
@@ -528,15 +533,5 @@ fn pool_add_persists_across_invocations_and_pool_del_removes_its_containers() {
         pool_containers(&pool).is_empty(),
         "containers left after pool del"
     );
-    let list = s
-        .cli()
-        .args(["--engine", "-o", "json", "pool", "list"])
-        .output()
-        .expect("pool list");
-    assert!(list.status.success(), "{}", show(&list));
-    assert!(
-        !String::from_utf8_lossy(&list.stdout).contains(&pool),
-        "{}",
-        show(&list)
-    );
+    s.assert_pool_gone(&pool);
 }
