@@ -19,6 +19,7 @@ use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use futures::TryStreamExt as _;
 use serde::{Deserialize, Serialize};
 use shipyard_batch_api::models::{AllocationState, JobState, PoolAddParameter};
 use shipyard_batch_api::{BatchClient, SharedKeyCredential};
@@ -285,6 +286,29 @@ impl Session {
         })
     }
 
+    /// Active jobs on `pool` other than `ours`.
+    fn other_active_jobs(&self, pool: &str, ours: &[String]) -> Vec<String> {
+        let jobs: Vec<_> = match self.rt.block_on(
+            self.client
+                .list_jobs(&shipyard_batch_api::ListOptions::default())
+                .try_collect(),
+        ) {
+            Ok(j) => j,
+            Err(e) => {
+                tracing::warn!(error = %e, "listing jobs");
+                return Vec::new();
+            }
+        };
+        jobs.into_iter()
+            .filter(|j: &shipyard_batch_api::models::CloudJob| {
+                j.state == Some(JobState::Active)
+                    && j.pool_info.as_ref().and_then(|p| p.pool_id.as_deref()) == Some(pool)
+            })
+            .filter_map(|j| j.id)
+            .filter(|id| !ours.contains(id))
+            .collect()
+    }
+
     /// Says which of `jobs` were terminated by someone else (e.g. `jobs term`).
     fn report_terminated(&self, jobs: &[String]) {
         for id in jobs {
@@ -426,9 +450,39 @@ fn check_vm_like(pool: &PoolAddParameter) -> CliResult {
     }
 }
 
+/// The id prefix of the pool a run without `[pool_specification]` gets on the engine
+/// (`local-engine-<pid>`).
+pub const DEFAULT_POOL_ID: &str = "local-engine";
+
+/// `config`, with a pool of VM-like nodes sized for the selected jobs (one node per instance of
+/// the largest multi-instance task) when it names none.
+fn with_pool<'a>(config: &'a Config, args: &RunArgs) -> CliResult<std::borrow::Cow<'a, Config>> {
+    if config.pool.is_some() {
+        return Ok(std::borrow::Cow::Borrowed(config));
+    }
+    let nodes = crate::submission::selected_jobs(config, args.job.as_deref())?
+        .iter()
+        .map(|j| shipyard_local::convert::pool_facts(&j.spec).node_count)
+        .max()
+        .unwrap_or(1);
+    let id = format!("{DEFAULT_POOL_ID}-{}", std::process::id());
+    let spec: shipyard_runtime::PoolSpec = toml::from_str(&format!(
+        "id = \"{id}\"\nvm_count = {nodes}\n\
+         [vm_configuration.platform_image]\npublisher = \"local\"\noffer = \"local\"\n\
+         sku = \"local\"\nnode_agent_sku_id = \"batch.node.debian 12\"\n"
+    ))
+    .map_err(|e| failed(anyhow::anyhow!("internal: the default local pool: {e}")))?;
+    tracing::info!(pool = %id, nodes, "no [pool_specification]: the run gets a pool of VM-like nodes");
+    let mut owned = config.clone();
+    owned.pool = Some((spec, 0));
+    Ok(std::borrow::Cow::Owned(owned))
+}
+
 /// `run` on the local engine: the `--target azure` run through the engine's client. A pool the
-/// run created is deleted when it ends.
+/// run created is deleted when it ends. Without `[pool_specification]` the run gets a pool of
+/// VM-like nodes ([`DEFAULT_POOL_ID`]).
 pub(crate) fn run(global: &GlobalArgs, config: &Config, args: &RunArgs) -> CliResult {
+    let config = &*with_pool(config, args)?;
     let pool_id = config.pool()?.id.clone();
     let submission = crate::submission::submission(config, args.job.as_deref(), true, false)?;
     if let Some(p) = &submission.pool {
@@ -448,9 +502,14 @@ pub(crate) fn run(global: &GlobalArgs, config: &Config, args: &RunArgs) -> CliRe
         session.report_terminated(&jobs);
     }
     if !existed {
-        tracing::info!(pool = %pool_id, "deleting the pool this run created");
-        if let Err(e) = session.pool_gone(&pool_id, true) {
-            crate::report(&e);
+        let others = session.other_active_jobs(&pool_id, &jobs);
+        if others.is_empty() {
+            tracing::info!(pool = %pool_id, "deleting the pool this run created");
+            if let Err(e) = session.pool_gone(&pool_id, true) {
+                crate::report(&e);
+            }
+        } else {
+            tracing::info!(pool = %pool_id, jobs = ?others, "keeping the pool this run created: other jobs use it");
         }
     }
     result
@@ -541,6 +600,9 @@ mod tests {
     fn the_state_dir_sits_beside_serves() {
         let serve = crate::serve::default_state_dir();
         assert_eq!(state_dir().parent(), serve.parent());
-        assert_eq!(state_dir().file_name(), Some(std::ffi::OsStr::new("engine")));
+        assert_eq!(
+            state_dir().file_name(),
+            Some(std::ffi::OsStr::new("engine"))
+        );
     }
 }
