@@ -596,6 +596,82 @@ mod tests {
         assert!(!is_vm_like(&p));
     }
 
+    fn load(dir: &Path, text: &str) -> Config {
+        let p = dir.join("c.toml");
+        std::fs::write(&p, text).expect("write config");
+        Config::load(&[p]).expect("config")
+    }
+
+    fn run_args() -> RunArgs {
+        RunArgs {
+            configs: vec![],
+            job: None,
+            tail: false,
+            timeout: None,
+            recreate: false,
+        }
+    }
+
+    const JOB: &str = r#"
+[[job_specifications]]
+id = "j"
+runtime = "RUNTIME"
+[[job_specifications.tasks]]
+id = "t"
+image = "docker://shipyard/mpi:bookworm"
+command = "hostname"
+[job_specifications.tasks.multi_instance]
+num_instances = 3
+[job_specifications.tasks.multi_instance.mpi]
+runtime = "mpich"
+executable_path = "/usr/bin/mpiexec.mpich"
+"#;
+
+    #[test]
+    fn a_run_without_a_pool_gets_vm_like_nodes_for_its_largest_task() {
+        crate::link_runtimes();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = load(dir.path(), &JOB.replace("RUNTIME", "singularity"));
+        let with = with_pool(&config, &run_args()).expect("pool");
+        let pool = with.pool().expect("a pool");
+        assert_eq!(pool.id, format!("{DEFAULT_POOL_ID}-{}", std::process::id()));
+        assert_eq!(pool.vm_count.total(), 3);
+        let submission =
+            crate::submission::submission(&with, None, true, false).expect("submission");
+        assert!(is_vm_like(submission.pool.as_ref().expect("pool add")));
+        // a configured pool is kept as it is
+        let configured = load(
+            dir.path(),
+            &format!(
+                "[pool_specification]\nid = \"mine\"\nvm_count = 5\n{}",
+                JOB.replace("RUNTIME", "docker")
+            ),
+        );
+        assert_eq!(
+            with_pool(&configured, &run_args())
+                .expect("pool")
+                .pool()
+                .expect("pool")
+                .id,
+            "mine"
+        );
+    }
+
+    #[test]
+    fn host_mpi_runtimes_route_to_the_engine_and_docker_does_not() {
+        crate::link_runtimes();
+        let dir = tempfile::tempdir().expect("tempdir");
+        for (runtime, engine) in [("singularity", true), ("docker", false)] {
+            let config = load(dir.path(), &JOB.replace("RUNTIME", runtime));
+            let job = config.job(None).expect("job");
+            assert_eq!(
+                crate::local_target::needs_engine(&config, job).expect("plans"),
+                engine,
+                "{runtime}"
+            );
+        }
+    }
+
     #[test]
     fn the_state_dir_sits_beside_serves() {
         let serve = crate::serve::default_state_dir();
