@@ -86,7 +86,7 @@ pub struct GlobalArgs {
     /// shipyard process hosts the engine on loopback and later ones connect to it. Without the
     /// flag, `run` still uses the engine for jobs whose runtime needs a pool without container
     /// configuration (singularity, plugin runtimes such as charliecloud: VM-like nodes).
-    #[arg(long, global = true, env = "SHIPYARD_LOCAL_ENGINE")]
+    #[arg(long, global = true, env = "SHIPYARD_LOCAL_ENGINE", value_parser = clap::builder::BoolishValueParser::new())]
     pub engine: bool,
     /// Print the REST request bodies that would be sent to Azure Batch; send nothing.
     #[arg(long, global = true)]

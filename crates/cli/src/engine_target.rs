@@ -673,6 +673,18 @@ executable_path = "/usr/bin/mpiexec.mpich"
     }
 
     #[test]
+    fn engine_is_a_global_flag() {
+        use clap::Parser as _;
+        let cli = crate::args::Cli::try_parse_from(["shipyard", "pool", "list", "--engine"])
+            .expect("parses");
+        assert!(cli.global.engine);
+        assert!(
+            crate::args::Cli::try_parse_from(["shipyard", "--engine=no", "pool", "list"])
+                .is_ok_and(|c| !c.global.engine)
+        );
+    }
+
+    #[test]
     fn the_state_dir_sits_beside_serves() {
         let serve = crate::serve::default_state_dir();
         assert_eq!(state_dir().parent(), serve.parent());
