@@ -231,3 +231,111 @@ fn private_registry_login_pull_and_logout() -> Result<()> {
     let _ = docker(&config, &["image", "rm", "-f", &image], None);
     Ok(())
 }
+
+/// The local backend pulls a task image it lacks with the login of its registry
+/// (`credentials.docker_registry`): the test image, pushed to the real registry under a new
+/// name, runs a task after the pull; a wrong password fails the run naming image, registry and
+/// user, and never shows the password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_runs_pull_task_images_with_the_registry_login() -> Result<()> {
+    use shipyard_local::{LocalBackend, LocalError, LocalJob, LocalOptions, LocalTask};
+    if !shipyard_e2e::require_test_image()
+        || !shipyard_e2e::require_program("docker-registry", "Debian's docker-registry package")
+        || !shipyard_e2e::require_program("perl", "perl (bcrypt for htpasswd)")
+    {
+        return Ok(());
+    }
+    let tmp = tempfile::tempdir()?;
+    let config = tmp.path().join("docker-config");
+    std::fs::create_dir_all(&config)?;
+    let password = format!("pw-{}-local-not-real", std::process::id());
+    let port = free_port()?;
+    let _registry = start_registry(tmp.path(), port, &password)?;
+    let server = format!("127.0.0.1:{port}");
+    let image = format!("{server}/shipyard-test/mpi:local-{}", std::process::id());
+    let out = docker(&config, &["tag", shipyard_e2e::TEST_IMAGE, &image], None)?;
+    assert!(
+        out.status.success(),
+        "tag: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = docker(
+        &config,
+        &["login", "--username", USER, "--password-stdin", &server],
+        Some(&password),
+    )?;
+    assert!(
+        out.status.success(),
+        "login: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pushed = Instant::now();
+    let out = docker(&config, &["push", "-q", &image], None)?;
+    assert!(
+        out.status.success(),
+        "push: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!(
+        "pushed the test image in {:.1}s",
+        pushed.elapsed().as_secs_f64()
+    );
+    docker(&config, &["logout", &server], None)?;
+    let remove = || docker(&config, &["image", "rm", "-f", &image], None);
+    let out = remove()?;
+    assert!(
+        out.status.success(),
+        "rm: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let job = |id: &str| LocalJob {
+        id: id.into(),
+        tasks: vec![LocalTask::new(
+            "pulled",
+            image.clone(),
+            "/bin/sh -c 'echo ran-from-the-private-registry'",
+        )],
+        uses_task_dependencies: false,
+        on_all_tasks_complete: shipyard_local::OnAllTasksComplete::TerminateJob,
+        on_task_failure: Default::default(),
+        max_parallel_tasks: None,
+    };
+    let backend = |pw: &str| {
+        LocalBackend::connect(
+            LocalOptions::default()
+                .state_dir(tmp.path().join("state"))
+                .label("shipyard.test", "1")
+                .registry_login(RegistryLogin {
+                    server: server.clone(),
+                    username: USER.into(),
+                    password: pw.into(),
+                }),
+        )
+    };
+    let id = format!("reg-local-{}", std::process::id());
+
+    // wrong password: no pull, an error naming image, registry and user, not the password
+    let err = backend("wrong-password")
+        .await?
+        .run_spec(job(&format!("{id}-bad")), None)
+        .await
+        .expect_err("pulled with a wrong password");
+    let msg = err.to_string();
+    assert!(matches!(err, LocalError::ImagePull { .. }), "{msg}");
+    for part in [image.as_str(), server.as_str(), USER] {
+        assert!(msg.contains(part), "{part} missing from: {msg}");
+    }
+    assert!(!msg.contains("wrong-password"), "{msg}");
+
+    // right password: pulled, and the task runs in it
+    let outcome = backend(&password).await?.run_spec(job(&id), None).await?;
+    let task = outcome.task("pulled").context("task record")?;
+    let stdout = std::fs::read_to_string(task.task_dir.join("stdout.txt"))?;
+    assert_eq!(task.exit_code, Some(0), "{:?}", task.failure);
+    assert_eq!(stdout.trim(), "ran-from-the-private-registry");
+    let out = docker(&config, &["image", "inspect", &image], None)?;
+    assert!(out.status.success(), "image not present after the run");
+    let _ = remove();
+    Ok(())
+}

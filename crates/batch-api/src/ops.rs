@@ -11,9 +11,10 @@ use tokio::io::{AsyncSeekExt as _, AsyncWriteExt as _};
 use crate::client::{header_str, BatchClient};
 use crate::error::{BatchError, Result};
 use crate::models::{
-    CloudJob, CloudPool, CloudTask, CloudTaskListSubtasksResult, ComputeNode, JobAddParameter,
-    JobPatchParameter, JobPreparationAndReleaseTaskExecutionInformation, NodeFile,
-    PoolAddParameter, PoolResizeParameter, SubtaskInformation, TaskAddParameter,
+    CloudJob, CloudPool, CloudTask, CloudTaskListSubtasksResult, ComputeNode,
+    ComputeNodeGetRemoteLoginSettingsResult, ComputeNodeUser, JobAddParameter, JobPatchParameter,
+    JobPreparationAndReleaseTaskExecutionInformation, NodeFile, PoolAddParameter,
+    PoolResizeParameter, SubtaskInformation, TaskAddParameter,
 };
 use crate::request::{self, ListOptions, Request};
 
@@ -151,6 +152,33 @@ impl BatchClient {
         options: &ListOptions,
     ) -> BoxStream<'static, Result<ComputeNode>> {
         self.list(request::list_nodes(pool_id, options))
+    }
+
+    /// `ComputeNode_Get`.
+    pub async fn get_node(&self, pool_id: &str, node_id: &str) -> Result<ComputeNode> {
+        self.get_json(request::get_node(pool_id, node_id)).await
+    }
+
+    /// `ComputeNode_AddUser` (201). An action: retried only when the service provably did not
+    /// act on it; a user of that name on the node is answered 409 `NodeUserExists`.
+    pub async fn add_node_user(
+        &self,
+        pool_id: &str,
+        node_id: &str,
+        user: &ComputeNodeUser,
+    ) -> Result<()> {
+        self.no_content(request::add_node_user(pool_id, node_id, user))
+            .await
+    }
+
+    /// `ComputeNode_GetRemoteLoginSettings`: where to ssh to reach the node.
+    pub async fn get_remote_login_settings(
+        &self,
+        pool_id: &str,
+        node_id: &str,
+    ) -> Result<ComputeNodeGetRemoteLoginSettingsResult> {
+        self.get_json(request::get_remote_login_settings(pool_id, node_id))
+            .await
     }
 
     // ------------------------------------------------------------------ jobs

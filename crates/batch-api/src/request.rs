@@ -36,7 +36,7 @@ use serde_json::Value;
 
 use crate::error::BatchError;
 use crate::models::{
-    JobAddParameter, JobPatchParameter, JobTerminateParameter, PoolAddParameter,
+    ComputeNodeUser, JobAddParameter, JobPatchParameter, JobTerminateParameter, PoolAddParameter,
     PoolResizeParameter, TaskAddParameter, API_VERSION,
 };
 
@@ -333,6 +333,36 @@ pub fn list_nodes(pool_id: &str, options: &ListOptions) -> Request {
         &["pools", pool_id, "nodes"],
     )
     .with_list_options(options)
+}
+
+/// `ComputeNode_Get`: `GET /pools/{poolId}/nodes/{nodeId}`.
+pub fn get_node(pool_id: &str, node_id: &str) -> Request {
+    Request::new(
+        "ComputeNode_Get",
+        Method::Get,
+        &["pools", pool_id, "nodes", node_id],
+    )
+}
+
+/// `ComputeNode_AddUser`: `POST /pools/{poolId}/nodes/{nodeId}/users` with a
+/// `ComputeNodeUser` (a name, and for SSH access its `sshPublicKey`).
+pub fn add_node_user(pool_id: &str, node_id: &str, user: &ComputeNodeUser) -> Request {
+    Request::new(
+        "ComputeNode_AddUser",
+        Method::Post,
+        &["pools", pool_id, "nodes", node_id, "users"],
+    )
+    .with_body("ComputeNodeUser", user)
+}
+
+/// `ComputeNode_GetRemoteLoginSettings`: `GET /pools/{poolId}/nodes/{nodeId}/remoteloginsettings`
+/// (the address and port to ssh to).
+pub fn get_remote_login_settings(pool_id: &str, node_id: &str) -> Request {
+    Request::new(
+        "ComputeNode_GetRemoteLoginSettings",
+        Method::Get,
+        &["pools", pool_id, "nodes", node_id, "remoteloginsettings"],
+    )
 }
 
 // ----------------------------------------------------------------------- jobs

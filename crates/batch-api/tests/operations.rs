@@ -373,3 +373,88 @@ async fn task_dependencies_need_the_job_flag() {
         Some(vec!["a".to_owned()])
     );
 }
+
+#[tokio::test]
+async fn node_get_add_user_and_remote_login_settings() {
+    use shipyard_batch_api::models::ComputeNodeUser;
+    let server = server().await;
+    let c = client(&server);
+    c.add_pool(&pool("p", 2)).await.expect("add pool");
+    let ids = server.node_ids("p");
+    let node = c.get_node("p", &ids[1]).await.expect("get node");
+    assert_eq!(node.id.as_deref(), Some(ids[1].as_str()));
+    let user = ComputeNodeUser {
+        name: "alice".into(),
+        is_admin: Some(true),
+        expiry_time: Some("2030-01-01T00:00:00Z".into()),
+        ssh_public_key: Some("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPnFxHrj1cqzd7EV3lOqMzYmF2WcwxlFXqnXxUMECbGi alice@host".into()),
+        ..Default::default()
+    };
+    c.add_node_user("p", &ids[1], &user)
+        .await
+        .expect("add user");
+    // A second account of that name is refused, as on the service.
+    let err = c
+        .add_node_user("p", &ids[1], &user)
+        .await
+        .expect_err("duplicate user");
+    assert_eq!(err.code(), Some("NodeUserExists"), "{err}");
+    // A private key where the public key belongs is refused by the strict server.
+    let bad = ComputeNodeUser {
+        name: "bob".into(),
+        ssh_public_key: Some("-----BEGIN OPENSSH PRIVATE KEY-----".into()),
+        ..Default::default()
+    };
+    let err = c
+        .add_node_user("p", &ids[1], &bad)
+        .await
+        .expect_err("not a public key");
+    assert_eq!(err.code(), Some("InvalidPropertyValue"), "{err}");
+    // Neither a key nor a password: nothing to log in with.
+    let keyless = ComputeNodeUser {
+        name: "carol".into(),
+        ..Default::default()
+    };
+    let err = c
+        .add_node_user("p", &ids[1], &keyless)
+        .await
+        .expect_err("no credential");
+    assert_eq!(err.code(), Some("InvalidPropertyValue"), "{err}");
+    // A node still starting takes no user.
+    assert!(server.set_node_state("p", &ids[0], "starting"));
+    let err = c
+        .add_node_user("p", &ids[0], &user)
+        .await
+        .expect_err("node not ready");
+    assert_eq!(err.code(), Some("NodeNotReady"), "{err}");
+    let login = c
+        .get_remote_login_settings("p", &ids[1])
+        .await
+        .expect("remote login settings");
+    assert_eq!(login.remote_login_ip_address, "127.0.0.1");
+    assert_eq!(login.remote_login_port, 50001);
+    let missing = c
+        .get_remote_login_settings("p", "nope")
+        .await
+        .expect_err("unknown node");
+    assert!(missing.is_not_found(), "{missing}");
+    let ops: Vec<(String, u16)> = server
+        .requests()
+        .into_iter()
+        .filter_map(|r| Some((r.operation?, r.status)))
+        .filter(|(o, _)| o.starts_with("ComputeNode_"))
+        .collect();
+    assert_eq!(
+        ops,
+        [
+            ("ComputeNode_Get".to_string(), 200),
+            ("ComputeNode_AddUser".to_string(), 201),
+            ("ComputeNode_AddUser".to_string(), 409),
+            ("ComputeNode_AddUser".to_string(), 400),
+            ("ComputeNode_AddUser".to_string(), 400),
+            ("ComputeNode_AddUser".to_string(), 409),
+            ("ComputeNode_GetRemoteLoginSettings".to_string(), 200),
+            ("ComputeNode_GetRemoteLoginSettings".to_string(), 404),
+        ]
+    );
+}

@@ -4,8 +4,8 @@
 
 use serde_json::{json, Value};
 use shipyard_batch_api::models::{
-    JobAddParameter, JobPatchParameter, OnAllTasksComplete, PoolAddParameter, PoolResizeParameter,
-    TaskAddParameter,
+    ComputeNodeUser, JobAddParameter, JobPatchParameter, OnAllTasksComplete, PoolAddParameter,
+    PoolResizeParameter, TaskAddParameter,
 };
 use shipyard_batch_api::request::{self, Method, Request};
 use shipyard_batch_api::{
@@ -24,6 +24,11 @@ fn every_constructor_names_its_operation_method_path_and_definition() {
     let task = TaskAddParameter::new("t1", "true");
     let resize = PoolResizeParameter::default();
     let patch = JobPatchParameter::default();
+    let user = ComputeNodeUser {
+        name: "me".into(),
+        ssh_public_key: Some("ssh-ed25519 AAAA me@host".into()),
+        ..Default::default()
+    };
     let cases: Vec<(Request, &str, Method, &str, Option<&str>)> = vec![
         (
             request::add_pool(&pool),
@@ -72,6 +77,27 @@ fn every_constructor_names_its_operation_method_path_and_definition() {
             "ComputeNode_List",
             Method::Get,
             "/pools/p1/nodes",
+            None,
+        ),
+        (
+            request::get_node("p1", "n1"),
+            "ComputeNode_Get",
+            Method::Get,
+            "/pools/p1/nodes/n1",
+            None,
+        ),
+        (
+            request::add_node_user("p1", "n1", &user),
+            "ComputeNode_AddUser",
+            Method::Post,
+            "/pools/p1/nodes/n1/users",
+            Some("ComputeNodeUser"),
+        ),
+        (
+            request::get_remote_login_settings("p1", "n1"),
+            "ComputeNode_GetRemoteLoginSettings",
+            Method::Get,
+            "/pools/p1/nodes/n1/remoteloginsettings",
             None,
         ),
         (

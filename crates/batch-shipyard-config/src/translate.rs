@@ -10,6 +10,9 @@ use crate::semantics;
 use crate::source::SourceFile;
 use crate::yaml::{Node, Value};
 
+#[path = "translate_extra.rs"]
+mod extra;
+
 /// Options of a translation.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct TranslateOptions {
@@ -30,8 +33,8 @@ pub struct Translation {
     pub spans: BTreeMap<String, Location>,
     /// Keys ignored or changed, each with its YAML location.
     pub warnings: Vec<Warning>,
-    /// TOML field paths (indices as `[]`) the translator wrote that shipyard's TOML loader does
-    /// not know yet (phase 2 of issue 11), sorted.
+    /// Always empty: every key Batch Shipyard documents is now mapped onto shipyard's domain,
+    /// warned about or refused. Kept so that callers listing it still compile.
     pub phase2_keys: Vec<String>,
 }
 
@@ -57,12 +60,37 @@ impl Translation {
 struct JobState {
     runtime: Option<(String, String)>,
     default_working_dir: Option<(String, Node)>,
+    /// The job's `data_volumes` names (each task gets them).
+    data_volumes: Vec<(String, Node)>,
+    /// `user_identity.specific_user` (uid, gid) and where it was given.
+    specific_user: Option<(i64, i64, Node)>,
+    /// Each task's own `data_volumes`, by its TOML path.
+    task_volumes: Vec<(String, Vec<(String, Node)>)>,
 }
 
 #[derive(Default)]
 struct TaskState {
     extra_docker_options: Vec<(String, String)>,
     singularity: bool,
+    data_volumes: Vec<(String, Node)>,
+}
+
+/// `global_resources.volumes.data_volumes.<name>`.
+#[derive(Debug, Clone, Default)]
+struct DataVolume {
+    host_path: Option<String>,
+    container_path: String,
+    bind_options: Option<String>,
+}
+
+/// What one file says that another file's translation needs (config.yaml's volumes and images,
+/// credentials.yaml's registries, jobs.yaml's images).
+#[derive(Default)]
+struct Shared {
+    registry_logins: std::collections::BTreeSet<String>,
+    data_volumes: BTreeMap<String, DataVolume>,
+    listed_images: Vec<(String, Location, String)>,
+    used_images: std::collections::BTreeSet<String>,
 }
 
 pub(crate) struct Ctx<'a> {
@@ -71,7 +99,7 @@ pub(crate) struct Ctx<'a> {
     opts: TranslateOptions,
     spans: BTreeMap<String, Location>,
     warnings: Vec<Warning>,
-    phase2: std::collections::BTreeSet<String>,
+    shared: Shared,
     job: JobState,
     task: TaskState,
 }
@@ -82,23 +110,6 @@ fn join(parent: &str, key: &str) -> String {
     } else {
         format!("{parent}.{key}")
     }
-}
-
-fn generic(path: &str) -> String {
-    let mut out = String::with_capacity(path.len());
-    let mut in_index = false;
-    for c in path.chars() {
-        match c {
-            '[' => {
-                in_index = true;
-                out.push_str("[]");
-            }
-            ']' => in_index = false,
-            _ if in_index => {}
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 const SECRET_ENV: &[(&str, &str)] = &[
@@ -120,7 +131,7 @@ impl<'a> Ctx<'a> {
             opts,
             spans: BTreeMap::new(),
             warnings: Vec::new(),
-            phase2: Default::default(),
+            shared: Shared::default(),
             job: JobState::default(),
             task: TaskState::default(),
         }
@@ -160,16 +171,26 @@ impl<'a> Ctx<'a> {
         }
     }
 
-    fn mark_phase2(&mut self, tpath: &str) {
-        self.phase2.insert(generic(tpath));
-    }
-
-    pub(crate) fn finish(self, document: toml_edit::DocumentMut) -> Translation {
+    pub(crate) fn finish(mut self, document: toml_edit::DocumentMut) -> Translation {
+        for (image, location, field) in std::mem::take(&mut self.shared.listed_images) {
+            if self.shared.used_images.contains(&image) {
+                continue;
+            }
+            let message = format!(
+                "image `{image}` is not pulled: no task uses it (shipyard's job preparation pulls the images of the job's tasks, nothing is preloaded)"
+            );
+            tracing::warn!(%location, field, "{message}");
+            self.warnings.push(Warning {
+                location,
+                field,
+                message,
+            });
+        }
         Translation {
             document,
             spans: self.spans,
             warnings: self.warnings,
-            phase2_keys: self.phase2.into_iter().collect(),
+            phase2_keys: Vec::new(),
         }
     }
 
@@ -257,10 +278,6 @@ impl<'a> Ctx<'a> {
                 field: yfield,
                 reason: reason.to_string(),
             }),
-            Some(Disposition::Phase2) => {
-                self.mark_phase2(&join(tpath, key));
-                self.copy(&p, &yfield, key, v, t, tpath)
-            }
             Some(Disposition::Same) => self.copy(&p, &yfield, key, v, t, tpath),
             Some(Disposition::Special) | None => self.special(&p, &yfield, key, k, v, t, tpath),
         }
@@ -605,6 +622,30 @@ impl<'a> Ctx<'a> {
                 self.put(t, key, TValue::from(s), tpath, v);
                 Ok(())
             }
+            "credentials.docker_registry.*" => {
+                self.shared.registry_logins.insert(key.to_string());
+                self.sub_table(p, yfield, key, v, t, tpath)
+            }
+            "global_resources" => self.global_resources(yfield, v),
+            "job_specifications[].user_identity" => self.user_identity(yfield, v),
+            "job_specifications[].exit_conditions"
+            | "job_specifications[].tasks[].exit_conditions" => self.exit_conditions(p, yfield, v),
+            "batch_shipyard.autogenerated_task_id"
+            | "job_specifications[].autogenerated_task_id"
+            | "job_specifications[].tasks[].task_factory.autogenerated_task_id" => {
+                self.autogenerated_task_id(p, yfield, k, v)
+            }
+            "job_specifications[].restrict_default_bind_mounts" => {
+                self.restrict_default_bind_mounts(yfield, k, v)
+            }
+            "job_specifications[].data_volumes" => {
+                self.job.data_volumes = self.volume_names(v, yfield)?;
+                Ok(())
+            }
+            "job_specifications[].tasks[].data_volumes" => {
+                self.task.data_volumes = self.volume_names(v, yfield)?;
+                Ok(())
+            }
             "credentials.batch.account_key" => self.secret("account_key", v, t, tpath),
             "credentials.batch.aad.auth_key" | "credentials.aad.auth_key" => {
                 self.secret("client_secret", v, t, tpath)
@@ -746,6 +787,7 @@ impl<'a> Ctx<'a> {
                     _ => self.job.runtime = Some((runtime.to_string(), self.loc(k).to_string())),
                 }
                 let s = self.text(v, yfield)?;
+                self.shared.used_images.insert(s.clone());
                 self.put(t, "image", TValue::from(s), tpath, v);
                 Ok(())
             }
@@ -1012,6 +1054,7 @@ impl<'a> Ctx<'a> {
                 &tp,
             )?;
             self.spans.insert(tp.clone(), self.loc(item));
+            self.apply_job_options(&mut job, &tp)?;
             if let Some((runtime, _)) = self.job.runtime.take() {
                 job.insert("runtime", toml_edit::value(runtime));
                 job.sort_values_by(|a, _, b, _| {
@@ -1082,6 +1125,10 @@ impl<'a> Ctx<'a> {
     }
 
     fn task_end(&mut self, task: &mut Table, tp: &str, node: &Node) -> Result<(), BsConfigError> {
+        let volumes = std::mem::take(&mut self.task.data_volumes);
+        if !volumes.is_empty() {
+            self.job.task_volumes.push((tp.to_string(), volumes));
+        }
         let extra = std::mem::take(&mut self.task.extra_docker_options);
         if extra.is_empty() {
             return Ok(());

@@ -29,7 +29,7 @@ fn warning_fields(t: &Translation) -> Vec<String> {
 }
 
 /// The jobs whose keys shipyard's domain already knows deserialize into `JobSpec`.
-fn jobs_load_in_domain(t: &Translation, table: &toml::Table) -> Result<usize> {
+fn jobs_load_in_domain(table: &toml::Table) -> Result<usize> {
     let mut loaded = 0;
     let jobs = table
         .get("job_specifications")
@@ -37,18 +37,27 @@ fn jobs_load_in_domain(t: &Translation, table: &toml::Table) -> Result<usize> {
         .cloned()
         .unwrap_or_default();
     for job in jobs {
-        let uses_phase2 = t
-            .phase2_keys
-            .iter()
-            .any(|k| k.starts_with("job_specifications[]"));
-        if uses_phase2 {
-            continue;
-        }
         let spec: shipyard_runtime::JobSpec = job.try_into().context("JobSpec")?;
         spec.validate().context("validate")?;
         loaded += 1;
     }
     Ok(loaded)
+}
+
+/// Every top-level section of a translation is one shipyard's TOML loader reads.
+fn assert_only_loader_sections(table: &toml::Table) {
+    for key in table.keys() {
+        assert!(
+            [
+                "credentials",
+                "pool_specification",
+                "job_specifications",
+                "local"
+            ]
+            .contains(&key.as_str()),
+            "section `{key}` is not read by shipyard"
+        );
+    }
 }
 
 #[test]
@@ -79,15 +88,14 @@ fn mpibench_openmpi() -> Result<()> {
         warning_fields(&t),
         ["batch_shipyard.storage_account_settings"]
     );
-    assert!(t
-        .phase2_keys
-        .contains(&"credentials.docker_registry".to_string()));
-    // mapped onto the domain now
-    assert!(!t
-        .phase2_keys
-        .contains(&"pool_specification.ssh".to_string()));
-    assert!(t.phase2_keys.contains(&"global_resources".to_string()));
-    assert_eq!(jobs_load_in_domain(&t, &table)?, 1);
+    // registry logins are read by shipyard's loader; global_resources leaves no TOML section
+    assert!(
+        text.contains("[credentials.docker_registry.\"myregistry.azurecr.io\"]")
+            && text.contains("username = \"puller\""),
+        "{text}"
+    );
+    assert_only_loader_sections(&table);
+    assert_eq!(jobs_load_in_domain(&table)?, 1);
     // spans lead back to the YAML
     let loc = t
         .yaml_location("job_specifications[0].tasks[0].multi_instance.num_instances")
@@ -126,14 +134,6 @@ fn mpibench_mpich_low_priority_is_mapped() -> Result<()> {
         text.contains("additional_docker_run_options = [\"-l\", \"app=mpibench\"]"),
         "{text}"
     );
-    // the low-priority keyword is part of the domain now
-    assert!(!t
-        .phase2_keys
-        .contains(&"job_specifications[].tasks[].multi_instance.num_instances".to_string()));
-    // mapped onto the domain now
-    assert!(!t
-        .phase2_keys
-        .contains(&"pool_specification.container_runtimes".to_string()));
     assert!(t.warnings.is_empty(), "{:?}", t.warnings);
     assert!(table.contains_key("pool_specification"));
     Ok(())
@@ -152,7 +152,7 @@ fn mpibench_intelmpi_aad_and_monitoring_warning() -> Result<()> {
     assert!(text.contains("SHIPYARD_AAD_CLIENT_SECRET"));
     assert!(text.contains("native = true"));
     assert_eq!(warning_fields(&t), ["pool_specification.prometheus"]);
-    assert_eq!(jobs_load_in_domain(&t, &table)?, 1);
+    assert_eq!(jobs_load_in_domain(&table)?, 1);
     Ok(())
 }
 
@@ -174,7 +174,7 @@ fn hpcg_intelmpi_ofa_on_a_retired_image() -> Result<()> {
         w.message
     );
     assert_eq!(w.location.line, 5);
-    assert_eq!(jobs_load_in_domain(&t, &table)?, 1);
+    assert_eq!(jobs_load_in_domain(&table)?, 1);
     Ok(())
 }
 
@@ -195,20 +195,12 @@ fn hplinpack_wall_times_and_scalar_environment() -> Result<()> {
         job["environment_variables"]["RUN_LABEL"].as_str(),
         Some("hpl")
     );
-    // job-level wall times are part of the domain now
-    assert!(!t
-        .phase2_keys
-        .contains(&"job_specifications[].max_wall_time".to_string()));
-    // mapped onto the domain now
-    assert!(!t
-        .phase2_keys
-        .contains(&"pool_specification.additional_node_prep".to_string()));
     Ok(())
 }
 
 #[test]
 fn openfoam_options_keep_their_vars() -> Result<()> {
-    let (t, table) = translate("openfoam-intelmpi")?;
+    let (_, table) = translate("openfoam-intelmpi")?;
     let task = &table["job_specifications"][0]["tasks"][0];
     let options: Vec<&str> = task["multi_instance"]["mpi"]["options"]
         .as_array()
@@ -229,10 +221,22 @@ fn openfoam_options_keep_their_vars() -> Result<()> {
         task["output_data"]["azure_storage"][0]["condition"].as_str(),
         Some("tasksuccess")
     );
-    // mapped onto the domain now
-    assert!(!t
-        .phase2_keys
-        .contains(&"job_specifications[].tasks[].output_data".to_string()));
+    assert_eq!(jobs_load_in_domain(&table)?, 1);
+    Ok(())
+}
+
+/// Every fixture's translation has only sections shipyard reads, and every job loads into the
+/// domain (nothing is left for a later phase).
+#[test]
+fn every_fixture_loads_in_the_domain() -> Result<()> {
+    let mut jobs = 0;
+    for entry in std::fs::read_dir(fixture(""))? {
+        let name = entry?.file_name().to_string_lossy().to_string();
+        let (_, table) = translate(&name)?;
+        assert_only_loader_sections(&table);
+        jobs += jobs_load_in_domain(&table).with_context(|| name.clone())?;
+    }
+    assert!(jobs >= 8, "only {jobs} jobs loaded");
     Ok(())
 }
 
@@ -283,8 +287,8 @@ fn json_sweep_with_task_factories_and_merge_task() -> Result<()> {
         Some("jobs.json")
     );
     assert_eq!(loc.line, 17);
-    // mapped onto the domain now: the job loads and expands (6 + 5 + 3 + the merge task)
-    assert!(t.phase2_keys.is_empty(), "{:?}", t.phase2_keys);
+    // mapped onto the domain: the job loads and expands (6 + 5 + 3 + the merge task)
+    assert_only_loader_sections(&table);
     let spec: shipyard_runtime::JobSpec = job.clone().try_into()?;
     spec.validate()?;
     let x = spec.expanded()?;

@@ -152,7 +152,7 @@ pub enum Command {
     Tasks(TasksCommand),
     /// Download a task's stdout/stderr or other files from its directory.
     #[command(
-        after_help = "Examples:\n  shipyard files --job hello --task task-00000\n  shipyard files --job hello --task task-00000 --file stderr.txt --out ./logs"
+        after_help = "Examples:\n  shipyard files --job hello --task task-00000\n  shipyard files --job hello --task task-00000 --file stderr.txt --out ./logs\n  shipyard files --job hello --task task-00000 --follow"
     )]
     Files(FilesArgs),
     /// Submit the job(s), wait for them, and exit with the (first failed) task's exit code.
@@ -215,12 +215,43 @@ pub enum PoolCommand {
         #[arg(long = "pool-id")]
         pool_id: Option<String>,
     },
-    /// List the nodes of the pool.
+    /// List the nodes of the pool: state, address and start task errors.
     Nodes {
         /// Pool id (default: the configured one).
         #[arg(long = "pool-id")]
         pool_id: Option<String>,
     },
+    /// Log in to a node. Azure: adds a node user with your SSH public key (Batch
+    /// `ComputeNode_AddUser`) and runs ssh to the node's remote login address. Locally: an
+    /// interactive shell in a node container of a running `shipyard run`.
+    #[command(
+        after_help = "Examples:\n  shipyard -c pool.toml pool ssh\n  shipyard -c pool.toml pool ssh --node tvmps_0001_d --key ~/.ssh/id_ed25519.pub\n  shipyard --target local pool ssh --node node-0 --job hello"
+    )]
+    Ssh(SshArgs),
+}
+
+/// `pool ssh`.
+#[derive(Debug, Args)]
+pub struct SshArgs {
+    /// Node id (default: the first node that is idle or running; see `pool nodes`).
+    #[arg(long)]
+    pub node: Option<String>,
+    /// Pool id (default: the configured one).
+    #[arg(long = "pool-id")]
+    pub pool_id: Option<String>,
+    /// User to add (default: pool_specification.ssh.username, else `shipyard`).
+    #[arg(long)]
+    pub user: Option<String>,
+    /// Public key file to install (default: pool_specification.ssh, else ~/.ssh/id_ed25519.pub,
+    /// id_ecdsa.pub or id_rsa.pub). Its private key (the same path without `.pub`) is given to ssh.
+    #[arg(long, value_name = "FILE")]
+    pub key: Option<PathBuf>,
+    /// Locally: the job whose node to enter (when several runs have a node of that id).
+    #[arg(long)]
+    pub job: Option<String>,
+    /// Command to run instead of an interactive shell (after `--`).
+    #[arg(last = true)]
+    pub command: Vec<String>,
 }
 
 /// `jobs ...`.
@@ -304,6 +335,10 @@ pub struct FilesArgs {
     /// Directory to write into (default: print to stdout).
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
+    /// Stream the file as it grows until the task completes (like Batch Shipyard's
+    /// `data files stream`); one file (default stdout.txt), printed to stdout.
+    #[arg(long, conflicts_with = "out")]
+    pub follow: bool,
 }
 
 /// `run`.

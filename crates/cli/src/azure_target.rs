@@ -267,24 +267,8 @@ async fn pool_command(
             client.resize_pool(&id, &resize).await.map_err(failed)?;
             println_status(format, &id, "resizing");
         }
-        PoolCommand::Nodes { pool_id } => {
-            let id = pool_id_of(config, &pool_id)?;
-            let nodes: Vec<_> = client
-                .list_nodes(&id, &ListOptions::default())
-                .try_collect()
-                .await
-                .map_err(failed)?;
-            emit_rows(
-                format,
-                &nodes,
-                &[
-                    ("NODE", "/id"),
-                    ("STATE", "/state"),
-                    ("IP", "/ipAddress"),
-                    ("VM SIZE", "/vmSize"),
-                ],
-            );
-        }
+        PoolCommand::Nodes { pool_id } => pool_nodes(client, config, format, &pool_id).await?,
+        PoolCommand::Ssh(a) => pool_ssh(client, config, &a).await?,
     }
     Ok(())
 }
@@ -421,6 +405,9 @@ async fn tasks_command(
 }
 
 async fn files(client: &BatchClient, f: &FilesArgs) -> CliResult {
+    if f.follow {
+        return follow_file(client, f).await;
+    }
     let names = file_names(f);
     let tmp = tempfile::Builder::new()
         .prefix("shipyard-files-")
@@ -543,4 +530,432 @@ pub(crate) fn run_with(
             c => Err(CliError::TaskExit(u8::try_from(c).unwrap_or(1))),
         }
     })
+}
+
+// ------------------------------------------------------------- node access and streaming
+
+/// Environment variable: the ssh program `pool ssh` runs (default `ssh`), so tests can
+/// substitute a recorder.
+pub const ENV_SSH: &str = "SHIPYARD_SSH";
+/// Environment variable: the docker program the local `pool ssh` runs (default `docker`).
+pub const ENV_DOCKER: &str = "SHIPYARD_DOCKER";
+/// Batch Shipyard's default node user name.
+const DEFAULT_SSH_USER: &str = "shipyard";
+/// Days a node user added by `pool ssh` stays valid unless the pool says otherwise.
+const DEFAULT_SSH_EXPIRY_DAYS: u32 = 30;
+/// Public keys tried in `~/.ssh`, in order, when none is given.
+const DEFAULT_PUBLIC_KEYS: [&str; 3] = ["id_ed25519.pub", "id_ecdsa.pub", "id_rsa.pub"];
+
+const NODE_COLUMNS: &[(&str, &str)] = &[
+    ("NODE", "/id"),
+    ("STATE", "/state"),
+    ("IP", "/ipAddress"),
+    ("VM SIZE", "/vmSize"),
+    ("START TASK EXIT", "/startTaskInfo/exitCode"),
+    ("START TASK ERROR", "/startTaskInfo/failureInfo/message"),
+    ("NODE ERROR", "/errors/0/message"),
+];
+
+/// `pool nodes`: each node's state, address, and its start task's exit code and failure
+/// (`startTaskInfo`), plus the node's own errors (`unusable` nodes).
+async fn pool_nodes(
+    client: &BatchClient,
+    config: &Config,
+    format: OutputFormat,
+    pool_id: &Option<String>,
+) -> CliResult {
+    let id = pool_id_of(config, pool_id)?;
+    let nodes: Vec<_> = client
+        .list_nodes(&id, &ListOptions::default())
+        .try_collect()
+        .await
+        .with_context(|| format!("listing the nodes of pool `{id}`"))?;
+    emit_rows(format, &nodes, NODE_COLUMNS);
+    Ok(())
+}
+
+/// The public key to install and the private key file to give ssh (when known).
+fn ssh_public_key(
+    given: Option<&Path>,
+    pool: Option<&shipyard_runtime::pool::PoolSsh>,
+) -> CliResult<(String, Option<PathBuf>)> {
+    if let Some(data) = given
+        .is_none()
+        .then(|| pool.and_then(|p| p.ssh_public_key_data.clone()))
+        .flatten()
+    {
+        return Ok((
+            checked_public_key(&data, "pool_specification.ssh.ssh_public_key_data")?,
+            None,
+        ));
+    }
+    let path: PathBuf = match given {
+        Some(p) => p.to_path_buf(),
+        None => match pool.and_then(|p| p.ssh_public_key.as_ref()) {
+            Some(p) => PathBuf::from(p),
+            None => {
+                let home = std::env::var_os("HOME")
+                    .map(PathBuf::from)
+                    .unwrap_or_default();
+                let found = DEFAULT_PUBLIC_KEYS
+                    .iter()
+                    .map(|k| home.join(".ssh").join(k))
+                    .find(|p| p.is_file());
+                let Some(found) = found else {
+                    return Err(CliError::Usage(format!(
+                        "no SSH public key: give --key FILE.pub, set pool_specification.ssh.ssh_public_key, or create ~/.ssh/{} (ssh-keygen -t ed25519)",
+                        DEFAULT_PUBLIC_KEYS[0]
+                    )));
+                };
+                found
+            }
+        },
+    };
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| CliError::Usage(format!("cannot read {}: {e}", path.display())))?;
+    let key = checked_public_key(&text, &path.display().to_string())?;
+    let private = path
+        .to_str()
+        .and_then(|p| p.strip_suffix(".pub"))
+        .map(PathBuf::from)
+        .filter(|p| p.is_file());
+    Ok((key, private))
+}
+
+/// The first line of `text` when it is an OpenSSH public key; never echoes a private key.
+fn checked_public_key(text: &str, source: &str) -> CliResult<String> {
+    if text.contains("PRIVATE KEY") {
+        return Err(CliError::Usage(format!(
+            "{source} holds a private key; give its public key (the `.pub` file)"
+        )));
+    }
+    let line = text
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("");
+    let kind = line.split_whitespace().next().unwrap_or("");
+    let known =
+        kind.starts_with("ssh-") || kind.starts_with("ecdsa-sha2-") || kind.starts_with("sk-");
+    if !known || line.split_whitespace().count() < 2 {
+        return Err(CliError::Usage(format!(
+            "{source} is not an OpenSSH public key (`ssh-ed25519 AAAA... comment`)"
+        )));
+    }
+    Ok(line.to_string())
+}
+
+/// `now + days` as RFC 3339 (UTC, whole seconds).
+fn rfc3339_in_days(days: u32) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let t = now + u64::from(days) * 86_400;
+    let (secs_of_day, days_since_epoch) = (t % 86_400, t / 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days_since_epoch as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        secs_of_day / 3600,
+        secs_of_day / 60 % 60,
+        secs_of_day % 60
+    )
+}
+
+/// The first node of `pool` that accepts a login (idle or running).
+async fn login_node(client: &BatchClient, pool: &str) -> CliResult<String> {
+    use shipyard_batch_api::models::ComputeNodeState;
+    let nodes: Vec<_> = client
+        .list_nodes(pool, &ListOptions::default())
+        .try_collect()
+        .await
+        .with_context(|| format!("listing the nodes of pool `{pool}`"))?;
+    let ready = nodes.iter().find(|n| {
+        matches!(
+            n.state,
+            Some(ComputeNodeState::Idle | ComputeNodeState::Running)
+        )
+    });
+    match ready.and_then(|n| n.id.clone()) {
+        Some(id) => Ok(id),
+        None => {
+            let states: Vec<String> = nodes
+                .iter()
+                .map(|n| {
+                    format!(
+                        "{} {}",
+                        n.id.as_deref().unwrap_or("?"),
+                        n.state.as_ref().map_or("unknown", |s| s.as_str())
+                    )
+                })
+                .collect();
+            Err(CliError::Usage(format!(
+                "pool `{pool}` has no idle or running node to log in to ({}); see `shipyard pool nodes`",
+                if states.is_empty() { "no nodes".to_string() } else { states.join(", ") }
+            )))
+        }
+    }
+}
+
+/// `pool ssh` on Azure: adds a node user (admin, expiring) with the caller's public key, then
+/// replaces this process with ssh to the node's remote login address and port.
+async fn pool_ssh(client: &BatchClient, config: &Config, a: &crate::args::SshArgs) -> CliResult {
+    use shipyard_batch_api::models::ComputeNodeUser;
+    let pool = pool_id_of(config, &a.pool_id)?;
+    let pool_ssh = config.pool.as_ref().and_then(|(p, _)| p.ssh.clone());
+    let user = a
+        .user
+        .clone()
+        .or_else(|| pool_ssh.as_ref().map(|s| s.username.clone()))
+        .unwrap_or_else(|| DEFAULT_SSH_USER.to_string());
+    let (public_key, private_key) = ssh_public_key(a.key.as_deref(), pool_ssh.as_ref())?;
+    let node = match &a.node {
+        Some(n) => n.clone(),
+        None => login_node(client, &pool).await?,
+    };
+    let days = pool_ssh
+        .as_ref()
+        .and_then(|s| s.expiry_days)
+        .unwrap_or(DEFAULT_SSH_EXPIRY_DAYS);
+    let account = ComputeNodeUser {
+        name: user.clone(),
+        is_admin: Some(true),
+        expiry_time: Some(rfc3339_in_days(days)),
+        password: None,
+        ssh_public_key: Some(public_key),
+    };
+    match client.add_node_user(&pool, &node, &account).await {
+        Ok(()) => tracing::info!(%pool, %node, %user, "node user added"),
+        Err(e) if e.code() == Some("NodeUserExists") => eprintln!(
+            "note: user `{user}` already exists on node `{node}`; logging in with it (if its key differs, pass --user with another name)"
+        ),
+        Err(e) => {
+            return Err(failed(anyhow::Error::new(e).context(format!(
+                "adding user `{user}` to node `{node}` of pool `{pool}`"
+            ))))
+        }
+    }
+    let login = client
+        .get_remote_login_settings(&pool, &node)
+        .await
+        .with_context(|| format!("reading the remote login settings of node `{node}`"))?;
+    let mut argv = vec!["-p".to_string(), login.remote_login_port.to_string()];
+    if let Some(k) = private_key {
+        argv.extend(["-i".to_string(), k.display().to_string()]);
+    }
+    argv.push(format!("{user}@{}", login.remote_login_ip_address));
+    if !a.command.is_empty() {
+        argv.push("--".into());
+        argv.extend(a.command.iter().cloned());
+    }
+    let ssh = std::env::var(ENV_SSH).unwrap_or_else(|_| "ssh".into());
+    eprintln!("node `{node}` of pool `{pool}`: {ssh} {}", argv.join(" "));
+    exec(&ssh, &argv)
+}
+
+/// Replaces this process with `program argv` (returns only when that fails).
+fn exec(program: &str, argv: &[String]) -> CliResult {
+    use std::os::unix::process::CommandExt as _;
+    let err = std::process::Command::new(program).args(argv).exec();
+    Err(CliError::Failed(anyhow::anyhow!(
+        "cannot run `{program}`: {err}"
+    )))
+}
+
+/// `pool ssh --target local`: an interactive shell (or the given command) in a node container
+/// of a running `shipyard run`. The per-run local target has no persistent nodes.
+pub(crate) fn local_pool_ssh(store: &shipyard_local::Store, a: &crate::args::SshArgs) -> CliResult {
+    use shipyard_local::{labels, TaskState};
+    let mut nodes = Vec::new();
+    for j in store.list_jobs().map_err(anyhow::Error::from)? {
+        if j.end_time.is_some() || a.job.as_ref().is_some_and(|want| *want != j.id) {
+            continue;
+        }
+        for t in store.list_tasks(&j.id).map_err(anyhow::Error::from)? {
+            if matches!(t.state, TaskState::Preparing | TaskState::Running) {
+                for n in &t.nodes {
+                    if a.node.as_ref().is_none_or(|want| want == n) {
+                        nodes.push((n.clone(), t.job_id.clone(), t.id.clone()));
+                    }
+                }
+            }
+        }
+    }
+    let (node, job, task) = match nodes.len() {
+        0 => {
+            return Err(CliError::Usage(
+                "the local target has no persistent nodes: a local node is a container of a running task of a `shipyard run`, \
+                 removed when the task ends. Start a run, then log in to one of the nodes `shipyard --target local pool nodes` lists \
+                 while it runs (--node, --job)"
+                    .into(),
+            ))
+        }
+        1 => nodes.remove(0),
+        _ => {
+            let list: Vec<String> = nodes
+                .iter()
+                .map(|(n, j, t)| format!("{n} (job {j}, task {t})"))
+                .collect();
+            return Err(CliError::Usage(format!(
+                "several running nodes match; pick one with --node and --job: {}",
+                list.join(", ")
+            )));
+        }
+    };
+    let docker = std::env::var(ENV_DOCKER).unwrap_or_else(|_| "docker".into());
+    let filter = |k: &str, v: &str| ["--filter".to_string(), format!("label={k}={v}")];
+    let mut ps = vec!["ps".to_string(), "-q".to_string()];
+    ps.extend(filter(labels::JOB, &job));
+    ps.extend(filter(labels::TASK, &task));
+    ps.extend(filter(labels::NODE, &node));
+    let out = std::process::Command::new(&docker)
+        .args(&ps)
+        .output()
+        .with_context(|| format!("cannot run `{docker}`"))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let Some(container) = stdout.split_whitespace().next() else {
+        return Err(CliError::Failed(anyhow::anyhow!(
+            "node `{node}` of job `{job}` (task `{task}`) has no running container: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    };
+    let mut argv = vec!["exec".to_string(), "-it".to_string(), container.to_string()];
+    if a.command.is_empty() {
+        argv.extend(
+            [
+                "sh",
+                "-c",
+                "command -v bash >/dev/null && exec bash || exec sh",
+            ]
+            .map(String::from),
+        );
+    } else {
+        argv.extend(a.command.iter().cloned());
+    }
+    eprintln!("node `{node}` of job `{job}` (task `{task}`): container {container}");
+    exec(&docker, &argv)
+}
+
+/// `files --follow`: prints one task file as it grows, reading from the last offset with
+/// `ocp-range` each poll, until the task completes (Batch Shipyard's `data files stream`).
+async fn follow_file(client: &BatchClient, f: &FilesArgs) -> CliResult {
+    use shipyard_batch_api::models::TaskState;
+    let name = match f.file.as_slice() {
+        [] => "stdout.txt".to_string(),
+        [one] => one.clone(),
+        _ => {
+            return Err(CliError::Usage(
+                "--follow streams one file: give at most one --file".into(),
+            ))
+        }
+    };
+    crate::output::task_file_path(&name)?;
+    let tmp = tempfile::Builder::new()
+        .prefix("shipyard-follow-")
+        .tempdir()
+        .context("cannot create a private temporary directory")?;
+    let dest = tmp.path().join("chunk");
+    let (job, task) = (f.job.as_str(), f.task.as_str());
+    let mut offset: u64 = 0;
+    loop {
+        // The state first: once it says completed, the size read next is final.
+        let state = client
+            .get_task(job, task)
+            .await
+            .with_context(|| format!("reading task {job}/{task}"))?
+            .state;
+        let done = state == Some(TaskState::Completed);
+        let size = task_file_size(client, job, task, &name).await;
+        if size.is_some_and(|s| s > offset) {
+            let range = shipyard_batch_api::ByteRange {
+                start: offset,
+                end: None,
+            };
+            client
+                .download_task_file(job, task, &name, &dest, Some(range))
+                .await
+                .with_context(|| {
+                    format!("reading {name} of task {job}/{task} from byte {offset}")
+                })?;
+            let data =
+                std::fs::read(&dest).with_context(|| format!("cannot read {}", dest.display()))?;
+            crate::output::print_stdout(&data);
+            offset += data.len() as u64;
+        }
+        if done {
+            if size.is_none() {
+                return Err(CliError::Failed(anyhow::anyhow!(
+                    "task {job}/{task} completed without a file `{name}`"
+                )));
+            }
+            return Ok(());
+        }
+        tokio::time::sleep(poll_interval()).await;
+    }
+}
+
+/// The size of a task file (`None` while it does not exist or cannot be listed yet).
+async fn task_file_size(client: &BatchClient, job: &str, task: &str, name: &str) -> Option<u64> {
+    let files: Vec<_> = match client
+        .list_task_files(job, task, name.contains('/'), &ListOptions::default())
+        .try_collect()
+        .await
+    {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::debug!(job, task, error = %e, "cannot list task files yet");
+            return None;
+        }
+    };
+    files
+        .into_iter()
+        .find(|f| f.name.as_deref() == Some(name))
+        .and_then(|f| f.properties)
+        .map(|p| u64::try_from(p.content_length).unwrap_or(0))
+}
+
+/// What `pool ssh` sends, for `--dry-run`: the node listing when no `--node` is given, the
+/// user (its key shown as a placeholder) and the remote login settings.
+pub(crate) fn ssh_requests(
+    config: &Config,
+    pool: &str,
+    a: &crate::args::SshArgs,
+) -> Vec<shipyard_batch_api::request::Request> {
+    use shipyard_batch_api::request;
+    let mut out = Vec::new();
+    let node = match &a.node {
+        Some(n) => n.clone(),
+        None => {
+            out.push(request::list_nodes(pool, &ListOptions::default()));
+            "<first idle or running node>".to_string()
+        }
+    };
+    let pool_ssh = config.pool.as_ref().and_then(|(p, _)| p.ssh.clone());
+    let user = shipyard_batch_api::models::ComputeNodeUser {
+        name: a
+            .user
+            .clone()
+            .or_else(|| pool_ssh.as_ref().map(|s| s.username.clone()))
+            .unwrap_or_else(|| DEFAULT_SSH_USER.to_string()),
+        is_admin: Some(true),
+        expiry_time: Some(rfc3339_in_days(
+            pool_ssh
+                .as_ref()
+                .and_then(|s| s.expiry_days)
+                .unwrap_or(DEFAULT_SSH_EXPIRY_DAYS),
+        )),
+        password: None,
+        ssh_public_key: Some("<your SSH public key>".into()),
+    };
+    out.push(request::add_node_user(pool, &node, &user));
+    out.push(request::get_remote_login_settings(pool, &node));
+    out
 }

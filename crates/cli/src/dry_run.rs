@@ -85,6 +85,9 @@ fn pool_requests(config: &Config, command: &PoolCommand) -> CliResult<Vec<Reques
             &pool_id(config, id)?,
             &ListOptions::default(),
         )],
+        PoolCommand::Ssh(a) => {
+            crate::azure_target::ssh_requests(config, &pool_id(config, &a.pool_id)?, a)
+        }
     })
 }
 

@@ -367,6 +367,7 @@ pub(crate) fn command(global: &GlobalArgs, command: Command) -> CliResult {
             });
             Ok(())
         }
+        Command::Pool(PoolCommand::Ssh(a)) => crate::azure_target::local_pool_ssh(&store, &a),
         Command::Pool(PoolCommand::Resize { .. }) => Err(not_local(
             "pool resize",
             "local nodes are containers created per task, sized by num_instances",

@@ -33,7 +33,12 @@ impl Env {
     }
 
     fn shipyard(&self) -> Command {
-        let mut cmd = Command::cargo_bin("shipyard").expect("binary built");
+        Command::from_std(self.std_shipyard())
+    }
+
+    /// The binary, set up as [`Env::shipyard`], as a `std` command (for spawning).
+    fn std_shipyard(&self) -> std::process::Command {
+        let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("shipyard"));
         for var in [
             "SHIPYARD_CONFIG",
             "SHIPYARD_CONFIGDIR",
@@ -47,6 +52,14 @@ impl Env {
             .env("SHIPYARD_POLL_INTERVAL_MS", "50")
             .args(["--target", "azure", "--quiet"]);
         cmd
+    }
+
+    /// The rejected requests but those answered with error code `expected`.
+    fn rejected_except(&self, expected: &str) -> Vec<String> {
+        self.rejected()
+            .into_iter()
+            .filter(|r| !r.contains(expected))
+            .collect()
     }
 
     fn rejected(&self) -> Vec<String> {
@@ -122,11 +135,7 @@ fn pool_add_list_resize_nodes_del() {
         .args(["pool", "del", "--yes"])
         .assert()
         .success();
-    let rejected: Vec<String> = env
-        .rejected()
-        .into_iter()
-        .filter(|r| !r.contains("PoolExists"))
-        .collect();
+    let rejected = env.rejected_except("PoolExists");
     assert!(rejected.is_empty(), "{rejected:#?}");
 }
 
@@ -604,4 +613,238 @@ fn every_example_sends_exactly_what_its_dry_run_prints() {
             env.rejected()
         );
     }
+}
+
+/// Creates the pool of `local-openmpi.toml` on the strict server; its node ids.
+fn pool_with_nodes(env: &Env) -> (PathBuf, Vec<String>) {
+    let ex = examples_dir().join("local-openmpi.toml");
+    env.shipyard()
+        .arg("-c")
+        .arg(&ex)
+        .args(["pool", "add"])
+        .assert()
+        .success();
+    let nodes = env.server.node_ids("mpipool");
+    assert!(!nodes.is_empty(), "the pool has nodes");
+    (ex, nodes)
+}
+
+#[test]
+fn pool_nodes_shows_state_and_start_task_errors() {
+    let env = Env::start();
+    let (ex, nodes) = pool_with_nodes(&env);
+    assert!(env
+        .server
+        .set_node_start_task_failed("mpipool", &nodes[0], 42));
+    let out = succeeds(
+        {
+            let mut c = env.shipyard();
+            c.arg("-c").arg(&ex).args(["pool", "nodes"]);
+            c
+        },
+        "pool nodes",
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("START TASK EXIT"), "{text}");
+    let line = text
+        .lines()
+        .find(|l| l.contains(&nodes[0]))
+        .unwrap_or_else(|| panic!("no row for {}: {text}", nodes[0]));
+    for part in [
+        "starttaskfailed",
+        "42",
+        "The start task exited with exit code 42",
+    ] {
+        assert!(line.contains(part), "{part} missing from: {line}");
+    }
+    let out = succeeds(
+        {
+            let mut c = env.shipyard();
+            c.arg("-c")
+                .arg(&ex)
+                .args(["--output", "json", "pool", "nodes"]);
+            c
+        },
+        "pool nodes json",
+    );
+    let v = json(&out);
+    let failed = v
+        .as_array()
+        .and_then(|a| a.iter().find(|n| n["id"] == nodes[0].as_str()))
+        .expect("the node");
+    assert_eq!(failed["startTaskInfo"]["exitCode"], 42);
+    assert_eq!(
+        failed["startTaskInfo"]["failureInfo"]["code"],
+        "FailureExitCode"
+    );
+}
+
+/// A recorder standing in for ssh: writes its argv, one per line, to `$0.args`.
+fn recorder(dir: &Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt as _;
+    let path = dir.join("ssh-recorder");
+    std::fs::write(
+        &path,
+        "#!/bin/sh\nfor a in \"$@\"; do printf '%s\\n' \"$a\"; done > \"$0.args\"\nexit 7\n",
+    )
+    .expect("write recorder");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    path
+}
+
+#[test]
+fn pool_ssh_adds_a_node_user_with_the_public_key_and_runs_ssh_to_the_login_port() {
+    let env = Env::start();
+    let (ex, nodes) = pool_with_nodes(&env);
+    let home = tempfile::tempdir().expect("tempdir");
+    let ssh_dir = home.path().join(".ssh");
+    std::fs::create_dir_all(&ssh_dir).expect("mkdir .ssh");
+    let key = ssh_dir.join("id_ed25519");
+    let made = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "test@shipyard", "-f"])
+        .arg(&key)
+        .status()
+        .expect("ssh-keygen runs");
+    assert!(made.success());
+    let ssh = recorder(home.path());
+    let run = |extra: &[&str]| {
+        env.shipyard()
+            .env("HOME", home.path())
+            .env("SHIPYARD_SSH", &ssh)
+            .arg("-c")
+            .arg(&ex)
+            .args(["pool", "ssh"])
+            .args(extra)
+            .output()
+            .expect("runs")
+    };
+    let out = run(&["--node", &nodes[1], "--", "hostname"]);
+    // The recorder's exit code is ours: the CLI replaced itself with ssh.
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let args = std::fs::read_to_string(home.path().join("ssh-recorder.args")).expect("ssh ran");
+    let args: Vec<&str> = args.lines().collect();
+    let private = key.display().to_string();
+    assert_eq!(
+        args,
+        [
+            "-p",
+            "50001",
+            "-i",
+            private.as_str(),
+            "shipyard@127.0.0.1",
+            "--",
+            "hostname"
+        ]
+    );
+    // No private key material on the command line or in the output.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("PRIVATE KEY"), "{stderr}");
+    // Without --node: the first idle node, an interactive login.
+    let out = run(&[]);
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let args = std::fs::read_to_string(home.path().join("ssh-recorder.args")).expect("ssh ran");
+    assert_eq!(
+        args.lines().collect::<Vec<_>>(),
+        ["-p", "50000", "-i", private.as_str(), "shipyard@127.0.0.1"]
+    );
+    // Again on the node of the first login: the user exists already, which is fine.
+    let out = run(&["--node", &nodes[1]]);
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already exists"));
+    let adds: Vec<(String, u16)> = env
+        .server
+        .requests()
+        .into_iter()
+        .filter(|r| r.operation.as_deref() == Some("ComputeNode_AddUser"))
+        .map(|r| (r.path, r.status))
+        .collect();
+    let statuses: Vec<u16> = adds.iter().map(|(_, s)| *s).collect();
+    assert_eq!(statuses, [201, 201, 409], "{adds:#?}");
+    assert!(adds[0].0.ends_with(&format!("/nodes/{}/users", nodes[1])));
+    assert!(adds[1].0.ends_with(&format!("/nodes/{}/users", nodes[0])));
+    // A private key given as --key is refused before anything is sent.
+    let out = run(&["--key", &private]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("private key"));
+    let rejected = env.rejected_except("NodeUserExists");
+    assert!(rejected.is_empty(), "{rejected:#?}");
+}
+
+#[test]
+fn files_follow_streams_a_growing_task_file_until_the_task_completes() {
+    let env = Env::start();
+    let ex = examples_dir().join("bag-of-tasks.toml");
+    for cmd in [["pool", "add"], ["jobs", "add"]] {
+        env.shipyard()
+            .arg("-c")
+            .arg(&ex)
+            .args(cmd)
+            .assert()
+            .success();
+    }
+    let (job, task) = ("wordcount", "reduce");
+    assert!(env.server.set_task_state(job, task, "running", None));
+    assert!(env
+        .server
+        .put_task_file(job, task, "stdout.txt", b"first\n".to_vec()));
+    let mut child = env
+        .std_shipyard()
+        .arg("-c")
+        .arg(&ex)
+        .args(["files", "--job", job, "--task", task, "--follow"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    std::thread::sleep(Duration::from_millis(400));
+    assert!(env
+        .server
+        .put_task_file(job, task, "stdout.txt", b"first\nsecond\n".to_vec()));
+    std::thread::sleep(Duration::from_millis(400));
+    assert!(env
+        .server
+        .put_task_file(job, task, "stdout.txt", b"first\nsecond\nthird\n".to_vec()));
+    assert!(env.server.set_task_state(job, task, "completed", Some(0)));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().expect("wait").is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "--follow did not end with the task"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().expect("output");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Every byte once: each read starts at the last offset.
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "first\nsecond\nthird\n"
+    );
+    let reads = env
+        .server
+        .requests()
+        .into_iter()
+        .filter(|r| r.operation.as_deref() == Some("File_GetFromTask"))
+        .count();
+    assert!(reads >= 2, "{reads} reads: the file was not streamed");
+    assert!(env.rejected().is_empty(), "{:#?}", env.rejected());
 }

@@ -837,19 +837,38 @@ fn bs_fixtures() -> Vec<PathBuf> {
     v
 }
 
+/// Replaces the values of `SHIPYARD_REGISTRY_PASSWORD_<i>` settings in a dry run's JSON
+/// with a marker; how many there were.
+fn blank_registry_passwords(v: &mut Value) -> usize {
+    match v {
+        Value::Object(m) => {
+            let is_password = m
+                .get("name")
+                .and_then(Value::as_str)
+                .is_some_and(|n| n.starts_with("SHIPYARD_REGISTRY_PASSWORD_"));
+            if is_password {
+                m.insert("value".into(), Value::String("<password>".into()));
+                return 1;
+            }
+            m.values_mut().map(blank_registry_passwords).sum()
+        }
+        Value::Array(a) => a.iter_mut().map(blank_registry_passwords).sum(),
+        _ => 0,
+    }
+}
+
 /// Issue 11: Batch Shipyard directories are read as they are (`--configdir`, and the files
 /// one by one with -c/--credentials/--pool/--jobs), and `config import` gives TOML whose
-/// dry run is identical to the YAML's. Fixtures using keys shipyard does not read yet
-/// (phase 2 of issue 11) are left out; at least two qualify.
+/// dry run is identical to the YAML's. Every fixture qualifies: no key is left for later.
 #[test]
 fn batch_shipyard_yaml_checks_and_imports_to_the_same_dry_run() {
     let mut checked = 0;
-    for fixture in bs_fixtures() {
-        let t = shipyard_bs_config::translate_dir(&fixture, Default::default())
+    let fixtures = bs_fixtures();
+    for fixture in &fixtures {
+        let t = shipyard_bs_config::translate_dir(fixture, Default::default())
             .expect("fixture translates");
-        if !t.phase2_keys.is_empty() {
-            continue;
-        }
+        assert!(t.phase2_keys.is_empty(), "{:?}", t.phase2_keys);
+        let fixture = fixture.clone();
         let name = fixture.display().to_string();
         let out = shipyard()
             .arg("--configdir")
@@ -858,10 +877,6 @@ fn batch_shipyard_yaml_checks_and_imports_to_the_same_dry_run() {
             .output()
             .expect("runs");
         let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-        if !out.status.success() && stderr.contains("pool_current_low_priority") {
-            // The domain refuses low-priority instance counts (issue 11, point 2).
-            continue;
-        }
         assert!(out.status.success(), "{name}: {stderr}");
         assert_eq!(stdout_json(&out)["valid"], true, "{name}");
         let dry = |args: &mut Command| {
@@ -919,11 +934,16 @@ fn batch_shipyard_yaml_checks_and_imports_to_the_same_dry_run() {
             toml.contains('#'),
             "{name}: the import keeps its comments:\n{toml}"
         );
+        // Identical, except the registry passwords the import deliberately does not copy.
+        let mut imported = dry(shipyard().arg("--configdir").arg(out_dir.path()));
+        let blanked = blank_registry_passwords(&mut imported);
+        let mut expected = from_yaml.clone();
         assert_eq!(
-            dry(shipyard().arg("--configdir").arg(out_dir.path())),
-            from_yaml,
-            "{name}: imported"
+            blank_registry_passwords(&mut expected),
+            blanked,
+            "{name}: the same registry logins"
         );
+        assert_eq!(imported, expected, "{name}: imported");
         // A second import does not overwrite the first.
         shipyard()
             .args(["config", "import"])
@@ -934,7 +954,8 @@ fn batch_shipyard_yaml_checks_and_imports_to_the_same_dry_run() {
             .code(2);
         checked += 1;
     }
-    assert!(checked >= 2, "only {checked} fixtures were compared");
+    assert_eq!(checked, fixtures.len(), "every fixture is compared");
+    assert!(checked >= 8, "only {checked} fixtures");
 }
 
 /// Errors in a Batch Shipyard file name the YAML file, line and column.
@@ -966,4 +987,125 @@ fn batch_shipyard_errors_are_located_in_the_yaml() {
         .arg(examples_dir().join("local-openmpi.toml"))
         .assert()
         .success();
+}
+
+/// `pool ssh --target local` outside a run says the local target has no persistent nodes.
+#[test]
+fn local_pool_ssh_says_the_local_target_has_no_persistent_nodes() {
+    let state = tempfile::tempdir().expect("tempdir");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = write(
+        dir.path(),
+        "local.toml",
+        &format!("[local]\nstate_dir = \"{}\"\n", state.path().display()),
+    );
+    shipyard()
+        .arg("-c")
+        .arg(&cfg)
+        .args(["--target", "local", "pool", "ssh"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("no persistent nodes"))
+        .stderr(predicate::str::contains("pool nodes"));
+}
+
+/// A bad `vm_count` says what is allowed, in TOML and in Batch Shipyard YAML; `config check`
+/// takes the file as a positional argument, like `run FILE` (issue 11, point 9).
+#[test]
+fn a_bad_vm_count_says_what_is_allowed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let toml = write(
+        dir.path(),
+        "pool.toml",
+        "[pool_specification]\nid = \"p\"\nvm_size = \"x\"\nvm_count = \"lots\"\n",
+    );
+    let yaml = write(
+        dir.path(),
+        "pool.yaml",
+        "pool_specification:\n  id: p\n  vm_size: x\n  vm_count: lots\n",
+    );
+    shipyard()
+        .args(["config", "check"])
+        .arg(&toml)
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("pool.toml:4:12"))
+        .stderr(predicate::str::contains(
+            "a node count (integer) or a table `{ dedicated = N, low_priority = M }`",
+        ))
+        .stderr(predicate::str::contains("untagged enum").not());
+    shipyard()
+        .args(["config", "check"])
+        .arg(&yaml)
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("pool.yaml:4:13"))
+        .stderr(predicate::str::contains(
+            "`dedicated:`/`low_priority:` counts (or an integer)",
+        ));
+}
+
+/// `pool ssh --target local` enters the node container of a running task: `docker ps` by the
+/// job/task/node labels, then `docker exec -it` (docker is a recorder here).
+#[test]
+fn local_pool_ssh_execs_a_shell_in_the_running_node_container() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let state = tempfile::tempdir().expect("tempdir");
+    let store = shipyard_local::Store::new(state.path().join(shipyard_local::STORE_FILE));
+    let job: shipyard_local::JobRecord = serde_json::from_value(serde_json::json!({
+        "id": "hello", "state": "active", "runId": "r1",
+        "creationTime": "2026-01-01T00:00:00Z", "taskCount": 1,
+    }))
+    .expect("job record");
+    let task: shipyard_local::TaskRecord = serde_json::from_value(serde_json::json!({
+        "jobId": "hello", "id": "task-00000", "state": "running", "retryCount": 0,
+        "nodes": ["node-0", "node-1"], "taskDir": state.path().join("t").display().to_string(),
+    }))
+    .expect("task record");
+    store.put_batch(&[job], &[task]).expect("store");
+    let docker = state.path().join("docker-recorder");
+    std::fs::write(
+        &docker,
+        "#!/bin/sh\nprintf '%s\\n' \"$@\" >> \"$0.args\"\nif [ \"$1\" = ps ]; then echo c0ffee; fi\nexit 0\n",
+    )
+    .expect("recorder");
+    std::fs::set_permissions(&docker, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = write(
+        dir.path(),
+        "local.toml",
+        &format!("[local]\nstate_dir = \"{}\"\n", state.path().display()),
+    );
+    let ssh = |extra: &[&str]| {
+        shipyard()
+            .env("SHIPYARD_DOCKER", &docker)
+            .arg("-c")
+            .arg(&cfg)
+            .args(["--target", "local", "pool", "ssh"])
+            .args(extra)
+            .assert()
+    };
+    // Two nodes are running: one must be picked.
+    ssh(&[]).code(2).stderr(predicate::str::contains(
+        "node-0 (job hello, task task-00000)",
+    ));
+    ssh(&["--node", "node-1", "--", "hostname"]).success();
+    let args = std::fs::read_to_string(state.path().join("docker-recorder.args")).expect("ran");
+    assert_eq!(
+        args.lines().collect::<Vec<_>>(),
+        [
+            "ps",
+            "-q",
+            "--filter",
+            "label=shipyard.job=hello",
+            "--filter",
+            "label=shipyard.task=task-00000",
+            "--filter",
+            "label=shipyard.node=node-1",
+            "exec",
+            "-it",
+            "c0ffee",
+            "hostname",
+        ]
+    );
 }

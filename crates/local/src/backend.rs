@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use shipyard_runtime::registry_auth::{registry_of, RegistryLogin};
 use tokio_util::sync::CancellationToken;
 
 use crate::docker::Engine;
@@ -52,6 +53,11 @@ pub struct LocalOptions {
     /// Rerun a job id whose earlier run finished (its records are replaced). A job id whose
     /// run is active is refused either way ([`LocalError::JobExists`]). Default: false.
     pub recreate: bool,
+    /// Logins for private registries (`credentials.docker_registry`): a task image that is not
+    /// present locally and whose registry has a login here is pulled with it before the run.
+    /// Images of other registries must be present (nothing else is reachable from a laptop
+    /// without credentials either).
+    pub registry_logins: Vec<RegistryLogin>,
 }
 
 fn default_state_dir() -> PathBuf {
@@ -81,11 +87,18 @@ impl Default for LocalOptions {
             sweep_on_connect: true,
             probe_from_master: false,
             recreate: false,
+            registry_logins: Vec::new(),
         }
     }
 }
 
 impl LocalOptions {
+    /// Adds a login to [`LocalOptions::registry_logins`].
+    pub fn registry_login(mut self, login: RegistryLogin) -> Self {
+        self.registry_logins.push(login);
+        self
+    }
+
     /// Sets [`LocalOptions::state_dir`].
     pub fn state_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.state_dir = dir.into();
@@ -333,16 +346,39 @@ impl LocalBackend {
         run.finish(job, self.cancel.is_cancelled()).await
     }
 
-    /// Fails with [`LocalError::ImageMissing`] for the first task whose image the engine lacks.
+    /// Makes every task image present: an absent one is pulled when its registry has a login
+    /// in [`LocalOptions::registry_logins`] ([`LocalError::ImagePull`] naming image, registry
+    /// and user when that fails); otherwise the first absent image is
+    /// [`LocalError::ImageMissing`].
     async fn check_images(&self, job: &LocalJob) -> Result<()> {
         let mut checked = HashSet::new();
         for t in &job.tasks {
-            if checked.insert(t.image.clone()) && !self.engine.image_exists(&t.image).await? {
+            if !checked.insert(t.image.clone()) || self.engine.image_exists(&t.image).await? {
+                continue;
+            }
+            let registry = registry_of(&t.image);
+            let Some(login) = self
+                .opts
+                .registry_logins
+                .iter()
+                .find(|l| l.server == registry)
+            else {
                 return Err(LocalError::ImageMissing {
                     task: t.id.clone(),
                     image: t.image.clone(),
                 });
-            }
+            };
+            tracing::info!(image = %t.image, registry, user = %login.username, "pulling a task image");
+            self.engine
+                .pull_image(&t.image, login)
+                .await
+                .map_err(|reason| LocalError::ImagePull {
+                    task: t.id.clone(),
+                    image: t.image.clone(),
+                    registry: registry.to_string(),
+                    username: login.username.clone(),
+                    reason,
+                })?;
         }
         Ok(())
     }

@@ -5,20 +5,22 @@ use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
+use bollard::auth::DockerCredentials;
 use bollard::errors::Error as BollardError;
 use bollard::models::{
     ContainerCreateBody, EndpointIpamConfig, EndpointSettings, ExecConfig, HostConfig, Ipam,
     IpamConfig, NetworkCreateRequest, NetworkingConfig, ResourcesUlimits, VolumeCreateOptions,
 };
 use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, ListContainersOptionsBuilder, ListNetworksOptionsBuilder,
-    ListVolumesOptionsBuilder, RemoveContainerOptionsBuilder, RemoveVolumeOptionsBuilder,
-    WaitContainerOptionsBuilder,
+    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, ListContainersOptionsBuilder,
+    ListNetworksOptionsBuilder, ListVolumesOptionsBuilder, RemoveContainerOptionsBuilder,
+    RemoveVolumeOptionsBuilder, WaitContainerOptionsBuilder,
 };
 use bollard::Docker;
 use futures::StreamExt;
 
 use crate::error::{LocalError, Result};
+use shipyard_runtime::registry_auth::RegistryLogin;
 
 /// Label keys put on every container, network and volume the backend creates.
 pub mod labels {
@@ -90,6 +92,43 @@ impl Engine {
             Err(e) if is_not_found(&e) => Ok(false),
             Err(e) => Err(LocalError::docker(format!("inspecting image `{image}`"), e)),
         }
+    }
+
+    /// Pulls `image` with `login`'s credentials; the error is the engine's message (which
+    /// never holds the password).
+    pub(crate) async fn pull_image(
+        &self,
+        image: &str,
+        login: &RegistryLogin,
+    ) -> std::result::Result<(), String> {
+        let (name, tag) = split_image(image);
+        let opts = CreateImageOptionsBuilder::new()
+            .from_image(name)
+            .tag(tag)
+            .build();
+        let credentials = DockerCredentials {
+            username: Some(login.username.clone()),
+            password: Some(login.password.clone()),
+            serveraddress: Some(login.server.clone()),
+            ..Default::default()
+        };
+        let mut progress = self
+            .docker
+            .create_image(Some(opts), None, Some(credentials));
+        while let Some(item) = progress.next().await {
+            match item {
+                Ok(info) => {
+                    if let Some(detail) = info.error_detail.and_then(|d| d.message) {
+                        return Err(detail);
+                    }
+                }
+                Err(BollardError::DockerResponseServerError { message, .. }) => {
+                    return Err(message)
+                }
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        Ok(())
     }
 
     /// Subnets of every existing network.
@@ -522,9 +561,33 @@ fn networking_config(spec: &ContainerSpec) -> Option<NetworkingConfig> {
     }
 }
 
+/// `name` and `tag` of an image reference (`latest` without a tag; a digest reference is
+/// passed whole with an empty tag).
+pub(crate) fn split_image(image: &str) -> (&str, &str) {
+    let slash = image.rfind('/').map_or(0, |i| i + 1);
+    match image[slash..].rfind(':') {
+        Some(i) if !image.contains('@') => (&image[..slash + i], &image[slash + i + 1..]),
+        _ => (image, if image.contains('@') { "" } else { "latest" }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn image_references_split_into_name_and_tag() {
+        assert_eq!(
+            split_image("127.0.0.1:5000/team/mpi:v1"),
+            ("127.0.0.1:5000/team/mpi", "v1")
+        );
+        assert_eq!(
+            split_image("localhost:5000/mpi"),
+            ("localhost:5000/mpi", "latest")
+        );
+        assert_eq!(split_image("ubuntu"), ("ubuntu", "latest"));
+        assert_eq!(split_image("mpi@sha256:abc"), ("mpi@sha256:abc", ""));
+    }
 
     #[test]
     fn subnet_overlap_maths() {

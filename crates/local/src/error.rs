@@ -28,6 +28,23 @@ pub enum LocalError {
         /// `containerSettings.imageName`.
         image: String,
     },
+    /// A task image could not be pulled with the configured registry login.
+    #[error(
+        "task `{task}`: pulling image `{image}` from registry `{registry}` as user `{username}` \
+         failed: {reason}"
+    )]
+    ImagePull {
+        /// The task that needs the image.
+        task: String,
+        /// The image reference.
+        image: String,
+        /// The registry server.
+        registry: String,
+        /// The login's user name (never the password).
+        username: String,
+        /// The engine's message.
+        reason: String,
+    },
     /// A Docker API call failed.
     #[error("docker: {action}: {source}")]
     Docker {

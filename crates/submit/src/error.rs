@@ -104,6 +104,20 @@ pub enum SubmitError {
         /// Batch's message.
         message: String,
     },
+    /// Every unfinished task of a job waits on a failed dependency that blocks its dependents
+    /// (`dependencyAction` = `block`, Batch's default for a failure): the job cannot progress.
+    #[error(
+        "job `{job}`: task(s) {} can never run: dependency {} failed and blocks its dependents (dependencyAction block)",
+        blocked.join(", "), failed.join(", ")
+    )]
+    DependencyBlocked {
+        /// Job id.
+        job: String,
+        /// The tasks that wait forever.
+        blocked: Vec<String>,
+        /// The failed tasks they wait on.
+        failed: Vec<String>,
+    },
     /// The overall timeout elapsed before every task completed.
     #[error("timed out after {}s with {completed}/{total} tasks completed", timeout.as_secs())]
     TimedOut {

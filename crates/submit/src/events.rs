@@ -119,6 +119,16 @@ pub enum SubmitEvent {
         /// Batch's message.
         message: String,
     },
+    /// Tasks of a job can never run: each waits on a failed dependency whose
+    /// `dependencyAction` is `block` (the watch fails next).
+    TasksBlocked {
+        /// Job id.
+        job: String,
+        /// The unfinished tasks that wait forever.
+        blocked: Vec<String>,
+        /// The failed tasks they wait on.
+        failed: Vec<String>,
+    },
     /// shipyard terminated a job (failure, timeout or interrupt) so its release task runs.
     JobTerminated {
         /// Job id.

@@ -9,8 +9,9 @@
 //!   collections, then sets `onAllTasksComplete` (a `Job_Patch`, so Batch does not complete the
 //!   still empty job);
 //! - [`Submitter::watch`]: a `Stream` of [`SubmitEvent`]s (task state changes, new output lines,
-//!   prep/start task failures, unusable nodes, pool resize errors), failing within one poll
-//!   when the tasks can never finish, and after [`SubmitOptions::timeout`] (24 h by default);
+//!   prep/start task failures, unusable nodes, pool resize errors, tasks blocked forever by a
+//!   failed dependency), failing within one poll when the tasks can never finish, and after
+//!   [`SubmitOptions::timeout`] (24 h by default);
 //! - [`Submitter::run`]: both, terminating the jobs it created on failure, timeout or
 //!   [`Submitter::cancel_token`] (so their release tasks run) and saying so in the error;
 //! - [`Submission::requests`]: the requests a submission sends, for `--dry-run`, as
@@ -30,6 +31,7 @@
 #![warn(missing_docs)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+mod blocked;
 mod error;
 mod events;
 pub mod redact;

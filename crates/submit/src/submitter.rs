@@ -348,7 +348,8 @@ impl Submitter {
 
     /// Watches submitted jobs until every task completed. The stream ends with an error (after
     /// the event that explains it) when a prep or start task fails, a node turns unusable, the
-    /// pool cannot allocate, or the timeout passes.
+    /// pool cannot allocate, every unfinished task of a job waits on a failed dependency that
+    /// blocks it ([`SubmitError::DependencyBlocked`]), or the timeout passes.
     pub fn watch(&self, submitted: &Submitted) -> BoxStream<'static, Result<SubmitEvent>> {
         Watcher::new(self.client.clone(), self.opts.clone(), submitted.clone()).into_stream()
     }

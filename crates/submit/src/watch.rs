@@ -1,7 +1,8 @@
 //! Watching submitted jobs: one poll per interval over the pool, its nodes, each job's
 //! preparation task status and its tasks, turned into [`SubmitEvent`]s. Any condition under
 //! which the tasks can never finish (a failed prep or start task, an unusable node, a pool that
-//! cannot allocate, the overall timeout) ends the stream with an error within one poll.
+//! cannot allocate, tasks blocked forever by a failed dependency, the overall timeout) ends the
+//! stream with an error within one poll.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::Instant;
@@ -280,7 +281,21 @@ impl Watcher {
             .iter()
             .find(|j| j.id == job)
             .map_or(0, |j| j.tasks.len());
-        if completed >= expected {
+        if completed < expected {
+            if let Some(b) = crate::blocked::blocked_tasks(&tasks) {
+                let event = SubmitEvent::TasksBlocked {
+                    job: job.to_string(),
+                    blocked: b.blocked.clone(),
+                    failed: b.failed.clone(),
+                };
+                let error = SubmitError::DependencyBlocked {
+                    job: job.to_string(),
+                    blocked: b.blocked,
+                    failed: b.failed,
+                };
+                self.fail(event, error);
+            }
+        } else {
             self.done.insert(job.to_string());
             self.pending.push_back(Ok(SubmitEvent::JobCompleted {
                 job: job.to_string(),

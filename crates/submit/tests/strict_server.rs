@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use shipyard_batch_api::models::{
     ImageReference, JobAddParameter, JobPreparationTask, OnAllTasksComplete, PoolAddParameter,
-    TaskAddParameter, VirtualMachineConfiguration,
+    TaskAddParameter, TaskDependencies, VirtualMachineConfiguration,
 };
 use shipyard_batch_api::BatchClient;
 use shipyard_batch_api::SharedKeyCredential;
@@ -99,6 +99,21 @@ fn spawn_run(submitter: Submitter, submission: Submission) -> Run {
     })
 }
 
+/// Waits for `run` to end (it must end within 2 s, long before its 24 h timeout).
+async fn ends_promptly(run: Run) -> (Result<RunOutcome, SubmitError>, Vec<SubmitEvent>) {
+    let t = Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(10), run)
+        .await
+        .expect("run ends")
+        .expect("join");
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        t.elapsed()
+    );
+    ended
+}
+
 fn assert_terminated_by_shipyard(server: &TestServer) {
     let job = server.job(JOB).expect("job exists");
     let state = job["state"].as_str().unwrap_or("");
@@ -172,16 +187,7 @@ async fn node_failure_fails_promptly(state: &str) -> SubmitError {
     wait_for_tasks(&server, 1).await;
     let node = server.node_ids(POOL).into_iter().next().expect("a node");
     assert!(server.set_node_state(POOL, &node, state));
-    let t = Instant::now();
-    let (result, events) = tokio::time::timeout(Duration::from_secs(10), run)
-        .await
-        .expect("run ends")
-        .expect("join");
-    assert!(
-        t.elapsed() < Duration::from_secs(2),
-        "took {:?}",
-        t.elapsed()
-    );
+    let (result, events) = ends_promptly(run).await;
     assert!(events
         .iter()
         .any(|e| matches!(e, SubmitEvent::JobTerminated { job, .. } if job == JOB)));
@@ -384,16 +390,7 @@ async fn a_failed_job_preparation_fails_the_run_naming_node_task_and_exit_code()
         Some(7),
         Some("docker pull: manifest unknown")
     ));
-    let t = Instant::now();
-    let (result, events) = tokio::time::timeout(Duration::from_secs(10), run)
-        .await
-        .expect("run ends")
-        .expect("join");
-    assert!(
-        t.elapsed() < Duration::from_secs(2),
-        "took {:?}",
-        t.elapsed()
-    );
+    let (result, events) = ends_promptly(run).await;
     assert!(events.iter().any(|e| matches!(
         e,
         SubmitEvent::JobPreparationFailed { node: n, exit_code: Some(7), .. } if *n == node
@@ -417,4 +414,47 @@ async fn a_failed_job_preparation_fails_the_run_naming_node_task_and_exit_code()
     for part in [JOB, POOL, node.as_str(), "7"] {
         assert!(text.contains(part), "{part} missing from: {text}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_blocked_by_a_failed_dependency_fail_the_run_naming_them_and_terminate_the_job() {
+    let server = server().await;
+    let mut submission = submission(&["a"]);
+    let job = &mut submission.jobs[0];
+    job.job.uses_task_dependencies = Some(true);
+    for (id, on) in [("b", "a"), ("c", "b")] {
+        job.tasks.push(TaskAddParameter {
+            depends_on: Some(TaskDependencies {
+                task_ids: Some(vec![on.into()]),
+                task_id_ranges: None,
+            }),
+            ..TaskAddParameter::new(id, "/bin/echo after")
+        });
+    }
+    let run = spawn_run(submitter(&server, SubmitOptions::default()), submission);
+    wait_for_tasks(&server, 3).await;
+    // A failure alone does not end the run while b and c could still be satisfied...
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert!(!run.is_finished(), "ended before any task failed");
+    assert!(server.set_task_state(JOB, "a", "completed", Some(4)));
+    let (result, events) = ends_promptly(run).await;
+    assert!(events.iter().any(|e| matches!(
+        e,
+        SubmitEvent::TasksBlocked { blocked, failed, .. }
+            if *blocked == ["b", "c"] && *failed == ["a"]
+    )));
+    assert_terminated_by_shipyard(&server);
+    let err = result.expect_err("run fails");
+    let SubmitError::Aborted { source, .. } = err else {
+        panic!("not aborted: {err}")
+    };
+    assert!(
+        matches!(*source, SubmitError::DependencyBlocked { .. }),
+        "{source}"
+    );
+    let text = source.to_string();
+    for part in [JOB, "task(s) b, c", "dependency a failed", "block"] {
+        assert!(text.contains(part), "{part} missing from: {text}");
+    }
+    assert!(rejected(&server).is_empty(), "{:#?}", rejected(&server));
 }

@@ -125,6 +125,7 @@ pub(crate) fn dispatch(shared: &Shared, mut req: Req<'_>) -> Reply {
                     steady_at: state::deadline(shared.config.pool_allocation_delay),
                     nodes: BTreeMap::new(),
                     node_files: Default::default(),
+                    node_users: Default::default(),
                 },
             );
             st.count_created(&key);
@@ -193,6 +194,21 @@ pub(crate) fn dispatch(shared: &Shared, mut req: Req<'_>) -> Reply {
             let path = format!("/pools/{}/nodes", enc(req.param("poolId")));
             let items = pool.nodes.iter().map(|(k, v)| (k.as_str(), v));
             page(shared, req, &path, items, after(req))
+        }
+        "ComputeNode_AddUser" => add_node_user(st, req),
+        "ComputeNode_GetRemoteLoginSettings" => {
+            let Some(pool) = st.pools.get(req.param("poolId")) else {
+                return not_found("Pool", req.param("poolId"));
+            };
+            // Each node gets its own port on loopback (as Batch's NAT gives each node a port
+            // on the pool's public address), so nothing a test sshes to leaves this machine.
+            match pool.nodes.keys().position(|n| n == req.param("nodeId")) {
+                Some(i) => Reply::json(
+                    200,
+                    &json!({"remoteLoginIPAddress": "127.0.0.1", "remoteLoginPort": 50000 + i}),
+                ),
+                None => not_found("Node", req.param("nodeId")),
+            }
         }
         // ---------------------------------------------------------------- jobs
         "Job_Add" => {
@@ -562,6 +578,86 @@ pub(crate) fn dispatch(shared: &Shared, mut req: Req<'_>) -> Reply {
             &[],
         ),
     }
+}
+
+/// `ComputeNode_AddUser`: the body is already valid against `ComputeNodeUser`; on top, as on
+/// the service, a Linux account needs a password or an OpenSSH public key (never a private
+/// key), a node accepts logins only once it is up, and a name is taken once.
+fn add_node_user(st: &mut state::State, req: &mut Req<'_>) -> Reply {
+    let body = body_object(req);
+    let (pool_id, node_id) = (req.param("poolId"), req.param("nodeId"));
+    let Some(pool) = st.pools.get_mut(pool_id) else {
+        return not_found("Pool", pool_id);
+    };
+    let Some(node) = pool.nodes.get(node_id) else {
+        return not_found("Node", node_id);
+    };
+    let node_state = node.get("state").and_then(Value::as_str).unwrap_or("");
+    if matches!(
+        node_state,
+        "creating" | "starting" | "unusable" | "leavingpool" | "offline"
+    ) {
+        return Reply::error(
+            409,
+            "NodeNotReady",
+            "The specified node is not ready for a user account.",
+            &[("NodeState", node_state.to_owned())],
+        );
+    }
+    let name = body.get("name").and_then(Value::as_str).unwrap_or("");
+    let invalid = |property: &str, reason: &str| {
+        Reply::error(
+            400,
+            "InvalidPropertyValue",
+            "The value provided for one of the properties in the request body is invalid.",
+            &[
+                ("PropertyName", property.to_owned()),
+                ("Reason", reason.to_owned()),
+            ],
+        )
+    };
+    if name.is_empty() || name.len() > 32 || name.contains(['/', '\\', ':', '@', ' ']) {
+        return invalid("name", "not a valid user name");
+    }
+    let key = body.get("sshPublicKey").and_then(Value::as_str);
+    if key.is_none() && body.get("password").is_none() {
+        return invalid(
+            "sshPublicKey",
+            "a Linux node user needs a password or an SSH public key",
+        );
+    }
+    if let Some(k) = key {
+        if !is_openssh_public_key(k) {
+            return invalid("sshPublicKey", "not an OpenSSH public key");
+        }
+    }
+    let users = pool.node_users.entry(node_id.to_owned()).or_default();
+    if users.contains_key(name) {
+        return Reply::error(
+            409,
+            "NodeUserExists",
+            "The specified node user already exists.",
+            &[],
+        );
+    }
+    users.insert(name.to_owned(), Value::Object(body));
+    Reply::empty(201)
+}
+
+/// `type base64 [comment]` with a known key type and decodable base64 (never a private key).
+fn is_openssh_public_key(k: &str) -> bool {
+    use base64::Engine as _;
+    let mut words = k.split_whitespace();
+    let (Some(kind), Some(data)) = (words.next(), words.next()) else {
+        return false;
+    };
+    let known =
+        kind.starts_with("ssh-") || kind.starts_with("ecdsa-sha2-") || kind.starts_with("sk-");
+    known
+        && !k.contains("PRIVATE KEY")
+        && base64::engine::general_purpose::STANDARD
+            .decode(data)
+            .is_ok_and(|raw| raw.len() > 4)
 }
 
 fn job_not_accepting(job: &Job) -> Option<Reply> {

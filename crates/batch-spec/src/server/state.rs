@@ -38,6 +38,8 @@ pub(crate) struct Pool {
     pub steady_at: Option<Instant>,
     pub nodes: BTreeMap<String, Value>,
     pub node_files: HashMap<String, BTreeMap<String, FileRec>>,
+    /// `ComputeNode_AddUser` accounts: node id → user name → the `ComputeNodeUser` body.
+    pub node_users: HashMap<String, BTreeMap<String, Value>>,
 }
 
 #[derive(Debug)]
