@@ -81,6 +81,13 @@ pub struct GlobalArgs {
     /// Where to run: this machine's Docker engine, or Azure Batch.
     #[arg(short = 't', long, global = true, value_enum, default_value_t = Target::Local, env = "SHIPYARD_TARGET")]
     pub target: Target,
+    /// With `--target local`: send every command (run, pool, jobs, tasks, files) to the
+    /// persistent local engine, through the same Batch client as `--target azure`. The first
+    /// shipyard process hosts the engine on loopback and later ones connect to it. Without the
+    /// flag, `run` still uses the engine for jobs whose runtime needs a pool without container
+    /// configuration (singularity, plugin runtimes such as charliecloud: VM-like nodes).
+    #[arg(long, global = true, env = "SHIPYARD_LOCAL_ENGINE", value_parser = clap::builder::BoolishValueParser::new())]
+    pub engine: bool,
     /// Print the REST request bodies that would be sent to Azure Batch; send nothing.
     #[arg(long, global = true)]
     pub dry_run: bool,

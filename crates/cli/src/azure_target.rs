@@ -30,13 +30,15 @@ use crate::{CliError, CliResult};
 pub const ENV_POLL_MS: &str = "SHIPYARD_POLL_INTERVAL_MS";
 
 fn poll_interval() -> Duration {
+    poll_interval_or(shipyard_submit::DEFAULT_POLL_INTERVAL)
+}
+
+/// [`ENV_POLL_MS`], else `default`.
+pub(crate) fn poll_interval_or(default: Duration) -> Duration {
     std::env::var(ENV_POLL_MS)
         .ok()
         .and_then(|v| v.parse::<u64>().ok())
-        .map_or(
-            shipyard_submit::DEFAULT_POLL_INTERVAL,
-            Duration::from_millis,
-        )
+        .map_or(default, Duration::from_millis)
 }
 
 /// Builds a client from the configuration's `[credentials.batch]` (after env overrides).
@@ -186,13 +188,23 @@ const TASK_COLUMNS: &[(&str, &str)] = &[
 pub(crate) fn command(global: &GlobalArgs, command: Command) -> CliResult {
     let config = crate::load(global, &[])?;
     let client = client(&config)?;
+    command_with(&client, &config, global, command)
+}
+
+/// Every command but `run`, through `client` (an Azure Batch account or the local engine).
+pub(crate) fn command_with(
+    client: &BatchClient,
+    config: &Config,
+    global: &GlobalArgs,
+    command: Command,
+) -> CliResult {
     let format = global.output;
     runtime()?.block_on(async move {
         match command {
-            Command::Pool(p) => pool_command(&client, &config, format, p).await,
-            Command::Jobs(j) => jobs_command(&client, &config, format, j).await,
-            Command::Tasks(t) => tasks_command(&client, format, t).await,
-            Command::Files(f) => files(&client, &f).await,
+            Command::Pool(p) => pool_command(client, config, format, p).await,
+            Command::Jobs(j) => jobs_command(client, config, format, j).await,
+            Command::Tasks(t) => tasks_command(client, format, t).await,
+            Command::Files(f) => files(client, &f).await,
             Command::Run(_)
             | Command::Config(_)
             | Command::Serve(_)
@@ -478,10 +490,20 @@ fn show_event(bar: &ProgressBar, event: SubmitEvent) {
 /// early when a prep/start task fails or a node is unusable), exit with the first failed
 /// task's exit code. On failure, timeout or Ctrl-C the jobs are terminated.
 pub(crate) fn run(global: &GlobalArgs, config: &Config, args: &RunArgs) -> CliResult {
-    let client = client(config)?;
+    run_with(client(config)?, poll_interval(), global, config, args)
+}
+
+/// `run` through `client`, polling every `poll` (an Azure Batch account or the local engine).
+pub(crate) fn run_with(
+    client: BatchClient,
+    poll: Duration,
+    global: &GlobalArgs,
+    config: &Config,
+    args: &RunArgs,
+) -> CliResult {
     let submission = crate::submission::submission(config, args.job.as_deref(), true, false)?;
     let mut opts = SubmitOptions::default()
-        .poll_interval(poll_interval())
+        .poll_interval(poll)
         .stream_output(args.tail)
         .recreate(args.recreate);
     if let Some(t) = args.timeout {

@@ -19,6 +19,7 @@ pub mod submission;
 
 pub mod azure_target;
 mod dry_run;
+pub mod engine_target;
 pub mod local_target;
 
 use args::{Cli, Command, ConfigCommand, GlobalArgs, OutputFormat, RunArgs, Target};
@@ -155,6 +156,7 @@ pub fn run(cli: Cli) -> CliResult {
                 return dry_run::command(&global, &config, &command);
             }
             match global.target {
+                Target::Local if global.engine => engine_target::command(&global, command),
                 Target::Local => local_target::command(&global, command),
                 Target::Azure => azure_target::command(&global, command),
             }
@@ -183,6 +185,7 @@ pub(crate) fn cancel_on_signal(token: shipyard_submit::CancellationToken, what: 
 fn run_command(global: &GlobalArgs, config: &Config, args: &RunArgs) -> CliResult {
     config.validate()?;
     match global.target {
+        Target::Local if global.engine => engine_target::run(global, config, args),
         Target::Local => local_target::run(global, config, args),
         Target::Azure => azure_target::run(global, config, args),
     }

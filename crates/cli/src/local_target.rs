@@ -37,17 +37,38 @@ pub fn local_facts(config: &Config, job: &LoadedJob) -> shipyard_runtime::PoolFa
 
 /// Plans `job` for this machine.
 pub fn local_plan(config: &Config, job: &LoadedJob) -> CliResult<JobPlan> {
+    plan_on(config, job, true).map_err(|e| CliError::Config(config.plan_error(job, e)))
+}
+
+/// Plans `job` against the local facts, with or without native container support.
+fn plan_on(
+    config: &Config,
+    job: &LoadedJob,
+    native: bool,
+) -> Result<JobPlan, shipyard_runtime::RuntimeError> {
     // The same steps as on Azure up to the plan: validate, expand (task factories, merge
     // task), resolve against the configured pool; storage data and registry logins are Azure's.
-    let prepare = || -> Result<JobPlan, shipyard_runtime::RuntimeError> {
-        job.spec.validate()?;
-        let mut spec = job.spec.expanded()?.into_owned();
-        if let Some((pool, _)) = &config.pool {
-            spec = pool.prepare_job(&spec, None)?;
-        }
-        shipyard_runtime::registry::get(&spec.runtime)?.plan(&spec, &local_facts(config, job))
-    };
-    prepare().map_err(|e| CliError::Config(config.plan_error(job, e)))
+    job.spec.validate()?;
+    let mut spec = job.spec.expanded()?.into_owned();
+    if let Some((pool, _)) = &config.pool {
+        spec = pool.prepare_job(&spec, None)?;
+    }
+    let mut facts = local_facts(config, job);
+    facts.native_containers = native;
+    shipyard_runtime::registry::get(&spec.runtime)?.plan(&spec, &facts)
+}
+
+/// Whether `job` runs on the local engine's VM-like nodes rather than the per-run backend:
+/// its runtime plans a pool without container configuration (host MPI: singularity, plugin
+/// runtimes such as charliecloud), or plans only for pools without container support.
+pub fn needs_engine(config: &Config, job: &LoadedJob) -> CliResult<bool> {
+    match plan_on(config, job, true) {
+        Ok(plan) => Ok(plan.pool.container_configuration.is_none()),
+        Err(native) => match plan_on(config, job, false) {
+            Ok(plan) => Ok(plan.pool.container_configuration.is_none()),
+            Err(_) => Err(CliError::Config(config.plan_error(job, native))),
+        },
+    }
 }
 
 fn options(config: Option<&Config>, stream: bool) -> LocalOptions {
@@ -84,6 +105,18 @@ pub(crate) fn run(global: &GlobalArgs, config: &Config, args: &RunArgs) -> CliRe
         }
         None => config.jobs.iter().collect(),
     };
+    // Host-MPI plans (singularity, charliecloud, ...) need nodes that are machines, not
+    // containers: the local engine's VM-like nodes run them.
+    for job in &jobs {
+        if needs_engine(config, job)? {
+            tracing::info!(
+                job = %job.spec.id,
+                runtime = %job.spec.runtime,
+                "the job's runtime plans a pool without container configuration: running on the local engine (VM-like nodes)"
+            );
+            return crate::engine_target::run(global, config, args);
+        }
+    }
     let mut plans = Vec::new();
     for job in &jobs {
         plans.push((job.spec.id.clone(), local_plan(config, job)?));
@@ -409,7 +442,8 @@ pub(crate) fn command(global: &GlobalArgs, command: Command) -> CliResult {
         Command::Jobs(JobsCommand::Del { .. }) | Command::Jobs(JobsCommand::Term { .. }) | Command::Jobs(JobsCommand::Cmi { .. }) | Command::Tasks(TasksCommand::Term { .. }) => Err(not_local(
             "jobs del/term/cmi and tasks term",
             "a local job lives in the `shipyard run` process: stop it with Ctrl-C there (everything is removed); \
-             `shipyard pool del` removes the leftovers of runs whose process died",
+             `shipyard pool del` removes the leftovers of runs whose process died; \
+             jobs run with `--engine` can be terminated with `shipyard --engine jobs term`",
         )),
         Command::Files(f) => files(&store, &f),
         Command::Run(_)

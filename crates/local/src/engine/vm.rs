@@ -21,6 +21,9 @@ use tokio_util::sync::CancellationToken;
 use super::error::{EngineError, Result};
 use super::node::{sleep_for, NodeKind, NodeRef, PoolSetup, RunEnd, RunSpec, NODE_ROOT_DIR};
 
+/// util-linux `setpriv`: runs a task as its user inside the node's namespaces.
+const SETPRIV: &str = "setpriv";
+
 /// Where VM-like pools keep their state.
 #[derive(Debug, Clone)]
 pub struct VmNodesOptions {
@@ -181,18 +184,37 @@ impl VmNodes {
                 "the command line is empty",
             ));
         };
+        let user = spec.run.user.clone().or_else(|| spec.user.clone());
+        // nsenter needs root to enter the namespaces, so a task's user is taken inside them
+        // (util-linux `setpriv`), not by the nsenter process.
+        let mut inner: Vec<String> = Vec::new();
+        if let Some(u) = &user {
+            let (uid, gid) = u.split_once(':').unwrap_or((u.as_str(), u.as_str()));
+            if uid.parse::<u32>().is_err() || gid.parse::<u32>().is_err() {
+                return Err(EngineError::invalid(
+                    "userIdentity",
+                    format!("{u} is not uid:gid"),
+                ));
+            }
+            inner.extend([
+                SETPRIV.to_string(),
+                format!("--reuid={uid}"),
+                format!("--regid={gid}"),
+                "--clear-groups".into(),
+                "--".into(),
+            ]);
+        }
         // nsenter opens its --wd before entering the mount namespace, so the working
         // directory (a path of the node's view) is entered by `env --chdir` inside it.
-        let mut cmd = match &spec.working_dir {
-            Some(wd) => vm
-                .command("env")
-                .arg(format!("--chdir={wd}"))
-                .arg("--")
-                .arg(prog),
-            None => vm.command(prog),
+        if let Some(wd) = &spec.working_dir {
+            inner.extend(["env".into(), format!("--chdir={wd}"), "--".into()]);
         }
-        .args(args)
-        .env_clear();
+        inner.push(prog.clone());
+        let mut cmd = vm
+            .command(&inner[0])
+            .args(&inner[1..])
+            .args(args)
+            .env_clear();
         let mut has_home = false;
         for kv in spec.env.iter().chain(spec.run.env.iter()) {
             if let Some((k, v)) = kv.split_once('=') {
@@ -200,7 +222,6 @@ impl VmNodes {
                 cmd = cmd.env(k, v);
             }
         }
-        let user = spec.run.user.clone().or_else(|| spec.user.clone());
         if !has_home {
             let home = match (&user, &spec.working_dir) {
                 (Some(_), Some(wd)) => wd.clone(),
@@ -209,20 +230,6 @@ impl VmNodes {
             cmd = cmd.env("HOME", home);
         }
         let mut tc = cmd.into_tokio();
-        if let Some(u) = &user {
-            let (uid, gid) = u.split_once(':').unwrap_or((u.as_str(), u.as_str()));
-            match (uid.parse::<u32>(), gid.parse::<u32>()) {
-                (Ok(uid), Ok(gid)) => {
-                    tc.uid(uid).gid(gid);
-                }
-                _ => {
-                    return Err(EngineError::invalid(
-                        "userIdentity",
-                        format!("{u} is not uid:gid"),
-                    ))
-                }
-            }
-        }
         let open = |p: &std::path::Path| {
             std::fs::OpenOptions::new()
                 .create(true)

@@ -1,0 +1,697 @@
+//! `--target local` through the persistent local engine (`shipyard_local::Engine`), reached
+//! with the same submission library and Batch client as `--target azure`.
+//!
+//! The engine's state lives in `<state base>/engine` (the base of
+//! [`crate::serve::default_state_dir`], so `SHIPYARD_STATE_DIR` moves both). The first shipyard
+//! process that needs the engine hosts it: it runs [`shipyard_serve::engine::serve_engine`] in
+//! process on `127.0.0.1:0` with a random Shared Key and writes [`ENDPOINT_FILE`] (mode 0600:
+//! url, pid and the key) into the state directory. Later processes find the file, check that
+//! the pid is alive and that the URL answers to the key, and connect to it instead of opening
+//! the store themselves. The key is never printed, logged or passed in argv.
+//!
+//! The host process removes the file when it ends cleanly; before that it waits for the jobs
+//! still running on its engine (Ctrl-C abandons them). A pool `run` created is deleted when the
+//! run ends (`pool add` first keeps one). Pools of VM-like nodes (no `containerConfiguration`)
+//! live as long as their host process; container pools persist in the store.
+
+use std::io::Write as _;
+use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use futures::TryStreamExt as _;
+use serde::{Deserialize, Serialize};
+use shipyard_batch_api::models::{AllocationState, JobState, PoolAddParameter};
+use shipyard_batch_api::{BatchClient, SharedKeyCredential};
+use shipyard_serve::engine::EngineServer;
+use shipyard_serve::{ServeError, ServeOptions};
+
+use crate::args::{Command, GlobalArgs, PoolCommand, RunArgs};
+use crate::config::Config;
+use crate::{CliError, CliResult};
+
+/// Environment variable equivalent to `--engine` (`1`: route `--target local` to the engine).
+pub const ENV_LOCAL_ENGINE: &str = "SHIPYARD_LOCAL_ENGINE";
+/// The file in the engine's state directory that names the process hosting it.
+pub const ENDPOINT_FILE: &str = "endpoint.json";
+/// The account name of the engine's endpoint.
+pub const ACCOUNT: &str = "local";
+/// How often `run` polls the local engine (unless `SHIPYARD_POLL_INTERVAL_MS` says otherwise).
+pub const LOCAL_POLL: Duration = Duration::from_millis(300);
+/// How long a new process waits for another one that is starting the engine.
+const START_WAIT: Duration = Duration::from_secs(20);
+/// How long `pool del` (and the end of a `run` that made its pool) waits for the pool to go.
+const POOL_GONE_WAIT: Duration = Duration::from_secs(180);
+
+/// The programs VM-like nodes run (`shipyard-vm-node`), with the Debian package of each.
+pub const VM_NODE_PROGRAMS: [(&str, &str); 11] = [
+    ("ip", "iproute2"),
+    ("nsenter", "util-linux"),
+    ("unshare", "util-linux"),
+    ("setpriv", "util-linux"),
+    ("mount", "mount"),
+    ("umount", "mount"),
+    ("kill", "procps"),
+    ("iptables", "iptables"),
+    ("dockerd", "docker.io"),
+    ("docker", "docker.io"),
+    ("docker-registry", "docker-registry"),
+];
+
+/// The engine's state directory: `<state base>/engine`.
+pub fn state_dir() -> PathBuf {
+    let serve = crate::serve::default_state_dir();
+    match serve.parent() {
+        Some(base) => base.join("engine"),
+        None => serve.with_file_name("engine"),
+    }
+}
+
+/// What [`ENDPOINT_FILE`] holds. No `Debug`: it carries the key.
+#[derive(Serialize, Deserialize)]
+struct Endpoint {
+    url: String,
+    pid: u32,
+    account: String,
+    key: String,
+}
+
+fn failed(e: impl Into<anyhow::Error>) -> CliError {
+    CliError::Failed(e.into())
+}
+
+/// A connection to the local engine: hosted by this process, or by another live one.
+pub struct Session {
+    rt: tokio::runtime::Runtime,
+    client: BatchClient,
+    hosted: Option<Hosted>,
+}
+
+struct Hosted {
+    served: EngineServer,
+    endpoint: PathBuf,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("hosted", &self.hosted.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+fn client_for(url: &str, key: &str) -> CliResult<BatchClient> {
+    let cred = SharedKeyCredential::new(ACCOUNT, key).map_err(failed)?;
+    BatchClient::new(url, cred).map_err(failed)
+}
+
+fn pid_alive(pid: u32) -> bool {
+    pid != 0 && Path::new("/proc").join(pid.to_string()).exists()
+}
+
+fn read_endpoint(dir: &Path) -> Option<Endpoint> {
+    let text = std::fs::read_to_string(dir.join(ENDPOINT_FILE)).ok()?;
+    match serde_json::from_str(&text) {
+        Ok(ep) => Some(ep),
+        Err(e) => {
+            tracing::warn!(file = %dir.join(ENDPOINT_FILE).display(), error = %e, "ignoring an unreadable endpoint file");
+            None
+        }
+    }
+}
+
+/// Writes the endpoint file atomically (a 0600 temporary file renamed into place).
+fn write_endpoint(dir: &Path, ep: &Endpoint) -> CliResult<PathBuf> {
+    let path = dir.join(ENDPOINT_FILE);
+    let tmp = dir.join(format!(".{ENDPOINT_FILE}.{}", ep.pid));
+    let _ = std::fs::remove_file(&tmp);
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(serde_json::to_string(ep)?.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &path)
+    };
+    write().map_err(|e| failed(anyhow::anyhow!("cannot write {}: {e}", path.display())))?;
+    Ok(path)
+}
+
+/// Whether the engine at `client` answers (an authenticated request within a few seconds).
+async fn answers(client: &BatchClient) -> bool {
+    match tokio::time::timeout(
+        Duration::from_secs(3),
+        client.get_pool("shipyard-endpoint-probe"),
+    )
+    .await
+    {
+        Ok(Ok(_)) => true,
+        Ok(Err(e)) => e.is_not_found(),
+        Err(_) => false,
+    }
+}
+
+/// Whether `e` says the store is held by another process (which is starting the engine).
+fn store_busy(e: &ServeError) -> bool {
+    matches!(e, ServeError::Engine { source, .. }
+        if matches!(**source, shipyard_local::EngineError::Store { context: "opening", .. }))
+}
+
+impl Session {
+    /// Connects to the engine on `dir`, hosting it in this process when no live one does.
+    pub fn open(dir: &Path) -> CliResult<Session> {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| {
+                failed(anyhow::anyhow!(
+                    "cannot create the engine state directory {}: {e}",
+                    dir.display()
+                ))
+            })?;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("shipyard-engine")
+            .enable_all()
+            .build()
+            .map_err(|e| failed(anyhow::anyhow!("cannot start the async runtime: {e}")))?;
+        let started = std::time::Instant::now();
+        loop {
+            if let Some(ep) = read_endpoint(dir) {
+                if ep.pid != std::process::id() && pid_alive(ep.pid) {
+                    let client = client_for(&ep.url, &ep.key)?;
+                    if rt.block_on(answers(&client)) {
+                        tracing::info!(url = %ep.url, pid = ep.pid, "using the local engine hosted by another shipyard process");
+                        return Ok(Session {
+                            rt,
+                            client,
+                            hosted: None,
+                        });
+                    }
+                }
+            }
+            let key = ServeOptions::random_key();
+            let opts = ServeOptions::new(ACCOUNT, key.clone())
+                .listen(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+            match rt.block_on(shipyard_serve::engine::serve_engine(opts, dir.to_path_buf())) {
+                Ok(served) => {
+                    let url = format!("http://{}", served.server.addr());
+                    let ep = Endpoint {
+                        url: url.clone(),
+                        pid: std::process::id(),
+                        account: ACCOUNT.into(),
+                        key,
+                    };
+                    let client = client_for(&url, &ep.key);
+                    let endpoint = write_endpoint(dir, &ep);
+                    let (client, endpoint) = match (client, endpoint) {
+                        (Ok(c), Ok(p)) => (c, p),
+                        (Err(e), _) | (_, Err(e)) => {
+                            rt.block_on(served.shutdown());
+                            return Err(e);
+                        }
+                    };
+                    tracing::info!(%url, state_dir = %dir.display(), "hosting the local engine in this process");
+                    return Ok(Session {
+                        rt,
+                        client,
+                        hosted: Some(Hosted { served, endpoint }),
+                    });
+                }
+                Err(e) if store_busy(&e) && started.elapsed() < START_WAIT => {
+                    tracing::debug!(error = %e, "the engine store is held by another process; waiting for its endpoint");
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                Err(e) => {
+                    return Err(failed(anyhow::anyhow!(e).context(format!(
+                        "cannot start the local engine on {} (another shipyard process may hold it without answering on loopback)",
+                        dir.display()
+                    ))))
+                }
+            }
+        }
+    }
+
+    /// The Batch client of the engine's endpoint.
+    pub fn client(&self) -> &BatchClient {
+        &self.client
+    }
+
+    /// Whether this process hosts the engine.
+    pub fn is_host(&self) -> bool {
+        self.hosted.is_some()
+    }
+
+    fn pool_exists(&self, id: &str) -> CliResult<bool> {
+        match self.rt.block_on(self.client.get_pool(id)) {
+            Ok(_) => Ok(true),
+            Err(e) if e.is_not_found() => Ok(false),
+            Err(e) => Err(failed(
+                anyhow::anyhow!(e).context(format!("looking up pool `{id}`")),
+            )),
+        }
+    }
+
+    /// Waits until pool `id` is gone (deleting it first with `delete`).
+    fn pool_gone(&self, id: &str, delete: bool) -> CliResult {
+        let client = &self.client;
+        self.rt.block_on(async {
+            if delete {
+                match client.delete_pool(id).await {
+                    Ok(()) => {}
+                    Err(e) if e.is_not_found() => return Ok(()),
+                    Err(e) => {
+                        return Err(failed(
+                            anyhow::anyhow!(e).context(format!("deleting pool `{id}`")),
+                        ))
+                    }
+                }
+            }
+            let until = tokio::time::Instant::now() + POOL_GONE_WAIT;
+            loop {
+                match client.get_pool(id).await {
+                    Err(e) if e.is_not_found() => return Ok(()),
+                    _ if tokio::time::Instant::now() > until => {
+                        return Err(failed(anyhow::anyhow!(
+                            "pool `{id}` is still being deleted after {}s",
+                            POOL_GONE_WAIT.as_secs()
+                        )))
+                    }
+                    _ => tokio::time::sleep(Duration::from_millis(200)).await,
+                }
+            }
+        })
+    }
+
+    /// Active jobs on `pool` other than `ours`.
+    fn other_active_jobs(&self, pool: &str, ours: &[String]) -> Vec<String> {
+        let jobs: Vec<_> = match self.rt.block_on(
+            self.client
+                .list_jobs(&shipyard_batch_api::ListOptions::default())
+                .try_collect(),
+        ) {
+            Ok(j) => j,
+            Err(e) => {
+                tracing::warn!(error = %e, "listing jobs");
+                return Vec::new();
+            }
+        };
+        jobs.into_iter()
+            .filter(|j: &shipyard_batch_api::models::CloudJob| {
+                j.state == Some(JobState::Active)
+                    && j.pool_info.as_ref().and_then(|p| p.pool_id.as_deref()) == Some(pool)
+            })
+            .filter_map(|j| j.id)
+            .filter(|id| !ours.contains(id))
+            .collect()
+    }
+
+    /// Says which of `jobs` were terminated by someone else (e.g. `jobs term`).
+    fn report_terminated(&self, jobs: &[String]) {
+        for id in jobs {
+            let Ok(job) = self.rt.block_on(self.client.get_job(id)) else {
+                continue;
+            };
+            let reason = job.execution_info.and_then(|i| i.terminate_reason);
+            match reason.as_deref() {
+                None | Some("AllTasksComplete") | Some(shipyard_submit::TERMINATE_REASON) => {}
+                Some(r) => eprintln!("shipyard: job `{id}` was terminated ({r})"),
+            }
+        }
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        let Some(hosted) = self.hosted.take() else {
+            return;
+        };
+        self.rt.block_on(async {
+            wait_for_active_work(&hosted.served.engine).await;
+            // Only our own file: a later host may have replaced it.
+            if read_endpoint(hosted.endpoint.parent().unwrap_or(Path::new(".")))
+                .is_some_and(|ep| ep.pid == std::process::id())
+            {
+                let _ = std::fs::remove_file(&hosted.endpoint);
+            }
+            hosted.served.shutdown().await;
+        });
+    }
+}
+
+/// Pools of `engine` still allocating nodes, and jobs that still have tasks to run.
+fn active_work(engine: &shipyard_local::Engine) -> Vec<String> {
+    let mut work: Vec<String> = engine
+        .list_pools()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|p| p.allocation_state == Some(AllocationState::Resizing))
+        .filter_map(|p| p.id.map(|id| format!("pool {id}")))
+        .collect();
+    let Ok(jobs) = engine.list_jobs() else {
+        return work;
+    };
+    work.extend(
+        jobs.into_iter()
+            .filter(|j| {
+                matches!(
+                    j.state,
+                    Some(JobState::Active) | Some(JobState::Terminating)
+                )
+            })
+            .filter_map(|j| {
+                let id = j.id?;
+                let counts = engine.task_counts(&id).ok()?;
+                (counts.task_counts.active + counts.task_counts.running > 0)
+                    .then(|| format!("job {id}"))
+            }),
+    );
+    work
+}
+
+/// The host process keeps serving while its engine allocates pools or runs jobs (others may
+/// have added them);
+/// Ctrl-C or SIGTERM stops waiting (the next engine fails that work with a reason).
+async fn wait_for_active_work(engine: &shipyard_local::Engine) {
+    let mut active = active_work(engine);
+    if active.is_empty() {
+        return;
+    }
+    eprintln!(
+        "shipyard: this process hosts the local engine; waiting for {} (Ctrl-C abandons the work)",
+        active.join(", ")
+    );
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    while !active.is_empty() {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => return,
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => return,
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+        active = active_work(engine);
+    }
+}
+
+/// Whether `pool` gets VM-like nodes on the engine (no `containerConfiguration`).
+pub fn is_vm_like(pool: &PoolAddParameter) -> bool {
+    pool.virtual_machine_configuration
+        .as_ref()
+        .and_then(|v| v.container_configuration.as_ref())
+        .is_none()
+}
+
+fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH").is_some_and(|path| {
+        std::env::split_paths(&path).any(|d| {
+            std::fs::metadata(d.join(program)).is_ok_and(|m| {
+                m.is_file()
+                    && std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o111 != 0
+            })
+        })
+    })
+}
+
+fn is_root() -> bool {
+    std::fs::metadata("/proc/self").is_ok_and(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+}
+
+/// What this machine lacks for VM-like nodes (root and [`VM_NODE_PROGRAMS`]), `None` if
+/// nothing.
+pub fn vm_node_missing() -> Option<String> {
+    let mut missing: Vec<String> = Vec::new();
+    if !is_root() {
+        missing.push(
+            "root (VM-like nodes are network and mount namespaces with their own dockerd)".into(),
+        );
+    }
+    for (program, package) in VM_NODE_PROGRAMS {
+        if !on_path(program) {
+            missing.push(format!("`{program}` (Debian package {package})"));
+        }
+    }
+    (!missing.is_empty()).then(|| missing.join(", "))
+}
+
+/// Fails naming what is missing when `pool` needs VM-like nodes this machine cannot make.
+fn check_vm_like(pool: &PoolAddParameter) -> CliResult {
+    if !is_vm_like(pool) {
+        return Ok(());
+    }
+    match vm_node_missing() {
+        None => Ok(()),
+        Some(m) => Err(CliError::Usage(format!(
+            "pool `{}` has no container configuration, so the local engine makes VM-like nodes for it, \
+             which need: {m}; `bash scripts/setup.sh` installs the programs",
+            pool.id
+        ))),
+    }
+}
+
+/// The id prefix of the pool a run without `[pool_specification]` gets on the engine
+/// (`local-engine-<pid>`).
+pub const DEFAULT_POOL_ID: &str = "local-engine";
+
+/// `config`, with a pool of VM-like nodes sized for the selected jobs (one node per instance of
+/// the largest multi-instance task) when it names none.
+fn with_pool<'a>(config: &'a Config, args: &RunArgs) -> CliResult<std::borrow::Cow<'a, Config>> {
+    if config.pool.is_some() {
+        return Ok(std::borrow::Cow::Borrowed(config));
+    }
+    let nodes = crate::submission::selected_jobs(config, args.job.as_deref())?
+        .iter()
+        .map(|j| shipyard_local::convert::pool_facts(&j.spec).node_count)
+        .max()
+        .unwrap_or(1);
+    let id = format!("{DEFAULT_POOL_ID}-{}", std::process::id());
+    let spec: shipyard_runtime::PoolSpec = toml::from_str(&format!(
+        "id = \"{id}\"\nvm_count = {nodes}\n\
+         [vm_configuration.platform_image]\npublisher = \"local\"\noffer = \"local\"\n\
+         sku = \"local\"\nnode_agent_sku_id = \"batch.node.debian 12\"\n"
+    ))
+    .map_err(|e| failed(anyhow::anyhow!("internal: the default local pool: {e}")))?;
+    tracing::info!(pool = %id, nodes, "no [pool_specification]: the run gets a pool of VM-like nodes");
+    let mut owned = config.clone();
+    owned.pool = Some((spec, 0));
+    Ok(std::borrow::Cow::Owned(owned))
+}
+
+/// `run` on the local engine: the `--target azure` run through the engine's client. A pool the
+/// run created is deleted when it ends. Without `[pool_specification]` the run gets a pool of
+/// VM-like nodes ([`DEFAULT_POOL_ID`]).
+pub(crate) fn run(global: &GlobalArgs, config: &Config, args: &RunArgs) -> CliResult {
+    let config = &*with_pool(config, args)?;
+    let pool_id = config.pool()?.id.clone();
+    let submission = crate::submission::submission(config, args.job.as_deref(), true, false)?;
+    if let Some(p) = &submission.pool {
+        check_vm_like(p)?;
+    }
+    let jobs: Vec<String> = submission.jobs.iter().map(|j| j.job.id.clone()).collect();
+    let session = Session::open(&state_dir())?;
+    let existed = session.pool_exists(&pool_id)?;
+    let result = crate::azure_target::run_with(
+        session.client().clone(),
+        crate::azure_target::poll_interval_or(LOCAL_POLL),
+        global,
+        config,
+        args,
+    );
+    if result.is_err() {
+        session.report_terminated(&jobs);
+    }
+    if !existed {
+        let others = session.other_active_jobs(&pool_id, &jobs);
+        if others.is_empty() {
+            tracing::info!(pool = %pool_id, "deleting the pool this run created");
+            if let Err(e) = session.pool_gone(&pool_id, true) {
+                crate::report(&e);
+            }
+        } else {
+            tracing::info!(pool = %pool_id, jobs = ?others, "keeping the pool this run created: other jobs use it");
+        }
+    }
+    result
+}
+
+/// Every other command on the local engine (pool, jobs, tasks, files).
+pub(crate) fn command(global: &GlobalArgs, command: Command) -> CliResult {
+    let config = crate::load_optional(global)?.unwrap_or_default();
+    if let Command::Pool(PoolCommand::Add) = &command {
+        let submission = crate::submission::submission(&config, None, true, false)?;
+        if let Some(p) = &submission.pool {
+            check_vm_like(p)?;
+        }
+    }
+    let deleted = match &command {
+        Command::Pool(PoolCommand::Del { pool_id, .. }) => match pool_id {
+            Some(id) => Some(id.clone()),
+            None => Some(config.pool()?.id.clone()),
+        },
+        _ => None,
+    };
+    let session = Session::open(&state_dir())?;
+    crate::azure_target::command_with(session.client(), &config, global, command)?;
+    if let Some(id) = deleted {
+        // The host process may end right after: the removal must be finished.
+        session.pool_gone(&id, false)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shipyard_batch_api::models::{ContainerConfiguration, VirtualMachineConfiguration};
+
+    #[test]
+    fn the_endpoint_file_is_private_and_read_back() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ep = Endpoint {
+            url: "http://127.0.0.1:1".into(),
+            pid: 4242,
+            account: ACCOUNT.into(),
+            key: "c2VjcmV0".into(),
+        };
+        let path = write_endpoint(dir.path(), &ep).expect("write");
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(&path).expect("stat").permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o600);
+        let back = read_endpoint(dir.path()).expect("read back");
+        assert_eq!((back.url.as_str(), back.pid), ("http://127.0.0.1:1", 4242));
+        assert_eq!(back.key, "c2VjcmV0");
+        // rewriting replaces it (a new host), no temporary file stays
+        write_endpoint(dir.path(), &ep).expect("rewrite");
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .expect("ls")
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from(ENDPOINT_FILE)]);
+        // garbage is ignored, not trusted
+        std::fs::write(&path, "{not json").expect("garbage");
+        assert!(read_endpoint(dir.path()).is_none());
+    }
+
+    #[test]
+    fn only_live_pids_count() {
+        assert!(pid_alive(std::process::id()));
+        assert!(!pid_alive(0));
+        assert!(!pid_alive(u32::MAX));
+    }
+
+    #[test]
+    fn pools_without_container_configuration_are_vm_like() {
+        let mut p = PoolAddParameter {
+            id: "p".into(),
+            ..Default::default()
+        };
+        assert!(is_vm_like(&p));
+        p.virtual_machine_configuration = Some(VirtualMachineConfiguration {
+            container_configuration: Some(ContainerConfiguration::default()),
+            ..Default::default()
+        });
+        assert!(!is_vm_like(&p));
+    }
+
+    fn load(dir: &Path, text: &str) -> Config {
+        let p = dir.join("c.toml");
+        std::fs::write(&p, text).expect("write config");
+        Config::load(&[p]).expect("config")
+    }
+
+    fn run_args() -> RunArgs {
+        RunArgs {
+            configs: vec![],
+            job: None,
+            tail: false,
+            timeout: None,
+            recreate: false,
+        }
+    }
+
+    const JOB: &str = r#"
+[[job_specifications]]
+id = "j"
+runtime = "RUNTIME"
+[[job_specifications.tasks]]
+id = "t"
+image = "docker://shipyard/mpi:bookworm"
+command = "hostname"
+[job_specifications.tasks.multi_instance]
+num_instances = 3
+[job_specifications.tasks.multi_instance.mpi]
+runtime = "mpich"
+executable_path = "/usr/bin/mpiexec.mpich"
+"#;
+
+    #[test]
+    fn a_run_without_a_pool_gets_vm_like_nodes_for_its_largest_task() {
+        crate::link_runtimes();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = load(dir.path(), &JOB.replace("RUNTIME", "singularity"));
+        let with = with_pool(&config, &run_args()).expect("pool");
+        let pool = with.pool().expect("a pool");
+        assert_eq!(pool.id, format!("{DEFAULT_POOL_ID}-{}", std::process::id()));
+        assert_eq!(pool.vm_count.total(), 3);
+        let submission =
+            crate::submission::submission(&with, None, true, false).expect("submission");
+        assert!(is_vm_like(submission.pool.as_ref().expect("pool add")));
+        // a configured pool is kept as it is
+        let configured = load(
+            dir.path(),
+            &format!(
+                "[pool_specification]\nid = \"mine\"\nvm_count = 5\n{}",
+                JOB.replace("RUNTIME", "docker")
+            ),
+        );
+        assert_eq!(
+            with_pool(&configured, &run_args())
+                .expect("pool")
+                .pool()
+                .expect("pool")
+                .id,
+            "mine"
+        );
+    }
+
+    #[test]
+    fn host_mpi_runtimes_route_to_the_engine_and_docker_does_not() {
+        crate::link_runtimes();
+        let dir = tempfile::tempdir().expect("tempdir");
+        for (runtime, engine) in [("singularity", true), ("docker", false)] {
+            let config = load(dir.path(), &JOB.replace("RUNTIME", runtime));
+            let job = config.job(None).expect("job");
+            assert_eq!(
+                crate::local_target::needs_engine(&config, job).expect("plans"),
+                engine,
+                "{runtime}"
+            );
+        }
+    }
+
+    #[test]
+    fn engine_is_a_global_flag() {
+        use clap::Parser as _;
+        let cli = crate::args::Cli::try_parse_from(["shipyard", "pool", "list", "--engine"])
+            .expect("parses");
+        assert!(cli.global.engine);
+        let cli = crate::args::Cli::try_parse_from(["shipyard", "pool", "list"]).expect("parses");
+        assert_eq!(
+            cli.global.engine,
+            std::env::var(ENV_LOCAL_ENGINE).is_ok_and(|v| v == "1" || v == "true")
+        );
+    }
+
+    #[test]
+    fn the_state_dir_sits_beside_serves() {
+        let serve = crate::serve::default_state_dir();
+        assert_eq!(state_dir().parent(), serve.parent());
+        assert_eq!(
+            state_dir().file_name(),
+            Some(std::ffi::OsStr::new("engine"))
+        );
+    }
+}

@@ -1,0 +1,537 @@
+//! `shipyard --target local` through the local engine, as a user runs it: the real binary, a
+//! private state directory (`SHIPYARD_STATE_DIR`), the engine hosted by the first shipyard
+//! process and shared with later ones through its 0600 endpoint file.
+//!
+//! - a Charliecloud job (`--plugin`, `runtime = "charliecloud"`) routed to the engine without
+//!   `--engine`: 4 ranks of the image's smoke test under the host's Open MPI on one VM-like node;
+//! - `examples/local-openmpi.toml` with `--engine` (3 VM-like nodes × 2 ranks), timed against
+//!   the per-run backend in the same test (printed, not asserted);
+//! - `jobs term` from another process ends a `run` that holds the engine;
+//! - `pool add` / `pool list` / `pool del` across invocations of a container pool.
+//!
+//! Needs Docker with the test image; the VM-like tests also root, iproute2, iptables, dockerd,
+//! docker-registry, Open MPI and `ch-run` (each `require_*` fails under CI).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use shipyard_e2e::{require_ch_run, require_mpi, require_test_image, HelloReport, MpiKind};
+
+/// Heavy (VM-like nodes run a dockerd each, the machine has 2 cores): one at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn show(o: &Output) -> String {
+    format!(
+        "status {:?}\n--- stdout\n{}\n--- stderr\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| shipyard_e2e::repo_root().join("target"))
+}
+
+/// Builds a package's artifact with cargo (quick when up to date); returns `target/debug`.
+fn cargo_build(args: &[&str]) -> PathBuf {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .current_dir(shipyard_e2e::repo_root())
+        .arg("build")
+        .arg("-q")
+        .args(args)
+        .status()
+        .expect("run cargo build");
+    assert!(status.success(), "cargo build {args:?}");
+    target_dir().join("debug")
+}
+
+fn shipyard_bin() -> PathBuf {
+    cargo_build(&["-p", "shipyard-cli", "--bin", "shipyard"]).join("shipyard")
+}
+
+/// Root and the programs VM-like nodes run (fails under CI when missing).
+fn require_vm_nodes() -> bool {
+    if !require_test_image() {
+        return false;
+    }
+    for (program, what) in [
+        ("ip", "iproute2's ip"),
+        ("nsenter", "util-linux nsenter"),
+        ("unshare", "util-linux unshare"),
+        ("setpriv", "util-linux setpriv"),
+        ("iptables", "iptables"),
+        ("dockerd", "dockerd (docker.io)"),
+        ("docker-registry", "Debian's docker-registry"),
+    ] {
+        if !shipyard_e2e::require_program(program, what) {
+            return false;
+        }
+    }
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+    if !root {
+        if !shipyard_e2e::in_ci()
+            && std::env::var("SHIPYARD_TEST_ALLOW_SKIP").is_ok_and(|v| v == "1")
+        {
+            eprintln!("SKIPPED: VM-like nodes need root");
+            return false;
+        }
+        panic!("VM-like nodes need root");
+    }
+    true
+}
+
+/// A scratch directory under `target/` (outside `/tmp`, readable by the tasks' non-admin
+/// user) with the engine's state in `state/`.
+struct Scratch {
+    dir: tempfile::TempDir,
+    shipyard: PathBuf,
+    /// Pools to delete at the end, whatever happened.
+    pools: Vec<String>,
+}
+
+impl Scratch {
+    fn new(prefix: &str) -> Scratch {
+        std::fs::create_dir_all(target_dir()).expect("target dir");
+        let dir = tempfile::Builder::new()
+            .prefix(prefix)
+            .tempdir_in(target_dir())
+            .expect("scratch dir");
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .expect("chmod scratch");
+        Scratch {
+            dir,
+            shipyard: shipyard_bin(),
+            pools: Vec::new(),
+        }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn state(&self) -> PathBuf {
+        self.path().join("state")
+    }
+
+    fn cli(&self) -> Command {
+        let mut c = Command::new(&self.shipyard);
+        for v in [
+            "SHIPYARD_CONFIG",
+            "SHIPYARD_CONFIGDIR",
+            "SHIPYARD_TARGET",
+            "SHIPYARD_PLUGIN",
+            "SHIPYARD_LOCAL_ENGINE",
+            "SHIPYARD_POLL_INTERVAL_MS",
+        ] {
+            c.env_remove(v);
+        }
+        c.env("SHIPYARD_STATE_DIR", self.state())
+            .stdin(Stdio::null());
+        c
+    }
+
+    /// `pool list` on the engine does not show `pool`.
+    fn assert_pool_gone(&self, pool: &str) {
+        let list = self
+            .cli()
+            .args(["--engine", "-o", "json", "pool", "list"])
+            .output()
+            .expect("pool list");
+        assert!(list.status.success(), "{}", show(&list));
+        assert!(
+            !String::from_utf8_lossy(&list.stdout).contains(pool),
+            "{}",
+            show(&list)
+        );
+    }
+
+    fn write(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.path().join(name);
+        std::fs::write(&p, text).expect("write config");
+        p
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        for pool in &self.pools {
+            let _ = self
+                .cli()
+                .args(["--engine", "-q", "pool", "del", "--pool-id", pool])
+                .output();
+            // whatever the engine did, no holder container of ours stays
+            if let Ok(o) = Command::new("docker")
+                .args(["ps", "-aq", "--filter"])
+                .arg(format!("label=shipyard.engine.pool={pool}"))
+                .output()
+            {
+                for id in String::from_utf8_lossy(&o.stdout).split_whitespace() {
+                    let _ = Command::new("docker").args(["rm", "-f", id]).output();
+                }
+            }
+        }
+    }
+}
+
+/// A unique id for this test process.
+fn unique(name: &str) -> String {
+    format!("{name}-{}", std::process::id())
+}
+
+/// Containers labelled with engine pool `pool`.
+fn pool_containers(pool: &str) -> Vec<String> {
+    let o = Command::new("docker")
+        .args(["ps", "-aq", "--filter"])
+        .arg(format!("label=shipyard.engine.pool={pool}"))
+        .output()
+        .expect("docker ps");
+    assert!(o.status.success(), "docker ps: {}", show(&o));
+    String::from_utf8_lossy(&o.stdout)
+        .split_whitespace()
+        .map(String::from)
+        .collect()
+}
+
+/// Exports the test image's file system to `<dir>/image.tar` (readable by every user).
+fn export_image(dir: &Path) -> PathBuf {
+    let out = Command::new("docker")
+        .args([
+            "create",
+            "--label",
+            "shipyard-test=cli-engine",
+            shipyard_e2e::TEST_IMAGE,
+            "true",
+        ])
+        .output()
+        .expect("docker create");
+    assert!(out.status.success(), "docker create: {}", show(&out));
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let tar = dir.join("image.tar");
+    let export = Command::new("docker")
+        .args(["export", "-o"])
+        .arg(&tar)
+        .arg(&id)
+        .output()
+        .expect("docker export");
+    let rm = Command::new("docker")
+        .args(["rm", "-f", &id])
+        .output()
+        .expect("docker rm");
+    assert!(export.status.success(), "docker export: {}", show(&export));
+    assert!(rm.status.success(), "docker rm: {}", show(&rm));
+    std::fs::set_permissions(&tar, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+        .expect("chmod image");
+    tar
+}
+
+const VM_POOL: &str = r#"
+[pool_specification]
+id = "POOL"
+vm_size = "Standard_D4s_v5"
+vm_count = 1
+[pool_specification.vm_configuration.platform_image]
+publisher = "microsoft-dsvm"
+offer = "ubuntu-hpc"
+sku = "2204"
+node_agent_sku_id = "batch.node.ubuntu 22.04"
+"#;
+
+#[test]
+fn a_charliecloud_job_runs_under_host_openmpi_on_the_engine() {
+    if !require_vm_nodes() {
+        return;
+    }
+    let Some(ompi) = require_mpi(MpiKind::OpenMpi) else {
+        return;
+    };
+    let Some(version) = require_ch_run() else {
+        return;
+    };
+    eprintln!("ch-run {version}");
+    let _serial = serial();
+    let plugin = cargo_build(&["-p", "shipyard-plugin-charliecloud", "--lib"])
+        .join("libshipyard_plugin_charliecloud.so");
+    let mut s = Scratch::new("cli-engine-cc-");
+    let tar = export_image(s.path());
+    let pool = unique("cc-engine");
+    s.pools.push(pool.clone());
+    let config = s.write(
+        "job.toml",
+        &format!(
+            r#"{pool_spec}
+[[job_specifications]]
+id = "cc-hello"
+runtime = "charliecloud"
+auto_complete = true
+[[job_specifications.tasks]]
+id = "hello"
+image = "{image}"
+command = "/opt/shipyard/bin/mpi-hello-openmpi"
+[job_specifications.tasks.multi_instance]
+num_instances = 1
+[job_specifications.tasks.multi_instance.mpi]
+runtime = "openmpi"
+processes_per_node = 4
+executable_path = "{launcher}"
+"#,
+            pool_spec = VM_POOL.replace("POOL", &pool),
+            image = tar.display(),
+            launcher = ompi.launcher.display(),
+        ),
+    );
+    // no --engine: the runtime's host-MPI plan sends the run to the engine by itself
+    let out = s
+        .cli()
+        .arg("-v")
+        .arg("--plugin")
+        .arg(&plugin)
+        .args(["run", "--tail"])
+        .arg(&config)
+        .output()
+        .expect("run shipyard");
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let report = HelloReport::parse(&stdout);
+    report.assert_complete(4);
+    assert_eq!(report.hosts().len(), 1, "one VM-like node: {stdout}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("running on the local engine"),
+        "the routing is logged: {}",
+        show(&out)
+    );
+    // the run deleted the pool it made, and its endpoint file with the host process
+    assert!(
+        !s.state().join("engine/endpoint.json").exists(),
+        "endpoint file left"
+    );
+    s.assert_pool_gone(&pool);
+}
+
+#[test]
+fn the_openmpi_example_runs_on_the_engine_and_is_timed_against_the_per_run_backend() {
+    if !require_vm_nodes() {
+        return;
+    }
+    let _serial = serial();
+    let mut s = Scratch::new("cli-engine-ompi-");
+    s.pools.push("mpipool".into());
+    let example = shipyard_e2e::repo_root().join("examples/local-openmpi.toml");
+
+    let t = Instant::now();
+    let engine = s
+        .cli()
+        .args(["--target", "local", "--engine", "-q", "run", "--tail"])
+        .arg(&example)
+        .output()
+        .expect("run on the engine");
+    let engine_secs = t.elapsed().as_secs_f64();
+    assert_eq!(engine.status.code(), Some(0), "{}", show(&engine));
+    let report = HelloReport::parse(&String::from_utf8_lossy(&engine.stdout));
+    report.assert_complete(6);
+    assert_eq!(report.hosts().len(), 3, "{}", show(&engine));
+
+    let t = Instant::now();
+    let per_run = s
+        .cli()
+        .args(["--target", "local", "-q", "run", "--tail"])
+        .arg(&example)
+        .output()
+        .expect("run on the per-run backend");
+    let per_run_secs = t.elapsed().as_secs_f64();
+    assert_eq!(per_run.status.code(), Some(0), "{}", show(&per_run));
+    HelloReport::parse(&String::from_utf8_lossy(&per_run.stdout)).assert_complete(6);
+    eprintln!(
+        "local-openmpi.toml wall time: engine (3 VM-like nodes, pool made and deleted) {engine_secs:.1}s, \
+         per-run backend (3 containers) {per_run_secs:.1}s, ratio {:.1}",
+        engine_secs / per_run_secs.max(0.001)
+    );
+}
+
+const CONTAINER_POOL: &str = r#"
+[pool_specification]
+id = "POOL"
+vm_size = "Standard_D4s_v5"
+vm_count = 1
+[pool_specification.vm_configuration.platform_image]
+publisher = "microsoft-azure-batch"
+offer = "ubuntu-server-container"
+sku = "20-04-lts"
+node_agent_sku_id = "batch.node.ubuntu 20.04"
+native = true
+
+[[job_specifications]]
+id = "JOB"
+runtime = "docker"
+[[job_specifications.tasks]]
+id = "sleep"
+image = "shipyard/mpi:bookworm"
+command = "sleep 600"
+"#;
+
+/// Kills a child process when dropped (a test that failed half-way).
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+fn json(o: &Output) -> serde_json::Value {
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", show(o)))
+}
+
+#[test]
+fn jobs_term_from_another_process_ends_a_run_that_holds_the_engine() {
+    if !require_test_image() {
+        return;
+    }
+    let _serial = serial();
+    let mut s = Scratch::new("cli-engine-term-");
+    let pool = unique("term-pool");
+    let job = unique("term-job");
+    s.pools.push(pool.clone());
+    let config = s.write(
+        "sleep.toml",
+        &CONTAINER_POOL.replace("POOL", &pool).replace("JOB", &job),
+    );
+    let mut run = Child(
+        s.cli()
+            .args(["--target", "local", "--engine", "-q", "run"])
+            .arg(&config)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start run"),
+    );
+    // another process sees the task running through the host's endpoint
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        assert!(
+            run.0.try_wait().expect("try_wait").is_none(),
+            "run ended early"
+        );
+        let o = s
+            .cli()
+            .args(["--engine", "-o", "json", "tasks", "list", "--job", &job])
+            .output()
+            .expect("tasks list");
+        if o.status.success() && json(&o)[0]["state"] == "running" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "task never ran: {}", show(&o));
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let endpoint = s.state().join("engine/endpoint.json");
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&endpoint)
+            .expect("endpoint file while the host runs")
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600, "endpoint file mode");
+    let term = s
+        .cli()
+        .args(["--target", "local", "--engine", "jobs", "term", &job])
+        .output()
+        .expect("jobs term");
+    assert!(term.status.success(), "{}", show(&term));
+
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while run.0.try_wait().expect("try_wait").is_none() {
+        assert!(Instant::now() < deadline, "run did not end after jobs term");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let out = std::mem::replace(
+        &mut run.0,
+        Command::new("true").spawn().expect("spawn true"),
+    )
+    .wait_with_output()
+    .expect("run output");
+    assert_ne!(out.status.code(), Some(0), "{}", show(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("job `{job}` was terminated")),
+        "{}",
+        show(&out)
+    );
+    assert!(!endpoint.exists(), "the host removed its endpoint file");
+    assert!(
+        pool_containers(&pool).is_empty(),
+        "the run deleted the pool it made"
+    );
+}
+
+#[test]
+fn pool_add_persists_across_invocations_and_pool_del_removes_its_containers() {
+    if !require_test_image() {
+        return;
+    }
+    let _serial = serial();
+    let mut s = Scratch::new("cli-engine-pool-");
+    let pool = unique("kept-pool");
+    s.pools.push(pool.clone());
+    let config = s.write(
+        "pool.toml",
+        &CONTAINER_POOL
+            .replace("POOL", &pool)
+            .replace("JOB", "unused")
+            .replace("vm_count = 1", "vm_count = 2"),
+    );
+    let add = s
+        .cli()
+        .args(["--engine", "-c"])
+        .arg(&config)
+        .args(["pool", "add"])
+        .output()
+        .expect("pool add");
+    assert!(add.status.success(), "{}", show(&add));
+    assert_eq!(pool_containers(&pool).len(), 2, "two holder containers");
+
+    // a separate invocation (the adding process is gone: it reopens the store)
+    let list = s
+        .cli()
+        .args([
+            "--target", "local", "--engine", "-o", "json", "pool", "list",
+        ])
+        .output()
+        .expect("pool list");
+    assert!(list.status.success(), "{}", show(&list));
+    let pools = json(&list);
+    let listed = pools
+        .as_array()
+        .and_then(|a| a.iter().find(|p| p["id"] == pool.as_str()))
+        .unwrap_or_else(|| panic!("{pool} not listed: {}", show(&list)));
+    assert_eq!(listed["state"], "active", "{}", show(&list));
+    assert_eq!(listed["currentDedicatedNodes"], 2, "{}", show(&list));
+
+    let del = s
+        .cli()
+        .args(["--engine", "pool", "del", "--pool-id", &pool])
+        .output()
+        .expect("pool del");
+    assert!(del.status.success(), "{}", show(&del));
+    assert!(
+        pool_containers(&pool).is_empty(),
+        "containers left after pool del"
+    );
+    s.assert_pool_gone(&pool);
+}
