@@ -33,9 +33,6 @@ pub struct Translation {
     pub spans: BTreeMap<String, Location>,
     /// Keys ignored or changed, each with its YAML location.
     pub warnings: Vec<Warning>,
-    /// Always empty: every key Batch Shipyard documents is now mapped onto shipyard's domain,
-    /// warned about or refused. Kept so that callers listing it still compile.
-    pub phase2_keys: Vec<String>,
 }
 
 impl Translation {
@@ -190,7 +187,6 @@ impl<'a> Ctx<'a> {
             document,
             spans: self.spans,
             warnings: self.warnings,
-            phase2_keys: Vec::new(),
         }
     }
 

@@ -253,9 +253,6 @@ fn config_import(global: &GlobalArgs, dir: &std::path::Path, out: &std::path::Pa
         for w in &t.warnings {
             eprintln!("warning: {w}");
         }
-        for k in &t.phase2_keys {
-            eprintln!("warning: `{k}` is written but not read by this version of shipyard yet");
-        }
     }
     match global.output {
         OutputFormat::Json => println!(

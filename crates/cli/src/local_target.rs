@@ -83,6 +83,10 @@ fn options(config: Option<&Config>, stream: bool) -> LocalOptions {
         for (k, v) in &c.local.labels {
             opts = opts.label(k, v);
         }
+        // An image missing here is pulled with its registry's `credentials.docker_registry`.
+        for login in crate::submission::registry_logins(c) {
+            opts = opts.registry_login(login);
+        }
     }
     opts
 }

@@ -867,7 +867,6 @@ fn batch_shipyard_yaml_checks_and_imports_to_the_same_dry_run() {
     for fixture in &fixtures {
         let t = shipyard_bs_config::translate_dir(fixture, Default::default())
             .expect("fixture translates");
-        assert!(t.phase2_keys.is_empty(), "{:?}", t.phase2_keys);
         let fixture = fixture.clone();
         let name = fixture.display().to_string();
         let out = shipyard()
