@@ -865,8 +865,7 @@ fn batch_shipyard_yaml_checks_and_imports_to_the_same_dry_run() {
     let mut checked = 0;
     let fixtures = bs_fixtures();
     for fixture in &fixtures {
-        let t = shipyard_bs_config::translate_dir(fixture, Default::default())
-            .expect("fixture translates");
+        shipyard_bs_config::translate_dir(fixture, Default::default()).expect("fixture translates");
         let fixture = fixture.clone();
         let name = fixture.display().to_string();
         let out = shipyard()
