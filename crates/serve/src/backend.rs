@@ -12,8 +12,8 @@ use std::pin::Pin;
 use shipyard_batch_api::models::{
     CloudJob, CloudPool, CloudTask, ComputeNode, JobAddParameter, JobPatchParameter,
     JobPreparationAndReleaseTaskExecutionInformation, NodeFile, PoolAddParameter,
-    PoolPatchParameter, PoolResizeParameter, SubtaskInformation, TaskAddParameter, TaskAddResult,
-    TaskCountsResult,
+    PoolPatchParameter, PoolResizeParameter, ServiceFault, SubtaskInformation, TaskAddParameter,
+    TaskAddResult, TaskCountsResult,
 };
 
 /// A boxed, `Send` future borrowed from the backend.
@@ -34,32 +34,9 @@ pub struct FileContent {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum BackendError {
-    /// 404: `PoolNotFound`, `JobNotFound`, `TaskNotFound`, `NodeNotFound`, `FileNotFound`.
-    #[error("{code}: {id}")]
-    NotFound {
-        /// Batch error code.
-        code: &'static str,
-        /// The id that was not found.
-        id: String,
-    },
-    /// 409: `PoolExists`, `JobExists`, `TaskExists`, `PoolBeingDeleted`, `JobCompleted`, ...
-    #[error("{code}: {id}")]
-    Conflict {
-        /// Batch error code.
-        code: &'static str,
-        /// The id in conflict.
-        id: String,
-    },
-    /// 400: a value the backend cannot accept.
-    #[error("{code}: {property}: {reason}")]
-    Invalid {
-        /// Batch error code, e.g. `InvalidPropertyValue`.
-        code: &'static str,
-        /// The offending property, e.g. `targetDedicatedNodes`.
-        property: String,
-        /// Why.
-        reason: String,
-    },
+    /// 404, 409 or 400: a refusal with a Batch error code.
+    #[error(transparent)]
+    Service(#[from] ServiceFault),
     /// 500: the backend failed.
     #[error("internal error: {message}")]
     Internal {
@@ -69,12 +46,20 @@ pub enum BackendError {
 }
 
 impl BackendError {
+    /// A 404 with `code` for `id`.
+    pub fn not_found(code: &'static str, id: impl Into<String>) -> Self {
+        ServiceFault::not_found(code, id).into()
+    }
+
+    /// A 409 with `code` for `id`.
+    pub fn conflict(code: &'static str, id: impl Into<String>) -> Self {
+        ServiceFault::conflict(code, id).into()
+    }
+
     /// The Batch error code.
     pub fn batch_code(&self) -> &str {
         match self {
-            BackendError::NotFound { code, .. }
-            | BackendError::Conflict { code, .. }
-            | BackendError::Invalid { code, .. } => code,
+            BackendError::Service(f) => f.code(),
             BackendError::Internal { .. } => "InternalError",
         }
     }
@@ -82,9 +67,7 @@ impl BackendError {
     /// The HTTP status the server answers with.
     pub fn http_status(&self) -> u16 {
         match self {
-            BackendError::NotFound { .. } => 404,
-            BackendError::Conflict { .. } => 409,
-            BackendError::Invalid { .. } => 400,
+            BackendError::Service(f) => f.http_status(),
             BackendError::Internal { .. } => 500,
         }
     }

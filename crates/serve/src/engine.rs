@@ -19,17 +19,7 @@ use crate::{ServeError, ServeOptions, Server};
 impl From<EngineError> for BackendError {
     fn from(e: EngineError) -> Self {
         match e {
-            EngineError::NotFound { code, id } => BackendError::NotFound { code, id },
-            EngineError::Conflict { code, id } => BackendError::Conflict { code, id },
-            EngineError::Invalid {
-                code,
-                property,
-                reason,
-            } => BackendError::Invalid {
-                code,
-                property,
-                reason,
-            },
+            EngineError::Service(f) => BackendError::Service(f),
             other => {
                 tracing::warn!(error = %other, "local engine failed");
                 BackendError::Internal {

@@ -71,10 +71,7 @@ fn to_map<T: serde::Serialize>(v: &T) -> BackendResult<Map<String, Value>> {
 }
 
 fn not_found(code: &'static str, id: &str) -> BackendError {
-    BackendError::NotFound {
-        code,
-        id: id.to_owned(),
-    }
+    BackendError::not_found(code, id)
 }
 
 /// The exit code by convention: the command line ends with `exit N`.
@@ -280,10 +277,7 @@ impl Backend for MemoryBackend {
             let mut m = to_map(&p)?;
             let mut st = self.lock();
             if st.pools.contains_key(&p.id) {
-                return Err(BackendError::Conflict {
-                    code: "PoolExists",
-                    id: p.id.clone(),
-                });
+                return Err(BackendError::conflict("PoolExists", p.id.clone()));
             }
             let t = now();
             let etag = Self::next_etag(&mut st);
@@ -350,10 +344,7 @@ impl Backend for MemoryBackend {
                 .get_mut(id)
                 .ok_or_else(|| not_found("PoolNotFound", id))?;
             if p["state"] == "deleting" {
-                return Err(BackendError::Conflict {
-                    code: "PoolBeingDeleted",
-                    id: id.to_owned(),
-                });
+                return Err(BackendError::conflict("PoolBeingDeleted", id.to_owned()));
             }
             for (target, current) in [
                 ("targetDedicatedNodes", "currentDedicatedNodes"),
@@ -420,10 +411,7 @@ impl Backend for MemoryBackend {
             let mut m = to_map(&j)?;
             let mut st = self.lock();
             if st.jobs.contains_key(&j.id) {
-                return Err(BackendError::Conflict {
-                    code: "JobExists",
-                    id: j.id.clone(),
-                });
+                return Err(BackendError::conflict("JobExists", j.id.clone()));
             }
             let t = now();
             let etag = Self::next_etag(&mut st);
@@ -484,10 +472,7 @@ impl Backend for MemoryBackend {
                 .get_mut(id)
                 .ok_or_else(|| not_found("JobNotFound", id))?;
             if j.body["state"] == "completed" || j.body["state"] == "deleting" {
-                return Err(BackendError::Conflict {
-                    code: "JobCompleted",
-                    id: id.to_owned(),
-                });
+                return Err(BackendError::conflict("JobCompleted", id.to_owned()));
             }
             for (k, v) in patch {
                 j.body[k.as_str()] = v;
@@ -512,10 +497,7 @@ impl Backend for MemoryBackend {
                 .get_mut(id)
                 .ok_or_else(|| not_found("JobNotFound", id))?;
             if j.body["state"] == "completed" {
-                return Err(BackendError::Conflict {
-                    code: "JobCompleted",
-                    id: id.to_owned(),
-                });
+                return Err(BackendError::conflict("JobCompleted", id.to_owned()));
             }
             let t = now();
             j.body["previousState"] = j.body["state"].clone();
@@ -588,10 +570,7 @@ impl Backend for MemoryBackend {
             match st.jobs.get(job) {
                 None => return Err(not_found("JobNotFound", job)),
                 Some(j) if j.body["state"] != "active" => {
-                    return Err(BackendError::Conflict {
-                        code: "JobCompleted",
-                        id: job.to_owned(),
-                    })
+                    return Err(BackendError::conflict("JobCompleted", job.to_owned()))
                 }
                 Some(_) => {}
             }

@@ -6,7 +6,8 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use shipyard_batch_api::models::{
     JobAddParameter, JobPatchParameter, JobTerminateParameter, PoolAddParameter,
-    PoolPatchParameter, PoolResizeParameter, TaskAddCollectionParameter, TaskAddParameter,
+    PoolPatchParameter, PoolResizeParameter, ServiceFault, TaskAddCollectionParameter,
+    TaskAddParameter,
 };
 use shipyard_batch_spec::wire::{parse_range, Paging};
 
@@ -18,14 +19,14 @@ pub(crate) use shipyard_batch_spec::wire::OpRequest as Req;
 
 fn backend_error(e: &BackendError) -> Reply {
     let (message, values): (String, Vec<(&str, String)>) = match e {
-        BackendError::NotFound { code, id } => (
+        BackendError::Service(ServiceFault::NotFound { code, id }) => (
             format!(
                 "The specified {} does not exist.",
                 code.trim_end_matches("NotFound").to_lowercase()
             ),
             vec![("Id", id.clone())],
         ),
-        BackendError::Conflict { code, id } => (
+        BackendError::Service(ServiceFault::Conflict { code, id }) => (
             match *code {
                 "PoolExists" => "The specified pool already exists.".into(),
                 "JobExists" => "The specified job already exists.".into(),
@@ -38,15 +39,17 @@ fn backend_error(e: &BackendError) -> Reply {
             },
             vec![("Id", id.clone())],
         ),
-        BackendError::Invalid {
+        BackendError::Service(ServiceFault::Invalid {
             property, reason, ..
-        } => (
+        }) => (
             "The value provided for one of the properties in the request body is invalid.".into(),
             vec![
                 ("PropertyName", property.clone()),
                 ("Reason", reason.clone()),
             ],
         ),
+        // A fault kind added to the shared vocabulary later: its own words.
+        BackendError::Service(other) => (other.to_string(), vec![]),
         BackendError::Internal { message } => {
             tracing::warn!(%message, "backend failed");
             (

@@ -2,36 +2,15 @@
 
 use std::path::PathBuf;
 
+use shipyard_batch_api::models::ServiceFault;
+
 /// An error of the local engine.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum EngineError {
-    /// No such pool, job, task, node or file.
-    #[error("{code}: {id} does not exist")]
-    NotFound {
-        /// Batch code: `PoolNotFound`, `JobNotFound`, `TaskNotFound`, `NodeNotFound`, `FileNotFound`.
-        code: &'static str,
-        /// What was looked up.
-        id: String,
-    },
-    /// The object exists or is in a state that forbids the operation.
-    #[error("{code}: {id}")]
-    Conflict {
-        /// Batch code: `PoolExists`, `JobExists`, `TaskExists`, `PoolBeingDeleted`, `JobCompleted`, ...
-        code: &'static str,
-        /// The object concerned.
-        id: String,
-    },
-    /// A request value the service would reject.
-    #[error("{code}: {property}: {reason}")]
-    Invalid {
-        /// Batch code, e.g. `InvalidPropertyValue`.
-        code: &'static str,
-        /// The property, as a JSON path.
-        property: String,
-        /// Why.
-        reason: String,
-    },
+    /// A refusal with a Batch error code (not found, conflict, invalid value).
+    #[error(transparent)]
+    Service(#[from] ServiceFault),
     /// A Docker call failed.
     #[error("docker: {context}: {source}")]
     Docker {
@@ -77,9 +56,7 @@ impl EngineError {
     /// The Batch error code for the response body.
     pub fn batch_code(&self) -> &str {
         match self {
-            EngineError::NotFound { code, .. }
-            | EngineError::Conflict { code, .. }
-            | EngineError::Invalid { code, .. } => code,
+            EngineError::Service(f) => f.code(),
             _ => "InternalError",
         }
     }
@@ -87,33 +64,21 @@ impl EngineError {
     /// The HTTP status the service answers with.
     pub fn http_status(&self) -> u16 {
         match self {
-            EngineError::NotFound { .. } => 404,
-            EngineError::Conflict { .. } => 409,
-            EngineError::Invalid { .. } => 400,
+            EngineError::Service(f) => f.http_status(),
             _ => 500,
         }
     }
 
     pub(crate) fn not_found(code: &'static str, id: impl Into<String>) -> Self {
-        EngineError::NotFound {
-            code,
-            id: id.into(),
-        }
+        ServiceFault::not_found(code, id).into()
     }
 
     pub(crate) fn conflict(code: &'static str, id: impl Into<String>) -> Self {
-        EngineError::Conflict {
-            code,
-            id: id.into(),
-        }
+        ServiceFault::conflict(code, id).into()
     }
 
     pub(crate) fn invalid(property: impl Into<String>, reason: impl Into<String>) -> Self {
-        EngineError::Invalid {
-            code: "InvalidPropertyValue",
-            property: property.into(),
-            reason: reason.into(),
-        }
+        ServiceFault::invalid(property, reason).into()
     }
 
     pub(crate) fn docker(context: impl Into<String>, source: bollard::errors::Error) -> Self {
