@@ -205,14 +205,7 @@ async fn file_reply(req: &Req<'_>, f: FileContent, url: String, head: bool) -> R
                 r = r.header("content-range", format!("bytes {a}-{b}/{}", data.len()));
                 r.body = data.slice(a as usize..=b as usize);
             }
-            None => {
-                return Reply::error(
-                    416,
-                    "InvalidRange",
-                    "The range specified is invalid for the current size of the resource.",
-                    &[("Range", range.to_owned())],
-                )
-            }
+            None => return shipyard_batch_spec::server::http::invalid_range(range),
         },
         None => r.body = data,
     }

@@ -144,6 +144,16 @@ pub fn missing_api_version() -> Reply {
     )
 }
 
+/// The service's answer to an `ocp-range` outside the file: 416 `InvalidRange`.
+pub fn invalid_range(range: &str) -> Reply {
+    Reply::error(
+        416,
+        "InvalidRange",
+        "The range specified is invalid for the current size of the resource.",
+        &[("Range", range.to_owned())],
+    )
+}
+
 /// The service's answer to an `api-version` it does not support: 400
 /// `InvalidQueryParameterValue` with the value and `reason`.
 pub fn unsupported_api_version(value: &str, reason: &str) -> Reply {

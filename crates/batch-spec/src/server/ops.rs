@@ -779,14 +779,7 @@ fn file_reply(req: &Req<'_>, f: &FileRec, head: bool) -> Reply {
                 data = f.data.slice(a..=b);
                 status = 206;
             }
-            None => {
-                return Reply::error(
-                    416,
-                    "InvalidRange",
-                    "The range specified is invalid for the current size of the resource.",
-                    &[("Range", range.to_owned())],
-                )
-            }
+            None => return super::http::invalid_range(range),
         }
     }
     let mut r = Reply::empty(status);
