@@ -12,7 +12,7 @@ use futures::TryStreamExt as _;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 use serde_json::Value;
-use shipyard_batch_api::models::{JobState, PoolResizeParameter};
+use shipyard_batch_api::models::{AllocationState, JobState, PoolResizeParameter};
 use shipyard_batch_api::{
     BatchClient, ClientSecretCredential, Credential, ListOptions, SharedKeyCredential,
 };
@@ -223,7 +223,7 @@ async fn pool_command(
 ) -> CliResult {
     match command {
         PoolCommand::Add => {
-            let submission = crate::submission::submission(config, None, true, false)?;
+            let submission = crate::submission::submission(config, None, true, false, None)?;
             let Some(pool) = &submission.pool else {
                 return Err(CliError::Usage("no pool to add".into()));
             };
@@ -291,7 +291,8 @@ async fn jobs_add(
     only: Option<&str>,
     recreate: bool,
 ) -> CliResult {
-    let submission = crate::submission::submission(config, only, false, false)?;
+    let live = live_counts(client, config).await?;
+    let submission = crate::submission::submission(config, only, false, false, live)?;
     let opts = SubmitOptions::default()
         .poll_interval(poll_interval())
         .recreate(recreate);
@@ -493,6 +494,33 @@ pub(crate) fn run(global: &GlobalArgs, config: &Config, args: &RunArgs) -> CliRe
     run_with(client(config)?, poll_interval(), global, config, args)
 }
 
+/// The configured pool's node counts when it exists, for `pool_current_*` instance counts:
+/// the current counts, or the targets while the pool is still resizing (the nodes a
+/// multi-instance task will wait for). `None` when the pool does not exist yet.
+async fn live_counts(client: &BatchClient, config: &Config) -> CliResult<Option<(u32, u32)>> {
+    let id = &config.pool()?.id;
+    let pool = match client.get_pool(id).await {
+        Ok(p) => p,
+        Err(e) if e.is_not_found() => return Ok(None),
+        Err(e) => return Err(failed(e)),
+    };
+    let count = |v: Option<i32>| u32::try_from(v.unwrap_or(0)).unwrap_or(0);
+    let resizing = pool.allocation_state == Some(AllocationState::Resizing);
+    let counts = if resizing {
+        (
+            count(pool.target_dedicated_nodes),
+            count(pool.target_low_priority_nodes),
+        )
+    } else {
+        (
+            count(pool.current_dedicated_nodes),
+            count(pool.current_low_priority_nodes),
+        )
+    };
+    tracing::debug!(pool = %id, dedicated = counts.0, low_priority = counts.1, resizing, "live pool counts");
+    Ok(Some(counts))
+}
+
 /// `run` through `client`, polling every `poll` (an Azure Batch account or the local engine).
 pub(crate) fn run_with(
     client: BatchClient,
@@ -501,7 +529,8 @@ pub(crate) fn run_with(
     config: &Config,
     args: &RunArgs,
 ) -> CliResult {
-    let submission = crate::submission::submission(config, args.job.as_deref(), true, false)?;
+    let live = runtime()?.block_on(live_counts(&client, config))?;
+    let submission = crate::submission::submission(config, args.job.as_deref(), true, false, live)?;
     let mut opts = SubmitOptions::default()
         .poll_interval(poll)
         .stream_output(args.tail)

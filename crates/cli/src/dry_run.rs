@@ -52,7 +52,7 @@ pub fn redact_secrets(config: &Config, text: &str) -> String {
 
 /// `run --dry-run`: pool add, job add, task collections and job patch.
 pub(crate) fn run(global: &GlobalArgs, config: &Config, job: Option<&str>) -> CliResult {
-    let submission = crate::submission::submission(config, job, true, true)?;
+    let submission = crate::submission::submission(config, job, true, true, None)?;
     print(global, config, &submission.requests());
     Ok(())
 }
@@ -66,7 +66,7 @@ fn pool_id(config: &Config, given: &Option<String>) -> CliResult<String> {
 
 fn pool_requests(config: &Config, command: &PoolCommand) -> CliResult<Vec<Request>> {
     Ok(match command {
-        PoolCommand::Add => crate::submission::submission(config, None, true, true)?
+        PoolCommand::Add => crate::submission::submission(config, None, true, true, None)?
             .pool
             .iter()
             .map(request::add_pool)
@@ -94,7 +94,7 @@ fn pool_requests(config: &Config, command: &PoolCommand) -> CliResult<Vec<Reques
 fn jobs_requests(config: &Config, command: &JobsCommand) -> CliResult<Vec<Request>> {
     Ok(match command {
         JobsCommand::Add { job, .. } => {
-            crate::submission::submission(config, job.as_deref(), false, true)?.requests()
+            crate::submission::submission(config, job.as_deref(), false, true, None)?.requests()
         }
         JobsCommand::List => vec![request::list_jobs(&ListOptions::default())],
         JobsCommand::Del { job, .. } => vec![request::delete_job(job)],

@@ -484,7 +484,7 @@ fn with_pool<'a>(config: &'a Config, args: &RunArgs) -> CliResult<std::borrow::C
 pub(crate) fn run(global: &GlobalArgs, config: &Config, args: &RunArgs) -> CliResult {
     let config = &*with_pool(config, args)?;
     let pool_id = config.pool()?.id.clone();
-    let submission = crate::submission::submission(config, args.job.as_deref(), true, false)?;
+    let submission = crate::submission::submission(config, args.job.as_deref(), true, false, None)?;
     if let Some(p) = &submission.pool {
         check_vm_like(p)?;
     }
@@ -519,7 +519,7 @@ pub(crate) fn run(global: &GlobalArgs, config: &Config, args: &RunArgs) -> CliRe
 pub(crate) fn command(global: &GlobalArgs, command: Command) -> CliResult {
     let config = crate::load_optional(global)?.unwrap_or_default();
     if let Command::Pool(PoolCommand::Add) = &command {
-        let submission = crate::submission::submission(&config, None, true, false)?;
+        let submission = crate::submission::submission(&config, None, true, false, None)?;
         if let Some(p) = &submission.pool {
             check_vm_like(p)?;
         }
@@ -637,7 +637,7 @@ executable_path = "/usr/bin/mpiexec.mpich"
         assert_eq!(pool.id, format!("{DEFAULT_POOL_ID}-{}", std::process::id()));
         assert_eq!(pool.vm_count.total(), 3);
         let submission =
-            crate::submission::submission(&with, None, true, false).expect("submission");
+            crate::submission::submission(&with, None, true, false, None).expect("submission");
         assert!(is_vm_like(submission.pool.as_ref().expect("pool add")));
         // a configured pool is kept as it is
         let configured = load(

@@ -111,7 +111,12 @@ pub fn prepare_job(
     let job = job.expanded()?.into_owned();
     let job = pool.prepare_job(&job, live)?;
     let runtime = shipyard_runtime::registry::get(&job.runtime)?;
-    let mut plan = runtime.plan(&job, &pool.facts())?;
+    let mut facts = pool.facts();
+    if let Some((dedicated, low_priority)) = live {
+        // The nodes the existing pool has, not the ones the config would create.
+        facts.node_count = (dedicated + low_priority).max(1);
+    }
+    let mut plan = runtime.plan(&job, &facts)?;
     shipyard_runtime::data::attach_data(&mut plan, &job, &ConfigUrls { config, dry_run })?;
     shipyard_runtime::registry_auth::attach_registries(
         &mut plan,
@@ -137,17 +142,19 @@ pub fn selected_jobs<'a>(config: &'a Config, only: Option<&str>) -> CliResult<Ve
 
 /// The submission of the selected jobs on the configured pool; with `create_pool`, the pool
 /// (planned against every configured job) is created when missing. `dry_run`: only printed
-/// (see [`ConfigUrls`]).
+/// (see [`ConfigUrls`]). `live`: the existing pool's dedicated and low-priority node counts,
+/// which `pool_current_*` instance counts resolve against (`None`: from `vm_count`).
 pub fn submission(
     config: &Config,
     only: Option<&str>,
     create_pool: bool,
     dry_run: bool,
+    live: Option<(u32, u32)>,
 ) -> CliResult<Submission> {
     config.validate()?;
     let pool = config.pool()?;
     let plan = |j: &LoadedJob| {
-        prepare_job(config, &j.spec, pool, None, dry_run)
+        prepare_job(config, &j.spec, pool, live, dry_run)
             .map_err(|e| CliError::Config(config.plan_error(j, e)))
     };
     let selected = selected_jobs(config, only)?;

@@ -848,3 +848,59 @@ fn files_follow_streams_a_growing_task_file_until_the_task_completes() {
     assert!(reads >= 2, "{reads} reads: the file was not streamed");
     assert!(env.rejected().is_empty(), "{:#?}", env.rejected());
 }
+
+/// `num_instances = "pool_current_dedicated"` resolves against the live pool when it exists:
+/// native-intelmpi.toml says `vm_count = 2`, the pool was resized to 3, so `jobs add` sends a
+/// multi-instance task of 3 instances (and `--dry-run`, which asks nothing, still says 2).
+#[test]
+fn pool_current_dedicated_counts_the_live_pool() {
+    let env = Env::start();
+    let ex = examples_dir().join("native-intelmpi.toml");
+    for args in [
+        &["pool", "add"][..],
+        &["pool", "resize", "--dedicated", "3"][..],
+    ] {
+        env.shipyard()
+            .arg("-c")
+            .arg(&ex)
+            .args(args)
+            .assert()
+            .success();
+    }
+    let dry = env
+        .shipyard()
+        .arg("-c")
+        .arg(&ex)
+        .args(["--output", "json", "--dry-run", "jobs", "add"])
+        .output()
+        .expect("runs");
+    assert!(
+        dry.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dry.stderr)
+    );
+    let dry = json(&dry);
+    let instances = |task: &Value| task["multiInstanceSettings"]["numberOfInstances"].clone();
+    let dry_task = dry
+        .as_array()
+        .and_then(|rs| {
+            rs.iter()
+                .find(|r| r["definition"] == "TaskAddCollectionParameter")
+        })
+        .map(|r| r["body"]["value"][0].clone())
+        .expect("a task collection in the dry run");
+    assert_eq!(instances(&dry_task), 2, "{dry_task}");
+    env.shipyard()
+        .arg("-c")
+        .arg(&ex)
+        .args(["jobs", "add"])
+        .assert()
+        .success();
+    let task = env
+        .server
+        .task("hello-intelmpi", "hello")
+        .expect("task added");
+    assert_eq!(instances(&task), 3, "{task}");
+    let rejected = env.rejected();
+    assert!(rejected.is_empty(), "{rejected:#?}");
+}
