@@ -876,7 +876,6 @@ pub(crate) fn local_pool_ssh(store: &shipyard_local::Store, a: &crate::args::Ssh
 /// `files --follow`: prints one task file as it grows, reading from the last offset with
 /// `ocp-range` each poll, until the task completes (Batch Shipyard's `data files stream`).
 async fn follow_file(client: &BatchClient, f: &FilesArgs) -> CliResult {
-    use shipyard_batch_api::models::TaskState;
     let name = match f.file.as_slice() {
         [] => "stdout.txt".to_string(),
         [one] => one.clone(),
@@ -887,68 +886,17 @@ async fn follow_file(client: &BatchClient, f: &FilesArgs) -> CliResult {
         }
     };
     crate::output::task_file_path(&name)?;
-    let tmp = tempfile::Builder::new()
-        .prefix("shipyard-follow-")
-        .tempdir()
-        .context("cannot create a private temporary directory")?;
-    let dest = tmp.path().join("chunk");
-    let (job, task) = (f.job.as_str(), f.task.as_str());
-    let mut offset: u64 = 0;
-    loop {
-        // The state first: once it says completed, the size read next is final.
-        let state = client
-            .get_task(job, task)
-            .await
-            .with_context(|| format!("reading task {job}/{task}"))?
-            .state;
-        let done = state == Some(TaskState::Completed);
-        let size = task_file_size(client, job, task, &name).await;
-        if size.is_some_and(|s| s > offset) {
-            let range = shipyard_batch_api::ByteRange {
-                start: offset,
-                end: None,
-            };
-            client
-                .download_task_file(job, task, &name, &dest, Some(range))
-                .await
-                .with_context(|| {
-                    format!("reading {name} of task {job}/{task} from byte {offset}")
-                })?;
-            let data =
-                std::fs::read(&dest).with_context(|| format!("cannot read {}", dest.display()))?;
-            crate::output::print_stdout(&data);
-            offset += data.len() as u64;
-        }
-        if done {
-            if size.is_none() {
-                return Err(CliError::Failed(anyhow::anyhow!(
-                    "task {job}/{task} completed without a file `{name}`"
-                )));
-            }
-            return Ok(());
-        }
-        tokio::time::sleep(poll_interval()).await;
-    }
-}
-
-/// The size of a task file (`None` while it does not exist or cannot be listed yet).
-async fn task_file_size(client: &BatchClient, job: &str, task: &str, name: &str) -> Option<u64> {
-    let files: Vec<_> = match client
-        .list_task_files(job, task, name.contains('/'), &ListOptions::default())
-        .try_collect()
-        .await
-    {
-        Ok(f) => f,
-        Err(e) => {
-            tracing::debug!(job, task, error = %e, "cannot list task files yet");
-            return None;
-        }
-    };
-    files
-        .into_iter()
-        .find(|f| f.name.as_deref() == Some(name))
-        .and_then(|f| f.properties)
-        .map(|p| u64::try_from(p.content_length).unwrap_or(0))
+    shipyard_submit::follow_task_file(
+        client,
+        &f.job,
+        &f.task,
+        &name,
+        poll_interval(),
+        crate::output::print_stdout,
+    )
+    .await
+    .map_err(failed)?;
+    Ok(())
 }
 
 /// What `pool ssh` sends, for `--dry-run`: the node listing when no `--node` is given, the

@@ -270,19 +270,14 @@ impl Session {
                     }
                 }
             }
-            let until = tokio::time::Instant::now() + POOL_GONE_WAIT;
-            loop {
-                match client.get_pool(id).await {
-                    Err(e) if e.is_not_found() => return Ok(()),
-                    _ if tokio::time::Instant::now() > until => {
-                        return Err(failed(anyhow::anyhow!(
-                            "pool `{id}` is still being deleted after {}s",
-                            POOL_GONE_WAIT.as_secs()
-                        )))
-                    }
-                    _ => tokio::time::sleep(Duration::from_millis(200)).await,
-                }
-            }
+            shipyard_submit::wait_pool_deleted(
+                client,
+                id,
+                Duration::from_millis(200),
+                POOL_GONE_WAIT,
+            )
+            .await
+            .map_err(failed)
         })
     }
 

@@ -16,6 +16,33 @@ pub enum SubmitError {
         #[source]
         source: BatchError,
     },
+    /// A local file operation failed (a private temporary file of a download).
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A followed task completed without the file.
+    #[error("task {job}/{task} completed without a file `{file}`")]
+    MissingTaskFile {
+        /// Job id.
+        job: String,
+        /// Task id.
+        task: String,
+        /// The file followed.
+        file: String,
+    },
+    /// A deleted pool still exists after the wait.
+    #[error("pool `{pool}` is still being deleted after {secs}s")]
+    PoolStillDeleting {
+        /// Pool id.
+        pool: String,
+        /// How long was waited.
+        secs: u64,
+    },
     /// The plan could not be turned into requests (SSH key generation, serialization).
     #[error("job `{job}`: {source}")]
     Plan {

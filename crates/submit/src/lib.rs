@@ -34,6 +34,7 @@
 mod blocked;
 mod error;
 mod events;
+mod follow;
 pub mod redact;
 mod submission;
 mod submitter;
@@ -41,6 +42,7 @@ mod watch;
 
 pub use error::{Result, SubmitError};
 pub use events::{EventSender, OutputStream, SubmitEvent};
+pub use follow::{follow_task_file, wait_pool_deleted};
 pub use submission::{JobSubmission, Submission};
 pub use submitter::{
     RunOutcome, SubmitOptions, Submitted, SubmittedJob, Submitter, DEFAULT_POLL_INTERVAL,
