@@ -489,6 +489,31 @@ fn find_task<'a>(tasks: &'a [TaskRecord], job: &str, task: &str) -> CliResult<&'
 fn files(store: &shipyard_local::Store, f: &FilesArgs) -> CliResult {
     let tasks = known_job_tasks(store, &f.job)?;
     let t = find_task(&tasks, &f.job, &f.task)?;
+    if f.follow {
+        let name = match f.file.as_slice() {
+            [] => "stdout.txt",
+            [one] => one.as_str(),
+            _ => {
+                return Err(CliError::Usage(
+                    "--follow streams one file: give at most one --file".into(),
+                ))
+            }
+        };
+        let rel = crate::output::task_file_path(name)?;
+        return runtime()?.block_on(async {
+            shipyard_local::follow_task_file(
+                store,
+                &f.job,
+                &t.id,
+                rel,
+                std::time::Duration::from_millis(200),
+                crate::output::print_stdout,
+            )
+            .await
+            .map(|_| ())
+            .map_err(|e| CliError::Failed(e.into()))
+        });
+    }
     let names = if f.file.is_empty() {
         vec!["stdout.txt".to_string(), "stderr.txt".to_string()]
     } else {

@@ -52,6 +52,7 @@ pub mod engine;
 pub mod env;
 mod error;
 mod events;
+mod follow;
 mod job_run;
 pub mod keys;
 mod owner;
@@ -67,6 +68,7 @@ pub use docker::{labels, OutputStream};
 pub use engine::{Engine, EngineError, EngineOptions, FileContent};
 pub use error::{LocalError, Result};
 pub use events::{Event, EventSender};
+pub use follow::follow_task_file;
 pub use owner::RunOwner;
 pub use spec::{
     LocalJob, LocalTask, MultiInstance, OnAllTasksComplete, OnTaskFailure, TaskDependencies,
