@@ -3,7 +3,6 @@
 //!
 //! - `bag-of-tasks.toml` with its corpus served on the loopback port it names: resource files
 //!   route it to the local engine, and every `count-N.txt` equals `wc -w` of its part;
-//! - `native-intelmpi.toml` with `--engine`: Intel MPI ranks across 2 container nodes;
 //! - `bag-of-tasks.toml` with `--target azure` against `shipyard serve` on loopback (the
 //!   account key only in the environment);
 //! - `singularity-mpich.toml` fails (exit 1, the job preparation's 127) where `singularity` is
@@ -19,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use shipyard_e2e::{
     repo_root, require_program, require_test_image, require_vm_nodes, shipyard_bin, show,
-    target_dir, HelloReport, KillOnDrop,
+    target_dir, KillOnDrop,
 };
 
 /// The examples share port 8765 and the pool id `bag`, and the machine has 2 cores.
@@ -234,37 +233,6 @@ fn the_bag_of_tasks_runs_as_written_on_the_engine_with_its_resource_files() {
         "pool del left containers"
     );
     timed("bag-of-tasks on the engine", start);
-}
-
-#[test]
-fn native_intelmpi_runs_across_two_container_nodes_on_the_engine() {
-    if !require_test_image() {
-        return;
-    }
-    let _serial = serial();
-    let start = Instant::now();
-    let mut s = Scratch::new("cli-examples-impi-");
-    s.pools.push("impi-native".into());
-    let run = s
-        .cli()
-        .args(["--engine", "-q", "run", "--tail"])
-        .arg(example("native-intelmpi.toml"))
-        .output()
-        .expect("run");
-    assert_eq!(run.status.code(), Some(0), "{}", show(&run));
-    let report = HelloReport::parse(&String::from_utf8_lossy(&run.stdout));
-    report.assert_complete(4);
-    assert_eq!(
-        report.hosts().len(),
-        2,
-        "two container nodes: {}",
-        show(&run)
-    );
-    assert!(
-        pool_containers("impi-native").is_empty(),
-        "the run deleted the pool it made"
-    );
-    timed("native-intelmpi on the engine", start);
 }
 
 /// A free loopback port (bound and released).
