@@ -477,6 +477,21 @@ pub fn require_vm_nodes() -> bool {
     root
 }
 
+/// The ids of the Docker containers the local engine made for pool `pool` (label
+/// `shipyard.engine.pool=<pool>`). Panics when `docker ps` fails.
+pub fn engine_pool_containers(pool: &str) -> Vec<String> {
+    let o = Command::new("docker")
+        .args(["ps", "-aq", "--filter"])
+        .arg(format!("label=shipyard.engine.pool={pool}"))
+        .output()
+        .expect("docker ps");
+    assert!(o.status.success(), "docker ps: {}", show(&o));
+    String::from_utf8_lossy(&o.stdout)
+        .split_whitespace()
+        .map(String::from)
+        .collect()
+}
+
 /// A child process that is killed (and reaped) when dropped, e.g. when a test fails half-way.
 #[derive(Debug)]
 pub struct KillOnDrop(pub std::process::Child);

@@ -129,20 +129,6 @@ fn unique(name: &str) -> String {
     format!("{name}-{}", std::process::id())
 }
 
-/// Containers labelled with engine pool `pool`.
-fn pool_containers(pool: &str) -> Vec<String> {
-    let o = Command::new("docker")
-        .args(["ps", "-aq", "--filter"])
-        .arg(format!("label=shipyard.engine.pool={pool}"))
-        .output()
-        .expect("docker ps");
-    assert!(o.status.success(), "docker ps: {}", show(&o));
-    String::from_utf8_lossy(&o.stdout)
-        .split_whitespace()
-        .map(String::from)
-        .collect()
-}
-
 const VM_POOL: &str = r#"
 [pool_specification]
 id = "POOL"
@@ -362,7 +348,7 @@ fn jobs_term_from_another_process_ends_a_run_that_holds_the_engine() {
     );
     assert!(!endpoint.exists(), "the host removed its endpoint file");
     assert!(
-        pool_containers(&pool).is_empty(),
+        shipyard_e2e::engine_pool_containers(&pool).is_empty(),
         "the run deleted the pool it made"
     );
 }
@@ -391,7 +377,11 @@ fn pool_add_persists_across_invocations_and_pool_del_removes_its_containers() {
         .output()
         .expect("pool add");
     assert!(add.status.success(), "{}", show(&add));
-    assert_eq!(pool_containers(&pool).len(), 2, "two holder containers");
+    assert_eq!(
+        shipyard_e2e::engine_pool_containers(&pool).len(),
+        2,
+        "two holder containers"
+    );
 
     // a separate invocation (the adding process is gone: it reopens the store)
     let list = s
@@ -417,7 +407,7 @@ fn pool_add_persists_across_invocations_and_pool_del_removes_its_containers() {
         .expect("pool del");
     assert!(del.status.success(), "{}", show(&del));
     assert!(
-        pool_containers(&pool).is_empty(),
+        shipyard_e2e::engine_pool_containers(&pool).is_empty(),
         "containers left after pool del"
     );
     s.assert_pool_gone(&pool);

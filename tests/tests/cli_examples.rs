@@ -35,20 +35,6 @@ fn example(name: &str) -> PathBuf {
     repo_root().join("examples").join(name)
 }
 
-/// Containers of engine pool `pool` (label `shipyard.engine.pool`).
-fn pool_containers(pool: &str) -> Vec<String> {
-    let o = Command::new("docker")
-        .args(["ps", "-aq", "--filter"])
-        .arg(format!("label=shipyard.engine.pool={pool}"))
-        .output()
-        .expect("docker ps");
-    assert!(o.status.success(), "docker ps: {}", show(&o));
-    String::from_utf8_lossy(&o.stdout)
-        .split_whitespace()
-        .map(String::from)
-        .collect()
-}
-
 /// A private state directory under `target/`; deletes `pools` (through `delete`) and removes
 /// their containers when dropped, whatever happened.
 struct Scratch {
@@ -106,7 +92,7 @@ impl Scratch {
                 .args(&self.del_args)
                 .args(["-q", "pool", "del", "--pool-id", pool])
                 .output();
-            for id in pool_containers(pool) {
+            for id in shipyard_e2e::engine_pool_containers(pool) {
                 let _ = Command::new("docker").args(["rm", "-f", &id]).output();
             }
         }
@@ -170,13 +156,14 @@ fn expected_counts() -> Vec<String> {
 
 /// Downloads every map task's `wd/count-N.txt` with `shipyard <target> files` and compares it
 /// with [`expected_counts`]; checks the reduce task's stdout.
-fn assert_counts(s: &Scratch, target: &[&str]) {
+fn assert_counts(s: &Scratch, target: &[&str], env: &[(&str, &str)]) {
     for (n, want) in (1..=4).zip(expected_counts()) {
         let o = s
             .cli()
             .args(target)
             .args(["files", "--job", "wordcount", "--task", &n.to_string()])
             .args(["--file", &format!("wd/count-{n}.txt")])
+            .envs(env.iter().copied())
             .output()
             .expect("shipyard files");
         assert!(o.status.success(), "{}", show(&o));
@@ -187,6 +174,7 @@ fn assert_counts(s: &Scratch, target: &[&str]) {
         .args(target)
         .args(["files", "--job", "wordcount", "--task", "reduce"])
         .args(["--file", "stdout.txt"])
+        .envs(env.iter().copied())
         .output()
         .expect("shipyard files");
     assert!(o.status.success(), "{}", show(&o));
@@ -226,10 +214,10 @@ fn the_bag_of_tasks_runs_as_written_on_the_engine_with_its_resource_files() {
         "the routing is logged: {}",
         show(&run)
     );
-    assert_counts(&s, &["--engine"]);
+    assert_counts(&s, &["--engine"], &[]);
     s.delete_pools();
     assert!(
-        pool_containers("bag").is_empty(),
+        shipyard_e2e::engine_pool_containers("bag").is_empty(),
         "pool del left containers"
     );
     timed("bag-of-tasks on the engine", start);
@@ -299,16 +287,7 @@ fn the_bag_of_tasks_runs_with_target_azure_against_shipyard_serve() {
             .arg("run"),
     );
     assert_eq!(run.status.code(), Some(0), "{}", show(&run));
-    for (n, want) in (1..=4).zip(expected_counts()) {
-        let o = azure(
-            s.cli()
-                .args(target)
-                .args(["files", "--job", "wordcount", "--task", &n.to_string()])
-                .args(["--file", &format!("wd/count-{n}.txt")]),
-        );
-        assert!(o.status.success(), "{}", show(&o));
-        assert_eq!(String::from_utf8_lossy(&o.stdout), want, "count-{n}.txt");
-    }
+    assert_counts(&s, &target, &[("SHIPYARD_BATCH_ACCOUNT_KEY", key.as_str())]);
     let del = azure(
         s.cli()
             .args(target)
@@ -332,7 +311,10 @@ fn the_bag_of_tasks_runs_with_target_azure_against_shipyard_serve() {
         !String::from_utf8_lossy(&out.stderr).contains(&key),
         "the key leaked to serve's output"
     );
-    assert!(pool_containers("bag").is_empty(), "containers left");
+    assert!(
+        shipyard_e2e::engine_pool_containers("bag").is_empty(),
+        "containers left"
+    );
     s.pools.clear();
     timed(
         "bag-of-tasks with --target azure against shipyard serve",
@@ -371,6 +353,9 @@ fn the_singularity_example_fails_clearly_without_singularity() {
         !s.path().join("state/engine/endpoint.json").exists(),
         "the engine host ended"
     );
-    assert!(pool_containers("sing-mpich").is_empty(), "containers left");
+    assert!(
+        shipyard_e2e::engine_pool_containers("sing-mpich").is_empty(),
+        "containers left"
+    );
     timed("singularity-mpich fails", start);
 }
