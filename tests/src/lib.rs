@@ -415,6 +415,46 @@ pub fn shipyard_bin() -> PathBuf {
     cargo_build(&["-p", "shipyard-cli", "--bin", "shipyard"]).join("shipyard")
 }
 
+/// A scratch directory under `target/` (outside `/tmp`, mode 0755 so that tasks running as a
+/// non-admin user can read it), removed when dropped.
+pub fn scratch_dir(prefix: &str) -> tempfile::TempDir {
+    std::fs::create_dir_all(target_dir()).expect("target dir");
+    let dir = tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in(target_dir())
+        .expect("scratch dir");
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod scratch");
+    dir
+}
+
+/// A `shipyard` command (binary `shipyard`) isolated from the caller's environment: the
+/// `SHIPYARD_*` configuration, target, plugin, engine, poll, account and serve-key variables
+/// removed, `SHIPYARD_STATE_DIR=<state_dir>`, stdin from `/dev/null`.
+pub fn shipyard_command(shipyard: &Path, state_dir: &Path) -> Command {
+    let mut c = Command::new(shipyard);
+    for v in [
+        "SHIPYARD_CONFIG",
+        "SHIPYARD_CONFIGDIR",
+        "SHIPYARD_TARGET",
+        "SHIPYARD_PLUGIN",
+        "SHIPYARD_LOCAL_ENGINE",
+        "SHIPYARD_POLL_INTERVAL_MS",
+        "SHIPYARD_BATCH_ACCOUNT_URL",
+        "SHIPYARD_BATCH_ACCOUNT_NAME",
+        "SHIPYARD_BATCH_ACCOUNT_KEY",
+        "SHIPYARD_SERVE_KEY",
+    ] {
+        c.env_remove(v);
+    }
+    c.env("SHIPYARD_STATE_DIR", state_dir)
+        .stdin(std::process::Stdio::null());
+    c
+}
+
 /// The label on the temporary container [`export_image`] creates (and removes).
 pub const EXPORT_LABEL: &str = "shipyard-test=export-image";
 

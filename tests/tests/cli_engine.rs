@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use shipyard_e2e::{
     cargo_build, export_image, require_ch_run, require_mpi, require_test_image, require_vm_nodes,
-    shipyard_bin, show, target_dir, HelloReport, KillOnDrop, MpiKind,
+    shipyard_bin, show, HelloReport, KillOnDrop, MpiKind,
 };
 
 /// Heavy (VM-like nodes run a dockerd each, the machine has 2 cores): one at a time.
@@ -39,16 +39,7 @@ struct Scratch {
 
 impl Scratch {
     fn new(prefix: &str) -> Scratch {
-        std::fs::create_dir_all(target_dir()).expect("target dir");
-        let dir = tempfile::Builder::new()
-            .prefix(prefix)
-            .tempdir_in(target_dir())
-            .expect("scratch dir");
-        std::fs::set_permissions(
-            dir.path(),
-            std::os::unix::fs::PermissionsExt::from_mode(0o755),
-        )
-        .expect("chmod scratch");
+        let dir = shipyard_e2e::scratch_dir(prefix);
         Scratch {
             dir,
             shipyard: shipyard_bin(),
@@ -65,20 +56,7 @@ impl Scratch {
     }
 
     fn cli(&self) -> Command {
-        let mut c = Command::new(&self.shipyard);
-        for v in [
-            "SHIPYARD_CONFIG",
-            "SHIPYARD_CONFIGDIR",
-            "SHIPYARD_TARGET",
-            "SHIPYARD_PLUGIN",
-            "SHIPYARD_LOCAL_ENGINE",
-            "SHIPYARD_POLL_INTERVAL_MS",
-        ] {
-            c.env_remove(v);
-        }
-        c.env("SHIPYARD_STATE_DIR", self.state())
-            .stdin(Stdio::null());
-        c
+        shipyard_e2e::shipyard_command(&self.shipyard, &self.state())
     }
 
     /// `pool list` on the engine does not show `pool`.

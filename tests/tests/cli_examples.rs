@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use shipyard_e2e::{
     repo_root, require_program, require_test_image, require_vm_nodes, shipyard_bin, show,
-    target_dir, KillOnDrop,
+    KillOnDrop,
 };
 
 /// The examples share port 8765 and the pool id `bag`, and the machine has 2 cores.
@@ -47,11 +47,7 @@ struct Scratch {
 
 impl Scratch {
     fn new(prefix: &str) -> Scratch {
-        std::fs::create_dir_all(target_dir()).expect("target dir");
-        let dir = tempfile::Builder::new()
-            .prefix(prefix)
-            .tempdir_in(target_dir())
-            .expect("scratch dir");
+        let dir = shipyard_e2e::scratch_dir(prefix);
         Scratch {
             dir,
             shipyard: shipyard_bin(),
@@ -65,24 +61,7 @@ impl Scratch {
     }
 
     fn cli(&self) -> Command {
-        let mut c = Command::new(&self.shipyard);
-        for v in [
-            "SHIPYARD_CONFIG",
-            "SHIPYARD_CONFIGDIR",
-            "SHIPYARD_TARGET",
-            "SHIPYARD_PLUGIN",
-            "SHIPYARD_LOCAL_ENGINE",
-            "SHIPYARD_POLL_INTERVAL_MS",
-            "SHIPYARD_BATCH_ACCOUNT_URL",
-            "SHIPYARD_BATCH_ACCOUNT_NAME",
-            "SHIPYARD_BATCH_ACCOUNT_KEY",
-            "SHIPYARD_SERVE_KEY",
-        ] {
-            c.env_remove(v);
-        }
-        c.env("SHIPYARD_STATE_DIR", self.path().join("state"))
-            .stdin(Stdio::null());
-        c
+        shipyard_e2e::shipyard_command(&self.shipyard, &self.path().join("state"))
     }
 
     fn delete_pools(&self) {
