@@ -15,7 +15,7 @@
 pub mod sshd;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Output};
 use std::sync::Mutex;
 
 /// The image the test suite and the README example run: Debian bookworm with Open MPI, MPICH,
@@ -376,6 +376,181 @@ pub fn require_python_sdk() -> Option<PathBuf> {
         venv.display()
     ));
     None
+}
+
+/// A command's exit status, stdout and stderr, for assertion messages.
+pub fn show(o: &Output) -> String {
+    format!(
+        "status {:?}\n--- stdout\n{}\n--- stderr\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Cargo's target directory: `CARGO_TARGET_DIR`, else `<repo>/target`.
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target"))
+}
+
+/// Runs `cargo build -q <args>` in the repository (quick when up to date) and returns
+/// `target/debug`, where the artifact is. Panics when the build fails.
+pub fn cargo_build(args: &[&str]) -> PathBuf {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .current_dir(repo_root())
+        .arg("build")
+        .arg("-q")
+        .args(args)
+        .status()
+        .expect("run cargo build");
+    assert!(status.success(), "cargo build {args:?}");
+    target_dir().join("debug")
+}
+
+/// The `shipyard` binary, built first if needed ([`cargo_build`]).
+pub fn shipyard_bin() -> PathBuf {
+    cargo_build(&["-p", "shipyard-cli", "--bin", "shipyard"]).join("shipyard")
+}
+
+/// A scratch directory under `target/` (outside `/tmp`, mode 0755 so that tasks running as a
+/// non-admin user can read it), removed when dropped.
+pub fn scratch_dir(prefix: &str) -> tempfile::TempDir {
+    std::fs::create_dir_all(target_dir()).expect("target dir");
+    let dir = tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in(target_dir())
+        .expect("scratch dir");
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod scratch");
+    dir
+}
+
+/// A `shipyard` command (binary `shipyard`) isolated from the caller's environment: the
+/// `SHIPYARD_*` configuration, target, plugin, engine, poll, account and serve-key variables
+/// removed, `SHIPYARD_STATE_DIR=<state_dir>`, stdin from `/dev/null`.
+pub fn shipyard_command(shipyard: &Path, state_dir: &Path) -> Command {
+    let mut c = Command::new(shipyard);
+    for v in [
+        "SHIPYARD_CONFIG",
+        "SHIPYARD_CONFIGDIR",
+        "SHIPYARD_TARGET",
+        "SHIPYARD_PLUGIN",
+        "SHIPYARD_LOCAL_ENGINE",
+        "SHIPYARD_POLL_INTERVAL_MS",
+        "SHIPYARD_BATCH_ACCOUNT_URL",
+        "SHIPYARD_BATCH_ACCOUNT_NAME",
+        "SHIPYARD_BATCH_ACCOUNT_KEY",
+        "SHIPYARD_SERVE_KEY",
+    ] {
+        c.env_remove(v);
+    }
+    c.env("SHIPYARD_STATE_DIR", state_dir)
+        .stdin(std::process::Stdio::null());
+    c
+}
+
+/// The label on the temporary container [`export_image`] creates (and removes).
+pub const EXPORT_LABEL: &str = "shipyard-test=export-image";
+
+/// Exports [`TEST_IMAGE`]'s file system to `<dir>/image.tar` (`docker export` of a container
+/// labelled [`EXPORT_LABEL`], removed again), readable by every user (0644); creates `dir`.
+/// Panics when Docker fails.
+pub fn export_image(dir: &Path) -> PathBuf {
+    std::fs::create_dir_all(dir).expect("mkdir for the image tarball");
+    let out = Command::new("docker")
+        .args(["create", "--label", EXPORT_LABEL, TEST_IMAGE, "true"])
+        .output()
+        .expect("docker create");
+    assert!(out.status.success(), "docker create: {}", show(&out));
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let tar = dir.join("image.tar");
+    let export = Command::new("docker")
+        .args(["export", "-o"])
+        .arg(&tar)
+        .arg(&id)
+        .output()
+        .expect("docker export");
+    let rm = Command::new("docker")
+        .args(["rm", "-f", &id])
+        .output()
+        .expect("docker rm");
+    assert!(export.status.success(), "docker export: {}", show(&export));
+    assert!(rm.status.success(), "docker rm: {}", show(&rm));
+    std::fs::set_permissions(&tar, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+        .expect("chmod image");
+    tar
+}
+
+/// Demands what the local engine's VM-like nodes need on top of [`require_test_image`]: root,
+/// and `ip`, `nsenter`, `unshare`, `setpriv`, `iptables`, `dockerd` and `docker-registry` on
+/// `PATH`. Returns `false` only when skipping is allowed.
+pub fn require_vm_nodes() -> bool {
+    if !require_test_image() {
+        return false;
+    }
+    for (program, what) in [
+        ("ip", "iproute2's ip"),
+        ("nsenter", "util-linux nsenter"),
+        ("unshare", "util-linux unshare"),
+        ("setpriv", "util-linux setpriv"),
+        ("iptables", "iptables"),
+        ("dockerd", "dockerd (docker.io)"),
+        ("docker-registry", "Debian's docker-registry"),
+    ] {
+        if !require_program(program, what) {
+            return false;
+        }
+    }
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+    if !root {
+        missing("root (VM-like nodes need it)");
+    }
+    root
+}
+
+/// The ids of the Docker containers the local engine made for pool `pool` (label
+/// `shipyard.engine.pool=<pool>`). Panics when `docker ps` fails.
+pub fn engine_pool_containers(pool: &str) -> Vec<String> {
+    let o = Command::new("docker")
+        .args(["ps", "-aq", "--filter"])
+        .arg(format!("label=shipyard.engine.pool={pool}"))
+        .output()
+        .expect("docker ps");
+    assert!(o.status.success(), "docker ps: {}", show(&o));
+    String::from_utf8_lossy(&o.stdout)
+        .split_whitespace()
+        .map(String::from)
+        .collect()
+}
+
+/// A child process that is killed (and reaped) when dropped, e.g. when a test fails half-way.
+#[derive(Debug)]
+pub struct KillOnDrop(pub std::process::Child);
+
+impl KillOnDrop {
+    /// Waits for the child and returns its output (stdout/stderr must be piped to be captured).
+    pub fn wait_output(mut self) -> std::io::Result<Output> {
+        let child = std::mem::replace(&mut self.0, Command::new("true").spawn()?);
+        child.wait_with_output()
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
 }
 
 #[cfg(test)]

@@ -22,21 +22,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use shipyard_e2e::{
-    image_hello_path, require_ch_run, require_mpi, require_test_image, HelloReport, MpiKind,
+    cargo_build, export_image, image_hello_path, require_ch_run, require_mpi, require_test_image,
+    show, HelloReport, MpiKind,
 };
 use shipyard_plugin_charliecloud::CharliecloudRuntime;
 use shipyard_runtime::{ContainerRuntime, JobPlan, JobSpec, OsFamily, PoolFacts};
-
-const LABEL: &str = "shipyard-test=charliecloud";
-
-fn show(o: &Output) -> String {
-    format!(
-        "status {:?}\n--- stdout\n{}\n--- stderr\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
 
 /// Runs a Batch command line as the node agent would (no `USER`: the plan must set it).
 fn run_batch(command_line: &str, cwd: &Path, env: &BTreeMap<String, String>) -> Output {
@@ -96,31 +86,6 @@ impl Node {
 
 fn s(p: &Path) -> String {
     p.display().to_string()
-}
-
-/// Exports the test image's file system to `<dir>/image.tar` (`docker export`).
-fn export_image(dir: &Path) -> PathBuf {
-    std::fs::create_dir_all(dir).expect("mkdir for the image tarball");
-    let out = Command::new("docker")
-        .args(["create", "--label", LABEL, shipyard_e2e::TEST_IMAGE, "true"])
-        .output()
-        .expect("docker create");
-    assert!(out.status.success(), "docker create: {}", show(&out));
-    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    let tar = dir.join("image.tar");
-    let export = Command::new("docker")
-        .args(["export", "-o"])
-        .arg(&tar)
-        .arg(&id)
-        .output()
-        .expect("docker export");
-    let rm = Command::new("docker")
-        .args(["rm", "-f", &id])
-        .output()
-        .expect("docker rm");
-    assert!(export.status.success(), "docker export: {}", show(&export));
-    assert!(rm.status.success(), "docker rm: {}", show(&rm));
-    tar
 }
 
 fn pool() -> PoolFacts {
@@ -326,24 +291,6 @@ fn a_node_without_ch_run_fails_the_preparation_naming_binary_and_package() {
     let out = node.run("t", &plan.tasks[0].command_line, &path);
     assert_eq!(out.status.code(), Some(127), "{}", show(&out));
     assert!(String::from_utf8_lossy(&out.stderr).contains("charliecloud-runtime"));
-}
-
-/// Builds a package's artifact with cargo (quick when up to date) and returns `target/debug`.
-fn cargo_build(args: &[&str]) -> PathBuf {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let root = shipyard_e2e::repo_root();
-    let status = Command::new(cargo)
-        .current_dir(&root)
-        .arg("build")
-        .arg("-q")
-        .args(args)
-        .status()
-        .expect("run cargo build");
-    assert!(status.success(), "cargo build {args:?}");
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"))
-        .join("debug")
 }
 
 const CLI_CONFIG: &str = r#"

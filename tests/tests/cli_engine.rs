@@ -16,80 +16,16 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use shipyard_e2e::{require_ch_run, require_mpi, require_test_image, HelloReport, MpiKind};
+use shipyard_e2e::{
+    cargo_build, export_image, require_ch_run, require_mpi, require_test_image, require_vm_nodes,
+    shipyard_bin, show, HelloReport, KillOnDrop, MpiKind,
+};
 
 /// Heavy (VM-like nodes run a dockerd each, the machine has 2 cores): one at a time.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn show(o: &Output) -> String {
-    format!(
-        "status {:?}\n--- stdout\n{}\n--- stderr\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| shipyard_e2e::repo_root().join("target"))
-}
-
-/// Builds a package's artifact with cargo (quick when up to date); returns `target/debug`.
-fn cargo_build(args: &[&str]) -> PathBuf {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .current_dir(shipyard_e2e::repo_root())
-        .arg("build")
-        .arg("-q")
-        .args(args)
-        .status()
-        .expect("run cargo build");
-    assert!(status.success(), "cargo build {args:?}");
-    target_dir().join("debug")
-}
-
-fn shipyard_bin() -> PathBuf {
-    cargo_build(&["-p", "shipyard-cli", "--bin", "shipyard"]).join("shipyard")
-}
-
-/// Root and the programs VM-like nodes run (fails under CI when missing).
-fn require_vm_nodes() -> bool {
-    if !require_test_image() {
-        return false;
-    }
-    for (program, what) in [
-        ("ip", "iproute2's ip"),
-        ("nsenter", "util-linux nsenter"),
-        ("unshare", "util-linux unshare"),
-        ("setpriv", "util-linux setpriv"),
-        ("iptables", "iptables"),
-        ("dockerd", "dockerd (docker.io)"),
-        ("docker-registry", "Debian's docker-registry"),
-    ] {
-        if !shipyard_e2e::require_program(program, what) {
-            return false;
-        }
-    }
-    let root = Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
-    if !root {
-        if !shipyard_e2e::in_ci()
-            && std::env::var("SHIPYARD_TEST_ALLOW_SKIP").is_ok_and(|v| v == "1")
-        {
-            eprintln!("SKIPPED: VM-like nodes need root");
-            return false;
-        }
-        panic!("VM-like nodes need root");
-    }
-    true
 }
 
 /// A scratch directory under `target/` (outside `/tmp`, readable by the tasks' non-admin
@@ -103,16 +39,7 @@ struct Scratch {
 
 impl Scratch {
     fn new(prefix: &str) -> Scratch {
-        std::fs::create_dir_all(target_dir()).expect("target dir");
-        let dir = tempfile::Builder::new()
-            .prefix(prefix)
-            .tempdir_in(target_dir())
-            .expect("scratch dir");
-        std::fs::set_permissions(
-            dir.path(),
-            std::os::unix::fs::PermissionsExt::from_mode(0o755),
-        )
-        .expect("chmod scratch");
+        let dir = shipyard_e2e::scratch_dir(prefix);
         Scratch {
             dir,
             shipyard: shipyard_bin(),
@@ -129,20 +56,7 @@ impl Scratch {
     }
 
     fn cli(&self) -> Command {
-        let mut c = Command::new(&self.shipyard);
-        for v in [
-            "SHIPYARD_CONFIG",
-            "SHIPYARD_CONFIGDIR",
-            "SHIPYARD_TARGET",
-            "SHIPYARD_PLUGIN",
-            "SHIPYARD_LOCAL_ENGINE",
-            "SHIPYARD_POLL_INTERVAL_MS",
-        ] {
-            c.env_remove(v);
-        }
-        c.env("SHIPYARD_STATE_DIR", self.state())
-            .stdin(Stdio::null());
-        c
+        shipyard_e2e::shipyard_command(&self.shipyard, &self.state())
     }
 
     /// `pool list` on the engine does not show `pool`.
@@ -191,52 +105,6 @@ impl Drop for Scratch {
 /// A unique id for this test process.
 fn unique(name: &str) -> String {
     format!("{name}-{}", std::process::id())
-}
-
-/// Containers labelled with engine pool `pool`.
-fn pool_containers(pool: &str) -> Vec<String> {
-    let o = Command::new("docker")
-        .args(["ps", "-aq", "--filter"])
-        .arg(format!("label=shipyard.engine.pool={pool}"))
-        .output()
-        .expect("docker ps");
-    assert!(o.status.success(), "docker ps: {}", show(&o));
-    String::from_utf8_lossy(&o.stdout)
-        .split_whitespace()
-        .map(String::from)
-        .collect()
-}
-
-/// Exports the test image's file system to `<dir>/image.tar` (readable by every user).
-fn export_image(dir: &Path) -> PathBuf {
-    let out = Command::new("docker")
-        .args([
-            "create",
-            "--label",
-            "shipyard-test=cli-engine",
-            shipyard_e2e::TEST_IMAGE,
-            "true",
-        ])
-        .output()
-        .expect("docker create");
-    assert!(out.status.success(), "docker create: {}", show(&out));
-    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    let tar = dir.join("image.tar");
-    let export = Command::new("docker")
-        .args(["export", "-o"])
-        .arg(&tar)
-        .arg(&id)
-        .output()
-        .expect("docker export");
-    let rm = Command::new("docker")
-        .args(["rm", "-f", &id])
-        .output()
-        .expect("docker rm");
-    assert!(export.status.success(), "docker export: {}", show(&export));
-    assert!(rm.status.success(), "docker rm: {}", show(&rm));
-    std::fs::set_permissions(&tar, std::os::unix::fs::PermissionsExt::from_mode(0o644))
-        .expect("chmod image");
-    tar
 }
 
 const VM_POOL: &str = r#"
@@ -384,18 +252,6 @@ image = "shipyard/mpi:bookworm"
 command = "sleep 600"
 "#;
 
-/// Kills a child process when dropped (a test that failed half-way).
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-}
-
 fn json(o: &Output) -> serde_json::Value {
     serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", show(o)))
 }
@@ -414,7 +270,7 @@ fn jobs_term_from_another_process_ends_a_run_that_holds_the_engine() {
         "sleep.toml",
         &CONTAINER_POOL.replace("POOL", &pool).replace("JOB", &job),
     );
-    let mut run = Child(
+    let mut run = KillOnDrop(
         s.cli()
             .args(["--target", "local", "--engine", "-q", "run"])
             .arg(&config)
@@ -460,12 +316,7 @@ fn jobs_term_from_another_process_ends_a_run_that_holds_the_engine() {
         assert!(Instant::now() < deadline, "run did not end after jobs term");
         std::thread::sleep(Duration::from_millis(300));
     }
-    let out = std::mem::replace(
-        &mut run.0,
-        Command::new("true").spawn().expect("spawn true"),
-    )
-    .wait_with_output()
-    .expect("run output");
+    let out = run.wait_output().expect("run output");
     assert_ne!(out.status.code(), Some(0), "{}", show(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -475,7 +326,7 @@ fn jobs_term_from_another_process_ends_a_run_that_holds_the_engine() {
     );
     assert!(!endpoint.exists(), "the host removed its endpoint file");
     assert!(
-        pool_containers(&pool).is_empty(),
+        shipyard_e2e::engine_pool_containers(&pool).is_empty(),
         "the run deleted the pool it made"
     );
 }
@@ -504,7 +355,11 @@ fn pool_add_persists_across_invocations_and_pool_del_removes_its_containers() {
         .output()
         .expect("pool add");
     assert!(add.status.success(), "{}", show(&add));
-    assert_eq!(pool_containers(&pool).len(), 2, "two holder containers");
+    assert_eq!(
+        shipyard_e2e::engine_pool_containers(&pool).len(),
+        2,
+        "two holder containers"
+    );
 
     // a separate invocation (the adding process is gone: it reopens the store)
     let list = s
@@ -530,7 +385,7 @@ fn pool_add_persists_across_invocations_and_pool_del_removes_its_containers() {
         .expect("pool del");
     assert!(del.status.success(), "{}", show(&del));
     assert!(
-        pool_containers(&pool).is_empty(),
+        shipyard_e2e::engine_pool_containers(&pool).is_empty(),
         "containers left after pool del"
     );
     s.assert_pool_gone(&pool);

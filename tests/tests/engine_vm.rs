@@ -22,29 +22,6 @@ use shipyard_runtime::{JobSpec, PoolSpec};
 /// Heavy (several dockerds each): one at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// Root, and the programs VM-like nodes run (on top of the test image).
-fn require_node_programs() -> bool {
-    if !shipyard_e2e::require_test_image() {
-        return false;
-    }
-    let probe = "command -v ip nsenter unshare iptables dockerd docker-registry >/dev/null && [ \"$(id -u)\" = 0 ]";
-    let ok = Command::new("sh")
-        .args(["-c", probe])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        let what = "root and ip, nsenter, unshare, iptables, dockerd, docker-registry";
-        if !shipyard_e2e::in_ci()
-            && std::env::var("SHIPYARD_TEST_ALLOW_SKIP").is_ok_and(|v| v == "1")
-        {
-            eprintln!("SKIPPED: VM-like nodes need {what}");
-            return false;
-        }
-        panic!("VM-like nodes need {what}: run `bash scripts/setup.sh`");
-    }
-    true
-}
-
 fn docker_ids_on(socket: &Path) -> Vec<String> {
     let out = Command::new("docker")
         .arg("-H")
@@ -94,7 +71,7 @@ fn engine_options(dir: &Path, run_tag: &str) -> EngineOptions {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn engine_runs_the_non_native_openmpi_example_on_three_vm_like_nodes() -> anyhow::Result<()> {
-    if !require_node_programs() {
+    if !shipyard_e2e::require_vm_nodes() {
         return Ok(());
     }
     let _serial = SERIAL.lock().await;

@@ -58,17 +58,76 @@ fn plan_on(
     shipyard_runtime::registry::get(&spec.runtime)?.plan(&spec, &facts)
 }
 
-/// Whether `job` runs on the local engine's VM-like nodes rather than the per-run backend:
-/// its runtime plans a pool without container configuration (host MPI: singularity, plugin
-/// runtimes such as charliecloud), or plans only for pools without container support.
+/// Whether `job` runs on the local engine rather than the per-run backend
+/// ([`engine_reason`] names why).
 pub fn needs_engine(config: &Config, job: &LoadedJob) -> CliResult<bool> {
-    match plan_on(config, job, true) {
-        Ok(plan) => Ok(plan.pool.container_configuration.is_none()),
+    Ok(engine_reason(config, job)?.is_some())
+}
+
+/// Why `job` must run on the local engine rather than the per-run backend, or `None` when the
+/// per-run backend runs it:
+///
+/// - its runtime plans a pool without container configuration (host MPI: singularity, plugin
+///   runtimes such as charliecloud), or plans only for pools without container support: the
+///   engine's VM-like nodes run it;
+/// - a task, the job preparation or the job release has resource or output files
+///   ([`file_transfer`]): the per-run backend does not download or upload them, the engine does.
+pub fn engine_reason(config: &Config, job: &LoadedJob) -> CliResult<Option<String>> {
+    let plan = match plan_on(config, job, true) {
+        Ok(plan) => plan,
         Err(native) => match plan_on(config, job, false) {
-            Ok(plan) => Ok(plan.pool.container_configuration.is_none()),
-            Err(_) => Err(CliError::Config(config.plan_error(job, native))),
+            Ok(plan) => plan,
+            Err(_) => return Err(CliError::Config(config.plan_error(job, native))),
         },
+    };
+    if plan.pool.container_configuration.is_none() {
+        return Ok(Some(
+            "the job's runtime plans a pool without container configuration: \
+             running on the local engine (VM-like nodes)"
+                .into(),
+        ));
     }
+    Ok(file_transfer(&plan).map(|what| {
+        format!(
+            "{what}, which only the local engine downloads or uploads: running on the local engine"
+        )
+    }))
+}
+
+/// The first part of `plan` with resource or output files (`task `1` has resource files`),
+/// or `None`. Multi-instance common resource files count as resource files.
+pub fn file_transfer(plan: &JobPlan) -> Option<String> {
+    fn some<T>(v: &Option<Vec<T>>) -> bool {
+        v.as_ref().is_some_and(|v| !v.is_empty())
+    }
+    let job = &plan.job;
+    if job
+        .job_preparation_task
+        .as_ref()
+        .is_some_and(|t| some(&t.resource_files))
+    {
+        return Some("the job preparation task has resource files".into());
+    }
+    if job
+        .job_release_task
+        .as_ref()
+        .is_some_and(|t| some(&t.resource_files))
+    {
+        return Some("the job release task has resource files".into());
+    }
+    plan.tasks.iter().find_map(|t| {
+        let common = t
+            .multi_instance_settings
+            .as_ref()
+            .is_some_and(|m| some(&m.common_resource_files));
+        if some(&t.resource_files) || common {
+            Some(format!("task `{}` has resource files", t.id))
+        } else if some(&t.output_files) {
+            Some(format!("task `{}` has output files", t.id))
+        } else {
+            None
+        }
+    })
 }
 
 fn options(config: Option<&Config>, stream: bool) -> LocalOptions {
@@ -110,13 +169,14 @@ pub(crate) fn run(global: &GlobalArgs, config: &Config, args: &RunArgs) -> CliRe
         None => config.jobs.iter().collect(),
     };
     // Host-MPI plans (singularity, charliecloud, ...) need nodes that are machines, not
-    // containers: the local engine's VM-like nodes run them.
+    // containers, and resource/output files need the engine's file handling: the local engine
+    // runs those jobs.
     for job in &jobs {
-        if needs_engine(config, job)? {
+        if let Some(reason) = engine_reason(config, job)? {
             tracing::info!(
                 job = %job.spec.id,
                 runtime = %job.spec.runtime,
-                "the job's runtime plans a pool without container configuration: running on the local engine (VM-like nodes)"
+                "{reason}"
             );
             return crate::engine_target::run(global, config, args);
         }
@@ -543,4 +603,82 @@ fn files(store: &shipyard_local::Store, f: &FilesArgs) -> CliResult {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn example(name: &str) -> Config {
+        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../examples")
+            .join(name);
+        Config::load(&[p]).expect("example loads")
+    }
+
+    #[test]
+    fn resource_files_route_the_bag_of_tasks_to_the_engine() {
+        crate::link_runtimes();
+        let config = example("bag-of-tasks.toml");
+        let job = config.job(None).expect("job");
+        let reason = engine_reason(&config, job)
+            .expect("plans")
+            .expect("routed to the engine");
+        assert!(reason.contains("task `1` has resource files"), "{reason}");
+        assert!(needs_engine(&config, job).expect("plans"));
+    }
+
+    #[test]
+    fn container_mpi_without_files_stays_on_the_per_run_backend() {
+        crate::link_runtimes();
+        for name in ["local-openmpi.toml", "native-intelmpi.toml"] {
+            let config = example(name);
+            let job = config.job(None).expect("job");
+            assert_eq!(engine_reason(&config, job).expect("plans"), None, "{name}");
+            assert!(!needs_engine(&config, job).expect("plans"), "{name}");
+        }
+    }
+
+    #[test]
+    fn output_files_and_preparation_resource_files_need_the_engine() {
+        crate::link_runtimes();
+        let config = example("local-openmpi.toml");
+        let job = config.job(None).expect("job");
+        let plan = local_plan(&config, job).expect("plans");
+        assert_eq!(file_transfer(&plan), None);
+
+        let mut outputs = plan.clone();
+        outputs.tasks[0].output_files = Some(vec![serde_json::from_value(serde_json::json!({
+            "filePattern": "*.txt",
+            "destination": {"container": {"containerUrl": "http://127.0.0.1:1/c"}},
+            "uploadOptions": {"uploadCondition": "tasksuccess"}
+        }))
+        .expect("output file")]);
+        let id = &outputs.tasks[0].id;
+        assert_eq!(
+            file_transfer(&outputs),
+            Some(format!("task `{id}` has output files"))
+        );
+
+        let resource: shipyard_batch_api::models::ResourceFile =
+            serde_json::from_value(serde_json::json!({
+                "httpUrl": "http://127.0.0.1:1/a.txt", "filePath": "a.txt"
+            }))
+            .expect("resource file");
+        let mut prep = plan.clone();
+        let mut task = prep.job.job_preparation_task.clone().unwrap_or_else(|| {
+            serde_json::from_value(serde_json::json!({"commandLine": "true"})).expect("prep")
+        });
+        task.resource_files = Some(vec![resource.clone()]);
+        prep.job.job_preparation_task = Some(task);
+        assert_eq!(
+            file_transfer(&prep),
+            Some("the job preparation task has resource files".into())
+        );
+
+        // an empty list is no transfer
+        let mut empty = plan;
+        empty.tasks[0].resource_files = Some(vec![]);
+        assert_eq!(file_transfer(&empty), None);
+    }
 }
