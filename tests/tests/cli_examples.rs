@@ -319,12 +319,13 @@ fn the_singularity_example_fails_clearly_without_singularity() {
     assert_eq!(run.status.code(), Some(1), "{}", show(&run));
     let stderr = String::from_utf8_lossy(&run.stderr);
     // `singularity` is not on the VM-like nodes: the job preparation's command is not found
-    // (127). The engine keeps the preparation's stderr (which names the binary) on the node,
-    // and the run deletes its pool, so the message here names the failed step and its code.
+    // (127), and the error quotes the end of the preparation's stderr, which names it.
     assert!(
         stderr.contains("the job preparation task failed on node")
             && stderr.contains("exit code 127")
-            && stderr.contains("hello-mpich"),
+            && stderr.contains("hello-mpich")
+            && stderr.contains("its stderr ends")
+            && stderr.contains("singularity"),
         "{}",
         show(&run)
     );

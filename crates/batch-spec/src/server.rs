@@ -572,7 +572,12 @@ impl ServerHandle {
             return false;
         };
         let now = state::now_rfc3339();
-        let mut info = serde_json::json!({"startTime": now, "state": state, "retryCount": 0});
+        let mut info = serde_json::json!({
+            "startTime": now,
+            "state": state,
+            "retryCount": 0,
+            "taskRootDirectory": format!("workitems/{job_id}/job-1/jobpreparation"),
+        });
         if state == "completed" {
             info["endTime"] = Value::String(now);
             if let Some(code) = exit_code {

@@ -81,8 +81,8 @@ pub enum SubmitError {
     },
     /// The job preparation task failed on a node: the job's tasks can never run there.
     #[error(
-        "job `{job}`: the job preparation task failed on node `{node}` (pool `{pool}`) with exit code {}{}",
-        exit_code_text(*exit_code), failure_text(failure)
+        "job `{job}`: the job preparation task failed on node `{node}` (pool `{pool}`) with exit code {}{}{}",
+        exit_code_text(*exit_code), failure_text(failure), stderr_text(stderr_tail)
     )]
     JobPreparationFailed {
         /// Job id.
@@ -95,6 +95,8 @@ pub enum SubmitError {
         exit_code: Option<i32>,
         /// Batch's failure message (e.g. a resource file or container pull error).
         failure: Option<String>,
+        /// The last lines of the prep task's `stderr.txt` on that node, when it could be read.
+        stderr_tail: Option<Box<str>>,
     },
     /// The pool's start task failed on a node (the node is `starttaskfailed`).
     #[error(
@@ -171,6 +173,12 @@ pub enum SubmitError {
 
 fn exit_code_text(code: Option<i32>) -> String {
     code.map_or_else(|| "unknown".to_string(), |c| c.to_string())
+}
+
+fn stderr_text(tail: &Option<Box<str>>) -> String {
+    tail.as_deref()
+        .map(|t| format!("; its stderr ends:\n{t}"))
+        .unwrap_or_default()
 }
 
 fn failure_text(failure: &Option<String>) -> String {

@@ -229,6 +229,13 @@ impl Watcher {
                 continue;
             }
             let node = entry.node_id.unwrap_or_default();
+            let pool = entry
+                .pool_id
+                .unwrap_or_else(|| self.submitted.pool_id.clone());
+            let stderr_tail = match prep.task_root_directory.as_deref() {
+                Some(dir) => self.node_file_tail(&pool, &node, dir, "stderr.txt").await,
+                None => None,
+            };
             let failure = prep.failure_info.and_then(|f| f.message);
             let event = SubmitEvent::JobPreparationFailed {
                 job: job.to_string(),
@@ -238,17 +245,43 @@ impl Watcher {
             };
             let error = SubmitError::JobPreparationFailed {
                 job: job.to_string(),
-                pool: entry
-                    .pool_id
-                    .unwrap_or_else(|| self.submitted.pool_id.clone()),
+                pool,
                 node,
                 exit_code: prep.exit_code,
                 failure,
+                stderr_tail,
             };
             self.fail(event, error);
             return Ok(());
         }
         Ok(())
+    }
+
+    /// The last lines (at most 20, 2,000 bytes) of file `name` in directory `dir` of a node,
+    /// for an error message; `None` when it cannot be read (best effort, logged).
+    async fn node_file_tail(
+        &self,
+        pool: &str,
+        node: &str,
+        dir: &str,
+        name: &str,
+    ) -> Option<Box<str>> {
+        let tmp = tempfile::tempdir().ok()?;
+        let dest = tmp.path().join(name);
+        let path = format!("{}/{name}", dir.trim_end_matches('/'));
+        if let Err(e) = self
+            .client
+            .download_node_file(pool, node, &path, &dest, None)
+            .await
+        {
+            tracing::debug!(pool, node, path, error = %e, "cannot read the node file");
+            return None;
+        }
+        let text = std::fs::read(&dest).ok()?;
+        let text = String::from_utf8_lossy(&text[text.len().saturating_sub(2000)..]).into_owned();
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = lines[lines.len().saturating_sub(20)..].join("\n");
+        (!tail.trim().is_empty()).then(|| tail.into_boxed_str())
     }
 
     /// Reports the job's task changes (and output); the number of completed tasks.

@@ -383,6 +383,13 @@ async fn a_failed_job_preparation_fails_the_run_naming_node_task_and_exit_code()
     );
     wait_for_tasks(&server, 1).await;
     let node = server.node_ids(POOL).into_iter().next().expect("a node");
+    // What the preparation printed on the node: the error quotes its last lines.
+    assert!(server.put_node_file(
+        POOL,
+        &node,
+        &format!("workitems/{JOB}/job-1/jobpreparation/stderr.txt"),
+        b"pulling shipyard/mpi\nsingularity: command not found\n".to_vec(),
+    ));
     assert!(server.set_preparation_task(
         JOB,
         &node,
@@ -411,7 +418,13 @@ async fn a_failed_job_preparation_fails_the_run_naming_node_task_and_exit_code()
         ),
         "{text}"
     );
-    for part in [JOB, POOL, node.as_str(), "7"] {
+    for part in [
+        JOB,
+        POOL,
+        node.as_str(),
+        "7",
+        "singularity: command not found",
+    ] {
         assert!(text.contains(part), "{part} missing from: {text}");
     }
 }
