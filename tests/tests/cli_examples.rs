@@ -5,6 +5,7 @@
 //!   route it to the local engine, and every `count-N.txt` equals `wc -w` of its part;
 //! - `bag-of-tasks.toml` with `--target azure` against `shipyard serve` on loopback (the
 //!   account key only in the environment);
+//! - `native-intelmpi.toml` with `--engine`: Intel MPI across 2 container nodes of the engine;
 //! - `singularity-mpich.toml` fails (exit 1, the job preparation's 127) where `singularity` is
 //!   missing, leaving nothing.
 //!
@@ -338,4 +339,63 @@ fn the_singularity_example_fails_clearly_without_singularity() {
         "containers left"
     );
     timed("singularity-mpich fails", start);
+}
+
+/// `shipyard --engine run examples/native-intelmpi.toml`: Intel MPI over the native plan on a
+/// container pool of 2 engine nodes (each on a 10.x /24, which the job's sshd trust covers),
+/// 2 ranks per node, rank count, sizes, both hosts and the allreduce checked.
+#[test]
+fn native_intelmpi_runs_on_the_engine() {
+    if !require_test_image() {
+        return;
+    }
+    let _serial = serial();
+    let start = Instant::now();
+    let mut s = Scratch::new("cli-examples-impi-");
+    s.pools.push("impi-native".into());
+    let ex = example("native-intelmpi.toml");
+    // the pool first, so that the task's files outlive the run
+    let add = s
+        .cli()
+        .args(["--engine", "-c"])
+        .arg(&ex)
+        .args(["pool", "add"])
+        .output()
+        .expect("pool add");
+    assert!(add.status.success(), "{}", show(&add));
+    let run = s
+        .cli()
+        .args(["--engine", "run"])
+        .arg(&ex)
+        .output()
+        .expect("run");
+    assert_eq!(run.status.code(), Some(0), "{}", show(&run));
+    let out = s
+        .cli()
+        .args([
+            "--engine",
+            "files",
+            "--job",
+            "hello-intelmpi",
+            "--task",
+            "hello",
+        ])
+        .args(["--file", "stdout.txt"])
+        .output()
+        .expect("shipyard files");
+    assert!(out.status.success(), "{}", show(&out));
+    let report = shipyard_e2e::HelloReport::parse(&String::from_utf8_lossy(&out.stdout));
+    report.assert_complete(4);
+    assert_eq!(
+        report.hosts().len(),
+        2,
+        "ranks on both nodes: {:?}",
+        report.ranks
+    );
+    s.delete_pools();
+    assert!(
+        shipyard_e2e::engine_pool_containers("impi-native").is_empty(),
+        "pool del left containers"
+    );
+    timed("native-intelmpi on the engine", start);
 }

@@ -20,6 +20,17 @@ pub enum EngineError {
         #[source]
         source: bollard::errors::Error,
     },
+    /// A container pool's network could not be made.
+    #[error("creating network {network} of pool {pool}: {source}")]
+    Network {
+        /// Pool id.
+        pool: String,
+        /// Network name.
+        network: String,
+        /// The backend's error (no free subnet, Docker).
+        #[source]
+        source: Box<crate::error::LocalError>,
+    },
     /// The state store failed.
     #[error("state store {path}: {context}: {message}")]
     Store {

@@ -10,13 +10,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use bollard::errors::Error as BollardError;
-use bollard::models::{
-    ContainerCreateBody, EndpointSettings, HostConfig, NetworkCreateRequest, NetworkingConfig,
-};
+use bollard::models::{ContainerCreateBody, EndpointSettings, HostConfig, NetworkingConfig};
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, InspectContainerOptions,
-    KillContainerOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
-    StartContainerOptions, WaitContainerOptionsBuilder,
+    InspectNetworkOptions, KillContainerOptionsBuilder, LogsOptionsBuilder,
+    RemoveContainerOptionsBuilder, StartContainerOptions, WaitContainerOptionsBuilder,
 };
 use bollard::Docker;
 use futures::future::BoxFuture;
@@ -350,22 +348,29 @@ impl NodeKind for ContainerNodes {
     fn create_pool<'a>(&'a self, setup: &'a PoolSetup) -> BoxFuture<'a, Result<()>> {
         let (pool, network, labels) = (&setup.pool, &setup.network, &setup.labels);
         Box::pin(async move {
-            let req = NetworkCreateRequest {
-                name: network.to_string(),
-                driver: Some("bridge".into()),
-                labels: Some(labels.clone()),
-                ..Default::default()
-            };
-            match self.docker.create_network(req).await {
-                Ok(_) => Ok(()),
-                Err(BollardError::DockerResponseServerError {
-                    status_code: 409, ..
-                }) => Ok(()),
-                Err(e) => Err(EngineError::docker(
-                    format!("creating network {network} of pool {pool}"),
-                    e,
-                )),
+            // Kept from an earlier engine (a restart): reuse it.
+            if self
+                .docker
+                .inspect_network(network, None::<InspectNetworkOptions>)
+                .await
+                .is_ok()
+            {
+                return Ok(());
             }
+            // On a free /24 of 10.213-214.x.x, like the per-run backend's networks: the
+            // runtimes' default subnet pattern (`10.*`, Batch's VNets) then covers the nodes,
+            // so the job's sshd trust (`from="10.*"`) and pinned host keys hold here too.
+            crate::docker::Engine {
+                docker: self.docker.clone(),
+            }
+            .create_network(network, labels)
+            .await
+            .map(|_| ())
+            .map_err(|e| EngineError::Network {
+                pool: pool.clone(),
+                network: network.clone(),
+                source: Box::new(e),
+            })
         })
     }
 
