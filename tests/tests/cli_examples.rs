@@ -57,6 +57,23 @@ impl Scratch {
         }
     }
 
+    /// A scratch directory whose engine already has `pool` of `example`, added with
+    /// `--engine pool add` so that task files outlive the run (a pool `run` makes is deleted
+    /// when the run ends); the pool is deleted on drop.
+    fn with_engine_pool(prefix: &str, pool: &str, example_file: &str) -> Scratch {
+        let mut s = Scratch::new(prefix);
+        s.pools.push(pool.into());
+        let add = s
+            .cli()
+            .args(["--engine", "-c"])
+            .arg(example(example_file))
+            .args(["pool", "add"])
+            .output()
+            .expect("pool add");
+        assert!(add.status.success(), "{}", show(&add));
+        s
+    }
+
     fn path(&self) -> &Path {
         self.dir.path()
     }
@@ -173,18 +190,8 @@ fn the_bag_of_tasks_runs_as_written_on_the_engine_with_its_resource_files() {
     let _serial = serial();
     let start = Instant::now();
     let _corpus = serve_corpus();
-    let mut s = Scratch::new("cli-examples-bag-");
-    s.pools.push("bag".into());
+    let s = Scratch::with_engine_pool("cli-examples-bag-", "bag", "bag-of-tasks.toml");
     let ex = example("bag-of-tasks.toml");
-    // the pool first, so that the task files outlive the run (a pool `run` makes is deleted)
-    let add = s
-        .cli()
-        .args(["--engine", "-c"])
-        .arg(&ex)
-        .args(["pool", "add"])
-        .output()
-        .expect("pool add");
-    assert!(add.status.success(), "{}", show(&add));
     // no --engine: the resource files route the run to the engine
     let run = s.cli().args(["-v", "run"]).arg(&ex).output().expect("run");
     assert_eq!(run.status.code(), Some(0), "{}", show(&run));
@@ -351,18 +358,8 @@ fn native_intelmpi_runs_on_the_engine() {
     }
     let _serial = serial();
     let start = Instant::now();
-    let mut s = Scratch::new("cli-examples-impi-");
-    s.pools.push("impi-native".into());
+    let s = Scratch::with_engine_pool("cli-examples-impi-", "impi-native", "native-intelmpi.toml");
     let ex = example("native-intelmpi.toml");
-    // the pool first, so that the task's files outlive the run
-    let add = s
-        .cli()
-        .args(["--engine", "-c"])
-        .arg(&ex)
-        .args(["pool", "add"])
-        .output()
-        .expect("pool add");
-    assert!(add.status.success(), "{}", show(&add));
     let run = s
         .cli()
         .args(["--engine", "run"])

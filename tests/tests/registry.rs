@@ -102,6 +102,37 @@ fn docker(config: &Path, args: &[&str], stdin: Option<&str>) -> Result<Output> {
     Ok(child.wait_with_output()?)
 }
 
+/// Logs in to `server`, pushes `image`, logs out and removes the local copy (each step must
+/// succeed), so that only the registry holds the image.
+fn push_then_forget(config: &Path, server: &str, password: &str, image: &str) -> Result<()> {
+    let out = docker(
+        config,
+        &["login", "--username", USER, "--password-stdin", server],
+        Some(password),
+    )?;
+    assert!(
+        out.status.success(),
+        "login: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pushed = Instant::now();
+    let out = docker(config, &["push", "-q", image], None)?;
+    assert!(
+        out.status.success(),
+        "push: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("pushed {image} in {:.1}s", pushed.elapsed().as_secs_f64());
+    docker(config, &["logout", server], None)?;
+    let out = docker(config, &["image", "rm", image], None)?;
+    assert!(
+        out.status.success(),
+        "rm: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
 /// Runs the preparation task the way Batch would: its environment settings set, its command
 /// line through bash.
 fn run_prep(prep: &JobPreparationTask, config: &Path) -> Result<Output> {
@@ -171,29 +202,7 @@ fn private_registry_login_pull_and_logout() -> Result<()> {
         String::from_utf8_lossy(&out.stderr)
     );
     let server = format!("127.0.0.1:{port}");
-    let out = docker(
-        &config,
-        &["login", "--username", USER, "--password-stdin", &server],
-        Some(&password),
-    )?;
-    assert!(
-        out.status.success(),
-        "login: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = docker(&config, &["push", "-q", &image], None)?;
-    assert!(
-        out.status.success(),
-        "push: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    docker(&config, &["logout", &server], None)?;
-    let out = docker(&config, &["image", "rm", &image], None)?;
-    assert!(
-        out.status.success(),
-        "rm: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    push_then_forget(&config, &server, &password, &image)?;
 
     // without credentials the pull is refused
     let out = docker(&config, &["pull", "-q", &image], None)?;
@@ -259,35 +268,8 @@ async fn local_runs_pull_task_images_with_the_registry_login() -> Result<()> {
         "tag: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let out = docker(
-        &config,
-        &["login", "--username", USER, "--password-stdin", &server],
-        Some(&password),
-    )?;
-    assert!(
-        out.status.success(),
-        "login: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let pushed = Instant::now();
-    let out = docker(&config, &["push", "-q", &image], None)?;
-    assert!(
-        out.status.success(),
-        "push: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    eprintln!(
-        "pushed the test image in {:.1}s",
-        pushed.elapsed().as_secs_f64()
-    );
-    docker(&config, &["logout", &server], None)?;
+    push_then_forget(&config, &server, &password, &image)?;
     let remove = || docker(&config, &["image", "rm", "-f", &image], None);
-    let out = remove()?;
-    assert!(
-        out.status.success(),
-        "rm: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 
     let job = |id: &str| LocalJob {
         id: id.into(),
