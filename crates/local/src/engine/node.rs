@@ -24,6 +24,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::error::{EngineError, Result};
 use crate::cmdline::RunOptions;
+use crate::docker::split_image;
+use shipyard_runtime::registry_auth::registry_of;
 
 /// Where the node root is mounted inside every node and task container (Batch's path).
 pub const NODE_ROOT_DIR: &str = "/mnt/batch/tasks";
@@ -584,22 +586,5 @@ pub(crate) async fn sleep_for(timeout: Option<Duration>) {
     match timeout {
         Some(t) => tokio::time::sleep(t).await,
         None => futures::future::pending().await,
-    }
-}
-
-fn split_image(image: &str) -> (&str, &str) {
-    let slash = image.rfind('/').map_or(0, |i| i + 1);
-    match image[slash..].rfind(':') {
-        Some(i) if !image.contains('@') => (&image[..slash + i], &image[slash + i + 1..]),
-        _ => (image, if image.contains('@') { "" } else { "latest" }),
-    }
-}
-
-fn registry_of(image: &str) -> &str {
-    match image.split_once('/') {
-        Some((first, _)) if first.contains('.') || first.contains(':') || first == "localhost" => {
-            first
-        }
-        _ => "docker.io",
     }
 }
