@@ -494,16 +494,13 @@ pub fn require_vm_nodes() -> bool {
     if !require_test_image() {
         return false;
     }
-    for (program, what) in [
-        ("ip", "iproute2's ip"),
-        ("nsenter", "util-linux nsenter"),
-        ("unshare", "util-linux unshare"),
-        ("setpriv", "util-linux setpriv"),
-        ("iptables", "iptables"),
-        ("dockerd", "dockerd (docker.io)"),
-        ("docker-registry", "Debian's docker-registry"),
-    ] {
-        if !require_program(program, what) {
+    // What the nodes run (shipyard-vm-node's programs) and `setpriv`, which the engine runs
+    // tasks with.
+    let binaries = shipyard_vm_node::Binaries::default();
+    let setpriv = (std::path::Path::new("setpriv"), "util-linux");
+    for (program, package) in binaries.programs().into_iter().chain([setpriv]) {
+        let name = program.display().to_string();
+        if !require_program(&name, &format!("{name} (Debian package {package})")) {
             return false;
         }
     }

@@ -43,21 +43,6 @@ const START_WAIT: Duration = Duration::from_secs(20);
 /// How long `pool del` (and the end of a `run` that made its pool) waits for the pool to go.
 const POOL_GONE_WAIT: Duration = Duration::from_secs(180);
 
-/// The programs VM-like nodes run (`shipyard-vm-node`), with the Debian package of each.
-pub const VM_NODE_PROGRAMS: [(&str, &str); 11] = [
-    ("ip", "iproute2"),
-    ("nsenter", "util-linux"),
-    ("unshare", "util-linux"),
-    ("setpriv", "util-linux"),
-    ("mount", "mount"),
-    ("umount", "mount"),
-    ("kill", "procps"),
-    ("iptables", "iptables"),
-    ("dockerd", "docker.io"),
-    ("docker", "docker.io"),
-    ("docker-registry", "docker-registry"),
-];
-
 /// The engine's state directory: `<state base>/engine`.
 pub fn state_dir() -> PathBuf {
     let serve = crate::serve::default_state_dir();
@@ -398,22 +383,12 @@ pub fn is_vm_like(pool: &PoolAddParameter) -> bool {
         .is_none()
 }
 
-fn on_path(program: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|path| {
-        std::env::split_paths(&path).any(|d| {
-            std::fs::metadata(d.join(program)).is_ok_and(|m| {
-                m.is_file()
-                    && std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o111 != 0
-            })
-        })
-    })
-}
-
 fn is_root() -> bool {
     std::fs::metadata("/proc/self").is_ok_and(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
 }
 
-/// What this machine lacks for VM-like nodes (root and [`VM_NODE_PROGRAMS`]), `None` if
+/// What this machine lacks for VM-like nodes (root, the programs of
+/// [`shipyard_vm_node::Binaries`], and `setpriv`, which the engine runs tasks with), `None` if
 /// nothing.
 pub fn vm_node_missing() -> Option<String> {
     let mut missing: Vec<String> = Vec::new();
@@ -422,10 +397,17 @@ pub fn vm_node_missing() -> Option<String> {
             "root (VM-like nodes are network and mount namespaces with their own dockerd)".into(),
         );
     }
-    for (program, package) in VM_NODE_PROGRAMS {
-        if !on_path(program) {
-            missing.push(format!("`{program}` (Debian package {package})"));
-        }
+    let binaries = shipyard_vm_node::Binaries::default();
+    let setpriv = (std::path::Path::new("setpriv"), "util-linux");
+    for (program, package) in binaries
+        .missing()
+        .into_iter()
+        .chain((!shipyard_vm_node::is_executable(setpriv.0)).then_some(setpriv))
+    {
+        missing.push(format!(
+            "`{}` (Debian package {package})",
+            program.display()
+        ));
     }
     (!missing.is_empty()).then(|| missing.join(", "))
 }

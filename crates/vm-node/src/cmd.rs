@@ -1,7 +1,7 @@
 //! The external programs the crate runs, and one way of running them.
 
 use std::ffi::OsStr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use crate::error::{Result, VmNodeError};
@@ -51,7 +51,46 @@ impl Default for Binaries {
     }
 }
 
+/// Whether `program` is an executable file: as a path when it has a `/`, else on `PATH`.
+pub fn is_executable(program: &Path) -> bool {
+    let executable = |p: &Path| {
+        std::fs::metadata(p).is_ok_and(|m| {
+            m.is_file() && std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o111 != 0
+        })
+    };
+    if program.components().count() > 1 {
+        return executable(program);
+    }
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|d| executable(&d.join(program))))
+}
+
 impl Binaries {
+    /// Every program, with the Debian package that ships it.
+    pub fn programs(&self) -> [(&Path, &'static str); 10] {
+        [
+            (&self.ip, "iproute2"),
+            (&self.nsenter, "util-linux"),
+            (&self.unshare, "util-linux"),
+            (&self.mount, "mount"),
+            (&self.umount, "mount"),
+            (&self.iptables, "iptables"),
+            (&self.dockerd, "docker.io"),
+            (&self.docker, "docker.io"),
+            (&self.kill, "procps"),
+            (&self.registry, "docker-registry"),
+        ]
+        .map(|(p, pkg)| (p.as_path(), pkg))
+    }
+
+    /// The programs that cannot be run here (see [`is_executable`]), with their packages.
+    pub fn missing(&self) -> Vec<(&Path, &'static str)> {
+        self.programs()
+            .into_iter()
+            .filter(|(p, _)| !is_executable(p))
+            .collect()
+    }
+
     /// Sets the `ip` binary.
     pub fn ip(mut self, p: impl Into<PathBuf>) -> Self {
         self.ip = p.into();
@@ -152,5 +191,26 @@ where
             tracing::debug!(error = %e, "cleanup step failed");
             false
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_program_that_is_not_there_is_missing_with_its_package() {
+        let b = Binaries::default().ip("/nonexistent/ip").dockerd("/bin/sh");
+        let missing = b.missing();
+        assert!(
+            missing.contains(&(Path::new("/nonexistent/ip"), "iproute2")),
+            "{missing:?}"
+        );
+        assert!(!missing.iter().any(|(p, _)| *p == Path::new("/bin/sh")));
+        assert!(is_executable(Path::new("sh")), "sh is on PATH");
+        let plain = std::env::temp_dir().join(format!("vm-node-plain-{}", std::process::id()));
+        std::fs::write(&plain, "not a program").expect("write");
+        assert!(!is_executable(&plain), "a 0644 file is not a program");
+        let _ = std::fs::remove_file(&plain);
     }
 }

@@ -33,7 +33,7 @@ mod teardown;
 
 use std::path::Path;
 
-pub use cmd::Binaries;
+pub use cmd::{is_executable, Binaries};
 pub use error::{Result, VmNodeError};
 pub use image::DistributionTimes;
 pub use node::{NodeCommand, NodeHealth, NodeKiller, NodeOutput, NodeProcess, VmNode};
