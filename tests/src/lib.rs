@@ -514,6 +514,75 @@ pub fn require_vm_nodes() -> bool {
     root
 }
 
+/// A scratch directory under `target/` (outside `/tmp`, readable by the tasks' non-admin
+/// user) for driving the `shipyard` binary against the local engine, its state in `state/`.
+/// On drop it deletes [`EngineScratch::pools`] (with `pool del` and [`EngineScratch::del_args`])
+/// and removes their containers, whatever happened.
+#[derive(Debug)]
+pub struct EngineScratch {
+    dir: tempfile::TempDir,
+    shipyard: PathBuf,
+    /// Pools to delete at the end.
+    pub pools: Vec<String>,
+    /// The arguments `pool del` gets before `-q pool del` (default `--engine`; a test against
+    /// `shipyard serve` sets `--target azure -c creds`).
+    pub del_args: Vec<String>,
+}
+
+impl EngineScratch {
+    /// A new scratch directory named after `prefix`.
+    pub fn new(prefix: &str) -> EngineScratch {
+        EngineScratch {
+            dir: scratch_dir(prefix),
+            shipyard: shipyard_bin(),
+            pools: Vec::new(),
+            del_args: vec!["--engine".into()],
+        }
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The state directory (`SHIPYARD_STATE_DIR` of every command).
+    pub fn state(&self) -> PathBuf {
+        self.path().join("state")
+    }
+
+    /// The `shipyard` binary with this state directory (see [`shipyard_command`]).
+    pub fn cli(&self) -> Command {
+        shipyard_command(&self.shipyard, &self.state())
+    }
+
+    /// Writes `text` to `name` in the directory and returns its path.
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.path().join(name);
+        std::fs::write(&p, text).expect("write config");
+        p
+    }
+
+    /// Deletes [`EngineScratch::pools`] and removes their containers.
+    pub fn delete_pools(&self) {
+        for pool in &self.pools {
+            let _ = self
+                .cli()
+                .args(&self.del_args)
+                .args(["-q", "pool", "del", "--pool-id", pool])
+                .output();
+            for id in engine_pool_containers(pool) {
+                let _ = Command::new("docker").args(["rm", "-f", &id]).output();
+            }
+        }
+    }
+}
+
+impl Drop for EngineScratch {
+    fn drop(&mut self) {
+        self.delete_pools();
+    }
+}
+
 /// The ids of the Docker containers the local engine made for pool `pool` (label
 /// `shipyard.engine.pool=<pool>`). Panics when `docker ps` fails.
 pub fn engine_pool_containers(pool: &str) -> Vec<String> {

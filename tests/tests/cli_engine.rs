@@ -12,13 +12,12 @@
 //! Needs Docker with the test image; the VM-like tests also root, iproute2, iptables, dockerd,
 //! docker-registry, Open MPI and `ch-run` (each `require_*` fails under CI).
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
 use shipyard_e2e::{
     cargo_build, export_image, require_ch_run, require_mpi, require_test_image, require_vm_nodes,
-    shipyard_bin, show, HelloReport, KillOnDrop, MpiKind,
+    show, HelloReport, KillOnDrop, MpiKind,
 };
 
 /// Heavy (VM-like nodes run a dockerd each, the machine has 2 cores): one at a time.
@@ -28,78 +27,21 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// A scratch directory under `target/` (outside `/tmp`, readable by the tasks' non-admin
-/// user) with the engine's state in `state/`.
-struct Scratch {
-    dir: tempfile::TempDir,
-    shipyard: PathBuf,
-    /// Pools to delete at the end, whatever happened.
-    pools: Vec<String>,
-}
+type Scratch = shipyard_e2e::EngineScratch;
 
-impl Scratch {
-    fn new(prefix: &str) -> Scratch {
-        let dir = shipyard_e2e::scratch_dir(prefix);
-        Scratch {
-            dir,
-            shipyard: shipyard_bin(),
-            pools: Vec::new(),
-        }
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn state(&self) -> PathBuf {
-        self.path().join("state")
-    }
-
-    fn cli(&self) -> Command {
-        shipyard_e2e::shipyard_command(&self.shipyard, &self.state())
-    }
-
-    /// `pool list` on the engine does not show `pool`.
-    fn assert_pool_gone(&self, pool: &str) {
-        let list = self
-            .cli()
-            .args(["--engine", "-o", "json", "pool", "list"])
-            .output()
-            .expect("pool list");
-        assert!(list.status.success(), "{}", show(&list));
-        assert!(
-            !String::from_utf8_lossy(&list.stdout).contains(pool),
-            "{}",
-            show(&list)
-        );
-    }
-
-    fn write(&self, name: &str, text: &str) -> PathBuf {
-        let p = self.path().join(name);
-        std::fs::write(&p, text).expect("write config");
-        p
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        for pool in &self.pools {
-            let _ = self
-                .cli()
-                .args(["--engine", "-q", "pool", "del", "--pool-id", pool])
-                .output();
-            // whatever the engine did, no holder container of ours stays
-            if let Ok(o) = Command::new("docker")
-                .args(["ps", "-aq", "--filter"])
-                .arg(format!("label=shipyard.engine.pool={pool}"))
-                .output()
-            {
-                for id in String::from_utf8_lossy(&o.stdout).split_whitespace() {
-                    let _ = Command::new("docker").args(["rm", "-f", id]).output();
-                }
-            }
-        }
-    }
+/// `pool list` on the engine does not show `pool`.
+fn assert_pool_gone(s: &Scratch, pool: &str) {
+    let list = s
+        .cli()
+        .args(["--engine", "-o", "json", "pool", "list"])
+        .output()
+        .expect("pool list");
+    assert!(list.status.success(), "{}", show(&list));
+    assert!(
+        !String::from_utf8_lossy(&list.stdout).contains(pool),
+        "{}",
+        show(&list)
+    );
 }
 
 /// A unique id for this test process.
@@ -188,7 +130,7 @@ executable_path = "{launcher}"
         !s.state().join("engine/endpoint.json").exists(),
         "endpoint file left"
     );
-    s.assert_pool_gone(&pool);
+    assert_pool_gone(&s, &pool);
 }
 
 #[test]
@@ -388,5 +330,5 @@ fn pool_add_persists_across_invocations_and_pool_del_removes_its_containers() {
         shipyard_e2e::engine_pool_containers(&pool).is_empty(),
         "containers left after pool del"
     );
-    s.assert_pool_gone(&pool);
+    assert_pool_gone(&s, &pool);
 }

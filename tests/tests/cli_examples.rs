@@ -13,13 +13,12 @@
 //! also what VM-like nodes need. Each `require_*` fails under CI.
 
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use shipyard_e2e::{
-    repo_root, require_program, require_test_image, require_vm_nodes, shipyard_bin, show,
-    KillOnDrop,
+    repo_root, require_program, require_test_image, require_vm_nodes, show, KillOnDrop,
 };
 
 /// The examples share port 8765 and the pool id `bag`, and the machine has 2 cores.
@@ -36,70 +35,23 @@ fn example(name: &str) -> PathBuf {
     repo_root().join("examples").join(name)
 }
 
-/// A private state directory under `target/`; deletes `pools` (through `delete`) and removes
-/// their containers when dropped, whatever happened.
-struct Scratch {
-    dir: tempfile::TempDir,
-    shipyard: PathBuf,
-    pools: Vec<String>,
-    /// Extra arguments for `pool del` (`--target azure -c creds`), set by the test.
-    del_args: Vec<String>,
-}
+type Scratch = shipyard_e2e::EngineScratch;
 
-impl Scratch {
-    fn new(prefix: &str) -> Scratch {
-        let dir = shipyard_e2e::scratch_dir(prefix);
-        Scratch {
-            dir,
-            shipyard: shipyard_bin(),
-            pools: Vec::new(),
-            del_args: vec!["--engine".into()],
-        }
-    }
-
-    /// A scratch directory whose engine already has `pool` of `example`, added with
-    /// `--engine pool add` so that task files outlive the run (a pool `run` makes is deleted
-    /// when the run ends); the pool is deleted on drop.
-    fn with_engine_pool(prefix: &str, pool: &str, example_file: &str) -> Scratch {
-        let mut s = Scratch::new(prefix);
-        s.pools.push(pool.into());
-        let add = s
-            .cli()
-            .args(["--engine", "-c"])
-            .arg(example(example_file))
-            .args(["pool", "add"])
-            .output()
-            .expect("pool add");
-        assert!(add.status.success(), "{}", show(&add));
-        s
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn cli(&self) -> Command {
-        shipyard_e2e::shipyard_command(&self.shipyard, &self.path().join("state"))
-    }
-
-    fn delete_pools(&self) {
-        for pool in &self.pools {
-            let _ = self
-                .cli()
-                .args(&self.del_args)
-                .args(["-q", "pool", "del", "--pool-id", pool])
-                .output();
-            for id in shipyard_e2e::engine_pool_containers(pool) {
-                let _ = Command::new("docker").args(["rm", "-f", &id]).output();
-            }
-        }
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        self.delete_pools();
-    }
+/// A scratch directory whose engine already has `pool` of `example_file`, added with
+/// `--engine pool add` so that task files outlive the run (a pool `run` makes is deleted when
+/// the run ends); the pool is deleted on drop.
+fn with_engine_pool(prefix: &str, pool: &str, example_file: &str) -> Scratch {
+    let mut s = Scratch::new(prefix);
+    s.pools.push(pool.into());
+    let add = s
+        .cli()
+        .args(["--engine", "-c"])
+        .arg(example(example_file))
+        .args(["pool", "add"])
+        .output()
+        .expect("pool add");
+    assert!(add.status.success(), "{}", show(&add));
+    s
 }
 
 /// Waits until something accepts connections on `127.0.0.1:port`.
@@ -190,7 +142,7 @@ fn the_bag_of_tasks_runs_as_written_on_the_engine_with_its_resource_files() {
     let _serial = serial();
     let start = Instant::now();
     let _corpus = serve_corpus();
-    let s = Scratch::with_engine_pool("cli-examples-bag-", "bag", "bag-of-tasks.toml");
+    let s = with_engine_pool("cli-examples-bag-", "bag", "bag-of-tasks.toml");
     let ex = example("bag-of-tasks.toml");
     // no --engine: the resource files route the run to the engine
     let run = s.cli().args(["-v", "run"]).arg(&ex).output().expect("run");
@@ -358,7 +310,7 @@ fn native_intelmpi_runs_on_the_engine() {
     }
     let _serial = serial();
     let start = Instant::now();
-    let s = Scratch::with_engine_pool("cli-examples-impi-", "impi-native", "native-intelmpi.toml");
+    let s = with_engine_pool("cli-examples-impi-", "impi-native", "native-intelmpi.toml");
     let ex = example("native-intelmpi.toml");
     let run = s
         .cli()
