@@ -73,25 +73,43 @@ pub fn needs_engine(config: &Config, job: &LoadedJob) -> CliResult<bool> {
 /// - a task, the job preparation or the job release has resource or output files
 ///   ([`file_transfer`]): the per-run backend does not download or upload them, the engine does.
 pub fn engine_reason(config: &Config, job: &LoadedJob) -> CliResult<Option<String>> {
-    let plan = match plan_on(config, job, true) {
-        Ok(plan) => plan,
+    Ok(match route(config, job)? {
+        Route::Engine(reason) => Some(reason),
+        Route::PerRun(_) => None,
+    })
+}
+
+/// Where a job runs here: the per-run backend, with the plan it runs, or the local engine,
+/// with the reason (see [`engine_reason`]). Each job is planned once.
+enum Route {
+    PerRun(Box<JobPlan>),
+    Engine(String),
+}
+
+fn route(config: &Config, job: &LoadedJob) -> CliResult<Route> {
+    let (plan, native_error) = match plan_on(config, job, true) {
+        Ok(plan) => (plan, None),
         Err(native) => match plan_on(config, job, false) {
-            Ok(plan) => plan,
+            Ok(plan) => (plan, Some(native)),
             Err(_) => return Err(CliError::Config(config.plan_error(job, native))),
         },
     };
     if plan.pool.container_configuration.is_none() {
-        return Ok(Some(
+        return Ok(Route::Engine(
             "the job's runtime plans a pool without container configuration: \
              running on the local engine (VM-like nodes)"
                 .into(),
         ));
     }
-    Ok(file_transfer(&plan).map(|what| {
-        format!(
+    if let Some(what) = file_transfer(&plan) {
+        return Ok(Route::Engine(format!(
             "{what}, which only the local engine downloads or uploads: running on the local engine"
-        )
-    }))
+        )));
+    }
+    match native_error {
+        None => Ok(Route::PerRun(Box::new(plan))),
+        Some(e) => Err(CliError::Config(config.plan_error(job, e))),
+    }
 }
 
 /// The first part of `plan` with resource or output files (`task `1` has resource files`),
@@ -171,19 +189,19 @@ pub(crate) fn run(global: &GlobalArgs, config: &Config, args: &RunArgs) -> CliRe
     // Host-MPI plans (singularity, charliecloud, ...) need nodes that are machines, not
     // containers, and resource/output files need the engine's file handling: the local engine
     // runs those jobs.
-    for job in &jobs {
-        if let Some(reason) = engine_reason(config, job)? {
-            tracing::info!(
-                job = %job.spec.id,
-                runtime = %job.spec.runtime,
-                "{reason}"
-            );
-            return crate::engine_target::run(global, config, args);
-        }
-    }
     let mut plans = Vec::new();
     for job in &jobs {
-        plans.push((job.spec.id.clone(), local_plan(config, job)?));
+        match route(config, job)? {
+            Route::PerRun(plan) => plans.push((job.spec.id.clone(), *plan)),
+            Route::Engine(reason) => {
+                tracing::info!(
+                    job = %job.spec.id,
+                    runtime = %job.spec.runtime,
+                    "{reason}"
+                );
+                return crate::engine_target::run(global, config, args);
+            }
+        }
     }
     let rt = runtime()?;
     let opts = options(Some(config), args.tail).recreate(args.recreate);
