@@ -200,6 +200,17 @@ async fn engine_exit_code_with_job_action_terminate_ends_the_job() -> anyhow::Re
         ],
     )
     .await?;
+    // A client that sees `long` stopped must already be able to read why (the CLI reports
+    // "job was terminated" from this), even while the job is still terminating.
+    let long = completed(&e, "jt", "long", 60).await;
+    assert_eq!(result(&long).0, Some(TaskExecutionResult::Failure));
+    let j = e.get_job("jt")?;
+    assert_eq!(
+        j.execution_info.and_then(|i| i.terminate_reason).as_deref(),
+        Some("TaskFailed"),
+        "terminateReason once a task was stopped by the termination (job state {:?})",
+        j.state
+    );
     wait_for("the job to end", 60, || {
         e.get_job("jt")
             .is_ok_and(|j| j.state == Some(JobState::Completed))
@@ -212,8 +223,6 @@ async fn engine_exit_code_with_job_action_terminate_ends_the_job() -> anyhow::Re
     );
     let seven = e.get_task("jt", "seven")?;
     assert_eq!(result(&seven).1, Some(7));
-    let long = completed(&e, "jt", "long", 30).await;
-    assert_eq!(result(&long).0, Some(TaskExecutionResult::Failure));
     assert!(t0.elapsed() < Duration::from_secs(60), "long was stopped");
     e.delete_pool("pt").await?;
     wait_for("pool deletion", 60, || e.get_pool("pt").is_err()).await;

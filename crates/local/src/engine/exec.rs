@@ -1437,6 +1437,11 @@ pub(crate) async fn end_job(e: &Engine, job: &str, reason: String, delete: bool)
                 JobState::Terminating
             });
             j.job.state_transition_time = Some(now());
+            // Batch reports why a job ends from the moment it starts ending, so a client that
+            // sees a task stopped by the termination can already tell who stopped it.
+            if let Some(x) = j.job.execution_info.as_mut() {
+                x.terminate_reason.get_or_insert_with(|| reason.clone());
+            }
         }
         let prepped: Vec<String> = j
             .prep
@@ -1610,7 +1615,7 @@ pub(crate) async fn end_job(e: &Engine, job: &str, reason: String, delete: bool)
         j.job.state_transition_time = Some(now());
         if let Some(x) = j.job.execution_info.as_mut() {
             x.end_time = Some(now());
-            x.terminate_reason = Some(reason);
+            x.terminate_reason.get_or_insert(reason);
         }
     }
     let _ = e.save(&st, &[Key::Job(job.to_string())]);
