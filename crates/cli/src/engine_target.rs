@@ -68,7 +68,8 @@ fn failed(e: impl Into<anyhow::Error>) -> CliError {
 /// A connection to the local engine: hosted by this process, or by another live one.
 pub struct Session {
     rt: tokio::runtime::Runtime,
-    client: BatchClient,
+    /// `None` only while dropping.
+    client: Option<BatchClient>,
     hosted: Option<Hosted>,
 }
 
@@ -172,7 +173,7 @@ impl Session {
                         tracing::info!(url = %ep.url, pid = ep.pid, "using the local engine hosted by another shipyard process");
                         return Ok(Session {
                             rt,
-                            client,
+                            client: Some(client),
                             hosted: None,
                         });
                     }
@@ -202,7 +203,7 @@ impl Session {
                     tracing::info!(%url, state_dir = %dir.display(), "hosting the local engine in this process");
                     return Ok(Session {
                         rt,
-                        client,
+                        client: Some(client),
                         hosted: Some(Hosted { served, endpoint }),
                     });
                 }
@@ -222,7 +223,9 @@ impl Session {
 
     /// The Batch client of the engine's endpoint.
     pub fn client(&self) -> &BatchClient {
-        &self.client
+        self.client
+            .as_ref()
+            .expect("the session's client lives until the session is dropped")
     }
 
     /// Whether this process hosts the engine.
@@ -231,7 +234,7 @@ impl Session {
     }
 
     fn pool_exists(&self, id: &str) -> CliResult<bool> {
-        match self.rt.block_on(self.client.get_pool(id)) {
+        match self.rt.block_on(self.client().get_pool(id)) {
             Ok(_) => Ok(true),
             Err(e) if e.is_not_found() => Ok(false),
             Err(e) => Err(failed(
@@ -242,7 +245,7 @@ impl Session {
 
     /// Waits until pool `id` is gone (deleting it first with `delete`).
     fn pool_gone(&self, id: &str, delete: bool) -> CliResult {
-        let client = &self.client;
+        let client = self.client();
         self.rt.block_on(async {
             if delete {
                 match client.delete_pool(id).await {
@@ -269,7 +272,7 @@ impl Session {
     /// Active jobs on `pool` other than `ours`.
     fn other_active_jobs(&self, pool: &str, ours: &[String]) -> Vec<String> {
         let jobs: Vec<_> = match self.rt.block_on(
-            self.client
+            self.client()
                 .list_jobs(&shipyard_batch_api::ListOptions::default())
                 .try_collect(),
         ) {
@@ -292,7 +295,7 @@ impl Session {
     /// Says which of `jobs` were terminated by someone else (e.g. `jobs term`).
     fn report_terminated(&self, jobs: &[String]) {
         for id in jobs {
-            let Ok(job) = self.rt.block_on(self.client.get_job(id)) else {
+            let Ok(job) = self.rt.block_on(self.client().get_job(id)) else {
                 continue;
             };
             let reason = job.execution_info.and_then(|i| i.terminate_reason);
@@ -317,7 +320,12 @@ impl Drop for Session {
             {
                 let _ = std::fs::remove_file(&hosted.endpoint);
             }
+            // The client's idle keep-alive connections keep the served engine in use: close
+            // them first, or the engine's close waits for them (10 s).
+            drop(self.client.take());
+            let t = std::time::Instant::now();
             hosted.served.shutdown().await;
+            tracing::debug!(took = ?t.elapsed(), "engine shut down");
         });
     }
 }
