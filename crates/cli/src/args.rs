@@ -81,13 +81,20 @@ pub struct GlobalArgs {
     /// Where to run: this machine's Docker engine, or Azure Batch.
     #[arg(short = 't', long, global = true, value_enum, default_value_t = Target::Local, env = "SHIPYARD_TARGET")]
     pub target: Target,
-    /// With `--target local`: send every command (run, pool, jobs, tasks, files) to the
-    /// persistent local engine, through the same Batch client as `--target azure`. The first
-    /// shipyard process hosts the engine on loopback and later ones connect to it. Without the
-    /// flag, `run` still uses the engine for jobs whose runtime needs a pool without container
-    /// configuration (singularity, plugin runtimes such as charliecloud: VM-like nodes).
-    #[arg(long, global = true, env = "SHIPYARD_LOCAL_ENGINE", value_parser = clap::builder::BoolishValueParser::new())]
-    pub engine: bool,
+    /// With `--target local`: give a non-native pool (`native = false`) VM-like nodes and run
+    /// Batch Shipyard's non-native plan on them, exactly as on Azure (a dockerd per node, the
+    /// job preparation's `docker pull`, `docker run -d` of sshd, `docker exec` of mpirun, the
+    /// release cleanup). Without it such a pool runs locally on container nodes, the way a
+    /// native pool runs (one container per task), which starts in seconds. Pools without
+    /// container configuration (singularity, charliecloud) always get VM-like nodes.
+    /// (`--engine` is the older name.)
+    #[arg(long, global = true, alias = "engine", env = "SHIPYARD_LOCAL_VM_NODES", value_parser = clap::builder::BoolishValueParser::new())]
+    pub vm_nodes: bool,
+    /// With `--target local`: run jobs in this process on the per-run backend instead of the
+    /// local engine (nothing persists after the run; no `jobs term` from another shell; jobs
+    /// with resource files or host-MPI runtimes still go to the engine). Kept for comparison.
+    #[arg(long, global = true, env = "SHIPYARD_LOCAL_PER_RUN", conflicts_with = "vm_nodes", value_parser = clap::builder::BoolishValueParser::new())]
+    pub per_run: bool,
     /// Print the REST request bodies that would be sent to Azure Batch; send nothing.
     #[arg(long, global = true)]
     pub dry_run: bool,

@@ -118,7 +118,7 @@ fn failed(e: impl Into<anyhow::Error>) -> CliError {
     CliError::Failed(e.into())
 }
 
-fn pool_id_of(config: &Config, given: &Option<String>) -> CliResult<String> {
+pub(crate) fn pool_id_of(config: &Config, given: &Option<String>) -> CliResult<String> {
     match given {
         Some(id) => Ok(id.clone()),
         None => Ok(config.pool()?.id.clone()),
@@ -297,7 +297,7 @@ async fn jobs_add(
         .poll_interval(poll_interval())
         .recreate(recreate);
     let submitter = Submitter::new(client.clone(), opts);
-    let submitted = submitter.submit(&submission).await.map_err(failed)?;
+    let submitted = submitter.submit(&submission).await.map_err(submit_error)?;
     let rows: Vec<AddedJob> = submitted
         .jobs
         .iter()
@@ -521,6 +521,27 @@ async fn live_counts(client: &BatchClient, config: &Config) -> CliResult<Option<
     Ok(Some(counts))
 }
 
+/// A submission error as the CLI reports it: a job that already exists and has finished is
+/// the user's to resolve (`--recreate`, exit 2), an interrupted run exits 130, anything else
+/// failed (exit 1).
+fn submit_error(e: shipyard_submit::SubmitError) -> CliError {
+    use shipyard_submit::SubmitError;
+    let cancelled = match &e {
+        SubmitError::Cancelled => true,
+        SubmitError::Aborted { source, .. } => matches!(**source, SubmitError::Cancelled),
+        _ => false,
+    };
+    match e {
+        e @ SubmitError::JobExists { .. } => CliError::Usage(e.to_string()),
+        // Ctrl-C or SIGTERM: the jobs were terminated; exit as a shell does after SIGINT.
+        e if cancelled => {
+            eprintln!("shipyard: {e}");
+            CliError::TaskExit(130)
+        }
+        e => failed(e),
+    }
+}
+
 /// `run` through `client`, polling every `poll` (an Azure Batch account or the local engine).
 pub(crate) fn run_with(
     client: BatchClient,
@@ -552,7 +573,7 @@ pub(crate) fn run_with(
         let result = submitter.run(&submission, Some(tx)).await;
         let _ = printer.await;
         bar.finish_and_clear();
-        let outcome = result.map_err(failed)?;
+        let outcome = result.map_err(submit_error)?;
         emit_rows(global.output, &outcome.tasks, TASK_COLUMNS);
         match outcome.exit_code() {
             0 => Ok(()),
@@ -700,7 +721,7 @@ fn rfc3339_in_days(days: u32) -> String {
 }
 
 /// The first node of `pool` that accepts a login (idle or running).
-async fn login_node(client: &BatchClient, pool: &str) -> CliResult<String> {
+pub(crate) async fn login_node(client: &BatchClient, pool: &str) -> CliResult<String> {
     use shipyard_batch_api::models::ComputeNodeState;
     let nodes: Vec<_> = client
         .list_nodes(pool, &ListOptions::default())

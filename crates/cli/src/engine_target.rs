@@ -30,18 +30,83 @@ use crate::args::{Command, GlobalArgs, PoolCommand, RunArgs};
 use crate::config::Config;
 use crate::{CliError, CliResult};
 
-/// Environment variable equivalent to `--engine` (`1`: route `--target local` to the engine).
-pub const ENV_LOCAL_ENGINE: &str = "SHIPYARD_LOCAL_ENGINE";
+/// Environment variable equivalent to `--vm-nodes` (`1`: non-native pools get VM-like nodes).
+pub const ENV_LOCAL_VM_NODES: &str = "SHIPYARD_LOCAL_VM_NODES";
+/// Environment variable equivalent to `--per-run` (`1`: the per-run backend, not the engine).
+pub const ENV_LOCAL_PER_RUN: &str = "SHIPYARD_LOCAL_PER_RUN";
 /// The file in the engine's state directory that names the process hosting it.
 pub const ENDPOINT_FILE: &str = "endpoint.json";
 /// The account name of the engine's endpoint.
 pub const ACCOUNT: &str = "local";
 /// How often `run` polls the local engine (unless `SHIPYARD_POLL_INTERVAL_MS` says otherwise).
 pub const LOCAL_POLL: Duration = Duration::from_millis(300);
+/// Why a run's jobs that are still active are terminated when the run deletes the pool it
+/// made (a rerun of the same job id then needs `--recreate`, as on the per-run backend).
+pub const RUN_ENDED_REASON: &str = "shipyard: the run that made the job's pool ended";
+/// Where [`Session::save_results`] keeps the files of `job`'s `task`.
+fn results_dir(state: &Path, job: &str, task: &str) -> PathBuf {
+    state.join("results").join(job).join(task)
+}
+
+/// `files` from the copy a run kept when it deleted its pool; `None` when there is none.
+fn saved_files(state: &Path, f: &crate::args::FilesArgs) -> Option<CliResult> {
+    let dir = results_dir(state, &f.job, &f.task);
+    if !dir.is_dir() {
+        return None;
+    }
+    let names = crate::azure_target::file_names(f);
+    Some((|| {
+        for name in &names {
+            let rel = crate::output::task_file_path(name)?;
+            let src = dir.join(&rel);
+            let data = std::fs::read(&src).map_err(|e| {
+                CliError::Usage(format!(
+                    "task {}/{} has no file `{name}` (kept in {}): {e}",
+                    f.job,
+                    f.task,
+                    dir.display()
+                ))
+            })?;
+            match &f.out {
+                Some(out) => {
+                    let dest = out.join(&rel);
+                    if let Some(parent) = dest.parent() {
+                        std::fs::create_dir_all(parent).map_err(|e| {
+                            failed(anyhow::anyhow!("cannot create {}: {e}", parent.display()))
+                        })?;
+                    }
+                    std::fs::write(&dest, &data).map_err(|e| {
+                        failed(anyhow::anyhow!("cannot write {}: {e}", dest.display()))
+                    })?;
+                    eprintln!("{name} -> {}", dest.display());
+                }
+                None => {
+                    if names.len() > 1 {
+                        crate::output::print_stdout(format!("==> {name} <==\n").as_bytes());
+                    }
+                    crate::output::print_stdout(&data);
+                }
+            }
+        }
+        Ok(())
+    })())
+}
+
+/// The directory (in the engine's state directory) of the records of pools that runs made.
+const RUN_POOLS_DIR: &str = "run-pools";
 /// How long a new process waits for another one that is starting the engine.
 const START_WAIT: Duration = Duration::from_secs(20);
 /// How long `pool del` (and the end of a `run` that made its pool) waits for the pool to go.
 const POOL_GONE_WAIT: Duration = Duration::from_secs(180);
+
+/// The engine's state directory of `config`: `<[local].state_dir>/engine` when the
+/// configuration names a local state directory, else [`state_dir`].
+pub fn state_dir_of(config: &Config) -> PathBuf {
+    match &config.local.state_dir {
+        Some(d) => d.join("engine"),
+        None => state_dir(),
+    }
+}
 
 /// The engine's state directory: `<state base>/engine`.
 pub fn state_dir() -> PathBuf {
@@ -292,6 +357,121 @@ impl Session {
             .collect()
     }
 
+    /// Deletes the pools that runs made and could not delete because they were killed
+    /// (`kill -9`): each run records the pool it makes in `<state>/run-pools/<pool>` (its pid,
+    /// then its job ids, a line each) and removes the record once it has deleted the pool. A
+    /// record whose process is gone names an orphan: its jobs are terminated and the pool is
+    /// deleted, unless other active jobs use it.
+    fn reap_orphan_pools(&self, state: &Path) {
+        let Ok(entries) = std::fs::read_dir(state.join(RUN_POOLS_DIR)) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let Ok(text) = std::fs::read_to_string(&path) else {
+                continue;
+            };
+            let mut lines = text.lines();
+            let pid = lines.next().and_then(|l| l.trim().parse::<u32>().ok());
+            if pid.is_some_and(|p| p == std::process::id() || pid_alive(p)) {
+                continue;
+            }
+            let jobs: Vec<String> = lines.map(str::to_string).collect();
+            let Some(pool) = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .map(str::to_string)
+            else {
+                continue;
+            };
+            if !self.other_active_jobs(&pool, &jobs).is_empty() {
+                continue;
+            }
+            self.end_jobs(&jobs);
+            if self.pool_exists(&pool).unwrap_or(false) {
+                eprintln!("shipyard: deleting pool `{pool}`, left by a run that was killed");
+                if let Err(e) = self.pool_gone(&pool, true) {
+                    crate::report(&e);
+                    continue;
+                }
+            }
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+
+    /// Copies every file of every task of `jobs` into `<state>/results/<job>/<task>/`, before
+    /// the run deletes the pool (and with it the nodes' task directories), so that `files`
+    /// still reads them after the run ([`saved_files`]).
+    fn save_results(&self, state: &Path, jobs: &[String]) {
+        use shipyard_batch_api::ListOptions;
+        for job in jobs {
+            let tasks: Vec<shipyard_batch_api::models::CloudTask> = match self.rt.block_on(
+                self.client()
+                    .list_tasks(job, &ListOptions::default())
+                    .try_collect(),
+            ) {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::warn!(%job, error = %e, "listing tasks to keep their files");
+                    continue;
+                }
+            };
+            for task in tasks.iter().filter_map(|t| t.id.as_deref()) {
+                let dir = results_dir(state, job, task);
+                // A rerun (`--recreate`) replaces what an earlier run kept.
+                let _ = std::fs::remove_dir_all(&dir);
+                let saved = self.rt.block_on(async {
+                    let files: Vec<_> = self
+                        .client()
+                        .list_task_files(job, task, true, &ListOptions::default())
+                        .try_collect()
+                        .await?;
+                    for name in files
+                        .iter()
+                        .filter(|f| f.is_directory != Some(true))
+                        .filter_map(|f| f.name.as_deref())
+                    {
+                        let Ok(rel) = crate::output::task_file_path(name) else {
+                            continue;
+                        };
+                        let dest = dir.join(rel);
+                        if let Some(parent) = dest.parent() {
+                            std::fs::create_dir_all(parent).map_err(|e| {
+                                anyhow::anyhow!("cannot create {}: {e}", parent.display())
+                            })?;
+                        }
+                        self.client()
+                            .download_task_file(job, task, name, &dest, None)
+                            .await?;
+                    }
+                    Ok::<_, anyhow::Error>(())
+                });
+                if let Err(e) = saved {
+                    tracing::warn!(%job, %task, error = %e, "keeping the task's files");
+                }
+            }
+        }
+    }
+
+    /// Terminates those of `jobs` that are still active (a run's jobs whose pool the run is
+    /// about to delete: nothing is left active without nodes to run on).
+    fn end_jobs(&self, jobs: &[String]) {
+        for id in jobs {
+            let active = self
+                .rt
+                .block_on(self.client().get_job(id))
+                .is_ok_and(|j| j.state == Some(JobState::Active));
+            if active {
+                if let Err(e) = self
+                    .rt
+                    .block_on(self.client().terminate_job(id, Some(RUN_ENDED_REASON)))
+                {
+                    tracing::warn!(job = %id, error = %e, "terminating the job of an ended run");
+                }
+            }
+        }
+    }
+
     /// Says which of `jobs` were terminated by someone else (e.g. `jobs term`).
     fn report_terminated(&self, jobs: &[String]) {
         for id in jobs {
@@ -300,7 +480,10 @@ impl Session {
             };
             let reason = job.execution_info.and_then(|i| i.terminate_reason);
             match reason.as_deref() {
-                None | Some("AllTasksComplete") | Some(shipyard_submit::TERMINATE_REASON) => {}
+                None
+                | Some("AllTasksComplete")
+                | Some(shipyard_submit::TERMINATE_REASON)
+                | Some(RUN_ENDED_REASON) => {}
                 Some(r) => eprintln!("shipyard: job `{id}` was terminated ({r})"),
             }
         }
@@ -439,43 +622,98 @@ fn check_vm_like(pool: &PoolAddParameter) -> CliResult {
 /// (`local-engine-<pid>`).
 pub const DEFAULT_POOL_ID: &str = "local-engine";
 
-/// `config`, with a pool of VM-like nodes sized for the selected jobs (one node per instance of
-/// the largest multi-instance task) when it names none.
-fn with_pool<'a>(config: &'a Config, args: &RunArgs) -> CliResult<std::borrow::Cow<'a, Config>> {
-    if config.pool.is_some() {
-        return Ok(std::borrow::Cow::Borrowed(config));
+/// Whether every job of `jobs` can be planned for a native pool (Batch runs its containers):
+/// the docker runtime can, host-MPI runtimes (singularity, charliecloud) cannot.
+fn all_plan_natively(config: &Config, jobs: &[&crate::config::LoadedJob]) -> bool {
+    jobs.iter()
+        .all(|j| crate::local_target::plan_on(config, j, true).is_ok())
+}
+
+/// `config` as the local engine runs it (`vm_nodes`: `--vm-nodes`).
+///
+/// - Without `[pool_specification]` (only `run`, `jobs`: `Some`), a pool named
+///   [`DEFAULT_POOL_ID`]`-<pid>` sized for the jobs (one node per instance of the largest
+///   multi-instance task).
+/// - Unless `vm_nodes`, a non-native pool whose jobs all plan natively runs on container nodes:
+///   the pool is made native, so Batch's native plan (one container per task) runs, which
+///   starts in seconds where VM-like nodes take a dockerd and an image copy per node.
+fn local_config<'a>(
+    config: &'a Config,
+    jobs: Option<Option<&str>>,
+    vm_nodes: bool,
+) -> CliResult<std::borrow::Cow<'a, Config>> {
+    let selected = crate::submission::selected_jobs(config, jobs.flatten())?;
+    // The pool is planned against every configured job.
+    let all: Vec<_> = config.jobs.iter().collect();
+    let containers = !vm_nodes && all_plan_natively(config, &all);
+    match &config.pool {
+        None if jobs.is_some() => {
+            let nodes = selected
+                .iter()
+                .map(|j| shipyard_local::convert::pool_facts(&j.spec).node_count)
+                .max()
+                .unwrap_or(1);
+            let id = format!("{DEFAULT_POOL_ID}-{}", std::process::id());
+            let spec: shipyard_runtime::PoolSpec = toml::from_str(&format!(
+                "id = \"{id}\"\nvm_count = {nodes}\n\
+                 [vm_configuration.platform_image]\npublisher = \"local\"\noffer = \"local\"\n\
+                 sku = \"local\"\nnode_agent_sku_id = \"batch.node.debian 12\"\n\
+                 native = {containers}\n"
+            ))
+            .map_err(|e| failed(anyhow::anyhow!("internal: the default local pool: {e}")))?;
+            tracing::info!(
+                pool = %id,
+                nodes,
+                kind = if containers { "container" } else { "VM-like" },
+                "no [pool_specification]: the run gets a pool of its own"
+            );
+            let mut owned = config.clone();
+            owned.pool = Some((spec, 0));
+            Ok(std::borrow::Cow::Owned(owned))
+        }
+        Some((pool, _)) if containers && !pool.native() => {
+            tracing::info!(
+                pool = %pool.id,
+                "the pool is non-native (`native = false`): locally its jobs run on container \
+                 nodes with Batch's native plan; --vm-nodes runs the non-native plan on VM-like \
+                 nodes as on Azure"
+            );
+            let mut owned = config.clone();
+            if let Some((pool, _)) = owned.pool.as_mut() {
+                pool.set_native(true);
+            }
+            Ok(std::borrow::Cow::Owned(owned))
+        }
+        _ => Ok(std::borrow::Cow::Borrowed(config)),
     }
-    let nodes = crate::submission::selected_jobs(config, args.job.as_deref())?
-        .iter()
-        .map(|j| shipyard_local::convert::pool_facts(&j.spec).node_count)
-        .max()
-        .unwrap_or(1);
-    let id = format!("{DEFAULT_POOL_ID}-{}", std::process::id());
-    let spec: shipyard_runtime::PoolSpec = toml::from_str(&format!(
-        "id = \"{id}\"\nvm_count = {nodes}\n\
-         [vm_configuration.platform_image]\npublisher = \"local\"\noffer = \"local\"\n\
-         sku = \"local\"\nnode_agent_sku_id = \"batch.node.debian 12\"\n"
-    ))
-    .map_err(|e| failed(anyhow::anyhow!("internal: the default local pool: {e}")))?;
-    tracing::info!(pool = %id, nodes, "no [pool_specification]: the run gets a pool of VM-like nodes");
-    let mut owned = config.clone();
-    owned.pool = Some((spec, 0));
-    Ok(std::borrow::Cow::Owned(owned))
 }
 
 /// `run` on the local engine: the `--target azure` run through the engine's client. A pool the
-/// run created is deleted when it ends. Without `[pool_specification]` the run gets a pool of
-/// VM-like nodes ([`DEFAULT_POOL_ID`]).
+/// run created is deleted when it ends. Pools as [`local_config`] makes them.
 pub(crate) fn run(global: &GlobalArgs, config: &Config, args: &RunArgs) -> CliResult {
-    let config = &*with_pool(config, args)?;
+    let config = &*local_config(config, Some(args.job.as_deref()), global.vm_nodes)?;
     let pool_id = config.pool()?.id.clone();
     let submission = crate::submission::submission(config, args.job.as_deref(), true, false, None)?;
     if let Some(p) = &submission.pool {
         check_vm_like(p)?;
     }
     let jobs: Vec<String> = submission.jobs.iter().map(|j| j.job.id.clone()).collect();
-    let session = Session::open(&state_dir())?;
+    let state = state_dir_of(config);
+    let session = Session::open(&state)?;
+    session.reap_orphan_pools(&state);
     let existed = session.pool_exists(&pool_id)?;
+    let record = state.join(RUN_POOLS_DIR).join(&pool_id);
+    if !existed {
+        let written = std::fs::create_dir_all(record.parent().unwrap_or(&state)).and_then(|()| {
+            let lines: Vec<String> = std::iter::once(std::process::id().to_string())
+                .chain(jobs.iter().cloned())
+                .collect();
+            std::fs::write(&record, lines.join("\n") + "\n")
+        });
+        if let Err(e) = written {
+            tracing::warn!(file = %record.display(), error = %e, "recording the pool this run makes");
+        }
+    }
     let result = crate::azure_target::run_with(
         session.client().clone(),
         crate::azure_target::poll_interval_or(LOCAL_POLL),
@@ -489,9 +727,14 @@ pub(crate) fn run(global: &GlobalArgs, config: &Config, args: &RunArgs) -> CliRe
     if !existed {
         let others = session.other_active_jobs(&pool_id, &jobs);
         if others.is_empty() {
+            session.end_jobs(&jobs);
+            session.save_results(&state, &jobs);
             tracing::info!(pool = %pool_id, "deleting the pool this run created");
-            if let Err(e) = session.pool_gone(&pool_id, true) {
-                crate::report(&e);
+            match session.pool_gone(&pool_id, true) {
+                Ok(()) => {
+                    let _ = std::fs::remove_file(&record);
+                }
+                Err(e) => crate::report(&e),
             }
         } else {
             tracing::info!(pool = %pool_id, jobs = ?others, "keeping the pool this run created: other jobs use it");
@@ -502,7 +745,8 @@ pub(crate) fn run(global: &GlobalArgs, config: &Config, args: &RunArgs) -> CliRe
 
 /// Every other command on the local engine (pool, jobs, tasks, files).
 pub(crate) fn command(global: &GlobalArgs, command: Command) -> CliResult {
-    let config = crate::load_optional(global)?.unwrap_or_default();
+    let loaded = crate::load_optional(global)?.unwrap_or_default();
+    let config = local_config(&loaded, None, global.vm_nodes)?;
     if let Command::Pool(PoolCommand::Add) = &command {
         let submission = crate::submission::submission(&config, None, true, false, None)?;
         if let Some(p) = &submission.pool {
@@ -516,13 +760,114 @@ pub(crate) fn command(global: &GlobalArgs, command: Command) -> CliResult {
         },
         _ => None,
     };
-    let session = Session::open(&state_dir())?;
+    let state = state_dir_of(&config);
+    let session = Session::open(&state)?;
+    session.reap_orphan_pools(&state);
+    if let Command::Pool(PoolCommand::Ssh(a)) = &command {
+        return node_shell(&session, &config, a);
+    }
+    if let Command::Files(f) = &command {
+        if !f.follow {
+            let f = crate::args::FilesArgs {
+                job: f.job.clone(),
+                task: f.task.clone(),
+                file: f.file.clone(),
+                out: f.out.clone(),
+                follow: false,
+            };
+            // From the engine while the task's node exists, else from what its run kept.
+            return match crate::azure_target::command_with(
+                session.client(),
+                &config,
+                global,
+                command,
+            ) {
+                Ok(()) => Ok(()),
+                Err(e) => saved_files(&state, &f).unwrap_or(Err(e)),
+            };
+        }
+    }
     crate::azure_target::command_with(session.client(), &config, global, command)?;
     if let Some(id) = deleted {
         // The host process may end right after: the removal must be finished.
         session.pool_gone(&id, false)?;
     }
     Ok(())
+}
+
+/// `pool ssh` on the local engine: a shell (or the given command) in the node's holder
+/// container, the long-lived container that is the node of a container pool. The node is
+/// `--node`, else the first idle or running one. The engine keeps serving meanwhile (docker runs
+/// as a child, not by exec), and its exit code is this command's.
+fn node_shell(session: &Session, config: &Config, a: &crate::args::SshArgs) -> CliResult {
+    use shipyard_local::engine::labels;
+    let pool = crate::azure_target::pool_id_of(config, &a.pool_id)?;
+    let node = match &a.node {
+        Some(n) => n.clone(),
+        None => session
+            .rt
+            .block_on(crate::azure_target::login_node(session.client(), &pool))?,
+    };
+    let docker = std::env::var(crate::azure_target::ENV_DOCKER).unwrap_or_else(|_| "docker".into());
+    let out = std::process::Command::new(&docker)
+        .args(["ps", "-q", "--filter"])
+        .arg(format!("label={}={pool}/{node}", labels::NODE))
+        .args([
+            "--format",
+            &format!("{{{{.ID}}}} {{{{.Label \"{}\"}}}}", labels::TASK),
+        ])
+        .output()
+        .map_err(|e| failed(anyhow::anyhow!("cannot run `{docker}`: {e}")))?;
+    // Task containers carry the node label too; the holder is the one without a task.
+    let holders: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| match l.split_once(' ') {
+            Some((id, task)) if task.trim().is_empty() => Some(id.to_string()),
+            None if !l.trim().is_empty() => Some(l.trim().to_string()),
+            _ => None,
+        })
+        .collect();
+    let container = match holders.as_slice() {
+        [one] => one.clone(),
+        [] => {
+            return Err(CliError::Usage(format!(
+                "node `{node}` of pool `{pool}` has no node container: VM-like nodes (pools \
+                 without container configuration) are namespaces on this machine, which `pool \
+                 ssh` does not enter; see `shipyard pool nodes` for the node's address{}",
+                if out.status.success() {
+                    String::new()
+                } else {
+                    format!(" ({})", String::from_utf8_lossy(&out.stderr).trim())
+                }
+            )))
+        }
+        _ => {
+            return Err(CliError::Usage(format!(
+                "several local engines have a node `{node}` in a pool `{pool}` (containers {}); \
+                 use the state directory (SHIPYARD_STATE_DIR) of the one you mean",
+                holders.join(", ")
+            )))
+        }
+    };
+    let mut cmd = std::process::Command::new(&docker);
+    cmd.arg("exec");
+    if a.command.is_empty() {
+        cmd.args(["-it", &container, "sh", "-c"])
+            .arg("command -v bash >/dev/null && exec bash || exec sh");
+    } else {
+        cmd.arg("-i").arg(&container).args(&a.command);
+    }
+    eprintln!("node `{node}` of pool `{pool}`: container {container}");
+    let status = cmd
+        .status()
+        .map_err(|e| failed(anyhow::anyhow!("cannot run `{docker}`: {e}")))?;
+    match status.code() {
+        Some(0) => Ok(()),
+        Some(c) => Err(CliError::TaskExit(u8::try_from(c).unwrap_or(1))),
+        None => Err(failed(anyhow::anyhow!(
+            "`{docker} exec` was killed by a signal"
+        ))),
+    }
 }
 
 #[cfg(test)]
@@ -612,19 +957,35 @@ runtime = "mpich"
 executable_path = "/usr/bin/mpiexec.mpich"
 "#;
 
-    #[test]
-    fn a_run_without_a_pool_gets_vm_like_nodes_for_its_largest_task() {
-        crate::link_runtimes();
-        let dir = tempfile::tempdir().expect("tempdir");
-        let config = load(dir.path(), &JOB.replace("RUNTIME", "singularity"));
-        let with = with_pool(&config, &run_args()).expect("pool");
+    /// The pool `run` submits for `config` (`vm_nodes`: `--vm-nodes`).
+    fn run_pool(config: &Config, vm_nodes: bool) -> (String, u32, PoolAddParameter) {
+        let with = local_config(config, Some(None), vm_nodes).expect("pool");
         let pool = with.pool().expect("a pool");
-        assert_eq!(pool.id, format!("{DEFAULT_POOL_ID}-{}", std::process::id()));
-        assert_eq!(pool.vm_count.total(), 3);
+        let (id, count) = (pool.id.clone(), pool.vm_count.total());
         let submission =
             crate::submission::submission(&with, None, true, false, None).expect("submission");
-        assert!(is_vm_like(submission.pool.as_ref().expect("pool add")));
-        // a configured pool is kept as it is
+        (id, count, submission.pool.expect("pool add"))
+    }
+
+    #[test]
+    fn a_run_without_a_pool_gets_one_for_its_largest_task() {
+        crate::link_runtimes();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let own = format!("{DEFAULT_POOL_ID}-{}", std::process::id());
+        // host-MPI runtimes need VM-like nodes, with or without --vm-nodes
+        let config = load(dir.path(), &JOB.replace("RUNTIME", "singularity"));
+        for vm_nodes in [false, true] {
+            let (id, count, pool) = run_pool(&config, vm_nodes);
+            assert_eq!((id.as_str(), count), (own.as_str(), 3));
+            assert!(is_vm_like(&pool), "vm_nodes {vm_nodes}");
+        }
+        // docker jobs get container nodes unless --vm-nodes
+        let config = load(dir.path(), &JOB.replace("RUNTIME", "docker"));
+        let (_, count, pool) = run_pool(&config, false);
+        assert_eq!(count, 3);
+        assert!(!is_vm_like(&pool), "{pool:?}");
+        assert!(is_vm_like(&run_pool(&config, true).2));
+        // a configured pool keeps its id
         let configured = load(
             dir.path(),
             &format!(
@@ -632,14 +993,34 @@ executable_path = "/usr/bin/mpiexec.mpich"
                 JOB.replace("RUNTIME", "docker")
             ),
         );
-        assert_eq!(
-            with_pool(&configured, &run_args())
-                .expect("pool")
-                .pool()
-                .expect("pool")
-                .id,
-            "mine"
+        assert_eq!(run_pool(&configured, false).0, "mine");
+    }
+
+    #[test]
+    fn a_non_native_pool_runs_on_container_nodes_unless_vm_nodes() {
+        crate::link_runtimes();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pool = "[pool_specification]\nid = \"nn\"\nvm_count = 3\n\
+                    inter_node_communication_enabled = true\n\
+                    [pool_specification.vm_configuration.platform_image]\n\
+                    publisher = \"p\"\noffer = \"o\"\nsku = \"s\"\nnode_agent_sku_id = \"batch.node.ubuntu 22.04\"\nnative = false\n";
+        let docker = load(
+            dir.path(),
+            &format!("{pool}{}", JOB.replace("RUNTIME", "docker")),
         );
+        assert!(!docker.pool().expect("pool").native());
+        let (_, _, fast) = run_pool(&docker, false);
+        assert!(!is_vm_like(&fast), "container nodes by default");
+        let (_, _, faithful) = run_pool(&docker, true);
+        assert!(is_vm_like(&faithful), "--vm-nodes: the non-native plan");
+        // the configuration itself is not changed
+        assert!(!docker.pool().expect("pool").native());
+        // a job that cannot plan natively keeps the pool non-native
+        let singularity = load(
+            dir.path(),
+            &format!("{pool}{}", JOB.replace("RUNTIME", "singularity")),
+        );
+        assert!(is_vm_like(&run_pool(&singularity, false).2));
     }
 
     #[test]
@@ -658,16 +1039,21 @@ executable_path = "/usr/bin/mpiexec.mpich"
     }
 
     #[test]
-    fn engine_is_a_global_flag() {
+    fn vm_nodes_and_per_run_are_global_flags() {
         use clap::Parser as _;
-        let cli = crate::args::Cli::try_parse_from(["shipyard", "pool", "list", "--engine"])
-            .expect("parses");
-        assert!(cli.global.engine);
-        let cli = crate::args::Cli::try_parse_from(["shipyard", "pool", "list"]).expect("parses");
-        assert_eq!(
-            cli.global.engine,
-            std::env::var(ENV_LOCAL_ENGINE).is_ok_and(|v| v == "1" || v == "true")
-        );
+        let parse = |args: &[&str]| crate::args::Cli::try_parse_from(args);
+        let cli = parse(&["shipyard", "pool", "list", "--vm-nodes"]).expect("parses");
+        assert!(cli.global.vm_nodes && !cli.global.per_run);
+        // the older name
+        let cli = parse(&["shipyard", "pool", "list", "--engine"]).expect("parses");
+        assert!(cli.global.vm_nodes);
+        let cli = parse(&["shipyard", "--per-run", "jobs", "list"]).expect("parses");
+        assert!(cli.global.per_run);
+        assert!(parse(&["shipyard", "--per-run", "--vm-nodes", "jobs", "list"]).is_err());
+        let cli = parse(&["shipyard", "pool", "list"]).expect("parses");
+        let set = |var: &str| std::env::var(var).is_ok_and(|v| v == "1" || v == "true");
+        assert_eq!(cli.global.vm_nodes, set(ENV_LOCAL_VM_NODES));
+        assert_eq!(cli.global.per_run, set(ENV_LOCAL_PER_RUN));
     }
 
     #[test]

@@ -156,8 +156,8 @@ pub fn run(cli: Cli) -> CliResult {
                 return dry_run::command(&global, &config, &command);
             }
             match global.target {
-                Target::Local if global.engine => engine_target::command(&global, command),
-                Target::Local => local_target::command(&global, command),
+                Target::Local if global.per_run => local_target::command(&global, command),
+                Target::Local => engine_target::command(&global, command),
                 Target::Azure => azure_target::command(&global, command),
             }
         }
@@ -185,8 +185,8 @@ pub(crate) fn cancel_on_signal(token: shipyard_submit::CancellationToken, what: 
 fn run_command(global: &GlobalArgs, config: &Config, args: &RunArgs) -> CliResult {
     config.validate()?;
     match global.target {
-        Target::Local if global.engine => engine_target::run(global, config, args),
-        Target::Local => local_target::run(global, config, args),
+        Target::Local if global.per_run => local_target::run(global, config, args),
+        Target::Local => engine_target::run(global, config, args),
         Target::Azure => azure_target::run(global, config, args),
     }
 }

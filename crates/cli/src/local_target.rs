@@ -41,7 +41,7 @@ pub fn local_plan(config: &Config, job: &LoadedJob) -> CliResult<JobPlan> {
 }
 
 /// Plans `job` against the local facts, with or without native container support.
-fn plan_on(
+pub(crate) fn plan_on(
     config: &Config,
     job: &LoadedJob,
     native: bool,

@@ -595,6 +595,7 @@ fn local_store_commands_on_an_empty_state_dir() {
     let run = |args: &[&str]| {
         shipyard()
             .env("SHIPYARD_STATE_DIR", dir.path())
+            .arg("--per-run")
             .args(args)
             .output()
             .expect("runs")
@@ -987,7 +988,8 @@ fn batch_shipyard_errors_are_located_in_the_yaml() {
         .success();
 }
 
-/// `pool ssh --target local` outside a run says the local target has no persistent nodes.
+/// `pool ssh --target local --per-run` outside a run says the per-run backend has no
+/// persistent nodes.
 #[test]
 fn local_pool_ssh_says_the_local_target_has_no_persistent_nodes() {
     let state = tempfile::tempdir().expect("tempdir");
@@ -1000,7 +1002,7 @@ fn local_pool_ssh_says_the_local_target_has_no_persistent_nodes() {
     shipyard()
         .arg("-c")
         .arg(&cfg)
-        .args(["--target", "local", "pool", "ssh"])
+        .args(["--target", "local", "--per-run", "pool", "ssh"])
         .assert()
         .code(2)
         .stderr(predicate::str::contains("no persistent nodes"))
@@ -1043,8 +1045,8 @@ fn a_bad_vm_count_says_what_is_allowed() {
         ));
 }
 
-/// `pool ssh --target local` enters the node container of a running task: `docker ps` by the
-/// job/task/node labels, then `docker exec -it` (docker is a recorder here).
+/// `pool ssh --target local --per-run` enters the node container of a running task: `docker ps`
+/// by the job/task/node labels, then `docker exec -it` (docker is a recorder here).
 #[test]
 fn local_pool_ssh_execs_a_shell_in_the_running_node_container() {
     use std::os::unix::fs::PermissionsExt as _;
@@ -1079,7 +1081,7 @@ fn local_pool_ssh_execs_a_shell_in_the_running_node_container() {
             .env("SHIPYARD_DOCKER", &docker)
             .arg("-c")
             .arg(&cfg)
-            .args(["--target", "local", "pool", "ssh"])
+            .args(["--target", "local", "--per-run", "pool", "ssh"])
             .args(extra)
             .assert()
     };
@@ -1105,5 +1107,61 @@ fn local_pool_ssh_execs_a_shell_in_the_running_node_container() {
             "c0ffee",
             "hostname",
         ]
+    );
+}
+
+/// `pool ssh` on the local engine (the default `--target local`) runs the command in the
+/// node's holder container: the node of a container pool, with the node's hostname. A node id
+/// that does not exist is named; the pool is deleted afterwards.
+#[test]
+fn engine_pool_ssh_runs_in_the_nodes_holder_container() {
+    if !shipyard_e2e::require_test_image() {
+        return;
+    }
+    let state = tempfile::tempdir().expect("tempdir");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pool = format!("ssh-pool-{}", std::process::id());
+    let cfg = write(
+        dir.path(),
+        "pool.toml",
+        &format!(
+            "[pool_specification]\nid = \"{pool}\"\nvm_count = 1\n\
+             [pool_specification.vm_configuration.platform_image]\npublisher = \"p\"\n\
+             offer = \"o\"\nsku = \"s\"\nnode_agent_sku_id = \"batch.node.ubuntu 22.04\"\n\
+             native = true\n\
+             [[job_specifications]]\nid = \"unused\"\n\
+             [[job_specifications.tasks]]\nimage = \"shipyard/mpi:bookworm\"\ncommand = \"true\"\n"
+        ),
+    );
+    let cli = || {
+        let mut c = shipyard();
+        c.env("SHIPYARD_STATE_DIR", state.path())
+            .arg("-c")
+            .arg(&cfg);
+        c
+    };
+    cli().args(["-q", "pool", "add"]).assert().success();
+    let ssh = cli()
+        .args(["pool", "ssh", "--", "hostname"])
+        .output()
+        .expect("pool ssh");
+    let del = cli()
+        .args(["-q", "pool", "del", "--yes"])
+        .output()
+        .expect("pool del");
+    assert!(
+        ssh.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ssh.stderr)
+    );
+    let hostname = String::from_utf8_lossy(&ssh.stdout).trim().to_string();
+    assert!(
+        hostname.starts_with(&pool),
+        "the holder's hostname names the pool's node: {hostname:?}"
+    );
+    assert!(
+        del.status.success(),
+        "{}",
+        String::from_utf8_lossy(&del.stderr)
     );
 }

@@ -399,6 +399,14 @@ impl PoolSpec {
         }
     }
 
+    /// Sets whether Batch runs the containers (on the custom image when there is one).
+    pub fn set_native(&mut self, native: bool) {
+        match &mut self.vm_configuration.custom_image {
+            Some(c) => c.native = native,
+            None => self.vm_configuration.platform_image.native = native,
+        }
+    }
+
     /// True for Windows node agents.
     pub fn is_windows(&self) -> bool {
         self.node_agent_sku_id()

@@ -278,8 +278,9 @@ impl Submitter {
         }
     }
 
-    /// Adds one job. Like Batch Shipyard, adding to an existing job adds its tasks, unless the
-    /// job sets `onAllTasksComplete` (it may already have completed).
+    /// Adds one job. Like Batch Shipyard, adding to an existing active job adds its tasks,
+    /// unless the job sets `onAllTasksComplete` (it may already have completed); a job that
+    /// has finished is [`SubmitError::JobExists`] (rerun it with `recreate`).
     async fn add_job(
         &self,
         job: &JobSubmission,
@@ -299,6 +300,15 @@ impl Submitter {
                 true
             }
             Err(e) if e.code() == Some("JobExists") && patch.is_none() => {
+                // A finished job takes no more tasks: say how to run it again.
+                let job = self
+                    .client
+                    .get_job(&id)
+                    .await
+                    .map_err(|e| SubmitError::batch(format!("reading job `{id}`"), e))?;
+                if !matches!(job.state, None | Some(JobState::Active)) {
+                    return Err(SubmitError::JobExists { job: id });
+                }
                 tracing::info!(job = %id, "job exists; adding its tasks");
                 false
             }

@@ -1,0 +1,322 @@
+//! The `shipyard` binary's default local path: `--target local` without flags runs every job
+//! on the local engine, through the same submission library and Batch client as
+//! `--target azure` (issue 14, "one code path"). The README's quick start (a non-native pool,
+//! so container nodes with Batch's native plan), its results read back after the run deleted
+//! its pool, a rerun that needs `--recreate`, a failing task's exit code, SIGINT mid-run, and
+//! a run killed with SIGKILL whose pool the next command deletes.
+
+use std::process::{Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use shipyard_e2e::{
+    engine_pool_containers, repo_root, require_test_image, show, EngineScratch, HelloReport,
+    KillOnDrop,
+};
+
+/// One test at a time: they share the host's Docker and load it.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn unique(prefix: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+fn json(o: &Output) -> serde_json::Value {
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", show(o)))
+}
+
+/// A pool of `nodes` container nodes and one job with one task running `command`.
+fn one_task(pool: &str, job: &str, nodes: u32, command: &str) -> String {
+    format!(
+        r#"
+[pool_specification]
+id = "{pool}"
+vm_count = {nodes}
+[pool_specification.vm_configuration.platform_image]
+publisher = "local"
+offer = "local"
+sku = "local"
+node_agent_sku_id = "batch.node.debian 12"
+native = true
+
+[[job_specifications]]
+id = "{job}"
+[[job_specifications.tasks]]
+id = "t"
+image = "shipyard/mpi:bookworm"
+command = "{command}"
+"#
+    )
+}
+
+/// Waits until `job`'s only task is running, as another process sees it.
+fn wait_running(s: &EngineScratch, run: &mut KillOnDrop, job: &str) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        assert!(
+            run.0.try_wait().expect("try_wait").is_none(),
+            "run ended early"
+        );
+        let o = s
+            .cli()
+            .args(["-o", "json", "tasks", "list", "--job", job])
+            .output()
+            .expect("tasks list");
+        if o.status.success() && json(&o)[0]["state"] == "running" {
+            return;
+        }
+        assert!(Instant::now() < deadline, "task never ran: {}", show(&o));
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// Waits until the engine has no container of `pool` left.
+fn wait_no_containers(pool: &str, secs: u64) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !engine_pool_containers(pool).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "pool {pool} still has containers after {secs} s: {:?}",
+            engine_pool_containers(pool)
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+#[test]
+fn the_quick_start_runs_on_the_engine_and_its_results_outlive_the_pool() {
+    if !require_test_image() {
+        return;
+    }
+    let _serial = serial();
+    let mut s = EngineScratch::new("cli-default-quick-");
+    s.del_args.clear();
+    let pool = unique("qs-pool");
+    let job = unique("qs-job");
+    s.pools.push(pool.clone());
+    let example = std::fs::read_to_string(repo_root().join("examples/local-openmpi.toml"))
+        .expect("the README's example");
+    assert!(
+        example.contains("native = false"),
+        "the quick start is non-native"
+    );
+    let config = s.write(
+        "quick.toml",
+        &example
+            .replace("id = \"mpipool\"", &format!("id = \"{pool}\""))
+            .replace("id = \"hello-openmpi\"", &format!("id = \"{job}\"")),
+    );
+    let start = Instant::now();
+    let run = s.cli().arg("run").arg(&config).output().expect("run");
+    eprintln!(
+        "[timing] quick start on the default path: {:.2} s",
+        start.elapsed().as_secs_f64()
+    );
+    assert_eq!(run.status.code(), Some(0), "{}", show(&run));
+    // the run deleted the pool it made, and nothing of it is left
+    assert!(engine_pool_containers(&pool).is_empty(), "containers left");
+    let pools = s
+        .cli()
+        .args(["-o", "json", "pool", "list"])
+        .output()
+        .expect("pool list");
+    assert!(pools.status.success(), "{}", show(&pools));
+    assert!(
+        !json(&pools)
+            .as_array()
+            .expect("a list")
+            .iter()
+            .any(|p| p["id"] == pool.as_str()),
+        "{}",
+        show(&pools)
+    );
+    // the job is finished, not left active without a pool
+    let jobs = s
+        .cli()
+        .args(["-o", "json", "jobs", "list"])
+        .output()
+        .expect("jobs list");
+    let listed = json(&jobs);
+    let rec = listed
+        .as_array()
+        .expect("a list")
+        .iter()
+        .find(|j| j["id"] == job.as_str())
+        .unwrap_or_else(|| panic!("job listed: {}", show(&jobs)));
+    assert_eq!(rec["state"], "completed", "{rec}");
+    // its output is read back from what the run kept: 6 ranks on 3 nodes
+    let files = s
+        .cli()
+        .args([
+            "files",
+            "--job",
+            &job,
+            "--task",
+            "hello",
+            "--file",
+            "stdout.txt",
+        ])
+        .output()
+        .expect("files");
+    assert!(files.status.success(), "{}", show(&files));
+    let report = HelloReport::parse(&String::from_utf8_lossy(&files.stdout));
+    report.assert_complete(6);
+    assert_eq!(report.hosts().len(), 3, "{:?}", report.hosts());
+    // the same job id again needs --recreate (exit 2), and then runs
+    let again = s.cli().arg("run").arg(&config).output().expect("rerun");
+    assert_eq!(again.status.code(), Some(2), "{}", show(&again));
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("--recreate"),
+        "{}",
+        show(&again)
+    );
+    let recreated = s
+        .cli()
+        .args(["-q", "run", "--recreate"])
+        .arg(&config)
+        .output()
+        .expect("run --recreate");
+    assert_eq!(recreated.status.code(), Some(0), "{}", show(&recreated));
+    assert!(engine_pool_containers(&pool).is_empty(), "containers left");
+}
+
+#[test]
+fn a_failing_task_sets_the_exit_code_and_leaves_nothing() {
+    if !require_test_image() {
+        return;
+    }
+    let _serial = serial();
+    let mut s = EngineScratch::new("cli-default-fail-");
+    s.del_args.clear();
+    let pool = unique("fail-pool");
+    let job = unique("fail-job");
+    s.pools.push(pool.clone());
+    let config = s.write(
+        "fail.toml",
+        &one_task(
+            &pool,
+            &job,
+            1,
+            "/bin/sh -c 'echo about to fail >&2; exit 3'",
+        ),
+    );
+    let run = s
+        .cli()
+        .args(["-q", "run"])
+        .arg(&config)
+        .output()
+        .expect("run");
+    assert_eq!(run.status.code(), Some(3), "{}", show(&run));
+    assert!(engine_pool_containers(&pool).is_empty(), "containers left");
+    let err = s
+        .cli()
+        .args([
+            "files",
+            "--job",
+            &job,
+            "--task",
+            "t",
+            "--file",
+            "stderr.txt",
+        ])
+        .output()
+        .expect("files");
+    assert!(err.status.success(), "{}", show(&err));
+    assert_eq!(String::from_utf8_lossy(&err.stdout), "about to fail\n");
+}
+
+#[test]
+fn sigint_mid_run_exits_130_and_removes_the_pool() {
+    if !require_test_image() {
+        return;
+    }
+    let _serial = serial();
+    let mut s = EngineScratch::new("cli-default-int-");
+    s.del_args.clear();
+    let pool = unique("int-pool");
+    let job = unique("int-job");
+    s.pools.push(pool.clone());
+    let config = s.write("sleep.toml", &one_task(&pool, &job, 1, "sleep 300"));
+    let mut run = KillOnDrop(
+        s.cli()
+            .args(["-q", "run"])
+            .arg(&config)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start run"),
+    );
+    wait_running(&s, &mut run, &job);
+    let pid = run.0.id().to_string();
+    let kill = std::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .expect("kill -INT");
+    assert!(kill.success());
+    let interrupted = Instant::now();
+    let deadline = interrupted + Duration::from_secs(60);
+    while run.0.try_wait().expect("try_wait").is_none() {
+        assert!(Instant::now() < deadline, "run did not end after SIGINT");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = run.wait_output().expect("run output");
+    eprintln!(
+        "[timing] SIGINT to exit: {:.2} s",
+        interrupted.elapsed().as_secs_f64()
+    );
+    assert_eq!(out.status.code(), Some(130), "{}", show(&out));
+    assert!(engine_pool_containers(&pool).is_empty(), "containers left");
+}
+
+#[test]
+fn the_pool_of_a_killed_run_is_deleted_by_the_next_command() {
+    if !require_test_image() {
+        return;
+    }
+    let _serial = serial();
+    let mut s = EngineScratch::new("cli-default-kill-");
+    s.del_args.clear();
+    let pool = unique("kill-pool");
+    let job = unique("kill-job");
+    s.pools.push(pool.clone());
+    let config = s.write("sleep.toml", &one_task(&pool, &job, 1, "sleep 300"));
+    let mut run = KillOnDrop(
+        s.cli()
+            .args(["-q", "run"])
+            .arg(&config)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start run"),
+    );
+    wait_running(&s, &mut run, &job);
+    run.0.kill().expect("kill -9");
+    let _ = run.0.wait();
+    assert!(
+        !engine_pool_containers(&pool).is_empty(),
+        "the killed run left its pool's containers (what the next command must clean)"
+    );
+    let next = s.cli().args(["jobs", "list"]).output().expect("jobs list");
+    assert!(next.status.success(), "{}", show(&next));
+    assert!(
+        String::from_utf8_lossy(&next.stderr).contains(&format!("deleting pool `{pool}`")),
+        "{}",
+        show(&next)
+    );
+    wait_no_containers(&pool, 90);
+    let task = s
+        .cli()
+        .args(["-o", "json", "tasks", "list", "--job", &job])
+        .output()
+        .expect("tasks list");
+    assert!(task.status.success(), "{}", show(&task));
+    assert_eq!(json(&task)[0]["state"], "completed", "{}", show(&task));
+}
