@@ -10,8 +10,10 @@ const LONG_ABOUT: &str = "\
 Run containerized MPI jobs (Docker or Singularity/Apptainer; Open MPI, Intel MPI, MPICH, MS-MPI)
 as Azure Batch multi-instance tasks, or on this machine with Docker containers as the nodes.
 
-The same TOML configuration drives both targets: `--target local` (the default) runs on this
-machine's Docker engine, `--target azure` talks to an Azure Batch account.";
+The same TOML configuration drives both targets through the same Batch client: `--target
+local` (the default) runs on shipyard's local engine, a Batch endpoint on this machine whose
+nodes are Docker containers (or, with --vm-nodes, VM-like nodes with their own dockerd);
+`--target azure` talks to an Azure Batch account.";
 
 const AFTER_HELP: &str = "\
 Examples:
@@ -27,8 +29,12 @@ Examples:
   # Print the REST bodies a submission to Azure Batch would send, send nothing
   shipyard --target azure --dry-run -c examples/native-intelmpi.toml jobs add
 
-  # List the tasks of a job as JSON
+  # List the tasks of a job as JSON; terminate it from another shell
   shipyard --output json tasks list --job hello-openmpi
+  shipyard jobs term hello-openmpi
+
+  # Run the non-native plan exactly as on Azure: VM-like nodes, each with its own dockerd
+  shipyard --vm-nodes run examples/local-openmpi.toml
 
 Configuration files: -c FILE (repeatable), or --credentials/--pool/--jobs, or --configdir DIR
 (config.toml, credentials.toml, pool.toml, jobs.toml, or Batch Shipyard's .yaml/.json). Secrets come from the environment:
