@@ -57,6 +57,28 @@ command = "{command}"
     )
 }
 
+/// A scratch directory whose `run` (started in the background) has its only task, `sleep
+/// 300`, running on a 1-node pool: (scratch, pool, job, the run).
+fn sleeping_run(prefix: &str) -> (EngineScratch, String, String, KillOnDrop) {
+    let mut s = EngineScratch::new(prefix);
+    s.del_args.clear();
+    let pool = unique("sleep-pool");
+    let job = unique("sleep-job");
+    s.pools.push(pool.clone());
+    let config = s.write("sleep.toml", &one_task(&pool, &job, 1, "sleep 300"));
+    let mut run = KillOnDrop(
+        s.cli()
+            .args(["-q", "run"])
+            .arg(&config)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start run"),
+    );
+    wait_running(&s, &mut run, &job);
+    (s, pool, job, run)
+}
+
 /// Waits until `job`'s only task is running, as another process sees it.
 fn wait_running(s: &EngineScratch, run: &mut KillOnDrop, job: &str) {
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -239,22 +261,7 @@ fn sigint_mid_run_exits_130_and_removes_the_pool() {
         return;
     }
     let _serial = serial();
-    let mut s = EngineScratch::new("cli-default-int-");
-    s.del_args.clear();
-    let pool = unique("int-pool");
-    let job = unique("int-job");
-    s.pools.push(pool.clone());
-    let config = s.write("sleep.toml", &one_task(&pool, &job, 1, "sleep 300"));
-    let mut run = KillOnDrop(
-        s.cli()
-            .args(["-q", "run"])
-            .arg(&config)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start run"),
-    );
-    wait_running(&s, &mut run, &job);
+    let (_s, pool, _job, mut run) = sleeping_run("cli-default-int-");
     let pid = run.0.id().to_string();
     let kill = std::process::Command::new("kill")
         .args(["-INT", &pid])
@@ -282,22 +289,7 @@ fn the_pool_of_a_killed_run_is_deleted_by_the_next_command() {
         return;
     }
     let _serial = serial();
-    let mut s = EngineScratch::new("cli-default-kill-");
-    s.del_args.clear();
-    let pool = unique("kill-pool");
-    let job = unique("kill-job");
-    s.pools.push(pool.clone());
-    let config = s.write("sleep.toml", &one_task(&pool, &job, 1, "sleep 300"));
-    let mut run = KillOnDrop(
-        s.cli()
-            .args(["-q", "run"])
-            .arg(&config)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start run"),
-    );
-    wait_running(&s, &mut run, &job);
+    let (s, pool, job, mut run) = sleeping_run("cli-default-kill-");
     run.0.kill().expect("kill -9");
     let _ = run.0.wait();
     assert!(
