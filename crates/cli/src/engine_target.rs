@@ -58,7 +58,7 @@ fn saved_files(state: &Path, f: &crate::args::FilesArgs) -> Option<CliResult> {
     Some((|| {
         for name in &names {
             let rel = crate::output::task_file_path(name)?;
-            let src = dir.join(&rel);
+            let src = dir.join(rel);
             let data = std::fs::read(&src).map_err(|e| {
                 CliError::Usage(format!(
                     "task {}/{} has no file `{name}` (kept in {}): {e}",
@@ -69,7 +69,7 @@ fn saved_files(state: &Path, f: &crate::args::FilesArgs) -> Option<CliResult> {
             })?;
             match &f.out {
                 Some(out) => {
-                    let dest = out.join(&rel);
+                    let dest = out.join(rel);
                     if let Some(parent) = dest.parent() {
                         std::fs::create_dir_all(parent).map_err(|e| {
                             failed(anyhow::anyhow!("cannot create {}: {e}", parent.display()))
@@ -930,16 +930,6 @@ mod tests {
         let p = dir.join("c.toml");
         std::fs::write(&p, text).expect("write config");
         Config::load(&[p]).expect("config")
-    }
-
-    fn run_args() -> RunArgs {
-        RunArgs {
-            configs: vec![],
-            job: None,
-            tail: false,
-            timeout: None,
-            recreate: false,
-        }
     }
 
     const JOB: &str = r#"
