@@ -181,6 +181,11 @@ fn on_loopback_only(kind: MpiKind, text: String) -> String {
         text
     };
     assert!(text.contains("UCX_NET_DEVICES"), "{text}");
+    assert_eq!(
+        text.contains("btl_tcp_if_include"),
+        kind == MpiKind::OpenMpi,
+        "{text}"
+    );
     text
 }
 

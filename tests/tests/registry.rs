@@ -345,8 +345,9 @@ async fn local_runs_pull_task_images_with_the_registry_login() -> Result<()> {
     // right password: pulled, and the task runs in it
     let outcome = backend(&password).await?.run_spec(job(&id), None).await?;
     let task = outcome.task("pulled").context("task record")?;
-    let stdout = std::fs::read_to_string(task.task_dir.join("stdout.txt"))?;
+    // (first: a task that never started has no stdout.txt to read)
     assert_eq!(task.exit_code, Some(0), "{:?}", task.failure);
+    let stdout = std::fs::read_to_string(task.task_dir.join("stdout.txt"))?;
     assert_eq!(stdout.trim(), "ran-from-the-private-registry");
     let out = docker(&config, &["image", "inspect", &image], None)?;
     assert!(out.status.success(), "image not present after the run");
