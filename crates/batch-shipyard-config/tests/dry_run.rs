@@ -485,6 +485,33 @@ const NO_MANPATH: Deviation = Deviation {
              the pre-execution command without errexit, and MANPATH changes nothing in the launch",
 };
 
+/// Open MPI: one slot per host and `--oversubscribe` (Batch Shipyard) against P slots per host.
+const OMPI_SLOTS_NOT_OVERSUBSCRIBED: Deviation = Deviation {
+    name: "slots-instead-of-oversubscribe",
+    items: &["-oversubscribed 10.0.0.4,10.0.0.5"],
+    reason: "Batch Shipyard gives each host one slot (`-host` without counts) and \
+             `--oversubscribe`, so Open MPI sees every node oversubscribed and its ranks yield \
+             the CPU when idle; shipyard gives each host P slots (`--host h:P`): the same \
+             placement, not oversubscribed",
+};
+
+/// Open MPI in Docker: the shared-memory BTL's single copy off.
+const OMPI_NO_VADER_SINGLE_COPY: Deviation = Deviation {
+    name: "no-vader-single-copy",
+    items: &["+mca btl_vader_single_copy_mechanism=none"],
+    reason: "in a Docker container the shared-memory BTL's single-copy mechanism (CMA, \
+             process_vm_readv) is refused by the default seccomp profile and fails at run time; \
+             shipyard turns it off (OMPI_MCA_btl_vader_single_copy_mechanism; inert where the \
+             vader BTL is excluded)",
+};
+
+/// Open MPI reaching shipyard's containers.
+const OMPI_SSH_TO_CONTAINERS: Deviation = Deviation {
+    name: "ssh-to-containers",
+    items: &["+mca plm_rsh_args=-p 23 -o StrictHostKeyChecking=yes -o UserKnownHostsFile=/root/.ssh/known_hosts -o BatchMode=yes -o ConnectTimeout=10"],
+    reason: HYDRA_SSH_TO_CONTAINERS.reason,
+};
+
 const BS_OPENMPI: &str = "mpirun -mca btl_base_warn_component_unused 0 --oversubscribe -host $AZ_BATCH_HOST_LIST -np $(expr 2 \\* $(nproc)) --map-by ppr:$(nproc):node --mca btl_tcp_if_include eth0 --allow-run-as-root /mpiBench/mpiBench -e 1K";
 
 #[test]
@@ -504,26 +531,9 @@ fn mpibench_openmpi_resolves_to_batch_shipyards_launch() -> Result<()> {
                          name (or containers on another network) cannot connect; shipyard lets \
                          Open MPI choose",
             },
-            Deviation {
-                name: "slots-instead-of-oversubscribe",
-                items: &["-oversubscribed 10.0.0.4,10.0.0.5"],
-                reason: "Batch Shipyard gives each host one slot (`-host` without counts) and \
-                         `--oversubscribe`, so Open MPI sees every node oversubscribed and its \
-                         ranks yield the CPU when idle; shipyard gives each host P slots \
-                         (`--host h:P`): the same placement, not oversubscribed",
-            },
-            Deviation {
-                name: "no-vader-single-copy",
-                items: &["+mca btl_vader_single_copy_mechanism=none"],
-                reason: "in a Docker container the shared-memory BTL's single-copy mechanism (CMA, \
-                         process_vm_readv) is refused by the default seccomp profile and fails \
-                         at run time; shipyard turns it off (OMPI_MCA_btl_vader_single_copy_mechanism)",
-            },
-            Deviation {
-                name: "ssh-to-containers",
-                items: &["+mca plm_rsh_args=-p 23 -o StrictHostKeyChecking=yes -o UserKnownHostsFile=/root/.ssh/known_hosts -o BatchMode=yes -o ConnectTimeout=10"],
-                reason: HYDRA_SSH_TO_CONTAINERS.reason,
-            },
+            OMPI_SLOTS_NOT_OVERSUBSCRIBED,
+            OMPI_NO_VADER_SINGLE_COPY,
+            OMPI_SSH_TO_CONTAINERS,
         ],
     );
     assert!(ours.0.contains("ranks 8"), "{ours:?}");
@@ -824,4 +834,47 @@ fn launch_model_normalises_spelling_and_catches_differences() {
         d,
         BTreeSet::from(["+oversubscribed 10.0.0.4,10.0.0.5".to_string()])
     );
+}
+
+/// Built from `_construct_mpi_command` for this fixture (Open MPI, P=4, 2 nodes, InfiniBand on
+/// an SR-IOV size): its `--mca pml ucx --mca btl ^vader,tcp,openib -x UCX_NET_DEVICES=mlx5_0:1
+/// -x $(cat .../UCX_IB_PKEY)` (reference section 3) instead of `btl_tcp_if_include eth0`.
+const BS_OPENMPI_SRIOV: &str = "mpirun --oversubscribe -host $AZ_BATCH_HOST_LIST -np 8 --map-by ppr:4:node --mca pml ucx --mca btl ^vader,tcp,openib -x UCX_NET_DEVICES=mlx5_0:1 -x $(cat $AZ_BATCH_NODE_STARTUP_DIR/wd/UCX_IB_PKEY) --allow-run-as-root /mpiBench/mpiBench -e 1K";
+
+#[test]
+fn mpibench_openmpi_on_sriov_resolves_to_batch_shipyards_launch() -> Result<()> {
+    let runs = dry_run("mpibench-openmpi-sriov")?;
+    let (ours, _) = compare_with_batch_shipyard(
+        &runs[0],
+        Family::OpenMpi,
+        BS_OPENMPI_SRIOV,
+        &["UCX_NET_DEVICES=mlx5_1:1"],
+        &[
+            OMPI_SLOTS_NOT_OVERSUBSCRIBED,
+            OMPI_NO_VADER_SINGLE_COPY,
+            OMPI_SSH_TO_CONTAINERS,
+            Deviation {
+                name: "user-env-wins (Batch Shipyard issue #339)",
+                items: &[
+                    "+env UCX_NET_DEVICES=mlx5_1:1",
+                    "-env UCX_NET_DEVICES=mlx5_0:1",
+                ],
+                reason: "Batch Shipyard's `-x UCX_NET_DEVICES=mlx5_0:1` on the command line \
+                         replaces the job's own UCX_NET_DEVICES for every rank, as its InfiniBand \
+                         variables replace the user's (issue #339); shipyard's defaults yield to \
+                         the user's value, which mpirun forwards (-x)",
+            },
+            Deviation {
+                name: "no partition key (gap, reported)",
+                items: &["-env UCX_IB_PKEY=0x0001"],
+                reason: "Batch Shipyard's node prep writes the InfiniBand partition key of \
+                         mlx5_0 (pkey & 0x0fff) and the launch exports it to UCX (-x); shipyard \
+                         neither writes nor sets one, so UCX uses its default pkey index. Not a \
+                         deliberate change: reported (crates/runtime: node prep + fabric env)",
+            },
+        ],
+    );
+    assert!(ours.0.contains("mca pml=ucx"), "{ours:?}");
+    assert!(ours.0.contains("mca btl=^vader,tcp,openib"), "{ours:?}");
+    Ok(())
 }
