@@ -559,6 +559,15 @@ fn mpibench_mpich_resolves_to_batch_shipyards_launch() -> Result<()> {
     Ok(())
 }
 
+/// Batch Shipyard's environment for Intel MPI on InfiniBand (`ib_env` in
+/// `_construct_mpi_command`: I_MPI_FALLBACK and MANPATH always, then the fabric's) followed by
+/// `rest`.
+fn intel_ib_env<'a>(rest: &[&'a str]) -> Vec<&'a str> {
+    let mut env = vec!["I_MPI_FALLBACK=0", "MANPATH=/usr/share/man:/usr/local/man"];
+    env.extend_from_slice(rest);
+    env
+}
+
 const BS_INTELMPI: &str =
     "mpirun -hosts $AZ_BATCH_HOST_LIST -np 2 -perhost 1 /mpiBench/mpiBench -e 1K";
 
@@ -569,12 +578,7 @@ fn mpibench_intelmpi_resolves_to_batch_shipyards_launch() -> Result<()> {
         &runs[0],
         Family::Hydra,
         BS_INTELMPI,
-        &[
-            "I_MPI_FALLBACK=0",
-            "MANPATH=/usr/share/man:/usr/local/man",
-            "I_MPI_FABRICS=shm:ofi",
-            "FI_PROVIDER=mlx",
-        ],
+        &intel_ib_env(&["I_MPI_FABRICS=shm:ofi", "FI_PROVIDER=mlx"]),
         &[HYDRA_SSH_TO_CONTAINERS, NO_MANPATH],
     );
     Ok(())
@@ -589,11 +593,7 @@ fn hpcg_intelmpi_ofa_resolves_to_batch_shipyards_launch() -> Result<()> {
         &runs[0],
         Family::Hydra,
         BS_HPCG,
-        &[
-            "I_MPI_FALLBACK=0",
-            "MANPATH=/usr/share/man:/usr/local/man",
-            "I_MPI_FABRICS=shm:ofa",
-        ],
+        &intel_ib_env(&["I_MPI_FABRICS=shm:ofa"]),
         &[
             HYDRA_SSH_TO_CONTAINERS,
             NO_MANPATH,
@@ -619,15 +619,13 @@ fn hplinpack_intelmpi_resolves_to_batch_shipyards_launch() -> Result<()> {
         &runs[0],
         Family::Hydra,
         BS_HPL,
-        &[
+        &intel_ib_env(&[
             "OMP_NUM_THREADS=15",
             "MKL_DEBUG=True",
             "RUN_LABEL=hpl",
-            "I_MPI_FALLBACK=0",
-            "MANPATH=/usr/share/man:/usr/local/man",
             "I_MPI_FABRICS=shm:ofi",
             "FI_PROVIDER=mlx",
-        ],
+        ]),
         &[HYDRA_SSH_TO_CONTAINERS, NO_MANPATH],
     );
     Ok(())
@@ -643,14 +641,12 @@ fn openfoam_intelmpi_resolves_to_batch_shipyards_launch() -> Result<()> {
         &runs[0],
         Family::Hydra,
         BS_OPENFOAM,
-        &[
-            "I_MPI_FALLBACK=0",
-            "MANPATH=/usr/share/man:/usr/local/man",
+        &intel_ib_env(&[
             "I_MPI_FABRICS=shm:dapl",
             "I_MPI_DAPL_PROVIDER=ofa-v2-ib0",
             "I_MPI_DYNAMIC_CONNECTION=0",
             "I_MPI_DAPL_TRANSLATION_CACHE=0",
-        ],
+        ]),
         &[
             HYDRA_SSH_TO_CONTAINERS,
             NO_MANPATH,
