@@ -570,10 +570,38 @@ impl EngineScratch {
                 .args(&self.del_args)
                 .args(["-q", "pool", "del", "--pool-id", pool])
                 .output();
-            for id in engine_pool_containers(pool) {
+            for id in self.pool_containers(pool) {
                 let _ = Command::new("docker").args(["rm", "-f", &id]).output();
             }
         }
+    }
+
+    /// The containers of pool `pool` that an engine with its state in this directory made
+    /// ([`engine_pool_containers`] whose node root, bind-mounted into each of them, lies in this
+    /// directory): a pool of the same id of another engine on this Docker host (another test
+    /// binary, checkout or user) is neither counted nor removed. Panics when Docker fails.
+    pub fn pool_containers(&self, pool: &str) -> Vec<String> {
+        let here = std::fs::canonicalize(self.path()).unwrap_or_else(|_| self.path().to_path_buf());
+        engine_pool_containers(pool)
+            .into_iter()
+            .filter(|id| {
+                // gone meanwhile (inspect fails): not ours to count or remove
+                let o = Command::new("docker")
+                    .args([
+                        "inspect",
+                        "--format",
+                        "{{range .Mounts}}{{.Source}}\n{{end}}",
+                        id,
+                    ])
+                    .output();
+                o.is_ok_and(|o| {
+                    o.status.success()
+                        && String::from_utf8_lossy(&o.stdout)
+                            .lines()
+                            .any(|m| Path::new(m).starts_with(&here))
+                })
+            })
+            .collect()
     }
 }
 

@@ -161,6 +161,34 @@ fn require_all() -> Option<(shipyard_e2e::MpiInstall, shipyard_e2e::MpiInstall)>
     Some((ompi, mpich))
 }
 
+/// `text` (an [`mpi_job`]) with the launch kept on loopback: every rank of the single-node test
+/// runs in the host's network namespace, where UCX (MPICH's device, and Open MPI's when it
+/// picks it) and Open MPI's TCP components would otherwise open every interface with an
+/// address, including the veths of the VM-like nodes the two-node test in this binary creates
+/// and deletes at the same time; one that goes away between discovery and open fails
+/// `MPI_Init` ("No such device", the class of failure `mpi_launch_real.rs` documents).
+fn on_loopback_only(kind: MpiKind, text: String) -> String {
+    let text = text.replace(
+        "HELLO_PRINT_ENV = \"SHIPYARD_VALUE\"",
+        "HELLO_PRINT_ENV = \"SHIPYARD_VALUE\", UCX_NET_DEVICES = \"lo\"",
+    );
+    let text = if kind == MpiKind::OpenMpi {
+        text.replace(
+            "processes_per_node = 4",
+            "processes_per_node = 4\n        options = [\"--mca\", \"btl_tcp_if_include\", \"lo\", \"--mca\", \"oob_tcp_if_include\", \"lo\"]",
+        )
+    } else {
+        text
+    };
+    assert!(text.contains("UCX_NET_DEVICES"), "{text}");
+    assert_eq!(
+        text.contains("btl_tcp_if_include"),
+        kind == MpiKind::OpenMpi,
+        "{text}"
+    );
+    text
+}
+
 #[test]
 fn charliecloud_plans_run_under_host_openmpi_and_mpich() {
     let Some((ompi, mpich)) = require_all() else {
@@ -176,7 +204,7 @@ fn charliecloud_plans_run_under_host_openmpi_and_mpich() {
         (MpiKind::Mpich, &mpich.launcher),
     ] {
         let (kind, launcher) = kind_launcher;
-        let plan = plan(&mpi_job(&tar, kind, launcher));
+        let plan = plan(&on_loopback_only(kind, mpi_job(&tar, kind, launcher)));
         let prep = plan.job.job_preparation_task.as_ref().expect("prep task");
         let out = node.run("jobpreparation", &prep.command_line, &[]);
         assert!(out.status.success(), "prep failed: {}", show(&out));

@@ -268,7 +268,7 @@ fn jobs_term_from_another_process_ends_a_run_that_holds_the_engine() {
     );
     assert!(!endpoint.exists(), "the host removed its endpoint file");
     assert!(
-        shipyard_e2e::engine_pool_containers(&pool).is_empty(),
+        s.pool_containers(&pool).is_empty(),
         "the run deleted the pool it made"
     );
 }
@@ -297,11 +297,7 @@ fn pool_add_persists_across_invocations_and_pool_del_removes_its_containers() {
         .output()
         .expect("pool add");
     assert!(add.status.success(), "{}", show(&add));
-    assert_eq!(
-        shipyard_e2e::engine_pool_containers(&pool).len(),
-        2,
-        "two holder containers"
-    );
+    assert_eq!(s.pool_containers(&pool).len(), 2, "two holder containers");
 
     // a separate invocation (the adding process is gone: it reopens the store)
     let list = s
@@ -327,7 +323,7 @@ fn pool_add_persists_across_invocations_and_pool_del_removes_its_containers() {
         .expect("pool del");
     assert!(del.status.success(), "{}", show(&del));
     assert!(
-        shipyard_e2e::engine_pool_containers(&pool).is_empty(),
+        s.pool_containers(&pool).is_empty(),
         "containers left after pool del"
     );
     assert_pool_gone(&s, &pool);

@@ -51,6 +51,10 @@ fn with_engine_pool(prefix: &str, pool: &str, example_file: &str) -> Scratch {
         .output()
         .expect("pool add");
     assert!(add.status.success(), "{}", show(&add));
+    assert!(
+        !s.pool_containers(pool).is_empty(),
+        "the pool's holder containers are found (so that a check that none is left can fail)"
+    );
     s
 }
 
@@ -156,16 +160,46 @@ fn the_bag_of_tasks_runs_as_written_on_the_engine_with_its_resource_files() {
     assert_counts(&s, &["--engine"], &[]);
     s.delete_pools();
     assert!(
-        shipyard_e2e::engine_pool_containers("bag").is_empty(),
+        s.pool_containers("bag").is_empty(),
         "pool del left containers"
     );
     timed("bag-of-tasks on the engine", start);
 }
 
-/// A free loopback port (bound and released).
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
+/// The URL `shipyard serve` prints alone on stdout once it listens (it binds the port itself:
+/// `--listen 127.0.0.1:0`, no port picked beforehand that another process could take).
+fn served_url(serve: &mut KillOnDrop) -> String {
+    use std::io::BufRead;
+    let stdout = serve.0.stdout.take().expect("serve's stdout is piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        // keeps draining, so that serve never blocks on a full pipe
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(line) if line.starts_with("http://") => return line.trim().to_string(),
+            Ok(_) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                panic!("shipyard serve exited before printing its URL")
+            }
+        }
+        assert!(
+            serve.0.try_wait().expect("try_wait").is_none(),
+            "shipyard serve exited before printing its URL"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "shipyard serve printed no URL in 60 s"
+        );
+    }
 }
 
 #[test]
@@ -177,17 +211,11 @@ fn the_bag_of_tasks_runs_with_target_azure_against_shipyard_serve() {
     let start = Instant::now();
     let _corpus = serve_corpus();
     let mut s = Scratch::new("cli-examples-serve-");
-    let port = free_port();
     // a throwaway test key (base64 of "shipyard-cli-examples-test-key-0")
     let key = "c2hpcHlhcmQtY2xpLWV4YW1wbGVzLXRlc3Qta2V5LTA=".to_string();
     let mut serve = KillOnDrop(
         s.cli()
-            .args([
-                "serve",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--state-dir",
-            ])
+            .args(["serve", "--listen", "127.0.0.1:0", "--state-dir"])
             .arg(s.path().join("serve"))
             .env("SHIPYARD_SERVE_KEY", &key)
             .stdout(Stdio::piped())
@@ -195,13 +223,11 @@ fn the_bag_of_tasks_runs_with_target_azure_against_shipyard_serve() {
             .spawn()
             .expect("start shipyard serve"),
     );
-    wait_listening(port, "shipyard serve", &mut serve);
+    let url = served_url(&mut serve);
     let creds = s.path().join("credentials.toml");
     std::fs::write(
         &creds,
-        format!(
-            "[credentials.batch]\naccount_name = \"local\"\naccount_service_url = \"http://127.0.0.1:{port}\"\n"
-        ),
+        format!("[credentials.batch]\naccount_name = \"local\"\naccount_service_url = \"{url}\"\n"),
     )
     .expect("write credentials");
     let creds_arg = creds.display().to_string();
@@ -227,12 +253,37 @@ fn the_bag_of_tasks_runs_with_target_azure_against_shipyard_serve() {
     );
     assert_eq!(run.status.code(), Some(0), "{}", show(&run));
     assert_counts(&s, &target, &[("SHIPYARD_BATCH_ACCOUNT_KEY", key.as_str())]);
+    assert!(
+        !s.pool_containers("bag").is_empty(),
+        "the pool's holder containers are found (so that the check that none is left can fail)"
+    );
     let del = azure(
         s.cli()
             .args(target)
             .args(["pool", "del", "--pool-id", "bag", "--yes"]),
     );
     assert!(del.status.success(), "{}", show(&del));
+    // Batch deletes a pool in the background (state `deleting`): wait until serve no longer
+    // lists it, so that the SIGTERM below does not cut the removal of its nodes short.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let list = azure(s.cli().args(target).args(["-o", "json", "pool", "list"]));
+        assert!(list.status.success(), "{}", show(&list));
+        let listed = serde_json::from_slice::<serde_json::Value>(&list.stdout)
+            .unwrap_or_else(|e| panic!("pool list is not JSON ({e}): {}", show(&list)));
+        if !listed
+            .as_array()
+            .is_some_and(|a| a.iter().any(|p| p["id"] == "bag"))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pool bag still listed: {}",
+            show(&list)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
     // SIGTERM: serve stops cleanly
     let pid = serve.0.id().to_string();
     let kill = Command::new("kill")
@@ -250,10 +301,7 @@ fn the_bag_of_tasks_runs_with_target_azure_against_shipyard_serve() {
         !String::from_utf8_lossy(&out.stderr).contains(&key),
         "the key leaked to serve's output"
     );
-    assert!(
-        shipyard_e2e::engine_pool_containers("bag").is_empty(),
-        "containers left"
-    );
+    assert!(s.pool_containers("bag").is_empty(), "containers left");
     s.pools.clear();
     timed(
         "bag-of-tasks with --target azure against shipyard serve",
@@ -294,7 +342,7 @@ fn the_singularity_example_fails_clearly_without_singularity() {
         "the engine host ended"
     );
     assert!(
-        shipyard_e2e::engine_pool_containers("sing-mpich").is_empty(),
+        s.pool_containers("sing-mpich").is_empty(),
         "containers left"
     );
     timed("singularity-mpich fails", start);
@@ -343,7 +391,7 @@ fn native_intelmpi_runs_on_the_engine() {
     );
     s.delete_pools();
     assert!(
-        shipyard_e2e::engine_pool_containers("impi-native").is_empty(),
+        s.pool_containers("impi-native").is_empty(),
         "pool del left containers"
     );
     timed("native-intelmpi on the engine", start);

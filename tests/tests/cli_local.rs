@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use local_support::{leftovers, unique_id, CleanGuard};
+use local_support::{exclusive_of_sweeps, leftovers, may_sweep, unique_id, CleanGuard};
 use shipyard_e2e::{repo_root, require_test_image, HelloReport};
 
 /// Builds the CLI once per test process (quick when up to date) and returns its path.
@@ -73,6 +73,7 @@ fn cli_run_local_openmpi_example_on_3_nodes() {
     if !require_test_image() {
         return;
     }
+    let _sweeps = may_sweep();
     let dir = tempfile::tempdir().unwrap();
     let job = unique_id("cli-ompi");
     let _guard = CleanGuard(job.clone());
@@ -145,6 +146,7 @@ fn cli_run_failing_rank_exits_non_zero_and_leaves_nothing() {
     if !require_test_image() {
         return;
     }
+    let _sweeps = may_sweep();
     let dir = tempfile::tempdir().unwrap();
     let job = unique_id("cli-fail");
     let _guard = CleanGuard(job.clone());
@@ -169,6 +171,28 @@ fn cli_run_failing_rank_exits_non_zero_and_leaves_nothing() {
     assert!(leftovers(&job).is_empty(), "{:?}", leftovers(&job));
 }
 
+/// `tasks get` of the job's task `hello` (`null` while there is none).
+fn task_record(cfg: &Path, job: &str) -> serde_json::Value {
+    let out = shipyard(
+        &["--output", "json", "tasks", "get", "--job", job, "hello"],
+        cfg,
+    );
+    serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap_or_default()
+}
+
+/// Waits (90 s at most) until a fresh process reads the task `hello` as running.
+fn wait_task_running(cfg: &Path, job: &str) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while task_record(cfg, job)["state"] != "running" {
+        assert!(
+            Instant::now() < deadline,
+            "the task was never recorded running: {}",
+            task_record(cfg, job)
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
 /// `shipyard --quiet run` in the background, stdout discarded.
 fn spawn_run(cfg: &Path, stderr: Stdio) -> std::process::Child {
     Command::new(shipyard_binary())
@@ -186,6 +210,7 @@ fn cli_sigint_mid_run_exits_130_and_leaves_nothing_within_10s() {
     if !require_test_image() {
         return;
     }
+    let _sweeps = may_sweep();
     let dir = tempfile::tempdir().unwrap();
     let job = unique_id("cli-int");
     let _guard = CleanGuard(job.clone());
@@ -202,7 +227,8 @@ fn cli_sigint_mid_run_exits_130_and_leaves_nothing_within_10s() {
         assert!(Instant::now() < deadline, "the job's nodes never started");
         std::thread::sleep(Duration::from_millis(100));
     }
-    std::thread::sleep(Duration::from_secs(2));
+    // ... and the task is recorded running (its pre-execution command sleeps): mid-run.
+    wait_task_running(&cfg, &job);
     let t0 = Instant::now();
     let st = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
@@ -226,6 +252,8 @@ fn cli_local_pool_list_add_and_del_talk_to_docker() {
     if !shipyard_e2e::require_docker() {
         return;
     }
+    // `pool del` sweeps dead runs
+    let _sweeps = may_sweep();
     let dir = tempfile::tempdir().unwrap();
     let job = unique_id("cli-pool");
     let cfg = config(dir.path(), &job, "", None);
@@ -259,28 +287,16 @@ fn cli_kill_9_of_run_is_reconciled_by_the_next_command() {
     if !require_test_image() {
         return;
     }
+    // from the kill to the check that the crash left its objects, no sweep may run
+    let _sweeps = exclusive_of_sweeps();
     let dir = tempfile::tempdir().unwrap();
     let job = unique_id("cli-kill9");
     let _guard = CleanGuard(job.clone());
     let cfg = config(dir.path(), &job, "", Some("sleep 300"));
     let mut child = spawn_run(&cfg, Stdio::null());
-    let task_json = || {
-        let out = shipyard(
-            &["--output", "json", "tasks", "get", "--job", &job, "hello"],
-            &cfg,
-        );
-        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap_or_default()
-    };
+    let task_json = || task_record(&cfg, &job);
     // The transition to running is recorded when it happens, while the run goes on.
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while task_json()["state"] != "running" {
-        assert!(
-            Instant::now() < deadline,
-            "the task was never recorded running: {}",
-            task_json()
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    }
+    wait_task_running(&cfg, &job);
     let jobs = shipyard(&["--output", "json", "jobs", "list"], &cfg);
     let jobs: serde_json::Value = serde_json::from_slice(&jobs.stdout).unwrap();
     let rec = |jobs: &serde_json::Value| {

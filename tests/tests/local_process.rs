@@ -69,6 +69,8 @@ fn local_sigint_mid_run_leaves_nothing_within_10s() {
     if !require_test_image() {
         return;
     }
+    // the child's backend sweeps dead runs when it connects
+    let _sweeps = may_sweep();
     let state = tempfile::tempdir().unwrap();
     let id = unique_id("sigint");
     let _guard = CleanGuard(id.clone());
@@ -112,6 +114,8 @@ async fn local_crashed_run_is_swept_by_the_next_backend() {
     if !require_test_image() {
         return;
     }
+    // from the kill to the check that the crash left its objects, no other sweep may run
+    let sweeps = exclusive_of_sweeps();
     let state = tempfile::tempdir().unwrap();
     let id = unique_id("crash");
     let _guard = CleanGuard(id.clone());
@@ -121,6 +125,7 @@ async fn local_crashed_run_is_swept_by_the_next_backend() {
     child.wait().unwrap();
     // The owner is gone but its objects are not: a crash cleans nothing.
     assert!(!leftovers(&id).is_empty());
+    drop(sweeps);
     let backend = backend(state.path()).await; // sweeps on connect
     assert_eq!(leftovers(&id), Vec::<String>::new());
     // The dead run's private key directory went too.

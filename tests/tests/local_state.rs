@@ -35,12 +35,15 @@ async fn local_same_job_id_twice_is_refused_while_active_and_needs_recreate_afte
     let second = backend(state.path()).await;
     let long = one_task_job(&id, "/bin/sh -c 'echo first; sleep 4; echo first-done'");
     let running = tokio::spawn(async move { first.run_spec(long, None).await });
-    // Wait until the first run has claimed the id.
+    // Wait until the first run has claimed the id (a loaded 2-core machine may take longer
+    // than a few seconds to get there; going on without the claim would race the two runs).
     let store = LocalOptions::default().state_dir(state.path()).store();
-    for _ in 0..200 {
-        if store.get_job(&id).unwrap().is_some() {
-            break;
-        }
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while store.get_job(&id).unwrap().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first run never claimed the job id"
+        );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     let err = second

@@ -15,6 +15,23 @@ pub const COORDINATION: &str = "/bin/bash -c 'mkdir -p /run/sshd && \
      { test -f /etc/ssh/ssh_host_ed25519_key || ssh-keygen -q -t ed25519 -N \"\" -f /etc/ssh/ssh_host_ed25519_key; } && \
      /usr/sbin/sshd -p 23 -h /etc/ssh/ssh_host_ed25519_key'";
 
+/// Every backend that connects to Docker (`LocalBackend::connect`, so every `run`) and every
+/// `pool del` removes the leftovers of *dead* runs on this Docker host, whatever their state
+/// directory. A test that kills a run and then checks that its objects are still there holds
+/// [`exclusive_of_sweeps`]; a test that connects a backend while such a test may be in that
+/// window holds [`may_sweep`]. (One lock per test binary: test binaries run one after another.)
+static SWEEPS: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+/// Held by a test whose backends may sweep dead runs (see [`SWEEPS`]).
+pub fn may_sweep() -> std::sync::RwLockReadGuard<'static, ()> {
+    SWEEPS.read().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Held by a test that leaves a dead run behind on purpose (see [`SWEEPS`]).
+pub fn exclusive_of_sweeps() -> std::sync::RwLockWriteGuard<'static, ()> {
+    SWEEPS.write().unwrap_or_else(|p| p.into_inner())
+}
+
 /// A job id unique across concurrently running test processes.
 pub fn unique_id(name: &str) -> String {
     let nanos = SystemTime::now()

@@ -54,11 +54,27 @@ fn bcrypt(password: &str) -> Result<String> {
     Ok(hash)
 }
 
-fn start_registry(dir: &Path, port: u16, password: &str) -> Result<Registry> {
+/// Starts the registry on a free loopback port and returns it with that port. The port is
+/// picked by binding and releasing it, so another process may take it before the registry
+/// binds it: then the registry exits, and it is started again on another port.
+fn start_registry(dir: &Path, password: &str) -> Result<(Registry, u16)> {
     std::fs::write(
         dir.join("htpasswd"),
         format!("{USER}:{}\n", bcrypt(password)?),
     )?;
+    let mut last = String::new();
+    for _ in 0..5 {
+        let port = free_port()?;
+        match start_registry_on(dir, port)? {
+            Some(reg) => return Ok((reg, port)),
+            None => last = format!("the registry exited at once on 127.0.0.1:{port}"),
+        }
+    }
+    bail!("{last} (five ports tried)")
+}
+
+/// The registry listening on `port`, or `None` when it exited instead (the port was taken).
+fn start_registry_on(dir: &Path, port: u16) -> Result<Option<Registry>> {
     let config = format!(
         "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {data}\nhttp:\n  addr: 127.0.0.1:{port}\nauth:\n  htpasswd:\n    realm: shipyard-test\n    path: {htpasswd}\n",
         data = dir.join("data").display(),
@@ -72,15 +88,33 @@ fn start_registry(dir: &Path, port: u16, password: &str) -> Result<Registry> {
         .stderr(Stdio::null())
         .spawn()
         .context("docker-registry")?;
-    let reg = Registry { child };
+    let mut reg = Registry { child };
     let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+    loop {
+        // exited: the port was taken (by the time it connects, a listener could be another's)
+        if reg.child.try_wait()?.is_some() {
+            return Ok(None);
+        }
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
         if Instant::now() > deadline {
             bail!("the registry did not listen on 127.0.0.1:{port}");
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    Ok(reg)
+    // the listener is the registry's: it asks for the realm of this test's htpasswd
+    let probe = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-D", "-"])
+        .arg(format!("http://127.0.0.1:{port}/v2/"))
+        .output();
+    if let Ok(p) = probe {
+        let headers = String::from_utf8_lossy(&p.stdout);
+        if p.status.success() && !headers.contains("realm=\"shipyard-test\"") {
+            bail!("127.0.0.1:{port} answers, but not as this test's registry:\n{headers}");
+        }
+    }
+    Ok(Some(reg))
 }
 
 fn docker(config: &Path, args: &[&str], stdin: Option<&str>) -> Result<Output> {
@@ -182,8 +216,7 @@ fn private_registry_login_pull_and_logout() -> Result<()> {
     let config = tmp.path().join("docker-config");
     std::fs::create_dir_all(&config)?;
     let password = format!("pw-{}-not-real", std::process::id());
-    let port = free_port()?;
-    let _registry = start_registry(tmp.path(), port, &password)?;
+    let (_registry, port) = start_registry(tmp.path(), &password)?;
     let image = format!("127.0.0.1:{port}/shipyard-test/tiny:{}", std::process::id());
 
     // a tiny image, pushed by the test
@@ -258,8 +291,7 @@ async fn local_runs_pull_task_images_with_the_registry_login() -> Result<()> {
     let config = tmp.path().join("docker-config");
     std::fs::create_dir_all(&config)?;
     let password = format!("pw-{}-local-not-real", std::process::id());
-    let port = free_port()?;
-    let _registry = start_registry(tmp.path(), port, &password)?;
+    let (_registry, port) = start_registry(tmp.path(), &password)?;
     let server = format!("127.0.0.1:{port}");
     let image = format!("{server}/shipyard-test/mpi:local-{}", std::process::id());
     let out = docker(&config, &["tag", shipyard_e2e::TEST_IMAGE, &image], None)?;
@@ -313,8 +345,9 @@ async fn local_runs_pull_task_images_with_the_registry_login() -> Result<()> {
     // right password: pulled, and the task runs in it
     let outcome = backend(&password).await?.run_spec(job(&id), None).await?;
     let task = outcome.task("pulled").context("task record")?;
-    let stdout = std::fs::read_to_string(task.task_dir.join("stdout.txt"))?;
+    // (first: a task that never started has no stdout.txt to read)
     assert_eq!(task.exit_code, Some(0), "{:?}", task.failure);
+    let stdout = std::fs::read_to_string(task.task_dir.join("stdout.txt"))?;
     assert_eq!(stdout.trim(), "ran-from-the-private-registry");
     let out = docker(&config, &["image", "inspect", &image], None)?;
     assert!(out.status.success(), "image not present after the run");

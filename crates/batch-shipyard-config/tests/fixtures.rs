@@ -412,6 +412,6 @@ fn every_fixture_translates() -> Result<()> {
         translate(&name)?;
         n += 1;
     }
-    assert_eq!(n, 8);
+    assert_eq!(n, 9);
     Ok(())
 }
