@@ -442,6 +442,8 @@ pub fn shipyard_command(shipyard: &Path, state_dir: &Path) -> Command {
         "SHIPYARD_TARGET",
         "SHIPYARD_PLUGIN",
         "SHIPYARD_LOCAL_ENGINE",
+        "SHIPYARD_LOCAL_VM_NODES",
+        "SHIPYARD_LOCAL_PER_RUN",
         "SHIPYARD_POLL_INTERVAL_MS",
         "SHIPYARD_BATCH_ACCOUNT_URL",
         "SHIPYARD_BATCH_ACCOUNT_NAME",

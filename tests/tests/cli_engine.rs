@@ -104,7 +104,7 @@ executable_path = "{launcher}"
             launcher = ompi.launcher.display(),
         ),
     );
-    // no --engine: the runtime's host-MPI plan sends the run to the engine by itself
+    // no --vm-nodes: the runtime's host-MPI plan gets VM-like nodes by itself
     let out = s
         .cli()
         .arg("-v")
@@ -121,8 +121,8 @@ executable_path = "{launcher}"
     assert_eq!(report.hosts().len(), 1, "one VM-like node: {stdout}");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("running on the local engine"),
-        "the routing is logged: {}",
+        stderr.contains("hosting the local engine"),
+        "the run went to the local engine: {}",
         show(&out)
     );
     // the run deleted the pool it made, and its endpoint file with the host process
@@ -146,20 +146,34 @@ fn the_openmpi_example_runs_on_the_engine_and_is_timed_against_the_per_run_backe
     let t = Instant::now();
     let engine = s
         .cli()
-        .args(["--target", "local", "--engine", "-q", "run", "--tail"])
+        .args(["--target", "local", "--vm-nodes", "-q", "run", "--tail"])
         .arg(&example)
         .output()
-        .expect("run on the engine");
+        .expect("run on VM-like nodes");
     let engine_secs = t.elapsed().as_secs_f64();
     assert_eq!(engine.status.code(), Some(0), "{}", show(&engine));
     let report = HelloReport::parse(&String::from_utf8_lossy(&engine.stdout));
     report.assert_complete(6);
     assert_eq!(report.hosts().len(), 3, "{}", show(&engine));
 
+    // the default path: the same example on container nodes with Batch's native plan
+    let t = Instant::now();
+    let default = s
+        .cli()
+        .args(["--target", "local", "-q", "run", "--tail", "--recreate"])
+        .arg(&example)
+        .output()
+        .expect("run on the default path");
+    let default_secs = t.elapsed().as_secs_f64();
+    assert_eq!(default.status.code(), Some(0), "{}", show(&default));
+    let report = HelloReport::parse(&String::from_utf8_lossy(&default.stdout));
+    report.assert_complete(6);
+    assert_eq!(report.hosts().len(), 3, "{}", show(&default));
+
     let t = Instant::now();
     let per_run = s
         .cli()
-        .args(["--target", "local", "-q", "run", "--tail"])
+        .args(["--target", "local", "--per-run", "-q", "run", "--tail"])
         .arg(&example)
         .output()
         .expect("run on the per-run backend");
@@ -167,9 +181,11 @@ fn the_openmpi_example_runs_on_the_engine_and_is_timed_against_the_per_run_backe
     assert_eq!(per_run.status.code(), Some(0), "{}", show(&per_run));
     HelloReport::parse(&String::from_utf8_lossy(&per_run.stdout)).assert_complete(6);
     eprintln!(
-        "local-openmpi.toml wall time: engine (3 VM-like nodes, pool made and deleted) {engine_secs:.1}s, \
-         per-run backend (3 containers) {per_run_secs:.1}s, ratio {:.1}",
-        engine_secs / per_run_secs.max(0.001)
+        "local-openmpi.toml wall time: --vm-nodes (3 VM-like nodes, pool made and deleted) {engine_secs:.1}s, \
+         default (engine, 3 container nodes) {default_secs:.1}s, --per-run (3 containers) {per_run_secs:.1}s; \
+         ratios to per-run {:.2} and {:.2}",
+        engine_secs / per_run_secs.max(0.001),
+        default_secs / per_run_secs.max(0.001)
     );
 }
 

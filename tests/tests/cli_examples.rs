@@ -148,13 +148,13 @@ fn the_bag_of_tasks_runs_as_written_on_the_engine_with_its_resource_files() {
     let _corpus = serve_corpus();
     let s = with_engine_pool("cli-examples-bag-", "bag", "bag-of-tasks.toml");
     let ex = example("bag-of-tasks.toml");
-    // no --engine: the resource files route the run to the engine
+    // no flag: the default local path is the engine, which downloads the resource files
     let run = s.cli().args(["-v", "run"]).arg(&ex).output().expect("run");
     assert_eq!(run.status.code(), Some(0), "{}", show(&run));
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(
-        stderr.contains("task `1` has resource files") && stderr.contains("local engine"),
-        "the routing is logged: {}",
+        stderr.contains("local engine"),
+        "the run went to the local engine: {}",
         show(&run)
     );
     assert_counts(&s, &["--engine"], &[]);

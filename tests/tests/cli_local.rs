@@ -1,6 +1,6 @@
-//! The `shipyard` binary running real jobs on this machine (`--target local`): the README's
-//! quick start example on 3 nodes, a failing rank, SIGINT mid-run, and reading the results back
-//! from a fresh process.
+//! The `shipyard` binary running real jobs on the per-run backend (`--target local --per-run`;
+//! the default local path, the engine, is `cli_default.rs`): the README's quick start example on
+//! 3 nodes, a failing rank, SIGINT mid-run, and reading the results back from a fresh process.
 #![allow(clippy::unwrap_used)]
 
 mod local_support;
@@ -58,8 +58,16 @@ fn config(dir: &Path, job: &str, extra_job: &str, pre: Option<&str>) -> PathBuf 
     path
 }
 
+/// The binary on the per-run backend.
+fn per_run() -> Command {
+    let mut c = Command::new(shipyard_binary());
+    c.env("SHIPYARD_LOCAL_PER_RUN", "1")
+        .env_remove("SHIPYARD_LOCAL_VM_NODES");
+    c
+}
+
 fn shipyard(args: &[&str], cfg: &Path) -> Output {
-    Command::new(shipyard_binary())
+    per_run()
         .arg("-c")
         .arg(cfg)
         .args(args)
@@ -195,7 +203,7 @@ fn wait_task_running(cfg: &Path, job: &str) {
 
 /// `shipyard --quiet run` in the background, stdout discarded.
 fn spawn_run(cfg: &Path, stderr: Stdio) -> std::process::Child {
-    Command::new(shipyard_binary())
+    per_run()
         .arg("-c")
         .arg(cfg)
         .args(["--quiet", "run"])
