@@ -25,6 +25,8 @@ pub(crate) struct Ctx {
     pub key: Vec<u8>,
     pub base_url: String,
     pub backend: Arc<dyn Backend>,
+    /// Properties only api-version 2025-06-01 knows, kept beside the backend's objects.
+    pub extras: crate::extras::Extras,
 }
 
 /// The accept loop (shared with the strict test server) over [`handle`].

@@ -20,6 +20,8 @@
 pub mod backend;
 #[cfg(feature = "engine")]
 pub mod engine;
+mod expand;
+mod extras;
 mod http;
 pub mod memory;
 mod routes;
@@ -33,6 +35,9 @@ pub use backend::{Backend, BackendError, BackendResult, BoxFuture, FileContent};
 
 /// The address `shipyard serve` listens on by default (loopback).
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8711";
+
+/// The file under a state directory holding the 2025-only properties of its objects.
+const EXTRAS_FILE: &str = "serve-2025-properties.json";
 
 /// How to serve.
 #[derive(Clone)]
@@ -142,14 +147,16 @@ impl Server {
         backend: Arc<dyn Backend>,
     ) -> Result<Server, ServeError> {
         let listener = bind_listener(opts.listen).await?;
-        Self::serve_listener(opts, listener, backend)
+        Self::serve_listener(opts, listener, backend, None)
     }
 
-    /// Serves `backend` on an already bound listener (must be called on a tokio runtime).
+    /// Serves `backend` on an already bound listener (must be called on a tokio runtime);
+    /// `state_dir`, when given, keeps the 2025-only properties of objects across restarts.
     pub(crate) fn serve_listener(
         opts: ServeOptions,
         listener: tokio::net::TcpListener,
         backend: Arc<dyn Backend>,
+        state_dir: Option<&std::path::Path>,
     ) -> Result<Server, ServeError> {
         let key = base64::engine::general_purpose::STANDARD
             .decode(&opts.key)
@@ -171,6 +178,10 @@ impl Server {
             key,
             base_url,
             backend,
+            extras: match state_dir {
+                Some(dir) => extras::Extras::persisted(dir.join(EXTRAS_FILE)),
+                None => extras::Extras::default(),
+            },
         });
         let (tx, rx) = tokio::sync::oneshot::channel();
         let task = tokio::spawn(http::serve(listener, ctx, rx));
