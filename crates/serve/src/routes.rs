@@ -502,7 +502,7 @@ pub(crate) async fn dispatch(ctx: &Ctx, mut req: Req<'_>) -> Reply {
         }
         "Task_Get" => {
             let ex = expand!(req);
-            let t = task_answer(ex, now(), &tri!(b.get_task(&job_id, &task_id)));
+            let t = task_answer(ctx, ex, now(), &tri!(b.get_task(&job_id, &task_id)));
             check!(req, t);
             object(ctx, &req, t)
         }
@@ -522,7 +522,7 @@ pub(crate) async fn dispatch(ctx: &Ctx, mut req: Req<'_>) -> Reply {
                 &path,
                 tasks,
                 |t| t.id.as_deref().unwrap_or_default(),
-                |task| task_answer(ex, t, task),
+                |task| task_answer(ctx, ex, t, task),
             )
         }
         "Task_ListSubtasks" => {
@@ -610,12 +610,12 @@ fn body_extras(req: &Req<'_>, def: &str) -> Option<Value> {
 }
 
 /// `stats` in an answer only when expanded (the backend's own, else `computed`).
-fn set_stats(v: &mut Value, computed: Option<impl FnOnce() -> Value>) {
+fn set_stats(ctx: &Ctx, v: &mut Value, computed: Option<impl FnOnce() -> Value>) {
     if let Value::Object(m) = v {
         match computed {
             Some(f) => {
                 if m.get("stats").is_none_or(Value::is_null) {
-                    m.insert("stats".into(), f());
+                    m.insert("stats".into(), absolute_url(ctx, f()));
                 }
             }
             None => {
@@ -635,6 +635,7 @@ fn pool_answer(
 ) -> Value {
     let mut v = to_json(p);
     set_stats(
+        ctx,
         &mut v,
         ex.stats.then_some(|| to_json(&expand::pool_stats(p, now))),
     );
@@ -661,6 +662,7 @@ fn job_answer(
         None
     };
     set_stats(
+        ctx,
         &mut v,
         tasks.map(|ts| move || to_json(&expand::job_stats(j, &ts, now))),
     );
@@ -679,9 +681,10 @@ fn tasks_of(b: &dyn Backend, job: &str) -> BackendResult<Vec<CloudTask>> {
 }
 
 /// A task as `Task_Get`/`Task_List` answer it.
-fn task_answer(ex: Expand, now: time::OffsetDateTime, t: &CloudTask) -> Value {
+fn task_answer(ctx: &Ctx, ex: Expand, now: time::OffsetDateTime, t: &CloudTask) -> Value {
     let mut v = to_json(t);
     set_stats(
+        ctx,
         &mut v,
         ex.stats.then_some(|| to_json(&expand::task_stats(t, now))),
     );
