@@ -175,6 +175,23 @@ async fn auth_versions_and_bad_bodies() {
         r.value("PropertyName").as_deref(),
         Some("taskSchedulingPolicy.nodeFillType")
     );
+    // An enum value differing only in case is the service's value (stored as spelled in the
+    // spec).
+    let mut body = pool_body("pcase");
+    body["taskSchedulingPolicy"] = json!({"nodeFillType": "PACK"});
+    let r = t
+        .call("POST", &format!("/pools?api-version={V24}"), Some(&body))
+        .await;
+    assert_eq!(r.status, 201, "{}", r.json());
+    let r = t
+        .call("GET", &format!("/pools/pcase?api-version={V24}"), None)
+        .await;
+    assert_eq!(r.json()["taskSchedulingPolicy"]["nodeFillType"], "pack");
+    let r = t
+        .call("DELETE", &format!("/pools/pcase?api-version={V24}"), None)
+        .await;
+    assert_eq!(r.status, 202);
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
     // Nothing was created by the refused requests.
     let r = t
         .call("GET", &format!("/pools?api-version={V24}"), None)

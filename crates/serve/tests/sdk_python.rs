@@ -51,3 +51,40 @@ async fn python_sdk_flow() {
     assert_eq!(stdout.matches(": stdout.txt").count(), 20, "{stdout}");
     server.shutdown().await;
 }
+
+/// `expand=["stats"]` and a 2025-only property through the SDK (crates/serve/tests/python/sdk_expand.py).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_sdk_expand_and_2025_properties() {
+    let Some(py) = shipyard_e2e::require_python_sdk() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let key = ServeOptions::random_key();
+    let opts = ServeOptions::new("sdkaccount", key.clone()).listen("127.0.0.1:0".parse().unwrap());
+    let server = Server::bind(opts, MemoryBackend::new(dir.path()))
+        .await
+        .unwrap();
+    let url = format!("http://{}", server.addr());
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python/sdk_expand.py");
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(py)
+            .arg(script)
+            .env("SHIPYARD_SERVE_URL", url)
+            .env("SHIPYARD_SERVE_ACCOUNT", "sdkaccount")
+            .env("SHIPYARD_SERVE_KEY", key)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "sdk_expand.py failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
+    assert!(stdout.contains("SDK EXPAND PASSED"), "{stdout}");
+    assert_eq!(stdout.matches("ok: ").count(), 7, "{stdout}");
+    server.shutdown().await;
+}
