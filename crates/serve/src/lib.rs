@@ -7,6 +7,17 @@
 //! execution come from a [`Backend`]: [`memory::MemoryBackend`] for tests, the local engine
 //! (feature `engine`) for real work.
 //!
+//! Protocol details the server adds on top of the backend:
+//! - OData `$expand=stats` on `Pool_Get`/`Pool_List`, `Job_Get`/`Job_List` and
+//!   `Task_Get`/`Task_List`: `stats` is in an answer only when expanded, computed from the
+//!   objects' times and tasks (CPU and I/O figures are not measured here and read zero); any
+//!   other `$expand` value is 400 `InvalidQueryParameterValue` naming `$expand`.
+//! - Body properties only api-version 2025-06-01 has (found by validating the body against
+//!   the 2024-07-01 definition the backend's models follow) are kept beside the objects and
+//!   returned under 2025-06-01; with the engine they are persisted under its state directory.
+//! - Enum values that differ from the spec's only in case are accepted (as the service
+//!   accepts them) and stored in the spec's spelling.
+//!
 //! ```no_run
 //! # async fn demo() -> Result<(), shipyard_serve::ServeError> {
 //! use shipyard_serve::{memory::MemoryBackend, ServeOptions, Server};
