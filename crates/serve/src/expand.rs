@@ -72,12 +72,17 @@ fn task_times(t: &CloudTask, now: OffsetDateTime) -> (Duration, Duration) {
     (wall, wait)
 }
 
-/// The `stats` of a task.
-pub(crate) fn task_stats(t: &CloudTask, now: OffsetDateTime) -> TaskStatistics {
-    let (wall, wait) = task_times(t, now);
+/// Statistics of `url`'s object, alive since `start`, over a total wall clock and wait time.
+fn usage(
+    url: &Option<String>,
+    start: &Option<String>,
+    wall: Duration,
+    wait: Duration,
+    now: OffsetDateTime,
+) -> TaskStatistics {
     TaskStatistics {
-        url: t.url.clone().unwrap_or_default(),
-        start_time: t.creation_time.clone().unwrap_or_else(|| fmt(now)),
+        url: url.clone().unwrap_or_default(),
+        start_time: start.clone().unwrap_or_else(|| fmt(now)),
         last_update_time: fmt(now),
         user_cpu_time: duration_to_iso8601(Duration::ZERO),
         kernel_cpu_time: duration_to_iso8601(Duration::ZERO),
@@ -88,6 +93,12 @@ pub(crate) fn task_stats(t: &CloudTask, now: OffsetDateTime) -> TaskStatistics {
         write_io_gib: 0.0,
         wait_time: duration_to_iso8601(wait),
     }
+}
+
+/// The `stats` of a task.
+pub(crate) fn task_stats(t: &CloudTask, now: OffsetDateTime) -> TaskStatistics {
+    let (wall, wait) = task_times(t, now);
+    usage(&t.url, &t.creation_time, wall, wait, now)
 }
 
 /// The `stats` of a job from its tasks: total wall clock and wait time, succeeded and failed
@@ -109,21 +120,22 @@ pub(crate) fn job_stats(j: &CloudJob, tasks: &[CloudTask], now: OffsetDateTime) 
             }
         }
     }
+    let u = usage(&j.url, &j.creation_time, wall, wait, now);
     JobStatistics {
-        url: j.url.clone().unwrap_or_default(),
-        start_time: j.creation_time.clone().unwrap_or_else(|| fmt(now)),
-        last_update_time: fmt(now),
-        user_cpu_time: duration_to_iso8601(Duration::ZERO),
-        kernel_cpu_time: duration_to_iso8601(Duration::ZERO),
-        wall_clock_time: duration_to_iso8601(wall),
-        read_iops: 0,
-        write_iops: 0,
-        read_io_gib: 0.0,
-        write_io_gib: 0.0,
+        url: u.url,
+        start_time: u.start_time,
+        last_update_time: u.last_update_time,
+        user_cpu_time: u.user_cpu_time,
+        kernel_cpu_time: u.kernel_cpu_time,
+        wall_clock_time: u.wall_clock_time,
+        read_iops: u.read_iops,
+        write_iops: u.write_iops,
+        read_io_gib: u.read_io_gib,
+        write_io_gib: u.write_io_gib,
         num_succeeded_tasks: ok,
         num_failed_tasks: failed,
         num_task_retries: retries,
-        wait_time: duration_to_iso8601(wait),
+        wait_time: u.wait_time,
     }
 }
 

@@ -723,19 +723,14 @@ async fn properties_only_2025_knows_round_trip() {
     check(&r.json(), false);
 
     // A patch of taskSchedulingPolicy replaces it (jobDefaultOrder goes), the rest stays.
-    let patch = json!({"taskSchedulingPolicy": {"nodeFillType": "pack"}});
-    let r = t
-        .call(
-            "PATCH",
-            &format!("/pools/p25?api-version={V25}"),
-            Some(&patch),
-        )
-        .await;
-    assert_eq!(r.status, 200, "{}", r.json());
-    let r = t
-        .call("GET", &format!("/pools/p25?api-version={V25}"), None)
-        .await;
-    let p = r.json();
+    let tr = &t;
+    let patch_get = |body: Value| async move {
+        let pq = format!("/pools/p25?api-version={V25}");
+        let r = tr.call("PATCH", &pq, Some(&body)).await;
+        assert_eq!(r.status, 200, "{}", r.json());
+        tr.call("GET", &pq, None).await.json()
+    };
+    let p = patch_get(json!({"taskSchedulingPolicy": {"nodeFillType": "pack"}})).await;
     assert!(
         p["taskSchedulingPolicy"].get("jobDefaultOrder").is_none(),
         "{p}"
@@ -744,21 +739,12 @@ async fn properties_only_2025_knows_round_trip() {
         p["networkConfiguration"]["publicIPAddressConfiguration"]["ipFamilies"],
         json!(["IPv4"])
     );
-    let patch =
-        json!({"taskSchedulingPolicy": {"nodeFillType": "spread", "jobDefaultOrder": "none"}});
-    let r = t
-        .call(
-            "PATCH",
-            &format!("/pools/p25?api-version={V25}"),
-            Some(&patch),
-        )
-        .await;
-    assert_eq!(r.status, 200, "{}", r.json());
-    let r = t
-        .call("GET", &format!("/pools/p25?api-version={V25}"), None)
-        .await;
+    let p = patch_get(
+        json!({"taskSchedulingPolicy": {"nodeFillType": "spread", "jobDefaultOrder": "none"}}),
+    )
+    .await;
     assert_eq!(
-        r.json()["taskSchedulingPolicy"],
+        p["taskSchedulingPolicy"],
         json!({"nodeFillType": "spread", "jobDefaultOrder": "none"})
     );
 
