@@ -109,6 +109,14 @@ impl T {
     async fn call(&self, method: &str, pq: &str, body: Option<&Value>) -> Resp {
         self.call_with(&self.cred, method, pq, body, &[]).await
     }
+
+    async fn get(&self, pq: &str) -> Resp {
+        self.call("GET", pq, None).await
+    }
+
+    async fn post(&self, pq: &str, body: &Value) -> Resp {
+        self.call("POST", pq, Some(body)).await
+    }
 }
 
 fn pool_body(id: &str) -> Value {
@@ -507,17 +515,11 @@ async fn expand_stats_only_when_asked() {
     let t = start().await;
     let spec = shipyard_batch_spec::schema::Spec::shared();
     let r = t
-        .call(
-            "POST",
-            &format!("/pools?api-version={V24}"),
-            Some(&pool_body("p")),
-        )
+        .post(&format!("/pools?api-version={V24}"), &pool_body("p"))
         .await;
     assert_eq!(r.status, 201);
     let job = json!({"id": "j", "poolInfo": {"poolId": "p"}});
-    let r = t
-        .call("POST", &format!("/jobs?api-version={V25}"), Some(&job))
-        .await;
+    let r = t.post(&format!("/jobs?api-version={V25}"), &job).await;
     assert_eq!(r.status, 201);
     let tasks = json!({"value": [
         {"id": "a", "commandLine": "/bin/true"},
@@ -525,10 +527,9 @@ async fn expand_stats_only_when_asked() {
         {"id": "c", "commandLine": "/bin/sh -c 'echo c; exit 3'"},
     ]});
     let r = t
-        .call(
-            "POST",
+        .post(
             &format!("/jobs/j/addtaskcollection?api-version={V25}"),
-            Some(&tasks),
+            &tasks,
         )
         .await;
     assert_eq!(r.status, 200);
@@ -540,7 +541,7 @@ async fn expand_stats_only_when_asked() {
             format!("/jobs/j?api-version={v}"),
             format!("/jobs/j/tasks/a?api-version={v}"),
         ] {
-            let r = t.call("GET", &pq, None).await;
+            let r = t.get(&pq).await;
             assert_eq!(r.status, 200, "{pq}");
             assert!(r.json().get("stats").is_none(), "{pq}: {}", r.json());
         }
@@ -549,7 +550,7 @@ async fn expand_stats_only_when_asked() {
             format!("/jobs?api-version={v}"),
             format!("/jobs/j/tasks?api-version={v}"),
         ] {
-            let r = t.call("GET", &pq, None).await;
+            let r = t.get(&pq).await;
             let items = r.json()["value"].as_array().cloned().unwrap();
             assert!(!items.is_empty(), "{pq}");
             assert!(items.iter().all(|i| i.get("stats").is_none()), "{pq}");
@@ -557,11 +558,7 @@ async fn expand_stats_only_when_asked() {
 
         // With $expand=stats: stats, valid against the spec, counting the tasks.
         let r = t
-            .call(
-                "GET",
-                &format!("/pools/p?api-version={v}&$expand=stats"),
-                None,
-            )
+            .get(&format!("/pools/p?api-version={v}&$expand=stats"))
             .await;
         let stats = r.json()["stats"].clone();
         spec.validate("PoolStatistics", &stats).unwrap();
@@ -569,11 +566,7 @@ async fn expand_stats_only_when_asked() {
         assert_eq!(stats["url"], r.json()["url"]);
         assert!(stats["url"].as_str().unwrap().starts_with("http://"));
         let r = t
-            .call(
-                "GET",
-                &format!("/jobs/j?api-version={v}&$expand=stats"),
-                None,
-            )
+            .get(&format!("/jobs/j?api-version={v}&$expand=stats"))
             .await;
         let stats = r.json()["stats"].clone();
         spec.validate("JobStatistics", &stats).unwrap();
@@ -586,25 +579,15 @@ async fn expand_stats_only_when_asked() {
             (Some(2), Some(1), Some(0)),
             "{stats}"
         );
-        let r = t
-            .call("GET", &format!("/jobs?api-version={v}&$expand=stats"), None)
-            .await;
+        let r = t.get(&format!("/jobs?api-version={v}&$expand=stats")).await;
         assert_eq!(r.json()["value"][0]["stats"]["numFailedTasks"], 1);
         let r = t
-            .call(
-                "GET",
-                &format!("/pools?api-version={v}&$expand=stats"),
-                None,
-            )
+            .get(&format!("/pools?api-version={v}&$expand=stats"))
             .await;
         spec.validate("PoolStatistics", &r.json()["value"][0]["stats"])
             .unwrap();
         let r = t
-            .call(
-                "GET",
-                &format!("/jobs/j/tasks/c?api-version={v}&%24expand=stats"),
-                None,
-            )
+            .get(&format!("/jobs/j/tasks/c?api-version={v}&%24expand=stats"))
             .await;
         spec.validate("TaskStatistics", &r.json()["stats"]).unwrap();
         // Paged, with $select keeping only id and stats: the next link keeps $expand.
@@ -629,7 +612,7 @@ async fn expand_stats_only_when_asked() {
         let next = page["odata.nextLink"].as_str().unwrap();
         assert!(next.contains("%24expand=stats"), "{next}");
         let pq = &next[next.find("/jobs/").unwrap()..];
-        let r = t.call("GET", pq, None).await;
+        let r = t.get(pq).await;
         assert_eq!(r.json()["value"][0]["id"], "c");
         assert!(r.json()["value"][0]["stats"].is_object(), "{}", r.json());
 
@@ -643,7 +626,7 @@ async fn expand_stats_only_when_asked() {
             format!("/jobs/j/tasks/a?api-version={v}&$expand=x"),
             format!("/jobs/nojob/tasks/a?api-version={v}&$expand=x"),
         ] {
-            let r = t.call("GET", &pq, None).await;
+            let r = t.get(&pq).await;
             assert_eq!(
                 (r.status, r.code().as_str()),
                 (400, "InvalidQueryParameterValue"),
@@ -672,18 +655,14 @@ async fn properties_only_2025_knows_round_trip() {
     pool["virtualMachineConfiguration"]["securityProfile"] =
         json!({"encryptionAtHost": false, "proxyAgentSettings": {"enabled": true}});
     // 2024-07-01 refuses them as unknown, naming the property.
-    let r = t
-        .call("POST", &format!("/pools?api-version={V24}"), Some(&pool))
-        .await;
+    let r = t.post(&format!("/pools?api-version={V24}"), &pool).await;
     assert_eq!((r.status, r.code().as_str()), (400, "InvalidRequestBody"));
     assert!(r
         .value("PropertyName")
         .is_some_and(|p| p == "taskSchedulingPolicy.jobDefaultOrder"
             || p == "networkConfiguration.publicIPAddressConfiguration.ipFamilies"
             || p == "virtualMachineConfiguration.securityProfile.proxyAgentSettings"));
-    let r = t
-        .call("POST", &format!("/pools?api-version={V25}"), Some(&pool))
-        .await;
+    let r = t.post(&format!("/pools?api-version={V25}"), &pool).await;
     assert_eq!(r.status, 201, "{}", r.json());
 
     let check = |p: &Value, present: bool| {
@@ -709,17 +688,11 @@ async fn properties_only_2025_knows_round_trip() {
             "batchmanaged"
         );
     };
-    let r = t
-        .call("GET", &format!("/pools/p25?api-version={V25}"), None)
-        .await;
+    let r = t.get(&format!("/pools/p25?api-version={V25}")).await;
     check(&r.json(), true);
-    let r = t
-        .call("GET", &format!("/pools?api-version={V25}"), None)
-        .await;
+    let r = t.get(&format!("/pools?api-version={V25}")).await;
     check(&r.json()["value"][0], true);
-    let r = t
-        .call("GET", &format!("/pools/p25?api-version={V24}"), None)
-        .await;
+    let r = t.get(&format!("/pools/p25?api-version={V24}")).await;
     check(&r.json(), false);
 
     // A patch of taskSchedulingPolicy replaces it (jobDefaultOrder goes), the rest stays.
@@ -753,20 +726,14 @@ async fn properties_only_2025_knows_round_trip() {
         "poolLifetimeOption": "job",
         "pool": {"vmSize": "standard_d2s_v3",
                  "taskSchedulingPolicy": {"nodeFillType": "pack", "jobDefaultOrder": "creationTime"}}}}});
-    let r = t
-        .call("POST", &format!("/jobs?api-version={V25}"), Some(&job))
-        .await;
+    let r = t.post(&format!("/jobs?api-version={V25}"), &job).await;
     assert_eq!(r.status, 201, "{}", r.json());
-    let r = t
-        .call("GET", &format!("/jobs/j25?api-version={V25}"), None)
-        .await;
+    let r = t.get(&format!("/jobs/j25?api-version={V25}")).await;
     assert_eq!(
         r.json()["poolInfo"]["autoPoolSpecification"]["pool"]["taskSchedulingPolicy"],
         json!({"nodeFillType": "pack", "jobDefaultOrder": "creationTime"})
     );
-    let r = t
-        .call("GET", &format!("/jobs?api-version={V25}"), None)
-        .await;
+    let r = t.get(&format!("/jobs?api-version={V25}")).await;
     assert_eq!(
         r.json()["value"][0]["poolInfo"]["autoPoolSpecification"]["pool"]["taskSchedulingPolicy"]
             ["jobDefaultOrder"],
@@ -779,16 +746,10 @@ async fn properties_only_2025_knows_round_trip() {
     assert_eq!(r.status, 202);
     tokio::time::sleep(std::time::Duration::from_millis(400)).await;
     let r = t
-        .call(
-            "POST",
-            &format!("/pools?api-version={V25}"),
-            Some(&pool_body("p25")),
-        )
+        .post(&format!("/pools?api-version={V25}"), &pool_body("p25"))
         .await;
     assert_eq!(r.status, 201, "{}", r.json());
-    let r = t
-        .call("GET", &format!("/pools/p25?api-version={V25}"), None)
-        .await;
+    let r = t.get(&format!("/pools/p25?api-version={V25}")).await;
     assert!(
         r.json().get("taskSchedulingPolicy").is_none(),
         "{}",
