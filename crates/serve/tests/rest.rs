@@ -616,6 +616,23 @@ async fn expand_stats_only_when_asked() {
         assert_eq!(r.json()["value"][0]["id"], "c");
         assert!(r.json()["value"][0]["stats"].is_object(), "{}", r.json());
 
+        // The plain page (written straight from the models) holds what Task_Get answers.
+        let page = t
+            .get(&format!("/jobs/j/tasks?api-version={v}&maxresults=2"))
+            .await
+            .json();
+        for item in page["value"].as_array().unwrap() {
+            let id = item["id"].as_str().unwrap();
+            let one = t.get(&format!("/jobs/j/tasks/{id}?api-version={v}")).await;
+            assert_eq!(item, &one.json());
+            assert!(item["url"].as_str().unwrap().starts_with("http://"));
+        }
+        let next = page["odata.nextLink"].as_str().unwrap();
+        let r = t.get(&next[next.find("/jobs/").unwrap()..]).await;
+        assert_eq!(r.json()["value"].as_array().unwrap().len(), 1);
+        assert_eq!(r.json()["value"][0]["id"], "c");
+        assert!(r.json().get("odata.nextLink").is_none());
+
         // Anything but stats is refused, naming $expand, before any backend call.
         for pq in [
             format!("/pools/p?api-version={v}&$expand=nodes"),
