@@ -264,17 +264,23 @@ fn spawn_server(
     (child, url)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn serve_survives_kill_9_on_the_same_state_dir() {
-    if !shipyard_e2e::require_test_image() {
-        return;
+/// The SDK's Python and the `serve_engine` binary, once `deps` (a `require_*` helper) holds.
+async fn sdk_and_server_binary(deps: fn() -> bool) -> Option<(PathBuf, PathBuf)> {
+    if !deps() {
+        return None;
     }
-    let Some(py) = shipyard_e2e::require_python_sdk() else {
-        return;
-    };
+    let py = shipyard_e2e::require_python_sdk()?;
     let bin = tokio::task::spawn_blocking(serve_engine_binary)
         .await
         .unwrap();
+    Some((py, bin))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_survives_kill_9_on_the_same_state_dir() {
+    let Some((py, bin)) = sdk_and_server_binary(shipyard_e2e::require_test_image).await else {
+        return;
+    };
     let state = tempfile::tempdir().unwrap();
     let key = ServeOptions::random_key();
     let sfx = suffix();
@@ -325,15 +331,9 @@ async fn serve_survives_kill_9_on_the_same_state_dir() {
 /// (crates/serve/tests/python/sdk_engine_2025.py; a pool of 0 nodes, so Docker only).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pool_2025_properties_survive_kill_9() {
-    if !shipyard_e2e::require_docker() {
-        return;
-    }
-    let Some(py) = shipyard_e2e::require_python_sdk() else {
+    let Some((py, bin)) = sdk_and_server_binary(shipyard_e2e::require_docker).await else {
         return;
     };
-    let bin = tokio::task::spawn_blocking(serve_engine_binary)
-        .await
-        .unwrap();
     let state = tempfile::tempdir().unwrap();
     let key = ServeOptions::random_key();
     let pool = format!("p25-pool{}", suffix());
