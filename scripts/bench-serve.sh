@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Bench `shipyard serve` with the official azure-batch 15.1.0 Python SDK: create_tasks of N
-# tasks (default 10000; target >= 10,000 tasks/s) and listing them paged (target < 1 s).
+# tasks (default 10000; target >= 10,000 tasks/s) and listing them paged (target < 1 s), with
+# a raw-HTTP and a model-building baseline measured in the same run (scripts/bench/serve_sdk.py).
 # Uses the in-memory backend (crates/serve/examples/serve_memory.rs) and the venv from
 # scripts/setup.sh (SHIPYARD_PYVENV, default /opt/shipyard/pyvenv).
 # Usage: scripts/bench-serve.sh [N] [SDK_THREADS]
@@ -18,5 +19,5 @@ pid=$!
 trap 'kill $pid 2>/dev/null; rm -f "$out"' EXIT
 for _ in $(seq 100); do grep -q listening "$out" && break; sleep 0.1; done
 url=$(awk '/listening/ {print $2}' "$out")
-SHIPYARD_SERVE_URL=$url SHIPYARD_SERVE_ACCOUNT=local SHIPYARD_SERVE_KEY=$key \
-  "$venv/bin/python" tests/python/bench_create_tasks.py "${1:-10000}" "${2:-8}"
+SHIPYARD_SERVE_URL=$url SHIPYARD_SERVE_PID=$pid SHIPYARD_SERVE_ACCOUNT=local SHIPYARD_SERVE_KEY=$key \
+  "$venv/bin/python" scripts/bench/serve_sdk.py "${1:-10000}" "${2:-8}"

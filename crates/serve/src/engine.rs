@@ -201,9 +201,10 @@ pub async fn serve_engine_with(
     let engine = Engine::open(engine_opts)
         .await
         .map_err(|source| ServeError::Engine {
-            state_dir,
+            state_dir: state_dir.clone(),
             source: Box::new(source),
         })?;
-    let server = Server::serve_listener(opts, listener, Arc::new(engine.clone()))?;
+    let server =
+        Server::serve_listener(opts, listener, Arc::new(engine.clone()), Some(&state_dir))?;
     Ok(EngineServer { server, engine })
 }

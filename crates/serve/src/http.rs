@@ -25,6 +25,8 @@ pub(crate) struct Ctx {
     pub key: Vec<u8>,
     pub base_url: String,
     pub backend: Arc<dyn Backend>,
+    /// Properties only api-version 2025-06-01 knows, kept beside the backend's objects.
+    pub extras: crate::extras::Extras,
 }
 
 /// The accept loop (shared with the strict test server) over [`handle`].
@@ -253,8 +255,37 @@ fn read_body(
             &[("Reason", e.to_string())],
         )
     })?;
-    spec.validate(def, &v).map_err(|vs| violation_reply(&vs))?;
+    let mut v = v;
+    if let Err(vs) = spec.validate(def, &v) {
+        let (case_only, rest): (Vec<Violation>, Vec<Violation>) =
+            vs.into_iter().partition(|x| enum_spelling(&v, x).is_some());
+        if !rest.is_empty() {
+            return Err(violation_reply(&rest));
+        }
+        for x in &case_only {
+            if let (Some(canonical), Some(slot)) = (enum_spelling(&v, x), v.pointer_mut(&x.pointer))
+            {
+                *slot = Value::String(canonical);
+            }
+        }
+    }
     Ok(Some(v))
+}
+
+/// The spec's spelling of an enum value that differs from it only in case: the service
+/// compares enum values case-insensitively (the azure-batch 15.1.0 SDK sends e.g.
+/// `jobDefaultOrder: "creationtime"` where the 2025-06-01 spec spells `creationTime`), so
+/// such a value is accepted and stored as the spec spells it.
+fn enum_spelling(body: &Value, v: &Violation) -> Option<String> {
+    let allowed = v
+        .message
+        .split(" is not one of the allowed values ")
+        .nth(1)?;
+    let given = body.pointer(&v.pointer)?.as_str()?;
+    allowed
+        .split('|')
+        .find(|a| a.eq_ignore_ascii_case(given))
+        .map(str::to_owned)
 }
 
 async fn pipeline(
@@ -306,7 +337,37 @@ async fn pipeline(
 
 #[cfg(test)]
 mod tests {
-    use super::property_name;
+    use super::{enum_spelling, property_name};
+    use serde_json::json;
+    use shipyard_batch_spec::schema::Violation;
+
+    #[test]
+    fn enum_values_differing_in_case_only_get_the_spec_spelling() {
+        let body = json!({"taskSchedulingPolicy": {"jobDefaultOrder": "creationtime"}});
+        let v = |message: &str| Violation {
+            pointer: "/taskSchedulingPolicy/jobDefaultOrder".into(),
+            message: message.into(),
+        };
+        assert_eq!(
+            enum_spelling(
+                &body,
+                &v("\"creationtime\" is not one of the allowed values none|creationTime")
+            )
+            .as_deref(),
+            Some("creationTime")
+        );
+        assert_eq!(
+            enum_spelling(
+                &body,
+                &v("\"x\" is not one of the allowed values none|other")
+            ),
+            None
+        );
+        assert_eq!(
+            enum_spelling(&body, &v("expected a string, got number")),
+            None
+        );
+    }
 
     #[test]
     fn pointers_become_property_names() {

@@ -7,6 +7,17 @@
 //! execution come from a [`Backend`]: [`memory::MemoryBackend`] for tests, the local engine
 //! (feature `engine`) for real work.
 //!
+//! Protocol details the server adds on top of the backend:
+//! - OData `$expand=stats` on `Pool_Get`/`Pool_List`, `Job_Get`/`Job_List` and
+//!   `Task_Get`/`Task_List`: `stats` is in an answer only when expanded, computed from the
+//!   objects' times and tasks (CPU and I/O figures are not measured here and read zero); any
+//!   other `$expand` value is 400 `InvalidQueryParameterValue` naming `$expand`.
+//! - Body properties only api-version 2025-06-01 has (found by validating the body against
+//!   the 2024-07-01 definition the backend's models follow) are kept beside the objects and
+//!   returned under 2025-06-01; with the engine they are persisted under its state directory.
+//! - Enum values that differ from the spec's only in case are accepted (as the service
+//!   accepts them) and stored in the spec's spelling.
+//!
 //! ```no_run
 //! # async fn demo() -> Result<(), shipyard_serve::ServeError> {
 //! use shipyard_serve::{memory::MemoryBackend, ServeOptions, Server};
@@ -20,6 +31,8 @@
 pub mod backend;
 #[cfg(feature = "engine")]
 pub mod engine;
+mod expand;
+mod extras;
 mod http;
 pub mod memory;
 mod routes;
@@ -33,6 +46,9 @@ pub use backend::{Backend, BackendError, BackendResult, BoxFuture, FileContent};
 
 /// The address `shipyard serve` listens on by default (loopback).
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8711";
+
+/// The file under a state directory holding the 2025-only properties of its objects.
+const EXTRAS_FILE: &str = "serve-2025-properties.json";
 
 /// How to serve.
 #[derive(Clone)]
@@ -142,14 +158,16 @@ impl Server {
         backend: Arc<dyn Backend>,
     ) -> Result<Server, ServeError> {
         let listener = bind_listener(opts.listen).await?;
-        Self::serve_listener(opts, listener, backend)
+        Self::serve_listener(opts, listener, backend, None)
     }
 
-    /// Serves `backend` on an already bound listener (must be called on a tokio runtime).
+    /// Serves `backend` on an already bound listener (must be called on a tokio runtime);
+    /// `state_dir`, when given, keeps the 2025-only properties of objects across restarts.
     pub(crate) fn serve_listener(
         opts: ServeOptions,
         listener: tokio::net::TcpListener,
         backend: Arc<dyn Backend>,
+        state_dir: Option<&std::path::Path>,
     ) -> Result<Server, ServeError> {
         let key = base64::engine::general_purpose::STANDARD
             .decode(&opts.key)
@@ -171,6 +189,10 @@ impl Server {
             key,
             base_url,
             backend,
+            extras: match state_dir {
+                Some(dir) => extras::Extras::persisted(dir.join(EXTRAS_FILE)),
+                None => extras::Extras::default(),
+            },
         });
         let (tx, rx) = tokio::sync::oneshot::channel();
         let task = tokio::spawn(http::serve(listener, ctx, rx));

@@ -5,13 +5,15 @@
 use serde::Serialize;
 use serde_json::{json, Value};
 use shipyard_batch_api::models::{
-    JobAddParameter, JobPatchParameter, JobTerminateParameter, PoolAddParameter,
-    PoolPatchParameter, PoolResizeParameter, ServiceFault, TaskAddCollectionParameter,
-    TaskAddParameter,
+    CloudJob, CloudPool, CloudTask, JobAddParameter, JobPatchParameter, JobTerminateParameter,
+    PoolAddParameter, PoolPatchParameter, PoolResizeParameter, ServiceFault,
+    TaskAddCollectionParameter, TaskAddParameter,
 };
 use shipyard_batch_spec::wire::{parse_range, Paging};
 
-use crate::backend::{BackendError, FileContent};
+use crate::backend::{Backend, BackendError, BackendResult, FileContent};
+use crate::expand::{self, Expand};
+use crate::extras::{self, Kind};
 use crate::http::{header_str, Ctx, Reply};
 
 /// A validated request handed to an operation.
@@ -140,7 +142,6 @@ fn created(ctx: &Ctx, path: &str) -> Reply {
         .header("dataserviceid", url)
 }
 
-/// One page of a list of objects keyed by `id`.
 /// One page of `items`, ordered by `key` as the service orders them. Only the items on the
 /// page (and those `$filter` skips on the way) are serialized; the rest are never touched.
 fn list<T: Serialize>(
@@ -149,6 +150,19 @@ fn list<T: Serialize>(
     path: &str,
     items: Vec<T>,
     key: impl Fn(&T) -> &str,
+) -> Reply {
+    list_with(ctx, req, path, items, key, |t| to_json(t))
+}
+
+/// [`list`] whose items are answered as `answer` renders them (`$expand`, 2025-only
+/// properties).
+fn list_with<T>(
+    ctx: &Ctx,
+    req: &Req<'_>,
+    path: &str,
+    items: Vec<T>,
+    key: impl Fn(&T) -> &str,
+    answer: impl Fn(&T) -> Value,
 ) -> Reply {
     let paging = match Paging::from_query(req.query) {
         Ok(p) => p,
@@ -169,7 +183,7 @@ fn list<T: Serialize>(
         &base,
         keyed[start..]
             .iter()
-            .map(|(k, t)| (*k, absolute_url(ctx, to_json(*t)))),
+            .map(|(k, t)| (*k, absolute_url(ctx, answer(t)))),
     );
     Reply::json(200, &page)
 }
@@ -250,6 +264,15 @@ macro_rules! body {
     };
 }
 
+macro_rules! expand {
+    ($req:expr) => {
+        match Expand::from_query($req.query) {
+            Ok(e) => e,
+            Err((status, body)) => return Reply::json(status, &body),
+        }
+    };
+}
+
 macro_rules! check {
     ($req:expr, $obj:expr) => {
         if let Err(r) = conditions(&$req, $obj["eTag"].as_str()) {
@@ -266,26 +289,45 @@ pub(crate) async fn dispatch(ctx: &Ctx, mut req: Req<'_>) -> Reply {
     let node_id = req.param("nodeId").to_owned();
     match req.op {
         "Pool_Add" => {
+            let extra = body_extras(&req, "PoolAddParameter");
             let p = body!(PoolAddParameter, req);
-            let path = format!("/pools/{}", enc(&p.id));
+            let id = p.id.clone();
+            let path = format!("/pools/{}", enc(&id));
             tri!(b.add_pool(p).await);
+            ctx.extras.created(Kind::Pool, &id, extra);
             created(ctx, &path)
         }
         "Pool_Get" | "Pool_Exists" => {
-            let pool = to_json(&tri!(b.get_pool(&pool_id)));
+            let ex = if req.op == "Pool_Get" {
+                expand!(req)
+            } else {
+                Expand::default()
+            };
+            let pool = tri!(b.get_pool(&pool_id));
+            let pool = pool_answer(ctx, &req, ex, now(), &pool);
             check!(req, pool);
             if req.op == "Pool_Exists" {
                 return Reply::empty(200);
             }
             object(ctx, &req, pool)
         }
-        "Pool_List" => list(ctx, &req, "/pools", tri!(b.list_pools()), |p| {
-            p.id.as_deref().unwrap_or_default()
-        }),
+        "Pool_List" => {
+            let ex = expand!(req);
+            let t = now();
+            list_with(
+                ctx,
+                &req,
+                "/pools",
+                tri!(b.list_pools()),
+                |p| p.id.as_deref().unwrap_or_default(),
+                |p| pool_answer(ctx, &req, ex, t, p),
+            )
+        }
         "Pool_Delete" => {
             let pool = to_json(&tri!(b.get_pool(&pool_id)));
             check!(req, pool);
             tri!(b.delete_pool(&pool_id).await);
+            ctx.extras.removed(Kind::Pool, &pool_id);
             Reply::empty(202)
         }
         "Pool_Resize" => {
@@ -296,10 +338,13 @@ pub(crate) async fn dispatch(ctx: &Ctx, mut req: Req<'_>) -> Reply {
             Reply::empty(202)
         }
         "Pool_Patch" => {
+            let extra = body_extras(&req, "PoolPatchParameter");
+            let raw = req.body.clone().unwrap_or_default();
             let p = body!(PoolPatchParameter, req);
             let pool = to_json(&tri!(b.get_pool(&pool_id)));
             check!(req, pool);
             tri!(b.patch_pool(&pool_id, p));
+            ctx.extras.patched(Kind::Pool, &pool_id, &raw, extra);
             Reply::empty(200)
         }
         "ComputeNode_List" => {
@@ -328,27 +373,56 @@ pub(crate) async fn dispatch(ctx: &Ctx, mut req: Req<'_>) -> Reply {
             file_reply(&req, f, url, req.op.starts_with("File_GetProperties")).await
         }
         "Job_Add" => {
+            let extra = body_extras(&req, "JobAddParameter");
             let j = body!(JobAddParameter, req);
-            let path = format!("/jobs/{}", enc(&j.id));
+            let id = j.id.clone();
+            let path = format!("/jobs/{}", enc(&id));
             if let Some(pool) = j.pool_info.pool_id.as_deref() {
                 tri!(b.get_pool(pool));
             }
             tri!(b.add_job(j).await);
+            ctx.extras.created(Kind::Job, &id, extra);
             created(ctx, &path)
         }
         "Job_Get" => {
-            let job = to_json(&tri!(b.get_job(&job_id)));
+            let ex = expand!(req);
+            let job = tri!(b.get_job(&job_id));
+            let job = tri!(job_answer(ctx, &req, ex, now(), &job));
             check!(req, job);
             object(ctx, &req, job)
         }
-        "Job_List" => list(ctx, &req, "/jobs", tri!(b.list_jobs()), |j| {
-            j.id.as_deref().unwrap_or_default()
-        }),
+        "Job_List" => {
+            let ex = expand!(req);
+            let t = now();
+            let jobs = tri!(b.list_jobs());
+            // Statistics read each job's tasks: gather them before paging.
+            let mut answers = std::collections::BTreeMap::new();
+            for j in &jobs {
+                let id = j.id.clone().unwrap_or_default();
+                answers.insert(id, tri!(job_answer(ctx, &req, ex, t, j)));
+            }
+            list_with(
+                ctx,
+                &req,
+                "/jobs",
+                jobs,
+                |j| j.id.as_deref().unwrap_or_default(),
+                |j| {
+                    answers
+                        .get(j.id.as_deref().unwrap_or_default())
+                        .cloned()
+                        .unwrap_or(Value::Null)
+                },
+            )
+        }
         "Job_Patch" => {
+            let extra = body_extras(&req, "JobPatchParameter");
+            let raw = req.body.clone().unwrap_or_default();
             let p = body!(JobPatchParameter, req);
             let job = to_json(&tri!(b.get_job(&job_id)));
             check!(req, job);
             tri!(b.patch_job(&job_id, p).await);
+            ctx.extras.patched(Kind::Job, &job_id, &raw, extra);
             Reply::empty(200)
         }
         "Job_Terminate" => {
@@ -366,6 +440,7 @@ pub(crate) async fn dispatch(ctx: &Ctx, mut req: Req<'_>) -> Reply {
             let job = to_json(&tri!(b.get_job(&job_id)));
             check!(req, job);
             tri!(b.delete_job(&job_id).await);
+            ctx.extras.removed(Kind::Job, &job_id);
             Reply::empty(202)
         }
         "Job_GetTaskCounts" => Reply::json(200, &to_json(&tri!(b.task_counts(&job_id)))),
@@ -426,21 +501,33 @@ pub(crate) async fn dispatch(ctx: &Ctx, mut req: Req<'_>) -> Reply {
             Reply::json(200, &json!({ "value": results }))
         }
         "Task_Get" => {
-            let t = to_json(&tri!(b.get_task(&job_id, &task_id)));
+            let ex = expand!(req);
+            let t = task_answer(ctx, ex, now(), &tri!(b.get_task(&job_id, &task_id)));
             check!(req, t);
             object(ctx, &req, t)
         }
         "Task_List" => {
+            let ex = expand!(req);
             let path = format!("/jobs/{}/tasks", enc(&job_id));
             // Only this page's tasks (plus one, to know whether there is a next page).
-            let (after, limit) = match Paging::from_query(req.query) {
-                Ok(p) => (p.after, p.filter.is_none().then_some(p.max + 1)),
+            let paging = match Paging::from_query(req.query) {
+                Ok(p) => p,
                 Err((status, body)) => return Reply::json(status, &body),
             };
-            let tasks = tri!(b.list_tasks_after(&job_id, after.as_deref(), limit));
-            list(ctx, &req, &path, tasks, |t| {
-                t.id.as_deref().unwrap_or_default()
-            })
+            let limit = paging.filter.is_none().then_some(paging.max + 1);
+            let tasks = tri!(b.list_tasks_after(&job_id, paging.after.as_deref(), limit));
+            if limit.is_some() && req.query.get("$select").is_none() && !ex.stats {
+                return task_page(ctx, &req, &path, &paging, tasks);
+            }
+            let t = now();
+            list_with(
+                ctx,
+                &req,
+                &path,
+                tasks,
+                |t| t.id.as_deref().unwrap_or_default(),
+                |task| task_answer(ctx, ex, t, task),
+            )
         }
         "Task_ListSubtasks" => {
             let subtasks = tri!(b.list_subtasks(&job_id, &task_id));
@@ -510,4 +597,144 @@ fn dependencies_refused(job: &Value, tasks: &[TaskAddParameter]) -> Option<Reply
             ("PropertyName", "dependsOn".into()),
         ],
     ))
+}
+
+fn now() -> time::OffsetDateTime {
+    time::OffsetDateTime::now_utc()
+}
+
+/// The 2025-only properties of the request body (none under other api-versions), found
+/// against the 2024 definition `def` the body is deserialized into.
+fn body_extras(req: &Req<'_>, def: &str) -> Option<Value> {
+    if !extras::is_2025(req.query.get("api-version")) {
+        return None;
+    }
+    let spec = shipyard_batch_spec::schema::Spec::try_shared().ok()?;
+    extras::unknown_to_2024(spec, def, req.body.as_ref()?)
+}
+
+/// `stats` in an answer only when expanded (the backend's own, else `computed`).
+fn set_stats(ctx: &Ctx, v: &mut Value, computed: Option<impl FnOnce() -> Value>) {
+    if let Value::Object(m) = v {
+        match computed {
+            Some(f) => {
+                if m.get("stats").is_none_or(Value::is_null) {
+                    m.insert("stats".into(), absolute_url(ctx, f()));
+                }
+            }
+            None => {
+                m.remove("stats");
+            }
+        }
+    }
+}
+
+/// A pool as `Pool_Get`/`Pool_List` answer it.
+fn pool_answer(
+    ctx: &Ctx,
+    req: &Req<'_>,
+    ex: Expand,
+    now: time::OffsetDateTime,
+    p: &CloudPool,
+) -> Value {
+    let mut v = to_json(p);
+    set_stats(
+        ctx,
+        &mut v,
+        ex.stats.then_some(|| to_json(&expand::pool_stats(p, now))),
+    );
+    if extras::is_2025(req.query.get("api-version")) {
+        ctx.extras
+            .apply(Kind::Pool, p.id.as_deref().unwrap_or_default(), &mut v);
+    }
+    v
+}
+
+/// A job as `Job_Get`/`Job_List` answer it (its statistics read its tasks).
+fn job_answer(
+    ctx: &Ctx,
+    req: &Req<'_>,
+    ex: Expand,
+    now: time::OffsetDateTime,
+    j: &CloudJob,
+) -> BackendResult<Value> {
+    let id = j.id.as_deref().unwrap_or_default();
+    let mut v = to_json(j);
+    let tasks = if ex.stats {
+        Some(tasks_of(ctx.backend.as_ref(), id)?)
+    } else {
+        None
+    };
+    set_stats(
+        ctx,
+        &mut v,
+        tasks.map(|ts| move || to_json(&expand::job_stats(j, &ts, now))),
+    );
+    if extras::is_2025(req.query.get("api-version")) {
+        ctx.extras.apply(Kind::Job, id, &mut v);
+    }
+    Ok(v)
+}
+
+/// A job's tasks (none once the job is gone between the two reads).
+fn tasks_of(b: &dyn Backend, job: &str) -> BackendResult<Vec<CloudTask>> {
+    match b.list_tasks(job) {
+        Err(BackendError::Service(ServiceFault::NotFound { .. })) => Ok(Vec::new()),
+        other => other,
+    }
+}
+
+/// A task as `Task_Get`/`Task_List` answer it.
+fn task_answer(ctx: &Ctx, ex: Expand, now: time::OffsetDateTime, t: &CloudTask) -> Value {
+    let mut v = to_json(t);
+    set_stats(
+        ctx,
+        &mut v,
+        ex.stats.then_some(|| to_json(&expand::task_stats(t, now))),
+    );
+    v
+}
+
+/// A page of `Task_List` with nothing to filter, select or expand (how SDKs page through a
+/// job's tasks), written straight from the models: `tasks` are in id order after the
+/// `$skiptoken`, at most one more than the page holds. [`Paging::page`] decides the page and
+/// its `odata.nextLink` from the ids alone.
+fn task_page(
+    ctx: &Ctx,
+    req: &Req<'_>,
+    path: &str,
+    paging: &Paging,
+    mut tasks: Vec<CloudTask>,
+) -> Reply {
+    let base = format!("{}{path}", ctx.base_url);
+    let ids = tasks
+        .iter()
+        .map(|t| (t.id.as_deref().unwrap_or_default(), Value::Null));
+    let shape = paging.page(req.query, &base, ids);
+    let n = shape["value"].as_array().map_or(0, Vec::len);
+    tasks.truncate(n);
+    let mut out = Vec::with_capacity(n * 768 + 512);
+    out.extend_from_slice(b"{\"value\":[");
+    for (i, t) in tasks.iter_mut().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        if let Some(u) = t.url.as_mut().filter(|u| u.starts_with('/')) {
+            *u = format!("{}{u}", ctx.base_url);
+        }
+        if let Err(e) = serde_json::to_writer(&mut out, t) {
+            return backend_error(&BackendError::Internal {
+                message: format!("serializing task {:?}: {e}", t.id),
+            });
+        }
+    }
+    out.push(b']');
+    if let Some(link) = shape.get("odata.nextLink") {
+        out.extend_from_slice(b",\"odata.nextLink\":");
+        out.extend_from_slice(link.to_string().as_bytes());
+    }
+    out.push(b'}');
+    let mut r = Reply::json(200, &Value::Null);
+    r.body = bytes::Bytes::from(out);
+    r
 }

@@ -264,17 +264,23 @@ fn spawn_server(
     (child, url)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn serve_survives_kill_9_on_the_same_state_dir() {
-    if !shipyard_e2e::require_test_image() {
-        return;
+/// The SDK's Python and the `serve_engine` binary, once `deps` (a `require_*` helper) holds.
+async fn sdk_and_server_binary(deps: fn() -> bool) -> Option<(PathBuf, PathBuf)> {
+    if !deps() {
+        return None;
     }
-    let Some(py) = shipyard_e2e::require_python_sdk() else {
-        return;
-    };
+    let py = shipyard_e2e::require_python_sdk()?;
     let bin = tokio::task::spawn_blocking(serve_engine_binary)
         .await
         .unwrap();
+    Some((py, bin))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_survives_kill_9_on_the_same_state_dir() {
+    let Some((py, bin)) = sdk_and_server_binary(shipyard_e2e::require_test_image).await else {
+        return;
+    };
     let state = tempfile::tempdir().unwrap();
     let key = ServeOptions::random_key();
     let sfx = suffix();
@@ -312,6 +318,70 @@ async fn serve_survives_kill_9_on_the_same_state_dir() {
         after.1.contains("ok: running task failed with a reason"),
         "{}",
         after.1
+    );
+    assert_eq!(
+        left,
+        Vec::<String>::new(),
+        "containers/networks left behind"
+    );
+}
+
+/// Properties only api-version 2025-06-01 has (`jobDefaultOrder`, `ipFamilies`) are kept under
+/// the engine's state directory: after `kill -9` and a restart the SDK reads them back
+/// (crates/serve/tests/python/sdk_engine_2025.py; a pool of 0 nodes, so Docker only).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pool_2025_properties_survive_kill_9() {
+    let Some((py, bin)) = sdk_and_server_binary(shipyard_e2e::require_docker).await else {
+        return;
+    };
+    let state = tempfile::tempdir().unwrap();
+    let key = ServeOptions::random_key();
+    let pool = format!("p25-pool{}", suffix());
+    let filter = format!("{}={pool}", labels::POOL);
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python/sdk_engine_2025.py");
+    let phases = tokio::task::spawn_blocking({
+        let (state, key, pool) = (state.path().to_path_buf(), key.clone(), pool.clone());
+        move || {
+            let run = |phase: &str, url: &str| {
+                let out = Command::new(&py)
+                    .arg(&script)
+                    .args([phase, pool.as_str()])
+                    .env("SHIPYARD_SERVE_URL", url)
+                    .env("SHIPYARD_SERVE_ACCOUNT", "engineacct")
+                    .env("SHIPYARD_SERVE_KEY", &key)
+                    .output()
+                    .unwrap();
+                let text = format!(
+                    "{}\n{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                (out.status.success(), text)
+            };
+            let (mut child, url) = spawn_server(&bin, &state, &key, "127.0.0.1:0");
+            let before = run("before", &url);
+            let _ = child.kill();
+            let _ = child.wait();
+            let (mut child, url) = spawn_server(&bin, &state, &key, "127.0.0.1:0");
+            let after = run("after", &url);
+            let _ = child.kill();
+            let _ = child.wait();
+            (before, after)
+        }
+    })
+    .await
+    .unwrap();
+    let left = docker_ids(&filter);
+    cleanup(&filter);
+    let ((ok_before, before), (ok_after, after)) = phases;
+    assert!(
+        ok_before && before.contains("PHASE before PASSED"),
+        "{before}"
+    );
+    assert!(ok_after && after.contains("PHASE after PASSED"), "{after}");
+    assert!(
+        after.contains("ok: after: jobDefaultOrder and ipFamilies"),
+        "{after}"
     );
     assert_eq!(
         left,

@@ -109,6 +109,14 @@ impl T {
     async fn call(&self, method: &str, pq: &str, body: Option<&Value>) -> Resp {
         self.call_with(&self.cred, method, pq, body, &[]).await
     }
+
+    async fn get(&self, pq: &str) -> Resp {
+        self.call("GET", pq, None).await
+    }
+
+    async fn post(&self, pq: &str, body: &Value) -> Resp {
+        self.call("POST", pq, Some(body)).await
+    }
 }
 
 fn pool_body(id: &str) -> Value {
@@ -175,6 +183,23 @@ async fn auth_versions_and_bad_bodies() {
         r.value("PropertyName").as_deref(),
         Some("taskSchedulingPolicy.nodeFillType")
     );
+    // An enum value differing only in case is the service's value (stored as spelled in the
+    // spec).
+    let mut body = pool_body("pcase");
+    body["taskSchedulingPolicy"] = json!({"nodeFillType": "PACK"});
+    let r = t
+        .call("POST", &format!("/pools?api-version={V24}"), Some(&body))
+        .await;
+    assert_eq!(r.status, 201, "{}", r.json());
+    let r = t
+        .call("GET", &format!("/pools/pcase?api-version={V24}"), None)
+        .await;
+    assert_eq!(r.json()["taskSchedulingPolicy"]["nodeFillType"], "pack");
+    let r = t
+        .call("DELETE", &format!("/pools/pcase?api-version={V24}"), None)
+        .await;
+    assert_eq!(r.status, 202);
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
     // Nothing was created by the refused requests.
     let r = t
         .call("GET", &format!("/pools?api-version={V24}"), None)
@@ -481,4 +506,276 @@ async fn paging_etags_files_and_deletes() {
             .status,
         404
     );
+}
+
+/// `$expand=stats`: `stats` only when asked, spec-valid, computed from the objects; any other
+/// value is the service's 400 naming `$expand`.
+#[tokio::test]
+async fn expand_stats_only_when_asked() {
+    let t = start().await;
+    let spec = shipyard_batch_spec::schema::Spec::shared();
+    let r = t
+        .post(&format!("/pools?api-version={V24}"), &pool_body("p"))
+        .await;
+    assert_eq!(r.status, 201);
+    let job = json!({"id": "j", "poolInfo": {"poolId": "p"}});
+    let r = t.post(&format!("/jobs?api-version={V25}"), &job).await;
+    assert_eq!(r.status, 201);
+    let tasks = json!({"value": [
+        {"id": "a", "commandLine": "/bin/true"},
+        {"id": "b", "commandLine": "/bin/true"},
+        {"id": "c", "commandLine": "/bin/sh -c 'echo c; exit 3'"},
+    ]});
+    let r = t
+        .post(
+            &format!("/jobs/j/addtaskcollection?api-version={V25}"),
+            &tasks,
+        )
+        .await;
+    assert_eq!(r.status, 200);
+
+    for v in [V24, V25] {
+        // Without $expand: no stats anywhere.
+        for pq in [
+            format!("/pools/p?api-version={v}"),
+            format!("/jobs/j?api-version={v}"),
+            format!("/jobs/j/tasks/a?api-version={v}"),
+        ] {
+            let r = t.get(&pq).await;
+            assert_eq!(r.status, 200, "{pq}");
+            assert!(r.json().get("stats").is_none(), "{pq}: {}", r.json());
+        }
+        for pq in [
+            format!("/pools?api-version={v}"),
+            format!("/jobs?api-version={v}"),
+            format!("/jobs/j/tasks?api-version={v}"),
+        ] {
+            let r = t.get(&pq).await;
+            let items = r.json()["value"].as_array().cloned().unwrap();
+            assert!(!items.is_empty(), "{pq}");
+            assert!(items.iter().all(|i| i.get("stats").is_none()), "{pq}");
+        }
+
+        // With $expand=stats: stats, valid against the spec, counting the tasks.
+        let r = t
+            .get(&format!("/pools/p?api-version={v}&$expand=stats"))
+            .await;
+        let stats = r.json()["stats"].clone();
+        spec.validate("PoolStatistics", &stats).unwrap();
+        assert_eq!(stats["startTime"], r.json()["creationTime"]);
+        assert_eq!(stats["url"], r.json()["url"]);
+        assert!(stats["url"].as_str().unwrap().starts_with("http://"));
+        let r = t
+            .get(&format!("/jobs/j?api-version={v}&$expand=stats"))
+            .await;
+        let stats = r.json()["stats"].clone();
+        spec.validate("JobStatistics", &stats).unwrap();
+        assert_eq!(
+            (
+                stats["numSucceededTasks"].as_i64(),
+                stats["numFailedTasks"].as_i64(),
+                stats["numTaskRetries"].as_i64()
+            ),
+            (Some(2), Some(1), Some(0)),
+            "{stats}"
+        );
+        let r = t.get(&format!("/jobs?api-version={v}&$expand=stats")).await;
+        assert_eq!(r.json()["value"][0]["stats"]["numFailedTasks"], 1);
+        let r = t
+            .get(&format!("/pools?api-version={v}&$expand=stats"))
+            .await;
+        spec.validate("PoolStatistics", &r.json()["value"][0]["stats"])
+            .unwrap();
+        let r = t
+            .get(&format!("/jobs/j/tasks/c?api-version={v}&%24expand=stats"))
+            .await;
+        spec.validate("TaskStatistics", &r.json()["stats"]).unwrap();
+        // Paged, with $select keeping only id and stats: the next link keeps $expand.
+        let r = t
+            .call(
+                "GET",
+                &format!(
+                    "/jobs/j/tasks?api-version={v}&maxresults=2&$expand=stats&$select=id,stats"
+                ),
+                None,
+            )
+            .await;
+        let page = r.json();
+        assert_eq!(page["value"].as_array().unwrap().len(), 2);
+        for item in page["value"].as_array().unwrap() {
+            assert_eq!(
+                item.as_object().unwrap().keys().collect::<Vec<_>>(),
+                ["id", "stats"]
+            );
+            spec.validate("TaskStatistics", &item["stats"]).unwrap();
+        }
+        let next = page["odata.nextLink"].as_str().unwrap();
+        assert!(next.contains("%24expand=stats"), "{next}");
+        let pq = &next[next.find("/jobs/").unwrap()..];
+        let r = t.get(pq).await;
+        assert_eq!(r.json()["value"][0]["id"], "c");
+        assert!(r.json()["value"][0]["stats"].is_object(), "{}", r.json());
+
+        // The plain page (written straight from the models) holds what Task_Get answers.
+        let page = t
+            .get(&format!("/jobs/j/tasks?api-version={v}&maxresults=2"))
+            .await
+            .json();
+        for item in page["value"].as_array().unwrap() {
+            let id = item["id"].as_str().unwrap();
+            let one = t.get(&format!("/jobs/j/tasks/{id}?api-version={v}")).await;
+            assert_eq!(item, &one.json());
+            assert!(item["url"].as_str().unwrap().starts_with("http://"));
+        }
+        let next = page["odata.nextLink"].as_str().unwrap();
+        let r = t.get(&next[next.find("/jobs/").unwrap()..]).await;
+        assert_eq!(r.json()["value"].as_array().unwrap().len(), 1);
+        assert_eq!(r.json()["value"][0]["id"], "c");
+        assert!(r.json().get("odata.nextLink").is_none());
+
+        // Anything but stats is refused, naming $expand, before any backend call.
+        for pq in [
+            format!("/pools/p?api-version={v}&$expand=nodes"),
+            format!("/pools?api-version={v}&$expand=stats,bogus"),
+            format!("/jobs/j?api-version={v}&$expand=tasks"),
+            format!("/jobs?api-version={v}&$expand=x"),
+            format!("/jobs/j/tasks?api-version={v}&$expand=x"),
+            format!("/jobs/j/tasks/a?api-version={v}&$expand=x"),
+            format!("/jobs/nojob/tasks/a?api-version={v}&$expand=x"),
+        ] {
+            let r = t.get(&pq).await;
+            assert_eq!(
+                (r.status, r.code().as_str()),
+                (400, "InvalidQueryParameterValue"),
+                "{pq}"
+            );
+            assert_eq!(
+                r.value("QueryParameterName").as_deref(),
+                Some("$expand"),
+                "{pq}"
+            );
+        }
+    }
+    t.server.shutdown().await;
+}
+
+/// Properties only api-version 2025-06-01 has are kept: returned on GET/list under 2025-06-01
+/// (not under 2024-07-01, which does not know them), and replaced by a patch naming their
+/// top-level property.
+#[tokio::test]
+async fn properties_only_2025_knows_round_trip() {
+    let t = start().await;
+    let mut pool = pool_body("p25");
+    pool["taskSchedulingPolicy"] =
+        json!({"nodeFillType": "pack", "jobDefaultOrder": "creationTime"});
+    pool["networkConfiguration"] = json!({"publicIPAddressConfiguration": {"provision": "batchmanaged", "ipFamilies": ["IPv4"]}});
+    pool["virtualMachineConfiguration"]["securityProfile"] =
+        json!({"encryptionAtHost": false, "proxyAgentSettings": {"enabled": true}});
+    // 2024-07-01 refuses them as unknown, naming the property.
+    let r = t.post(&format!("/pools?api-version={V24}"), &pool).await;
+    assert_eq!((r.status, r.code().as_str()), (400, "InvalidRequestBody"));
+    assert!(r
+        .value("PropertyName")
+        .is_some_and(|p| p == "taskSchedulingPolicy.jobDefaultOrder"
+            || p == "networkConfiguration.publicIPAddressConfiguration.ipFamilies"
+            || p == "virtualMachineConfiguration.securityProfile.proxyAgentSettings"));
+    let r = t.post(&format!("/pools?api-version={V25}"), &pool).await;
+    assert_eq!(r.status, 201, "{}", r.json());
+
+    let check = |p: &Value, present: bool| {
+        let got = [
+            p["taskSchedulingPolicy"]["jobDefaultOrder"].clone(),
+            p["networkConfiguration"]["publicIPAddressConfiguration"]["ipFamilies"].clone(),
+            p["virtualMachineConfiguration"]["securityProfile"]["proxyAgentSettings"].clone(),
+        ];
+        let want = if present {
+            [
+                json!("creationTime"),
+                json!(["IPv4"]),
+                json!({"enabled": true}),
+            ]
+        } else {
+            [Value::Null, Value::Null, Value::Null]
+        };
+        assert_eq!(got, want, "{p}");
+        // The 2024 siblings are there either way.
+        assert_eq!(p["taskSchedulingPolicy"]["nodeFillType"], "pack");
+        assert_eq!(
+            p["networkConfiguration"]["publicIPAddressConfiguration"]["provision"],
+            "batchmanaged"
+        );
+    };
+    let r = t.get(&format!("/pools/p25?api-version={V25}")).await;
+    check(&r.json(), true);
+    let r = t.get(&format!("/pools?api-version={V25}")).await;
+    check(&r.json()["value"][0], true);
+    let r = t.get(&format!("/pools/p25?api-version={V24}")).await;
+    check(&r.json(), false);
+
+    // A patch of taskSchedulingPolicy replaces it (jobDefaultOrder goes), the rest stays.
+    let tr = &t;
+    let patch_get = |body: Value| async move {
+        let pq = format!("/pools/p25?api-version={V25}");
+        let r = tr.call("PATCH", &pq, Some(&body)).await;
+        assert_eq!(r.status, 200, "{}", r.json());
+        tr.call("GET", &pq, None).await.json()
+    };
+    let p = patch_get(json!({"taskSchedulingPolicy": {"nodeFillType": "pack"}})).await;
+    assert!(
+        p["taskSchedulingPolicy"].get("jobDefaultOrder").is_none(),
+        "{p}"
+    );
+    assert_eq!(
+        p["networkConfiguration"]["publicIPAddressConfiguration"]["ipFamilies"],
+        json!(["IPv4"])
+    );
+    let p = patch_get(
+        json!({"taskSchedulingPolicy": {"nodeFillType": "spread", "jobDefaultOrder": "none"}}),
+    )
+    .await;
+    assert_eq!(
+        p["taskSchedulingPolicy"],
+        json!({"nodeFillType": "spread", "jobDefaultOrder": "none"})
+    );
+
+    // A job's auto-pool specification keeps them too.
+    let job = json!({"id": "j25", "poolInfo": {"autoPoolSpecification": {
+        "poolLifetimeOption": "job",
+        "pool": {"vmSize": "standard_d2s_v3",
+                 "taskSchedulingPolicy": {"nodeFillType": "pack", "jobDefaultOrder": "creationTime"}}}}});
+    let r = t.post(&format!("/jobs?api-version={V25}"), &job).await;
+    assert_eq!(r.status, 201, "{}", r.json());
+    let r = t.get(&format!("/jobs/j25?api-version={V25}")).await;
+    assert_eq!(
+        r.json()["poolInfo"]["autoPoolSpecification"]["pool"]["taskSchedulingPolicy"],
+        json!({"nodeFillType": "pack", "jobDefaultOrder": "creationTime"})
+    );
+    let r = t.get(&format!("/jobs?api-version={V25}")).await;
+    assert_eq!(
+        r.json()["value"][0]["poolInfo"]["autoPoolSpecification"]["pool"]["taskSchedulingPolicy"]
+            ["jobDefaultOrder"],
+        "creationTime"
+    );
+    // A new pool with the same id does not inherit the old one's properties.
+    let r = t
+        .call("DELETE", &format!("/pools/p25?api-version={V25}"), None)
+        .await;
+    assert_eq!(r.status, 202);
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    let r = t
+        .post(&format!("/pools?api-version={V25}"), &pool_body("p25"))
+        .await;
+    assert_eq!(r.status, 201, "{}", r.json());
+    let r = t.get(&format!("/pools/p25?api-version={V25}")).await;
+    assert!(
+        r.json().get("taskSchedulingPolicy").is_none(),
+        "{}",
+        r.json()
+    );
+    assert!(
+        r.json().get("networkConfiguration").is_none(),
+        "{}",
+        r.json()
+    );
+    t.server.shutdown().await;
 }

@@ -16,11 +16,10 @@ fn script(name: &str) -> PathBuf {
         .join(name)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn python_sdk_flow() {
-    let Some(py) = shipyard_e2e::require_python_sdk() else {
-        return;
-    };
+/// Runs an SDK script against a fresh memory-backed server; its stdout once it succeeded and
+/// printed `marker` (`None` when the SDK is not installed outside CI).
+async fn run_sdk(script: PathBuf, marker: &str) -> Option<String> {
+    let py = shipyard_e2e::require_python_sdk()?;
     let dir = tempfile::tempdir().unwrap();
     let key = ServeOptions::random_key();
     let opts = ServeOptions::new("sdkaccount", key.clone()).listen("127.0.0.1:0".parse().unwrap());
@@ -28,9 +27,10 @@ async fn python_sdk_flow() {
         .await
         .unwrap();
     let url = format!("http://{}", server.addr());
+    let name = script.display().to_string();
     let out = tokio::task::spawn_blocking(move || {
         Command::new(py)
-            .arg(script("sdk_flow.py"))
+            .arg(script)
             .env("SHIPYARD_SERVE_URL", url)
             .env("SHIPYARD_SERVE_ACCOUNT", "sdkaccount")
             .env("SHIPYARD_SERVE_KEY", key)
@@ -39,15 +39,33 @@ async fn python_sdk_flow() {
     })
     .await
     .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.success(),
-        "sdk_flow.py failed ({}):\n{stdout}\n{stderr}",
+        "{name} failed ({}):\n{stdout}\n{stderr}",
         out.status
     );
-    assert!(stdout.contains("SDK FLOW PASSED"), "{stdout}");
+    assert!(stdout.contains(marker), "{stdout}");
+    server.shutdown().await;
+    Some(stdout)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_sdk_flow() {
+    let Some(stdout) = run_sdk(script("sdk_flow.py"), "SDK FLOW PASSED").await else {
+        return;
+    };
     // 20 exit-code checks and 20 stdout checks ran.
     assert_eq!(stdout.matches(": stdout.txt").count(), 20, "{stdout}");
-    server.shutdown().await;
+}
+
+/// `expand=["stats"]` and a 2025-only property through the SDK (crates/serve/tests/python/sdk_expand.py).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_sdk_expand_and_2025_properties() {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python/sdk_expand.py");
+    let Some(stdout) = run_sdk(script, "SDK EXPAND PASSED").await else {
+        return;
+    };
+    assert_eq!(stdout.matches("ok: ").count(), 7, "{stdout}");
 }
