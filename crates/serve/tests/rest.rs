@@ -779,3 +779,31 @@ async fn properties_only_2025_knows_round_trip() {
     );
     t.server.shutdown().await;
 }
+
+/// Shutting the server down closes idle keep-alive connections too: a client that keeps a
+/// pooled connection cannot reach the stopped server through it, and the shutdown is quick.
+#[tokio::test]
+async fn shutdown_closes_idle_keep_alive_connections() {
+    let t = start().await;
+    assert_eq!(
+        t.get(&format!("/pools?api-version={V24}")).await.status,
+        200
+    );
+    let addr = t.server.addr();
+    let T { server, http, .. } = t;
+    let started = std::time::Instant::now();
+    server.shutdown().await;
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "shutdown took {:?}",
+        started.elapsed()
+    );
+    let after = http
+        .get(format!("http://{addr}/pools?api-version={V24}"))
+        .send()
+        .await;
+    assert!(
+        after.is_err(),
+        "the stopped server still answered: {after:?}"
+    );
+}

@@ -188,24 +188,45 @@ pub async fn serve_connections<H, F>(
     H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
     F: std::future::Future<Output = Result<Response<ReplyBody>, DropConnection>> + Send + 'static,
 {
+    // On shutdown every connection is shut down gracefully: requests in flight are answered,
+    // idle keep-alive connections are closed at once, so nothing the handler holds outlives
+    // the server because a client keeps a pooled connection open.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut conns = tokio::task::JoinSet::new();
     loop {
         let accepted = tokio::select! {
-            _ = &mut shutdown => return,
+            _ = &mut shutdown => break,
             a = listener.accept() => a,
         };
+        while conns.try_join_next().is_some() {}
         let Ok((stream, _)) = accepted else {
             continue;
         };
         let _ = stream.set_nodelay(true);
         let handler = handler.clone();
-        tokio::spawn(async move {
+        let mut stop = stop_rx.clone();
+        conns.spawn(async move {
             let svc = hyper::service::service_fn(handler);
-            let _ = hyper::server::conn::http1::Builder::new()
+            let conn = hyper::server::conn::http1::Builder::new()
                 .keep_alive(true)
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                .await;
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = async { stop.wait_for(|stopped| *stopped).await.map(|_| ()) } => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
         });
     }
+    drop(listener);
+    let _ = stop_tx.send(true);
+    // Requests in flight get a while to finish; the rest are dropped with the set.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while conns.join_next().await.is_some() {}
+    })
+    .await;
 }
 
 /// Reads a request body of at most [`MAX_READ`] bytes; a larger one is answered 413
