@@ -81,6 +81,18 @@ pub enum VmNodeError {
         #[source]
         source: serde_json::Error,
     },
+    /// An image pulled into the image cache is not the host's image.
+    #[error("{scope}: image {image} pulled from the pool registry has id {got}, the host's is {expected}")]
+    CacheMismatch {
+        /// The pool.
+        scope: String,
+        /// The image reference.
+        image: String,
+        /// The host's image ID.
+        expected: String,
+        /// The pulled image's ID.
+        got: String,
+    },
     /// The builder was given a value it cannot use.
     #[error("invalid VM-node configuration: {field}: {reason}")]
     InvalidConfig {

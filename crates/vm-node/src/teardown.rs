@@ -12,7 +12,7 @@ const STOP_GRACE: Duration = Duration::from_secs(10);
 
 /// Sends `signal` to each live process, then waits until all are gone (reaping `children`),
 /// escalating to SIGKILL after [`STOP_GRACE`].
-fn stop_all(scope: &str, bins: &Binaries, procs: &[ProcRef], children: &mut [Child]) {
+pub(crate) fn stop_all(scope: &str, bins: &Binaries, procs: &[ProcRef], children: &mut [Child]) {
     let live: Vec<ProcRef> = procs.iter().copied().filter(ProcRef::alive).collect();
     if live.is_empty() {
         reap(children);
@@ -98,6 +98,7 @@ pub(crate) fn teardown(rec: &PoolRecord, bins: &Binaries, children: &mut [Child]
     tracing::info!(scope, "tearing down");
     let mut procs: Vec<ProcRef> = rec.nodes.iter().filter_map(|n| n.dockerd).collect();
     procs.extend(rec.registries.iter().copied());
+    procs.extend(rec.template_dockerd);
     stop_all(&scope, bins, &procs, children);
     for node in &rec.nodes {
         let ns = format!("{} of {}", node.name, scope);
@@ -140,5 +141,9 @@ pub(crate) fn teardown(rec: &PoolRecord, bins: &Binaries, children: &mut [Child]
     }
     if let Some(claim) = &rec.subnet_claim {
         let _ = std::fs::remove_file(claim);
+    }
+    // The cache entry stays (deliberate state, see `cache`); only this pool's use of it goes.
+    if let Some(user) = &rec.cache_user {
+        let _ = std::fs::remove_file(user);
     }
 }
