@@ -459,6 +459,13 @@ async fn a_pool_made_from_the_image_cache_is_ready_fast_and_its_pull_is_real() -
         )
         .await?;
         assert_eq!(id.trim(), host_id, "{}", node.name());
+        // Its layers are the cache's, read-only, mounted in the node's namespace only.
+        let ro = run_on(
+            node,
+            "grep -c '/overlay2/[0-9a-f]*/diff ro,' /proc/self/mountinfo",
+        )
+        .await?;
+        assert!(ro.trim().parse::<u32>().unwrap_or(0) >= 1, "{ro}");
         // The job preparation's pull goes to the registry (the nodes' mirror) and is current.
         let t = Instant::now();
         let out = run_on(node, &format!("docker pull {TEST_IMAGE}")).await?;
@@ -484,7 +491,8 @@ async fn a_pool_made_from_the_image_cache_is_ready_fast_and_its_pull_is_real() -
         );
     }
 
-    // Hard-linked layers are never written through: a container's change stays its own.
+    // Shared layers are never written through: a container's change stays its own, and
+    // removing the image on one node leaves it on the others.
     let [a, b, ..] = second.nodes() else {
         anyhow::bail!("3 nodes")
     };

@@ -10,13 +10,13 @@
 //!   images are pushed there once per entry, not once per pool.
 //! - `template/docker/` is a dockerd data root that pulled the images from that registry once
 //!   (as the node engines do, through the Docker Hub mirror), so docker's distribution
-//!   metadata knows every layer. Each node's data root starts as a copy of it: `image/` (small
-//!   JSON and boltdb-free metadata) copied, `overlay2/` (the layers) hard-linked (`cp -al`, or
-//!   `cp -a --reflink=auto` where links fail). Image layers are never modified in place:
-//!   containers write to their own upper directories and overlayfs copies a file up before
-//!   changing it, and an image removed on a node only unlinks its own names. A node's
-//!   `docker pull` of a cached image is a real pull from the registry that finds every layer
-//!   present ("Image is up to date").
+//!   metadata knows every layer. Each node's data root starts from it before its dockerd
+//!   starts: `image/` (the small metadata) copied, `overlay2/` copied except the layers'
+//!   `diff/` directories, which are read-only bind mounts of the template's made inside the
+//!   node's mount namespace (so they vanish with the node, and a node's dockerd cannot change
+//!   them: containers write to their own upper directories, and dockerd unmounts a layer's
+//!   mounts before removing it). A node's `docker pull` of a cached image is a real pull from
+//!   the registry that finds every layer present ("Image is up to date").
 //! - `users/<pool id>` names each pool using the entry (with its owner process); teardown
 //!   removes the pool's file. Entries beyond the newest [`DEFAULT_CACHE_KEEP`] (by last use)
 //!   are removed when a pool is made, except entries a live pool uses or another process holds
@@ -265,28 +265,75 @@ impl CacheEntry {
     }
 }
 
-/// Seeds a node's data root (`data_root`, not yet existing or empty) from the template:
-/// `image/` copied, `overlay2/` hard-linked (reflinked or copied where links fail).
+/// The layers of a seeded data root: (template `diff/`, the node's empty `diff/`).
+pub(crate) type LayerMounts = Vec<(PathBuf, PathBuf)>;
+
+/// Seeds a node's data root (`data_root`, not yet existing) from the template: `image/`
+/// copied; `overlay2/` copied except each layer's `diff/`, left empty for
+/// [`mount_layers`]. Returns those layers.
 pub(crate) fn seed_data_root(
     scope: &str,
     bins: &Binaries,
     template: &Path,
     data_root: &Path,
-) -> Result<()> {
-    std::fs::create_dir_all(data_root)
-        .map_err(|e| VmNodeError::io(scope, "creating", data_root, e))?;
-    let cp = bins.cp.clone();
-    let copy = |flags: &[&str], what: &str| {
-        let mut cmd = Command::new(&cp);
-        cmd.args(flags).arg(template.join(what)).arg(data_root);
+) -> Result<LayerMounts> {
+    let layers_to = data_root.join("overlay2");
+    std::fs::create_dir_all(&layers_to)
+        .map_err(|e| VmNodeError::io(scope, "creating", &layers_to, e))?;
+    let cp = |from: &mut dyn Iterator<Item = PathBuf>, to: &Path| {
+        let mut cmd = Command::new(&bins.cp);
+        cmd.arg("-a").args(from).arg(to);
         run_cmd(scope, &mut cmd).map(|_| ())
     };
-    copy(&["-a"], "image")?;
-    if let Err(e) = copy(&["-al"], "overlay2") {
-        tracing::info!(scope, error = %e, "hard links failed; copying the layers");
-        let partial = data_root.join("overlay2");
-        let _ = std::fs::remove_dir_all(&partial);
-        copy(&["-a", "--reflink=auto"], "overlay2")?;
+    cp(&mut std::iter::once(template.join("image")), data_root)?;
+    let layers_from = template.join("overlay2");
+    let read = |d: &Path| -> Result<Vec<std::fs::DirEntry>> {
+        let entries = std::fs::read_dir(d).map_err(|e| VmNodeError::io(scope, "reading", d, e))?;
+        Ok(entries.flatten().collect())
+    };
+    let mut mounts = Vec::new();
+    for layer in read(&layers_from)? {
+        let to = layers_to.join(layer.file_name());
+        if layer.file_name() == "l" || !layer.path().is_dir() {
+            cp(&mut std::iter::once(layer.path()), &layers_to)?;
+            continue;
+        }
+        std::fs::create_dir(&to).map_err(|e| VmNodeError::io(scope, "creating", &to, e))?;
+        let (diff, rest): (Vec<_>, Vec<_>) = read(&layer.path())?
+            .into_iter()
+            .partition(|c| c.file_name() == "diff");
+        if !rest.is_empty() {
+            cp(&mut rest.iter().map(std::fs::DirEntry::path), &to)?;
+        }
+        for d in diff {
+            let target = to.join("diff");
+            std::fs::create_dir(&target)
+                .map_err(|e| VmNodeError::io(scope, "creating", &target, e))?;
+            mounts.push((d.path(), target));
+        }
+    }
+    Ok(mounts)
+}
+
+/// Mounts each template layer read-only on the node's `diff/`, in the node's mount namespace
+/// (`mnt`) only, so the mounts go with the node. Done once the node's dockerd answers: it
+/// bind-mounts its data root onto itself at startup, which would hide earlier mounts. dockerd
+/// unmounts everything under a layer before removing it (`docker rmi` on a node).
+pub(crate) fn mount_layers(
+    scope: &str,
+    bins: &Binaries,
+    mnt: &Path,
+    mounts: &[(PathBuf, PathBuf)],
+) -> Result<()> {
+    for (from, to) in mounts {
+        let mut cmd = Command::new(&bins.nsenter);
+        cmd.arg(format!("--mount={}", mnt.display()))
+            .arg("--")
+            .arg(&bins.mount)
+            .args(["--bind", "-o", "ro"])
+            .arg(from)
+            .arg(to);
+        run_cmd(scope, &mut cmd)?;
     }
     Ok(())
 }
@@ -313,13 +360,13 @@ pub(crate) fn evict(state_dir: &Path, keep: usize, current: &Path) -> Vec<String
     let count = by_use.len();
     // Oldest first; the newest `keep` stay.
     for ((_, name), dir) in by_use.into_iter().take(count.saturating_sub(keep)) {
-        if dir == current || in_use(&dir) {
+        if dir == current || in_use(state_dir, &dir) {
             continue;
         }
         let Ok(lock) = File::create(dir.join("lock")) else {
             continue;
         };
-        if lock.try_lock().is_err() || in_use(&dir) {
+        if lock.try_lock().is_err() || in_use(state_dir, &dir) {
             continue;
         }
         match std::fs::remove_dir_all(&dir) {
@@ -336,8 +383,9 @@ pub(crate) fn evict(state_dir: &Path, keep: usize, current: &Path) -> Vec<String
     removed
 }
 
-/// Whether a live process uses the entry; user files of dead owners are removed.
-fn in_use(dir: &Path) -> bool {
+/// Whether a pool uses the entry: its owner lives or its pool directory (nodes not yet swept)
+/// is still there. Other user files are removed.
+fn in_use(state_dir: &Path, dir: &Path) -> bool {
     let Ok(users) = std::fs::read_dir(dir.join("users")) else {
         return false;
     };
@@ -347,7 +395,8 @@ fn in_use(dir: &Path) -> bool {
             .ok()
             .and_then(|b| serde_json::from_slice::<CacheUser>(&b).ok())
             .map(|c| c.owner);
-        if owner.is_some_and(|o| o.alive()) {
+        if owner.is_some_and(|o| o.alive()) || state_dir.join("pools").join(u.file_name()).exists()
+        {
             live = true;
         } else {
             let _ = std::fs::remove_file(u.path());

@@ -18,8 +18,8 @@
 //! [`VmPool::distribute_via_registry`] (a real `docker pull` from a pool-local registry), or
 //! are there from the start with [`VmPoolBuilder::images`]: a persistent image cache under the
 //! state directory (`cache/<key>/`: registry storage and a template data root, pushed and
-//! pulled once per set of host image IDs) seeds every node's data root with hard links before
-//! its dockerd starts (see [`DEFAULT_CACHE_KEEP`] for how the cache is bounded).
+//! pulled once per set of host image IDs) seeds every node's data root (layers as read-only
+//! bind mounts in the node's mount namespace) before its dockerd starts (see [`DEFAULT_CACHE_KEEP`] for how the cache is bounded).
 //!
 //! Everything is recorded under the state directory before it is created; dropping the pool,
 //! [`VmPool::delete`], a failed creation and [`sweep`] (for pools whose owner process died)

@@ -6,7 +6,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::cache::{evict, seed_data_root, CacheEntry, CacheKey, DEFAULT_CACHE_KEEP};
+use crate::cache::{
+    evict, mount_layers, seed_data_root, CacheEntry, CacheKey, LayerMounts, DEFAULT_CACHE_KEEP,
+};
 use crate::cmd::{describe, run, Binaries};
 use crate::error::{Result, VmNodeError};
 use crate::net::{claim_subnet, Subnet};
@@ -56,7 +58,8 @@ pub struct CreationTimes {
     pub push: Duration,
     /// On a cache miss: the template engine's start, pulls and stop.
     pub template: Duration,
-    /// Copying (hard-linking) the template into every node's data root.
+    /// Seeding every node's data root from the template (metadata copied before its dockerd
+    /// starts, layers mounted once it answers).
     pub seed: Duration,
     /// Starting every node's dockerd until all answer.
     pub engines: Duration,
@@ -139,7 +142,8 @@ impl VmPoolBuilder {
     /// [`registry_mirror`](Self::registry_mirror)): a node's `docker pull <image>` is a real
     /// pull that finds every layer present. They come from the persistent image cache under
     /// the state directory (`cache/`, see the crate docs): pushed and pulled once per set of
-    /// host image IDs, then hard-linked into each new node's data root. Images a Docker Hub
+    /// host image IDs, then seeded into each new node's data root (the layers as read-only
+    /// bind mounts in the node's mount namespace). Images a Docker Hub
     /// mirror cannot serve (other registries, digests) are skipped with a warning.
     pub fn images<I, S>(mut self, images: I) -> Self
     where
@@ -212,6 +216,7 @@ impl VmPoolBuilder {
             children: Vec::new(),
             registry: None,
             times: CreationTimes::default(),
+            layers: Vec::new(),
         };
         match setup.run() {
             Ok(subnet) => {
@@ -248,6 +253,8 @@ struct Setup<'a> {
     children: Vec<Child>,
     registry: Option<Registry>,
     times: CreationTimes,
+    /// Per node, the cached layers to mount once its dockerd answers.
+    layers: Vec<LayerMounts>,
 }
 
 /// Where one dockerd keeps its files.
@@ -302,6 +309,7 @@ impl Setup<'_> {
         let t = Instant::now();
         self.engines()?;
         self.times.engines = t.elapsed();
+        self.mount_layers()?;
         tracing::debug!(scope, "all engines answer");
         Ok(subnet)
     }
@@ -334,7 +342,7 @@ impl Setup<'_> {
         let template = cache.template_root();
         let bins = &self.b.binaries;
         let nodes = &self.rec.nodes;
-        std::thread::scope(|s| {
+        self.layers = std::thread::scope(|s| {
             let handles: Vec<_> = nodes
                 .iter()
                 .map(|n| {
@@ -345,9 +353,35 @@ impl Setup<'_> {
                 .collect();
             handles
                 .into_iter()
-                .try_for_each(|h| h.join().unwrap_or_else(|_| Err(panicked("seeding"))))
+                .map(|h| h.join().unwrap_or_else(|_| Err(panicked("seeding"))))
+                .collect::<Result<Vec<LayerMounts>>>()
         })?;
         self.times.seed = t.elapsed();
+        Ok(())
+    }
+
+    /// Mounts the seeded layers into every node (after its dockerd answers).
+    fn mount_layers(&mut self) -> Result<()> {
+        let t = Instant::now();
+        let scope = self.scope();
+        let bins = &self.b.binaries;
+        let (nodes, dir) = (&self.rec.nodes, &self.rec.dir);
+        let layers = &self.layers;
+        std::thread::scope(|s| {
+            let handles: Vec<_> = nodes
+                .iter()
+                .zip(layers)
+                .map(|(n, mounts)| {
+                    let scope = format!("{} of {scope}", n.name);
+                    let (mnt, _) = ns_files(dir, &n.name);
+                    s.spawn(move || mount_layers(&scope, bins, &mnt, mounts))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .try_for_each(|h| h.join().unwrap_or_else(|_| Err(panicked("mounting"))))
+        })?;
+        self.times.seed += t.elapsed();
         Ok(())
     }
 
