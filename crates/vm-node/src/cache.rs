@@ -20,10 +20,10 @@
 //! - `users/<pool id>` names each pool using the entry (with its owner process); teardown
 //!   removes the pool's file. Entries beyond the newest [`DEFAULT_CACHE_KEEP`] (by last use)
 //!   are removed when a pool is made, except entries a live pool uses or another process holds
-//!   locked (`lock`, taken while an entry is built or copied).
+//!   locked (`lock`, created exclusively by whoever builds, seeds from or evicts the entry,
+//!   with its process; a lock of a dead process is broken).
 
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -164,7 +164,86 @@ fn binary_identity(program: &Path) -> String {
 pub(crate) struct CacheEntry {
     pub key: CacheKey,
     pub dir: PathBuf,
-    lock: Option<File>,
+    lock: Option<EntryLock>,
+}
+
+/// An entry's lock: the file `lock`, created exclusively, naming its holder; removed on drop.
+#[derive(Debug)]
+struct EntryLock {
+    path: PathBuf,
+}
+
+/// How long [`EntryLock::acquire`] waits for another builder of the same entry.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(600);
+
+impl EntryLock {
+    /// Takes the lock at `path` (its directory created as needed); with `wait`, polls while a
+    /// live holder has it, else returns `None` at once.
+    fn acquire(scope: &str, path: &Path, wait: bool) -> Result<Option<EntryLock>> {
+        let started = std::time::Instant::now();
+        loop {
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(path)
+            {
+                Ok(mut f) => {
+                    let body = serde_json::to_vec(&ProcRef::current()).unwrap_or_default();
+                    std::io::Write::write_all(&mut f, &body)
+                        .map_err(|e| VmNodeError::io(scope, "writing", path, e))?;
+                    return Ok(Some(EntryLock {
+                        path: path.to_path_buf(),
+                    }));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    // The entry was evicted (renamed away) meanwhile: make it again.
+                    if let Some(dir) = path.parent() {
+                        std::fs::create_dir_all(dir)
+                            .map_err(|e| VmNodeError::io(scope, "creating", dir, e))?;
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    let holder = std::fs::read(path)
+                        .ok()
+                        .and_then(|b| serde_json::from_slice::<ProcRef>(&b).ok());
+                    let age = std::fs::metadata(path)
+                        .and_then(|m| m.modified())
+                        .ok()
+                        .and_then(|t| t.elapsed().ok())
+                        .unwrap_or_default();
+                    let stale = match holder {
+                        Some(p) => !p.alive(),
+                        // Created but not written yet, unless long ago.
+                        None => age > std::time::Duration::from_secs(10),
+                    };
+                    if stale {
+                        tracing::info!(scope, lock = %path.display(), "breaking a stale cache lock");
+                        let _ = std::fs::remove_file(path);
+                        continue;
+                    }
+                    if !wait {
+                        return Ok(None);
+                    }
+                    if started.elapsed() > LOCK_WAIT {
+                        return Err(VmNodeError::io(
+                            scope,
+                            "waiting for",
+                            path,
+                            std::io::Error::from(std::io::ErrorKind::TimedOut),
+                        ));
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Err(e) => return Err(VmNodeError::io(scope, "creating", path, e)),
+            }
+        }
+    }
+}
+
+impl Drop for EntryLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
 }
 
 /// Who uses an entry (`users/<pool id>`).
@@ -183,14 +262,10 @@ impl CacheEntry {
 
     /// Opens (creating) the entry, waits for its lock and registers `user`.
     pub fn open(scope: &str, key: CacheKey, dir: PathBuf, user: &Path) -> Result<CacheEntry> {
+        let lock = EntryLock::acquire(scope, &dir.join("lock"), true)?;
         let users = dir.join("users");
         std::fs::create_dir_all(&users)
             .map_err(|e| VmNodeError::io(scope, "creating", &users, e))?;
-        let lock_path = dir.join("lock");
-        let lock = File::create(&lock_path)
-            .map_err(|e| VmNodeError::io(scope, "creating", &lock_path, e))?;
-        lock.lock()
-            .map_err(|e| VmNodeError::io(scope, "locking", &lock_path, e))?;
         let body = serde_json::to_vec(&CacheUser {
             owner: ProcRef::current(),
         })
@@ -201,11 +276,7 @@ impl CacheEntry {
         std::fs::write(user, body).map_err(|e| VmNodeError::io(scope, "writing", user, e))?;
         let used = dir.join("used");
         std::fs::write(&used, b"").map_err(|e| VmNodeError::io(scope, "writing", &used, e))?;
-        Ok(CacheEntry {
-            key,
-            dir,
-            lock: Some(lock),
-        })
+        Ok(CacheEntry { key, dir, lock })
     }
 
     pub fn registry_storage(&self) -> PathBuf {
@@ -351,6 +422,11 @@ pub(crate) fn evict(state_dir: &Path, keep: usize, current: &Path) -> Vec<String
         if !dir.is_dir() {
             continue;
         }
+        if e.file_name().to_string_lossy().starts_with(".evicting-") {
+            // Left by an eviction that did not finish.
+            let _ = std::fs::remove_dir_all(&dir);
+            continue;
+        }
         let used = std::fs::metadata(dir.join("used"))
             .and_then(|m| m.modified())
             .unwrap_or(SystemTime::UNIX_EPOCH);
@@ -363,13 +439,19 @@ pub(crate) fn evict(state_dir: &Path, keep: usize, current: &Path) -> Vec<String
         if dir == current || in_use(state_dir, &dir) {
             continue;
         }
-        let Ok(lock) = File::create(dir.join("lock")) else {
+        let Ok(Some(lock)) = EntryLock::acquire("image cache", &dir.join("lock"), false) else {
             continue;
         };
-        if lock.try_lock().is_err() || in_use(state_dir, &dir) {
+        if in_use(state_dir, &dir) {
             continue;
         }
-        match std::fs::remove_dir_all(&dir) {
+        // Renamed away first, so a pool opening the entry meanwhile makes a new one.
+        let gone = root.join(format!(".evicting-{name}-{}", std::process::id()));
+        if std::fs::rename(&dir, &gone).is_err() {
+            continue;
+        }
+        drop(lock);
+        match std::fs::remove_dir_all(&gone) {
             Ok(()) => {
                 tracing::info!(entry = name, "removed an image cache entry");
                 removed.push(name);
@@ -378,7 +460,6 @@ pub(crate) fn evict(state_dir: &Path, keep: usize, current: &Path) -> Vec<String
                 tracing::warn!(dir = %dir.display(), error = %e, "cannot remove a cache entry")
             }
         }
-        drop(lock);
     }
     removed
 }
@@ -449,6 +530,26 @@ mod tests {
     }
 
     #[test]
+    fn a_held_lock_excludes_and_a_dead_holders_lock_is_broken() {
+        let Ok(dir) = tempfile::tempdir() else {
+            panic!("tempdir")
+        };
+        let path = dir.path().join("entry/lock");
+        let first = EntryLock::acquire("t", &path, false);
+        assert!(matches!(first, Ok(Some(_))), "{first:?}");
+        assert!(matches!(EntryLock::acquire("t", &path, false), Ok(None)));
+        drop(first);
+        assert!(!path.exists(), "released on drop");
+        let dead = ProcRef {
+            start: ProcRef::current().start + 1,
+            ..ProcRef::current()
+        };
+        let body = serde_json::to_vec(&dead).unwrap_or_default();
+        assert!(std::fs::write(&path, body).is_ok());
+        assert!(matches!(EntryLock::acquire("t", &path, false), Ok(Some(_))));
+    }
+
+    #[test]
     fn eviction_keeps_the_newest_the_current_and_entries_in_use() {
         let Ok(state) = tempfile::tempdir() else {
             panic!("tempdir")
@@ -457,7 +558,7 @@ mod tests {
         let mk = |name: &str, age_s: u64, user: Option<ProcRef>| {
             let d = root.join(name);
             assert!(std::fs::create_dir_all(d.join("users")).is_ok());
-            let used = File::create(d.join("used"));
+            let used = std::fs::File::create(d.join("used"));
             let Ok(used) = used else { panic!("used") };
             let t = SystemTime::now() - std::time::Duration::from_secs(age_s);
             assert!(used.set_modified(t).is_ok());

@@ -82,16 +82,14 @@ pub enum VmNodeError {
         source: serde_json::Error,
     },
     /// An image pulled into the image cache is not the host's image.
-    #[error("{scope}: image {image} pulled from the pool registry has id {got}, the host's is {expected}")]
+    #[error("{scope}: image {image} pulled from the pool registry is not the host's: {ids}")]
     CacheMismatch {
         /// The pool.
         scope: String,
         /// The image reference.
         image: String,
-        /// The host's image ID.
-        expected: String,
-        /// The pulled image's ID.
-        got: String,
+        /// The pulled and the host's image IDs (`has id …, the host's is …`).
+        ids: String,
     },
     /// The builder was given a value it cannot use.
     #[error("invalid VM-node configuration: {field}: {reason}")]

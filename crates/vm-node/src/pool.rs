@@ -161,7 +161,7 @@ impl VmPoolBuilder {
     }
 
     fn validate(&self) -> Result<()> {
-        if !self.images.is_empty() && !(self.registry && self.registry_mirror) {
+        if !(self.images.is_empty() || self.registry && self.registry_mirror) {
             return Err(VmNodeError::InvalidConfig {
                 field: "images",
                 reason: "cached images need registry(true) and registry_mirror(true)".into(),
@@ -449,8 +449,7 @@ impl Setup<'_> {
                     return Err(VmNodeError::CacheMismatch {
                         scope: scope.clone(),
                         image: img.image.clone(),
-                        expected: img.id.clone(),
-                        got,
+                        ids: format!("has id {got}, the host's is {}", img.id),
                     });
                 }
             }
