@@ -11,7 +11,7 @@ use std::time::Instant;
 
 #[path = "engine_support.rs"]
 mod engine_support;
-use engine_support::{task_outputs, wait_for};
+use engine_support::{task_outputs, wait_for, wait_idle};
 
 use shipyard_batch_api::models::{TaskExecutionResult, TaskState};
 use shipyard_e2e::HelloReport;
@@ -110,14 +110,7 @@ async fn engine_runs_the_non_native_openmpi_example_on_three_vm_like_nodes() -> 
     let e = Engine::open(engine_options(dir.path(), &std::process::id().to_string())).await?;
     let t0 = Instant::now();
     e.add_pool(pool_param).await?;
-    wait_for("3 idle VM-like nodes", 180, || {
-        e.list_nodes(&pool_id).is_ok_and(|v| {
-            v.len() == 3
-                && v.iter()
-                    .all(|n| n.state == Some(shipyard_batch_api::models::ComputeNodeState::Idle))
-        })
-    })
-    .await;
+    wait_idle(&e, &pool_id, 3, 180).await;
     let pool_secs = t0.elapsed().as_secs_f64();
     let sockets = node_sockets(&vm_state);
     assert_eq!(sockets.len(), 3, "one engine per node: {sockets:?}");
@@ -199,14 +192,7 @@ async fn engine_runs_the_non_native_openmpi_example_on_three_vm_like_nodes() -> 
     // pool registry.
     let t2 = Instant::now();
     e.add_pool(pool.clone()).await?;
-    wait_for("3 idle VM-like nodes from the cache", 60, || {
-        e.list_nodes(&pool_id).is_ok_and(|v| {
-            v.len() == 3
-                && v.iter()
-                    .all(|n| n.state == Some(shipyard_batch_api::models::ComputeNodeState::Idle))
-        })
-    })
-    .await;
+    wait_idle(&e, &pool_id, 3, 60).await;
     let cached_secs = t2.elapsed().as_secs_f64();
     eprintln!("engine_vm: the same pool from the image cache {cached_secs:.2}s");
     assert!(cached_secs < 10.0, "a cached pool took {cached_secs:.2}s");

@@ -341,23 +341,37 @@ pub(crate) type LayerMounts = Vec<(PathBuf, PathBuf)>;
 
 /// Seeds a node's data root (`data_root`, not yet existing) from the template: `image/`
 /// copied; `overlay2/` copied except each layer's `diff/`, left empty for
-/// [`mount_layers`]. Returns those layers.
+/// [`mount_layers`]. Returns those layers. A template of another storage driver is copied
+/// whole (reflinked where the filesystem can).
 pub(crate) fn seed_data_root(
     scope: &str,
     bins: &Binaries,
     template: &Path,
     data_root: &Path,
 ) -> Result<LayerMounts> {
+    let cp = |from: &mut dyn Iterator<Item = PathBuf>, to: &Path| {
+        let mut cmd = Command::new(&bins.cp);
+        cmd.args(["-a", "--reflink=auto"]).args(from).arg(to);
+        run_cmd(scope, &mut cmd).map(|_| ())
+    };
+    let layers_from = template.join("overlay2");
+    if !layers_from.is_dir() {
+        // Another storage driver: a full copy of the (stopped) template engine's data root.
+        tracing::info!(
+            scope,
+            "the cache template is not overlay2: copying it whole"
+        );
+        if let Some(parent) = data_root.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| VmNodeError::io(scope, "creating", parent, e))?;
+        }
+        cp(&mut std::iter::once(template.to_path_buf()), data_root)?;
+        return Ok(Vec::new());
+    }
     let layers_to = data_root.join("overlay2");
     std::fs::create_dir_all(&layers_to)
         .map_err(|e| VmNodeError::io(scope, "creating", &layers_to, e))?;
-    let cp = |from: &mut dyn Iterator<Item = PathBuf>, to: &Path| {
-        let mut cmd = Command::new(&bins.cp);
-        cmd.arg("-a").args(from).arg(to);
-        run_cmd(scope, &mut cmd).map(|_| ())
-    };
     cp(&mut std::iter::once(template.join("image")), data_root)?;
-    let layers_from = template.join("overlay2");
     let read = |d: &Path| -> Result<Vec<std::fs::DirEntry>> {
         let entries = std::fs::read_dir(d).map_err(|e| VmNodeError::io(scope, "reading", d, e))?;
         Ok(entries.flatten().collect())
