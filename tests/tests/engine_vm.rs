@@ -11,7 +11,7 @@ use std::time::Instant;
 
 #[path = "engine_support.rs"]
 mod engine_support;
-use engine_support::{task_outputs, wait_for};
+use engine_support::{task_outputs, wait_for, wait_idle};
 
 use shipyard_batch_api::models::{TaskExecutionResult, TaskState};
 use shipyard_e2e::HelloReport;
@@ -102,6 +102,7 @@ async fn engine_runs_the_non_native_openmpi_example_on_three_vm_like_nodes() -> 
         "a non-native pool has no containerConfiguration"
     );
     let pool_id = pool_param.id.clone();
+    let pool = pool_param.clone();
     let job_param = plan.job_add_parameter(&job_spec.id, &pool_id);
 
     let dir = tempfile::tempdir()?;
@@ -109,14 +110,7 @@ async fn engine_runs_the_non_native_openmpi_example_on_three_vm_like_nodes() -> 
     let e = Engine::open(engine_options(dir.path(), &std::process::id().to_string())).await?;
     let t0 = Instant::now();
     e.add_pool(pool_param).await?;
-    wait_for("3 idle VM-like nodes", 180, || {
-        e.list_nodes(&pool_id).is_ok_and(|v| {
-            v.len() == 3
-                && v.iter()
-                    .all(|n| n.state == Some(shipyard_batch_api::models::ComputeNodeState::Idle))
-        })
-    })
-    .await;
+    wait_idle(&e, &pool_id, 3, 180).await;
     let pool_secs = t0.elapsed().as_secs_f64();
     let sockets = node_sockets(&vm_state);
     assert_eq!(sockets.len(), 3, "one engine per node: {sockets:?}");
@@ -191,13 +185,65 @@ async fn engine_runs_the_non_native_openmpi_example_on_three_vm_like_nodes() -> 
     eprintln!("engine_vm: pool of 3 VM-like nodes {pool_secs:.2}s, job {job_secs:.2}s");
 
     // Pool deletion removes the nodes: namespaces, bridge, state.
+    delete_and_check(&e, &pool_id, &vm_state).await?;
+
+    // The same pool again: its image comes from the cache the first pool filled (no push, no
+    // pull of layers), with the host's image ID, and a node's `docker pull` is served by the
+    // pool registry.
+    let t2 = Instant::now();
+    e.add_pool(pool.clone()).await?;
+    wait_idle(&e, &pool_id, 3, 60).await;
+    let cached_secs = t2.elapsed().as_secs_f64();
+    eprintln!("engine_vm: the same pool from the image cache {cached_secs:.2}s");
+    assert!(cached_secs < 10.0, "a cached pool took {cached_secs:.2}s");
+    let host_id = Command::new("docker")
+        .args([
+            "image",
+            "inspect",
+            "-f",
+            "{{.Id}}",
+            shipyard_e2e::TEST_IMAGE,
+        ])
+        .output()?;
+    let host_id = String::from_utf8_lossy(&host_id.stdout).trim().to_string();
+    let sockets = node_sockets(&vm_state);
+    assert_eq!(sockets.len(), 3);
+    for s in &sockets {
+        let docker = |args: &[&str]| {
+            Command::new("docker")
+                .arg("-H")
+                .arg(format!("unix://{}", s.display()))
+                .args(args)
+                .output()
+        };
+        let id = docker(&[
+            "image",
+            "inspect",
+            "-f",
+            "{{.Id}}",
+            shipyard_e2e::TEST_IMAGE,
+        ])?;
+        assert_eq!(String::from_utf8_lossy(&id.stdout).trim(), host_id);
+        let pull = docker(&["pull", shipyard_e2e::TEST_IMAGE])?;
+        let text = String::from_utf8_lossy(&pull.stdout);
+        assert!(
+            pull.status.success() && text.contains("Image is up to date"),
+            "{text}{}",
+            String::from_utf8_lossy(&pull.stderr)
+        );
+    }
+    delete_and_check(&e, &pool_id, &vm_state).await
+}
+
+/// Deletes the pool and checks its nodes are gone: namespaces, bridge, state.
+async fn delete_and_check(e: &Engine, pool_id: &str, vm_state: &Path) -> anyhow::Result<()> {
     let pool_dirs: Vec<String> = std::fs::read_dir(vm_state.join("pools"))?
         .flatten()
         .map(|d| d.file_name().to_string_lossy().into_owned())
         .collect();
     assert_eq!(pool_dirs.len(), 1);
-    e.delete_pool(&pool_id).await?;
-    wait_for("pool deletion", 60, || e.get_pool(&pool_id).is_err()).await;
+    e.delete_pool(pool_id).await?;
+    wait_for("pool deletion", 60, || e.get_pool(pool_id).is_err()).await;
     let netns = Command::new("ip").args(["netns", "list"]).output()?;
     let netns = String::from_utf8_lossy(&netns.stdout);
     assert!(
@@ -209,6 +255,6 @@ async fn engine_runs_the_non_native_openmpi_example_on_three_vm_like_nodes() -> 
         !String::from_utf8_lossy(&links.stdout).contains(&format!("syb{}", pool_dirs[0])),
         "bridge left"
     );
-    assert!(node_sockets(&vm_state).is_empty());
+    assert!(node_sockets(vm_state).is_empty());
     Ok(())
 }

@@ -377,3 +377,172 @@ fn a_dockerd_that_dies_at_startup_fails_creation_naming_the_node_and_leaves_noth
     assert!(err.to_string().contains("/nonexistent/ip"), "{err}");
     Ok(())
 }
+
+/// The host's image ID of [`TEST_IMAGE`].
+fn host_image_id() -> anyhow::Result<String> {
+    let out = Command::new("docker")
+        .args(["image", "inspect", "-f", "{{.Id}}", TEST_IMAGE])
+        .output()?;
+    ensure!(out.status.success(), "docker image inspect {TEST_IMAGE}");
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// The pool ids using each image cache entry under `state`.
+fn cache_users(state: &Path) -> Vec<Vec<String>> {
+    let mut v: Vec<Vec<String>> = std::fs::read_dir(state.join("cache"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| {
+            let mut u: Vec<String> = std::fs::read_dir(e.path().join("users"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|u| u.file_name().to_string_lossy().into_owned())
+                .collect();
+            u.sort();
+            u
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_made_from_the_image_cache_is_ready_fast_and_its_pull_is_real() -> anyhow::Result<()>
+{
+    if !require_vm_node_tools() {
+        return Ok(());
+    }
+    let _serial = SERIAL.lock().await;
+    let state = tempfile::tempdir()?;
+    let host_id = host_image_id()?;
+    let make = || {
+        VmPool::builder()
+            .nodes(3)
+            .state_dir(state.path())
+            .registry(true)
+            .registry_mirror(true)
+            .images([TEST_IMAGE])
+            .create()
+    };
+    let first = tokio::task::block_in_place(make)?;
+    let t1 = first.creation_times();
+    eprintln!("vm_nodes: 3 nodes, image cache miss: {t1:?}");
+    assert_eq!(t1.cache_hit, Some(false), "a new state dir has no cache");
+    let second = tokio::task::block_in_place(make)?;
+    let t2 = second.creation_times();
+    eprintln!("vm_nodes: 3 nodes, image cache hit: {t2:?}");
+    assert_eq!(t2.cache_hit, Some(true));
+    assert_eq!(t2.push, std::time::Duration::ZERO, "a hit pushes nothing");
+    assert!(
+        t2.total.as_secs_f64() < 10.0,
+        "a pool from the cache took {:.2}s",
+        t2.total.as_secs_f64()
+    );
+    assert_eq!(
+        cache_users(state.path()),
+        vec![{
+            let mut ids = vec![first.id().to_string(), second.id().to_string()];
+            ids.sort();
+            ids
+        }],
+        "one cache entry, used by both pools"
+    );
+
+    let reg = second.registry().context("registry")?.pull_address();
+    for node in second.nodes() {
+        // The node's engine holds the host's image, under its own name, from the start.
+        let id = run_on(
+            node,
+            &format!("docker image inspect -f '{{{{.Id}}}}' {TEST_IMAGE}"),
+        )
+        .await?;
+        assert_eq!(id.trim(), host_id, "{}", node.name());
+        // Its layers are the cache's, read-only, mounted in the node's namespace only.
+        let ro = run_on(
+            node,
+            "grep -c '/overlay2/[0-9a-f]*/diff ro,' /proc/self/mountinfo",
+        )
+        .await?;
+        assert!(ro.trim().parse::<u32>().unwrap_or(0) >= 1, "{ro}");
+        // The job preparation's pull goes to the registry (the nodes' mirror) and is current.
+        let t = Instant::now();
+        let out = run_on(node, &format!("docker pull {TEST_IMAGE}")).await?;
+        assert!(out.contains("Image is up to date"), "{out}");
+        // By the registry's own address: the manifest is fetched, no layer is transferred.
+        let out = run_on(node, &format!("docker pull {reg}/{TEST_IMAGE}")).await?;
+        assert!(
+            out.contains("Digest: sha256:") && out.contains(&format!("for {reg}/{TEST_IMAGE}")),
+            "{out}"
+        );
+        for transfer in [
+            "Downloading",
+            "Download complete",
+            "Extracting",
+            "Pull complete",
+        ] {
+            assert!(!out.contains(transfer), "{out}");
+        }
+        eprintln!(
+            "vm_nodes: {} pulls from the cached registry {:.2}s",
+            node.name(),
+            t.elapsed().as_secs_f64()
+        );
+    }
+
+    // Shared layers are never written through: a container's change stays its own, and
+    // removing the image on one node leaves it on the others.
+    let [a, b, ..] = second.nodes() else {
+        anyhow::bail!("3 nodes")
+    };
+    let original = run_on(
+        b,
+        &format!("docker run --rm {TEST_IMAGE} cat /etc/debian_version"),
+    )
+    .await?;
+    run_on(
+        a,
+        &format!("docker run --name writer {TEST_IMAGE} sh -c 'echo changed > /etc/debian_version' && docker rm writer && docker rmi {reg}/{TEST_IMAGE} {TEST_IMAGE}"),
+    )
+    .await?;
+    let after = run_on(
+        b,
+        &format!("docker run --rm {TEST_IMAGE} cat /etc/debian_version"),
+    )
+    .await?;
+    assert_eq!(
+        after, original,
+        "a container on another node changed a shared layer"
+    );
+    assert_ne!(original.trim(), "changed");
+
+    // Deleting a pool leaves the cache to the other; the other keeps working.
+    let (id1, dir1) = (first.id().to_string(), first.dir().to_path_buf());
+    let t = Instant::now();
+    first.delete();
+    eprintln!(
+        "vm_nodes: cached pool deleted in {:.2}s",
+        t.elapsed().as_secs_f64()
+    );
+    assert_nothing_left(&id1, &dir1);
+    assert_eq!(
+        cache_users(state.path()),
+        vec![vec![second.id().to_string()]]
+    );
+    let out = run_on(
+        b,
+        &format!("docker run --rm {TEST_IMAGE} cat /etc/debian_version"),
+    )
+    .await?;
+    assert_eq!(out, original);
+    let (id2, dir2) = (second.id().to_string(), second.dir().to_path_buf());
+    second.delete();
+    assert_nothing_left(&id2, &dir2);
+    assert_eq!(
+        cache_users(state.path()),
+        vec![Vec::<String>::new()],
+        "the entry stays, unused"
+    );
+    Ok(())
+}

@@ -32,6 +32,8 @@ pub struct Binaries {
     pub kill: PathBuf,
     /// Debian's `docker-registry` (distribution 2.x).
     pub registry: PathBuf,
+    /// coreutils `cp` (seeding node data roots from the image cache).
+    pub cp: PathBuf,
 }
 
 impl Default for Binaries {
@@ -47,6 +49,7 @@ impl Default for Binaries {
             docker: "docker".into(),
             kill: "kill".into(),
             registry: "docker-registry".into(),
+            cp: "cp".into(),
         }
     }
 }
@@ -67,7 +70,7 @@ pub fn is_executable(program: &Path) -> bool {
 
 impl Binaries {
     /// Every program, with the Debian package that ships it.
-    pub fn programs(&self) -> [(&Path, &'static str); 10] {
+    pub fn programs(&self) -> [(&Path, &'static str); 11] {
         [
             (&self.ip, "iproute2"),
             (&self.nsenter, "util-linux"),
@@ -79,6 +82,7 @@ impl Binaries {
             (&self.docker, "docker.io"),
             (&self.kill, "procps"),
             (&self.registry, "docker-registry"),
+            (&self.cp, "coreutils"),
         ]
         .map(|(p, pkg)| (p.as_path(), pkg))
     }

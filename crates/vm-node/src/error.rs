@@ -81,6 +81,16 @@ pub enum VmNodeError {
         #[source]
         source: serde_json::Error,
     },
+    /// An image pulled into the image cache is not the host's image.
+    #[error("{scope}: image {image} pulled from the pool registry is not the host's: {ids}")]
+    CacheMismatch {
+        /// The pool.
+        scope: String,
+        /// The image reference.
+        image: String,
+        /// The pulled and the host's image IDs (`has id …, the host's is …`).
+        ids: String,
+    },
     /// The builder was given a value it cannot use.
     #[error("invalid VM-node configuration: {field}: {reason}")]
     InvalidConfig {

@@ -15,12 +15,17 @@
 //!
 //! Processes run "as on a Batch VM" with [`VmNode::command`]. Images reach the engines by
 //! [`VmPool::load_image`] (`docker save` once, `docker load` into every node) or
-//! [`VmPool::distribute_via_registry`] (a real `docker pull` from a pool-local registry).
+//! [`VmPool::distribute_via_registry`] (a real `docker pull` from a pool-local registry), or
+//! are there from the start with [`VmPoolBuilder::images`]: a persistent image cache under the
+//! state directory (`cache/<key>/`: registry storage and a template data root, pushed and
+//! pulled once per set of host image IDs) seeds every node's data root (layers as read-only
+//! bind mounts in the node's mount namespace) before its dockerd starts (see [`DEFAULT_CACHE_KEEP`] for how the cache is bounded).
 //!
 //! Everything is recorded under the state directory before it is created; dropping the pool,
 //! [`VmPool::delete`], a failed creation and [`sweep`] (for pools whose owner process died)
 //! remove exactly that.
 
+mod cache;
 mod cmd;
 mod error;
 mod image;
@@ -33,12 +38,14 @@ mod teardown;
 
 use std::path::Path;
 
+pub use cache::{mirror_path, DEFAULT_CACHE_KEEP};
 pub use cmd::{is_executable, Binaries};
 pub use error::{Result, VmNodeError};
 pub use image::DistributionTimes;
 pub use node::{NodeCommand, NodeHealth, NodeKiller, NodeOutput, NodeProcess, VmNode};
 pub use pool::{
-    VmPool, VmPoolBuilder, DEFAULT_NODE_ROOT_DIR, DEFAULT_RUN_DIR, DEFAULT_STATE_DIR, MAX_NODES,
+    CreationTimes, VmPool, VmPoolBuilder, DEFAULT_NODE_ROOT_DIR, DEFAULT_RUN_DIR,
+    DEFAULT_STATE_DIR, MAX_NODES,
 };
 pub use registry::Registry;
 

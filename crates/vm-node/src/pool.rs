@@ -6,13 +6,16 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::cache::{
+    evict, mount_layers, seed_data_root, CacheEntry, CacheKey, LayerMounts, DEFAULT_CACHE_KEEP,
+};
 use crate::cmd::{describe, run, Binaries};
 use crate::error::{Result, VmNodeError};
 use crate::net::{claim_subnet, Subnet};
 use crate::node::{ping, NodeShared, VmNode};
 use crate::registry::{self, Registry};
 use crate::state::{NodeRecord, PoolRecord, ProcRef};
-use crate::teardown::teardown;
+use crate::teardown::{stop_all, teardown};
 
 /// Default directory for pool state (records, node roots, engine data).
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/shipyard/vm-nodes";
@@ -35,6 +38,35 @@ pub struct VmPoolBuilder {
     registry: bool,
     registry_mirror: bool,
     engine_timeout: Duration,
+    images: Vec<String>,
+    cache_keep: usize,
+}
+
+/// How long each phase of [`VmPoolBuilder::create`] took.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[non_exhaustive]
+pub struct CreationTimes {
+    /// Subnet claim, bridge, forward rule.
+    pub network: Duration,
+    /// Resolving the image IDs and waiting for the cache entry's lock.
+    pub cache_lookup: Duration,
+    /// Starting the registry.
+    pub registry: Duration,
+    /// Every node's namespaces, veth, hostname and bind mounts.
+    pub namespaces: Duration,
+    /// On a cache miss: pushing the images into the entry's registry.
+    pub push: Duration,
+    /// On a cache miss: the template engine's start, pulls and stop.
+    pub template: Duration,
+    /// Seeding every node's data root from the template (metadata copied before its dockerd
+    /// starts, layers mounted once it answers).
+    pub seed: Duration,
+    /// Starting every node's dockerd until all answer.
+    pub engines: Duration,
+    /// The whole creation.
+    pub total: Duration,
+    /// `None` without [`VmPoolBuilder::images`]; else whether the cache entry was complete.
+    pub cache_hit: Option<bool>,
 }
 
 impl Default for VmPoolBuilder {
@@ -49,6 +81,8 @@ impl Default for VmPoolBuilder {
             registry: false,
             registry_mirror: false,
             engine_timeout: Duration::from_secs(30),
+            images: Vec::new(),
+            cache_keep: DEFAULT_CACHE_KEEP,
         }
     }
 }
@@ -103,7 +137,36 @@ impl VmPoolBuilder {
         self
     }
 
+    /// Images of the host's engine that every node's engine holds when the pool is ready,
+    /// as pulled from the pool registry (needs [`registry`](Self::registry) and
+    /// [`registry_mirror`](Self::registry_mirror)): a node's `docker pull <image>` is a real
+    /// pull that finds every layer present. They come from the persistent image cache under
+    /// the state directory (`cache/`, see the crate docs): pushed and pulled once per set of
+    /// host image IDs, then seeded into each new node's data root (the layers as read-only
+    /// bind mounts in the node's mount namespace). Images a Docker Hub
+    /// mirror cannot serve (other registries, digests) are skipped with a warning.
+    pub fn images<I, S>(mut self, images: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.images = images.into_iter().map(Into::into).collect();
+        self
+    }
+    /// How many image cache entries (sets of image IDs) to keep, by last use
+    /// ([`DEFAULT_CACHE_KEEP`]); entries in use by live pools are never removed.
+    pub fn cache_keep(mut self, n: usize) -> Self {
+        self.cache_keep = n;
+        self
+    }
+
     fn validate(&self) -> Result<()> {
+        if !(self.images.is_empty() || self.registry && self.registry_mirror) {
+            return Err(VmNodeError::InvalidConfig {
+                field: "images",
+                reason: "cached images need registry(true) and registry_mirror(true)".into(),
+            });
+        }
         if self.nodes == 0 || self.nodes > MAX_NODES {
             return Err(VmNodeError::InvalidConfig {
                 field: "nodes",
@@ -147,9 +210,13 @@ impl VmPoolBuilder {
                 ns_dir_mounted: false,
                 registries: Vec::new(),
                 nodes: Vec::new(),
+                cache_user: None,
+                template_dockerd: None,
             },
             children: Vec::new(),
             registry: None,
+            times: CreationTimes::default(),
+            layers: Vec::new(),
         };
         match setup.run() {
             Ok(subnet) => {
@@ -157,13 +224,16 @@ impl VmPoolBuilder {
                     rec,
                     children,
                     registry,
+                    mut times,
                     ..
                 } = setup;
-                let pool = VmPool::new(rec, children, registry, subnet, &self);
+                times.total = started.elapsed();
+                let pool = VmPool::new(rec, children, registry, subnet, &self, times);
                 tracing::info!(
                     pool = id,
                     nodes = self.nodes,
-                    secs = started.elapsed().as_secs_f64(),
+                    secs = times.total.as_secs_f64(),
+                    ?times,
                     "pool ready"
                 );
                 Ok(pool)
@@ -182,6 +252,19 @@ struct Setup<'a> {
     rec: PoolRecord,
     children: Vec<Child>,
     registry: Option<Registry>,
+    times: CreationTimes,
+    /// Per node, the cached layers to mount once its dockerd answers.
+    layers: Vec<LayerMounts>,
+}
+
+/// Where one dockerd keeps its files.
+struct EnginePaths {
+    data_root: PathBuf,
+    exec_root: PathBuf,
+    pidfile: PathBuf,
+    socket: PathBuf,
+    log: PathBuf,
+    config: PathBuf,
 }
 
 impl Setup<'_> {
@@ -194,20 +277,192 @@ impl Setup<'_> {
         let scope = self.scope();
         self.rec.save()?;
         let claims = self.b.state_dir.join("subnets");
+        let t = Instant::now();
         let (subnet, claim) = claim_subnet(bins, self.b.subnet_base, &claims, &self.rec.id)?;
         self.rec.subnet_claim = Some(claim);
         self.bridge(subnet)?;
+        self.times.network = t.elapsed();
+        let t = Instant::now();
+        let mut cache = self.open_cache()?;
+        self.times.cache_lookup = t.elapsed();
         if self.b.registry {
-            let mut reg = registry::start(&self.rec, bins, subnet.host(1))?;
+            let t = Instant::now();
+            let storage = cache.as_ref().map(CacheEntry::registry_storage);
+            let mut reg = registry::start(&self.rec, bins, subnet.host(1), storage.as_deref())?;
             self.rec.registries = reg.procs();
             self.rec.save()?;
             self.children.extend(reg.take_children());
             self.registry = Some(reg);
+            self.times.registry = t.elapsed();
         }
+        let t = Instant::now();
         self.namespaces(subnet)?;
+        self.times.namespaces = t.elapsed();
+        if let Some(cache) = cache.as_mut() {
+            self.seed_from_cache(cache)?;
+            cache.release();
+            let removed = evict(&self.b.state_dir, self.b.cache_keep, &cache.dir);
+            if !removed.is_empty() {
+                tracing::info!(scope, ?removed, "image cache entries evicted");
+            }
+        }
+        let t = Instant::now();
         self.engines()?;
+        self.times.engines = t.elapsed();
+        self.mount_layers()?;
         tracing::debug!(scope, "all engines answer");
         Ok(subnet)
+    }
+
+    /// The cache entry of the builder's images (locked, this pool registered as a user).
+    fn open_cache(&mut self) -> Result<Option<CacheEntry>> {
+        if self.b.images.is_empty() {
+            return Ok(None);
+        }
+        let scope = self.scope();
+        let Some(key) = CacheKey::resolve(&scope, &self.b.binaries, &self.b.images)? else {
+            return Ok(None);
+        };
+        let (dir, user) = CacheEntry::paths(&self.b.state_dir, &key, &self.rec.id);
+        self.rec.cache_user = Some(user.clone());
+        self.rec.save()?;
+        CacheEntry::open(&scope, key, dir, &user).map(Some)
+    }
+
+    /// Builds the entry's template when it is incomplete, then seeds every node's data root.
+    fn seed_from_cache(&mut self, cache: &CacheEntry) -> Result<()> {
+        let scope = self.scope();
+        let hit = cache.ready();
+        self.times.cache_hit = Some(hit);
+        if !hit {
+            tracing::info!(scope, entry = %cache.dir.display(), "image cache miss: building the entry");
+            self.build_template(cache)?;
+        }
+        let t = Instant::now();
+        let template = cache.template_root();
+        let bins = &self.b.binaries;
+        let nodes = &self.rec.nodes;
+        self.layers = std::thread::scope(|s| {
+            let handles: Vec<_> = nodes
+                .iter()
+                .map(|n| {
+                    let scope = format!("{} of {scope}", n.name);
+                    let template = &template;
+                    s.spawn(move || seed_data_root(&scope, bins, template, &n.dir.join("docker")))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|_| Err(panicked("seeding"))))
+                .collect::<Result<Vec<LayerMounts>>>()
+        })?;
+        self.times.seed = t.elapsed();
+        Ok(())
+    }
+
+    /// Mounts the seeded layers into every node (after its dockerd answers).
+    fn mount_layers(&mut self) -> Result<()> {
+        let t = Instant::now();
+        let scope = self.scope();
+        let bins = &self.b.binaries;
+        let (nodes, dir) = (&self.rec.nodes, &self.rec.dir);
+        let layers = &self.layers;
+        std::thread::scope(|s| {
+            let handles: Vec<_> = nodes
+                .iter()
+                .zip(layers)
+                .map(|(n, mounts)| {
+                    let scope = format!("{} of {scope}", n.name);
+                    let (mnt, _) = ns_files(dir, &n.name);
+                    s.spawn(move || mount_layers(&scope, bins, &mnt, mounts))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .try_for_each(|h| h.join().unwrap_or_else(|_| Err(panicked("mounting"))))
+        })?;
+        self.times.seed += t.elapsed();
+        Ok(())
+    }
+
+    /// Pushes the images into the entry's registry, pulls them with a dockerd (in node-0's
+    /// namespaces, as the node engines will) whose data root is the template, checks the image
+    /// IDs and stops that dockerd.
+    fn build_template(&mut self, cache: &CacheEntry) -> Result<()> {
+        let scope = self.scope();
+        let bins = self.b.binaries.clone();
+        let Some(push_addr) = self.registry.as_ref().map(Registry::push_address) else {
+            return Err(VmNodeError::InvalidConfig {
+                field: "images",
+                reason: format!("{scope} has no registry"),
+            });
+        };
+        cache.clear_template(&scope)?;
+        let t = Instant::now();
+        for img in &cache.key.images {
+            let target = format!("{push_addr}/{}", img.mirror);
+            run(&scope, &bins.docker, ["tag", &img.id, &target])?;
+            let pushed = run(&scope, &bins.docker, ["push", "-q", &target]);
+            let untagged = run(&scope, &bins.docker, ["rmi", &target]);
+            pushed?;
+            untagged?;
+        }
+        self.times.push = t.elapsed();
+        let t = Instant::now();
+        let paths = EnginePaths {
+            data_root: cache.template_root(),
+            exec_root: self.rec.run_dir.join("t"),
+            pidfile: self.rec.dir.join("template.pid"),
+            socket: self.rec.dir.join("template.sock"),
+            log: self.rec.dir.join("template.log"),
+            config: self.rec.dir.join("template.json"),
+        };
+        mkdir(&scope, &paths.exec_root)?;
+        let mut child = self.spawn_engine(0, &paths)?;
+        let proc = ProcRef::of(child.id());
+        self.rec.template_dockerd = proc;
+        let pulled = self.rec.save().and_then(|()| {
+            let deadline = Instant::now() + self.b.engine_timeout;
+            while !ping(&paths.socket) {
+                if proc.is_none_or(|p| !p.alive()) || Instant::now() > deadline {
+                    return Err(VmNodeError::EngineDead {
+                        scope: format!("the image cache engine of {scope}"),
+                        reason: format!("not answering: {}", log_tail(&paths.log)),
+                    });
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let host = format!("unix://{}", paths.socket.display());
+            for img in &cache.key.images {
+                run(
+                    &scope,
+                    &bins.docker,
+                    ["-H", &host, "pull", "-q", &img.image],
+                )?;
+                let out = run(
+                    &scope,
+                    &bins.docker,
+                    ["-H", &host, "image", "inspect", "-f", "{{.Id}}", &img.image],
+                )?;
+                let got = String::from_utf8_lossy(&out.stdout).trim().to_string();
+                if got != img.id {
+                    return Err(VmNodeError::CacheMismatch {
+                        scope: scope.clone(),
+                        image: img.image.clone(),
+                        ids: format!("has id {got}, the host's is {}", img.id),
+                    });
+                }
+            }
+            Ok(())
+        });
+        let procs: Vec<ProcRef> = proc.into_iter().collect();
+        stop_all(&scope, &bins, &procs, std::slice::from_mut(&mut child));
+        self.rec.template_dockerd = None;
+        self.rec.save()?;
+        pulled?;
+        cache.mark_ready(&scope)?;
+        self.times.template = t.elapsed();
+        Ok(())
     }
 
     fn bridge(&mut self, subnet: Subnet) -> Result<()> {
@@ -405,19 +660,33 @@ impl Setup<'_> {
     }
 
     fn spawn_dockerd(&self, i: usize) -> Result<Child> {
+        let node = &self.rec.nodes[i];
+        let paths = EnginePaths {
+            data_root: node.dir.join("docker"),
+            exec_root: node.exec_root.clone(),
+            pidfile: node.dir.join("dockerd.pid"),
+            socket: node.dir.join("docker.sock"),
+            log: node.dir.join("dockerd.log"),
+            config: node.dir.join("daemon.json"),
+        };
+        self.spawn_engine(i, &paths)
+    }
+
+    /// Starts a dockerd in node `i`'s namespaces with `paths`.
+    fn spawn_engine(&self, i: usize, paths: &EnginePaths) -> Result<Child> {
         let bins = &self.b.binaries;
         let node = &self.rec.nodes[i];
         let scope = format!("{} of {}", node.name, self.scope());
         let (mnt, uts) = ns_files(&self.rec.dir, &node.name);
-        let config = node.dir.join("daemon.json");
-        std::fs::write(&config, "{}\n")
-            .map_err(|e| VmNodeError::io(&scope, "writing", &config, e))?;
-        let log_path = node.dir.join("dockerd.log");
-        let log = File::create(&log_path)
-            .map_err(|e| VmNodeError::io(&scope, "creating", &log_path, e))?;
+        let config = &paths.config;
+        std::fs::write(config, "{}\n")
+            .map_err(|e| VmNodeError::io(&scope, "writing", config, e))?;
+        let log_path = &paths.log;
+        let log =
+            File::create(log_path).map_err(|e| VmNodeError::io(&scope, "creating", log_path, e))?;
         let log2 = log
             .try_clone()
-            .map_err(|e| VmNodeError::io(&scope, "opening", &log_path, e))?;
+            .map_err(|e| VmNodeError::io(&scope, "opening", log_path, e))?;
         let mut cmd = Command::new(&bins.nsenter);
         cmd.arg(format!("--net=/var/run/netns/{}", node.netns))
             .arg(format!("--mount={}", mnt.display()))
@@ -425,15 +694,15 @@ impl Setup<'_> {
             .arg("--")
             .arg(&bins.dockerd)
             .arg("--config-file")
-            .arg(&config)
+            .arg(config)
             .arg("--data-root")
-            .arg(node.dir.join("docker"))
+            .arg(&paths.data_root)
             .arg("--exec-root")
-            .arg(&node.exec_root)
+            .arg(&paths.exec_root)
             .arg("--pidfile")
-            .arg(node.dir.join("dockerd.pid"))
+            .arg(&paths.pidfile)
             .arg("-H")
-            .arg(format!("unix://{}", node.dir.join("docker.sock").display()))
+            .arg(format!("unix://{}", paths.socket.display()))
             .args([
                 "--bridge=none",
                 "--iptables=false",
@@ -473,6 +742,13 @@ pub(crate) fn ns_files(pool_dir: &Path, node: &str) -> (PathBuf, PathBuf) {
     )
 }
 
+fn panicked(what: &str) -> VmNodeError {
+    VmNodeError::InvalidConfig {
+        field: "nodes",
+        reason: format!("a {what} thread panicked"),
+    }
+}
+
 fn mkdir(scope: &str, p: &Path) -> Result<()> {
     std::fs::create_dir_all(p).map_err(|e| VmNodeError::io(scope, "creating", p, e))
 }
@@ -493,6 +769,7 @@ pub struct VmPool {
     nodes: Vec<VmNode>,
     bins: Binaries,
     gateway: std::net::Ipv4Addr,
+    times: CreationTimes,
     deleted: bool,
 }
 
@@ -508,6 +785,7 @@ impl VmPool {
         registry: Option<Registry>,
         subnet: Subnet,
         b: &VmPoolBuilder,
+        times: CreationTimes,
     ) -> VmPool {
         let shared = Arc::new(NodeShared {
             bins: b.binaries.clone(),
@@ -526,6 +804,7 @@ impl VmPool {
             children,
             registry,
             nodes,
+            times,
             deleted: false,
         }
     }
@@ -553,6 +832,10 @@ impl VmPool {
     /// The registry, when the pool was built with [`VmPoolBuilder::registry`].
     pub fn registry(&self) -> Option<&Registry> {
         self.registry.as_ref()
+    }
+    /// How long each phase of the pool's creation took.
+    pub fn creation_times(&self) -> CreationTimes {
+        self.times
     }
     pub(crate) fn binaries(&self) -> &Binaries {
         &self.bins

@@ -80,11 +80,18 @@ fn spawn(
     })
 }
 
-/// Starts both sides and waits until they accept connections.
-pub(crate) fn start(rec: &PoolRecord, bins: &Binaries, gateway: Ipv4Addr) -> Result<Registry> {
+/// Starts both sides and waits until they accept connections. `storage` is the registry's
+/// storage (default: `registry/storage` in the pool's directory).
+pub(crate) fn start(
+    rec: &PoolRecord,
+    bins: &Binaries,
+    gateway: Ipv4Addr,
+    storage: Option<&Path>,
+) -> Result<Registry> {
     let scope = rec.scope();
     let dir = rec.dir.join("registry");
-    let storage = dir.join("storage");
+    let storage = storage.map_or_else(|| dir.join("storage"), Path::to_path_buf);
+    std::fs::create_dir_all(&dir).map_err(|e| VmNodeError::io(&scope, "creating", &dir, e))?;
     std::fs::create_dir_all(&storage)
         .map_err(|e| VmNodeError::io(&scope, "creating", &storage, e))?;
     let push = free_port(Ipv4Addr::LOCALHOST, &scope)?;

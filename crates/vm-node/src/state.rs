@@ -80,6 +80,12 @@ pub(crate) struct PoolRecord {
     pub ns_dir_mounted: bool,
     pub registries: Vec<ProcRef>,
     pub nodes: Vec<NodeRecord>,
+    /// The pool's user file in an image cache entry (`cache/<key>/users/<id>`).
+    #[serde(default)]
+    pub cache_user: Option<PathBuf>,
+    /// The dockerd building a cache template, while it runs.
+    #[serde(default)]
+    pub template_dockerd: Option<ProcRef>,
 }
 
 impl PoolRecord {

@@ -2,6 +2,7 @@
 //! resources that are already gone, so teardown can run after a partial setup, twice, or from
 //! [`sweep`](crate::sweep) in another process.
 
+use std::path::Path;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
@@ -12,7 +13,7 @@ const STOP_GRACE: Duration = Duration::from_secs(10);
 
 /// Sends `signal` to each live process, then waits until all are gone (reaping `children`),
 /// escalating to SIGKILL after [`STOP_GRACE`].
-fn stop_all(scope: &str, bins: &Binaries, procs: &[ProcRef], children: &mut [Child]) {
+pub(crate) fn stop_all(scope: &str, bins: &Binaries, procs: &[ProcRef], children: &mut [Child]) {
     let live: Vec<ProcRef> = procs.iter().copied().filter(ProcRef::alive).collect();
     if live.is_empty() {
         reap(children);
@@ -98,6 +99,7 @@ pub(crate) fn teardown(rec: &PoolRecord, bins: &Binaries, children: &mut [Child]
     tracing::info!(scope, "tearing down");
     let mut procs: Vec<ProcRef> = rec.nodes.iter().filter_map(|n| n.dockerd).collect();
     procs.extend(rec.registries.iter().copied());
+    procs.extend(rec.template_dockerd);
     stop_all(&scope, bins, &procs, children);
     for node in &rec.nodes {
         let ns = format!("{} of {}", node.name, scope);
@@ -131,14 +133,26 @@ pub(crate) fn teardown(rec: &PoolRecord, bins: &Binaries, children: &mut [Child]
     if let Some(br) = &rec.bridge {
         run_quiet(&scope, &bins.ip, ["link", "del", br]);
     }
-    for dir in [&rec.run_dir, &rec.dir] {
+    let remove = |dir: &Path| {
         if let Err(e) = std::fs::remove_dir_all(dir) {
             if e.kind() != std::io::ErrorKind::NotFound {
                 tracing::warn!(scope, dir = %dir.display(), error = %e, "cannot remove");
             }
         }
-    }
+    };
+    // Node data roots hold thousands of files (image layers): removed in parallel first.
+    std::thread::scope(|s| {
+        for node in rec.nodes.iter().filter(|n| n.dir.starts_with(&rec.dir)) {
+            s.spawn(|| remove(&node.dir));
+        }
+    });
+    remove(&rec.run_dir);
+    remove(&rec.dir);
     if let Some(claim) = &rec.subnet_claim {
         let _ = std::fs::remove_file(claim);
+    }
+    // The cache entry stays (deliberate state, see `cache`); only this pool's use of it goes.
+    if let Some(user) = &rec.cache_user {
+        let _ = std::fs::remove_file(user);
     }
 }

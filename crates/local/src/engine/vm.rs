@@ -4,9 +4,11 @@
 //! a shipyard bridge, each node with its own dockerd. Tasks run as host processes inside the
 //! node's namespaces (`VmNode::command`, `DOCKER_HOST` set to the node's engine), with the
 //! engine's node root bind-mounted at the common path [`NODE_ROOT_DIR`]. The node engines use
-//! the pool's registry as their Docker Hub mirror, and the images of
-//! [`PoolSetup::images`] are pushed there once when the pool is made, so the non-native job
-//! preparation's `docker pull <image>` is a real pull that needs no network.
+//! the pool's registry as their Docker Hub mirror, and the images of [`PoolSetup::images`]
+//! are in every node's engine when the pool is made (`VmPoolBuilder::images`: the persistent
+//! image cache under the state directory, pushed and pulled once per set of host image IDs),
+//! so the non-native job preparation's `docker pull <image>` is a real pull from that
+//! registry that finds every layer present, and needs no network.
 
 use std::collections::HashMap;
 use std::os::unix::process::ExitStatusExt;
@@ -83,55 +85,6 @@ fn vm_err(context: impl Into<String>, source: shipyard_vm_node::VmNodeError) -> 
 
 fn joined<T>(r: std::result::Result<Result<T>, tokio::task::JoinError>, what: &str) -> Result<T> {
     r.unwrap_or_else(|e| Err(EngineError::invalid(what, format!("worker failed: {e}"))))
-}
-
-/// The repository path a Docker Hub image has on a mirror (`library/` for official images);
-/// `None` for images of another registry (a mirror does not serve those).
-fn mirror_path(image: &str) -> Option<String> {
-    let first = image.split('/').next().unwrap_or_default();
-    let has_registry =
-        image.contains('/') && (first.contains('.') || first.contains(':') || first == "localhost");
-    if has_registry {
-        None
-    } else if image.contains('/') {
-        Some(image.to_string())
-    } else {
-        Some(format!("library/{image}"))
-    }
-}
-
-/// Pushes `image` from the host's engine to the pool registry under its mirror path.
-fn push_image(docker: &std::path::Path, push: std::net::SocketAddr, image: &str) -> Result<()> {
-    let Some(path) = mirror_path(image) else {
-        tracing::warn!(
-            image,
-            "not a Docker Hub image: the pool registry cannot mirror it"
-        );
-        return Ok(());
-    };
-    let target = format!("{push}/{path}");
-    let run = |args: &[&str]| -> Result<()> {
-        let out = std::process::Command::new(docker)
-            .args(args)
-            .output()
-            .map_err(|e| EngineError::io("running", docker, e))?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(EngineError::invalid(
-                "containerImageNames",
-                format!(
-                    "docker {} (mirroring image {image} into the pool registry) failed: {}",
-                    args.join(" "),
-                    String::from_utf8_lossy(&out.stderr).trim()
-                ),
-            ))
-        }
-    };
-    run(&["tag", image, &target])?;
-    let pushed = run(&["push", "-q", &target]);
-    let untagged = run(&["rmi", &target]);
-    pushed.and(untagged)
 }
 
 impl VmNodes {
@@ -286,7 +239,8 @@ impl NodeKind for VmNodes {
                 .node_root_dir(NODE_ROOT_DIR)
                 .binaries(self.opts.binaries.clone())
                 .registry(true)
-                .registry_mirror(true);
+                .registry_mirror(true)
+                .images(setup.images.iter().cloned());
             let pool_id = setup.pool.clone();
             let pool = tokio::task::spawn_blocking(move || {
                 builder
@@ -295,23 +249,11 @@ impl NodeKind for VmNodes {
             })
             .await;
             let pool = joined(pool, "pool")?;
-            if let Some(reg) = pool.registry() {
-                let push = reg.push_address();
-                let docker = self.opts.binaries.docker.clone();
-                let images = setup.images.clone();
-                let pushed = tokio::task::spawn_blocking(move || {
-                    images
-                        .iter()
-                        .try_for_each(|image| push_image(&docker, push, image))
-                })
-                .await;
-                if let Err(e) = joined(pushed, "containerImageNames") {
-                    tokio::task::spawn_blocking(move || pool.delete())
-                        .await
-                        .ok();
-                    return Err(e);
-                }
-            }
+            tracing::info!(
+                pool = setup.pool,
+                times = ?pool.creation_times(),
+                "VM-like nodes ready"
+            );
             let nodes = pool.nodes().to_vec();
             let entry = VmPoolEntry {
                 assigned: Mutex::new(vec![None; nodes.len()]),
@@ -436,21 +378,5 @@ impl NodeKind for VmNodes {
         _value: &'a str,
     ) -> BoxFuture<'a, Result<()>> {
         Box::pin(async { Ok(()) })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::mirror_path;
-
-    #[test]
-    fn mirror_paths_of_hub_images_and_none_for_other_registries() {
-        assert_eq!(
-            mirror_path("shipyard/mpi:bookworm").as_deref(),
-            Some("shipyard/mpi:bookworm")
-        );
-        assert_eq!(mirror_path("alpine:3").as_deref(), Some("library/alpine:3"));
-        assert_eq!(mirror_path("ghcr.io/a/b:1"), None);
-        assert_eq!(mirror_path("localhost:5000/a"), None);
     }
 }
