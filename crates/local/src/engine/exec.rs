@@ -215,7 +215,7 @@ fn node_ip(e: &Engine, node: &NodeRef) -> String {
         .unwrap_or_default()
 }
 
-fn spec_of(w: &Work<'_>, e: &Engine) -> Result<RunSpec, String> {
+fn spec_of(w: &Work<'_>, e: &Engine, node: &NodeRef) -> Result<RunSpec, String> {
     let argv =
         crate::cmdline::split_command_line(w.command, "commandLine").map_err(|e| e.to_string())?;
     let run = match w.container.and_then(|c| c.container_run_options.as_deref()) {
@@ -239,7 +239,6 @@ fn spec_of(w: &Work<'_>, e: &Engine) -> Result<RunSpec, String> {
     env.push(format!("AZ_BATCH_TASK_WORKING_DIR={}/wd", w.task_dir_in));
     Ok(RunSpec {
         name: w.name.clone(),
-        image,
         argv,
         env,
         working_dir,
@@ -250,6 +249,14 @@ fn spec_of(w: &Work<'_>, e: &Engine) -> Result<RunSpec, String> {
         labels: w.labels.clone(),
         timeout: w.timeout,
         keep: w.keep,
+        registry: w
+            .container
+            .and_then(|c| c.registry.as_ref())
+            .and_then(super::login_of)
+            .or_else(|| {
+                shipyard_runtime::registry_auth::login_for(&node.registries, &image).cloned()
+            }),
+        image,
     })
 }
 
@@ -306,7 +313,7 @@ async fn run_work(
         return (None, Some(f), true);
     }
     super::set_open_mode(&w.host_task_dir);
-    let spec = match spec_of(&w, e) {
+    let spec = match spec_of(&w, e, node) {
         Ok(s) => s,
         Err(m) => return (None, Some(failure("InvalidCommandLine", m)), false),
     };
@@ -1104,7 +1111,7 @@ impl Engine {
         w.labels = HashMap::new();
         let _ = std::fs::remove_file(w.host_task_dir.join("stdout.txt"));
         let _ = std::fs::remove_file(w.host_task_dir.join("stderr.txt"));
-        match spec_of(&w, self) {
+        match spec_of(&w, self, primary) {
             Ok(spec) => {
                 let end = self
                     .kind_of(&primary.pool)

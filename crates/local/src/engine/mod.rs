@@ -29,6 +29,7 @@ use shipyard_batch_api::models::{
     SchedulingState, SubtaskInformation, TaskAddParameter, TaskAddResult, TaskAddStatus,
     TaskCounts, TaskCountsResult, TaskExecutionResult, TaskSlotCounts, TaskState,
 };
+use shipyard_runtime::registry_auth::RegistryLogin;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -280,7 +281,7 @@ impl Engine {
         let n = st.nodes.get(&(pool.to_string(), node.to_string()))?;
         let mut l = self.labels(pool);
         l.insert(labels::NODE.to_string(), format!("{pool}/{node}"));
-        Some(n.node_ref(&p.network, l))
+        Some(n.node_ref(&p.network, l, pool_logins(&p.params)))
     }
 
     async fn recover(&self) -> Result<()> {
@@ -1288,6 +1289,32 @@ impl Engine {
 
 /// Whether a pool has VM-like nodes (no `containerConfiguration`: Batch Shipyard's
 /// non-native mode).
+/// The pool's `containerConfiguration.containerRegistries` as logins (entries without a user
+/// name are anonymous and left out; no server means Docker Hub).
+pub(crate) fn pool_logins(p: &PoolAddParameter) -> Vec<RegistryLogin> {
+    p.virtual_machine_configuration
+        .as_ref()
+        .and_then(|v| v.container_configuration.as_ref())
+        .and_then(|c| c.container_registries.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(login_of)
+        .collect()
+}
+
+/// A Batch registry entry as a login, when it has a user name.
+pub(crate) fn login_of(r: &shipyard_batch_api::models::ContainerRegistry) -> Option<RegistryLogin> {
+    Some(RegistryLogin {
+        server: r
+            .registry_server
+            .clone()
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| shipyard_runtime::registry_auth::DOCKER_HUB.into()),
+        username: r.username.clone().filter(|u| !u.is_empty())?,
+        password: r.password.clone().unwrap_or_default(),
+    })
+}
+
 pub(crate) fn is_vm_pool(p: &PoolAddParameter) -> bool {
     p.virtual_machine_configuration
         .as_ref()

@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use super::error::{EngineError, Result};
 use crate::cmdline::RunOptions;
 use crate::docker::split_image;
-use shipyard_runtime::registry_auth::registry_of;
+use shipyard_runtime::registry_auth::{login_for, registry_of, RegistryLogin};
 
 /// Where the node root is mounted inside every node and task container (Batch's path).
 pub const NODE_ROOT_DIR: &str = "/mnt/batch/tasks";
@@ -61,6 +61,9 @@ pub struct NodeRef {
     pub image: String,
     /// Labels for everything made for this node.
     pub labels: HashMap<String, String>,
+    /// The pool's `containerConfiguration.containerRegistries` as logins (`Debug` redacts
+    /// the passwords): images of those registries are pulled with them.
+    pub registries: Vec<RegistryLogin>,
 }
 
 /// One process to run on a node.
@@ -91,6 +94,9 @@ pub struct RunSpec {
     /// Keep the container running after the command (`sleep infinity` as its main process,
     /// the command is run with exec): multi-instance subtasks.
     pub keep: bool,
+    /// The login to pull `image` with when it is missing: the task's
+    /// `containerSettings.registry`, else the pool's registry of the image (`None`: anonymous).
+    pub registry: Option<RegistryLogin>,
 }
 
 /// How a run ended.
@@ -170,7 +176,8 @@ impl ContainerNodes {
         }
     }
 
-    async fn ensure_image(&self, image: &str) -> Result<()> {
+    /// Makes `image` present: pulled (with `login` when given) unless it already is.
+    async fn ensure_image(&self, image: &str, login: Option<&RegistryLogin>) -> Result<()> {
         let known = self.present.lock().is_ok_and(|p| p.contains(image));
         if known || self.docker.inspect_image(image).await.is_ok() {
             if let Ok(mut p) = self.present.lock() {
@@ -178,25 +185,57 @@ impl ContainerNodes {
             }
             return Ok(());
         }
-        let (name, tag) = split_image(image);
-        let opts = CreateImageOptionsBuilder::new()
-            .from_image(name)
-            .tag(tag)
-            .build();
-        let mut s = self.docker.create_image(Some(opts), None, None);
-        while let Some(item) = s.next().await {
-            item.map_err(|e| {
-                EngineError::docker(
-                    format!("pulling image {image} from registry {}", registry_of(image)),
-                    e,
-                )
-            })?;
+        let failed = |message: String| EngineError::ImagePull {
+            image: image.to_string(),
+            registry: login.map_or_else(|| registry_of(image).to_string(), |l| l.server.clone()),
+            username: login.map(|l| l.username.clone()),
+            message: match login {
+                Some(l) if !l.password.is_empty() => message.replace(&l.password, "<redacted>"),
+                _ => message,
+            },
+        };
+        let result = match login {
+            Some(l) => crate::docker::Engine {
+                docker: self.docker.clone(),
+            }
+            .pull_image(image, l)
+            .await
+            .map_err(failed),
+            None => {
+                let (name, tag) = split_image(image);
+                let opts = CreateImageOptionsBuilder::new()
+                    .from_image(name)
+                    .tag(tag)
+                    .build();
+                let mut s = self.docker.create_image(Some(opts), None, None);
+                let mut r = Ok(());
+                while let Some(item) = s.next().await {
+                    let message = match item {
+                        Ok(info) => info.error_detail.and_then(|d| d.message),
+                        Err(BollardError::DockerResponseServerError { message, .. }) => {
+                            Some(message)
+                        }
+                        Err(e) => Some(e.to_string()),
+                    };
+                    if let Some(m) = message {
+                        r = Err(failed(m));
+                        break;
+                    }
+                }
+                r
+            }
+        };
+        if result.is_ok() {
+            if let Ok(mut p) = self.present.lock() {
+                p.insert(image.to_string());
+            }
         }
-        Ok(())
+        result
     }
 
     async fn create(&self, node: &NodeRef, spec: &RunSpec) -> Result<()> {
-        self.ensure_image(&spec.image).await?;
+        self.ensure_image(&spec.image, spec.registry.as_ref())
+            .await?;
         let mut env = spec.env.clone();
         env.extend(spec.run.env.iter().cloned());
         let mut binds = vec![format!("{}:{NODE_ROOT_DIR}", node.root.display())];
@@ -237,15 +276,31 @@ impl ContainerNodes {
         let opts = CreateContainerOptionsBuilder::new()
             .name(&spec.name)
             .build();
-        self.docker
-            .create_container(Some(opts), body)
-            .await
-            .map_err(|e| {
-                EngineError::docker(
-                    format!("creating container {} of image {}", spec.name, spec.image),
-                    e,
-                )
-            })?;
+        let mut made = self
+            .docker
+            .create_container(Some(opts.clone()), body.clone())
+            .await;
+        if matches!(
+            made,
+            Err(BollardError::DockerResponseServerError {
+                status_code: 404,
+                ..
+            })
+        ) {
+            // The image went away since it was seen (removed by someone): pull it again.
+            if let Ok(mut p) = self.present.lock() {
+                p.remove(&spec.image);
+            }
+            self.ensure_image(&spec.image, spec.registry.as_ref())
+                .await?;
+            made = self.docker.create_container(Some(opts), body).await;
+        }
+        made.map_err(|e| {
+            EngineError::docker(
+                format!("creating container {} of image {}", spec.name, spec.image),
+                e,
+            )
+        })?;
         Ok(())
     }
 
@@ -393,7 +448,8 @@ impl NodeKind for ContainerNodes {
 
     fn create_node<'a>(&'a self, node: &'a NodeRef) -> BoxFuture<'a, Result<String>> {
         Box::pin(async move {
-            self.ensure_image(&node.image).await?;
+            let login = login_for(&node.registries, &node.image);
+            self.ensure_image(&node.image, login).await?;
             let host = HostConfig {
                 init: Some(true),
                 network_mode: Some(node.network.clone()),

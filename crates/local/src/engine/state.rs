@@ -84,6 +84,7 @@ impl NodeRec {
         &self,
         network: &str,
         labels: std::collections::HashMap<String, String>,
+        registries: Vec<shipyard_runtime::registry_auth::RegistryLogin>,
     ) -> NodeRef {
         NodeRef {
             pool: self.pool.clone(),
@@ -93,6 +94,7 @@ impl NodeRec {
             root: self.root.clone(),
             image: self.image.clone(),
             labels,
+            registries,
         }
     }
 }
