@@ -788,7 +788,14 @@ impl Engine {
                 .filter_map(|n| self.node_ref(&st, &pool, n))
                 .collect()
         };
+        let began = std::time::Instant::now();
         let (code, fail, pre) = self.attempt(&job, &task, &refs, cancel.clone()).await;
+        tracing::debug!(
+            job,
+            task,
+            ms = began.elapsed().as_millis() as u64,
+            "task attempt ran"
+        );
         let mut fail = fail;
         let upload_failed = self
             .upload_outputs(&job, &task, &refs, code, &mut fail)

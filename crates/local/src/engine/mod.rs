@@ -31,13 +31,16 @@ use shipyard_batch_api::models::{
 };
 use shipyard_runtime::registry_auth::RegistryLogin;
 use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
 
 pub use error::{EngineError, Result};
+/// The types of [`NodeKind`]'s signatures, for node kinds implemented outside this crate.
+pub use futures::future::BoxFuture;
 pub use node::{
     labels, ContainerNodes, NodeKind, NodeRef, PoolSetup, RunEnd, RunSpec, NODE_ROOT_DIR,
 };
 pub use store::ENGINE_STORE_FILE;
+/// See [`BoxFuture`].
+pub use tokio_util::sync::CancellationToken;
 pub use vm::{VmNodes, VmNodesOptions};
 
 use state::{job_key, node_key, now, pool_key, task_key, JobRec, NodeRec, PoolRec, State, TaskRec};
@@ -365,6 +368,15 @@ impl Engine {
         };
         for c in stale_containers {
             let _ = self.inner.kind.remove_container(&c).await;
+        }
+        // Spare kept containers of an earlier engine of this state directory.
+        if let Err(e) = self
+            .inner
+            .kind
+            .remove_labelled(labels::SPARE, &self.inner.instance)
+            .await
+        {
+            tracing::warn!(error = %e, "removing spare containers");
         }
         for p in deleting {
             let e = self.clone();
