@@ -374,27 +374,72 @@ fn active_jobs(st: &super::state::State) -> Vec<(u64, String, String, i32)> {
     jobs
 }
 
-/// A job's active tasks in submission order, and how many of its tasks run.
-fn job_tasks(st: &super::state::State, job: &str) -> (Vec<String>, i32) {
-    let of_job = || {
-        st.tasks
+/// How many of a job's active tasks (oldest first) one scheduling round looks at, besides
+/// four per free slot: a round costs the same however long the queue is.
+const SCHEDULE_WINDOW: usize = 256;
+
+/// Up to `window` of a job's active tasks in submission order.
+fn job_tasks(st: &mut super::state::State, job: &str, window: usize) -> Vec<String> {
+    if !st.queues.contains_key(job) {
+        let mut order: Vec<(u64, String)> = st
+            .tasks
             .range((job.to_string(), String::new())..)
-            .take_while(move |(k, _)| k.0 == job)
+            .take_while(|(k, _)| k.0 == job)
+            .map(|(k, t)| (t.seq, k.1.clone()))
+            .collect();
+        order.sort();
+        st.queues
+            .insert(job.to_string(), super::state::JobQueue { order, first: 0 });
+    }
+    let (tasks, queues) = (&st.tasks, &mut st.queues);
+    let Some(q) = queues.get_mut(job) else {
+        return vec![];
     };
-    let mut tasks: Vec<(u64, String)> = of_job()
-        .filter(|(_, t)| matches!(t.task.state, Some(TaskState::Active)))
-        .map(|(k, t)| (t.seq, k.1.clone()))
-        .collect();
-    tasks.sort();
-    let running = of_job()
+    let active = |id: &String| {
+        tasks
+            .get(&(job.to_string(), id.clone()))
+            .is_some_and(|t| matches!(t.task.state, Some(TaskState::Active)))
+    };
+    while q.first < q.order.len() && !active(&q.order[q.first].1) {
+        q.first += 1;
+    }
+    q.order[q.first..]
+        .iter()
+        .filter(|(_, id)| active(id))
+        .take(window)
+        .map(|(_, id)| id.clone())
+        .collect()
+}
+
+/// How many of a job's tasks run (or prepare).
+fn job_running(st: &super::state::State, job: &str) -> i32 {
+    st.tasks
+        .range((job.to_string(), String::new())..)
+        .take_while(|(k, _)| k.0 == job)
         .filter(|(_, t)| {
             matches!(
                 t.task.state,
                 Some(TaskState::Running) | Some(TaskState::Preparing)
             )
         })
-        .count() as i32;
-    (tasks.into_iter().map(|(_, t)| t).collect(), running)
+        .count() as i32
+}
+
+/// Free slots on the schedulable nodes of `pool`.
+fn free_slots(st: &super::state::State, pool: &str, slots: i32) -> usize {
+    st.nodes
+        .values()
+        .filter(|n| {
+            n.pool == pool
+                && matches!(
+                    n.node.state,
+                    Some(ComputeNodeState::Idle) | Some(ComputeNodeState::Running)
+                )
+                && n.node.scheduling_state
+                    != Some(shipyard_batch_api::models::SchedulingState::Disabled)
+        })
+        .map(|n| (slots - n.used_slots).max(0) as usize)
+        .sum()
 }
 
 /// Frees the slots task `key` (`job/task`) held on `nodes` and counts it in their totals.
@@ -716,10 +761,27 @@ impl Engine {
                     continue;
                 }
                 let slots = p.pool.task_slots_per_node.unwrap_or(1);
-                let (tasks, mut running) = job_tasks(&st, &job);
                 let broken = pool_broken(&st, &pool);
+                let free = free_slots(&st, &pool, slots);
+                if free == 0 && broken.is_none() {
+                    continue;
+                }
+                let window = if broken.is_some() {
+                    usize::MAX
+                } else {
+                    SCHEDULE_WINDOW + 4 * free
+                };
+                let tasks = job_tasks(&mut st, &job, window);
+                let mut running = if max_par >= 0 {
+                    job_running(&st, &job)
+                } else {
+                    0
+                };
                 for tid in tasks {
                     if max_par >= 0 && running >= max_par {
+                        break;
+                    }
+                    if broken.is_none() && free_slots(&st, &pool, slots) == 0 {
                         break;
                     }
                     let key = (job.clone(), tid.clone());
@@ -842,6 +904,9 @@ impl Engine {
                     info.last_retry_time = Some(now());
                     info.exit_code = code;
                     set_task_state(&mut t.task, TaskState::Active);
+                    if let Some(q) = st.queues.get_mut(&job) {
+                        q.first = 0;
+                    }
                 } else {
                     complete_task_record(t, code, fail.clone());
                     action = Some(exit_options(t, code, fail.is_some(), pre, upload_failed));
@@ -1613,6 +1678,7 @@ pub(crate) async fn end_job(e: &Engine, job: &str, reason: String, delete: bool)
         let mut keys = vec![Key::Job(job.to_string())];
         for t in &tasks {
             st.tasks.remove(&(job.to_string(), t.clone()));
+            st.queues.remove(job);
             keys.push(Key::Task(job.to_string(), t.clone()));
         }
         st.jobs.remove(job);

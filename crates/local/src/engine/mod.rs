@@ -394,6 +394,12 @@ impl Engine {
 
     /// Adds a pool and starts creating its nodes (state `starting`, then `idle`).
     pub async fn add_pool(&self, p: PoolAddParameter) -> Result<()> {
+        let r = self.add_pool_now(p).await;
+        self.inner.store.durable().await;
+        r
+    }
+
+    async fn add_pool_now(&self, p: PoolAddParameter) -> Result<()> {
         if p.id.is_empty() {
             return Err(EngineError::invalid("id", "the pool id is empty"));
         }
@@ -634,6 +640,12 @@ impl Engine {
     /// Deletes a pool: state `deleting` at once, then nodes, network and directories go and the
     /// pool disappears (404). Returns when removal has been started.
     pub async fn delete_pool(&self, id: &str) -> Result<()> {
+        let r = self.delete_pool_now(id).await;
+        self.inner.store.durable().await;
+        r
+    }
+
+    async fn delete_pool_now(&self, id: &str) -> Result<()> {
         {
             let mut st = self.lock();
             let p = st
@@ -711,6 +723,12 @@ impl Engine {
     /// Resizes a pool to `targetDedicatedNodes + targetLowPriorityNodes`; shrinking removes idle
     /// nodes first (newest first).
     pub async fn resize_pool(&self, id: &str, r: PoolResizeParameter) -> Result<()> {
+        let r = self.resize_pool_now(id, r).await;
+        self.inner.store.durable().await;
+        r
+    }
+
+    async fn resize_pool_now(&self, id: &str, r: PoolResizeParameter) -> Result<()> {
         let target = (r.target_dedicated_nodes.unwrap_or(0)
             + r.target_low_priority_nodes.unwrap_or(0))
         .max(0) as usize;
@@ -868,6 +886,12 @@ impl Engine {
 
     /// Adds a job on an existing pool.
     pub async fn add_job(&self, j: JobAddParameter) -> Result<()> {
+        let r = self.add_job_now(j).await;
+        self.inner.store.durable().await;
+        r
+    }
+
+    async fn add_job_now(&self, j: JobAddParameter) -> Result<()> {
         if j.id.is_empty() {
             return Err(EngineError::invalid("id", "the job id is empty"));
         }
@@ -945,6 +969,12 @@ impl Engine {
 
     /// Patches a job (priority, maxParallelTasks, onAllTasksComplete, constraints, metadata).
     pub async fn patch_job(&self, id: &str, p: JobPatchParameter) -> Result<()> {
+        let r = self.patch_job_now(id, p).await;
+        self.inner.store.durable().await;
+        r
+    }
+
+    async fn patch_job_now(&self, id: &str, p: JobPatchParameter) -> Result<()> {
         {
             let mut st = self.lock();
             let j = st
@@ -987,6 +1017,12 @@ impl Engine {
     /// Terminates a job: running tasks are stopped, job release runs on every node that ran the
     /// job preparation, then the job is `completed`.
     pub async fn terminate_job(&self, id: &str, reason: Option<String>) -> Result<()> {
+        let r = self.terminate_job_now(id, reason).await;
+        self.inner.store.durable().await;
+        r
+    }
+
+    async fn terminate_job_now(&self, id: &str, reason: Option<String>) -> Result<()> {
         {
             let st = self.lock();
             let j = st
@@ -1012,6 +1048,12 @@ impl Engine {
 
     /// Deletes a job (terminating it first), its tasks and their directories.
     pub async fn delete_job(&self, id: &str) -> Result<()> {
+        let r = self.delete_job_now(id).await;
+        self.inner.store.durable().await;
+        r
+    }
+
+    async fn delete_job_now(&self, id: &str) -> Result<()> {
         if !self.lock().jobs.contains_key(id) {
             return Err(EngineError::not_found("JobNotFound", id));
         }
@@ -1085,6 +1127,16 @@ impl Engine {
         job: &str,
         tasks: Vec<TaskAddParameter>,
     ) -> Result<Vec<TaskAddResult>> {
+        let r = self.add_tasks_now(job, tasks).await;
+        self.inner.store.durable().await;
+        r
+    }
+
+    async fn add_tasks_now(
+        &self,
+        job: &str,
+        tasks: Vec<TaskAddParameter>,
+    ) -> Result<Vec<TaskAddResult>> {
         let mut results = Vec::with_capacity(tasks.len());
         {
             let mut st = self.lock();
@@ -1138,6 +1190,7 @@ impl Engine {
                 });
                 keys.push(Key::Task(job.to_string(), rec.params.id.clone()));
                 st.tasks.insert(key, rec);
+                st.queues.remove(job);
             }
             self.save(&st, &keys)?;
         }
@@ -1187,6 +1240,12 @@ impl Engine {
 
     /// Terminates a task (kills its containers; it completes with a failure).
     pub async fn terminate_task(&self, job: &str, task: &str) -> Result<()> {
+        let r = self.terminate_task_now(job, task).await;
+        self.inner.store.durable().await;
+        r
+    }
+
+    async fn terminate_task_now(&self, job: &str, task: &str) -> Result<()> {
         let state = self.get_task(job, task)?.state;
         match state {
             Some(TaskState::Completed) => Ok(()),
@@ -1218,12 +1277,19 @@ impl Engine {
 
     /// Deletes a task (terminating it first) and its directory.
     pub async fn delete_task(&self, job: &str, task: &str) -> Result<()> {
+        let r = self.delete_task_now(job, task).await;
+        self.inner.store.durable().await;
+        r
+    }
+
+    async fn delete_task_now(&self, job: &str, task: &str) -> Result<()> {
         self.get_task(job, task)?;
         self.cancel_task(job, task);
         let dirs = self.task_dirs(job, task);
         {
             let mut st = self.lock();
             st.tasks.remove(&(job.to_string(), task.to_string()));
+            st.queues.remove(job);
             self.save(&st, &[Key::Task(job.to_string(), task.to_string())])?;
         }
         for d in dirs {
