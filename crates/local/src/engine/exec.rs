@@ -442,19 +442,20 @@ fn free_slots(st: &super::state::State, pool: &str, slots: i32) -> usize {
         .sum()
 }
 
-/// Frees the slots task `key` (`job/task`) held on `nodes` and counts it in their totals.
+/// Frees the `need` slots (its `requiredSlots`) task `key` (`job/task`) held on `nodes` and
+/// counts it in their totals.
 fn release_nodes(
     st: &mut super::state::State,
     pool: &str,
     nodes: &[String],
-    key: &str,
+    (key, need): (&str, i32),
     ok: bool,
     keys: &mut Vec<Key>,
 ) {
     for n in nodes {
         if let Some(nr) = st.nodes.get_mut(&(pool.to_string(), n.clone())) {
             nr.tasks.retain(|t| t != key);
-            nr.used_slots = (nr.used_slots - 1).max(0).min(nr.used_slots);
+            nr.used_slots = (nr.used_slots - need.max(1)).max(0);
             nr.node.running_tasks_count = Some(nr.tasks.len() as i32);
             nr.node.total_tasks_run = Some(nr.node.total_tasks_run.unwrap_or(0) + 1);
             if ok {
@@ -804,7 +805,7 @@ impl Engine {
                         Deps::Ready => {}
                         Deps::Wait => continue,
                     }
-                    let need = t.params.required_slots.unwrap_or(1);
+                    let need = t.params.required_slots.unwrap_or(1).max(1);
                     let count = t
                         .params
                         .multi_instance_settings
@@ -874,11 +875,16 @@ impl Engine {
             let mut st = self.lock();
             let mut keys = Vec::new();
             let ok = code == Some(0) && fail.is_none();
+            let need = st
+                .tasks
+                .get(&(job.clone(), task.clone()))
+                .and_then(|t| t.params.required_slots)
+                .unwrap_or(1);
             release_nodes(
                 &mut st,
                 &pool,
                 &nodes,
-                &format!("{job}/{task}"),
+                (&format!("{job}/{task}"), need),
                 ok,
                 &mut keys,
             );

@@ -1152,6 +1152,11 @@ impl Engine {
                 let key = (job.to_string(), t.id.clone());
                 let error = if t.id.is_empty() {
                     Some(("InvalidPropertyValue", "the task id is empty".to_string()))
+                } else if t.required_slots.is_some_and(|n| n < 1) {
+                    Some((
+                        "InvalidPropertyValue",
+                        format!("task {}: requiredSlots must be at least 1", t.id),
+                    ))
                 } else if st.tasks.contains_key(&key) {
                     Some((
                         "TaskExists",
