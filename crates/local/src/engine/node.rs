@@ -181,6 +181,9 @@ struct Spares {
     ready: HashMap<String, Vec<(String, Spare)>>,
     /// Holders being removed: no more spares for them.
     gone: std::collections::HashSet<String>,
+    /// Kept task containers by name: when one is removed (its task ended), a spare for the
+    /// same container is made, off the task's time.
+    kept: HashMap<String, (NodeRef, RunSpec, String)>,
 }
 
 impl std::fmt::Debug for Spares {
@@ -445,8 +448,8 @@ impl ContainerNodes {
     }
 
     /// A kept container for `spec` (a spare made for the same container when there is one,
-    /// renamed to the task's name; else made now), then its command by exec. Afterwards a
-    /// spare for the next such task is made while this one runs.
+    /// renamed to the task's name; else made now), then its command by exec. When the task's
+    /// container is removed, a spare for the next such task is made.
     async fn run_kept(
         &self,
         node: &NodeRef,
@@ -482,7 +485,10 @@ impl ContainerNodes {
             "kept container running"
         );
         let end = self.exec(node, spec, spec.argv.clone(), cancel).await;
-        self.make_spare(node, spec, key);
+        if let Ok(mut s) = self.spares.lock() {
+            s.kept
+                .insert(spec.name.clone(), (node.clone(), spec.clone(), key));
+        }
         end
     }
 
@@ -786,6 +792,14 @@ impl NodeKind for ContainerNodes {
 
     fn remove_container<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
+            let kept = self
+                .spares
+                .lock()
+                .ok()
+                .and_then(|mut s| s.kept.remove(name));
+            if let Some((node, spec, key)) = kept {
+                self.make_spare(&node, &spec, key);
+            }
             let opts = RemoveContainerOptionsBuilder::new()
                 .force(true)
                 .v(true)
