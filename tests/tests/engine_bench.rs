@@ -73,6 +73,17 @@ fn mpirun(hosts: &str, np: usize) -> String {
     )
 }
 
+/// Fails the test (with every task output under `dir`) unless `task` succeeded.
+fn assert_succeeded(task: &shipyard_batch_api::models::CloudTask, dir: &std::path::Path) {
+    let info = task.execution_info.clone().unwrap_or_default();
+    assert_eq!(
+        info.result,
+        Some(TaskExecutionResult::Success),
+        "{}",
+        task_outputs(dir)
+    );
+}
+
 /// Removes the baseline's containers and network, also when the test fails.
 struct Baseline(String, Vec<String>);
 impl Drop for Baseline {
@@ -168,13 +179,7 @@ async fn engine_bench_warm_pool_mpi_job_and_bag_of_tasks() -> anyhow::Result<()>
             e.add_tasks(&jid, vec![mpi_task(&app, &key, n)]).await?;
             let done = completed(&e, &jid, "mpi", 120).await;
             times.push(t.elapsed().as_secs_f64());
-            let info = done.execution_info.unwrap_or_default();
-            assert_eq!(
-                info.result,
-                Some(TaskExecutionResult::Success),
-                "{}",
-                task_outputs(dir.path())
-            );
+            assert_succeeded(&done, dir.path());
             let out = engine_support::task_text(&e, &jid, "mpi", "stdout.txt");
             HelloReport::parse(&out).assert_complete(n as u32);
         }
@@ -447,13 +452,7 @@ async fn engine_bench_cold_runs_against_the_docker_cli_script() -> anyhow::Resul
             e.delete_pool(&pid).await?;
             wait_for("pool deletion", 120, || e.get_pool(&pid).is_err()).await;
             engine.push(t.elapsed().as_secs_f64());
-            let info = done.execution_info.unwrap_or_default();
-            assert_eq!(
-                info.result,
-                Some(TaskExecutionResult::Success),
-                "{}",
-                task_outputs(dir.path())
-            );
+            assert_succeeded(&done, dir.path());
         }
         let median = |v: &mut Vec<f64>| {
             v.sort_by(f64::total_cmp);

@@ -425,19 +425,21 @@ fn job_running(st: &super::state::State, job: &str) -> i32 {
         .count() as i32
 }
 
+/// Whether tasks can be placed on node `n` of `pool` (idle or running, scheduling enabled).
+fn schedulable(n: &super::state::NodeRec, pool: &str) -> bool {
+    n.pool == pool
+        && matches!(
+            n.node.state,
+            Some(ComputeNodeState::Idle) | Some(ComputeNodeState::Running)
+        )
+        && n.node.scheduling_state != Some(shipyard_batch_api::models::SchedulingState::Disabled)
+}
+
 /// Free slots on the schedulable nodes of `pool`.
 fn free_slots(st: &super::state::State, pool: &str, slots: i32) -> usize {
     st.nodes
         .values()
-        .filter(|n| {
-            n.pool == pool
-                && matches!(
-                    n.node.state,
-                    Some(ComputeNodeState::Idle) | Some(ComputeNodeState::Running)
-                )
-                && n.node.scheduling_state
-                    != Some(shipyard_batch_api::models::SchedulingState::Disabled)
-        })
+        .filter(|n| schedulable(n, pool))
         .map(|n| (slots - n.used_slots).max(0) as usize)
         .sum()
 }
@@ -510,16 +512,7 @@ fn free_nodes(
     let mut free: Vec<(i32, String)> = st
         .nodes
         .values()
-        .filter(|n| {
-            n.pool == pool
-                && matches!(
-                    n.node.state,
-                    Some(ComputeNodeState::Idle) | Some(ComputeNodeState::Running)
-                )
-                && n.node.scheduling_state
-                    != Some(shipyard_batch_api::models::SchedulingState::Disabled)
-                && slots - n.used_slots >= need
-        })
+        .filter(|n| schedulable(n, pool) && slots - n.used_slots >= need)
         .map(|n| (n.used_slots, n.id().to_string()))
         .collect();
     if free.len() < count {
