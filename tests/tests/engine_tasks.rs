@@ -390,3 +390,76 @@ async fn engine_multi_instance_openmpi_across_three_container_nodes() -> anyhow:
     wait_for("pool deletion", 60, || e.get_pool("pm").is_err()).await;
     Ok(())
 }
+
+/// `requiredSlots`: a task takes that many of its node's `taskSlotsPerNode`, is placed only
+/// where that many are free, and frees them all when it ends. One node of 4 slots: `a` (3
+/// slots, short) and `c` (1 slot, waits for `b`) run together; `b` (2 slots) does not fit
+/// beside them, must not start while `a` runs, and must start once `a`'s 3 slots are free
+/// while `c` still runs (so `c` succeeds only if `b` ran beside it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engine_required_slots_place_tasks_where_enough_slots_are_free() -> anyhow::Result<()> {
+    if !shipyard_e2e::require_test_image() {
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let e = Engine::open(EngineOptions::new(dir.path())).await?;
+    e.add_pool(pool("slots", 1, 4)).await?;
+    wait_idle(&e, "slots", 1, 120).await;
+    e.add_job(job("sj", "slots", serde_json::json!({}))).await?;
+    let admin = serde_json::json!({"autoUser": {"elevationLevel": "admin", "scope": "pool"}});
+    let shared = "$AZ_BATCH_NODE_SHARED_DIR";
+    let added = e
+        .add_tasks(
+            "sj",
+            vec![
+                task(
+                    "a",
+                    &format!("/bin/sh -c 'touch {shared}/a-running; sleep 1; rm {shared}/a-running'"),
+                    serde_json::json!({"requiredSlots": 3, "userIdentity": admin}),
+                ),
+                task(
+                    "c",
+                    &format!(
+                        "/bin/sh -c 'for i in $(seq 1 300); do test -f {shared}/b-ran && exit 0; sleep 0.1; done; exit 3'"
+                    ),
+                    serde_json::json!({"requiredSlots": 1, "userIdentity": admin}),
+                ),
+                task(
+                    "b",
+                    &format!("/bin/sh -c 'test ! -f {shared}/a-running || exit 4; touch {shared}/b-ran'"),
+                    serde_json::json!({"requiredSlots": 2, "userIdentity": admin}),
+                ),
+                task("zero", "/bin/true", serde_json::json!({"requiredSlots": 0})),
+            ],
+        )
+        .await?;
+    let refused: Vec<_> = added
+        .iter()
+        .filter(|r| r.error.is_some())
+        .map(|r| r.task_id.clone())
+        .collect();
+    assert_eq!(refused, vec!["zero".to_string()], "{added:?}");
+    // While a and c run, the node's 4 slots are taken and b waits.
+    wait_for("a and c running", 60, || {
+        e.list_nodes("slots")
+            .is_ok_and(|n| n[0].running_task_slots_count == Some(4))
+    })
+    .await;
+    for t in ["a", "b", "c"] {
+        let done = completed(&e, "sj", t, 120).await;
+        assert_eq!(
+            result(&done),
+            (Some(TaskExecutionResult::Success), Some(0), None),
+            "task {t}: {}",
+            task_outputs(dir.path())
+        );
+    }
+    wait_for("slots freed", 30, || {
+        e.list_nodes("slots")
+            .is_ok_and(|n| n[0].running_task_slots_count == Some(0))
+    })
+    .await;
+    e.delete_pool("slots").await?;
+    wait_for("pool deletion", 60, || e.get_pool("slots").is_err()).await;
+    Ok(())
+}

@@ -20,6 +20,18 @@ pub enum EngineError {
         #[source]
         source: bollard::errors::Error,
     },
+    /// An image could not be pulled (never holds a password).
+    #[error("pulling image {image} from registry {registry} {}: {message}", as_user(.username))]
+    ImagePull {
+        /// The image reference.
+        image: String,
+        /// The registry server it is pulled from.
+        registry: String,
+        /// The user of the login used, `None` when pulled without credentials.
+        username: Option<String>,
+        /// Docker's message (with any password scrubbed).
+        message: String,
+    },
     /// A container pool's network could not be made.
     #[error("creating network {network} of pool {pool}: {source}")]
     Network {
@@ -109,6 +121,13 @@ impl EngineError {
             path: path.into(),
             source,
         }
+    }
+}
+
+fn as_user(u: &Option<String>) -> String {
+    match u {
+        Some(u) => format!("as user {u}"),
+        None => "without credentials".into(),
     }
 }
 

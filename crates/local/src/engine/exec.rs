@@ -215,7 +215,7 @@ fn node_ip(e: &Engine, node: &NodeRef) -> String {
         .unwrap_or_default()
 }
 
-fn spec_of(w: &Work<'_>, e: &Engine) -> Result<RunSpec, String> {
+fn spec_of(w: &Work<'_>, e: &Engine, node: &NodeRef) -> Result<RunSpec, String> {
     let argv =
         crate::cmdline::split_command_line(w.command, "commandLine").map_err(|e| e.to_string())?;
     let run = match w.container.and_then(|c| c.container_run_options.as_deref()) {
@@ -239,7 +239,6 @@ fn spec_of(w: &Work<'_>, e: &Engine) -> Result<RunSpec, String> {
     env.push(format!("AZ_BATCH_TASK_WORKING_DIR={}/wd", w.task_dir_in));
     Ok(RunSpec {
         name: w.name.clone(),
-        image,
         argv,
         env,
         working_dir,
@@ -250,6 +249,14 @@ fn spec_of(w: &Work<'_>, e: &Engine) -> Result<RunSpec, String> {
         labels: w.labels.clone(),
         timeout: w.timeout,
         keep: w.keep,
+        registry: w
+            .container
+            .and_then(|c| c.registry.as_ref())
+            .and_then(super::login_of)
+            .or_else(|| {
+                shipyard_runtime::registry_auth::login_for(&node.registries, &image).cloned()
+            }),
+        image,
     })
 }
 
@@ -306,7 +313,7 @@ async fn run_work(
         return (None, Some(f), true);
     }
     super::set_open_mode(&w.host_task_dir);
-    let spec = match spec_of(&w, e) {
+    let spec = match spec_of(&w, e, node) {
         Ok(s) => s,
         Err(m) => return (None, Some(failure("InvalidCommandLine", m)), false),
     };
@@ -367,42 +374,90 @@ fn active_jobs(st: &super::state::State) -> Vec<(u64, String, String, i32)> {
     jobs
 }
 
-/// A job's active tasks in submission order, and how many of its tasks run.
-fn job_tasks(st: &super::state::State, job: &str) -> (Vec<String>, i32) {
-    let of_job = || {
-        st.tasks
+/// How many of a job's active tasks (oldest first) one scheduling round looks at, besides
+/// four per free slot: a round costs the same however long the queue is.
+const SCHEDULE_WINDOW: usize = 256;
+
+/// Up to `window` of a job's active tasks in submission order.
+fn job_tasks(st: &mut super::state::State, job: &str, window: usize) -> Vec<String> {
+    if !st.queues.contains_key(job) {
+        let mut order: Vec<(u64, String)> = st
+            .tasks
             .range((job.to_string(), String::new())..)
-            .take_while(move |(k, _)| k.0 == job)
+            .take_while(|(k, _)| k.0 == job)
+            .map(|(k, t)| (t.seq, k.1.clone()))
+            .collect();
+        order.sort();
+        st.queues
+            .insert(job.to_string(), super::state::JobQueue { order, first: 0 });
+    }
+    let (tasks, queues) = (&st.tasks, &mut st.queues);
+    let Some(q) = queues.get_mut(job) else {
+        return vec![];
     };
-    let mut tasks: Vec<(u64, String)> = of_job()
-        .filter(|(_, t)| matches!(t.task.state, Some(TaskState::Active)))
-        .map(|(k, t)| (t.seq, k.1.clone()))
-        .collect();
-    tasks.sort();
-    let running = of_job()
+    let active = |id: &String| {
+        tasks
+            .get(&(job.to_string(), id.clone()))
+            .is_some_and(|t| matches!(t.task.state, Some(TaskState::Active)))
+    };
+    while q.first < q.order.len() && !active(&q.order[q.first].1) {
+        q.first += 1;
+    }
+    q.order[q.first..]
+        .iter()
+        .filter(|(_, id)| active(id))
+        .take(window)
+        .map(|(_, id)| id.clone())
+        .collect()
+}
+
+/// How many of a job's tasks run (or prepare).
+fn job_running(st: &super::state::State, job: &str) -> i32 {
+    st.tasks
+        .range((job.to_string(), String::new())..)
+        .take_while(|(k, _)| k.0 == job)
         .filter(|(_, t)| {
             matches!(
                 t.task.state,
                 Some(TaskState::Running) | Some(TaskState::Preparing)
             )
         })
-        .count() as i32;
-    (tasks.into_iter().map(|(_, t)| t).collect(), running)
+        .count() as i32
 }
 
-/// Frees the slots task `key` (`job/task`) held on `nodes` and counts it in their totals.
+/// Whether tasks can be placed on node `n` of `pool` (idle or running, scheduling enabled).
+fn schedulable(n: &super::state::NodeRec, pool: &str) -> bool {
+    n.pool == pool
+        && matches!(
+            n.node.state,
+            Some(ComputeNodeState::Idle) | Some(ComputeNodeState::Running)
+        )
+        && n.node.scheduling_state != Some(shipyard_batch_api::models::SchedulingState::Disabled)
+}
+
+/// Free slots on the schedulable nodes of `pool`.
+fn free_slots(st: &super::state::State, pool: &str, slots: i32) -> usize {
+    st.nodes
+        .values()
+        .filter(|n| schedulable(n, pool))
+        .map(|n| (slots - n.used_slots).max(0) as usize)
+        .sum()
+}
+
+/// Frees the `need` slots (its `requiredSlots`) task `key` (`job/task`) held on `nodes` and
+/// counts it in their totals.
 fn release_nodes(
     st: &mut super::state::State,
     pool: &str,
     nodes: &[String],
-    key: &str,
+    (key, need): (&str, i32),
     ok: bool,
     keys: &mut Vec<Key>,
 ) {
     for n in nodes {
         if let Some(nr) = st.nodes.get_mut(&(pool.to_string(), n.clone())) {
             nr.tasks.retain(|t| t != key);
-            nr.used_slots = (nr.used_slots - 1).max(0).min(nr.used_slots);
+            nr.used_slots = (nr.used_slots - need.max(1)).max(0);
             nr.node.running_tasks_count = Some(nr.tasks.len() as i32);
             nr.node.total_tasks_run = Some(nr.node.total_tasks_run.unwrap_or(0) + 1);
             if ok {
@@ -457,16 +512,7 @@ fn free_nodes(
     let mut free: Vec<(i32, String)> = st
         .nodes
         .values()
-        .filter(|n| {
-            n.pool == pool
-                && matches!(
-                    n.node.state,
-                    Some(ComputeNodeState::Idle) | Some(ComputeNodeState::Running)
-                )
-                && n.node.scheduling_state
-                    != Some(shipyard_batch_api::models::SchedulingState::Disabled)
-                && slots - n.used_slots >= need
-        })
+        .filter(|n| schedulable(n, pool) && slots - n.used_slots >= need)
         .map(|n| (n.used_slots, n.id().to_string()))
         .collect();
     if free.len() < count {
@@ -709,10 +755,27 @@ impl Engine {
                     continue;
                 }
                 let slots = p.pool.task_slots_per_node.unwrap_or(1);
-                let (tasks, mut running) = job_tasks(&st, &job);
                 let broken = pool_broken(&st, &pool);
+                let free = free_slots(&st, &pool, slots);
+                if free == 0 && broken.is_none() {
+                    continue;
+                }
+                let window = if broken.is_some() {
+                    usize::MAX
+                } else {
+                    SCHEDULE_WINDOW + 4 * free
+                };
+                let tasks = job_tasks(&mut st, &job, window);
+                let mut running = if max_par >= 0 {
+                    job_running(&st, &job)
+                } else {
+                    0
+                };
                 for tid in tasks {
                     if max_par >= 0 && running >= max_par {
+                        break;
+                    }
+                    if broken.is_none() && free_slots(&st, &pool, slots) == 0 {
                         break;
                     }
                     let key = (job.clone(), tid.clone());
@@ -735,7 +798,7 @@ impl Engine {
                         Deps::Ready => {}
                         Deps::Wait => continue,
                     }
-                    let need = t.params.required_slots.unwrap_or(1);
+                    let need = t.params.required_slots.unwrap_or(1).max(1);
                     let count = t
                         .params
                         .multi_instance_settings
@@ -781,7 +844,14 @@ impl Engine {
                 .filter_map(|n| self.node_ref(&st, &pool, n))
                 .collect()
         };
+        let began = std::time::Instant::now();
         let (code, fail, pre) = self.attempt(&job, &task, &refs, cancel.clone()).await;
+        tracing::debug!(
+            job,
+            task,
+            ms = began.elapsed().as_millis() as u64,
+            "task attempt ran"
+        );
         let mut fail = fail;
         let upload_failed = self
             .upload_outputs(&job, &task, &refs, code, &mut fail)
@@ -798,11 +868,16 @@ impl Engine {
             let mut st = self.lock();
             let mut keys = Vec::new();
             let ok = code == Some(0) && fail.is_none();
+            let need = st
+                .tasks
+                .get(&(job.clone(), task.clone()))
+                .and_then(|t| t.params.required_slots)
+                .unwrap_or(1);
             release_nodes(
                 &mut st,
                 &pool,
                 &nodes,
-                &format!("{job}/{task}"),
+                (&format!("{job}/{task}"), need),
                 ok,
                 &mut keys,
             );
@@ -828,6 +903,9 @@ impl Engine {
                     info.last_retry_time = Some(now());
                     info.exit_code = code;
                     set_task_state(&mut t.task, TaskState::Active);
+                    if let Some(q) = st.queues.get_mut(&job) {
+                        q.first = 0;
+                    }
                 } else {
                     complete_task_record(t, code, fail.clone());
                     action = Some(exit_options(t, code, fail.is_some(), pre, upload_failed));
@@ -1104,7 +1182,7 @@ impl Engine {
         w.labels = HashMap::new();
         let _ = std::fs::remove_file(w.host_task_dir.join("stdout.txt"));
         let _ = std::fs::remove_file(w.host_task_dir.join("stderr.txt"));
-        match spec_of(&w, self) {
+        match spec_of(&w, self, primary) {
             Ok(spec) => {
                 let end = self
                     .kind_of(&primary.pool)
@@ -1599,6 +1677,7 @@ pub(crate) async fn end_job(e: &Engine, job: &str, reason: String, delete: bool)
         let mut keys = vec![Key::Job(job.to_string())];
         for t in &tasks {
             st.tasks.remove(&(job.to_string(), t.clone()));
+            st.queues.remove(job);
             keys.push(Key::Task(job.to_string(), t.clone()));
         }
         st.jobs.remove(job);

@@ -29,14 +29,18 @@ use shipyard_batch_api::models::{
     SchedulingState, SubtaskInformation, TaskAddParameter, TaskAddResult, TaskAddStatus,
     TaskCounts, TaskCountsResult, TaskExecutionResult, TaskSlotCounts, TaskState,
 };
+use shipyard_runtime::registry_auth::RegistryLogin;
 use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
 
 pub use error::{EngineError, Result};
+/// The types of [`NodeKind`]'s signatures, for node kinds implemented outside this crate.
+pub use futures::future::BoxFuture;
 pub use node::{
     labels, ContainerNodes, NodeKind, NodeRef, PoolSetup, RunEnd, RunSpec, NODE_ROOT_DIR,
 };
 pub use store::ENGINE_STORE_FILE;
+/// See [`BoxFuture`].
+pub use tokio_util::sync::CancellationToken;
 pub use vm::{VmNodes, VmNodesOptions};
 
 use state::{job_key, node_key, now, pool_key, task_key, JobRec, NodeRec, PoolRec, State, TaskRec};
@@ -280,7 +284,7 @@ impl Engine {
         let n = st.nodes.get(&(pool.to_string(), node.to_string()))?;
         let mut l = self.labels(pool);
         l.insert(labels::NODE.to_string(), format!("{pool}/{node}"));
-        Some(n.node_ref(&p.network, l))
+        Some(n.node_ref(&p.network, l, pool_logins(&p.params)))
     }
 
     async fn recover(&self) -> Result<()> {
@@ -365,6 +369,15 @@ impl Engine {
         for c in stale_containers {
             let _ = self.inner.kind.remove_container(&c).await;
         }
+        // Spare kept containers of an earlier engine of this state directory.
+        if let Err(e) = self
+            .inner
+            .kind
+            .remove_labelled(labels::SPARE, &self.inner.instance)
+            .await
+        {
+            tracing::warn!(error = %e, "removing spare containers");
+        }
         for p in deleting {
             let e = self.clone();
             tokio::spawn(async move { e.finish_delete_pool(&p).await });
@@ -381,6 +394,12 @@ impl Engine {
 
     /// Adds a pool and starts creating its nodes (state `starting`, then `idle`).
     pub async fn add_pool(&self, p: PoolAddParameter) -> Result<()> {
+        let r = self.add_pool_now(p).await;
+        self.inner.store.durable().await;
+        r
+    }
+
+    async fn add_pool_now(&self, p: PoolAddParameter) -> Result<()> {
         if p.id.is_empty() {
             return Err(EngineError::invalid("id", "the pool id is empty"));
         }
@@ -621,6 +640,12 @@ impl Engine {
     /// Deletes a pool: state `deleting` at once, then nodes, network and directories go and the
     /// pool disappears (404). Returns when removal has been started.
     pub async fn delete_pool(&self, id: &str) -> Result<()> {
+        let r = self.delete_pool_now(id).await;
+        self.inner.store.durable().await;
+        r
+    }
+
+    async fn delete_pool_now(&self, id: &str) -> Result<()> {
         {
             let mut st = self.lock();
             let p = st
@@ -698,6 +723,12 @@ impl Engine {
     /// Resizes a pool to `targetDedicatedNodes + targetLowPriorityNodes`; shrinking removes idle
     /// nodes first (newest first).
     pub async fn resize_pool(&self, id: &str, r: PoolResizeParameter) -> Result<()> {
+        let r = self.resize_pool_now(id, r).await;
+        self.inner.store.durable().await;
+        r
+    }
+
+    async fn resize_pool_now(&self, id: &str, r: PoolResizeParameter) -> Result<()> {
         let target = (r.target_dedicated_nodes.unwrap_or(0)
             + r.target_low_priority_nodes.unwrap_or(0))
         .max(0) as usize;
@@ -855,6 +886,12 @@ impl Engine {
 
     /// Adds a job on an existing pool.
     pub async fn add_job(&self, j: JobAddParameter) -> Result<()> {
+        let r = self.add_job_now(j).await;
+        self.inner.store.durable().await;
+        r
+    }
+
+    async fn add_job_now(&self, j: JobAddParameter) -> Result<()> {
         if j.id.is_empty() {
             return Err(EngineError::invalid("id", "the job id is empty"));
         }
@@ -932,6 +969,12 @@ impl Engine {
 
     /// Patches a job (priority, maxParallelTasks, onAllTasksComplete, constraints, metadata).
     pub async fn patch_job(&self, id: &str, p: JobPatchParameter) -> Result<()> {
+        let r = self.patch_job_now(id, p).await;
+        self.inner.store.durable().await;
+        r
+    }
+
+    async fn patch_job_now(&self, id: &str, p: JobPatchParameter) -> Result<()> {
         {
             let mut st = self.lock();
             let j = st
@@ -974,6 +1017,12 @@ impl Engine {
     /// Terminates a job: running tasks are stopped, job release runs on every node that ran the
     /// job preparation, then the job is `completed`.
     pub async fn terminate_job(&self, id: &str, reason: Option<String>) -> Result<()> {
+        let r = self.terminate_job_now(id, reason).await;
+        self.inner.store.durable().await;
+        r
+    }
+
+    async fn terminate_job_now(&self, id: &str, reason: Option<String>) -> Result<()> {
         {
             let st = self.lock();
             let j = st
@@ -999,6 +1048,12 @@ impl Engine {
 
     /// Deletes a job (terminating it first), its tasks and their directories.
     pub async fn delete_job(&self, id: &str) -> Result<()> {
+        let r = self.delete_job_now(id).await;
+        self.inner.store.durable().await;
+        r
+    }
+
+    async fn delete_job_now(&self, id: &str) -> Result<()> {
         if !self.lock().jobs.contains_key(id) {
             return Err(EngineError::not_found("JobNotFound", id));
         }
@@ -1072,6 +1127,16 @@ impl Engine {
         job: &str,
         tasks: Vec<TaskAddParameter>,
     ) -> Result<Vec<TaskAddResult>> {
+        let r = self.add_tasks_now(job, tasks).await;
+        self.inner.store.durable().await;
+        r
+    }
+
+    async fn add_tasks_now(
+        &self,
+        job: &str,
+        tasks: Vec<TaskAddParameter>,
+    ) -> Result<Vec<TaskAddResult>> {
         let mut results = Vec::with_capacity(tasks.len());
         {
             let mut st = self.lock();
@@ -1087,6 +1152,11 @@ impl Engine {
                 let key = (job.to_string(), t.id.clone());
                 let error = if t.id.is_empty() {
                     Some(("InvalidPropertyValue", "the task id is empty".to_string()))
+                } else if t.required_slots.is_some_and(|n| n < 1) {
+                    Some((
+                        "InvalidPropertyValue",
+                        format!("task {}: requiredSlots must be at least 1", t.id),
+                    ))
                 } else if st.tasks.contains_key(&key) {
                     Some((
                         "TaskExists",
@@ -1125,6 +1195,7 @@ impl Engine {
                 });
                 keys.push(Key::Task(job.to_string(), rec.params.id.clone()));
                 st.tasks.insert(key, rec);
+                st.queues.remove(job);
             }
             self.save(&st, &keys)?;
         }
@@ -1174,6 +1245,12 @@ impl Engine {
 
     /// Terminates a task (kills its containers; it completes with a failure).
     pub async fn terminate_task(&self, job: &str, task: &str) -> Result<()> {
+        let r = self.terminate_task_now(job, task).await;
+        self.inner.store.durable().await;
+        r
+    }
+
+    async fn terminate_task_now(&self, job: &str, task: &str) -> Result<()> {
         let state = self.get_task(job, task)?.state;
         match state {
             Some(TaskState::Completed) => Ok(()),
@@ -1205,12 +1282,19 @@ impl Engine {
 
     /// Deletes a task (terminating it first) and its directory.
     pub async fn delete_task(&self, job: &str, task: &str) -> Result<()> {
+        let r = self.delete_task_now(job, task).await;
+        self.inner.store.durable().await;
+        r
+    }
+
+    async fn delete_task_now(&self, job: &str, task: &str) -> Result<()> {
         self.get_task(job, task)?;
         self.cancel_task(job, task);
         let dirs = self.task_dirs(job, task);
         {
             let mut st = self.lock();
             st.tasks.remove(&(job.to_string(), task.to_string()));
+            st.queues.remove(job);
             self.save(&st, &[Key::Task(job.to_string(), task.to_string())])?;
         }
         for d in dirs {
@@ -1288,6 +1372,32 @@ impl Engine {
 
 /// Whether a pool has VM-like nodes (no `containerConfiguration`: Batch Shipyard's
 /// non-native mode).
+/// The pool's `containerConfiguration.containerRegistries` as logins (entries without a user
+/// name are anonymous and left out; no server means Docker Hub).
+pub(crate) fn pool_logins(p: &PoolAddParameter) -> Vec<RegistryLogin> {
+    p.virtual_machine_configuration
+        .as_ref()
+        .and_then(|v| v.container_configuration.as_ref())
+        .and_then(|c| c.container_registries.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(login_of)
+        .collect()
+}
+
+/// A Batch registry entry as a login, when it has a user name.
+pub(crate) fn login_of(r: &shipyard_batch_api::models::ContainerRegistry) -> Option<RegistryLogin> {
+    Some(RegistryLogin {
+        server: r
+            .registry_server
+            .clone()
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| shipyard_runtime::registry_auth::DOCKER_HUB.into()),
+        username: r.username.clone().filter(|u| !u.is_empty())?,
+        password: r.password.clone().unwrap_or_default(),
+    })
+}
+
 pub(crate) fn is_vm_pool(p: &PoolAddParameter) -> bool {
     p.virtual_machine_configuration
         .as_ref()

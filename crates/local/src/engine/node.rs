@@ -14,18 +14,19 @@ use bollard::models::{ContainerCreateBody, EndpointSettings, HostConfig, Network
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, InspectContainerOptions,
     InspectNetworkOptions, KillContainerOptionsBuilder, LogsOptionsBuilder,
-    RemoveContainerOptionsBuilder, StartContainerOptions, WaitContainerOptionsBuilder,
+    RemoveContainerOptionsBuilder, RenameContainerOptionsBuilder, StartContainerOptions,
+    WaitContainerOptionsBuilder,
 };
 use bollard::Docker;
 use futures::future::BoxFuture;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 
 use super::error::{EngineError, Result};
 use crate::cmdline::RunOptions;
 use crate::docker::split_image;
-use shipyard_runtime::registry_auth::registry_of;
+use shipyard_runtime::registry_auth::{login_for, registry_of, RegistryLogin};
 
 /// Where the node root is mounted inside every node and task container (Batch's path).
 pub const NODE_ROOT_DIR: &str = "/mnt/batch/tasks";
@@ -42,6 +43,8 @@ pub mod labels {
     pub const NODE: &str = "shipyard.engine.node";
     /// `job/task` of a task container.
     pub const TASK: &str = "shipyard.engine.task";
+    /// The instance, on spare kept containers made ahead of multi-instance tasks.
+    pub const SPARE: &str = "shipyard.engine.spare";
 }
 
 /// A node as the node kind sees it.
@@ -61,6 +64,9 @@ pub struct NodeRef {
     pub image: String,
     /// Labels for everything made for this node.
     pub labels: HashMap<String, String>,
+    /// The pool's `containerConfiguration.containerRegistries` as logins (`Debug` redacts
+    /// the passwords): images of those registries are pulled with them.
+    pub registries: Vec<RegistryLogin>,
 }
 
 /// One process to run on a node.
@@ -91,6 +97,9 @@ pub struct RunSpec {
     /// Keep the container running after the command (`sleep infinity` as its main process,
     /// the command is run with exec): multi-instance subtasks.
     pub keep: bool,
+    /// The login to pull `image` with when it is missing: the task's
+    /// `containerSettings.registry`, else the pool's registry of the image (`None`: anonymous).
+    pub registry: Option<RegistryLogin>,
 }
 
 /// How a run ended.
@@ -159,7 +168,37 @@ pub struct ContainerNodes {
     docker: Docker,
     /// Images seen present (one inspect per image, not per task).
     present: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    /// Kept containers made ahead of multi-instance tasks.
+    spares: std::sync::Arc<std::sync::Mutex<Spares>>,
 }
+
+/// A spare being made (its name once it runs, `None` when making it failed).
+type Spare = futures::future::Shared<BoxFuture<'static, Option<String>>>;
+
+/// Spare kept containers by holder, each for the container key it was made for.
+#[derive(Default)]
+struct Spares {
+    ready: HashMap<String, Vec<(String, Spare)>>,
+    /// Holders being removed: no more spares for them.
+    gone: std::collections::HashSet<String>,
+    /// Kept task containers by name: when one is removed (its task ended), a spare for the
+    /// same container is made, off the task's time.
+    kept: HashMap<String, (NodeRef, RunSpec, String)>,
+}
+
+impl std::fmt::Debug for Spares {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Spares")
+            .field("nodes", &self.ready.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Container keys a node keeps a spare for.
+const SPARE_KEYS: usize = 2;
+
+/// Numbers spare containers apart.
+static SPARES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 impl ContainerNodes {
     /// Uses the given Docker connection.
@@ -167,10 +206,12 @@ impl ContainerNodes {
         ContainerNodes {
             docker,
             present: Default::default(),
+            spares: Default::default(),
         }
     }
 
-    async fn ensure_image(&self, image: &str) -> Result<()> {
+    /// Makes `image` present: pulled (with `login` when given) unless it already is.
+    async fn ensure_image(&self, image: &str, login: Option<&RegistryLogin>) -> Result<()> {
         let known = self.present.lock().is_ok_and(|p| p.contains(image));
         if known || self.docker.inspect_image(image).await.is_ok() {
             if let Ok(mut p) = self.present.lock() {
@@ -178,26 +219,58 @@ impl ContainerNodes {
             }
             return Ok(());
         }
-        let (name, tag) = split_image(image);
-        let opts = CreateImageOptionsBuilder::new()
-            .from_image(name)
-            .tag(tag)
-            .build();
-        let mut s = self.docker.create_image(Some(opts), None, None);
-        while let Some(item) = s.next().await {
-            item.map_err(|e| {
-                EngineError::docker(
-                    format!("pulling image {image} from registry {}", registry_of(image)),
-                    e,
-                )
-            })?;
+        let failed = |message: String| EngineError::ImagePull {
+            image: image.to_string(),
+            registry: login.map_or_else(|| registry_of(image).to_string(), |l| l.server.clone()),
+            username: login.map(|l| l.username.clone()),
+            message: match login {
+                Some(l) if !l.password.is_empty() => message.replace(&l.password, "<redacted>"),
+                _ => message,
+            },
+        };
+        let result = match login {
+            Some(l) => crate::docker::Engine {
+                docker: self.docker.clone(),
+            }
+            .pull_image(image, l)
+            .await
+            .map_err(failed),
+            None => {
+                let (name, tag) = split_image(image);
+                let opts = CreateImageOptionsBuilder::new()
+                    .from_image(name)
+                    .tag(tag)
+                    .build();
+                let mut s = self.docker.create_image(Some(opts), None, None);
+                let mut r = Ok(());
+                while let Some(item) = s.next().await {
+                    let message = match item {
+                        Ok(info) => info.error_detail.and_then(|d| d.message),
+                        Err(BollardError::DockerResponseServerError { message, .. }) => {
+                            Some(message)
+                        }
+                        Err(e) => Some(e.to_string()),
+                    };
+                    if let Some(m) = message {
+                        r = Err(failed(m));
+                        break;
+                    }
+                }
+                r
+            }
+        };
+        if result.is_ok() {
+            if let Ok(mut p) = self.present.lock() {
+                p.insert(image.to_string());
+            }
         }
-        Ok(())
+        result
     }
 
-    async fn create(&self, node: &NodeRef, spec: &RunSpec) -> Result<()> {
-        self.ensure_image(&spec.image).await?;
-        let mut env = spec.env.clone();
+    /// The container of `spec` on `node`. `spare`: the kept container made ahead of its task
+    /// (no task environment or task label: the exec of each command brings its environment).
+    fn body_of(node: &NodeRef, spec: &RunSpec, spare: bool) -> ContainerCreateBody {
+        let mut env = if spare { vec![] } else { spec.env.clone() };
         env.extend(spec.run.env.iter().cloned());
         let mut binds = vec![format!("{}:{NODE_ROOT_DIR}", node.root.display())];
         binds.extend(spec.run.binds.iter().cloned());
@@ -213,7 +286,14 @@ impl ContainerNodes {
                 .then(|| spec.run.security_opt.clone()),
             ..Default::default()
         };
-        let mut labels = spec.labels.clone();
+        let mut labels = if spare {
+            let mut l = node.labels.clone();
+            let instance = l.get(labels::INSTANCE).cloned().unwrap_or_default();
+            l.insert(labels::SPARE.into(), instance);
+            l
+        } else {
+            spec.labels.clone()
+        };
         labels.extend(spec.run.labels.iter().cloned());
         let (entrypoint, cmd) = if spec.keep {
             (
@@ -223,30 +303,193 @@ impl ContainerNodes {
         } else {
             (None, Some(spec.argv.clone()))
         };
-        let body = ContainerCreateBody {
+        ContainerCreateBody {
             image: Some(spec.image.clone()),
             entrypoint,
             cmd,
             env: Some(env),
-            working_dir: spec.working_dir.clone(),
+            working_dir: if spare {
+                None
+            } else {
+                spec.working_dir.clone()
+            },
             user: spec.run.user.clone().or_else(|| spec.user.clone()),
             labels: Some(labels),
             host_config: Some(host),
             ..Default::default()
-        };
-        let opts = CreateContainerOptionsBuilder::new()
-            .name(&spec.name)
-            .build();
-        self.docker
-            .create_container(Some(opts), body)
+        }
+    }
+
+    async fn create(&self, node: &NodeRef, spec: &RunSpec) -> Result<()> {
+        self.create_named(&spec.name, spec, Self::body_of(node, spec, false))
             .await
-            .map_err(|e| {
-                EngineError::docker(
-                    format!("creating container {} of image {}", spec.name, spec.image),
-                    e,
-                )
-            })?;
+    }
+
+    async fn create_named(
+        &self,
+        name: &str,
+        spec: &RunSpec,
+        body: ContainerCreateBody,
+    ) -> Result<()> {
+        self.ensure_image(&spec.image, spec.registry.as_ref())
+            .await?;
+        let opts = CreateContainerOptionsBuilder::new().name(name).build();
+        let mut made = self
+            .docker
+            .create_container(Some(opts.clone()), body.clone())
+            .await;
+        if matches!(
+            made,
+            Err(BollardError::DockerResponseServerError {
+                status_code: 404,
+                ..
+            })
+        ) {
+            // The image went away since it was seen (removed by someone): pull it again.
+            if let Ok(mut p) = self.present.lock() {
+                p.remove(&spec.image);
+            }
+            self.ensure_image(&spec.image, spec.registry.as_ref())
+                .await?;
+            made = self.docker.create_container(Some(opts), body).await;
+        }
+        made.map_err(|e| {
+            EngineError::docker(
+                format!("creating container {name} of image {}", spec.image),
+                e,
+            )
+        })?;
         Ok(())
+    }
+
+    /// What a spare for `spec` must match: its whole container (labels sorted).
+    fn spare_key(node: &NodeRef, spec: &RunSpec) -> String {
+        let mut body = Self::body_of(node, spec, true);
+        let labels: std::collections::BTreeMap<String, String> =
+            body.labels.take().unwrap_or_default().into_iter().collect();
+        serde_json::to_string(&(labels, body)).unwrap_or_default()
+    }
+
+    /// Takes the spare made for `key` on `holder`, if any, and waits until it runs.
+    async fn take_spare(&self, holder: &str, key: &str) -> Option<String> {
+        let made = {
+            let mut s = self.spares.lock().ok()?;
+            let v = s.ready.get_mut(holder)?;
+            let i = v.iter().position(|(k, _)| k == key)?;
+            v.remove(i).1
+        };
+        made.await
+    }
+
+    /// Starts making a spare kept container for `key` on `node` (one per key, at most
+    /// [`SPARE_KEYS`] keys per node), for the next multi-instance task that needs the same
+    /// container. It is fresh: no command has run in it when a task takes it.
+    fn make_spare(&self, node: &NodeRef, spec: &RunSpec, key: String) {
+        let Ok(mut s) = self.spares.lock() else {
+            return;
+        };
+        if s.gone.contains(&node.holder) {
+            return;
+        }
+        let v = s.ready.entry(node.holder.clone()).or_default();
+        if v.iter().any(|(k, _)| *k == key) {
+            return;
+        }
+        if v.len() >= SPARE_KEYS {
+            let (_, old) = v.remove(0);
+            let me = self.clone();
+            tokio::spawn(async move {
+                if let Some(name) = old.await {
+                    let _ = me.remove_container(&name).await;
+                }
+            });
+        }
+        let n = SPARES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("{}-spare-{:x}.{n}", node.holder, std::process::id());
+        let (me, node, spec) = (self.clone(), node.clone(), spec.clone());
+        let made = tokio::spawn(async move {
+            let body = Self::body_of(&node, &spec, true);
+            let began = std::time::Instant::now();
+            let up = async {
+                me.create_named(&name, &spec, body).await?;
+                me.docker
+                    .start_container(&name, None::<StartContainerOptions>)
+                    .await
+                    .map_err(|e| EngineError::docker(format!("starting spare {name}"), e))
+            };
+            match up.await {
+                Ok(()) => {
+                    tracing::debug!(container = %name, ms = began.elapsed().as_millis() as u64, "spare kept container made");
+                    Some(name)
+                }
+                Err(e) => {
+                    tracing::debug!(container = %name, error = %e, "no spare container");
+                    let _ = me.remove_container(&name).await;
+                    None
+                }
+            }
+        });
+        let made: BoxFuture<'static, Option<String>> =
+            Box::pin(async move { made.await.ok().flatten() });
+        v.push((key, made.shared()));
+    }
+
+    /// No more spares on `holder`; waits for those being made (the node's removal then
+    /// removes them with the node's label).
+    async fn drop_spares(&self, holder: &str) {
+        let pending = match self.spares.lock() {
+            Ok(mut s) => {
+                s.gone.insert(holder.to_string());
+                s.ready.remove(holder).unwrap_or_default()
+            }
+            Err(_) => vec![],
+        };
+        futures::future::join_all(pending.into_iter().map(|(_, f)| f)).await;
+    }
+
+    /// A kept container for `spec` (a spare made for the same container when there is one,
+    /// renamed to the task's name; else made now), then its command by exec. When the task's
+    /// container is removed, a spare for the next such task is made.
+    async fn run_kept(
+        &self,
+        node: &NodeRef,
+        spec: &RunSpec,
+        cancel: CancellationToken,
+    ) -> Result<RunEnd> {
+        let key = Self::spare_key(node, spec);
+        let began = std::time::Instant::now();
+        let mut ready = false;
+        if let Some(spare) = self.take_spare(&node.holder, &key).await {
+            let opts = RenameContainerOptionsBuilder::new()
+                .name(&spec.name)
+                .build();
+            match self.docker.rename_container(&spare, opts).await {
+                Ok(()) => ready = true,
+                Err(e) => {
+                    tracing::debug!(container = %spare, error = %e, "spare not renamed");
+                    let _ = self.remove_container(&spare).await;
+                }
+            }
+        }
+        if !ready {
+            self.create(node, spec).await?;
+            self.docker
+                .start_container(&spec.name, None::<StartContainerOptions>)
+                .await
+                .map_err(|e| EngineError::docker(format!("starting container {}", spec.name), e))?;
+        }
+        tracing::debug!(
+            container = %spec.name,
+            spare = ready,
+            ms = began.elapsed().as_millis() as u64,
+            "kept container running"
+        );
+        let end = self.exec(node, spec, spec.argv.clone(), cancel).await;
+        if let Ok(mut s) = self.spares.lock() {
+            s.kept
+                .insert(spec.name.clone(), (node.clone(), spec.clone(), key));
+        }
+        end
     }
 
     async fn start_logged(&self, spec: &RunSpec) -> Result<tokio::task::JoinHandle<()>> {
@@ -393,7 +636,11 @@ impl NodeKind for ContainerNodes {
 
     fn create_node<'a>(&'a self, node: &'a NodeRef) -> BoxFuture<'a, Result<String>> {
         Box::pin(async move {
-            self.ensure_image(&node.image).await?;
+            if let Ok(mut s) = self.spares.lock() {
+                s.gone.remove(&node.holder);
+            }
+            let login = login_for(&node.registries, &node.image);
+            self.ensure_image(&node.image, login).await?;
             let host = HostConfig {
                 init: Some(true),
                 network_mode: Some(node.network.clone()),
@@ -451,6 +698,7 @@ impl NodeKind for ContainerNodes {
 
     fn remove_node<'a>(&'a self, node: &'a NodeRef) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
+            self.drop_spares(&node.holder).await;
             let value = format!("{}/{}", node.pool, node.id);
             self.remove_labelled(labels::NODE, &value).await?;
             self.remove_container(&node.holder).await
@@ -473,16 +721,10 @@ impl NodeKind for ContainerNodes {
         cancel: CancellationToken,
     ) -> BoxFuture<'a, Result<RunEnd>> {
         Box::pin(async move {
-            self.create(node, spec).await?;
             if spec.keep {
-                self.docker
-                    .start_container(&spec.name, None::<StartContainerOptions>)
-                    .await
-                    .map_err(|e| {
-                        EngineError::docker(format!("starting container {}", spec.name), e)
-                    })?;
-                return self.exec(node, spec, spec.argv.clone(), cancel).await;
+                return self.run_kept(node, spec, cancel).await;
             }
+            self.create(node, spec).await?;
             let logs = self.start_logged(spec).await?;
             let end = self.wait(&spec.name, spec.timeout, &cancel).await;
             let _ = logs.await;
@@ -499,6 +741,7 @@ impl NodeKind for ContainerNodes {
     ) -> BoxFuture<'a, Result<RunEnd>> {
         Box::pin(async move {
             let what = || format!("running a command in {}", spec.name);
+            let began = std::time::Instant::now();
             let mut env = spec.env.clone();
             env.extend(spec.run.env.iter().cloned());
             let created = self
@@ -538,12 +781,25 @@ impl NodeKind for ContainerNodes {
                 .inspect_exec(&created.id)
                 .await
                 .map_err(|e| EngineError::docker(what(), e))?;
+            tracing::debug!(
+                container = %spec.name,
+                ms = began.elapsed().as_millis() as u64,
+                "exec ended"
+            );
             Ok(RunEnd::Exited(inspect.exit_code.unwrap_or(137)))
         })
     }
 
     fn remove_container<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
+            let kept = self
+                .spares
+                .lock()
+                .ok()
+                .and_then(|mut s| s.kept.remove(name));
+            if let Some((node, spec, key)) = kept {
+                self.make_spare(&node, &spec, key);
+            }
             let opts = RemoveContainerOptionsBuilder::new()
                 .force(true)
                 .v(true)

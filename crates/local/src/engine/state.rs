@@ -54,8 +54,19 @@ pub(crate) struct TaskRec {
     pub containers: Vec<String>,
 }
 
+/// A job's tasks in submission order (not stored; rebuilt when tasks are added or removed).
+#[derive(Default)]
+pub(crate) struct JobQueue {
+    /// (seq, task id), oldest first.
+    pub order: Vec<(u64, String)>,
+    /// No task before this index is active (moves forward; back to 0 when a task is retried).
+    pub first: usize,
+}
+
 #[derive(Default)]
 pub(crate) struct State {
+    /// The scheduler's view of each job's tasks.
+    pub queues: std::collections::HashMap<String, JobQueue>,
     pub pools: BTreeMap<String, PoolRec>,
     pub nodes: BTreeMap<(String, String), NodeRec>,
     pub jobs: BTreeMap<String, JobRec>,
@@ -84,6 +95,7 @@ impl NodeRec {
         &self,
         network: &str,
         labels: std::collections::HashMap<String, String>,
+        registries: Vec<shipyard_runtime::registry_auth::RegistryLogin>,
     ) -> NodeRef {
         NodeRef {
             pool: self.pool.clone(),
@@ -93,6 +105,7 @@ impl NodeRec {
             root: self.root.clone(),
             image: self.image.clone(),
             labels,
+            registries,
         }
     }
 }
