@@ -1,6 +1,8 @@
 //! The one redaction path for everything shipyard prints about Batch resources: the per-job
-//! SSH key pair in a job preparation task's `environmentSettings`, and any string that holds a
-//! private key, are replaced before JSON or table output is made from them.
+//! SSH key pair and the registry passwords (`SHIPYARD_REGISTRY_PASSWORD_<i>`) in a job
+//! preparation task's `environmentSettings`, every `password` property (container registries
+//! of a pool or task, user accounts), and any string that holds a private key, are replaced
+//! before JSON or table output is made from them.
 
 use serde::Serialize;
 use serde_json::Value;
@@ -24,13 +26,21 @@ pub fn redact_in_place(value: &mut Value, with: &str) {
                     let secret = setting
                         .get("name")
                         .and_then(Value::as_str)
-                        .is_some_and(|n| SECRET_ENV.contains(&n));
+                        .is_some_and(|n| {
+                            SECRET_ENV.contains(&n)
+                                || n.starts_with(
+                                    shipyard_runtime::registry_auth::PASSWORD_ENV_PREFIX,
+                                )
+                        });
                     if secret {
                         if let Some(v) = setting.get_mut("value") {
                             *v = Value::String(with.to_string());
                         }
                     }
                 }
+            }
+            if let Some(p @ Value::String(_)) = map.get_mut("password") {
+                *p = Value::String(with.to_string());
             }
             for v in map.values_mut() {
                 redact_in_place(v, with);
@@ -82,5 +92,29 @@ mod tests {
         assert_eq!(env[2]["value"], "kept");
         assert_eq!(v[0]["note"], REDACTED);
         assert_eq!(v[0]["id"], "j");
+    }
+
+    #[test]
+    fn registry_and_account_passwords_are_replaced() {
+        let mut v = json!({
+            "virtualMachineConfiguration": {"containerConfiguration": {"containerRegistries": [
+                {"registryServer": "r.example", "username": "u", "password": "hunter2"}
+            ]}},
+            "userAccounts": [{"name": "a", "password": "pw2"}],
+            "jobPreparationTask": {"environmentSettings": [
+                {"name": "SHIPYARD_REGISTRY_PASSWORD_0", "value": "pw3"}
+            ]},
+            "containerSettings": {"registry": {"username": "u", "password": "pw4"}},
+        });
+        redact_in_place(&mut v, REDACTED);
+        let text = v.to_string();
+        for secret in ["hunter2", "pw2", "pw3", "pw4"] {
+            assert!(!text.contains(secret), "{secret} in {text}");
+        }
+        assert_eq!(
+            v["virtualMachineConfiguration"]["containerConfiguration"]["containerRegistries"][0]
+                ["username"],
+            "u"
+        );
     }
 }
