@@ -564,6 +564,35 @@ impl EngineScratch {
         p
     }
 
+    /// Waits (up to `secs`) until the only task of `job` is running, as another `shipyard`
+    /// process sees it (`tasks list` through the engine's endpoint), while `run` keeps running.
+    pub fn wait_task_running(&self, run: &mut KillOnDrop, job: &str, secs: u64) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+        loop {
+            assert!(
+                run.0.try_wait().expect("try_wait").is_none(),
+                "run ended early"
+            );
+            let o = self
+                .cli()
+                .args(["-o", "json", "tasks", "list", "--job", job])
+                .output()
+                .expect("tasks list");
+            let running = o.status.success()
+                && serde_json::from_slice::<serde_json::Value>(&o.stdout)
+                    .is_ok_and(|v| v[0]["state"] == "running");
+            if running {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "task never ran: {}",
+                show(&o)
+            );
+            std::thread::sleep(std::time::Duration::from_millis(300));
+        }
+    }
+
     /// Deletes [`EngineScratch::pools`] and removes their containers.
     pub fn delete_pools(&self) {
         for pool in &self.pools {

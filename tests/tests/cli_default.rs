@@ -57,14 +57,20 @@ command = "{command}"
     )
 }
 
+/// A scratch directory whose pools `pool del` deletes on drop, and a unique pool and job id.
+fn scratch(prefix: &str) -> (EngineScratch, String, String) {
+    let mut s = EngineScratch::new(prefix);
+    s.del_args.clear();
+    let pool = unique(&format!("{prefix}pool"));
+    let job = unique(&format!("{prefix}job"));
+    s.pools.push(pool.clone());
+    (s, pool, job)
+}
+
 /// A scratch directory whose `run` (started in the background) has its only task, `sleep
 /// 300`, running on a 1-node pool: (scratch, pool, job, the run).
 fn sleeping_run(prefix: &str) -> (EngineScratch, String, String, KillOnDrop) {
-    let mut s = EngineScratch::new(prefix);
-    s.del_args.clear();
-    let pool = unique("sleep-pool");
-    let job = unique("sleep-job");
-    s.pools.push(pool.clone());
+    let (s, pool, job) = scratch(prefix);
     let config = s.write("sleep.toml", &one_task(&pool, &job, 1, "sleep 300"));
     let mut run = KillOnDrop(
         s.cli()
@@ -75,29 +81,8 @@ fn sleeping_run(prefix: &str) -> (EngineScratch, String, String, KillOnDrop) {
             .spawn()
             .expect("start run"),
     );
-    wait_running(&s, &mut run, &job);
+    s.wait_task_running(&mut run, &job, 120);
     (s, pool, job, run)
-}
-
-/// Waits until `job`'s only task is running, as another process sees it.
-fn wait_running(s: &EngineScratch, run: &mut KillOnDrop, job: &str) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        assert!(
-            run.0.try_wait().expect("try_wait").is_none(),
-            "run ended early"
-        );
-        let o = s
-            .cli()
-            .args(["-o", "json", "tasks", "list", "--job", job])
-            .output()
-            .expect("tasks list");
-        if o.status.success() && json(&o)[0]["state"] == "running" {
-            return;
-        }
-        assert!(Instant::now() < deadline, "task never ran: {}", show(&o));
-        std::thread::sleep(Duration::from_millis(300));
-    }
 }
 
 /// Waits until the engine has no container of `pool` left.
@@ -119,11 +104,7 @@ fn the_quick_start_runs_on_the_engine_and_its_results_outlive_the_pool() {
         return;
     }
     let _serial = serial();
-    let mut s = EngineScratch::new("cli-default-quick-");
-    s.del_args.clear();
-    let pool = unique("qs-pool");
-    let job = unique("qs-job");
-    s.pools.push(pool.clone());
+    let (s, pool, job) = scratch("cli-default-quick-");
     let example = std::fs::read_to_string(repo_root().join("examples/local-openmpi.toml"))
         .expect("the README's example");
     assert!(
@@ -216,11 +197,7 @@ fn a_failing_task_sets_the_exit_code_and_leaves_nothing() {
         return;
     }
     let _serial = serial();
-    let mut s = EngineScratch::new("cli-default-fail-");
-    s.del_args.clear();
-    let pool = unique("fail-pool");
-    let job = unique("fail-job");
-    s.pools.push(pool.clone());
+    let (s, pool, job) = scratch("cli-default-fail-");
     let config = s.write(
         "fail.toml",
         &one_task(

@@ -238,23 +238,7 @@ fn jobs_term_from_another_process_ends_a_run_that_holds_the_engine() {
             .expect("start run"),
     );
     // another process sees the task running through the host's endpoint
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        assert!(
-            run.0.try_wait().expect("try_wait").is_none(),
-            "run ended early"
-        );
-        let o = s
-            .cli()
-            .args(["--engine", "-o", "json", "tasks", "list", "--job", &job])
-            .output()
-            .expect("tasks list");
-        if o.status.success() && json(&o)[0]["state"] == "running" {
-            break;
-        }
-        assert!(Instant::now() < deadline, "task never ran: {}", show(&o));
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    s.wait_task_running(&mut run, &job, 120);
     let endpoint = s.state().join("engine/endpoint.json");
     let mode = std::os::unix::fs::PermissionsExt::mode(
         &std::fs::metadata(&endpoint)
