@@ -321,14 +321,16 @@ fn jobs_add_to_an_existing_job_adds_its_tasks() {
         .assert()
         .success();
     assert_eq!(env.server.task_count("grow"), 2);
-    // With auto_complete the job may already be done: adding to it is an error.
+    // With auto_complete the job may already be done: adding to it is the user's conflict to
+    // resolve (exit 2, with the --recreate hint), as for a finished job.
     env.shipyard()
         .arg("-c")
         .arg(cfg("c", true))
         .args(["jobs", "add"])
         .assert()
-        .code(1)
-        .stderr(predicate::str::contains("grow"));
+        .code(2)
+        .stderr(predicate::str::contains("grow"))
+        .stderr(predicate::str::contains("--recreate"));
     assert_eq!(env.server.task_count("grow"), 2);
 }
 
