@@ -46,7 +46,8 @@ run_local() {
 }
 
 run_engine() {
-  local n=$1 t0 t1 id="bench-engine-$n-$$-$RANDOM"
+  local n=$1 t0 t1 id
+  id="bench-engine-$n-$$-$RANDOM"
   sed -e "s/^id = \"mpipool\"/id = \"$id\"/" -e "s/^id = \"hello-openmpi\"/id = \"$id\"/" \
     -e "s/^vm_count = 3/vm_count = $n/" -e "s/^num_instances = 3/num_instances = $n/" \
     -e "s/^processes_per_node = 2/processes_per_node = 1/" examples/local-openmpi.toml >"$STATE/$id.toml"
