@@ -334,7 +334,7 @@ pub enum TasksCommand {
 }
 
 /// `files`.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct FilesArgs {
     /// Job id.
     #[arg(long)]

@@ -437,7 +437,7 @@ async fn files(client: &BatchClient, f: &FilesArgs) -> CliResult {
     Ok(())
 }
 
-fn print_file(path: &Path, name: &str, header: bool) -> CliResult {
+pub(crate) fn print_file(path: &Path, name: &str, header: bool) -> CliResult {
     if header {
         crate::output::print_stdout(format!("==> {name} <==\n").as_bytes());
     }

@@ -54,42 +54,39 @@ fn saved_files(state: &Path, f: &crate::args::FilesArgs) -> Option<CliResult> {
     if !dir.is_dir() {
         return None;
     }
+    Some(print_saved(&dir, f))
+}
+
+/// `files` of `f` from the kept copy in `dir`.
+fn print_saved(dir: &Path, f: &crate::args::FilesArgs) -> CliResult {
     let names = crate::azure_target::file_names(f);
-    Some((|| {
-        for name in &names {
-            let rel = crate::output::task_file_path(name)?;
-            let src = dir.join(rel);
-            let data = std::fs::read(&src).map_err(|e| {
-                CliError::Usage(format!(
-                    "task {}/{} has no file `{name}` (kept in {}): {e}",
-                    f.job,
-                    f.task,
-                    dir.display()
-                ))
-            })?;
-            match &f.out {
-                Some(out) => {
-                    let dest = out.join(rel);
-                    if let Some(parent) = dest.parent() {
-                        std::fs::create_dir_all(parent).map_err(|e| {
-                            failed(anyhow::anyhow!("cannot create {}: {e}", parent.display()))
-                        })?;
-                    }
-                    std::fs::write(&dest, &data).map_err(|e| {
-                        failed(anyhow::anyhow!("cannot write {}: {e}", dest.display()))
-                    })?;
-                    eprintln!("{name} -> {}", dest.display());
-                }
-                None => {
-                    if names.len() > 1 {
-                        crate::output::print_stdout(format!("==> {name} <==\n").as_bytes());
-                    }
-                    crate::output::print_stdout(&data);
-                }
-            }
+    for name in &names {
+        let rel = crate::output::task_file_path(name)?;
+        let src = dir.join(rel);
+        if !src.is_file() {
+            return Err(CliError::Usage(format!(
+                "task {}/{} has no file `{name}` (kept in {})",
+                f.job,
+                f.task,
+                dir.display()
+            )));
         }
-        Ok(())
-    })())
+        match &f.out {
+            Some(out) => {
+                let dest = out.join(rel);
+                if let Some(parent) = dest.parent() {
+                    std::fs::create_dir_all(parent).map_err(|e| {
+                        failed(anyhow::anyhow!("cannot create {}: {e}", parent.display()))
+                    })?;
+                }
+                std::fs::copy(&src, &dest)
+                    .map_err(|e| failed(anyhow::anyhow!("cannot write {}: {e}", dest.display())))?;
+                eprintln!("{name} -> {}", dest.display());
+            }
+            None => crate::azure_target::print_file(&src, name, names.len() > 1)?,
+        }
+    }
+    Ok(())
 }
 
 /// The directory (in the engine's state directory) of the records of pools that runs made.
@@ -642,12 +639,14 @@ fn local_config<'a>(
     jobs: Option<Option<&str>>,
     vm_nodes: bool,
 ) -> CliResult<std::borrow::Cow<'a, Config>> {
-    let selected = crate::submission::selected_jobs(config, jobs.flatten())?;
-    // The pool is planned against every configured job.
-    let all: Vec<_> = config.jobs.iter().collect();
-    let containers = !vm_nodes && all_plan_natively(config, &all);
+    // Planned only where the answer matters (a native pool needs no trial plan); the pool is
+    // planned against every configured job.
+    let containers =
+        || !vm_nodes && all_plan_natively(config, &config.jobs.iter().collect::<Vec<_>>());
     match &config.pool {
         None if jobs.is_some() => {
+            let containers = containers();
+            let selected = crate::submission::selected_jobs(config, jobs.flatten())?;
             let nodes = selected
                 .iter()
                 .map(|j| shipyard_local::convert::pool_facts(&j.spec).node_count)
@@ -671,7 +670,7 @@ fn local_config<'a>(
             owned.pool = Some((spec, 0));
             Ok(std::borrow::Cow::Owned(owned))
         }
-        Some((pool, _)) if containers && !pool.native() => {
+        Some((pool, _)) if !pool.native() && containers() => {
             tracing::info!(
                 pool = %pool.id,
                 "the pool is non-native (`native = false`): locally its jobs run on container \
@@ -768,13 +767,7 @@ pub(crate) fn command(global: &GlobalArgs, command: Command) -> CliResult {
     }
     if let Command::Files(f) = &command {
         if !f.follow {
-            let f = crate::args::FilesArgs {
-                job: f.job.clone(),
-                task: f.task.clone(),
-                file: f.file.clone(),
-                out: f.out.clone(),
-                follow: false,
-            };
+            let f = f.clone();
             // From the engine while the task's node exists, else from what its run kept.
             return match crate::azure_target::command_with(
                 session.client(),
