@@ -463,3 +463,144 @@ async fn engine_required_slots_place_tasks_where_enough_slots_are_free() -> anyh
     wait_for("pool deletion", 60, || e.get_pool("slots").is_err()).await;
     Ok(())
 }
+
+/// The holder container of node `node` of `pool` of engine `instance` (the one container with
+/// the node's label and no task label).
+fn holder_of(instance: &str, pool: &str, node: &str) -> String {
+    use shipyard_local::engine::labels;
+    let out = std::process::Command::new("docker")
+        .args(["ps", "-q", "--filter"])
+        .arg(format!("label={}={pool}/{node}", labels::NODE))
+        .arg("--filter")
+        .arg(format!("label={}={instance}", labels::INSTANCE))
+        .args(["--format"])
+        .arg(format!("{{{{.ID}}}} {{{{.Label \"{}\"}}}}", labels::TASK))
+        .output()
+        .expect("docker runs");
+    let holders: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| match l.split_once(' ') {
+            Some((id, "")) => Some(id.to_string()),
+            None => Some(l.trim().to_string()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        holders.len(),
+        1,
+        "one holder for {pool}/{node}: {holders:?}"
+    );
+    holders[0].clone()
+}
+
+/// Host tasks (no `containerSettings`) on a container pool run on the node itself, as on a
+/// Batch VM: what the start task wrote outside the node's directories is there for a later
+/// host task, and a host task stopped by its wall-clock limit or by `terminate` takes every
+/// process it started with it, leaving the node (its holder) running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engine_host_tasks_run_on_the_node_and_stop_without_it() -> anyhow::Result<()> {
+    if !shipyard_e2e::require_test_image() {
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let e = Engine::open(EngineOptions::new(dir.path())).await?;
+    let mut p = pool("ph", 1, 2);
+    p.start_task = Some(model!({
+        "commandLine": "/bin/sh -c 'echo installed-by-start > /opt/from-start-task'",
+        "userIdentity": {"autoUser": {"scope": "pool", "elevationLevel": "admin"}},
+        "waitForSuccess": true
+    }));
+    e.add_pool(p).await?;
+    wait_idle(&e, "ph", 1, 120).await;
+    let node = e.list_nodes("ph")?[0].id.clone().unwrap_or_default();
+    let holder = holder_of(e.instance_label(), "ph", &node);
+    e.add_job(job(
+        "jh",
+        "ph",
+        serde_json::json!({"onAllTasksComplete": "noaction"}),
+    ))
+    .await?;
+    let host = |id: &str, cmd: &str, extra: serde_json::Value| {
+        let mut v = serde_json::json!({"id": id, "commandLine": cmd});
+        if let (Some(o), Some(x)) = (v.as_object_mut(), extra.as_object()) {
+            o.extend(x.clone());
+        }
+        serde_json::from_value::<TaskAddParameter>(v).expect("task")
+    };
+    e.add_tasks(
+        "jh",
+        vec![
+            host(
+                "reads",
+                "/bin/cat /opt/from-start-task",
+                serde_json::json!({}),
+            ),
+            host(
+                "limited",
+                "/bin/sh -c 'sleep 313 & sleep 317; wait'",
+                serde_json::json!({"constraints": {"maxWallClockTime": "PT2S"}}),
+            ),
+        ],
+    )
+    .await?;
+    let reads = completed(&e, "jh", "reads", 60).await;
+    assert_eq!(result(&reads).1, Some(0), "{:?}", result(&reads));
+    assert_eq!(
+        task_text(&e, "jh", "reads", "stdout.txt").trim(),
+        "installed-by-start"
+    );
+    let limited = completed(&e, "jh", "limited", 60).await;
+    assert_eq!(result(&limited).0, Some(TaskExecutionResult::Failure));
+    let top = |h: &str| {
+        let out = std::process::Command::new("docker")
+            .args(["top", h, "-eo", "pid,args"])
+            .output()
+            .expect("docker top");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+        )
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (running, procs) = loop {
+        let (ok, procs) = top(&holder);
+        if !procs.contains("sleep 31") || Instant::now() > deadline {
+            break (ok, procs);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(running, "the holder still runs after the limit");
+    assert!(
+        !procs.contains("sleep 31"),
+        "the task's processes are gone: {procs}"
+    );
+
+    e.add_tasks(
+        "jh",
+        vec![host(
+            "stopped",
+            "/bin/sh -c 'sleep 331'",
+            serde_json::json!({}),
+        )],
+    )
+    .await?;
+    wait_for("the host task to run", 60, || {
+        top(&holder).1.contains("sleep 331")
+    })
+    .await;
+    e.terminate_task("jh", "stopped").await?;
+    let stopped = completed(&e, "jh", "stopped", 60).await;
+    assert_eq!(result(&stopped).0, Some(TaskExecutionResult::Failure));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while top(&holder).1.contains("sleep 331") && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (running, procs) = top(&holder);
+    assert!(
+        running && !procs.contains("sleep 331"),
+        "terminated: {procs}"
+    );
+    e.delete_pool("ph").await?;
+    wait_for("pool deletion", 60, || e.get_pool("ph").is_err()).await;
+    Ok(())
+}

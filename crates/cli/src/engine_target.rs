@@ -39,7 +39,9 @@ pub const ENDPOINT_FILE: &str = "endpoint.json";
 /// The account name of the engine's endpoint.
 pub const ACCOUNT: &str = "local";
 /// How often `run` polls the local engine (unless `SHIPYARD_POLL_INTERVAL_MS` says otherwise).
-pub const LOCAL_POLL: Duration = Duration::from_millis(300);
+pub const LOCAL_POLL: Duration = Duration::from_millis(100);
+/// How often a command waits for a pool's deletion on the local engine (a loopback `GET`).
+const POOL_GONE_POLL: Duration = Duration::from_millis(50);
 /// Why a run's jobs that are still active are terminated when the run deletes the pool it
 /// made (a rerun of the same job id then needs `--recreate`, as on the per-run backend).
 pub const RUN_ENDED_REASON: &str = "shipyard: the run that made the job's pool ended";
@@ -320,14 +322,9 @@ impl Session {
                     }
                 }
             }
-            shipyard_submit::wait_pool_deleted(
-                client,
-                id,
-                Duration::from_millis(200),
-                POOL_GONE_WAIT,
-            )
-            .await
-            .map_err(failed)
+            shipyard_submit::wait_pool_deleted(client, id, POOL_GONE_POLL, POOL_GONE_WAIT)
+                .await
+                .map_err(failed)
         })
     }
 

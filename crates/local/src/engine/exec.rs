@@ -249,6 +249,7 @@ fn spec_of(w: &Work<'_>, e: &Engine, node: &NodeRef) -> Result<RunSpec, String> 
         labels: w.labels.clone(),
         timeout: w.timeout,
         keep: w.keep,
+        on_node: w.container.is_none(),
         registry: w
             .container
             .and_then(|c| c.registry.as_ref())
@@ -992,10 +993,11 @@ impl Engine {
         refs: &[NodeRef],
         cancel: CancellationToken,
     ) -> Outcome {
-        for r in refs {
-            if let Err(f) = self.ensure_prep(job, r).await {
-                return (None, Some(f), true);
-            }
+        // On every node of the task at once (each node's own preparation is still once per
+        // job); the first failure, in node order, fails the attempt.
+        let preps = futures::future::join_all(refs.iter().map(|r| self.ensure_prep(job, r))).await;
+        if let Some(f) = preps.into_iter().find_map(Result::err) {
+            return (None, Some(f), true);
         }
         let Some((params, jobenv)) = self.mark_running(job, task) else {
             return (

@@ -100,6 +100,10 @@ pub struct RunSpec {
     /// The login to pull `image` with when it is missing: the task's
     /// `containerSettings.registry`, else the pool's registry of the image (`None`: anonymous).
     pub registry: Option<RegistryLogin>,
+    /// A task without container settings: it runs on the node itself, as on a Batch VM. On a
+    /// container pool that is by exec in the node's holder (so what a start task installs is
+    /// there for later host tasks); `image` and `run` are then not used.
+    pub on_node: bool,
 }
 
 /// How a run ended.
@@ -172,13 +176,37 @@ pub struct ContainerNodes {
     spares: std::sync::Arc<std::sync::Mutex<Spares>>,
 }
 
-/// A spare being made (its name once it runs, `None` when making it failed).
+/// A spare being made (its name once it runs, `None` when making it failed or it was called
+/// off before it was made).
 type Spare = futures::future::Shared<BoxFuture<'static, Option<String>>>;
+
+/// One spare of a node: the container key it is made for, the spare, and its controls.
+struct SpareEntry {
+    key: String,
+    made: Spare,
+    /// Makes it now, before its grace ends (a task wants it).
+    wake: std::sync::Arc<tokio::sync::Notify>,
+    /// Calls it off if it has not been made yet (its node is going, or a newer key won).
+    off: CancellationToken,
+}
+
+impl SpareEntry {
+    /// Called off, then awaited: its name if it had already been made.
+    async fn call_off(self) -> Option<String> {
+        self.off.cancel();
+        self.made.await
+    }
+}
+
+/// How long a spare waits, after the container it replaces went, before it is made. A pool
+/// deleted right after its last task ended (a `run` that made the pool) then makes none; a
+/// task that wants the spare meanwhile has it made at once.
+const SPARE_GRACE: Duration = Duration::from_millis(400);
 
 /// Spare kept containers by holder, each for the container key it was made for.
 #[derive(Default)]
 struct Spares {
-    ready: HashMap<String, Vec<(String, Spare)>>,
+    ready: HashMap<String, Vec<SpareEntry>>,
     /// Holders being removed: no more spares for them.
     gone: std::collections::HashSet<String>,
     /// Kept task containers by name: when one is removed (its task ended), a spare for the
@@ -372,13 +400,14 @@ impl ContainerNodes {
 
     /// Takes the spare made for `key` on `holder`, if any, and waits until it runs.
     async fn take_spare(&self, holder: &str, key: &str) -> Option<String> {
-        let made = {
+        let entry = {
             let mut s = self.spares.lock().ok()?;
             let v = s.ready.get_mut(holder)?;
-            let i = v.iter().position(|(k, _)| k == key)?;
-            v.remove(i).1
+            let i = v.iter().position(|e| e.key == key)?;
+            v.remove(i)
         };
-        made.await
+        entry.wake.notify_one();
+        entry.made.await
     }
 
     /// Starts making a spare kept container for `key` on `node` (one per key, at most
@@ -392,22 +421,33 @@ impl ContainerNodes {
             return;
         }
         let v = s.ready.entry(node.holder.clone()).or_default();
-        if v.iter().any(|(k, _)| *k == key) {
+        if v.iter().any(|e| e.key == key) {
             return;
         }
         if v.len() >= SPARE_KEYS {
-            let (_, old) = v.remove(0);
+            let old = v.remove(0);
             let me = self.clone();
             tokio::spawn(async move {
-                if let Some(name) = old.await {
+                if let Some(name) = old.call_off().await {
                     let _ = me.remove_container(&name).await;
                 }
             });
         }
         let n = SPARES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let name = format!("{}-spare-{:x}.{n}", node.holder, std::process::id());
+        let wake = std::sync::Arc::new(tokio::sync::Notify::new());
+        let off = CancellationToken::new();
         let (me, node, spec) = (self.clone(), node.clone(), spec.clone());
+        let (woken, called_off) = (wake.clone(), off.clone());
         let made = tokio::spawn(async move {
+            tokio::select! {
+                () = tokio::time::sleep(SPARE_GRACE) => {}
+                () = woken.notified() => {}
+                () = called_off.cancelled() => {}
+            }
+            if called_off.is_cancelled() {
+                return None;
+            }
             let body = Self::body_of(&node, &spec, true);
             let began = std::time::Instant::now();
             let up = async {
@@ -431,12 +471,16 @@ impl ContainerNodes {
         });
         let made: BoxFuture<'static, Option<String>> =
             Box::pin(async move { made.await.ok().flatten() });
-        v.push((key, made.shared()));
+        v.push(SpareEntry {
+            key,
+            made: made.shared(),
+            wake,
+            off,
+        });
     }
 
-    /// No more spares on `holder`; waits for those being made (the node's removal then
-    /// removes them with the node's label).
-    async fn drop_spares(&self, holder: &str) {
+    /// No more spares on `holder`: those not made yet are called off, those made are removed.
+    async fn drop_spares(&self, holder: &str) -> Result<()> {
         let pending = match self.spares.lock() {
             Ok(mut s) => {
                 s.gone.insert(holder.to_string());
@@ -444,7 +488,13 @@ impl ContainerNodes {
             }
             Err(_) => vec![],
         };
-        futures::future::join_all(pending.into_iter().map(|(_, f)| f)).await;
+        let removed = pending.into_iter().map(|e| async move {
+            match e.call_off().await {
+                Some(name) => self.remove_container(&name).await,
+                None => Ok(()),
+            }
+        });
+        futures::future::try_join_all(removed).await.map(|_| ())
     }
 
     /// A kept container for `spec` (a spare made for the same container when there is one,
@@ -490,6 +540,101 @@ impl ContainerNodes {
                 .insert(spec.name.clone(), (node.clone(), spec.clone(), key));
         }
         end
+    }
+
+    /// Runs `argv` by exec in `container` with `spec`'s environment, directory, user, output
+    /// files and limit. A timeout or cancel kills the container, or with `on_node` (`container`
+    /// is a node's holder) only the exec's own processes.
+    async fn exec_in(
+        &self,
+        container: &str,
+        spec: &RunSpec,
+        argv: Vec<String>,
+        cancel: CancellationToken,
+        on_node: bool,
+    ) -> Result<RunEnd> {
+        let what = || format!("running a command in {container}");
+        let began = std::time::Instant::now();
+        let mut env = spec.env.clone();
+        env.extend(spec.run.env.iter().cloned());
+        let created = self
+            .docker
+            .create_exec(
+                container,
+                bollard::models::ExecConfig {
+                    attach_stdout: Some(true),
+                    attach_stderr: Some(true),
+                    cmd: Some(argv),
+                    env: Some(env),
+                    working_dir: spec.working_dir.clone(),
+                    user: spec.run.user.clone().or_else(|| spec.user.clone()),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| EngineError::docker(what(), e))?;
+        let started = self
+            .docker
+            .start_exec(&created.id, None)
+            .await
+            .map_err(|e| EngineError::docker(what(), e))?;
+        let stop = || async {
+            if on_node {
+                self.stop_exec(container, &created.id).await;
+            } else {
+                self.kill(container).await;
+            }
+        };
+        let run = async {
+            if let bollard::exec::StartExecResults::Attached { mut output, .. } = started {
+                write_stream(&mut output, &spec.stdout, &spec.stderr).await;
+            }
+        };
+        let sleep = sleep_for(spec.timeout);
+        tokio::select! {
+            _ = run => {}
+            _ = sleep => { stop().await; return Ok(RunEnd::TimedOut) }
+            _ = cancel.cancelled() => { stop().await; return Ok(RunEnd::Cancelled) }
+        }
+        let inspect = self
+            .docker
+            .inspect_exec(&created.id)
+            .await
+            .map_err(|e| EngineError::docker(what(), e))?;
+        tracing::debug!(
+            container,
+            task = %spec.name,
+            ms = began.elapsed().as_millis() as u64,
+            "exec ended"
+        );
+        Ok(RunEnd::Exited(inspect.exit_code.unwrap_or(137)))
+    }
+
+    /// Stops exec `exec` in `container` (a node's holder) and everything it started, leaving
+    /// the holder running: only processes in the holder's PID namespace, never its main one.
+    async fn stop_exec(&self, container: &str, exec: &str) {
+        let pid = self
+            .docker
+            .inspect_exec(exec)
+            .await
+            .ok()
+            .and_then(|i| i.pid);
+        let main = self
+            .docker
+            .inspect_container(container, None::<InspectContainerOptions>)
+            .await
+            .ok()
+            .and_then(|c| c.state)
+            .and_then(|s| s.pid);
+        let as_pid = |p: Option<i64>| p.and_then(|p| i32::try_from(p).ok()).filter(|p| *p > 1);
+        match (as_pid(pid), as_pid(main)) {
+            (Some(p), Some(m)) if p != m => kill_tree(p, m),
+            _ => tracing::warn!(
+                container,
+                exec,
+                "the exec's process is unknown: not stopped"
+            ),
+        }
     }
 
     async fn start_logged(&self, spec: &RunSpec) -> Result<tokio::task::JoinHandle<()>> {
@@ -698,10 +843,16 @@ impl NodeKind for ContainerNodes {
 
     fn remove_node<'a>(&'a self, node: &'a NodeRef) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
-            self.drop_spares(&node.holder).await;
+            // All at once: the spares, the node's task containers and its holder (the
+            // containers that share the holder's network keep it until they go).
             let value = format!("{}/{}", node.pool, node.id);
-            self.remove_labelled(labels::NODE, &value).await?;
-            self.remove_container(&node.holder).await
+            futures::future::try_join3(
+                self.drop_spares(&node.holder),
+                self.remove_labelled(labels::NODE, &value),
+                self.remove_container(&node.holder),
+            )
+            .await
+            .map(|_| ())
         })
     }
 
@@ -724,6 +875,11 @@ impl NodeKind for ContainerNodes {
             if spec.keep {
                 return self.run_kept(node, spec, cancel).await;
             }
+            if spec.on_node {
+                return self
+                    .exec_in(&node.holder, spec, spec.argv.clone(), cancel, true)
+                    .await;
+            }
             self.create(node, spec).await?;
             let logs = self.start_logged(spec).await?;
             let end = self.wait(&spec.name, spec.timeout, &cancel).await;
@@ -739,55 +895,7 @@ impl NodeKind for ContainerNodes {
         argv: Vec<String>,
         cancel: CancellationToken,
     ) -> BoxFuture<'a, Result<RunEnd>> {
-        Box::pin(async move {
-            let what = || format!("running a command in {}", spec.name);
-            let began = std::time::Instant::now();
-            let mut env = spec.env.clone();
-            env.extend(spec.run.env.iter().cloned());
-            let created = self
-                .docker
-                .create_exec(
-                    &spec.name,
-                    bollard::models::ExecConfig {
-                        attach_stdout: Some(true),
-                        attach_stderr: Some(true),
-                        cmd: Some(argv),
-                        env: Some(env),
-                        working_dir: spec.working_dir.clone(),
-                        user: spec.run.user.clone().or_else(|| spec.user.clone()),
-                        ..Default::default()
-                    },
-                )
-                .await
-                .map_err(|e| EngineError::docker(what(), e))?;
-            let started = self
-                .docker
-                .start_exec(&created.id, None)
-                .await
-                .map_err(|e| EngineError::docker(what(), e))?;
-            let run = async {
-                if let bollard::exec::StartExecResults::Attached { mut output, .. } = started {
-                    write_stream(&mut output, &spec.stdout, &spec.stderr).await;
-                }
-            };
-            let sleep = sleep_for(spec.timeout);
-            tokio::select! {
-                _ = run => {}
-                _ = sleep => { self.kill(&spec.name).await; return Ok(RunEnd::TimedOut) }
-                _ = cancel.cancelled() => { self.kill(&spec.name).await; return Ok(RunEnd::Cancelled) }
-            }
-            let inspect = self
-                .docker
-                .inspect_exec(&created.id)
-                .await
-                .map_err(|e| EngineError::docker(what(), e))?;
-            tracing::debug!(
-                container = %spec.name,
-                ms = began.elapsed().as_millis() as u64,
-                "exec ended"
-            );
-            Ok(RunEnd::Exited(inspect.exit_code.unwrap_or(137)))
-        })
+        Box::pin(self.exec_in(&spec.name, spec, argv, cancel, false))
     }
 
     fn remove_container<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<()>> {
@@ -827,14 +935,91 @@ impl NodeKind for ContainerNodes {
             let list = self.docker.list_containers(Some(opts)).await.map_err(|e| {
                 EngineError::docker(format!("listing containers {label}={value}"), e)
             })?;
-            for c in list {
-                if let Some(id) = c.id {
-                    self.remove_container(&id).await?;
-                }
-            }
-            Ok(())
+            let ids: Vec<String> = list.into_iter().filter_map(|c| c.id).collect();
+            futures::future::try_join_all(ids.iter().map(|id| self.remove_container(id)))
+                .await
+                .map(|_| ())
         })
     }
+}
+
+/// Kills process `root` (a host PID, as Docker reports an exec's) and every process it
+/// started, found through `/proc`: a host task on a container node runs by exec in the node's
+/// holder, and stopping it must leave the holder running. Only processes in the PID namespace
+/// of `main` (the holder's main process, itself spared) are touched, so a wrong or reused PID
+/// can never reach the host's own processes. Two passes, so that a process forked while the
+/// first one ran is found too.
+fn kill_tree(root: i32, main: i32) {
+    let mut killed = std::collections::HashSet::new();
+    for _ in 0..2 {
+        for pid in kill_targets(root, main) {
+            if !killed.insert(pid) {
+                continue;
+            }
+            if let Some(p) = rustix::process::Pid::from_raw(pid) {
+                if let Err(e) = rustix::process::kill_process(p, rustix::process::Signal::KILL) {
+                    tracing::debug!(pid, error = %e, "kill failed");
+                }
+            }
+        }
+    }
+}
+
+/// What [`kill_tree`] kills: `root` and its descendants that share `main`'s PID namespace,
+/// without `main`, PID 1 or anything when `root` is not a process of that namespace.
+fn kill_targets(root: i32, main: i32) -> Vec<i32> {
+    let Some(ns) = pid_namespace(main) else {
+        return vec![];
+    };
+    if root <= 1 || root == main || pid_namespace(root).as_ref() != Some(&ns) {
+        return vec![];
+    }
+    descendants(root)
+        .into_iter()
+        .filter(|&p| p > 1 && p != main && pid_namespace(p).as_ref() == Some(&ns))
+        .collect()
+}
+
+/// The PID namespace of process `pid` (the target of `/proc/PID/ns/pid`).
+fn pid_namespace(pid: i32) -> Option<PathBuf> {
+    std::fs::read_link(format!("/proc/{pid}/ns/pid")).ok()
+}
+
+/// `root` and its descendants, from the parent PIDs in `/proc/*/stat`.
+fn descendants(root: i32) -> Vec<i32> {
+    let mut children: HashMap<i32, Vec<i32>> = HashMap::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if let Some(ppid) = std::fs::read_to_string(entry.path().join("stat"))
+            .ok()
+            .as_deref()
+            .and_then(parent_of)
+        {
+            children.entry(ppid).or_default().push(pid);
+        }
+    }
+    let mut out = vec![root];
+    let mut i = 0;
+    while let Some(&p) = out.get(i) {
+        if let Some(c) = children.get(&p) {
+            out.extend(c);
+        }
+        i += 1;
+    }
+    out
+}
+
+/// The parent PID in a `/proc/PID/stat` line: `pid (comm) state ppid …`, where `comm` may
+/// hold spaces and parentheses.
+fn parent_of(stat: &str) -> Option<i32> {
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// Sleeps `timeout`, or forever without one (a task's wall-clock limit).
@@ -842,5 +1027,60 @@ pub(crate) async fn sleep_for(timeout: Option<Duration>) {
     match timeout {
         Some(t) => tokio::time::sleep(t).await,
         None => futures::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_parent_is_read_past_a_command_name_with_spaces_and_parentheses() {
+        assert_eq!(parent_of("42 (bash) S 7 42 42 0 -1"), Some(7));
+        assert_eq!(parent_of("43 (my (odd) name) R 42 43 1 0"), Some(42));
+        assert_eq!(parent_of("garbage"), None);
+    }
+
+    #[test]
+    fn a_process_tree_is_found_and_killed_whole() {
+        // sh → sleep (a child the exec'd command started): both must go.
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "sleep 300 & wait"])
+            .spawn()
+            .expect("spawn sh");
+        let root = i32::try_from(child.id()).expect("pid");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let tree = loop {
+            let t = descendants(root);
+            if t.len() >= 2 || std::time::Instant::now() > deadline {
+                break t;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert_eq!(tree.len(), 2, "sh and its sleep: {tree:?}");
+        // Never PID 1, the spared main process, or a root that is not in its namespace.
+        let me = i32::try_from(std::process::id()).expect("pid");
+        assert!(kill_targets(0, me).is_empty());
+        assert!(kill_targets(1, me).is_empty());
+        assert!(kill_targets(me, me).is_empty());
+        assert!(
+            kill_targets(root, i32::MAX).is_empty(),
+            "no such main process"
+        );
+        assert_eq!(kill_targets(root, me), tree);
+        kill_tree(root, me);
+        let status = child.wait().expect("wait sh");
+        assert!(!status.success());
+        let gone = |p: i32| !std::path::Path::new(&format!("/proc/{p}")).exists();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !gone(tree[1]) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // The sleep was reparented (to init or a subreaper) and reaped there, or is a zombie.
+        let state = std::fs::read_to_string(format!("/proc/{}/stat", tree[1])).unwrap_or_default();
+        assert!(
+            gone(tree[1]) || state.contains(") Z "),
+            "sleep still runs: {state}"
+        );
     }
 }
