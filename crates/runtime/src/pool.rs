@@ -467,7 +467,8 @@ impl PoolSpec {
     /// - `infiniband = true` on RDMA sizes when inter-node communication is on, where neither
     ///   the task nor the job set it, and for MPI tasks on InfiniBand the fabric variables of
     ///   [`crate::vmsize::fabric_env`] — each only where the job and task environment lack
-    ///   it, so the user's value wins (Batch Shipyard issue #339).
+    ///   it, so the user's value wins (Batch Shipyard issue #339) — and the size's kind of
+    ///   InfiniBand in `mpi.rdma`, for the launcher's settings.
     pub fn prepare_job(
         &self,
         job: &JobSpec,
@@ -517,7 +518,8 @@ impl PoolSpec {
                 }
                 mi.num_instances = NumInstances::Count(n);
             }
-            if let (Some(mpi), Some(rdma), true) = (&mi.mpi, facts.rdma, ib) {
+            if let (Some(mpi), Some(rdma), true) = (mi.mpi.as_mut(), facts.rdma, ib) {
+                mpi.rdma = Some(rdma);
                 for (k, v) in crate::vmsize::fabric_env(mpi.runtime, rdma) {
                     if !job_env.contains_key(k) && !task.environment_variables.contains_key(k) {
                         task.environment_variables
@@ -615,7 +617,8 @@ impl PoolSpec {
     }
 
     /// The pool's start task: `additional_node_prep.commands.pre`, the installation of
-    /// `container_runtimes.install`, the runtimes' own start task (`planned`), the user's
+    /// `container_runtimes.install`, on SR-IOV InfiniBand sizes the partition key files
+    /// ([`crate::vmsize::partition_key_script`]), the runtimes' own start task (`planned`), the user's
     /// `start_task.command`, then `additional_node_prep.commands.post`, in one
     /// `/bin/bash -c 'set -e; ...'`; resource files and environment merged (the planned
     /// task's values win on a name clash).
@@ -630,10 +633,12 @@ impl PoolSpec {
             .map(|c| c.install.clone())
             .unwrap_or_default();
         let user = self.start_task.as_ref();
+        let sriov = crate::vmsize::facts(&self.vm_size).rdma == Some(crate::vmsize::Rdma::SrIov);
         if prep.commands.pre.is_empty()
             && prep.commands.post.is_empty()
             && install.is_empty()
             && user.is_none()
+            && !sriov
         {
             return Ok(planned);
         }
@@ -650,6 +655,9 @@ impl PoolSpec {
                 )
             })?;
             lines.push(script);
+        }
+        if sriov {
+            lines.push(crate::vmsize::partition_key_script());
         }
         if let Some(p) = &planned {
             lines.push(p.command_line.clone());

@@ -119,6 +119,82 @@ pub fn fabric_env(runtime: MpiRuntime, rdma: Rdma) -> Vec<(&'static str, &'stati
     }
 }
 
+/// Where node preparation writes the InfiniBand partition key on SR-IOV nodes, under
+/// `$AZ_BATCH_NODE_STARTUP_DIR` (the start task's working directory, as Batch Shipyard's
+/// `shipyard_nodeprep.sh` does): one line `UCX_IB_PKEY=0x....`.
+pub const UCX_IB_PKEY_FILE: &str = "wd/UCX_IB_PKEY";
+
+/// The full partition key, beside [`UCX_IB_PKEY_FILE`]: one line `IB_PKEY=0x....`.
+pub const IB_PKEY_FILE: &str = "wd/IB_PKEY";
+
+/// The variable UCX reads the partition key from.
+pub const UCX_IB_PKEY: &str = "UCX_IB_PKEY";
+
+/// The node's path of [`UCX_IB_PKEY_FILE`], for a shell.
+pub fn ucx_ib_pkey_path() -> String {
+    format!("$AZ_BATCH_NODE_STARTUP_DIR/{UCX_IB_PKEY_FILE}")
+}
+
+/// Node-preparation statements (bash, no `set -e` needed) writing the partition key files on
+/// an SR-IOV node: the larger of pkeys 0 and 1 of `mlx5_0` port 1 is the tenant's key; UCX
+/// wants it without the membership bit (`key & 0x0fff`, 4 hex digits). Without the device the
+/// node keeps no key file and says so on stderr (the start task still succeeds: a pool that
+/// never uses InfiniBand is not broken by it).
+pub fn partition_key_script() -> String {
+    let pkeys = "/sys/class/infiniband/mlx5_0/ports/1/pkeys";
+    format!(
+        "if [ -r {pkeys}/0 ]; then \
+shipyard_pk0=$(cat {pkeys}/0); shipyard_pk1=$(cat {pkeys}/1 2>/dev/null || echo 0); \
+shipyard_pk=$(( shipyard_pk0 > shipyard_pk1 ? shipyard_pk0 : shipyard_pk1 )); \
+printf 'IB_PKEY=0x%04x\\n' \"$shipyard_pk\" > \"$AZ_BATCH_NODE_STARTUP_DIR/{IB_PKEY_FILE}\"; \
+printf '{UCX_IB_PKEY}=0x%04x\\n' \"$(( shipyard_pk & 0x0fff ))\" > \"{ucx}\"; \
+else echo 'shipyard: no InfiniBand partition keys at {pkeys}; {UCX_IB_PKEY} is not written' >&2; fi",
+        ucx = ucx_ib_pkey_path(),
+    )
+}
+
+/// A shell command printing the partition key [`partition_key_script`] wrote (`0x....`),
+/// run where the launcher runs, when it runs: the value exists only on the node.
+pub fn partition_key_command() -> String {
+    format!("sed -n 's/^{UCX_IB_PKEY}=//p' \"{}\"", ucx_ib_pkey_path())
+}
+
+/// Whether an MPI on InfiniBand over `rdma` gives its ranks the partition key
+/// ([`UCX_IB_PKEY`]): the UCX-based ones on SR-IOV, as Batch Shipyard does (Open MPI's
+/// `-x UCX_IB_PKEY`, MPICH's and MVAPICH's `-env`); Intel MPI reaches UCX through libfabric's
+/// mlx provider and gets none from Batch Shipyard.
+pub fn uses_partition_key(runtime: MpiRuntime, rdma: Option<Rdma>) -> bool {
+    rdma == Some(Rdma::SrIov)
+        && matches!(
+            runtime,
+            MpiRuntime::OpenMpi | MpiRuntime::Mpich | MpiRuntime::Mvapich
+        )
+}
+
+/// What Intel MPI's ranks get as `FI_PROVIDER` (libfabric's provider) where the user set none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FiProvider {
+    /// The launcher's default (`tcp`: no InfiniBand, or not an Intel MPI).
+    Default,
+    /// This provider.
+    Set(&'static str),
+    /// None at all: the fabric does not use libfabric (DAPL on NetworkDirect, OFA).
+    Unset,
+}
+
+/// The `FI_PROVIDER` of an MPI `runtime`, on InfiniBand or not, over `rdma` when the VM size
+/// is known, as Batch Shipyard sets it: `mlx` for `intelmpi` on SR-IOV (and on InfiniBand of
+/// a size it does not classify); nothing for `intelmpi-ofa` (OFA fabric) or on NetworkDirect
+/// (DAPL fabric), where the tcp default would only mislead.
+pub fn fi_provider(runtime: MpiRuntime, infiniband: bool, rdma: Option<Rdma>) -> FiProvider {
+    match (runtime, infiniband, rdma) {
+        (MpiRuntime::IntelMpi | MpiRuntime::IntelMpiOfa, true, Some(Rdma::NetworkDirect))
+        | (MpiRuntime::IntelMpiOfa, true, _) => FiProvider::Unset,
+        (MpiRuntime::IntelMpi, true, _) => FiProvider::Set("mlx"),
+        _ => FiProvider::Default,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
