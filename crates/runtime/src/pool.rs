@@ -785,6 +785,75 @@ mod tests {
     }
 
     #[test]
+    fn prepare_job_records_the_sizes_infiniband_for_the_launcher() {
+        let job: JobSpec = toml::from_str(
+            r#"
+            id = "j"
+            [[tasks]]
+            image = "i"
+            command = "/app"
+            [tasks.multi_instance]
+            num_instances = 2
+            mpi = { runtime = "openmpi" }
+            [[tasks]]
+            image = "i"
+            command = "/app"
+            infiniband = false
+            [tasks.multi_instance]
+            num_instances = 2
+            mpi = { runtime = "openmpi" }
+            "#,
+        )
+        .unwrap();
+        let rdma = |size: &str| {
+            let mut p = PoolSpec::new("p");
+            p.vm_size = size.into();
+            p.inter_node_communication_enabled = true;
+            p.vm_count = VmCount::Dedicated(2);
+            let j = p.prepare_job(&job, None).unwrap();
+            let of = |i: usize| {
+                j.tasks[i]
+                    .multi_instance
+                    .as_ref()
+                    .and_then(|m| m.mpi.as_ref())
+                    .and_then(|m| m.rdma)
+            };
+            (of(0), of(1))
+        };
+        use crate::vmsize::Rdma;
+        assert_eq!(rdma("Standard_HB120rs_v3"), (Some(Rdma::SrIov), None));
+        assert_eq!(rdma("Standard_H16r"), (Some(Rdma::NetworkDirect), None));
+        assert_eq!(rdma("Standard_D4s_v5"), (None, None));
+    }
+
+    #[test]
+    fn sriov_pools_write_the_partition_key_in_node_prep() {
+        let mut p = PoolSpec::new("p");
+        p.vm_count = VmCount::Dedicated(2);
+        for size in [
+            "Standard_HB120rs_v3",
+            "Standard_HC44rs",
+            "Standard_ND96asr_v4",
+        ] {
+            p.vm_size = size.into();
+            let st = p.start_task(None).unwrap().unwrap();
+            assert!(
+                st.command_line
+                    .contains("/sys/class/infiniband/mlx5_0/ports/1/pkeys/0")
+                    && st.command_line.contains("/wd/UCX_IB_PKEY"),
+                "{size}: {}",
+                st.command_line
+            );
+            assert_eq!(st.user_identity, Some(pool_admin()), "{size}");
+        }
+        // NetworkDirect and plain sizes: no key file, and no start task at all without one
+        for size in ["Standard_H16r", "Standard_NC24r", "Standard_D4s_v5"] {
+            p.vm_size = size.into();
+            assert_eq!(p.start_task(None).unwrap(), None, "{size}");
+        }
+    }
+
+    #[test]
     fn start_task_node_prep_runtimes_and_custom_image() {
         let p = spec(
             r#"

@@ -235,6 +235,84 @@ mod tests {
         assert_eq!(default_gpus("Standard_D2s_v5"), None);
     }
 
+    /// Runs [`partition_key_script`] with sysfs under `root` (pkeys `keys`, none when empty);
+    /// returns the key files it wrote in the startup directory.
+    fn run_key_script(keys: &[&str]) -> (Option<String>, Option<String>, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let pkeys = dir.path().join("sys/class/infiniband/mlx5_0/ports/1/pkeys");
+        std::fs::create_dir_all(&pkeys).unwrap();
+        for (i, k) in keys.iter().enumerate() {
+            std::fs::write(pkeys.join(i.to_string()), format!("{k}\n")).unwrap();
+        }
+        let startup = dir.path().join("startup");
+        std::fs::create_dir_all(startup.join("wd")).unwrap();
+        let script =
+            partition_key_script().replace("/sys/", &format!("{}/sys/", dir.path().display()));
+        let out = std::process::Command::new("bash")
+            .arg("-c")
+            .arg(format!("set -e; {script}"))
+            .env("AZ_BATCH_NODE_STARTUP_DIR", &startup)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let read = |f: &str| std::fs::read_to_string(startup.join(f)).ok();
+        (
+            read(UCX_IB_PKEY_FILE),
+            read(IB_PKEY_FILE),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    #[test]
+    fn node_prep_writes_the_larger_pkey_without_the_membership_bit() {
+        // the tenant's key is the larger one, wherever it is
+        let (ucx, ib, _) = run_key_script(&["0x800b", "0x7fff"]);
+        assert_eq!(ucx.as_deref(), Some("UCX_IB_PKEY=0x000b\n"));
+        assert_eq!(ib.as_deref(), Some("IB_PKEY=0x800b\n"));
+        let (ucx, ib, _) = run_key_script(&["0x7fff", "0x8a01"]);
+        assert_eq!(ucx.as_deref(), Some("UCX_IB_PKEY=0x0a01\n"));
+        assert_eq!(ib.as_deref(), Some("IB_PKEY=0x8a01\n"));
+        // one key only
+        let (ucx, _, _) = run_key_script(&["0xffff"]);
+        assert_eq!(ucx.as_deref(), Some("UCX_IB_PKEY=0x0fff\n"));
+        // no device: nothing written, the start task goes on, and says why
+        let (ucx, ib, err) = run_key_script(&[]);
+        assert_eq!((ucx, ib), (None, None));
+        assert!(err.contains("no InfiniBand partition keys"), "{err}");
+    }
+
+    #[test]
+    fn launcher_reads_the_key_node_prep_wrote() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("wd")).unwrap();
+        std::fs::write(dir.path().join(UCX_IB_PKEY_FILE), "UCX_IB_PKEY=0x000b\n").unwrap();
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("printf %s \"$({})\"", partition_key_command()))
+            .env("AZ_BATCH_NODE_STARTUP_DIR", dir.path())
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "0x000b");
+        assert!(uses_partition_key(MpiRuntime::Mvapich, Some(Rdma::SrIov)));
+        assert!(!uses_partition_key(
+            MpiRuntime::OpenMpi,
+            Some(Rdma::NetworkDirect)
+        ));
+        assert!(!uses_partition_key(MpiRuntime::IntelMpi, Some(Rdma::SrIov)));
+        assert_eq!(
+            fi_provider(MpiRuntime::IntelMpi, true, Some(Rdma::SrIov)),
+            FiProvider::Set("mlx")
+        );
+        assert_eq!(
+            fi_provider(MpiRuntime::IntelMpi, true, Some(Rdma::NetworkDirect)),
+            FiProvider::Unset
+        );
+        assert_eq!(
+            fi_provider(MpiRuntime::OpenMpi, true, Some(Rdma::SrIov)),
+            FiProvider::Default
+        );
+    }
+
     #[test]
     fn fabric_settings_per_mpi() {
         let env = fabric_env(MpiRuntime::IntelMpi, Rdma::SrIov);
