@@ -752,6 +752,16 @@ mod tests {
         assert_eq!(t0.environment_variables["FI_PROVIDER"], "verbs");
         assert_eq!(t0.environment_variables["I_MPI_FABRICS"], "shm:ofi");
         assert_eq!(t0.environment_variables["I_MPI_FALLBACK"], "0");
+        // the size's kind of InfiniBand, for the launcher; none for a task without it
+        let rdma = |j: &JobSpec, i: usize| {
+            j.tasks[i]
+                .multi_instance
+                .as_ref()
+                .and_then(|m| m.mpi.as_ref())
+                .and_then(|m| m.rdma)
+        };
+        assert_eq!(rdma(&j, 0), Some(crate::vmsize::Rdma::SrIov));
+        assert_eq!(rdma(&j, 1), None);
         let t1 = &j.tasks[1];
         assert_eq!(t1.infiniband, Some(false));
         assert!(t1.environment_variables.is_empty());
@@ -772,6 +782,16 @@ mod tests {
             "{e}"
         );
         assert!(e.contains("no low-priority nodes"), "{e}");
+        p.vm_count = VmCount::Split {
+            dedicated: 3,
+            low_priority: 2,
+        };
+        p.vm_size = "Standard_H16r".into();
+        let j = p.prepare_job(&job, None).unwrap();
+        assert_eq!(rdma(&j, 0), Some(crate::vmsize::Rdma::NetworkDirect));
+        p.vm_size = "Standard_D4s_v5".into();
+        let j = p.prepare_job(&job, None).unwrap();
+        assert_eq!(rdma(&j, 0), None);
         // GPU sizes get gpus = all; no inter-node communication, no infiniband
         p.vm_size = "Standard_NC24rs_v3".into();
         p.vm_count = VmCount::Split {
@@ -782,48 +802,7 @@ mod tests {
         let j = p.prepare_job(&job, None).unwrap();
         assert_eq!(j.tasks[0].gpus.as_deref(), Some("all"));
         assert_eq!(j.tasks[0].infiniband, None);
-    }
-
-    #[test]
-    fn prepare_job_records_the_sizes_infiniband_for_the_launcher() {
-        let job: JobSpec = toml::from_str(
-            r#"
-            id = "j"
-            [[tasks]]
-            image = "i"
-            command = "/app"
-            [tasks.multi_instance]
-            num_instances = 2
-            mpi = { runtime = "openmpi" }
-            [[tasks]]
-            image = "i"
-            command = "/app"
-            infiniband = false
-            [tasks.multi_instance]
-            num_instances = 2
-            mpi = { runtime = "openmpi" }
-            "#,
-        )
-        .unwrap();
-        let rdma = |size: &str| {
-            let mut p = PoolSpec::new("p");
-            p.vm_size = size.into();
-            p.inter_node_communication_enabled = true;
-            p.vm_count = VmCount::Dedicated(2);
-            let j = p.prepare_job(&job, None).unwrap();
-            let of = |i: usize| {
-                j.tasks[i]
-                    .multi_instance
-                    .as_ref()
-                    .and_then(|m| m.mpi.as_ref())
-                    .and_then(|m| m.rdma)
-            };
-            (of(0), of(1))
-        };
-        use crate::vmsize::Rdma;
-        assert_eq!(rdma("Standard_HB120rs_v3"), (Some(Rdma::SrIov), None));
-        assert_eq!(rdma("Standard_H16r"), (Some(Rdma::NetworkDirect), None));
-        assert_eq!(rdma("Standard_D4s_v5"), (None, None));
+        assert_eq!(rdma(&j, 0), None);
     }
 
     #[test]
