@@ -538,8 +538,10 @@ mod tests {
         }
     }
 
-    const PKEY_VALUE: &str =
-        "UCX_IB_PKEY=\"$(sed -n 's/^UCX_IB_PKEY=//p' \"$AZ_BATCH_NODE_STARTUP_DIR/wd/UCX_IB_PKEY\")\"";
+    /// The partition key as a launch line reads it: the key file's command, expanded once.
+    fn pkey_value() -> String {
+        format!("\"$({})\"", vmsize::partition_key_command())
+    }
 
     #[test]
     fn ucx_mpis_on_sriov_read_the_partition_key_at_run_time() {
@@ -548,7 +550,8 @@ mod tests {
         let l = line(&on(Rdma::SrIov, MpiRuntime::OpenMpi), "/app", &none, true);
         assert!(
             l.starts_with(&format!(
-                "OMPI_MCA_btl_vader_single_copy_mechanism=none {PKEY_VALUE} mpirun "
+                "OMPI_MCA_btl_vader_single_copy_mechanism=none UCX_IB_PKEY={} mpirun ",
+                pkey_value()
             )),
             "{l}"
         );
@@ -557,7 +560,7 @@ mod tests {
         for rt in [MpiRuntime::Mpich, MpiRuntime::Mvapich] {
             let l = line(&on(Rdma::SrIov, rt), "/app", &none, true);
             assert!(
-                l.contains("-genv UCX_IB_PKEY \"$(sed -n 's/^UCX_IB_PKEY=//p' \"$AZ_BATCH_NODE_STARTUP_DIR/wd/UCX_IB_PKEY\")\""),
+                l.contains(&format!("-genv UCX_IB_PKEY {}", pkey_value())),
                 "{l}"
             );
         }

@@ -141,7 +141,7 @@ pub fn ucx_ib_pkey_path() -> String {
 /// node keeps no key file and says so on stderr (the start task still succeeds: a pool that
 /// never uses InfiniBand is not broken by it).
 pub fn partition_key_script() -> String {
-    let pkeys = "/sys/class/infiniband/mlx5_0/ports/1/pkeys";
+    let pkeys = PKEYS_DIR;
     format!(
         "if [ -r {pkeys}/0 ]; then \
 shipyard_pk0=$(cat {pkeys}/0); shipyard_pk1=$(cat {pkeys}/1 2>/dev/null || echo 0); \
@@ -153,10 +153,20 @@ else echo 'shipyard: no InfiniBand partition keys at {pkeys}; {UCX_IB_PKEY} is n
     )
 }
 
-/// A shell command printing the partition key [`partition_key_script`] wrote (`0x....`),
-/// run where the launcher runs, when it runs: the value exists only on the node.
+/// The sysfs directory of the partition keys of `mlx5_0` port 1.
+const PKEYS_DIR: &str = "/sys/class/infiniband/mlx5_0/ports/1/pkeys";
+
+/// A POSIX-sh command printing the partition key [`partition_key_script`] wrote (`0x....`),
+/// run where the launcher runs, when it runs: the value exists only on the node. Where the
+/// file is missing (a pool prepared before shipyard wrote it) the key is computed the same way
+/// from sysfs (the kernel prints every pkey as `0x%04x`, so the lexically largest is the
+/// largest); with neither it prints nothing (and the shell says why on stderr).
 pub fn partition_key_command() -> String {
-    format!("sed -n 's/^{UCX_IB_PKEY}=//p' \"{}\"", ucx_ib_pkey_path())
+    format!(
+        "sed -n 's/^{UCX_IB_PKEY}=//p' \"{file}\" 2>/dev/null | grep . || \
+printf '0x%04x' \"$(( $(sort -r {PKEYS_DIR}/0 {PKEYS_DIR}/1 2>/dev/null | head -n 1) & 0x0fff ))\"",
+        file = ucx_ib_pkey_path()
+    )
 }
 
 /// Whether an MPI on InfiniBand over `rdma` gives its ranks the partition key
@@ -281,18 +291,43 @@ mod tests {
         assert!(err.contains("no InfiniBand partition keys"), "{err}");
     }
 
-    #[test]
-    fn launcher_reads_the_key_node_prep_wrote() {
+    /// What [`partition_key_command`] gives a launch line (`"$(...)"`, run by `sh`), with the
+    /// key file holding `file` and sysfs the pkeys `sysfs` (each absent when `None`/empty).
+    fn launch_reads(file: Option<&str>, sysfs: &[&str]) -> String {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("wd")).unwrap();
-        std::fs::write(dir.path().join(UCX_IB_PKEY_FILE), "UCX_IB_PKEY=0x000b\n").unwrap();
+        if let Some(f) = file {
+            std::fs::write(dir.path().join(UCX_IB_PKEY_FILE), f).unwrap();
+        }
+        let pkeys = dir.path().join("sys/class/infiniband/mlx5_0/ports/1/pkeys");
+        std::fs::create_dir_all(&pkeys).unwrap();
+        for (i, k) in sysfs.iter().enumerate() {
+            std::fs::write(pkeys.join(i.to_string()), format!("{k}\n")).unwrap();
+        }
+        let cmd =
+            partition_key_command().replace("/sys/", &format!("{}/sys/", dir.path().display()));
         let out = std::process::Command::new("sh")
             .arg("-c")
-            .arg(format!("printf %s \"$({})\"", partition_key_command()))
+            .arg(format!("printf %s \"$({cmd})\""))
             .env("AZ_BATCH_NODE_STARTUP_DIR", dir.path())
             .output()
             .unwrap();
-        assert_eq!(String::from_utf8_lossy(&out.stdout), "0x000b");
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    #[test]
+    fn launcher_reads_the_key_node_prep_wrote() {
+        // the file wins over sysfs
+        assert_eq!(
+            launch_reads(Some("UCX_IB_PKEY=0x000b\n"), &["0x8001", "0x7fff"]),
+            "0x000b"
+        );
+        // no file (a pool prepared before it was written): computed from sysfs alike
+        assert_eq!(launch_reads(None, &["0x7fff", "0x800b"]), "0x000b");
+        assert_eq!(launch_reads(Some(""), &["0x8a01", "0x7fff"]), "0x0a01");
+        // neither: nothing
+        assert_eq!(launch_reads(None, &[]), "");
         assert!(uses_partition_key(MpiRuntime::Mvapich, Some(Rdma::SrIov)));
         assert!(!uses_partition_key(
             MpiRuntime::OpenMpi,
