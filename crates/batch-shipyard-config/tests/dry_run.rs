@@ -586,26 +586,21 @@ fn mpibench_intelmpi_resolves_to_batch_shipyards_launch() -> Result<()> {
 
 const BS_HPCG: &str = "mpirun -genv OMP_NUM_THREADS 44 -hosts $AZ_BATCH_HOST_LIST -np 2 -perhost 1 /opt/intel/mkl/benchmarks/hpcg/bin/xhpcg_skx --n=192 --t=1800";
 
+/// `intelmpi-ofa`: the OFA fabric does not use libfabric, so the ranks get no FI_PROVIDER
+/// (neither Batch Shipyard's nor the launcher's tcp default).
 #[test]
 fn hpcg_intelmpi_ofa_resolves_to_batch_shipyards_launch() -> Result<()> {
     let runs = dry_run("hpcg-intelmpi-ofa")?;
-    compare_with_batch_shipyard(
+    let (ours, _) = compare_with_batch_shipyard(
         &runs[0],
         Family::Hydra,
         BS_HPCG,
         &intel_ib_env(&["I_MPI_FABRICS=shm:ofa"]),
-        &[
-            HYDRA_SSH_TO_CONTAINERS,
-            NO_MANPATH,
-            Deviation {
-                name: "fi-provider-tcp-with-ofa (not deliberate, inert)",
-                items: &["+env FI_PROVIDER=tcp"],
-                reason: "the launcher's default for Intel MPI (crates/mpi-launch `default_env`) \
-                         stays because the runtime sets only I_MPI_FABRICS=shm:ofa for \
-                         `intelmpi-ofa`; the OFA fabric of Intel MPI 2018 does not use libfabric, \
-                         so FI_PROVIDER has no effect (reported: crates/runtime/src/mpi.rs)",
-            },
-        ],
+        &[HYDRA_SSH_TO_CONTAINERS, NO_MANPATH],
+    );
+    assert!(
+        !ours.0.iter().any(|i| i.starts_with("env FI_PROVIDER=")),
+        "{ours:?}"
     );
     Ok(())
 }
@@ -637,7 +632,7 @@ const BS_OPENFOAM: &str =
 #[test]
 fn openfoam_intelmpi_resolves_to_batch_shipyards_launch() -> Result<()> {
     let runs = dry_run("openfoam-intelmpi")?;
-    compare_with_batch_shipyard(
+    let (ours, _) = compare_with_batch_shipyard(
         &runs[0],
         Family::Hydra,
         BS_OPENFOAM,
@@ -647,20 +642,17 @@ fn openfoam_intelmpi_resolves_to_batch_shipyards_launch() -> Result<()> {
             "I_MPI_DYNAMIC_CONNECTION=0",
             "I_MPI_DAPL_TRANSLATION_CACHE=0",
         ]),
-        &[
-            HYDRA_SSH_TO_CONTAINERS,
-            NO_MANPATH,
-            Deviation {
-                name: "fi-provider-mlx-on-networkdirect (not deliberate, inert)",
-                items: &["+env FI_PROVIDER=mlx"],
-                reason: "crates/runtime/src/mpi.rs gives every InfiniBand Intel MPI task \
-                         FI_PROVIDER=mlx when the user set none, NetworkDirect sizes included, \
-                         where Batch Shipyard sets only the DAPL variables; with \
-                         I_MPI_FABRICS=shm:dapl libfabric is not used, so it has no effect \
-                         (reported)",
-            },
-        ],
+        &[HYDRA_SSH_TO_CONTAINERS, NO_MANPATH],
     );
+    // NetworkDirect (H16r): DAPL, no libfabric provider, and no partition key file
+    assert!(
+        !ours.0.iter().any(|i| i.starts_with("env FI_PROVIDER=")),
+        "{ours:?}"
+    );
+    let st = runs[0].pool["startTask"]["commandLine"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(!st.contains("UCX_IB_PKEY"), "{st}");
     Ok(())
 }
 
@@ -706,16 +698,6 @@ fn osu_mvapich_singularity_resolves_to_batch_shipyards_launch() -> Result<()> {
         &bs_env,
         &[
             Deviation {
-                name: "malformed-env-pkey / no partition key (gap, reported)",
-                items: &["-env UCX_IB_PKEY=0x0001"],
-                reason: "Batch Shipyard's `-env $(cat ...UCX_IB_PKEY)` is malformed (see \
-                         BS_PKEY_AS_WRITTEN: its line runs `exec`, not the benchmark); read as \
-                         meant it gives the ranks the InfiniBand partition key its node prep \
-                         wrote. shipyard's node prep writes no key file and sets no UCX_IB_PKEY; \
-                         MVAPICH2 2.3 uses verbs, not UCX, so this launch is unaffected, but an \
-                         Open MPI/UCX one on SR-IOV would be (reported)",
-            },
-            Deviation {
                 name: "image-pulled-per-node",
                 items: &[
                     "+container image /ns/shipyard/images/library___alfpark_mvapich_mvapich_2.3.2.sif",
@@ -758,6 +740,9 @@ fn osu_mvapich_singularity_resolves_to_batch_shipyards_launch() -> Result<()> {
         ],
     );
     assert!(ours.0.contains("container bind /nr:/nr"), "{ours:?}");
+    // the partition key, from the file node preparation wrote (as Batch Shipyard meant it)
+    assert!(ours.0.contains("env UCX_IB_PKEY=0x0001"), "{ours:?}");
+    assert_pool_writes_partition_key(&runs[0]);
     assert!(ours.0.contains("container --pwd /wd"), "{ours:?}");
     Ok(())
 }
@@ -860,17 +845,49 @@ fn mpibench_openmpi_on_sriov_resolves_to_batch_shipyards_launch() -> Result<()> 
                          variables replace the user's (issue #339); shipyard's defaults yield to \
                          the user's value, which mpirun forwards (-x)",
             },
-            Deviation {
-                name: "no partition key (gap, reported)",
-                items: &["-env UCX_IB_PKEY=0x0001"],
-                reason: "Batch Shipyard's node prep writes the InfiniBand partition key of \
-                         mlx5_0 (pkey & 0x0fff) and the launch exports it to UCX (-x); shipyard \
-                         neither writes nor sets one, so UCX uses its default pkey index. Not a \
-                         deliberate change: reported (crates/runtime: node prep + fabric env)",
-            },
         ],
     );
     assert!(ours.0.contains("mca pml=ucx"), "{ours:?}");
+    assert!(ours.0.contains("env UCX_IB_PKEY=0x0001"), "{ours:?}");
+    assert_pool_writes_partition_key(&runs[0]);
     assert!(ours.0.contains("mca btl=^vader,tcp,openib"), "{ours:?}");
     Ok(())
+}
+
+/// The pool's start task writes the partition key files of an SR-IOV node: run in a mocked
+/// node whose mlx5_0 port 1 has pkeys 0x7fff and 0x8001 (sysfs paths redirected into a
+/// temporary directory), it leaves `UCX_IB_PKEY=0x0001` (the larger key, membership bit off)
+/// where the launch reads it, and the full key beside it.
+fn assert_pool_writes_partition_key(run: &DryRun) {
+    let st = run.pool["startTask"]["commandLine"].as_str().unwrap();
+    let script = innermost_script(st);
+    let at = script
+        .find("if [ -r /sys/class/infiniband")
+        .unwrap_or_else(|| panic!("{st}"));
+    let end = script[at..].find("; fi").unwrap() + at + 4;
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
+        "pkey-node-{}-{}",
+        run.pool["id"].as_str().unwrap(),
+        std::process::id()
+    ));
+    let sys = dir.join("sys/class/infiniband/mlx5_0/ports/1/pkeys");
+    std::fs::create_dir_all(&sys).unwrap();
+    std::fs::create_dir_all(dir.join("startup/wd")).unwrap();
+    std::fs::write(sys.join("0"), "0x7fff\n").unwrap();
+    std::fs::write(sys.join("1"), "0x8001\n").unwrap();
+    let prep = script[at..end].replace("/sys/", &format!("{}/sys/", dir.display()));
+    let out = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(&prep)
+        .env("AZ_BATCH_NODE_STARTUP_DIR", dir.join("startup"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{prep}: {out:?}");
+    let read = |f: &str| std::fs::read_to_string(dir.join("startup/wd").join(f)).unwrap();
+    assert_eq!(
+        read("UCX_IB_PKEY"),
+        format!("{}\n", launch::UCX_IB_PKEY_FILE)
+    );
+    assert_eq!(read("IB_PKEY"), "IB_PKEY=0x8001\n");
+    std::fs::remove_dir_all(&dir).unwrap();
 }

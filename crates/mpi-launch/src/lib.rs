@@ -19,7 +19,9 @@
 //!   ([`RunEnv`]), for callers that exec without a shell.
 //!
 //! Only flags verified against the real launchers are emitted (see [`flags`]). Every variable
-//! shipyard sets by default ([`default_env`]) is replaced by the user's value of the same name.
+//! shipyard sets by default ([`default_env`]) is replaced by the user's value of the same name,
+//! and left out with [`LaunchRequest::without_default_env`]. A value that exists only on the
+//! node (a file's content) is a [`Deferred::Output`] word, read when the line runs.
 //! The crate does no I/O and spawns nothing.
 //!
 //! # Environment values and secrets

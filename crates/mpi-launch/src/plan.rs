@@ -615,6 +615,7 @@ pub(crate) fn build(req: &LaunchRequest) -> Result<LaunchPlan, LaunchError> {
     // environment: defaults, flavour knobs, then the user's values (which win)
     let mut env: Vec<(String, Word)> = default_env(flavor)
         .into_iter()
+        .filter(|(k, _)| !req.without_defaults.iter().any(|w| w == k))
         .map(|(k, v)| (k.to_string(), Word::lit(v)))
         .collect();
     if let (Flavor::IntelMpi, Some(i)) = (flavor, &req.iface) {

@@ -78,6 +78,7 @@ fn sh_deferred(d: &Deferred) -> String {
             }
             format!("\"$({pipe} | paste -sd, -)\"")
         }
+        Deferred::Output(cmd) => format!("\"$({cmd})\""),
     }
 }
 

@@ -291,6 +291,7 @@ pub struct LaunchRequest {
     pub(crate) ranks: Option<u32>,
     pub(crate) forward_env: Vec<String>,
     pub(crate) env: Vec<(String, Word)>,
+    pub(crate) without_defaults: Vec<String>,
     pub(crate) ssh_port: Option<u16>,
     pub(crate) ssh_options: Vec<(String, String)>,
     pub(crate) workdir: Option<Word>,
@@ -364,6 +365,15 @@ impl LaunchRequest {
     /// for the same name (e.g. Intel MPI's `I_MPI_FABRICS`, `FI_PROVIDER`).
     pub fn env(mut self, name: impl Into<String>, value: impl Into<Word>) -> LaunchRequest {
         self.env.push((name.into(), value.into()));
+        self
+    }
+
+    /// Leaves out shipyard's default for variable `name` ([`crate::default_env`]): the
+    /// launcher and the ranks then see whatever their environment holds, if anything. For a
+    /// caller that knows the default does not fit (Intel MPI's `FI_PROVIDER=tcp` when the
+    /// fabric is not libfabric's). A value set with [`Self::env`] is still set.
+    pub fn without_default_env(mut self, name: impl Into<String>) -> LaunchRequest {
+        self.without_defaults.push(name.into());
         self
     }
 

@@ -77,6 +77,10 @@ pub enum Deferred {
         /// Text and count appended to each host (`":"`, processes per node).
         suffix: Option<(String, Num)>,
     },
+    /// The text a shell command prints on the launching node, trailing newlines removed
+    /// (`"$(cmd)"`): a value that exists only on the node, such as the InfiniBand partition
+    /// key its node preparation wrote to a file. Only a shell can resolve it.
+    Output(String),
 }
 
 impl Deferred {
@@ -96,6 +100,9 @@ impl Deferred {
                     .collect::<Vec<_>>()
                     .join(","))
             }
+            Deferred::Output(cmd) => Err(LaunchError::Unresolved {
+                what: format!("$({cmd})"),
+            }),
         }
     }
 }

@@ -335,6 +335,59 @@ fn intel_user_env_overrides_defaults() {
 }
 
 #[test]
+fn intel_default_left_out_on_request() {
+    // the caller knows the fabric is not libfabric's: no FI_PROVIDER at all, the other
+    // default stays, and an explicit value is still set
+    let plan = two_hosts(Flavor::IntelMpi)
+        .without_default_env("FI_PROVIDER")
+        .build()
+        .unwrap();
+    assert_eq!(env(&plan), pairs(&[("I_MPI_FABRICS", "shm:ofi")]));
+    assert!(
+        !plan.render_sh().contains("FI_PROVIDER"),
+        "{}",
+        plan.render_sh()
+    );
+    let plan = two_hosts(Flavor::IntelMpi)
+        .without_default_env("FI_PROVIDER")
+        .env("FI_PROVIDER", "verbs")
+        .build()
+        .unwrap();
+    assert_eq!(
+        env(&plan),
+        pairs(&[("I_MPI_FABRICS", "shm:ofi"), ("FI_PROVIDER", "verbs")])
+    );
+}
+
+#[test]
+fn command_output_is_read_on_the_node() {
+    let key = Word::deferred(Deferred::Output("cat /wd/KEY".into()));
+    let plan = two_hosts(Flavor::OpenMpi)
+        .env("UCX_IB_PKEY", key)
+        .build()
+        .unwrap();
+    let line = plan.render_sh();
+    assert!(
+        line.starts_with(
+            "OMPI_MCA_btl_vader_single_copy_mechanism=none UCX_IB_PKEY=\"$(cat /wd/KEY)\" mpirun "
+        ),
+        "{line}"
+    );
+    assert!(line.contains(" -x UCX_IB_PKEY "), "{line}");
+    // only a shell can resolve it
+    let e = plan.resolve(&RunEnv::new()).unwrap_err();
+    assert!(e.to_string().contains("$(cat /wd/KEY)"), "{e}");
+    // and cmd.exe has no form for it
+    let plan = LaunchRequest::new(Flavor::MsMpi)
+        .hosts(Hosts::list(["a"]))
+        .program("app.exe")
+        .env("K", Word::deferred(Deferred::Output("type k".into())))
+        .build()
+        .unwrap();
+    assert!(plan.render_cmd().is_err());
+}
+
+#[test]
 fn intel_deferred_hosts_forward_and_workdir() {
     let plan = LaunchRequest::new(Flavor::IntelMpi)
         .launcher("/opt/intel/mpi/bin/mpiexec.hydra")

@@ -6,7 +6,7 @@ use shipyard_runtime::plan::TaskContext;
 use shipyard_runtime::shell::{bash_c, join, quote, quote_expanding};
 use shipyard_runtime::ssh::{self, CONTAINER_SSH_DIR};
 use shipyard_runtime::{
-    validate, Field, JobSpec, MultiInstanceSpec, RuntimeError, TaskSpec, WorkingDir,
+    validate, vmsize, Field, JobSpec, MultiInstanceSpec, RuntimeError, TaskSpec, WorkingDir,
 };
 
 use crate::node_scripts::{node_address_script, SSHD_ADDRESS_VAR};
@@ -102,7 +102,10 @@ impl DockerRuntime {
         dynamic.push(flags::ENV_FILE.into());
         dynamic.push(quote_expanding(&env_file));
         DockerRun {
-            mounts: mounts_script(),
+            mounts: match partition_key_mount(job, task) {
+                Some(m) => format!("{}; {m}", mounts_script()),
+                None => mounts_script(),
+            },
             docker: quote(&self.docker),
             name: container_name(&job.id, task_id),
             image: task.image.clone(),
@@ -217,6 +220,21 @@ if [ -n \"$AZ_BATCH_JOB_PREP_WORKING_DIR\" ]; then \
 {v}+=(-v \"$AZ_BATCH_JOB_PREP_WORKING_DIR:$AZ_BATCH_JOB_PREP_WORKING_DIR:ro\"); fi",
         v = MOUNTS_VAR
     )
+}
+
+/// For an MPI task on SR-IOV InfiniBand whose launcher reads UCX's partition key
+/// ([`vmsize::uses_partition_key`]): a bash statement adding the key file node preparation
+/// wrote ([`vmsize::ucx_ib_pkey_path`]) to [`MOUNTS_VAR`], read-only at its node path, when
+/// the node has it. Only that file: the startup directory holds the node's other state.
+pub(crate) fn partition_key_mount(job: &JobSpec, task: &TaskSpec) -> Option<String> {
+    let mpi = task.multi_instance.as_ref()?.mpi.as_ref()?;
+    if !job.infiniband(task) || !vmsize::uses_partition_key(mpi.runtime, mpi.rdma) {
+        return None;
+    }
+    let f = vmsize::ucx_ib_pkey_path();
+    Some(format!(
+        "if [ -f \"{f}\" ]; then {MOUNTS_VAR}+=(-v \"{f}:{f}:ro\"); fi"
+    ))
 }
 
 /// A non-native task's `docker run`, rendered in parts: the static argv is quoted word by

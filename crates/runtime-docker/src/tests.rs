@@ -483,3 +483,57 @@ fn sshd_policy_host_key_and_address_are_the_plans() {
     assert_eq!(code, Some(1));
     assert!(err.contains("no address of this node (172.17.0.1 10.0.0.6) is in AZ_BATCH_HOST_LIST (10.0.0.4,10.0.0.5)"), "{err}");
 }
+
+/// An MPI task on SR-IOV InfiniBand: its non-native container gets the node's partition key
+/// file (read-only, that file only, when the node has it) and the launcher reads the key from
+/// it; without InfiniBand there is neither.
+#[test]
+fn sriov_containers_see_the_partition_key_file() {
+    let mut job = mi_job();
+    if let Some(m) = job.tasks[0]
+        .multi_instance
+        .as_mut()
+        .and_then(|mi| mi.mpi.as_mut())
+    {
+        m.rdma = Some(shipyard_runtime::vmsize::Rdma::SrIov);
+    }
+    let plan = DockerRuntime::new().plan(&job, &pool(false)).unwrap();
+    let coord = first_coordination(&plan);
+    assert!(coord.contains("/wd/UCX_IB_PKEY:ro"), "{coord}");
+    let app = plan.tasks[0].command_line.as_str();
+    assert!(app.contains("UCX_IB_PKEY="), "{app}");
+    assert!(app.contains("-x UCX_IB_PKEY"), "{app}");
+    bash_syntax_ok(coord);
+    bash_syntax_ok(app);
+    // task b (no InfiniBand): neither
+    let b = plan.tasks[1]
+        .multi_instance_settings
+        .as_ref()
+        .unwrap()
+        .coordination_command_line
+        .as_str();
+    assert!(!b.contains("UCX_IB_PKEY"), "{b}");
+    assert!(!plan.tasks[1].command_line.contains("UCX_IB_PKEY"));
+    // the mount itself, with and without the file on the node
+    let stmt = super::non_native::partition_key_mount(&job, &job.tasks[0]).unwrap();
+    assert!(super::non_native::partition_key_mount(&job, &job.tasks[1]).is_none());
+    let dir = std::env::temp_dir().join(format!("shipyard-pkey-mount-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("wd")).unwrap();
+    let mounts = || {
+        let out = std::process::Command::new("/bin/bash")
+            .arg("-c")
+            .arg(format!(
+                "shipyard_mounts=(); {stmt}; printf '%s\\n' \"${{shipyard_mounts[@]}}\""
+            ))
+            .env("AZ_BATCH_NODE_STARTUP_DIR", &dir)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    assert_eq!(mounts(), "\n");
+    std::fs::write(dir.join("wd/UCX_IB_PKEY"), "UCX_IB_PKEY=0x0001\n").unwrap();
+    let f = dir.join("wd/UCX_IB_PKEY").display().to_string();
+    assert_eq!(mounts(), format!("-v\n{f}:{f}:ro\n"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -457,6 +457,11 @@ pub struct MpiSpec {
     /// The launcher executable (default: the flavour's usual name); kept as written.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub executable_path: Option<String>,
+    /// How the pool's nodes reach InfiniBand when the task uses it: not configurable, filled
+    /// in from the pool's VM size by [`crate::PoolSpec::prepare_job`] (the launcher's fabric
+    /// settings depend on it, see [`crate::vmsize::fi_provider`]).
+    #[serde(skip)]
+    pub rdma: Option<crate::vmsize::Rdma>,
 }
 
 /// MPI flavours (Batch Shipyard's `mpi.runtime` values plus `msmpi` for Windows pools).

@@ -9,6 +9,7 @@ use shipyard_mpi_launch::{
 
 use crate::domain::{MpiRuntime, MpiSpec, ProcessesPerNode};
 use crate::error::{Field, RuntimeError};
+use crate::vmsize::{self, FiProvider};
 use shipyard_mpi_launch::shell::split_plain;
 
 /// The launcher flavour of a configured MPI runtime.
@@ -41,7 +42,8 @@ pub struct LaunchContext<'a> {
     /// The task's environment (job and task variables). A variable the launcher would set by
     /// default (Intel MPI's `I_MPI_FABRICS`, `FI_PROVIDER`, ...) keeps the user's value.
     pub user_env: &'a BTreeMap<String, String>,
-    /// The task uses InfiniBand: Intel MPI gets `FI_PROVIDER=mlx` unless the user set one.
+    /// The task uses InfiniBand: fabric settings per `mpi.rdma` ([`vmsize::fi_provider`],
+    /// [`vmsize::uses_partition_key`]), each unless the user set the variable.
     pub infiniband: bool,
 }
 
@@ -154,16 +156,31 @@ pub fn launch_request(
     {
         req = req.env(FABRICS, "shm:ofa");
     }
+    // libfabric's provider: decided here, where the VM size is known (the fabric itself may
+    // be the user's `${I_MPI_FABRICS}`, known only when the line runs).
+    if !ctx.user_env.contains_key(FI_PROVIDER) {
+        match vmsize::fi_provider(mpi.runtime, ctx.infiniband, mpi.rdma) {
+            FiProvider::Default => {}
+            FiProvider::Set(p) => req = req.env(FI_PROVIDER, p),
+            FiProvider::Unset => req = req.without_default_env(FI_PROVIDER),
+        }
+    }
+    // UCX's InfiniBand partition key on SR-IOV, read when the line runs from the file node
+    // preparation wrote (the user's own value, forwarded above, wins).
     if ctx.infiniband
-        && mpi.runtime == MpiRuntime::IntelMpi
-        && !ctx.user_env.contains_key("FI_PROVIDER")
+        && vmsize::uses_partition_key(mpi.runtime, mpi.rdma)
+        && !ctx.user_env.contains_key(vmsize::UCX_IB_PKEY)
     {
-        req = req.env("FI_PROVIDER", "mlx");
+        req = req.env(
+            vmsize::UCX_IB_PKEY,
+            Word::deferred(Deferred::Output(vmsize::partition_key_command())),
+        );
     }
     Ok(req)
 }
 
 const FABRICS: &str = "I_MPI_FABRICS";
+const FI_PROVIDER: &str = "FI_PROVIDER";
 
 /// The words of one `mpi.options` entry, split as the shell would (Batch Shipyard joins the
 /// entries into its command line): whitespace separates words, quotes group them, and `$NAME` /
@@ -340,6 +357,7 @@ pub fn render_cmd(req: &LaunchRequest, task: &Field) -> Result<String, RuntimeEr
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::vmsize::Rdma;
 
     #[test]
     fn plain_commands_run_as_words_others_in_a_shell() {
@@ -360,6 +378,7 @@ mod tests {
             options: vec![],
             processes_per_node: Some(ProcessesPerNode::Count(1)),
             executable_path: None,
+            rdma: None,
         };
         let mut env = BTreeMap::new();
         let task = Field::job("j").key("tasks").index(0);
@@ -412,6 +431,7 @@ mod tests {
             options: options.iter().map(|o| o.to_string()).collect(),
             processes_per_node: ppn,
             executable_path: Some("mpirun".into()),
+            rdma: None,
         }
     }
 
@@ -509,6 +529,117 @@ mod tests {
                 per_node: true
             }
         );
+    }
+
+    fn on(rdma: Rdma, runtime: MpiRuntime) -> MpiSpec {
+        MpiSpec {
+            rdma: Some(rdma),
+            ..spec(runtime, &[], Some(ProcessesPerNode::Count(1)))
+        }
+    }
+
+    /// The partition key as a launch line reads it: the key file's command, expanded once.
+    fn pkey_value() -> String {
+        format!("\"$({})\"", vmsize::partition_key_command())
+    }
+
+    #[test]
+    fn ucx_mpis_on_sriov_read_the_partition_key_at_run_time() {
+        let none = BTreeMap::new();
+        // Open MPI: set for mpirun and exported to every rank
+        let l = line(&on(Rdma::SrIov, MpiRuntime::OpenMpi), "/app", &none, true);
+        assert!(
+            l.starts_with(&format!(
+                "OMPI_MCA_btl_vader_single_copy_mechanism=none UCX_IB_PKEY={} mpirun ",
+                pkey_value()
+            )),
+            "{l}"
+        );
+        assert!(l.contains(" -x UCX_IB_PKEY "), "{l}");
+        // MPICH and MVAPICH (Hydra): -genv for every rank
+        for rt in [MpiRuntime::Mpich, MpiRuntime::Mvapich] {
+            let l = line(&on(Rdma::SrIov, rt), "/app", &none, true);
+            assert!(
+                l.contains(&format!("-genv UCX_IB_PKEY {}", pkey_value())),
+                "{l}"
+            );
+        }
+        // not without InfiniBand, not on NetworkDirect or an unknown size, not for Intel MPI
+        for (mpi, ib) in [
+            (on(Rdma::SrIov, MpiRuntime::OpenMpi), false),
+            (on(Rdma::NetworkDirect, MpiRuntime::OpenMpi), true),
+            (spec(MpiRuntime::OpenMpi, &[], None), true),
+            (on(Rdma::SrIov, MpiRuntime::IntelMpi), true),
+            (on(Rdma::SrIov, MpiRuntime::IntelMpiOfa), true),
+        ] {
+            let l = line(&mpi, "/app", &none, ib);
+            assert!(!l.contains("UCX_IB_PKEY"), "{mpi:?} ib={ib}: {l}");
+        }
+    }
+
+    #[test]
+    fn users_partition_key_wins() {
+        let mut env = BTreeMap::new();
+        env.insert("UCX_IB_PKEY".to_string(), "0x0005".to_string());
+        let l = line(&on(Rdma::SrIov, MpiRuntime::OpenMpi), "/app", &env, true);
+        assert!(!l.contains("sed -n"), "{l}");
+        // forwarded from the task's environment
+        assert!(l.contains(" -x UCX_IB_PKEY "), "{l}");
+        let l = line(&on(Rdma::SrIov, MpiRuntime::Mpich), "/app", &env, true);
+        assert!(
+            !l.contains("sed -n") && !l.contains("-genv UCX_IB_PKEY"),
+            "{l}"
+        );
+    }
+
+    /// The `FI_PROVIDER` every rank gets (`None`: not set at all).
+    fn fi_provider_of(mpi: &MpiSpec, env: &BTreeMap<String, String>, ib: bool) -> Option<String> {
+        let task = Field::job("j").key("tasks").index(0);
+        let ctx = LaunchContext::new(&task, env, ib);
+        let plan = launch_request(mpi, "/app", ctx).unwrap().build().unwrap();
+        plan.env()
+            .iter()
+            .find(|(k, _)| k == "FI_PROVIDER")
+            .map(|(_, v)| match v.as_literal() {
+                Some(l) => l.to_string(),
+                None => format!("{v:?}"),
+            })
+    }
+
+    #[test]
+    fn fi_provider_follows_the_flavour_and_the_size() {
+        let none = BTreeMap::new();
+        let intel = || spec(MpiRuntime::IntelMpi, &[], None);
+        let ofa = || spec(MpiRuntime::IntelMpiOfa, &[], None);
+        let mlx = Some("mlx".to_string());
+        let tcp = Some("tcp".to_string());
+        for (mpi, ib, want) in [
+            // no InfiniBand: the launcher's tcp default
+            (intel(), false, tcp.clone()),
+            (ofa(), false, tcp.clone()),
+            // SR-IOV (and InfiniBand on a size shipyard does not classify): mlx
+            (on(Rdma::SrIov, MpiRuntime::IntelMpi), true, mlx.clone()),
+            (intel(), true, mlx.clone()),
+            // NetworkDirect: DAPL, no libfabric provider at all
+            (on(Rdma::NetworkDirect, MpiRuntime::IntelMpi), true, None),
+            (on(Rdma::NetworkDirect, MpiRuntime::IntelMpiOfa), true, None),
+            // intelmpi-ofa: the OFA fabric, none either
+            (on(Rdma::SrIov, MpiRuntime::IntelMpiOfa), true, None),
+            (ofa(), true, None),
+        ] {
+            assert_eq!(fi_provider_of(&mpi, &none, ib), want, "{mpi:?} ib={ib}");
+        }
+        // the user's value wins everywhere, passed through
+        let mut env = BTreeMap::new();
+        env.insert("FI_PROVIDER".to_string(), "verbs".to_string());
+        for mpi in [
+            on(Rdma::SrIov, MpiRuntime::IntelMpi),
+            on(Rdma::NetworkDirect, MpiRuntime::IntelMpi),
+            on(Rdma::SrIov, MpiRuntime::IntelMpiOfa),
+        ] {
+            let got = fi_provider_of(&mpi, &env, true).unwrap_or_default();
+            assert!(got.contains("Var(\"FI_PROVIDER\")"), "{mpi:?}: {got}");
+        }
     }
 
     #[test]

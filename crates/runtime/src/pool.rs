@@ -467,7 +467,8 @@ impl PoolSpec {
     /// - `infiniband = true` on RDMA sizes when inter-node communication is on, where neither
     ///   the task nor the job set it, and for MPI tasks on InfiniBand the fabric variables of
     ///   [`crate::vmsize::fabric_env`] — each only where the job and task environment lack
-    ///   it, so the user's value wins (Batch Shipyard issue #339).
+    ///   it, so the user's value wins (Batch Shipyard issue #339) — and the size's kind of
+    ///   InfiniBand in `mpi.rdma`, for the launcher's settings.
     pub fn prepare_job(
         &self,
         job: &JobSpec,
@@ -517,7 +518,8 @@ impl PoolSpec {
                 }
                 mi.num_instances = NumInstances::Count(n);
             }
-            if let (Some(mpi), Some(rdma), true) = (&mi.mpi, facts.rdma, ib) {
+            if let (Some(mpi), Some(rdma), true) = (mi.mpi.as_mut(), facts.rdma, ib) {
+                mpi.rdma = Some(rdma);
                 for (k, v) in crate::vmsize::fabric_env(mpi.runtime, rdma) {
                     if !job_env.contains_key(k) && !task.environment_variables.contains_key(k) {
                         task.environment_variables
@@ -615,7 +617,8 @@ impl PoolSpec {
     }
 
     /// The pool's start task: `additional_node_prep.commands.pre`, the installation of
-    /// `container_runtimes.install`, the runtimes' own start task (`planned`), the user's
+    /// `container_runtimes.install`, on SR-IOV InfiniBand sizes the partition key files
+    /// ([`crate::vmsize::partition_key_script`]), the runtimes' own start task (`planned`), the user's
     /// `start_task.command`, then `additional_node_prep.commands.post`, in one
     /// `/bin/bash -c 'set -e; ...'`; resource files and environment merged (the planned
     /// task's values win on a name clash).
@@ -630,10 +633,12 @@ impl PoolSpec {
             .map(|c| c.install.clone())
             .unwrap_or_default();
         let user = self.start_task.as_ref();
+        let sriov = crate::vmsize::facts(&self.vm_size).rdma == Some(crate::vmsize::Rdma::SrIov);
         if prep.commands.pre.is_empty()
             && prep.commands.post.is_empty()
             && install.is_empty()
             && user.is_none()
+            && !sriov
         {
             return Ok(planned);
         }
@@ -650,6 +655,9 @@ impl PoolSpec {
                 )
             })?;
             lines.push(script);
+        }
+        if sriov {
+            lines.push(crate::vmsize::partition_key_script());
         }
         if let Some(p) = &planned {
             lines.push(p.command_line.clone());
@@ -744,6 +752,16 @@ mod tests {
         assert_eq!(t0.environment_variables["FI_PROVIDER"], "verbs");
         assert_eq!(t0.environment_variables["I_MPI_FABRICS"], "shm:ofi");
         assert_eq!(t0.environment_variables["I_MPI_FALLBACK"], "0");
+        // the size's kind of InfiniBand, for the launcher; none for a task without it
+        let rdma = |j: &JobSpec, i: usize| {
+            j.tasks[i]
+                .multi_instance
+                .as_ref()
+                .and_then(|m| m.mpi.as_ref())
+                .and_then(|m| m.rdma)
+        };
+        assert_eq!(rdma(&j, 0), Some(crate::vmsize::Rdma::SrIov));
+        assert_eq!(rdma(&j, 1), None);
         let t1 = &j.tasks[1];
         assert_eq!(t1.infiniband, Some(false));
         assert!(t1.environment_variables.is_empty());
@@ -764,6 +782,16 @@ mod tests {
             "{e}"
         );
         assert!(e.contains("no low-priority nodes"), "{e}");
+        p.vm_count = VmCount::Split {
+            dedicated: 3,
+            low_priority: 2,
+        };
+        p.vm_size = "Standard_H16r".into();
+        let j = p.prepare_job(&job, None).unwrap();
+        assert_eq!(rdma(&j, 0), Some(crate::vmsize::Rdma::NetworkDirect));
+        p.vm_size = "Standard_D4s_v5".into();
+        let j = p.prepare_job(&job, None).unwrap();
+        assert_eq!(rdma(&j, 0), None);
         // GPU sizes get gpus = all; no inter-node communication, no infiniband
         p.vm_size = "Standard_NC24rs_v3".into();
         p.vm_count = VmCount::Split {
@@ -774,6 +802,34 @@ mod tests {
         let j = p.prepare_job(&job, None).unwrap();
         assert_eq!(j.tasks[0].gpus.as_deref(), Some("all"));
         assert_eq!(j.tasks[0].infiniband, None);
+        assert_eq!(rdma(&j, 0), None);
+    }
+
+    #[test]
+    fn sriov_pools_write_the_partition_key_in_node_prep() {
+        let mut p = PoolSpec::new("p");
+        p.vm_count = VmCount::Dedicated(2);
+        for size in [
+            "Standard_HB120rs_v3",
+            "Standard_HC44rs",
+            "Standard_ND96asr_v4",
+        ] {
+            p.vm_size = size.into();
+            let st = p.start_task(None).unwrap().unwrap();
+            assert!(
+                st.command_line
+                    .contains("/sys/class/infiniband/mlx5_0/ports/1/pkeys/0")
+                    && st.command_line.contains("/wd/UCX_IB_PKEY"),
+                "{size}: {}",
+                st.command_line
+            );
+            assert_eq!(st.user_identity, Some(pool_admin()), "{size}");
+        }
+        // NetworkDirect and plain sizes: no key file, and no start task at all without one
+        for size in ["Standard_H16r", "Standard_NC24r", "Standard_D4s_v5"] {
+            p.vm_size = size.into();
+            assert_eq!(p.start_task(None).unwrap(), None, "{size}");
+        }
     }
 
     #[test]

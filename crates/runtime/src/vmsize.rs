@@ -119,6 +119,92 @@ pub fn fabric_env(runtime: MpiRuntime, rdma: Rdma) -> Vec<(&'static str, &'stati
     }
 }
 
+/// Where node preparation writes the InfiniBand partition key on SR-IOV nodes, under
+/// `$AZ_BATCH_NODE_STARTUP_DIR` (the start task's working directory, as Batch Shipyard's
+/// `shipyard_nodeprep.sh` does): one line `UCX_IB_PKEY=0x....`.
+pub const UCX_IB_PKEY_FILE: &str = "wd/UCX_IB_PKEY";
+
+/// The full partition key, beside [`UCX_IB_PKEY_FILE`]: one line `IB_PKEY=0x....`.
+pub const IB_PKEY_FILE: &str = "wd/IB_PKEY";
+
+/// The variable UCX reads the partition key from.
+pub const UCX_IB_PKEY: &str = "UCX_IB_PKEY";
+
+/// The node's path of [`UCX_IB_PKEY_FILE`], for a shell.
+pub fn ucx_ib_pkey_path() -> String {
+    format!("$AZ_BATCH_NODE_STARTUP_DIR/{UCX_IB_PKEY_FILE}")
+}
+
+/// Node-preparation statements (bash, no `set -e` needed) writing the partition key files on
+/// an SR-IOV node: the larger of pkeys 0 and 1 of `mlx5_0` port 1 is the tenant's key; UCX
+/// wants it without the membership bit (`key & 0x0fff`, 4 hex digits). Without the device the
+/// node keeps no key file and says so on stderr (the start task still succeeds: a pool that
+/// never uses InfiniBand is not broken by it).
+pub fn partition_key_script() -> String {
+    let pkeys = PKEYS_DIR;
+    format!(
+        "if [ -r {pkeys}/0 ]; then \
+shipyard_pk0=$(cat {pkeys}/0); shipyard_pk1=$(cat {pkeys}/1 2>/dev/null || echo 0); \
+shipyard_pk=$(( shipyard_pk0 > shipyard_pk1 ? shipyard_pk0 : shipyard_pk1 )); \
+printf 'IB_PKEY=0x%04x\\n' \"$shipyard_pk\" > \"$AZ_BATCH_NODE_STARTUP_DIR/{IB_PKEY_FILE}\"; \
+printf '{UCX_IB_PKEY}=0x%04x\\n' \"$(( shipyard_pk & 0x0fff ))\" > \"{ucx}\"; \
+else echo 'shipyard: no InfiniBand partition keys at {pkeys}; {UCX_IB_PKEY} is not written' >&2; fi",
+        ucx = ucx_ib_pkey_path(),
+    )
+}
+
+/// The sysfs directory of the partition keys of `mlx5_0` port 1.
+const PKEYS_DIR: &str = "/sys/class/infiniband/mlx5_0/ports/1/pkeys";
+
+/// A POSIX-sh command printing the partition key [`partition_key_script`] wrote (`0x....`),
+/// run where the launcher runs, when it runs: the value exists only on the node. Where the
+/// file is missing (a pool prepared before shipyard wrote it) the key is computed the same way
+/// from sysfs (the kernel prints every pkey as `0x%04x`, so the lexically largest is the
+/// largest); with neither it prints nothing (and the shell says why on stderr).
+pub fn partition_key_command() -> String {
+    format!(
+        "sed -n 's/^{UCX_IB_PKEY}=//p' \"{file}\" 2>/dev/null | grep . || \
+printf '0x%04x' \"$(( $(sort -r {PKEYS_DIR}/0 {PKEYS_DIR}/1 2>/dev/null | head -n 1) & 0x0fff ))\"",
+        file = ucx_ib_pkey_path()
+    )
+}
+
+/// Whether an MPI on InfiniBand over `rdma` gives its ranks the partition key
+/// ([`UCX_IB_PKEY`]): the UCX-based ones on SR-IOV, as Batch Shipyard does (Open MPI's
+/// `-x UCX_IB_PKEY`, MPICH's and MVAPICH's `-env`); Intel MPI reaches UCX through libfabric's
+/// mlx provider and gets none from Batch Shipyard.
+pub fn uses_partition_key(runtime: MpiRuntime, rdma: Option<Rdma>) -> bool {
+    rdma == Some(Rdma::SrIov)
+        && matches!(
+            runtime,
+            MpiRuntime::OpenMpi | MpiRuntime::Mpich | MpiRuntime::Mvapich
+        )
+}
+
+/// What Intel MPI's ranks get as `FI_PROVIDER` (libfabric's provider) where the user set none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FiProvider {
+    /// The launcher's default (`tcp`: no InfiniBand, or not an Intel MPI).
+    Default,
+    /// This provider.
+    Set(&'static str),
+    /// None at all: the fabric does not use libfabric (DAPL on NetworkDirect, OFA).
+    Unset,
+}
+
+/// The `FI_PROVIDER` of an MPI `runtime`, on InfiniBand or not, over `rdma` when the VM size
+/// is known, as Batch Shipyard sets it: `mlx` for `intelmpi` on SR-IOV (and on InfiniBand of
+/// a size it does not classify); nothing for `intelmpi-ofa` (OFA fabric) or on NetworkDirect
+/// (DAPL fabric), where the tcp default would only mislead.
+pub fn fi_provider(runtime: MpiRuntime, infiniband: bool, rdma: Option<Rdma>) -> FiProvider {
+    match (runtime, infiniband, rdma) {
+        (MpiRuntime::IntelMpi | MpiRuntime::IntelMpiOfa, true, Some(Rdma::NetworkDirect))
+        | (MpiRuntime::IntelMpiOfa, true, _) => FiProvider::Unset,
+        (MpiRuntime::IntelMpi, true, _) => FiProvider::Set("mlx"),
+        _ => FiProvider::Default,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -157,6 +243,109 @@ mod tests {
         }
         assert_eq!(default_gpus("standard_nc6"), Some("all"));
         assert_eq!(default_gpus("Standard_D2s_v5"), None);
+    }
+
+    /// Runs [`partition_key_script`] with sysfs under `root` (pkeys `keys`, none when empty);
+    /// returns the key files it wrote in the startup directory.
+    fn run_key_script(keys: &[&str]) -> (Option<String>, Option<String>, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let pkeys = dir.path().join("sys/class/infiniband/mlx5_0/ports/1/pkeys");
+        std::fs::create_dir_all(&pkeys).unwrap();
+        for (i, k) in keys.iter().enumerate() {
+            std::fs::write(pkeys.join(i.to_string()), format!("{k}\n")).unwrap();
+        }
+        let startup = dir.path().join("startup");
+        std::fs::create_dir_all(startup.join("wd")).unwrap();
+        let script =
+            partition_key_script().replace("/sys/", &format!("{}/sys/", dir.path().display()));
+        let out = std::process::Command::new("bash")
+            .arg("-c")
+            .arg(format!("set -e; {script}"))
+            .env("AZ_BATCH_NODE_STARTUP_DIR", &startup)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let read = |f: &str| std::fs::read_to_string(startup.join(f)).ok();
+        (
+            read(UCX_IB_PKEY_FILE),
+            read(IB_PKEY_FILE),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    #[test]
+    fn node_prep_writes_the_larger_pkey_without_the_membership_bit() {
+        // the tenant's key is the larger one, wherever it is
+        let (ucx, ib, _) = run_key_script(&["0x800b", "0x7fff"]);
+        assert_eq!(ucx.as_deref(), Some("UCX_IB_PKEY=0x000b\n"));
+        assert_eq!(ib.as_deref(), Some("IB_PKEY=0x800b\n"));
+        let (ucx, ib, _) = run_key_script(&["0x7fff", "0x8a01"]);
+        assert_eq!(ucx.as_deref(), Some("UCX_IB_PKEY=0x0a01\n"));
+        assert_eq!(ib.as_deref(), Some("IB_PKEY=0x8a01\n"));
+        // one key only
+        let (ucx, _, _) = run_key_script(&["0xffff"]);
+        assert_eq!(ucx.as_deref(), Some("UCX_IB_PKEY=0x0fff\n"));
+        // no device: nothing written, the start task goes on, and says why
+        let (ucx, ib, err) = run_key_script(&[]);
+        assert_eq!((ucx, ib), (None, None));
+        assert!(err.contains("no InfiniBand partition keys"), "{err}");
+    }
+
+    /// What [`partition_key_command`] gives a launch line (`"$(...)"`, run by `sh`), with the
+    /// key file holding `file` and sysfs the pkeys `sysfs` (each absent when `None`/empty).
+    fn launch_reads(file: Option<&str>, sysfs: &[&str]) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("wd")).unwrap();
+        if let Some(f) = file {
+            std::fs::write(dir.path().join(UCX_IB_PKEY_FILE), f).unwrap();
+        }
+        let pkeys = dir.path().join("sys/class/infiniband/mlx5_0/ports/1/pkeys");
+        std::fs::create_dir_all(&pkeys).unwrap();
+        for (i, k) in sysfs.iter().enumerate() {
+            std::fs::write(pkeys.join(i.to_string()), format!("{k}\n")).unwrap();
+        }
+        let cmd =
+            partition_key_command().replace("/sys/", &format!("{}/sys/", dir.path().display()));
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("printf %s \"$({cmd})\""))
+            .env("AZ_BATCH_NODE_STARTUP_DIR", dir.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    #[test]
+    fn launcher_reads_the_key_node_prep_wrote() {
+        // the file wins over sysfs
+        assert_eq!(
+            launch_reads(Some("UCX_IB_PKEY=0x000b\n"), &["0x8001", "0x7fff"]),
+            "0x000b"
+        );
+        // no file (a pool prepared before it was written): computed from sysfs alike
+        assert_eq!(launch_reads(None, &["0x7fff", "0x800b"]), "0x000b");
+        assert_eq!(launch_reads(Some(""), &["0x8a01", "0x7fff"]), "0x0a01");
+        // neither: nothing
+        assert_eq!(launch_reads(None, &[]), "");
+        assert!(uses_partition_key(MpiRuntime::Mvapich, Some(Rdma::SrIov)));
+        assert!(!uses_partition_key(
+            MpiRuntime::OpenMpi,
+            Some(Rdma::NetworkDirect)
+        ));
+        assert!(!uses_partition_key(MpiRuntime::IntelMpi, Some(Rdma::SrIov)));
+        assert_eq!(
+            fi_provider(MpiRuntime::IntelMpi, true, Some(Rdma::SrIov)),
+            FiProvider::Set("mlx")
+        );
+        assert_eq!(
+            fi_provider(MpiRuntime::IntelMpi, true, Some(Rdma::NetworkDirect)),
+            FiProvider::Unset
+        );
+        assert_eq!(
+            fi_provider(MpiRuntime::OpenMpi, true, Some(Rdma::SrIov)),
+            FiProvider::Default
+        );
     }
 
     #[test]
