@@ -604,3 +604,109 @@ async fn engine_host_tasks_run_on_the_node_and_stop_without_it() -> anyhow::Resu
     wait_for("pool deletion", 60, || e.get_pool("ph").is_err()).await;
     Ok(())
 }
+
+/// IDs and names of the running containers of engine `instance` carrying `label` (any value).
+fn containers_with(instance: &str, label: &str) -> Vec<(String, String)> {
+    use shipyard_local::engine::labels;
+    let out = std::process::Command::new("docker")
+        .args([
+            "ps",
+            "--no-trunc",
+            "--format",
+            "{{.ID}} {{.Names}}",
+            "--filter",
+        ])
+        .arg(format!("label={}={instance}", labels::INSTANCE))
+        .arg("--filter")
+        .arg(format!("label={label}"))
+        .output()
+        .expect("docker runs");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .map(|(id, name)| (id.to_string(), name.to_string()))
+        .collect()
+}
+
+/// A multi-instance task's containers come from spares when the same container was asked for
+/// before: after the first task ends, a spare (a fresh `sleep infinity` container of the same
+/// image and options) is made on each node; the next identical task runs in those very
+/// containers, renamed; and as that task repeats the container, the next spares are made
+/// while it runs. The pool's deletion leaves none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engine_repeated_multi_instance_tasks_run_in_spares_made_ahead() -> anyhow::Result<()> {
+    use shipyard_local::engine::labels;
+    if !shipyard_e2e::require_test_image() {
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let e = Engine::open(EngineOptions::new(dir.path())).await?;
+    let inst = e.instance_label().to_string();
+    e.add_pool(pool("psp", 2, 1)).await?;
+    wait_idle(&e, "psp", 2, 120).await;
+    e.add_job(job(
+        "jsp",
+        "psp",
+        serde_json::json!({"onAllTasksComplete": "noaction"}),
+    ))
+    .await?;
+    let mi = |id: &str, app: &str| -> TaskAddParameter {
+        model!({
+            "id": id, "commandLine": app,
+            "containerSettings": {"imageName": TEST_IMAGE, "containerRunOptions": "--shm-size=64m"},
+            "multiInstanceSettings": {"numberOfInstances": 2, "coordinationCommandLine": "/bin/true"}
+        })
+    };
+    e.add_tasks("jsp", vec![mi("first", "/bin/true")]).await?;
+    let first = completed(&e, "jsp", "first", 60).await;
+    assert_eq!(result(&first).1, Some(0));
+    let mut spares = Vec::new();
+    wait_for("a spare on each node", 30, || {
+        spares = containers_with(&inst, labels::SPARE);
+        spares.len() == 2
+    })
+    .await;
+    e.add_tasks("jsp", vec![mi("second", "/bin/sleep 8")])
+        .await?;
+    wait_for("the second task to run", 30, || {
+        e.get_task("jsp", "second")
+            .is_ok_and(|t| t.state == Some(shipyard_batch_api::models::TaskState::Running))
+    })
+    .await;
+    let mut now = Vec::new();
+    wait_for("the spares renamed to the task's containers", 30, || {
+        now = containers_with(&inst, labels::SPARE);
+        spares
+            .iter()
+            .all(|(id, _)| now.iter().any(|(i, n)| i == id && n.contains("second")))
+    })
+    .await;
+    wait_for("new spares made while the repeat runs", 30, || {
+        let running = e
+            .get_task("jsp", "second")
+            .is_ok_and(|t| t.state == Some(shipyard_batch_api::models::TaskState::Running));
+        let fresh = containers_with(&inst, labels::SPARE)
+            .into_iter()
+            .filter(|(id, _)| !spares.iter().any(|(s, _)| s == id))
+            .count();
+        assert!(
+            running || fresh == 2,
+            "the task ended before new spares were made"
+        );
+        fresh == 2
+    })
+    .await;
+    let second = completed(&e, "jsp", "second", 60).await;
+    assert_eq!(result(&second).1, Some(0));
+    e.delete_pool("psp").await?;
+    wait_for("pool deletion", 60, || e.get_pool("psp").is_err()).await;
+    let left = std::process::Command::new("docker")
+        .args(["ps", "-aq", "--filter"])
+        .arg(format!("label={}={inst}", labels::INSTANCE))
+        .output()?;
+    assert!(
+        String::from_utf8_lossy(&left.stdout).trim().is_empty(),
+        "containers left after the pool's deletion"
+    );
+    Ok(())
+}
