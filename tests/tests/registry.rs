@@ -300,8 +300,15 @@ async fn local_runs_pull_task_images_with_the_registry_login() -> Result<()> {
         "tag: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // The test's tag goes with the test, passed or failed.
+    struct Untag<'a>(&'a Path, &'a str);
+    impl Drop for Untag<'_> {
+        fn drop(&mut self) {
+            let _ = docker(self.0, &["image", "rm", "-f", self.1], None);
+        }
+    }
+    let _untag = Untag(&config, &image);
     push_then_forget(&config, &server, &password, &image)?;
-    let remove = || docker(&config, &["image", "rm", "-f", &image], None);
 
     let job = |id: &str| LocalJob {
         id: id.into(),
@@ -351,6 +358,5 @@ async fn local_runs_pull_task_images_with_the_registry_login() -> Result<()> {
     assert_eq!(stdout.trim(), "ran-from-the-private-registry");
     let out = docker(&config, &["image", "inspect", &image], None)?;
     assert!(out.status.success(), "image not present after the run");
-    let _ = remove();
     Ok(())
 }
