@@ -466,7 +466,10 @@ fn release_nodes(
             }
             if nr.tasks.is_empty() {
                 nr.used_slots = 0;
-                set_node_state(&mut nr.node, ComputeNodeState::Idle);
+                // An unusable node (its engine died) stays so.
+                if matches!(nr.node.state, Some(ComputeNodeState::Running)) {
+                    set_node_state(&mut nr.node, ComputeNodeState::Idle);
+                }
             }
             nr.node.running_task_slots_count = Some(nr.used_slots);
             keys.push(Key::Node(pool.to_string(), n.clone()));
@@ -859,10 +862,28 @@ impl Engine {
         if let Ok(mut c) = self.inner.cancels.lock() {
             c.remove(&(job.clone(), task.clone()));
         }
-        let cancelled = cancel.is_cancelled() && !self.inner.shutdown.is_cancelled();
         if self.inner.shutdown.is_cancelled() {
             return;
         }
+        // An attempt that did not succeed may have lost a node: its engine died (the health
+        // monitor ended the attempt, or the run failed because of it).
+        let dead = if code == Some(0) && fail.is_none() {
+            None
+        } else {
+            self.dead_node_of(&pool, &nodes).await
+        };
+        if let Some((node, message)) = &dead {
+            fail = Some(TaskFailureInformation {
+                category: ErrorCategory::ServerError,
+                ..failure(
+                    "NodeUnusable",
+                    format!(
+                        "node {node} of pool {pool} became unusable while the task ran: {message}"
+                    ),
+                )
+            });
+        }
+        let cancelled = dead.is_none() && cancel.is_cancelled();
         let mut action = None;
         {
             let mut st = self.lock();
@@ -896,12 +917,15 @@ impl Engine {
                     .or(job_retries)
                     .unwrap_or(0);
                 let retry_count = t.task.execution_info.as_ref().map_or(0, |i| i.retry_count);
-                // Batch retries non-zero exits only (not pre-processing/upload failures or termination).
-                if !ok && !cancelled && fail.is_none() && (max == -1 || retry_count < max) {
+                // Batch retries non-zero exits and lost nodes only (not pre-processing/upload
+                // failures or termination).
+                let retriable = fail.is_none() || dead.is_some();
+                if !ok && !cancelled && retriable && (max == -1 || retry_count < max) {
                     let info = t.task.execution_info.get_or_insert_with(Default::default);
                     info.retry_count += 1;
                     info.last_retry_time = Some(now());
                     info.exit_code = code;
+                    info.failure_info = fail.clone();
                     set_task_state(&mut t.task, TaskState::Active);
                     if let Some(q) = st.queues.get_mut(&job) {
                         q.first = 0;
@@ -1698,4 +1722,171 @@ pub(crate) async fn end_job(e: &Engine, job: &str, reason: String, delete: bool)
         }
     }
     let _ = e.save(&st, &[Key::Job(job.to_string())]);
+}
+
+/// How often the nodes that run tasks are checked for a dead engine (holder container or
+/// dockerd): one inspect or socket ping per such node.
+const BUSY_NODE_CHECK: Duration = Duration::from_secs(2);
+/// How often idle nodes are checked.
+const IDLE_NODE_CHECK: Duration = Duration::from_secs(10);
+
+/// The node error of a node whose engine died: `vm` for VM-like nodes (their dockerd),
+/// else the holder container `holder`; `when` says how it was found.
+pub(crate) fn death_error(
+    vm: bool,
+    node: &str,
+    holder: &str,
+    when: &str,
+) -> shipyard_batch_api::models::ComputeNodeError {
+    let (code, what) = if vm {
+        (
+            "NodeEngineDied",
+            format!("the Docker engine (dockerd) of node {node} exited or does not answer"),
+        )
+    } else {
+        (
+            "NodeContainerGone",
+            format!("the holder container {holder} of node {node} is gone or stopped"),
+        )
+    };
+    shipyard_batch_api::models::ComputeNodeError {
+        code: Some(code.into()),
+        message: Some(format!("{what} ({when})")),
+        error_details: None,
+    }
+}
+
+impl Engine {
+    /// Checks node engines while the engine runs: nodes with running tasks every
+    /// [`BUSY_NODE_CHECK`], idle ones every [`IDLE_NODE_CHECK`]. A dead node becomes unusable
+    /// and its tasks' attempts end (see [`Engine::node_died`]).
+    pub(crate) fn spawn_health_monitor(&self) {
+        let weak = Arc::downgrade(&self.inner);
+        let shutdown = self.inner.shutdown.clone();
+        tokio::spawn(async move {
+            let mut last_idle = std::time::Instant::now();
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(BUSY_NODE_CHECK) => {}
+                    _ = shutdown.cancelled() => return,
+                }
+                let Some(inner) = weak.upgrade() else { return };
+                let e = Engine { inner };
+                let idle = last_idle.elapsed() >= IDLE_NODE_CHECK;
+                if idle {
+                    last_idle = std::time::Instant::now();
+                }
+                e.check_nodes(idle).await;
+            }
+        });
+    }
+
+    /// Checks the running nodes (and, with `idle`, the idle ones) of active pools.
+    async fn check_nodes(&self, idle: bool) {
+        let nodes: Vec<(String, String)> = {
+            let st = self.lock();
+            st.nodes
+                .values()
+                .filter(|n| {
+                    st.pools.get(&n.pool).is_some_and(|p| {
+                        matches!(
+                            p.pool.state,
+                            Some(shipyard_batch_api::models::PoolState::Active)
+                        )
+                    })
+                })
+                .filter(|n| match n.node.state {
+                    Some(ComputeNodeState::Running) => true,
+                    Some(ComputeNodeState::Idle) => idle,
+                    _ => false,
+                })
+                .map(|n| (n.pool.clone(), n.id().to_string()))
+                .collect()
+        };
+        let checks = nodes.iter().map(|(pool, node)| async move {
+            self.check_alive(pool, node, "found while a task ran").await
+        });
+        futures::future::join_all(checks).await;
+    }
+
+    /// Whether node `pool/node` is usable: an unusable node is not; otherwise its engine is
+    /// checked, and a dead one is marked (`when` goes into the node error). Returns the node's
+    /// error message when it is dead.
+    pub(crate) async fn check_alive(&self, pool: &str, node: &str, when: &str) -> Option<String> {
+        let r = {
+            let st = self.lock();
+            let n = st.nodes.get(&(pool.to_string(), node.to_string()))?;
+            if matches!(n.node.state, Some(ComputeNodeState::Unusable)) {
+                return Some(node_error_text(n));
+            }
+            self.node_ref(&st, pool, node)?
+        };
+        if self.kind_of(pool).node_alive(&r).await {
+            return None;
+        }
+        Some(self.node_died(pool, node, when))
+    }
+
+    /// Marks a node whose engine died unusable (with a node error naming it and what died)
+    /// and ends the attempts of the tasks on it; they are retried elsewhere when their
+    /// retries allow ([`Engine::run_task`]). Returns the error message.
+    pub(crate) fn node_died(&self, pool: &str, node: &str, when: &str) -> String {
+        let vm = self
+            .lock()
+            .pools
+            .get(pool)
+            .is_some_and(|p| super::is_vm_pool(&p.params));
+        let mut tasks = Vec::new();
+        let mut message = String::new();
+        self.update_node(pool, node, |n| {
+            if !matches!(n.node.state, Some(ComputeNodeState::Unusable)) {
+                let err = death_error(vm, node, &n.holder, when);
+                tracing::warn!(pool, node, error = ?err.message, "node engine died");
+                set_node_state(&mut n.node, ComputeNodeState::Unusable);
+                n.node.errors = Some(vec![err]);
+            }
+            message = node_error_text(n);
+            tasks = n.tasks.clone();
+        });
+        for t in tasks {
+            if let Some((j, t)) = t.split_once('/') {
+                self.cancel_task(j, t);
+            }
+        }
+        self.wake();
+        message
+    }
+
+    /// The first node of `nodes` (of `pool`) that is unusable or whose engine is dead, with
+    /// its error message.
+    pub(crate) async fn dead_node_of(
+        &self,
+        pool: &str,
+        nodes: &[String],
+    ) -> Option<(String, String)> {
+        for n in nodes {
+            if let Some(m) = self
+                .check_alive(pool, n, "found when a task on it failed")
+                .await
+            {
+                return Some((n.clone(), m));
+            }
+        }
+        None
+    }
+}
+
+/// A node's first error message (its code when it has none).
+fn node_error_text(n: &super::state::NodeRec) -> String {
+    n.node
+        .errors
+        .as_ref()
+        .and_then(|e| e.first())
+        .map(|e| {
+            e.message
+                .clone()
+                .or_else(|| e.code.clone())
+                .unwrap_or_default()
+        })
+        .unwrap_or_else(|| format!("node {} is unusable", n.id()))
 }

@@ -200,6 +200,7 @@ impl Engine {
         };
         engine.recover().await?;
         engine.spawn_scheduler();
+        engine.spawn_health_monitor();
         Ok(engine)
     }
 
@@ -304,6 +305,12 @@ impl Engine {
         let (stale_containers, deleting) = {
             let mut stale_containers = Vec::new();
             let mut st = self.lock();
+            let vm_pools: std::collections::HashSet<String> = st
+                .pools
+                .values()
+                .filter(|p| is_vm_pool(&p.params))
+                .map(|p| p.params.id.clone())
+                .collect();
             let mut keys = Vec::new();
             for ((pool, id), n) in st.nodes.iter_mut() {
                 n.used_slots = 0;
@@ -312,11 +319,13 @@ impl Engine {
                 n.node.running_task_slots_count = Some(0);
                 if dead.contains(&(pool.clone(), id.clone())) {
                     set_node_state(&mut n.node, ComputeNodeState::Unusable);
-                    n.node.errors = Some(vec![shipyard_batch_api::models::ComputeNodeError {
-                    code: Some("NodeContainerGone".into()),
-                    message: Some(format!("the holder container {} of node {id} is gone (found when the engine reopened)", n.holder)),
-                    error_details: None,
-                }]);
+                    let vm = vm_pools.contains(pool);
+                    n.node.errors = Some(vec![exec::death_error(
+                        vm,
+                        id,
+                        &n.holder,
+                        "found when the engine reopened",
+                    )]);
                 } else if matches!(n.node.state, Some(ComputeNodeState::Running)) {
                     set_node_state(&mut n.node, ComputeNodeState::Idle);
                 } else if matches!(
