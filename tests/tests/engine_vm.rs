@@ -11,7 +11,7 @@ use std::time::Instant;
 
 #[path = "engine_support.rs"]
 mod engine_support;
-use engine_support::{task_outputs, wait_for, wait_idle};
+use engine_support::{completed, task_outputs, task_text, wait_for, wait_idle};
 
 use shipyard_batch_api::models::{TaskExecutionResult, TaskState};
 use shipyard_e2e::HelloReport;
@@ -257,4 +257,153 @@ async fn delete_and_check(e: &Engine, pool_id: &str, vm_state: &Path) -> anyhow:
     );
     assert!(node_sockets(vm_state).is_empty());
     Ok(())
+}
+
+/// The pid in a node's `dockerd.pid` (next to its socket).
+fn engine_pid(socket: &Path) -> Option<u32> {
+    let dir = socket.parent()?;
+    std::fs::read_to_string(dir.join("dockerd.pid"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vm_like_pool_grows_to_two_nodes_that_reach_each_other_and_shrinks_back(
+) -> anyhow::Result<()> {
+    if !shipyard_e2e::require_vm_nodes() {
+        return Ok(());
+    }
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir()?;
+    let vm_state = dir.path().join("vm");
+    let tag = format!("{}r", std::process::id());
+    let e = Engine::open(engine_options(dir.path(), &tag)).await?;
+    let pool: shipyard_batch_api::models::PoolAddParameter = model!({
+        "id": "rz", "vmSize": "standard_d2s_v3", "targetDedicatedNodes": 1,
+        "taskSlotsPerNode": 1,
+        "virtualMachineConfiguration": {
+            "imageReference": {}, "nodeAgentSKUId": "batch.node.ubuntu 22.04"
+        }
+    });
+    let t0 = Instant::now();
+    e.add_pool(pool).await?;
+    wait_idle(&e, "rz", 1, 180).await;
+    let first = node_sockets(&vm_state);
+    assert_eq!(first.len(), 1);
+    let created = t0.elapsed().as_secs_f64();
+
+    let t1 = Instant::now();
+    e.resize_pool("rz", model!({"targetDedicatedNodes": 2}))
+        .await?;
+    wait_idle(&e, "rz", 2, 120).await;
+    wait_for("steady", 30, || {
+        e.get_pool("rz").is_ok_and(|p| {
+            p.allocation_state == Some(shipyard_batch_api::models::AllocationState::Steady)
+                && p.current_dedicated_nodes == Some(2)
+        })
+    })
+    .await;
+    let grown = t1.elapsed().as_secs_f64();
+    let sockets = node_sockets(&vm_state);
+    assert_eq!(sockets.len(), 2, "one engine per node: {sockets:?}");
+    let new_socket = sockets
+        .iter()
+        .find(|s| !first.contains(s))
+        .cloned()
+        .expect("the new node has its own engine");
+
+    // Both nodes (the first one and the new one): every /etc/hosts names both, the engine
+    // answers and holds the pool's image (from the image cache, as the first node's), and
+    // the other node's address answers on the bridge (a refused connection is the other
+    // node's kernel answering).
+    e.add_job(model!({
+        "id": "rj", "poolInfo": {"poolId": "rz"}, "onAllTasksComplete": "terminatejob"
+    }))
+    .await?;
+    let check = format!(
+        "getent hosts node-0 node-1 | wc -l | grep -qx 2 && \
+         docker info -f {{{{.Name}}}} && docker image inspect -f ok {}",
+        shipyard_e2e::TEST_IMAGE
+    );
+    let probe = "for h in $(echo $AZ_BATCH_HOST_LIST | tr , \" \"); do \
+         timeout 5 bash -c \"exec 3<>/dev/tcp/$h/9\" 2>&1 | grep -q refused || exit 7; \
+         echo reached $h; done";
+    e.add_tasks(
+        "rj",
+        vec![model!({
+            "id": "both", "commandLine": format!("/bin/bash -c '{probe}'"),
+            "userIdentity": {"autoUser": {"elevationLevel": "admin", "scope": "pool"}},
+            "multiInstanceSettings": {
+                "numberOfInstances": 2,
+                "coordinationCommandLine": format!("/bin/bash -c '{check}'")
+            }
+        })],
+    )
+    .await?;
+    let t = completed(&e, "rj", "both", 120).await;
+    let info = t.execution_info.clone().unwrap_or_default();
+    let stdout = task_text(&e, "rj", "both", "stdout.txt");
+    assert_eq!(
+        info.result,
+        Some(TaskExecutionResult::Success),
+        "{:?}\n{stdout}\n{}\n{:?}",
+        info.failure_info,
+        task_outputs(&dir.path().join("engine")),
+        e.list_subtasks("rj", "both")
+    );
+    assert_eq!(stdout.matches("reached ").count(), 2, "{stdout}");
+    let subtasks = e.list_subtasks("rj", "both")?;
+    assert_eq!(subtasks.len(), 1);
+    assert_eq!(subtasks[0].exit_code, Some(0), "{subtasks:?}");
+
+    // Back to one node: the new node goes, with its namespace, engine and directories.
+    let pid = engine_pid(&new_socket).expect("the new node's dockerd pid");
+    let t2 = Instant::now();
+    e.resize_pool("rz", model!({"targetDedicatedNodes": 1}))
+        .await?;
+    wait_for("one node", 60, || {
+        e.list_nodes("rz").is_ok_and(|v| v.len() == 1)
+            && e.get_pool("rz").is_ok_and(|p| {
+                p.allocation_state == Some(shipyard_batch_api::models::AllocationState::Steady)
+            })
+    })
+    .await;
+    let shrunk = t2.elapsed().as_secs_f64();
+    assert_eq!(node_sockets(&vm_state), first, "the first node stays");
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists(),
+        "the removed node's dockerd {pid} is gone"
+    );
+    let pool_dirs: Vec<String> = std::fs::read_dir(vm_state.join("pools"))?
+        .flatten()
+        .map(|d| d.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(pool_dirs.len(), 1);
+    let netns = Command::new("ip").args(["netns", "list"]).output()?;
+    let netns = String::from_utf8_lossy(&netns.stdout);
+    assert!(
+        netns.contains(&format!("shipyard-{}-node-0", pool_dirs[0]))
+            && !netns.contains(&format!("shipyard-{}-node-1", pool_dirs[0])),
+        "only the first node's namespace is left: {netns}"
+    );
+    let links = Command::new("ip").args(["link", "show"]).output()?;
+    assert!(
+        !String::from_utf8_lossy(&links.stdout).contains(&format!("syv{}n1", pool_dirs[0])),
+        "the removed node's veth is gone"
+    );
+    let hosts = std::fs::read_to_string(vm_state.join("pools").join(&pool_dirs[0]).join("hosts"))?;
+    assert!(
+        hosts.contains("node-0") && !hosts.contains("node-1"),
+        "/etc/hosts no longer names the removed node: {hosts}"
+    );
+    assert!(
+        !new_socket.parent().is_some_and(Path::exists),
+        "its directory is gone"
+    );
+    eprintln!(
+        "engine_vm: 1 VM-like node {created:.2}s, grown to 2 in {grown:.2}s, shrunk to 1 in {shrunk:.2}s"
+    );
+    delete_and_check(&e, "rz", &vm_state).await
 }

@@ -702,7 +702,15 @@ impl Engine {
             self.cancel_task(&j, &t);
         }
         let kind = self.kind_of(id);
-        futures::future::join_all(refs.iter().map(|r| kind.remove_node(r))).await;
+        // A VM-like pool's removal removes all its nodes at once (in parallel).
+        if !self
+            .lock()
+            .pools
+            .get(id)
+            .is_some_and(|p| is_vm_pool(&p.params))
+        {
+            futures::future::join_all(refs.iter().map(|r| kind.remove_node(r))).await;
+        }
         if let Err(e) = kind.remove_labelled(labels::POOL, id).await {
             tracing::warn!(pool = id, error = %e, "removing pool containers");
         }
@@ -759,7 +767,14 @@ impl Engine {
             p.pool.allocation_state_transition_time = Some(now());
             let mut nodes: Vec<&NodeRec> = st.nodes.values().filter(|n| n.pool == id).collect();
             let current = nodes.len();
-            nodes.sort_by_key(|n| (n.used_slots, std::cmp::Reverse(n.id().to_string())));
+            // Unusable and start-task-failed nodes first, then idle ones, newest first.
+            nodes.sort_by_key(|n| {
+                let usable = !matches!(
+                    n.node.state,
+                    Some(ComputeNodeState::Unusable) | Some(ComputeNodeState::StartTaskFailed)
+                );
+                (usable, n.used_slots, std::cmp::Reverse(n.id().to_string()))
+            });
             let victims: Vec<String> = nodes
                 .iter()
                 .take(current.saturating_sub(target))
