@@ -407,3 +407,90 @@ async fn a_vm_like_pool_grows_to_two_nodes_that_reach_each_other_and_shrinks_bac
     );
     delete_and_check(&e, "rz", &vm_state).await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vm_like_node_whose_dockerd_dies_is_unusable_and_its_task_retries_elsewhere(
+) -> anyhow::Result<()> {
+    if !shipyard_e2e::require_vm_nodes() {
+        return Ok(());
+    }
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir()?;
+    let vm_state = dir.path().join("vm");
+    let mut opts = engine_options(dir.path(), &format!("{}f", std::process::id()));
+    // No images: the nodes need none here.
+    opts.mirror_images.clear();
+    let e = Engine::open(opts).await?;
+    e.add_pool(model!({
+        "id": "vf", "vmSize": "standard_d2s_v3", "targetDedicatedNodes": 2,
+        "taskSlotsPerNode": 1,
+        "virtualMachineConfiguration": {
+            "imageReference": {}, "nodeAgentSKUId": "batch.node.ubuntu 22.04"
+        }
+    }))
+    .await?;
+    wait_idle(&e, "vf", 2, 120).await;
+    e.add_job(model!({
+        "id": "fj", "poolInfo": {"poolId": "vf"}, "onAllTasksComplete": "terminatejob"
+    }))
+    .await?;
+    e.add_tasks(
+        "fj",
+        vec![model!({
+            "id": "long",
+            "commandLine": "/bin/sh -c 'echo $DOCKER_HOST; sleep 10; echo done'",
+            "constraints": {"maxTaskRetryCount": 1}
+        })],
+    )
+    .await?;
+    // The task names its node's engine; that engine is killed.
+    let mut first = String::new();
+    wait_for("the task's first line", 60, || {
+        first = task_text(&e, "fj", "long", "stdout.txt");
+        first.ends_with('\n')
+    })
+    .await;
+    let socket = PathBuf::from(first.trim().trim_start_matches("unix://"));
+    let dead = e
+        .get_task("fj", "long")?
+        .node_info
+        .and_then(|n| n.node_id)
+        .expect("the running task names its node");
+    let pid = engine_pid(&socket).expect("the node's dockerd pid");
+    let killed = Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()?;
+    assert!(killed.success());
+    let t0 = Instant::now();
+    wait_for("the node unusable", 30, || {
+        e.get_node("vf", &dead)
+            .is_ok_and(|n| n.state == Some(shipyard_batch_api::models::ComputeNodeState::Unusable))
+    })
+    .await;
+    eprintln!("engine_vm: dead dockerd found after {:?}", t0.elapsed());
+    let node = e.get_node("vf", &dead)?;
+    let err = node
+        .errors
+        .as_ref()
+        .and_then(|v| v.first())
+        .expect("a node error");
+    assert_eq!(err.code.as_deref(), Some("NodeEngineDied"));
+    let msg = err.message.clone().unwrap_or_default();
+    assert!(msg.contains(&dead) && msg.contains("dockerd"), "{msg}");
+    let t = completed(&e, "fj", "long", 60).await;
+    let info = t.execution_info.clone().unwrap_or_default();
+    assert_eq!(info.result, Some(TaskExecutionResult::Success), "{info:?}");
+    assert_eq!(info.retry_count, 1);
+    let other = t.node_info.and_then(|n| n.node_id).unwrap_or_default();
+    assert!(!other.is_empty() && other != dead, "retried on {other}");
+    let out = task_text(&e, "fj", "long", "stdout.txt");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    assert_ne!(
+        lines[0],
+        first.trim(),
+        "the retry ran on the other node's engine"
+    );
+    assert_eq!(lines[1], "done");
+    delete_and_check(&e, "vf", &vm_state).await
+}
