@@ -218,3 +218,79 @@ async fn a_dead_node_fails_its_task_when_no_retry_is_left() -> anyhow::Result<()
     delete_leaves_nothing(&e, "fz").await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_subtask_node_fails_the_multi_instance_attempt_which_is_retried() -> anyhow::Result<()>
+{
+    if !shipyard_e2e::require_test_image() {
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let e = Engine::open(EngineOptions::new(dir.path())).await?;
+    e.add_pool(pool("fm", 3)).await?;
+    wait_for("3 idle nodes", 120, || {
+        e.list_nodes("fm")
+            .map(|v| v.len() == 3 && v.iter().all(|x| x.state == Some(ComputeNodeState::Idle)))
+            .unwrap_or(false)
+    })
+    .await;
+    e.add_job(job("fmj", "fm")).await?;
+    let mut t = long_task("mi", 1);
+    t.multi_instance_settings = Some(shipyard_batch_api::models::MultiInstanceSettings {
+        number_of_instances: Some(2),
+        coordination_command_line: "/bin/true".into(),
+        common_resource_files: None,
+    });
+    e.add_tasks("fmj", vec![t]).await?;
+    wait_for("task running", 60, || {
+        e.get_task("fmj", "mi")
+            .map(|t| t.state == Some(TaskState::Running))
+            .unwrap_or(false)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let primary = e
+        .get_task("fmj", "mi")?
+        .node_info
+        .and_then(|n| n.node_id)
+        .unwrap_or_default();
+    // The subtask's node: the other running one.
+    let sub = e
+        .list_nodes("fm")?
+        .into_iter()
+        .filter(|n| n.state == Some(ComputeNodeState::Running))
+        .filter_map(|n| n.id)
+        .find(|id| *id != primary)
+        .expect("a running subtask node");
+    let holder = format!("shipyard-engine-{}-{sub}", e.instance_label());
+    let out = Command::new("docker").args(["rm", "-f", &holder]).output()?;
+    assert!(out.status.success(), "docker rm -f {holder}: {out:?}");
+    wait_for("task completed", 90, || {
+        e.get_task("fmj", "mi")
+            .map(|t| t.state == Some(TaskState::Completed))
+            .unwrap_or(false)
+    })
+    .await;
+    assert_eq!(
+        e.get_node("fm", &sub)?.state,
+        Some(ComputeNodeState::Unusable)
+    );
+    let t = e.get_task("fmj", "mi")?;
+    let info = t.execution_info.clone().expect("ran");
+    assert_eq!(info.retry_count, 1, "{info:?}");
+    assert_eq!(info.result, Some(TaskExecutionResult::Success), "{info:?}");
+    let subtasks = e.list_subtasks("fmj", "mi")?;
+    assert_eq!(subtasks.len(), 1);
+    let nodes: Vec<String> = subtasks
+        .iter()
+        .filter_map(|s| s.node_info.as_ref().and_then(|n| n.node_id.clone()))
+        .chain(t.node_info.and_then(|n| n.node_id))
+        .collect();
+    assert_eq!(nodes.len(), 2);
+    assert!(!nodes.contains(&sub), "the retry avoided {sub}: {nodes:?}");
+    let primary = &nodes[1];
+    let out = std::fs::read_to_string(e.task_file("fmj", "mi", "stdout.txt")?.path)?;
+    assert_eq!(out, format!("done {primary}\n"));
+    delete_leaves_nothing(&e, "fm").await;
+    Ok(())
+}
