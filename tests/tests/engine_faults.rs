@@ -220,8 +220,8 @@ async fn a_dead_node_fails_its_task_when_no_retry_is_left() -> anyhow::Result<()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_dead_subtask_node_fails_the_multi_instance_attempt_which_is_retried() -> anyhow::Result<()>
-{
+async fn a_dead_subtask_node_fails_the_multi_instance_attempt_which_is_retried(
+) -> anyhow::Result<()> {
     if !shipyard_e2e::require_test_image() {
         return Ok(());
     }
@@ -263,7 +263,9 @@ async fn a_dead_subtask_node_fails_the_multi_instance_attempt_which_is_retried()
         .find(|id| *id != primary)
         .expect("a running subtask node");
     let holder = format!("shipyard-engine-{}-{sub}", e.instance_label());
-    let out = Command::new("docker").args(["rm", "-f", &holder]).output()?;
+    let out = Command::new("docker")
+        .args(["rm", "-f", &holder])
+        .output()?;
     assert!(out.status.success(), "docker rm -f {holder}: {out:?}");
     wait_for("task completed", 90, || {
         e.get_task("fmj", "mi")

@@ -1729,6 +1729,10 @@ pub(crate) async fn end_job(e: &Engine, job: &str, reason: String, delete: bool)
 const BUSY_NODE_CHECK: Duration = Duration::from_secs(2);
 /// How often idle nodes are checked.
 const IDLE_NODE_CHECK: Duration = Duration::from_secs(10);
+/// Node checks run concurrently by one round of the health check.
+const HEALTH_CHECKS_AT_ONCE: usize = 8;
+/// A node found dead is checked again after this long before it is marked unusable.
+const RECHECK_AFTER: Duration = Duration::from_millis(300);
 
 /// The node error of a node whose engine died: `vm` for VM-like nodes (their dockerd),
 /// else the holder container `holder`; `when` says how it was found.
@@ -1803,10 +1807,18 @@ impl Engine {
                 .map(|n| (n.pool.clone(), n.id().to_string()))
                 .collect()
         };
-        let checks = nodes.iter().map(|(pool, node)| async move {
-            self.check_alive(pool, node, "found while a task ran").await
-        });
-        futures::future::join_all(checks).await;
+        use futures::StreamExt;
+        futures::stream::iter(nodes)
+            .map(|(pool, node)| {
+                let e = self.clone();
+                async move {
+                    e.check_alive(&pool, &node, "found by the engine's health check")
+                        .await
+                }
+            })
+            .buffer_unordered(HEALTH_CHECKS_AT_ONCE)
+            .collect::<Vec<_>>()
+            .await;
     }
 
     /// Whether node `pool/node` is usable: an unusable node is not; otherwise its engine is
@@ -1821,7 +1833,13 @@ impl Engine {
             }
             self.node_ref(&st, pool, node)?
         };
-        if self.kind_of(pool).node_alive(&r).await {
+        let kind = self.kind_of(pool);
+        if kind.node_alive(&r).await {
+            return None;
+        }
+        // Once more after a moment: a slow or failed call of a busy Docker engine is no death.
+        tokio::time::sleep(RECHECK_AFTER).await;
+        if kind.node_alive(&r).await {
             return None;
         }
         Some(self.node_died(pool, node, when))
@@ -1889,4 +1907,273 @@ fn node_error_text(n: &super::state::NodeRec) -> String {
                 .unwrap_or_default()
         })
         .unwrap_or_else(|| format!("node {} is unusable", n.id()))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+
+    use futures::future::BoxFuture;
+    use shipyard_batch_api::models::{
+        ContainerConfiguration, ImageReference, JobAddParameter, PoolAddParameter, PoolInformation,
+        TaskConstraints, VirtualMachineConfiguration,
+    };
+
+    use super::*;
+    use crate::engine::{EngineError, EngineOptions, NodeKind, PoolSetup, Result};
+
+    /// Nodes that live in memory: a node in `dead` is dead; a task whose command names
+    /// `slow` runs 6 s (unless cancelled), others end at once; a run on a dead node fails
+    /// as Docker does when the holder is gone.
+    #[derive(Default)]
+    struct FakeNodes {
+        dead: Mutex<HashSet<String>>,
+        runs: Mutex<Vec<String>>,
+    }
+
+    impl FakeNodes {
+        fn kill(&self, node: &str) {
+            if let Ok(mut d) = self.dead.lock() {
+                d.insert(node.to_string());
+            }
+        }
+        fn is_dead(&self, node: &str) -> bool {
+            self.dead.lock().is_ok_and(|d| d.contains(node))
+        }
+        async fn process(
+            &self,
+            node: &NodeRef,
+            spec: &RunSpec,
+            cancel: CancellationToken,
+        ) -> Result<RunEnd> {
+            if let Ok(mut r) = self.runs.lock() {
+                r.push(node.id.clone());
+            }
+            if self.is_dead(&node.id) {
+                return Err(EngineError::invalid(
+                    "container",
+                    "No such container: holder",
+                ));
+            }
+            if !spec.argv.iter().any(|a| a.contains("slow")) {
+                return Ok(RunEnd::Exited(0));
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(6)) => Ok(RunEnd::Exited(0)),
+                _ = cancel.cancelled() => Ok(RunEnd::Cancelled),
+            }
+        }
+    }
+
+    impl NodeKind for FakeNodes {
+        fn create_pool<'a>(&'a self, _: &'a PoolSetup) -> BoxFuture<'a, Result<()>> {
+            Box::pin(async { Ok(()) })
+        }
+        fn remove_pool<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Result<()>> {
+            Box::pin(async { Ok(()) })
+        }
+        fn create_node<'a>(&'a self, _: &'a NodeRef) -> BoxFuture<'a, Result<String>> {
+            Box::pin(async { Ok("10.0.0.2".to_string()) })
+        }
+        fn remove_node<'a>(&'a self, _: &'a NodeRef) -> BoxFuture<'a, Result<()>> {
+            Box::pin(async { Ok(()) })
+        }
+        fn node_alive<'a>(&'a self, node: &'a NodeRef) -> BoxFuture<'a, bool> {
+            Box::pin(async move { !self.is_dead(&node.id) })
+        }
+        fn run<'a>(
+            &'a self,
+            node: &'a NodeRef,
+            spec: &'a RunSpec,
+            cancel: CancellationToken,
+        ) -> BoxFuture<'a, Result<RunEnd>> {
+            Box::pin(self.process(node, spec, cancel))
+        }
+        fn exec<'a>(
+            &'a self,
+            node: &'a NodeRef,
+            spec: &'a RunSpec,
+            _: Vec<String>,
+            cancel: CancellationToken,
+        ) -> BoxFuture<'a, Result<RunEnd>> {
+            Box::pin(self.process(node, spec, cancel))
+        }
+        fn remove_container<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Result<()>> {
+            Box::pin(async { Ok(()) })
+        }
+        fn remove_labelled<'a>(&'a self, _: &'a str, _: &'a str) -> BoxFuture<'a, Result<()>> {
+            Box::pin(async { Ok(()) })
+        }
+    }
+
+    fn pool(nodes: i32) -> PoolAddParameter {
+        PoolAddParameter {
+            id: "p".into(),
+            vm_size: "standard_d2s_v3".into(),
+            target_dedicated_nodes: Some(nodes),
+            virtual_machine_configuration: Some(VirtualMachineConfiguration {
+                image_reference: ImageReference::default(),
+                node_agent_sku_id: "batch.node.ubuntu 22.04".into(),
+                container_configuration: Some(ContainerConfiguration::default()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn task(id: &str, cmd: &str, retries: i32) -> TaskAddParameter {
+        TaskAddParameter {
+            id: id.into(),
+            command_line: cmd.into(),
+            constraints: Some(TaskConstraints {
+                max_task_retry_count: Some(retries),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    async fn engine(dir: &Path, nodes: i32) -> (Engine, Arc<FakeNodes>) {
+        let fake = Arc::new(FakeNodes::default());
+        let e = Engine::open_with_kinds(EngineOptions::new(dir), fake.clone(), fake.clone())
+            .await
+            .unwrap_or_else(|err| panic!("open: {err}"));
+        assert!(e.add_pool(pool(nodes)).await.is_ok());
+        wait("idle nodes", || {
+            e.list_nodes("p").is_ok_and(|v| {
+                v.len() == nodes as usize
+                    && v.iter().all(|n| n.state == Some(ComputeNodeState::Idle))
+            })
+        })
+        .await;
+        let job = JobAddParameter {
+            id: "j".into(),
+            pool_info: PoolInformation {
+                pool_id: Some("p".into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        assert!(e.add_job(job).await.is_ok());
+        (e, fake)
+    }
+
+    async fn wait(what: &str, mut f: impl FnMut() -> bool) {
+        let t = std::time::Instant::now();
+        while !f() {
+            assert!(t.elapsed() < Duration::from_secs(20), "timed out: {what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn completed(e: &Engine, task: &str) -> Option<CloudTask> {
+        e.get_task("j", task)
+            .ok()
+            .filter(|t| t.state == Some(TaskState::Completed))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_health_check_finds_a_dead_node_under_a_task_which_is_retried_elsewhere() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let (e, fake) = engine(dir.path(), 2).await;
+        assert!(e.add_tasks("j", vec![task("t", "slow", 1)]).await.is_ok());
+        wait("running", || {
+            e.get_task("j", "t")
+                .is_ok_and(|t| t.state == Some(TaskState::Running))
+        })
+        .await;
+        let first = e
+            .get_task("j", "t")
+            .ok()
+            .and_then(|t| t.node_info)
+            .and_then(|n| n.node_id)
+            .unwrap_or_default();
+        // The task keeps running on the dead node (as a process would): only the health
+        // check can find it.
+        fake.kill(&first);
+        let t0 = std::time::Instant::now();
+        wait("the node unusable", || {
+            e.get_node("p", &first)
+                .is_ok_and(|n| n.state == Some(ComputeNodeState::Unusable))
+        })
+        .await;
+        assert!(t0.elapsed() < BUSY_NODE_CHECK + RECHECK_AFTER + Duration::from_secs(1));
+        let node = e.get_node("p", &first).unwrap_or_default();
+        let err = node.errors.unwrap_or_default().pop().unwrap_or_default();
+        assert_eq!(err.code.as_deref(), Some("NodeContainerGone"));
+        assert!(err.message.unwrap_or_default().contains(&first));
+        let mut done = None;
+        wait("completed", || {
+            done = completed(&e, "t");
+            done.is_some()
+        })
+        .await;
+        let t = done.unwrap_or_default();
+        let info = t.execution_info.unwrap_or_default();
+        assert_eq!(info.retry_count, 1);
+        assert_eq!(info.result, Some(TaskExecutionResult::Success));
+        assert_eq!(info.failure_info, None);
+        let second = t.node_info.and_then(|n| n.node_id).unwrap_or_default();
+        assert!(!second.is_empty() && second != first);
+        assert_eq!(
+            fake.runs.lock().map(|r| r.clone()).unwrap_or_default(),
+            vec![first.clone(), second.clone()]
+        );
+        assert_eq!(
+            e.get_node("p", &first).ok().and_then(|n| n.state),
+            Some(ComputeNodeState::Unusable),
+            "a dead node stays unusable after its task left"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_run_failing_on_a_dead_node_fails_the_task_naming_the_node_when_no_retry_is_left() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let (e, fake) = engine(dir.path(), 1).await;
+        let node = e
+            .list_nodes("p")
+            .ok()
+            .and_then(|v| v.into_iter().next())
+            .and_then(|n| n.id)
+            .unwrap_or_default();
+        fake.kill(&node);
+        assert!(e.add_tasks("j", vec![task("t", "quick", 0)]).await.is_ok());
+        let mut done = None;
+        wait("completed", || {
+            done = completed(&e, "t");
+            done.is_some()
+        })
+        .await;
+        let info = done.and_then(|t| t.execution_info).unwrap_or_default();
+        assert_eq!(info.retry_count, 0);
+        assert_eq!(info.result, Some(TaskExecutionResult::Failure));
+        let fi = info.failure_info.unwrap_or_else(|| failure("none", ""));
+        assert_eq!(fi.code.as_deref(), Some("NodeUnusable"));
+        assert_eq!(fi.category, ErrorCategory::ServerError);
+        let msg = fi.message.unwrap_or_default();
+        assert!(
+            msg.contains(&node) && msg.contains("holder container"),
+            "{msg}"
+        );
+        assert_eq!(
+            e.get_node("p", &node).ok().and_then(|n| n.state),
+            Some(ComputeNodeState::Unusable)
+        );
+        // Nothing is placed on it any more: a new task fails, the pool having no usable node.
+        assert!(e.add_tasks("j", vec![task("u", "quick", 0)]).await.is_ok());
+        let mut done = None;
+        wait("the second task", || {
+            done = completed(&e, "u");
+            done.is_some()
+        })
+        .await;
+        let msg = done
+            .and_then(|t| t.execution_info)
+            .and_then(|i| i.failure_info)
+            .and_then(|f| f.message)
+            .unwrap_or_default();
+        assert!(msg.contains("unusable"), "{msg}");
+        assert_eq!(fake.runs.lock().map(|r| r.len()).unwrap_or_default(), 1);
+    }
 }
