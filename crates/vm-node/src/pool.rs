@@ -1024,6 +1024,59 @@ mod tests {
     }
 
     #[test]
+    fn the_hosts_file_names_every_node_and_is_rewritten_in_place() {
+        use std::os::unix::fs::MetadataExt;
+        let Ok(dir) = tempfile::tempdir() else {
+            panic!("tempdir")
+        };
+        let node = |i: usize| NodeRecord {
+            name: format!("node-{i}"),
+            netns: String::new(),
+            veth: String::new(),
+            address: format!("10.213.7.{}", 2 + i),
+            dir: dir.path().join(format!("node-{i}")),
+            exec_root: dir.path().join(format!("n{i}")),
+            dockerd: None,
+        };
+        let mut rec = PoolRecord {
+            id: "t".into(),
+            owner: ProcRef::current(),
+            dir: dir.path().to_path_buf(),
+            run_dir: dir.path().join("run"),
+            subnet_claim: None,
+            bridge: None,
+            forward_rule: None,
+            ns_dir_mounted: false,
+            registries: Vec::new(),
+            nodes: vec![node(0)],
+            cache_user: None,
+            template_dockerd: None,
+        };
+        let path = write_hosts(&rec).unwrap_or_default();
+        let inode = std::fs::metadata(&path).map(|m| m.ino()).unwrap_or(0);
+        rec.nodes.push(node(1));
+        assert_eq!(write_hosts(&rec).ok().as_ref(), Some(&path));
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            text.ends_with("10.213.7.2\tnode-0\n10.213.7.3\tnode-1\n"),
+            "{text}"
+        );
+        assert!(text.starts_with("127.0.0.1\tlocalhost\n"));
+        // The same file: a bind mount of it (every node's /etc/hosts) sees the new contents.
+        assert_eq!(
+            std::fs::metadata(&path).map(|m| m.ino()).unwrap_or(1),
+            inode
+        );
+        rec.nodes.remove(0);
+        assert!(write_hosts(&rec).is_ok());
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            !text.contains("node-0") && text.contains("node-1"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn log_tail_keeps_the_last_five_lines() {
         let dir = tempfile::tempdir().map_err(|e| e.to_string());
         let Ok(dir) = dir else { panic!("tempdir") };
