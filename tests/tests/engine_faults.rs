@@ -6,71 +6,48 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+#[path = "engine_support.rs"]
+mod engine_support;
+use engine_support::{completed, task_text, wait_for, wait_idle};
+
 use shipyard_batch_api::models::{
-    ComputeNodeState, ContainerConfiguration, ImageReference, JobAddParameter, OnAllTasksComplete,
-    PoolAddParameter, PoolInformation, TaskAddParameter, TaskConstraints, TaskContainerSettings,
-    TaskExecutionResult, TaskState, VirtualMachineConfiguration,
+    CloudTask, ComputeNodeState, JobState, PoolAddParameter, TaskAddParameter, TaskExecutionResult,
+    TaskState,
 };
+use shipyard_e2e::TEST_IMAGE;
 use shipyard_local::engine::{labels, Engine, EngineOptions};
 
-const IMAGE: &str = "shipyard/mpi:bookworm";
-
 fn pool(id: &str, nodes: i32) -> PoolAddParameter {
-    PoolAddParameter {
-        id: id.into(),
-        vm_size: "standard_d2s_v3".into(),
-        target_dedicated_nodes: Some(nodes),
-        task_slots_per_node: Some(1),
-        virtual_machine_configuration: Some(VirtualMachineConfiguration {
-            image_reference: ImageReference::default(),
-            node_agent_sku_id: "batch.node.ubuntu 22.04".into(),
-            container_configuration: Some(ContainerConfiguration {
-                container_image_names: Some(vec![IMAGE.into()]),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
+    model!({
+        "id": id, "vmSize": "standard_d2s_v3", "targetDedicatedNodes": nodes,
+        "taskSlotsPerNode": 1,
+        "virtualMachineConfiguration": {
+            "imageReference": {}, "nodeAgentSKUId": "batch.node.ubuntu 22.04",
+            "containerConfiguration": {"containerImageNames": [TEST_IMAGE]}
+        }
+    })
 }
 
+/// 12 s, then `done <node id>`.
 fn long_task(id: &str, retries: i32) -> TaskAddParameter {
-    TaskAddParameter {
-        id: id.into(),
-        command_line: "/bin/sh -c 'sleep 12; echo done $AZ_BATCH_NODE_ID'".into(),
-        container_settings: Some(TaskContainerSettings {
-            image_name: IMAGE.into(),
-            ..Default::default()
-        }),
-        constraints: Some(TaskConstraints {
-            max_task_retry_count: Some(retries),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
+    model!({
+        "id": id, "commandLine": "/bin/sh -c 'sleep 12; echo done $AZ_BATCH_NODE_ID'",
+        "containerSettings": {"imageName": TEST_IMAGE},
+        "constraints": {"maxTaskRetryCount": retries}
+    })
 }
 
-fn job(id: &str, pool: &str) -> JobAddParameter {
-    JobAddParameter {
-        id: id.into(),
-        pool_info: PoolInformation {
-            pool_id: Some(pool.into()),
-            ..Default::default()
-        },
-        on_all_tasks_complete: Some(OnAllTasksComplete::TerminateJob),
-        ..Default::default()
-    }
+/// A job with a job preparation and a job release.
+fn job(id: &str, pool: &str) -> shipyard_batch_api::models::JobAddParameter {
+    model!({
+        "id": id, "poolInfo": {"poolId": pool}, "onAllTasksComplete": "terminatejob",
+        "jobPreparationTask": {"commandLine": "/bin/true", "containerSettings": {"imageName": TEST_IMAGE}},
+        "jobReleaseTask": {"commandLine": "/bin/true", "containerSettings": {"imageName": TEST_IMAGE}}
+    })
 }
 
-async fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while !f() {
-        assert!(
-            t.elapsed() < Duration::from_secs(secs),
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+fn state_is(e: &Engine, job: &str, task: &str, s: TaskState) -> bool {
+    e.get_task(job, task).is_ok_and(|t| t.state == Some(s))
 }
 
 fn containers(instance: &str) -> Vec<String> {
@@ -91,28 +68,16 @@ async fn kill_node_under_task(
     dir: &std::path::Path,
     pool_id: &str,
     task: TaskAddParameter,
-) -> anyhow::Result<(
-    Engine,
-    String,
-    shipyard_batch_api::models::CloudTask,
-    Duration,
-)> {
+) -> anyhow::Result<(Engine, String, CloudTask, Duration)> {
     let e = Engine::open(EngineOptions::new(dir)).await?;
     e.add_pool(pool(pool_id, 2)).await?;
-    wait_for("2 idle nodes", 120, || {
-        e.list_nodes(pool_id)
-            .map(|v| v.len() == 2 && v.iter().all(|x| x.state == Some(ComputeNodeState::Idle)))
-            .unwrap_or(false)
-    })
-    .await;
+    wait_idle(&e, pool_id, 2, 120).await;
     let j = format!("{pool_id}-job");
     e.add_job(job(&j, pool_id)).await?;
     let tid = task.id.clone();
     e.add_tasks(&j, vec![task]).await?;
     wait_for("task running", 60, || {
-        e.get_task(&j, &tid)
-            .map(|t| t.state == Some(TaskState::Running))
-            .unwrap_or(false)
+        state_is(&e, &j, &tid, TaskState::Running)
     })
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -129,8 +94,7 @@ async fn kill_node_under_task(
     let killed = Instant::now();
     wait_for("the node unusable", 30, || {
         e.get_node(pool_id, &node)
-            .map(|n| n.state == Some(ComputeNodeState::Unusable))
-            .unwrap_or(false)
+            .is_ok_and(|n| n.state == Some(ComputeNodeState::Unusable))
     })
     .await;
     let detected = killed.elapsed();
@@ -146,13 +110,7 @@ async fn kill_node_under_task(
         msg.contains(&node) && msg.contains(&holder),
         "the error names the node and its holder: {msg}"
     );
-    wait_for("task completed", 90, || {
-        e.get_task(&j, &tid)
-            .map(|t| t.state == Some(TaskState::Completed))
-            .unwrap_or(false)
-    })
-    .await;
-    let t = e.get_task(&j, &tid)?;
+    let t = completed(&e, &j, &tid, 90).await;
     Ok((e, node, t, detected))
 }
 
@@ -182,8 +140,10 @@ async fn a_dead_node_makes_its_task_retry_on_the_other_node() -> anyhow::Result<
         !other.is_empty() && other != dead,
         "retried on {other}, not on {dead}"
     );
-    let out = std::fs::read_to_string(e.task_file("fr-job", "t", "stdout.txt")?.path)?;
-    assert_eq!(out, format!("done {other}\n"));
+    assert_eq!(
+        task_text(&e, "fr-job", "t", "stdout.txt"),
+        format!("done {other}\n")
+    );
     assert_eq!(
         e.get_node("fr", &dead)?.state,
         Some(ComputeNodeState::Unusable),
@@ -193,6 +153,26 @@ async fn a_dead_node_makes_its_task_retry_on_the_other_node() -> anyhow::Result<
         e.get_node("fr", &other)?.state,
         Some(ComputeNodeState::Idle)
     );
+    // The job ends; its release runs on the live node only (none on an unusable node).
+    wait_for("job completed", 60, || {
+        e.get_job("fr-job")
+            .is_ok_and(|j| j.state == Some(JobState::Completed))
+    })
+    .await;
+    let status = e.prep_release_status("fr-job")?;
+    assert_eq!(status.len(), 2, "prep ran on both nodes: {status:?}");
+    for s in &status {
+        let node = s.node_id.clone().unwrap_or_default();
+        let release = s
+            .job_release_task_execution_info
+            .as_ref()
+            .and_then(|r| r.exit_code);
+        if node == dead {
+            assert_eq!(release, None, "no release on the dead node: {s:?}");
+        } else {
+            assert_eq!(release, Some(0), "release on {node}: {s:?}");
+        }
+    }
     delete_leaves_nothing(&e, "fr").await;
     Ok(())
 }
@@ -228,12 +208,7 @@ async fn a_dead_subtask_node_fails_the_multi_instance_attempt_which_is_retried(
     let dir = tempfile::tempdir()?;
     let e = Engine::open(EngineOptions::new(dir.path())).await?;
     e.add_pool(pool("fm", 3)).await?;
-    wait_for("3 idle nodes", 120, || {
-        e.list_nodes("fm")
-            .map(|v| v.len() == 3 && v.iter().all(|x| x.state == Some(ComputeNodeState::Idle)))
-            .unwrap_or(false)
-    })
-    .await;
+    wait_idle(&e, "fm", 3, 120).await;
     e.add_job(job("fmj", "fm")).await?;
     let mut t = long_task("mi", 1);
     t.multi_instance_settings = Some(shipyard_batch_api::models::MultiInstanceSettings {
@@ -243,9 +218,7 @@ async fn a_dead_subtask_node_fails_the_multi_instance_attempt_which_is_retried(
     });
     e.add_tasks("fmj", vec![t]).await?;
     wait_for("task running", 60, || {
-        e.get_task("fmj", "mi")
-            .map(|t| t.state == Some(TaskState::Running))
-            .unwrap_or(false)
+        state_is(&e, "fmj", "mi", TaskState::Running)
     })
     .await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -267,17 +240,11 @@ async fn a_dead_subtask_node_fails_the_multi_instance_attempt_which_is_retried(
         .args(["rm", "-f", &holder])
         .output()?;
     assert!(out.status.success(), "docker rm -f {holder}: {out:?}");
-    wait_for("task completed", 90, || {
-        e.get_task("fmj", "mi")
-            .map(|t| t.state == Some(TaskState::Completed))
-            .unwrap_or(false)
-    })
-    .await;
+    let t = completed(&e, "fmj", "mi", 90).await;
     assert_eq!(
         e.get_node("fm", &sub)?.state,
         Some(ComputeNodeState::Unusable)
     );
-    let t = e.get_task("fmj", "mi")?;
     let info = t.execution_info.clone().expect("ran");
     assert_eq!(info.retry_count, 1, "{info:?}");
     assert_eq!(info.result, Some(TaskExecutionResult::Success), "{info:?}");
@@ -291,8 +258,10 @@ async fn a_dead_subtask_node_fails_the_multi_instance_attempt_which_is_retried(
     assert_eq!(nodes.len(), 2);
     assert!(!nodes.contains(&sub), "the retry avoided {sub}: {nodes:?}");
     let primary = &nodes[1];
-    let out = std::fs::read_to_string(e.task_file("fmj", "mi", "stdout.txt")?.path)?;
-    assert_eq!(out, format!("done {primary}\n"));
+    assert_eq!(
+        task_text(&e, "fmj", "mi", "stdout.txt"),
+        format!("done {primary}\n")
+    );
     delete_leaves_nothing(&e, "fm").await;
     Ok(())
 }

@@ -259,6 +259,17 @@ async fn delete_and_check(e: &Engine, pool_id: &str, vm_state: &Path) -> anyhow:
     Ok(())
 }
 
+/// A pool of `nodes` VM-like nodes (no `containerConfiguration`), one task slot each.
+fn vm_pool(id: &str, nodes: i32) -> shipyard_batch_api::models::PoolAddParameter {
+    model!({
+        "id": id, "vmSize": "standard_d2s_v3", "targetDedicatedNodes": nodes,
+        "taskSlotsPerNode": 1,
+        "virtualMachineConfiguration": {
+            "imageReference": {}, "nodeAgentSKUId": "batch.node.ubuntu 22.04"
+        }
+    })
+}
+
 /// The pid in a node's `dockerd.pid` (next to its socket).
 fn engine_pid(socket: &Path) -> Option<u32> {
     let dir = socket.parent()?;
@@ -280,15 +291,8 @@ async fn a_vm_like_pool_grows_to_two_nodes_that_reach_each_other_and_shrinks_bac
     let vm_state = dir.path().join("vm");
     let tag = format!("{}r", std::process::id());
     let e = Engine::open(engine_options(dir.path(), &tag)).await?;
-    let pool: shipyard_batch_api::models::PoolAddParameter = model!({
-        "id": "rz", "vmSize": "standard_d2s_v3", "targetDedicatedNodes": 1,
-        "taskSlotsPerNode": 1,
-        "virtualMachineConfiguration": {
-            "imageReference": {}, "nodeAgentSKUId": "batch.node.ubuntu 22.04"
-        }
-    });
     let t0 = Instant::now();
-    e.add_pool(pool).await?;
+    e.add_pool(vm_pool("rz", 1)).await?;
     wait_idle(&e, "rz", 1, 180).await;
     let first = node_sockets(&vm_state);
     assert_eq!(first.len(), 1);
@@ -421,14 +425,7 @@ async fn a_vm_like_node_whose_dockerd_dies_is_unusable_and_its_task_retries_else
     // No images: the nodes need none here.
     opts.mirror_images.clear();
     let e = Engine::open(opts).await?;
-    e.add_pool(model!({
-        "id": "vf", "vmSize": "standard_d2s_v3", "targetDedicatedNodes": 2,
-        "taskSlotsPerNode": 1,
-        "virtualMachineConfiguration": {
-            "imageReference": {}, "nodeAgentSKUId": "batch.node.ubuntu 22.04"
-        }
-    }))
-    .await?;
+    e.add_pool(vm_pool("vf", 2)).await?;
     wait_idle(&e, "vf", 2, 120).await;
     e.add_job(model!({
         "id": "fj", "poolInfo": {"poolId": "vf"}, "onAllTasksComplete": "terminatejob"

@@ -1545,6 +1545,7 @@ pub(crate) async fn end_job(e: &Engine, job: &str, reason: String, delete: bool)
                 x.terminate_reason.get_or_insert_with(|| reason.clone());
             }
         }
+        let pool = j.params.pool_info.pool_id.clone().unwrap_or_default();
         let prepped: Vec<String> = j
             .prep
             .iter()
@@ -1552,7 +1553,15 @@ pub(crate) async fn end_job(e: &Engine, job: &str, reason: String, delete: bool)
             .map(|(n, _)| n.clone())
             .collect();
         let release = j.params.job_release_task.clone();
-        let pool = j.params.pool_info.pool_id.clone().unwrap_or_default();
+        // Not on nodes whose engine died (Batch runs no release on an unusable node).
+        let prepped: Vec<String> = prepped
+            .into_iter()
+            .filter(|n| {
+                st.nodes
+                    .get(&(pool.clone(), n.clone()))
+                    .is_none_or(|n| !matches!(n.node.state, Some(ComputeNodeState::Unusable)))
+            })
+            .collect();
         let tasks: Vec<String> = st
             .tasks
             .range((job.to_string(), String::new())..)
