@@ -23,7 +23,7 @@ fn pool(id: &str, nodes: i32) -> PoolAddParameter {
         "taskSlotsPerNode": 1,
         "virtualMachineConfiguration": {
             "imageReference": {}, "nodeAgentSKUId": "batch.node.ubuntu 22.04",
-            "containerConfiguration": {"containerImageNames": [TEST_IMAGE]}
+            "containerConfiguration": {"type": "dockerCompatible", "containerImageNames": [TEST_IMAGE]}
         }
     })
 }
