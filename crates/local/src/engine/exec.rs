@@ -1832,7 +1832,7 @@ impl Engine {
 
     /// Whether node `pool/node` is usable: an unusable node is not; otherwise its engine is
     /// checked, and a dead one is marked (`when` goes into the node error). Returns the node's
-    /// error message when it is dead.
+    /// error message when it is dead (never for nodes being removed, see [`Engine::node_died`]).
     pub(crate) async fn check_alive(&self, pool: &str, node: &str, when: &str) -> Option<String> {
         let r = {
             let st = self.lock();
@@ -1851,37 +1851,49 @@ impl Engine {
         if kind.node_alive(&r).await {
             return None;
         }
-        Some(self.node_died(pool, node, when))
+        self.node_died(pool, node, when)
     }
 
     /// Marks a node whose engine died unusable (with a node error naming it and what died)
     /// and ends the attempts of the tasks on it; they are retried elsewhere when their
-    /// retries allow ([`Engine::run_task`]). Returns the error message.
-    pub(crate) fn node_died(&self, pool: &str, node: &str, when: &str) -> String {
-        let vm = self
-            .lock()
-            .pools
-            .get(pool)
-            .is_some_and(|p| super::is_vm_pool(&p.params));
-        let mut tasks = Vec::new();
-        let mut message = String::new();
-        self.update_node(pool, node, |n| {
-            if !matches!(n.node.state, Some(ComputeNodeState::Unusable)) {
-                let err = death_error(vm, node, &n.holder, when);
-                tracing::warn!(pool, node, error = ?err.message, "node engine died");
-                set_node_state(&mut n.node, ComputeNodeState::Unusable);
-                n.node.errors = Some(vec![err]);
+    /// retries allow ([`Engine::run_task`]). Returns the error message (`None` for a node
+    /// being removed, which is left alone).
+    pub(crate) fn node_died(&self, pool: &str, node: &str, when: &str) -> Option<String> {
+        let (tasks, message) = {
+            let mut st = self.lock();
+            let p = st.pools.get(pool)?;
+            let vm = super::is_vm_pool(&p.params);
+            // A pool being deleted, or a node leaving it, loses its engines on purpose.
+            if !matches!(
+                p.pool.state,
+                Some(shipyard_batch_api::models::PoolState::Active)
+            ) {
+                return None;
             }
-            message = node_error_text(n);
-            tasks = n.tasks.clone();
-        });
+            let n = st.nodes.get_mut(&(pool.to_string(), node.to_string()))?;
+            match n.node.state {
+                Some(ComputeNodeState::LeavingPool) => return None,
+                Some(ComputeNodeState::Unusable) => {}
+                _ => {
+                    let err = death_error(vm, node, &n.holder, when);
+                    tracing::warn!(pool, node, error = ?err.message, "node engine died");
+                    set_node_state(&mut n.node, ComputeNodeState::Unusable);
+                    n.node.errors = Some(vec![err]);
+                }
+            }
+            let out = (n.tasks.clone(), node_error_text(n));
+            if let Err(e) = self.save(&st, &[Key::Node(pool.to_string(), node.to_string())]) {
+                tracing::warn!(error = %e, "saving node");
+            }
+            out
+        };
         for t in tasks {
             if let Some((j, t)) = t.split_once('/') {
                 self.cancel_task(j, t);
             }
         }
         self.wake();
-        message
+        Some(message)
     }
 
     /// The first node of `nodes` (of `pool`) that is unusable or whose engine is dead, with
@@ -1985,8 +1997,11 @@ mod tests {
         fn create_node<'a>(&'a self, _: &'a NodeRef) -> BoxFuture<'a, Result<String>> {
             Box::pin(async { Ok("10.0.0.2".to_string()) })
         }
-        fn remove_node<'a>(&'a self, _: &'a NodeRef) -> BoxFuture<'a, Result<()>> {
-            Box::pin(async { Ok(()) })
+        fn remove_node<'a>(&'a self, node: &'a NodeRef) -> BoxFuture<'a, Result<()>> {
+            Box::pin(async move {
+                self.kill(&node.id);
+                Ok(())
+            })
         }
         fn node_alive<'a>(&'a self, node: &'a NodeRef) -> BoxFuture<'a, bool> {
             Box::pin(async move { !self.is_dead(&node.id) })
@@ -2184,5 +2199,33 @@ mod tests {
             .unwrap_or_default();
         assert!(msg.contains("unusable"), "{msg}");
         assert_eq!(fake.runs.lock().map(|r| r.len()).unwrap_or_default(), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_node_removed_by_a_resize_is_no_node_death() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let (e, _fake) = engine(dir.path(), 1).await;
+        assert!(e.add_tasks("j", vec![task("t", "slow", 1)]).await.is_ok());
+        wait("running", || {
+            e.get_task("j", "t")
+                .is_ok_and(|t| t.state == Some(TaskState::Running))
+        })
+        .await;
+        let r = shipyard_batch_api::models::PoolResizeParameter {
+            target_dedicated_nodes: Some(0),
+            ..Default::default()
+        };
+        assert!(e.resize_pool("p", r).await.is_ok());
+        let mut done = None;
+        wait("completed", || {
+            done = completed(&e, "t");
+            done.is_some()
+        })
+        .await;
+        let info = done.and_then(|t| t.execution_info).unwrap_or_default();
+        assert_eq!(info.retry_count, 0, "{info:?}");
+        let code = info.failure_info.and_then(|f| f.code);
+        assert_eq!(code.as_deref(), Some("TaskEnded"));
+        assert!(e.list_nodes("p").is_ok_and(|v| v.is_empty()));
     }
 }

@@ -780,7 +780,15 @@ impl Engine {
                 .take(current.saturating_sub(target))
                 .map(|n| n.id().to_string())
                 .collect();
-            self.save(&st, &[Key::Pool(id.to_string())])?;
+            let mut keys = vec![Key::Pool(id.to_string())];
+            // Leaving: nothing more is placed there, and its tasks' end is no node death.
+            for v in &victims {
+                if let Some(n) = st.nodes.get_mut(&(id.to_string(), v.clone())) {
+                    set_node_state(&mut n.node, ComputeNodeState::LeavingPool);
+                    keys.push(Key::Node(id.to_string(), v.clone()));
+                }
+            }
+            self.save(&st, &keys)?;
             (current, victims)
         };
         if target > current {
