@@ -281,7 +281,7 @@ fn engine_pid(socket: &Path) -> Option<u32> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_vm_like_pool_grows_to_two_nodes_that_reach_each_other_and_shrinks_back(
+async fn a_vm_like_pool_grows_to_three_nodes_that_reach_each_other_and_shrinks_back(
 ) -> anyhow::Result<()> {
     if !shipyard_e2e::require_vm_nodes() {
         return Ok(());
@@ -299,35 +299,36 @@ async fn a_vm_like_pool_grows_to_two_nodes_that_reach_each_other_and_shrinks_bac
     let created = t0.elapsed().as_secs_f64();
 
     let t1 = Instant::now();
-    e.resize_pool("rz", model!({"targetDedicatedNodes": 2}))
+    e.resize_pool("rz", model!({"targetDedicatedNodes": 3}))
         .await?;
-    wait_idle(&e, "rz", 2, 120).await;
+    wait_idle(&e, "rz", 3, 120).await;
     wait_for("steady", 30, || {
         e.get_pool("rz").is_ok_and(|p| {
             p.allocation_state == Some(shipyard_batch_api::models::AllocationState::Steady)
-                && p.current_dedicated_nodes == Some(2)
+                && p.current_dedicated_nodes == Some(3)
         })
     })
     .await;
     let grown = t1.elapsed().as_secs_f64();
     let sockets = node_sockets(&vm_state);
-    assert_eq!(sockets.len(), 2, "one engine per node: {sockets:?}");
-    let new_socket = sockets
+    assert_eq!(sockets.len(), 3, "one engine per node: {sockets:?}");
+    let new_sockets: Vec<PathBuf> = sockets
         .iter()
-        .find(|s| !first.contains(s))
+        .filter(|s| !first.contains(s))
         .cloned()
-        .expect("the new node has its own engine");
+        .collect();
+    assert_eq!(new_sockets.len(), 2, "each new node has its own engine");
 
-    // Both nodes (the first one and the new one): every /etc/hosts names both, the engine
-    // answers and holds the pool's image (from the image cache, as the first node's), and
-    // the other node's address answers on the bridge (a refused connection is the other
+    // Every node (the first one and the new ones): every /etc/hosts names all three, the
+    // engine answers and holds the pool's image (from the image cache, as the first node's),
+    // and the other nodes' addresses answer on the bridge (a refused connection is the other
     // node's kernel answering).
     e.add_job(model!({
         "id": "rj", "poolInfo": {"poolId": "rz"}, "onAllTasksComplete": "terminatejob"
     }))
     .await?;
     let check = format!(
-        "getent hosts node-0 node-1 | wc -l | grep -qx 2 && \
+        "getent hosts node-0 node-1 node-2 | wc -l | grep -qx 3 && \
          docker info -f {{{{.Name}}}} && docker image inspect -f ok {}",
         shipyard_e2e::TEST_IMAGE
     );
@@ -337,33 +338,37 @@ async fn a_vm_like_pool_grows_to_two_nodes_that_reach_each_other_and_shrinks_bac
     e.add_tasks(
         "rj",
         vec![model!({
-            "id": "both", "commandLine": format!("/bin/bash -c '{probe}'"),
+            "id": "all", "commandLine": format!("/bin/bash -c '{probe}'"),
             "userIdentity": {"autoUser": {"elevationLevel": "admin", "scope": "pool"}},
             "multiInstanceSettings": {
-                "numberOfInstances": 2,
+                "numberOfInstances": 3,
                 "coordinationCommandLine": format!("/bin/bash -c '{check}'")
             }
         })],
     )
     .await?;
-    let t = completed(&e, "rj", "both", 120).await;
+    let t = completed(&e, "rj", "all", 120).await;
     let info = t.execution_info.clone().unwrap_or_default();
-    let stdout = task_text(&e, "rj", "both", "stdout.txt");
+    let stdout = task_text(&e, "rj", "all", "stdout.txt");
     assert_eq!(
         info.result,
         Some(TaskExecutionResult::Success),
         "{:?}\n{stdout}\n{}\n{:?}",
         info.failure_info,
         task_outputs(&dir.path().join("engine")),
-        e.list_subtasks("rj", "both")
+        e.list_subtasks("rj", "all")
     );
-    assert_eq!(stdout.matches("reached ").count(), 2, "{stdout}");
-    let subtasks = e.list_subtasks("rj", "both")?;
-    assert_eq!(subtasks.len(), 1);
-    assert_eq!(subtasks[0].exit_code, Some(0), "{subtasks:?}");
+    assert_eq!(stdout.matches("reached ").count(), 3, "{stdout}");
+    let subtasks = e.list_subtasks("rj", "all")?;
+    assert_eq!(subtasks.len(), 2);
+    assert!(
+        subtasks.iter().all(|s| s.exit_code == Some(0)),
+        "{subtasks:?}"
+    );
 
-    // Back to one node: the new node goes, with its namespace, engine and directories.
-    let pid = engine_pid(&new_socket).expect("the new node's dockerd pid");
+    // Back to one node: the new nodes go, with their namespaces, engines and directories.
+    let pids: Vec<u32> = new_sockets.iter().filter_map(|s| engine_pid(s)).collect();
+    assert_eq!(pids.len(), 2, "the new nodes' dockerd pids");
     let t2 = Instant::now();
     e.resize_pool("rz", model!({"targetDedicatedNodes": 1}))
         .await?;
@@ -376,10 +381,12 @@ async fn a_vm_like_pool_grows_to_two_nodes_that_reach_each_other_and_shrinks_bac
     .await;
     let shrunk = t2.elapsed().as_secs_f64();
     assert_eq!(node_sockets(&vm_state), first, "the first node stays");
-    assert!(
-        !Path::new(&format!("/proc/{pid}")).exists(),
-        "the removed node's dockerd {pid} is gone"
-    );
+    for pid in pids {
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "a removed node's dockerd {pid} is gone"
+        );
+    }
     let pool_dirs: Vec<String> = std::fs::read_dir(vm_state.join("pools"))?
         .flatten()
         .map(|d| d.file_name().to_string_lossy().into_owned())
@@ -389,25 +396,32 @@ async fn a_vm_like_pool_grows_to_two_nodes_that_reach_each_other_and_shrinks_bac
     let netns = String::from_utf8_lossy(&netns.stdout);
     assert!(
         netns.contains(&format!("shipyard-{}-node-0", pool_dirs[0]))
-            && !netns.contains(&format!("shipyard-{}-node-1", pool_dirs[0])),
+            && !netns.contains(&format!("shipyard-{}-node-1", pool_dirs[0]))
+            && !netns.contains(&format!("shipyard-{}-node-2", pool_dirs[0])),
         "only the first node's namespace is left: {netns}"
     );
     let links = Command::new("ip").args(["link", "show"]).output()?;
-    assert!(
-        !String::from_utf8_lossy(&links.stdout).contains(&format!("syv{}n1", pool_dirs[0])),
-        "the removed node's veth is gone"
-    );
+    let links = String::from_utf8_lossy(&links.stdout);
+    for n in ["n1", "n2"] {
+        assert!(
+            !links.contains(&format!("syv{}{n}", pool_dirs[0])),
+            "the removed nodes' veths are gone"
+        );
+    }
     let hosts = std::fs::read_to_string(vm_state.join("pools").join(&pool_dirs[0]).join("hosts"))?;
     assert!(
-        hosts.contains("node-0") && !hosts.contains("node-1"),
-        "/etc/hosts no longer names the removed node: {hosts}"
+        hosts.contains("node-0") && !hosts.contains("node-1") && !hosts.contains("node-2"),
+        "/etc/hosts no longer names the removed nodes: {hosts}"
     );
-    assert!(
-        !new_socket.parent().is_some_and(Path::exists),
-        "its directory is gone"
-    );
+    for s in &new_sockets {
+        assert!(
+            !s.parent().is_some_and(Path::exists),
+            "{} is gone",
+            s.display()
+        );
+    }
     eprintln!(
-        "engine_vm: 1 VM-like node {created:.2}s, grown to 2 in {grown:.2}s, shrunk to 1 in {shrunk:.2}s"
+        "engine_vm: 1 VM-like node {created:.2}s, grown to 3 in {grown:.2}s, shrunk to 1 in {shrunk:.2}s"
     );
     delete_and_check(&e, "rz", &vm_state).await
 }

@@ -53,6 +53,25 @@ struct VmPoolEntry {
     pool: Mutex<Option<VmPool>>,
     /// The pool's nodes, each with the engine node id that holds it (`None`: free).
     nodes: Mutex<Vec<(VmNode, Option<String>)>>,
+    /// Engine nodes being created that have no VM node yet (those added at once by a resize
+    /// are made together).
+    waiting: std::sync::atomic::AtomicUsize,
+}
+
+/// Counts an engine node in [`VmPoolEntry::waiting`] while it lives.
+struct Waiting<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn new(n: &'a std::sync::atomic::AtomicUsize) -> Self {
+        n.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Waiting(n)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 impl VmPoolEntry {
@@ -135,12 +154,21 @@ impl VmNodes {
             .ok_or_else(|| EngineError::not_found("NodeNotFound", &node.id))
     }
 
-    /// Adds a VM node to the pool of `entry` (unless another one became free meanwhile).
-    async fn add_vm_node(&self, entry: &Arc<VmPoolEntry>, node: &NodeRef) -> Result<()> {
+    /// Adds as many VM nodes to the pool of `entry` as engine nodes wait for one (none when
+    /// enough became free meanwhile).
+    async fn add_vm_nodes(&self, entry: &Arc<VmPoolEntry>, node: &NodeRef) -> Result<()> {
         let (entry, pool_id) = (entry.clone(), node.pool.clone());
         let added = tokio::task::spawn_blocking(move || {
             let mut pool = guard(&entry.pool);
-            if guard(&entry.nodes).iter().any(|(_, a)| a.is_none()) {
+            let free = guard(&entry.nodes)
+                .iter()
+                .filter(|(_, a)| a.is_none())
+                .count();
+            let want = entry
+                .waiting
+                .load(std::sync::atomic::Ordering::SeqCst)
+                .saturating_sub(free);
+            if want == 0 {
                 return Ok(());
             }
             let Some(pool) = pool.as_mut() else {
@@ -150,7 +178,7 @@ impl VmNodes {
                 ));
             };
             let new = pool
-                .add_nodes(1)
+                .add_nodes(want)
                 .map_err(|e| vm_err(format!("adding a node to pool {pool_id}"), e))?;
             guard(&entry.nodes).extend(new.into_iter().map(|vm| (vm, None)));
             Ok(())
@@ -294,6 +322,7 @@ impl NodeKind for VmNodes {
             let entry = VmPoolEntry {
                 nodes: Mutex::new(nodes),
                 pool: Mutex::new(Some(pool)),
+                waiting: Default::default(),
             };
             guard(&self.pools).insert(setup.network.clone(), Arc::new(entry));
             Ok(())
@@ -324,11 +353,14 @@ impl NodeKind for VmNodes {
                 EngineError::invalid("pool", format!("pool {} has no VM-like nodes", node.pool))
             })?;
             // A node beyond those the pool was made with (resize) is added to it first.
-            let vm = loop {
-                if let Some(vm) = entry.assign_free(&node.id) {
-                    break vm;
+            let vm = {
+                let _waiting = Waiting::new(&entry.waiting);
+                loop {
+                    if let Some(vm) = entry.assign_free(&node.id) {
+                        break vm;
+                    }
+                    self.add_vm_nodes(&entry, node).await?;
                 }
-                self.add_vm_node(&entry, node).await?;
             };
             // The engine's node root becomes the node's root at the common path.
             let out = vm
