@@ -2091,22 +2091,35 @@ mod tests {
         }
     }
 
-    fn completed(e: &Engine, task: &str) -> Option<CloudTask> {
-        e.get_task("j", task)
-            .ok()
-            .filter(|t| t.state == Some(TaskState::Completed))
+    /// Waits until `task` of job `j` is completed and returns it.
+    async fn completed(e: &Engine, task: &str) -> CloudTask {
+        let mut done = None;
+        wait("completed", || {
+            done = e
+                .get_task("j", task)
+                .ok()
+                .filter(|t| t.state == Some(TaskState::Completed));
+            done.is_some()
+        })
+        .await;
+        done.unwrap_or_default()
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn the_health_check_finds_a_dead_node_under_a_task_which_is_retried_elsewhere() {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let (e, fake) = engine(dir.path(), 2).await;
+    /// Adds task `t` (`slow`, one retry) to job `j` and waits until it runs.
+    async fn start_slow_task(e: &Engine) {
         assert!(e.add_tasks("j", vec![task("t", "slow", 1)]).await.is_ok());
         wait("running", || {
             e.get_task("j", "t")
                 .is_ok_and(|t| t.state == Some(TaskState::Running))
         })
         .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_health_check_finds_a_dead_node_under_a_task_which_is_retried_elsewhere() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let (e, fake) = engine(dir.path(), 2).await;
+        start_slow_task(&e).await;
         let first = e
             .get_task("j", "t")
             .ok()
@@ -2127,13 +2140,7 @@ mod tests {
         let err = node.errors.unwrap_or_default().pop().unwrap_or_default();
         assert_eq!(err.code.as_deref(), Some("NodeContainerGone"));
         assert!(err.message.unwrap_or_default().contains(&first));
-        let mut done = None;
-        wait("completed", || {
-            done = completed(&e, "t");
-            done.is_some()
-        })
-        .await;
-        let t = done.unwrap_or_default();
+        let t = completed(&e, "t").await;
         let info = t.execution_info.unwrap_or_default();
         assert_eq!(info.retry_count, 1);
         assert_eq!(info.result, Some(TaskExecutionResult::Success));
@@ -2163,13 +2170,7 @@ mod tests {
             .unwrap_or_default();
         fake.kill(&node);
         assert!(e.add_tasks("j", vec![task("t", "quick", 0)]).await.is_ok());
-        let mut done = None;
-        wait("completed", || {
-            done = completed(&e, "t");
-            done.is_some()
-        })
-        .await;
-        let info = done.and_then(|t| t.execution_info).unwrap_or_default();
+        let info = completed(&e, "t").await.execution_info.unwrap_or_default();
         assert_eq!(info.retry_count, 0);
         assert_eq!(info.result, Some(TaskExecutionResult::Failure));
         let fi = info.failure_info.unwrap_or_else(|| failure("none", ""));
@@ -2186,14 +2187,9 @@ mod tests {
         );
         // Nothing is placed on it any more: a new task fails, the pool having no usable node.
         assert!(e.add_tasks("j", vec![task("u", "quick", 0)]).await.is_ok());
-        let mut done = None;
-        wait("the second task", || {
-            done = completed(&e, "u");
-            done.is_some()
-        })
-        .await;
-        let msg = done
-            .and_then(|t| t.execution_info)
+        let msg = completed(&e, "u")
+            .await
+            .execution_info
             .and_then(|i| i.failure_info)
             .and_then(|f| f.message)
             .unwrap_or_default();
@@ -2205,24 +2201,13 @@ mod tests {
     async fn a_node_removed_by_a_resize_is_no_node_death() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let (e, _fake) = engine(dir.path(), 1).await;
-        assert!(e.add_tasks("j", vec![task("t", "slow", 1)]).await.is_ok());
-        wait("running", || {
-            e.get_task("j", "t")
-                .is_ok_and(|t| t.state == Some(TaskState::Running))
-        })
-        .await;
+        start_slow_task(&e).await;
         let r = shipyard_batch_api::models::PoolResizeParameter {
             target_dedicated_nodes: Some(0),
             ..Default::default()
         };
         assert!(e.resize_pool("p", r).await.is_ok());
-        let mut done = None;
-        wait("completed", || {
-            done = completed(&e, "t");
-            done.is_some()
-        })
-        .await;
-        let info = done.and_then(|t| t.execution_info).unwrap_or_default();
+        let info = completed(&e, "t").await.execution_info.unwrap_or_default();
         assert_eq!(info.retry_count, 0, "{info:?}");
         let code = info.failure_info.and_then(|f| f.code);
         assert_eq!(code.as_deref(), Some("TaskEnded"));
