@@ -11,7 +11,7 @@ use std::time::Instant;
 
 #[path = "engine_support.rs"]
 mod engine_support;
-use engine_support::{task_outputs, wait_for, wait_idle};
+use engine_support::{completed, task_outputs, task_text, wait_for, wait_idle};
 
 use shipyard_batch_api::models::{TaskExecutionResult, TaskState};
 use shipyard_e2e::HelloReport;
@@ -257,4 +257,251 @@ async fn delete_and_check(e: &Engine, pool_id: &str, vm_state: &Path) -> anyhow:
     );
     assert!(node_sockets(vm_state).is_empty());
     Ok(())
+}
+
+/// A pool of `nodes` VM-like nodes (no `containerConfiguration`), one task slot each.
+fn vm_pool(id: &str, nodes: i32) -> shipyard_batch_api::models::PoolAddParameter {
+    model!({
+        "id": id, "vmSize": "standard_d2s_v3", "targetDedicatedNodes": nodes,
+        "taskSlotsPerNode": 1,
+        "virtualMachineConfiguration": {
+            "imageReference": {}, "nodeAgentSKUId": "batch.node.ubuntu 22.04"
+        }
+    })
+}
+
+/// The pid in a node's `dockerd.pid` (next to its socket).
+fn engine_pid(socket: &Path) -> Option<u32> {
+    let dir = socket.parent()?;
+    std::fs::read_to_string(dir.join("dockerd.pid"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vm_like_pool_grows_to_three_nodes_that_reach_each_other_and_shrinks_back(
+) -> anyhow::Result<()> {
+    if !shipyard_e2e::require_vm_nodes() {
+        return Ok(());
+    }
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir()?;
+    let vm_state = dir.path().join("vm");
+    let tag = format!("{}r", std::process::id());
+    let e = Engine::open(engine_options(dir.path(), &tag)).await?;
+    let t0 = Instant::now();
+    e.add_pool(vm_pool("rz", 1)).await?;
+    wait_idle(&e, "rz", 1, 180).await;
+    let first = node_sockets(&vm_state);
+    assert_eq!(first.len(), 1);
+    let created = t0.elapsed().as_secs_f64();
+
+    let t1 = Instant::now();
+    e.resize_pool("rz", model!({"targetDedicatedNodes": 3}))
+        .await?;
+    wait_idle(&e, "rz", 3, 120).await;
+    wait_for("steady", 30, || {
+        e.get_pool("rz").is_ok_and(|p| {
+            p.allocation_state == Some(shipyard_batch_api::models::AllocationState::Steady)
+                && p.current_dedicated_nodes == Some(3)
+        })
+    })
+    .await;
+    let grown = t1.elapsed().as_secs_f64();
+    let sockets = node_sockets(&vm_state);
+    assert_eq!(sockets.len(), 3, "one engine per node: {sockets:?}");
+    let new_sockets: Vec<PathBuf> = sockets
+        .iter()
+        .filter(|s| !first.contains(s))
+        .cloned()
+        .collect();
+    assert_eq!(new_sockets.len(), 2, "each new node has its own engine");
+
+    // Every node (the first one and the new ones): every /etc/hosts names all three, the
+    // engine answers and holds the pool's image (from the image cache, as the first node's),
+    // and the other nodes' addresses answer on the bridge (a refused connection is the other
+    // node's kernel answering).
+    e.add_job(model!({
+        "id": "rj", "poolInfo": {"poolId": "rz"}, "onAllTasksComplete": "terminatejob"
+    }))
+    .await?;
+    let check = format!(
+        "getent hosts node-0 node-1 node-2 | wc -l | grep -qx 3 && \
+         docker info -f {{{{.Name}}}} && docker image inspect -f ok {}",
+        shipyard_e2e::TEST_IMAGE
+    );
+    let probe = "for h in $(echo $AZ_BATCH_HOST_LIST | tr , \" \"); do \
+         timeout 5 bash -c \"exec 3<>/dev/tcp/$h/9\" 2>&1 | grep -q refused || exit 7; \
+         echo reached $h; done";
+    e.add_tasks(
+        "rj",
+        vec![model!({
+            "id": "all", "commandLine": format!("/bin/bash -c '{probe}'"),
+            "userIdentity": {"autoUser": {"elevationLevel": "admin", "scope": "pool"}},
+            "multiInstanceSettings": {
+                "numberOfInstances": 3,
+                "coordinationCommandLine": format!("/bin/bash -c '{check}'")
+            }
+        })],
+    )
+    .await?;
+    let t = completed(&e, "rj", "all", 120).await;
+    let info = t.execution_info.clone().unwrap_or_default();
+    let stdout = task_text(&e, "rj", "all", "stdout.txt");
+    assert_eq!(
+        info.result,
+        Some(TaskExecutionResult::Success),
+        "{:?}\n{stdout}\n{}\n{:?}",
+        info.failure_info,
+        task_outputs(&dir.path().join("engine")),
+        e.list_subtasks("rj", "all")
+    );
+    assert_eq!(stdout.matches("reached ").count(), 3, "{stdout}");
+    let subtasks = e.list_subtasks("rj", "all")?;
+    assert_eq!(subtasks.len(), 2);
+    assert!(
+        subtasks.iter().all(|s| s.exit_code == Some(0)),
+        "{subtasks:?}"
+    );
+
+    // Back to one node: the new nodes go, with their namespaces, engines and directories.
+    let pids: Vec<u32> = new_sockets.iter().filter_map(|s| engine_pid(s)).collect();
+    assert_eq!(pids.len(), 2, "the new nodes' dockerd pids");
+    let t2 = Instant::now();
+    e.resize_pool("rz", model!({"targetDedicatedNodes": 1}))
+        .await?;
+    wait_for("one node", 60, || {
+        e.list_nodes("rz").is_ok_and(|v| v.len() == 1)
+            && e.get_pool("rz").is_ok_and(|p| {
+                p.allocation_state == Some(shipyard_batch_api::models::AllocationState::Steady)
+            })
+    })
+    .await;
+    let shrunk = t2.elapsed().as_secs_f64();
+    assert_eq!(node_sockets(&vm_state), first, "the first node stays");
+    for pid in pids {
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "a removed node's dockerd {pid} is gone"
+        );
+    }
+    let pool_dirs: Vec<String> = std::fs::read_dir(vm_state.join("pools"))?
+        .flatten()
+        .map(|d| d.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(pool_dirs.len(), 1);
+    let netns = Command::new("ip").args(["netns", "list"]).output()?;
+    let netns = String::from_utf8_lossy(&netns.stdout);
+    assert!(
+        netns.contains(&format!("shipyard-{}-node-0", pool_dirs[0]))
+            && !netns.contains(&format!("shipyard-{}-node-1", pool_dirs[0]))
+            && !netns.contains(&format!("shipyard-{}-node-2", pool_dirs[0])),
+        "only the first node's namespace is left: {netns}"
+    );
+    let links = Command::new("ip").args(["link", "show"]).output()?;
+    let links = String::from_utf8_lossy(&links.stdout);
+    for n in ["n1", "n2"] {
+        assert!(
+            !links.contains(&format!("syv{}{n}", pool_dirs[0])),
+            "the removed nodes' veths are gone"
+        );
+    }
+    let hosts = std::fs::read_to_string(vm_state.join("pools").join(&pool_dirs[0]).join("hosts"))?;
+    assert!(
+        hosts.contains("node-0") && !hosts.contains("node-1") && !hosts.contains("node-2"),
+        "/etc/hosts no longer names the removed nodes: {hosts}"
+    );
+    for s in &new_sockets {
+        assert!(
+            !s.parent().is_some_and(Path::exists),
+            "{} is gone",
+            s.display()
+        );
+    }
+    eprintln!(
+        "engine_vm: 1 VM-like node {created:.2}s, grown to 3 in {grown:.2}s, shrunk to 1 in {shrunk:.2}s"
+    );
+    delete_and_check(&e, "rz", &vm_state).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vm_like_node_whose_dockerd_dies_is_unusable_and_its_task_retries_elsewhere(
+) -> anyhow::Result<()> {
+    if !shipyard_e2e::require_vm_nodes() {
+        return Ok(());
+    }
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir()?;
+    let vm_state = dir.path().join("vm");
+    let mut opts = engine_options(dir.path(), &format!("{}f", std::process::id()));
+    // No images: the nodes need none here.
+    opts.mirror_images.clear();
+    let e = Engine::open(opts).await?;
+    e.add_pool(vm_pool("vf", 2)).await?;
+    wait_idle(&e, "vf", 2, 120).await;
+    e.add_job(model!({
+        "id": "fj", "poolInfo": {"poolId": "vf"}, "onAllTasksComplete": "terminatejob"
+    }))
+    .await?;
+    e.add_tasks(
+        "fj",
+        vec![model!({
+            "id": "long",
+            "commandLine": "/bin/sh -c 'echo $DOCKER_HOST; sleep 10; echo done'",
+            "constraints": {"maxTaskRetryCount": 1}
+        })],
+    )
+    .await?;
+    // The task names its node's engine; that engine is killed.
+    let mut first = String::new();
+    wait_for("the task's first line", 60, || {
+        first = task_text(&e, "fj", "long", "stdout.txt");
+        first.ends_with('\n')
+    })
+    .await;
+    let socket = PathBuf::from(first.trim().trim_start_matches("unix://"));
+    let dead = e
+        .get_task("fj", "long")?
+        .node_info
+        .and_then(|n| n.node_id)
+        .expect("the running task names its node");
+    let pid = engine_pid(&socket).expect("the node's dockerd pid");
+    let killed = Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()?;
+    assert!(killed.success());
+    let t0 = Instant::now();
+    wait_for("the node unusable", 30, || {
+        e.get_node("vf", &dead)
+            .is_ok_and(|n| n.state == Some(shipyard_batch_api::models::ComputeNodeState::Unusable))
+    })
+    .await;
+    eprintln!("engine_vm: dead dockerd found after {:?}", t0.elapsed());
+    let node = e.get_node("vf", &dead)?;
+    let err = node
+        .errors
+        .as_ref()
+        .and_then(|v| v.first())
+        .expect("a node error");
+    assert_eq!(err.code.as_deref(), Some("NodeEngineDied"));
+    let msg = err.message.clone().unwrap_or_default();
+    assert!(msg.contains(&dead) && msg.contains("dockerd"), "{msg}");
+    let t = completed(&e, "fj", "long", 60).await;
+    let info = t.execution_info.clone().unwrap_or_default();
+    assert_eq!(info.result, Some(TaskExecutionResult::Success), "{info:?}");
+    assert_eq!(info.retry_count, 1);
+    let other = t.node_info.and_then(|n| n.node_id).unwrap_or_default();
+    assert!(!other.is_empty() && other != dead, "retried on {other}");
+    let out = task_text(&e, "fj", "long", "stdout.txt");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    assert_ne!(
+        lines[0],
+        first.trim(),
+        "the retry ran on the other node's engine"
+    );
+    assert_eq!(lines[1], "done");
+    delete_and_check(&e, "vf", &vm_state).await
 }

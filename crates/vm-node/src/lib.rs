@@ -21,6 +21,10 @@
 //! pulled once per set of host image IDs) seeds every node's data root (layers as read-only
 //! bind mounts in the node's mount namespace) before its dockerd starts (see [`DEFAULT_CACHE_KEEP`] for how the cache is bounded).
 //!
+//! A live pool grows with [`VmPool::add_nodes`] (new nodes made as the first ones, seeded from
+//! the same cache entry, named in every node's `/etc/hosts`) and shrinks with
+//! [`VmPool::remove_node`] (the node's dockerd, processes, namespaces, veth and directories).
+//!
 //! Everything is recorded under the state directory before it is created; dropping the pool,
 //! [`VmPool::delete`], a failed creation and [`sweep`] (for pools whose owner process died)
 //! remove exactly that.

@@ -15,7 +15,7 @@ use crate::net::{claim_subnet, Subnet};
 use crate::node::{ping, NodeShared, VmNode};
 use crate::registry::{self, Registry};
 use crate::state::{NodeRecord, PoolRecord, ProcRef};
-use crate::teardown::{stop_all, teardown};
+use crate::teardown::{remove_node, stop_all, teardown};
 
 /// Default directory for pool state (records, node roots, engine data).
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/shipyard/vm-nodes";
@@ -215,8 +215,11 @@ impl VmPoolBuilder {
             },
             children: Vec::new(),
             registry: None,
+            pull: None,
             times: CreationTimes::default(),
             layers: Vec::new(),
+            from: 0,
+            cache_key: None,
         };
         match setup.run() {
             Ok(subnet) => {
@@ -225,10 +228,12 @@ impl VmPoolBuilder {
                     children,
                     registry,
                     mut times,
+                    cache_key,
                     ..
                 } = setup;
                 times.total = started.elapsed();
-                let pool = VmPool::new(rec, children, registry, subnet, &self, times);
+                let mut pool = VmPool::new(rec, children, registry, subnet, &self, times);
+                pool.cache_key = cache_key;
                 tracing::info!(
                     pool = id,
                     nodes = self.nodes,
@@ -252,9 +257,15 @@ struct Setup<'a> {
     rec: PoolRecord,
     children: Vec<Child>,
     registry: Option<Registry>,
+    /// The registry's pull address (the node engines' insecure registry and mirror).
+    pull: Option<std::net::SocketAddr>,
     times: CreationTimes,
-    /// Per node, the cached layers to mount once its dockerd answers.
+    /// Per node from `from`, the cached layers to mount once its dockerd answers.
     layers: Vec<LayerMounts>,
+    /// The first node this setup makes (0 for a new pool; the first new one when growing).
+    from: usize,
+    /// The image cache entry's key, once opened.
+    cache_key: Option<CacheKey>,
 }
 
 /// Where one dockerd keeps its files.
@@ -291,6 +302,7 @@ impl Setup<'_> {
             let mut reg = registry::start(&self.rec, bins, subnet.host(1), storage.as_deref())?;
             self.rec.registries = reg.procs();
             self.rec.save()?;
+            self.pull = Some(reg.pull_address());
             self.children.extend(reg.take_children());
             self.registry = Some(reg);
             self.times.registry = t.elapsed();
@@ -324,6 +336,7 @@ impl Setup<'_> {
             return Ok(None);
         };
         let (dir, user) = CacheEntry::paths(&self.b.state_dir, &key, &self.rec.id);
+        self.cache_key = Some(key.clone());
         self.rec.cache_user = Some(user.clone());
         self.rec.save()?;
         CacheEntry::open(&scope, key, dir, &user).map(Some)
@@ -341,7 +354,7 @@ impl Setup<'_> {
         let t = Instant::now();
         let template = cache.template_root();
         let bins = &self.b.binaries;
-        let nodes = &self.rec.nodes;
+        let nodes = &self.rec.nodes[self.from..];
         self.layers = std::thread::scope(|s| {
             let handles: Vec<_> = nodes
                 .iter()
@@ -365,7 +378,7 @@ impl Setup<'_> {
         let t = Instant::now();
         let scope = self.scope();
         let bins = &self.b.binaries;
-        let (nodes, dir) = (&self.rec.nodes, &self.rec.dir);
+        let (nodes, dir) = (&self.rec.nodes[self.from..], &self.rec.dir);
         let layers = &self.layers;
         std::thread::scope(|s| {
             let handles: Vec<_> = nodes
@@ -511,32 +524,59 @@ impl Setup<'_> {
     }
 
     fn namespaces(&mut self, subnet: Subnet) -> Result<()> {
-        let n = self.b.nodes;
-        let mut hosts =
-            String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
-        for i in 0..n {
+        let indices: Vec<usize> = (0..self.b.nodes).collect();
+        self.add_records(subnet, &indices);
+        let hosts_file = write_hosts(&self.rec)?;
+        mkdir(&self.scope(), &self.b.node_root_dir)?;
+        self.rec.save()?;
+        for i in self.from..self.rec.nodes.len() {
+            self.node_namespaces(i, &hosts_file)?;
+        }
+        Ok(())
+    }
+
+    /// Records nodes `node-<i>` for each of `indices` (address `.2+i`).
+    fn add_records(&mut self, subnet: Subnet, indices: &[usize]) {
+        for &i in indices {
             let name = format!("node-{i}");
-            let address = subnet.host(2 + i as u8).to_string();
-            hosts.push_str(&format!("{address}\t{name}\n"));
             self.rec.nodes.push(NodeRecord {
                 netns: format!("shipyard-{}-{name}", self.rec.id),
                 veth: format!("syv{}n{i}", self.rec.id),
                 dir: self.rec.dir.join(&name),
                 exec_root: self.rec.run_dir.join(format!("n{i}")),
+                address: subnet.host(2 + i as u8).to_string(),
                 name,
-                address,
                 dockerd: None,
             });
         }
-        let hosts_file = self.rec.dir.join("hosts");
-        std::fs::write(&hosts_file, hosts)
-            .map_err(|e| VmNodeError::io(&self.scope(), "writing", &hosts_file, e))?;
-        mkdir(&self.scope(), &self.b.node_root_dir)?;
+    }
+
+    /// Adds nodes `indices` to a running pool (recorded before they are made): namespaces,
+    /// every node's `/etc/hosts`, a data root seeded from the pool's image cache entry, and
+    /// engines that answer.
+    fn grow(&mut self, subnet: Subnet, indices: &[usize]) -> Result<()> {
+        self.add_records(subnet, indices);
         self.rec.save()?;
-        for i in 0..n {
+        let hosts_file = write_hosts(&self.rec)?;
+        for i in self.from..self.rec.nodes.len() {
             self.node_namespaces(i, &hosts_file)?;
         }
-        Ok(())
+        if let Some(key) = self.cache_key.clone() {
+            let scope = self.scope();
+            let (dir, user) = CacheEntry::paths(&self.b.state_dir, &key, &self.rec.id);
+            let mut cache = CacheEntry::open(&scope, key, dir, &user)?;
+            if cache.ready() {
+                self.seed_from_cache(&cache)?;
+            } else {
+                tracing::warn!(
+                    scope,
+                    "the image cache entry is incomplete: new nodes start without its images"
+                );
+            }
+            cache.release();
+        }
+        self.engines()?;
+        self.mount_layers()
     }
 
     fn node_namespaces(&self, i: usize, hosts_file: &Path) -> Result<()> {
@@ -615,14 +655,14 @@ impl Setup<'_> {
     }
 
     fn engines(&mut self) -> Result<()> {
-        for i in 0..self.rec.nodes.len() {
+        for i in self.from..self.rec.nodes.len() {
             let child = self.spawn_dockerd(i)?;
             self.rec.nodes[i].dockerd = ProcRef::of(child.id());
             self.children.push(child);
             self.rec.save()?;
         }
         let deadline = Instant::now() + self.b.engine_timeout;
-        let mut waiting: Vec<usize> = (0..self.rec.nodes.len()).collect();
+        let mut waiting: Vec<usize> = (self.from..self.rec.nodes.len()).collect();
         while !waiting.is_empty() {
             let mut still = Vec::new();
             for &i in &waiting {
@@ -714,10 +754,10 @@ impl Setup<'_> {
                 "--shutdown-timeout=2",
                 "--log-level=warn",
             ]);
-        if let Some(reg) = &self.registry {
-            cmd.arg(format!("--insecure-registry={}", reg.pull_address()));
+        if let Some(pull) = self.pull {
+            cmd.arg(format!("--insecure-registry={pull}"));
             if self.b.registry_mirror {
-                cmd.arg(format!("--registry-mirror=http://{}", reg.pull_address()));
+                cmd.arg(format!("--registry-mirror=http://{pull}"));
             }
         }
         use std::os::unix::process::CommandExt;
@@ -732,6 +772,19 @@ impl Setup<'_> {
             source,
         })
     }
+}
+
+/// Writes the pool's hosts file (bind-mounted as every node's `/etc/hosts`) naming every
+/// node, in place (the same inode, so every node sees the new contents); returns its path.
+fn write_hosts(rec: &PoolRecord) -> Result<PathBuf> {
+    let mut hosts =
+        String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
+    for n in &rec.nodes {
+        hosts.push_str(&format!("{}\t{}\n", n.address, n.name));
+    }
+    let path = rec.dir.join("hosts");
+    std::fs::write(&path, hosts).map_err(|e| VmNodeError::io(&rec.scope(), "writing", &path, e))?;
+    Ok(path)
 }
 
 pub(crate) fn ns_files(pool_dir: &Path, node: &str) -> (PathBuf, PathBuf) {
@@ -769,8 +822,13 @@ pub struct VmPool {
     nodes: Vec<VmNode>,
     bins: Binaries,
     gateway: std::net::Ipv4Addr,
+    subnet: Subnet,
     times: CreationTimes,
     deleted: bool,
+    /// How the pool was made (for nodes added later).
+    builder: VmPoolBuilder,
+    shared: Arc<NodeShared>,
+    cache_key: Option<CacheKey>,
 }
 
 impl VmPool {
@@ -800,12 +858,16 @@ impl VmPool {
         VmPool {
             bins: b.binaries.clone(),
             gateway: subnet.host(1),
+            subnet,
             rec,
             children,
             registry,
             nodes,
             times,
             deleted: false,
+            builder: b.clone(),
+            shared,
+            cache_key: None,
         }
     }
 
@@ -839,6 +901,83 @@ impl VmPool {
     }
     pub(crate) fn binaries(&self) -> &Binaries {
         &self.bins
+    }
+
+    /// Adds `n` nodes, made as the first ones: on the pool's bridge, named in every node's
+    /// `/etc/hosts`, using the pool's registry and seeded from its image cache entry, their
+    /// engines answering before this returns. They take the lowest free node numbers. On
+    /// failure the new nodes are removed and the pool is as before. Returns the new nodes.
+    pub fn add_nodes(&mut self, n: usize) -> Result<Vec<VmNode>> {
+        let used: std::collections::HashSet<&str> =
+            self.rec.nodes.iter().map(|n| n.name.as_str()).collect();
+        let indices: Vec<usize> = (0..MAX_NODES)
+            .filter(|i| !used.contains(format!("node-{i}").as_str()))
+            .take(n)
+            .collect();
+        if indices.len() < n {
+            return Err(VmNodeError::InvalidConfig {
+                field: "nodes",
+                reason: format!(
+                    "{} + {n} nodes is more than {MAX_NODES}",
+                    self.rec.nodes.len()
+                ),
+            });
+        }
+        let from = self.rec.nodes.len();
+        let mut setup = Setup {
+            b: &self.builder,
+            rec: self.rec.clone(),
+            children: Vec::new(),
+            registry: None,
+            pull: self.registry.as_ref().map(Registry::pull_address),
+            times: CreationTimes::default(),
+            layers: Vec::new(),
+            from,
+            cache_key: self.cache_key.clone(),
+        };
+        let t = Instant::now();
+        let grown = setup.grow(self.subnet, &indices);
+        let Setup {
+            rec, mut children, ..
+        } = setup;
+        if let Err(e) = grown {
+            tracing::warn!(pool = self.rec.id, error = %e, "adding nodes failed; removing them");
+            for node in &rec.nodes[from..] {
+                remove_node(&rec, node, &self.bins, &mut children);
+            }
+            let _ = write_hosts(&self.rec);
+            let _ = self.rec.save();
+            return Err(e);
+        }
+        self.rec = rec;
+        self.children.extend(children);
+        let new: Vec<VmNode> = self.rec.nodes[from..]
+            .iter()
+            .map(|n| VmNode::new(n, &self.rec.dir, self.shared.clone()))
+            .collect();
+        self.nodes.extend(new.iter().cloned());
+        tracing::info!(
+            pool = self.rec.id,
+            nodes = n,
+            secs = t.elapsed().as_secs_f64(),
+            "nodes added"
+        );
+        Ok(new)
+    }
+
+    /// Removes node `name` and everything of it: its dockerd and every process in its
+    /// namespaces, its namespaces, veth and directories; every other node's `/etc/hosts`
+    /// stops naming it. A name the pool does not have is left alone.
+    pub fn remove_node(&mut self, name: &str) -> Result<()> {
+        let Some(i) = self.rec.nodes.iter().position(|n| n.name == name) else {
+            return Ok(());
+        };
+        let node = self.rec.nodes[i].clone();
+        remove_node(&self.rec, &node, &self.bins, &mut self.children);
+        self.rec.nodes.remove(i);
+        self.nodes.retain(|n| n.name() != name);
+        write_hosts(&self.rec)?;
+        self.rec.save()
     }
 
     /// Removes everything now (also done on drop).
@@ -882,6 +1021,59 @@ mod tests {
             .map(|e| e.to_string());
         assert!(e.is_some_and(|e| e.contains("node_root_dir")));
         assert!(VmPool::builder().nodes(8).validate().is_ok());
+    }
+
+    #[test]
+    fn the_hosts_file_names_every_node_and_is_rewritten_in_place() {
+        use std::os::unix::fs::MetadataExt;
+        let Ok(dir) = tempfile::tempdir() else {
+            panic!("tempdir")
+        };
+        let node = |i: usize| NodeRecord {
+            name: format!("node-{i}"),
+            netns: String::new(),
+            veth: String::new(),
+            address: format!("10.213.7.{}", 2 + i),
+            dir: dir.path().join(format!("node-{i}")),
+            exec_root: dir.path().join(format!("n{i}")),
+            dockerd: None,
+        };
+        let mut rec = PoolRecord {
+            id: "t".into(),
+            owner: ProcRef::current(),
+            dir: dir.path().to_path_buf(),
+            run_dir: dir.path().join("run"),
+            subnet_claim: None,
+            bridge: None,
+            forward_rule: None,
+            ns_dir_mounted: false,
+            registries: Vec::new(),
+            nodes: vec![node(0)],
+            cache_user: None,
+            template_dockerd: None,
+        };
+        let path = write_hosts(&rec).unwrap_or_default();
+        let inode = std::fs::metadata(&path).map(|m| m.ino()).unwrap_or(0);
+        rec.nodes.push(node(1));
+        assert_eq!(write_hosts(&rec).ok().as_ref(), Some(&path));
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            text.ends_with("10.213.7.2\tnode-0\n10.213.7.3\tnode-1\n"),
+            "{text}"
+        );
+        assert!(text.starts_with("127.0.0.1\tlocalhost\n"));
+        // The same file: a bind mount of it (every node's /etc/hosts) sees the new contents.
+        assert_eq!(
+            std::fs::metadata(&path).map(|m| m.ino()).unwrap_or(1),
+            inode
+        );
+        rec.nodes.remove(0);
+        assert!(write_hosts(&rec).is_ok());
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            !text.contains("node-0") && text.contains("node-1"),
+            "{text}"
+        );
     }
 
     #[test]

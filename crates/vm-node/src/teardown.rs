@@ -7,7 +7,7 @@ use std::process::Child;
 use std::time::{Duration, Instant};
 
 use crate::cmd::{run, run_quiet, Binaries};
-use crate::state::{PoolRecord, ProcRef};
+use crate::state::{NodeRecord, PoolRecord, ProcRef};
 
 const STOP_GRACE: Duration = Duration::from_secs(10);
 
@@ -92,6 +92,44 @@ fn kill_netns_processes(scope: &str, bins: &Binaries, netns: &str) {
     }
 }
 
+/// Kills what runs in `node`'s namespaces, then removes them and its veth.
+fn node_namespaces_down(rec: &PoolRecord, node: &NodeRecord, bins: &Binaries) {
+    let ns = format!("{} of {}", node.name, rec.scope());
+    kill_netns_processes(&ns, bins, &node.netns);
+    let ns_dir = rec.dir.join("ns");
+    for kind in ["mnt", "uts"] {
+        let f = ns_dir.join(format!("{}.{kind}", node.name));
+        if f.exists() {
+            run_quiet(&ns, &bins.umount, [&f]);
+            let _ = std::fs::remove_file(&f);
+        }
+    }
+    run_quiet(&ns, &bins.ip, ["link", "del", &node.veth]);
+    run_quiet(&ns, &bins.ip, ["netns", "del", &node.netns]);
+}
+
+/// Removes one node of a live pool: its dockerd (reaping it among `children`), what runs in
+/// its namespaces, the namespaces, its veth and its directories.
+pub(crate) fn remove_node(
+    rec: &PoolRecord,
+    node: &NodeRecord,
+    bins: &Binaries,
+    children: &mut [Child],
+) {
+    let scope = format!("{} of {}", node.name, rec.scope());
+    tracing::info!(scope, "removing the node");
+    let procs: Vec<ProcRef> = node.dockerd.into_iter().collect();
+    stop_all(&scope, bins, &procs, children);
+    node_namespaces_down(rec, node, bins);
+    for dir in [&node.dir, &node.exec_root] {
+        if let Err(e) = std::fs::remove_dir_all(dir) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(scope, dir = %dir.display(), error = %e, "cannot remove");
+            }
+        }
+    }
+}
+
 /// Removes everything `rec` names. `children` are this process's dockerd/registry handles
 /// (empty when sweeping), reaped so no zombie stays behind.
 pub(crate) fn teardown(rec: &PoolRecord, bins: &Binaries, children: &mut [Child]) {
@@ -102,17 +140,7 @@ pub(crate) fn teardown(rec: &PoolRecord, bins: &Binaries, children: &mut [Child]
     procs.extend(rec.template_dockerd);
     stop_all(&scope, bins, &procs, children);
     for node in &rec.nodes {
-        let ns = format!("{} of {}", node.name, scope);
-        kill_netns_processes(&ns, bins, &node.netns);
-        let ns_dir = rec.dir.join("ns");
-        for kind in ["mnt", "uts"] {
-            let f = ns_dir.join(format!("{}.{kind}", node.name));
-            if f.exists() {
-                run_quiet(&ns, &bins.umount, [&f]);
-            }
-        }
-        run_quiet(&ns, &bins.ip, ["link", "del", &node.veth]);
-        run_quiet(&ns, &bins.ip, ["netns", "del", &node.netns]);
+        node_namespaces_down(rec, node, bins);
     }
     if rec.ns_dir_mounted {
         run_quiet(&scope, &bins.umount, [rec.dir.join("ns")]);

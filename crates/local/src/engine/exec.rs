@@ -467,7 +467,10 @@ fn release_nodes(
             }
             if nr.tasks.is_empty() {
                 nr.used_slots = 0;
-                set_node_state(&mut nr.node, ComputeNodeState::Idle);
+                // An unusable node (its engine died) stays so.
+                if matches!(nr.node.state, Some(ComputeNodeState::Running)) {
+                    set_node_state(&mut nr.node, ComputeNodeState::Idle);
+                }
             }
             nr.node.running_task_slots_count = Some(nr.used_slots);
             keys.push(Key::Node(pool.to_string(), n.clone()));
@@ -860,10 +863,28 @@ impl Engine {
         if let Ok(mut c) = self.inner.cancels.lock() {
             c.remove(&(job.clone(), task.clone()));
         }
-        let cancelled = cancel.is_cancelled() && !self.inner.shutdown.is_cancelled();
         if self.inner.shutdown.is_cancelled() {
             return;
         }
+        // An attempt that did not succeed may have lost a node: its engine died (the health
+        // monitor ended the attempt, or the run failed because of it).
+        let dead = if code == Some(0) && fail.is_none() {
+            None
+        } else {
+            self.dead_node_of(&pool, &nodes).await
+        };
+        if let Some((node, message)) = &dead {
+            fail = Some(TaskFailureInformation {
+                category: ErrorCategory::ServerError,
+                ..failure(
+                    "NodeUnusable",
+                    format!(
+                        "node {node} of pool {pool} became unusable while the task ran: {message}"
+                    ),
+                )
+            });
+        }
+        let cancelled = dead.is_none() && cancel.is_cancelled();
         let mut action = None;
         {
             let mut st = self.lock();
@@ -897,12 +918,15 @@ impl Engine {
                     .or(job_retries)
                     .unwrap_or(0);
                 let retry_count = t.task.execution_info.as_ref().map_or(0, |i| i.retry_count);
-                // Batch retries non-zero exits only (not pre-processing/upload failures or termination).
-                if !ok && !cancelled && fail.is_none() && (max == -1 || retry_count < max) {
+                // Batch retries non-zero exits and lost nodes only (not pre-processing/upload
+                // failures or termination).
+                let retriable = fail.is_none() || dead.is_some();
+                if !ok && !cancelled && retriable && (max == -1 || retry_count < max) {
                     let info = t.task.execution_info.get_or_insert_with(Default::default);
                     info.retry_count += 1;
                     info.last_retry_time = Some(now());
                     info.exit_code = code;
+                    info.failure_info = fail.clone();
                     set_task_state(&mut t.task, TaskState::Active);
                     if let Some(q) = st.queues.get_mut(&job) {
                         q.first = 0;
@@ -1523,6 +1547,7 @@ pub(crate) async fn end_job(e: &Engine, job: &str, reason: String, delete: bool)
                 x.terminate_reason.get_or_insert_with(|| reason.clone());
             }
         }
+        let pool = j.params.pool_info.pool_id.clone().unwrap_or_default();
         let prepped: Vec<String> = j
             .prep
             .iter()
@@ -1530,7 +1555,15 @@ pub(crate) async fn end_job(e: &Engine, job: &str, reason: String, delete: bool)
             .map(|(n, _)| n.clone())
             .collect();
         let release = j.params.job_release_task.clone();
-        let pool = j.params.pool_info.pool_id.clone().unwrap_or_default();
+        // Not on nodes whose engine died (Batch runs no release on an unusable node).
+        let prepped: Vec<String> = prepped
+            .into_iter()
+            .filter(|n| {
+                st.nodes
+                    .get(&(pool.clone(), n.clone()))
+                    .is_none_or(|n| !matches!(n.node.state, Some(ComputeNodeState::Unusable)))
+            })
+            .collect();
         let tasks: Vec<String> = st
             .tasks
             .range((job.to_string(), String::new())..)
@@ -1700,4 +1733,486 @@ pub(crate) async fn end_job(e: &Engine, job: &str, reason: String, delete: bool)
         }
     }
     let _ = e.save(&st, &[Key::Job(job.to_string())]);
+}
+
+/// How often the nodes that run tasks are checked for a dead engine (holder container or
+/// dockerd): one inspect or socket ping per such node.
+const BUSY_NODE_CHECK: Duration = Duration::from_secs(2);
+/// How often idle nodes are checked.
+const IDLE_NODE_CHECK: Duration = Duration::from_secs(10);
+/// Node checks run concurrently by one round of the health check.
+const HEALTH_CHECKS_AT_ONCE: usize = 8;
+/// A node found dead is checked again after this long before it is marked unusable.
+const RECHECK_AFTER: Duration = Duration::from_millis(300);
+
+/// The node error of a node whose engine died: `vm` for VM-like nodes (their dockerd),
+/// else the holder container `holder`; `when` says how it was found.
+pub(crate) fn death_error(
+    vm: bool,
+    node: &str,
+    holder: &str,
+    when: &str,
+) -> shipyard_batch_api::models::ComputeNodeError {
+    let (code, what) = if vm {
+        (
+            "NodeEngineDied",
+            format!("the Docker engine (dockerd) of node {node} exited or does not answer"),
+        )
+    } else {
+        (
+            "NodeContainerGone",
+            format!("the holder container {holder} of node {node} is gone or stopped"),
+        )
+    };
+    shipyard_batch_api::models::ComputeNodeError {
+        code: Some(code.into()),
+        message: Some(format!("{what} ({when})")),
+        error_details: None,
+    }
+}
+
+impl Engine {
+    /// Checks node engines while the engine runs: nodes with running tasks every
+    /// [`BUSY_NODE_CHECK`], idle ones every [`IDLE_NODE_CHECK`]. A dead node becomes unusable
+    /// and its tasks' attempts end (see [`Engine::node_died`]).
+    pub(crate) fn spawn_health_monitor(&self) {
+        let weak = Arc::downgrade(&self.inner);
+        let shutdown = self.inner.shutdown.clone();
+        tokio::spawn(async move {
+            let mut last_idle = std::time::Instant::now();
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(BUSY_NODE_CHECK) => {}
+                    _ = shutdown.cancelled() => return,
+                }
+                let Some(inner) = weak.upgrade() else { return };
+                let e = Engine { inner };
+                let idle = last_idle.elapsed() >= IDLE_NODE_CHECK;
+                if idle {
+                    last_idle = std::time::Instant::now();
+                }
+                e.check_nodes(idle).await;
+            }
+        });
+    }
+
+    /// Checks the running nodes (and, with `idle`, the idle ones) of active pools.
+    async fn check_nodes(&self, idle: bool) {
+        let nodes: Vec<(String, String)> = {
+            let st = self.lock();
+            st.nodes
+                .values()
+                .filter(|n| {
+                    st.pools.get(&n.pool).is_some_and(|p| {
+                        matches!(
+                            p.pool.state,
+                            Some(shipyard_batch_api::models::PoolState::Active)
+                        )
+                    })
+                })
+                .filter(|n| match n.node.state {
+                    Some(ComputeNodeState::Running) => true,
+                    Some(ComputeNodeState::Idle) => idle,
+                    _ => false,
+                })
+                .map(|n| (n.pool.clone(), n.id().to_string()))
+                .collect()
+        };
+        use futures::StreamExt;
+        futures::stream::iter(nodes)
+            .map(|(pool, node)| {
+                let e = self.clone();
+                async move {
+                    e.check_alive(&pool, &node, "found by the engine's health check")
+                        .await
+                }
+            })
+            .buffer_unordered(HEALTH_CHECKS_AT_ONCE)
+            .collect::<Vec<_>>()
+            .await;
+    }
+
+    /// Whether node `pool/node` is usable: an unusable node is not; otherwise its engine is
+    /// checked, and a dead one is marked (`when` goes into the node error). Returns the node's
+    /// error message when it is dead (never for nodes being removed, see [`Engine::node_died`]).
+    pub(crate) async fn check_alive(&self, pool: &str, node: &str, when: &str) -> Option<String> {
+        let r = {
+            let st = self.lock();
+            let n = st.nodes.get(&(pool.to_string(), node.to_string()))?;
+            if matches!(n.node.state, Some(ComputeNodeState::Unusable)) {
+                return Some(node_error_text(n));
+            }
+            self.node_ref(&st, pool, node)?
+        };
+        let kind = self.kind_of(pool);
+        if kind.node_alive(&r).await {
+            return None;
+        }
+        // Once more after a moment: a slow or failed call of a busy Docker engine is no death.
+        tokio::time::sleep(RECHECK_AFTER).await;
+        if kind.node_alive(&r).await {
+            return None;
+        }
+        self.node_died(pool, node, when)
+    }
+
+    /// Marks a node whose engine died unusable (with a node error naming it and what died)
+    /// and ends the attempts of the tasks on it; they are retried elsewhere when their
+    /// retries allow ([`Engine::run_task`]). Returns the error message (`None` for a node
+    /// being removed, which is left alone).
+    pub(crate) fn node_died(&self, pool: &str, node: &str, when: &str) -> Option<String> {
+        let (tasks, message) = {
+            let mut st = self.lock();
+            let p = st.pools.get(pool)?;
+            let vm = super::is_vm_pool(&p.params);
+            // A pool being deleted, or a node leaving it, loses its engines on purpose.
+            if !matches!(
+                p.pool.state,
+                Some(shipyard_batch_api::models::PoolState::Active)
+            ) {
+                return None;
+            }
+            let n = st.nodes.get_mut(&(pool.to_string(), node.to_string()))?;
+            match n.node.state {
+                Some(ComputeNodeState::LeavingPool) => return None,
+                Some(ComputeNodeState::Unusable) => {}
+                _ => {
+                    let err = death_error(vm, node, &n.holder, when);
+                    tracing::warn!(pool, node, error = ?err.message, "node engine died");
+                    set_node_state(&mut n.node, ComputeNodeState::Unusable);
+                    n.node.errors = Some(vec![err]);
+                }
+            }
+            let out = (n.tasks.clone(), node_error_text(n));
+            if let Err(e) = self.save(&st, &[Key::Node(pool.to_string(), node.to_string())]) {
+                tracing::warn!(error = %e, "saving node");
+            }
+            out
+        };
+        for t in tasks {
+            if let Some((j, t)) = t.split_once('/') {
+                self.cancel_task(j, t);
+            }
+        }
+        self.wake();
+        Some(message)
+    }
+
+    /// The first node of `nodes` (of `pool`) that is unusable or whose engine is dead, with
+    /// its error message.
+    pub(crate) async fn dead_node_of(
+        &self,
+        pool: &str,
+        nodes: &[String],
+    ) -> Option<(String, String)> {
+        for n in nodes {
+            if let Some(m) = self
+                .check_alive(pool, n, "found when a task on it failed")
+                .await
+            {
+                return Some((n.clone(), m));
+            }
+        }
+        None
+    }
+}
+
+/// A node's first error message (its code when it has none).
+fn node_error_text(n: &super::state::NodeRec) -> String {
+    n.node
+        .errors
+        .as_ref()
+        .and_then(|e| e.first())
+        .map(|e| {
+            e.message
+                .clone()
+                .or_else(|| e.code.clone())
+                .unwrap_or_default()
+        })
+        .unwrap_or_else(|| format!("node {} is unusable", n.id()))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+
+    use futures::future::BoxFuture;
+    use shipyard_batch_api::models::{
+        ContainerConfiguration, ImageReference, JobAddParameter, PoolAddParameter, PoolInformation,
+        TaskConstraints, VirtualMachineConfiguration,
+    };
+
+    use super::*;
+    use crate::engine::{EngineError, EngineOptions, NodeKind, PoolSetup, Result};
+
+    /// Nodes that live in memory: a node in `dead` is dead; a task whose command names
+    /// `slow` runs 6 s (unless cancelled), others end at once; a run on a dead node fails
+    /// as Docker does when the holder is gone.
+    #[derive(Default)]
+    struct FakeNodes {
+        dead: Mutex<HashSet<String>>,
+        runs: Mutex<Vec<String>>,
+    }
+
+    impl FakeNodes {
+        fn kill(&self, node: &str) {
+            if let Ok(mut d) = self.dead.lock() {
+                d.insert(node.to_string());
+            }
+        }
+        fn is_dead(&self, node: &str) -> bool {
+            self.dead.lock().is_ok_and(|d| d.contains(node))
+        }
+        async fn process(
+            &self,
+            node: &NodeRef,
+            spec: &RunSpec,
+            cancel: CancellationToken,
+        ) -> Result<RunEnd> {
+            if let Ok(mut r) = self.runs.lock() {
+                r.push(node.id.clone());
+            }
+            if self.is_dead(&node.id) {
+                return Err(EngineError::invalid(
+                    "container",
+                    "No such container: holder",
+                ));
+            }
+            if !spec.argv.iter().any(|a| a.contains("slow")) {
+                return Ok(RunEnd::Exited(0));
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(6)) => Ok(RunEnd::Exited(0)),
+                _ = cancel.cancelled() => Ok(RunEnd::Cancelled),
+            }
+        }
+    }
+
+    impl NodeKind for FakeNodes {
+        fn create_pool<'a>(&'a self, _: &'a PoolSetup) -> BoxFuture<'a, Result<()>> {
+            Box::pin(async { Ok(()) })
+        }
+        fn remove_pool<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Result<()>> {
+            Box::pin(async { Ok(()) })
+        }
+        fn create_node<'a>(&'a self, _: &'a NodeRef) -> BoxFuture<'a, Result<String>> {
+            Box::pin(async { Ok("10.0.0.2".to_string()) })
+        }
+        fn remove_node<'a>(&'a self, node: &'a NodeRef) -> BoxFuture<'a, Result<()>> {
+            Box::pin(async move {
+                self.kill(&node.id);
+                Ok(())
+            })
+        }
+        fn node_alive<'a>(&'a self, node: &'a NodeRef) -> BoxFuture<'a, bool> {
+            Box::pin(async move { !self.is_dead(&node.id) })
+        }
+        fn run<'a>(
+            &'a self,
+            node: &'a NodeRef,
+            spec: &'a RunSpec,
+            cancel: CancellationToken,
+        ) -> BoxFuture<'a, Result<RunEnd>> {
+            Box::pin(self.process(node, spec, cancel))
+        }
+        fn exec<'a>(
+            &'a self,
+            node: &'a NodeRef,
+            spec: &'a RunSpec,
+            _: Vec<String>,
+            cancel: CancellationToken,
+        ) -> BoxFuture<'a, Result<RunEnd>> {
+            Box::pin(self.process(node, spec, cancel))
+        }
+        fn remove_container<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Result<()>> {
+            Box::pin(async { Ok(()) })
+        }
+        fn remove_labelled<'a>(&'a self, _: &'a str, _: &'a str) -> BoxFuture<'a, Result<()>> {
+            Box::pin(async { Ok(()) })
+        }
+    }
+
+    fn pool(nodes: i32) -> PoolAddParameter {
+        PoolAddParameter {
+            id: "p".into(),
+            vm_size: "standard_d2s_v3".into(),
+            target_dedicated_nodes: Some(nodes),
+            virtual_machine_configuration: Some(VirtualMachineConfiguration {
+                image_reference: ImageReference::default(),
+                node_agent_sku_id: "batch.node.ubuntu 22.04".into(),
+                container_configuration: Some(ContainerConfiguration::default()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn task(id: &str, cmd: &str, retries: i32) -> TaskAddParameter {
+        TaskAddParameter {
+            id: id.into(),
+            command_line: cmd.into(),
+            constraints: Some(TaskConstraints {
+                max_task_retry_count: Some(retries),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    async fn engine(dir: &Path, nodes: i32) -> (Engine, Arc<FakeNodes>) {
+        let fake = Arc::new(FakeNodes::default());
+        let e = Engine::open_with_kinds(EngineOptions::new(dir), fake.clone(), fake.clone())
+            .await
+            .unwrap_or_else(|err| panic!("open: {err}"));
+        assert!(e.add_pool(pool(nodes)).await.is_ok());
+        wait("idle nodes", || {
+            e.list_nodes("p").is_ok_and(|v| {
+                v.len() == nodes as usize
+                    && v.iter().all(|n| n.state == Some(ComputeNodeState::Idle))
+            })
+        })
+        .await;
+        let job = JobAddParameter {
+            id: "j".into(),
+            pool_info: PoolInformation {
+                pool_id: Some("p".into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        assert!(e.add_job(job).await.is_ok());
+        (e, fake)
+    }
+
+    async fn wait(what: &str, mut f: impl FnMut() -> bool) {
+        let t = std::time::Instant::now();
+        while !f() {
+            assert!(t.elapsed() < Duration::from_secs(20), "timed out: {what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits until `task` of job `j` is completed and returns it.
+    async fn completed(e: &Engine, task: &str) -> CloudTask {
+        let mut done = None;
+        wait("completed", || {
+            done = e
+                .get_task("j", task)
+                .ok()
+                .filter(|t| t.state == Some(TaskState::Completed));
+            done.is_some()
+        })
+        .await;
+        done.unwrap_or_default()
+    }
+
+    /// Adds task `t` (`slow`, one retry) to job `j` and waits until it runs.
+    async fn start_slow_task(e: &Engine) {
+        assert!(e.add_tasks("j", vec![task("t", "slow", 1)]).await.is_ok());
+        wait("running", || {
+            e.get_task("j", "t")
+                .is_ok_and(|t| t.state == Some(TaskState::Running))
+        })
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_health_check_finds_a_dead_node_under_a_task_which_is_retried_elsewhere() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let (e, fake) = engine(dir.path(), 2).await;
+        start_slow_task(&e).await;
+        let first = e
+            .get_task("j", "t")
+            .ok()
+            .and_then(|t| t.node_info)
+            .and_then(|n| n.node_id)
+            .unwrap_or_default();
+        // The task keeps running on the dead node (as a process would): only the health
+        // check can find it.
+        fake.kill(&first);
+        let t0 = std::time::Instant::now();
+        wait("the node unusable", || {
+            e.get_node("p", &first)
+                .is_ok_and(|n| n.state == Some(ComputeNodeState::Unusable))
+        })
+        .await;
+        assert!(t0.elapsed() < BUSY_NODE_CHECK + RECHECK_AFTER + Duration::from_secs(1));
+        let node = e.get_node("p", &first).unwrap_or_default();
+        let err = node.errors.unwrap_or_default().pop().unwrap_or_default();
+        assert_eq!(err.code.as_deref(), Some("NodeContainerGone"));
+        assert!(err.message.unwrap_or_default().contains(&first));
+        let t = completed(&e, "t").await;
+        let info = t.execution_info.unwrap_or_default();
+        assert_eq!(info.retry_count, 1);
+        assert_eq!(info.result, Some(TaskExecutionResult::Success));
+        assert_eq!(info.failure_info, None);
+        let second = t.node_info.and_then(|n| n.node_id).unwrap_or_default();
+        assert!(!second.is_empty() && second != first);
+        assert_eq!(
+            fake.runs.lock().map(|r| r.clone()).unwrap_or_default(),
+            vec![first.clone(), second.clone()]
+        );
+        assert_eq!(
+            e.get_node("p", &first).ok().and_then(|n| n.state),
+            Some(ComputeNodeState::Unusable),
+            "a dead node stays unusable after its task left"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_run_failing_on_a_dead_node_fails_the_task_naming_the_node_when_no_retry_is_left() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let (e, fake) = engine(dir.path(), 1).await;
+        let node = e
+            .list_nodes("p")
+            .ok()
+            .and_then(|v| v.into_iter().next())
+            .and_then(|n| n.id)
+            .unwrap_or_default();
+        fake.kill(&node);
+        assert!(e.add_tasks("j", vec![task("t", "quick", 0)]).await.is_ok());
+        let info = completed(&e, "t").await.execution_info.unwrap_or_default();
+        assert_eq!(info.retry_count, 0);
+        assert_eq!(info.result, Some(TaskExecutionResult::Failure));
+        let fi = info.failure_info.unwrap_or_else(|| failure("none", ""));
+        assert_eq!(fi.code.as_deref(), Some("NodeUnusable"));
+        assert_eq!(fi.category, ErrorCategory::ServerError);
+        let msg = fi.message.unwrap_or_default();
+        assert!(
+            msg.contains(&node) && msg.contains("holder container"),
+            "{msg}"
+        );
+        assert_eq!(
+            e.get_node("p", &node).ok().and_then(|n| n.state),
+            Some(ComputeNodeState::Unusable)
+        );
+        // Nothing is placed on it any more: a new task fails, the pool having no usable node.
+        assert!(e.add_tasks("j", vec![task("u", "quick", 0)]).await.is_ok());
+        let msg = completed(&e, "u")
+            .await
+            .execution_info
+            .and_then(|i| i.failure_info)
+            .and_then(|f| f.message)
+            .unwrap_or_default();
+        assert!(msg.contains("unusable"), "{msg}");
+        assert_eq!(fake.runs.lock().map(|r| r.len()).unwrap_or_default(), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_node_removed_by_a_resize_is_no_node_death() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let (e, _fake) = engine(dir.path(), 1).await;
+        start_slow_task(&e).await;
+        let r = shipyard_batch_api::models::PoolResizeParameter {
+            target_dedicated_nodes: Some(0),
+            ..Default::default()
+        };
+        assert!(e.resize_pool("p", r).await.is_ok());
+        let info = completed(&e, "t").await.execution_info.unwrap_or_default();
+        assert_eq!(info.retry_count, 0, "{info:?}");
+        let code = info.failure_info.and_then(|f| f.code);
+        assert_eq!(code.as_deref(), Some("TaskEnded"));
+        assert!(e.list_nodes("p").is_ok_and(|v| v.is_empty()));
+    }
 }

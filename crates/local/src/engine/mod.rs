@@ -200,6 +200,7 @@ impl Engine {
         };
         engine.recover().await?;
         engine.spawn_scheduler();
+        engine.spawn_health_monitor();
         Ok(engine)
     }
 
@@ -304,6 +305,12 @@ impl Engine {
         let (stale_containers, deleting) = {
             let mut stale_containers = Vec::new();
             let mut st = self.lock();
+            let vm_pools: std::collections::HashSet<String> = st
+                .pools
+                .values()
+                .filter(|p| is_vm_pool(&p.params))
+                .map(|p| p.params.id.clone())
+                .collect();
             let mut keys = Vec::new();
             for ((pool, id), n) in st.nodes.iter_mut() {
                 n.used_slots = 0;
@@ -312,11 +319,13 @@ impl Engine {
                 n.node.running_task_slots_count = Some(0);
                 if dead.contains(&(pool.clone(), id.clone())) {
                     set_node_state(&mut n.node, ComputeNodeState::Unusable);
-                    n.node.errors = Some(vec![shipyard_batch_api::models::ComputeNodeError {
-                    code: Some("NodeContainerGone".into()),
-                    message: Some(format!("the holder container {} of node {id} is gone (found when the engine reopened)", n.holder)),
-                    error_details: None,
-                }]);
+                    let vm = vm_pools.contains(pool);
+                    n.node.errors = Some(vec![exec::death_error(
+                        vm,
+                        id,
+                        &n.holder,
+                        "found when the engine reopened",
+                    )]);
                 } else if matches!(n.node.state, Some(ComputeNodeState::Running)) {
                     set_node_state(&mut n.node, ComputeNodeState::Idle);
                 } else if matches!(
@@ -693,7 +702,15 @@ impl Engine {
             self.cancel_task(&j, &t);
         }
         let kind = self.kind_of(id);
-        futures::future::join_all(refs.iter().map(|r| kind.remove_node(r))).await;
+        // A VM-like pool's removal removes all its nodes at once (in parallel).
+        if !self
+            .lock()
+            .pools
+            .get(id)
+            .is_some_and(|p| is_vm_pool(&p.params))
+        {
+            futures::future::join_all(refs.iter().map(|r| kind.remove_node(r))).await;
+        }
         if let Err(e) = kind.remove_labelled(labels::POOL, id).await {
             tracing::warn!(pool = id, error = %e, "removing pool containers");
         }
@@ -750,13 +767,28 @@ impl Engine {
             p.pool.allocation_state_transition_time = Some(now());
             let mut nodes: Vec<&NodeRec> = st.nodes.values().filter(|n| n.pool == id).collect();
             let current = nodes.len();
-            nodes.sort_by_key(|n| (n.used_slots, std::cmp::Reverse(n.id().to_string())));
+            // Unusable and start-task-failed nodes first, then idle ones, newest first.
+            nodes.sort_by_key(|n| {
+                let usable = !matches!(
+                    n.node.state,
+                    Some(ComputeNodeState::Unusable) | Some(ComputeNodeState::StartTaskFailed)
+                );
+                (usable, n.used_slots, std::cmp::Reverse(n.id().to_string()))
+            });
             let victims: Vec<String> = nodes
                 .iter()
                 .take(current.saturating_sub(target))
                 .map(|n| n.id().to_string())
                 .collect();
-            self.save(&st, &[Key::Pool(id.to_string())])?;
+            let mut keys = vec![Key::Pool(id.to_string())];
+            // Leaving: nothing more is placed there, and its tasks' end is no node death.
+            for v in &victims {
+                if let Some(n) = st.nodes.get_mut(&(id.to_string(), v.clone())) {
+                    set_node_state(&mut n.node, ComputeNodeState::LeavingPool);
+                    keys.push(Key::Node(id.to_string(), v.clone()));
+                }
+            }
+            self.save(&st, &keys)?;
             (current, victims)
         };
         if target > current {

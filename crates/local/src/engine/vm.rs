@@ -48,10 +48,40 @@ impl Default for VmNodesOptions {
 }
 
 struct VmPoolEntry {
+    /// Locked around the pool's blocking operations (adding and removing nodes); taken when
+    /// the pool is removed.
     pool: Mutex<Option<VmPool>>,
-    nodes: Vec<VmNode>,
-    /// Which engine node id holds each VM node (`None`: free).
-    assigned: Mutex<Vec<Option<String>>>,
+    /// The pool's nodes, each with the engine node id that holds it (`None`: free).
+    nodes: Mutex<Vec<(VmNode, Option<String>)>>,
+    /// Engine nodes being created that have no VM node yet (those added at once by a resize
+    /// are made together).
+    waiting: std::sync::atomic::AtomicUsize,
+}
+
+/// Counts an engine node in [`VmPoolEntry::waiting`] while it lives.
+struct Waiting<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn new(n: &'a std::sync::atomic::AtomicUsize) -> Self {
+        n.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Waiting(n)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl VmPoolEntry {
+    /// Gives a free VM node to engine node `id`.
+    fn assign_free(&self, id: &str) -> Option<VmNode> {
+        let mut nodes = guard(&self.nodes);
+        let (vm, a) = nodes.iter_mut().find(|(_, a)| a.is_none())?;
+        *a = Some(id.to_string());
+        Some(vm.clone())
+    }
 }
 
 /// The VM-like node kind.
@@ -116,11 +146,45 @@ impl VmNodes {
         let entry = self
             .entry(&node.network)
             .ok_or_else(|| EngineError::not_found("NodeNotFound", &node.id))?;
-        let i = guard(&entry.assigned)
+        let nodes = guard(&entry.nodes);
+        nodes
             .iter()
-            .position(|a| a.as_deref() == Some(node.id.as_str()))
-            .ok_or_else(|| EngineError::not_found("NodeNotFound", &node.id))?;
-        Ok(entry.nodes[i].clone())
+            .find(|(_, a)| a.as_deref() == Some(node.id.as_str()))
+            .map(|(vm, _)| vm.clone())
+            .ok_or_else(|| EngineError::not_found("NodeNotFound", &node.id))
+    }
+
+    /// Adds as many VM nodes to the pool of `entry` as engine nodes wait for one (none when
+    /// enough became free meanwhile).
+    async fn add_vm_nodes(&self, entry: &Arc<VmPoolEntry>, node: &NodeRef) -> Result<()> {
+        let (entry, pool_id) = (entry.clone(), node.pool.clone());
+        let added = tokio::task::spawn_blocking(move || {
+            let mut pool = guard(&entry.pool);
+            let free = guard(&entry.nodes)
+                .iter()
+                .filter(|(_, a)| a.is_none())
+                .count();
+            let want = entry
+                .waiting
+                .load(std::sync::atomic::Ordering::SeqCst)
+                .saturating_sub(free);
+            if want == 0 {
+                return Ok(());
+            }
+            let Some(pool) = pool.as_mut() else {
+                return Err(EngineError::invalid(
+                    "pool",
+                    format!("pool {pool_id} is being removed"),
+                ));
+            };
+            let new = pool
+                .add_nodes(want)
+                .map_err(|e| vm_err(format!("adding a node to pool {pool_id}"), e))?;
+            guard(&entry.nodes).extend(new.into_iter().map(|vm| (vm, None)));
+            Ok(())
+        })
+        .await;
+        joined(added, "node")
     }
 
     async fn process(
@@ -254,11 +318,11 @@ impl NodeKind for VmNodes {
                 times = ?pool.creation_times(),
                 "VM-like nodes ready"
             );
-            let nodes = pool.nodes().to_vec();
+            let nodes = pool.nodes().iter().map(|vm| (vm.clone(), None)).collect();
             let entry = VmPoolEntry {
-                assigned: Mutex::new(vec![None; nodes.len()]),
-                nodes,
+                nodes: Mutex::new(nodes),
                 pool: Mutex::new(Some(pool)),
+                waiting: Default::default(),
             };
             guard(&self.pools).insert(setup.network.clone(), Arc::new(entry));
             Ok(())
@@ -270,12 +334,15 @@ impl NodeKind for VmNodes {
             let Some(entry) = guard(&self.pools).remove(network) else {
                 return Ok(());
             };
-            let pool = guard(&entry.pool).take();
-            if let Some(pool) = pool {
-                tokio::task::spawn_blocking(move || pool.delete())
-                    .await
-                    .map_err(|e| EngineError::invalid("pool", format!("removal failed: {e}")))?;
-            }
+            // Waits (off the runtime) for a node being added or removed.
+            tokio::task::spawn_blocking(move || {
+                let pool = guard(&entry.pool).take();
+                if let Some(pool) = pool {
+                    pool.delete();
+                }
+            })
+            .await
+            .map_err(|e| EngineError::invalid("pool", format!("removal failed: {e}")))?;
             Ok(())
         })
     }
@@ -285,20 +352,15 @@ impl NodeKind for VmNodes {
             let entry = self.entry(&node.network).ok_or_else(|| {
                 EngineError::invalid("pool", format!("pool {} has no VM-like nodes", node.pool))
             })?;
+            // A node beyond those the pool was made with (resize) is added to it first.
             let vm = {
-                let mut a = guard(&entry.assigned);
-                let Some(i) = a.iter().position(Option::is_none) else {
-                    return Err(EngineError::invalid(
-                        "targetDedicatedNodes",
-                        format!(
-                            "pool {} of VM-like nodes cannot grow beyond the {} nodes it was made with",
-                            node.pool,
-                            entry.nodes.len()
-                        ),
-                    ));
-                };
-                a[i] = Some(node.id.clone());
-                entry.nodes[i].clone()
+                let _waiting = Waiting::new(&entry.waiting);
+                loop {
+                    if let Some(vm) = entry.assign_free(&node.id) {
+                        break vm;
+                    }
+                    self.add_vm_nodes(&entry, node).await?;
+                }
             };
             // The engine's node root becomes the node's root at the common path.
             let out = vm
@@ -324,16 +386,31 @@ impl NodeKind for VmNodes {
         })
     }
 
+    /// Removes the node's VM node from its pool: its dockerd, what runs in it, its
+    /// namespaces, veth and directories (the pool's other nodes stop naming it). Deleting a
+    /// whole pool needs only [`NodeKind::remove_pool`], which removes every node at once.
     fn remove_node<'a>(&'a self, node: &'a NodeRef) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
-            if let Some(entry) = self.entry(&node.network) {
-                for a in guard(&entry.assigned).iter_mut() {
-                    if a.as_deref() == Some(node.id.as_str()) {
-                        *a = None;
-                    }
-                }
-            }
-            Ok(())
+            let Some(entry) = self.entry(&node.network) else {
+                return Ok(());
+            };
+            let vm = {
+                let mut nodes = guard(&entry.nodes);
+                let i = nodes
+                    .iter()
+                    .position(|(_, a)| a.as_deref() == Some(node.id.as_str()));
+                i.map(|i| nodes.remove(i).0)
+            };
+            let Some(vm) = vm else { return Ok(()) };
+            let id = node.id.clone();
+            let removed = tokio::task::spawn_blocking(move || match guard(&entry.pool).as_mut() {
+                Some(pool) => pool
+                    .remove_node(vm.name())
+                    .map_err(|e| vm_err(format!("removing node {id}"), e)),
+                None => Ok(()),
+            })
+            .await;
+            joined(removed, "node")
         })
     }
 
