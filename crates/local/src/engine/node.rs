@@ -126,7 +126,7 @@ pub struct PoolSetup {
     pub network: String,
     /// Labels for everything made for the pool.
     pub labels: HashMap<String, String>,
-    /// Nodes the pool is made with (VM-like pools cannot grow later).
+    /// Nodes the pool is made with (VM-like pools grow and shrink later through `create_node`/`remove_node`).
     pub nodes: usize,
     /// Images the nodes must be able to pull (`containerImageNames`, plus the engine's
     /// `mirror_images` for VM-like pools).
