@@ -212,10 +212,6 @@ struct Spares {
     /// Kept task containers by name: when one is removed (its task ended), a spare for the
     /// same container is made, off the task's time.
     kept: HashMap<String, (NodeRef, RunSpec, String)>,
-    /// Container keys each holder's tasks have asked for. A key asked for again is a repeating
-    /// workload: its next spare is made as soon as a task takes the current one, so that it is
-    /// ready when the next task comes.
-    seen: HashMap<String, std::collections::VecDeque<String>>,
 }
 
 impl std::fmt::Debug for Spares {
@@ -228,9 +224,6 @@ impl std::fmt::Debug for Spares {
 
 /// Container keys a node keeps a spare for.
 const SPARE_KEYS: usize = 2;
-
-/// Container keys a node remembers having been asked for.
-const SEEN_KEYS: usize = 8;
 
 /// Numbers spare containers apart.
 static SPARES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -405,22 +398,6 @@ impl ContainerNodes {
         serde_json::to_string(&(labels, body)).unwrap_or_default()
     }
 
-    /// Records that a task on `holder` asked for container `key`; true if one had before.
-    fn asked_for(&self, holder: &str, key: &str) -> bool {
-        let Ok(mut s) = self.spares.lock() else {
-            return false;
-        };
-        let seen = s.seen.entry(holder.to_string()).or_default();
-        if seen.iter().any(|k| k == key) {
-            return true;
-        }
-        if seen.len() >= SEEN_KEYS {
-            seen.pop_front();
-        }
-        seen.push_back(key.to_string());
-        false
-    }
-
     /// Takes the spare made for `key` on `holder`, if any, and waits until it runs.
     async fn take_spare(&self, holder: &str, key: &str) -> Option<String> {
         let entry = {
@@ -436,7 +413,7 @@ impl ContainerNodes {
     /// Starts making a spare kept container for `key` on `node` (one per key, at most
     /// [`SPARE_KEYS`] keys per node), for the next multi-instance task that needs the same
     /// container. It is fresh: no command has run in it when a task takes it.
-    fn make_spare(&self, node: &NodeRef, spec: &RunSpec, key: String, grace: Duration) {
+    fn make_spare(&self, node: &NodeRef, spec: &RunSpec, key: String) {
         let Ok(mut s) = self.spares.lock() else {
             return;
         };
@@ -464,7 +441,7 @@ impl ContainerNodes {
         let (woken, called_off) = (wake.clone(), off.clone());
         let made = tokio::spawn(async move {
             tokio::select! {
-                () = tokio::time::sleep(grace) => {}
+                () = tokio::time::sleep(SPARE_GRACE) => {}
                 () = woken.notified() => {}
                 () = called_off.cancelled() => {}
             }
@@ -507,7 +484,6 @@ impl ContainerNodes {
         let pending = match self.spares.lock() {
             Ok(mut s) => {
                 s.gone.insert(holder.to_string());
-                s.seen.remove(holder);
                 s.ready.remove(holder).unwrap_or_default()
             }
             Err(_) => vec![],
@@ -532,7 +508,6 @@ impl ContainerNodes {
     ) -> Result<RunEnd> {
         let key = Self::spare_key(node, spec);
         let began = std::time::Instant::now();
-        let repeat = self.asked_for(&node.holder, &key);
         let mut ready = false;
         if let Some(spare) = self.take_spare(&node.holder, &key).await {
             let opts = RenameContainerOptionsBuilder::new()
@@ -559,9 +534,6 @@ impl ContainerNodes {
             ms = began.elapsed().as_millis() as u64,
             "kept container running"
         );
-        if repeat {
-            self.make_spare(node, spec, key.clone(), Duration::ZERO);
-        }
         let end = self.exec(node, spec, spec.argv.clone(), cancel).await;
         if let Ok(mut s) = self.spares.lock() {
             s.kept
@@ -934,7 +906,7 @@ impl NodeKind for ContainerNodes {
                 .ok()
                 .and_then(|mut s| s.kept.remove(name));
             if let Some((node, spec, key)) = kept {
-                self.make_spare(&node, &spec, key, SPARE_GRACE);
+                self.make_spare(&node, &spec, key);
             }
             let opts = RemoveContainerOptionsBuilder::new()
                 .force(true)
