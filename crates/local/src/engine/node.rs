@@ -613,12 +613,21 @@ impl ContainerNodes {
     /// Stops exec `exec` in `container` (a node's holder) and everything it started, leaving
     /// the holder running: only processes in the holder's PID namespace, never its main one.
     async fn stop_exec(&self, container: &str, exec: &str) {
-        let pid = self
-            .docker
-            .inspect_exec(exec)
-            .await
-            .ok()
-            .and_then(|i| i.pid);
+        // Docker reports the PID once the process runs: wait up to a second for it, unless
+        // the exec ended meanwhile.
+        let mut pid = None;
+        for _ in 0..10 {
+            match self.docker.inspect_exec(exec).await {
+                Ok(i) if i.running == Some(false) && i.pid.unwrap_or(0) <= 1 => return,
+                Ok(i) if i.pid.unwrap_or(0) > 1 => {
+                    pid = i.pid;
+                    break;
+                }
+                Ok(_) => {}
+                Err(_) => return,
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         let main = self
             .docker
             .inspect_container(container, None::<InspectContainerOptions>)
