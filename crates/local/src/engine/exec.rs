@@ -325,7 +325,9 @@ async fn run_work(
     }
     let kind = e.kind_of(&node.pool);
     let end = kind.run(node, &spec, cancel).await;
-    if !w.keep {
+    // A task of its own container leaves it behind; one run on the node (an exec or a
+    // process) leaves nothing to remove.
+    if !w.keep && !spec.on_node {
         let owner = spec
             .labels
             .get(labels::TASK)
