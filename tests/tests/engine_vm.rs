@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 #[path = "engine_support.rs"]
 mod engine_support;
@@ -382,10 +382,18 @@ async fn a_vm_like_pool_grows_to_three_nodes_that_reach_each_other_and_shrinks_b
     let shrunk = t2.elapsed().as_secs_f64();
     assert_eq!(node_sockets(&vm_state), first, "the first node stays");
     for pid in pids {
-        assert!(
-            !Path::new(&format!("/proc/{pid}")).exists(),
-            "a removed node's dockerd {pid} is gone"
-        );
+        // Gone, or dead and not yet reaped by its parent (the node's `unshare`).
+        let gone = || {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| {
+                s.rsplit_once(')')
+                    .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+            })
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !gone() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(gone(), "a removed node's dockerd {pid} is gone");
     }
     let pool_dirs: Vec<String> = std::fs::read_dir(vm_state.join("pools"))?
         .flatten()
