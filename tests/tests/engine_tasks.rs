@@ -628,10 +628,10 @@ fn containers_with(instance: &str, label: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-/// A multi-instance task's containers come from spares: after the first task ends, a spare (a
-/// fresh `sleep infinity` container of the same image and options) is made on each node, and
-/// the next identical task runs in those very containers, renamed. The pool's deletion leaves
-/// none.
+/// A multi-instance task's containers come from spares (fresh `sleep infinity` containers of
+/// the same image and options): the first task's are made while its job preparation still
+/// runs on the nodes; after it ends, a spare is made on each node, and the next identical task
+/// runs in those very containers, renamed. The pool's deletion leaves none.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn engine_repeated_multi_instance_tasks_run_in_spares() -> anyhow::Result<()> {
     use shipyard_local::engine::labels;
@@ -646,9 +646,19 @@ async fn engine_repeated_multi_instance_tasks_run_in_spares() -> anyhow::Result<
     e.add_job(job(
         "jsp",
         "psp",
-        serde_json::json!({"onAllTasksComplete": "noaction"}),
+        serde_json::json!({
+            "onAllTasksComplete": "noaction",
+            "jobPreparationTask": {"commandLine": "/bin/sleep 3"}
+        }),
     ))
     .await?;
+    // Spares not taken by a task yet (a taken one keeps its label under the task's name).
+    let untaken = || -> Vec<(String, String)> {
+        containers_with(&inst, labels::SPARE)
+            .into_iter()
+            .filter(|(_, n)| n.contains("-spare-"))
+            .collect()
+    };
     let mi = |id: &str, app: &str| -> TaskAddParameter {
         model!({
             "id": id, "commandLine": app,
@@ -657,11 +667,22 @@ async fn engine_repeated_multi_instance_tasks_run_in_spares() -> anyhow::Result<
         })
     };
     e.add_tasks("jsp", vec![mi("first", "/bin/true")]).await?;
+    wait_for(
+        "the first task's containers made while the job preparation runs",
+        30,
+        || {
+            let preparing = e
+                .get_task("jsp", "first")
+                .is_ok_and(|t| t.state == Some(shipyard_batch_api::models::TaskState::Preparing));
+            preparing && untaken().len() == 2
+        },
+    )
+    .await;
     let first = completed(&e, "jsp", "first", 60).await;
     assert_eq!(result(&first).1, Some(0));
     let mut spares = Vec::new();
     wait_for("a spare on each node", 30, || {
-        spares = containers_with(&inst, labels::SPARE);
+        spares = untaken();
         spares.len() == 2
     })
     .await;

@@ -1019,6 +1019,7 @@ impl Engine {
         refs: &[NodeRef],
         cancel: CancellationToken,
     ) -> Outcome {
+        self.make_kept_ready(job, task, refs);
         // On every node of the task at once (each node's own preparation is still once per
         // job); the first failure, in node order, fails the attempt.
         let preps = futures::future::join_all(refs.iter().map(|r| self.ensure_prep(job, r))).await;
@@ -1055,6 +1056,44 @@ impl Engine {
             return run_work(self, primary, w, files, cancel).await;
         }
         self.run_multi_instance(&ctx, cancel).await
+    }
+
+    /// A multi-instance task's kept containers are started being made on its nodes now, while
+    /// the job preparation runs there ([`super::NodeKind::make_ready`]), not after it.
+    fn make_kept_ready(&self, job: &str, task: &str, refs: &[NodeRef]) {
+        let (params, jobenv) = {
+            let st = self.lock();
+            let Some(t) = st.tasks.get(&(job.to_string(), task.to_string())) else {
+                return;
+            };
+            let env = st
+                .jobs
+                .get(job)
+                .and_then(|j| j.params.common_environment_settings.clone());
+            (t.params.clone(), env)
+        };
+        let Some(mi) = params.multi_instance_settings.as_ref() else {
+            return;
+        };
+        let Some(first) = refs.first() else {
+            return;
+        };
+        let ctx = AttemptCtx {
+            job,
+            task,
+            refs,
+            hosts: refs.iter().map(|r| node_ip(self, r)).collect(),
+            timeout: None,
+            params: &params,
+            jobenv: jobenv.as_ref(),
+        };
+        let kind = self.kind_of(&first.pool);
+        for r in refs {
+            let w = self.work(&ctx, r, &mi.coordination_command_line, true);
+            if let Ok(spec) = spec_of(&w, self, r) {
+                kind.make_ready(r, &spec);
+            }
+        }
     }
 
     /// Marks the task running; returns its parameters and the job's environment.

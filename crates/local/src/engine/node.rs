@@ -6,7 +6,7 @@
 //! namespaces with their own dockerd, crate `shipyard-vm-node`) implement the same trait.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bollard::errors::Error as BollardError;
@@ -164,6 +164,12 @@ pub trait NodeKind: Send + Sync + 'static {
     fn remove_container<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<()>>;
     /// Removes every container and network carrying `label=value`.
     fn remove_labelled<'a>(&'a self, label: &'a str, value: &'a str) -> BoxFuture<'a, Result<()>>;
+    /// Starts making, at once, the kept container that [`NodeKind::run`] of `spec` (with
+    /// `keep`) will want on `node`, so that it is made while the task's job preparation runs
+    /// on the node. Only a container whose bind sources all exist already may be made this
+    /// early (a source the preparation creates would otherwise be made a directory by
+    /// Docker). The default does nothing.
+    fn make_ready(&self, _node: &NodeRef, _spec: &RunSpec) {}
 }
 
 /// Container-pool nodes on the host's Docker engine.
@@ -413,7 +419,7 @@ impl ContainerNodes {
     /// Starts making a spare kept container for `key` on `node` (one per key, at most
     /// [`SPARE_KEYS`] keys per node), for the next multi-instance task that needs the same
     /// container. It is fresh: no command has run in it when a task takes it.
-    fn make_spare(&self, node: &NodeRef, spec: &RunSpec, key: String) {
+    fn make_spare(&self, node: &NodeRef, spec: &RunSpec, key: String, now: bool) {
         let Ok(mut s) = self.spares.lock() else {
             return;
         };
@@ -421,7 +427,10 @@ impl ContainerNodes {
             return;
         }
         let v = s.ready.entry(node.holder.clone()).or_default();
-        if v.iter().any(|e| e.key == key) {
+        if let Some(e) = v.iter().find(|e| e.key == key) {
+            if now {
+                e.wake.notify_one();
+            }
             return;
         }
         if v.len() >= SPARE_KEYS {
@@ -440,8 +449,9 @@ impl ContainerNodes {
         let (me, node, spec) = (self.clone(), node.clone(), spec.clone());
         let (woken, called_off) = (wake.clone(), off.clone());
         let made = tokio::spawn(async move {
+            let grace = if now { Duration::ZERO } else { SPARE_GRACE };
             tokio::select! {
-                () = tokio::time::sleep(SPARE_GRACE) => {}
+                () = tokio::time::sleep(grace) => {}
                 () = woken.notified() => {}
                 () = called_off.cancelled() => {}
             }
@@ -915,7 +925,7 @@ impl NodeKind for ContainerNodes {
                 .ok()
                 .and_then(|mut s| s.kept.remove(name));
             if let Some((node, spec, key)) = kept {
-                self.make_spare(&node, &spec, key);
+                self.make_spare(&node, &spec, key, false);
             }
             let opts = RemoveContainerOptionsBuilder::new()
                 .force(true)
@@ -934,6 +944,13 @@ impl NodeKind for ContainerNodes {
         })
     }
 
+    fn make_ready(&self, node: &NodeRef, spec: &RunSpec) {
+        if !spec.keep || spec.on_node || !bind_sources_exist(&spec.run.binds) {
+            return;
+        }
+        self.make_spare(node, spec, Self::spare_key(node, spec), true);
+    }
+
     fn remove_labelled<'a>(&'a self, label: &'a str, value: &'a str) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             let filters = HashMap::from([("label".to_string(), vec![format!("{label}={value}")])]);
@@ -950,6 +967,15 @@ impl NodeKind for ContainerNodes {
                 .map(|_| ())
         })
     }
+}
+
+/// Whether the source of every bind (`SRC:DST[:OPTS]`) that names a host path exists (a named
+/// volume is no path and counts as there).
+fn bind_sources_exist(binds: &[String]) -> bool {
+    binds.iter().all(|b| {
+        let src = b.split(':').next().unwrap_or_default();
+        !src.starts_with('/') || Path::new(src).exists()
+    })
 }
 
 /// Kills process `root` (a host PID, as Docker reports an exec's) and every process it
@@ -1042,6 +1068,16 @@ pub(crate) async fn sleep_for(timeout: Option<Duration>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_container_is_made_early_only_when_its_bind_sources_exist() {
+        let dir = tempfile::tempdir().unwrap();
+        let there = format!("{}:/data:ro", dir.path().display());
+        let missing = format!("{}/made-by-the-preparation:/x", dir.path().display());
+        assert!(bind_sources_exist(&[]));
+        assert!(bind_sources_exist(&[there.clone(), "cache:/cache".into()]));
+        assert!(!bind_sources_exist(&[there, missing]));
+    }
 
     #[test]
     fn the_parent_is_read_past_a_command_name_with_spaces_and_parentheses() {
