@@ -232,6 +232,56 @@ fn a_failing_task_sets_the_exit_code_and_leaves_nothing() {
     assert_eq!(String::from_utf8_lossy(&err.stdout), "about to fail\n");
 }
 
+/// A run that deletes the pool it made waits for its job's release first: a release that
+/// takes a while completes (exit code 0) instead of being killed by the pool's deletion.
+#[test]
+fn a_run_lets_its_job_release_finish_before_it_deletes_its_pool() {
+    if !require_test_image() {
+        return;
+    }
+    let _serial = serial();
+    let (s, pool, job) = scratch("cli-default-release-");
+    // `auto_complete`: the engine itself ends the job once its task is done, so the release
+    // is already running when the run goes on to delete the pool.
+    let toml = one_task(&pool, &job, 1, "true").replace(
+        &format!("id = \"{job}\"\n"),
+        &format!("id = \"{job}\"\nauto_complete = true\n"),
+    ) + "[job_specifications.job_release]\ncommand = \"sleep 2; echo released\"\n";
+    let config = s.write("release.toml", &toml);
+    let run = s
+        .cli()
+        .args(["-q", "run"])
+        .arg(&config)
+        .output()
+        .expect("run");
+    assert_eq!(run.status.code(), Some(0), "{}", show(&run));
+    assert!(engine_pool_containers(&pool).is_empty(), "containers left");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let status = rt.block_on(async {
+        let opts = shipyard_local::engine::EngineOptions::new(s.state().join("engine"));
+        let e = shipyard_local::engine::Engine::open(opts)
+            .await
+            .expect("engine");
+        let status = e.prep_release_status(&job).expect("status");
+        e.close().await;
+        status
+    });
+    let release: Vec<_> = status
+        .iter()
+        .map(|n| n.job_release_task_execution_info.clone())
+        .collect();
+    assert_eq!(release.len(), 1, "{status:?}");
+    let r = release[0].clone().expect("the release ran");
+    assert_eq!(
+        (r.state.clone(), r.exit_code),
+        (
+            shipyard_batch_api::models::JobReleaseTaskState::Completed,
+            Some(0)
+        ),
+        "{r:?}"
+    );
+}
+
 #[test]
 fn sigint_mid_run_exits_130_and_removes_the_pool() {
     if !require_test_image() {

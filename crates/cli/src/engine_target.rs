@@ -21,7 +21,9 @@ use std::time::Duration;
 
 use futures::TryStreamExt as _;
 use serde::{Deserialize, Serialize};
-use shipyard_batch_api::models::{AllocationState, JobState, PoolAddParameter};
+use shipyard_batch_api::models::{
+    AllocationState, JobReleaseTaskState, JobState, PoolAddParameter,
+};
 use shipyard_batch_api::{BatchClient, SharedKeyCredential};
 use shipyard_serve::engine::EngineServer;
 use shipyard_serve::{ServeError, ServeOptions};
@@ -466,6 +468,66 @@ impl Session {
         }
     }
 
+    /// Waits while the job release of any of `jobs` still has to run or runs on a node, so
+    /// that deleting the pool the run made does not kill a release (the removal of the jobs'
+    /// task containers is left to the pool's deletion). The engine bounds a release by its
+    /// `maxWallClockTime` (15 minutes by default); Ctrl-C or SIGTERM stops waiting.
+    fn wait_jobs_ended(&self, jobs: &[String]) {
+        let releasing = |id: String| async move {
+            let Ok(j) = self.client().get_job(&id).await else {
+                return false;
+            };
+            if !matches!(j.state, Some(JobState::Terminating | JobState::Deleting))
+                || j.job_release_task.is_none()
+            {
+                return false;
+            }
+            let status: Result<Vec<_>, _> = self
+                .client()
+                .list_preparation_and_release_status(&id, &Default::default())
+                .try_collect()
+                .await;
+            // Every node that ran the preparation has its release completed (until then the
+            // job is still ending; a node without a release, such as an unusable one, leaves
+            // the wait to the job's own end).
+            status.is_ok_and(|s| {
+                s.iter()
+                    .filter(|n| n.job_preparation_task_execution_info.is_some())
+                    .any(|n| {
+                        n.job_release_task_execution_info
+                            .as_ref()
+                            .is_none_or(|r| r.state != JobReleaseTaskState::Completed)
+                    })
+            })
+        };
+        let ending = || async {
+            for id in jobs {
+                if releasing(id.clone()).await {
+                    return true;
+                }
+            }
+            false
+        };
+        self.rt.block_on(async {
+            if !ending().await {
+                return;
+            }
+            tracing::debug!(?jobs, "waiting for the jobs' release before deleting the pool");
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            let wait = async {
+                while ending().await {
+                    tokio::time::sleep(POOL_GONE_POLL).await;
+                }
+            };
+            tokio::select! {
+                () = wait => {}
+                _ = tokio::signal::ctrl_c() => {}
+                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+            }
+        });
+    }
+
     /// Says which of `jobs` were terminated by someone else (e.g. `jobs term`).
     fn report_terminated(&self, jobs: &[String]) {
         for id in jobs {
@@ -724,6 +786,7 @@ pub(crate) fn run(global: &GlobalArgs, config: &Config, args: &RunArgs) -> CliRe
         let others = session.other_active_jobs(&pool_id, &jobs);
         if others.is_empty() {
             session.end_jobs(&jobs);
+            session.wait_jobs_ended(&jobs);
             session.save_results(&state, &jobs);
             tracing::info!(pool = %pool_id, "deleting the pool this run created");
             match session.pool_gone(&pool_id, true) {
