@@ -596,7 +596,25 @@ fn active_work(engine: &shipyard_local::Engine) -> Vec<String> {
                     .then(|| format!("job {id}"))
             }),
     );
+    // A terminated or deleted job finishes ending in the background (its release runs).
+    work.extend(
+        jobs_ending(engine)
+            .into_iter()
+            .filter(|w| !work.contains(w))
+            .collect::<Vec<_>>(),
+    );
     work
+}
+
+/// The jobs of `engine` that are terminating or being deleted, as `job <id>`.
+fn jobs_ending(engine: &shipyard_local::Engine) -> Vec<String> {
+    engine
+        .list_jobs()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|j| matches!(j.state, Some(JobState::Terminating | JobState::Deleting)))
+        .filter_map(|j| j.id.map(|id| format!("job {id}")))
+        .collect()
 }
 
 /// The host process keeps serving while its engine allocates pools or runs jobs (others may

@@ -1563,31 +1563,47 @@ fn exit_options(
     o
 }
 
+/// The start of a job's end: `terminating` (or `deleting`, with `delete`) with the reason,
+/// saved. `false` when there is nothing to end (no such job, or a completed one that is not
+/// being deleted). A job already in that state keeps its previous state and reason.
+pub(crate) fn begin_end_job(e: &Engine, job: &str, reason: &str, delete: bool) -> bool {
+    let mut st = e.lock();
+    let Some(j) = st.jobs.get_mut(job) else {
+        return false;
+    };
+    if matches!(j.job.state, Some(JobState::Completed)) && !delete {
+        return false;
+    }
+    let target = if delete {
+        JobState::Deleting
+    } else {
+        JobState::Terminating
+    };
+    if j.job.state != Some(target.clone()) {
+        j.job.previous_state = j.job.state.take();
+        j.job.state = Some(target);
+        j.job.state_transition_time = Some(now());
+        // Batch reports why a job ends from the moment it starts ending, so a client that
+        // sees a task stopped by the termination can already tell who stopped it.
+        if let Some(x) = j.job.execution_info.as_mut() {
+            x.terminate_reason.get_or_insert_with(|| reason.to_string());
+        }
+        let _ = e.save(&st, &[Key::Job(job.to_string())]);
+    }
+    true
+}
+
 /// Ends a job: stops its tasks, runs job release on every node that ran preparation, marks it
 /// completed; with `delete`, removes it and its task directories.
 pub(crate) async fn end_job(e: &Engine, job: &str, reason: String, delete: bool) {
+    if !begin_end_job(e, job, &reason, delete) {
+        return;
+    }
     let (tasks, prepped, release, pool) = {
-        let mut st = e.lock();
-        let Some(j) = st.jobs.get_mut(job) else {
+        let st = e.lock();
+        let Some(j) = st.jobs.get(job) else {
             return;
         };
-        if matches!(j.job.state, Some(JobState::Completed)) && !delete {
-            return;
-        }
-        if !matches!(j.job.state, Some(JobState::Completed)) {
-            j.job.previous_state = j.job.state.take();
-            j.job.state = Some(if delete {
-                JobState::Deleting
-            } else {
-                JobState::Terminating
-            });
-            j.job.state_transition_time = Some(now());
-            // Batch reports why a job ends from the moment it starts ending, so a client that
-            // sees a task stopped by the termination can already tell who stopped it.
-            if let Some(x) = j.job.execution_info.as_mut() {
-                x.terminate_reason.get_or_insert_with(|| reason.clone());
-            }
-        }
         let pool = j.params.pool_info.pool_id.clone().unwrap_or_default();
         let prepped: Vec<String> = j
             .prep
@@ -1611,7 +1627,6 @@ pub(crate) async fn end_job(e: &Engine, job: &str, reason: String, delete: bool)
             .take_while(|(k, _)| k.0 == job)
             .map(|(k, _)| k.1.clone())
             .collect();
-        let _ = e.save(&st, &[Key::Job(job.to_string())]);
         (tasks, prepped, release, pool)
     };
     for t in &tasks {
@@ -2255,5 +2270,138 @@ mod tests {
         let code = info.failure_info.and_then(|f| f.code);
         assert_eq!(code.as_deref(), Some("TaskEnded"));
         assert!(e.list_nodes("p").is_ok_and(|v| v.is_empty()));
+    }
+
+    /// Job `r` on pool `p` with a job preparation and a release whose command is `release`.
+    async fn job_with_release(e: &Engine, release: &str) {
+        use shipyard_batch_api::models::{JobPreparationTask, JobReleaseTask};
+        let job = JobAddParameter {
+            id: "r".into(),
+            pool_info: PoolInformation {
+                pool_id: Some("p".into()),
+                ..Default::default()
+            },
+            job_preparation_task: Some(JobPreparationTask {
+                command_line: "prep".into(),
+                ..Default::default()
+            }),
+            job_release_task: Some(JobReleaseTask {
+                command_line: release.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert!(e.add_job(job).await.is_ok());
+        assert!(e.add_tasks("r", vec![task("t", "quick", 0)]).await.is_ok());
+        wait("the task done", || {
+            e.get_task("r", "t")
+                .is_ok_and(|t| t.state == Some(TaskState::Completed))
+        })
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn terminating_a_job_answers_at_once_and_the_job_completes_after_its_release() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let (e, _) = engine(dir.path(), 1).await;
+        job_with_release(&e, "slow release").await;
+        let t0 = std::time::Instant::now();
+        assert!(e.terminate_job("r", None).await.is_ok());
+        assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+        let job = e.get_job("r").unwrap_or_default();
+        assert_eq!(job.state, Some(JobState::Terminating));
+        assert_eq!(job.previous_state, Some(JobState::Active));
+        wait("the job completed", || {
+            e.get_job("r")
+                .is_ok_and(|j| j.state == Some(JobState::Completed))
+        })
+        .await;
+        // Only after the release (6 s) ran to its end.
+        assert!(t0.elapsed() >= Duration::from_secs(5), "{:?}", t0.elapsed());
+        let status = e.prep_release_status("r").unwrap_or_default();
+        let release = status
+            .first()
+            .and_then(|n| n.job_release_task_execution_info.clone());
+        let Some(release) = release else {
+            panic!("no release: {status:?}");
+        };
+        assert_eq!(
+            (release.state, release.exit_code),
+            (JobReleaseTaskState::Completed, Some(0))
+        );
+        assert_eq!(
+            e.get_job("r").unwrap_or_default().previous_state,
+            Some(JobState::Terminating)
+        );
+        // Deleting answers at once too; the job is `deleting` until it is gone.
+        assert!(e.delete_job("r").await.is_ok());
+        let state = e.get_job("r").ok().and_then(|j| j.state);
+        assert!(
+            matches!(state, None | Some(JobState::Deleting)),
+            "{state:?}"
+        );
+        wait("the job gone", || e.get_job("r").is_err()).await;
+        e.close().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_job_found_ending_when_the_engine_reopens_finishes_ending_with_the_cut_release_failed(
+    ) {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let (e, _) = engine(dir.path(), 1).await;
+        job_with_release(&e, "quick release").await;
+        // As an engine stopped while the release ran leaves it: `terminating`, the release
+        // `running` on the node.
+        assert!(begin_end_job(&e, "r", "UserTerminate", false));
+        let node = {
+            let st = e.lock();
+            let id = st.nodes.values().next().map(|n| n.id().to_string());
+            id.and_then(|id| e.node_ref(&st, "p", &id))
+        };
+        let Some(node) = node else {
+            panic!("no node");
+        };
+        e.set_prep("r", &node, |p| {
+            p.job_release_task_execution_info = Some(JobReleaseTaskExecutionInformation {
+                start_time: now(),
+                end_time: None,
+                state: JobReleaseTaskState::Running,
+                task_root_directory: None,
+                task_root_directory_url: None,
+                exit_code: None,
+                container_info: None,
+                failure_info: None,
+                result: None,
+            })
+        });
+        e.close().await;
+        let fake = Arc::new(FakeNodes::default());
+        let e = Engine::open_with_kinds(EngineOptions::new(dir.path()), fake.clone(), fake)
+            .await
+            .unwrap_or_else(|err| panic!("reopen: {err}"));
+        wait("the job completed", || {
+            e.get_job("r")
+                .is_ok_and(|j| j.state == Some(JobState::Completed))
+        })
+        .await;
+        let status = e.prep_release_status("r").unwrap_or_default();
+        let release = status
+            .first()
+            .and_then(|n| n.job_release_task_execution_info.clone());
+        let Some(release) = release else {
+            panic!("no release: {status:?}");
+        };
+        assert_eq!(release.state, JobReleaseTaskState::Completed);
+        assert_eq!(release.result, Some(TaskExecutionResult::Failure));
+        let code = release.failure_info.and_then(|f| f.code);
+        assert_eq!(code.as_deref(), Some("EngineRestarted"));
+        assert_eq!(
+            e.get_job("r")
+                .ok()
+                .and_then(|j| j.execution_info)
+                .and_then(|x| x.terminate_reason),
+            Some("UserTerminate".to_string())
+        );
+        e.close().await;
     }
 }

@@ -302,6 +302,7 @@ impl Engine {
                 dead.push((n.pool.clone(), n.id.clone()));
             }
         }
+        let mut ending = Vec::new();
         let (stale_containers, deleting) = {
             let mut stale_containers = Vec::new();
             let mut st = self.lock();
@@ -358,6 +359,41 @@ impl Engine {
                     keys.push(Key::Task(job.clone(), id.clone()));
                 }
             }
+            // Jobs that were ending: a release cut short by the stop is over, with a reason;
+            // the rest of their end is resumed below.
+            let stopped_release = || {
+                let mut f = exec::failure(
+                    "EngineRestarted",
+                    "the engine stopped while the job release ran",
+                );
+                f.category = shipyard_batch_api::models::ErrorCategory::ServerError;
+                f
+            };
+            for (id, j) in st.jobs.iter_mut() {
+                let delete = match j.job.state {
+                    Some(JobState::Terminating) => false,
+                    Some(JobState::Deleting) => true,
+                    _ => continue,
+                };
+                for p in j.prep.values_mut() {
+                    if let Some(r) = p.job_release_task_execution_info.as_mut() {
+                        if r.state == shipyard_batch_api::models::JobReleaseTaskState::Running {
+                            r.state = shipyard_batch_api::models::JobReleaseTaskState::Completed;
+                            r.end_time = Some(now());
+                            r.result = Some(TaskExecutionResult::Failure);
+                            r.failure_info = Some(stopped_release());
+                        }
+                    }
+                }
+                let reason = j
+                    .job
+                    .execution_info
+                    .as_ref()
+                    .and_then(|x| x.terminate_reason.clone())
+                    .unwrap_or_else(|| "UserTerminate".into());
+                ending.push((id.clone(), reason, delete));
+                keys.push(Key::Job(id.clone()));
+            }
             for p in st.pools.values_mut() {
                 if matches!(p.pool.state, Some(PoolState::Deleting)) {
                     // finished below by delete_pool's worker
@@ -390,6 +426,9 @@ impl Engine {
         for p in deleting {
             let e = self.clone();
             tokio::spawn(async move { e.finish_delete_pool(&p).await });
+        }
+        for (job, reason, delete) in ending {
+            self.spawn_end_job(&job, reason, delete);
         }
         // Jobs whose tasks all ended while we were away.
         let jobs: Vec<String> = self.lock().jobs.keys().cloned().collect();
@@ -1068,14 +1107,19 @@ impl Engine {
                 return Err(EngineError::conflict("JobCompleted", id));
             }
         }
-        exec::end_job(
-            self,
-            id,
-            reason.unwrap_or_else(|| "UserTerminate".into()),
-            false,
-        )
-        .await;
+        let reason = reason.unwrap_or_else(|| "UserTerminate".into());
+        exec::begin_end_job(self, id, &reason, false);
+        self.spawn_end_job(id, reason, false);
         Ok(())
+    }
+
+    /// Finishes ending job `id` in the background, as Batch does after answering a terminate
+    /// or delete (the job is `terminating` or `deleting` meanwhile): its tasks stop, its
+    /// release runs, then it is `completed` or gone. An engine that stops before that resumes
+    /// it when it reopens.
+    fn spawn_end_job(&self, id: &str, reason: String, delete: bool) {
+        let (e, id) = (self.clone(), id.to_string());
+        tokio::spawn(async move { exec::end_job(&e, &id, reason, delete).await });
     }
 
     /// Deletes a job (terminating it first), its tasks and their directories.
@@ -1089,7 +1133,8 @@ impl Engine {
         if !self.lock().jobs.contains_key(id) {
             return Err(EngineError::not_found("JobNotFound", id));
         }
-        exec::end_job(self, id, "UserTerminate".into(), true).await;
+        exec::begin_end_job(self, id, "UserTerminate", true);
+        self.spawn_end_job(id, "UserTerminate".into(), true);
         Ok(())
     }
 
