@@ -648,7 +648,7 @@ async fn engine_repeated_multi_instance_tasks_run_in_spares() -> anyhow::Result<
         "psp",
         serde_json::json!({
             "onAllTasksComplete": "noaction",
-            "jobPreparationTask": {"commandLine": "/bin/sleep 3"}
+            "jobPreparationTask": {"commandLine": "/bin/sleep 5"}
         }),
     ))
     .await?;
@@ -666,7 +666,9 @@ async fn engine_repeated_multi_instance_tasks_run_in_spares() -> anyhow::Result<
             "multiInstanceSettings": {"numberOfInstances": 2, "coordinationCommandLine": "/bin/true"}
         })
     };
-    e.add_tasks("jsp", vec![mi("first", "/bin/true")]).await?;
+    e.add_tasks("jsp", vec![mi("first", "/bin/sleep 2")])
+        .await?;
+    let mut early = Vec::new();
     wait_for(
         "the first task's containers made while the job preparation runs",
         30,
@@ -674,7 +676,20 @@ async fn engine_repeated_multi_instance_tasks_run_in_spares() -> anyhow::Result<
             let preparing = e
                 .get_task("jsp", "first")
                 .is_ok_and(|t| t.state == Some(shipyard_batch_api::models::TaskState::Preparing));
-            preparing && untaken().len() == 2
+            early = untaken();
+            preparing && early.len() == 2
+        },
+    )
+    .await;
+    // ... and they are the very containers the first task runs in.
+    wait_for(
+        "the early containers renamed to the first task's",
+        30,
+        || {
+            let now = containers_with(&inst, labels::SPARE);
+            early
+                .iter()
+                .all(|(id, _)| now.iter().any(|(i, n)| i == id && n.contains("first")))
         },
     )
     .await;

@@ -384,6 +384,7 @@ impl Session {
                 continue;
             }
             self.end_jobs(&jobs);
+            self.wait_jobs_ended(&jobs);
             if self.pool_exists(&pool).unwrap_or(false) {
                 eprintln!("shipyard: deleting pool `{pool}`, left by a run that was killed");
                 if let Err(e) = self.pool_gone(&pool, true) {
@@ -515,9 +516,12 @@ impl Session {
             tracing::debug!(?jobs, "waiting for the jobs' release before deleting the pool");
             let mut term =
                 tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            // 50 ms steps at first (a release is usually short), up to one request per second.
             let wait = async {
+                let mut step = POOL_GONE_POLL;
                 while ending().await {
-                    tokio::time::sleep(POOL_GONE_POLL).await;
+                    tokio::time::sleep(step).await;
+                    step = (step * 2).min(Duration::from_secs(1));
                 }
             };
             tokio::select! {

@@ -37,6 +37,11 @@ fn backend_error(e: &BackendError) -> Reply {
                     "The specified pool has been marked for deletion and is being reclaimed.".into()
                 }
                 "JobCompleted" => "The specified job is already in a completed state.".into(),
+                "JobBeingTerminated" => "The specified job is already being terminated.".into(),
+                "JobBeingDeleted" => {
+                    "The specified job has been marked for deletion and is being garbage collected."
+                        .into()
+                }
                 other => format!("The request conflicts with the current state ({other})."),
             },
             vec![("Id", id.clone())],

@@ -1596,9 +1596,34 @@ pub(crate) fn begin_end_job(e: &Engine, job: &str, reason: &str, delete: bool) -
 /// Ends a job: stops its tasks, runs job release on every node that ran preparation, marks it
 /// completed; with `delete`, removes it and its task directories.
 pub(crate) async fn end_job(e: &Engine, job: &str, reason: String, delete: bool) {
-    if !begin_end_job(e, job, &reason, delete) {
-        return;
+    // One worker per job: a later caller leaves the end to the running one (a deletion asked
+    // for meanwhile is done by it once the termination is over).
+    {
+        let Ok(mut ending) = e.inner.ending.lock() else {
+            return;
+        };
+        if let Some(d) = ending.get_mut(job) {
+            *d |= delete;
+            return;
+        }
+        ending.insert(job.to_string(), delete);
     }
+    if begin_end_job(e, job, &reason, delete) {
+        end_job_once(e, job, reason.clone(), delete).await;
+    }
+    let delete_next = e
+        .inner
+        .ending
+        .lock()
+        .map(|mut m| m.remove(job) == Some(true))
+        .unwrap_or(false);
+    if delete_next && !delete && !e.inner.shutdown.is_cancelled() {
+        Box::pin(end_job(e, job, reason, true)).await;
+    }
+}
+
+/// The end of a job (see [`end_job`]), by its one worker.
+async fn end_job_once(e: &Engine, job: &str, reason: String, delete: bool) {
     let (tasks, prepped, release, pool) = {
         let st = e.lock();
         let Some(j) = st.jobs.get(job) else {
@@ -1732,6 +1757,11 @@ pub(crate) async fn end_job(e: &Engine, job: &str, reason: String, delete: bool)
                     e.inner.shutdown.child_token(),
                 )
                 .await;
+                if e.inner.shutdown.is_cancelled() {
+                    // Cut short by the engine's stop: left `running` for the next engine,
+                    // which records why and finishes the job's end.
+                    return;
+                }
                 e.set_prep(job, node, |p| {
                     if let Some(i) = p.job_release_task_execution_info.as_mut() {
                         i.state = JobReleaseTaskState::Completed;
@@ -1748,6 +1778,10 @@ pub(crate) async fn end_job(e: &Engine, job: &str, reason: String, delete: bool)
             }
         });
         futures::future::join_all(runs).await;
+    }
+    if e.inner.shutdown.is_cancelled() {
+        // The next engine on the state directory resumes this end.
+        return;
     }
     // The job ends once its task containers are gone.
     let pending = e
@@ -1779,7 +1813,12 @@ pub(crate) async fn end_job(e: &Engine, job: &str, reason: String, delete: bool)
         }
         return;
     }
-    if let Some(j) = st.jobs.get_mut(job) {
+    let deleting_next = e
+        .inner
+        .ending
+        .lock()
+        .is_ok_and(|m| m.get(job) == Some(&true));
+    if let Some(j) = st.jobs.get_mut(job).filter(|_| !deleting_next) {
         j.job.previous_state = j.job.state.take();
         j.job.state = Some(JobState::Completed);
         j.job.state_transition_time = Some(now());
@@ -2341,6 +2380,47 @@ mod tests {
             "{state:?}"
         );
         wait("the job gone", || e.get_job("r").is_err()).await;
+        e.close().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_job_deleted_while_it_terminates_runs_its_release_once_and_goes_without_completing() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let (e, fake) = engine(dir.path(), 1).await;
+        job_with_release(&e, "slow release").await;
+        let runs_before = fake.runs.lock().map(|r| r.len()).unwrap_or(0);
+        let t0 = std::time::Instant::now();
+        assert!(e.terminate_job("r", None).await.is_ok());
+        let again = e.terminate_job("r", None).await.map_err(|e| e.to_string());
+        assert!(
+            again
+                .as_ref()
+                .is_err_and(|m| m.contains("JobBeingTerminated")),
+            "{again:?}"
+        );
+        assert!(e.delete_job("r").await.is_ok());
+        let twice = e.delete_job("r").await.map_err(|e| e.to_string());
+        assert!(
+            twice.as_ref().is_err_and(|m| m.contains("JobBeingDeleted")),
+            "{twice:?}"
+        );
+        let mut seen = Vec::new();
+        wait("the job gone", || match e.get_job("r") {
+            Ok(j) => {
+                seen.push(j.state);
+                false
+            }
+            Err(_) => true,
+        })
+        .await;
+        assert!(
+            seen.iter().all(|s| *s == Some(JobState::Deleting)),
+            "{seen:?}"
+        );
+        // Gone only once the release (6 s) was over, not while it ran.
+        assert!(t0.elapsed() >= Duration::from_secs(5), "{:?}", t0.elapsed());
+        let runs = fake.runs.lock().map(|r| r.len()).unwrap_or(0);
+        assert_eq!(runs - runs_before, 1, "the release ran once");
         e.close().await;
     }
 

@@ -107,6 +107,9 @@ pub(crate) struct Inner {
     prep_locks: Mutex<HashMap<(String, String), PrepLock>>,
     /// Task-container removals still running, by job.
     removals: Mutex<HashMap<String, Vec<tokio::task::JoinHandle<()>>>>,
+    /// Jobs whose end runs ([`exec::end_job`]: one worker per job), and whether a deletion
+    /// was asked for meanwhile (the worker then deletes the job at its end).
+    ending: Mutex<HashMap<String, bool>>,
     http: Option<shipyard_storage::BlobClient>,
     shutdown: CancellationToken,
 }
@@ -194,6 +197,7 @@ impl Engine {
                 cancels: Mutex::new(HashMap::new()),
                 prep_locks: Mutex::new(HashMap::new()),
                 removals: Mutex::new(HashMap::new()),
+                ending: Mutex::new(HashMap::new()),
                 http,
                 shutdown: CancellationToken::new(),
             }),
@@ -1100,11 +1104,15 @@ impl Engine {
                 .jobs
                 .get(id)
                 .ok_or_else(|| EngineError::not_found("JobNotFound", id))?;
-            if matches!(
-                j.job.state,
-                Some(JobState::Completed) | Some(JobState::Terminating) | Some(JobState::Deleting)
-            ) {
-                return Err(EngineError::conflict("JobCompleted", id));
+            match j.job.state {
+                Some(JobState::Completed) => return Err(EngineError::conflict("JobCompleted", id)),
+                Some(JobState::Terminating) => {
+                    return Err(EngineError::conflict("JobBeingTerminated", id))
+                }
+                Some(JobState::Deleting) => {
+                    return Err(EngineError::conflict("JobBeingDeleted", id))
+                }
+                _ => {}
             }
         }
         let reason = reason.unwrap_or_else(|| "UserTerminate".into());
@@ -1130,8 +1138,12 @@ impl Engine {
     }
 
     async fn delete_job_now(&self, id: &str) -> Result<()> {
-        if !self.lock().jobs.contains_key(id) {
-            return Err(EngineError::not_found("JobNotFound", id));
+        match self.lock().jobs.get(id).map(|j| j.job.state.clone()) {
+            None => return Err(EngineError::not_found("JobNotFound", id)),
+            Some(Some(JobState::Deleting)) => {
+                return Err(EngineError::conflict("JobBeingDeleted", id))
+            }
+            Some(_) => {}
         }
         exec::begin_end_job(self, id, "UserTerminate", true);
         self.spawn_end_job(id, "UserTerminate".into(), true);
