@@ -408,6 +408,8 @@ async fn large_bag(e: &Engine, n: usize, inline: bool) -> anyhow::Result<()> {
         n as f64 / secs
     );
     e.delete_job(&jid).await?;
+    // Deleting answers at once; the next bag starts once this one is gone.
+    wait_for("the job's deletion", 300, || e.get_job(&jid).is_err()).await;
     Ok(())
 }
 
