@@ -85,6 +85,19 @@ fn sleeping_run(prefix: &str) -> (EngineScratch, String, String, KillOnDrop) {
     (s, pool, job, run)
 }
 
+/// `shipyard -q run CONFIG` to its end: it must exit with `code` and leave no container of
+/// `pool`.
+fn quiet_run(s: &EngineScratch, config: &std::path::Path, pool: &str, code: i32) {
+    let run = s
+        .cli()
+        .args(["-q", "run"])
+        .arg(config)
+        .output()
+        .expect("run");
+    assert_eq!(run.status.code(), Some(code), "{}", show(&run));
+    assert!(engine_pool_containers(pool).is_empty(), "containers left");
+}
+
 /// Waits until the engine has no container of `pool` left.
 fn wait_no_containers(pool: &str, secs: u64) {
     let deadline = Instant::now() + Duration::from_secs(secs);
@@ -207,14 +220,7 @@ fn a_failing_task_sets_the_exit_code_and_leaves_nothing() {
             "/bin/sh -c 'echo about to fail >&2; exit 3'",
         ),
     );
-    let run = s
-        .cli()
-        .args(["-q", "run"])
-        .arg(&config)
-        .output()
-        .expect("run");
-    assert_eq!(run.status.code(), Some(3), "{}", show(&run));
-    assert!(engine_pool_containers(&pool).is_empty(), "containers left");
+    quiet_run(&s, &config, &pool, 3);
     let err = s
         .cli()
         .args([
@@ -248,14 +254,7 @@ fn a_run_lets_its_job_release_finish_before_it_deletes_its_pool() {
         &format!("id = \"{job}\"\nauto_complete = true\n"),
     ) + "[job_specifications.job_release]\ncommand = \"sleep 2; echo released\"\n";
     let config = s.write("release.toml", &toml);
-    let run = s
-        .cli()
-        .args(["-q", "run"])
-        .arg(&config)
-        .output()
-        .expect("run");
-    assert_eq!(run.status.code(), Some(0), "{}", show(&run));
-    assert!(engine_pool_containers(&pool).is_empty(), "containers left");
+    quiet_run(&s, &config, &pool, 0);
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let status = rt.block_on(async {
         let opts = shipyard_local::engine::EngineOptions::new(s.state().join("engine"));

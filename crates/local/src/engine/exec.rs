@@ -2190,10 +2190,15 @@ mod tests {
 
     /// Waits until `task` of job `j` is completed and returns it.
     async fn completed(e: &Engine, task: &str) -> CloudTask {
+        completed_in(e, "j", task).await
+    }
+
+    /// Waits until `task` of `job` is completed and returns it.
+    async fn completed_in(e: &Engine, job: &str, task: &str) -> CloudTask {
         let mut done = None;
         wait("completed", || {
             done = e
-                .get_task("j", task)
+                .get_task(job, task)
                 .ok()
                 .filter(|t| t.state == Some(TaskState::Completed));
             done.is_some()
@@ -2332,11 +2337,24 @@ mod tests {
         };
         assert!(e.add_job(job).await.is_ok());
         assert!(e.add_tasks("r", vec![task("t", "quick", 0)]).await.is_ok());
-        wait("the task done", || {
-            e.get_task("r", "t")
-                .is_ok_and(|t| t.state == Some(TaskState::Completed))
+        completed_in(e, "r", "t").await;
+    }
+
+    /// Waits until job `r` is completed; returns its release on the (one) node.
+    async fn release_once_completed(e: &Engine) -> JobReleaseTaskExecutionInformation {
+        wait("the job completed", || {
+            e.get_job("r")
+                .is_ok_and(|j| j.state == Some(JobState::Completed))
         })
         .await;
+        let status = e.prep_release_status("r").unwrap_or_default();
+        let release = status
+            .first()
+            .and_then(|n| n.job_release_task_execution_info.clone());
+        let Some(release) = release else {
+            panic!("no release: {status:?}");
+        };
+        release
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -2350,20 +2368,9 @@ mod tests {
         let job = e.get_job("r").unwrap_or_default();
         assert_eq!(job.state, Some(JobState::Terminating));
         assert_eq!(job.previous_state, Some(JobState::Active));
-        wait("the job completed", || {
-            e.get_job("r")
-                .is_ok_and(|j| j.state == Some(JobState::Completed))
-        })
-        .await;
+        let release = release_once_completed(&e).await;
         // Only after the release (6 s) ran to its end.
         assert!(t0.elapsed() >= Duration::from_secs(5), "{:?}", t0.elapsed());
-        let status = e.prep_release_status("r").unwrap_or_default();
-        let release = status
-            .first()
-            .and_then(|n| n.job_release_task_execution_info.clone());
-        let Some(release) = release else {
-            panic!("no release: {status:?}");
-        };
         assert_eq!(
             (release.state, release.exit_code),
             (JobReleaseTaskState::Completed, Some(0))
@@ -2459,18 +2466,7 @@ mod tests {
         let e = Engine::open_with_kinds(EngineOptions::new(dir.path()), fake.clone(), fake)
             .await
             .unwrap_or_else(|err| panic!("reopen: {err}"));
-        wait("the job completed", || {
-            e.get_job("r")
-                .is_ok_and(|j| j.state == Some(JobState::Completed))
-        })
-        .await;
-        let status = e.prep_release_status("r").unwrap_or_default();
-        let release = status
-            .first()
-            .and_then(|n| n.job_release_task_execution_info.clone());
-        let Some(release) = release else {
-            panic!("no release: {status:?}");
-        };
+        let release = release_once_completed(&e).await;
         assert_eq!(release.state, JobReleaseTaskState::Completed);
         assert_eq!(release.result, Some(TaskExecutionResult::Failure));
         let code = release.failure_info.and_then(|f| f.code);
