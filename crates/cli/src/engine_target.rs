@@ -513,9 +513,10 @@ impl Session {
             if !ending().await {
                 return;
             }
-            tracing::debug!(?jobs, "waiting for the jobs' release before deleting the pool");
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            tracing::debug!(
+                ?jobs,
+                "waiting for the jobs' release before deleting the pool"
+            );
             // 50 ms steps at first (a release is usually short), up to one request per second.
             let wait = async {
                 let mut step = POOL_GONE_POLL;
@@ -526,8 +527,7 @@ impl Session {
             };
             tokio::select! {
                 () = wait => {}
-                _ = tokio::signal::ctrl_c() => {}
-                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+                () = stop_signal() => {}
             }
         });
     }
@@ -585,40 +585,20 @@ fn active_work(engine: &shipyard_local::Engine) -> Vec<String> {
     let Ok(jobs) = engine.list_jobs() else {
         return work;
     };
-    work.extend(
-        jobs.into_iter()
-            .filter(|j| {
-                matches!(
-                    j.state,
-                    Some(JobState::Active) | Some(JobState::Terminating)
-                )
-            })
-            .filter_map(|j| {
-                let id = j.id?;
+    work.extend(jobs.into_iter().filter_map(|j| {
+        let id = j.id?;
+        match j.state {
+            // Ending in the background: its tasks stop, its release runs.
+            Some(JobState::Terminating | JobState::Deleting) => Some(format!("job {id}")),
+            Some(JobState::Active) => {
                 let counts = engine.task_counts(&id).ok()?;
                 (counts.task_counts.active + counts.task_counts.running > 0)
                     .then(|| format!("job {id}"))
-            }),
-    );
-    // A terminated or deleted job finishes ending in the background (its release runs).
-    work.extend(
-        jobs_ending(engine)
-            .into_iter()
-            .filter(|w| !work.contains(w))
-            .collect::<Vec<_>>(),
-    );
+            }
+            _ => None,
+        }
+    }));
     work
-}
-
-/// The jobs of `engine` that are terminating or being deleted, as `job <id>`.
-fn jobs_ending(engine: &shipyard_local::Engine) -> Vec<String> {
-    engine
-        .list_jobs()
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|j| matches!(j.state, Some(JobState::Terminating | JobState::Deleting)))
-        .filter_map(|j| j.id.map(|id| format!("job {id}")))
-        .collect()
 }
 
 /// The host process keeps serving while its engine allocates pools or runs jobs (others may
@@ -633,14 +613,23 @@ async fn wait_for_active_work(engine: &shipyard_local::Engine) {
         "shipyard: this process hosts the local engine; waiting for {} (Ctrl-C abandons the work)",
         active.join(", ")
     );
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    let stop = stop_signal();
+    tokio::pin!(stop);
     while !active.is_empty() {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => return,
-            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => return,
+            () = &mut stop => return,
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
         }
         active = active_work(engine);
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn stop_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
     }
 }
 

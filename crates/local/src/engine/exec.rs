@@ -1036,19 +1036,7 @@ impl Engine {
         let Some(primary) = refs.first() else {
             return (None, Some(failure("NoNode", "no node")), false);
         };
-        let ctx = AttemptCtx {
-            job,
-            task,
-            refs,
-            hosts: refs.iter().map(|r| node_ip(self, r)).collect(),
-            timeout: params
-                .constraints
-                .as_ref()
-                .and_then(|c| c.max_wall_clock_time.as_deref())
-                .and_then(parse_duration),
-            params: &params,
-            jobenv: jobenv.as_ref(),
-        };
+        let ctx = self.attempt_ctx(job, task, refs, &params, jobenv.as_ref());
         if params.multi_instance_settings.is_none() {
             let w = self.work(&ctx, primary, &params.command_line, false);
             self.record_containers(job, task, vec![w.name.clone()]);
@@ -1061,16 +1049,8 @@ impl Engine {
     /// A multi-instance task's kept containers are started being made on its nodes now, while
     /// the job preparation runs there ([`super::NodeKind::make_ready`]), not after it.
     fn make_kept_ready(&self, job: &str, task: &str, refs: &[NodeRef]) {
-        let (params, jobenv) = {
-            let st = self.lock();
-            let Some(t) = st.tasks.get(&(job.to_string(), task.to_string())) else {
-                return;
-            };
-            let env = st
-                .jobs
-                .get(job)
-                .and_then(|j| j.params.common_environment_settings.clone());
-            (t.params.clone(), env)
+        let Some((params, jobenv)) = self.task_params(&self.lock(), job, task) else {
+            return;
         };
         let Some(mi) = params.multi_instance_settings.as_ref() else {
             return;
@@ -1078,21 +1058,52 @@ impl Engine {
         let Some(first) = refs.first() else {
             return;
         };
-        let ctx = AttemptCtx {
-            job,
-            task,
-            refs,
-            hosts: refs.iter().map(|r| node_ip(self, r)).collect(),
-            timeout: None,
-            params: &params,
-            jobenv: jobenv.as_ref(),
-        };
+        let ctx = self.attempt_ctx(job, task, refs, &params, jobenv.as_ref());
         let kind = self.kind_of(&first.pool);
         for r in refs {
             let w = self.work(&ctx, r, &mi.coordination_command_line, true);
             if let Ok(spec) = spec_of(&w, self, r) {
                 kind.make_ready(r, &spec);
             }
+        }
+    }
+
+    /// A task's parameters and its job's environment (`None`: the task is gone).
+    fn task_params(
+        &self,
+        st: &super::state::State,
+        job: &str,
+        task: &str,
+    ) -> Option<(TaskAddParameter, Option<Vec<EnvironmentSetting>>)> {
+        let t = st.tasks.get(&(job.to_string(), task.to_string()))?;
+        let env = st
+            .jobs
+            .get(job)
+            .and_then(|j| j.params.common_environment_settings.clone());
+        Some((t.params.clone(), env))
+    }
+
+    /// What every command of an attempt of `task` on `refs` is made from.
+    fn attempt_ctx<'a>(
+        &self,
+        job: &'a str,
+        task: &'a str,
+        refs: &'a [NodeRef],
+        params: &'a TaskAddParameter,
+        jobenv: Option<&'a Vec<EnvironmentSetting>>,
+    ) -> AttemptCtx<'a> {
+        AttemptCtx {
+            job,
+            task,
+            refs,
+            hosts: refs.iter().map(|r| node_ip(self, r)).collect(),
+            timeout: params
+                .constraints
+                .as_ref()
+                .and_then(|c| c.max_wall_clock_time.as_deref())
+                .and_then(parse_duration),
+            params,
+            jobenv,
         }
     }
 
@@ -1103,17 +1114,13 @@ impl Engine {
         task: &str,
     ) -> Option<(TaskAddParameter, Option<Vec<EnvironmentSetting>>)> {
         let mut st = self.lock();
-        let env = st
-            .jobs
-            .get(job)
-            .and_then(|j| j.params.common_environment_settings.clone());
+        let found = self.task_params(&st, job, task)?;
         let t = st.tasks.get_mut(&(job.to_string(), task.to_string()))?;
         set_task_state(&mut t.task, TaskState::Running);
         let info = t.task.execution_info.get_or_insert_with(Default::default);
         info.start_time = Some(now());
-        let p = t.params.clone();
         let _ = self.save(&st, &[Key::Task(job.to_string(), task.to_string())]);
-        Some((p, env))
+        Some(found)
     }
 
     /// The environment of the task on node `r` (address `ip`).
