@@ -540,6 +540,15 @@ async fn engine_host_tasks_run_on_the_node_and_stop_without_it() -> anyhow::Resu
                 "/bin/sh -c 'sleep 313 & sleep 317; wait'",
                 serde_json::json!({"constraints": {"maxWallClockTime": "PT2S"}}),
             ),
+            // As root, a host task starts through the holder's command agent, not an exec.
+            host(
+                "limited-admin",
+                "/bin/sh -c 'sleep 331 & sleep 337; wait'",
+                serde_json::json!({
+                    "constraints": {"maxWallClockTime": "PT2S"},
+                    "userIdentity": {"autoUser": {"scope": "pool", "elevationLevel": "admin"}}
+                }),
+            ),
         ],
     )
     .await?;
@@ -549,8 +558,14 @@ async fn engine_host_tasks_run_on_the_node_and_stop_without_it() -> anyhow::Resu
         task_text(&e, "jh", "reads", "stdout.txt").trim(),
         "installed-by-start"
     );
-    let limited = completed(&e, "jh", "limited", 60).await;
-    assert_eq!(result(&limited).0, Some(TaskExecutionResult::Failure));
+    for id in ["limited", "limited-admin"] {
+        let limited = completed(&e, "jh", id, 60).await;
+        assert_eq!(
+            result(&limited).0,
+            Some(TaskExecutionResult::Failure),
+            "{id}"
+        );
+    }
     let top = |h: &str| {
         let out = std::process::Command::new("docker")
             .args(["top", h, "-eo", "pid,args"])
@@ -564,42 +579,52 @@ async fn engine_host_tasks_run_on_the_node_and_stop_without_it() -> anyhow::Resu
     let deadline = Instant::now() + Duration::from_secs(10);
     let (running, procs) = loop {
         let (ok, procs) = top(&holder);
-        if !procs.contains("sleep 31") || Instant::now() > deadline {
+        if !procs.contains("sleep 3") || Instant::now() > deadline {
             break (ok, procs);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert!(running, "the holder still runs after the limit");
     assert!(
-        !procs.contains("sleep 31"),
+        !procs.contains("sleep 3"),
         "the task's processes are gone: {procs}"
     );
 
-    e.add_tasks(
-        "jh",
-        vec![host(
-            "stopped",
-            "/bin/sh -c 'sleep 331'",
-            serde_json::json!({}),
-        )],
-    )
-    .await?;
-    wait_for("the host task to run", 60, || {
-        top(&holder).1.contains("sleep 331")
-    })
-    .await;
-    e.terminate_task("jh", "stopped").await?;
-    let stopped = completed(&e, "jh", "stopped", 60).await;
-    assert_eq!(result(&stopped).0, Some(TaskExecutionResult::Failure));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while top(&holder).1.contains("sleep 331") && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    // Terminated, by exec (the default non-admin user) and through the agent (admin).
+    let admin = serde_json::json!({
+        "userIdentity": {"autoUser": {"scope": "pool", "elevationLevel": "admin"}}
+    });
+    for (id, secs, extra) in [
+        ("stopped", "341", serde_json::json!({})),
+        ("stopped-admin", "343", admin),
+    ] {
+        let sleep = format!("sleep {secs}");
+        e.add_tasks(
+            "jh",
+            vec![host(id, &format!("/bin/sh -c '{sleep}'"), extra)],
+        )
+        .await?;
+        wait_for("the host task to run", 60, || {
+            top(&holder).1.contains(&sleep)
+        })
+        .await;
+        e.terminate_task("jh", id).await?;
+        let stopped = completed(&e, "jh", id, 60).await;
+        assert_eq!(
+            result(&stopped).0,
+            Some(TaskExecutionResult::Failure),
+            "{id}"
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while top(&holder).1.contains(&sleep) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let (running, procs) = top(&holder);
+        assert!(
+            running && !procs.contains(&sleep),
+            "{id} terminated: {procs}"
+        );
     }
-    let (running, procs) = top(&holder);
-    assert!(
-        running && !procs.contains("sleep 331"),
-        "terminated: {procs}"
-    );
     e.delete_pool("ph").await?;
     wait_for("pool deletion", 60, || e.get_pool("ph").is_err()).await;
     Ok(())
@@ -628,10 +653,11 @@ fn containers_with(instance: &str, label: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-/// A multi-instance task's containers come from spares (fresh `sleep infinity` containers of
-/// the same image and options): the first task's are made while its job preparation still
-/// runs on the nodes; after it ends, a spare is made on each node, and the next identical task
-/// runs in those very containers, renamed. The pool's deletion leaves none.
+/// A multi-instance task's containers come from spares (fresh containers of the same image
+/// and options, in which nothing has run): the first task's are made while its job preparation
+/// still runs on the nodes; after it ends, a spare is made on each node, and the next identical
+/// task runs in those very containers, renamed. While that repeated task runs, the spares for
+/// the next one are made. The pool's deletion leaves none.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn engine_repeated_multi_instance_tasks_run_in_spares() -> anyhow::Result<()> {
     use shipyard_local::engine::labels;
@@ -715,6 +741,18 @@ async fn engine_repeated_multi_instance_tasks_run_in_spares() -> anyhow::Result<
             .iter()
             .all(|(id, _)| now.iter().any(|(i, n)| i == id && n.contains("second")))
     })
+    .await;
+    // A container that comes back on a node has its next spare made while its task runs.
+    wait_for(
+        "the next spares made while the repeated task runs",
+        30,
+        || {
+            let running = e
+                .get_task("jsp", "second")
+                .is_ok_and(|t| t.state == Some(shipyard_batch_api::models::TaskState::Running));
+            running && untaken().len() == 2
+        },
+    )
     .await;
     let second = completed(&e, "jsp", "second", 60).await;
     assert_eq!(result(&second).1, Some(0));

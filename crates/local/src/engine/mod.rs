@@ -10,6 +10,7 @@
 //!
 //! The method set is the contract with `shipyard serve` (see docs/ and plan interfaces).
 
+mod agent;
 mod error;
 mod exec;
 mod node;

@@ -23,6 +23,7 @@ use futures::{FutureExt, StreamExt};
 use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 
+use super::agent::{self, Agent};
 use super::error::{EngineError, Result};
 use crate::cmdline::RunOptions;
 use crate::docker::split_image;
@@ -94,14 +95,15 @@ pub struct RunSpec {
     pub labels: HashMap<String, String>,
     /// Stop after this long.
     pub timeout: Option<Duration>,
-    /// Keep the container running after the command (`sleep infinity` as its main process,
-    /// the command is run with exec): multi-instance subtasks.
+    /// Keep the container running after the command (the command agent, or `sleep infinity`
+    /// for a non-root user, as its main process; the command is started in it): multi-instance
+    /// subtasks.
     pub keep: bool,
     /// The login to pull `image` with when it is missing: the task's
     /// `containerSettings.registry`, else the pool's registry of the image (`None`: anonymous).
     pub registry: Option<RegistryLogin>,
     /// A task without container settings: it runs on the node itself, as on a Batch VM. On a
-    /// container pool that is by exec in the node's holder (so what a start task installs is
+    /// container pool that is in the node's holder (so what a start task installs is
     /// there for later host tasks); `image` and `run` are then not used.
     pub on_node: bool,
 }
@@ -145,7 +147,7 @@ pub trait NodeKind: Send + Sync + 'static {
     fn remove_node<'a>(&'a self, node: &'a NodeRef) -> BoxFuture<'a, Result<()>>;
     /// Whether the node is still up.
     fn node_alive<'a>(&'a self, node: &'a NodeRef) -> BoxFuture<'a, bool>;
-    /// Runs `spec` on `node` to its end (or, with `keep`, starts it and runs its command by exec).
+    /// Runs `spec` on `node` to its end (or, with `keep`, starts it and runs its command in it).
     fn run<'a>(
         &'a self,
         node: &'a NodeRef,
@@ -180,6 +182,9 @@ pub struct ContainerNodes {
     present: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
     /// Kept containers made ahead of multi-instance tasks.
     spares: std::sync::Arc<std::sync::Mutex<Spares>>,
+    /// The command agents of the holders and kept containers this engine made, by container
+    /// name (see [`agent`]).
+    agents: std::sync::Arc<std::sync::Mutex<HashMap<String, Agent>>>,
 }
 
 /// A spare being made (its name once it runs, `None` when making it failed or it was called
@@ -218,6 +223,9 @@ struct Spares {
     /// Kept task containers by name: when one is removed (its task ended), a spare for the
     /// same container is made, off the task's time.
     kept: HashMap<String, (NodeRef, RunSpec, String)>,
+    /// Container keys each holder has run a kept container of: a key that comes back has
+    /// its next spare made while its task runs.
+    seen: HashMap<String, std::collections::HashSet<String>>,
 }
 
 impl std::fmt::Debug for Spares {
@@ -241,6 +249,45 @@ impl ContainerNodes {
             docker,
             present: Default::default(),
             spares: Default::default(),
+            agents: Default::default(),
+        }
+    }
+
+    /// Gives `body` (of container `name` on `node`) a command agent as its main process,
+    /// when it runs as root (the agent's files are root's); else it keeps `sleep infinity`.
+    fn with_agent(&self, node: &NodeRef, name: &str, body: &mut ContainerCreateBody) -> Result<()> {
+        if !agent::is_root(body.user.as_deref()) {
+            return Ok(());
+        }
+        let a = Agent::new(
+            &node.root,
+            if name == node.holder {
+                agent::HOLDER
+            } else {
+                name
+            },
+        );
+        a.prepare()
+            .map_err(|e| EngineError::io("preparing the command agent of", name, e))?;
+        body.entrypoint = Some(a.entrypoint());
+        body.cmd = Some(vec![]);
+        if let Ok(mut m) = self.agents.lock() {
+            m.insert(name.to_string(), a);
+        }
+        Ok(())
+    }
+
+    /// The agent that takes commands for `container` (of `node`), once it is up: one this
+    /// engine made, or a holder's made by an earlier engine.
+    async fn agent_of(&self, container: &str, node: &NodeRef) -> Option<Agent> {
+        let known = self.agents.lock().ok()?.get(container).cloned();
+        match known {
+            Some(a) => a.wait_up(Duration::from_secs(10)).await.then_some(a),
+            None if container == node.holder => {
+                let a = Agent::new(&node.root, agent::HOLDER);
+                a.is_up().then_some(a)
+            }
+            None => None,
         }
     }
 
@@ -355,8 +402,11 @@ impl ContainerNodes {
     }
 
     async fn create(&self, node: &NodeRef, spec: &RunSpec) -> Result<()> {
-        self.create_named(&spec.name, spec, Self::body_of(node, spec, false))
-            .await
+        let mut body = Self::body_of(node, spec, false);
+        if spec.keep {
+            self.with_agent(node, &spec.name, &mut body)?;
+        }
+        self.create_named(&spec.name, spec, body).await
     }
 
     async fn create_named(
@@ -458,9 +508,10 @@ impl ContainerNodes {
             if called_off.is_cancelled() {
                 return None;
             }
-            let body = Self::body_of(&node, &spec, true);
+            let mut body = Self::body_of(&node, &spec, true);
             let began = std::time::Instant::now();
             let up = async {
+                me.with_agent(&node, &name, &mut body)?;
                 me.create_named(&name, &spec, body).await?;
                 me.docker
                     .start_container(&name, None::<StartContainerOptions>)
@@ -494,6 +545,7 @@ impl ContainerNodes {
         let pending = match self.spares.lock() {
             Ok(mut s) => {
                 s.gone.insert(holder.to_string());
+                s.seen.remove(holder);
                 s.ready.remove(holder).unwrap_or_default()
             }
             Err(_) => vec![],
@@ -508,7 +560,7 @@ impl ContainerNodes {
     }
 
     /// A kept container for `spec` (a spare made for the same container when there is one,
-    /// renamed to the task's name; else made now), then its command by exec. When the task's
+    /// renamed to the task's name; else made now), then its command in it. When the task's
     /// container is removed, a spare for the next such task is made.
     async fn run_kept(
         &self,
@@ -524,7 +576,14 @@ impl ContainerNodes {
                 .name(&spec.name)
                 .build();
             match self.docker.rename_container(&spare, opts).await {
-                Ok(()) => ready = true,
+                Ok(()) => {
+                    ready = true;
+                    if let Ok(mut m) = self.agents.lock() {
+                        if let Some(a) = m.remove(&spare) {
+                            m.insert(spec.name.clone(), a);
+                        }
+                    }
+                }
                 Err(e) => {
                     tracing::debug!(container = %spare, error = %e, "spare not renamed");
                     let _ = self.remove_container(&spare).await;
@@ -544,7 +603,18 @@ impl ContainerNodes {
             ms = began.elapsed().as_millis() as u64,
             "kept container running"
         );
-        let end = self.exec(node, spec, spec.argv.clone(), cancel).await;
+        let again = self.spares.lock().is_ok_and(|mut s| {
+            !s.seen
+                .entry(node.holder.clone())
+                .or_default()
+                .insert(key.clone())
+        });
+        if again {
+            self.make_spare(node, spec, key.clone(), true);
+        }
+        let end = self
+            .exec_in(&spec.name, node, spec, spec.argv.clone(), cancel, false)
+            .await;
         if let Ok(mut s) = self.spares.lock() {
             s.kept
                 .insert(spec.name.clone(), (node.clone(), spec.clone(), key));
@@ -552,12 +622,14 @@ impl ContainerNodes {
         end
     }
 
-    /// Runs `argv` by exec in `container` with `spec`'s environment, directory, user, output
+    /// Runs `argv` in `container` (through its command agent when it has one that can run it,
+    /// else by `docker exec`) with `spec`'s environment, directory, user, output
     /// files and limit. A timeout or cancel kills the container, or with `on_node` (`container`
     /// is a node's holder) only the exec's own processes.
     async fn exec_in(
         &self,
         container: &str,
+        node: &NodeRef,
         spec: &RunSpec,
         argv: Vec<String>,
         cancel: CancellationToken,
@@ -567,6 +639,35 @@ impl ContainerNodes {
         let began = std::time::Instant::now();
         let mut env = spec.env.clone();
         env.extend(spec.run.env.iter().cloned());
+        let user = spec.run.user.clone().or_else(|| spec.user.clone());
+        let files = (
+            Agent::inside(&node.root, &spec.stdout),
+            Agent::inside(&node.root, &spec.stderr),
+        );
+        if let (Some(out), Some(err)) = files {
+            if agent::is_root(user.as_deref()) && agent::shell_names(&env) && !argv.is_empty() {
+                if let Some(a) = self.agent_of(container, node).await {
+                    let script = |req: &str| {
+                        agent::script(req, &out, &err, &env, spec.working_dir.as_deref(), &argv)
+                    };
+                    match a.start(script).await {
+                        Ok(running) => {
+                            let end = self
+                                .await_agent(container, spec, running, cancel, on_node)
+                                .await;
+                            tracing::debug!(
+                                container,
+                                task = %spec.name,
+                                ms = began.elapsed().as_millis() as u64,
+                                "agent command ended"
+                            );
+                            return end;
+                        }
+                        Err(e) => tracing::debug!(container, error = %e, "by exec instead"),
+                    }
+                }
+            }
+        }
         let created = self
             .docker
             .create_exec(
@@ -577,7 +678,7 @@ impl ContainerNodes {
                     cmd: Some(argv),
                     env: Some(env),
                     working_dir: spec.working_dir.clone(),
-                    user: spec.run.user.clone().or_else(|| spec.user.clone()),
+                    user,
                     ..Default::default()
                 },
             )
@@ -620,6 +721,83 @@ impl ContainerNodes {
         Ok(RunEnd::Exited(inspect.exit_code.unwrap_or(137)))
     }
 
+    /// Waits for a command the agent of `container` runs; a timeout or cancel kills the
+    /// container, or with `on_node` (a holder) the command's own processes.
+    async fn await_agent(
+        &self,
+        container: &str,
+        spec: &RunSpec,
+        mut running: agent::Running,
+        cancel: CancellationToken,
+        on_node: bool,
+    ) -> Result<RunEnd> {
+        let opts = WaitContainerOptionsBuilder::new()
+            .condition("not-running")
+            .build();
+        let mut gone = self.docker.wait_container(container, Some(opts));
+        let dir = running.dir().to_path_buf();
+        let stop = || async {
+            if on_node {
+                self.stop_agent_command(container, &dir).await;
+            } else {
+                self.kill(container).await;
+            }
+        };
+        let sleep = sleep_for(spec.timeout);
+        let end = tokio::select! {
+            code = running.exit_code() => Some(code.unwrap_or(137)),
+            _ = gone.next() => None,
+            _ = sleep => { stop().await; return Ok(RunEnd::TimedOut) }
+            _ = cancel.cancelled() => { stop().await; return Ok(RunEnd::Cancelled) }
+        };
+        let code = match end {
+            Some(code) => code,
+            // The container stopped: the code if it made it out, else killed.
+            None => tokio::time::timeout(Duration::from_millis(200), running.exit_code())
+                .await
+                .ok()
+                .flatten()
+                .unwrap_or(137),
+        };
+        Ok(RunEnd::Exited(code))
+    }
+
+    /// Stops the command of the agent request in `dir` on holder `container`, and everything
+    /// it started (see [`Self::stop_exec`]).
+    async fn stop_agent_command(&self, container: &str, dir: &Path) {
+        // The script writes its PID first: wait up to a second for it.
+        let mut inner = None;
+        for _ in 0..20 {
+            inner = std::fs::read_to_string(dir.join("pid"))
+                .ok()
+                .and_then(|p| p.trim().parse::<i32>().ok());
+            if inner.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let main = self.main_pid(container).await;
+        match (inner, main) {
+            (Some(inner), Some(m)) => match agent::host_pid(inner, &descendants(m)) {
+                Some(p) if p != m => kill_tree(p, m),
+                _ => tracing::debug!(container, inner, "the agent's command already ended"),
+            },
+            _ => tracing::warn!(container, "the agent's command is unknown: not stopped"),
+        }
+    }
+
+    /// The host PID of `container`'s main process (its init), when it runs.
+    async fn main_pid(&self, container: &str) -> Option<i32> {
+        self.docker
+            .inspect_container(container, None::<InspectContainerOptions>)
+            .await
+            .ok()
+            .and_then(|c| c.state)
+            .and_then(|s| s.pid)
+            .and_then(|p| i32::try_from(p).ok())
+            .filter(|p| *p > 1)
+    }
+
     /// Stops exec `exec` in `container` (a node's holder) and everything it started, leaving
     /// the holder running: only processes in the holder's PID namespace, never its main one.
     async fn stop_exec(&self, container: &str, exec: &str) {
@@ -638,15 +816,9 @@ impl ContainerNodes {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let main = self
-            .docker
-            .inspect_container(container, None::<InspectContainerOptions>)
-            .await
-            .ok()
-            .and_then(|c| c.state)
-            .and_then(|s| s.pid);
-        let as_pid = |p: Option<i64>| p.and_then(|p| i32::try_from(p).ok()).filter(|p| *p > 1);
-        match (as_pid(pid), as_pid(main)) {
+        let main = self.main_pid(container).await;
+        let pid = pid.and_then(|p| i32::try_from(p).ok()).filter(|p| *p > 1);
+        match (pid, main) {
             (Some(p), Some(m)) if p != m => kill_tree(p, m),
             _ => tracing::warn!(
                 container,
@@ -811,11 +983,9 @@ impl NodeKind for ContainerNodes {
                 binds: Some(vec![format!("{}:{NODE_ROOT_DIR}", node.root.display())]),
                 ..Default::default()
             };
-            let body = ContainerCreateBody {
+            let mut body = ContainerCreateBody {
                 image: Some(node.image.clone()),
                 hostname: Some(node.id.clone()),
-                entrypoint: Some(vec!["sleep".into(), "infinity".into()]),
-                cmd: Some(vec![]),
                 labels: Some(node.labels.clone()),
                 host_config: Some(host),
                 networking_config: Some(NetworkingConfig {
@@ -829,6 +999,7 @@ impl NodeKind for ContainerNodes {
                 }),
                 ..Default::default()
             };
+            self.with_agent(node, &node.holder, &mut body)?;
             let opts = CreateContainerOptionsBuilder::new()
                 .name(&node.holder)
                 .build();
@@ -896,7 +1067,7 @@ impl NodeKind for ContainerNodes {
             }
             if spec.on_node {
                 return self
-                    .exec_in(&node.holder, spec, spec.argv.clone(), cancel, true)
+                    .exec_in(&node.holder, node, spec, spec.argv.clone(), cancel, true)
                     .await;
             }
             self.create(node, spec).await?;
@@ -909,12 +1080,12 @@ impl NodeKind for ContainerNodes {
 
     fn exec<'a>(
         &'a self,
-        _node: &'a NodeRef,
+        node: &'a NodeRef,
         spec: &'a RunSpec,
         argv: Vec<String>,
         cancel: CancellationToken,
     ) -> BoxFuture<'a, Result<RunEnd>> {
-        Box::pin(self.exec_in(&spec.name, spec, argv, cancel, false))
+        Box::pin(self.exec_in(&spec.name, node, spec, argv, cancel, false))
     }
 
     fn remove_container<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<()>> {
@@ -927,11 +1098,16 @@ impl NodeKind for ContainerNodes {
             if let Some((node, spec, key)) = kept {
                 self.make_spare(&node, &spec, key, false);
             }
+            let agent = self.agents.lock().ok().and_then(|mut m| m.remove(name));
             let opts = RemoveContainerOptionsBuilder::new()
                 .force(true)
                 .v(true)
                 .build();
-            match self.docker.remove_container(name, Some(opts)).await {
+            let removed = self.docker.remove_container(name, Some(opts)).await;
+            if let Some(a) = agent {
+                a.remove();
+            }
+            match removed {
                 Ok(())
                 | Err(BollardError::DockerResponseServerError {
                     status_code: 404, ..
@@ -979,7 +1155,7 @@ fn bind_sources_exist(binds: &[String]) -> bool {
 }
 
 /// Kills process `root` (a host PID, as Docker reports an exec's) and every process it
-/// started, found through `/proc`: a host task on a container node runs by exec in the node's
+/// started, found through `/proc`: a host task on a container node runs in the node's
 /// holder, and stopping it must leave the holder running. Only processes in the PID namespace
 /// of `main` (the holder's main process, itself spared) are touched, so a wrong or reused PID
 /// can never reach the host's own processes. Two passes, so that a process forked while the
