@@ -214,11 +214,11 @@ impl Engine {
     /// and the store is closed once every worker has let go of it.
     pub async fn close(self) {
         self.inner.shutdown.cancel();
-        for _ in 0..200 {
+        for _ in 0..2000 {
             if Arc::strong_count(&self.inner) == 1 {
                 break;
             }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
     }
 
