@@ -44,6 +44,17 @@ fn pool(id: &str, nodes: usize, slots: i32) -> PoolAddParameter {
     })
 }
 
+/// Engine logs on stderr when `SHIPYARD_LOG` is set (a filter such as `shipyard_local=debug`),
+/// to see where a benchmark's time goes.
+fn trace_from_env() {
+    if let Ok(filter) = std::env::var("SHIPYARD_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
+}
+
 fn env_usize_list(name: &str, default: &str) -> Vec<usize> {
     std::env::var(name)
         .unwrap_or_else(|_| default.into())
@@ -154,6 +165,7 @@ async fn engine_bench_warm_pool_mpi_job_and_bag_of_tasks() -> anyhow::Result<()>
     if !shipyard_e2e::require_test_image() {
         return Ok(());
     }
+    trace_from_env();
     let key = shipyard_runtime::ssh::JobSshKey::generate("engine-bench")?;
     let dir = tempfile::tempdir()?;
     let e = Engine::open(EngineOptions::new(dir.path())).await?;
