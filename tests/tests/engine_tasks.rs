@@ -630,6 +630,78 @@ async fn engine_host_tasks_run_on_the_node_and_stop_without_it() -> anyhow::Resu
     Ok(())
 }
 
+/// A pool whose image's default user is not root: its holders keep `sleep infinity` (the
+/// command agent's FIFOs are root's, so a non-root loop could not open them and its node would
+/// die), and host tasks run there by exec, as before the agent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engine_nodes_of_an_image_with_a_non_root_user_keep_running_and_run_host_tasks(
+) -> anyhow::Result<()> {
+    if !shipyard_e2e::require_test_image() {
+        return Ok(());
+    }
+    let image = format!("shipyard-test/nonroot:{}", std::process::id());
+    let mut build = std::process::Command::new("docker")
+        .args([
+            "build",
+            "-q",
+            "--label",
+            "shipyard.test=1",
+            "-t",
+            &image,
+            "-",
+        ])
+        .env("DOCKER_BUILDKIT", "0")
+        .stdin(std::process::Stdio::piped())
+        .spawn()?;
+    if let Some(mut stdin) = build.stdin.take() {
+        stdin.write_all(format!("FROM {TEST_IMAGE}\nUSER 1000:1000\n").as_bytes())?;
+    }
+    assert!(build.wait()?.success(), "docker build of {image}");
+    struct Image(String);
+    impl Drop for Image {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("docker")
+                .args(["rmi", "-f", &self.0])
+                .output();
+        }
+    }
+    let _image = Image(image.clone());
+    let dir = tempfile::tempdir()?;
+    let e = Engine::open(EngineOptions::new(dir.path())).await?;
+    let mut p = pool("pn", 1, 1);
+    if let Some(c) = p
+        .virtual_machine_configuration
+        .as_mut()
+        .and_then(|v| v.container_configuration.as_mut())
+    {
+        c.container_image_names = Some(vec![image.clone()]);
+    }
+    e.add_pool(p).await?;
+    wait_idle(&e, "pn", 1, 120).await;
+    let node = e.list_nodes("pn")?[0].id.clone().unwrap_or_default();
+    let holder = holder_of(e.instance_label(), "pn", &node);
+    e.add_job(job("jn", "pn", serde_json::json!({}))).await?;
+    e.add_tasks(
+        "jn",
+        vec![model!({"id": "who", "commandLine": "/usr/bin/id -u"})],
+    )
+    .await?;
+    let who = completed(&e, "jn", "who", 60).await;
+    assert_eq!(result(&who).1, Some(0), "{}", task_outputs(dir.path()));
+    assert_eq!(task_text(&e, "jn", "who", "stdout.txt").trim(), "1000");
+    let inspect = std::process::Command::new("docker")
+        .args(["inspect", "-f", "{{.State.Running}} {{.Path}}", &holder])
+        .output()?;
+    assert_eq!(
+        String::from_utf8_lossy(&inspect.stdout).trim(),
+        "true sleep",
+        "the holder runs sleep infinity"
+    );
+    e.delete_pool("pn").await?;
+    wait_for("pool deletion", 60, || e.get_pool("pn").is_err()).await;
+    Ok(())
+}
+
 /// IDs and names of the running containers of engine `instance` carrying `label` (any value).
 fn containers_with(instance: &str, label: &str) -> Vec<(String, String)> {
     use shipyard_local::engine::labels;

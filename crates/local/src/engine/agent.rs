@@ -4,14 +4,21 @@
 //! A `docker exec` costs the Docker daemon, containerd and runc a process setup each time
 //! (about 0.05 s of CPU here, 0.3 s for the eight coordination commands of an 8-node task on 2
 //! cores). The agent is the container's main process under `--init`: a POSIX sh loop that reads
-//! request ids from `<dir>/in` and starts each request's script, read from its own FIFO (so the
-//! task's environment, which may hold secrets, is never written to a file), in the background.
-//! The exit code comes back through a second FIFO. The script redirects its own output to the
-//! task's files, sets the environment and working directory, and `exec`s the command, so the
-//! command runs as under `docker exec`: same container, user, environment, directory and
-//! files. Only where that holds does the engine use the agent (root user, environment names
-//! that are shell names, output files under the node root); everything else still uses
-//! `docker exec`, as does a container made before the agent existed.
+//! request ids from `in` and starts each request's script, read from its own FIFO (so the
+//! task's environment, which may hold secrets, is never written to a file), in a session of
+//! its own. Its exit code comes back through a second FIFO, whose end of file says the request
+//! died without one. The script redirects its own output to the task's files, sets the
+//! environment and working directory, and `exec`s the command, so the command runs as under
+//! `docker exec`: same container, user, environment, directory, files, signal dispositions and
+//! a process group of its own.
+//!
+//! The agent's directory is on the host beside the node root (`<node>.agents/<container>`)
+//! and bind-mounted into its own container only, at [`INSIDE`]: no other container of the node
+//! can read a script or send a request. Only root may open its FIFOs, so a container whose user
+//! is not root (or an engine with user-namespace remapping) keeps `sleep infinity`. The loop
+//! runs only where it can give a command what `docker exec` would (`setsid`, GNU `env
+//! --default-signal`), and says so in `up`; else it sleeps, and commands go by `docker exec`,
+//! as they do for a container made before the agent existed.
 
 use std::io::Write as _;
 use std::os::unix::fs::OpenOptionsExt as _;
@@ -24,26 +31,34 @@ use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
 use super::node::NODE_ROOT_DIR;
 use shipyard_runtime::shell::quote;
 
-/// The agents' directory under a node root.
-pub(crate) const DIR: &str = ".shipyard-agent";
+/// Where an agent's directory is mounted in its container.
+pub(crate) const INSIDE: &str = "/.shipyard-agent";
 
 /// The agent directory name of a node's holder (kept containers use their first name).
 pub(crate) const HOLDER: &str = "node";
 
 /// The loop, run by `/bin/sh -c SCRIPT shipyard-agent DIR`. Requests run detached (a subshell
-/// that exits at once, so the agent never collects zombies; `--init` reaps them). Async lists
-/// of a non-interactive shell start with SIGINT and SIGQUIT ignored: GNU `env` puts them back
-/// where it can, so a command gets the signal dispositions `docker exec` would give it.
+/// that exits at once, so the agent never collects zombies; `--init` reaps them). Each
+/// request's subshell holds the exit FIFO open while its command runs (so its death is an end
+/// of file there) and gives it the code. Async lists of a non-interactive shell start with
+/// SIGINT and SIGQUIT ignored and in the loop's process group: GNU `env` puts the signals back
+/// and `setsid` (the subshell is no group leader, so it does not fork) gives the command a
+/// session of its own, so a `kill 0` in a task reaches its own processes only. Without either,
+/// or without access to its FIFO, the loop sleeps instead and says `no` in `up`.
 const SCRIPT: &str = r#"d=$1
-exec 3<>"$d/in" || exit 1
-if env --default-signal=INT,QUIT true 2>/dev/null; then set -- env --default-signal=INT,QUIT; else set --; fi
-: >"$d/up"
+exec 3<>"$d/in" || exec sleep infinity
+if env --default-signal=INT,QUIT true 2>/dev/null && command -v setsid >/dev/null 2>&1; then
+  echo ok >"$d/up"
+else
+  echo no >"$d/up"; exec sleep infinity
+fi
 while read -r id <&3; do
-  ( ( exec 3<&-; "$@" sh "$d/$id/s" </dev/null; c=$?; { exec 4<>"$d/$id/x" && echo "$c" >&4; } 2>/dev/null ) & )
+  ( ( exec 3<&- 4<>"$d/$id/x"; echo s >&4; setsid env --default-signal=INT,QUIT sh "$d/$id/s" 4>&- </dev/null; echo "$?" >&4 ) & )
 done
 "#;
 
-/// Numbers requests apart.
+/// Numbers requests apart (after a per-process random part, so that an engine restarted with
+/// the same PID never meets an earlier request's directory).
 static REQUESTS: AtomicU64 = AtomicU64::new(0);
 
 /// Where a container's agent lives: on the host and inside the container.
@@ -63,19 +78,40 @@ pub(crate) struct AgentError {
     source: std::io::Error,
 }
 
-/// A request whose command runs: its exit code arrives on `exit`.
+/// A request whose command runs: its exit code arrives on `exit` (the read end only: end of
+/// file once the request's subshell is gone).
 pub(crate) struct Running {
     dir: PathBuf,
     exit: tokio::io::BufReader<tokio::net::unix::pipe::Receiver>,
+}
+
+/// Where the agents of the node whose root is `root` keep their directories (removed with the
+/// node).
+pub(crate) fn node_dir(root: &Path) -> PathBuf {
+    let name = root
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    root.with_file_name(format!("{name}.agents"))
 }
 
 impl Agent {
     /// The agent named `name` on the node whose root is `root` (host path).
     pub(crate) fn new(root: &Path, name: &str) -> Self {
         Agent {
-            host: root.join(DIR).join(name),
-            inside: format!("{NODE_ROOT_DIR}/{DIR}/{name}"),
+            host: node_dir(root).join(name),
+            inside: INSIDE.to_string(),
         }
+    }
+
+    /// Whether its directory is under `dir`.
+    pub(crate) fn is_under(&self, dir: &Path) -> bool {
+        self.host.starts_with(dir)
+    }
+
+    /// The bind mount of its directory into its container.
+    pub(crate) fn bind(&self) -> String {
+        format!("{}:{}", self.host.display(), self.inside)
     }
 
     /// The entrypoint of a container run by this agent.
@@ -99,23 +135,31 @@ impl Agent {
         }
     }
 
-    /// Whether its loop has said it is up.
-    pub(crate) fn is_up(&self) -> bool {
-        self.host.join("up").exists()
+    /// What its loop said: `Some(true)` it takes requests, `Some(false)` it cannot give a
+    /// command what `docker exec` would, `None` not said yet.
+    pub(crate) fn is_up(&self) -> Option<bool> {
+        match std::fs::read_to_string(self.host.join("up")).ok()?.trim() {
+            "ok" => Some(true),
+            "no" => Some(false),
+            _ => None,
+        }
     }
 
-    /// Waits up to `limit` for its loop to be up (a container just started).
+    /// Waits up to `limit` for its loop to say whether it takes requests (a container just
+    /// started).
     pub(crate) async fn wait_up(&self, limit: Duration) -> bool {
         let began = std::time::Instant::now();
         let mut step = Duration::from_millis(1);
-        while !self.is_up() {
+        loop {
+            if let Some(up) = self.is_up() {
+                return up;
+            }
             if began.elapsed() > limit {
                 return false;
             }
             tokio::time::sleep(step).await;
             step = (step * 2).min(Duration::from_millis(20));
         }
-        true
     }
 
     /// Removes its directory (the container went).
@@ -127,7 +171,7 @@ impl Agent {
         }
     }
 
-    /// The path inside the container of `host`, a host path under the node root `root`.
+    /// The path inside a node's containers of `host`, a host path under the node root `root`.
     pub(crate) fn inside(root: &Path, host: &Path) -> Option<String> {
         let rel = host.strip_prefix(root).ok()?;
         let rel = rel.to_str()?;
@@ -144,11 +188,9 @@ impl Agent {
         &self,
         script: impl FnOnce(&str) -> String,
     ) -> Result<Running, AgentError> {
-        let id = format!(
-            "r{:x}-{}",
-            std::process::id(),
-            REQUESTS.fetch_add(1, Ordering::Relaxed)
-        );
+        static RUN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+        let run = RUN.get_or_init(|| uuid::Uuid::new_v4().simple().to_string()[..12].to_string());
+        let id = format!("r{run}-{}", REQUESTS.fetch_add(1, Ordering::Relaxed));
         let dir = self.host.join(&id);
         let failed = |what, source| AgentError {
             dir: self.host.clone(),
@@ -194,9 +236,20 @@ impl Agent {
                 .await
                 .map_err(|e| failed("handing over a script", e))?;
             drop(tx);
+            // The subshell wrote `s` before it opened the script: read exactly that, then keep
+            // only a read end, so that the subshell's death is an end of file.
+            let mut exit = exit;
+            let mut started = [0u8; 2];
+            tokio::io::AsyncReadExt::read_exact(&mut exit, &mut started)
+                .await
+                .map_err(|e| failed("waiting for a request to start", e))?;
+            let reader = tokio::net::unix::pipe::OpenOptions::new()
+                .open_receiver(dir.join("x"))
+                .map_err(|e| failed("opening the exit FIFO", e))?;
+            drop(exit);
             Ok(Running {
                 dir: dir.clone(),
-                exit: tokio::io::BufReader::new(exit),
+                exit: tokio::io::BufReader::new(reader),
             })
         };
         sent.await.map_err(undo)
@@ -210,7 +263,8 @@ impl Running {
         &self.dir
     }
 
-    /// Waits for the command's exit code (`None`: the agent wrote none that parses).
+    /// Waits for the command's exit code (`None`: the request's subshell went without giving
+    /// one, as when its container stopped).
     pub(crate) async fn exit_code(&mut self) -> Option<i64> {
         let mut line = String::new();
         self.exit.read_line(&mut line).await.ok()?;
@@ -226,7 +280,8 @@ impl Drop for Running {
 
 /// The script of one command: its PID into `req/pid`, output appended to `stdout`/`stderr`,
 /// `env` exported (every name a shell name), `dir` entered, then `argv` exec'd. Paths are
-/// inside the container.
+/// inside the container. One brace group, which the shell parses whole before it runs any of
+/// it: a script cut short (its sender gone mid-way) is a syntax error, never half a command.
 pub(crate) fn script(
     req: &str,
     stdout: &str,
@@ -236,7 +291,7 @@ pub(crate) fn script(
     argv: &[String],
 ) -> String {
     let mut s = format!(
-        "echo $$ >{}\nexec >>{} 2>>{}\n",
+        "{{\necho $$ >{}\nexec >>{} 2>>{}\n",
         quote(&format!("{req}/pid")),
         quote(stdout),
         quote(stderr)
@@ -253,7 +308,7 @@ pub(crate) fn script(
         s.push(' ');
         s.push_str(&quote(a));
     }
-    s.push('\n');
+    s.push_str("\n}\n");
     s
 }
 
@@ -323,11 +378,11 @@ mod tests {
         );
         assert_eq!(
             s,
-            "echo $$ >/mnt/batch/tasks/.shipyard-agent/x/r1/pid\n\
+            "{\necho $$ >/mnt/batch/tasks/.shipyard-agent/x/r1/pid\n\
              exec >>/mnt/batch/tasks/wd/stdout.txt 2>>/mnt/batch/tasks/wd/stderr.txt\n\
              export A='it'\\''s'\nexport B=''\nexport C='$HOME x'\n\
              cd /mnt/batch/tasks/wd || exit 126\n\
-             exec /bin/bash -c 'echo \"$A\"; exit 3'\n"
+             exec /bin/bash -c 'echo \"$A\"; exit 3'\n}\n"
         );
     }
 
@@ -351,20 +406,23 @@ mod tests {
         assert_eq!(Agent::inside(root, Path::new("/srv/other/x")), None);
     }
 
-    /// The agent loop itself, run by the host's sh in a temporary directory standing for the
-    /// node root: commands start, their output and exit codes come back, SIGINT is not
-    /// ignored where GNU env can restore it, and a stopped loop refuses requests.
+    /// The agent loop itself, run by the host's sh (Debian's dash, with util-linux `setsid`
+    /// and GNU `env`, as in the test image) in a temporary directory: commands start, their
+    /// output and exit codes come back, two run at once, SIGINT is not ignored, a `kill 0`
+    /// reaches only the command's own processes, a request whose subshell dies ends without a
+    /// code, a script cut short runs nothing, and a stopped loop refuses requests.
     #[tokio::test]
     async fn the_loop_runs_requests_and_reports_their_exit_codes() {
         let root = tempfile::tempdir().expect("tempdir");
         // Run the loop on the host with the node root's path mapped onto the temporary one.
         let agent = Agent {
-            host: root.path().join(DIR).join("t"),
-            inside: root.path().join(DIR).join("t").display().to_string(),
+            host: root.path().join("agents/t"),
+            inside: root.path().join("agents/t").display().to_string(),
         };
         agent.prepare().expect("prepare");
         let mut child = tokio::process::Command::new("/bin/sh")
             .args(["-c", SCRIPT, "shipyard-agent", &agent.inside])
+            .stderr(std::process::Stdio::null())
             .kill_on_drop(true)
             .spawn()
             .expect("sh runs");
@@ -406,15 +464,42 @@ mod tests {
         assert_eq!((a.0, b.0), (Some(3), Some(4)));
         // A missing command is the shell's 127, as the exec of one would be.
         assert_eq!(run(vec!["/no/such/cmd".into()], vec![]).await.0, Some(127));
-        // SIGINT reaches a command with the default disposition when GNU env is there.
-        let gnu_env = std::process::Command::new("env")
-            .args(["--default-signal=INT", "true"])
-            .status()
-            .is_ok_and(|s| s.success());
-        if gnu_env {
-            let (code, _) = run(sh("kill -INT $$; sleep 5; exit 0"), vec![]).await;
-            assert_eq!(code, Some(130), "the shell died of SIGINT");
-        }
+        // SIGINT reaches a command with the default disposition.
+        let (code, _) = run(sh("kill -INT $$; sleep 5; exit 0"), vec![]).await;
+        assert_eq!(code, Some(130), "the shell died of SIGINT");
+        // `kill 0` reaches the command's process group, not the loop's.
+        let (code, _) = run(sh("kill 0; sleep 5"), vec![]).await;
+        assert_eq!(code, Some(143), "the command died of its own SIGTERM");
+        assert_eq!(run(sh("exit 5"), vec![]).await.0, Some(5), "the loop lives");
+        // The request's subshell killed: no code, and no hang.
+        let (code, _) = tokio::time::timeout(
+            Duration::from_secs(10),
+            run(sh("kill -KILL $PPID; sleep 1"), vec![]),
+        )
+        .await
+        .expect("an end of file, not a hang");
+        assert_eq!(code, None);
+        // A script cut short (no closing brace) runs none of its commands.
+        let marker = root.path().join("ran");
+        let cut = {
+            let mut r = agent
+                .start(|req| {
+                    let full = script(
+                        req,
+                        "/dev/null",
+                        "/dev/null",
+                        &[],
+                        None,
+                        &["/bin/touch".into(), marker.display().to_string()],
+                    );
+                    full[..full.len() - 2].to_string()
+                })
+                .await
+                .expect("started");
+            r.exit_code().await
+        };
+        assert_eq!(cut, Some(2), "a syntax error");
+        assert!(!marker.exists(), "nothing of a cut script ran");
         child.kill().await.expect("kill");
         let _ = child.wait().await;
         let refused = agent.start(|_| String::new()).await;

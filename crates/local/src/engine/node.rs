@@ -185,6 +185,11 @@ pub struct ContainerNodes {
     /// The command agents of the holders and kept containers this engine made, by container
     /// name (see [`agent`]).
     agents: std::sync::Arc<std::sync::Mutex<HashMap<String, Agent>>>,
+    /// Whether an image's default user is root, by image (one inspect per image).
+    image_root: std::sync::Arc<std::sync::Mutex<HashMap<String, bool>>>,
+    /// Whether the Docker engine remaps user namespaces (container root is then not the
+    /// owner of the agents' files).
+    userns: std::sync::Arc<tokio::sync::OnceCell<bool>>,
 }
 
 /// A spare being made (its name once it runs, `None` when making it failed or it was called
@@ -250,13 +255,64 @@ impl ContainerNodes {
             present: Default::default(),
             spares: Default::default(),
             agents: Default::default(),
+            image_root: Default::default(),
+            userns: Default::default(),
         }
     }
 
-    /// Gives `body` (of container `name` on `node`) a command agent as its main process,
-    /// when it runs as root (the agent's files are root's); else it keeps `sleep infinity`.
-    fn with_agent(&self, node: &NodeRef, name: &str, body: &mut ContainerCreateBody) -> Result<()> {
-        if !agent::is_root(body.user.as_deref()) {
+    /// Whether a container of `body` runs as root on the host too: its user (or else its
+    /// image's) is root, and Docker does not remap user namespaces.
+    async fn runs_as_root(&self, body: &ContainerCreateBody) -> bool {
+        let user_root = match (body.user.as_deref(), body.image.as_deref()) {
+            (Some(u), _) => agent::is_root(Some(u)),
+            (None, Some(image)) => self.image_is_root(image).await,
+            (None, None) => false,
+        };
+        let remapped = self
+            .userns
+            .get_or_init(|| async {
+                self.docker.info().await.is_ok_and(|i| {
+                    i.security_options
+                        .unwrap_or_default()
+                        .iter()
+                        .any(|o| o.contains("name=userns"))
+                })
+            })
+            .await;
+        user_root && !remapped
+    }
+
+    /// Whether `image`'s default user is root (`false` when it cannot be inspected).
+    async fn image_is_root(&self, image: &str) -> bool {
+        if let Some(known) = self
+            .image_root
+            .lock()
+            .ok()
+            .and_then(|m| m.get(image).copied())
+        {
+            return known;
+        }
+        let Ok(i) = self.docker.inspect_image(image).await else {
+            return false;
+        };
+        let user = i.config.and_then(|c| c.user).filter(|u| !u.is_empty());
+        let root = agent::is_root(user.as_deref());
+        if let Ok(mut m) = self.image_root.lock() {
+            m.insert(image.to_string(), root);
+        }
+        root
+    }
+
+    /// Gives `body` (of container `name` on `node`, its image present) a command agent as its
+    /// main process, its directory bind-mounted into it alone, when it runs as root (the
+    /// agent's files are root's); else it keeps `sleep infinity`.
+    async fn with_agent(
+        &self,
+        node: &NodeRef,
+        name: &str,
+        body: &mut ContainerCreateBody,
+    ) -> Result<()> {
+        if !self.runs_as_root(body).await {
             return Ok(());
         }
         let a = Agent::new(
@@ -271,6 +327,9 @@ impl ContainerNodes {
             .map_err(|e| EngineError::io("preparing the command agent of", name, e))?;
         body.entrypoint = Some(a.entrypoint());
         body.cmd = Some(vec![]);
+        if let Some(h) = body.host_config.as_mut() {
+            h.binds.get_or_insert_with(Vec::new).push(a.bind());
+        }
         if let Ok(mut m) = self.agents.lock() {
             m.insert(name.to_string(), a);
         }
@@ -285,7 +344,7 @@ impl ContainerNodes {
             Some(a) => a.wait_up(Duration::from_secs(10)).await.then_some(a),
             None if container == node.holder => {
                 let a = Agent::new(&node.root, agent::HOLDER);
-                a.is_up().then_some(a)
+                (a.is_up() == Some(true)).then_some(a)
             }
             None => None,
         }
@@ -404,7 +463,9 @@ impl ContainerNodes {
     async fn create(&self, node: &NodeRef, spec: &RunSpec) -> Result<()> {
         let mut body = Self::body_of(node, spec, false);
         if spec.keep {
-            self.with_agent(node, &spec.name, &mut body)?;
+            self.ensure_image(&spec.image, spec.registry.as_ref())
+                .await?;
+            self.with_agent(node, &spec.name, &mut body).await?;
         }
         self.create_named(&spec.name, spec, body).await
     }
@@ -511,7 +572,8 @@ impl ContainerNodes {
             let mut body = Self::body_of(&node, &spec, true);
             let began = std::time::Instant::now();
             let up = async {
-                me.with_agent(&node, &name, &mut body)?;
+                me.ensure_image(&spec.image, spec.registry.as_ref()).await?;
+                me.with_agent(&node, &name, &mut body).await?;
                 me.create_named(&name, &spec, body).await?;
                 me.docker
                     .start_container(&name, None::<StartContainerOptions>)
@@ -986,6 +1048,8 @@ impl NodeKind for ContainerNodes {
             let mut body = ContainerCreateBody {
                 image: Some(node.image.clone()),
                 hostname: Some(node.id.clone()),
+                entrypoint: Some(vec!["sleep".into(), "infinity".into()]),
+                cmd: Some(vec![]),
                 labels: Some(node.labels.clone()),
                 host_config: Some(host),
                 networking_config: Some(NetworkingConfig {
@@ -999,7 +1063,7 @@ impl NodeKind for ContainerNodes {
                 }),
                 ..Default::default()
             };
-            self.with_agent(node, &node.holder, &mut body)?;
+            self.with_agent(node, &node.holder, &mut body).await?;
             let opts = CreateContainerOptionsBuilder::new()
                 .name(&node.holder)
                 .build();
@@ -1036,13 +1100,24 @@ impl NodeKind for ContainerNodes {
             // All at once: the spares, the node's task containers and its holder (the
             // containers that share the holder's network keep it until they go).
             let value = format!("{}/{}", node.pool, node.id);
-            futures::future::try_join3(
+            let removed = futures::future::try_join3(
                 self.drop_spares(&node.holder),
                 self.remove_labelled(labels::NODE, &value),
                 self.remove_container(&node.holder),
             )
             .await
-            .map(|_| ())
+            .map(|_| ());
+            // Every agent of the node, also those of containers removed by id.
+            let dir = agent::node_dir(&node.root);
+            if let Ok(mut m) = self.agents.lock() {
+                m.retain(|_, a| !a.is_under(&dir));
+            }
+            if let Err(e) = std::fs::remove_dir_all(&dir) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    tracing::debug!(dir = %dir.display(), error = %e, "agent directories left");
+                }
+            }
+            removed
         })
     }
 
