@@ -166,7 +166,8 @@ fn login(server: &str, password: &str) -> serde_json::Value {
     serde_json::json!({"registryServer": server, "username": USER, "password": password})
 }
 
-/// Every file under `dir` whose bytes contain `needle` (the store is not a log: skipped).
+/// Every regular file under `dir` whose bytes contain `needle` (the store is not a log:
+/// skipped; FIFOs, like the command agents', are not files to read).
 fn files_containing(dir: &Path, needle: &str) -> Vec<PathBuf> {
     let mut found = Vec::new();
     let Ok(rd) = std::fs::read_dir(dir) else {
@@ -176,7 +177,8 @@ fn files_containing(dir: &Path, needle: &str) -> Vec<PathBuf> {
         let p = entry.path();
         if p.is_dir() {
             found.extend(files_containing(&p, needle));
-        } else if p.file_name().is_some_and(|n| n != "engine.redb")
+        } else if entry.file_type().is_ok_and(|t| t.is_file())
+            && p.file_name().is_some_and(|n| n != "engine.redb")
             && std::fs::read(&p)
                 .is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle.as_bytes()))
         {
