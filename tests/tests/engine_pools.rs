@@ -307,3 +307,35 @@ async fn engine_reopened_after_drop_mid_task_fails_it_with_a_reason() -> anyhow:
     );
     Ok(())
 }
+
+/// A container pool left by an engine whose state directory was then deleted (as a failed
+/// test's temporary directory is): the next engine to open, on any state directory, removes
+/// its holders and its network; nothing else can, since no engine can open that directory
+/// again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pool_of_an_engine_whose_state_dir_is_gone_is_removed_by_the_next_engine(
+) -> anyhow::Result<()> {
+    if !shipyard_e2e::require_test_image() {
+        return Ok(());
+    }
+    let gone = tempfile::tempdir()?;
+    let inst;
+    {
+        let e = Engine::open(EngineOptions::new(gone.path())).await?;
+        inst = e.instance_label().to_string();
+        e.add_pool(pool("ap", 2, None)).await?;
+        wait_idle(&e, "ap", 2).await;
+        e.close().await;
+    }
+    assert_eq!(docker_ids("container", &inst).len(), 2, "two holders left");
+    assert_eq!(docker_ids("network", &inst).len(), 1, "its network left");
+    drop(gone);
+    let next = tempfile::tempdir()?;
+    let e = Engine::open(EngineOptions::new(next.path())).await?;
+    wait_for("the abandoned pool removed", 60, || {
+        docker_ids("container", &inst).is_empty() && docker_ids("network", &inst).is_empty()
+    })
+    .await;
+    e.close().await;
+    Ok(())
+}

@@ -206,6 +206,10 @@ impl Engine {
         engine.recover().await?;
         engine.spawn_scheduler();
         engine.spawn_health_monitor();
+        {
+            let kind = engine.inner.kind.clone();
+            tokio::spawn(async move { kind.sweep_abandoned().await });
+        }
         Ok(engine)
     }
 
@@ -281,6 +285,10 @@ impl Engine {
         HashMap::from([
             (labels::ENGINE.to_string(), "1".to_string()),
             (labels::INSTANCE.to_string(), self.inner.instance.clone()),
+            (
+                labels::STATE_DIR.to_string(),
+                self.inner.opts.state_dir.display().to_string(),
+            ),
             (labels::POOL.to_string(), pool.to_string()),
         ])
     }

@@ -46,6 +46,9 @@ pub mod labels {
     pub const TASK: &str = "shipyard.engine.task";
     /// The instance, on spare kept containers made ahead of multi-instance tasks.
     pub const SPARE: &str = "shipyard.engine.spare";
+    /// The engine's state directory (canonical): containers and networks whose directory is
+    /// gone belong to no engine any more, and the next engine to open removes them.
+    pub const STATE_DIR: &str = "shipyard.engine.state-dir";
 }
 
 /// A node as the node kind sees it.
@@ -172,6 +175,11 @@ pub trait NodeKind: Send + Sync + 'static {
     /// early (a source the preparation creates would otherwise be made a directory by
     /// Docker). The default does nothing.
     fn make_ready(&self, _node: &NodeRef, _spec: &RunSpec) {}
+    /// Removes what engines whose state directory is gone left behind (their engine can
+    /// never open again to remove it). The default does nothing.
+    fn sweep_abandoned(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
 }
 
 /// Container-pool nodes on the host's Docker engine.
@@ -1200,6 +1208,61 @@ impl NodeKind for ContainerNodes {
             return;
         }
         self.make_spare(node, spec, Self::spare_key(node, spec), true);
+    }
+
+    fn sweep_abandoned(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let gone = |labels: Option<&HashMap<String, String>>| {
+                labels
+                    .and_then(|l| l.get(labels::STATE_DIR))
+                    .filter(|d| !Path::new(d).exists())
+                    .cloned()
+            };
+            let filters = HashMap::from([(
+                "label".to_string(),
+                vec![
+                    format!("{}=1", labels::ENGINE),
+                    labels::STATE_DIR.to_string(),
+                ],
+            )]);
+            let opts = bollard::query_parameters::ListContainersOptionsBuilder::new()
+                .all(true)
+                .filters(&filters)
+                .build();
+            let containers = self
+                .docker
+                .list_containers(Some(opts))
+                .await
+                .unwrap_or_default();
+            let mut swept = std::collections::BTreeSet::new();
+            for c in &containers {
+                if let (Some(dir), Some(id)) = (gone(c.labels.as_ref()), c.id.as_deref()) {
+                    if let Err(e) = self.remove_container(id).await {
+                        tracing::warn!(container = id, error = %e, "removing an abandoned container");
+                    }
+                    swept.insert(dir);
+                }
+            }
+            let opts = bollard::query_parameters::ListNetworksOptionsBuilder::new()
+                .filters(&filters)
+                .build();
+            let networks = self
+                .docker
+                .list_networks(Some(opts))
+                .await
+                .unwrap_or_default();
+            for n in &networks {
+                if let (Some(dir), Some(name)) = (gone(n.labels.as_ref()), n.name.as_deref()) {
+                    if let Err(e) = self.remove_pool(name).await {
+                        tracing::warn!(network = name, error = %e, "removing an abandoned network");
+                    }
+                    swept.insert(dir);
+                }
+            }
+            for dir in swept {
+                tracing::info!(state_dir = %dir, "removed the containers and networks of an engine whose state directory is gone");
+            }
+        })
     }
 
     fn remove_labelled<'a>(&'a self, label: &'a str, value: &'a str) -> BoxFuture<'a, Result<()>> {
