@@ -728,10 +728,12 @@ fn containers_with(instance: &str, label: &str) -> Vec<(String, String)> {
 /// A multi-instance task's containers come from spares (fresh containers of the same image
 /// and options, in which nothing has run): the first task's are made while its job preparation
 /// still runs on the nodes; after it ends, a spare is made on each node, and the next identical
-/// task runs in those very containers, renamed. While that repeated task runs, the spares for
-/// the next one are made. The pool's deletion leaves none.
+/// task runs in those very containers (which keep their names: no container of the task's own
+/// is made, and the spares go when the task's containers are removed). While that repeated
+/// task runs, the spares for the next one are made. The pool's deletion leaves none.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn engine_repeated_multi_instance_tasks_run_in_spares() -> anyhow::Result<()> {
+    use shipyard_batch_api::models::TaskState;
     use shipyard_local::engine::labels;
     if !shipyard_e2e::require_test_image() {
         return Ok(());
@@ -750,13 +752,16 @@ async fn engine_repeated_multi_instance_tasks_run_in_spares() -> anyhow::Result<
         }),
     ))
     .await?;
-    // Spares not taken by a task yet (a taken one keeps its label under the task's name).
-    let untaken = || -> Vec<(String, String)> {
+    // Running spare containers (taken or not), by id.
+    let spare_ids = || -> std::collections::BTreeSet<String> {
         containers_with(&inst, labels::SPARE)
             .into_iter()
-            .filter(|(_, n)| n.contains("-spare-"))
+            .map(|(id, _)| id)
             .collect()
     };
+    // Containers made for a task itself, not taken from spares.
+    let own = || containers_with(&inst, labels::TASK);
+    let state = |id: &str| e.get_task("jsp", id).ok().and_then(|t| t.state);
     let mi = |id: &str, app: &str| -> TaskAddParameter {
         model!({
             "id": id, "commandLine": app,
@@ -766,68 +771,68 @@ async fn engine_repeated_multi_instance_tasks_run_in_spares() -> anyhow::Result<
     };
     e.add_tasks("jsp", vec![mi("first", "/bin/sleep 2")])
         .await?;
-    let mut early = Vec::new();
+    let mut early = Default::default();
     wait_for(
         "the first task's containers made while the job preparation runs",
         30,
         || {
-            let preparing = e
-                .get_task("jsp", "first")
-                .is_ok_and(|t| t.state == Some(shipyard_batch_api::models::TaskState::Preparing));
-            early = untaken();
-            preparing && early.len() == 2
+            early = spare_ids();
+            state("first") == Some(TaskState::Preparing) && early.len() == 2
         },
     )
     .await;
     // ... and they are the very containers the first task runs in.
-    wait_for(
-        "the early containers renamed to the first task's",
-        30,
-        || {
-            let now = containers_with(&inst, labels::SPARE);
-            early
-                .iter()
-                .all(|(id, _)| now.iter().any(|(i, n)| i == id && n.contains("first")))
-        },
-    )
+    wait_for("the first task to run", 30, || {
+        state("first") == Some(TaskState::Running)
+    })
     .await;
+    assert_eq!(spare_ids(), early, "the task runs in the early containers");
+    assert!(
+        own().is_empty(),
+        "no container of the task's own: {:?}",
+        own()
+    );
     let first = completed(&e, "jsp", "first", 60).await;
     assert_eq!(result(&first).1, Some(0));
-    let mut spares = Vec::new();
-    wait_for("a spare on each node", 30, || {
-        spares = untaken();
-        spares.len() == 2
+    let mut spares = Default::default();
+    wait_for("a new spare on each node", 30, || {
+        spares = spare_ids();
+        spares.len() == 2 && spares.is_disjoint(&early)
     })
     .await;
     e.add_tasks("jsp", vec![mi("second", "/bin/sleep 2")])
         .await?;
     wait_for("the second task to run", 30, || {
-        e.get_task("jsp", "second")
-            .is_ok_and(|t| t.state == Some(shipyard_batch_api::models::TaskState::Running))
+        state("second") == Some(TaskState::Running)
     })
     .await;
-    let mut now = Vec::new();
-    wait_for("the spares renamed to the task's containers", 30, || {
-        now = containers_with(&inst, labels::SPARE);
-        spares
-            .iter()
-            .all(|(id, _)| now.iter().any(|(i, n)| i == id && n.contains("second")))
-    })
-    .await;
+    assert!(
+        spare_ids().is_superset(&spares),
+        "the second task runs in the spares"
+    );
+    assert!(
+        own().is_empty(),
+        "no container of the task's own: {:?}",
+        own()
+    );
     // A container that comes back on a node has its next spare made while its task runs.
     wait_for(
         "the next spares made while the repeated task runs",
         30,
         || {
-            let running = e
-                .get_task("jsp", "second")
-                .is_ok_and(|t| t.state == Some(shipyard_batch_api::models::TaskState::Running));
-            running && untaken().len() == 2
+            let now = spare_ids();
+            state("second") == Some(TaskState::Running)
+                && now.len() == 4
+                && now.is_superset(&spares)
         },
     )
     .await;
     let second = completed(&e, "jsp", "second", 60).await;
     assert_eq!(result(&second).1, Some(0));
+    wait_for("the second task's containers removed", 30, || {
+        spare_ids().is_disjoint(&spares)
+    })
+    .await;
     e.delete_pool("psp").await?;
     wait_for("pool deletion", 60, || e.get_pool("psp").is_err()).await;
     let left = std::process::Command::new("docker")

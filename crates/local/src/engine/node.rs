@@ -14,8 +14,7 @@ use bollard::models::{ContainerCreateBody, EndpointSettings, HostConfig, Network
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, InspectContainerOptions,
     InspectNetworkOptions, KillContainerOptionsBuilder, LogsOptionsBuilder,
-    RemoveContainerOptionsBuilder, RenameContainerOptionsBuilder, StartContainerOptions,
-    WaitContainerOptionsBuilder,
+    RemoveContainerOptionsBuilder, StartContainerOptions, WaitContainerOptionsBuilder,
 };
 use bollard::Docker;
 use futures::future::BoxFuture;
@@ -193,6 +192,9 @@ pub struct ContainerNodes {
     /// The command agents of the holders and kept containers this engine made, by container
     /// name (see [`agent`]).
     agents: std::sync::Arc<std::sync::Mutex<HashMap<String, Agent>>>,
+    /// The container a kept task container's name stands for, when the task took a spare
+    /// (which keeps its own name: a rename is a daemon round trip per node).
+    aliases: std::sync::Arc<std::sync::Mutex<HashMap<String, String>>>,
     /// Whether an image's default user is root, by image (one inspect per image).
     image_root: std::sync::Arc<std::sync::Mutex<HashMap<String, bool>>>,
     /// Whether the Docker engine remaps user namespaces (container root is then not the
@@ -265,7 +267,17 @@ impl ContainerNodes {
             agents: Default::default(),
             image_root: Default::default(),
             userns: Default::default(),
+            aliases: Default::default(),
         }
+    }
+
+    /// The container that `name` (a task container's name) is.
+    fn container_of(&self, name: &str) -> String {
+        self.aliases
+            .lock()
+            .ok()
+            .and_then(|a| a.get(name).cloned())
+            .unwrap_or_else(|| name.to_string())
     }
 
     /// Whether a container of `body` runs as root on the host too: its user (or else its
@@ -630,7 +642,7 @@ impl ContainerNodes {
     }
 
     /// A kept container for `spec` (a spare made for the same container when there is one,
-    /// renamed to the task's name; else made now), then its command in it. When the task's
+    /// which `spec.name` then stands for; else made now), then its command in it. When the task's
     /// container is removed, a spare for the next such task is made.
     async fn run_kept(
         &self,
@@ -640,27 +652,14 @@ impl ContainerNodes {
     ) -> Result<RunEnd> {
         let key = Self::spare_key(node, spec);
         let began = std::time::Instant::now();
-        let mut ready = false;
-        if let Some(spare) = self.take_spare(&node.holder, &key).await {
-            let opts = RenameContainerOptionsBuilder::new()
-                .name(&spec.name)
-                .build();
-            match self.docker.rename_container(&spare, opts).await {
-                Ok(()) => {
-                    ready = true;
-                    if let Ok(mut m) = self.agents.lock() {
-                        if let Some(a) = m.remove(&spare) {
-                            m.insert(spec.name.clone(), a);
-                        }
-                    }
-                }
-                Err(e) => {
-                    tracing::debug!(container = %spare, error = %e, "spare not renamed");
-                    let _ = self.remove_container(&spare).await;
-                }
+        let spare = self.take_spare(&node.holder, &key).await;
+        let ready = spare.is_some();
+        if let Some(spare) = spare {
+            // The task's container keeps the spare's name (no rename round trip).
+            if let Ok(mut a) = self.aliases.lock() {
+                a.insert(spec.name.clone(), spare);
             }
-        }
-        if !ready {
+        } else {
             self.create(node, spec).await?;
             self.docker
                 .start_container(&spec.name, None::<StartContainerOptions>)
@@ -683,7 +682,14 @@ impl ContainerNodes {
             self.make_spare(node, spec, key.clone(), true);
         }
         let end = self
-            .exec_in(&spec.name, node, spec, spec.argv.clone(), cancel, false)
+            .exec_in(
+                &self.container_of(&spec.name),
+                node,
+                spec,
+                spec.argv.clone(),
+                cancel,
+                false,
+            )
             .await;
         if let Ok(mut s) = self.spares.lock() {
             s.kept
@@ -1168,7 +1174,11 @@ impl NodeKind for ContainerNodes {
         argv: Vec<String>,
         cancel: CancellationToken,
     ) -> BoxFuture<'a, Result<RunEnd>> {
-        Box::pin(self.exec_in(&spec.name, node, spec, argv, cancel, false))
+        Box::pin(async move {
+            let container = self.container_of(&spec.name);
+            self.exec_in(&container, node, spec, argv, cancel, false)
+                .await
+        })
     }
 
     fn remove_container<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<()>> {
@@ -1181,6 +1191,12 @@ impl NodeKind for ContainerNodes {
             if let Some((node, spec, key)) = kept {
                 self.make_spare(&node, &spec, key, false);
             }
+            let name = &self
+                .aliases
+                .lock()
+                .ok()
+                .and_then(|mut a| a.remove(name))
+                .unwrap_or_else(|| name.to_string());
             let agent = self.agents.lock().ok().and_then(|mut m| m.remove(name));
             let opts = RemoveContainerOptionsBuilder::new()
                 .force(true)
