@@ -1250,15 +1250,6 @@ impl NodeKind for ContainerNodes {
                 .list_containers(Some(opts))
                 .await
                 .unwrap_or_default();
-            let mut swept = std::collections::BTreeSet::new();
-            for c in &containers {
-                if let (Some(dir), Some(id)) = (gone(c.labels.as_ref()), c.id.as_deref()) {
-                    if let Err(e) = self.remove_container(id).await {
-                        tracing::warn!(container = id, error = %e, "removing an abandoned container");
-                    }
-                    swept.insert(dir);
-                }
-            }
             let opts = bollard::query_parameters::ListNetworksOptionsBuilder::new()
                 .filters(&filters)
                 .build();
@@ -1267,13 +1258,26 @@ impl NodeKind for ContainerNodes {
                 .list_networks(Some(opts))
                 .await
                 .unwrap_or_default();
-            for n in &networks {
-                if let (Some(dir), Some(name)) = (gone(n.labels.as_ref()), n.name.as_deref()) {
-                    if let Err(e) = self.remove_pool(name).await {
-                        tracing::warn!(network = name, error = %e, "removing an abandoned network");
-                    }
-                    swept.insert(dir);
+            // Containers first: a network goes once nothing is attached to it.
+            let targets = containers
+                .iter()
+                .filter_map(|c| Some((gone(c.labels.as_ref())?, false, c.id.clone()?)))
+                .chain(
+                    networks
+                        .iter()
+                        .filter_map(|n| Some((gone(n.labels.as_ref())?, true, n.name.clone()?))),
+                );
+            let mut swept = std::collections::BTreeSet::new();
+            for (dir, network, name) in targets {
+                let removed = if network {
+                    self.remove_pool(&name).await
+                } else {
+                    self.remove_container(&name).await
+                };
+                if let Err(e) = removed {
+                    tracing::warn!(name, error = %e, "removing what an abandoned engine left");
                 }
+                swept.insert(dir);
             }
             for dir in swept {
                 tracing::info!(state_dir = %dir, "removed the containers and networks of an engine whose state directory is gone");
