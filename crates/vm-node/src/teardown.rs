@@ -52,6 +52,22 @@ pub(crate) fn stop_all(scope: &str, bins: &Binaries, procs: &[ProcRef], children
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+    // A multi-threaded process (dockerd) shows as a zombie as soon as its main thread exits,
+    // but can be reaped only once every thread has: wait for our own children to be reaped,
+    // so that none is left behind when this returns.
+    let ours: Vec<u32> = live
+        .iter()
+        .map(|p| p.pid)
+        .filter(|pid| children.iter().any(|c| c.id() == *pid))
+        .collect();
+    let start = Instant::now();
+    while children
+        .iter_mut()
+        .any(|c| ours.contains(&c.id()) && matches!(c.try_wait(), Ok(None)))
+        && start.elapsed() <= STOP_GRACE
+    {
+        std::thread::sleep(Duration::from_millis(10));
+    }
     reap(children);
 }
 
