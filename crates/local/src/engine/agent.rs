@@ -68,7 +68,8 @@ pub(crate) struct Agent {
     inside: String,
 }
 
-/// What a request failed on before its command ran: the caller may use `docker exec` instead.
+/// What a request failed on. Unless [`AgentError::may_have_run`], its command did not start
+/// and the caller may use `docker exec` instead.
 #[derive(Debug, thiserror::Error)]
 #[error("command agent {dir}: {what}: {source}")]
 pub(crate) struct AgentError {
@@ -76,6 +77,21 @@ pub(crate) struct AgentError {
     what: &'static str,
     #[source]
     source: std::io::Error,
+    /// The script had been handed over: the command may run.
+    handed_over: bool,
+}
+
+impl AgentError {
+    /// Whether the command may have started (its script was handed over): running it again
+    /// by `docker exec` could run it twice.
+    pub(crate) fn may_have_run(&self) -> bool {
+        self.handed_over
+    }
+
+    /// The agent's directory and the I/O error.
+    pub(crate) fn into_parts(self) -> (PathBuf, std::io::Error) {
+        (self.dir, self.source)
+    }
 }
 
 /// A request whose command runs: its exit code arrives on `exit` (the read end only: end of
@@ -196,6 +212,7 @@ impl Agent {
             dir: self.host.clone(),
             what,
             source,
+            handed_over: false,
         };
         std::fs::create_dir(&dir).map_err(|e| failed("making a request", e))?;
         let undo = |e: AgentError| {
@@ -236,6 +253,10 @@ impl Agent {
                 .await
                 .map_err(|e| failed("handing over a script", e))?;
             drop(tx);
+            let failed = |what, source| AgentError {
+                handed_over: true,
+                ..failed(what, source)
+            };
             // The subshell wrote `s` before it opened the script: read exactly that, then keep
             // only a read end, so that the subshell's death is an end of file.
             let mut exit = exit;
@@ -365,7 +386,7 @@ mod tests {
     #[test]
     fn a_script_quotes_every_value_and_execs_the_command() {
         let s = script(
-            "/mnt/batch/tasks/.shipyard-agent/x/r1",
+            "/.shipyard-agent/r1",
             "/mnt/batch/tasks/wd/stdout.txt",
             "/mnt/batch/tasks/wd/stderr.txt",
             &["A=it's".into(), "B=".into(), "C=$HOME x".into()],
@@ -378,7 +399,7 @@ mod tests {
         );
         assert_eq!(
             s,
-            "{\necho $$ >/mnt/batch/tasks/.shipyard-agent/x/r1/pid\n\
+            "{\necho $$ >/.shipyard-agent/r1/pid\n\
              exec >>/mnt/batch/tasks/wd/stdout.txt 2>>/mnt/batch/tasks/wd/stderr.txt\n\
              export A='it'\\''s'\nexport B=''\nexport C='$HOME x'\n\
              cd /mnt/batch/tasks/wd || exit 126\n\

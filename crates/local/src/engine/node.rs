@@ -739,6 +739,14 @@ impl ContainerNodes {
                             );
                             return end;
                         }
+                        Err(e) if e.may_have_run() => {
+                            let (dir, source) = e.into_parts();
+                            return Err(EngineError::io(
+                                "waiting for a command of the command agent in",
+                                dir,
+                                source,
+                            ));
+                        }
                         Err(e) => tracing::debug!(container, error = %e, "by exec instead"),
                     }
                 }
