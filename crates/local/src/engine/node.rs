@@ -304,23 +304,30 @@ impl ContainerNodes {
 
     /// Whether `image`'s default user is root (`false` when it cannot be inspected).
     async fn image_is_root(&self, image: &str) -> bool {
-        if let Some(known) = self
+        let known = self
             .image_root
             .lock()
             .ok()
-            .and_then(|m| m.get(image).copied())
-        {
-            return known;
+            .and_then(|m| m.get(image).copied());
+        match known {
+            Some(root) => root,
+            None => self.inspect_image(image).await.unwrap_or(false),
         }
-        let Ok(i) = self.docker.inspect_image(image).await else {
-            return false;
-        };
+    }
+
+    /// Inspects `image` and records what the engine keeps of it (present, default user root
+    /// or not); `None` when it is not there.
+    async fn inspect_image(&self, image: &str) -> Option<bool> {
+        let i = self.docker.inspect_image(image).await.ok()?;
         let user = i.config.and_then(|c| c.user).filter(|u| !u.is_empty());
         let root = agent::is_root(user.as_deref());
+        if let Ok(mut p) = self.present.lock() {
+            p.insert(image.to_string());
+        }
         if let Ok(mut m) = self.image_root.lock() {
             m.insert(image.to_string(), root);
         }
-        root
+        Some(root)
     }
 
     /// Gives `body` (of container `name` on `node`, its image present) a command agent as its
@@ -372,11 +379,9 @@ impl ContainerNodes {
 
     /// Makes `image` present: pulled (with `login` when given) unless it already is.
     async fn ensure_image(&self, image: &str, login: Option<&RegistryLogin>) -> Result<()> {
-        let known = self.present.lock().is_ok_and(|p| p.contains(image));
-        if known || self.docker.inspect_image(image).await.is_ok() {
-            if let Ok(mut p) = self.present.lock() {
-                p.insert(image.to_string());
-            }
+        if self.present.lock().is_ok_and(|p| p.contains(image))
+            || self.inspect_image(image).await.is_some()
+        {
             return Ok(());
         }
         let failed = |message: String| EngineError::ImagePull {
@@ -716,41 +721,24 @@ impl ContainerNodes {
         let mut env = spec.env.clone();
         env.extend(spec.run.env.iter().cloned());
         let user = spec.run.user.clone().or_else(|| spec.user.clone());
-        let files = (
-            Agent::inside(&node.root, &spec.stdout),
-            Agent::inside(&node.root, &spec.stderr),
-        );
-        if let (Some(out), Some(err)) = files {
-            if agent::is_root(user.as_deref()) && agent::shell_names(&env) && !argv.is_empty() {
-                if let Some(a) = self.agent_of(container, node).await {
-                    let script = |req: &str| {
-                        agent::script(req, &out, &err, &env, spec.working_dir.as_deref(), &argv)
-                    };
-                    match a.start(script).await {
-                        Ok(running) => {
-                            let end = self
-                                .await_agent(container, spec, running, cancel, on_node)
-                                .await;
-                            tracing::debug!(
-                                container,
-                                task = %spec.name,
-                                ms = began.elapsed().as_millis() as u64,
-                                "agent command ended"
-                            );
-                            return end;
-                        }
-                        Err(e) if e.may_have_run() => {
-                            let (dir, source) = e.into_parts();
-                            return Err(EngineError::io(
-                                "waiting for a command of the command agent in",
-                                dir,
-                                source,
-                            ));
-                        }
-                        Err(e) => tracing::debug!(container, error = %e, "by exec instead"),
-                    }
-                }
-            }
+        if let Some(end) = self
+            .by_agent(
+                container,
+                node,
+                spec,
+                (&env, user.as_deref(), &argv),
+                &cancel,
+                on_node,
+            )
+            .await
+        {
+            tracing::debug!(
+                container,
+                task = %spec.name,
+                ms = began.elapsed().as_millis() as u64,
+                "agent command ended"
+            );
+            return end;
         }
         let created = self
             .docker
@@ -803,6 +791,46 @@ impl ContainerNodes {
             "exec ended"
         );
         Ok(RunEnd::Exited(inspect.exit_code.unwrap_or(137)))
+    }
+
+    /// Runs `argv` (with environment `env`, as `user`) through the command agent of
+    /// `container`, as [`Self::exec_in`] would by exec; `None` when the agent cannot (no agent,
+    /// not up, or a command it could not give what an exec would), and nothing ran.
+    async fn by_agent(
+        &self,
+        container: &str,
+        node: &NodeRef,
+        spec: &RunSpec,
+        (env, user, argv): (&[String], Option<&str>, &[String]),
+        cancel: &CancellationToken,
+        on_node: bool,
+    ) -> Option<Result<RunEnd>> {
+        let out = Agent::inside(&node.root, &spec.stdout)?;
+        let err = Agent::inside(&node.root, &spec.stderr)?;
+        if !agent::is_root(user) || !agent::shell_names(env) || argv.is_empty() {
+            return None;
+        }
+        let a = self.agent_of(container, node).await?;
+        let script =
+            |req: &str| agent::script(req, &out, &err, env, spec.working_dir.as_deref(), argv);
+        match a.start(script).await {
+            Ok(running) => Some(
+                self.await_agent(container, spec, running, cancel.clone(), on_node)
+                    .await,
+            ),
+            Err(e) if e.may_have_run() => {
+                let (dir, source) = e.into_parts();
+                Some(Err(EngineError::io(
+                    "waiting for a command of the command agent in",
+                    dir,
+                    source,
+                )))
+            }
+            Err(e) => {
+                tracing::debug!(container, error = %e, "by exec instead");
+                None
+            }
+        }
     }
 
     /// Waits for a command the agent of `container` runs; a timeout or cancel kills the
