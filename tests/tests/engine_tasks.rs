@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 #[path = "engine_support.rs"]
 mod engine_support;
-use engine_support::{completed, mpi_task, task_outputs, task_text, wait_for, wait_idle};
+use engine_support::{
+    completed, mpi_task, ssh_settings, task_outputs, task_text, wait_for, wait_idle, SSH_SETUP,
+};
 
 use shipyard_batch_api::models::{
     CloudTask, JobAddParameter, JobState, PoolAddParameter, TaskAddParameter, TaskExecutionResult,
@@ -843,5 +845,53 @@ async fn engine_repeated_multi_instance_tasks_run_in_spares() -> anyhow::Result<
         String::from_utf8_lossy(&left.stdout).trim().is_empty(),
         "containers left after the pool's deletion"
     );
+    Ok(())
+}
+
+/// A multi-instance task's kept containers are gone before the next task starts on its nodes:
+/// a daemon its coordination command started (sshd on port 23 of the node's network) must
+/// not hold the port the next task's own sshd needs. Four tasks of the same container run
+/// back to back; from the third on, each runs in a spare made while the one before ran (its
+/// application sleeps a second for that), so it starts the moment that one ends. Each checks
+/// that port 23 is free, starts sshd and waits until it listens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engine_a_multi_instance_tasks_daemons_are_gone_before_the_next_task_on_its_nodes(
+) -> anyhow::Result<()> {
+    if !shipyard_e2e::require_test_image() {
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let e = Engine::open(EngineOptions::new(dir.path())).await?;
+    e.add_pool(pool("pdm", 2, 1)).await?;
+    wait_idle(&e, "pdm", 2, 120).await;
+    e.add_job(job("jdm", "pdm", serde_json::json!({}))).await?;
+    let key = shipyard_runtime::ssh::JobSshKey::generate("daemons")?;
+    let coordination = format!(
+        "/bin/bash -c '(exec 3<>/dev/tcp/127.0.0.1/23) 2>/dev/null && {{ echo port 23 taken; exit 1; }}; \
+         {SSH_SETUP} && until (exec 3<>/dev/tcp/127.0.0.1/23) 2>/dev/null; do sleep 0.05; done'"
+    );
+    let tasks: Vec<TaskAddParameter> = (1..=4)
+        .map(|i| {
+            model!({
+                "id": format!("t{i}"), "commandLine": "/bin/sleep 1",
+                "containerSettings": {"imageName": TEST_IMAGE},
+                "userIdentity": {"autoUser": {"elevationLevel": "admin", "scope": "pool"}},
+                "environmentSettings": ssh_settings(&key),
+                "multiInstanceSettings": {"numberOfInstances": 2, "coordinationCommandLine": coordination}
+            })
+        })
+        .collect();
+    e.add_tasks("jdm", tasks).await?;
+    for i in 1..=4 {
+        let t = completed(&e, "jdm", &format!("t{i}"), 120).await;
+        assert_eq!(
+            result(&t),
+            (Some(TaskExecutionResult::Success), Some(0), None),
+            "t{i}: {}",
+            task_outputs(dir.path())
+        );
+    }
+    e.delete_pool("pdm").await?;
+    wait_for("pool deletion", 60, || e.get_pool("pdm").is_err()).await;
     Ok(())
 }

@@ -604,8 +604,9 @@ struct AttemptCtx<'a> {
     jobenv: Option<&'a Vec<EnvironmentSetting>>,
 }
 
-/// Removes ended task containers off the task's critical path (the slot is free at once; the
-/// pool's deletion and the engine's recovery remove any that a dying engine leaves).
+/// Removes ended task containers off the task's critical path (the slot is free at once: a
+/// kept container's processes were ended by [`super::NodeKind::end_kept`] before; the pool's
+/// deletion and the engine's recovery remove any that a dying engine leaves).
 /// The job's end ([`end_job`]) waits for them.
 fn remove_later(e: &Engine, job: &str, kind: Arc<dyn super::NodeKind>, names: Vec<String>) {
     let h = tokio::spawn(async move {
@@ -1239,7 +1240,16 @@ impl Engine {
             ),
             None => self.run_application(ctx, &names[0], cancel).await,
         };
-        remove_later(self, job, self.kind_of(&refs[0].pool), names);
+        let kind = self.kind_of(&refs[0].pool);
+        let began = std::time::Instant::now();
+        kind.end_kept(&names).await;
+        tracing::debug!(
+            job,
+            task,
+            ms = began.elapsed().as_millis() as u64,
+            "kept containers ended"
+        );
+        remove_later(self, job, kind, names);
         out
     }
 

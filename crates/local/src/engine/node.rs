@@ -166,6 +166,13 @@ pub trait NodeKind: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<RunEnd>>;
     /// Removes a task container (ignores one that is gone).
     fn remove_container<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<()>>;
+    /// Ends every process of the kept containers `names` (a multi-instance task's, whose
+    /// task has ended) and returns once they are gone, before their removal: daemons a
+    /// coordination command started (sshd) share the node's network, and the next task on
+    /// the node must find its ports free. The default does nothing.
+    fn end_kept<'a>(&'a self, _names: &'a [String]) -> BoxFuture<'a, ()> {
+        Box::pin(async {})
+    }
     /// Removes every container and network carrying `label=value`.
     fn remove_labelled<'a>(&'a self, label: &'a str, value: &'a str) -> BoxFuture<'a, Result<()>>;
     /// Starts making, at once, the kept container that [`NodeKind::run`] of `spec` (with
@@ -992,6 +999,42 @@ impl ContainerNodes {
         }
     }
 
+    /// Ends every process of container `name` now and waits until they are gone: SIGKILL
+    /// to its init (the PID namespace's processes die with it, and the kernel finishes
+    /// them before the init counts as exited), through a pidfd of the very process Docker
+    /// names, after checking it is in the container's cgroup. Otherwise (a daemon whose
+    /// PIDs are not this host's) `docker kill` and a wait until the container stops.
+    async fn end_now(&self, name: &str) {
+        let c = self.container_of(name);
+        let Ok(info) = self
+            .docker
+            .inspect_container(&c, None::<InspectContainerOptions>)
+            .await
+        else {
+            return;
+        };
+        let state = info.state.unwrap_or_default();
+        if state.running != Some(true) {
+            return;
+        }
+        let pid = state
+            .pid
+            .and_then(|p| i32::try_from(p).ok())
+            .filter(|p| *p > 1);
+        if let (Some(pid), Some(id)) = (pid, info.id.as_deref()) {
+            match end_process(pid, id, END_WAIT).await {
+                Ok(()) => return,
+                Err(e) => tracing::debug!(container = %c, pid, error = %e, "no pidfd kill"),
+            }
+        }
+        self.kill(&c).await;
+        let opts = WaitContainerOptionsBuilder::new()
+            .condition("not-running")
+            .build();
+        let mut waiter = self.docker.wait_container(&c, Some(opts));
+        let _ = tokio::time::timeout(END_WAIT, waiter.next()).await;
+    }
+
     async fn kill(&self, name: &str) {
         let opts = KillContainerOptionsBuilder::new().signal("KILL").build();
         if let Err(e) = self.docker.kill_container(name, Some(opts)).await {
@@ -1255,6 +1298,12 @@ impl NodeKind for ContainerNodes {
         })
     }
 
+    fn end_kept<'a>(&'a self, names: &'a [String]) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            futures::future::join_all(names.iter().map(|n| self.end_now(n))).await;
+        })
+    }
+
     fn make_ready(&self, node: &NodeRef, spec: &RunSpec) {
         if !spec.keep || spec.on_node || !bind_sources_exist(&spec.run.binds) {
             return;
@@ -1341,6 +1390,48 @@ impl NodeKind for ContainerNodes {
 
 /// Whether the source of every bind (`SRC:DST[:OPTS]`) that names a host path exists (a named
 /// volume is no path and counts as there).
+/// How long [`ContainerNodes::end_now`] waits for a killed container's processes.
+const END_WAIT: Duration = Duration::from_secs(10);
+
+/// SIGKILLs process `pid`, when it is in the cgroup of container `id`, and waits (up to
+/// `wait`) until it has exited. The pidfd pins the process: a PID reused meanwhile is never
+/// signalled.
+async fn end_process(pid: i32, id: &str, wait: Duration) -> std::io::Result<()> {
+    use rustix::process::{pidfd_open, pidfd_send_signal, Pid, PidfdFlags, Signal};
+    let p = Pid::from_raw(pid).ok_or_else(|| std::io::Error::other("not a PID"))?;
+    let fd = pidfd_open(p, PidfdFlags::empty())?;
+    let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))?;
+    if id.len() < 12 || !cgroup.contains(id) {
+        return Err(std::io::Error::other("not in the container's cgroup"));
+    }
+    match pidfd_send_signal(&fd, Signal::KILL) {
+        Ok(()) => {}
+        // Exited meanwhile.
+        Err(rustix::io::Errno::SRCH) => return Ok(()),
+        Err(e) => return Err(e.into()),
+    }
+    // A pidfd turns readable once its process has exited (a short blocking poll: SIGKILL
+    // ends a process within milliseconds).
+    tokio::task::spawn_blocking(move || {
+        use rustix::event::{poll, PollFd, PollFlags, Timespec};
+        let timeout = Timespec {
+            tv_sec: wait.as_secs() as i64,
+            tv_nsec: i64::from(wait.subsec_nanos()),
+        };
+        loop {
+            let mut fds = [PollFd::new(&fd, PollFlags::IN)];
+            match poll(&mut fds, Some(&timeout)) {
+                Ok(0) => return Err(std::io::Error::other("still running after SIGKILL")),
+                Ok(_) => return Ok(()),
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    })
+    .await
+    .map_err(std::io::Error::other)?
+}
+
 fn bind_sources_exist(binds: &[String]) -> bool {
     binds.iter().all(|b| {
         let src = b.split(':').next().unwrap_or_default();
