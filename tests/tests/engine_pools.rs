@@ -329,6 +329,27 @@ async fn the_pool_of_an_engine_whose_state_dir_is_gone_is_removed_by_the_next_en
     }
     assert_eq!(docker_ids("container", &inst).len(), 2, "two holders left");
     assert_eq!(docker_ids("network", &inst).len(), 1, "its network left");
+    // A container of an engine of another host or mount namespace, whose state directory this
+    // process cannot see: not this engine's to judge, so it stays.
+    let foreign_inst = format!("foreign-{}", std::process::id());
+    let foreign = std::process::Command::new("docker")
+        .args([
+            "create",
+            "--label",
+            "shipyard.test=1",
+            "--label",
+            "shipyard.engine=1",
+        ])
+        .args(["--label", &format!("{}={foreign_inst}", labels::INSTANCE)])
+        .args([
+            "--label",
+            &format!("{}={}", labels::STATE_DIR, gone.path().display()),
+        ])
+        .args(["--label", &format!("{}=another-host/mnt:[1]", labels::HOST)])
+        .args([IMAGE, "true"])
+        .output()?;
+    assert!(foreign.status.success(), "{foreign:?}");
+    let foreign_id = String::from_utf8_lossy(&foreign.stdout).trim().to_string();
     drop(gone);
     let next = tempfile::tempdir()?;
     let e = Engine::open(EngineOptions::new(next.path())).await?;
@@ -336,6 +357,11 @@ async fn the_pool_of_an_engine_whose_state_dir_is_gone_is_removed_by_the_next_en
         docker_ids("container", &inst).is_empty() && docker_ids("network", &inst).is_empty()
     })
     .await;
+    let kept = docker_ids("container", &foreign_inst);
+    let _ = std::process::Command::new("docker")
+        .args(["rm", "-f", &foreign_id])
+        .output();
+    assert_eq!(kept.len(), 1, "another host's container is not swept");
     e.close().await;
     Ok(())
 }

@@ -44,9 +44,10 @@ pub(crate) const HOLDER: &str = "node";
 /// SIGINT and SIGQUIT ignored and in the loop's process group: GNU `env` puts the signals back
 /// and `setsid` (the subshell is no group leader, so it does not fork) gives the command a
 /// session of its own, so a `kill 0` in a task reaches its own processes only. Without either,
-/// or without access to its FIFO, the loop sleeps instead and says `no` in `up`.
+/// or without access to its FIFO, the loop sleeps instead and says `no` in `up` (`command`:
+/// a failed redirection of the special built-in `exec` would end the shell, and the container).
 const SCRIPT: &str = r#"d=$1
-exec 3<>"$d/in" || exec sleep infinity
+command exec 3<>"$d/in" 2>/dev/null || { echo no >"$d/up"; exec sleep infinity; }
 if env --default-signal=INT,QUIT true 2>/dev/null && command -v setsid >/dev/null 2>&1; then
   echo ok >"$d/up"
 else
@@ -143,7 +144,9 @@ impl Agent {
 
     /// Makes its directory and request FIFO, before the container starts.
     pub(crate) fn prepare(&self) -> std::io::Result<()> {
+        use std::os::unix::fs::PermissionsExt as _;
         std::fs::create_dir_all(&self.host)?;
+        std::fs::set_permissions(&self.host, std::fs::Permissions::from_mode(0o700))?;
         let _ = std::fs::remove_file(self.host.join("up"));
         match mkfifo(&self.host.join("in")) {
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
@@ -154,7 +157,7 @@ impl Agent {
     /// What its loop said: `Some(true)` it takes requests, `Some(false)` it cannot give a
     /// command what `docker exec` would, `None` not said yet.
     pub(crate) fn is_up(&self) -> Option<bool> {
-        match std::fs::read_to_string(self.host.join("up")).ok()?.trim() {
+        match read_regular(&self.host.join("up"))?.trim() {
             "ok" => Some(true),
             "no" => Some(false),
             _ => None,
@@ -216,6 +219,13 @@ impl Agent {
         };
         std::fs::create_dir(&dir).map_err(|e| failed("making a request", e))?;
         let undo = |e: AgentError| {
+            // A subshell that opened the script FIFO just too late waits for a writer: this
+            // one lets it read an empty script (nothing runs) and end.
+            let _ = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+                .open(dir.join("s"));
             let _ = std::fs::remove_dir_all(&dir);
             e
         };
@@ -348,10 +358,32 @@ pub(crate) fn shell_names(env: &[String]) -> bool {
 /// Whether `user` (`user[:group]`, `None` = the image's) is root, who the agent runs as in a
 /// holder; in a kept container the agent runs as the container's user.
 pub(crate) fn is_root(user: Option<&str>) -> bool {
-    match user {
+    let root = |s: &str| matches!(s, "0" | "root");
+    match user.map(|u| u.split_once(':').unwrap_or((u, "0"))) {
         None => true,
-        Some(u) => matches!(u.split(':').next(), Some("0" | "root")),
+        // Another group would be lost: the agent runs as root:root.
+        Some((u, g)) => root(u) && root(g),
     }
+}
+
+/// The text of `path` when it is a small regular file, read without blocking or following a
+/// link (the agent's files are writable from its container: a FIFO put there must not stall
+/// the engine).
+pub(crate) fn read_regular(path: &Path) -> Option<String> {
+    use std::io::Read as _;
+    let flags = rustix::fs::OFlags::NONBLOCK | rustix::fs::OFlags::NOFOLLOW;
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(flags.bits() as i32)
+        .open(path)
+        .ok()?;
+    let meta = f.metadata().ok()?;
+    if !meta.is_file() || meta.len() > 4096 {
+        return None;
+    }
+    let mut s = String::new();
+    f.read_to_string(&mut s).ok()?;
+    Some(s)
 }
 
 fn mkfifo(path: &Path) -> std::io::Result<()> {
@@ -414,7 +446,9 @@ mod tests {
         assert!(!shell_names(&["1A=1".into()]));
         assert!(!shell_names(&["=1".into()]));
         assert!(is_root(None) && is_root(Some("0:0")) && is_root(Some("root")));
+        assert!(is_root(Some("root:root")) && is_root(Some("0")));
         assert!(!is_root(Some("1000:1000")));
+        assert!(!is_root(Some("root:users")) && !is_root(Some("0:100")));
     }
 
     #[test]
@@ -425,6 +459,50 @@ mod tests {
             Some("/mnt/batch/tasks/workitems/j/t/stdout.txt")
         );
         assert_eq!(Agent::inside(root, Path::new("/srv/other/x")), None);
+    }
+
+    /// A loop that cannot open its request FIFO says `no` and keeps its container running
+    /// (sleeping), instead of ending the shell: a failed redirection of `exec` alone would.
+    #[tokio::test]
+    async fn a_loop_without_its_fifo_says_no_and_keeps_running() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let agent = Agent {
+            host: root.path().join("agents/t"),
+            inside: root.path().join("agents/t").display().to_string(),
+        };
+        // `in` a directory: it cannot be opened for reading and writing.
+        std::fs::create_dir_all(agent.host.join("in")).expect("dirs");
+        let mut child = tokio::process::Command::new("/bin/sh")
+            .args(["-c", SCRIPT, "shipyard-agent", &agent.inside])
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("sh runs");
+        assert!(!agent.wait_up(Duration::from_secs(10)).await, "says no");
+        assert_eq!(agent.is_up(), Some(false));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(
+            child.try_wait().expect("wait").is_none(),
+            "the loop's process keeps running"
+        );
+        let _ = child.kill().await;
+    }
+
+    /// Only small regular files are read; a FIFO (which a container could put in place of a
+    /// file) is refused at once instead of blocking.
+    #[test]
+    fn only_regular_files_are_read() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let f = root.path().join("pid");
+        std::fs::write(&f, "42\n").expect("write");
+        assert_eq!(read_regular(&f).as_deref(), Some("42\n"));
+        let fifo = root.path().join("fifo");
+        mkfifo(&fifo).expect("mkfifo");
+        assert_eq!(read_regular(&fifo), None);
+        let link = root.path().join("link");
+        std::os::unix::fs::symlink(&f, &link).expect("symlink");
+        assert_eq!(read_regular(&link), None);
+        assert_eq!(read_regular(&root.path().join("missing")), None);
     }
 
     /// The agent loop itself, run by the host's sh (Debian's dash, with util-linux `setsid`

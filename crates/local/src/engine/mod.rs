@@ -289,6 +289,7 @@ impl Engine {
                 labels::STATE_DIR.to_string(),
                 self.inner.opts.state_dir.display().to_string(),
             ),
+            (labels::HOST.to_string(), labels::host().to_string()),
             (labels::POOL.to_string(), pool.to_string()),
         ])
     }

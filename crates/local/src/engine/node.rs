@@ -48,6 +48,21 @@ pub mod labels {
     /// The engine's state directory (canonical): containers and networks whose directory is
     /// gone belong to no engine any more, and the next engine to open removes them.
     pub const STATE_DIR: &str = "shipyard.engine.state-dir";
+    /// The host and mount namespace the engine ran in ([`host`]): a state directory is only
+    /// known gone where its engine could see it.
+    pub const HOST: &str = "shipyard.engine.host";
+
+    /// This process's machine id and mount namespace, the value of [`HOST`].
+    pub fn host() -> &'static str {
+        static HOST_ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+        HOST_ID.get_or_init(|| {
+            let machine = std::fs::read_to_string("/etc/machine-id").unwrap_or_default();
+            let mnt = std::fs::read_link("/proc/self/ns/mnt")
+                .map(|l| l.display().to_string())
+                .unwrap_or_default();
+            format!("{}/{mnt}", machine.trim())
+        })
+    }
 }
 
 /// A node as the node kind sees it.
@@ -346,7 +361,9 @@ impl ContainerNodes {
         name: &str,
         body: &mut ContainerCreateBody,
     ) -> Result<()> {
-        if !self.runs_as_root(body).await {
+        // The agent's files are the engine's: only an engine running as root keeps them out of
+        // reach of a task's non-root user.
+        if !rustix::process::geteuid().is_root() || !self.runs_as_root(body).await {
             return Ok(());
         }
         let a = Agent::new(
@@ -375,7 +392,16 @@ impl ContainerNodes {
     async fn agent_of(&self, container: &str, node: &NodeRef) -> Option<Agent> {
         let known = self.agents.lock().ok()?.get(container).cloned();
         match known {
-            Some(a) => a.wait_up(Duration::from_secs(10)).await.then_some(a),
+            Some(a) => {
+                if a.wait_up(Duration::from_secs(10)).await {
+                    return Some(a);
+                }
+                // It never will: later commands go by exec without waiting.
+                if let Ok(mut m) = self.agents.lock() {
+                    m.remove(container);
+                }
+                None
+            }
             None if container == node.holder => {
                 let a = Agent::new(&node.root, agent::HOLDER);
                 (a.is_up() == Some(true)).then_some(a)
@@ -526,6 +552,10 @@ impl ContainerNodes {
             if let Ok(mut p) = self.present.lock() {
                 p.remove(&spec.image);
             }
+            // Its user may have changed with it.
+            if let Ok(mut r) = self.image_root.lock() {
+                r.remove(&spec.image);
+            }
             self.ensure_image(&spec.image, spec.registry.as_ref())
                 .await?;
             made = self.docker.create_container(Some(opts), body).await;
@@ -598,7 +628,8 @@ impl ContainerNodes {
                 () = woken.notified() => {}
                 () = called_off.cancelled() => {}
             }
-            if called_off.is_cancelled() {
+            // A source gone meanwhile (the job's cleanup) would be made a directory by Docker.
+            if called_off.is_cancelled() || !bind_sources_exist(&spec.run.binds) {
                 return None;
             }
             let mut body = Self::body_of(&node, &spec, true);
@@ -864,7 +895,17 @@ impl ContainerNodes {
         };
         let sleep = sleep_for(spec.timeout);
         let end = tokio::select! {
-            code = running.exit_code() => Some(code.unwrap_or(137)),
+            code = running.exit_code() => match code {
+                Some(code) => Some(code),
+                // Its subshell went without a code; the command, in a session of its own, may
+                // still run in the holder, where later tasks would meet it.
+                None => {
+                    if on_node {
+                        self.stop_agent_command(container, &dir).await;
+                    }
+                    Some(137)
+                }
+            },
             _ = gone.next() => None,
             _ = sleep => { stop().await; return Ok(RunEnd::TimedOut) }
             _ = cancel.cancelled() => { stop().await; return Ok(RunEnd::Cancelled) }
@@ -887,9 +928,8 @@ impl ContainerNodes {
         // The script writes its PID first: wait up to a second for it.
         let mut inner = None;
         for _ in 0..20 {
-            inner = std::fs::read_to_string(dir.join("pid"))
-                .ok()
-                .and_then(|p| p.trim().parse::<i32>().ok());
+            inner =
+                agent::read_regular(&dir.join("pid")).and_then(|p| p.trim().parse::<i32>().ok());
             if inner.is_some() {
                 break;
             }
@@ -1006,26 +1046,34 @@ impl ContainerNodes {
     /// PIDs are not this host's) `docker kill` and a wait until the container stops.
     async fn end_now(&self, name: &str) {
         let c = self.container_of(name);
-        let Ok(info) = self
+        match self
             .docker
             .inspect_container(&c, None::<InspectContainerOptions>)
             .await
-        else {
-            return;
-        };
-        let state = info.state.unwrap_or_default();
-        if state.running != Some(true) {
-            return;
-        }
-        let pid = state
-            .pid
-            .and_then(|p| i32::try_from(p).ok())
-            .filter(|p| *p > 1);
-        if let (Some(pid), Some(id)) = (pid, info.id.as_deref()) {
-            match end_process(pid, id, END_WAIT).await {
-                Ok(()) => return,
-                Err(e) => tracing::debug!(container = %c, pid, error = %e, "no pidfd kill"),
+        {
+            Ok(info) => {
+                let state = info.state.unwrap_or_default();
+                if state.running != Some(true) {
+                    return;
+                }
+                let pid = state
+                    .pid
+                    .and_then(|p| i32::try_from(p).ok())
+                    .filter(|p| *p > 1);
+                if let (Some(pid), Some(id)) = (pid, info.id.as_deref()) {
+                    match end_process(pid, id, END_WAIT).await {
+                        Ok(()) => return,
+                        Err(e) => {
+                            tracing::debug!(container = %c, pid, error = %e, "no pidfd kill")
+                        }
+                    }
+                }
             }
+            Err(BollardError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => return,
+            // Not known to be stopped: kill it the daemon's way.
+            Err(e) => tracing::debug!(container = %c, error = %e, "inspect before the kill"),
         }
         self.kill(&c).await;
         let opts = WaitContainerOptionsBuilder::new()
@@ -1313,17 +1361,23 @@ impl NodeKind for ContainerNodes {
 
     fn sweep_abandoned(&self) -> BoxFuture<'_, ()> {
         Box::pin(async move {
+            // Gone, not merely unreadable (another user's, or a path this process cannot see).
             let gone = |labels: Option<&HashMap<String, String>>| {
                 labels
                     .and_then(|l| l.get(labels::STATE_DIR))
-                    .filter(|d| !Path::new(d).exists())
+                    .filter(|d| {
+                        std::fs::symlink_metadata(d)
+                            .is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
+                    })
                     .cloned()
             };
+            // Only what engines of this host and mount namespace made.
             let filters = HashMap::from([(
                 "label".to_string(),
                 vec![
                     format!("{}=1", labels::ENGINE),
                     labels::STATE_DIR.to_string(),
+                    format!("{}={}", labels::HOST, labels::host()),
                 ],
             )]);
             let opts = bollard::query_parameters::ListContainersOptionsBuilder::new()
