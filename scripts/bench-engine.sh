@@ -18,4 +18,4 @@ cargo build -q -p shipyard-e2e --test engine_bench
 SHIPYARD_BENCH_NODES="$nodes" SHIPYARD_BENCH_BAG="$bag" SHIPYARD_BENCH_COLD="$cold" \
   SHIPYARD_BENCH_LARGE_BAGS="$large" \
   cargo test -q -p shipyard-e2e --test engine_bench -- --nocapture --test-threads=1 2>&1 |
-  grep -oE 'BENCH .*|panicked.*|test result.*'
+  grep -oE 'BENCH .*|panicked.*|^Error.*|test result.*'
