@@ -379,10 +379,11 @@ async fn engine_bench_large_bags_tasks_per_second_and_peak_rss() -> anyhow::Resu
 async fn large_bag(e: &Engine, n: usize, inline: bool) -> anyhow::Result<()> {
     let jid = format!("bag{n}");
     let t = Instant::now();
-    e.add_job(
-        model!({"id": jid, "poolInfo": {"poolId": "big"}, "onAllTasksComplete": "terminatejob"}),
-    )
-    .await?;
+    // All tasks first, then `terminatejob`: with it set from the start, a first call's tasks
+    // could all end before the next call, and the job would end with them (as on Batch), so
+    // the next `add_tasks` fails (seen once with the in-process kind).
+    e.add_job(model!({"id": jid, "poolInfo": {"poolId": "big"}, "onAllTasksComplete": "noaction"}))
+        .await?;
     let mut tasks = (1..=n)
         .map(|i| -> TaskAddParameter {
             model!({
@@ -396,6 +397,8 @@ async fn large_bag(e: &Engine, n: usize, inline: bool) -> anyhow::Result<()> {
         let chunk: Vec<TaskAddParameter> = tasks.by_ref().take(100).collect();
         e.add_tasks(&jid, chunk).await?;
     }
+    e.patch_job(&jid, model!({"onAllTasksComplete": "terminatejob"}))
+        .await?;
     let added = t.elapsed().as_secs_f64();
     wait_for("the large bag", 3600, || {
         e.get_job(&jid)
