@@ -461,23 +461,35 @@ mod tests {
         assert_eq!(Agent::inside(root, Path::new("/srv/other/x")), None);
     }
 
+    /// An agent whose loop runs on the host, its directory under `root` (the same path
+    /// outside and "inside").
+    fn host_agent(root: &Path) -> Agent {
+        let host = root.join("agents/t");
+        Agent {
+            inside: host.display().to_string(),
+            host,
+        }
+    }
+
+    /// The agent's loop, run by the host's `/bin/sh`.
+    fn spawn_loop(agent: &Agent) -> tokio::process::Child {
+        tokio::process::Command::new("/bin/sh")
+            .args(["-c", SCRIPT, "shipyard-agent", &agent.inside])
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("sh runs")
+    }
+
     /// A loop that cannot open its request FIFO says `no` and keeps its container running
     /// (sleeping), instead of ending the shell: a failed redirection of `exec` alone would.
     #[tokio::test]
     async fn a_loop_without_its_fifo_says_no_and_keeps_running() {
         let root = tempfile::tempdir().expect("tempdir");
-        let agent = Agent {
-            host: root.path().join("agents/t"),
-            inside: root.path().join("agents/t").display().to_string(),
-        };
+        let agent = host_agent(root.path());
         // `in` a directory: it cannot be opened for reading and writing.
         std::fs::create_dir_all(agent.host.join("in")).expect("dirs");
-        let mut child = tokio::process::Command::new("/bin/sh")
-            .args(["-c", SCRIPT, "shipyard-agent", &agent.inside])
-            .stderr(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("sh runs");
+        let mut child = spawn_loop(&agent);
         assert!(!agent.wait_up(Duration::from_secs(10)).await, "says no");
         assert_eq!(agent.is_up(), Some(false));
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -513,18 +525,9 @@ mod tests {
     #[tokio::test]
     async fn the_loop_runs_requests_and_reports_their_exit_codes() {
         let root = tempfile::tempdir().expect("tempdir");
-        // Run the loop on the host with the node root's path mapped onto the temporary one.
-        let agent = Agent {
-            host: root.path().join("agents/t"),
-            inside: root.path().join("agents/t").display().to_string(),
-        };
+        let agent = host_agent(root.path());
         agent.prepare().expect("prepare");
-        let mut child = tokio::process::Command::new("/bin/sh")
-            .args(["-c", SCRIPT, "shipyard-agent", &agent.inside])
-            .stderr(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("sh runs");
+        let mut child = spawn_loop(&agent);
         assert!(agent.wait_up(Duration::from_secs(10)).await, "agent up");
         let out = root.path().join("out.txt");
         let err = root.path().join("err.txt");
