@@ -328,3 +328,31 @@ fn pool_add_persists_across_invocations_and_pool_del_removes_its_containers() {
     );
     assert_pool_gone(&s, &pool);
 }
+
+/// `pool add` of a VM-like pool by a command that hosts the engine itself is refused, naming
+/// why (the nodes would go when the command exits) and what to run instead; nothing is made.
+#[test]
+fn a_vm_like_pool_add_that_would_end_with_its_command_is_refused() {
+    if !require_vm_nodes() {
+        return;
+    }
+    let _serial = serial();
+    let s = Scratch::new("cli-engine-vmadd-");
+    let example = shipyard_e2e::repo_root().join("examples/local-openmpi.toml");
+    let add = s
+        .cli()
+        .args(["--vm-nodes", "-c"])
+        .arg(&example)
+        .args(["pool", "add"])
+        .output()
+        .expect("pool add");
+    assert_eq!(add.status.code(), Some(2), "{}", show(&add));
+    let err = String::from_utf8_lossy(&add.stderr);
+    assert!(
+        err.contains("pool `mpipool` would get VM-like nodes")
+            && err.contains("shipyard --vm-nodes run CONFIG"),
+        "{}",
+        show(&add)
+    );
+    assert_pool_gone(&s, "mpipool");
+}

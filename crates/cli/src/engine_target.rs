@@ -823,10 +823,14 @@ pub(crate) fn run(global: &GlobalArgs, config: &Config, args: &RunArgs) -> CliRe
 pub(crate) fn command(global: &GlobalArgs, command: Command) -> CliResult {
     let loaded = crate::load_optional(global)?.unwrap_or_default();
     let config = local_config(&loaded, None, global.vm_nodes)?;
+    let mut vm_pool_added = None;
     if let Command::Pool(PoolCommand::Add) = &command {
         let submission = crate::submission::submission(&config, None, true, false, None)?;
         if let Some(p) = &submission.pool {
             check_vm_like(p)?;
+            if is_vm_like(p) {
+                vm_pool_added = Some(p.id.clone());
+            }
         }
     }
     let deleted = match &command {
@@ -838,6 +842,15 @@ pub(crate) fn command(global: &GlobalArgs, command: Command) -> CliResult {
     };
     let state = state_dir_of(&config);
     let session = Session::open(&state)?;
+    if let (Some(id), true) = (&vm_pool_added, session.is_host()) {
+        return Err(CliError::Usage(format!(
+            "pool `{id}` would get VM-like nodes, which live only as long as the process that \
+             hosts the local engine; this command would host it and exit, and the nodes would \
+             go with it. `shipyard --vm-nodes run CONFIG` makes the pool for its job; to keep \
+             one between commands, add it while another shipyard process (a running `run`) \
+             hosts the engine"
+        )));
+    }
     session.reap_orphan_pools(&state);
     if let Command::Pool(PoolCommand::Ssh(a)) = &command {
         return node_shell(&session, &config, a);
