@@ -306,6 +306,12 @@ fn sigint_mid_run_exits_130_and_removes_the_pool() {
         interrupted.elapsed().as_secs_f64()
     );
     assert_eq!(out.status.code(), Some(130), "{}", show(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("error: interrupted") && !err.contains("task failed"),
+        "{}",
+        show(&out)
+    );
     assert!(engine_pool_containers(&pool).is_empty(), "containers left");
 }
 

@@ -536,7 +536,7 @@ fn submit_error(e: shipyard_submit::SubmitError) -> CliError {
         // Ctrl-C or SIGTERM: the jobs were terminated; exit as a shell does after SIGINT.
         e if cancelled => {
             eprintln!("shipyard: {e}");
-            CliError::TaskExit(130)
+            CliError::Interrupted
         }
         e => failed(e),
     }

@@ -33,6 +33,8 @@ fn link_runtimes() {
 
 /// Exit code of usage errors (bad flags, bad configuration).
 pub const EXIT_USAGE: u8 = 2;
+/// Exit code of a run stopped by Ctrl-C or SIGTERM.
+pub const EXIT_INTERRUPTED: u8 = 130;
 /// Exit code of operational failures (Docker/Azure errors).
 pub const EXIT_FAILURE: u8 = 1;
 
@@ -51,6 +53,10 @@ pub enum CliError {
     /// A task failed: exit with this code (1..=255).
     #[error("task failed with exit code {0}")]
     TaskExit(u8),
+    /// Ctrl-C or SIGTERM stopped the run (exit 130, as a shell after SIGINT); what was done
+    /// about its jobs is said before.
+    #[error("interrupted")]
+    Interrupted,
 }
 
 impl CliError {
@@ -60,6 +66,7 @@ impl CliError {
             CliError::Usage(_) | CliError::Config(_) => EXIT_USAGE,
             CliError::Failed(_) => EXIT_FAILURE,
             CliError::TaskExit(c) => *c,
+            CliError::Interrupted => EXIT_INTERRUPTED,
         }
     }
 }
@@ -106,7 +113,7 @@ fn init_logging(verbose: u8) {
 /// Prints an error for people (with a snippet for config errors).
 pub fn report(e: &CliError) {
     match e {
-        CliError::TaskExit(_) => eprintln!("error: {e}"),
+        CliError::TaskExit(_) | CliError::Interrupted => eprintln!("error: {e}"),
         CliError::Config(c) => {
             eprintln!("error: {c}");
             let snippet = c.snippet();
