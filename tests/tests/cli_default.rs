@@ -344,3 +344,45 @@ fn the_pool_of_a_killed_run_is_deleted_by_the_next_command() {
     assert!(task.status.success(), "{}", show(&task));
     assert_eq!(json(&task)[0]["state"], "completed", "{}", show(&task));
 }
+
+/// A run whose image cannot be pulled (a registry on a loopback port where nothing listens)
+/// fails with exit 1 and one error that names the node, why it is unusable (the image and the
+/// registry) and nothing else: no warning about terminating a job that had ended, or about
+/// task files of a task that never ran. Nothing of the pool is left.
+#[test]
+fn a_run_whose_image_cannot_be_pulled_names_the_image_and_registry() {
+    if !require_test_image() {
+        return;
+    }
+    let _serial = serial();
+    let (s, pool, job) = scratch("nopull-");
+    let image = "127.0.0.1:1/shipyard-test/none:1";
+    let config = s.write(
+        "nopull.toml",
+        &one_task(&pool, &job, 2, "true").replace("shipyard/mpi:bookworm", image),
+    );
+    let out = s.cli().arg("run").arg(&config).output().expect("run");
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error: ")).collect();
+    assert!(
+        errors.len() == 1
+            && errors[0].starts_with(&format!("error: pool `{pool}`: node `"))
+            && errors[0].contains(&format!(
+                "is unusable (NodeCreationFailed: pulling image {image} from registry 127.0.0.1:1"
+            )),
+        "{}",
+        show(&out)
+    );
+    assert!(
+        !err.contains("caused by"),
+        "no cause repeats the error: {}",
+        show(&out)
+    );
+    assert!(
+        !err.contains("could not terminate") && !err.contains("keeping the task's files"),
+        "{}",
+        show(&out)
+    );
+    assert!(engine_pool_containers(&pool).is_empty(), "containers left");
+}

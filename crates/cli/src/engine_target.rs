@@ -445,8 +445,16 @@ impl Session {
                     }
                     Ok::<_, anyhow::Error>(())
                 });
-                if let Err(e) = saved {
-                    tracing::warn!(%job, %task, error = %e, "keeping the task's files");
+                match saved {
+                    Ok(()) => {}
+                    // A task that never ran has no directory: nothing to keep.
+                    Err(e)
+                        if e.downcast_ref::<shipyard_batch_api::BatchError>()
+                            .is_some_and(|b| b.is_not_found()) =>
+                    {
+                        tracing::debug!(%job, %task, "no task files to keep")
+                    }
+                    Err(e) => tracing::warn!(%job, %task, error = %e, "keeping the task's files"),
                 }
             }
         }

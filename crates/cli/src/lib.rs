@@ -123,8 +123,14 @@ pub fn report(e: &CliError) {
         }
         CliError::Failed(err) => {
             eprintln!("error: {err}");
+            // A cause whose text the message above already holds says nothing new.
+            let mut above = err.to_string();
             for cause in err.chain().skip(1) {
-                eprintln!("  caused by: {cause}");
+                let text = cause.to_string();
+                if !above.contains(&text) {
+                    eprintln!("  caused by: {text}");
+                }
+                above = text;
             }
         }
         CliError::Usage(_) => eprintln!("error: {e}"),

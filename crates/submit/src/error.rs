@@ -114,7 +114,10 @@ pub enum SubmitError {
         failure: Option<String>,
     },
     /// A node of the pool became unusable (or its state is unknown to Batch).
-    #[error("pool `{pool}`: node `{node}` is {state}; tasks cannot run on it")]
+    #[error(
+        "pool `{pool}`: node `{node}` is {state}{}; tasks cannot run on it",
+        reason.as_ref().map(|r| format!(" ({r})")).unwrap_or_default()
+    )]
     NodeUnusable {
         /// Pool id.
         pool: String,
@@ -122,6 +125,8 @@ pub enum SubmitError {
         node: String,
         /// Its state (`unusable`, `unknown`).
         state: String,
+        /// The node's errors as Batch reports them (`code: message`, `; `-separated).
+        reason: Option<String>,
     },
     /// The pool could not allocate its nodes.
     #[error("pool `{pool}`: resize error {code}: {message}")]

@@ -109,6 +109,8 @@ pub enum SubmitEvent {
         node: String,
         /// Its state.
         state: String,
+        /// The node's errors as Batch reports them (`code: message`, `; `-separated).
+        reason: Option<String>,
     },
     /// The pool reported a resize error (the watch fails next when the pool has no nodes).
     PoolResizeError {

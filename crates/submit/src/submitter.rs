@@ -425,7 +425,16 @@ impl Submitter {
                     );
                     terminated.push(job.id.clone());
                 }
-                Err(e) => tracing::warn!(job = %job.id, error = %e, "could not terminate"),
+                // Ended already (its tasks failed on the pool, say): nothing to stop.
+                Err(e) if matches!(e.code(), Some("JobCompleted" | "JobBeingTerminated")) => {
+                    tracing::debug!(job = %job.id, "the job had ended already")
+                }
+                Err(e) => tracing::warn!(
+                    job = %job.id,
+                    error = %e,
+                    cause = %std::error::Error::source(&e).map(|c| c.to_string()).unwrap_or_default(),
+                    "could not terminate"
+                ),
             }
         }
         if terminated.is_empty() {

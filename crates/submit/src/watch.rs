@@ -190,15 +190,18 @@ impl Watcher {
                 }
                 Some(ref s @ (ComputeNodeState::Unusable | ComputeNodeState::StateUnknown)) => {
                     let state = s.as_str().to_string();
+                    let reason = node_errors(&node);
                     let event = SubmitEvent::NodeUnusable {
                         pool: pool.clone(),
                         node: id.clone(),
                         state: state.clone(),
+                        reason: reason.clone(),
                     };
                     let error = SubmitError::NodeUnusable {
                         pool: pool.clone(),
                         node: id,
                         state,
+                        reason,
                     };
                     self.fail(event, error);
                     return Ok(());
@@ -431,4 +434,21 @@ fn task_event(job: &str, id: &str, t: &CloudTask) -> SubmitEvent {
             .and_then(|e| e.failure_info.as_ref())
             .and_then(|f| f.message.clone()),
     }
+}
+
+/// A node's errors as `code: message` (`; `-separated), `None` when Batch reports none.
+fn node_errors(node: &shipyard_batch_api::models::ComputeNode) -> Option<String> {
+    let text: Vec<String> = node
+        .errors
+        .iter()
+        .flatten()
+        .map(|e| match (e.code.as_deref(), e.message.as_deref()) {
+            (Some(c), Some(m)) => format!("{c}: {m}"),
+            (Some(c), None) => c.to_string(),
+            (None, Some(m)) => m.to_string(),
+            (None, None) => String::new(),
+        })
+        .filter(|s| !s.is_empty())
+        .collect();
+    (!text.is_empty()).then(|| text.join("; "))
 }
