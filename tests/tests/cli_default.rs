@@ -386,3 +386,71 @@ fn a_run_whose_image_cannot_be_pulled_names_the_image_and_registry() {
     );
     assert!(engine_pool_containers(&pool).is_empty(), "containers left");
 }
+
+/// Two runs on one state directory: the second uses the engine the first hosts. The first
+/// run's job ends first; its process keeps serving until the second run, which deletes its
+/// own pool after its job, is done (before, the host left and the second run waited 180 s for
+/// a deletion nobody could report). Both exit 0, and neither pool is left.
+#[test]
+fn a_host_keeps_serving_a_run_that_uses_its_engine_until_that_run_is_done() {
+    if !require_test_image() {
+        return;
+    }
+    let _serial = serial();
+    let (mut s, first_pool, first_job) = scratch("lease-a-");
+    let (second_pool, second_job) = (unique("lease-b-pool"), unique("lease-b-job"));
+    s.pools.push(second_pool.clone());
+    let first = s.write(
+        "first.toml",
+        &one_task(&first_pool, &first_job, 1, "sleep 1"),
+    );
+    let second = s.write(
+        "second.toml",
+        &one_task(&second_pool, &second_job, 1, "sleep 4"),
+    );
+    let host = KillOnDrop(
+        s.cli()
+            .args(["-q", "run"])
+            .arg(&first)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("first run"),
+    );
+    // The first run hosts the engine once its endpoint file is there.
+    let endpoint = s.state().join("engine/endpoint.json");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !endpoint.exists() {
+        assert!(Instant::now() < deadline, "no endpoint file");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let t = Instant::now();
+    let out = s
+        .cli()
+        .args(["-q", "run"])
+        .arg(&second)
+        .output()
+        .expect("second run");
+    let secs = t.elapsed().as_secs_f64();
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    assert!(
+        secs < 60.0 && !String::from_utf8_lossy(&out.stderr).contains("still being deleted"),
+        "the second run took {secs:.1} s: {}",
+        show(&out)
+    );
+    let host = host.wait_output().expect("first run output");
+    assert_eq!(host.status.code(), Some(0), "{}", show(&host));
+    assert!(
+        String::from_utf8_lossy(&host.stderr).contains("shipyard process"),
+        "the host waited for the second run: {}",
+        show(&host)
+    );
+    assert!(
+        engine_pool_containers(&first_pool).is_empty(),
+        "first pool left"
+    );
+    assert!(
+        engine_pool_containers(&second_pool).is_empty(),
+        "second pool left"
+    );
+}

@@ -139,11 +139,86 @@ pub struct Session {
     /// `None` only while dropping.
     client: Option<BatchClient>,
     hosted: Option<Hosted>,
+    /// This process's lease on the engine: its host keeps serving while the lease's process
+    /// lives (see [`Lease`]).
+    _lease: Lease,
 }
 
 struct Hosted {
     served: EngineServer,
     endpoint: PathBuf,
+    ep: Endpoint,
+}
+
+/// Where processes using an engine on a state directory say so (`<dir>/clients/<pid>`).
+const CLIENTS_DIR: &str = "clients";
+
+/// A process's lease on the engine of a state directory: a file named by its PID holding its
+/// start time (so a reused PID is no lease). Taken before a process looks for a host, so a host
+/// that stops serving either sees it or has already withdrawn its endpoint; the host keeps
+/// serving while a live process holds one (a run attached to it may still delete its pool).
+struct Lease(Option<PathBuf>);
+
+impl Lease {
+    fn take(dir: &Path) -> Lease {
+        let clients = dir.join(CLIENTS_DIR);
+        let pid = std::process::id();
+        let path = clients.join(pid.to_string());
+        let written = std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&clients)
+            .and_then(|()| std::fs::write(&path, start_time(pid).unwrap_or_default()));
+        match written {
+            Ok(()) => Lease(Some(path)),
+            Err(e) => {
+                tracing::debug!(file = %path.display(), error = %e, "no engine lease");
+                Lease(None)
+            }
+        }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// The start time of process `pid` (field 22 of `/proc/PID/stat`), which tells a reused PID.
+fn start_time(pid: u32) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the command name, which may hold spaces and parentheses.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19).map(str::to_string)
+}
+
+/// Other live processes holding a lease on the engine of `dir`; stale leases are removed.
+fn leases(dir: &Path) -> Vec<u32> {
+    let me = std::process::id();
+    let Ok(entries) = std::fs::read_dir(dir.join(CLIENTS_DIR)) else {
+        return vec![];
+    };
+    let mut live = Vec::new();
+    for e in entries.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let held = std::fs::read_to_string(e.path()).ok();
+        match (held, start_time(pid)) {
+            (Some(h), Some(now)) if h == now => live.push(pid),
+            _ => {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+    live.sort_unstable();
+    live
 }
 
 impl std::fmt::Debug for Session {
@@ -232,6 +307,7 @@ impl Session {
             .enable_all()
             .build()
             .map_err(|e| failed(anyhow::anyhow!("cannot start the async runtime: {e}")))?;
+        let lease = Lease::take(dir);
         let started = std::time::Instant::now();
         loop {
             if let Some(ep) = read_endpoint(dir) {
@@ -243,6 +319,7 @@ impl Session {
                             rt,
                             client: Some(client),
                             hosted: None,
+                            _lease: lease,
                         });
                     }
                 }
@@ -272,7 +349,12 @@ impl Session {
                     return Ok(Session {
                         rt,
                         client: Some(client),
-                        hosted: Some(Hosted { served, endpoint }),
+                        hosted: Some(Hosted {
+                            served,
+                            endpoint,
+                            ep,
+                        }),
+                        _lease: lease,
                     });
                 }
                 Err(e) if store_busy(&e) && started.elapsed() < START_WAIT => {
@@ -569,13 +651,28 @@ impl Drop for Session {
         let Some(hosted) = self.hosted.take() else {
             return;
         };
+        let dir = hosted
+            .endpoint
+            .parent()
+            .unwrap_or(Path::new("."))
+            .to_path_buf();
         self.rt.block_on(async {
-            wait_for_active_work(&hosted.served.engine).await;
-            // Only our own file: a later host may have replaced it.
-            if read_endpoint(hosted.endpoint.parent().unwrap_or(Path::new(".")))
-                .is_some_and(|ep| ep.pid == std::process::id())
-            {
-                let _ = std::fs::remove_file(&hosted.endpoint);
+            loop {
+                let stopped = !wait_for_active_work(&hosted.served.engine, &dir).await;
+                // Only our own file: a later host may have replaced it.
+                if read_endpoint(&dir).is_some_and(|ep| ep.pid == std::process::id()) {
+                    let _ = std::fs::remove_file(&hosted.endpoint);
+                }
+                // A process that took its lease before the endpoint went may be using the
+                // engine: serve it (one that takes it after finds no endpoint and waits for
+                // the store).
+                if stopped || leases(&dir).is_empty() {
+                    break;
+                }
+                if let Err(e) = write_endpoint(&dir, &hosted.ep) {
+                    tracing::warn!(error = %e, "cannot keep the engine's endpoint");
+                    break;
+                }
             }
             // The client's idle keep-alive connections keep the served engine in use: close
             // them first, or the engine's close waits for them (10 s).
@@ -615,13 +712,25 @@ fn active_work(engine: &shipyard_local::Engine) -> Vec<String> {
     work
 }
 
+/// Active work on `engine` (see [`active_work`]) and the other processes using it (their
+/// leases on `dir`).
+fn active_work_or_users(engine: &shipyard_local::Engine, dir: &Path) -> Vec<String> {
+    let mut work = active_work(engine);
+    work.extend(
+        leases(dir)
+            .into_iter()
+            .map(|pid| format!("shipyard process {pid}")),
+    );
+    work
+}
+
 /// The host process keeps serving while its engine allocates pools or runs jobs (others may
-/// have added them);
-/// Ctrl-C or SIGTERM stops waiting (the next engine fails that work with a reason).
-async fn wait_for_active_work(engine: &shipyard_local::Engine) {
-    let mut active = active_work(engine);
+/// have added them), and while other shipyard processes use it; `false` when Ctrl-C or
+/// SIGTERM stopped the wait (the next engine fails that work with a reason).
+async fn wait_for_active_work(engine: &shipyard_local::Engine, dir: &Path) -> bool {
+    let mut active = active_work_or_users(engine, dir);
     if active.is_empty() {
-        return;
+        return true;
     }
     eprintln!(
         "shipyard: this process hosts the local engine; waiting for {} (Ctrl-C abandons the work)",
@@ -631,11 +740,12 @@ async fn wait_for_active_work(engine: &shipyard_local::Engine) {
     tokio::pin!(stop);
     while !active.is_empty() {
         tokio::select! {
-            () = &mut stop => return,
-            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            () = &mut stop => return false,
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
         }
-        active = active_work(engine);
+        active = active_work_or_users(engine, dir);
     }
+    true
 }
 
 /// Resolves on Ctrl-C or SIGTERM.
