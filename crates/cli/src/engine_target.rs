@@ -146,8 +146,9 @@ pub struct Session {
 
 struct Hosted {
     served: EngineServer,
-    endpoint: PathBuf,
-    ep: Endpoint,
+    /// The endpoint file and what it says; `None` for a private host (see [`Session::open`]).
+    endpoint: Option<(PathBuf, Endpoint)>,
+    dir: PathBuf,
 }
 
 /// Where processes using an engine on a state directory say so (`<dir>/clients/<pid>`).
@@ -290,7 +291,12 @@ fn store_busy(e: &ServeError) -> bool {
 
 impl Session {
     /// Connects to the engine on `dir`, hosting it in this process when no live one does.
-    pub fn open(dir: &Path) -> CliResult<Session> {
+    /// With `publish`, a hosted engine's endpoint is written for other processes to use, and
+    /// this process serves them until they are done. Without it (a short command: a listing,
+    /// a download), the engine stays private: a process that starts meanwhile waits for the
+    /// store and hosts the engine itself, instead of tying its run to a command that is about
+    /// to end.
+    pub fn open(dir: &Path, publish: bool) -> CliResult<Session> {
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
@@ -337,7 +343,11 @@ impl Session {
                         key,
                     };
                     let client = client_for(&url, &ep.key);
-                    let endpoint = write_endpoint(dir, &ep);
+                    let endpoint = if publish {
+                        write_endpoint(dir, &ep).map(|p| Some((p, ep)))
+                    } else {
+                        Ok(None)
+                    };
                     let (client, endpoint) = match (client, endpoint) {
                         (Ok(c), Ok(p)) => (c, p),
                         (Err(e), _) | (_, Err(e)) => {
@@ -352,7 +362,7 @@ impl Session {
                         hosted: Some(Hosted {
                             served,
                             endpoint,
-                            ep,
+                            dir: dir.to_path_buf(),
                         }),
                         _lease: lease,
                     });
@@ -651,17 +661,17 @@ impl Drop for Session {
         let Some(hosted) = self.hosted.take() else {
             return;
         };
-        let dir = hosted
-            .endpoint
-            .parent()
-            .unwrap_or(Path::new("."))
-            .to_path_buf();
+        let dir = hosted.dir.clone();
         self.rt.block_on(async {
             loop {
-                let stopped = !wait_for_active_work(&hosted.served.engine, &dir).await;
+                let users = hosted.endpoint.is_some();
+                let stopped = !wait_for_active_work(&hosted.served.engine, &dir, users).await;
+                let Some((path, ep)) = &hosted.endpoint else {
+                    break;
+                };
                 // Only our own file: a later host may have replaced it.
                 if read_endpoint(&dir).is_some_and(|ep| ep.pid == std::process::id()) {
-                    let _ = std::fs::remove_file(&hosted.endpoint);
+                    let _ = std::fs::remove_file(path);
                 }
                 // A process that took its lease before the endpoint went may be using the
                 // engine: serve it (one that takes it after finds no endpoint and waits for
@@ -669,7 +679,7 @@ impl Drop for Session {
                 if stopped || leases(&dir).is_empty() {
                     break;
                 }
-                if let Err(e) = write_endpoint(&dir, &hosted.ep) {
+                if let Err(e) = write_endpoint(&dir, ep) {
                     tracing::warn!(error = %e, "cannot keep the engine's endpoint");
                     break;
                 }
@@ -714,8 +724,11 @@ fn active_work(engine: &shipyard_local::Engine) -> Vec<String> {
 
 /// Active work on `engine` (see [`active_work`]) and the other processes using it (their
 /// leases on `dir`).
-fn active_work_or_users(engine: &shipyard_local::Engine, dir: &Path) -> Vec<String> {
+fn active_work_or_users(engine: &shipyard_local::Engine, dir: &Path, users: bool) -> Vec<String> {
     let mut work = active_work(engine);
+    if !users {
+        return work;
+    }
     work.extend(
         leases(dir)
             .into_iter()
@@ -725,10 +738,11 @@ fn active_work_or_users(engine: &shipyard_local::Engine, dir: &Path) -> Vec<Stri
 }
 
 /// The host process keeps serving while its engine allocates pools or runs jobs (others may
-/// have added them), and while other shipyard processes use it; `false` when Ctrl-C or
-/// SIGTERM stopped the wait (the next engine fails that work with a reason).
-async fn wait_for_active_work(engine: &shipyard_local::Engine, dir: &Path) -> bool {
-    let mut active = active_work_or_users(engine, dir);
+/// have added them), and (`users`: its endpoint is published) while other shipyard processes
+/// use it; `false` when Ctrl-C or SIGTERM stopped the wait (the next engine fails that work
+/// with a reason).
+async fn wait_for_active_work(engine: &shipyard_local::Engine, dir: &Path, users: bool) -> bool {
+    let mut active = active_work_or_users(engine, dir, users);
     if active.is_empty() {
         return true;
     }
@@ -743,7 +757,7 @@ async fn wait_for_active_work(engine: &shipyard_local::Engine, dir: &Path) -> bo
             () = &mut stop => return false,
             _ = tokio::time::sleep(Duration::from_millis(100)) => {}
         }
-        active = active_work_or_users(engine, dir);
+        active = active_work_or_users(engine, dir, users);
     }
     true
 }
@@ -892,7 +906,7 @@ pub(crate) fn run(global: &GlobalArgs, config: &Config, args: &RunArgs) -> CliRe
     }
     let jobs: Vec<String> = submission.jobs.iter().map(|j| j.job.id.clone()).collect();
     let state = state_dir_of(config);
-    let session = Session::open(&state)?;
+    let session = Session::open(&state, true)?;
     session.reap_orphan_pools(&state);
     let existed = session.pool_exists(&pool_id)?;
     let record = state.join(RUN_POOLS_DIR).join(&pool_id);
@@ -959,7 +973,18 @@ pub(crate) fn command(global: &GlobalArgs, command: Command) -> CliResult {
         _ => None,
     };
     let state = state_dir_of(&config);
-    let session = Session::open(&state)?;
+    // Long commands publish the engine they host; short ones keep it private.
+    let publish = match &command {
+        Command::Pool(
+            PoolCommand::Add
+            | PoolCommand::Del { .. }
+            | PoolCommand::Resize { .. }
+            | PoolCommand::Ssh(_),
+        ) => true,
+        Command::Files(f) => f.follow,
+        _ => false,
+    };
+    let session = Session::open(&state, publish)?;
     if let (Some(id), true) = (&vm_pool_added, session.is_host()) {
         return Err(CliError::Usage(format!(
             "pool `{id}` would get VM-like nodes, which live only as long as the process that \
