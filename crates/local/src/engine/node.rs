@@ -251,6 +251,12 @@ impl SpareEntry {
 /// task that wants the spare meanwhile has it made at once.
 const SPARE_GRACE: Duration = Duration::from_millis(400);
 
+/// How long the task of a container that comes back on a node has run before the next spare
+/// for it is made (a task that ends sooner has it made after its end, as the first time). A
+/// job on an idle pool then has the machine to itself, and a longer task's successor finds
+/// its containers ready.
+const SPARE_AHEAD_AFTER: Duration = Duration::from_secs(2);
+
 /// Spare kept containers by holder, each for the container key it was made for.
 #[derive(Default)]
 struct Spares {
@@ -261,7 +267,7 @@ struct Spares {
     /// same container is made, off the task's time.
     kept: HashMap<String, (NodeRef, RunSpec, String)>,
     /// Container keys each holder has run a kept container of: a key that comes back has
-    /// its next spare made while its task runs.
+    /// its next spare made while its task runs, once it has run [`SPARE_AHEAD_AFTER`].
     seen: HashMap<String, std::collections::HashSet<String>>,
 }
 
@@ -721,24 +727,35 @@ impl ContainerNodes {
                 .or_default()
                 .insert(key.clone())
         });
-        if again {
-            self.make_spare(node, spec, key.clone(), true);
-        }
-        let end = self
-            .exec_in(
-                &self.container_of(&spec.name),
-                node,
-                spec,
-                spec.argv.clone(),
-                cancel,
-                false,
-            )
-            .await;
         if let Ok(mut s) = self.spares.lock() {
             s.kept
-                .insert(spec.name.clone(), (node.clone(), spec.clone(), key));
+                .insert(spec.name.clone(), (node.clone(), spec.clone(), key.clone()));
         }
-        end
+        if again {
+            // Not at once: the task's start (sshd, mpirun's launch on every node) would share
+            // the CPU with the spare's making. A task that ends sooner has it made after its
+            // end (its container is no longer kept then), as the first time.
+            let (me, node, spec) = (self.clone(), node.clone(), spec.clone());
+            tokio::spawn(async move {
+                tokio::time::sleep(SPARE_AHEAD_AFTER).await;
+                let running = me
+                    .spares
+                    .lock()
+                    .is_ok_and(|s| s.kept.contains_key(&spec.name));
+                if running {
+                    me.make_spare(&node, &spec, key, true);
+                }
+            });
+        }
+        self.exec_in(
+            &self.container_of(&spec.name),
+            node,
+            spec,
+            spec.argv.clone(),
+            cancel,
+            false,
+        )
+        .await
     }
 
     /// Runs `argv` in `container` (through its command agent when it has one that can run it,
