@@ -731,8 +731,8 @@ fn containers_with(instance: &str, label: &str) -> Vec<(String, String)> {
 /// and options, in which nothing has run): the first task's are made while its job preparation
 /// still runs on the nodes; after it ends, a spare is made on each node, and the next identical
 /// task runs in those very containers (which keep their names: no container of the task's own
-/// is made, and the spares go when the task's containers are removed). While that repeated
-/// task runs, the spares for the next one are made. The pool's deletion leaves none.
+/// is made, and the spares go when the task's containers are removed). Once that repeated
+/// task has run 2 s, the spares for the next one are made. The pool's deletion leaves none.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn engine_repeated_multi_instance_tasks_run_in_spares() -> anyhow::Result<()> {
     use shipyard_batch_api::models::TaskState;
@@ -802,7 +802,7 @@ async fn engine_repeated_multi_instance_tasks_run_in_spares() -> anyhow::Result<
         spares.len() == 2 && spares.is_disjoint(&early)
     })
     .await;
-    e.add_tasks("jsp", vec![mi("second", "/bin/sleep 2")])
+    e.add_tasks("jsp", vec![mi("second", "/bin/sleep 5")])
         .await?;
     wait_for("the second task to run", 30, || {
         state("second") == Some(TaskState::Running)
@@ -817,7 +817,8 @@ async fn engine_repeated_multi_instance_tasks_run_in_spares() -> anyhow::Result<
         "no container of the task's own: {:?}",
         own()
     );
-    // A container that comes back on a node has its next spare made while its task runs.
+    // A container that comes back on a node has its next spare made while its task runs (from
+    // 2 s into it: its start has the machine to itself).
     wait_for(
         "the next spares made while the repeated task runs",
         30,
@@ -852,7 +853,8 @@ async fn engine_repeated_multi_instance_tasks_run_in_spares() -> anyhow::Result<
 /// a daemon its coordination command started (sshd on port 23 of the node's network) must
 /// not hold the port the next task's own sshd needs. Four tasks of the same container run
 /// back to back; from the third on, each runs in a spare made while the one before ran (its
-/// application sleeps a second for that), so it starts the moment that one ends. Each checks
+/// application sleeps 3 s for that: the spare is made 2 s into it), so it starts the moment
+/// that one ends. Each checks
 /// that port 23 is free, starts sshd and waits until it listens.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn engine_a_multi_instance_tasks_daemons_are_gone_before_the_next_task_on_its_nodes(
@@ -873,7 +875,7 @@ async fn engine_a_multi_instance_tasks_daemons_are_gone_before_the_next_task_on_
     let tasks: Vec<TaskAddParameter> = (1..=4)
         .map(|i| {
             model!({
-                "id": format!("t{i}"), "commandLine": "/bin/sleep 1",
+                "id": format!("t{i}"), "commandLine": "/bin/sleep 3",
                 "containerSettings": {"imageName": TEST_IMAGE},
                 "userIdentity": {"autoUser": {"elevationLevel": "admin", "scope": "pool"}},
                 "environmentSettings": ssh_settings(&key),
@@ -893,5 +895,76 @@ async fn engine_a_multi_instance_tasks_daemons_are_gone_before_the_next_task_on_
     }
     e.delete_pool("pdm").await?;
     wait_for("pool deletion", 60, || e.get_pool("pdm").is_err()).await;
+    Ok(())
+}
+
+/// A multi-instance task is completed when its application ends; its containers are ended
+/// after that, and its nodes take no task (they stay running) until they are gone. The job
+/// (`terminatejob`) ends only once those containers are removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engine_a_multi_instance_jobs_end_waits_for_its_tasks_containers() -> anyhow::Result<()> {
+    use shipyard_batch_api::models::{ComputeNodeState, TaskState};
+    use shipyard_local::engine::labels;
+    if !shipyard_e2e::require_test_image() {
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let e = Engine::open(EngineOptions::new(dir.path())).await?;
+    let inst = e.instance_label().to_string();
+    e.add_pool(pool("pje", 2, 1)).await?;
+    wait_idle(&e, "pje", 2, 120).await;
+    e.add_job(job(
+        "jje",
+        "pje",
+        serde_json::json!({"onAllTasksComplete": "terminatejob"}),
+    ))
+    .await?;
+    e.add_tasks(
+        "jje",
+        vec![model!({
+            "id": "mi", "commandLine": "/bin/sleep 1",
+            "containerSettings": {"imageName": TEST_IMAGE},
+            "multiInstanceSettings": {"numberOfInstances": 2, "coordinationCommandLine": "/bin/true"}
+        })],
+    )
+    .await?;
+    let state = || e.get_task("jje", "mi").ok().and_then(|t| t.state);
+    // Its containers (spares taken, or made for it with its task label), once they run.
+    let mut ran = std::collections::BTreeSet::new();
+    wait_for("the task's containers to run", 60, || {
+        ran = containers_with(&inst, labels::SPARE)
+            .into_iter()
+            .chain(containers_with(&inst, labels::TASK))
+            .map(|(id, _)| id)
+            .collect();
+        state() == Some(TaskState::Running) && ran.len() == 2
+    })
+    .await;
+    let t = completed(&e, "jje", "mi", 60).await;
+    assert_eq!(result(&t).1, Some(0));
+    wait_for("the job's end", 60, || {
+        e.get_job("jje")
+            .is_ok_and(|j| j.state == Some(JobState::Completed))
+    })
+    .await;
+    let out = std::process::Command::new("docker")
+        .args(["ps", "-a", "--no-trunc", "--format", "{{.ID}}"])
+        .output()?;
+    let all = String::from_utf8_lossy(&out.stdout).to_string();
+    let left: Vec<&String> = ran.iter().filter(|id| all.contains(id.as_str())).collect();
+    assert!(
+        left.is_empty(),
+        "the task's containers outlived its job: {left:?}"
+    );
+    let nodes = e.list_nodes("pje")?;
+    assert!(
+        nodes
+            .iter()
+            .all(|n| n.state == Some(ComputeNodeState::Idle)),
+        "the nodes are idle once the job ended: {:?}",
+        nodes.iter().map(|n| &n.state).collect::<Vec<_>>()
+    );
+    e.delete_pool("pje").await?;
+    wait_for("pool deletion", 60, || e.get_pool("pje").is_err()).await;
     Ok(())
 }

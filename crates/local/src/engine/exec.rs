@@ -612,6 +612,11 @@ fn remove_later(e: &Engine, job: &str, kind: Arc<dyn super::NodeKind>, names: Ve
     let h = tokio::spawn(async move {
         futures::future::join_all(names.iter().map(|n| kind.remove_container(n))).await;
     });
+    job_waits_for(e, job, h);
+}
+
+/// The job's end waits for `h` (work on its task containers).
+fn job_waits_for(e: &Engine, job: &str, h: tokio::task::JoinHandle<()>) {
     if let Ok(mut r) = e.inner.removals.lock() {
         let v = r.entry(job.to_string()).or_default();
         v.retain(|h| !h.is_finished());
@@ -852,7 +857,7 @@ impl Engine {
                 .collect()
         };
         let began = std::time::Instant::now();
-        let (code, fail, pre) = self.attempt(&job, &task, &refs, cancel.clone()).await;
+        let ((code, fail, pre), mut kept) = self.attempt(&job, &task, &refs, cancel.clone()).await;
         tracing::debug!(
             job,
             task,
@@ -866,7 +871,9 @@ impl Engine {
         if let Ok(mut c) = self.inner.cancels.lock() {
             c.remove(&(job.clone(), task.clone()));
         }
+        let kind = self.kind_of(&pool);
         if self.inner.shutdown.is_cancelled() {
+            self.end_kept_later(&job, (&pool, kind), kept, None);
             return;
         }
         // An attempt that did not succeed may have lost a node: its engine died (the health
@@ -898,14 +905,18 @@ impl Engine {
                 .get(&(job.clone(), task.clone()))
                 .and_then(|t| t.params.required_slots)
                 .unwrap_or(1);
-            release_nodes(
-                &mut st,
-                &pool,
-                &nodes,
-                (&format!("{job}/{task}"), need),
-                ok,
-                &mut keys,
-            );
+            let slots = (format!("{job}/{task}"), need, ok);
+            if kept.is_empty() {
+                release_nodes(&mut st, &pool, &nodes, (&slots.0, need), ok, &mut keys);
+            } else {
+                // The task ends now; its nodes are free once its containers are gone.
+                self.end_kept_later(
+                    &job,
+                    (&pool, kind.clone()),
+                    std::mem::take(&mut kept),
+                    Some((nodes.clone(), slots)),
+                );
+            }
             let job_retries = st
                 .jobs
                 .get(&job)
@@ -948,6 +959,44 @@ impl Engine {
         }
         self.check_job_complete(&job).await;
         self.wake();
+    }
+
+    /// Ends a multi-instance task's kept containers in the background (every process of
+    /// them gone: a coordination command's daemons hold the node's ports), then frees its
+    /// nodes (`release`: the nodes and the task's slot key, its slots and whether it
+    /// succeeded) and removes the containers. The job's end waits for all of it.
+    /// `kind` is the pool's node kind (the caller may hold the state's lock).
+    fn end_kept_later(
+        &self,
+        job: &str,
+        (pool, kind): (&str, Arc<dyn super::NodeKind>),
+        names: Vec<String>,
+        release: Option<(Vec<String>, (String, i32, bool))>,
+    ) {
+        if names.is_empty() {
+            return;
+        }
+        let (e, job_id, pool) = (self.clone(), job.to_string(), pool.to_string());
+        let h = tokio::spawn(async move {
+            let began = std::time::Instant::now();
+            kind.end_kept(&names).await;
+            tracing::debug!(
+                job = %job_id,
+                ms = began.elapsed().as_millis() as u64,
+                "kept containers ended"
+            );
+            if let Some((nodes, (key, need, ok))) = release {
+                {
+                    let mut st = e.lock();
+                    let mut keys = Vec::new();
+                    release_nodes(&mut st, &pool, &nodes, (&key, need), ok, &mut keys);
+                    let _ = e.save(&st, &keys);
+                }
+                e.wake();
+            }
+            futures::future::join_all(names.iter().map(|n| kind.remove_container(n))).await;
+        });
+        job_waits_for(self, job, h);
     }
 
     /// Uploads the task's output files; a failed upload becomes the task's failure (when it
@@ -1012,37 +1061,41 @@ impl Engine {
         }
     }
 
-    /// One attempt: job preparation, files, run (single or multi-instance).
+    /// One attempt: job preparation, files, run (single or multi-instance). Also the kept
+    /// containers of a multi-instance task, still to be ended.
     async fn attempt(
         &self,
         job: &str,
         task: &str,
         refs: &[NodeRef],
         cancel: CancellationToken,
-    ) -> Outcome {
+    ) -> (Outcome, Vec<String>) {
         self.make_kept_ready(job, task, refs);
         // On every node of the task at once (each node's own preparation is still once per
         // job); the first failure, in node order, fails the attempt.
         let preps = futures::future::join_all(refs.iter().map(|r| self.ensure_prep(job, r))).await;
         if let Some(f) = preps.into_iter().find_map(Result::err) {
-            return (None, Some(f), true);
+            return ((None, Some(f), true), vec![]);
         }
         let Some((params, jobenv)) = self.mark_running(job, task) else {
             return (
-                None,
-                Some(failure("TaskEnded", "the task was deleted")),
-                false,
+                (
+                    None,
+                    Some(failure("TaskEnded", "the task was deleted")),
+                    false,
+                ),
+                vec![],
             );
         };
         let Some(primary) = refs.first() else {
-            return (None, Some(failure("NoNode", "no node")), false);
+            return ((None, Some(failure("NoNode", "no node")), false), vec![]);
         };
         let ctx = self.attempt_ctx(job, task, refs, &params, jobenv.as_ref());
         if params.multi_instance_settings.is_none() {
             let w = self.work(&ctx, primary, &params.command_line, false);
             self.record_containers(job, task, vec![w.name.clone()]);
             let files = params.resource_files.as_deref().unwrap_or_default();
-            return run_work(self, primary, w, files, cancel).await;
+            return (run_work(self, primary, w, files, cancel).await, vec![]);
         }
         self.run_multi_instance(&ctx, cancel).await
     }
@@ -1193,9 +1246,17 @@ impl Engine {
 
     /// Multi-instance: a kept container per node; coordination everywhere, then the
     /// application on the primary.
-    async fn run_multi_instance(&self, ctx: &AttemptCtx<'_>, cancel: CancellationToken) -> Outcome {
+    /// Its outcome and its kept containers, which the caller ends ([`Engine::end_kept_later`]).
+    async fn run_multi_instance(
+        &self,
+        ctx: &AttemptCtx<'_>,
+        cancel: CancellationToken,
+    ) -> (Outcome, Vec<String>) {
         let Some(mi) = ctx.params.multi_instance_settings.as_ref() else {
-            return (None, Some(failure("NoNode", "not multi-instance")), false);
+            return (
+                (None, Some(failure("NoNode", "not multi-instance")), false),
+                vec![],
+            );
         };
         let (job, task, refs) = (ctx.job, ctx.task, ctx.refs);
         let common = mi.common_resource_files.clone().unwrap_or_default();
@@ -1240,17 +1301,7 @@ impl Engine {
             ),
             None => self.run_application(ctx, &names[0], cancel).await,
         };
-        let kind = self.kind_of(&refs[0].pool);
-        let began = std::time::Instant::now();
-        kind.end_kept(&names).await;
-        tracing::debug!(
-            job,
-            task,
-            ms = began.elapsed().as_millis() as u64,
-            "kept containers ended"
-        );
-        remove_later(self, job, kind, names);
-        out
+        (out, names)
     }
 
     /// The application command line, in the primary's kept container `name`.
