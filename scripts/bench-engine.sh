@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Engine speed against the Docker CLI, measured in the same run (tests/tests/engine_bench.rs):
-#   - a multi-instance MPI job on a warm pool of N nodes vs `docker exec mpirun` on containers
-#     already running sshd (target <= 1.15x);
+#   - a multi-instance MPI job on an idle warm pool of N nodes (its next containers made, the
+#     machine quiet) vs `docker exec mpirun` on containers already running sshd (target
+#     <= 1.15x), and the same jobs back to back;
 #   - a bag of trivial tasks on 4 slots vs `xargs -P4 docker run --rm` (target <= 0.6x);
 #   - cold runs (pool made for the job, deleted after it) vs scripts/bench/local-baseline.sh;
 #   - large bags through the engine on a host-process node kind: tasks/s and peak RSS.
