@@ -542,6 +542,7 @@ async fn engine_bench_cold_runs_against_the_docker_cli_script() -> anyhow::Resul
     if sizes.is_empty() || !shipyard_e2e::require_test_image() {
         return Ok(());
     }
+    trace_from_env();
     let key = shipyard_runtime::ssh::JobSshKey::generate("engine-bench-cold")?;
     let dir = tempfile::tempdir()?;
     let e = Engine::open(EngineOptions::new(dir.path())).await?;

@@ -968,3 +968,77 @@ async fn engine_a_multi_instance_jobs_end_waits_for_its_tasks_containers() -> an
     wait_for("pool deletion", 60, || e.get_pool("pje").is_err()).await;
     Ok(())
 }
+
+/// A pool's nodes start in the background, as in Batch: `add_pool` returns while they are
+/// starting, and a multi-instance task added meanwhile has its containers made on the nodes
+/// already up while it waits for the others (here node 1, whose start task takes 4 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engine_a_waiting_multi_instance_task_has_its_containers_made_on_nodes_already_up(
+) -> anyhow::Result<()> {
+    use shipyard_batch_api::models::{ComputeNodeState, TaskState};
+    use shipyard_local::engine::labels;
+    if !shipyard_e2e::require_test_image() {
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let e = Engine::open(EngineOptions::new(dir.path())).await?;
+    let inst = e.instance_label().to_string();
+    let mut p = pool("pea", 2, 1);
+    p.start_task = Some(model!({
+        "commandLine": "/bin/sh -c 'case $AZ_BATCH_NODE_ID in *-n1) sleep 4;; esac'",
+        "waitForSuccess": true
+    }));
+    let t = Instant::now();
+    e.add_pool(p).await?;
+    let states: Vec<_> = e.list_nodes("pea")?.into_iter().map(|n| n.state).collect();
+    assert!(
+        states
+            .iter()
+            .all(|s| *s == Some(ComputeNodeState::Starting)),
+        "add_pool returned after {:?} with nodes {states:?}",
+        t.elapsed()
+    );
+    e.add_job(job("jea", "pea", serde_json::json!({}))).await?;
+    e.add_tasks(
+        "jea",
+        vec![model!({
+            "id": "mi", "commandLine": "/bin/true",
+            "containerSettings": {"imageName": TEST_IMAGE},
+            "multiInstanceSettings": {"numberOfInstances": 2, "coordinationCommandLine": "/bin/true"}
+        })],
+    )
+    .await?;
+    let node_state = |id: &str| {
+        e.list_nodes("pea").ok().and_then(|v| {
+            v.into_iter()
+                .find(|n| n.id.as_deref() == Some(id))
+                .and_then(|n| n.state)
+        })
+    };
+    // Running spare containers on node 0 while node 1 is still in its start task.
+    let on_n0 = || {
+        containers_with(&inst, labels::SPARE)
+            .iter()
+            .filter(|(_, name)| name.contains("-pea-n0-spare-"))
+            .count()
+    };
+    wait_for("a container made ahead on node 0", 30, || {
+        on_n0() == 1 || node_state("pea-n1") == Some(ComputeNodeState::Idle)
+    })
+    .await;
+    assert_eq!(
+        node_state("pea-n1"),
+        Some(ComputeNodeState::WaitingForStartTask),
+        "node 1 is still starting"
+    );
+    assert_eq!(
+        e.get_task("jea", "mi")?.state,
+        Some(TaskState::Active),
+        "the task waits for both nodes"
+    );
+    let done = completed(&e, "jea", "mi", 60).await;
+    assert_eq!(result(&done).1, Some(0), "{}", task_outputs(dir.path()));
+    e.delete_pool("pea").await?;
+    wait_for("pool deletion", 60, || e.get_pool("pea").is_err()).await;
+    Ok(())
+}

@@ -507,25 +507,29 @@ fn pool_broken(st: &super::state::State, pool: &str) -> Option<String> {
     })
 }
 
-/// `count` schedulable nodes of `pool` with `need` free slots, least used first.
+/// `count` schedulable nodes of `pool` with `need` free slots, least used first; else (fewer
+/// are free) `Err` with those that are.
 fn free_nodes(
     st: &super::state::State,
     pool: &str,
     slots: i32,
     need: i32,
     count: usize,
-) -> Option<Vec<String>> {
+) -> std::result::Result<Vec<String>, Vec<String>> {
     let mut free: Vec<(i32, String)> = st
         .nodes
         .values()
         .filter(|n| schedulable(n, pool) && slots - n.used_slots >= need)
         .map(|n| (n.used_slots, n.id().to_string()))
         .collect();
-    if free.len() < count {
-        return None;
-    }
     free.sort();
-    Some(free.into_iter().take(count).map(|(_, n)| n).collect())
+    let enough = free.len() >= count;
+    let free = free.into_iter().take(count).map(|(_, n)| n).collect();
+    if enough {
+        Ok(free)
+    } else {
+        Err(free)
+    }
 }
 
 /// Puts task `job/tid` on `chosen` (slots taken, states set); returns the records to save.
@@ -753,6 +757,9 @@ impl Engine {
     async fn schedule(&self) {
         let mut starts = Vec::new();
         let mut failed_jobs = Vec::new();
+        // The first multi-instance task of each pool that waits for nodes, with the free ones.
+        let mut early: Vec<(String, String, Vec<NodeRef>)> = Vec::new();
+        let mut early_pools = std::collections::HashSet::new();
         {
             let mut st = self.lock();
             let jobs = active_jobs(&st);
@@ -817,8 +824,21 @@ impl Engine {
                         .as_ref()
                         .map_or(1, |m| m.number_of_instances.unwrap_or(1).max(1))
                         as usize;
-                    let Some(chosen) = free_nodes(&st, &pool, slots, need, count) else {
-                        continue;
+                    let chosen = match free_nodes(&st, &pool, slots, need, count) {
+                        Ok(chosen) => chosen,
+                        Err(free) => {
+                            // A multi-instance task waiting for nodes (a new pool's, still
+                            // starting): its containers are made on those already free.
+                            if count > 1 && !free.is_empty() && !early_pools.contains(&pool) {
+                                early_pools.insert(pool.clone());
+                                let refs = free
+                                    .iter()
+                                    .filter_map(|n| self.node_ref(&st, &pool, n))
+                                    .collect();
+                                early.push((job.clone(), tid.clone(), refs));
+                            }
+                            continue;
+                        }
                     };
                     let mut keys = place(&mut st, &job, &tid, &pool, &chosen, need);
                     keys.push(Key::Task(job.clone(), tid.clone()));
@@ -830,6 +850,15 @@ impl Engine {
         }
         for j in failed_jobs {
             self.check_job_complete(&j).await;
+        }
+        for (job, task, refs) in early {
+            tracing::debug!(
+                job,
+                task,
+                nodes = refs.len(),
+                "containers made ahead on free nodes"
+            );
+            self.make_kept_ready(&job, &task, &refs);
         }
         for (job, task, pool, nodes) in starts {
             let e = self.clone();

@@ -108,6 +108,8 @@ pub(crate) struct Inner {
     prep_locks: Mutex<HashMap<(String, String), PrepLock>>,
     /// Task-container removals still running, by job.
     removals: Mutex<HashMap<String, Vec<tokio::task::JoinHandle<()>>>>,
+    /// Nodes being started, by pool (a pool's deletion waits for them).
+    growing: Mutex<HashMap<String, Vec<tokio::task::JoinHandle<()>>>>,
     /// Jobs whose end runs ([`exec::end_job`]: one worker per job), and whether a deletion
     /// was asked for meanwhile (the worker then deletes the job at its end).
     ending: Mutex<HashMap<String, bool>>,
@@ -198,6 +200,7 @@ impl Engine {
                 cancels: Mutex::new(HashMap::new()),
                 prep_locks: Mutex::new(HashMap::new()),
                 removals: Mutex::new(HashMap::new()),
+                growing: Mutex::new(HashMap::new()),
                 ending: Mutex::new(HashMap::new()),
                 http,
                 shutdown: CancellationToken::new(),
@@ -548,17 +551,32 @@ impl Engine {
             let _ = self.save(&st, &[Key::Pool(p.id.clone())]);
             return Err(e);
         }
-        self.grow(&p.id, target.max(0) as usize).await;
+        // As in Batch, the pool exists once added; its nodes start in the background (a job
+        // and its tasks can be added meanwhile).
+        self.spawn_grow(&p.id, target.max(0) as usize);
         Ok(())
     }
 
-    /// Creates `n` more nodes (concurrently), running their start tasks.
-    async fn grow(&self, pool: &str, n: usize) {
+    /// Adds `n` nodes to the pool (state `starting`) now and starts them in the background.
+    fn spawn_grow(&self, pool: &str, n: usize) {
+        let refs = self.add_nodes(pool, n);
+        let (e, id) = (self.clone(), pool.to_string());
+        let h = tokio::spawn(async move { e.start_nodes(&id, refs).await });
+        if let Ok(mut g) = self.inner.growing.lock() {
+            let v = g.entry(pool.to_string()).or_default();
+            v.retain(|h| !h.is_finished());
+            v.push(h);
+        }
+    }
+
+    /// Records `n` more nodes of the pool (state `starting`); [`Engine::start_nodes`] starts
+    /// them.
+    fn add_nodes(&self, pool: &str, n: usize) -> Vec<NodeRef> {
         let mut refs = Vec::new();
         {
             let mut st = self.lock();
             let Some(p) = st.pools.get_mut(pool) else {
-                return;
+                return refs;
             };
             let image = p
                 .params
@@ -625,6 +643,11 @@ impl Engine {
                 tracing::warn!(error = %e, "saving new nodes");
             }
         }
+        refs
+    }
+
+    /// Starts the pool's new nodes (concurrently), running their start tasks.
+    async fn start_nodes(&self, pool: &str, refs: Vec<NodeRef>) {
         let futs = refs.into_iter().map(|r| {
             let e = self.clone();
             async move { e.start_node(r).await }
@@ -729,6 +752,15 @@ impl Engine {
 
     /// Removes everything of a pool (the second half of [`Engine::delete_pool`]).
     pub(crate) async fn finish_delete_pool(&self, id: &str) {
+        // Nodes still starting are removed once they are up (else a holder made after the
+        // removal would be left behind).
+        let growing = self
+            .inner
+            .growing
+            .lock()
+            .map(|mut g| g.remove(id).unwrap_or_default())
+            .unwrap_or_default();
+        futures::future::join_all(growing).await;
         let (refs, network): (Vec<NodeRef>, String) = {
             let st = self.lock();
             let Some(p) = st.pools.get(id) else { return };
@@ -845,9 +877,7 @@ impl Engine {
             (current, victims)
         };
         if target > current {
-            let e = self.clone();
-            let id = id.to_string();
-            tokio::spawn(async move { e.grow(&id, target - current).await });
+            self.spawn_grow(id, target - current);
             return Ok(());
         }
         for v in victims {
