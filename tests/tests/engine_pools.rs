@@ -365,3 +365,40 @@ async fn the_pool_of_an_engine_whose_state_dir_is_gone_is_removed_by_the_next_en
     e.close().await;
     Ok(())
 }
+
+/// A pool deleted while its nodes start (right after `add_pool`, which returns with them
+/// starting) is gone once they are made: its deletion waits for their making, not for their
+/// start tasks (here one that never ends), and leaves no container behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_deleted_while_its_nodes_start_is_removed_without_waiting_for_start_tasks(
+) -> anyhow::Result<()> {
+    if !shipyard_e2e::require_test_image() {
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let e = Engine::open(EngineOptions::new(dir.path())).await?;
+    let inst = e.instance_label().to_string();
+    let start = StartTask {
+        command_line: "/bin/sleep 1000".into(),
+        wait_for_success: Some(true),
+        ..Default::default()
+    };
+    e.add_pool(pool("pdel", 2, Some(start))).await?;
+    e.delete_pool("pdel").await?;
+    let t = Instant::now();
+    wait_for("the pool's deletion", 60, || e.get_pool("pdel").is_err()).await;
+    assert!(
+        t.elapsed() < Duration::from_secs(30),
+        "deletion took {:?}",
+        t.elapsed()
+    );
+    let left = Command::new("docker")
+        .args(["ps", "-aq", "--filter"])
+        .arg(format!("label={}={inst}", labels::INSTANCE))
+        .output()?;
+    assert!(
+        String::from_utf8_lossy(&left.stdout).trim().is_empty(),
+        "containers left after the pool's deletion"
+    );
+    Ok(())
+}

@@ -774,6 +774,10 @@ impl Engine {
                     continue;
                 }
                 let slots = p.pool.task_slots_per_node.unwrap_or(1);
+                let resizing = matches!(
+                    p.pool.allocation_state,
+                    Some(shipyard_batch_api::models::AllocationState::Resizing)
+                );
                 let broken = pool_broken(&st, &pool);
                 let free = free_slots(&st, &pool, slots);
                 if free == 0 && broken.is_none() {
@@ -827,9 +831,14 @@ impl Engine {
                     let chosen = match free_nodes(&st, &pool, slots, need, count) {
                         Ok(chosen) => chosen,
                         Err(free) => {
-                            // A multi-instance task waiting for nodes (a new pool's, still
-                            // starting): its containers are made on those already free.
-                            if count > 1 && !free.is_empty() && !early_pools.contains(&pool) {
+                            // A multi-instance task waiting for nodes of a pool that is
+                            // growing (a new pool's, still starting): its containers are made
+                            // on those already free.
+                            if resizing
+                                && count > 1
+                                && !free.is_empty()
+                                && !early_pools.contains(&pool)
+                            {
                                 early_pools.insert(pool.clone());
                                 let refs = free
                                     .iter()
@@ -905,6 +914,12 @@ impl Engine {
             self.end_kept_later(&job, (&pool, kind), kept, None);
             return;
         }
+        let succeeded = code == Some(0) && fail.is_none();
+        if !kept.is_empty() && !succeeded {
+            // A failed attempt may be retried on the same nodes: its containers go first.
+            kind.end_kept(&kept).await;
+            remove_later(&self, &job, kind.clone(), std::mem::take(&mut kept));
+        }
         // An attempt that did not succeed may have lost a node: its engine died (the health
         // monitor ended the attempt, or the run failed because of it).
         let dead = if code == Some(0) && fail.is_none() {
@@ -935,6 +950,9 @@ impl Engine {
                 .and_then(|t| t.params.required_slots)
                 .unwrap_or(1);
             let slots = (format!("{job}/{task}"), need, ok);
+            // Only a task that succeeded still has kept containers here (it is not retried, so
+            // its nodes cannot take it again while they still hold it); the others' were ended
+            // above.
             if kept.is_empty() {
                 release_nodes(&mut st, &pool, &nodes, (&slots.0, need), ok, &mut keys);
             } else {

@@ -108,8 +108,9 @@ pub(crate) struct Inner {
     prep_locks: Mutex<HashMap<(String, String), PrepLock>>,
     /// Task-container removals still running, by job.
     removals: Mutex<HashMap<String, Vec<tokio::task::JoinHandle<()>>>>,
-    /// Nodes being started, by pool (a pool's deletion waits for them).
-    growing: Mutex<HashMap<String, Vec<tokio::task::JoinHandle<()>>>>,
+    /// Nodes being made, by pool: each says when its node is made (or failed), before its
+    /// start task. A pool's deletion waits for them.
+    growing: Mutex<HashMap<String, Vec<tokio::sync::oneshot::Receiver<()>>>>,
     /// Jobs whose end runs ([`exec::end_job`]: one worker per job), and whether a deletion
     /// was asked for meanwhile (the worker then deletes the job at its end).
     ending: Mutex<HashMap<String, bool>>,
@@ -330,6 +331,8 @@ impl Engine {
                 .map(|p| p.params.id.clone())
                 .collect();
             let mut keys = Vec::new();
+            // Tasks still on nodes: a completed one's containers were still being ended.
+            let on_nodes: Vec<String> = st.nodes.values().flat_map(|n| n.tasks.clone()).collect();
             for ((pool, id), n) in st.nodes.iter_mut() {
                 n.used_slots = 0;
                 n.tasks.clear();
@@ -358,6 +361,16 @@ impl Engine {
                     }]);
                 }
                 keys.push(Key::Node(pool.clone(), id.clone()));
+            }
+            for key in &on_nodes {
+                let Some((job, id)) = key.split_once('/') else {
+                    continue;
+                };
+                if let Some(t) = st.tasks.get(&(job.to_string(), id.to_string())) {
+                    if matches!(t.task.state, Some(TaskState::Completed)) {
+                        stale_containers.extend(t.containers.iter().cloned());
+                    }
+                }
             }
             for ((job, id), t) in st.tasks.iter_mut() {
                 if matches!(
@@ -561,23 +574,21 @@ impl Engine {
     fn spawn_grow(&self, pool: &str, n: usize) {
         let refs = self.add_nodes(pool, n);
         let (e, id) = (self.clone(), pool.to_string());
-        let h = tokio::spawn(async move { e.start_nodes(&id, refs).await });
-        if let Ok(mut g) = self.inner.growing.lock() {
-            let v = g.entry(pool.to_string()).or_default();
-            v.retain(|h| !h.is_finished());
-            v.push(h);
-        }
+        tokio::spawn(async move { e.start_nodes(&id, refs).await });
     }
 
     /// Records `n` more nodes of the pool (state `starting`); [`Engine::start_nodes`] starts
     /// them.
-    fn add_nodes(&self, pool: &str, n: usize) -> Vec<NodeRef> {
+    fn add_nodes(&self, pool: &str, n: usize) -> Vec<(NodeRef, tokio::sync::oneshot::Sender<()>)> {
         let mut refs = Vec::new();
         {
             let mut st = self.lock();
             let Some(p) = st.pools.get_mut(pool) else {
                 return refs;
             };
+            if matches!(p.pool.state, Some(PoolState::Deleting)) {
+                return refs;
+            }
             let image = p
                 .params
                 .virtual_machine_configuration
@@ -636,7 +647,19 @@ impl Engine {
                 );
                 keys.push(Key::Node(pool.to_string(), id.clone()));
                 if let Some(r) = self.node_ref(&st, pool, &id) {
-                    refs.push(r);
+                    let (made, wait) = tokio::sync::oneshot::channel();
+                    // Under the state lock: a deletion that sees the nodes sees these too.
+                    if let Ok(mut g) = self.inner.growing.lock() {
+                        let v = g.entry(pool.to_string()).or_default();
+                        v.retain_mut(|w| {
+                            matches!(
+                                w.try_recv(),
+                                Err(tokio::sync::oneshot::error::TryRecvError::Empty)
+                            )
+                        });
+                        v.push(wait);
+                    }
+                    refs.push((r, made));
                 }
             }
             if let Err(e) = self.save(&st, &keys) {
@@ -647,10 +670,14 @@ impl Engine {
     }
 
     /// Starts the pool's new nodes (concurrently), running their start tasks.
-    async fn start_nodes(&self, pool: &str, refs: Vec<NodeRef>) {
-        let futs = refs.into_iter().map(|r| {
+    async fn start_nodes(
+        &self,
+        pool: &str,
+        refs: Vec<(NodeRef, tokio::sync::oneshot::Sender<()>)>,
+    ) {
+        let futs = refs.into_iter().map(|(r, made)| {
             let e = self.clone();
-            async move { e.start_node(r).await }
+            async move { e.start_node(r, made).await }
         });
         futures::future::join_all(futs).await;
         let mut st = self.lock();
@@ -665,7 +692,8 @@ impl Engine {
         self.wake();
     }
 
-    async fn start_node(&self, r: NodeRef) {
+    /// Makes the node, says so on `made`, then runs its start task.
+    async fn start_node(&self, r: NodeRef, made_tx: tokio::sync::oneshot::Sender<()>) {
         let made = async {
             for d in ["shared", "startup/wd", "workitems"] {
                 let p = r.root.join(d);
@@ -676,6 +704,7 @@ impl Engine {
             self.kind_of(&r.pool).create_node(&r).await
         }
         .await;
+        let _ = made_tx.send(());
         let ip = match made {
             Ok(ip) => ip,
             Err(e) => {
@@ -752,8 +781,8 @@ impl Engine {
 
     /// Removes everything of a pool (the second half of [`Engine::delete_pool`]).
     pub(crate) async fn finish_delete_pool(&self, id: &str) {
-        // Nodes still starting are removed once they are up (else a holder made after the
-        // removal would be left behind).
+        // Nodes still being made are removed once they are (else a holder made after the
+        // removal would be left behind); their start tasks are not waited for.
         let growing = self
             .inner
             .growing

@@ -733,8 +733,9 @@ impl ContainerNodes {
         }
         if again {
             // Not at once: the task's start (sshd, mpirun's launch on every node) would share
-            // the CPU with the spare's making. A task that ends sooner has it made after its
-            // end (its container is no longer kept then), as the first time.
+            // the CPU with the spare's making. A task that ends sooner has it made when its
+            // container is removed, as the first time (or, if the timer fires while the
+            // container is being ended, then).
             let (me, node, spec) = (self.clone(), node.clone(), spec.clone());
             tokio::spawn(async move {
                 tokio::time::sleep(SPARE_AHEAD_AFTER).await;
