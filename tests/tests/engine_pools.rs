@@ -392,12 +392,8 @@ async fn a_pool_deleted_while_its_nodes_start_is_removed_without_waiting_for_sta
         "deletion took {:?}",
         t.elapsed()
     );
-    let left = Command::new("docker")
-        .args(["ps", "-aq", "--filter"])
-        .arg(format!("label={}={inst}", labels::INSTANCE))
-        .output()?;
     assert!(
-        String::from_utf8_lossy(&left.stdout).trim().is_empty(),
+        docker_ids("container", &inst).is_empty(),
         "containers left after the pool's deletion"
     );
     Ok(())
