@@ -24,6 +24,8 @@ pub struct Binaries {
     pub umount: PathBuf,
     /// `iptables`.
     pub iptables: PathBuf,
+    /// `iptables-restore` (a bridge's rules, inserted and deleted all at once).
+    pub iptables_restore: PathBuf,
     /// `dockerd`.
     pub dockerd: PathBuf,
     /// The `docker` CLI (image save/load/pull/push).
@@ -45,6 +47,7 @@ impl Default for Binaries {
             mount: "mount".into(),
             umount: "umount".into(),
             iptables: "iptables".into(),
+            iptables_restore: "iptables-restore".into(),
             dockerd: "dockerd".into(),
             docker: "docker".into(),
             kill: "kill".into(),
@@ -70,7 +73,7 @@ pub fn is_executable(program: &Path) -> bool {
 
 impl Binaries {
     /// Every program, with the Debian package that ships it.
-    pub fn programs(&self) -> [(&Path, &'static str); 11] {
+    pub fn programs(&self) -> [(&Path, &'static str); 12] {
         [
             (&self.ip, "iproute2"),
             (&self.nsenter, "util-linux"),
@@ -78,6 +81,7 @@ impl Binaries {
             (&self.mount, "mount"),
             (&self.umount, "mount"),
             (&self.iptables, "iptables"),
+            (&self.iptables_restore, "iptables"),
             (&self.dockerd, "docker.io"),
             (&self.docker, "docker.io"),
             (&self.kill, "procps"),

@@ -29,6 +29,7 @@
 //! [`VmPool::delete`], a failed creation and [`sweep`] (for pools whose owner process died)
 //! remove exactly that.
 
+mod bridge;
 mod cache;
 mod cmd;
 mod error;
@@ -42,6 +43,7 @@ mod teardown;
 
 use std::path::Path;
 
+pub use bridge::{sweep_bridges, BridgeRecord, HostBridge, DEFAULT_BRIDGE_RECORDS};
 pub use cache::{mirror_path, DEFAULT_CACHE_KEEP};
 pub use cmd::{is_executable, Binaries};
 pub use error::{Result, VmNodeError};

@@ -17,7 +17,7 @@ impl Subnet {
     fn network(&self) -> u32 {
         u32::from(self.host(0))
     }
-    fn overlaps(&self, net: u32, len: u32) -> bool {
+    pub fn overlaps(&self, net: u32, len: u32) -> bool {
         let len = len.min(24);
         let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
         self.network() & mask == net & mask
@@ -25,7 +25,7 @@ impl Subnet {
 }
 
 /// IPv4 prefixes in use on this machine (interface addresses and routes), as (network, len).
-fn used_prefixes(bins: &Binaries) -> Result<Vec<(u32, u32)>> {
+pub(crate) fn used_prefixes(bins: &Binaries) -> Result<Vec<(u32, u32)>> {
     let mut out = Vec::new();
     let addrs = run("pool setup", &bins.ip, ["-o", "-4", "addr", "show"])?;
     let routes = run(

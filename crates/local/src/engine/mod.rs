@@ -14,6 +14,7 @@ mod agent;
 mod error;
 mod exec;
 mod node;
+mod pool_net;
 mod state;
 mod store;
 mod vm;

@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::agent::{self, Agent};
 use super::error::{EngineError, Result};
+use super::pool_net::{PoolBridge, PoolNets, ADDRESS_LABEL};
 use crate::cmdline::RunOptions;
 use crate::docker::split_image;
 use shipyard_runtime::registry_auth::{login_for, registry_of, RegistryLogin};
@@ -222,6 +223,8 @@ pub struct ContainerNodes {
     /// Whether the Docker engine remaps user namespaces (container root is then not the
     /// owner of the agents' files).
     userns: std::sync::Arc<tokio::sync::OnceCell<bool>>,
+    /// The pools' networks (bridges of the engine's own, or Docker networks).
+    nets: std::sync::Arc<PoolNets>,
 }
 
 /// A spare being made (its name once it runs, `None` when making it failed or it was called
@@ -296,7 +299,133 @@ impl ContainerNodes {
             image_root: Default::default(),
             userns: Default::default(),
             aliases: Default::default(),
+            nets: std::sync::Arc::new(PoolNets::detect()),
         }
+    }
+
+    /// The bridge of the pool network `network`, if the pool has one. One that an earlier
+    /// engine made has its running holders' addresses read back from their labels.
+    async fn pool_bridge(&self, network: &str, pool: &str) -> Option<std::sync::Arc<PoolBridge>> {
+        let (bridge, fresh) = self.nets.find(network)?;
+        if fresh {
+            let filters = HashMap::from([(
+                "label".to_string(),
+                vec![
+                    format!("{}={pool}", labels::POOL),
+                    ADDRESS_LABEL.to_string(),
+                ],
+            )]);
+            let opts = bollard::query_parameters::ListContainersOptionsBuilder::new()
+                .filters(&filters)
+                .build();
+            for c in self
+                .docker
+                .list_containers(Some(opts))
+                .await
+                .unwrap_or_default()
+            {
+                let l = c.labels.unwrap_or_default();
+                let (Some(name), Some(node), Some(last)) = (
+                    c.names
+                        .and_then(|n| n.first().map(|n| n.trim_start_matches('/').to_string())),
+                    l.get(labels::NODE).and_then(|n| n.rsplit('/').next()),
+                    l.get(ADDRESS_LABEL).and_then(|a| bridge.last_of(a)),
+                ) else {
+                    continue;
+                };
+                let hosts = self
+                    .docker
+                    .inspect_container(&name, None::<InspectContainerOptions>)
+                    .await
+                    .ok()
+                    .and_then(|i| i.hosts_path)
+                    .map(PathBuf::from);
+                bridge.adopt(&name, node, last, hosts);
+            }
+        }
+        Some(bridge)
+    }
+
+    /// Makes and starts the holder of `node`: on the pool's bridge (started without a network,
+    /// then given its veth and address) or on the pool's Docker network. Returns its address.
+    async fn make_holder(
+        &self,
+        node: &NodeRef,
+        bridge: Option<&std::sync::Arc<PoolBridge>>,
+    ) -> Result<String> {
+        let mut labels = node.labels.clone();
+        let mut host = HostConfig {
+            init: Some(true),
+            network_mode: Some(node.network.clone()),
+            binds: Some(vec![format!("{}:{NODE_ROOT_DIR}", node.root.display())]),
+            ..Default::default()
+        };
+        let mut networking_config = Some(NetworkingConfig {
+            endpoints_config: Some(HashMap::from([(
+                node.network.clone(),
+                EndpointSettings {
+                    aliases: Some(vec![node.id.clone()]),
+                    ..Default::default()
+                },
+            )])),
+        });
+        if let Some(b) = bridge {
+            let addr = b.allocate(&node.holder, &node.id)?;
+            labels.insert(ADDRESS_LABEL.to_string(), addr.to_string());
+            host.network_mode = Some("none".into());
+            networking_config = None;
+        }
+        let mut body = ContainerCreateBody {
+            image: Some(node.image.clone()),
+            hostname: Some(node.id.clone()),
+            entrypoint: Some(vec!["sleep".into(), "infinity".into()]),
+            cmd: Some(vec![]),
+            labels: Some(labels),
+            host_config: Some(host),
+            networking_config,
+            ..Default::default()
+        };
+        self.with_agent(node, &node.holder, &mut body).await?;
+        let opts = CreateContainerOptionsBuilder::new()
+            .name(&node.holder)
+            .build();
+        self.docker
+            .create_container(Some(opts), body)
+            .await
+            .map_err(|e| {
+                EngineError::docker(
+                    format!("creating node {} of pool {}", node.id, node.pool),
+                    e,
+                )
+            })?;
+        self.docker
+            .start_container(&node.holder, None::<StartContainerOptions>)
+            .await
+            .map_err(|e| EngineError::docker(format!("starting node {}", node.id), e))?;
+        let c = self
+            .docker
+            .inspect_container(&node.holder, None::<InspectContainerOptions>)
+            .await
+            .map_err(|e| EngineError::docker(format!("inspecting node {}", node.id), e))?;
+        if let Some(b) = bridge {
+            let pid = c
+                .state
+                .as_ref()
+                .and_then(|s| s.pid)
+                .filter(|p| *p > 0)
+                .and_then(|p| u32::try_from(p).ok())
+                .ok_or_else(|| {
+                    EngineError::invalid("node", format!("node {} has no process", node.id))
+                })?;
+            return b
+                .attach(&node.holder, pid, c.hosts_path.map(PathBuf::from))
+                .await;
+        }
+        Ok(c.network_settings
+            .and_then(|n| n.networks)
+            .and_then(|mut n| n.remove(&node.network))
+            .and_then(|e| e.ip_address)
+            .unwrap_or_default())
     }
 
     /// The container that `name` (a task container's name) is.
@@ -1159,6 +1288,9 @@ impl NodeKind for ContainerNodes {
             {
                 return Ok(());
             }
+            if self.nets.uses_bridges() {
+                return self.nets.create(network, labels).await.map(|_| ());
+            }
             // On a free /24 of 10.213-214.x.x, like the per-run backend's networks: the
             // runtimes' default subnet pattern (`10.*`, Batch's VNets) then covers the nodes,
             // so the job's sshd trust (`from="10.*"`) and pinned host keys hold here too.
@@ -1178,6 +1310,7 @@ impl NodeKind for ContainerNodes {
 
     fn remove_pool<'a>(&'a self, network: &'a str) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
+            self.nets.remove(network).await;
             match self.docker.remove_network(network).await {
                 Ok(())
                 | Err(BollardError::DockerResponseServerError {
@@ -1198,59 +1331,14 @@ impl NodeKind for ContainerNodes {
             }
             let login = login_for(&node.registries, &node.image);
             self.ensure_image(&node.image, login).await?;
-            let host = HostConfig {
-                init: Some(true),
-                network_mode: Some(node.network.clone()),
-                binds: Some(vec![format!("{}:{NODE_ROOT_DIR}", node.root.display())]),
-                ..Default::default()
-            };
-            let mut body = ContainerCreateBody {
-                image: Some(node.image.clone()),
-                hostname: Some(node.id.clone()),
-                entrypoint: Some(vec!["sleep".into(), "infinity".into()]),
-                cmd: Some(vec![]),
-                labels: Some(node.labels.clone()),
-                host_config: Some(host),
-                networking_config: Some(NetworkingConfig {
-                    endpoints_config: Some(HashMap::from([(
-                        node.network.clone(),
-                        EndpointSettings {
-                            aliases: Some(vec![node.id.clone()]),
-                            ..Default::default()
-                        },
-                    )])),
-                }),
-                ..Default::default()
-            };
-            self.with_agent(node, &node.holder, &mut body).await?;
-            let opts = CreateContainerOptionsBuilder::new()
-                .name(&node.holder)
-                .build();
-            self.docker
-                .create_container(Some(opts), body)
-                .await
-                .map_err(|e| {
-                    EngineError::docker(
-                        format!("creating node {} of pool {}", node.id, node.pool),
-                        e,
-                    )
-                })?;
-            self.docker
-                .start_container(&node.holder, None::<StartContainerOptions>)
-                .await
-                .map_err(|e| EngineError::docker(format!("starting node {}", node.id), e))?;
-            let c = self
-                .docker
-                .inspect_container(&node.holder, None::<InspectContainerOptions>)
-                .await
-                .map_err(|e| EngineError::docker(format!("inspecting node {}", node.id), e))?;
-            let ip = c
-                .network_settings
-                .and_then(|n| n.networks)
-                .and_then(|mut n| n.remove(&node.network))
-                .and_then(|e| e.ip_address)
-                .unwrap_or_default();
-            Ok(ip)
+            let bridge = self.pool_bridge(&node.network, &node.pool).await;
+            let made = self.make_holder(node, bridge.as_ref()).await;
+            if made.is_err() {
+                if let Some(b) = &bridge {
+                    b.release(&node.holder);
+                }
+            }
+            made
         })
     }
 
@@ -1266,6 +1354,9 @@ impl NodeKind for ContainerNodes {
             )
             .await
             .map(|_| ());
+            if let Some((b, _)) = self.nets.find(&node.network) {
+                b.release(&node.holder);
+            }
             // Every agent of the node, also those of containers removed by id.
             let dir = agent::node_dir(&node.root);
             if let Ok(mut m) = self.agents.lock() {
@@ -1439,6 +1530,7 @@ impl NodeKind for ContainerNodes {
             for dir in swept {
                 tracing::info!(state_dir = %dir, "removed the containers and networks of an engine whose state directory is gone");
             }
+            self.nets.sweep().await;
         })
     }
 

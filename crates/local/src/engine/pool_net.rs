@@ -1,0 +1,330 @@
+//! A container pool's network: a bridge of the engine's own, or a Docker network.
+//!
+//! By default (as root, with a local Docker engine and iproute2/iptables here) a pool's
+//! holders are started with `--network none` and each is given a veth into a bridge the engine
+//! makes for the pool (crate `shipyard-vm-node`'s [`HostBridge`]), with an address of the
+//! pool's private /24 (`10.212.x.0/24`), and an `/etc/hosts` naming every node of the pool.
+//! Task containers join their holder's network namespace, as before. Docker attaches a
+//! container to a user-defined network during its start, one container after another, and
+//! detaches them the same way at the end; on this project's two-core machine that was the
+//! dearest part of a cold job (see docs/local-engine.md).
+//!
+//! Elsewhere (not root, a remote Docker engine, no `ip`/`iptables`), or with
+//! `SHIPYARD_ENGINE_NETWORK=docker`, a pool is a Docker bridge network on a free /24 of
+//! `10.213-214.x.x`, as the per-run backend's. A pool keeps the kind it was made with.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use shipyard_vm_node::{sweep_bridges, Binaries, BridgeRecord, HostBridge};
+
+use super::error::{EngineError, Result};
+use super::node::labels;
+
+/// The environment variable that picks Docker networks (`docker`) or the engine's bridges
+/// (`bridge`, the default where it can work) for container pools.
+pub const NETWORK_ENV: &str = "SHIPYARD_ENGINE_NETWORK";
+
+/// The /16 the engine's pool bridges take their /24 from (Docker networks of the per-run
+/// backend use 10.213-214, VM-like pools 10.213: Docker does not see the engine's bridges).
+const BRIDGE_BASE: [u8; 2] = [10, 212];
+
+/// Label on a holder: its address on the pool's bridge.
+pub(crate) const ADDRESS_LABEL: &str = "shipyard.engine.address";
+
+/// One node on a pool bridge.
+#[derive(Debug, Clone)]
+struct Member {
+    last: u8,
+    node: String,
+    /// The holder's `/etc/hosts` on the host (Docker's file, which the task containers that
+    /// join the holder's network share), once it runs.
+    hosts: Option<PathBuf>,
+}
+
+/// A pool bridge and the addresses given out on it, by holder name.
+#[derive(Debug)]
+pub(crate) struct PoolBridge {
+    bridge: HostBridge,
+    members: Mutex<HashMap<String, Member>>,
+}
+
+impl PoolBridge {
+    /// Takes the lowest free address for `holder` (node `node`).
+    pub(crate) fn allocate(&self, holder: &str, node: &str) -> Result<std::net::Ipv4Addr> {
+        let mut m = lock(&self.members);
+        if let Some(existing) = m.get(holder) {
+            return Ok(self.bridge.record().host(existing.last));
+        }
+        let taken: std::collections::HashSet<u8> = m.values().map(|x| x.last).collect();
+        let last = (2..=254u8).find(|l| !taken.contains(l)).ok_or_else(|| {
+            EngineError::invalid(
+                "targetDedicatedNodes",
+                "more than 253 nodes on one container pool",
+            )
+        })?;
+        m.insert(
+            holder.to_string(),
+            Member {
+                last,
+                node: node.to_string(),
+                hosts: None,
+            },
+        );
+        Ok(self.bridge.record().host(last))
+    }
+
+    /// Gives the running holder `holder` (process `pid`) its veth and address, and names it
+    /// in every running holder's `/etc/hosts` (and them in its own).
+    pub(crate) async fn attach(
+        self: &Arc<Self>,
+        holder: &str,
+        pid: u32,
+        hosts: Option<PathBuf>,
+    ) -> Result<String> {
+        let last = lock(&self.members)
+            .get(holder)
+            .map(|m| m.last)
+            .ok_or_else(|| EngineError::invalid("node", format!("{holder} has no address")))?;
+        let me = self.clone();
+        let name = holder.to_string();
+        let addr = tokio::task::spawn_blocking(move || {
+            let bins = Binaries::default();
+            // Random: a veth of a container removed a moment ago can still exist (its
+            // namespace goes in the background).
+            let veth = format!("syv{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff);
+            me.bridge.attach(&bins, pid, &veth, last)
+        })
+        .await
+        .map_err(|e| EngineError::invalid("node", format!("attaching {name}: {e}")))?
+        .map_err(|source| EngineError::VmNode {
+            context: format!("giving {name} its address on the pool bridge"),
+            source,
+        })?;
+        if let Some(m) = lock(&self.members).get_mut(holder) {
+            m.hosts = hosts;
+        }
+        self.write_hosts();
+        Ok(addr.to_string())
+    }
+
+    /// Gives `holder`'s address back and drops it from the other holders' `/etc/hosts`.
+    pub(crate) fn release(&self, holder: &str) {
+        if lock(&self.members).remove(holder).is_some() {
+            self.write_hosts();
+        }
+    }
+
+    /// Rewrites (in place: the task containers of a holder bind the same file) the
+    /// `/etc/hosts` of every running holder, naming every node of the pool.
+    fn write_hosts(&self) {
+        let m = lock(&self.members);
+        let mut body = String::from(
+            "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n",
+        );
+        let mut nodes: Vec<&Member> = m.values().collect();
+        nodes.sort_by_key(|x| x.last);
+        for n in &nodes {
+            body.push_str(&format!(
+                "{}\t{}\n",
+                self.bridge.record().host(n.last),
+                n.node
+            ));
+        }
+        for path in nodes.iter().filter_map(|n| n.hosts.as_ref()) {
+            if let Err(e) = std::fs::write(path, &body) {
+                tracing::debug!(file = %path.display(), error = %e, "writing a holder's hosts file");
+            }
+        }
+    }
+}
+
+/// How the engine makes container pools' networks.
+#[derive(Debug)]
+pub(crate) struct PoolNets {
+    /// Where bridge records live; `None`: Docker networks.
+    records: Option<PathBuf>,
+    bridges: Mutex<HashMap<String, Arc<PoolBridge>>>,
+}
+
+impl PoolNets {
+    /// Bridges where they can work (see the module docs), else Docker networks.
+    pub(crate) fn detect() -> PoolNets {
+        let wanted = std::env::var(NETWORK_ENV).unwrap_or_default();
+        let bins = Binaries::default();
+        let local_docker = std::env::var("DOCKER_HOST")
+            .map(|h| h.is_empty() || h.starts_with("unix://"))
+            .unwrap_or(true);
+        let tools = [
+            &bins.ip,
+            &bins.iptables,
+            &bins.iptables_restore,
+            &bins.nsenter,
+        ]
+        .iter()
+        .all(|p| shipyard_vm_node::is_executable(p));
+        let root = rustix::process::geteuid().is_root();
+        let bridges = match wanted.as_str() {
+            "docker" => false,
+            _ => root && local_docker && tools,
+        };
+        if wanted == "bridge" && !bridges {
+            tracing::warn!(
+                root,
+                local_docker,
+                tools,
+                "{NETWORK_ENV}=bridge needs root, a local Docker engine, ip and iptables: using Docker networks"
+            );
+        }
+        PoolNets {
+            records: bridges.then(|| PathBuf::from(shipyard_vm_node::DEFAULT_BRIDGE_RECORDS)),
+            bridges: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Whether new pools get a bridge of the engine's own.
+    pub(crate) fn uses_bridges(&self) -> bool {
+        self.records.is_some()
+    }
+
+    /// The bridge's interface name for the pool network `network` (at most 15 characters).
+    pub(crate) fn bridge_name(network: &str) -> String {
+        format!(
+            "syc{:012x}",
+            super::fnv(network.as_bytes()) & 0xffff_ffff_ffff
+        )
+    }
+
+    /// Makes the pool's bridge (or finds the one an earlier engine made).
+    pub(crate) async fn create(
+        &self,
+        network: &str,
+        owner: &HashMap<String, String>,
+    ) -> Result<Arc<PoolBridge>> {
+        let Some(records) = self.records.clone() else {
+            return Err(EngineError::invalid(
+                "network",
+                "the engine uses Docker networks",
+            ));
+        };
+        if let Some((b, _)) = self.find(network) {
+            return Ok(b);
+        }
+        let name = Self::bridge_name(network);
+        let mut rec_owner: BTreeMap<String, String> = owner
+            .iter()
+            .filter(|(k, _)| [labels::STATE_DIR, labels::HOST, labels::POOL].contains(&k.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        rec_owner.insert("network".into(), network.to_string());
+        let bridge = tokio::task::spawn_blocking(move || {
+            HostBridge::create(
+                &Binaries::default(),
+                &records,
+                &name,
+                BRIDGE_BASE,
+                rec_owner,
+            )
+        })
+        .await
+        .map_err(|e| EngineError::invalid("network", format!("making the pool bridge: {e}")))?
+        .map_err(|source| EngineError::VmNode {
+            context: format!("making the bridge of pool network {network}"),
+            source,
+        })?;
+        let b = Arc::new(PoolBridge {
+            bridge,
+            members: Mutex::new(HashMap::new()),
+        });
+        lock(&self.bridges).insert(network.to_string(), b.clone());
+        Ok(b)
+    }
+
+    /// The pool's bridge, and whether it was just found again on disk (made by an earlier
+    /// engine: its holders are then to be [`PoolNets::adopt`]ed); `None` when the pool has
+    /// none (a Docker network).
+    pub(crate) fn find(&self, network: &str) -> Option<(Arc<PoolBridge>, bool)> {
+        if let Some(b) = lock(&self.bridges).get(network) {
+            return Some((b.clone(), false));
+        }
+        let records = self.records.as_deref()?;
+        let bridge = HostBridge::open(records, &Self::bridge_name(network))?;
+        tracing::debug!(
+            network,
+            bridge = bridge.record().name,
+            "found the pool bridge of an earlier engine"
+        );
+        let b = Arc::new(PoolBridge {
+            bridge,
+            members: Mutex::new(HashMap::new()),
+        });
+        Some((
+            lock(&self.bridges)
+                .entry(network.to_string())
+                .or_insert(b)
+                .clone(),
+            true,
+        ))
+    }
+
+    /// Removes the pool's bridge, if it has one.
+    pub(crate) async fn remove(&self, network: &str) {
+        let b = lock(&self.bridges).remove(network);
+        let bridge = match (b, self.records.as_deref()) {
+            (Some(b), _) => Some(b.bridge.clone()),
+            (None, Some(records)) => HostBridge::open(records, &Self::bridge_name(network)),
+            (None, None) => None,
+        };
+        if let Some(bridge) = bridge {
+            let _ = tokio::task::spawn_blocking(move || bridge.remove(&Binaries::default())).await;
+        }
+    }
+
+    /// Removes the bridges of engines of this host whose state directory is gone.
+    pub(crate) async fn sweep(&self) {
+        let Some(records) = self.records.clone() else {
+            return;
+        };
+        let _ = tokio::task::spawn_blocking(move || {
+            sweep_bridges(&Binaries::default(), &records, abandoned)
+        })
+        .await;
+    }
+}
+
+impl PoolBridge {
+    /// Records a holder an earlier engine gave address `.last` (found by its labels).
+    pub(crate) fn adopt(&self, holder: &str, node: &str, last: u8, hosts: Option<PathBuf>) {
+        lock(&self.members)
+            .entry(holder.to_string())
+            .or_insert(Member {
+                last,
+                node: node.to_string(),
+                hosts,
+            });
+    }
+
+    /// The bridge's last address octet of `addr`, if it is on the bridge's /24.
+    pub(crate) fn last_of(&self, addr: &str) -> Option<u8> {
+        let ip: std::net::Ipv4Addr = addr.parse().ok()?;
+        let [a, b, c, d] = ip.octets();
+        ([a, b, c] == self.bridge.record().subnet).then_some(d)
+    }
+}
+
+/// A bridge of an engine of this host and mount namespace whose state directory is gone.
+fn abandoned(rec: &BridgeRecord) -> bool {
+    rec.owner.get(labels::HOST).map(String::as_str) == Some(labels::host())
+        && rec.owner.get(labels::STATE_DIR).is_some_and(|d| {
+            std::fs::symlink_metadata(Path::new(d))
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
+        })
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}
