@@ -89,6 +89,45 @@ fn docker_ids(kind: &str, instance: &str) -> Vec<String> {
         .collect()
 }
 
+/// The pool bridges (`/run/shipyard/bridges` records) of the engine instance `inst`, by name.
+fn bridges_of(inst: &str) -> Vec<String> {
+    let prefix = format!("shipyard-engine-{inst}-");
+    let Ok(dir) = std::fs::read_dir(shipyard_vm_node::DEFAULT_BRIDGE_RECORDS) else {
+        return vec![];
+    };
+    dir.flatten()
+        .filter_map(|f| std::fs::read(f.path()).ok())
+        .filter_map(|b| serde_json::from_slice::<shipyard_vm_node::BridgeRecord>(&b).ok())
+        .filter(|r| {
+            r.owner
+                .get("network")
+                .is_some_and(|n| n.starts_with(&prefix))
+        })
+        .map(|r| r.name)
+        .collect()
+}
+
+/// Whether the bridge's interface exists, and how many iptables rules (filter and nat) name it.
+fn bridge_left(name: &str) -> (bool, usize) {
+    let rules: usize = [vec!["-S"], vec!["-t", "nat", "-S"]]
+        .iter()
+        .map(|args| {
+            let out = Command::new("iptables")
+                .args(args)
+                .output()
+                .expect("iptables runs");
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter(|l| l.contains(&format!("shipyard bridge {name}\"")))
+                .count()
+        })
+        .sum();
+    (
+        std::path::Path::new("/sys/class/net").join(name).exists(),
+        rules,
+    )
+}
+
 async fn wait_idle(e: &Engine, pool: &str, n: usize) {
     wait_for("idle nodes", 120, || {
         e.list_nodes(pool)
@@ -190,6 +229,11 @@ async fn engine_pool_reused_by_two_jobs_prep_once_per_node_and_delete_leaves_not
         holders,
         "jobs reuse the pool's nodes"
     );
+    // As root with a local Docker engine (CI), the pool is a bridge of the engine's own: its
+    // interface, with 3 forward rules and a NAT rule.
+    let bridges = bridges_of(&inst);
+    assert_eq!(bridges.len(), 1, "one pool bridge: {bridges:?}");
+    assert_eq!(bridge_left(&bridges[0]), (true, 4), "{}", bridges[0]);
     e.delete_pool("p2").await?;
     assert_eq!(
         e.get_pool("p2")?.state.map(|s| s.to_string()),
@@ -202,6 +246,12 @@ async fn engine_pool_reused_by_two_jobs_prep_once_per_node_and_delete_leaves_not
         "no container left"
     );
     assert!(docker_ids("network", &inst).is_empty(), "no network left");
+    assert!(bridges_of(&inst).is_empty(), "no bridge record left");
+    assert_eq!(
+        bridge_left(&bridges[0]),
+        (false, 0),
+        "no bridge or rule left"
+    );
     Ok(())
 }
 
@@ -328,7 +378,9 @@ async fn the_pool_of_an_engine_whose_state_dir_is_gone_is_removed_by_the_next_en
         e.close().await;
     }
     assert_eq!(docker_ids("container", &inst).len(), 2, "two holders left");
-    assert_eq!(docker_ids("network", &inst).len(), 1, "its network left");
+    let bridges = bridges_of(&inst);
+    assert_eq!(bridges.len(), 1, "its bridge left: {bridges:?}");
+    assert_eq!(bridge_left(&bridges[0]), (true, 4));
     // A container of an engine of another host or mount namespace, whose state directory this
     // process cannot see: not this engine's to judge, so it stays.
     let foreign_inst = format!("foreign-{}", std::process::id());
@@ -354,7 +406,10 @@ async fn the_pool_of_an_engine_whose_state_dir_is_gone_is_removed_by_the_next_en
     let next = tempfile::tempdir()?;
     let e = Engine::open(EngineOptions::new(next.path())).await?;
     wait_for("the abandoned pool removed", 60, || {
-        docker_ids("container", &inst).is_empty() && docker_ids("network", &inst).is_empty()
+        docker_ids("container", &inst).is_empty()
+            && docker_ids("network", &inst).is_empty()
+            && bridges_of(&inst).is_empty()
+            && bridge_left(&bridges[0]) == (false, 0)
     })
     .await;
     let kept = docker_ids("container", &foreign_inst);

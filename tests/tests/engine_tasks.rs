@@ -18,7 +18,7 @@ use shipyard_batch_api::models::{
     CloudTask, JobAddParameter, JobState, PoolAddParameter, TaskAddParameter, TaskExecutionResult,
 };
 use shipyard_e2e::{HelloReport, TEST_IMAGE};
-use shipyard_local::engine::{Engine, EngineOptions};
+use shipyard_local::engine::{ContainerNodes, Engine, EngineOptions};
 
 fn pool(id: &str, nodes: i32, slots: i32) -> PoolAddParameter {
     model!({
@@ -345,11 +345,45 @@ async fn engine_multi_instance_openmpi_across_three_container_nodes() -> anyhow:
     if !shipyard_e2e::require_test_image() {
         return Ok(());
     }
-    let key = shipyard_runtime::ssh::JobSshKey::generate("engine-test")?;
     let dir = tempfile::tempdir()?;
     let e = Engine::open(EngineOptions::new(dir.path())).await?;
+    // As root with a local Docker engine (CI), the pool is a bridge of the engine's own.
+    mpi_across_three_nodes(&e, dir.path(), "10.212.").await
+}
+
+/// The same job on a pool made a Docker network (the engine's choice where it cannot make
+/// bridges of its own: not root, a remote Docker engine).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engine_multi_instance_openmpi_on_a_docker_network_pool() -> anyhow::Result<()> {
+    if !shipyard_e2e::require_test_image() {
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let kind = std::sync::Arc::new(ContainerNodes::connect_local()?.docker_networks());
+    let e = Engine::open_with(EngineOptions::new(dir.path()), kind).await?;
+    mpi_across_three_nodes(&e, dir.path(), "10.21").await?;
+    Ok(())
+}
+
+/// An Open MPI job of 3 nodes × 2 ranks on a new pool whose node addresses start with
+/// `prefix`; the pool is deleted after it.
+async fn mpi_across_three_nodes(
+    e: &Engine,
+    dir: &std::path::Path,
+    prefix: &str,
+) -> anyhow::Result<()> {
+    let key = shipyard_runtime::ssh::JobSshKey::generate("engine-test")?;
     e.add_pool(pool("pm", 3, 1)).await?;
-    wait_idle(&e, "pm", 3, 120).await;
+    wait_idle(e, "pm", 3, 120).await;
+    let ips: Vec<String> = e
+        .list_nodes("pm")?
+        .into_iter()
+        .filter_map(|n| n.ip_address)
+        .collect();
+    assert!(
+        ips.len() == 3 && ips.iter().all(|ip| ip.starts_with(prefix)),
+        "node addresses {ips:?}, want {prefix}*"
+    );
     e.add_job(job("jm", "pm", serde_json::json!({}))).await?;
     let app = format!(
         "/bin/bash -c 'mpirun.openmpi --allow-run-as-root -np 6 --host $(echo $AZ_BATCH_HOST_LIST | sed \"s/\\([^,]*\\)/\\1:2/g\") \
@@ -358,14 +392,14 @@ async fn engine_multi_instance_openmpi_across_three_container_nodes() -> anyhow:
     );
     let t0 = Instant::now();
     e.add_tasks("jm", vec![mpi_task(&app, &key, 3)]).await?;
-    let t = completed(&e, "jm", "mpi", 180).await;
+    let t = completed(e, "jm", "mpi", 180).await;
     let secs = t0.elapsed().as_secs_f64();
-    let stdout = task_text(&e, "jm", "mpi", "stdout.txt");
+    let stdout = task_text(e, "jm", "mpi", "stdout.txt");
     assert_eq!(
         result(&t),
         (Some(TaskExecutionResult::Success), Some(0), None),
         "{}",
-        task_outputs(dir.path())
+        task_outputs(dir)
     );
     HelloReport::parse(&stdout).assert_complete(6);
     let subtasks = e.list_subtasks("jm", "mpi")?;

@@ -40,6 +40,7 @@ pub use futures::future::BoxFuture;
 pub use node::{
     labels, ContainerNodes, NodeKind, NodeRef, PoolSetup, RunEnd, RunSpec, NODE_ROOT_DIR,
 };
+pub use pool_net::NETWORK_ENV;
 pub use store::ENGINE_STORE_FILE;
 /// See [`BoxFuture`].
 pub use tokio_util::sync::CancellationToken;

@@ -303,6 +303,20 @@ impl ContainerNodes {
         }
     }
 
+    /// Connects to the local Docker engine (as [`Engine::open`](super::Engine::open) does).
+    pub fn connect_local() -> Result<Self> {
+        Docker::connect_with_local_defaults()
+            .map(Self::new)
+            .map_err(|e| EngineError::docker("connecting to the Docker engine", e))
+    }
+
+    /// Makes new pools Docker networks (as where the engine's own bridges cannot work, see
+    /// [`NETWORK_ENV`](super::NETWORK_ENV)), whatever this machine allows.
+    pub fn docker_networks(mut self) -> Self {
+        self.nets = std::sync::Arc::new(PoolNets::docker());
+        self
+    }
+
     /// The bridge of the pool network `network`, if the pool has one. One that an earlier
     /// engine made has its running holders' addresses read back from their labels.
     async fn pool_bridge(&self, network: &str, pool: &str) -> Option<std::sync::Arc<PoolBridge>> {

@@ -183,6 +183,14 @@ impl PoolNets {
         }
     }
 
+    /// Docker networks for every new pool.
+    pub(crate) fn docker() -> PoolNets {
+        PoolNets {
+            records: None,
+            bridges: Mutex::new(HashMap::new()),
+        }
+    }
+
     /// Whether new pools get a bridge of the engine's own.
     pub(crate) fn uses_bridges(&self) -> bool {
         self.records.is_some()
