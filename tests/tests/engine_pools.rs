@@ -233,7 +233,7 @@ async fn engine_pool_reused_by_two_jobs_prep_once_per_node_and_delete_leaves_not
     // interface, with 3 forward rules and a NAT rule.
     let bridges = bridges_of(&inst);
     assert_eq!(bridges.len(), 1, "one pool bridge: {bridges:?}");
-    assert_eq!(bridge_left(&bridges[0]), (true, 4), "{}", bridges[0]);
+    assert_eq!(bridge_left(&bridges[0]), (true, 8), "{}", bridges[0]);
     e.delete_pool("p2").await?;
     assert_eq!(
         e.get_pool("p2")?.state.map(|s| s.to_string()),
@@ -380,7 +380,7 @@ async fn the_pool_of_an_engine_whose_state_dir_is_gone_is_removed_by_the_next_en
     assert_eq!(docker_ids("container", &inst).len(), 2, "two holders left");
     let bridges = bridges_of(&inst);
     assert_eq!(bridges.len(), 1, "its bridge left: {bridges:?}");
-    assert_eq!(bridge_left(&bridges[0]), (true, 4));
+    assert_eq!(bridge_left(&bridges[0]), (true, 8));
     // A container of an engine of another host or mount namespace, whose state directory this
     // process cannot see: not this engine's to judge, so it stays.
     let foreign_inst = format!("foreign-{}", std::process::id());

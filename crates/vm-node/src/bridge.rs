@@ -83,25 +83,35 @@ impl BridgeRecord {
                 .chain(["-m", "comment", "--comment", &c].map(String::from))
                 .collect()
         };
+        let accept = |words: &[&str]| {
+            let mut w = rule(words);
+            w.extend(["-j", "ACCEPT"].map(String::from));
+            ("filter", "FORWARD", w)
+        };
+        let drop_to = |out: &str| {
+            let mut w = rule(&["-i", br, "-o", out]);
+            w.extend(["-j", "DROP"].map(String::from));
+            ("filter", "FORWARD", w)
+        };
+        // In the order they end up in the chain: the bridge's own traffic, then none to
+        // other bridges (pools and Docker networks stay apart, as Docker keeps its networks),
+        // then out of the machine and back.
         let mut r = vec![
-            ("filter", "FORWARD", rule(&["-i", br, "-o", br])),
-            ("filter", "FORWARD", rule(&["-i", br, "!", "-o", br])),
-            (
-                "filter",
-                "FORWARD",
-                rule(&[
-                    "-o",
-                    br,
-                    "-m",
-                    "conntrack",
-                    "--ctstate",
-                    "RELATED,ESTABLISHED",
-                ]),
-            ),
+            accept(&["-i", br, "-o", br]),
+            drop_to("syc+"),
+            drop_to("syb+"),
+            drop_to("br-+"),
+            drop_to("docker0"),
+            accept(&["-i", br, "!", "-o", br]),
+            accept(&[
+                "-o",
+                br,
+                "-m",
+                "conntrack",
+                "--ctstate",
+                "RELATED,ESTABLISHED",
+            ]),
         ];
-        for (_, _, words) in &mut r {
-            words.extend(["-j", "ACCEPT"].map(String::from));
-        }
         let mut nat = rule(&["-s", &self.cidr(), "!", "-o", br]);
         nat.extend(["-j", "MASQUERADE"].map(String::from));
         r.push(("nat", "POSTROUTING", nat));
@@ -113,7 +123,8 @@ impl BridgeRecord {
         let mut out = String::new();
         for table in ["filter", "nat"] {
             out.push_str(&format!("*{table}\n"));
-            for (_, chain, words) in self.rules().into_iter().filter(|(t, ..)| *t == table) {
+            // `-I` inserts at the top: the last line inserted is the first rule.
+            for (_, chain, words) in self.rules().into_iter().rev().filter(|(t, ..)| *t == table) {
                 out.push_str(&format!("{op} {chain}"));
                 for w in words {
                     // Quoted as iptables-restore reads them (the comment has spaces).
@@ -156,6 +167,11 @@ impl HostBridge {
                 field: "bridge name",
                 reason: format!("`{name}` is not a usable interface name (1–15 characters)"),
             });
+        }
+        // A record whose interface is gone (its maker died mid-way, or the bridge was removed
+        // by hand): what else it made goes first.
+        if let Ok(old) = load(&records.join(format!("{name}.json"))) {
+            remove_recorded(bins, records, &old);
         }
         let claims = records.join("claims");
         std::fs::create_dir_all(&claims)
@@ -369,8 +385,10 @@ fn claim(bins: &Binaries, claims: &Path, base: [u8; 2], name: &str) -> Result<[u
                 .open(&path)
             {
                 Ok(mut f) => {
-                    f.write_all(name.as_bytes())
-                        .map_err(|e| VmNodeError::io("bridge", "writing", &path, e))?;
+                    if let Err(e) = f.write_all(name.as_bytes()) {
+                        let _ = std::fs::remove_file(&path);
+                        return Err(VmNodeError::io("bridge", "writing", &path, e));
+                    }
                     return Ok(subnet.0);
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
@@ -378,7 +396,13 @@ fn claim(bins: &Binaries, claims: &Path, base: [u8; 2], name: &str) -> Result<[u
                         break;
                     }
                     tracing::debug!(claim = %path.display(), "removing a stale subnet claim");
-                    let _ = std::fs::remove_file(&path);
+                    // Renamed away first: of two claimers that both judged it stale, only one
+                    // renames it, and neither can remove the other's new claim.
+                    let aside = path.with_extension(format!("stale-{}", std::process::id()));
+                    if std::fs::rename(&path, &aside).is_err() {
+                        break;
+                    }
+                    let _ = std::fs::remove_file(&aside);
                 }
                 Err(e) => return Err(VmNodeError::io("bridge", "creating", &path, e)),
             }
@@ -399,7 +423,8 @@ fn stale(path: &Path) -> bool {
         .ok()
         .and_then(|t| SystemTime::now().duration_since(t).ok())
         .is_some_and(|age| age > CLAIM_GRACE);
-    old && !interface_exists(owner.trim())
+    let owner = owner.trim();
+    old && (owner.is_empty() || !interface_exists(owner))
 }
 
 /// Runs `program args…` with `input` on its standard input; a non-zero exit is a
@@ -454,19 +479,32 @@ mod tests {
     fn the_rules_accept_the_bridges_own_traffic_and_nat_what_leaves() {
         let input = rec().restore_input("-I");
         let lines: Vec<&str> = input.lines().collect();
-        assert_eq!(lines[0], "*filter");
+        let c = "-m comment --comment \"shipyard bridge sycabc\"";
+        // Inserted at the top one after another: the chain then reads in the opposite order.
         assert_eq!(
-            lines[1],
-            "-I FORWARD -i sycabc -o sycabc -m comment --comment \"shipyard bridge sycabc\" -j ACCEPT"
+            lines[..9],
+            [
+                "*filter".to_string(),
+                format!(
+                    "-I FORWARD -o sycabc -m conntrack --ctstate RELATED,ESTABLISHED {c} -j ACCEPT"
+                ),
+                format!("-I FORWARD -i sycabc ! -o sycabc {c} -j ACCEPT"),
+                format!("-I FORWARD -i sycabc -o docker0 {c} -j DROP"),
+                format!("-I FORWARD -i sycabc -o br-+ {c} -j DROP"),
+                format!("-I FORWARD -i sycabc -o syb+ {c} -j DROP"),
+                format!("-I FORWARD -i sycabc -o syc+ {c} -j DROP"),
+                format!("-I FORWARD -i sycabc -o sycabc {c} -j ACCEPT"),
+                "COMMIT".to_string(),
+            ]
         );
-        assert!(lines[2].starts_with("-I FORWARD -i sycabc ! -o sycabc "));
-        assert!(lines[3].contains("--ctstate RELATED,ESTABLISHED"));
-        assert_eq!(&lines[4..6], ["COMMIT", "*nat"]);
         assert_eq!(
-            lines[6],
-            "-I POSTROUTING -s 10.212.7.0/24 ! -o sycabc -m comment --comment \"shipyard bridge sycabc\" -j MASQUERADE"
+            lines[9..],
+            [
+                "*nat".to_string(),
+                format!("-I POSTROUTING -s 10.212.7.0/24 ! -o sycabc {c} -j MASQUERADE"),
+                "COMMIT".to_string(),
+            ]
         );
-        assert_eq!(lines[7], "COMMIT");
         assert_eq!(rec().restore_input("-D").replace("-D ", "-I "), input);
         assert_eq!(rec().gateway(), Ipv4Addr::new(10, 212, 7, 1));
     }

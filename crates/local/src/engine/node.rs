@@ -319,45 +319,57 @@ impl ContainerNodes {
 
     /// The bridge of the pool network `network`, if the pool has one. One that an earlier
     /// engine made has its running holders' addresses read back from their labels.
-    async fn pool_bridge(&self, network: &str, pool: &str) -> Option<std::sync::Arc<PoolBridge>> {
-        let (bridge, fresh) = self.nets.find(network)?;
-        if fresh {
-            let filters = HashMap::from([(
-                "label".to_string(),
-                vec![
-                    format!("{}={pool}", labels::POOL),
-                    ADDRESS_LABEL.to_string(),
-                ],
-            )]);
-            let opts = bollard::query_parameters::ListContainersOptionsBuilder::new()
-                .filters(&filters)
-                .build();
-            for c in self
+    async fn pool_bridge(
+        &self,
+        network: &str,
+        pool: &str,
+    ) -> Result<Option<std::sync::Arc<PoolBridge>>> {
+        let Some((bridge, _)) = self.nets.find(network) else {
+            return Ok(None);
+        };
+        bridge
+            .adopted
+            .get_or_try_init(|| self.adopt_holders(&bridge, pool))
+            .await?;
+        Ok(Some(bridge))
+    }
+
+    /// Records the running holders of `pool` (an earlier engine's) on `bridge`.
+    async fn adopt_holders(&self, bridge: &PoolBridge, pool: &str) -> Result<()> {
+        let filters = HashMap::from([(
+            "label".to_string(),
+            vec![
+                format!("{}={pool}", labels::POOL),
+                ADDRESS_LABEL.to_string(),
+            ],
+        )]);
+        let opts = bollard::query_parameters::ListContainersOptionsBuilder::new()
+            .filters(&filters)
+            .build();
+        let found =
+            self.docker.list_containers(Some(opts)).await.map_err(|e| {
+                EngineError::docker(format!("listing the holders of pool {pool}"), e)
+            })?;
+        for c in found {
+            let l = c.labels.unwrap_or_default();
+            let (Some(name), Some(node), Some(last)) = (
+                c.names
+                    .and_then(|n| n.first().map(|n| n.trim_start_matches('/').to_string())),
+                l.get(labels::NODE).and_then(|n| n.rsplit('/').next()),
+                l.get(ADDRESS_LABEL).and_then(|a| bridge.last_of(a)),
+            ) else {
+                continue;
+            };
+            let hosts = self
                 .docker
-                .list_containers(Some(opts))
+                .inspect_container(&name, None::<InspectContainerOptions>)
                 .await
-                .unwrap_or_default()
-            {
-                let l = c.labels.unwrap_or_default();
-                let (Some(name), Some(node), Some(last)) = (
-                    c.names
-                        .and_then(|n| n.first().map(|n| n.trim_start_matches('/').to_string())),
-                    l.get(labels::NODE).and_then(|n| n.rsplit('/').next()),
-                    l.get(ADDRESS_LABEL).and_then(|a| bridge.last_of(a)),
-                ) else {
-                    continue;
-                };
-                let hosts = self
-                    .docker
-                    .inspect_container(&name, None::<InspectContainerOptions>)
-                    .await
-                    .ok()
-                    .and_then(|i| i.hosts_path)
-                    .map(PathBuf::from);
-                bridge.adopt(&name, node, last, hosts);
-            }
+                .ok()
+                .and_then(|i| i.hosts_path)
+                .map(PathBuf::from);
+            bridge.adopt(&name, node, last, hosts);
         }
-        Some(bridge)
+        Ok(())
     }
 
     /// Makes and starts the holder of `node`: on the pool's bridge (started without a network,
@@ -1345,7 +1357,7 @@ impl NodeKind for ContainerNodes {
             }
             let login = login_for(&node.registries, &node.image);
             self.ensure_image(&node.image, login).await?;
-            let bridge = self.pool_bridge(&node.network, &node.pool).await;
+            let bridge = self.pool_bridge(&node.network, &node.pool).await?;
             let made = self.make_holder(node, bridge.as_ref()).await;
             if made.is_err() {
                 if let Some(b) = &bridge {

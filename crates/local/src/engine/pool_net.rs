@@ -48,6 +48,9 @@ struct Member {
 pub(crate) struct PoolBridge {
     bridge: HostBridge,
     members: Mutex<HashMap<String, Member>>,
+    /// Set once the holders an earlier engine put on the bridge are recorded (at once for a
+    /// bridge made by this engine): no address is given out before.
+    pub(crate) adopted: tokio::sync::OnceCell<()>,
 }
 
 impl PoolBridge {
@@ -133,7 +136,16 @@ impl PoolBridge {
             ));
         }
         for path in nodes.iter().filter_map(|n| n.hosts.as_ref()) {
-            if let Err(e) = std::fs::write(path, &body) {
+            // Written over, then cut to length (a truncation first would let a reader see an
+            // empty file).
+            let written = std::fs::OpenOptions::new()
+                .write(true)
+                .open(path)
+                .and_then(|mut f| {
+                    std::io::Write::write_all(&mut f, body.as_bytes())?;
+                    f.set_len(body.len() as u64)
+                });
+            if let Err(e) = written {
                 tracing::debug!(file = %path.display(), error = %e, "writing a holder's hosts file");
             }
         }
@@ -143,7 +155,10 @@ impl PoolBridge {
 /// How the engine makes container pools' networks.
 #[derive(Debug)]
 pub(crate) struct PoolNets {
-    /// Where bridge records live; `None`: Docker networks.
+    /// Whether new pools get a bridge (else a Docker network).
+    new_bridges: bool,
+    /// Where bridge records live (`None`: not root, no bridge can be ours). Looked up also
+    /// when new pools get Docker networks: a pool keeps the kind it was made with.
     records: Option<PathBuf>,
     bridges: Mutex<HashMap<String, Arc<PoolBridge>>>,
 }
@@ -178,7 +193,8 @@ impl PoolNets {
             );
         }
         PoolNets {
-            records: bridges.then(|| PathBuf::from(shipyard_vm_node::DEFAULT_BRIDGE_RECORDS)),
+            new_bridges: bridges,
+            records: root.then(|| PathBuf::from(shipyard_vm_node::DEFAULT_BRIDGE_RECORDS)),
             bridges: Mutex::new(HashMap::new()),
         }
     }
@@ -186,14 +202,17 @@ impl PoolNets {
     /// Docker networks for every new pool.
     pub(crate) fn docker() -> PoolNets {
         PoolNets {
-            records: None,
+            new_bridges: false,
+            records: rustix::process::geteuid()
+                .is_root()
+                .then(|| PathBuf::from(shipyard_vm_node::DEFAULT_BRIDGE_RECORDS)),
             bridges: Mutex::new(HashMap::new()),
         }
     }
 
     /// Whether new pools get a bridge of the engine's own.
     pub(crate) fn uses_bridges(&self) -> bool {
-        self.records.is_some()
+        self.new_bridges && self.records.is_some()
     }
 
     /// The bridge's interface name for the pool network `network` (at most 15 characters).
@@ -244,6 +263,7 @@ impl PoolNets {
         let b = Arc::new(PoolBridge {
             bridge,
             members: Mutex::new(HashMap::new()),
+            adopted: tokio::sync::OnceCell::new_with(Some(())),
         });
         lock(&self.bridges).insert(network.to_string(), b.clone());
         Ok(b)
@@ -266,6 +286,7 @@ impl PoolNets {
         let b = Arc::new(PoolBridge {
             bridge,
             members: Mutex::new(HashMap::new()),
+            adopted: tokio::sync::OnceCell::new(),
         });
         Some((
             lock(&self.bridges)
@@ -302,15 +323,23 @@ impl PoolNets {
 }
 
 impl PoolBridge {
-    /// Records a holder an earlier engine gave address `.last` (found by its labels).
+    /// Records a holder an earlier engine gave address `.last` (found by its labels); an
+    /// address another holder has already is not taken twice.
     pub(crate) fn adopt(&self, holder: &str, node: &str, last: u8, hosts: Option<PathBuf>) {
-        lock(&self.members)
-            .entry(holder.to_string())
-            .or_insert(Member {
+        let mut m = lock(&self.members);
+        if m.values().any(|x| x.last == last) {
+            tracing::warn!(
+                holder,
                 last,
-                node: node.to_string(),
-                hosts,
-            });
+                "two holders claim one address on the pool bridge"
+            );
+            return;
+        }
+        m.entry(holder.to_string()).or_insert(Member {
+            last,
+            node: node.to_string(),
+            hosts,
+        });
     }
 
     /// The bridge's last address octet of `addr`, if it is on the bridge's /24.
