@@ -324,7 +324,7 @@ impl ContainerNodes {
         network: &str,
         pool: &str,
     ) -> Result<Option<std::sync::Arc<PoolBridge>>> {
-        let Some((bridge, _)) = self.nets.find(network) else {
+        let Some(bridge) = self.nets.find(network) else {
             return Ok(None);
         };
         bridge
@@ -1380,7 +1380,7 @@ impl NodeKind for ContainerNodes {
             )
             .await
             .map(|_| ());
-            if let Some((b, _)) = self.nets.find(&node.network) {
+            if let Some(b) = self.nets.find(&node.network) {
                 b.release(&node.holder);
             }
             // Every agent of the node, also those of containers removed by id.

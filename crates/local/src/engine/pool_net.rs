@@ -54,6 +54,15 @@ pub(crate) struct PoolBridge {
 }
 
 impl PoolBridge {
+    /// `adopted`: a bridge made by this engine (no earlier holders to read back).
+    fn new(bridge: HostBridge, adopted: bool) -> Arc<PoolBridge> {
+        Arc::new(PoolBridge {
+            bridge,
+            members: Mutex::new(HashMap::new()),
+            adopted: tokio::sync::OnceCell::new_with(adopted.then_some(())),
+        })
+    }
+
     /// Takes the lowest free address for `holder` (node `node`).
     pub(crate) fn allocate(&self, holder: &str, node: &str) -> Result<std::net::Ipv4Addr> {
         let mut m = lock(&self.members);
@@ -92,19 +101,16 @@ impl PoolBridge {
             .ok_or_else(|| EngineError::invalid("node", format!("{holder} has no address")))?;
         let me = self.clone();
         let name = holder.to_string();
-        let addr = tokio::task::spawn_blocking(move || {
-            let bins = Binaries::default();
-            // Random: a veth of a container removed a moment ago can still exist (its
-            // namespace goes in the background).
-            let veth = format!("syv{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff);
-            me.bridge.attach(&bins, pid, &veth, last)
-        })
-        .await
-        .map_err(|e| EngineError::invalid("node", format!("attaching {name}: {e}")))?
-        .map_err(|source| EngineError::VmNode {
-            context: format!("giving {name} its address on the pool bridge"),
-            source,
-        })?;
+        let addr = blocking(
+            format!("giving {name} its address on the pool bridge"),
+            move || {
+                // Random: a veth of a container removed a moment ago can still exist (its
+                // namespace goes in the background).
+                let veth = format!("syv{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff);
+                me.bridge.attach(&Binaries::default(), pid, &veth, last)
+            },
+        )
+        .await?;
         if let Some(m) = lock(&self.members).get_mut(holder) {
             m.hosts = hosts;
         }
@@ -235,7 +241,7 @@ impl PoolNets {
                 "the engine uses Docker networks",
             ));
         };
-        if let Some((b, _)) = self.find(network) {
+        if let Some(b) = self.find(network) {
             return Ok(b);
         }
         let name = Self::bridge_name(network);
@@ -245,36 +251,30 @@ impl PoolNets {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         rec_owner.insert("network".into(), network.to_string());
-        let bridge = tokio::task::spawn_blocking(move || {
-            HostBridge::create(
-                &Binaries::default(),
-                &records,
-                &name,
-                BRIDGE_BASE,
-                rec_owner,
-            )
-        })
-        .await
-        .map_err(|e| EngineError::invalid("network", format!("making the pool bridge: {e}")))?
-        .map_err(|source| EngineError::VmNode {
-            context: format!("making the bridge of pool network {network}"),
-            source,
-        })?;
-        let b = Arc::new(PoolBridge {
-            bridge,
-            members: Mutex::new(HashMap::new()),
-            adopted: tokio::sync::OnceCell::new_with(Some(())),
-        });
+        let bridge = blocking(
+            format!("making the bridge of pool network {network}"),
+            move || {
+                HostBridge::create(
+                    &Binaries::default(),
+                    &records,
+                    &name,
+                    BRIDGE_BASE,
+                    rec_owner,
+                )
+            },
+        )
+        .await?;
+        let b = PoolBridge::new(bridge, true);
         lock(&self.bridges).insert(network.to_string(), b.clone());
         Ok(b)
     }
 
-    /// The pool's bridge, and whether it was just found again on disk (made by an earlier
-    /// engine: its holders are then to be [`PoolNets::adopt`]ed); `None` when the pool has
-    /// none (a Docker network).
-    pub(crate) fn find(&self, network: &str) -> Option<(Arc<PoolBridge>, bool)> {
+    /// The pool's bridge, also one an earlier engine made (whose holders are read back
+    /// before [`PoolBridge::adopted`] is set); `None` when the pool has none (a Docker
+    /// network).
+    pub(crate) fn find(&self, network: &str) -> Option<Arc<PoolBridge>> {
         if let Some(b) = lock(&self.bridges).get(network) {
-            return Some((b.clone(), false));
+            return Some(b.clone());
         }
         let records = self.records.as_deref()?;
         let bridge = HostBridge::open(records, &Self::bridge_name(network))?;
@@ -283,18 +283,13 @@ impl PoolNets {
             bridge = bridge.record().name,
             "found the pool bridge of an earlier engine"
         );
-        let b = Arc::new(PoolBridge {
-            bridge,
-            members: Mutex::new(HashMap::new()),
-            adopted: tokio::sync::OnceCell::new(),
-        });
-        Some((
+        let b = PoolBridge::new(bridge, false);
+        Some(
             lock(&self.bridges)
                 .entry(network.to_string())
                 .or_insert(b)
                 .clone(),
-            true,
-        ))
+        )
     }
 
     /// Removes the pool's bridge, if it has one.
@@ -357,6 +352,17 @@ fn abandoned(rec: &BridgeRecord) -> bool {
             std::fs::symlink_metadata(Path::new(d))
                 .is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
         })
+}
+
+/// Runs `f` (`ip`/`iptables` work) off the async threads; its error is `context`'s.
+async fn blocking<T: Send + 'static>(
+    context: String,
+    f: impl FnOnce() -> shipyard_vm_node::Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| EngineError::invalid("network", format!("{context}: {e}")))?
+        .map_err(|source| EngineError::VmNode { context, source })
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
