@@ -446,7 +446,10 @@ impl NodeKind for ProcessNodes {
     fn remove_container<'a>(&'a self, _: &'a str) -> BoxFuture<'a, EngineResult<()>> {
         Box::pin(async { Ok(()) })
     }
-    fn remove_labelled<'a>(&'a self, _: &'a str, _: &'a str) -> BoxFuture<'a, EngineResult<()>> {
+    fn remove_labelled<'a>(
+        &'a self,
+        _: &'a [(&'a str, &'a str)],
+    ) -> BoxFuture<'a, EngineResult<()>> {
         Box::pin(async { Ok(()) })
     }
 }

@@ -453,3 +453,58 @@ async fn a_pool_deleted_while_its_nodes_start_is_removed_without_waiting_for_sta
     );
     Ok(())
 }
+
+/// Two engines of one host (two state directories) may each have a pool of the same name:
+/// deleting one engine's pool leaves the other's nodes running and usable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_pool_leaves_another_engines_pool_of_the_same_name() -> anyhow::Result<()> {
+    if !shipyard_e2e::require_test_image() {
+        return Ok(());
+    }
+    let (da, db) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    let a = Engine::open(EngineOptions::new(da.path())).await?;
+    let b = Engine::open(EngineOptions::new(db.path())).await?;
+    let (ia, ib) = (
+        a.instance_label().to_string(),
+        b.instance_label().to_string(),
+    );
+    a.add_pool(pool("twin", 1, None)).await?;
+    b.add_pool(pool("twin", 1, None)).await?;
+    wait_idle(&a, "twin", 1).await;
+    wait_idle(&b, "twin", 1).await;
+    let before = docker_ids("container", &ib);
+    assert_eq!(before.len(), 1, "engine b's holder: {before:?}");
+    a.delete_pool("twin").await?;
+    wait_for("engine a's pool deletion", 60, || {
+        a.get_pool("twin").is_err()
+    })
+    .await;
+    assert!(
+        docker_ids("container", &ia).is_empty(),
+        "engine a left containers"
+    );
+    assert_eq!(docker_ids("container", &ib), before, "engine b's holder");
+    b.add_job(job("j", "twin")).await?;
+    b.add_tasks("j", vec![task("t", "/bin/true")]).await?;
+    wait_for("engine b's task", 60, || {
+        b.get_task("j", "t")
+            .is_ok_and(|t| t.state == Some(TaskState::Completed))
+    })
+    .await;
+    let info = b.get_task("j", "t")?.execution_info.unwrap_or_default();
+    assert_eq!(
+        (info.result.clone(), info.exit_code),
+        (Some(TaskExecutionResult::Success), Some(0)),
+        "{info:?}"
+    );
+    b.delete_pool("twin").await?;
+    wait_for("engine b's pool deletion", 60, || {
+        b.get_pool("twin").is_err()
+    })
+    .await;
+    assert!(
+        docker_ids("container", &ib).is_empty(),
+        "engine b left containers"
+    );
+    Ok(())
+}

@@ -450,7 +450,7 @@ impl Engine {
         if let Err(e) = self
             .inner
             .kind
-            .remove_labelled(labels::SPARE, &self.inner.instance)
+            .remove_labelled(&[(labels::SPARE, self.inner.instance.as_str())])
             .await
         {
             tracing::warn!(error = %e, "removing spare containers");
@@ -827,7 +827,11 @@ impl Engine {
         {
             futures::future::join_all(refs.iter().map(|r| kind.remove_node(r))).await;
         }
-        if let Err(e) = kind.remove_labelled(labels::POOL, id).await {
+        let of_pool = [
+            (labels::POOL, id),
+            (labels::INSTANCE, self.inner.instance.as_str()),
+        ];
+        if let Err(e) = kind.remove_labelled(&of_pool).await {
             tracing::warn!(pool = id, error = %e, "removing pool containers");
         }
         if let Err(e) = kind.remove_pool(&network).await {

@@ -189,8 +189,11 @@ pub trait NodeKind: Send + Sync + 'static {
     fn end_kept<'a>(&'a self, _names: &'a [String]) -> BoxFuture<'a, ()> {
         Box::pin(async {})
     }
-    /// Removes every container and network carrying `label=value`.
-    fn remove_labelled<'a>(&'a self, label: &'a str, value: &'a str) -> BoxFuture<'a, Result<()>>;
+    /// Removes every container carrying all the `(label, value)` pairs of `labels` (callers
+    /// name their engine's instance among them: another engine of the host may have a pool
+    /// or node of the same name).
+    fn remove_labelled<'a>(&'a self, labels: &'a [(&'a str, &'a str)])
+        -> BoxFuture<'a, Result<()>>;
     /// Starts making, at once, the kept container that [`NodeKind::run`] of `spec` (with
     /// `keep`) will want on `node`, so that it is made while the task's job preparation runs
     /// on the node. Only a container whose bind sources all exist already may be made this
@@ -1373,9 +1376,15 @@ impl NodeKind for ContainerNodes {
             // All at once: the spares, the node's task containers and its holder (the
             // containers that share the holder's network keep it until they go).
             let value = format!("{}/{}", node.pool, node.id);
+            let mut of_node = vec![(labels::NODE, value.as_str())];
+            of_node.extend(
+                node.labels
+                    .get(labels::INSTANCE)
+                    .map(|i| (labels::INSTANCE, i.as_str())),
+            );
             let removed = futures::future::try_join3(
                 self.drop_spares(&node.holder),
-                self.remove_labelled(labels::NODE, &value),
+                self.remove_labelled(&of_node),
                 self.remove_container(&node.holder),
             )
             .await
@@ -1560,15 +1569,19 @@ impl NodeKind for ContainerNodes {
         })
     }
 
-    fn remove_labelled<'a>(&'a self, label: &'a str, value: &'a str) -> BoxFuture<'a, Result<()>> {
+    fn remove_labelled<'a>(
+        &'a self,
+        labels: &'a [(&'a str, &'a str)],
+    ) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
-            let filters = HashMap::from([("label".to_string(), vec![format!("{label}={value}")])]);
+            let wanted: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            let filters = HashMap::from([("label".to_string(), wanted.clone())]);
             let opts = bollard::query_parameters::ListContainersOptionsBuilder::new()
                 .all(true)
                 .filters(&filters)
                 .build();
             let list = self.docker.list_containers(Some(opts)).await.map_err(|e| {
-                EngineError::docker(format!("listing containers {label}={value}"), e)
+                EngineError::docker(format!("listing containers {}", wanted.join(",")), e)
             })?;
             let ids: Vec<String> = list.into_iter().filter_map(|c| c.id).collect();
             futures::future::try_join_all(ids.iter().map(|id| self.remove_container(id)))

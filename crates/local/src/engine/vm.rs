@@ -451,8 +451,7 @@ impl NodeKind for VmNodes {
 
     fn remove_labelled<'a>(
         &'a self,
-        _label: &'a str,
-        _value: &'a str,
+        _labels: &'a [(&'a str, &'a str)],
     ) -> BoxFuture<'a, Result<()>> {
         Box::pin(async { Ok(()) })
     }
