@@ -348,7 +348,7 @@ async fn engine_multi_instance_openmpi_across_three_container_nodes() -> anyhow:
     let dir = tempfile::tempdir()?;
     let e = Engine::open(EngineOptions::new(dir.path())).await?;
     // As root with a local Docker engine (CI), the pool is a bridge of the engine's own.
-    mpi_across_three_nodes(&e, dir.path(), "10.212.").await
+    mpi_across_three_nodes(&e, dir.path(), "10.212.", true).await
 }
 
 /// The same job on a pool made a Docker network (the engine's choice where it cannot make
@@ -361,16 +361,19 @@ async fn engine_multi_instance_openmpi_on_a_docker_network_pool() -> anyhow::Res
     let dir = tempfile::tempdir()?;
     let kind = std::sync::Arc::new(ContainerNodes::connect_local()?.docker_networks());
     let e = Engine::open_with(EngineOptions::new(dir.path()), kind).await?;
-    mpi_across_three_nodes(&e, dir.path(), "10.21").await?;
+    mpi_across_three_nodes(&e, dir.path(), "10.21", false).await?;
     Ok(())
 }
 
 /// An Open MPI job of 3 nodes × 2 ranks on a new pool whose node addresses start with
-/// `prefix`; the pool is deleted after it.
+/// `prefix` (on one of the engine's bridges with `bridge`, else a Docker network), with a
+/// container task and a host task that look up every node's name and the name servers; the
+/// pool is deleted after it.
 async fn mpi_across_three_nodes(
     e: &Engine,
     dir: &std::path::Path,
     prefix: &str,
+    bridge: bool,
 ) -> anyhow::Result<()> {
     let key = shipyard_runtime::ssh::JobSshKey::generate("engine-test")?;
     e.add_pool(pool("pm", 3, 1)).await?;
@@ -390,10 +393,73 @@ async fn mpi_across_three_nodes(
          --mca btl_tcp_if_include eth0 --mca oob_tcp_if_include eth0 {}'",
         shipyard_e2e::image_hello_path(shipyard_e2e::MpiKind::OpenMpi)
     );
+    // What every node's containers and the node itself resolve: each node's name to its
+    // address, and the name servers Docker gives a container of its own.
+    let nodes: Vec<(String, String)> = e
+        .list_nodes("pm")?
+        .into_iter()
+        .filter_map(|n| Some((n.id?, n.ip_address?)))
+        .collect();
+    let names = nodes
+        .iter()
+        .map(|(id, _)| id.as_str())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let look_up =
+        format!("/bin/sh -c 'for h in {names}; do getent hosts $h; done; grep ^nameserver /etc/resolv.conf'");
+    let on_node: TaskAddParameter =
+        serde_json::from_value(serde_json::json!({"id": "names-node", "commandLine": look_up}))?;
     let t0 = Instant::now();
-    e.add_tasks("jm", vec![mpi_task(&app, &key, 3)]).await?;
+    e.add_tasks(
+        "jm",
+        vec![
+            mpi_task(&app, &key, 3),
+            task("names", &look_up, serde_json::json!({})),
+            on_node,
+        ],
+    )
+    .await?;
     let t = completed(e, "jm", "mpi", 180).await;
     let secs = t0.elapsed().as_secs_f64();
+    let docker_servers = std::process::Command::new("docker")
+        .args(["run", "--rm", "--network", "none", TEST_IMAGE])
+        .args(["grep", "^nameserver", "/etc/resolv.conf"])
+        .output()?;
+    // On a Docker network, Docker's embedded server.
+    let docker_servers = if bridge {
+        String::from_utf8_lossy(&docker_servers.stdout).into_owned()
+    } else {
+        "nameserver 127.0.0.11\n".to_string()
+    };
+    assert!(
+        docker_servers.starts_with("nameserver "),
+        "{docker_servers:?}"
+    );
+    for id in ["names", "names-node"] {
+        let n = completed(e, "jm", id, 60).await;
+        assert_eq!(
+            result(&n).1,
+            Some(0),
+            "{id}: {:?} {}",
+            n.execution_info,
+            task_outputs(dir)
+        );
+        let out = task_text(e, "jm", id, "stdout.txt");
+        let mut lines = out.lines();
+        for (node, ip) in &nodes {
+            let line = lines.next().unwrap_or_default();
+            assert_eq!(
+                line.split_whitespace().collect::<Vec<_>>(),
+                [ip.as_str(), node.as_str()],
+                "{id}: the address of {node} in {out:?}"
+            );
+        }
+        assert_eq!(
+            lines.map(|l| format!("{l}\n")).collect::<String>(),
+            docker_servers,
+            "{id}: the name servers"
+        );
+    }
     let stdout = task_text(e, "jm", "mpi", "stdout.txt");
     assert_eq!(
         result(&t),

@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::agent::{self, Agent};
 use super::error::{EngineError, Result};
-use super::pool_net::{PoolBridge, PoolNets, ADDRESS_LABEL};
+use super::pool_net::{self, PoolBridge, PoolNets, ADDRESS_LABEL};
 use crate::cmdline::RunOptions;
 use crate::docker::split_image;
 use shipyard_runtime::registry_auth::{login_for, registry_of, RegistryLogin};
@@ -363,12 +363,20 @@ impl ContainerNodes {
             ) else {
                 continue;
             };
+            // The node's own file bound there, else Docker's (a holder made with a sandbox).
             let hosts = self
                 .docker
                 .inspect_container(&name, None::<InspectContainerOptions>)
                 .await
                 .ok()
-                .and_then(|i| i.hosts_path)
+                .and_then(|i| {
+                    let bound = i.mounts.unwrap_or_default().into_iter().find_map(|m| {
+                        (m.destination.as_deref() == Some("/etc/hosts"))
+                            .then_some(m.source)
+                            .flatten()
+                    });
+                    bound.or(i.hosts_path).filter(|p| !p.is_empty())
+                })
                 .map(PathBuf::from);
             bridge.adopt(&name, node, last, hosts);
         }
@@ -398,13 +406,20 @@ impl ContainerNodes {
                 },
             )])),
         });
+        let mut network_disabled = None;
         if let Some(b) = bridge {
             let addr = b.allocate(&node.holder, &node.id)?;
             labels.insert(ADDRESS_LABEL.to_string(), addr.to_string());
+            // No Docker sandbox: runc makes the namespace (see the `pool_net` module docs).
             host.network_mode = Some("none".into());
+            network_disabled = Some(true);
             networking_config = None;
+            let etc = pool_net::prepare_etc(&node.root)
+                .map_err(|e| EngineError::io("writing the /etc files of node", &node.root, e))?;
+            host.binds.get_or_insert_with(Vec::new).extend(etc);
         }
         let mut body = ContainerCreateBody {
+            network_disabled,
             image: Some(node.image.clone()),
             hostname: Some(node.id.clone()),
             entrypoint: Some(vec!["sleep".into(), "infinity".into()]),
@@ -446,9 +461,8 @@ impl ContainerNodes {
                 .ok_or_else(|| {
                     EngineError::invalid("node", format!("node {} has no process", node.id))
                 })?;
-            return b
-                .attach(&node.holder, pid, c.hosts_path.map(PathBuf::from))
-                .await;
+            let hosts = pool_net::etc_dir(&node.root).join("hosts");
+            return b.attach(&node.holder, pid, Some(hosts)).await;
         }
         Ok(c.network_settings
             .and_then(|n| n.networks)
@@ -635,6 +649,7 @@ impl ContainerNodes {
         let mut env = if spare { vec![] } else { spec.env.clone() };
         env.extend(spec.run.env.iter().cloned());
         let mut binds = vec![format!("{}:{NODE_ROOT_DIR}", node.root.display())];
+        binds.extend(pool_net::etc_binds(&node.root, &spec.run.binds));
         binds.extend(spec.run.binds.iter().cloned());
         let host = HostConfig {
             init: Some(spec.keep || spec.run.init),
@@ -1397,9 +1412,14 @@ impl NodeKind for ContainerNodes {
             if let Ok(mut m) = self.agents.lock() {
                 m.retain(|_, a| !a.is_under(&dir));
             }
-            if let Err(e) = std::fs::remove_dir_all(&dir) {
-                if e.kind() != std::io::ErrorKind::NotFound {
-                    tracing::debug!(dir = %dir.display(), error = %e, "agent directories left");
+            for (dir, what) in [
+                (dir, "agent directories left"),
+                (pool_net::etc_dir(&node.root), "node /etc files left"),
+            ] {
+                if let Err(e) = std::fs::remove_dir_all(&dir) {
+                    if e.kind() != std::io::ErrorKind::NotFound {
+                        tracing::debug!(dir = %dir.display(), error = %e, "{what}");
+                    }
                 }
             }
             removed

@@ -1,13 +1,21 @@
 //! A container pool's network: a bridge of the engine's own, or a Docker network.
 //!
 //! By default (as root, with a local Docker engine and iproute2/iptables here) a pool's
-//! holders are started with `--network none` and each is given a veth into a bridge the engine
-//! makes for the pool (crate `shipyard-vm-node`'s [`HostBridge`]), with an address of the
-//! pool's private /24 (`10.212.x.0/24`), and an `/etc/hosts` naming every node of the pool.
-//! Task containers join their holder's network namespace, as before. Docker attaches a
-//! container to a user-defined network during its start, one container after another, and
-//! detaches them the same way at the end; on this project's two-core machine that was the
-//! dearest part of a cold job (see docs/local-engine.md).
+//! holders are made with Docker's networking disabled (`NetworkDisabled`: runc gives the
+//! container a network namespace of its own, with only its loopback) and each is given a veth
+//! into a bridge the engine makes for the pool (crate `shipyard-vm-node`'s [`HostBridge`]),
+//! with an address of the pool's private /24 (`10.212.x.0/24`). Task containers join their
+//! holder's network namespace, as before. Docker attaches a container to a user-defined
+//! network during its start, one container after another, and detaches them the same way at
+//! the end; on this project's two-core machine that was the dearest part of a cold job (see
+//! docs/local-engine.md). Even `--network none` costs a start about as much again as a
+//! container that joins another's network (Docker still makes a sandbox for it), so holders do
+//! without one.
+//!
+//! Without a sandbox Docker writes no `/etc/hosts` or `/etc/resolv.conf`: the engine writes
+//! them for each node, beside its root ([`etc_dir`]), and binds them into the holder and every
+//! container of the node. The hosts file names every node of the pool; the resolver file is
+//! the host's, without loopback name servers (as Docker's own).
 //!
 //! Elsewhere (not root, a remote Docker engine, no `ip`/`iptables`), or with
 //! `SHIPYARD_ENGINE_NETWORK=docker`, a pool is a Docker bridge network on a free /24 of
@@ -33,14 +41,105 @@ const BRIDGE_BASE: [u8; 2] = [10, 212];
 /// Label on a holder: its address on the pool's bridge.
 pub(crate) const ADDRESS_LABEL: &str = "shipyard.engine.address";
 
+/// The first lines of every node's `/etc/hosts` (as Docker's).
+const HOSTS_HEAD: &str = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n";
+
+/// Docker's name servers for a container when the host has none but loopback ones.
+const DEFAULT_NAMESERVERS: &str = "nameserver 8.8.8.8\nnameserver 8.8.4.4\n";
+
 /// One node on a pool bridge.
 #[derive(Debug, Clone)]
 struct Member {
     last: u8,
     node: String,
-    /// The holder's `/etc/hosts` on the host (Docker's file, which the task containers that
-    /// join the holder's network share), once it runs.
+    /// The holder's `/etc/hosts` on the host (which the node's containers bind, or Docker's
+    /// file of a holder made with a sandbox by an earlier engine), once it runs.
     hosts: Option<PathBuf>,
+}
+
+/// The directory of node files bound at `/etc/hosts` and `/etc/resolv.conf` in the
+/// containers of the node whose root is `root` (beside it, as its agents' directory).
+pub(crate) fn etc_dir(root: &Path) -> PathBuf {
+    let name = root
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    root.with_file_name(format!("{name}.etc"))
+}
+
+/// Writes the node's `/etc` files (its hosts file naming only localhost until the node is on
+/// the bridge) and returns their binds.
+pub(crate) fn prepare_etc(root: &Path) -> std::io::Result<Vec<String>> {
+    let dir = etc_dir(root);
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("hosts"), HOSTS_HEAD)?;
+    std::fs::write(dir.join("resolv.conf"), resolv_conf())?;
+    Ok(etc_binds(root, &[]))
+}
+
+/// The binds of the node's `/etc` files for a container of the node whose root is `root`,
+/// when the node has them (a holder made without a sandbox), but none for a target among the
+/// container's own `binds`.
+pub(crate) fn etc_binds(root: &Path, binds: &[String]) -> Vec<String> {
+    let dir = etc_dir(root);
+    if !dir.is_dir() {
+        return vec![];
+    }
+    let taken = |target: &str| {
+        binds.iter().any(|b| {
+            b.split(':')
+                .nth(1)
+                .is_some_and(|t| t.trim_end_matches('/') == target)
+        })
+    };
+    ["hosts", "resolv.conf"]
+        .iter()
+        .map(|f| (dir.join(f), format!("/etc/{f}")))
+        .filter(|(_, target)| !taken(target))
+        .map(|(src, target)| format!("{}:{target}", src.display()))
+        .collect()
+}
+
+/// This host's resolver configuration for a container: `/etc/resolv.conf` (systemd-resolved's
+/// upstream file when it names only its stub) without loopback name servers, which a
+/// container cannot reach, and Docker's defaults when none is left.
+fn resolv_conf() -> String {
+    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+    resolv_from(
+        &read("/etc/resolv.conf"),
+        &read("/run/systemd/resolve/resolv.conf"),
+    )
+}
+
+/// [`resolv_conf`] of the host's `etc` file and systemd-resolved's `upstream` one.
+fn resolv_from(etc: &str, upstream: &str) -> String {
+    let mut conf = etc;
+    if nameservers(conf).all(is_loopback) && nameservers(upstream).next().is_some() {
+        conf = upstream;
+    }
+    let mut out: String = conf
+        .lines()
+        .filter(|l| !nameserver_of(l).is_some_and(is_loopback))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    if nameservers(&out).next().is_none() {
+        out.push_str(DEFAULT_NAMESERVERS);
+    }
+    out
+}
+
+fn nameserver_of(line: &str) -> Option<&str> {
+    let mut w = line.split_whitespace();
+    (w.next() == Some("nameserver")).then(|| w.next()).flatten()
+}
+
+fn nameservers(conf: &str) -> impl Iterator<Item = &str> {
+    conf.lines().filter_map(nameserver_of)
+}
+
+fn is_loopback(addr: &str) -> bool {
+    addr.parse::<std::net::IpAddr>()
+        .is_ok_and(|a| a.is_loopback())
 }
 
 /// A pool bridge and the addresses given out on it, by holder name.
@@ -129,9 +228,7 @@ impl PoolBridge {
     /// `/etc/hosts` of every running holder, naming every node of the pool.
     fn write_hosts(&self) {
         let m = lock(&self.members);
-        let mut body = String::from(
-            "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n",
-        );
+        let mut body = String::from(HOSTS_HEAD);
         let mut nodes: Vec<&Member> = m.values().collect();
         nodes.sort_by_key(|x| x.last);
         for n in &nodes {
@@ -369,5 +466,58 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     match m.lock() {
         Ok(g) => g,
         Err(p) => p.into_inner(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_resolver_file_drops_loopback_servers_and_falls_back_like_docker() {
+        let etc =
+            "search corp.example\nnameserver 127.0.0.53\nnameserver 10.1.2.3\noptions edns0\n";
+        assert_eq!(
+            resolv_from(etc, ""),
+            "search corp.example\nnameserver 10.1.2.3\noptions edns0\n"
+        );
+        // systemd-resolved's stub alone: its upstream servers.
+        let stub = "nameserver 127.0.0.53\noptions edns0 trust-ad\n";
+        let upstream = "nameserver 192.0.2.1\nnameserver ::1\n";
+        assert_eq!(resolv_from(stub, upstream), "nameserver 192.0.2.1\n");
+        // Nothing reachable at all: Docker's defaults.
+        assert_eq!(
+            resolv_from(stub, ""),
+            format!("options edns0 trust-ad\n{DEFAULT_NAMESERVERS}")
+        );
+    }
+
+    #[test]
+    fn a_node_binds_its_etc_files_unless_the_task_binds_the_same_targets() {
+        let d = tempfile::tempdir().expect("a temporary directory");
+        let root = d.path().join("n0");
+        assert!(etc_binds(&root, &[]).is_empty(), "no files, no binds");
+        let binds = prepare_etc(&root).expect("the files are written");
+        let dir = etc_dir(&root);
+        assert_eq!(dir, d.path().join("n0.etc"));
+        assert_eq!(
+            binds,
+            vec![
+                format!("{}:/etc/hosts", dir.join("hosts").display()),
+                format!("{}:/etc/resolv.conf", dir.join("resolv.conf").display()),
+            ]
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.join("hosts")).expect("hosts"),
+            HOSTS_HEAD
+        );
+        let own = ["/x/hosts:/etc/hosts:ro".to_string()];
+        assert_eq!(
+            etc_binds(&root, &own),
+            vec![format!(
+                "{}:/etc/resolv.conf",
+                dir.join("resolv.conf").display()
+            )]
+        );
     }
 }
