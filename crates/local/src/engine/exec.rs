@@ -2238,7 +2238,7 @@ mod tests {
         fn remove_container<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Result<()>> {
             Box::pin(async { Ok(()) })
         }
-        fn remove_labelled<'a>(&'a self, _: &'a str, _: &'a str) -> BoxFuture<'a, Result<()>> {
+        fn remove_labelled<'a>(&'a self, _: &'a [(&'a str, &'a str)]) -> BoxFuture<'a, Result<()>> {
             Box::pin(async { Ok(()) })
         }
     }
