@@ -283,9 +283,11 @@ impl HostBridge {
 
     /// Removes the rules, the bridge, its claim and its record; what is already gone is
     /// skipped. Veths of containers still running are detached (they go with their
-    /// namespaces).
-    pub fn remove(&self, bins: &Binaries) {
-        remove_recorded(bins, &self.records, &self.record);
+    /// namespaces). When a rule or the interface could not be removed, the claim and the
+    /// record stay (for the sweep, or the next bridge of this name, to try again) and this
+    /// returns `false`.
+    pub fn remove(&self, bins: &Binaries) -> bool {
+        remove_recorded(bins, &self.records, &self.record)
     }
 }
 
@@ -308,8 +310,9 @@ pub fn sweep_bridges(
         match load(&path) {
             Ok(rec) if gone(&rec) => {
                 tracing::info!(bridge = rec.name, "removing a bridge whose owner is gone");
-                remove_recorded(bins, records, &rec);
-                removed.push(rec.name);
+                if remove_recorded(bins, records, &rec) {
+                    removed.push(rec.name);
+                }
             }
             Ok(_) => {}
             Err(e) => tracing::debug!(error = %e, "unreadable bridge record left alone"),
@@ -318,8 +321,11 @@ pub fn sweep_bridges(
     removed
 }
 
-fn remove_recorded(bins: &Binaries, records: &Path, rec: &BridgeRecord) {
+/// Removes what `rec` records (see [`HostBridge::remove`]); `false` when a rule or the
+/// interface is left, and then the claim and the record stay.
+fn remove_recorded(bins: &Binaries, records: &Path, rec: &BridgeRecord) -> bool {
     let scope = rec.scope();
+    let mut left = false;
     if rec.rules
         && run_with_input(
             &scope,
@@ -339,12 +345,20 @@ fn remove_recorded(bins: &Binaries, records: &Path, rec: &BridgeRecord) {
                     .collect()
             };
             if run(&scope, &bins.iptables, args("-C")).is_ok() {
-                run_quiet(&scope, &bins.iptables, args("-D"));
+                left |= !run_quiet(&scope, &bins.iptables, args("-D"));
             }
         }
     }
     if interface_exists(&rec.name) {
         run_quiet(&scope, &bins.ip, ["link", "del", &rec.name]);
+        left |= interface_exists(&rec.name);
+    }
+    if left {
+        tracing::warn!(
+            bridge = rec.name,
+            "a rule or the interface of the bridge could not be removed: its record stays"
+        );
+        return false;
     }
     let [a, b, c] = rec.subnet;
     let claim = records.join("claims").join(format!("{a}.{b}.{c}"));
@@ -352,6 +366,7 @@ fn remove_recorded(bins: &Binaries, records: &Path, rec: &BridgeRecord) {
         let _ = std::fs::remove_file(&claim);
     }
     let _ = std::fs::remove_file(records.join(format!("{}.json", rec.name)));
+    true
 }
 
 fn load(path: &Path) -> Result<BridgeRecord> {
@@ -507,6 +522,49 @@ mod tests {
         );
         assert_eq!(rec().restore_input("-D").replace("-D ", "-I "), input);
         assert_eq!(rec().gateway(), Ipv4Addr::new(10, 212, 7, 1));
+    }
+
+    #[test]
+    fn a_bridge_whose_interface_cannot_go_keeps_its_record_and_claim() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // `ip` always fails here, and `lo` always exists: its removal cannot succeed.
+        let bins = Binaries {
+            ip: "/bin/false".into(),
+            ..Binaries::default()
+        };
+        let write = |r: &BridgeRecord| {
+            let [a, b, c] = r.subnet;
+            std::fs::create_dir_all(dir.path().join("claims")).expect("claims");
+            std::fs::write(dir.path().join(format!("claims/{a}.{b}.{c}")), &r.name).expect("claim");
+            std::fs::write(
+                dir.path().join(format!("{}.json", r.name)),
+                serde_json::to_vec(r).expect("json"),
+            )
+            .expect("record");
+        };
+        let stuck = BridgeRecord {
+            name: "lo".into(),
+            rules: false,
+            ..rec()
+        };
+        write(&stuck);
+        assert!(!remove_recorded(&bins, dir.path(), &stuck));
+        assert!(dir.path().join("lo.json").exists(), "the record stays");
+        assert!(
+            dir.path().join("claims/10.212.7").exists(),
+            "the claim stays"
+        );
+        // One whose interface is gone already is removed whole.
+        let gone = BridgeRecord {
+            name: "sy-no-such-if".into(),
+            rules: false,
+            ..rec()
+        };
+        std::fs::remove_file(dir.path().join("claims/10.212.7")).expect("claim");
+        write(&gone);
+        assert!(remove_recorded(&bins, dir.path(), &gone));
+        assert!(!dir.path().join("sy-no-such-if.json").exists());
+        assert!(!dir.path().join("claims/10.212.7").exists());
     }
 
     #[test]
