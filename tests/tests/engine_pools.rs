@@ -89,6 +89,44 @@ fn docker_ids(kind: &str, instance: &str) -> Vec<String> {
         .collect()
 }
 
+/// `docker events` of the containers of engine instance `instance` that Docker destroys, as
+/// `(ns since the epoch, task label)` lines on its stdout, until it is killed.
+fn watch_destroyed(instance: &str) -> std::process::Child {
+    Command::new("docker")
+        .args(["events", "--filter", "event=destroy"])
+        .args([
+            "--filter",
+            &format!("label={}={instance}", labels::INSTANCE),
+        ])
+        .args([
+            "--format",
+            &format!(
+                "{{{{.TimeNano}}}} {{{{index .Actor.Attributes \"{}\"}}}}",
+                labels::TASK
+            ),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("docker runs")
+}
+
+/// What [`watch_destroyed`] saw: when each task's container went, by task label.
+fn destroyed(mut watch: std::process::Child) -> Vec<(i128, String)> {
+    use std::io::Read as _;
+    // Events are delivered as they happen; a moment for the last ones.
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = watch.kill();
+    let mut out = String::new();
+    if let Some(mut o) = watch.stdout.take() {
+        let _ = o.read_to_string(&mut out);
+    }
+    let _ = watch.wait();
+    out.lines()
+        .filter_map(|l| l.split_once(' '))
+        .filter_map(|(t, task)| Some((t.parse().ok()?, task.to_string())))
+        .collect()
+}
+
 /// The pool bridges (`/run/shipyard/bridges` records) of the engine instance `inst`, by name.
 fn bridges_of(inst: &str) -> Vec<String> {
     let prefix = format!("shipyard-engine-{inst}-");
@@ -146,6 +184,8 @@ async fn engine_pool_reused_by_two_jobs_prep_once_per_node_and_delete_leaves_not
     let dir = tempfile::tempdir()?;
     let e = Engine::open(EngineOptions::new(dir.path())).await?;
     let inst = e.instance_label().to_string();
+    let watch = watch_destroyed(&inst);
+    let mut releases = vec![];
     e.add_pool(pool("p2", 2, None)).await?;
     wait_idle(&e, "p2", 2).await;
     let holders = docker_ids("container", &inst);
@@ -204,6 +244,18 @@ async fn engine_pool_reused_by_two_jobs_prep_once_per_node_and_delete_leaves_not
         let pr = e.prep_release_status(j)?;
         assert!(!pr.is_empty());
         for p in &pr {
+            let info = p
+                .job_release_task_execution_info
+                .clone()
+                .expect("the release ran");
+            let started = time::OffsetDateTime::parse(
+                &info.start_time,
+                &time::format_description::well_known::Rfc3339,
+            )?
+            .unix_timestamp_nanos();
+            releases.push((j, started));
+        }
+        for p in &pr {
             let node = p.node_id.clone().unwrap_or_default();
             let root = dir
                 .path()
@@ -229,6 +281,22 @@ async fn engine_pool_reused_by_two_jobs_prep_once_per_node_and_delete_leaves_not
         holders,
         "jobs reuse the pool's nodes"
     );
+    // Each release started after the job's task containers were gone (as on Batch, where
+    // they go as each task ends).
+    let gone = destroyed(watch);
+    for (j, started) in releases {
+        let of_job: Vec<i128> = gone
+            .iter()
+            .filter(|(_, task)| task.starts_with(&format!("{j}/t")))
+            .map(|(t, _)| *t)
+            .collect();
+        assert_eq!(of_job.len(), 4, "{j}'s 4 task containers went: {gone:?}");
+        let last = of_job.iter().max().copied().unwrap_or_default();
+        assert!(
+            started > last,
+            "a release of {j} started at {started}, before its last task container went at {last}"
+        );
+    }
     // As root with a local Docker engine (CI), the pool is a bridge of the engine's own: its
     // interface, with 3 forward rules and a NAT rule.
     let bridges = bridges_of(&inst);

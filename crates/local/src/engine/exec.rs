@@ -619,6 +619,17 @@ fn remove_later(e: &Engine, job: &str, kind: Arc<dyn super::NodeKind>, names: Ve
     job_waits_for(e, job, h);
 }
 
+/// Waits for the removals of the job's task containers started so far.
+async fn await_removals(e: &Engine, job: &str) {
+    let pending = e
+        .inner
+        .removals
+        .lock()
+        .map(|mut r| r.remove(job).unwrap_or_default())
+        .unwrap_or_default();
+    futures::future::join_all(pending).await;
+}
+
 /// The job's end waits for `h` (work on its task containers).
 fn job_waits_for(e: &Engine, job: &str, h: tokio::task::JoinHandle<()>) {
     if let Ok(mut r) = e.inner.removals.lock() {
@@ -1806,6 +1817,9 @@ async fn end_job_once(e: &Engine, job: &str, reason: String, delete: bool) {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // The release finds the job's task containers gone, as on Batch (they go as each task
+    // ends); removals started since are awaited after it.
+    await_removals(e, job).await;
     if let Some(rel) = release {
         let refs: Vec<NodeRef> = {
             let st = e.lock();
@@ -1899,13 +1913,7 @@ async fn end_job_once(e: &Engine, job: &str, reason: String, delete: bool) {
         return;
     }
     // The job ends once its task containers are gone.
-    let pending = e
-        .inner
-        .removals
-        .lock()
-        .map(|mut r| r.remove(job).unwrap_or_default())
-        .unwrap_or_default();
-    futures::future::join_all(pending).await;
+    await_removals(e, job).await;
     let mut st = e.lock();
     if delete {
         let dirs: Vec<PathBuf> = st
