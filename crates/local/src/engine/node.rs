@@ -461,8 +461,26 @@ impl ContainerNodes {
                 .ok_or_else(|| {
                     EngineError::invalid("node", format!("node {} has no process", node.id))
                 })?;
+            // The PID is the holder's only while it runs: checked before its namespace is
+            // given the veth, and after.
+            let id = c.id.clone().unwrap_or_default();
+            let still = || {
+                let ok = in_cgroup_of(pid, &id);
+                if !ok {
+                    tracing::warn!(node = %node.id, pid, "the holder stopped as it started");
+                }
+                ok.then_some(()).ok_or_else(|| {
+                    EngineError::invalid(
+                        "node",
+                        format!("node {}: its holder stopped as it started", node.id),
+                    )
+                })
+            };
+            still()?;
             let hosts = pool_net::etc_dir(&node.root).join("hosts");
-            return b.attach(&node.holder, pid, Some(hosts)).await;
+            let addr = b.attach(&node.holder, pid, Some(hosts)).await?;
+            still()?;
+            return Ok(addr);
         }
         Ok(c.network_settings
             .and_then(|n| n.networks)
@@ -1623,8 +1641,7 @@ async fn end_process(pid: i32, id: &str, wait: Duration) -> std::io::Result<()> 
     use rustix::process::{pidfd_open, pidfd_send_signal, Pid, PidfdFlags, Signal};
     let p = Pid::from_raw(pid).ok_or_else(|| std::io::Error::other("not a PID"))?;
     let fd = pidfd_open(p, PidfdFlags::empty())?;
-    let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))?;
-    if id.len() < 12 || !cgroup.contains(id) {
+    if !in_cgroup_of(pid, id) {
         return Err(std::io::Error::other("not in the container's cgroup"));
     }
     match pidfd_send_signal(&fd, Signal::KILL) {
@@ -1653,6 +1670,12 @@ async fn end_process(pid: i32, id: &str, wait: Duration) -> std::io::Result<()> 
     })
     .await
     .map_err(std::io::Error::other)?
+}
+
+/// Whether process `pid` is in the cgroup of the container whose id is `id` (a process of it).
+fn in_cgroup_of(pid: impl std::fmt::Display, id: &str) -> bool {
+    id.len() >= 12
+        && std::fs::read_to_string(format!("/proc/{pid}/cgroup")).is_ok_and(|c| c.contains(id))
 }
 
 fn bind_sources_exist(binds: &[String]) -> bool {
