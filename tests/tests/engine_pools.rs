@@ -89,10 +89,20 @@ fn docker_ids(kind: &str, instance: &str) -> Vec<String> {
         .collect()
 }
 
+/// A `docker events` process, ended (and waited for) when dropped, also by a failing test.
+struct Watch(std::process::Child);
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// `docker events` of the containers of engine instance `instance` that Docker destroys, as
-/// `(ns since the epoch, task label)` lines on its stdout, until it is killed.
-fn watch_destroyed(instance: &str) -> std::process::Child {
-    Command::new("docker")
+/// `(ns since the epoch, task label)` lines on its stdout.
+fn watch_destroyed(instance: &str) -> Watch {
+    let child = Command::new("docker")
         .args(["events", "--filter", "event=destroy"])
         .args([
             "--filter",
@@ -107,20 +117,21 @@ fn watch_destroyed(instance: &str) -> std::process::Child {
         ])
         .stdout(std::process::Stdio::piped())
         .spawn()
-        .expect("docker runs")
+        .expect("docker runs");
+    Watch(child)
 }
 
 /// What [`watch_destroyed`] saw: when each task's container went, by task label.
-fn destroyed(mut watch: std::process::Child) -> Vec<(i128, String)> {
+fn destroyed(mut watch: Watch) -> Vec<(i128, String)> {
     use std::io::Read as _;
     // Events are delivered as they happen; a moment for the last ones.
     std::thread::sleep(Duration::from_millis(500));
-    let _ = watch.kill();
+    let stdout = watch.0.stdout.take();
+    drop(watch);
     let mut out = String::new();
-    if let Some(mut o) = watch.stdout.take() {
+    if let Some(mut o) = stdout {
         let _ = o.read_to_string(&mut out);
     }
-    let _ = watch.wait();
     out.lines()
         .filter_map(|l| l.split_once(' '))
         .filter_map(|(t, task)| Some((t.parse().ok()?, task.to_string())))
