@@ -553,15 +553,7 @@ async fn deleting_a_pool_leaves_another_engines_pool_of_the_same_name() -> anyho
     wait_idle(&b, "twin", 1).await;
     let before = docker_ids("container", &ib);
     assert_eq!(before.len(), 1, "engine b's holder: {before:?}");
-    a.delete_pool("twin").await?;
-    wait_for("engine a's pool deletion", 60, || {
-        a.get_pool("twin").is_err()
-    })
-    .await;
-    assert!(
-        docker_ids("container", &ia).is_empty(),
-        "engine a left containers"
-    );
+    delete_leaving_nothing(&a, "twin", &ia).await?;
     assert_eq!(docker_ids("container", &ib), before, "engine b's holder");
     b.add_job(job("j", "twin")).await?;
     b.add_tasks("j", vec![task("t", "/bin/true")]).await?;
@@ -576,14 +568,15 @@ async fn deleting_a_pool_leaves_another_engines_pool_of_the_same_name() -> anyho
         (Some(TaskExecutionResult::Success), Some(0)),
         "{info:?}"
     );
-    b.delete_pool("twin").await?;
-    wait_for("engine b's pool deletion", 60, || {
-        b.get_pool("twin").is_err()
-    })
-    .await;
-    assert!(
-        docker_ids("container", &ib).is_empty(),
-        "engine b left containers"
-    );
+    delete_leaving_nothing(&b, "twin", &ib).await
+}
+
+/// Deletes the pool of engine `e` (instance `inst`, whose only pool it is) and checks that no
+/// container of the engine is left.
+async fn delete_leaving_nothing(e: &Engine, pool: &str, inst: &str) -> anyhow::Result<()> {
+    e.delete_pool(pool).await?;
+    wait_for("the pool's deletion", 60, || e.get_pool(pool).is_err()).await;
+    let left = docker_ids("container", inst);
+    assert!(left.is_empty(), "engine {inst} left containers: {left:?}");
     Ok(())
 }

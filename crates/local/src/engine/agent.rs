@@ -105,11 +105,7 @@ pub(crate) struct Running {
 /// Where the agents of the node whose root is `root` keep their directories (removed with the
 /// node).
 pub(crate) fn node_dir(root: &Path) -> PathBuf {
-    let name = root
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    root.with_file_name(format!("{name}.agents"))
+    super::node::beside_root(root, "agents")
 }
 
 impl Agent {

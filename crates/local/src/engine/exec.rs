@@ -621,13 +621,7 @@ fn remove_later(e: &Engine, job: &str, kind: Arc<dyn super::NodeKind>, names: Ve
 
 /// Waits for the removals of the job's task containers started so far.
 async fn await_removals(e: &Engine, job: &str) {
-    let pending = e
-        .inner
-        .removals
-        .lock()
-        .map(|mut r| r.remove(job).unwrap_or_default())
-        .unwrap_or_default();
-    futures::future::join_all(pending).await;
+    super::take_and_await(&e.inner.removals, job).await;
 }
 
 /// The job's end waits for `h` (work on its task containers).

@@ -785,13 +785,7 @@ impl Engine {
     pub(crate) async fn finish_delete_pool(&self, id: &str) {
         // Nodes still being made are removed once they are (else a holder made after the
         // removal would be left behind); their start tasks are not waited for.
-        let growing = self
-            .inner
-            .growing
-            .lock()
-            .map(|mut g| g.remove(id).unwrap_or_default())
-            .unwrap_or_default();
-        futures::future::join_all(growing).await;
+        take_and_await(&self.inner.growing, id).await;
         let (refs, network): (Vec<NodeRef>, String) = {
             let st = self.lock();
             let Some(p) = st.pools.get(id) else { return };
@@ -1596,6 +1590,18 @@ fn fnv(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf29ce484222325u64, |h, b| {
         (h ^ u64::from(*b)).wrapping_mul(0x100000001b3)
     })
+}
+
+/// Takes the futures `map` holds under `key` and awaits them all.
+pub(crate) async fn take_and_await<F: std::future::Future>(
+    map: &Mutex<HashMap<String, Vec<F>>>,
+    key: &str,
+) {
+    let pending = map
+        .lock()
+        .map(|mut m| m.remove(key).unwrap_or_default())
+        .unwrap_or_default();
+    futures::future::join_all(pending).await;
 }
 
 fn set_open_mode(p: &Path) {

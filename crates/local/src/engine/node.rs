@@ -1672,6 +1672,16 @@ async fn end_process(pid: i32, id: &str, wait: Duration) -> std::io::Result<()> 
     .map_err(std::io::Error::other)?
 }
 
+/// The directory `<root>.<what>` beside the node root `root` (engine files of the node that
+/// its containers must not reach through the node root's bind).
+pub(crate) fn beside_root(root: &Path, what: &str) -> PathBuf {
+    let name = root
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    root.with_file_name(format!("{name}.{what}"))
+}
+
 /// Whether process `pid` is in the cgroup of the container whose id is `id` (a process of it).
 fn in_cgroup_of(pid: impl std::fmt::Display, id: &str) -> bool {
     id.len() >= 12

@@ -60,11 +60,7 @@ struct Member {
 /// The directory of node files bound at `/etc/hosts` and `/etc/resolv.conf` in the
 /// containers of the node whose root is `root` (beside it, as its agents' directory).
 pub(crate) fn etc_dir(root: &Path) -> PathBuf {
-    let name = root
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    root.with_file_name(format!("{name}.etc"))
+    super::node::beside_root(root, "etc")
 }
 
 /// Writes the node's `/etc` files (its hosts file naming only localhost until the node is on
