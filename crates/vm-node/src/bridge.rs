@@ -45,6 +45,9 @@ pub struct BridgeRecord {
     /// Whether its iptables rules were inserted.
     #[serde(default)]
     pub rules: bool,
+    /// Set when its removal begins: such a bridge is never opened again, only removed.
+    #[serde(default)]
+    pub removing: bool,
 }
 
 impl BridgeRecord {
@@ -171,7 +174,16 @@ impl HostBridge {
         // A record whose interface is gone (its maker died mid-way, or the bridge was removed
         // by hand): what else it made goes first.
         if let Ok(old) = load(&records.join(format!("{name}.json"))) {
-            remove_recorded(bins, records, &old);
+            if !remove_recorded(bins, records, &old) {
+                return Err(VmNodeError::InvalidConfig {
+                    field: "bridge name",
+                    reason: format!(
+                        "an earlier bridge `{name}` could not be removed (its rules or \
+                         interface are left, see {}): remove them by hand",
+                        records.join(format!("{name}.json")).display()
+                    ),
+                });
+            }
         }
         let claims = records.join("claims");
         std::fs::create_dir_all(&claims)
@@ -183,6 +195,7 @@ impl HostBridge {
                 subnet,
                 owner,
                 rules: false,
+                removing: false,
             },
             records: records.to_path_buf(),
         };
@@ -210,10 +223,11 @@ impl HostBridge {
         )
     }
 
-    /// The bridge recorded as `name` under `records` whose interface still exists.
+    /// The bridge recorded as `name` under `records` whose interface still exists (and whose
+    /// removal has not begun).
     pub fn open(records: &Path, name: &str) -> Option<HostBridge> {
         let record = load(&records.join(format!("{name}.json"))).ok()?;
-        interface_exists(name).then(|| HostBridge {
+        (interface_exists(name) && !record.removing).then(|| HostBridge {
             record,
             records: records.to_path_buf(),
         })
@@ -225,16 +239,7 @@ impl HostBridge {
     }
 
     fn save(&self) -> Result<()> {
-        let path = self.records.join(format!("{}.json", self.record.name));
-        let tmp = path.with_extension("json.tmp");
-        let body =
-            serde_json::to_vec_pretty(&self.record).map_err(|source| VmNodeError::State {
-                path: path.clone(),
-                source,
-            })?;
-        let scope = self.record.scope();
-        std::fs::write(&tmp, body).map_err(|e| VmNodeError::io(&scope, "writing", &tmp, e))?;
-        std::fs::rename(&tmp, &path).map_err(|e| VmNodeError::io(&scope, "renaming", &path, e))
+        save_record(&self.records, &self.record)
     }
 
     /// Gives the network namespace of process `pid` (a container started with
@@ -325,6 +330,15 @@ pub fn sweep_bridges(
 /// interface is left, and then the claim and the record stay.
 fn remove_recorded(bins: &Binaries, records: &Path, rec: &BridgeRecord) -> bool {
     let scope = rec.scope();
+    if !rec.removing {
+        let marked = BridgeRecord {
+            removing: true,
+            ..rec.clone()
+        };
+        if let Err(e) = save_record(records, &marked) {
+            tracing::debug!(error = %e, "marking a bridge record as being removed");
+        }
+    }
     let mut left = false;
     if rec.rules
         && run_with_input(
@@ -367,6 +381,19 @@ fn remove_recorded(bins: &Binaries, records: &Path, rec: &BridgeRecord) -> bool 
     }
     let _ = std::fs::remove_file(records.join(format!("{}.json", rec.name)));
     true
+}
+
+/// Writes `rec` under `records` (whole or not at all).
+fn save_record(records: &Path, rec: &BridgeRecord) -> Result<()> {
+    let path = records.join(format!("{}.json", rec.name));
+    let tmp = path.with_extension("json.tmp");
+    let body = serde_json::to_vec_pretty(rec).map_err(|source| VmNodeError::State {
+        path: path.clone(),
+        source,
+    })?;
+    let scope = rec.scope();
+    std::fs::write(&tmp, body).map_err(|e| VmNodeError::io(&scope, "writing", &tmp, e))?;
+    std::fs::rename(&tmp, &path).map_err(|e| VmNodeError::io(&scope, "renaming", &path, e))
 }
 
 fn load(path: &Path) -> Result<BridgeRecord> {
@@ -487,6 +514,7 @@ mod tests {
             subnet: [10, 212, 7],
             owner: BTreeMap::new(),
             rules: true,
+            removing: false,
         }
     }
 
@@ -548,11 +576,25 @@ mod tests {
             ..rec()
         };
         write(&stuck);
+        assert!(HostBridge::open(dir.path(), "lo").is_some());
         assert!(!remove_recorded(&bins, dir.path(), &stuck));
-        assert!(dir.path().join("lo.json").exists(), "the record stays");
+        let kept = load(&dir.path().join("lo.json")).expect("the record stays");
+        assert!(kept.removing, "marked as being removed: {kept:?}");
+        assert!(
+            HostBridge::open(dir.path(), "lo").is_none(),
+            "a bridge being removed is not opened again"
+        );
         assert!(
             dir.path().join("claims/10.212.7").exists(),
             "the claim stays"
+        );
+        // Nor made again over what is left.
+        let again = HostBridge::create(&bins, dir.path(), "lo", [10, 212], BTreeMap::new());
+        assert!(
+            again
+                .as_ref()
+                .is_err_and(|e| e.to_string().contains("could not be removed")),
+            "{again:?}"
         );
         // One whose interface is gone already is removed whole.
         let gone = BridgeRecord {
