@@ -320,32 +320,33 @@ impl ContainerNodes {
         self
     }
 
-    /// The bridge of the pool network `network`, if the pool has one. One that an earlier
-    /// engine made has its running holders' addresses read back from their labels.
-    async fn pool_bridge(
-        &self,
-        network: &str,
-        pool: &str,
-    ) -> Result<Option<std::sync::Arc<PoolBridge>>> {
-        let Some(bridge) = self.nets.find(network) else {
+    /// The bridge of `node`'s pool network, if the pool has one. One that an earlier engine
+    /// made has its running holders' addresses read back from their labels.
+    async fn pool_bridge(&self, node: &NodeRef) -> Result<Option<std::sync::Arc<PoolBridge>>> {
+        let Some(bridge) = self.nets.find(&node.network) else {
             return Ok(None);
         };
         bridge
             .adopted
-            .get_or_try_init(|| self.adopt_holders(&bridge, pool))
+            .get_or_try_init(|| self.adopt_holders(&bridge, node))
             .await?;
         Ok(Some(bridge))
     }
 
-    /// Records the running holders of `pool` (an earlier engine's) on `bridge`.
-    async fn adopt_holders(&self, bridge: &PoolBridge, pool: &str) -> Result<()> {
-        let filters = HashMap::from([(
-            "label".to_string(),
-            vec![
-                format!("{}={pool}", labels::POOL),
-                ADDRESS_LABEL.to_string(),
-            ],
-        )]);
+    /// Records the running holders of `node`'s pool (an earlier engine's of this state
+    /// directory: same instance) on `bridge`.
+    async fn adopt_holders(&self, bridge: &PoolBridge, node: &NodeRef) -> Result<()> {
+        let pool = &node.pool;
+        let mut wanted = vec![
+            format!("{}={pool}", labels::POOL),
+            ADDRESS_LABEL.to_string(),
+        ];
+        wanted.extend(
+            node.labels
+                .get(labels::INSTANCE)
+                .map(|i| format!("{}={i}", labels::INSTANCE)),
+        );
+        let filters = HashMap::from([("label".to_string(), wanted)]);
         let opts = bollard::query_parameters::ListContainersOptionsBuilder::new()
             .filters(&filters)
             .build();
@@ -416,7 +417,7 @@ impl ContainerNodes {
             networking_config = None;
             let etc = pool_net::prepare_etc(&node.root)
                 .map_err(|e| EngineError::io("writing the /etc files of node", &node.root, e))?;
-            host.binds.get_or_insert_with(Vec::new).extend(etc);
+            host.mounts = Some(etc);
         }
         let mut body = ContainerCreateBody {
             network_disabled,
@@ -667,11 +668,12 @@ impl ContainerNodes {
         let mut env = if spare { vec![] } else { spec.env.clone() };
         env.extend(spec.run.env.iter().cloned());
         let mut binds = vec![format!("{}:{NODE_ROOT_DIR}", node.root.display())];
-        binds.extend(pool_net::etc_binds(&node.root, &spec.run.binds));
         binds.extend(spec.run.binds.iter().cloned());
+        let etc = pool_net::etc_mounts(&node.root, &spec.run.binds);
         let host = HostConfig {
             init: Some(spec.keep || spec.run.init),
             binds: Some(binds),
+            mounts: (!etc.is_empty()).then_some(etc),
             network_mode: Some(format!("container:{}", node.holder)),
             privileged: Some(spec.run.privileged),
             shm_size: spec.run.shm_size,
@@ -1393,7 +1395,7 @@ impl NodeKind for ContainerNodes {
             }
             let login = login_for(&node.registries, &node.image);
             self.ensure_image(&node.image, login).await?;
-            let bridge = self.pool_bridge(&node.network, &node.pool).await?;
+            let bridge = self.pool_bridge(node).await?;
             let made = self.make_holder(node, bridge.as_ref()).await;
             if made.is_err() {
                 if let Some(b) = &bridge {
@@ -1430,10 +1432,12 @@ impl NodeKind for ContainerNodes {
             if let Ok(mut m) = self.agents.lock() {
                 m.retain(|_, a| !a.is_under(&dir));
             }
-            for (dir, what) in [
-                (dir, "agent directories left"),
-                (pool_net::etc_dir(&node.root), "node /etc files left"),
-            ] {
+            // The node's /etc files only once its containers are gone (a node that lives on
+            // keeps them for its next containers).
+            let etc = removed.is_ok().then(|| pool_net::etc_dir(&node.root));
+            for (dir, what) in std::iter::once((dir, "agent directories left"))
+                .chain(etc.map(|d| (d, "node /etc files left")))
+            {
                 if let Err(e) = std::fs::remove_dir_all(&dir) {
                     if e.kind() != std::io::ErrorKind::NotFound {
                         tracing::debug!(dir = %dir.display(), error = %e, "{what}");

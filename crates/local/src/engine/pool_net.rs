@@ -25,6 +25,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use bollard::models::{Mount, MountTypeEnum};
 use shipyard_vm_node::{sweep_bridges, Binaries, BridgeRecord, HostBridge};
 
 use super::error::{EngineError, Result};
@@ -44,8 +45,8 @@ pub(crate) const ADDRESS_LABEL: &str = "shipyard.engine.address";
 /// The first lines of every node's `/etc/hosts` (as Docker's).
 const HOSTS_HEAD: &str = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n";
 
-/// Docker's name servers for a container when the host has none but loopback ones.
-const DEFAULT_NAMESERVERS: &str = "nameserver 8.8.8.8\nnameserver 8.8.4.4\n";
+/// Docker's name servers for a container (without IPv6) when the host has none it can reach.
+const DEFAULT_NAMESERVERS: [&str; 2] = ["8.8.8.8", "8.8.4.4"];
 
 /// One node on a pool bridge.
 #[derive(Debug, Clone)]
@@ -64,19 +65,27 @@ pub(crate) fn etc_dir(root: &Path) -> PathBuf {
 }
 
 /// Writes the node's `/etc` files (its hosts file naming only localhost until the node is on
-/// the bridge) and returns their binds.
-pub(crate) fn prepare_etc(root: &Path) -> std::io::Result<Vec<String>> {
+/// the bridge; both readable by every user, as Docker's) and returns their mounts.
+pub(crate) fn prepare_etc(root: &Path) -> std::io::Result<Vec<Mount>> {
+    use std::os::unix::fs::PermissionsExt as _;
     let dir = etc_dir(root);
     std::fs::create_dir_all(&dir)?;
-    std::fs::write(dir.join("hosts"), HOSTS_HEAD)?;
-    std::fs::write(dir.join("resolv.conf"), resolv_conf())?;
-    Ok(etc_binds(root, &[]))
+    for (file, body) in [
+        ("hosts", HOSTS_HEAD.to_string()),
+        ("resolv.conf", resolv_conf()),
+    ] {
+        let path = dir.join(file);
+        std::fs::write(&path, body)?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644))?;
+    }
+    Ok(etc_mounts(root, &[]))
 }
 
-/// The binds of the node's `/etc` files for a container of the node whose root is `root`,
-/// when the node has them (a holder made without a sandbox), but none for a target among the
-/// container's own `binds`.
-pub(crate) fn etc_binds(root: &Path, binds: &[String]) -> Vec<String> {
+/// The bind mounts of the node's `/etc` files for a container of the node whose root is
+/// `root`, when the node has them (a holder made without a sandbox), but none for a target
+/// among the container's own `binds`. Mounts, not binds: a source gone meanwhile (the node's
+/// removal) fails the container's creation instead of being made a directory by Docker.
+pub(crate) fn etc_mounts(root: &Path, binds: &[String]) -> Vec<Mount> {
     let dir = etc_dir(root);
     if !dir.is_dir() {
         return vec![];
@@ -92,34 +101,124 @@ pub(crate) fn etc_binds(root: &Path, binds: &[String]) -> Vec<String> {
         .iter()
         .map(|f| (dir.join(f), format!("/etc/{f}")))
         .filter(|(_, target)| !taken(target))
-        .map(|(src, target)| format!("{}:{target}", src.display()))
+        .map(|(src, target)| Mount {
+            target: Some(target),
+            source: Some(src.display().to_string()),
+            typ: Some(MountTypeEnum::BIND),
+            ..Default::default()
+        })
         .collect()
 }
 
-/// This host's resolver configuration for a container: `/etc/resolv.conf` (systemd-resolved's
-/// upstream file when it names only its stub) without loopback name servers, which a
-/// container cannot reach, and Docker's defaults when none is left.
+/// This host's resolver configuration for a container, as Docker makes it for one without
+/// IPv6: `/etc/resolv.conf` (systemd-resolved's upstream file when it names only its stub)
+/// with only its IPv4 name servers that are not loopback ones (a container reaches neither
+/// kind), and Docker's defaults when none is left; or, when the Docker daemon's
+/// `/etc/docker/daemon.json` sets `dns`, `dns-search` or `dns-opts`, those.
 fn resolv_conf() -> String {
     let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
     resolv_from(
         &read("/etc/resolv.conf"),
         &read("/run/systemd/resolve/resolv.conf"),
+        &DaemonDns::from_json(&read("/etc/docker/daemon.json")),
     )
 }
 
-/// [`resolv_conf`] of the host's `etc` file and systemd-resolved's `upstream` one.
-fn resolv_from(etc: &str, upstream: &str) -> String {
+/// The Docker daemon's own resolver settings.
+#[derive(Debug, Default)]
+struct DaemonDns {
+    servers: Vec<String>,
+    search: Vec<String>,
+    options: Vec<String>,
+}
+
+impl DaemonDns {
+    fn from_json(json: &str) -> DaemonDns {
+        let v: serde_json::Value = serde_json::from_str(json).unwrap_or_default();
+        let list = |k: &str| -> Vec<String> {
+            v.get(k)
+                .and_then(|x| x.as_array())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|s| s.as_str().map(String::from))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        DaemonDns {
+            servers: list("dns"),
+            search: list("dns-search"),
+            options: list("dns-opts"),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.servers.is_empty() && self.search.is_empty() && self.options.is_empty()
+    }
+}
+
+/// [`resolv_conf`] of the host's `etc` file, systemd-resolved's `upstream` one and the
+/// daemon's settings.
+fn resolv_from(etc: &str, upstream: &str, daemon: &DaemonDns) -> String {
     let mut conf = etc;
-    if nameservers(conf).all(is_loopback) && nameservers(upstream).next().is_some() {
+    if !nameservers(conf).any(reachable) && nameservers(upstream).any(reachable) {
         conf = upstream;
     }
-    let mut out: String = conf
-        .lines()
-        .filter(|l| !nameserver_of(l).is_some_and(is_loopback))
-        .map(|l| format!("{l}\n"))
+    let defaults: Vec<String> = DEFAULT_NAMESERVERS.iter().map(|s| s.to_string()).collect();
+    let lines = |servers: &[String]| -> String {
+        servers
+            .iter()
+            .map(|s| format!("nameserver {s}\n"))
+            .collect()
+    };
+    if daemon.is_empty() {
+        // The host's file without the name servers a container cannot reach (Docker's
+        // defaults after it when none is left).
+        let mut out: String = conf
+            .lines()
+            .filter(|l| nameserver_of(l).is_none_or(reachable))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        if nameservers(&out).next().is_none() {
+            out.push_str(&lines(&defaults));
+        }
+        return out;
+    }
+    let mut servers: Vec<String> = nameservers(conf)
+        .filter(|a| reachable(a))
+        .map(String::from)
         .collect();
-    if nameservers(&out).next().is_none() {
-        out.push_str(DEFAULT_NAMESERVERS);
+    if servers.is_empty() {
+        servers = defaults;
+    }
+    // Docker builds the file anew: name servers, search domains, options, each the daemon's
+    // when it sets them, else the host's.
+    let words = |key: &str| -> Vec<String> {
+        conf.lines()
+            .filter_map(|l| l.strip_prefix(key))
+            .filter(|rest| rest.starts_with([' ', '\t']))
+            .flat_map(|rest| rest.split_whitespace().map(String::from))
+            .collect()
+    };
+    let pick = |own: &[String], key: &str| {
+        if own.is_empty() {
+            words(key)
+        } else {
+            own.to_vec()
+        }
+    };
+    let mut out = lines(if daemon.servers.is_empty() {
+        &servers
+    } else {
+        &daemon.servers
+    });
+    let search = pick(&daemon.search, "search");
+    if !search.is_empty() && search.join(" ").trim() != "." {
+        out.push_str(&format!("search {}\n", search.join(" ")));
+    }
+    let options = pick(&daemon.options, "options");
+    if !options.is_empty() {
+        out.push_str(&format!("options {}\n", options.join(" ")));
     }
     out
 }
@@ -133,9 +232,10 @@ fn nameservers(conf: &str) -> impl Iterator<Item = &str> {
     conf.lines().filter_map(nameserver_of)
 }
 
-fn is_loopback(addr: &str) -> bool {
-    addr.parse::<std::net::IpAddr>()
-        .is_ok_and(|a| a.is_loopback())
+/// Whether a container on a pool bridge (IPv4 only) can reach name server `addr`.
+fn reachable(addr: &str) -> bool {
+    addr.parse::<std::net::Ipv4Addr>()
+        .is_ok_and(|a| !a.is_loopback())
 }
 
 /// A pool bridge and the addresses given out on it, by holder name.
@@ -470,50 +570,83 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_resolver_file_drops_loopback_servers_and_falls_back_like_docker() {
-        let etc =
-            "search corp.example\nnameserver 127.0.0.53\nnameserver 10.1.2.3\noptions edns0\n";
+    fn the_resolver_file_drops_servers_a_container_cannot_reach_like_docker() {
+        let none = DaemonDns::default();
+        let etc = "search corp.example\nnameserver 127.0.0.53\nnameserver 10.1.2.3\nnameserver 2001:db8::1\nnameserver fe80::1%eth0\noptions edns0\n";
         assert_eq!(
-            resolv_from(etc, ""),
+            resolv_from(etc, "", &none),
             "search corp.example\nnameserver 10.1.2.3\noptions edns0\n"
         );
-        // systemd-resolved's stub alone: its upstream servers.
+        // systemd-resolved's stub alone: its upstream servers (IPv4 ones).
         let stub = "nameserver 127.0.0.53\noptions edns0 trust-ad\n";
         let upstream = "nameserver 192.0.2.1\nnameserver ::1\n";
-        assert_eq!(resolv_from(stub, upstream), "nameserver 192.0.2.1\n");
-        // Nothing reachable at all: Docker's defaults.
+        assert_eq!(resolv_from(stub, upstream, &none), "nameserver 192.0.2.1\n");
+        // Nothing reachable at all (IPv6 only counts as such): Docker's defaults.
+        let defaults = "nameserver 8.8.8.8\nnameserver 8.8.4.4\n";
         assert_eq!(
-            resolv_from(stub, ""),
-            format!("options edns0 trust-ad\n{DEFAULT_NAMESERVERS}")
+            resolv_from(stub, "nameserver 2001:db8::53\n", &none),
+            format!("options edns0 trust-ad\n{defaults}")
         );
     }
 
     #[test]
-    fn a_node_binds_its_etc_files_unless_the_task_binds_the_same_targets() {
+    fn the_daemons_own_dns_settings_win_as_in_docker() {
+        let etc = "search corp.example\nnameserver 127.0.0.1\noptions ndots:2\n";
+        let servers = DaemonDns::from_json(r#"{"dns": ["192.0.2.53", "192.0.2.54"]}"#);
+        assert_eq!(
+            resolv_from(etc, "", &servers),
+            "nameserver 192.0.2.53\nnameserver 192.0.2.54\nsearch corp.example\noptions ndots:2\n"
+        );
+        let search =
+            DaemonDns::from_json(r#"{"dns-search": ["a.example"], "dns-opts": ["rotate"]}"#);
+        assert_eq!(
+            resolv_from(etc, "", &search),
+            "nameserver 8.8.8.8\nnameserver 8.8.4.4\nsearch a.example\noptions rotate\n"
+        );
+        assert!(DaemonDns::from_json("not json").is_empty());
+        assert!(DaemonDns::from_json(r#"{"dns": "not a list"}"#).is_empty());
+    }
+
+    #[test]
+    fn a_node_mounts_its_etc_files_unless_the_task_binds_the_same_targets() {
+        use std::os::unix::fs::PermissionsExt as _;
         let d = tempfile::tempdir().expect("a temporary directory");
         let root = d.path().join("n0");
-        assert!(etc_binds(&root, &[]).is_empty(), "no files, no binds");
-        let binds = prepare_etc(&root).expect("the files are written");
+        assert!(etc_mounts(&root, &[]).is_empty(), "no files, no mounts");
+        let mounts = prepare_etc(&root).expect("the files are written");
         let dir = etc_dir(&root);
         assert_eq!(dir, d.path().join("n0.etc"));
-        assert_eq!(
-            binds,
-            vec![
-                format!("{}:/etc/hosts", dir.join("hosts").display()),
-                format!("{}:/etc/resolv.conf", dir.join("resolv.conf").display()),
-            ]
-        );
+        let shown = |m: &[Mount]| -> Vec<(String, String, Option<MountTypeEnum>)> {
+            m.iter()
+                .map(|m| {
+                    (
+                        m.source.clone().unwrap_or_default(),
+                        m.target.clone().unwrap_or_default(),
+                        m.typ,
+                    )
+                })
+                .collect()
+        };
+        let bind = |f: &str| {
+            (
+                dir.join(f).display().to_string(),
+                format!("/etc/{f}"),
+                Some(MountTypeEnum::BIND),
+            )
+        };
+        assert_eq!(shown(&mounts), vec![bind("hosts"), bind("resolv.conf")]);
         assert_eq!(
             std::fs::read_to_string(dir.join("hosts")).expect("hosts"),
             HOSTS_HEAD
         );
+        for f in ["hosts", "resolv.conf"] {
+            let mode = std::fs::metadata(dir.join(f))
+                .expect("file")
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o644, "{f}");
+        }
         let own = ["/x/hosts:/etc/hosts:ro".to_string()];
-        assert_eq!(
-            etc_binds(&root, &own),
-            vec![format!(
-                "{}:/etc/resolv.conf",
-                dir.join("resolv.conf").display()
-            )]
-        );
+        assert_eq!(shown(&etc_mounts(&root, &own)), vec![bind("resolv.conf")]);
     }
 }
