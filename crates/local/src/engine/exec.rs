@@ -619,11 +619,6 @@ fn remove_later(e: &Engine, job: &str, kind: Arc<dyn super::NodeKind>, names: Ve
     job_waits_for(e, job, h);
 }
 
-/// Waits for the removals of the job's task containers started so far.
-async fn await_removals(e: &Engine, job: &str) {
-    super::take_and_await(&e.inner.removals, job).await;
-}
-
 /// The job's end waits for `h` (work on its task containers).
 fn job_waits_for(e: &Engine, job: &str, h: tokio::task::JoinHandle<()>) {
     if let Ok(mut r) = e.inner.removals.lock() {
@@ -1813,7 +1808,7 @@ async fn end_job_once(e: &Engine, job: &str, reason: String, delete: bool) {
     }
     // The release finds the job's task containers gone, as on Batch (they go as each task
     // ends); removals started since are awaited after it.
-    await_removals(e, job).await;
+    super::take_and_await(&e.inner.removals, job).await;
     if let Some(rel) = release {
         let refs: Vec<NodeRef> = {
             let st = e.lock();
@@ -1907,7 +1902,7 @@ async fn end_job_once(e: &Engine, job: &str, reason: String, delete: bool) {
         return;
     }
     // The job ends once its task containers are gone.
-    await_removals(e, job).await;
+    super::take_and_await(&e.inner.removals, job).await;
     let mut st = e.lock();
     if delete {
         let dirs: Vec<PathBuf> = st

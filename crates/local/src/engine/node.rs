@@ -466,11 +466,7 @@ impl ContainerNodes {
             // given the veth, and after.
             let id = c.id.clone().unwrap_or_default();
             let still = || {
-                let ok = in_cgroup_of(pid, &id);
-                if !ok {
-                    tracing::warn!(node = %node.id, pid, "the holder stopped as it started");
-                }
-                ok.then_some(()).ok_or_else(|| {
+                in_cgroup_of(pid, &id).then_some(()).ok_or_else(|| {
                     EngineError::invalid(
                         "node",
                         format!("node {}: its holder stopped as it started", node.id),

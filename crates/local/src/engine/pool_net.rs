@@ -13,9 +13,9 @@
 //! without one.
 //!
 //! Without a sandbox Docker writes no `/etc/hosts` or `/etc/resolv.conf`: the engine writes
-//! them for each node, beside its root ([`etc_dir`]), and binds them into the holder and every
-//! container of the node. The hosts file names every node of the pool; the resolver file is
-//! the host's, without loopback name servers (as Docker's own).
+//! them for each node, beside its root ([`etc_dir`]), and bind-mounts them into the holder and
+//! every container of the node. The hosts file names every node of the pool; the resolver
+//! file is made as Docker makes one for a container without IPv6 ([`resolv_conf`]).
 //!
 //! Elsewhere (not root, a remote Docker engine, no `ip`/`iptables`), or with
 //! `SHIPYARD_ENGINE_NETWORK=docker`, a pool is a Docker bridge network on a free /24 of
@@ -184,13 +184,6 @@ fn resolv_from(etc: &str, upstream: &str, daemon: &DaemonDns) -> String {
         }
         return out;
     }
-    let mut servers: Vec<String> = nameservers(conf)
-        .filter(|a| reachable(a))
-        .map(String::from)
-        .collect();
-    if servers.is_empty() {
-        servers = defaults;
-    }
     // Docker builds the file anew: name servers, search domains, options, each the daemon's
     // when it sets them, else the host's.
     let words = |key: &str| -> Vec<String> {
@@ -207,11 +200,15 @@ fn resolv_from(etc: &str, upstream: &str, daemon: &DaemonDns) -> String {
             own.to_vec()
         }
     };
-    let mut out = lines(if daemon.servers.is_empty() {
-        &servers
+    let mut out = if daemon.servers.is_empty() {
+        let host: Vec<String> = nameservers(conf)
+            .filter(|a| reachable(a))
+            .map(String::from)
+            .collect();
+        lines(if host.is_empty() { &defaults } else { &host })
     } else {
-        &daemon.servers
-    });
+        lines(&daemon.servers)
+    };
     let search = pick(&daemon.search, "search");
     if !search.is_empty() && search.join(" ").trim() != "." {
         out.push_str(&format!("search {}\n", search.join(" ")));
